@@ -12,6 +12,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "serve": "serve",
     "worker": "worker",
+    "triton": "triton",
     "plan": "plan",
     "simulate": "simulate",
     "profile": "profile",

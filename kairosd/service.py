@@ -1,0 +1,38 @@
+"""The contract between the front ends and the daemon: what a front end may ask of the serving core."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping, Protocol
+
+from tritonclient.grpc import service_pb2
+
+if TYPE_CHECKING:
+    from kairosd.repository import ModelSpec
+
+
+class InferenceService(Protocol):
+    """Implemented by the scheduler-backed daemon (and by small real services in tests).
+
+    The front ends parse and validate a request, compute its batch size, then await `infer`.
+    Errors are `kairosd.errors.KairosError` subclasses; the front ends map them to gRPC / HTTP codes.
+    """
+
+    @property
+    def repository(self) -> Mapping[str, "ModelSpec"]: ...
+
+    def is_live(self) -> bool: ...
+
+    def is_ready(self) -> bool: ...
+
+    def model_ready(self, name: str) -> bool: ...
+
+    async def infer(
+        self,
+        request: service_pb2.ModelInferRequest,
+        spec: "ModelSpec",
+        batch: int,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """Serve one validated query; return the backend's serialized `ModelInferResponse`
+        (raw tensor bytes pass through untouched). `timeout_s`: the client's deadline, if any."""
+        ...
