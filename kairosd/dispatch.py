@@ -1,0 +1,295 @@
+"""Query dispatch policies: pure functions from a snapshot (waiting queries × instances) to assignments.
+
+Core rule (Kairos): match waiting queries to instances by a minimum-cost bipartite matching, where
+pairing query i with instance j costs C_j·(T_j + L_ij) — T_j the instance's remaining busy time, L_ij
+its service time for the query's batch, C_j = L_base(B_max) / L_j(B_max) its heterogeneity
+coefficient — and edges that would miss QoS (W_i + T_j + L99_ij > T_qos − margin) carry a penalty so
+large that they are used only when nothing feasible exists. A query matched to a busy instance waits
+for it (it stays queued); only matches to free instances are carried out.
+
+Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
+the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from kairosd.errors import ConfigError
+from kairosd.profiles import ProfileTable
+
+# An infeasible edge costs this many QoS targets more than a feasible one: with costs on the order of
+# one QoS (C_j ≤ 1 and T_j + L_ij within a few QoS), any feasible matching beats any matching that
+# uses even one infeasible edge.
+INFEASIBLE_PENALTY_QOS = 1_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a policy sees at one instant. Queries are ordered oldest first.
+
+    q_model   int[m]   model index into the ProfileTable
+    q_batch   int[m]   batch size (samples in the query)
+    q_waited_s float[m] W_i: time already spent waiting
+    q_qos_s   float[m] T_qos of the query's model
+    i_type    int[n]   instance type index into the ProfileTable (an instance serving k queries at
+                       once appears as k columns)
+    i_busy_s  float[n] T_j: time until the instance can start another query (0 when free)
+    i_free    bool[n]  whether the instance can start a query now
+    """
+
+    q_model: np.ndarray
+    q_batch: np.ndarray
+    q_waited_s: np.ndarray
+    q_qos_s: np.ndarray
+    i_type: np.ndarray
+    i_busy_s: np.ndarray
+    i_free: np.ndarray
+
+    @property
+    def m(self) -> int:
+        return len(self.q_batch)
+
+    @property
+    def n(self) -> int:
+        return len(self.i_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Queries to send now: `queries[k]` (a row of the snapshot) goes to instance `instances[k]`."""
+
+    queries: np.ndarray
+    instances: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.queries.tolist(), self.instances.tolist()))
+
+
+EMPTY = Assignment(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp))
+
+
+class Policy(Protocol):
+    name: str
+
+    def __call__(self, snap: Snapshot) -> Assignment: ...
+
+
+def _service(table: np.ndarray, snap: Snapshot, rows: int) -> np.ndarray:
+    """(rows × n) service-time matrix for the first `rows` queries, batches clamped to the table."""
+    b = np.minimum(snap.q_batch[:rows], table.shape[2] - 1)
+    return table[snap.q_model[:rows, None], snap.i_type[None, :], b[:, None]]
+
+
+def heterogeneity_coefficients(profiles: ProfileTable) -> np.ndarray:
+    """C[model, type] = L_base(B_max) / L_type(B_max), base = the type fastest at B_max.
+
+    Worked example: at B_max = 1000 a GPU takes 20 ms and a CPU 200 ms → C_gpu = 1, C_cpu = 0.1.
+    At batch 10 the GPU takes 2 ms and the CPU 4 ms: edge costs 2 ms (GPU) vs 0.4 ms (CPU), so a
+    small query prefers the CPU; at batch 1000 both cost 20 ms, and ties go by busy time.
+    """
+    c = np.empty(profiles.mean_s.shape[:2])
+    for mi, model in enumerate(profiles.models):
+        b_max = min(profiles.largest_measured_batch(model), profiles.max_batch)
+        at_max = profiles.mean_s[mi, :, b_max]
+        c[mi] = at_max.min() / at_max
+    return c
+
+
+class KairosPolicy:
+    """The Kairos bipartite matching (see the module docstring), solved with linear_sum_assignment.
+
+    Rows are the oldest min(m, 2n) queries (older ones first: a later query never displaces an
+    earlier one from consideration), columns all n instances. `tail=True` judges feasibility on p99
+    service time rather than the mean; `margin_s` reserves time for the dispatcher's own overhead.
+    """
+
+    name = "kairos"
+
+    def __init__(self, profiles: ProfileTable, *, tail: bool = True, margin_s: float = 0.0) -> None:
+        self.profiles = profiles
+        self.coef = heterogeneity_coefficients(profiles)
+        self.mean = profiles.mean_s
+        self.check = profiles.p99_s if tail else profiles.mean_s
+        self.margin_s = margin_s
+
+    def cost_matrix(self, snap: Snapshot, rows: int) -> np.ndarray:
+        lat = _service(self.mean, snap, rows)
+        busy = snap.i_busy_s[None, :]
+        cost = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]] * (busy + lat)
+        finish = snap.q_waited_s[:rows, None] + busy + (_service(self.check, snap, rows) if self.check is not self.mean else lat)
+        budget = snap.q_qos_s[:rows, None] - self.margin_s
+        infeasible = finish > budget
+        if infeasible.any():
+            cost = cost + infeasible * (INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None])
+        return cost
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        if snap.m == 0 or not snap.i_free.any():
+            return EMPTY
+        rows = min(snap.m, 2 * snap.n)
+        cost = self.cost_matrix(snap, rows)
+        if rows == 1:  # one query: the matching is the cheapest column
+            j = int(np.argmin(cost[0]))
+            return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
+        r, c = linear_sum_assignment(cost)
+        keep = snap.i_free[c]
+        return Assignment(r[keep], c[keep])
+
+
+class FcfsPolicy:
+    """First come, first served: the oldest queries go to the idle instances in instance order."""
+
+    name = "fcfs"
+
+    def __init__(self, profiles: ProfileTable) -> None:
+        self.profiles = profiles
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        free = np.flatnonzero(snap.i_free)
+        k = min(len(free), snap.m)
+        return Assignment(np.arange(k), free[:k]) if k else EMPTY
+
+
+class RoundRobinPolicy:
+    """The oldest queries go to idle instances in a rotating order (the cursor is the only state)."""
+
+    name = "round_robin"
+
+    def __init__(self, profiles: ProfileTable) -> None:
+        self.profiles = profiles
+        self.cursor = 0
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        if snap.m == 0 or snap.n == 0:
+            return EMPTY
+        order = (np.arange(snap.n) + self.cursor) % snap.n
+        free = order[snap.i_free[order]]
+        k = min(len(free), snap.m)
+        if k == 0:
+            return EMPTY
+        self.cursor = (int(free[k - 1]) + 1) % snap.n
+        return Assignment(np.arange(k), free[:k])
+
+
+class FastestFreePolicy:
+    """Each query, oldest first, goes to the idle instance that serves its batch fastest."""
+
+    name = "fastest_free"
+
+    def __init__(self, profiles: ProfileTable) -> None:
+        self.profiles = profiles
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        free = np.flatnonzero(snap.i_free)
+        k = min(len(free), snap.m)
+        if k == 0:
+            return EMPTY
+        lat = _service(self.profiles.mean_s, snap, k)[:, free]
+        qs, js = [], []
+        taken = np.zeros(len(free), dtype=bool)
+        for i in range(k):
+            row = np.where(taken, np.inf, lat[i])
+            j = int(np.argmin(row))
+            taken[j] = True
+            qs.append(i)
+            js.append(free[j])
+        return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
+
+
+class EarliestFinishPolicy:
+    """Each query, oldest first, claims the instance (busy ones included) on which it would finish
+    first; it is sent only if that instance is free, otherwise it waits for it."""
+
+    name = "earliest_finish"
+
+    def __init__(self, profiles: ProfileTable) -> None:
+        self.profiles = profiles
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        if snap.m == 0 or not snap.i_free.any():
+            return EMPTY
+        k = min(snap.m, snap.n)
+        finish = snap.i_busy_s[None, :] + _service(self.profiles.mean_s, snap, k)
+        claimed = np.zeros(snap.n, dtype=bool)
+        qs, js = [], []
+        for i in range(k):
+            j = int(np.argmin(np.where(claimed, np.inf, finish[i])))
+            claimed[j] = True
+            if snap.i_free[j]:
+                qs.append(i)
+                js.append(j)
+        return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
+
+
+class ThresholdPolicy:
+    """DeepRecSys-style: queries with batch ≤ `threshold` go to the small-query types (CPUs), larger
+    ones to the large-query types (the accelerators; by default the type fastest at B_max), each side
+    FCFS to its fastest idle instance. A side with no idle instance makes its queries wait."""
+
+    name = "threshold"
+
+    def __init__(self, profiles: ProfileTable, *, threshold: int = 200, large_types: Iterable[str] | None = None) -> None:
+        self.profiles = profiles
+        self.threshold = int(threshold)
+        if large_types is None:
+            coef = heterogeneity_coefficients(profiles)
+            large = {int(np.argmax(coef.mean(axis=0)))}
+        else:
+            large = {profiles.type_index(t) for t in large_types}
+        self.large = np.zeros(len(profiles.types), dtype=bool)
+        self.large[list(large)] = True
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        free = np.flatnonzero(snap.i_free)
+        if snap.m == 0 or len(free) == 0:
+            return EMPTY
+        free_large = self.large[snap.i_type[free]]
+        qs, js = [], []
+        for side_large in (False, True):
+            cand = free[free_large == side_large]
+            if len(cand) == 0:
+                continue
+            want = (snap.q_batch > self.threshold) == side_large
+            rows = np.flatnonzero(want)[: len(cand)]
+            if len(rows) == 0:
+                continue
+            sub = Snapshot(snap.q_model[rows], snap.q_batch[rows], snap.q_waited_s[rows], snap.q_qos_s[rows],
+                           snap.i_type[cand], snap.i_busy_s[cand], snap.i_free[cand])
+            lat = _service(self.profiles.mean_s, sub, len(rows))
+            taken = np.zeros(len(cand), dtype=bool)
+            for i, row in enumerate(rows):
+                j = int(np.argmin(np.where(taken, np.inf, lat[i])))
+                taken[j] = True
+                qs.append(int(row))
+                js.append(int(cand[j]))
+        return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
+
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "kairos": KairosPolicy,
+    "fcfs": FcfsPolicy,
+    "fastest_free": FastestFreePolicy,
+    "round_robin": RoundRobinPolicy,
+    "earliest_finish": EarliestFinishPolicy,
+    "threshold": ThresholdPolicy,
+}
+
+
+def make_policy(name: str, profiles: ProfileTable, **params: Any) -> Policy:
+    """Build a policy by name; unknown names and parameters are refused with what is allowed."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise ConfigError(f"unknown dispatch policy {name!r}; allowed: {sorted(POLICIES)}") from None
+    try:
+        return factory(profiles, **params)
+    except TypeError as exc:
+        raise ConfigError(f"dispatch policy {name!r}: {exc}") from None

@@ -1,0 +1,148 @@
+"""Tensor encodings of the KServe v2 protocol: raw bytes ↔ typed contents ↔ JSON data, and Triton's BYTES layout."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Sequence
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from kairosd.errors import InvalidInput
+
+# Bytes per element of each fixed-size KServe datatype; BYTES is variable (4-byte length prefix per element).
+ITEMSIZE: dict[str, int] = {
+    "BOOL": 1, "UINT8": 1, "INT8": 1,
+    "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
+    "UINT32": 4, "INT32": 4, "FP32": 4,
+    "UINT64": 8, "INT64": 8, "FP64": 8,
+}
+
+# numpy dtype of each datatype as it travels on the wire (BF16 has no numpy type: its 16 raw bits).
+WIRE_NP: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "INT8": np.dtype("<i1"),
+    "UINT16": np.dtype("<u2"), "INT16": np.dtype("<i2"), "FP16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "INT32": np.dtype("<i4"), "FP32": np.dtype("<f4"),
+    "UINT64": np.dtype("<u8"), "INT64": np.dtype("<i8"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(np.object_),
+}
+
+# Which `InferTensorContents` field carries each datatype (FP16 and BF16 have none: raw only).
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_LEN = struct.Struct("<I")
+
+
+def element_count(shape: Sequence[int]) -> int:
+    """Product of `shape` (1 for a scalar)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def serialize_bytes(elements: Sequence[bytes | str]) -> bytes:
+    """Triton's BYTES layout: each element as a 4-byte little-endian length, then its bytes."""
+    parts: list[bytes] = []
+    for e in elements:
+        b = e.encode("utf-8") if isinstance(e, str) else bytes(e)
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def deserialize_bytes(raw: bytes | memoryview) -> list[bytes]:
+    """Inverse of `serialize_bytes`; raises InvalidInput when a length runs past the end."""
+    view = memoryview(raw)
+    out: list[bytes] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidInput(f"BYTES tensor truncated: {end - pos} trailing bytes cannot hold a length prefix")
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(f"BYTES tensor truncated: element of {n} bytes at offset {pos - 4} runs past {end}")
+        out.append(bytes(view[pos:pos + n]))
+        pos += n
+    return out
+
+
+def contents_to_raw(contents: service_pb2.InferTensorContents, datatype: str, shape: Sequence[int], name: str) -> bytes:
+    """Typed `contents` of one tensor → its raw little-endian bytes; checks the element count."""
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}': datatype {datatype} has no typed contents; send it in raw_input_contents")
+    values = getattr(contents, field)
+    expected = element_count(shape)
+    if len(values) != expected:
+        raise InvalidInput(f"input '{name}': {len(values)} elements in contents.{field}, shape {list(shape)} needs {expected}")
+    if datatype == "BYTES":
+        return serialize_bytes(values)
+    try:
+        return np.array(values, dtype=WIRE_NP[datatype]).tobytes()
+    except (ValueError, OverflowError) as e:
+        raise InvalidInput(f"input '{name}': contents.{field} do not fit {datatype}: {e}") from None
+
+
+def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str) -> bytes:
+    """JSON `data` of one tensor (flat or nested list, or a scalar) → raw bytes; checks the element count."""
+    expected = element_count(shape)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if len(flat) != expected:
+            raise InvalidInput(f"input '{name}': {len(flat)} elements in data, shape {list(shape)} needs {expected}")
+        if not all(isinstance(e, str) for e in flat):
+            raise InvalidInput(f"input '{name}': BYTES data must be strings")
+        return serialize_bytes(flat)
+    dtype = WIRE_NP.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
+    if datatype == "BF16":
+        raise InvalidInput(f"input '{name}': BF16 must be sent as binary data (parameters.binary_data_size)")
+    try:
+        arr = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidInput(f"input '{name}': data is not a (nested) list of {datatype}: {e}") from None
+    if arr.size != expected:
+        raise InvalidInput(f"input '{name}': {arr.size} elements in data, shape {list(shape)} needs {expected}")
+    return arr.tobytes()
+
+
+def raw_to_json(raw: bytes, datatype: str, name: str = "") -> list[Any]:
+    """Raw bytes of one tensor → the flat JSON list Triton returns (BYTES elements as UTF-8 strings)."""
+    if datatype == "BYTES":
+        return [b.decode("utf-8", errors="replace") for b in deserialize_bytes(raw)]
+    dtype = WIRE_NP.get(datatype)
+    if dtype is None:
+        raise InvalidInput(f"output '{name}': unknown datatype {datatype!r}")
+    if len(raw) % dtype.itemsize:
+        raise InvalidInput(f"output '{name}': {len(raw)} bytes is not a whole number of {datatype} elements")
+    arr = np.frombuffer(raw, dtype=dtype)
+    if datatype == "BF16":  # bfloat16 is the high half of a float32
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr.tolist()
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    stack: list[Any] = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out

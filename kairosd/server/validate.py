@@ -1,0 +1,117 @@
+"""Checks an inference request against its model's signature and returns its batch size (no tensor decoding)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+from tritonclient.grpc import service_pb2
+
+from kairosd.errors import InvalidInput, ModelNotFound
+from kairosd.server.tensors import ITEMSIZE, contents_to_raw
+
+if TYPE_CHECKING:
+    from kairosd.repository import ModelSpec
+
+
+def resolve_model(repository: Mapping[str, "ModelSpec"], name: str, version: str = "") -> "ModelSpec":
+    """The spec of model `name`; `version` must be empty or the served version. Raises ModelNotFound."""
+    spec = repository.get(name)
+    if spec is None:
+        raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+    if version and version != spec.version:
+        raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found (serving version {spec.version})")
+    return spec
+
+
+def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", max_batch: int | None = None) -> int:
+    """Return the batch size (first dimension, the same for every input) of a request for `spec`.
+
+    Raises InvalidInput naming the offending input. Typed `contents` are moved into
+    `raw_input_contents` in place, so callers and backends only ever see raw tensors.
+    The raw path only compares lengths: tensors are never decoded.
+    """
+    inputs = request.inputs
+    n_inputs = len(inputs)
+    raw = request.raw_input_contents
+    n_raw = len(raw)
+    model = spec.name
+    if n_raw and n_raw != n_inputs:
+        raise InvalidInput(f"model '{model}': {n_raw} raw_input_contents for {n_inputs} inputs; send one per input, in order")
+    batching = spec.max_batch_size > 0
+    batch = -1
+    seen: set[str] = set()
+    for i, tensor in enumerate(inputs):
+        name = tensor.name
+        ts = spec.input(name)
+        if ts is None:
+            expected = ", ".join(t.name for t in spec.inputs)
+            raise InvalidInput(f"unexpected inference input '{name}' for model '{model}'; it takes: {expected}")
+        if name in seen:
+            raise InvalidInput(f"input '{name}' appears more than once in the request for model '{model}'")
+        seen.add(name)
+        datatype = tensor.datatype
+        if datatype != ts.datatype:
+            raise InvalidInput(f"input '{name}' of model '{model}': datatype {datatype or '(none)'}, expected {ts.datatype}")
+        shape = tensor.shape
+        dims = ts.dims
+        if batching:
+            if len(shape) != len(dims) + 1:
+                raise InvalidInput(
+                    f"input '{name}' of model '{model}': shape {list(shape)}, expected [batch, {', '.join(map(str, dims))}]"
+                )
+            b = shape[0]
+            if batch < 0:
+                batch = b
+            elif b != batch:
+                raise InvalidInput(f"input '{name}' of model '{model}': batch size {b} differs from {batch} of the other inputs")
+            rest = shape[1:]
+        else:
+            if len(shape) != len(dims):
+                raise InvalidInput(f"input '{name}' of model '{model}': shape {list(shape)}, expected {list(dims)}")
+            rest = shape
+        count = 1
+        for got, want in zip(rest, dims):
+            if got < 0 or (want >= 0 and got != want):
+                raise InvalidInput(f"input '{name}' of model '{model}': shape {list(shape)} does not match dims {list(dims)}")
+            count *= got
+        if batching:
+            if b < 1:
+                raise InvalidInput(f"input '{name}' of model '{model}': batch size {b}; at least 1 is required")
+            count *= b
+        if tensor.parameters and "shared_memory_region" in tensor.parameters:
+            raise InvalidInput(f"input '{name}': shared-memory tensors are not supported by kairosd; send the data in the request")
+        if n_raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input '{name}': both raw_input_contents and contents are set; use one of them for all inputs")
+            size = ITEMSIZE.get(datatype)
+            if size is not None and len(raw[i]) != count * size:
+                raise InvalidInput(
+                    f"input '{name}' of model '{model}': {len(raw[i])} bytes of raw data, shape {list(shape)} of {datatype} needs {count * size}"
+                )
+        elif not tensor.HasField("contents"):
+            raise InvalidInput(f"input '{name}' of model '{model}': no data (neither raw_input_contents nor contents)")
+    if n_inputs != len(spec.inputs):
+        missing = [t.name for t in spec.inputs if t.name not in seen]
+        raise InvalidInput(f"model '{model}': missing input(s) {', '.join(missing)}")
+    if batching:
+        limit = spec.max_batch_size if max_batch is None else min(max_batch, spec.max_batch_size)
+        if batch > limit:
+            raise InvalidInput(f"model '{model}': batch size {batch} exceeds the maximum of {limit}")
+    else:
+        batch = 1
+    for out in request.outputs:
+        oname = out.name
+        if not any(o.name == oname for o in spec.outputs):
+            expected = ", ".join(o.name for o in spec.outputs)
+            raise InvalidInput(f"unexpected inference output '{oname}' for model '{model}'; it has: {expected}")
+    if not n_raw and n_inputs:
+        _contents_to_raw(request)
+    return batch
+
+
+def _contents_to_raw(request: service_pb2.ModelInferRequest) -> None:
+    """Move every input's typed contents into raw_input_contents (the slow, rarely used path)."""
+    raws = [contents_to_raw(t.contents, t.datatype, t.shape, t.name) for t in request.inputs]
+    for t in request.inputs:
+        t.ClearField("contents")
+    request.raw_input_contents.extend(raws)
