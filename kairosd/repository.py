@@ -122,7 +122,7 @@ class ModelSpec:
 
 def load_repository(path: str | Path) -> dict[str, ModelSpec]:
     """Every model under `path`, by name. Raises ConfigError naming the file and what is wrong."""
-    root = Path(path)
+    root = Path(path).resolve()
     if not root.is_dir():
         raise ConfigError(f"model repository {root}: not a directory")
     models: dict[str, ModelSpec] = {}

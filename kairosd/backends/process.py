@@ -1,0 +1,196 @@
+"""Child processes for local instances: free ports, start, wait until the KServe v2 server is ready, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Mapping, Sequence
+
+from kairosd.errors import Unavailable
+
+READY_POLL_S = 0.05  # how often wait_ready asks ServerReady while a server starts
+DEFAULT_GRACE_S = 10.0  # SIGTERM -> SIGKILL
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the OS just reported free on `host` (another process may still take it before you bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def kairosd_argv(*args: str) -> list[str]:
+    """The command line that runs `kairosd ARGS...` with this interpreter."""
+    return [sys.executable, "-m", "kairosd", *args]
+
+
+class ChildProcess:
+    """One child process in its own session (process group), its output in a log file.
+
+    `stop()` sends SIGTERM to the child, waits `grace_s`, then SIGKILLs the whole group, so helpers the
+    child started (tritonserver, Python backend stubs) never outlive it.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        name: str = "",
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        log_path: str | Path | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.name = name or Path(self.argv[0]).name
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the child has exited (negative: killed by that signal), else None."""
+        return self._popen.poll() if self._popen else None
+
+    @property
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    def start(self) -> ChildProcess:
+        """Spawn the child (stdout and stderr go to `log_path`, a temporary file unless given)."""
+        if self._popen is not None:
+            raise RuntimeError(f"{self.name}: already started (pid {self._popen.pid})")
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix=f"kairosd-{self.name}-", suffix=".log")
+            os.close(fd)
+            self._log_path = Path(name)
+        with open(self._log_path, "ab") as log:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,  # own process group: stop() can reach grandchildren
+            )
+        return self
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        """The last `max_chars` characters the child wrote (stdout and stderr)."""
+        if self._log_path is None or not self._log_path.exists():
+            return ""
+        with open(self._log_path, "rb") as f:
+            f.seek(max(0, self._log_path.stat().st_size - max_chars))
+            return f.read().decode("utf-8", errors="replace")
+
+    def stop(self, grace_s: float = DEFAULT_GRACE_S) -> int | None:
+        """SIGTERM, wait up to `grace_s`, then SIGKILL the group; returns the exit code (None if never started)."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                self._kill_group()
+                self._popen.wait()
+        self._reap_group()
+        return self._popen.returncode
+
+    async def stop_async(self, grace_s: float = DEFAULT_GRACE_S) -> int | None:
+        """`stop()` without blocking the event loop."""
+        if self._popen is None:
+            return None
+        if self._popen.poll() is None:
+            self._signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while self._popen.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(READY_POLL_S)
+            if self._popen.poll() is None:
+                self._kill_group()
+                await asyncio.to_thread(self._popen.wait)
+        self._reap_group()
+        return self._popen.returncode
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._popen is not None
+        try:
+            self._popen.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def _kill_group(self) -> None:
+        assert self._popen is not None
+        try:
+            os.killpg(self._popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap_group(self) -> None:
+        """After the child exited: SIGKILL whatever it left behind in its process group."""
+        assert self._popen is not None
+        try:
+            os.killpg(self._popen.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return  # the group is empty
+        self._kill_group()
+
+    def __enter__(self) -> ChildProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"ChildProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"
+
+
+async def wait_ready(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:
+    """Poll gRPC ServerReady at `url` ("host:port") until true; raises Unavailable on timeout or if `child` exits."""
+    import tritonclient.grpc.aio as grpcclient  # here, not at import time: it takes ~0.2 s
+
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer yet"
+    while True:
+        if child is not None and child.returncode is not None:
+            raise Unavailable(
+                f"{child.name} exited with code {child.returncode} before {url} was ready; its output:\n"
+                + child.log_tail()
+            )
+        client = grpcclient.InferenceServerClient(url)
+        try:
+            if await client.is_server_ready(client_timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+                return
+            last_error = "ServerReady is false"
+        except Exception as exc:  # connection refused, deadline exceeded: the server is still starting
+            last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        finally:
+            await client.close()
+        if time.monotonic() >= deadline:
+            tail = f"; its output:\n{child.log_tail()}" if child is not None else ""
+            raise Unavailable(f"{url} not ready after {timeout_s:.1f} s ({last_error}){tail}")
+        await asyncio.sleep(READY_POLL_S)
+
+
+def wait_ready_sync(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:
+    """`wait_ready` for code without an event loop (fixtures, scripts)."""
+    asyncio.run(wait_ready(url, timeout_s, child))

@@ -1,0 +1,172 @@
+"""KServe v2 gRPC front end (`inference.GRPCInferenceService`); ModelInfer responses pass through as raw bytes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+
+import kairosd
+from kairosd.errors import KairosError
+from kairosd.server.validate import resolve_model, validate_request
+from kairosd.service import InferenceService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+SERVER_NAME = "kairosd"
+# KServe/Triton protocol extensions this front end implements.
+EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "model_configuration")
+
+# Methods of the service that kairosd answers with UNIMPLEMENTED and a reason.
+_UNSUPPORTED: dict[str, str] = {
+    "ModelStatistics": "kairosd does not report per-model statistics; scrape its Prometheus metrics instead",
+    "RepositoryModelLoad": "kairosd serves a fixed repository; models cannot be loaded at run time",
+    "RepositoryModelUnload": "kairosd serves a fixed repository; models cannot be unloaded at run time",
+    "SystemSharedMemoryStatus": "kairosd does not support shared-memory tensors",
+    "SystemSharedMemoryRegister": "kairosd does not support shared-memory tensors",
+    "SystemSharedMemoryUnregister": "kairosd does not support shared-memory tensors",
+    "CudaSharedMemoryStatus": "kairosd does not support shared-memory tensors",
+    "CudaSharedMemoryRegister": "kairosd does not support shared-memory tensors",
+    "CudaSharedMemoryUnregister": "kairosd does not support shared-memory tensors",
+    "TraceSetting": "kairosd does not support Triton trace settings",
+    "LogSettings": "kairosd does not support Triton log settings",
+}
+_STREAM_UNSUPPORTED = "kairosd does not implement ModelStreamInfer (streaming / decoupled models); use ModelInfer"
+
+
+class _Handlers:
+    """The RPC implementations; each is registered below with its (de)serializers."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+
+    async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self._service.is_live())
+
+    async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.is_ready())
+
+    async def server_metadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=kairosd.__version__, extensions=EXTENSIONS)
+
+    async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        # Like Triton: an unknown model (or version) is simply not ready.
+        spec = self._service.repository.get(request.name)
+        ok = spec is not None and request.version in ("", spec.version) and self._service.model_ready(request.name)
+        return pb.ModelReadyResponse(ready=ok)
+
+    async def model_metadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            return resolve_model(self._service.repository, request.name, request.version).metadata_pb()
+        except KairosError as e:
+            await _abort(context, e)
+
+    async def model_config(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        try:
+            return resolve_model(self._service.repository, request.name, request.version).config_pb()
+        except KairosError as e:
+            await _abort(context, e)
+
+    async def repository_index(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for name, spec in sorted(self._service.repository.items()):
+            ready = self._service.model_ready(name)
+            if request.ready and not ready:
+                continue
+            response.models.add(name=name, version=spec.version, state="READY" if ready else "UNAVAILABLE",
+                                reason="" if ready else "no ready instance serves this model")
+        return response
+
+    async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
+        service = self._service
+        try:
+            spec = resolve_model(service.repository, request.model_name, request.model_version)
+            batch = validate_request(request, spec)
+            return await service.infer(request, spec, batch, context.time_remaining())
+        except KairosError as e:
+            await _abort(context, e)
+        except Exception as e:  # a bug, not the client's fault: keep the message, log the trace
+            log.exception("ModelInfer for model %r failed", request.model_name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"kairosd internal error: {type(e).__name__}: {e}")
+
+    async def model_stream_infer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _STREAM_UNSUPPORTED)
+        yield pb.ModelStreamInferResponse()  # unreachable; makes this an async generator
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: KairosError) -> NoReturn:
+    await context.abort(error.grpc_code, str(error))
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _unsupported(reason: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
+
+    return handler
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _unary(fn: Callable[..., Awaitable[Any]], request_type: Any, response_type: Any | None) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        fn,
+        request_deserializer=request_type.FromString if request_type is not None else _identity,
+        response_serializer=response_type.SerializeToString if response_type is not None else None,
+    )
+
+
+def build_generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
+    """The service's method table. ModelInfer returns the backend's bytes with no serializer (no re-encoding)."""
+    h = _Handlers(service)
+    methods: dict[str, grpc.RpcMethodHandler] = {
+        "ServerLive": _unary(h.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": _unary(h.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ServerMetadata": _unary(h.server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelReady": _unary(h.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ModelMetadata": _unary(h.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelConfig": _unary(h.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
+        "RepositoryIndex": _unary(h.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+        "ModelInfer": _unary(h.model_infer, pb.ModelInferRequest, None),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            h.model_stream_infer,
+            request_deserializer=pb.ModelInferRequest.FromString,
+            response_serializer=pb.ModelStreamInferResponse.SerializeToString,
+        ),
+    }
+    for name, reason in _UNSUPPORTED.items():
+        methods[name] = _unary(_unsupported(reason), None, None)
+    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
+
+
+async def start_grpc_server(service: InferenceService, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+    """Bind and start the gRPC front end; messages over `max_message_bytes` fail with RESOURCE_EXHAUSTED."""
+    server = grpc.aio.server(
+        handlers=[build_generic_handler(service)],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+        ],
+        maximum_concurrent_rpcs=None,
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"gRPC front end cannot bind {address}")
+    await server.start()
+    log.info("gRPC front end listening on %s", address)
+    return server

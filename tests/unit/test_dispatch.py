@@ -1,0 +1,216 @@
+"""Hand-worked cases for the dispatch policies (kairosd.dispatch)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from kairosd.dispatch import (
+    INFEASIBLE_PENALTY_QOS,
+    KairosPolicy,
+    Snapshot,
+    heterogeneity_coefficients,
+    make_policy,
+)
+from kairosd.errors import ConfigError
+from kairosd.profiles import ProfilePoint, ProfileTable
+
+MS = 1e-3
+
+
+def make_profiles(tail_factor: dict[str, float] | None = None) -> ProfileTable:
+    """Two types, one model. `gpu`: 2 ms at batch 10, 20 ms at 1000. `cpu`: 4 ms at 10, 200 ms at 1000.
+    p99 = mean × tail_factor[type] (1 by default)."""
+    tail_factor = tail_factor or {}
+    pts = []
+    for t, (lo, hi) in {"gpu": (2 * MS, 20 * MS), "cpu": (4 * MS, 200 * MS)}.items():
+        f = tail_factor.get(t, 1.0)
+        pts += [ProfilePoint(t, 10, lo, lo * f), ProfilePoint(t, 1000, hi, hi * f)]
+    return ProfileTable.build({"m": pts})
+
+
+def make_snapshot(
+    profiles: ProfileTable,
+    batches: Sequence[int],
+    types: Sequence[str],
+    *,
+    waited_s: Sequence[float] | None = None,
+    busy_s: Sequence[float] | None = None,
+    qos_s: float = 0.1,
+) -> Snapshot:
+    m, n = len(batches), len(types)
+    busy = np.array(busy_s if busy_s is not None else [0.0] * n, dtype=float)
+    return Snapshot(
+        q_model=np.zeros(m, dtype=np.intp),
+        q_batch=np.array(batches, dtype=np.intp),
+        q_waited_s=np.array(waited_s if waited_s is not None else [0.0] * m, dtype=float),
+        q_qos_s=np.full(m, qos_s),
+        i_type=np.array([profiles.type_index(t) for t in types], dtype=np.intp),
+        i_busy_s=busy,
+        i_free=busy == 0,
+    )
+
+
+def test_heterogeneity_coefficient_equalises_largest_batch() -> None:
+    p = make_profiles()
+    c = heterogeneity_coefficients(p)
+    gi, ci = p.type_index("gpu"), p.type_index("cpu")
+    assert c[0, gi] == pytest.approx(1.0)
+    assert c[0, ci] == pytest.approx(0.1)  # 20 ms / 200 ms
+    # every type costs the same on the largest batch
+    assert c[0, gi] * p.mean_s[0, gi, 1000] == pytest.approx(c[0, ci] * p.mean_s[0, ci, 1000])
+
+
+def test_kairos_sends_large_query_to_gpu_and_small_to_cpu() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[10, 1000], types=["cpu", "gpu"], qos_s=1.0)
+    a = KairosPolicy(p)(snap)
+    assert sorted(a.pairs()) == [(0, 0), (1, 1)]  # small → cpu (col 0), large → gpu (col 1)
+
+
+def test_kairos_prefers_higher_speedup_query_on_gpu_even_when_order_reversed() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[1000, 10], types=["gpu", "cpu"], qos_s=1.0)
+    assert sorted(KairosPolicy(p)(snap).pairs()) == [(0, 0), (1, 1)]
+
+
+def test_kairos_never_picks_infeasible_edge_when_feasible_exists() -> None:
+    p = make_profiles()
+    # batch 500 on the cpu takes ~102 ms > QoS 50 ms; on the gpu ~11 ms: only the gpu is feasible,
+    # although the cpu edge is cheaper by coefficient (0.1 × 102 ms < 1 × 11 ms).
+    snap = make_snapshot(p, batches=[500], types=["cpu", "gpu"], qos_s=0.05)
+    assert KairosPolicy(p)(snap).pairs() == [(0, 1)]
+    # with two queries the matching keeps both feasible: the small one fits on the cpu
+    snap = make_snapshot(p, batches=[500, 10], types=["cpu", "gpu"], qos_s=0.05)
+    assert sorted(KairosPolicy(p)(snap).pairs()) == [(0, 1), (1, 0)]
+
+
+def test_kairos_waits_for_busy_gpu_rather_than_take_a_cpu_that_misses_qos() -> None:
+    p = make_profiles()
+    # the gpu is busy for 5 ms more; the big query would miss QoS (50 ms) on the free cpu, so the
+    # matching assigns it to the busy gpu: nothing is sent now, the query keeps waiting.
+    snap = make_snapshot(p, batches=[800], types=["cpu", "gpu"], busy_s=[0.0, 0.005], qos_s=0.05)
+    assert len(KairosPolicy(p)(snap)) == 0
+
+
+def test_kairos_waited_time_makes_an_edge_infeasible() -> None:
+    p = make_profiles()
+    # batch 100 on the cpu: 4 + 90/990·196 ≈ 21.8 ms; on the gpu ≈ 3.6 ms. QoS 30 ms.
+    # Fresh: cpu is cheaper (0.1 × 21.8 < 3.6) and feasible → cpu.
+    fresh = make_snapshot(p, batches=[100], types=["cpu", "gpu"], qos_s=0.03)
+    assert KairosPolicy(p)(fresh).pairs() == [(0, 0)]
+    # Having waited 15 ms, the cpu (15 + 21.8 > 30) is infeasible; the gpu (15 + 3.6) is not.
+    waited = make_snapshot(p, batches=[100], types=["cpu", "gpu"], waited_s=[0.015], qos_s=0.03)
+    assert KairosPolicy(p)(waited).pairs() == [(0, 1)]
+
+
+def test_kairos_tail_feasibility_uses_p99() -> None:
+    # the cpu's mean meets QoS but its p99 (3× the mean) does not
+    p = make_profiles(tail_factor={"cpu": 3.0})
+    snap = make_snapshot(p, batches=[100], types=["cpu", "gpu"], qos_s=0.03)
+    assert KairosPolicy(p, tail=False)(snap).pairs() == [(0, 0)]
+    assert KairosPolicy(p, tail=True)(snap).pairs() == [(0, 1)]
+
+
+def test_kairos_expired_query_is_still_served() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[10], types=["cpu", "gpu"], waited_s=[0.2], qos_s=0.05)
+    a = KairosPolicy(p)(snap)
+    assert len(a) == 1  # infeasible everywhere, still sent
+    cost = KairosPolicy(p).cost_matrix(snap, 1)
+    assert (cost >= INFEASIBLE_PENALTY_QOS * 0.05).all()
+
+
+def test_kairos_rows_bounded_to_twice_the_instances() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[10] * 50, types=["cpu", "gpu"], qos_s=1.0)
+    a = KairosPolicy(p)(snap)
+    assert len(a) == 2
+    assert set(a.queries.tolist()) <= set(range(4))  # only the oldest 2n rows considered
+
+
+def test_fcfs_takes_queue_head_to_first_idle() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[1000, 10, 10], types=["cpu", "gpu", "cpu"], busy_s=[0.01, 0.0, 0.0])
+    assert make_policy("fcfs", p)(snap).pairs() == [(0, 1), (1, 2)]
+
+
+def test_fastest_free_gives_head_the_fastest_idle() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[10, 1000], types=["cpu", "gpu"])
+    # the head (batch 10) is fastest on the gpu (2 ms < 4 ms) and takes it; the big one gets the cpu
+    assert make_policy("fastest_free", p)(snap).pairs() == [(0, 1), (1, 0)]
+
+
+def test_round_robin_rotates() -> None:
+    p = make_profiles()
+    rr = make_policy("round_robin", p)
+    types = ["cpu", "gpu", "cpu"]
+    assert rr(make_snapshot(p, [10], types)).pairs() == [(0, 0)]
+    assert rr(make_snapshot(p, [10], types)).pairs() == [(0, 1)]
+    assert rr(make_snapshot(p, [10], types)).pairs() == [(0, 2)]
+    assert rr(make_snapshot(p, [10], types)).pairs() == [(0, 0)]
+
+
+def test_earliest_finish_waits_for_busy_fast_instance() -> None:
+    p = make_profiles()
+    # big query: gpu busy 5 ms → finishes at 5 + ~16 ms; cpu free → ~160 ms. It claims the gpu and waits.
+    snap = make_snapshot(p, batches=[800], types=["cpu", "gpu"], busy_s=[0.0, 0.005])
+    assert len(make_policy("earliest_finish", p)(snap)) == 0
+    # small query: cpu 4 ms now vs gpu 5 + 2 ms → cpu
+    snap = make_snapshot(p, batches=[10], types=["cpu", "gpu"], busy_s=[0.0, 0.005])
+    assert make_policy("earliest_finish", p)(snap).pairs() == [(0, 0)]
+
+
+def test_threshold_splits_by_batch() -> None:
+    p = make_profiles()
+    pol = make_policy("threshold", p, threshold=100)
+    snap = make_snapshot(p, batches=[500, 50, 20], types=["gpu", "cpu"])
+    assert sorted(pol(snap).pairs()) == [(0, 0), (1, 1)]
+    # the small side busy: small queries wait even though the gpu is idle
+    snap = make_snapshot(p, batches=[50], types=["gpu", "cpu"], busy_s=[0.0, 0.01])
+    assert len(pol(snap)) == 0
+
+
+def test_threshold_large_types_explicit() -> None:
+    p = make_profiles()
+    pol = make_policy("threshold", p, threshold=100, large_types=["cpu"])
+    snap = make_snapshot(p, batches=[500], types=["gpu", "cpu"])
+    assert pol(snap).pairs() == [(0, 1)]
+
+
+def test_make_policy_refuses_unknown_names_and_params() -> None:
+    p = make_profiles()
+    with pytest.raises(ConfigError, match="allowed"):
+        make_policy("nope", p)
+    with pytest.raises(ConfigError, match="kairos"):
+        make_policy("kairos", p, thresh=3)
+
+
+def test_policies_only_assign_free_instances_and_each_once() -> None:
+    p = make_profiles()
+    rng = np.random.default_rng(1)
+    for name in ["kairos", "fcfs", "fastest_free", "round_robin", "earliest_finish", "threshold"]:
+        pol = make_policy(name, p)
+        for _ in range(50):
+            n, m = int(rng.integers(1, 8)), int(rng.integers(0, 20))
+            types = list(rng.choice(["cpu", "gpu"], n))
+            busy = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0.001, 0.05, n))
+            snap = make_snapshot(p, rng.integers(1, 1000, m).tolist(), types, busy_s=busy.tolist(),
+                                 waited_s=rng.uniform(0, 0.1, m).tolist())
+            a = pol(snap)
+            assert snap.i_free[a.instances].all(), name
+            assert len(set(a.instances.tolist())) == len(a), name
+            assert len(set(a.queries.tolist())) == len(a), name
+            assert len(a) <= min(m, int(snap.i_free.sum())), name
+
+
+def test_profile_interpolation_clamps_and_extends() -> None:
+    p = make_profiles()
+    gi = p.type_index("gpu")
+    assert p.mean_s[0, gi, 1] == pytest.approx(2 * MS)  # below the smallest batch: clamped
+    assert p.mean_s[0, gi, 505] == pytest.approx(2 * MS + 495 / 990 * 18 * MS)
+    ext = ProfileTable.build({"m": [ProfilePoint("g", 10, 0.001, 0.001), ProfilePoint("g", 20, 0.002, 0.002)]}, max_batch=40)
+    assert ext.mean_s[0, 0, 40] == pytest.approx(0.004)  # slope of the last two points
