@@ -41,7 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return int(args._run(args) or 0)
+    from kairosd.errors import KairosError
+
+    try:
+        return int(args._run(args) or 0)
+    except KairosError as exc:
+        print(f"kairosd {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

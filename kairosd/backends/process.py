@@ -164,8 +164,14 @@ class ChildProcess:
         return f"ChildProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"
 
 
-async def wait_ready(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:
-    """Poll gRPC ServerReady at `url` ("host:port") until true; raises Unavailable on timeout or if `child` exits."""
+async def wait_ready(
+    url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()
+) -> None:
+    """Poll gRPC ServerReady (and ModelReady of each of `models`) at `url` ("host:port") until all are true.
+
+    Raises Unavailable on timeout or as soon as `child` exits. Pass `models` for a PyTriton server: it
+    reports ServerReady before its models are loaded (they are loaded through the repository API).
+    """
     import tritonclient.grpc.aio as grpcclient  # here, not at import time: it takes ~0.2 s
 
     deadline = time.monotonic() + timeout_s
@@ -178,9 +184,16 @@ async def wait_ready(url: str, timeout_s: float, child: ChildProcess | None = No
             )
         client = grpcclient.InferenceServerClient(url)
         try:
-            if await client.is_server_ready(client_timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
-                return
-            last_error = "ServerReady is false"
+            rpc_timeout_s = max(0.1, min(1.0, deadline - time.monotonic()))
+            if not await client.is_server_ready(client_timeout=rpc_timeout_s):
+                last_error = "ServerReady is false"
+            else:
+                for model in models:
+                    if not await client.is_model_ready(model, client_timeout=rpc_timeout_s):
+                        last_error = f"model {model!r} is not ready"
+                        break
+                else:
+                    return
         except Exception as exc:  # connection refused, deadline exceeded: the server is still starting
             last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         finally:
@@ -191,6 +204,8 @@ async def wait_ready(url: str, timeout_s: float, child: ChildProcess | None = No
         await asyncio.sleep(READY_POLL_S)
 
 
-def wait_ready_sync(url: str, timeout_s: float, child: ChildProcess | None = None) -> None:
+def wait_ready_sync(
+    url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()
+) -> None:
     """`wait_ready` for code without an event loop (fixtures, scripts)."""
-    asyncio.run(wait_ready(url, timeout_s, child))
+    asyncio.run(wait_ready(url, timeout_s, child, models))

@@ -136,7 +136,9 @@ async def _not_found(request: web.Request) -> web.Response:
 async def _read_body(request: web.Request) -> bytes:
     limit = request.app[_MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes")
+        raise RequestTooLarge(
+            f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes (kairosd max_body_bytes)"
+        )
     return await request.read()
 
 

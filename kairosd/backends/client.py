@@ -1,0 +1,68 @@
+"""The client to one instance: KServe v2 gRPC, channel reused, tensors passed through as bytes.
+
+Control calls (health, metadata) go through `tritonclient.grpc.aio`; ModelInfer goes through a
+unary-unary call on a channel of our own whose response deserializer is the identity, so the
+backend's serialized `ModelInferResponse` reaches the client without being parsed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import grpc
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import service_pb2
+
+from kairosd.errors import BackendError
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+# Failures where another instance may succeed: the instance is gone, overloaded or cut off.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.UNKNOWN})
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+
+
+class BackendClient:
+    def __init__(self, address: str, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+        self._infer = self._channel.unary_unary(
+            MODEL_INFER, request_serializer=service_pb2.ModelInferRequest.SerializeToString, response_deserializer=None
+        )
+        self._control: grpcclient.InferenceServerClient | None = None
+
+    @property
+    def control(self) -> grpcclient.InferenceServerClient:
+        if self._control is None:
+            self._control = grpcclient.InferenceServerClient(self.address)
+        return self._control
+
+    async def infer(self, request: service_pb2.ModelInferRequest, timeout_s: float | None) -> bytes:
+        """Send one query; return the serialized ModelInferResponse. Raises BackendError."""
+        try:
+            return await self._infer(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            raise BackendError(
+                f"instance {self.address}: {code.name}: {exc.details()}",
+                status=code,
+                retryable=code in RETRYABLE,
+                instance=self.address,
+            ) from None
+
+    async def ready(self, timeout_s: float = 2.0) -> bool:
+        try:
+            return bool(await self.control.is_server_ready(client_timeout=timeout_s))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    async def close(self) -> None:
+        await self._channel.close()
+        if self._control is not None:
+            await self._control.close()

@@ -1,0 +1,59 @@
+"""`kairosd profile`: measure latency profiles of every instance type in a config, one CSV per model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+HELP = "measure latency profiles (model × instance type × batch) against live local instances"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/local.toml")
+    p.add_argument("--out", default=None, help="output directory (default: the config's models.profiles)")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32,...,1024)")
+    p.add_argument("--reps", type=int, default=30, help="queries per (model, type, batch)")
+    p.add_argument("--types", default=None, help="comma-separated instance types (default: all in [types])")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kairosd import config as config_mod
+    from kairosd.fleet import LocalFleet
+    from kairosd.profiler import DEFAULT_BATCHES, measure, monotone
+    from kairosd.profiles import ProfilePoint, ProfileTable, write_csv
+    from kairosd.registry import Registry
+
+    cfg = config_mod.load(args.config)
+    types = args.types.split(",") if args.types else list(cfg.types)
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else list(DEFAULT_BATCHES)
+    out = Path(args.out) if args.out else cfg.profiles_dir
+    models = sorted(cfg.qos_s)
+    # a placeholder table so the fleet can index types; measured values replace it
+    placeholder = ProfileTable.build({m: [ProfilePoint(t, 1, 1.0, 1.0) for t in types] for m in models})
+
+    async def main() -> dict[str, list[ProfilePoint]]:
+        results: dict[str, list[ProfilePoint]] = {m: [] for m in models}
+        for t in types:  # one type at a time: instances don't compete for the cores while measured
+            fleet_cfg = dataclasses.replace(cfg, fleet={t: 1})
+            fleet = LocalFleet(fleet_cfg, Registry(), placeholder)
+            await fleet.start()
+            try:
+                inst = next(iter(fleet.registry))
+                for m in models:
+                    pts = await measure(inst.client, t, m, batches, args.reps)
+                    for p in pts:
+                        print(f"{m:8s} {t:12s} batch {p.batch:5d}  mean {p.mean_s * 1e3:8.2f} ms  p99 {p.p99_s * 1e3:8.2f} ms")
+                    results[m] += pts
+            finally:
+                await fleet.stop()
+        return results
+
+    results = asyncio.run(main())
+    for m, pts in results.items():
+        write_csv(out / f"{m}.csv", monotone(pts))
+        print(f"wrote {out / f'{m}.csv'}")
+    return 0

@@ -1,0 +1,150 @@
+"""The daemon: config → repository, profiles, policy → registry + local fleet → scheduler → front ends.
+
+Start-up and shutdown are ordered: the fleet becomes ready before the front ends listen; on stop the
+front ends refuse new requests, queued and in-flight queries are answered, then the fleet stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable, Mapping
+
+import grpc
+from aiohttp import web
+from tritonclient.grpc import service_pb2
+
+from kairosd.config import Config
+from kairosd.dispatch import make_policy
+from kairosd.errors import ConfigError
+from kairosd.fleet import LocalFleet
+from kairosd.metrics import start_metrics_server
+from kairosd.profiles import ProfileTable
+from kairosd.registry import InstanceState, Registry
+from kairosd.repository import ModelSpec, load_repository
+from kairosd.scheduler import Scheduler
+from kairosd.server.grpc_frontend import start_grpc_server
+from kairosd.server.http_frontend import start_http_server
+
+log = logging.getLogger(__name__)
+
+
+def load_profiles(config: Config) -> ProfileTable:
+    """The latency table for the served models, checked to cover every instance type of the fleet."""
+    profiles = ProfileTable.load_dir(config.profiles_dir, models=sorted(config.qos_s))
+    missing = [t for t in config.fleet if t not in profiles.types]
+    if missing:
+        raise ConfigError(
+            f"instance types {missing} have no latency profile in {config.profiles_dir} (profiled: "
+            f"{list(profiles.types)}); measure them with `kairosd profile --config {config.path}`"
+        )
+    return profiles
+
+
+class Daemon:
+    """Implements `kairosd.service.InferenceService` on top of the scheduler."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        repo = load_repository(config.model_repository)
+        unknown = sorted(set(config.qos_s) - set(repo))
+        if unknown:
+            raise ConfigError(f"models.qos_ms names {unknown}, which are not in {config.model_repository} ({sorted(repo)})")
+        # serve exactly the models that have a QoS target
+        self._repository = {name: repo[name] for name in sorted(config.qos_s)}
+        self.profiles = load_profiles(config)
+        params = dict(config.scheduler.policy_params)
+        if config.scheduler.policy == "kairos":
+            params.setdefault("margin_s", config.scheduler.margin_ms / 1e3)
+        self.policy = make_policy(config.scheduler.policy, self.profiles, **params)
+        self.registry = Registry()
+        self.scheduler: Scheduler | None = None
+        self.fleet: LocalFleet | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._stop_metrics: Callable[[], None] | None = None
+        self._started = False
+
+    # ---- InferenceService -----------------------------------------------------------------
+    @property
+    def repository(self) -> Mapping[str, ModelSpec]:
+        return self._repository
+
+    def is_live(self) -> bool:
+        return True
+
+    def is_ready(self) -> bool:
+        return self._started and self.scheduler is not None and self.scheduler.accepting and bool(self.registry.ready())
+
+    def model_ready(self, name: str) -> bool:
+        return name in self._repository and self.is_ready()
+
+    async def infer(
+        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None
+    ) -> bytes:
+        assert self.scheduler is not None
+        return await self.scheduler.submit(request, spec, batch, timeout_s)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
+        self.fleet = LocalFleet(cfg, self.registry, self.profiles)
+        await self.fleet.start()
+        s = cfg.server
+        self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
+        self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
+        if s.metrics_port:
+            self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port)
+        self._started = True
+        log.info(
+            "kairosd ready grpc=%s:%d http=%s:%d metrics=%s:%d policy=%s instances=%d models=%s",
+            s.host, s.grpc_port, s.host, s.http_port, s.host, s.metrics_port, cfg.scheduler.policy,
+            len(self.registry.ready()), ",".join(self._repository),
+        )
+
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new requests, answer every queued and in-flight one (up to the timeout), stop the fleet."""
+        if self.scheduler is not None:
+            drained = await self.scheduler.drain(drain_timeout_s)
+            if not drained:
+                log.warning("drain timed out after %.1f s; answering the rest UNAVAILABLE", drain_timeout_s)
+            self.scheduler.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.cleanup()
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+        if self.fleet is not None:
+            await self.fleet.stop()
+        log.info("kairosd stopped")
+
+
+async def run_until_signal(daemon: Daemon, drain_timeout_s: float = 30.0) -> None:
+    """Start, serve until SIGTERM/SIGINT, then stop in order. A second signal exits at once."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second %s: exiting without draining", sig.name)
+            raise SystemExit(1)
+        log.info("%s received: draining", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await daemon.start()
+        await stop.wait()
+    finally:
+        await daemon.stop(drain_timeout_s)
+
+
+__all__ = ["Daemon", "InstanceState", "load_profiles", "run_until_signal"]

@@ -1,0 +1,436 @@
+"""Configuration planner (pure): enumerate fleets within a budget, bound their throughput, select one.
+
+Core rule (Kairos): rank every configuration the budget allows by an upper bound of the query rate it
+can serve within QoS, computed from latency profiles alone (no online exploration); then either take
+the centre of the top 10 (`kairos`), or walk the ranking evaluating configurations and pruning those
+whose bound cannot beat the best evaluation (`kairos_plus`, the paper's Algorithm 1).
+The evaluator is any callable config → QPS: the simulator (`kairosd.sim.SimEvaluator`) or a live
+measurement; this module never runs one by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from kairosd.errors import ConfigError
+from kairosd.profiles import ProfileTable
+
+MICRO_USD = 1_000_000  # prices are compared in integer micro-dollars so that cost <= budget is exact
+TOP_K = 10
+# A p99 target tolerates 1% of queries over QoS: a base type must serve at least this share of the
+# mix within QoS, otherwise no configuration built on it can meet the target at any rate.
+MIN_BASE_COVERAGE = 0.99
+
+
+# --------------------------------------------------------------------------------------------------
+# Enumeration
+
+
+def _micro(x: np.ndarray | float) -> np.ndarray:
+    return np.rint(np.asarray(x, dtype=float) * MICRO_USD).astype(np.int64)
+
+
+def enumerate_configs(
+    prices_usd_per_hour: Sequence[float] | np.ndarray,
+    budget_usd_per_hour: float,
+    *,
+    maximal_only: bool = True,
+    max_counts: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Every count vector (int[N, K], K = len(prices)) with 0 < cost ≤ budget, lexicographic order.
+
+    Vectorised: one numpy step per *type* (each partial configuration is repeated once per count the
+    remaining budget allows for the next type), never a Python loop per configuration.
+    `maximal_only` keeps the configurations to which no further instance fits (remaining budget <
+    the cheapest price): adding an instance never lowers throughput, so every other configuration
+    is dominated by a maximal superset. `max_counts` caps each type's count (e.g. capacity limits).
+    """
+    price = _micro(prices_usd_per_hour)
+    if price.ndim != 1 or len(price) == 0 or (price <= 0).any():
+        raise ConfigError("prices_usd_per_hour must be a non-empty list of positive prices")
+    budget = int(_micro(budget_usd_per_hour))
+    if budget <= 0:
+        raise ConfigError(f"budget_usd_per_hour must be > 0, got {budget_usd_per_hour}")
+    caps = np.full(len(price), np.iinfo(np.int64).max) if max_counts is None else np.asarray(max_counts, dtype=np.int64)
+    if caps.shape != price.shape or (caps < 0).any():
+        raise ConfigError("max_counts must give one count >= 0 per type")
+    configs = np.zeros((1, 0), dtype=np.int64)
+    remaining = np.array([budget], dtype=np.int64)
+    for k in range(len(price)):
+        options = np.minimum(remaining // price[k], caps[k]) + 1  # counts 0..max for each partial row
+        rows = np.repeat(np.arange(len(configs)), options)
+        starts = np.repeat(np.cumsum(options) - options, options)
+        count = np.arange(len(rows), dtype=np.int64) - starts
+        configs = np.column_stack([configs[rows], count])
+        remaining = remaining[rows] - count * price[k]
+    keep = configs.any(axis=1)
+    if maximal_only:
+        # no type with spare capacity fits into the remaining budget
+        fits = (remaining[:, None] >= price[None, :]) & (configs < caps[None, :])
+        keep &= ~fits.any(axis=1)
+    return configs[keep]
+
+
+def config_cost(configs: np.ndarray, prices_usd_per_hour: Sequence[float] | np.ndarray) -> np.ndarray:
+    """$/h of each configuration."""
+    return np.asarray(configs, dtype=float) @ np.asarray(prices_usd_per_hour, dtype=float)
+
+
+# --------------------------------------------------------------------------------------------------
+# Upper bound
+
+
+def batch_pmf(batches: np.ndarray, max_batch: int) -> np.ndarray:
+    """The mix's probability of each batch size 0..max_batch, from samples (larger ones clamped)."""
+    b = np.clip(np.asarray(batches, dtype=np.int64), 0, max_batch)
+    if len(b) == 0:
+        raise ConfigError("batch_pmf: no batch samples")
+    return np.bincount(b, minlength=max_batch + 1) / len(b)
+
+
+@dataclass(frozen=True)
+class BoundModel:
+    """Per-type inputs of the throughput bound for one model, QoS target and batch mix.
+
+    threshold_batch[k]  B_k: the last batch of the mix below which every batch meets QoS on type k
+                        (−1 when even the smallest does not)
+    coverage[k]         s_k = P(b ≤ B_k): the share of queries type k can serve within QoS
+    rate_qps[k]         1/E[L_k(b)] over the whole mix (one instance, all queries)
+    small_rate_qps[k]   Q_k = 1/E[L_k(b) | b ≤ B_k] (one instance, only the queries it can take)
+    time_share[j, k]    t_jk: the share of a type-j instance's busy time spent on queries b ≤ B_k
+    """
+
+    types: tuple[str, ...]
+    qos_s: float
+    tail: bool
+    threshold_batch: np.ndarray
+    coverage: np.ndarray
+    rate_qps: np.ndarray
+    small_rate_qps: np.ndarray
+    time_share: np.ndarray
+
+    @staticmethod
+    def build(
+        mean_s: np.ndarray,
+        feasibility_s: np.ndarray,
+        pmf: np.ndarray,
+        qos_s: float,
+        types: Sequence[str],
+        *,
+        tail: bool = True,
+    ) -> "BoundModel":
+        """From latency tables `[type, batch]`: `mean_s` sets the rates, `feasibility_s` (mean or p99) the thresholds."""
+        mean_s = np.asarray(mean_s, dtype=float)
+        feas = np.asarray(feasibility_s, dtype=float)
+        nb = min(mean_s.shape[1], len(pmf))
+        mean_s, feas, pmf = mean_s[:, :nb], feas[:, :nb], np.asarray(pmf, dtype=float)[:nb]
+        if len(pmf) == 0 or pmf.sum() <= 0:
+            raise ConfigError("the batch mix is empty")
+        pmf = pmf / pmf.sum()
+        support = pmf > 0
+        bad = (feas > qos_s) & support[None, :]
+        first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1), nb)  # batches < first_bad are all within QoS
+        small = np.arange(nb)[None, :] < first_bad[:, None]  # [k, b]: b is a small query for type k
+        support_idx = np.flatnonzero(support)
+        threshold = np.array([support_idx[support_idx < fb].max(initial=-1) for fb in first_bad])
+        coverage = (small * pmf).sum(axis=1)
+        work = mean_s * pmf  # expected busy time contributions, [type, batch]
+        e_all = work.sum(axis=1)
+        small_work = work @ small.T.astype(float)  # [j, k]: E[L_j; b <= B_k] (unnormalised)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            small_rate = np.where(coverage > 0, coverage / np.diag(small_work), 0.0)
+        return BoundModel(
+            types=tuple(types),
+            qos_s=float(qos_s),
+            tail=tail,
+            threshold_batch=threshold,
+            coverage=coverage,
+            rate_qps=1.0 / e_all,
+            small_rate_qps=small_rate,
+            time_share=small_work / e_all[:, None],
+        )
+
+    @staticmethod
+    def from_profiles(
+        profiles: ProfileTable,
+        model: str,
+        types: Sequence[str],
+        pmf: np.ndarray,
+        qos_s: float,
+        *,
+        tail: bool = True,
+    ) -> "BoundModel":
+        """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean."""
+        mi = profiles.model_index(model)
+        ti = [profiles.type_index(t) for t in types]
+        mean = profiles.mean_s[mi][ti]
+        feas = profiles.p99_s[mi][ti] if tail else mean
+        return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail)
+
+
+def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
+    """QPS_max of each configuration (int[N, K] counts aligned with `bm.types`), vectorised.
+
+    Derivation (fluid model: any stable dispatcher must fit these rates into the instances' time).
+    The base j of a configuration is its type with the largest coverage (ties: the fastest), i.e.
+    the type that can serve the large queries. Auxiliary k serves only queries b ≤ B_k and, like
+    the authors, we let it serve them in their mix proportions: it takes y_k ≤ n_k·Q_k queries/s.
+    For an offered rate λ with n_b base instances (rate Q_b = 1/E[L_b] each):
+      * base busy time: λ·E[L_b] − Σ_k y_k·E[L_b | b ≤ B_k] ≤ n_b, and E[L_b | b ≤ B_k] = t_k/(s_k·Q_b),
+        hence λ ≤ n_b·Q_b + Σ_k (t_k/s_k)·y_k;
+      * the auxiliaries cannot take more small queries than arrive: in the band of the smallest
+        batches (which every auxiliary can take) Σ_k y_k/s_k ≤ λ.
+    Substituting λ, the auxiliaries' rates must satisfy Σ_k ((1 − t_k)/s_k)·y_k ≤ n_b·Q_b and λ grows
+    by (t_k/s_k)·y_k: a fractional knapsack whose best order is by t_k/(1 − t_k), i.e. the most
+    permissive threshold first. Filling it greedily gives the bound. With one auxiliary this is the
+    authors' UB = min(n_b·Q_b + (t/s)·Q_a, n_b·Q_b/(1 − t)); unlike their code, each auxiliary keeps
+    its own threshold instead of all taking the most permissive one (which credits r5n.large or
+    t3.xlarge with queries they cannot serve within QoS).
+
+    Worked example (the unit tests' case). Mix: half the queries batch 10, half batch 100; QoS 5 ms.
+    Base: L(10) = 1 ms, L(100) = 3 ms → E[L_b] = 2 ms, Q_b = 500/s. Auxiliary: L(10) = 2 ms,
+    L(100) = 10 ms → B = 10, s = 0.5, Q_k = 1/2 ms = 500/s, t = 0.5·1/2 = 0.25.
+    1 base + 1 aux: min(500 + 0.5·500, 500/0.75) = min(750, 666.7) = 666.7/s: the base is the
+    bottleneck (it must serve the 333 large queries/s at 3 ms each).
+    2 base + 1 aux: min(1000 + 250, 1333) = 1250/s: the auxiliary saturates at 500 small/s; the
+    base serves 125 small (1 ms) + 625 large (3 ms) = 2.0 s of work per second on 2 instances.
+    Configurations whose base covers less than 99% of the mix (a p99 target cannot hold) get 0.
+    """
+    configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+    n_types = len(bm.types)
+    if configs.shape[1] != n_types:
+        raise ConfigError(f"configurations have {configs.shape[1]} counts but the bound model has {n_types} types")
+    present = configs > 0
+    # base: the present type with the largest coverage, ties broken by the highest rate
+    order_key = np.lexsort((-bm.rate_qps, -bm.coverage))  # best candidate first
+    rank_of = np.empty(n_types, dtype=np.int64)
+    rank_of[order_key] = np.arange(n_types)
+    score = np.where(present, rank_of[None, :], n_types)
+    base = order_key[np.minimum(score.min(axis=1), n_types - 1)]
+    ub = np.zeros(len(configs))
+    for j in range(n_types):
+        rows = np.flatnonzero((base == j) & present.any(axis=1))
+        if len(rows) == 0 or bm.coverage[j] < MIN_BASE_COVERAGE:
+            continue
+        n = configs[rows].astype(float)
+        capacity = n[:, j] * bm.rate_qps[j]  # knapsack capacity: n_b·Q_b
+        lam = capacity.copy()
+        t = bm.time_share[j]
+        s = bm.coverage
+        aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0]
+        used = np.zeros(len(rows))
+        for k in aux:
+            y_max = n[:, k] * bm.small_rate_qps[k]
+            weight = (1.0 - min(t[k], 1.0)) / s[k]
+            value = t[k] / s[k]
+            if weight <= 1e-12:
+                frac = np.ones(len(rows))
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    frac = np.clip((capacity - used) / (weight * y_max), 0.0, 1.0)
+                frac = np.where(y_max > 0, frac, 0.0)
+            used += frac * y_max * weight
+            lam += frac * y_max * value
+        ub[rows] = lam
+    return ub
+
+
+def authors_upper_bound(configs: np.ndarray, bm: BoundModel, base: int) -> np.ndarray:
+    """The authors' code (kairos_resource_allocator.py), for comparison: a fixed base type, and every
+    auxiliary present approximated by the most permissive threshold among them (s, t of that one)."""
+    configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+    ub = np.zeros(len(configs))
+    for i, c in enumerate(configs):
+        if c[base] == 0:
+            continue
+        q_b = c[base] * bm.rate_qps[base]
+        present = [k for k in range(len(bm.types)) if k != base and c[k] > 0 and bm.coverage[k] > 0]
+        if not present:
+            ub[i] = q_b
+            continue
+        agg = max(present, key=lambda k: bm.coverage[k])
+        s, t = bm.coverage[agg], bm.time_share[base, agg]
+        # all_batch[B_agg]: 1/E[L_k | b <= B_agg] = s / E[L_k; b <= B_agg] = s·rate_k / t_k(agg)
+        q_a = sum(c[k] * s * bm.rate_qps[k] / bm.time_share[k, agg] for k in present)
+        ub[i] = min(q_b + t / s * q_a, q_b / (1 - t)) if t < 1 else q_b + q_a
+    return ub
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidates and selectors
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Configurations to choose from (rows of `configs`, counts aligned with `types`) and their bounds."""
+
+    types: tuple[str, ...]
+    prices_usd_per_hour: np.ndarray
+    budget_usd_per_hour: float
+    configs: np.ndarray
+    cost_usd_per_hour: np.ndarray
+    ub_qps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def ranked(self) -> np.ndarray:
+        """Row indices by upper bound, high to low (ties: cheaper first, then enumeration order)."""
+        return np.lexsort((np.arange(len(self.configs)), self.cost_usd_per_hour, -self.ub_qps))
+
+    def label(self, row: int | np.ndarray) -> str:
+        counts = self.configs[row] if np.ndim(row) == 0 else np.asarray(row)
+        return " + ".join(f"{int(c)}×{t}" for c, t in zip(counts, self.types) if c) or "(empty)"
+
+
+def make_candidates(
+    bm: BoundModel,
+    prices_usd_per_hour: Sequence[float] | np.ndarray,
+    budget_usd_per_hour: float,
+    *,
+    maximal_only: bool = True,
+    max_counts: Sequence[int] | None = None,
+) -> Candidates:
+    """Enumerate within the budget and bound every configuration (types = `bm.types`)."""
+    prices = np.asarray(prices_usd_per_hour, dtype=float)
+    if len(prices) != len(bm.types):
+        raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
+    configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
+    return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices), upper_bound(configs, bm))
+
+
+class Evaluator(Protocol):
+    """Measures a configuration's QPS at p99 ≤ QoS (simulated or live). May also offer
+    `many(configs) -> np.ndarray` to evaluate a batch at once (e.g. in parallel)."""
+
+    def __call__(self, config: np.ndarray) -> float: ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A selector's choice: the configuration (counts per type), its bound, its evaluated QPS when
+    known, and the evaluations it cost (`evaluated`: (counts, qps) in the order they were made)."""
+
+    selector: str
+    config: np.ndarray
+    ub_qps: float
+    qps: float | None
+    n_evals: int
+    evaluated: tuple[tuple[tuple[int, ...], float], ...] = field(default=())
+
+
+def _key(config: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(x) for x in config)
+
+
+def _evaluate_many(evaluator: Evaluator, configs: np.ndarray) -> np.ndarray:
+    many = getattr(evaluator, "many", None)
+    if callable(many):
+        return np.asarray(many(configs), dtype=float)
+    return np.array([float(evaluator(c)) for c in configs])
+
+
+def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, top_k: int = TOP_K) -> Selection:
+    """Kairos: the top-k configurations by upper bound, then the one closest (Euclidean, in counts) to their centre."""
+    if len(cands) == 0:
+        raise ConfigError("no configuration fits the budget")
+    top = cands.ranked()[: max(1, top_k)]
+    pts = cands.configs[top].astype(float)
+    centre = pts.mean(axis=0)
+    best = int(top[int(np.argmin(((pts - centre) ** 2).sum(axis=1)))])  # argmin: first in rank order on ties
+    config = cands.configs[best]
+    qps = float(evaluator(config)) if evaluator is not None else None
+    evaluated = ((_key(config), qps),) if qps is not None else ()
+    return Selection("kairos", config, float(cands.ub_qps[best]), qps, len(evaluated), evaluated)
+
+
+def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None) -> Selection:
+    """Kairos+ (Algorithm 1): walk configurations by upper bound high to low; evaluate each one still
+    alive; after each evaluation drop every configuration whose bound is ≤ the best QPS so far, and
+    every sub-configuration (all counts ≤) of the evaluated one. Exact if the bound really bounds the
+    evaluator and adding instances never lowers QPS."""
+    if evaluator is None:
+        raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
+    if len(cands) == 0:
+        raise ConfigError("no configuration fits the budget")
+    alive = np.ones(len(cands), dtype=bool)
+    best_qps, best_row = 0.0, -1
+    evaluated: list[tuple[tuple[int, ...], float]] = []
+    for row in cands.ranked():
+        if not alive[row]:
+            continue
+        x = cands.configs[row]
+        qps = float(evaluator(x))
+        evaluated.append((_key(x), qps))
+        if best_row < 0 or qps > best_qps:
+            best_qps, best_row = qps, int(row)
+        alive &= cands.ub_qps > best_qps
+        alive &= ~np.all(cands.configs <= x[None, :], axis=1)
+    return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated), tuple(evaluated))
+
+
+def homogeneous_configs(cands: Candidates) -> np.ndarray:
+    """One fleet per type: as many instances of it as the budget buys (types that fit at least once)."""
+    prices = _micro(cands.prices_usd_per_hour)
+    counts = int(_micro(cands.budget_usd_per_hour)) // prices
+    rows = [np.where(np.arange(len(prices)) == k, counts[k], 0) for k in range(len(prices)) if counts[k] > 0]
+    return np.array(rows, dtype=np.int64).reshape(-1, len(prices))
+
+
+def select_homogeneous(cands: Candidates, evaluator: Evaluator | None = None, bm: BoundModel | None = None) -> Selection:
+    """The best single-type fleet: evaluated when an evaluator is given, else by upper bound (needs `bm`)."""
+    configs = homogeneous_configs(cands)
+    if len(configs) == 0:
+        raise ConfigError("no instance type fits the budget")
+    if evaluator is not None:
+        scores = _evaluate_many(evaluator, configs)
+        evaluated = tuple((_key(c), float(q)) for c, q in zip(configs, scores))
+    elif bm is not None:
+        scores, evaluated = upper_bound(configs, bm), ()
+    else:
+        raise ConfigError("selector 'homogeneous' needs an evaluator or a bound model")
+    i = int(np.argmax(scores))
+    ub = float(upper_bound(configs[i : i + 1], bm)[0]) if bm is not None else float("nan")
+    return Selection("homogeneous", configs[i], ub, float(scores[i]) if evaluator is not None else None, len(evaluated), evaluated)
+
+
+def select_exhaustive(cands: Candidates, evaluator: Evaluator | None = None) -> Selection:
+    """Evaluate every candidate; the best (first in bound order on ties). The benchmarks' ground truth."""
+    if evaluator is None:
+        raise ConfigError("selector 'exhaustive' needs an evaluator")
+    if len(cands) == 0:
+        raise ConfigError("no configuration fits the budget")
+    order = cands.ranked()
+    scores = _evaluate_many(evaluator, cands.configs[order])
+    i = int(np.argmax(scores))
+    evaluated = tuple((_key(cands.configs[r]), float(q)) for r, q in zip(order, scores))
+    row = int(order[i])
+    return Selection("exhaustive", cands.configs[row], float(cands.ub_qps[row]), float(scores[i]), len(order), evaluated)
+
+
+SELECTORS: dict[str, Callable[..., Selection]] = {
+    "kairos": select_kairos,
+    "kairos_plus": select_kairos_plus,
+    "homogeneous": select_homogeneous,
+    "exhaustive": select_exhaustive,
+}
+
+
+def select(name: str, cands: Candidates, evaluator: Evaluator | None = None, **params: Any) -> Selection:
+    """Run a selector by name; unknown names are refused with the allowed ones."""
+    try:
+        fn = SELECTORS[name]
+    except KeyError:
+        raise ConfigError(f"unknown selector {name!r}; allowed: {sorted(SELECTORS)}") from None
+    return fn(cands, evaluator, **params)
+
+
+def config_from_mapping(types: Sequence[str], counts: Mapping[str, int]) -> np.ndarray:
+    """Counts aligned with `types` from {type: count}; unknown types are refused."""
+    unknown = set(counts) - set(types)
+    if unknown:
+        raise ConfigError(f"unknown instance types {sorted(unknown)}; known: {list(types)}")
+    return np.array([int(counts.get(t, 0)) for t in types], dtype=np.int64)

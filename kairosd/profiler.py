@@ -1,0 +1,68 @@
+"""Measure latency profiles against live instances: for each model × instance type × batch, send
+queries one at a time through the same gRPC client the scheduler uses and record mean and p99."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from kairosd.backends.client import BackendClient
+from kairosd.profiles import ProfilePoint
+from kairosd.repository import NP_TO_DTYPE
+
+DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024)
+
+
+def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> service_pb2.ModelInferRequest:
+    """A ModelInferRequest carrying `inputs` as raw little-endian tensor bytes (what tritonclient sends)."""
+    req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, arr in inputs.items():
+        t = req.inputs.add()
+        t.name = name
+        t.datatype = NP_TO_DTYPE[arr.dtype]
+        t.shape.extend(arr.shape)
+        req.raw_input_contents.append(np.ascontiguousarray(arr).tobytes())
+    return req
+
+
+async def measure(
+    client: BackendClient,
+    instance_type: str,
+    model: str,
+    batches: Sequence[int],
+    reps: int,
+    warmup: int = 3,
+) -> list[ProfilePoint]:
+    """Sequential queries (one in flight, as the scheduler sends them to a 1-slot instance)."""
+    from kairosd.modelgen import example_inputs
+
+    points = []
+    for b in batches:
+        req = build_request(model, example_inputs(model, b, seed=b))
+        samples = []
+        for k in range(warmup + reps):
+            t0 = time.perf_counter()
+            await client.infer(req, timeout_s=60.0)
+            if k >= warmup:
+                samples.append(time.perf_counter() - t0)
+        arr = np.array(samples)
+        points.append(ProfilePoint(instance_type, b, float(arr.mean()), float(np.percentile(arr, 99))))
+    return points
+
+
+def monotone(points: Iterable[ProfilePoint]) -> list[ProfilePoint]:
+    """Make latency non-decreasing in batch per type (measurement noise on a shared 2-core machine
+    can make a larger batch look faster, which would make the matching prefer odd splits)."""
+    out: list[ProfilePoint] = []
+    by_type: dict[str, list[ProfilePoint]] = {}
+    for p in points:
+        by_type.setdefault(p.instance_type, []).append(p)
+    for t, pts in by_type.items():
+        mean = p99 = 0.0
+        for p in sorted(pts, key=lambda p: p.batch):
+            mean, p99 = max(mean, p.mean_s), max(p99, p.p99_s, p.mean_s)
+            out.append(ProfilePoint(t, p.batch, mean, p99))
+    return out

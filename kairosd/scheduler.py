@@ -1,0 +1,257 @@
+"""The serving loop: a waiting queue, dispatch rounds, sends to instances, completions, deadlines.
+
+Dispatch rounds are coalesced: an arrival or a completion only schedules a round for the next
+event-loop iteration (`call_soon`), so every query that arrived in the same iteration is matched in
+one `policy(snapshot)` call and the matching's cost is shared by all of them. A slow tick runs only
+while queries wait, to answer those whose deadline passed (UNAVAILABLE, never a silent drop).
+`_send` is the one place a query goes to an instance, and where a failed instance's query is
+requeued for another (retry, up to `max_attempts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from kairosd.config import SchedulerConfig
+from kairosd.dispatch import Policy, Snapshot
+from kairosd.errors import BackendError, ModelNotFound, Unavailable
+from kairosd.profiles import ProfileTable
+from kairosd.registry import Instance, InstanceState, Registry
+from kairosd.repository import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Query:
+    request: service_pb2.ModelInferRequest
+    model: str
+    model_idx: int
+    batch: int
+    qos_s: float
+    arrival_s: float
+    deadline_s: float
+    future: asyncio.Future[bytes]
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters read by metrics and tests; updated where the event happens, never scanned."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    expired: int = 0
+    retried: int = 0
+    qos_violations: int = 0
+    rounds: int = 0
+    matched: int = 0
+    by_model: dict[str, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        registry: Registry,
+        profiles: ProfileTable,
+        policy: Policy,
+        qos_s: Mapping[str, float],
+        config: SchedulerConfig,
+    ) -> None:
+        self.registry = registry
+        self.profiles = profiles
+        self.policy = policy
+        self.config = config
+        self.qos_s = dict(qos_s)
+        self.model_idx = {m: profiles.model_index(m) for m in qos_s}
+        self.waiting: deque[Query] = deque()
+        self.stats = SchedulerStats()
+        self.accepting = True
+        self._round_pending = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        registry.on_change(self._kick)
+
+    # ---- front-end side -------------------------------------------------------------------
+    async def submit(
+        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None
+    ) -> bytes:
+        """Queue one validated query and wait for its serialized response."""
+        if not self.accepting:
+            raise Unavailable("kairosd is shutting down; retry against another replica")
+        model = spec.name
+        idx = self.model_idx.get(model)
+        if idx is None:
+            raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
+        now = self._loop.time()
+        timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, fut)
+        self.waiting.append(q)
+        self.stats.submitted += 1
+        self._kick()
+        return await fut
+
+    # ---- dispatch ---------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if not self._round_pending:
+            self._round_pending = True
+            self._loop.call_soon(self._round)
+
+    def _columns(self, now: float) -> tuple[list[Instance], np.ndarray, np.ndarray, np.ndarray]:
+        """Columns of the snapshot: one per slot of every READY instance (busy slots first)."""
+        insts: list[Instance] = []
+        types: list[int] = []
+        busy: list[float] = []
+        for inst in self.registry:
+            if inst.state is not InstanceState.READY:
+                continue
+            for f in sorted(inst.finish_s):
+                insts.append(inst)
+                types.append(inst.type_idx)
+                busy.append(max(f - now, 1e-6))  # busy: never looks free
+            for _ in range(inst.slots - inst.in_flight):
+                insts.append(inst)
+                types.append(inst.type_idx)
+                busy.append(0.0)
+        b = np.array(busy)
+        return insts, np.array(types, dtype=np.intp), b, b == 0.0
+
+    def _round(self) -> None:
+        self._round_pending = False
+        waiting = self.waiting
+        while waiting and waiting[0].future.done():  # cancelled by its client
+            waiting.popleft()
+        if not waiting:
+            return
+        now = self._loop.time()
+        insts, i_type, i_busy, i_free = self._columns(now)
+        if not i_free.any():
+            self._arm_tick()
+            return
+        rows = min(len(waiting), 2 * len(insts))
+        head = [waiting.popleft() for _ in range(rows)]
+        live = [q for q in head if not q.future.done()]
+        if not live:
+            self._kick()
+            return
+        snap = Snapshot(
+            q_model=np.fromiter((q.model_idx for q in live), dtype=np.intp, count=len(live)),
+            q_batch=np.fromiter((q.batch for q in live), dtype=np.intp, count=len(live)),
+            q_waited_s=np.fromiter((now - q.arrival_s for q in live), dtype=float, count=len(live)),
+            q_qos_s=np.fromiter((q.qos_s for q in live), dtype=float, count=len(live)),
+            i_type=i_type,
+            i_busy_s=i_busy,
+            i_free=i_free,
+        )
+        assignment = self.policy(snap)
+        self.stats.rounds += 1
+        self.stats.matched += len(assignment)
+        sent = np.zeros(len(live), dtype=bool)
+        mean = self.profiles.mean_s
+        for qi, col in zip(assignment.queries.tolist(), assignment.instances.tolist()):
+            q, inst = live[qi], insts[col]
+            sent[qi] = True
+            expected = now + float(mean[q.model_idx, inst.type_idx, min(q.batch, mean.shape[2] - 1)])
+            self._send(inst, q, expected)
+        waiting.extendleft(reversed([q for q, s in zip(live, sent) if not s]))
+        if waiting:
+            self._arm_tick()
+
+    def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> None:
+        inst.finish_s.append(expected_finish_s)
+        q.attempts += 1
+        task = self._loop.create_task(self._serve(inst, q, expected_finish_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, inst: Instance, q: Query, expected_finish_s: float) -> None:
+        timeout = max(q.deadline_s - self._loop.time(), 0.001)
+        try:
+            response = await inst.client.infer(q.request, timeout)
+        except BackendError as exc:
+            inst.failed_total += 1
+            if exc.retryable and q.attempts < self.config.max_attempts and not q.future.done():
+                log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
+                self.stats.retried += 1
+                self.waiting.appendleft(q)
+            else:
+                self.stats.failed += 1
+                if not q.future.done():
+                    q.future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - never leave a client hanging
+            log.exception("query to %s failed unexpectedly", inst.id)
+            self.stats.failed += 1
+            if not q.future.done():
+                q.future.set_exception(BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id))
+        else:
+            inst.served_total += 1
+            self.stats.completed += 1
+            if self._loop.time() - q.arrival_s > q.qos_s:
+                self.stats.qos_violations += 1
+            if not q.future.done():
+                q.future.set_result(response)
+        finally:
+            inst.finish_s.remove(expected_finish_s)
+            self._kick()
+
+    # ---- deadlines and idleness ------------------------------------------------------------------
+    def _arm_tick(self) -> None:
+        if self._tick_handle is None:
+            self._tick_handle = self._loop.call_later(self.config.tick_ms / 1e3, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_handle = None
+        now = self._loop.time()
+        if any(q.deadline_s <= now or q.future.done() for q in self.waiting):
+            keep: deque[Query] = deque()
+            for q in self.waiting:
+                if q.future.done():
+                    continue
+                if q.deadline_s <= now:
+                    self.stats.expired += 1
+                    q.future.set_exception(
+                        Unavailable(
+                            f"no instance could serve this {q.model} query within its deadline "
+                            f"({q.deadline_s - q.arrival_s:.3g} s): the fleet is overloaded or has no ready "
+                            "instance; retry later or raise the client timeout"
+                        )
+                    )
+                else:
+                    keep.append(q)
+            self.waiting = keep
+        self._round()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop accepting; wait until every queued and in-flight query is answered. True if drained."""
+        self.accepting = False
+        deadline = self._loop.time() + timeout_s
+        while self.waiting or self._tasks:
+            if self._loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for q in self.waiting:
+            if not q.future.done():
+                q.future.set_exception(Unavailable("kairosd stopped before this query was served"))
+        self.waiting.clear()
+

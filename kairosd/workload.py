@@ -1,0 +1,222 @@
+"""The Kairos authors' measured workload (latency profiles, per-sample noise, QoS, batch mix) and batch samplers.
+
+The data stays where it is (`../shared/data/kairos_profiles/`, or `$KAIROSD_KAIROS_DATA`); this module
+only reads it. Files used (see the data's README):
+- `latency_summary.csv`: per (model, instance, batch) the total (inference + load) latency statistics
+  after dropping each cell's largest sample; `total_mean_ms` and `total_p99_ms` become the
+  ProfileTable's `mean_s` and `p99_s`.
+- `latency_samples.csv`: the 100 raw samples per cell; total = inference_ms + load_ms, paired element
+  by element, the largest dropped (as upstream does). The simulator draws service-time noise from them.
+- `instance.json`: the authors' types, prices and their 2.5 $/h budget.
+The QoS targets are not in the files: the README infers them (they reproduce every `vio_batch` of
+`allocator_profile.json` with the median latency), so they are constants here.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from kairosd.errors import ConfigError
+from kairosd.profiles import ProfilePoint, ProfileTable
+
+ENV_VAR = "KAIROSD_KAIROS_DATA"
+MODELS: tuple[str, ...] = ("ncf", "rm2", "wnd", "mtwnd", "dien")
+QOS_MS: dict[str, float] = {"ncf": 5.0, "rm2": 350.0, "wnd": 25.0, "mtwnd": 25.0, "dien": 35.0}
+GRID_STEP = 10  # measured batches are 10, 20, ..., 1000; upstream rounds a batch up to this step
+SUMMARY_FILE = "latency_summary.csv"
+SAMPLES_FILE = "latency_samples.csv"
+INSTANCE_FILE = "instance.json"
+
+
+def default_data_dir() -> Path:
+    """`$KAIROSD_KAIROS_DATA`, else `../shared/data/kairos_profiles` next to the repository."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kairos_profiles"
+
+
+def _data_file(data_dir: str | Path | None, name: str) -> Path:
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    path = directory / name
+    if not path.is_file():
+        raise ConfigError(
+            f"Kairos profile data: {path} not found; set {ENV_VAR} to the directory holding "
+            f"{SUMMARY_FILE}, {SAMPLES_FILE} and {INSTANCE_FILE} (default: ../shared/data/kairos_profiles)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class LatencySamples:
+    """Measured total latencies: `samples_s[model, type, grid, k]` at batch `batches[grid]` (largest sample dropped)."""
+
+    models: tuple[str, ...]
+    types: tuple[str, ...]
+    batches: np.ndarray
+    samples_s: np.ndarray
+
+    def grid_index(self, batch: np.ndarray) -> np.ndarray:
+        """The measured batch a query of `batch` is looked up at: rounded up to the grid, clamped to it."""
+        step = int(self.batches[1] - self.batches[0]) if len(self.batches) > 1 else 1
+        g = np.ceil(np.asarray(batch) / step).astype(np.intp) - int(self.batches[0] // step)
+        return np.clip(g, 0, len(self.batches) - 1)
+
+    def relative(self, model: str, types: Sequence[str]) -> np.ndarray:
+        """Samples divided by their cell mean, `[type, grid, k]`: multiplicative noise with mean 1."""
+        mi = self.models.index(model)
+        ti = [self.types.index(t) for t in types]
+        s = self.samples_s[mi][ti]
+        return s / s.mean(axis=2, keepdims=True)
+
+
+@dataclass(frozen=True)
+class KairosWorkload:
+    """Everything the authors measured, ready for the planner and the simulator."""
+
+    profiles: ProfileTable
+    samples: LatencySamples
+    qos_s: dict[str, float]
+    types: tuple[str, ...]
+    prices_usd_per_hour: tuple[float, ...]
+    max_counts: tuple[int, ...]
+    budget_usd_per_hour: float
+
+
+@functools.lru_cache(maxsize=4)
+def _read_summary(path: Path) -> tuple[tuple[str, str, int, float, float], ...]:
+    rows = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"model", "instance", "batch_size", "total_mean_ms", "total_p99_ms"}
+        missing = need - set(reader.fieldnames or ())
+        if missing:
+            raise ConfigError(f"{path}: missing columns {sorted(missing)}")
+        for r in reader:
+            rows.append((r["model"], r["instance"], int(r["batch_size"]), float(r["total_mean_ms"]), float(r["total_p99_ms"])))
+    return tuple(rows)
+
+
+def load_profiles(data_dir: str | Path | None = None, models: Sequence[str] | None = None) -> ProfileTable:
+    """A ProfileTable (seconds) from `latency_summary.csv`: mean and p99 of the total latency per cell."""
+    path = _data_file(data_dir, SUMMARY_FILE)
+    rows = _read_summary(path)
+    present = tuple(dict.fromkeys(r[0] for r in rows))
+    wanted = tuple(models) if models is not None else present
+    unknown = [m for m in wanted if m not in present]
+    if unknown:
+        raise ConfigError(f"{path}: no rows for models {unknown}; present: {list(present)}")
+    points: dict[str, list[ProfilePoint]] = {m: [] for m in wanted}
+    for model, inst, batch, mean_ms, p99_ms in rows:
+        if model in points:
+            points[model].append(ProfilePoint(inst, batch, mean_ms / 1e3, p99_ms / 1e3))
+    return ProfileTable.build(points)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_samples(path: Path) -> LatencySamples:
+    cells: dict[tuple[str, str, int], list[float]] = {}
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        try:
+            im, ii, ib, iinf, iload = (header.index(k) for k in ("model", "instance", "batch_size", "inference_ms", "load_ms"))
+        except ValueError:
+            raise ConfigError(f"{path}: header must contain model,instance,batch_size,inference_ms,load_ms") from None
+        for r in reader:
+            cells.setdefault((r[im], r[ii], int(r[ib])), []).append(float(r[iinf]) + float(r[iload]))
+    models = tuple(dict.fromkeys(k[0] for k in cells))
+    types = tuple(sorted({k[1] for k in cells}))
+    batches = np.array(sorted({k[2] for k in cells}))
+    per_cell = {len(v) for v in cells.values()}
+    if len(per_cell) != 1 or len(cells) != len(models) * len(types) * len(batches):
+        raise ConfigError(f"{path}: every (model, instance, batch) cell must hold the same number of samples")
+    n = per_cell.pop()
+    out = np.empty((len(models), len(types), len(batches), n - 1))
+    bidx = {int(b): i for i, b in enumerate(batches)}
+    for (m, t, b), vals in cells.items():
+        v = np.array(vals)
+        out[models.index(m), types.index(t), bidx[b]] = np.delete(v, v.argmax()) / 1e3
+    out.setflags(write=False)
+    return LatencySamples(models, types, batches, out)
+
+
+def load_samples(data_dir: str | Path | None = None) -> LatencySamples:
+    """The raw per-query samples (seconds) from `latency_samples.csv`, largest of each cell dropped."""
+    return _read_samples(_data_file(data_dir, SAMPLES_FILE))
+
+
+def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True) -> KairosWorkload:
+    """Profiles, samples, QoS targets and the authors' fleet limits (`instance.json`)."""
+    profiles = load_profiles(data_dir)
+    samples = load_samples(data_dir) if with_samples else LatencySamples((), (), np.zeros(0), np.zeros((0, 0, 0, 0)))
+    path = _data_file(data_dir, INSTANCE_FILE)
+    try:
+        inst = json.loads(path.read_text())
+        types = tuple(str(t) for t in inst["ins_types"])
+        prices = tuple(float(p) for p in inst["price"])
+        max_counts = tuple(int(c) for c in inst["max_num"])
+        budget = float(inst["cost"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: expected keys ins_types, price, max_num, cost ({exc})") from None
+    missing_qos = [m for m in profiles.models if m not in QOS_MS]
+    if missing_qos:
+        raise ConfigError(f"no QoS target for models {missing_qos}; known: {sorted(QOS_MS)}")
+    qos = {m: QOS_MS[m] / 1e3 for m in profiles.models}
+    return KairosWorkload(profiles, samples, qos, types, prices, max_counts, budget)
+
+
+def kairos_batch_mix(n: int, rng: np.random.Generator, round_to: int = GRID_STEP) -> np.ndarray:
+    """The authors' query batch sizes (their `random_samp`, vectorised), rounded up to `round_to`.
+
+    Start from lognormal(μ=5.1, σ=0.2) (median e^5.1 ≈ 164), draw r ∈ {1..99}: r ≤ 8 → U{1..99};
+    r ≤ 30 → U{200..599}; r ≤ 35 → U{600..999}; otherwise keep the lognormal value if it is in
+    [100, 200], else U{190..199}. Mean ≈ 243, median ≈ 180 after rounding up to 10.
+    """
+    logn = rng.lognormal(5.1, 0.2, n)
+    r = rng.integers(1, 100, n)
+    small, mid, large, fill = (rng.integers(lo, hi, n) for lo, hi in ((1, 100), (200, 600), (600, 1000), (190, 200)))
+    keep = np.where((logn > 200) | (logn < 100), fill, logn)
+    raw = np.where(r <= 8, small, np.where(r <= 30, mid, np.where(r <= 35, large, keep)))
+    return (np.ceil(raw / round_to) * round_to).astype(np.int64)
+
+
+def lognormal_batches(
+    n: int,
+    rng: np.random.Generator,
+    *,
+    median: float = 180.0,
+    sigma: float = 0.75,
+    max_batch: int = 1000,
+    round_to: int = 1,
+) -> np.ndarray:
+    """Log-normal batch sizes (production recommendation traffic is log-normal), clipped to [1, max_batch].
+
+    The defaults (median 180, σ 0.75 → mean 180·e^(σ²/2) ≈ 238) resemble the Kairos mix's centre
+    with a smooth tail instead of its uniform bands.
+    """
+    if median <= 0 or sigma < 0 or max_batch < 1 or round_to < 1:
+        raise ConfigError("lognormal_batches: median > 0, sigma >= 0, max_batch >= 1 and round_to >= 1 are required")
+    raw = np.clip(rng.lognormal(math.log(median), sigma, n), 1, max_batch)
+    return np.clip(np.ceil(raw / round_to) * round_to, round_to, max_batch).astype(np.int64)
+
+
+BATCH_MIXES = ("kairos", "lognormal")
+
+
+def sample_batches(mix: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw `n` batch sizes from a mix chosen by name."""
+    if mix == "kairos":
+        return kairos_batch_mix(n, rng)
+    if mix == "lognormal":
+        return lognormal_batches(n, rng)
+    raise ConfigError(f"unknown batch mix {mix!r}; allowed: {list(BATCH_MIXES)}")

@@ -1,0 +1,111 @@
+"""Tests for kairosd.server.tensors: raw ↔ typed contents ↔ JSON, and Triton's BYTES layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+from kairosd.errors import InvalidInput
+from kairosd.server import tensors
+
+
+def test_serialize_bytes_matches_tritonclient() -> None:
+    values = np.array([b"a", b"", "héllo".encode(), b"\x00\x01"], dtype=np.object_)
+    ours = tensors.serialize_bytes(list(values))
+    assert ours == serialize_byte_tensor(values).item()
+    assert tensors.deserialize_bytes(ours) == list(values)
+    assert list(deserialize_bytes_tensor(ours)) == list(values)
+
+
+def test_serialize_bytes_encodes_str_as_utf8() -> None:
+    assert tensors.serialize_bytes(["é"]) == b"\x02\x00\x00\x00\xc3\xa9"
+
+
+@pytest.mark.parametrize("raw", [b"\x05\x00\x00\x00abc", b"\x01\x00"])
+def test_deserialize_bytes_rejects_truncation(raw: bytes) -> None:
+    with pytest.raises(InvalidInput, match="truncated"):
+        tensors.deserialize_bytes(raw)
+
+
+def test_json_to_raw_flat_and_nested_agree() -> None:
+    flat = tensors.json_to_raw([1.5, 2.5, 3.5, 4.5], "FP32", [2, 2], "x")
+    nested = tensors.json_to_raw([[1.5, 2.5], [3.5, 4.5]], "FP32", [2, 2], "x")
+    assert flat == nested == np.array([1.5, 2.5, 3.5, 4.5], dtype="<f4").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("INT64", [1, -2], np.array([1, -2], dtype="<i8")),
+        ("BOOL", [True, False], np.array([True, False])),
+        ("UINT8", [0, 255], np.array([0, 255], dtype=np.uint8)),
+        ("FP16", [0.5, 1.0], np.array([0.5, 1.0], dtype="<f2")),
+        ("INT32", [[7], [8]], np.array([7, 8], dtype="<i4")),
+    ],
+)
+def test_json_to_raw_dtypes(datatype: str, data: list, expected: np.ndarray) -> None:
+    assert tensors.json_to_raw(data, datatype, [2, 1] if datatype == "INT32" else [2], "x") == expected.tobytes()
+
+
+def test_json_to_raw_bytes() -> None:
+    assert tensors.json_to_raw([["ab"], ["c"]], "BYTES", [2, 1], "s") == tensors.serialize_bytes([b"ab", b"c"])
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "shape", "message"),
+    [
+        ([1.0, 2.0, 3.0], "FP32", [2, 2], "3 elements in data, shape \\[2, 2\\] needs 4"),
+        ([[1.0, 2.0], [3.0]], "FP32", [2, 2], "not a \\(nested\\) list"),
+        (["x", "y"], "FP32", [2], "not a \\(nested\\) list"),
+        ([1, 2], "BYTES", [2], "BYTES data must be strings"),
+        ([1.0], "BF16", [1], "BF16 must be sent as binary"),
+        ([1.0], "FP8", [1], "unknown datatype"),
+    ],
+)
+def test_json_to_raw_errors_name_the_input(data: list, datatype: str, shape: list[int], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as info:
+        tensors.json_to_raw(data, datatype, shape, "dense")
+    assert "'dense'" in str(info.value)
+
+
+def test_raw_to_json_round_trips() -> None:
+    arr = np.array([[0.25, -1.0], [3.0, 4.5]], dtype=np.float32)
+    assert tensors.raw_to_json(arr.tobytes(), "FP32") == [0.25, -1.0, 3.0, 4.5]
+    assert tensors.raw_to_json(np.array([1, 0], dtype=np.bool_).tobytes(), "BOOL") == [True, False]
+    assert tensors.raw_to_json(tensors.serialize_bytes([b"hi", b""]), "BYTES") == ["hi", ""]
+
+
+def test_raw_to_json_bf16_is_high_half_of_fp32() -> None:
+    fp32 = np.array([1.5, -2.0], dtype=np.float32)
+    bf16 = (fp32.view(np.uint32) >> 16).astype("<u2")
+    assert tensors.raw_to_json(bf16.tobytes(), "BF16") == [1.5, -2.0]
+
+
+def test_raw_to_json_rejects_partial_elements() -> None:
+    with pytest.raises(InvalidInput, match="whole number"):
+        tensors.raw_to_json(b"\x00\x00\x00", "FP32", "y")
+
+
+def test_contents_to_raw() -> None:
+    c = service_pb2.InferTensorContents(int64_contents=[3, 4, 5, 6])
+    assert tensors.contents_to_raw(c, "INT64", [2, 2], "ids") == np.array([3, 4, 5, 6], dtype="<i8").tobytes()
+    c = service_pb2.InferTensorContents(int_contents=[-1, 2])
+    assert tensors.contents_to_raw(c, "INT16", [2], "s") == np.array([-1, 2], dtype="<i2").tobytes()
+    c = service_pb2.InferTensorContents(bytes_contents=[b"x", b"yz"])
+    assert tensors.contents_to_raw(c, "BYTES", [2], "b") == tensors.serialize_bytes([b"x", b"yz"])
+
+
+def test_contents_to_raw_errors() -> None:
+    c = service_pb2.InferTensorContents(fp32_contents=[1.0])
+    with pytest.raises(InvalidInput, match="'w': 1 elements in contents.fp32_contents, shape \\[2\\] needs 2"):
+        tensors.contents_to_raw(c, "FP32", [2], "w")
+    with pytest.raises(InvalidInput, match="FP16 has no typed contents"):
+        tensors.contents_to_raw(c, "FP16", [1], "w")
+
+
+def test_element_count() -> None:
+    assert tensors.element_count([]) == 1
+    assert tensors.element_count([3, 0, 2]) == 0
+    assert tensors.element_count([4, 13]) == 52
