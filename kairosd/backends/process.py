@@ -16,7 +16,14 @@ from typing import Mapping, Sequence
 
 from kairosd.errors import Unavailable
 
-READY_POLL_S = 0.05  # how often wait_ready asks ServerReady while a server starts
+READY_POLL_S = 0.02  # how often wait_ready asks ServerReady while a server starts
+# gRPC waits ~1 s (then longer) before reconnecting after a refused connection; a starting server
+# is only worth polling with short backoffs.
+FAST_RECONNECT_ARGS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
+]
 DEFAULT_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 
 
@@ -176,32 +183,33 @@ async def wait_ready(
 
     deadline = time.monotonic() + timeout_s
     last_error = "no answer yet"
-    while True:
-        if child is not None and child.returncode is not None:
-            raise Unavailable(
-                f"{child.name} exited with code {child.returncode} before {url} was ready; its output:\n"
-                + child.log_tail()
-            )
-        client = grpcclient.InferenceServerClient(url)
-        try:
-            rpc_timeout_s = max(0.1, min(1.0, deadline - time.monotonic()))
-            if not await client.is_server_ready(client_timeout=rpc_timeout_s):
-                last_error = "ServerReady is false"
-            else:
-                for model in models:
-                    if not await client.is_model_ready(model, client_timeout=rpc_timeout_s):
-                        last_error = f"model {model!r} is not ready"
-                        break
+    client = grpcclient.InferenceServerClient(url, channel_args=FAST_RECONNECT_ARGS)
+    try:
+        while True:
+            if child is not None and child.returncode is not None:
+                raise Unavailable(
+                    f"{child.name} exited with code {child.returncode} before {url} was ready; its output:\n"
+                    + child.log_tail()
+                )
+            try:
+                rpc_timeout_s = max(0.1, min(1.0, deadline - time.monotonic()))
+                if not await client.is_server_ready(client_timeout=rpc_timeout_s):
+                    last_error = "ServerReady is false"
                 else:
-                    return
-        except Exception as exc:  # connection refused, deadline exceeded: the server is still starting
-            last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        finally:
-            await client.close()
-        if time.monotonic() >= deadline:
-            tail = f"; its output:\n{child.log_tail()}" if child is not None else ""
-            raise Unavailable(f"{url} not ready after {timeout_s:.1f} s ({last_error}){tail}")
-        await asyncio.sleep(READY_POLL_S)
+                    for model in models:
+                        if not await client.is_model_ready(model, client_timeout=rpc_timeout_s):
+                            last_error = f"model {model!r} is not ready"
+                            break
+                    else:
+                        return
+            except Exception as exc:  # connection refused, deadline exceeded: the server is still starting
+                last_error = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if time.monotonic() >= deadline:
+                tail = f"; its output:\n{child.log_tail()}" if child is not None else ""
+                raise Unavailable(f"{url} not ready after {timeout_s:.1f} s ({last_error}){tail}")
+            await asyncio.sleep(READY_POLL_S)
+    finally:
+        await client.close()
 
 
 def wait_ready_sync(

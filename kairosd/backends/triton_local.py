@@ -170,8 +170,10 @@ def start_triton(specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, 
 def _wait_server_ready(triton: Triton, ports: TritonPorts) -> None:
     import tritonclient.grpc as grpcclient
 
+    from kairosd.backends.process import FAST_RECONNECT_ARGS
+
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    client = grpcclient.InferenceServerClient(ports.grpc_url)
+    client = grpcclient.InferenceServerClient(ports.grpc_url, channel_args=FAST_RECONNECT_ARGS)
     try:
         while time.monotonic() < deadline:
             if not triton._triton_server or not triton._triton_server.is_alive():
