@@ -14,19 +14,23 @@ IR_VERSION = 8  # the IR version that goes with opset 17; older runtimes refuse 
 MAX_BATCH_SIZE = 1024
 DEFAULT_SEED = 20230620
 
-# DLRM: 13 dense features (Criteo's I1..I13) and one categorical id per table (8 tables).
+# DLRM, shaped like the DLRM paper's Criteo Kaggle configuration (bottom 13-512-256-64-16, top 512-256-1,
+# embedding dim 16): 13 dense features (Criteo's I1..I13) and one categorical id per table (8 tables).
+# Worked size: 60,000 rows x 16 x 4 B = 3.8 MB of tables + ~0.3 M MLP weights (1.3 MB) = ~5 MB;
+# compute ~0.32 M multiply-adds per sample, so a batch of 1000 is ~0.3 GMAC on the CPU.
 DLRM_DENSE_FEATURES = 13
-DLRM_EMBEDDING_DIM = 32
+DLRM_EMBEDDING_DIM = 16
 DLRM_TABLE_ROWS: tuple[int, ...] = (20_000, 10_000, 5_000, 5_000, 5_000, 5_000, 5_000, 5_000)
-DLRM_BOTTOM_MLP: tuple[int, ...] = (64, DLRM_EMBEDDING_DIM)  # 13 -> 64 -> 32 (last = embedding dim)
-DLRM_TOP_MLP: tuple[int, ...] = (64, 32, 1)  # (32 + pairs) -> 64 -> 32 -> 1
+DLRM_BOTTOM_MLP: tuple[int, ...] = (512, 256, 64, DLRM_EMBEDDING_DIM)  # last = embedding dim
+DLRM_TOP_MLP: tuple[int, ...] = (512, 256, 1)  # input: 16 + 36 pairwise dot products
 
-# NCF (NeuMF): a GMF tower and an MLP tower over user and item embeddings.
+# NCF (NeuMF): a GMF tower and an MLP tower (MLPerf's NCF shape, narrower) over user and item embeddings.
+# Worked size: 15,000 rows x (16 + 64) x 4 B = 4.8 MB + 74 k MLP weights; ~74 k multiply-adds per sample.
 NCF_USERS = 10_000
 NCF_ITEMS = 5_000
 NCF_GMF_DIM = 16
-NCF_MLP_DIM = 32
-NCF_MLP: tuple[int, ...] = (32, 16)  # (2 * 32) -> 32 -> 16
+NCF_MLP_DIM = 64
+NCF_MLP: tuple[int, ...] = (256, 128, 64)  # input: 2 x 64
 
 # Valid id ranges per INT64 input, as half-open [low, high). Clients must draw ids in range:
 # ONNX Runtime fails the query with INVALID_ARGUMENT for an id >= rows (ONNX Gather would wrap
@@ -176,10 +180,10 @@ def build_ncf(seed: int = DEFAULT_SEED) -> onnx.ModelProto:
 
     mlp_user = lookup(g.embedding(NCF_USERS, NCF_MLP_DIM, "mlp_user_emb"), "user_id", NCF_MLP_DIM)
     mlp_item = lookup(g.embedding(NCF_ITEMS, NCF_MLP_DIM, "mlp_item_emb"), "item_id", NCF_MLP_DIM)
-    mlp_in = g.node("Concat", [mlp_user, mlp_item], "mlp_in", axis=1)  # [B,64]
-    mlp = g.mlp(mlp_in, 2 * NCF_MLP_DIM, NCF_MLP, "mlp", relu_last=True)  # [B,16]
+    mlp_in = g.node("Concat", [mlp_user, mlp_item], "mlp_in", axis=1)  # [B,128]
+    mlp = g.mlp(mlp_in, 2 * NCF_MLP_DIM, NCF_MLP, "mlp", relu_last=True)  # [B,64]
 
-    joined = g.node("Concat", [gmf, mlp], "neumf_in", axis=1)  # [B,32]
+    joined = g.node("Concat", [gmf, mlp], "neumf_in", axis=1)  # [B,80]
     logit = g.dense(joined, NCF_GMF_DIM + NCF_MLP[-1], 1, "predict", relu=False)
     prob = g.node("Sigmoid", [logit], "sigmoid")
     return _finish(g, "ncf", prob, "Neural Collaborative Filtering (NeuMF) model built by kairosd.modelgen")

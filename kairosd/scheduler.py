@@ -185,6 +185,10 @@ class Scheduler:
                 log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
                 self.stats.retried += 1
                 self.waiting.appendleft(q)
+            elif exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.stats.expired += 1
+                if not q.future.done():
+                    q.future.set_exception(self._expired_error(q, f"instance {inst.id} did not answer in time"))
             else:
                 self.stats.failed += 1
                 if not q.future.done():
@@ -206,6 +210,14 @@ class Scheduler:
             self._kick()
 
     # ---- deadlines and idleness ------------------------------------------------------------------
+    @staticmethod
+    def _expired_error(q: Query, why: str) -> Unavailable:
+        return Unavailable(
+            f"no instance could serve this {q.model} query within its deadline "
+            f"({q.deadline_s - q.arrival_s:.3g} s; {why}): the fleet is overloaded or has no ready "
+            "instance; retry later or raise the client timeout"
+        )
+
     def _arm_tick(self) -> None:
         if self._tick_handle is None:
             self._tick_handle = self._loop.call_later(self.config.tick_ms / 1e3, self._tick)
@@ -220,13 +232,7 @@ class Scheduler:
                     continue
                 if q.deadline_s <= now:
                     self.stats.expired += 1
-                    q.future.set_exception(
-                        Unavailable(
-                            f"no instance could serve this {q.model} query within its deadline "
-                            f"({q.deadline_s - q.arrival_s:.3g} s): the fleet is overloaded or has no ready "
-                            "instance; retry later or raise the client timeout"
-                        )
-                    )
+                    q.future.set_exception(self._expired_error(q, "it was still queued"))
                 else:
                     keep.append(q)
             self.waiting = keep

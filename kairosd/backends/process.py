@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from kairosd.errors import Unavailable
 
@@ -25,6 +25,7 @@ FAST_RECONNECT_ARGS: list[tuple[str, int]] = [
     ("grpc.max_reconnect_backoff_ms", 100),
 ]
 DEFAULT_GRACE_S = 10.0  # SIGTERM -> SIGKILL
+LEFTOVER_WAIT_S = 2.0  # after the child exits, how long its helpers get to exit on their own
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -32,6 +33,23 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group `pgid`, read from /proc (Linux)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            pids.append(int(entry.name))
+    return pids
 
 
 def kairosd_argv(*args: str) -> list[str]:
@@ -61,6 +79,7 @@ class ChildProcess:
         self.cwd = cwd
         self._log_path = Path(log_path) if log_path is not None else None
         self._popen: subprocess.Popen[bytes] | None = None
+        self.leftover_pids: list[int] = []  # helpers still alive after the child exited, which stop() killed
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +126,15 @@ class ChildProcess:
             f.seek(max(0, self._log_path.stat().st_size - max_chars))
             return f.read().decode("utf-8", errors="replace")
 
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait up to `timeout_s` (None: forever) for the child to exit; its exit code, or None if it still runs."""
+        if self._popen is None:
+            return None
+        try:
+            return self._popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self, grace_s: float = DEFAULT_GRACE_S) -> int | None:
         """SIGTERM, wait up to `grace_s`, then SIGKILL the group; returns the exit code (None if never started)."""
         if self._popen is None:
@@ -123,18 +151,7 @@ class ChildProcess:
 
     async def stop_async(self, grace_s: float = DEFAULT_GRACE_S) -> int | None:
         """`stop()` without blocking the event loop."""
-        if self._popen is None:
-            return None
-        if self._popen.poll() is None:
-            self._signal(signal.SIGTERM)
-            deadline = time.monotonic() + grace_s
-            while self._popen.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(READY_POLL_S)
-            if self._popen.poll() is None:
-                self._kill_group()
-                await asyncio.to_thread(self._popen.wait)
-        self._reap_group()
-        return self._popen.returncode
+        return await asyncio.to_thread(self.stop, grace_s)
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self._popen is not None
@@ -151,13 +168,14 @@ class ChildProcess:
             pass
 
     def _reap_group(self) -> None:
-        """After the child exited: SIGKILL whatever it left behind in its process group."""
+        """After the child exited: give its helpers LEFTOVER_WAIT_S to exit, then SIGKILL the rest."""
         assert self._popen is not None
-        try:
-            os.killpg(self._popen.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return  # the group is empty
-        self._kill_group()
+        deadline = time.monotonic() + LEFTOVER_WAIT_S
+        while (pids := group_pids(self._popen.pid)) and time.monotonic() < deadline:
+            time.sleep(READY_POLL_S)
+        if pids:
+            self.leftover_pids = pids
+            self._kill_group()
 
     def __enter__(self) -> ChildProcess:
         return self.start()

@@ -8,8 +8,9 @@ import signal
 import sysconfig
 import threading
 import time
+import urllib.request
 from collections.abc import MutableMapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,21 +72,23 @@ class OrtModelCallable:
     """The Python callable PyTriton binds for one model: one request is one query, run as sent.
 
     Without dynamic batching Triton hands over one request per call. All models of the server share
-    `lock`, so the instance serves one query at a time, as the scheduler assumes.
+    `lock`, so the instance serves one query at a time, as the scheduler assumes. The session may
+    still be loading when the callable is bound (it loads while tritonserver starts).
     """
 
-    def __init__(self, spec: ModelSpec, session: ort.InferenceSession, lock: threading.Lock) -> None:
+    def __init__(self, spec: ModelSpec, session: Future[ort.InferenceSession], lock: threading.Lock) -> None:
         self.spec = spec
-        self.session = session
+        self._session = session
         self.lock = lock
         self.output_names = [t.name for t in spec.outputs]
 
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        session = self._session.result()
         responses = []
         for request in requests:
             feeds = {t.name: np.ascontiguousarray(request[t.name], dtype=t.np_dtype) for t in self.spec.inputs}
             with self.lock:
-                arrays = self.session.run(self.output_names, feeds)
+                arrays = session.run(self.output_names, feeds)
             responses.append(dict(zip(self.output_names, arrays)))
         return responses
 
@@ -111,10 +114,15 @@ def make_session(spec: ModelSpec, threads: int) -> ort.InferenceSession:
 
 
 def start_triton(specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, grace_s: float) -> Triton:
-    """Start tritonserver, load every model (in parallel), return once all are ready."""
+    """Start tritonserver with every model loaded; return once it answers (its ports open only then).
+
+    The models are written into PyTriton's workspace model store before tritonserver starts (the
+    "local model store" lifecycle), so Triton loads them in parallel at startup and opens its ports
+    only afterwards: ServerReady means every model is ready, as with a stock Triton.
+    """
     ensure_libpython_on_library_path()
     from pytriton.model_config import ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
 
     config = TritonConfig(
         grpc_address=ports.host,
@@ -127,27 +135,19 @@ def start_triton(specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, 
         log_verbose=0,
         exit_timeout_secs=max(1, int(round(grace_s))),
     )
-    triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS))
-    # PyTriton sends complete model configs, so Triton need not auto-complete them; auto-completion
+    triton = Triton(
+        config=config,
+        triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True),
+        security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS),
+    )
+    # PyTriton writes complete model configs, so Triton need not auto-complete them; auto-completion
     # launches an extra Python backend stub per model (measured: model load 2.8 s -> 0.5 s without it).
     triton._triton_server_config["strict-model-config"] = "true"
+    pool = ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="ort-load")
     try:
-        # Sessions load while tritonserver starts; PyTriton's own readiness poll sleeps 1 s between
-        # tries, so poll faster ourselves before handing over to connect().
-        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-            sessions_future = pool.map(lambda s: (s.name, make_session(s, threads)), specs.values())
-            t0 = time.monotonic()
-            triton._run_server()  # the first half of Triton.run(); connect() below is the second
-            _wait_server_ready(triton, ports)
-            log.info("tritonserver up in %.2f s", time.monotonic() - t0)
-            sessions = dict(sessions_future)
-        t0 = time.monotonic()
-        triton.connect()
-        log.info("PyTriton connected in %.2f s", time.monotonic() - t0)
+        sessions = {name: pool.submit(make_session, spec, threads) for name, spec in specs.items()}
         lock = threading.Lock()
-
-        def bind(spec: ModelSpec) -> None:
-            t0 = time.monotonic()
+        for spec in specs.values():
             triton.bind(
                 model_name=spec.name,
                 infer_func=OrtModelCallable(spec, sessions[spec.name], lock),
@@ -156,37 +156,38 @@ def start_triton(specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, 
                 config=ModelConfig(batching=spec.max_batch_size > 0, max_batch_size=spec.max_batch_size, batcher=None),
                 strict=True,
             )
-            log.info("model %s loaded in %.2f s", spec.name, time.monotonic() - t0)
-
-        # Binding after connect() loads the model at once; one thread per model overlaps the stubs' start.
-        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-            list(pool.map(bind, specs.values()))
+        t0 = time.monotonic()
+        # Triton.run() is _run_server() + connect(), but connect() polls readiness once a second:
+        # poll faster ourselves in between.
+        triton._run_server()
+        _wait_server_ready(triton, ports)
+        log.info("tritonserver up with %d models in %.2f s", len(specs), time.monotonic() - t0)
+        for future in sessions.values():
+            future.result()  # a model ONNX Runtime cannot load fails the start, not the first query
+        triton.connect()  # connects the inference handlers to the models' Python backend stubs
     except BaseException:
         triton.stop()
         raise
+    finally:
+        pool.shutdown(wait=False)
     return triton
 
 
 def _wait_server_ready(triton: Triton, ports: TritonPorts) -> None:
-    import tritonclient.grpc as grpcclient
-
-    from kairosd.backends.process import FAST_RECONNECT_ARGS
-
+    """Poll Triton's HTTP health endpoint (HTTP starts after gRPC; PyTriton's own check uses HTTP)."""
+    url = f"http://{ports.host}:{ports.http_port}/v2/health/ready"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    client = grpcclient.InferenceServerClient(ports.grpc_url, channel_args=FAST_RECONNECT_ARGS)
-    try:
-        while time.monotonic() < deadline:
-            if not triton._triton_server or not triton._triton_server.is_alive():
-                raise Unavailable(f"tritonserver exited while starting (ports {ports}); see its log above")
-            try:
-                if client.is_server_ready(client_timeout=1.0):
+    while time.monotonic() < deadline:
+        if not triton._triton_server or not triton._triton_server.is_alive():
+            raise Unavailable(f"tritonserver exited while starting ({ports}); see its log above")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
                     return
-            except Exception:
-                pass
-            time.sleep(READY_POLL_S)
-    finally:
-        client.close()
-    raise Unavailable(f"tritonserver not ready on {ports.grpc_url} after {STARTUP_TIMEOUT_S:.0f} s")
+        except OSError:  # refused, reset, HTTP error: still starting
+            pass
+        time.sleep(READY_POLL_S)
+    raise Unavailable(f"tritonserver not ready at {url} after {STARTUP_TIMEOUT_S:.0f} s")
 
 
 def serve(

@@ -14,6 +14,7 @@ from kairosd.server.validate import resolve_model, validate_request
 from kairosd.service import InferenceService
 
 log = logging.getLogger(__name__)
+Ctx = grpc.aio.ServicerContext
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "kairosd"
@@ -34,6 +35,11 @@ _UNSUPPORTED: dict[str, str] = {
     "TraceSetting": "kairosd does not support Triton trace settings",
     "LogSettings": "kairosd does not support Triton log settings",
 }
+# grpc core cancels calls (CANCELLED, no message) that wait unclaimed by the application beyond
+# grpc.server.max_pending_requests (1000 by default: random early drop) and ..._hard_limit (3000: all
+# dropped): a burst of 2000 concurrent queries on a busy loop loses ~10% of them. Admission control is
+# the scheduler's job (UNAVAILABLE with a reason), so the core's silent limit is lifted well above it.
+MAX_PENDING_RPCS = 1 << 20
 _STREAM_UNSUPPORTED = "kairosd does not implement ModelStreamInfer (streaming / decoupled models); use ModelInfer"
 
 
@@ -43,39 +49,39 @@ class _Handlers:
     def __init__(self, service: InferenceService) -> None:
         self._service = service
 
-    async def server_live(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._service.is_live())
 
-    async def server_ready(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+    async def server_ready(self, request: pb.ServerReadyRequest, context: Ctx) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self._service.is_ready())
 
     async def server_metadata(
-        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ServerMetadataRequest, context: Ctx
     ) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=kairosd.__version__, extensions=EXTENSIONS)
 
-    async def model_ready(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+    async def model_ready(self, request: pb.ModelReadyRequest, context: Ctx) -> pb.ModelReadyResponse:
         # Like Triton: an unknown model (or version) is simply not ready.
         spec = self._service.repository.get(request.name)
         ok = spec is not None and request.version in ("", spec.version) and self._service.model_ready(request.name)
         return pb.ModelReadyResponse(ready=ok)
 
     async def model_metadata(
-        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelMetadataRequest, context: Ctx
     ) -> pb.ModelMetadataResponse:
         try:
             return resolve_model(self._service.repository, request.name, request.version).metadata_pb()
         except KairosError as e:
             await _abort(context, e)
 
-    async def model_config(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+    async def model_config(self, request: pb.ModelConfigRequest, context: Ctx) -> pb.ModelConfigResponse:
         try:
             return resolve_model(self._service.repository, request.name, request.version).config_pb()
         except KairosError as e:
             await _abort(context, e)
 
     async def repository_index(
-        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+        self, request: pb.RepositoryIndexRequest, context: Ctx
     ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for name, spec in sorted(self._service.repository.items()):
@@ -86,7 +92,7 @@ class _Handlers:
                                 reason="" if ready else "no ready instance serves this model")
         return response
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def model_infer(self, request: pb.ModelInferRequest, context: Ctx) -> bytes:
         service = self._service
         try:
             spec = resolve_model(service.repository, request.model_name, request.model_version)
@@ -99,19 +105,19 @@ class _Handlers:
             await context.abort(grpc.StatusCode.INTERNAL, f"kairosd internal error: {type(e).__name__}: {e}")
 
     async def model_stream_infer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, _STREAM_UNSUPPORTED)
         yield pb.ModelStreamInferResponse()  # unreachable; makes this an async generator
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: KairosError) -> NoReturn:
+async def _abort(context: Ctx, error: KairosError) -> NoReturn:
     await context.abort(error.grpc_code, str(error))
     raise AssertionError("unreachable")  # context.abort raises
 
 
 def _unsupported(reason: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: Ctx) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
 
     return handler
@@ -160,6 +166,8 @@ async def start_grpc_server(service: InferenceService, host: str, port: int, max
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
         ],
         maximum_concurrent_rpcs=None,
     )

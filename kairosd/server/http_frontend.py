@@ -137,7 +137,8 @@ async def _read_body(request: web.Request) -> bytes:
     limit = request.app[_MAX_BODY_KEY]
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(
-            f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes (kairosd max_body_bytes)"
+            f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes "
+            "(kairosd max_body_bytes)"
         )
     return await request.read()
 
@@ -213,7 +214,9 @@ def _parse_infer(
             if not isinstance(size, int) or size < 0:
                 raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
             if offset + size > end:
-                raise InvalidInput(f"input '{name}': binary_data_size {size} exceeds the {end - offset} bytes left in the body")
+                raise InvalidInput(
+                    f"input '{name}': binary_data_size {size} exceeds the {end - offset} bytes left in the body"
+                )
             raws.append(bytes(view[offset:offset + size]))
             offset += size
         elif "data" in item:
@@ -226,7 +229,9 @@ def _parse_infer(
             if key != "binary_data_size":
                 _set_param(tensor.parameters[key], value, f"input '{name}' parameter '{key}'")
     if offset != end:
-        raise InvalidInput(f"{end - offset} bytes of binary data in the body are not claimed by any input's binary_data_size")
+        raise InvalidInput(
+            f"{end - offset} bytes of binary data in the body are not claimed by any input's binary_data_size"
+        )
     out.raw_input_contents.extend(raws)
 
     binary: dict[str, bool] | bool = default_binary
@@ -263,7 +268,9 @@ def _set_param(param: pb.InferParameter, value: Any, what: str) -> None:
         raise InvalidInput(f"{what} must be a boolean, number or string")
 
 
-def _render(response: pb.ModelInferResponse, spec: Any, binary: dict[str, bool] | bool, coding: str | None) -> web.Response:
+def _render(
+    response: pb.ModelInferResponse, spec: Any, binary: dict[str, bool] | bool, coding: str | None
+) -> web.Response:
     """ModelInferResponse → Triton's JSON (+ binary tensors after a header of Inference-Header-Content-Length)."""
     raws = response.raw_output_contents
     outputs: list[dict[str, Any]] = []
@@ -287,7 +294,8 @@ def _render(response: pb.ModelInferResponse, spec: Any, binary: dict[str, bool] 
         doc["id"] = response.id
     header = rapidjson.dumps(doc).encode()
     if blobs:
-        resp = web.Response(body=b"".join([header, *blobs]), content_type=_OCTET, headers={HEADER_LENGTH: str(len(header))})
+        body = b"".join([header, *blobs])
+        resp = web.Response(body=body, content_type=_OCTET, headers={HEADER_LENGTH: str(len(header))})
     else:
         resp = web.Response(body=header, content_type=_JSON)
     if coding is not None:

@@ -84,7 +84,9 @@ def contents_to_raw(contents: service_pb2.InferTensorContents, datatype: str, sh
     values = getattr(contents, field)
     expected = element_count(shape)
     if len(values) != expected:
-        raise InvalidInput(f"input '{name}': {len(values)} elements in contents.{field}, shape {list(shape)} needs {expected}")
+        raise InvalidInput(
+            f"input '{name}': {len(values)} elements in contents.{field}, shape {list(shape)} needs {expected}"
+        )
     if datatype == "BYTES":
         return serialize_bytes(values)
     try:

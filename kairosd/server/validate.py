@@ -20,7 +20,9 @@ def resolve_model(repository: Mapping[str, "ModelSpec"], name: str, version: str
     if spec is None:
         raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
     if version and version != spec.version:
-        raise ModelNotFound(f"Request for unknown model: '{name}' version {version} is not found (serving version {spec.version})")
+        raise ModelNotFound(
+            f"Request for unknown model: '{name}' version {version} is not found (serving version {spec.version})"
+        )
     return spec
 
 
@@ -84,7 +86,9 @@ def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", 
     n_raw = len(raw)
     model = spec.name
     if n_raw and n_raw != n_inputs:
-        raise InvalidInput(f"model '{model}': {n_raw} raw_input_contents for {n_inputs} inputs; send one per input, in order")
+        raise InvalidInput(
+            f"model '{model}': {n_raw} raw_input_contents for {n_inputs} inputs; send one per input, in order"
+        )
     batching = spec.max_batch_size > 0
     batch = -1
     seen: set[str] = set()
@@ -99,45 +103,44 @@ def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", 
         seen.add(name)
         datatype = tensor.datatype
         if datatype != sig.datatype:
-            raise InvalidInput(f"input '{name}' of model '{model}': datatype {datatype or '(none)'}, expected {sig.datatype}")
+            raise _bad(name, model, f"datatype {datatype or '(none)'}, expected {sig.datatype}")
         shape = tensor.shape
         if len(shape) != sig.rank:
             expected = f"[batch, {', '.join(map(str, sig.dims))}]" if batching else str(sig.dims)
-            raise InvalidInput(f"input '{name}' of model '{model}': shape {list(shape)}, expected {expected}")
+            raise _bad(name, model, f"shape {list(shape)}, expected {expected}")
         if batching:
             b = shape[0]
             if b < 1:
-                raise InvalidInput(f"input '{name}' of model '{model}': batch size {b}; at least 1 is required")
+                raise _bad(name, model, f"batch size {b}; at least 1 is required")
             if batch < 0:
                 batch = b
             elif b != batch:
-                raise InvalidInput(f"input '{name}' of model '{model}': batch size {b} differs from {batch} of the other inputs")
+                raise _bad(name, model, f"batch size {b} differs from {batch} of the other inputs")
             rest = shape[1:]
         else:
             b = 1
             rest = shape
         if not sig.wildcard:
             if rest != sig.dims:
-                raise InvalidInput(f"input '{name}' of model '{model}': shape {list(shape)} does not match dims {sig.dims}")
+                raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
             count = b * sig.per_sample
         else:
             count = b
             for got, want in zip(rest, sig.dims):
                 if got < 0 or (want >= 0 and got != want):
-                    raise InvalidInput(f"input '{name}' of model '{model}': shape {list(shape)} does not match dims {sig.dims}")
+                    raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
                 count *= got
         if tensor.parameters and "shared_memory_region" in tensor.parameters:
-            raise InvalidInput(f"input '{name}': shared-memory tensors are not supported by kairosd; send the data in the request")
+            raise _bad(name, model, "shared-memory tensors are not supported by kairosd; send the data in the request")
         if n_raw:
             if tensor.HasField("contents"):
-                raise InvalidInput(f"input '{name}': both raw_input_contents and contents are set; use one of them for all inputs")
+                raise _bad(name, model, "both raw_input_contents and contents are set; use one of them for all inputs")
             size = sig.itemsize
             if size is not None and len(raw[i]) != count * size:
-                raise InvalidInput(
-                    f"input '{name}' of model '{model}': {len(raw[i])} bytes of raw data, shape {list(shape)} of {datatype} needs {count * size}"
-                )
+                need = f"shape {list(shape)} of {datatype} needs {count * size}"
+                raise _bad(name, model, f"{len(raw[i])} bytes of raw data, {need}")
         elif not tensor.HasField("contents"):
-            raise InvalidInput(f"input '{name}' of model '{model}': no data (neither raw_input_contents nor contents)")
+            raise _bad(name, model, "no data (neither raw_input_contents nor contents)")
     if n_inputs != len(table):
         missing = [n for n in table if n not in seen]
         raise InvalidInput(f"model '{model}': missing input(s) {', '.join(missing)}")
@@ -156,6 +159,10 @@ def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", 
     if not n_raw and n_inputs:
         _contents_to_raw(request)
     return batch
+
+
+def _bad(name: str, model: str, problem: str) -> InvalidInput:
+    return InvalidInput(f"input '{name}' of model '{model}': {problem}")
 
 
 def _contents_to_raw(request: service_pb2.ModelInferRequest) -> None:

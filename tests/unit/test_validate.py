@@ -163,7 +163,7 @@ def test_raw_count_mismatch() -> None:
 def test_mixing_raw_and_contents_named() -> None:
     request = make_request()
     request.inputs[0].contents.fp32_contents.append(1.0)
-    with pytest.raises(InvalidInput, match="'dense': both raw_input_contents and contents"):
+    with pytest.raises(InvalidInput, match="'dense' of model 'm': both raw_input_contents and contents"):
         validate_request(request, make_spec())
 
 
@@ -199,7 +199,9 @@ def test_shared_memory_refused() -> None:
 
 
 def test_non_batching_model_is_batch_one() -> None:
-    spec = make_spec(max_batch_size=0, inputs=(make_tensor("dense", "FP32", (4, 13)),), outputs=(make_tensor("prob", "FP32", (4,)),))
+    spec = make_spec(
+        max_batch_size=0, inputs=(make_tensor("dense", "FP32", (4, 13)),), outputs=(make_tensor("prob", "FP32", (4,)),)
+    )
     request = service_pb2.ModelInferRequest(model_name="m")
     request.inputs.add(name="dense", datatype="FP32", shape=[4, 13])
     request.raw_input_contents.append(bytes(4 * 13 * 4))

@@ -1,0 +1,515 @@
+"""Discrete-event simulator of a fleet serving one model with the daemon's own dispatch policies; max QPS by bisection.
+
+Core rule: queries arrive (Poisson or a trace, scaled to the offered rate) with pre-drawn batch sizes
+and service-time noise; whenever a query waits and an instance is free, the dispatch policy — the
+very function the daemon runs — sees a `Snapshot` and its `Assignment` is carried out. A rate
+passes when the p99 latency (wait + service) of the measured queries (after a warm-up) is within
+QoS and the fleet keeps up (completion does not lag the last arrival by more than 2 QoS).
+`max_qps` bisects for the highest passing rate, below the planner's upper bound.
+
+Every random draw is made once per `Stream` (seeded) and reused at every rate and for every
+configuration (common random numbers), so evaluations are deterministic and comparable.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from kairosd.dispatch import Policy, Snapshot, make_policy
+from kairosd.errors import ConfigError
+from kairosd.profiles import ProfileTable
+
+WARMUP_FRACTION = 0.1
+PERCENTILE = 99.0
+LAG_QOS = 2.0  # a run fails if its last completion is more than this many QoS after the last arrival
+NOISES = ("none", "samples", "lognormal")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The randomness of a run, independent of the offered rate.
+
+    gaps     inter-arrival gaps with mean 1 (arrival times = cumsum(gaps) / rate): Exp(1) for Poisson,
+             a trace's gaps × its mean rate otherwise
+    batches  batch size of each query
+    noise_u  one uniform draw per query for its service-time noise (which measured sample it gets,
+             or the quantile of the log-normal factor); the same whichever instance serves it
+    """
+
+    gaps: np.ndarray
+    batches: np.ndarray
+    noise_u: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def arrivals(self, rate_qps: float) -> np.ndarray:
+        return np.cumsum(self.gaps) / rate_qps
+
+
+def poisson_stream(batches: np.ndarray, seed: int) -> Stream:
+    """Poisson arrivals for the given batch sizes (draws seeded by `seed`)."""
+    rng = np.random.default_rng(seed)
+    n = len(batches)
+    return Stream(rng.exponential(1.0, n), np.asarray(batches, dtype=np.int64), rng.random(n))
+
+
+def trace_stream(arrival_times_s: np.ndarray, batches: np.ndarray, seed: int = 0) -> Stream:
+    """Replay a trace: its arrival pattern, rescaled to any rate (the trace's own rate is `len / span`)."""
+    t = np.asarray(arrival_times_s, dtype=float)
+    if len(t) < 2 or len(t) != len(batches) or np.any(np.diff(t) < 0):
+        raise ConfigError("a trace needs >= 2 sorted arrival times and one batch size per arrival")
+    gaps = np.diff(t, prepend=t[0])
+    gaps = gaps / gaps[1:].mean()
+    return Stream(gaps, np.asarray(batches, dtype=np.int64), np.random.default_rng(seed).random(len(t)))
+
+
+@dataclass(frozen=True)
+class ServiceModel:
+    """Service time = profile mean(type, batch) × a noise factor with mean 1.
+
+    kind "none": the mean; "samples": the measured per-query samples of the cell the batch rounds up
+    to (`relative[type, grid, k]`: samples / cell mean, types in ProfileTable order, grid batches
+    `grid_step`, 2·`grid_step`, …); "lognormal": a log-normal factor with coefficient of variation `cv`.
+    """
+
+    kind: str = "none"
+    relative: np.ndarray | None = None
+    grid_step: int = 10
+    cv: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in NOISES:
+            raise ConfigError(f"unknown service noise {self.kind!r}; allowed: {list(NOISES)}")
+        if self.kind == "samples" and self.relative is None:
+            raise ConfigError("service noise 'samples' needs the measured samples (workload.load_samples)")
+
+    def times(self, profiles: ProfileTable, model: str, stream: Stream) -> np.ndarray:
+        """Service seconds of every query on every profiled type: float[n_queries, n_types]."""
+        mi = profiles.model_index(model)
+        b = np.minimum(stream.batches, profiles.max_batch)
+        mean = profiles.mean_s[mi][:, b].T  # [query, type]
+        if self.kind == "none":
+            return np.ascontiguousarray(mean)
+        if self.kind == "lognormal":
+            sigma = math.sqrt(math.log1p(self.cv**2))
+            z = _norm_ppf(np.clip(stream.noise_u, 1e-9, 1 - 1e-9))
+            return mean * np.exp(sigma * z - sigma**2 / 2)[:, None]
+        rel = np.asarray(self.relative)
+        if rel.shape[0] != len(profiles.types):
+            raise ConfigError(f"sample noise covers {rel.shape[0]} types, the profiles {len(profiles.types)}")
+        g = np.clip(np.ceil(stream.batches / self.grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+        k = np.minimum((stream.noise_u * rel.shape[2]).astype(np.intp), rel.shape[2] - 1)
+        return mean * rel[:, g, k].T
+
+
+def _norm_ppf(u: np.ndarray) -> np.ndarray:
+    from scipy.special import ndtri
+
+    return ndtri(u)
+
+
+def fleet_columns(profiles: ProfileTable, types: Sequence[str], counts: Sequence[int], slots: Sequence[int] | None = None) -> np.ndarray:
+    """The dispatcher's columns: one per instance slot, as type indices into the ProfileTable."""
+    if len(types) != len(counts):
+        raise ConfigError(f"{len(counts)} counts for {len(types)} types")
+    slots = [1] * len(types) if slots is None else list(slots)
+    cols = [profiles.type_index(t) for t, c, s in zip(types, counts, slots) for _ in range(int(c) * int(s))]
+    if not cols:
+        raise ConfigError("the fleet has no instance")
+    return np.array(cols, dtype=np.intp)
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Outcome of one run at one offered rate (latencies of the measured queries, seconds)."""
+
+    offered_qps: float
+    n_queries: int
+    n_measured: int
+    served_qps: float
+    mean_s: float
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    violations: int
+    ok: bool
+    aborted: bool
+    lagging: bool
+    policy_calls: int
+    wall_s: float
+
+
+def _run(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    expected: np.ndarray,
+    batches: np.ndarray,
+    cols: np.ndarray,
+    policy: Policy,
+    model_idx: int,
+    qos_s: float,
+    measure_from: int,
+    max_violations: int,
+) -> tuple[np.ndarray, bool, int]:
+    """The event loop. Returns (finish time per query, inf if never served; aborted; policy calls).
+
+    Events are arrivals (pre-sorted) and completions (a heap). The policy is called only when a
+    query waits and an instance is free, with the snapshot the daemon's scheduler builds: the
+    oldest 2n waiting queries (n = columns), and for a busy instance the time until its *expected*
+    finish (profile mean; at least 1 µs while it is still busy), not the true, noisy one.
+    `svc[q, type]` is the true service time, `expected[q, type]` the profile mean.
+    """
+    n_q, n_i = len(arr), len(cols)
+    window = 2 * n_i
+    arr_l: list[float] = arr.tolist()
+    cols_l: list[int] = cols.tolist()
+    free_at = np.zeros(n_i)  # true finish of each column's current query
+    expect_at = np.zeros(n_i)  # its expected finish, as the daemon knows it
+    n_free = n_i
+    heap: list[tuple[float, int]] = []
+    queue: list[int] = []
+    finish = np.full(n_q, np.inf)
+    q_model = np.full(window, model_idx, dtype=np.intp)
+    q_qos = np.full(window, qos_s)
+    viol = 0
+    calls = 0
+    i = 0
+    inf = math.inf
+    while True:
+        t_arr = arr_l[i] if i < n_q else inf
+        if heap and heap[0][0] <= t_arr:
+            now = heap[0][0]
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)
+                n_free += 1
+        elif i < n_q:
+            now = t_arr
+            queue.append(i)
+            i += 1
+            if now - arr_l[queue[0]] > qos_s and i > measure_from:
+                # measured queries already waiting longer than QoS are violations whatever happens next
+                cutoff = bisect.bisect_left(arr_l, now - qos_s)  # queries before it arrived > QoS ago
+                late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
+                if viol + max(late, 0) > max_violations:
+                    return finish, True, calls
+        else:
+            break
+        if not queue or n_free == 0:
+            continue
+        m = len(queue) if len(queue) < window else window
+        qi = np.array(queue[:m], dtype=np.intp)
+        free = free_at <= now
+        busy = np.where(free, 0.0, np.maximum(expect_at - now, 1e-6))
+        snap = Snapshot(q_model[:m], batches[qi], now - arr[qi], q_qos[:m], cols, busy, free)
+        a = policy(snap)
+        calls += 1
+        if len(a) == 0:
+            if not heap and i >= n_q:
+                break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
+            continue
+        rows: list[int] = a.queries.tolist()
+        for r, c in zip(rows, a.instances.tolist()):
+            if free_at[c] > now:
+                raise RuntimeError(f"policy {policy.name!r} assigned a query to busy instance {c}")
+            q = queue[r]
+            t = cols_l[c]
+            f = now + svc[q, t]
+            free_at[c] = f
+            expect_at[c] = now + expected[q, t]
+            heapq.heappush(heap, (f, c))
+            finish[q] = f
+            if f - arr_l[q] > qos_s and q >= measure_from:
+                viol += 1
+        n_free -= len(rows)
+        if len(rows) == 1:
+            del queue[rows[0]]
+        else:
+            taken = set(rows)
+            queue = [q for k, q in enumerate(queue) if k not in taken]
+        if viol > max_violations:
+            return finish, True, calls
+    return finish, False, calls
+
+
+def simulate(
+    profiles: ProfileTable,
+    model: str,
+    cols: np.ndarray,
+    policy: Policy,
+    rate_qps: float,
+    *,
+    qos_s: float,
+    stream: Stream,
+    service: ServiceModel | None = None,
+    svc: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
+    warmup_fraction: float = WARMUP_FRACTION,
+    percentile: float = PERCENTILE,
+    abort: bool = True,
+) -> SimResult:
+    """Run `stream` at `rate_qps` on the fleet `cols` (see `fleet_columns`) with `policy`.
+
+    `svc` (true service seconds [query, type]) and `expected` (the profile means the dispatcher
+    believes) may be passed precomputed; otherwise `service` (default: no noise) computes them. With `abort`, the run stops as soon as more queries than the percentile
+    allows have missed QoS (the rate has failed whatever happens next).
+    """
+    if rate_qps <= 0:
+        raise ConfigError(f"rate_qps must be > 0, got {rate_qps}")
+    t0 = time.perf_counter()
+    if svc is None:
+        svc = (service or ServiceModel()).times(profiles, model, stream)
+    if expected is None:
+        expected = ServiceModel().times(profiles, model, stream)
+    arr = stream.arrivals(rate_qps)
+    n = len(arr)
+    measure_from = int(n * warmup_fraction)
+    n_measured = n - measure_from
+    allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
+    max_viol = int(math.floor(allowed)) + 1 if abort else n + 1
+    finish, aborted, calls = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s, measure_from, max_viol)
+    lat = finish[measure_from:] - arr[measure_from:]
+    served = np.isfinite(lat)
+    violations = int(np.count_nonzero(lat > qos_s))
+    done = finish[measure_from:][served]
+    span = (done.max() - arr[measure_from]) if len(done) else 0.0
+    served_qps = float(len(done) / span) if span > 0 else 0.0
+    lagging = bool(np.isfinite(finish).all() and finish.max() - arr[-1] > LAG_QOS * qos_s)
+    if aborted:
+        pct = (math.inf,) * 3
+        mean = math.inf
+    else:
+        pct = tuple(float(x) for x in np.percentile(lat, [50.0, 95.0, percentile]))
+        mean = float(lat.mean())
+    ok = not aborted and not lagging and pct[2] <= qos_s
+    return SimResult(
+        offered_qps=float(rate_qps),
+        n_queries=n,
+        n_measured=n_measured,
+        served_qps=served_qps,
+        mean_s=mean,
+        p50_s=pct[0],
+        p95_s=pct[1],
+        p99_s=pct[2],
+        violations=violations,
+        ok=ok,
+        aborted=aborted,
+        lagging=lagging,
+        policy_calls=calls,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Max QPS
+
+
+@dataclass(frozen=True)
+class MaxQps:
+    """The highest passing rate found, the probes made ((rate, ok) in order) and whether the rate at
+    the upper bound itself passed (which would mean the bound does not bound this fleet)."""
+
+    qps: float
+    probes: tuple[tuple[float, bool], ...]
+    exceeds_bound: bool
+    wall_s: float
+
+
+PolicyFactory = Callable[[], Policy]
+
+
+def max_qps(
+    profiles: ProfileTable,
+    model: str,
+    cols: np.ndarray,
+    policy_factory: PolicyFactory,
+    *,
+    qos_s: float,
+    stream: Stream,
+    service: ServiceModel | None = None,
+    svc: np.ndarray | None = None,
+    ub_qps: float | None = None,
+    rel_tol: float = 0.01,
+    first_guess: float = 0.9,
+) -> MaxQps:
+    """Bisect for the highest offered rate whose p99 latency is within QoS.
+
+    The search starts at the upper bound: a probe just above it (UB·(1 + rel_tol)) checks the
+    bound (it normally fails within a few hundred queries, thanks to the early abort); then
+    `first_guess`·UB (simulated throughput is typically 85-100% of the bound), stepping up or
+    down by 2·rel_tol·UB, doubling the step each time, until the answer is bracketed; then
+    bisection until the bracket is narrower than `rel_tol`·UB. Without a bound the fleet's raw capacity on the stream starts the search.
+    A fresh policy is built for every run (policies such as round robin keep state).
+    """
+    t0 = time.perf_counter()
+    if svc is None:
+        svc = (service or ServiceModel()).times(profiles, model, stream)
+    probes: list[tuple[float, bool]] = []
+    expected = ServiceModel().times(profiles, model, stream)
+
+    def ok(rate: float) -> bool:
+        r = simulate(profiles, model, cols, policy_factory(), rate, qos_s=qos_s, stream=stream, svc=svc, expected=expected).ok
+        probes.append((rate, r))
+        return r
+
+    capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))  # every instance busy all the time
+    broken = False  # set when a rate at or above the bound passes
+    if ub_qps is not None and ub_qps <= 0:
+        # the bound says no rate meets QoS (no present type covers the mix): check it at a light load
+        if not ok(0.05 * capacity):
+            return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
+        broken, ub_qps = True, None  # search from the fleet's raw capacity instead
+    scale = float(ub_qps) if ub_qps is not None else capacity
+    hi = scale * (1.0 + rel_tol)
+    lo = 0.0
+    if ok(hi):
+        broken = broken or ub_qps is not None
+        lo = hi
+        for _ in range(8):  # find a failing rate above
+            hi *= 2.0
+            if not ok(hi):
+                break
+            lo = hi
+        else:
+            return MaxQps(lo, tuple(probes), broken, time.perf_counter() - t0)
+    else:
+        # bracket the answer around the guess, widening the step each miss, then bisect
+        step = 2.0 * rel_tol * scale
+        x = first_guess * scale
+        if ok(x):
+            lo = x
+            while lo + step < hi:
+                if not ok(lo + step):
+                    hi = lo + step
+                    break
+                lo, step = lo + step, 2.0 * step
+        else:
+            hi = x
+            while True:
+                if hi - step <= scale / 256:
+                    return MaxQps(0.0, tuple(probes), broken, time.perf_counter() - t0)
+                if ok(hi - step):
+                    lo = hi - step
+                    break
+                hi, step = hi - step, 2.0 * step
+    while hi - lo > rel_tol * scale:
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return MaxQps(lo, tuple(probes), broken, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluator for the planner (cached, parallel)
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    """What an evaluation needs besides the configuration (picklable, sent once to each worker)."""
+
+    profiles: ProfileTable
+    model: str
+    types: tuple[str, ...]
+    policy: str
+    policy_params: Mapping[str, Any]
+    qos_s: float
+    stream: Stream
+    service: ServiceModel
+    slots: tuple[int, ...] | None = None
+    rel_tol: float = 0.01
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _svc_for(setup: SimSetup) -> np.ndarray:
+    return setup.service.times(setup.profiles, setup.model, setup.stream)
+
+
+def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None, svc: np.ndarray | None = None) -> MaxQps:
+    """Max QPS of one configuration under `setup`."""
+    cols = fleet_columns(setup.profiles, setup.types, config, setup.slots)
+    factory = lambda: make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))  # noqa: E731
+    return max_qps(
+        setup.profiles, setup.model, cols, factory, qos_s=setup.qos_s, stream=setup.stream,
+        svc=svc if svc is not None else _svc_for(setup), ub_qps=ub_qps, rel_tol=setup.rel_tol,
+    )
+
+
+def _worker_init(setup: SimSetup) -> None:
+    _WORKER["setup"] = setup
+    _WORKER["svc"] = _svc_for(setup)
+
+
+def _worker_eval(task: tuple[tuple[int, ...], float | None]) -> MaxQps:
+    config, ub = task
+    return evaluate_config(_WORKER["setup"], config, ub, _WORKER["svc"])
+
+
+@dataclass
+class SimEvaluator:
+    """The planner's evaluator: config (counts aligned with `setup.types`) → simulated max QPS.
+
+    Results are cached by configuration; `many` evaluates a batch in `workers` processes and calls
+    `progress(done, total)` as results arrive. `bound` (config → UB) seeds each bisection.
+    """
+
+    setup: SimSetup
+    bound: Callable[[np.ndarray], float] | None = None
+    workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    progress: Callable[[int, int], None] | None = None
+    cache: dict[tuple[int, ...], MaxQps] = field(default_factory=dict)
+    _svc: np.ndarray | None = field(default=None, repr=False)
+
+    def _ub(self, config: np.ndarray) -> float | None:
+        return float(self.bound(config)) if self.bound is not None else None
+
+    def result(self, config: np.ndarray) -> MaxQps:
+        key = tuple(int(x) for x in config)
+        if key not in self.cache:
+            if self._svc is None:
+                self._svc = _svc_for(self.setup)
+            self.cache[key] = evaluate_config(self.setup, key, self._ub(np.asarray(key)), self._svc)
+        return self.cache[key]
+
+    def __call__(self, config: np.ndarray) -> float:
+        return self.result(config).qps
+
+    def many(self, configs: np.ndarray) -> np.ndarray:
+        keys = [tuple(int(x) for x in c) for c in np.atleast_2d(configs)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        total, done = len(todo), 0
+        if todo and (self.workers <= 1 or len(todo) == 1):
+            for k in todo:
+                self.result(np.asarray(k))
+                done += 1
+                if self.progress:
+                    self.progress(done, total)
+        elif todo:
+            tasks = [(k, self._ub(np.asarray(k))) for k in todo]
+            with ProcessPoolExecutor(self.workers, initializer=_worker_init, initargs=(self.setup,)) as pool:
+                for k, res in zip(todo, pool.map(_worker_eval, tasks, chunksize=1)):
+                    self.cache[k] = res
+                    done += 1
+                    if self.progress:
+                        self.progress(done, total)
+        return np.array([self.cache[k].qps for k in keys])
