@@ -39,8 +39,13 @@ class Query:
     qos_s: float
     arrival_s: float
     deadline_s: float
-    future: asyncio.Future[bytes]
+    # resolved by a dispatch round with the instance to send to (a grant), or with an error
+    future: asyncio.Future[tuple[Instance, float]]
     attempts: int = 0
+
+
+class _Retry(Exception):
+    """Internal: the instance failed in a way another instance may not; requeue the query."""
 
 
 @dataclass(slots=True)
@@ -78,7 +83,7 @@ class Scheduler:
         self.accepting = True
         self._round_pending = False
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
         self._loop = asyncio.get_running_loop()
         registry.on_change(self._kick)
 
@@ -95,12 +100,63 @@ class Scheduler:
             raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
         now = self._loop.time()
         timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
-        fut: asyncio.Future[bytes] = self._loop.create_future()
-        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, fut)
-        self.waiting.append(q)
+        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future())
         self.stats.submitted += 1
-        self._kick()
-        return await fut
+        while True:
+            self.waiting.append(q)
+            self._kick()
+            try:
+                inst, expected = await q.future  # a dispatch round granted an instance (or raised)
+            except asyncio.CancelledError:
+                self._release_unused_grant(q)
+                raise
+            try:
+                return await self._send(inst, q, expected)
+            except _Retry:
+                q.future = self._loop.create_future()
+
+    def _release_unused_grant(self, q: Query) -> None:
+        """The client went away after its query was granted a slot but before it was sent."""
+        f = q.future
+        if f.done() and not f.cancelled() and f.exception() is None:
+            inst, expected = f.result()
+            inst.finish_s.remove(expected)
+            self._kick()
+
+    async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes:
+        """The one place a query goes to an instance. Raises _Retry when another instance should
+        be tried; any other failure reaches the client as a typed error."""
+        q.attempts += 1
+        self._in_flight += 1
+        timeout = max(q.deadline_s - self._loop.time(), 0.001)
+        try:
+            response = await inst.client.infer(q.request, timeout)
+        except BackendError as exc:
+            inst.failed_total += 1
+            if exc.retryable and q.attempts < self.config.max_attempts and self._loop.time() < q.deadline_s:
+                log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
+                self.stats.retried += 1
+                raise _Retry from exc
+            if exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
+                self.stats.expired += 1
+                raise self._expired_error(q, f"instance {inst.id} did not answer in time") from None
+            self.stats.failed += 1
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never leave a client with an untyped error
+            log.exception("query to %s failed unexpectedly", inst.id)
+            self.stats.failed += 1
+            raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
+        finally:
+            self._in_flight -= 1
+            inst.finish_s.remove(expected_finish_s)
+            self._kick()
+        inst.served_total += 1
+        self.stats.completed += 1
+        if self._loop.time() - q.arrival_s > q.qos_s:
+            self.stats.qos_violations += 1
+        return response
 
     # ---- dispatch ---------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -163,51 +219,11 @@ class Scheduler:
             q, inst = live[qi], insts[col]
             sent[qi] = True
             expected = now + float(mean[q.model_idx, inst.type_idx, min(q.batch, mean.shape[2] - 1)])
-            self._send(inst, q, expected)
+            inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
+            q.future.set_result((inst, expected))
         waiting.extendleft(reversed([q for q, s in zip(live, sent) if not s]))
         if waiting:
             self._arm_tick()
-
-    def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> None:
-        inst.finish_s.append(expected_finish_s)
-        q.attempts += 1
-        task = self._loop.create_task(self._serve(inst, q, expected_finish_s))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, inst: Instance, q: Query, expected_finish_s: float) -> None:
-        timeout = max(q.deadline_s - self._loop.time(), 0.001)
-        try:
-            response = await inst.client.infer(q.request, timeout)
-        except BackendError as exc:
-            inst.failed_total += 1
-            if exc.retryable and q.attempts < self.config.max_attempts and not q.future.done():
-                log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
-                self.stats.retried += 1
-                self.waiting.appendleft(q)
-            elif exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
-                self.stats.expired += 1
-                if not q.future.done():
-                    q.future.set_exception(self._expired_error(q, f"instance {inst.id} did not answer in time"))
-            else:
-                self.stats.failed += 1
-                if not q.future.done():
-                    q.future.set_exception(exc)
-        except Exception as exc:  # noqa: BLE001 - never leave a client hanging
-            log.exception("query to %s failed unexpectedly", inst.id)
-            self.stats.failed += 1
-            if not q.future.done():
-                q.future.set_exception(BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id))
-        else:
-            inst.served_total += 1
-            self.stats.completed += 1
-            if self._loop.time() - q.arrival_s > q.qos_s:
-                self.stats.qos_violations += 1
-            if not q.future.done():
-                q.future.set_result(response)
-        finally:
-            inst.finish_s.remove(expected_finish_s)
-            self._kick()
 
     # ---- deadlines and idleness ------------------------------------------------------------------
     @staticmethod
@@ -240,13 +256,13 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return self._in_flight
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop accepting; wait until every queued and in-flight query is answered. True if drained."""
         self.accepting = False
         deadline = self._loop.time() + timeout_s
-        while self.waiting or self._tasks:
+        while self.waiting or self._in_flight:
             if self._loop.time() >= deadline:
                 return False
             await asyncio.sleep(0.01)

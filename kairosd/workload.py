@@ -21,12 +21,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from kairosd.errors import ConfigError
 from kairosd.profiles import ProfilePoint, ProfileTable
+
+if TYPE_CHECKING:
+    from kairosd.sim import SimSetup
 
 ENV_VAR = "KAIROSD_KAIROS_DATA"
 MODELS: tuple[str, ...] = ("ncf", "rm2", "wnd", "mtwnd", "dien")
@@ -220,3 +223,47 @@ def sample_batches(mix: str, n: int, rng: np.random.Generator) -> np.ndarray:
     if mix == "lognormal":
         return lognormal_batches(n, rng)
     raise ConfigError(f"unknown batch mix {mix!r}; allowed: {list(BATCH_MIXES)}")
+
+
+def mix_pmf(mix: str, max_batch: int, *, n: int = 1_000_000, seed: int = 0) -> np.ndarray:
+    """P(batch = b) for b = 0..max_batch, estimated from `n` draws of the mix (the planner's input)."""
+    from kairosd.planner import batch_pmf
+
+    return batch_pmf(sample_batches(mix, n, np.random.default_rng(seed)), max_batch)
+
+
+def sim_setup(
+    wl: KairosWorkload,
+    model: str,
+    *,
+    types: Sequence[str] | None = None,
+    policy: str = "kairos",
+    policy_params: dict[str, object] | None = None,
+    n_queries: int = 2000,
+    seed: int = 0,
+    mix: str = "kairos",
+    noise: str = "samples",
+    rel_tol: float = 0.01,
+) -> "SimSetup":
+    """A simulator setup on the authors' data: Poisson arrivals, `mix` batches, measured-sample noise."""
+    from kairosd.sim import ServiceModel, SimSetup, poisson_stream
+
+    if model not in wl.qos_s:
+        raise ConfigError(f"unknown model {model!r}; the Kairos data has {list(wl.qos_s)}")
+    rng = np.random.default_rng(seed)
+    stream = poisson_stream(sample_batches(mix, n_queries, rng), seed + 1)
+    if noise == "samples":
+        service = ServiceModel("samples", wl.samples.relative(model, wl.profiles.types), GRID_STEP)
+    else:
+        service = ServiceModel(noise, cv=0.1 if noise == "lognormal" else 0.0)
+    return SimSetup(
+        profiles=wl.profiles,
+        model=model,
+        types=tuple(types) if types is not None else wl.types,
+        policy=policy,
+        policy_params=dict(policy_params or {}),
+        qos_s=wl.qos_s[model],
+        stream=stream,
+        service=service,
+        rel_tol=rel_tol,
+    )

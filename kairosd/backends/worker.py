@@ -263,6 +263,21 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.runner = runner
         self.models = runner.specs
         self.ready = True
+        self.in_flight = 0  # ModelInfer calls accepted and not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start_draining(self) -> None:
+        """Refuse new queries (UNAVAILABLE, so a client tries another instance); report not ready."""
+        self.ready = False
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the accepted queries to finish; True if none is left."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -309,6 +324,8 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
+        self.in_flight += 1
+        self._idle.clear()
         try:
             if not self.ready:
                 raise Unavailable("the worker is shutting down")
@@ -319,6 +336,10 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         except KairosError as exc:
             await context.abort(exc.grpc_code, str(exc))
             raise
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
 
 
 async def serve(
@@ -358,7 +379,7 @@ async def serve(
             asyncio.ensure_future(server.stop(0))
             return
         log.info("%s: draining for up to %.1f s", sig.name, grace_s)
-        servicer.ready = False
+        servicer.start_draining()
         stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -370,7 +391,12 @@ async def serve(
     )
     try:
         await stopping.wait()
-        await server.stop(grace_s)
+        # Keep listening while the accepted queries finish, so later ones get a clean UNAVAILABLE
+        # (retried elsewhere) rather than a reset connection; then close.
+        started = time.monotonic()
+        if not await servicer.drained(grace_s):
+            log.warning("%d queries still running after %.1f s; cancelling them", servicer.in_flight, grace_s)
+        await server.stop(max(0.0, grace_s - (time.monotonic() - started)))
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

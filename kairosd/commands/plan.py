@@ -1,0 +1,230 @@
+"""`kairosd plan`: rank the fleets a budget allows by their throughput bound and select one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import numpy as np
+
+from kairosd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kairosd.planner import BoundModel, Candidates
+    from kairosd.sim import SimSetup
+
+HELP = "rank instance configurations under an hourly budget (Kairos upper bound) and select one"
+
+log = logging.getLogger(__name__)
+
+SELECTOR_NAMES = ("kairos", "kairos_plus", "homogeneous", "exhaustive")
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr (only when stderr is a terminal, unless forced)."""
+
+    def __init__(self, label: str, stream: TextIO | None = None, *, force: bool = False, width: int = 30) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = force or self.stream.isatty()
+        self.width = width
+        self.t0 = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total <= 0:
+            return
+        filled = int(self.width * done / total)
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (total - done) if done else 0.0
+        self.stream.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {elapsed:5.0f}s eta {eta:4.0f}s"
+        )
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", type=float, required=True, help="hourly budget in USD")
+    parser.add_argument("--model", required=True, help="model to plan for (e.g. ncf, rm2, wnd, mtwnd, dien)")
+    parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the Kairos target of the model)")
+    parser.add_argument("--selector", choices=SELECTOR_NAMES, default="kairos", help="default: %(default)s")
+    parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml)")
+    parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
+    parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA or ../shared/data/kairos_profiles)")
+    parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
+    parser.add_argument("--mix", choices=("kairos", "lognormal"), default="kairos", help="batch-size mix (default: %(default)s)")
+    parser.add_argument(
+        "--feasibility", choices=("p99", "mean"), default="p99",
+        help="judge QoS per batch on the p99 (default) or the mean latency, in the bound and the dispatcher",
+    )
+    parser.add_argument("--all-configs", action="store_true", help="keep non-maximal configurations too")
+    parser.add_argument("--top", type=int, default=15, help="rows of the ranked table (default: %(default)s)")
+    parser.add_argument("--no-eval", action="store_true", help="do not simulate the chosen configuration (kairos selector)")
+    parser.add_argument("--policy", default="kairos", help="dispatch policy the simulator evaluates with (default: %(default)s)")
+    parser.add_argument("--queries", type=int, default=2000, help="queries per simulated run (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
+    parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Resolved inputs of a plan: profile table, types and prices, QoS, the bound model, a sim setup."""
+
+    types: tuple[str, ...]
+    prices: np.ndarray
+    qos_s: float
+    bound: "BoundModel"
+    setup: "SimSetup"
+
+
+def resolve(args: argparse.Namespace) -> PlanInputs:
+    """Load catalogue, profiles and workload as the arguments say (shared with the benchmarks' style)."""
+    from kairosd import workload
+    from kairosd.catalogue import load_catalogue
+    from kairosd.planner import BoundModel
+    from kairosd.profiles import ProfileTable
+    from kairosd.sim import ServiceModel, SimSetup, poisson_stream
+
+    catalogue = load_catalogue(args.catalogue)
+    tail = args.feasibility == "p99"
+    if args.profiles:
+        profiles = ProfileTable.load_dir(args.profiles)
+        wl = None
+    else:
+        wl = workload.load_kairos(args.data)
+        profiles = wl.profiles
+    profiles.model_index(args.model)
+    if args.types:
+        types = tuple(t.strip() for t in args.types.split(",") if t.strip())
+        for t in types:
+            profiles.type_index(t)
+    else:
+        types = tuple(t for t in catalogue.names if t in profiles.types)
+    if not types:
+        raise ConfigError(f"no catalogue type has a latency profile; profiled types: {list(profiles.types)}")
+    cat = catalogue.subset(types)
+    if args.qos_ms is not None:
+        qos_s = args.qos_ms / 1e3
+    elif args.model in workload.QOS_MS:
+        qos_s = workload.QOS_MS[args.model] / 1e3
+    else:
+        raise ConfigError(f"--qos-ms is required for model {args.model!r} (no default QoS target)")
+    pmf = workload.mix_pmf(args.mix, profiles.max_batch, seed=args.seed)
+    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail)
+    policy_params = {"tail": tail} if args.policy == "kairos" else {}
+    if wl is not None:
+        setup = workload.sim_setup(
+            wl, args.model, types=types, policy=args.policy, policy_params=policy_params,
+            n_queries=args.queries, seed=args.seed, mix=args.mix,
+        )
+        setup = replace(setup, qos_s=qos_s, slots=tuple(t.slots for t in cat.types))
+    else:
+        rng = np.random.default_rng(args.seed)
+        stream = poisson_stream(workload.sample_batches(args.mix, args.queries, rng), args.seed + 1)
+        setup = SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, stream, ServiceModel(),
+                         tuple(t.slots for t in cat.types))
+    return PlanInputs(types, cat.prices(), qos_s, bound, setup)
+
+
+def format_table(cands: "Candidates", rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
+    """The ranked table: rank, counts per type, $/h, upper bound, evaluated QPS (when known)."""
+    types = cands.types
+    head = ["rank"] + list(types) + ["$/h", "UB qps", "sim qps", ""]
+    lines = []
+    for rank, r in enumerate(rows, 1):
+        cfg = cands.configs[r]
+        key = tuple(int(x) for x in cfg)
+        q = evaluated.get(key)
+        mark = "<- chosen" if chosen is not None and np.array_equal(cfg, chosen) else ""
+        lines.append([str(rank)] + [str(int(c)) for c in cfg] + [
+            f"{cands.cost_usd_per_hour[r]:.3f}", f"{cands.ub_qps[r]:.1f}",
+            f"{q:.1f}" if q is not None else "-", mark,
+        ])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head)] + [fmt(l) for l in lines])
+
+
+def plot(path: str, cands: "Candidates", evaluated: dict[tuple[int, ...], float], chosen: np.ndarray, title: str) -> None:
+    """Cost vs throughput of every configuration (bound; simulated where known), the chosen one marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'kairosd[plot]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(cands.cost_usd_per_hour, cands.ub_qps, s=10, c="0.7", label="upper bound (all configurations)")
+    if evaluated:
+        keys = np.array(list(evaluated.keys()))
+        cost = keys @ cands.prices_usd_per_hour
+        ax.scatter(cost, list(evaluated.values()), s=14, c="tab:blue", label="simulated max QPS (p99 ≤ QoS)")
+    i = int(np.flatnonzero((cands.configs == chosen).all(axis=1))[0])
+    ax.scatter([cands.cost_usd_per_hour[i]], [evaluated.get(tuple(int(x) for x in chosen), cands.ub_qps[i])],
+               marker="*", s=220, c="tab:red", label="chosen: " + cands.label(i), zorder=5)
+    ax.set_xlabel("cost ($/h)")
+    ax.set_ylabel("queries per second")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kairosd.planner import make_candidates, select, upper_bound
+    from kairosd.sim import SimEvaluator
+
+    try:
+        inp = resolve(args)
+        t0 = time.perf_counter()
+        cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs)
+        rank_s = time.perf_counter() - t0
+        if len(cands) == 0:
+            raise ConfigError(f"no configuration of {list(inp.types)} fits a budget of {args.budget} $/h")
+        bm = inp.bound
+        evaluator = SimEvaluator(
+            inp.setup,
+            bound=lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0]),
+            progress=ProgressBar(f"simulating ({args.selector})"),
+        )
+        if args.workers > 0:
+            evaluator.workers = args.workers
+        use_eval = not (args.selector == "kairos" and args.no_eval)
+        params = {"bm": bm} if args.selector == "homogeneous" else {}
+        sel = select(args.selector, cands, evaluator if use_eval else None, **params)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    evaluated = {k: v.qps for k, v in evaluator.cache.items()}
+    order = cands.ranked()
+    print(
+        f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), budget {args.budget:g} $/h, "
+        f"{len(cands)} {'configurations' if args.all_configs else 'maximal configurations'} "
+        f"ranked in {rank_s * 1e3:.1f} ms"
+    )
+    print(format_table(cands, order[: args.top], evaluated, sel.config))
+    qps = f"{sel.qps:.1f}" if sel.qps is not None else "not evaluated"
+    print(
+        f"\n{args.selector}: {cands.label(sel.config)}  cost {float(sel.config @ cands.prices_usd_per_hour):.3f} $/h  "
+        f"UB {sel.ub_qps:.1f} qps  simulated {qps} qps  evaluations {sel.n_evals} "
+        f"({100.0 * sel.n_evals / len(cands):.1f}% of {len(cands)})"
+    )
+    if args.plot:
+        try:
+            plot(args.plot, cands, evaluated, sel.config, f"{args.model}: {args.selector} under {args.budget:g} $/h")
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return 2
+        print(f"wrote {args.plot}")
+    return 0
