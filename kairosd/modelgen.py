@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -74,7 +75,7 @@ MODEL_IO: dict[str, tuple[tuple[TensorDef, ...], tuple[TensorDef, ...]]] = {
 }
 MODEL_NAMES: tuple[str, ...] = tuple(MODEL_IO)
 
-_TRITON_TYPE = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT64: "TYPE_INT64"}
+_TRITON_TYPE: dict[int, str] = {TensorProto.FLOAT: "TYPE_FP32", TensorProto.INT64: "TYPE_INT64"}
 
 
 class _GraphBuilder:
@@ -94,7 +95,7 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(value, name=name))
         return name
 
-    def node(self, op: str, inputs: list[str], prefix: str, **attrs: object) -> str:
+    def node(self, op: str, inputs: list[str], prefix: str, **attrs: Any) -> str:
         out = self.fresh(prefix)
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
@@ -201,7 +202,7 @@ def config_pbtxt(name: str) -> str:
         for t in ts:
             dims = ", ".join(str(d) for d in t.dims)
             blocks.append(
-                f"  {{\n    # {t.comment}\n    name: \"{t.name}\"\n"
+                f'  {{\n    # {t.comment}\n    name: "{t.name}"\n'
                 f"    data_type: {_TRITON_TYPE[t.elem_type]}\n    dims: [ {dims} ]\n  }}"
             )
         return ",\n".join(blocks)
@@ -214,8 +215,8 @@ def config_pbtxt(name: str) -> str:
         f"# Valid ids (half-open ranges; one per column where there are several):\n{ranges}\n"
         f"# No dynamic_batching: each request is one query and is run as sent (Kairos schedules queries).\n"
         f"# No instance_group: Triton places the model on a GPU when it has one, else on the CPU.\n"
-        f"name: \"{name}\"\n"
-        f"platform: \"onnxruntime_onnx\"\n"
+        f'name: "{name}"\n'
+        f'platform: "onnxruntime_onnx"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         f"input [\n{tensors(inputs)}\n]\n"
         f"output [\n{tensors(outputs)}\n]\n"

@@ -80,11 +80,10 @@ class ModelSpec:
         """KServe v2 gRPC model metadata; shapes carry a leading -1 batch dim when the model batches, like Triton."""
         batched = self.max_batch_size > 0
 
+        tensor_metadata = service_pb2.ModelMetadataResponse.TensorMetadata
+
         def tensors(specs: tuple[TensorSpec, ...]) -> list[service_pb2.ModelMetadataResponse.TensorMetadata]:
-            return [
-                service_pb2.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape(batched))
-                for t in specs
-            ]
+            return [tensor_metadata(name=t.name, datatype=t.datatype, shape=t.shape(batched)) for t in specs]
 
         return service_pb2.ModelMetadataResponse(
             name=self.name,
@@ -196,7 +195,8 @@ def _tensor(config_path: Path, kind: str, t: ModelInput | ModelOutput) -> Tensor
         raise ConfigError(f"{config_path}: {kind} {t.name!r} dims {list(t.dims)}: each must be -1 or > 0")
     if t.HasField("reshape"):
         raise ConfigError(f"{config_path}: {kind} {t.name!r} uses reshape, which kairosd does not support")
-    return TensorSpec(name=t.name, datatype=datatype, dims=tuple(int(d) for d in t.dims), np_dtype=DTYPE_TO_NP[datatype])
+    dims = tuple(int(d) for d in t.dims)
+    return TensorSpec(name=t.name, datatype=datatype, dims=dims, np_dtype=DTYPE_TO_NP[datatype])
 
 
 def _newest_version(model_dir: Path, filename: str) -> tuple[str, Path]:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from collections.abc import Mapping, Sequence
 
 from kairosd.errors import Unavailable
 
@@ -26,6 +26,7 @@ FAST_RECONNECT_ARGS: list[tuple[str, int]] = [
 ]
 DEFAULT_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 LEFTOVER_WAIT_S = 2.0  # after the child exits, how long its helpers get to exit on their own
+KEPT_TAIL_CHARS = 256_000  # what log_tail() can still show after a clean stop removed a temporary log
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -61,7 +62,9 @@ class ChildProcess:
     """One child process in its own session (process group), its output in a log file.
 
     `stop()` sends SIGTERM to the child, waits `grace_s`, then SIGKILLs the whole group, so helpers the
-    child started (tritonserver, Python backend stubs) never outlive it.
+    child started (tritonserver, Python backend stubs) never outlive it. Without `log_path` the output
+    goes to a temporary file, which a clean stop (exit code 0, nothing left behind) deletes, keeping
+    its tail for `log_tail()`; after any other ending the file stays for a post-mortem.
     """
 
     def __init__(
@@ -78,6 +81,8 @@ class ChildProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self._log_path = Path(log_path) if log_path is not None else None
+        self._log_is_temporary = log_path is None
+        self._kept_tail: str | None = None
         self._popen: subprocess.Popen[bytes] | None = None
         self.leftover_pids: list[int] = []  # helpers still alive after the child exited, which stop() killed
 
@@ -120,6 +125,8 @@ class ChildProcess:
 
     def log_tail(self, max_chars: int = 4000) -> str:
         """The last `max_chars` characters the child wrote (stdout and stderr)."""
+        if self._kept_tail is not None:
+            return self._kept_tail[-max_chars:]
         if self._log_path is None or not self._log_path.exists():
             return ""
         with open(self._log_path, "rb") as f:
@@ -147,6 +154,15 @@ class ChildProcess:
                 self._kill_group()
                 self._popen.wait()
         self._reap_group()
+        if (
+            self._log_is_temporary
+            and self._popen.returncode == 0
+            and not self.leftover_pids
+            and self._kept_tail is None
+        ):
+            self._kept_tail = self.log_tail(KEPT_TAIL_CHARS)
+            assert self._log_path is not None
+            self._log_path.unlink(missing_ok=True)
         return self._popen.returncode
 
     async def stop_async(self, grace_s: float = DEFAULT_GRACE_S) -> int | None:
@@ -189,9 +205,7 @@ class ChildProcess:
         return f"ChildProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"
 
 
-async def wait_ready(
-    url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()
-) -> None:
+async def wait_ready(url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()) -> None:
     """Poll gRPC ServerReady (and ModelReady of each of `models`) at `url` ("host:port") until all are true.
 
     Raises Unavailable on timeout or as soon as `child` exits. Pass `models` for a PyTriton server: it
@@ -230,8 +244,6 @@ async def wait_ready(
         await client.close()
 
 
-def wait_ready_sync(
-    url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()
-) -> None:
+def wait_ready_sync(url: str, timeout_s: float, child: ChildProcess | None = None, models: Sequence[str] = ()) -> None:
     """`wait_ready` for code without an event loop (fixtures, scripts)."""
     asyncio.run(wait_ready(url, timeout_s, child, models))

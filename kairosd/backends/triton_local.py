@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sysconfig
+import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import MutableMapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,13 +24,13 @@ from kairosd.repository import ModelSpec, load_repository
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-    from pytriton.triton import Triton
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 5.0
 READY_POLL_S = 0.02
 STARTUP_TIMEOUT_S = 120.0
+STOP_DURING_START_WAIT_S = 10.0  # a stop request during startup waits this long for the start to finish
 # PyTriton restricts these endpoints to holders of a random token by default; we leave "statistics"
 # open so the profiler can read Triton's per-model queue/compute times.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
@@ -93,101 +96,107 @@ class OrtModelCallable:
         return responses
 
 
-def make_session(spec: ModelSpec, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with `threads` intra-op threads, warmed up with one batch-1 run."""
-    import onnxruntime as ort
-
-    from kairosd.backends.worker import check_signature, warmup_inputs
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(spec.onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ConfigError(f"{spec.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
-    check_signature(spec, session)
-    session.run(None, warmup_inputs(spec))
-    return session
-
-
-def start_triton(specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, grace_s: float) -> Triton:
-    """Start tritonserver with every model loaded; return once it answers (its ports open only then).
+class LocalTriton:
+    """tritonserver (through PyTriton) serving `specs`; `start()` returns once it answers with every model loaded.
 
     The models are written into PyTriton's workspace model store before tritonserver starts (the
     "local model store" lifecycle), so Triton loads them in parallel at startup and opens its ports
-    only afterwards: ServerReady means every model is ready, as with a stock Triton.
+    only afterwards: ServerReady means every model is ready, as with a stock Triton. `workspace`
+    (which must not exist yet) holds PyTriton's copy of tritonserver, the model store and sockets.
+    A few PyTriton internals are used, each marked where it is.
     """
-    ensure_libpython_on_library_path()
-    from pytriton.model_config import ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
 
-    config = TritonConfig(
-        grpc_address=ports.host,
-        grpc_port=ports.grpc_port,
-        http_address=ports.host,
-        http_port=ports.http_port,
-        metrics_address=ports.host,
-        metrics_port=ports.metrics_port,
-        allow_gpu_metrics=False,
-        log_verbose=0,
-        exit_timeout_secs=max(1, int(round(grace_s))),
-    )
-    triton = Triton(
-        config=config,
-        triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True),
-        security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS),
-    )
-    # PyTriton writes complete model configs, so Triton need not auto-complete them; auto-completion
-    # launches an extra Python backend stub per model (measured: model load 2.8 s -> 0.5 s without it).
-    triton._triton_server_config["strict-model-config"] = "true"
-    pool = ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="ort-load")
-    try:
-        sessions = {name: pool.submit(make_session, spec, threads) for name, spec in specs.items()}
+    def __init__(
+        self, specs: dict[str, ModelSpec], ports: TritonPorts, threads: int, grace_s: float, workspace: Path
+    ) -> None:
+        ensure_libpython_on_library_path()
+        from pytriton.model_config import ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy, TritonSecurityConfig
+
+        from kairosd.backends.worker import make_session
+
+        self.specs = specs
+        self.ports = ports
+        config = TritonConfig(
+            grpc_address=ports.host,
+            grpc_port=ports.grpc_port,
+            http_address=ports.host,
+            http_port=ports.http_port,
+            metrics_address=ports.host,
+            metrics_port=ports.metrics_port,
+            allow_gpu_metrics=False,
+            log_verbose=0,
+            exit_timeout_secs=max(1, int(round(grace_s))),
+        )
+        self.triton = Triton(
+            config=config,
+            workspace=workspace,
+            triton_lifecycle_policy=TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True),
+            security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED_ENDPOINTS),
+        )
+        # (internal) PyTriton writes complete model configs, so Triton need not auto-complete them;
+        # auto-completion launches an extra Python backend stub per model (model load 2.8 s -> 0.5 s without).
+        self.triton._triton_server_config["strict-model-config"] = "true"
+        # Sessions load on threads while tritonserver starts.
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(specs)), thread_name_prefix="ort-load")
+        self._sessions = {name: self._pool.submit(make_session, spec, threads) for name, spec in specs.items()}
         lock = threading.Lock()
         for spec in specs.values():
-            triton.bind(
+            self.triton.bind(
                 model_name=spec.name,
-                infer_func=OrtModelCallable(spec, sessions[spec.name], lock),
+                infer_func=OrtModelCallable(spec, self._sessions[spec.name], lock),
                 inputs=[Tensor(name=t.name, dtype=t.np_dtype, shape=t.dims) for t in spec.inputs],
                 outputs=[Tensor(name=t.name, dtype=t.np_dtype, shape=t.dims) for t in spec.outputs],
                 config=ModelConfig(batching=spec.max_batch_size > 0, max_batch_size=spec.max_batch_size, batcher=None),
                 strict=True,
             )
-        t0 = time.monotonic()
-        # Triton.run() is _run_server() + connect(), but connect() polls readiness once a second:
-        # poll faster ourselves in between.
-        triton._run_server()
-        _wait_server_ready(triton, ports)
-        log.info("tritonserver up with %d models in %.2f s", len(specs), time.monotonic() - t0)
-        for future in sessions.values():
-            future.result()  # a model ONNX Runtime cannot load fails the start, not the first query
-        triton.connect()  # connects the inference handlers to the models' Python backend stubs
-    except BaseException:
-        triton.stop()
-        raise
-    finally:
-        pool.shutdown(wait=False)
-    return triton
 
-
-def _wait_server_ready(triton: Triton, ports: TritonPorts) -> None:
-    """Poll Triton's HTTP health endpoint (HTTP starts after gRPC; PyTriton's own check uses HTTP)."""
-    url = f"http://{ports.host}:{ports.http_port}/v2/health/ready"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not triton._triton_server or not triton._triton_server.is_alive():
-            raise Unavailable(f"tritonserver exited while starting ({ports}); see its log above")
+    def start(self) -> None:
+        """Start tritonserver, wait until it answers, connect the models' inference handlers."""
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
-        except OSError:  # refused, reset, HTTP error: still starting
-            pass
-        time.sleep(READY_POLL_S)
-    raise Unavailable(f"tritonserver not ready at {url} after {STARTUP_TIMEOUT_S:.0f} s")
+            t0 = time.monotonic()
+            # Triton.run() is _run_server() + connect(), but connect() polls readiness once a second:
+            # (internal) start the server, poll faster ourselves, then connect.
+            self.triton._run_server()
+            self._wait_server_ready()
+            log.info("tritonserver up with %d models in %.2f s", len(self.specs), time.monotonic() - t0)
+            for future in self._sessions.values():
+                future.result()  # a model ONNX Runtime cannot load fails the start, not the first query
+            self.triton.connect()  # connects the inference handlers to the models' Python backend stubs
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def server_alive(self) -> bool:
+        """Whether the tritonserver process runs (internal: PyTriton keeps it in `_triton_server`)."""
+        server = self.triton._triton_server
+        return server is not None and server.is_alive()
+
+    def alive(self) -> bool:
+        """tritonserver and every model's inference handler are alive."""
+        return bool(self.triton.is_alive())
+
+    def stop(self) -> None:
+        """Stop tritonserver (in-flight queries get the grace period), its stubs, and the handlers."""
+        self.triton.stop()
+
+    def _wait_server_ready(self) -> None:
+        """Poll Triton's HTTP health endpoint (HTTP starts after gRPC; PyTriton's own check uses HTTP)."""
+        url = f"http://{self.ports.host}:{self.ports.http_port}/v2/health/ready"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.server_alive():
+                raise Unavailable(f"tritonserver exited while starting ({self.ports}); see its log above")
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # refused, reset, HTTP error: still starting
+                pass
+            time.sleep(READY_POLL_S)
+        raise Unavailable(f"tritonserver not ready at {url} after {STARTUP_TIMEOUT_S:.0f} s")
 
 
 def serve(
@@ -215,9 +224,12 @@ def serve(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    triton = None
+    workspace_root = Path(tempfile.mkdtemp(prefix="kairosd-pytriton-"))
+    triton: LocalTriton | None = None
     try:
-        triton = start_triton(specs, ports, threads, grace_s)
+        triton = LocalTriton(specs, ports, threads, grace_s, workspace_root / "pytriton")
+        if not _start_interruptibly(triton, stop, workspace_root):
+            return 0  # stopped while starting
         print(
             f"kairosd triton ready: grpc={ports.grpc_url} http={ports.host}:{ports.http_port} "
             f"metrics={ports.host}:{ports.metrics_port} models={','.join(specs)} threads={threads} "
@@ -225,12 +237,53 @@ def serve(
             flush=True,
         )
         while not stop.wait(timeout=1.0):
-            if not triton.is_alive():
+            if not triton.alive():
                 log.error("Triton or one of its models died; exiting")
                 return 1
         return 0
     finally:
         if triton is not None:
             triton.stop()
+        shutil.rmtree(workspace_root, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start_interruptibly(triton: LocalTriton, stop: threading.Event, workspace_root: Path) -> bool:
+    """`triton.start()`, watching for a stop request meanwhile; True if Triton runs afterwards.
+
+    The start runs on the main thread: PyTriton gives tritonserver a parent-death signal, which Linux
+    sends when the *thread* that started it exits. A stop during startup lets the start finish (a
+    second or two), then stops Triton. If tritonserver is already gone (a terminal's Ctrl-C reaches
+    the whole process group) or the start does not finish in time, PyTriton may wait a minute for
+    models that will never be ready: the watchdog exits at once. Nothing is left behind: tritonserver
+    gets its parent-death signal and the stubs follow tritonserver.
+    """
+    done = threading.Event()
+
+    def watchdog() -> None:
+        while not done.wait(timeout=0.05):
+            if stop.is_set():
+                deadline = time.monotonic() + STOP_DURING_START_WAIT_S
+                while not done.wait(timeout=0.05):
+                    gone = not triton.server_alive()
+                    if gone or time.monotonic() > deadline:
+                        state = "gone" if gone else "stuck"
+                        log.warning("stopped during startup (tritonserver %s); exiting now", state)
+                        shutil.rmtree(workspace_root, ignore_errors=True)
+                        os._exit(0 if gone else 1)
+                return
+
+    threading.Thread(target=watchdog, name="triton-start-watchdog", daemon=True).start()
+    try:
+        triton.start()
+    except BaseException:
+        if stop.is_set():
+            return False  # a start that failed because of the stop is no error
+        raise
+    finally:
+        done.set()
+    if stop.is_set():
+        triton.stop()
+        return False
+    return True

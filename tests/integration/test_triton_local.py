@@ -53,6 +53,9 @@ def triton() -> Iterator[LocalTriton]:
         # No `models=`: ServerReady alone must mean the models are loaded (Triton opens its ports after loading).
         wait_ready_sync(f"127.0.0.1:{grpc_port}", START_TIMEOUT_S, child)
         yield LocalTriton(child, f"127.0.0.1:{grpc_port}")
+        # Nothing may have signalled tritonserver before we stop it (e.g. a parent-death signal fired
+        # because the thread that started it ended): it would drain and exit under the tests' feet.
+        assert "Signal (" not in child.log_tail(1_000_000), child.log_tail()
         helpers = group_pids(child.pid or 0)
         assert any("tritonserver" in _cmdline(pid) for pid in helpers), helpers
         code = child.stop(STOP_GRACE_S)

@@ -76,13 +76,16 @@ def check_requested_outputs_and_id(client: grpcclient.InferenceServerClient) -> 
     assert len(response.raw_output_contents) == 1 and len(response.raw_output_contents[0]) == 3 * 4
 
 
-def _infer(model: str, arrays: dict[str, np.ndarray], **kw: object) -> Callable[[grpcclient.InferenceServerClient], object]:
+Call = Callable[[grpcclient.InferenceServerClient], object]
+
+
+def _infer(model: str, arrays: dict[str, np.ndarray], **kw: object) -> Call:
     return lambda c: c.infer(model, grpc_inputs(arrays), **kw)
 
 
 _X = example_inputs("dlrm", 4, seed=1)
 # (id, call, gRPC status, words the message must contain): the wording is Triton's own.
-ERROR_CASES: list[tuple[str, Callable[[grpcclient.InferenceServerClient], object], str, str]] = [
+ERROR_CASES: list[tuple[str, Call, str, str]] = [
     ("unknown-model-infer", _infer("nope", _X), "NOT_FOUND", "Request for unknown model: 'nope' is not found"),
     ("unknown-model-metadata", lambda c: c.get_model_metadata("nope"), "NOT_FOUND", "unknown model: 'nope'"),
     ("unknown-model-config", lambda c: c.get_model_config("nope"), "NOT_FOUND", "unknown model: 'nope'"),
@@ -243,9 +246,7 @@ def test_metadata_config_and_health(client: grpcclient.InferenceServerClient) ->
     assert client.get_server_metadata().name == "kairosd-worker"
 
 
-def test_typed_contents_are_accepted_like_raw_bytes(
-    worker: Worker, sessions: dict[str, ort.InferenceSession]
-) -> None:
+def test_typed_contents_are_accepted_like_raw_bytes(worker: Worker, sessions: dict[str, ort.InferenceSession]) -> None:
     arrays = example_inputs("ncf", 5, seed=9)
     request = service_pb2.ModelInferRequest(model_name="ncf", id="typed")
     for name, array in arrays.items():
@@ -267,9 +268,11 @@ async def test_concurrent_queries_are_each_answered_correctly(
 ) -> None:
     queries = [(MODELS[i % 2], 1 + 37 * i) for i in range(24)]
     async with aioclient.InferenceServerClient(worker.url) as client:
-        results = await asyncio.gather(
-            *(client.infer(m, grpc_inputs(example_inputs(m, b, seed=b)), request_id=str(i)) for i, (m, b) in enumerate(queries))
-        )
+        calls = [
+            client.infer(m, grpc_inputs(example_inputs(m, b, seed=b)), request_id=str(i))
+            for i, (m, b) in enumerate(queries)
+        ]
+        results = await asyncio.gather(*calls)
     for i, ((model, batch), result) in enumerate(zip(queries, results)):
         assert result.get_response().id == str(i)
         out = sessions[model].get_outputs()[0].name

@@ -59,9 +59,7 @@ def test_signature_has_a_dynamic_batch_dim(models: dict[str, onnx.ModelProto], n
 
 @pytest.mark.parametrize("name", modelgen.MODEL_NAMES)
 @pytest.mark.parametrize("batch", [1, 100, modelgen.MAX_BATCH_SIZE])
-def test_models_run_and_give_probabilities(
-    sessions: dict[str, ort.InferenceSession], name: str, batch: int
-) -> None:
+def test_models_run_and_give_probabilities(sessions: dict[str, ort.InferenceSession], name: str, batch: int) -> None:
     (out,) = sessions[name].run(None, modelgen.example_inputs(name, batch, seed=batch))
     assert out.shape == (batch, 1) and out.dtype == np.float32
     assert np.all((out > 0) & (out < 1))

@@ -137,9 +137,9 @@ def test_hidden_directories_are_skipped(tmp_path: Path) -> None:
     [
         ("name: m platform", "not a valid Triton ModelConfig"),
         ('name: "n"', "name 'n' must equal its directory name 'm'"),
-        (GOOD_CONFIG.replace("onnxruntime_onnx", "tensorrt_plan"), "platform 'tensorrt_plan'.*allowed: onnxruntime_onnx"),
+        (GOOD_CONFIG.replace("onnxruntime_onnx", "tensorrt_plan"), "platform 'tensorrt_plan'.*allowed: onnxruntime_"),
         (GOOD_CONFIG.replace("max_batch_size: 8", "max_batch_size: -1"), "max_batch_size must be >= 0"),
-        ('name: "m" platform: "onnxruntime_onnx" output [ { name: "y" data_type: TYPE_FP32 dims: [1] } ]', "at least one input"),
+        ('name: "m" platform: "onnxruntime_onnx" output [ { name: "y" dims: [1] } ]', "at least one input"),
         (GOOD_CONFIG.replace("TYPE_INT64", "TYPE_BF16"), "input 'ids' has data_type TYPE_BF16; allowed: "),
         (GOOD_CONFIG.replace("dims: [ 4 ]", "dims: [ ]"), "input 'x' has no dims"),
         (GOOD_CONFIG.replace("dims: [ 4 ]", "dims: [ 0 ]"), r"input 'x' dims \[0\]: each must be -1 or > 0"),

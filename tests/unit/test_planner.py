@@ -1,0 +1,335 @@
+"""Planner: enumeration against brute force, the upper bound on hand-worked cases and against an LP,
+and the selectors on small catalogues whose optimum is known."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import linprog
+
+from kairosd.errors import ConfigError
+from kairosd.planner import (
+    BoundModel,
+    Candidates,
+    authors_upper_bound,
+    batch_pmf,
+    config_cost,
+    enumerate_configs,
+    homogeneous_configs,
+    make_candidates,
+    select,
+    select_exhaustive,
+    select_homogeneous,
+    select_kairos,
+    select_kairos_plus,
+    upper_bound,
+)
+
+QOS = 0.005
+
+
+def brute_force(prices: list[float], budget: float, maximal: bool) -> set[tuple[int, ...]]:
+    out = set()
+    ranges = [range(int(budget / p + 1e-9) + 1) for p in prices]
+    for c in itertools.product(*ranges):
+        cost = sum(n * p for n, p in zip(c, prices))
+        if any(c) and cost <= budget + 1e-9 and (not maximal or budget - cost < min(prices) - 1e-9):
+            out.add(c)
+    return out
+
+
+def two_point_model(aux_lat: tuple[float, float] = (0.002, 0.010), base_lat: tuple[float, float] = (0.001, 0.003)) -> BoundModel:
+    """The docstring's worked example: half the queries batch 10, half batch 100."""
+    mean = np.zeros((2, 101))
+    mean[0, :] = np.interp(np.arange(101), [10, 100], base_lat)
+    mean[1, :] = np.interp(np.arange(101), [10, 100], aux_lat)
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = 0.5
+    return BoundModel.build(mean, mean, pmf, QOS, ("base", "aux"))
+
+
+# ---------------------------------------------------------------------------------------------- enumeration
+
+
+@pytest.mark.parametrize("budget", [0.3, 1.0, 1.7, 2.5])
+def test_enumeration_matches_brute_force(budget: float) -> None:
+    prices = [0.526, 0.432, 0.149, 0.1664]
+    for maximal in (False, True):
+        got = enumerate_configs(prices, budget, maximal_only=maximal)
+        assert {tuple(int(x) for x in c) for c in got} == brute_force(prices, budget, maximal)
+        assert len(got) == len({tuple(c) for c in got.tolist()})
+        assert np.all(config_cost(got, prices) <= budget + 1e-9)
+
+
+def test_enumeration_is_exact_at_the_budget() -> None:
+    # 3 × 0.1 = 0.30000000000000004 in floats; the integer micro-dollar arithmetic keeps it
+    got = enumerate_configs([0.1], 0.3)
+    np.testing.assert_array_equal(got, [[3]])
+    assert len(enumerate_configs([0.1, 0.7], 0.7, maximal_only=False)) == 8  # (1..7, 0) and (0, 1)
+
+
+def test_maximal_configurations_dominate_the_rest() -> None:
+    prices = [0.526, 0.432, 0.149, 0.1664]
+    every = enumerate_configs(prices, 2.5, maximal_only=False)
+    maximal = enumerate_configs(prices, 2.5)
+    for c in every:
+        assert np.any(np.all(maximal >= c, axis=1)), c  # every config has a maximal superset
+    # a maximal one has no strict superset within the budget
+    for m in maximal:
+        assert np.sum(np.all(every >= m, axis=1)) == 1
+
+
+def test_enumeration_caps_and_errors() -> None:
+    got = enumerate_configs([0.2, 0.3], 1.0, max_counts=[2, 5])
+    assert got[:, 0].max() <= 2
+    # with type 0 capped at 2, (2, 2) is maximal although 0.2 $/h is left
+    assert (2, 2) in {tuple(c) for c in got.tolist()}
+    with pytest.raises(ConfigError):
+        enumerate_configs([], 1.0)
+    with pytest.raises(ConfigError):
+        enumerate_configs([0.1, -0.2], 1.0)
+    with pytest.raises(ConfigError):
+        enumerate_configs([0.1], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- bound
+
+
+def test_bound_model_of_the_worked_example() -> None:
+    bm = two_point_model()
+    np.testing.assert_array_equal(bm.threshold_batch, [100, 10])
+    np.testing.assert_allclose(bm.coverage, [1.0, 0.5])
+    np.testing.assert_allclose(bm.rate_qps, [1 / 0.002, 1 / 0.006])
+    np.testing.assert_allclose(bm.small_rate_qps, [1 / 0.002, 1 / 0.002])
+    # share of the base's busy time on the aux's small queries: 0.5·1 ms / 2 ms
+    assert bm.time_share[0, 1] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(("n_base", "n_aux"), [(1, 1), (2, 1), (1, 0), (3, 5), (1, 2)])
+def test_one_base_one_auxiliary_by_hand(n_base: int, n_aux: int) -> None:
+    bm = two_point_model()
+    q_b, q_k, s, t = 500.0, 500.0, 0.5, 0.25
+    # the authors' formula: auxiliaries absorb small queries until the base, left with large ones, saturates
+    expected = min(n_base * q_b + t / s * n_aux * q_k, n_base * q_b / (1 - t))
+    # and directly: the base must serve all large queries (3 ms each, half the queries) ...
+    assert n_base * q_b / (1 - t) == pytest.approx(n_base / (0.5 * 0.003))
+    got = upper_bound(np.array([[n_base, n_aux]]), bm)[0]
+    assert got == pytest.approx(expected)
+    assert upper_bound(np.array([[1, 1]]), bm)[0] == pytest.approx(2000 / 3)
+    assert upper_bound(np.array([[2, 1]]), bm)[0] == pytest.approx(1250)
+
+
+def test_no_base_means_no_rate_meets_qos() -> None:
+    bm = two_point_model()
+    assert upper_bound(np.array([[0, 7]]), bm)[0] == 0.0
+
+
+def test_single_auxiliary_type_equals_the_authors_bound() -> None:
+    rng = np.random.default_rng(0)
+    bm = _random_model(rng, n_types=2)
+    configs = np.column_stack([rng.integers(1, 4, 50), rng.integers(0, 12, 50)])
+    np.testing.assert_allclose(upper_bound(configs, bm), authors_upper_bound(configs, bm, base=0))
+
+
+def _random_model(rng: np.random.Generator, n_types: int) -> BoundModel:
+    """A fast base that covers every batch and auxiliaries that are slower on large batches."""
+    b = np.arange(1001)
+    lat = np.empty((n_types, 1001))
+    lat[0] = 0.0006 + 0.002 * b / 1000
+    for k in range(1, n_types):
+        lat[k] = rng.uniform(0.0002, 0.0008) + rng.uniform(0.004, 0.012) * b / 1000
+    batches = np.clip(rng.lognormal(np.log(180), 0.8, 20_000), 1, 1000).astype(int)
+    return BoundModel.build(lat, lat, batch_pmf(batches, 1000), QOS, tuple(f"t{k}" for k in range(n_types)))
+
+
+def _lp_bound(config: np.ndarray, bm: BoundModel) -> float:
+    """The same proportional fluid model solved as an LP: max λ s.t. base busy time ≤ n_b,
+    auxiliary k serves y_k ≤ n_k·Q_k queries/s spread over b ≤ B_k, no band over-served."""
+    base = 0
+    aux = [k for k in range(1, len(config)) if config[k] > 0 and bm.coverage[k] > 0]
+    # variables: λ, y_k
+    nvar = 1 + len(aux)
+    c = np.zeros(nvar)
+    c[0] = -1.0
+    a_ub, b_ub = [], []
+    # λ/Q_b − Σ y_k·(t_k/s_k)/Q_b ≤ n_b
+    row = np.zeros(nvar)
+    row[0] = 1 / bm.rate_qps[base]
+    for i, k in enumerate(aux):
+        row[1 + i] = -bm.time_share[base, k] / bm.coverage[k] / bm.rate_qps[base]
+    a_ub.append(row)
+    b_ub.append(config[base])
+    # every band b: Σ_{k: b <= B_k} y_k·p_b/s_k ≤ λ·p_b, written per distinct threshold
+    for k0 in aux:
+        row = np.zeros(nvar)
+        row[0] = -1.0
+        for i, k in enumerate(aux):
+            if bm.threshold_batch[k] >= bm.threshold_batch[k0]:
+                row[1 + i] = 1 / bm.coverage[k]
+        a_ub.append(row)
+        b_ub.append(0.0)
+    bounds = [(0, None)] + [(0, config[k] * bm.small_rate_qps[k]) for k in aux]
+    res = linprog(c, A_ub=np.array(a_ub), b_ub=np.array(b_ub), bounds=bounds, method="highs")
+    assert res.status == 0
+    return -res.fun
+
+
+def test_greedy_bound_equals_the_lp_with_several_auxiliary_thresholds() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        bm = _random_model(rng, n_types=4)
+        assert len(set(bm.threshold_batch[1:].tolist())) > 1  # distinct thresholds
+        configs = np.column_stack([rng.integers(1, 4, 40)] + [rng.integers(0, 10, 40) for _ in range(3)])
+        got = upper_bound(configs, bm)
+        want = np.array([_lp_bound(c, bm) for c in configs])
+        np.testing.assert_allclose(got, want, rtol=1e-7)
+
+
+def test_two_auxiliaries_by_hand() -> None:
+    """Base 1 ms on everything; aux A (2 ms at batch 10, too slow above); aux B covers batch ≤ 50
+    at 2 ms. Mix: 1/3 each of batch 10, 50, 100. QoS 5 ms."""
+    mean = np.zeros((3, 101))
+    mean[0] = 0.001
+    mean[1] = np.where(np.arange(101) <= 10, 0.002, 0.009)
+    mean[2] = np.where(np.arange(101) <= 50, 0.002, 0.009)
+    pmf = np.zeros(101)
+    pmf[[10, 50, 100]] = 1 / 3
+    bm = BoundModel.build(mean, mean, pmf, QOS, ("base", "A", "B"))
+    np.testing.assert_array_equal(bm.threshold_batch, [100, 10, 50])
+    # 1 base (1000/s on anything), 1 A (500/s of batch 10), 1 B (500/s of batch ≤ 50):
+    # λ = 1000 + 500 + 500 = 2000 needs A+B to take 1000 small queries/s of the 2·λ/3 = 1333 that
+    # arrive, and B's 500 within b ≤ 50 (≤ 1333); A's 500 within b = 10 (≤ 667): feasible.
+    assert upper_bound(np.array([[1, 1, 1]]), bm)[0] == pytest.approx(2000)
+    # 1 base + 3 A: A can take only the λ/3 batch-10 queries; the base the rest: λ·2/3 ≤ 1000 → 1500
+    assert upper_bound(np.array([[1, 3, 0]]), bm)[0] == pytest.approx(1500)
+    # the authors' aggregate threshold would let A take batch-50 queries too: 1 base + 3 A + 1 B
+    ours = upper_bound(np.array([[1, 3, 1]]), bm)[0]
+    theirs = authors_upper_bound(np.array([[1, 3, 1]]), bm, base=0)[0]
+    assert ours == pytest.approx(2000)  # base + B: λ/3 large → base; small split: feasible at 2000
+    assert theirs > ours
+
+
+def test_bound_grows_with_every_added_instance() -> None:
+    rng = np.random.default_rng(7)
+    bm = _random_model(rng, n_types=4)
+    configs = rng.integers(0, 6, (200, 4))
+    ub = upper_bound(configs, bm)
+    for k in range(4):
+        more = configs.copy()
+        more[:, k] += 1
+        assert np.all(upper_bound(more, bm) >= ub - 1e-9)
+
+
+def test_base_is_derived_without_a_gpu() -> None:
+    """A CPU-only catalogue: the type that covers the mix is the base, whatever it is called."""
+    b = np.arange(1001)
+    lat = np.stack([0.0005 + 0.004 * b / 1000, 0.0003 + 0.008 * b / 1000])  # both CPUs
+    pmf = batch_pmf(np.clip(np.random.default_rng(0).lognormal(np.log(150), 0.5, 10_000), 1, 1000).astype(int), 1000)
+    bm = BoundModel.build(lat, lat, pmf, QOS, ("c5.xlarge", "r5.large"))
+    assert bm.coverage[0] == 1.0 and bm.coverage[1] < 1.0
+    assert upper_bound(np.array([[2, 3]]), bm)[0] > upper_bound(np.array([[2, 0]]), bm)[0] > 0
+    assert upper_bound(np.array([[0, 3]]), bm)[0] == 0.0
+
+
+def test_tail_rule_gives_tighter_thresholds() -> None:
+    mean = np.stack([np.linspace(0.0005, 0.003, 1001), np.linspace(0.0003, 0.008, 1001)])
+    p99 = mean * np.array([[1.05], [1.6]])  # the auxiliary has a slow tail
+    pmf = np.full(1001, 1 / 1001)
+    loose = BoundModel.build(mean, mean, pmf, QOS, ("g", "t"), tail=False)
+    tight = BoundModel.build(mean, p99, pmf, QOS, ("g", "t"), tail=True)
+    assert tight.threshold_batch[1] < loose.threshold_batch[1]
+    cfg = np.array([[1, 6]])
+    assert upper_bound(cfg, tight)[0] < upper_bound(cfg, loose)[0]
+
+
+# ---------------------------------------------------------------------------------------------- selectors
+
+
+def _cands(bm: BoundModel, prices: list[float], budget: float, maximal: bool = True) -> Candidates:
+    return make_candidates(bm, prices, budget, maximal_only=maximal)
+
+
+class CountingEvaluator:
+    """Deterministic stand-in for the simulator: a fixed fraction (0.8–1.0, per configuration) of the
+    bound, so it never exceeds it, and monotone in the counts so supersets never lose."""
+
+    def __init__(self, bm: BoundModel) -> None:
+        self.bm = bm
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, config: np.ndarray) -> float:
+        self.calls.append(tuple(int(x) for x in config))
+        ub = upper_bound(np.asarray(config)[None, :], self.bm)[0]
+        # penalise auxiliary-heavy fleets a little (queueing on many slow instances)
+        share = config[1:].sum() / max(1, config.sum())
+        return float(ub * (1.0 - 0.2 * share))
+
+
+def test_kairos_plus_returns_exactly_the_exhaustive_optimum() -> None:
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        bm = _random_model(rng, n_types=4)
+        prices = [0.526, 0.432, 0.149, 0.1664]
+        for maximal in (True, False):
+            c = _cands(bm, prices, 2.5, maximal)
+            ex_eval = CountingEvaluator(bm)
+            ex = select_exhaustive(c, ex_eval)
+            kp_eval = CountingEvaluator(bm)
+            kp = select_kairos_plus(c, kp_eval)
+            assert kp.qps == ex.qps
+            np.testing.assert_array_equal(kp.config, ex.config)
+            assert kp.n_evals == len(kp_eval.calls) < len(c)
+            assert len(ex_eval.calls) == len(c)
+            # never evaluates a sub-configuration of one it evaluated
+            calls = np.array(kp_eval.calls)
+            for i, x in enumerate(calls):
+                assert not np.any(np.all(calls[:i] >= x, axis=1)), (trial, x)
+
+
+def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> None:
+    bm = two_point_model()
+    c = _cands(bm, [0.5, 0.2], 2.0)
+    exact = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+    kp = select_kairos_plus(c, exact)
+    assert kp.n_evals == 1
+    assert kp.qps == pytest.approx(c.ub_qps.max())
+
+
+def test_kairos_picks_the_top10_member_nearest_their_centre() -> None:
+    configs = np.array([[1, 0], [1, 1], [1, 2], [2, 0], [0, 9], [3, 3]])
+    ub = np.array([10.0, 9.0, 8.0, 7.0, 6.0, 1.0])
+    c = Candidates(("a", "b"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub)
+    # top 5 centre = (1, 2.4): nearest is (1, 2)
+    sel = select_kairos(c, top_k=5)
+    np.testing.assert_array_equal(sel.config, [1, 2])
+    assert sel.qps is None and sel.n_evals == 0
+    # top 3 centre = (1, 1): itself
+    np.testing.assert_array_equal(select_kairos(c, top_k=3).config, [1, 1])
+    one = select_kairos(c, lambda x: 42.0, top_k=1)
+    np.testing.assert_array_equal(one.config, [1, 0])
+    assert one.qps == 42.0 and one.n_evals == 1
+
+
+def test_homogeneous_picks_the_best_single_type_fleet() -> None:
+    bm = two_point_model()
+    c = _cands(bm, [0.5, 0.2], 2.0)
+    np.testing.assert_array_equal(homogeneous_configs(c), [[4, 0], [0, 10]])
+    ev = CountingEvaluator(bm)
+    sel = select_homogeneous(c, ev, bm)
+    np.testing.assert_array_equal(sel.config, [4, 0])  # the auxiliary alone cannot serve large queries
+    assert sel.qps == pytest.approx(2000.0) and sel.n_evals == 2
+    by_bound = select_homogeneous(c, None, bm)
+    np.testing.assert_array_equal(by_bound.config, [4, 0])
+
+
+def test_select_by_name() -> None:
+    bm = two_point_model()
+    c = _cands(bm, [0.5, 0.2], 2.0)
+    ev = CountingEvaluator(bm)
+    assert select("exhaustive", c, ev).qps == select("kairos_plus", c, ev).qps
+    with pytest.raises(ConfigError, match="allowed"):
+        select("random", c, ev)
+    with pytest.raises(ConfigError, match="evaluator"):
+        select("kairos_plus", c)
