@@ -118,6 +118,6 @@ class LocalFleet:
         for inst in list(self.registry):
             await inst.client.close()
             self.registry.set_state(inst.id, InstanceState.GONE)
-        await asyncio.gather(*(c.stop_async() for c in self.children.values()))
+        await asyncio.gather(*(c.stop_async(grace_s=15.0) for c in self.children.values()))
         log.info("fleet stopped instances=%d", len(self.children))
         self.children.clear()

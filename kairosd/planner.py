@@ -238,6 +238,47 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     return ub
 
 
+def fluid_bound(config: np.ndarray, mean_s: np.ndarray, feasibility_s: np.ndarray, pmf: np.ndarray, qos_s: float) -> float:
+    """The exact fluid bound of one configuration, as a linear program (scipy HiGHS), for validation.
+
+    max λ s.t. every batch b of the mix is served at rate λ·p_b by types that meet QoS on it
+    (Σ_k x_kb = λ·p_b, x_kb = 0 where feasibility_s[k, b] > QoS) and no type is busy more than
+    its instances allow (Σ_b x_kb·L_k(b) ≤ n_k). Unlike `upper_bound`, an auxiliary may specialise
+    in the batches it serves best, so this bounds every dispatcher (queueing ignored); it is looser
+    and costs an LP per configuration, hence not used for ranking. Batches no present type can
+    serve within QoS may go to any present type if they are at most 1% of the mix (else 0).
+    """
+    config = np.asarray(config, dtype=np.int64)
+    pmf = np.asarray(pmf, dtype=float)
+    nb = min(len(pmf), mean_s.shape[1])
+    support = np.flatnonzero(pmf[:nb] > 0)
+    p = pmf[support] / pmf[support].sum()
+    present = np.flatnonzero(config > 0)
+    if len(present) == 0:
+        return 0.0
+    elig = feasibility_s[present][:, support] <= qos_s  # [present type, support batch]
+    orphan = ~elig.any(axis=0)
+    if p[orphan].sum() > 1.0 - MIN_BASE_COVERAGE + 1e-12:
+        return 0.0
+    elig[:, orphan] = True
+    ks, js = np.nonzero(elig)
+    n = len(ks) + 1  # x_kb, then λ
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    v = np.arange(len(ks))
+    a_eq = coo_matrix((np.r_[np.ones(len(ks)), -p], (np.r_[js, np.arange(len(support))], np.r_[v, np.full(len(support), n - 1)])),
+                      shape=(len(support), n))
+    a_ub = coo_matrix((mean_s[present[ks], support[js]], (ks, v)), shape=(len(present), n))
+    cost = np.zeros(n)
+    cost[-1] = -1.0
+    res = linprog(cost, A_ub=a_ub.tocsr(), b_ub=config[present].astype(float), A_eq=a_eq.tocsr(), b_eq=np.zeros(len(support)),
+                  bounds=(0, None), method="highs")
+    if res.status != 0:
+        raise RuntimeError(f"fluid bound LP failed: {res.message}")
+    return float(-res.fun)
+
+
 def authors_upper_bound(configs: np.ndarray, bm: BoundModel, base: int) -> np.ndarray:
     """The authors' code (kairos_resource_allocator.py), for comparison: a fixed base type, and every
     auxiliary present approximated by the most permissive threshold among them (s, t of that one)."""

@@ -296,7 +296,8 @@ def simulate(
         pct = (math.inf,) * 3
         mean = math.inf
     else:
-        pct = tuple(float(x) for x in np.percentile(lat, [50.0, 95.0, percentile]))
+        # nearest rank at or above: well defined when some queries were never served (inf)
+        pct = tuple(float(x) for x in np.percentile(lat, [50.0, 95.0, percentile], method="higher"))
         mean = float(lat.mean())
     ok = not aborted and not lagging and pct[2] <= qos_s
     return SimResult(

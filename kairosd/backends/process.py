@@ -133,6 +133,11 @@ class ChildProcess:
             f.seek(max(0, self._log_path.stat().st_size - max_chars))
             return f.read().decode("utf-8", errors="replace")
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send `sig` to the child alone (not its group); a no-op once it has exited."""
+        if self._popen is not None:
+            self._signal(sig)
+
     def wait(self, timeout_s: float | None = None) -> int | None:
         """Wait up to `timeout_s` (None: forever) for the child to exit; its exit code, or None if it still runs."""
         if self._popen is None:

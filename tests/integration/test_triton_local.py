@@ -1,5 +1,4 @@
-"""`kairosd triton`: a real Triton server (PyTriton) answers like the worker and like in-process ONNX Runtime,
-reports ServerReady only with its models loaded, and stops cleanly on SIGTERM (no tritonserver or stub left)."""
+"""`kairosd triton`: a real Triton (PyTriton) answers like the worker, is ready only with its models, stops cleanly."""
 
 from __future__ import annotations
 

@@ -1,12 +1,11 @@
-"""The ONNX Runtime worker as a real subprocess on a real gRPC socket: answers equal in-process ONNX Runtime's,
-errors carry Triton's codes, metadata and config come from the repository, SIGTERM drains and exits 0.
+"""The ONNX Runtime worker as a subprocess on a real socket: ONNX Runtime's answers, Triton's errors, clean stop."""
 
-The `check_*` helpers are shared with tests/integration/test_triton_local.py, which runs them against a real Triton.
-"""
+# The `check_*` helpers are shared with tests/integration/test_triton_local.py, which runs them against a real Triton.
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -310,6 +309,28 @@ async def test_sigterm_drains_accepted_queries_refuses_new_ones_and_exits_0() ->
     assert "SIGTERM: draining" in w.child.log_tail() and "stopped" in w.child.log_tail()
     assert stop_s < 10, stop_s
     assert w.child.leftover_pids == []
+
+
+async def test_a_second_sigterm_stops_at_once() -> None:
+    w = await asyncio.to_thread(start_worker, "--models", "dlrm", "--grace-s", "60")
+    try:
+        arrays = example_inputs("dlrm", 1024)
+        async with aioclient.InferenceServerClient(w.url) as client:
+            queued = [asyncio.ensure_future(client.infer("dlrm", grpc_inputs(arrays))) for _ in range(300)]
+            await asyncio.sleep(0.3)  # ~300 x 10 ms of work queued on the worker
+            w.child.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            w.child.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(w.child.wait, 30)
+            stopped_s = time.monotonic() - started
+            results = await asyncio.gather(*queued, return_exceptions=True)
+    finally:
+        w.child.stop()
+    assert code == 0, w.child.log_tail()
+    assert stopped_s < 2.0, stopped_s
+    assert "SIGTERM again: stopping now" in w.child.log_tail(10_000_000)
+    assert any(isinstance(r, BaseException) for r in results)  # the grace period was cut short
 
 
 def test_a_taken_port_fails_fast_with_exit_1(worker: Worker) -> None:

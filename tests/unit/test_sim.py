@@ -1,0 +1,229 @@
+"""Simulator: queueing theory on a single server, determinism, the bound on real profiles, overload and
+stuck queries, service-time noise, the snapshot the policies see, and the parallel evaluator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kairosd import workload
+from kairosd.dispatch import Assignment, FcfsPolicy, Snapshot, make_policy
+from kairosd.errors import ConfigError
+from kairosd.planner import BoundModel, upper_bound
+from kairosd.profiles import ProfilePoint, ProfileTable
+from kairosd.sim import (
+    ServiceModel,
+    SimEvaluator,
+    evaluate_config,
+    fleet_columns,
+    max_qps,
+    poisson_stream,
+    simulate,
+    trace_stream,
+)
+
+SERVICE_S = 0.002
+
+
+def flat_table(service_s: float = SERVICE_S) -> ProfileTable:
+    """One model, two types: 'fast' takes `service_s` for any batch, 'slow' twice that."""
+    pts = [ProfilePoint(t, b, f * service_s, f * service_s) for t, f in (("fast", 1.0), ("slow", 2.0)) for b in (1, 1000)]
+    return ProfileTable.build({"m": pts})
+
+
+@pytest.fixture(scope="module")
+def wl() -> workload.KairosWorkload:
+    return workload.load_kairos()
+
+
+def test_single_server_mean_latency_matches_pollaczek_khinchine() -> None:
+    """M/D/1: mean wait W = ρ·s / (2(1 − ρ)); sojourn = W + s."""
+    table = flat_table()
+    stream = poisson_stream(np.full(40_000, 100), seed=3)
+    cols = fleet_columns(table, ["fast"], [1])
+    for rho in (0.5, 0.8):
+        rate = rho / SERVICE_S
+        res = simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=10.0, stream=stream, abort=False)
+        expected = rho * SERVICE_S / (2 * (1 - rho)) + SERVICE_S
+        assert res.mean_s == pytest.approx(expected, rel=0.05)
+        assert res.served_qps == pytest.approx(rate, rel=0.03)
+        assert res.ok and res.violations == 0
+
+
+def test_two_unequal_servers_prefer_the_fast_one() -> None:
+    """At light load fastest_free sends nearly everything to the fast server; round robin does not."""
+    table = flat_table()
+    stream = poisson_stream(np.full(5000, 10), seed=1)
+    cols = fleet_columns(table, ["fast", "slow"], [1, 1])
+    fast = simulate(table, "m", cols, make_policy("fastest_free", table), 5.0, qos_s=1.0, stream=stream)
+    rr = simulate(table, "m", cols, make_policy("round_robin", table), 5.0, qos_s=1.0, stream=stream)
+    assert fast.mean_s < rr.mean_s
+    # an arrival finds the fast server busy with probability ≈ its utilisation, 1%
+    assert fast.mean_s == pytest.approx(0.99 * SERVICE_S + 0.01 * 2 * SERVICE_S, rel=0.01)
+    assert rr.mean_s == pytest.approx(1.5 * SERVICE_S, rel=0.1)
+
+
+def test_runs_are_deterministic_under_a_seed(wl: workload.KairosWorkload) -> None:
+    setup = workload.sim_setup(wl, "wnd", n_queries=800, seed=4)
+    cols = fleet_columns(wl.profiles, wl.types, [1, 0, 2, 0])
+    runs = [simulate(wl.profiles, "wnd", cols, make_policy("kairos", wl.profiles), 300.0, qos_s=setup.qos_s,
+                     stream=setup.stream, service=setup.service) for _ in range(2)]
+    assert runs[0].p99_s == runs[1].p99_s and runs[0].policy_calls == runs[1].policy_calls
+    other = workload.sim_setup(wl, "wnd", n_queries=800, seed=5)
+    third = simulate(wl.profiles, "wnd", cols, make_policy("kairos", wl.profiles), 300.0, qos_s=other.qos_s,
+                     stream=other.stream, service=other.service)
+    assert third.p99_s != runs[0].p99_s
+
+
+def test_max_qps_stays_below_the_bound_on_measured_profiles(wl: workload.KairosWorkload) -> None:
+    model, cfg = "wnd", np.array([1, 0, 3, 0])
+    pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=200_000)
+    bm = BoundModel.from_profiles(wl.profiles, model, wl.types, pmf, wl.qos_s[model])
+    ub = float(upper_bound(cfg[None, :], bm)[0])
+    setup = workload.sim_setup(wl, model, n_queries=1500, seed=1)
+    res = evaluate_config(setup, cfg, ub)
+    assert not res.exceeds_bound
+    assert 0.5 * ub < res.qps < ub
+    passed = [r for r, ok in res.probes if ok]
+    failed = [r for r, ok in res.probes if not ok]
+    assert res.qps == max(passed)
+    # the bisection stopped with a failing rate within rel_tol·UB above the answer
+    assert min(r for r in failed if r > res.qps) - res.qps <= setup.rel_tol * ub * 1.0001
+    # the rate just above the bound failed: the bound held for this fleet
+    assert failed[0] == pytest.approx(ub * (1 + setup.rel_tol))
+
+
+def test_overload_fails_fast_and_light_load_passes(wl: workload.KairosWorkload) -> None:
+    setup = workload.sim_setup(wl, "dien", n_queries=2000, seed=2)
+    cols = fleet_columns(wl.profiles, wl.types, [2, 0, 4, 0])
+    kw = dict(qos_s=setup.qos_s, stream=setup.stream, service=setup.service)
+    heavy = simulate(wl.profiles, "dien", cols, make_policy("kairos", wl.profiles), 5000.0, **kw)
+    assert not heavy.ok and heavy.aborted
+    assert heavy.policy_calls < 800  # stopped long before the 2000 queries were through
+    light = simulate(wl.profiles, "dien", cols, make_policy("kairos", wl.profiles), 50.0, **kw)
+    assert light.ok and light.p99_s <= setup.qos_s and not light.lagging
+
+
+def test_queries_no_instance_will_take_count_as_violations() -> None:
+    table = flat_table()
+    # threshold policy: batches > 100 only go to 'slow', which the fleet does not have
+    policy = make_policy("threshold", table, threshold=100, large_types=["slow"])
+    stream = poisson_stream(np.where(np.arange(600) % 2 == 0, 50, 500), seed=0)
+    cols = fleet_columns(table, ["fast"], [2])
+    res = simulate(table, "m", cols, policy, 100.0, qos_s=0.05, stream=stream)
+    assert not res.ok and res.aborted
+    no_abort = simulate(table, "m", cols, make_policy("threshold", table, threshold=100, large_types=["slow"]), 100.0,
+                        qos_s=0.05, stream=stream, abort=False)
+    assert not no_abort.ok and math.isinf(no_abort.p99_s)
+    # the policy sees the oldest 2n = 4 waiting queries, like the daemon: once 4 large ones are
+    # stuck at the head, the small ones behind them are never offered either (head-of-line blocking)
+    assert no_abort.violations == no_abort.n_measured
+
+
+@pytest.mark.parametrize("name", ["kairos", "fcfs", "fastest_free", "round_robin", "earliest_finish", "threshold"])
+def test_every_dispatch_policy_runs_in_the_simulator(wl: workload.KairosWorkload, name: str) -> None:
+    setup = workload.sim_setup(wl, "mtwnd", n_queries=500, seed=0)
+    cols = fleet_columns(wl.profiles, wl.types, [1, 1, 2, 1])
+    res = simulate(wl.profiles, "mtwnd", cols, make_policy(name, wl.profiles), 40.0, qos_s=setup.qos_s,
+                   stream=setup.stream, service=setup.service, abort=False)
+    assert res.n_measured == 450 and np.isfinite(res.mean_s)
+
+
+class RecordingFcfs:
+    """The real FCFS policy, keeping a copy of every snapshot it is shown."""
+
+    name = "fcfs"
+
+    def __init__(self, table: ProfileTable) -> None:
+        self.inner = FcfsPolicy(table)
+        self.snaps: list[Snapshot] = []
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        self.snaps.append(snap)
+        return self.inner(snap)
+
+
+def test_policies_see_what_the_daemon_shows_them() -> None:
+    """At most 2n waiting queries; busy columns report their expected (profile) remaining time."""
+    table = flat_table()
+    stream = poisson_stream(np.full(3000, 100), seed=9)
+    cols = fleet_columns(table, ["fast", "slow"], [1, 1])
+    rec = RecordingFcfs(table)
+    noisy = ServiceModel("lognormal", cv=0.5)
+    simulate(table, "m", cols, rec, 600.0, qos_s=1.0, stream=stream, service=noisy, abort=False)
+    assert max(s.m for s in rec.snaps) == 2 * len(cols)
+    for s in rec.snaps:
+        busy = ~s.i_free
+        assert np.all(s.i_busy_s[s.i_free] == 0.0)
+        assert np.all(s.i_busy_s[busy] >= 1e-6)
+        # never more than a full expected service time ahead (2 ms on 'fast', 4 ms on 'slow')
+        assert np.all(s.i_busy_s <= np.where(s.i_type == 0, SERVICE_S, 2 * SERVICE_S) + 1e-12)
+        assert np.all(np.diff(s.q_waited_s) <= 1e-12)  # oldest first
+
+
+def test_service_noise_from_measured_samples(wl: workload.KairosWorkload) -> None:
+    p = wl.profiles
+    rel = wl.samples.relative("ncf", p.types)
+    stream = poisson_stream(workload.kairos_batch_mix(20_000, np.random.default_rng(0)), seed=1)
+    svc = ServiceModel("samples", rel).times(p, "ncf", stream)
+    mean = ServiceModel().times(p, "ncf", stream)
+    np.testing.assert_allclose((svc / mean).mean(axis=0), 1.0, atol=0.01)
+    q = 123
+    g = stream.batches[q] // 10 - 1
+    k = int(stream.noise_u[q] * rel.shape[2])
+    t3 = p.type_index("t3.xlarge")
+    assert svc[q, t3] == pytest.approx(p.mean_s[p.model_index("ncf"), t3, stream.batches[q]] * rel[t3, g, k])
+    with pytest.raises(ConfigError):
+        ServiceModel("samples")
+
+
+def test_lognormal_noise_has_the_requested_spread() -> None:
+    table = flat_table()
+    stream = poisson_stream(np.full(50_000, 10), seed=2)
+    svc = ServiceModel("lognormal", cv=0.3).times(table, "m", stream)[:, 0]
+    assert svc.mean() == pytest.approx(SERVICE_S, rel=0.01)
+    assert svc.std() / svc.mean() == pytest.approx(0.3, rel=0.05)
+
+
+def test_trace_replay_scales_with_the_rate() -> None:
+    times = np.cumsum(np.r_[0.0, np.tile([0.001, 0.003], 500)])
+    st = trace_stream(times, np.full(len(times), 10))
+    np.testing.assert_allclose(st.arrivals(500.0)[1:3] - st.arrivals(500.0)[0], [0.001, 0.004])
+    np.testing.assert_allclose(np.diff(st.arrivals(1000.0))[:2], [0.0005, 0.0015])
+    with pytest.raises(ConfigError):
+        trace_stream(np.array([0.0, 2.0, 1.0]), np.ones(3))
+
+
+def test_fleet_columns() -> None:
+    table = flat_table()
+    np.testing.assert_array_equal(fleet_columns(table, ["fast", "slow"], [2, 1], slots=[1, 3]), [0, 0, 1, 1, 1])
+    with pytest.raises(ConfigError):
+        fleet_columns(table, ["fast"], [0])
+    with pytest.raises(ConfigError):
+        fleet_columns(table, ["gpu"], [1])
+
+
+def test_max_qps_without_a_bound_finds_the_single_server_limit() -> None:
+    table = flat_table()
+    stream = poisson_stream(np.full(3000, 10), seed=5)
+    cols = fleet_columns(table, ["fast"], [1])
+    res = max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=5 * SERVICE_S, stream=stream)
+    # M/D/1 with QoS = 5 s: p99 of the sojourn reaches 5 s well below saturation
+    assert 0.4 / SERVICE_S < res.qps < 1.0 / SERVICE_S
+
+
+def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> None:
+    setup = workload.sim_setup(wl, "wnd", n_queries=500, seed=3)
+    configs = np.array([[1, 0, 2, 0], [1, 1, 0, 1], [0, 0, 5, 0]])
+    pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
+    bm = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, setup.qos_s)
+    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+    seen: list[tuple[int, int]] = []
+    par = SimEvaluator(setup, bound=bound, workers=2, progress=lambda d, t: seen.append((d, t)))
+    seq = SimEvaluator(setup, bound=bound, workers=1)
+    np.testing.assert_array_equal(par.many(configs), seq.many(configs))
+    assert seen[-1] == (3, 3)
+    assert par(configs[2]) == 0.0  # no type covering the mix: the bound is 0 and so is the simulation
+    assert len(par.cache[(0, 0, 5, 0)].probes) == 1
