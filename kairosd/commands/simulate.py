@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from kairosd import workload
     from kairosd.catalogue import load_catalogue
     from kairosd.dispatch import make_policy
-    from kairosd.planner import BoundModel, config_cost, upper_bound
+    from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, fleet_columns, max_qps, poisson_stream, simulate, trace_stream
 
@@ -135,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             service = ServiceModel(args.noise, cv=args.cv)
         factory = lambda: make_policy(args.policy, profiles, **params)  # noqa: E731
         factory()  # refuse unknown policies and parameters before simulating
-        pmf = workload.batch_pmf_of(stream.batches, profiles.max_batch)
+        pmf = batch_pmf(stream.batches, profiles.max_batch)
         bm = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=bool(params.get("tail", True)))
         ub = float(upper_bound(np.array([counts]), bm)[0])
         svc = service.times(profiles, args.model, stream)
