@@ -174,10 +174,13 @@ class BoundModel:
 def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     """QPS_max of each configuration (int[N, K] counts aligned with `bm.types`), vectorised.
 
-    Derivation (fluid model: any stable dispatcher must fit these rates into the instances' time).
-    The base j of a configuration is its type with the largest coverage (ties: the fastest), i.e.
-    the type that can serve the large queries. Auxiliary k serves only queries b ≤ B_k and, like
-    the authors, we let it serve them in their mix proportions: it takes y_k ≤ n_k·Q_k queries/s.
+    Derivation (fluid model: queueing ignored, a stable fleet must fit the offered work into its
+    instances' time). The base j of a configuration is its type with the largest coverage (ties:
+    the fastest), i.e. the type that can serve the large queries. Auxiliary k serves only queries
+    b ≤ B_k and, as in the paper, in their mix proportions: it takes y_k ≤ n_k·Q_k queries/s.
+    (This is a bound for dispatchers that feed auxiliaries that way. One that lets an auxiliary
+    specialise in the batches it serves best — e.g. t3.xlarge only on the smallest — can beat it;
+    `fluid_bound` is the exact LP that allows that, looser and one LP per configuration.)
     For an offered rate λ with n_b base instances (rate Q_b = 1/E[L_b] each):
       * base busy time: λ·E[L_b] − Σ_k y_k·E[L_b | b ≤ B_k] ≤ n_b, and E[L_b | b ≤ B_k] = t_k/(s_k·Q_b),
         hence λ ≤ n_b·Q_b + Σ_k (t_k/s_k)·y_k;
@@ -197,6 +200,10 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     bottleneck (it must serve the 333 large queries/s at 3 ms each).
     2 base + 1 aux: min(1000 + 250, 1333) = 1250/s: the auxiliary saturates at 500 small/s; the
     base serves 125 small (1 ms) + 625 large (3 ms) = 2.0 s of work per second on 2 instances.
+    Two auxiliaries (tests: base 1 ms; A meets QoS only at batch 10, B up to 50, both 2 ms; mix
+    1/3 each of 10, 50, 100): 1 + 1 + 1 gives 1875/s — B first (t = 2/3, weight 0.5) adds 500, A
+    (t = 1/3, weight 2) the remaining capacity 750/2 = 375 — where the authors' aggregate
+    threshold would credit A with batch-50 queries it cannot serve within QoS.
     Configurations whose base covers less than 99% of the mix (a p99 target cannot hold) get 0.
     """
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
@@ -341,6 +348,13 @@ def make_candidates(
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices), upper_bound(configs, bm))
+
+
+def rank(cands: Candidates) -> Candidates:
+    """The same candidates, reordered by upper bound high to low (see `Candidates.ranked`)."""
+    order = cands.ranked()
+    return Candidates(cands.types, cands.prices_usd_per_hour, cands.budget_usd_per_hour, cands.configs[order],
+                      cands.cost_usd_per_hour[order], cands.ub_qps[order])
 
 
 class Evaluator(Protocol):

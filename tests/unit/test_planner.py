@@ -356,3 +356,29 @@ def test_select_by_name() -> None:
         select("random", c, ev)
     with pytest.raises(ConfigError, match="evaluator"):
         select("kairos_plus", c)
+
+
+def test_rank_orders_by_bound_then_cost() -> None:
+    bm = two_point_model()
+    c = _cands(bm, [0.5, 0.2], 2.0, maximal=False)
+    from kairosd.planner import rank
+
+    r = rank(c)
+    assert np.all(np.diff(r.ub_qps) <= 0)
+    ties = r.ub_qps[:-1] == r.ub_qps[1:]
+    assert np.all(np.diff(r.cost_usd_per_hour)[ties] >= 0)
+    assert sorted(map(tuple, r.configs.tolist())) == sorted(map(tuple, c.configs.tolist()))
+
+
+def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
+    from kairosd.cli import main
+
+    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "125 maximal configurations" in out
+    lines = [l for l in out.splitlines() if l.strip()[:1].isdigit()]
+    assert len(lines) == 5
+    ubs = [float(l.split()[6]) for l in lines]
+    assert ubs == sorted(ubs, reverse=True)
+    assert "kairos:" in out and "not evaluated" in out
+    assert main(["plan", "--budget", "0.1", "--model", "wnd", "--no-eval"]) == 2  # nothing fits

@@ -227,3 +227,18 @@ def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> N
     assert seen[-1] == (3, 3)
     assert par(configs[2]) == 0.0  # no type covering the mix: the bound is 0 and so is the simulation
     assert len(par.cache[(0, 0, 5, 0)].probes) == 1
+
+
+def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from kairosd.cli import main
+
+    args = ["simulate", "--model", "wnd", "--config", "g4dn.xlarge=1,r5n.large=2", "--queries", "800", "--mix", "kairos"]
+    assert main(args + ["--rate", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "1×g4dn.xlarge + 2×r5n.large (0.824 $/h)" in out and "OK" in out
+    # far beyond what the fleet can serve: fails QoS, exit code 1
+    assert main(args + ["--rate", "5000", "--policy", "fcfs"]) == 1
+    assert "FAILS QoS" in capsys.readouterr().out
+    assert main(args + ["--policy", "threshold", "--param", "threshold=400"]) == 0
+    assert "max QPS with p99 <= QoS" in capsys.readouterr().out
+    assert main(args + ["--param", "nonsense=1"]) == 2
