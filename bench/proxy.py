@@ -87,6 +87,7 @@ def main() -> int:
     p.add_argument("--duration-s", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", default="1,8,64")
+    p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--model", default="ncf")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "proxy.json"))
@@ -120,6 +121,7 @@ def main() -> int:
             "http": {"direct": (backend["http"], None), "bare": (f"127.0.0.1:{ports['bh']}", bare_h),
                      "kairosd": (f"127.0.0.1:{ports['kh']}", kd)},
         }
+        targets = {k: v for k, v in targets.items() if k in args.protocols.split(",")}
         results = []
         for protocol, tg in targets.items():
             for conc in concs:
@@ -153,7 +155,7 @@ def main() -> int:
     print(f"{'proto':5s} {'conc':>4s} | {'direct p50':>10s} {'bare +p50':>9s} {'kairosd +p50':>12s} {'ratio':>5s} | "
           f"{'bare cpu/1kq':>12s} {'kairosd cpu/1kq':>15s} {'ratio':>5s} | {'direct q/s':>10s} {'bare q/s':>8s} {'kairosd q/s':>11s}")
     summary = []
-    for protocol in ("grpc", "http"):
+    for protocol in targets:
         for conc in concs:
             d, b, k = cell(protocol, conc, "direct"), cell(protocol, conc, "bare"), cell(protocol, conc, "kairosd")
             add_b, add_k = b["p50_ms"] - d["p50_ms"], k["p50_ms"] - d["p50_ms"]

@@ -80,10 +80,11 @@ class Daemon:
         return name in self._repository and self.is_ready()
 
     async def infer(
-        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None
+        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None,
+        raw: bytes | None = None,
     ) -> bytes:
         assert self.scheduler is not None
-        return await self.scheduler.submit(request, spec, batch, timeout_s)
+        return await self.scheduler.submit(request, spec, batch, timeout_s, raw)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -119,12 +119,24 @@ class KairosPolicy:
         self.mean = profiles.mean_s
         self.check = profiles.p99_s if tail else profiles.mean_s
         self.margin_s = margin_s
+        self.cmean = self.coef[:, :, None] * profiles.mean_s  # C_j·L_ij, looked up per edge
+
+    def _one(self, snap: Snapshot) -> Assignment:
+        """One waiting query: the matching is its cheapest column (1-D lookups, no 2-D broadcast)."""
+        mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
+        busy = snap.i_busy_s
+        cost = self.coef[mi, snap.i_type] * busy + self.cmean[mi, snap.i_type, b]
+        finish = snap.q_waited_s[0] + busy + self.check[mi, snap.i_type, b]
+        qos = snap.q_qos_s[0]
+        cost = np.where(finish > qos - self.margin_s, cost + INFEASIBLE_PENALTY_QOS * qos, cost)
+        j = int(np.argmin(cost))
+        return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 
     def cost_matrix(self, snap: Snapshot, rows: int) -> np.ndarray:
-        lat = _service(self.mean, snap, rows)
         busy = snap.i_busy_s[None, :]
-        cost = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]] * (busy + lat)
-        finish = snap.q_waited_s[:rows, None] + busy + (_service(self.check, snap, rows) if self.check is not self.mean else lat)
+        coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]]
+        cost = coef * busy + _service(self.cmean, snap, rows)
+        finish = snap.q_waited_s[:rows, None] + busy + _service(self.check, snap, rows)
         budget = snap.q_qos_s[:rows, None] - self.margin_s
         infeasible = finish > budget
         if infeasible.any():
@@ -134,12 +146,10 @@ class KairosPolicy:
     def __call__(self, snap: Snapshot) -> Assignment:
         if snap.m == 0 or not snap.i_free.any():
             return EMPTY
+        if snap.m == 1:
+            return self._one(snap)
         rows = min(snap.m, 2 * snap.n)
-        cost = self.cost_matrix(snap, rows)
-        if rows == 1:  # one query: the matching is the cheapest column
-            j = int(np.argmin(cost[0]))
-            return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
-        r, c = linear_sum_assignment(cost)
+        r, c = linear_sum_assignment(self.cost_matrix(snap, rows))
         keep = snap.i_free[c]
         return Assignment(r[keep], c[keep])
 

@@ -41,6 +41,7 @@ class Query:
     deadline_s: float
     # resolved by a dispatch round with the instance to send to (a grant), or with an error
     future: asyncio.Future[tuple[Instance, float]]
+    raw: bytes | None = None  # the request's bytes as received, forwarded as they are
     attempts: int = 0
 
 
@@ -89,7 +90,12 @@ class Scheduler:
 
     # ---- front-end side -------------------------------------------------------------------
     async def submit(
-        self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None
+        self,
+        request: service_pb2.ModelInferRequest,
+        spec: ModelSpec,
+        batch: int,
+        timeout_s: float | None = None,
+        raw: bytes | None = None,
     ) -> bytes:
         """Queue one validated query and wait for its serialized response."""
         if not self.accepting:
@@ -100,7 +106,7 @@ class Scheduler:
             raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
         now = self._loop.time()
         timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
-        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future())
+        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw)
         self.stats.submitted += 1
         while True:
             self.waiting.append(q)
@@ -130,7 +136,7 @@ class Scheduler:
         self._in_flight += 1
         timeout = max(q.deadline_s - self._loop.time(), 0.001)
         try:
-            response = await inst.client.infer(q.request, timeout)
+            response = await inst.client.infer(q.request, timeout, q.raw)
         except BackendError as exc:
             inst.failed_total += 1
             if exc.retryable and q.attempts < self.config.max_attempts and self._loop.time() < q.deadline_s:
@@ -202,10 +208,10 @@ class Scheduler:
             self._kick()
             return
         snap = Snapshot(
-            q_model=np.fromiter((q.model_idx for q in live), dtype=np.intp, count=len(live)),
-            q_batch=np.fromiter((q.batch for q in live), dtype=np.intp, count=len(live)),
-            q_waited_s=np.fromiter((now - q.arrival_s for q in live), dtype=float, count=len(live)),
-            q_qos_s=np.fromiter((q.qos_s for q in live), dtype=float, count=len(live)),
+            q_model=np.array([q.model_idx for q in live], dtype=np.intp),
+            q_batch=np.array([q.batch for q in live], dtype=np.intp),
+            q_waited_s=np.array([now - q.arrival_s for q in live]),
+            q_qos_s=np.array([q.qos_s for q in live]),
             i_type=i_type,
             i_busy_s=i_busy,
             i_free=i_free,

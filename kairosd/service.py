@@ -32,7 +32,10 @@ class InferenceService(Protocol):
         spec: "ModelSpec",
         batch: int,
         timeout_s: float | None = None,
+        raw: bytes | None = None,
     ) -> bytes:
         """Serve one validated query; return the backend's serialized `ModelInferResponse`
-        (raw tensor bytes pass through untouched). `timeout_s`: the client's deadline, if any."""
+        (raw tensor bytes pass through untouched). `timeout_s`: the client's deadline, if any.
+        `raw`: the request exactly as received, when it is what `request` serializes to (the
+        backend is then sent these bytes rather than a re-serialization)."""
         ...

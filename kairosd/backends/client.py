@@ -35,6 +35,7 @@ class BackendClient:
         self._infer = self._channel.unary_unary(
             MODEL_INFER, request_serializer=service_pb2.ModelInferRequest.SerializeToString, response_deserializer=None
         )
+        self._infer_raw = self._channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         self._control: grpcclient.InferenceServerClient | None = None
 
     @property
@@ -43,9 +44,14 @@ class BackendClient:
             self._control = grpcclient.InferenceServerClient(self.address)
         return self._control
 
-    async def infer(self, request: service_pb2.ModelInferRequest, timeout_s: float | None) -> bytes:
-        """Send one query; return the serialized ModelInferResponse. Raises BackendError."""
+    async def infer(
+        self, request: service_pb2.ModelInferRequest, timeout_s: float | None, raw: bytes | None = None
+    ) -> bytes:
+        """Send one query (its `raw` bytes when given); return the serialized ModelInferResponse.
+        Raises BackendError."""
         try:
+            if raw is not None:
+                return await self._infer_raw(raw, timeout=timeout_s)
             return await self._infer(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()

@@ -17,7 +17,7 @@ from kairosd.errors import ConfigError
 
 if TYPE_CHECKING:
     from kairosd.planner import BoundModel, Candidates
-    from kairosd.sim import SimSetup
+    from kairosd.sim import SimEvaluator, SimSetup
 
 HELP = "rank instance configurations under an hourly budget (Kairos upper bound) and select one"
 
@@ -54,7 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, required=True, help="hourly budget in USD")
     parser.add_argument("--model", required=True, help="model to plan for (e.g. ncf, rm2, wnd, mtwnd, dien)")
     parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the Kairos target of the model)")
-    parser.add_argument("--selector", choices=SELECTOR_NAMES, default="kairos", help="default: %(default)s")
+    parser.add_argument(
+        "--selector", choices=SELECTOR_NAMES, default="kairos_plus",
+        help="kairos: centre of the top 10 by bound, no evaluation; kairos_plus: walk the ranking evaluating "
+        "(simulator) and pruning, exact; homogeneous; exhaustive (default: %(default)s)",
+    )
+    parser.add_argument("--top-k", type=int, default=10, help="kairos selector: size of the top cluster (default: %(default)s)")
     parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml)")
     parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA or ../shared/data/kairos_profiles)")
@@ -181,6 +186,25 @@ def plot(path: str, cands: "Candidates", evaluated: dict[tuple[int, ...], float]
     plt.close(fig)
 
 
+class _Logged:
+    """Logs each single evaluation (Kairos+ walks the ranking one configuration at a time)."""
+
+    def __init__(self, evaluator: "SimEvaluator", cands: "Candidates") -> None:
+        self.evaluator = evaluator
+        self.cands = cands
+        self.count = 0
+
+    def __call__(self, config: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        qps = self.evaluator(config)
+        self.count += 1
+        log.info("evaluation %d: %s -> %.1f qps (%.1f s)", self.count, self.cands.label(config), qps, time.perf_counter() - t0)
+        return qps
+
+    def many(self, configs: np.ndarray) -> np.ndarray:
+        return self.evaluator.many(configs)
+
+
 def run(args: argparse.Namespace) -> int:
     from kairosd.planner import make_candidates, select, upper_bound
     from kairosd.sim import SimEvaluator
@@ -201,8 +225,10 @@ def run(args: argparse.Namespace) -> int:
         if args.workers > 0:
             evaluator.workers = args.workers
         use_eval = not (args.selector == "kairos" and args.no_eval)
-        params = {"bm": bm} if args.selector == "homogeneous" else {}
-        sel = select(args.selector, cands, evaluator if use_eval else None, **params)
+        params: dict[str, object] = {"bm": bm} if args.selector == "homogeneous" else {}
+        if args.selector == "kairos":
+            params["top_k"] = args.top_k
+        sel = select(args.selector, cands, _Logged(evaluator, cands) if use_eval else None, **params)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

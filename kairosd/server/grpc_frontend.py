@@ -6,10 +6,11 @@ import logging
 from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 import kairosd
-from kairosd.errors import KairosError
+from kairosd.errors import InvalidInput, KairosError
 from kairosd.server.validate import resolve_model, validate_request
 from kairosd.service import InferenceService
 
@@ -92,12 +93,20 @@ class _Handlers:
                                 reason="" if ready else "no ready instance serves this model")
         return response
 
-    async def model_infer(self, request: pb.ModelInferRequest, context: Ctx) -> bytes:
+    async def model_infer(self, raw: bytes, context: Ctx) -> bytes:
         service = self._service
+        request = pb.ModelInferRequest()
         try:
+            try:
+                request.ParseFromString(raw)
+            except DecodeError:
+                raise InvalidInput("ModelInferRequest is not a valid protobuf message") from None
+            # typed `contents` are rewritten into raw_input_contents by validation: then the
+            # received bytes no longer describe the request and are not forwarded
+            forward = raw if len(request.raw_input_contents) == len(request.inputs) else None
             spec = resolve_model(service.repository, request.model_name, request.model_version)
             batch = validate_request(request, spec)
-            return await service.infer(request, spec, batch, context.time_remaining())
+            return await service.infer(request, spec, batch, context.time_remaining(), raw=forward)
         except KairosError as e:
             await _abort(context, e)
         except Exception as e:  # a bug, not the client's fault: keep the message, log the trace
@@ -146,7 +155,7 @@ def build_generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
         "ModelMetadata": _unary(h.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
         "ModelConfig": _unary(h.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
         "RepositoryIndex": _unary(h.repository_index, pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-        "ModelInfer": _unary(h.model_infer, pb.ModelInferRequest, None),
+        "ModelInfer": _unary(h.model_infer, None, None),  # bytes in: parsed here, forwarded as received
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
             h.model_stream_infer,
             request_deserializer=pb.ModelInferRequest.FromString,

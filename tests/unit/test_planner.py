@@ -373,7 +373,7 @@ def test_rank_orders_by_bound_then_cost() -> None:
 def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
     from kairosd.cli import main
 
-    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--top", "5"]) == 0
+    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--selector", "kairos", "--no-eval", "--top", "5"]) == 0
     out = capsys.readouterr().out
     assert "125 maximal configurations" in out
     lines = [l for l in out.splitlines() if l.strip()[:1].isdigit()]
@@ -381,4 +381,4 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     ubs = [float(l.split()[6]) for l in lines]
     assert ubs == sorted(ubs, reverse=True)
     assert "kairos:" in out and "not evaluated" in out
-    assert main(["plan", "--budget", "0.1", "--model", "wnd", "--no-eval"]) == 2  # nothing fits
+    assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits
