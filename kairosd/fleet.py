@@ -63,31 +63,26 @@ class LocalFleet:
             child = ChildProcess(instance_argv(spec, str(self.config.model_repository)), name=spec.instance_id).start()
             self.children[spec.instance_id] = child
             address = f"127.0.0.1:{spec.port}"
-            inst = Instance(
-                id=spec.instance_id,
-                type=spec.type.name,
-                type_idx=self.profiles.type_index(spec.type.name),
-                address=address,
-                slots=spec.type.slots,
-                client=BackendClient(address, self.config.server.max_request_bytes),
-            )
-            self.registry.add(inst)
+            inst = self._register(spec.instance_id, spec.type, address)
             log.info("launching instance=%s type=%s address=%s pid=%s", inst.id, inst.type, address, child.pid)
             launches.append(self._await_ready(inst, child, ready_timeout_s))
         for k, (type_name, address) in enumerate(self.config.endpoints):
-            t = self.config.types[type_name]
-            inst = Instance(
-                id=f"{type_name}-ep{k}",
-                type=type_name,
-                type_idx=self.profiles.type_index(type_name),
-                address=address,
-                slots=t.slots,
-                client=BackendClient(address, self.config.server.max_request_bytes),
-            )
-            self.registry.add(inst)
+            inst = self._register(f"{type_name}-ep{k}", self.config.types[type_name], address)
             log.info("adding endpoint instance=%s type=%s address=%s", inst.id, type_name, address)
             launches.append(self._await_ready(inst, None, ready_timeout_s))
         await asyncio.gather(*launches)
+
+    def _register(self, instance_id: str, t: InstanceTypeConfig, address: str) -> Instance:
+        inst = Instance(
+            id=instance_id,
+            type=t.name,
+            type_idx=self.profiles.type_index(t.name),
+            address=address,
+            slots=t.slots,
+            client=BackendClient(address, self.config.server.max_request_bytes),
+        )
+        self.registry.add(inst)  # LAUNCHING until it answers ServerReady and ModelReady
+        return inst
 
     async def _await_ready(self, inst: Instance, child: ChildProcess | None, timeout_s: float) -> None:
         loop = asyncio.get_running_loop()
