@@ -58,7 +58,7 @@ def load(protocol: str, url: str, conc: int, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def kairosd_config(path: Path, grpc_port: int, http_port: int, backend_grpc: str) -> None:
+def kairosd_config(path: Path, grpc_port: int, http_port: int, backend_grpc: str, policy: str = "kairos") -> None:
     path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -66,7 +66,7 @@ http_port = {http_port}
 grpc_port = {grpc_port}
 metrics_port = 0
 [scheduler]
-policy = "kairos"
+policy = "{policy}"
 [models]
 repository = "{REPO / 'model_repository'}"
 profiles = "{REPO / 'profiles' / 'local'}"
@@ -88,6 +88,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", default="1,8,64")
     p.add_argument("--protocols", default="grpc,http")
+    p.add_argument("--policy", default="kairos", help="kairosd's dispatch policy")
     p.add_argument("--model", default="ncf")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "proxy.json"))
@@ -109,7 +110,7 @@ def main() -> int:
         bare_h = ChildProcess([sys.executable, str(REPO / "bench" / "bare_proxy.py"), "http", "--listen",
                                f"127.0.0.1:{ports['bh']}", "--backend", backend["http"]], name="bare-http").start()
         children += [bare_g, bare_h]
-        kairosd_config(tmp / "bench.toml", ports["kg"], ports["kh"], backend["grpc"])
+        kairosd_config(tmp / "bench.toml", ports["kg"], ports["kh"], backend["grpc"], args.policy)
         kd = ChildProcess(kairosd_argv("serve", "--config", str(tmp / "bench.toml")), name="kairosd").start()
         children.append(kd)
         wait_ready_sync(f"127.0.0.1:{ports['bg']}", 30, bare_g)

@@ -29,7 +29,7 @@ MIN_BASE_COVERAGE = 0.99
 # Enumeration
 
 
-def _micro(x: np.ndarray | float) -> np.ndarray:
+def _micro(x: Sequence[float] | np.ndarray | float) -> np.ndarray:
     return np.rint(np.asarray(x, dtype=float) * MICRO_USD).astype(np.int64)
 
 

@@ -2,7 +2,9 @@
 
 Dispatch rounds are coalesced: an arrival or a completion only schedules a round for the next
 event-loop iteration (`call_soon`), so every query that arrived in the same iteration is matched in
-one `policy(snapshot)` call and the matching's cost is shared by all of them. A slow tick runs only
+one `policy(snapshot)` call and the matching's cost is shared by all of them. The exception is an
+arrival to an empty queue with no round pending: it is matched at once (there is nothing to share
+the round with, and waiting an iteration would only add latency). A slow tick runs only
 while queries wait, to answer those whose deadline passed (UNAVAILABLE, never a silent drop).
 `_send` is the one place a query goes to an instance, and where a failed instance's query is
 requeued for another (retry, up to `max_attempts`).
@@ -110,7 +112,10 @@ class Scheduler:
         self.stats.submitted += 1
         while True:
             self.waiting.append(q)
-            self._kick()
+            if len(self.waiting) == 1 and not self._round_pending:
+                self._round()  # alone in the queue: nothing to share a round with, match it now
+            else:
+                self._kick()
             try:
                 inst, expected = await q.future  # a dispatch round granted an instance (or raised)
             except asyncio.CancelledError:
@@ -170,24 +175,35 @@ class Scheduler:
             self._round_pending = True
             self._loop.call_soon(self._round)
 
-    def _columns(self, now: float) -> tuple[list[Instance], np.ndarray, np.ndarray, np.ndarray]:
-        """Columns of the snapshot: one per slot of every READY instance (busy slots first)."""
+    def _columns(self, now: float, m: int) -> tuple[list[Instance], np.ndarray, np.ndarray, np.ndarray, int]:
+        """Columns of the snapshot, and the number of slots they stand for.
+
+        A k-slot instance is k columns, but dominated ones are left out (the matching is the same):
+        an instance with a free slot shows only its free slots (a busy slot of it costs more for
+        every query), and at most m of them (m waiting queries use no more); an instance with no
+        free slot shows its m earliest-finishing slots.
+        """
         insts: list[Instance] = []
         types: list[int] = []
         busy: list[float] = []
+        slots = 0
         for inst in self.registry:
             if inst.state is not InstanceState.READY:
                 continue
-            for f in sorted(inst.finish_s):
-                insts.append(inst)
-                types.append(inst.type_idx)
-                busy.append(max(f - now, 1e-6))  # busy: never looks free
-            for _ in range(inst.slots - inst.in_flight):
-                insts.append(inst)
-                types.append(inst.type_idx)
-                busy.append(0.0)
+            slots += inst.slots
+            free = inst.slots - len(inst.finish_s)
+            if free > 0:
+                k = min(free, m)
+                insts += [inst] * k
+                types += [inst.type_idx] * k
+                busy += [0.0] * k
+            else:
+                for f in sorted(inst.finish_s)[:m]:
+                    insts.append(inst)
+                    types.append(inst.type_idx)
+                    busy.append(max(f - now, 1e-6))  # busy: never looks free
         b = np.array(busy)
-        return insts, np.array(types, dtype=np.intp), b, b == 0.0
+        return insts, np.array(types, dtype=np.intp), b, b == 0.0, slots
 
     def _round(self) -> None:
         self._round_pending = False
@@ -197,11 +213,11 @@ class Scheduler:
         if not waiting:
             return
         now = self._loop.time()
-        insts, i_type, i_busy, i_free = self._columns(now)
+        insts, i_type, i_busy, i_free, slots = self._columns(now, len(waiting))
         if not i_free.any():
             self._arm_tick()
             return
-        rows = min(len(waiting), 2 * len(insts))
+        rows = min(len(waiting), 2 * slots)
         head = [waiting.popleft() for _ in range(rows)]
         live = [q for q in head if not q.future.done()]
         if not live:

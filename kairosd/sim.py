@@ -214,7 +214,7 @@ def _run(
             break
         if not queue or n_free == 0:
             continue
-        m = len(queue) if len(queue) < window else window
+        m = min(window, len(queue))
         qi = np.array(queue[:m], dtype=np.intp)
         free = free_at <= now
         busy = np.where(free, 0.0, np.maximum(expect_at - now, 1e-6))
@@ -283,7 +283,7 @@ def simulate(
     measure_from = int(n * warmup_fraction)
     n_measured = n - measure_from
     allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
-    max_viol = int(math.floor(allowed)) + 1 if abort else n + 1
+    max_viol = math.floor(allowed) + 1 if abort else n + 1
     finish, aborted, calls = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s, measure_from, max_viol)
     lat = finish[measure_from:] - arr[measure_from:]
     served = np.isfinite(lat)
@@ -293,11 +293,11 @@ def simulate(
     served_qps = float(len(done) / span) if span > 0 else 0.0
     lagging = bool(np.isfinite(finish).all() and finish.max() - arr[-1] > LAG_QOS * qos_s)
     if aborted:
-        pct = (math.inf,) * 3
+        pct = [math.inf, math.inf, math.inf]
         mean = math.inf
     else:
         # nearest rank at or above: well defined when some queries were never served (inf)
-        pct = tuple(float(x) for x in np.percentile(lat, [50.0, 95.0, percentile], method="higher"))
+        pct = [float(x) for x in np.percentile(lat, [50.0, 95.0, percentile], method="higher")]
         mean = float(lat.mean())
     ok = not aborted and not lagging and pct[2] <= qos_s
     return SimResult(
@@ -449,7 +449,7 @@ def _svc_for(setup: SimSetup) -> np.ndarray:
 def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None, svc: np.ndarray | None = None) -> MaxQps:
     """Max QPS of one configuration under `setup`."""
     cols = fleet_columns(setup.profiles, setup.types, config, setup.slots)
-    factory = lambda: make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))  # noqa: E731
+    factory = lambda: make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))
     return max_qps(
         setup.profiles, setup.model, cols, factory, qos_s=setup.qos_s, stream=setup.stream,
         svc=svc if svc is not None else _svc_for(setup), ub_qps=ub_qps, rel_tol=setup.rel_tol,

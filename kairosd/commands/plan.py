@@ -6,8 +6,7 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -154,7 +153,7 @@ def format_table(cands: "Candidates", rows: np.ndarray, evaluated: dict[tuple[in
             f"{q:.1f}" if q is not None else "-", mark,
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([fmt(head)] + [fmt(l) for l in lines])
 
 
@@ -217,6 +216,13 @@ def run(args: argparse.Namespace) -> int:
         if len(cands) == 0:
             raise ConfigError(f"no configuration of {list(inp.types)} fits a budget of {args.budget} $/h")
         bm = inp.bound
+        if not (cands.ub_qps > 0).any():
+            best = int(np.argmax(bm.coverage))
+            raise ConfigError(
+                f"no configuration can keep p99 <= {inp.qos_s * 1e3:g} ms: the type that serves most of the mix within "
+                f"QoS, {bm.types[best]}, covers {100 * bm.coverage[best]:.1f}% of queries (up to batch "
+                f"{bm.threshold_batch[best]}); at least 99% is needed. Add a faster type, or relax --qos-ms"
+            )
         evaluator = SimEvaluator(
             inp.setup,
             bound=lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0]),

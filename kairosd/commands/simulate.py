@@ -93,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.dispatch import make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
     from kairosd.profiles import ProfileTable
-    from kairosd.sim import ServiceModel, fleet_columns, max_qps, poisson_stream, simulate, trace_stream
+    from kairosd.sim import (
+        ServiceModel,
+        fleet_columns,
+        max_qps,
+        poisson_stream,
+        simulate,
+        trace_stream,
+    )
 
     try:
         fleet = parse_config(args.config)
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             service = ServiceModel("samples", samples.relative(args.model, profiles.types), workload.GRID_STEP)
         else:
             service = ServiceModel(args.noise, cv=args.cv)
-        factory = lambda: make_policy(args.policy, profiles, **params)  # noqa: E731
+        factory = lambda: make_policy(args.policy, profiles, **params)
         factory()  # refuse unknown policies and parameters before simulating
         pmf = batch_pmf(stream.batches, profiles.max_batch)
         bm = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=bool(params.get("tail", True)))
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
           + (f" {params}" if params else "") + f", {res.n_queries} queries ({res.n_measured} measured)")
     if found is not None:
         print(f"max QPS with p99 <= QoS: {found.qps:.1f} (upper bound {ub:.1f}; {len(found.probes)} runs, {found.wall_s:.1f} s)")
-    ms = lambda x: f"{x * 1e3:.2f} ms" if np.isfinite(x) else "inf"  # noqa: E731
+    ms = lambda x: f"{x * 1e3:.2f} ms" if np.isfinite(x) else "inf"
     print(f"offered {res.offered_qps:.1f} qps, served {res.served_qps:.1f} qps; latency mean {ms(res.mean_s)}, "
           f"p50 {ms(res.p50_s)}, p95 {ms(res.p95_s)}, p99 {ms(res.p99_s)}; "
           f"{res.violations} over QoS ({100.0 * res.violations / res.n_measured:.2f}%): {'OK' if res.ok else 'FAILS QoS'}")

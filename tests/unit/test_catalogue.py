@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kairosd.catalogue import BACKENDS, DEFAULT_PATH, Catalogue, load_catalogue, parse_catalogue
+from kairosd.catalogue import (
+    BACKENDS,
+    DEFAULT_PATH,
+    Catalogue,
+    load_catalogue,
+    parse_catalogue,
+)
 from kairosd.errors import ConfigError
 from kairosd.workload import default_data_dir
 

@@ -314,7 +314,7 @@ def test_kairos_plus_returns_exactly_the_exhaustive_optimum() -> None:
 def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> None:
     bm = two_point_model()
     c = _cands(bm, [0.5, 0.2], 2.0)
-    exact = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+    exact = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
     kp = select_kairos_plus(c, exact)
     assert kp.n_evals == 1
     assert kp.qps == pytest.approx(c.ub_qps.max())
@@ -382,3 +382,20 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert ubs == sorted(ubs, reverse=True)
     assert "kairos:" in out and "not evaluated" in out
     assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits
+
+
+def test_plan_without_a_gpu_type(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    from kairosd.cli import main
+
+    cpus = "c5n.2xlarge,r5n.large,t3.xlarge"
+    # 5 ms for NCF: no CPU type serves 99% of the mix within QoS, and the planner says why
+    assert main(["plan", "--budget", "2.5", "--model", "ncf", "--types", cpus, "--selector", "kairos", "--no-eval"]) == 2
+    import re
+
+    covered = re.search(r"c5n\.2xlarge, covers ([\d.]+)% of queries", caplog.text)
+    assert covered is not None and 90.0 < float(covered.group(1)) < 99.0
+    # 8 ms and the log-normal mix: r5n.large becomes the base of a CPU-only fleet
+    assert main(["plan", "--budget", "2.5", "--model", "ncf", "--types", cpus, "--qos-ms", "8", "--mix", "lognormal",
+                 "--selector", "kairos", "--no-eval", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "55 maximal configurations" in out and "r5n.large" in out

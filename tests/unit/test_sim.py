@@ -4,6 +4,7 @@ stuck queries, service-time noise, the snapshot the policies see, and the parall
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_max_qps_stays_below_the_bound_on_measured_profiles(wl: workload.KairosW
 def test_overload_fails_fast_and_light_load_passes(wl: workload.KairosWorkload) -> None:
     setup = workload.sim_setup(wl, "dien", n_queries=2000, seed=2)
     cols = fleet_columns(wl.profiles, wl.types, [2, 0, 4, 0])
-    kw = dict(qos_s=setup.qos_s, stream=setup.stream, service=setup.service)
+    kw: dict[str, Any] = {"qos_s": setup.qos_s, "stream": setup.stream, "service": setup.service}
     heavy = simulate(wl.profiles, "dien", cols, make_policy("kairos", wl.profiles), 5000.0, **kw)
     assert not heavy.ok and heavy.aborted
     assert heavy.policy_calls < 800  # stopped long before the 2000 queries were through
@@ -219,7 +220,7 @@ def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> N
     configs = np.array([[1, 0, 2, 0], [1, 1, 0, 1], [0, 0, 5, 0]])
     pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
     bm = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, setup.qos_s)
-    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
     seen: list[tuple[int, int]] = []
     par = SimEvaluator(setup, bound=bound, workers=2, progress=lambda d, t: seen.append((d, t)))
     seq = SimEvaluator(setup, bound=bound, workers=1)
