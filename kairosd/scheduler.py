@@ -87,6 +87,7 @@ class Scheduler:
         self._round_pending = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._in_flight = 0
+        self._probes: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         registry.on_change(self._kick)
 
@@ -126,6 +127,25 @@ class Scheduler:
             except _Retry:
                 q.future = self._loop.create_future()
 
+    def _suspect(self, inst: Instance) -> None:
+        """An instance failed at the transport level: take it out of dispatch (LAUNCHING) until it
+        answers ServerReady again, so queries stop being sent to a dead endpoint."""
+        if inst.state is not InstanceState.READY:
+            return
+        log.warning("instance %s (%s) failed; out of dispatch until it answers ServerReady", inst.id, inst.address)
+        self.registry.set_state(inst.id, InstanceState.LAUNCHING)
+        task = self._loop.create_task(self._probe(inst))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _probe(self, inst: Instance, interval_s: float = 0.5) -> None:
+        while inst.state is InstanceState.LAUNCHING and self.registry.get(inst.id) is inst:
+            await asyncio.sleep(interval_s)
+            if await inst.client.ready(timeout_s=interval_s) and inst.state is InstanceState.LAUNCHING:
+                log.info("instance %s is back", inst.id)
+                self.registry.set_state(inst.id, InstanceState.READY)
+                return
+
     def _release_unused_grant(self, q: Query) -> None:
         """The client went away after its query was granted a slot but before it was sent."""
         f = q.future
@@ -144,6 +164,8 @@ class Scheduler:
             response = await inst.client.infer(q.request, timeout, q.raw)
         except BackendError as exc:
             inst.failed_total += 1
+            if exc.retryable:
+                self._suspect(inst)
             if exc.retryable and q.attempts < self.config.max_attempts and self._loop.time() < q.deadline_s:
                 log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
                 self.stats.retried += 1
@@ -291,6 +313,8 @@ class Scheduler:
         return True
 
     def close(self) -> None:
+        for task in self._probes:
+            task.cancel()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None

@@ -16,8 +16,7 @@ from kairosd.errors import BackendError
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 # Failures where another instance may succeed: the instance is gone, overloaded or cut off.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
-                       grpc.StatusCode.UNKNOWN})
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:

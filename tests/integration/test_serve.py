@@ -249,3 +249,54 @@ def test_unavailable_when_no_instance_can_serve_before_deadline(tmp_path: Path) 
         assert "503" in statuses and set(statuses) <= {"200", "503"}, statuses
     finally:
         assert d.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(p.name))
+    return out
+
+
+def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
+    """SIGKILL one of two workers while 600 queries are in the system: every query is answered
+    correctly (the failed sends are retried on the other worker, the dead one leaves dispatch)."""
+    import os
+    import signal as sig
+
+    path = tmp_path / "kairosd.toml"
+    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin")
+    d = start_daemon(path, ports)
+    try:
+        workers = _children(d.child.pid)
+        assert len(workers) == 2, workers
+        inputs = example_inputs("dlrm", 256, seed=5)
+        expected = reference("dlrm", inputs)
+
+        async def load() -> list[object]:
+            c = grpcaio.InferenceServerClient(d.grpc_url)
+            try:
+                tasks = [asyncio.ensure_future(c.infer("dlrm", grpc_inputs(inputs, grpcaio), client_timeout=60))
+                         for _ in range(600)]
+                await asyncio.sleep(0.3)  # queries are queued and in flight on both workers
+                os.kill(workers[0], sig.SIGKILL)
+                return await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                await c.close()
+
+        results = asyncio.run(load())
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert not errors, errors[:3]
+        for r in results:
+            np.testing.assert_allclose(r.as_numpy("click_probability"), expected, rtol=1e-5, atol=1e-6)  # type: ignore[union-attr]
+        assert d.metric_values("kairos_queries_retried_total")[""] >= 1
+        states = d.metric_values("kairos_instances")
+        assert states.get('{state="launching",type="ort-1t"}') == 1.0, states  # the dead one is out of dispatch
+    finally:
+        d.stop()
