@@ -41,11 +41,16 @@ INSTANCE_FILE = "instance.json"
 
 
 def default_data_dir() -> Path:
-    """`$KAIROSD_KAIROS_DATA`, else `../shared/data/kairos_profiles` next to the repository."""
+    """`$KAIROSD_KAIROS_DATA`, else the copy in the repository (`data/kairos_profiles`, the
+    authors' files unchanged, MIT), else `../shared/data/kairos_profiles` next to the repository."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kairos_profiles"
+    repo = Path(__file__).resolve().parent.parent
+    bundled = repo / "data" / "kairos_profiles"
+    if (bundled / SUMMARY_FILE).exists():
+        return bundled
+    return repo.parent / "shared" / "data" / "kairos_profiles"
 
 
 def _data_file(data_dir: str | Path | None, name: str) -> Path:
