@@ -20,10 +20,12 @@ from kairosd.planner import (
     fluid_bound,
     homogeneous_configs,
     make_candidates,
+    queue_estimate,
     select,
     select_exhaustive,
     select_homogeneous,
     select_kairos,
+    select_kairos_paper,
     select_kairos_plus,
     upper_bound,
 )
@@ -267,6 +269,55 @@ def test_tail_rule_gives_tighter_thresholds() -> None:
     assert upper_bound(cfg, tight)[0] < upper_bound(cfg, loose)[0]
 
 
+def _one_batch_model(lat_s: float, qos_s: float) -> BoundModel:
+    """One base type, every query batch 100, deterministic service `lat_s` (mean = p99)."""
+    mean = np.full((1, 101), lat_s)
+    pmf = np.zeros(101)
+    pmf[100] = 1.0
+    return BoundModel.build(mean, mean, pmf, qos_s, ("base",))
+
+
+def test_queue_estimate_worked_example() -> None:
+    """The docstring's case: L = 3 ms, C_s² = 0, 1 instance: ρ·exp(−2(μ − λ)·t) = 0.01 at the cap."""
+    for qos, want in ((0.005, 12.0), (0.010, 94.4), (0.020, 211.2)):
+        got = queue_estimate(np.array([[1]]), _one_batch_model(0.003, qos))[0]
+        assert got == pytest.approx(want, rel=0.01)
+        lam, t = got, qos - 0.003
+        assert lam * 0.003 * np.exp(-2 * (1 / 0.003 - lam) * t) == pytest.approx(0.01, rel=0.01)
+    # two instances at QoS 5 ms: far more than twice one instance's cap
+    assert queue_estimate(np.array([[2]]), _one_batch_model(0.003, 0.005))[0] == pytest.approx(147.2, rel=0.01)
+
+
+def test_queue_estimate_falls_as_the_slack_shrinks_and_stays_below_the_bound() -> None:
+    caps = [queue_estimate(np.array([[2]]), _one_batch_model(0.003, qos))[0] for qos in (0.030, 0.012, 0.006, 0.004, 0.0031)]
+    assert all(a > b for a, b in zip(caps, caps[1:]))
+    assert caps[0] == pytest.approx(2 / 0.003, rel=0.15)  # 27 ms of slack on 3 ms: near the fluid bound
+    rng = np.random.default_rng(17)
+    for _ in range(3):
+        bm = _random_model(rng, n_types=4)
+        configs = rng.integers(0, 8, (300, 4))
+        est, ub = queue_estimate(configs, bm), upper_bound(configs, bm)
+        assert np.all(est <= ub * (1 + 1e-12)) and np.all(est >= 0)
+        assert np.all(est[ub == 0] == 0) and np.all(est[ub > 0] > 0)
+
+
+def test_queue_estimate_prefers_a_second_base_over_more_auxiliaries() -> None:
+    """The mtwnd/dien pattern: large queries (only the base meets QoS) with little slack. 1 base + 6
+    auxiliaries has the higher fluid bound, 2 bases + 1 auxiliary the higher estimate."""
+    b = np.arange(1001)
+    lat = np.stack([0.004 + 0.010 * b / 1000, 0.002 + 0.050 * b / 1000])
+    pmf = np.zeros(1001)
+    pmf[[100, 200, 800]] = [0.5, 0.35, 0.15]
+    bm = BoundModel.build(lat, lat, pmf, 0.016, ("gpu", "cpu"))
+    assert bm.threshold_batch[1] == 200
+    configs = np.array([[1, 6], [2, 1]])
+    ub, est = upper_bound(configs, bm), queue_estimate(configs, bm)
+    # fluid: 1 base serves the 15% batch-800 queries (12 ms, 4 ms of slack) at 555/s; 2 bases + 1
+    # auxiliary reach 406/s. Queueing: one base at 4 ms of slack on 12 ms services caps near 67/s
+    assert ub[0] == pytest.approx(555.6, rel=1e-3) and ub[1] == pytest.approx(405.8, rel=1e-3)
+    assert est[0] < 0.15 * ub[0] and est[1] > 2.5 * est[0]
+
+
 # ---------------------------------------------------------------------------------------------- selectors
 
 
@@ -320,19 +371,42 @@ def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> 
     assert kp.qps == pytest.approx(c.ub_qps.max())
 
 
-def test_kairos_picks_the_top10_member_nearest_their_centre() -> None:
+def test_kairos_paper_picks_the_top10_member_nearest_their_centre() -> None:
     configs = np.array([[1, 0], [1, 1], [1, 2], [2, 0], [0, 9], [3, 3]])
     ub = np.array([10.0, 9.0, 8.0, 7.0, 6.0, 1.0])
     c = Candidates(("a", "b"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub)
     # top 5 centre = (1, 2.4): nearest is (1, 2)
-    sel = select_kairos(c, top_k=5)
+    sel = select_kairos_paper(c, top_k=5)
     np.testing.assert_array_equal(sel.config, [1, 2])
     assert sel.qps is None and sel.n_evals == 0
     # top 3 centre = (1, 1): itself
-    np.testing.assert_array_equal(select_kairos(c, top_k=3).config, [1, 1])
-    one = select_kairos(c, lambda x: 42.0, top_k=1)
+    np.testing.assert_array_equal(select_kairos_paper(c, top_k=3).config, [1, 1])
+    one = select_kairos_paper(c, lambda x: 42.0, top_k=1)
     np.testing.assert_array_equal(one.config, [1, 0])
     assert one.qps == 42.0 and one.n_evals == 1
+
+
+def test_kairos_takes_the_highest_bound_among_queue_safe_fleets() -> None:
+    configs = np.array([[1, 6], [2, 3], [2, 2], [1, 5]])
+    ub = np.array([10.0, 9.0, 8.0, 9.5])
+    est = np.array([5.0, 8.5, 8.0, 4.0])  # (1, 6) has the best bound but queues: estimate half of it
+    c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub, est)
+    # queue-safe: estimate >= 0.85·8.5 = 7.225 → (2, 3) and (2, 2); the higher bound wins
+    np.testing.assert_array_equal(select_kairos(c).config, [2, 3])
+    # a loose tolerance admits (1, 6) again
+    np.testing.assert_array_equal(select_kairos(c, tolerance=0.5).config, [1, 6])
+    with pytest.raises(ConfigError, match="estimate"):
+        select_kairos(Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub))
+
+
+def test_kairos_plus_walking_by_estimate_stays_exact() -> None:
+    rng = np.random.default_rng(13)
+    for _ in range(4):
+        bm = _random_model(rng, n_types=4)
+        c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
+        ex = select_exhaustive(c, CountingEvaluator(bm))
+        kp = select_kairos_plus(c, CountingEvaluator(bm), order="estimate")
+        assert kp.qps == ex.qps
 
 
 def test_homogeneous_picks_the_best_single_type_fleet() -> None:
