@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import grpc
@@ -63,7 +63,6 @@ class SchedulerStats:
     qos_violations: int = 0
     rounds: int = 0
     matched: int = 0
-    by_model: dict[str, int] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -112,7 +111,10 @@ class Scheduler:
         q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw)
         self.stats.submitted += 1
         while True:
-            self.waiting.append(q)
+            if q.attempts:
+                self.waiting.appendleft(q)  # a retried query keeps its place: it is among the oldest
+            else:
+                self.waiting.append(q)
             if len(self.waiting) == 1 and not self._round_pending:
                 self._round()  # alone in the queue: nothing to share a round with, match it now
             else:
@@ -152,13 +154,13 @@ class Scheduler:
         if f.done() and not f.cancelled() and f.exception() is None:
             inst, expected = f.result()
             inst.finish_s.remove(expected)
+            self._in_flight -= 1
             self._kick()
 
     async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes:
         """The one place a query goes to an instance. Raises _Retry when another instance should
         be tried; any other failure reaches the client as a typed error."""
         q.attempts += 1
-        self._in_flight += 1
         timeout = max(q.deadline_s - self._loop.time(), 0.001)
         try:
             response = await inst.client.infer(q.request, timeout, q.raw)
@@ -254,7 +256,13 @@ class Scheduler:
             i_busy_s=i_busy,
             i_free=i_free,
         )
-        assignment = self.policy(snap)
+        try:
+            assignment = self.policy(snap)
+        except Exception:  # noqa: BLE001 - the loop must not die of one bad round
+            log.exception("dispatch policy failed; the queries stay queued and the round is retried")
+            waiting.extendleft(reversed(live))
+            self._arm_tick()
+            return
         self.stats.rounds += 1
         self.stats.matched += len(assignment)
         sent = np.zeros(len(live), dtype=bool)
@@ -264,6 +272,7 @@ class Scheduler:
             sent[qi] = True
             expected = now + float(mean[q.model_idx, inst.type_idx, min(q.batch, mean.shape[2] - 1)])
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
+            self._in_flight += 1  # granted counts as in flight (drain waits for it)
             q.future.set_result((inst, expected))
         waiting.extendleft(reversed([q for q, s in zip(live, sent) if not s]))
         if waiting:

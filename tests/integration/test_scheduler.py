@@ -1,0 +1,108 @@
+"""The scheduler shell against a real worker process: drain, cancellation, a failing policy round."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import pytest
+from tritonclient.grpc import service_pb2
+
+from kairosd.backends.client import BackendClient
+from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready
+from kairosd.config import SchedulerConfig
+from kairosd.dispatch import Assignment, KairosPolicy, Snapshot
+from kairosd.errors import Unavailable
+from kairosd.modelgen import example_inputs
+from kairosd.profiler import build_request
+from kairosd.profiles import ProfileTable
+from kairosd.registry import Instance, InstanceState, Registry
+from kairosd.repository import load_repository
+from kairosd.scheduler import Scheduler
+from tests.integration.daemon_harness import REPO
+
+QOS = {"dlrm": 0.06, "ncf": 0.03}
+
+
+class FailsOncePolicy:
+    """The Kairos policy, except that its first round raises (a bug in a policy must not lose queries)."""
+
+    name = "fails_once"
+
+    def __init__(self, profiles: ProfileTable) -> None:
+        self.inner = KairosPolicy(profiles)
+        self.calls = 0
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("injected policy failure")
+        return self.inner(snap)
+
+
+@pytest.fixture
+async def worker_instance() -> AsyncIterator[tuple[Registry, ProfileTable]]:
+    port = free_port()
+    child = ChildProcess(kairosd_argv("worker", "--model-repository", str(REPO / "model_repository"),
+                                      "--port", str(port)), name="worker").start()
+    try:
+        await wait_ready(f"127.0.0.1:{port}", 30, child)
+        profiles = ProfileTable.load_dir(REPO / "profiles" / "local", models=sorted(QOS))
+        registry = Registry()
+        inst = Instance("w0", "ort-1t", profiles.type_index("ort-1t"), f"127.0.0.1:{port}", 1,
+                        BackendClient(f"127.0.0.1:{port}"), state=InstanceState.READY)
+        registry.add(inst)
+        yield registry, profiles
+        await inst.client.close()
+    finally:
+        await child.stop_async(5)
+
+
+def _request(seed: int) -> tuple[object, int]:
+    inputs = example_inputs("ncf", 4, seed=seed)
+    return build_request("ncf", inputs, request_id=str(seed)), 4
+
+
+async def test_failing_policy_round_loses_no_query(worker_instance: tuple[Registry, ProfileTable]) -> None:
+    registry, profiles = worker_instance
+    policy = FailsOncePolicy(profiles)
+    sched = Scheduler(registry, profiles, policy, QOS, SchedulerConfig(tick_ms=2.0))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    results = await asyncio.gather(*(sched.submit(*_req_spec(i, spec)) for i in range(20)))
+    assert len(results) == 20 and policy.calls > 1
+    assert sched.stats.completed == 20 and not sched.waiting and sched.in_flight == 0
+
+
+def _req_spec(i: int, spec: object) -> tuple:
+    req, batch = _request(i)
+    return req, spec, batch
+
+
+async def test_drain_waits_for_every_queued_and_granted_query(worker_instance: tuple[Registry, ProfileTable]) -> None:
+    registry, profiles = worker_instance
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig())
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    tasks = [asyncio.ensure_future(sched.submit(*_req_spec(i, spec))) for i in range(30)]
+    await asyncio.sleep(0)  # all 30 submitted: one granted, the rest queued on the 1-slot instance
+    assert await sched.drain(timeout_s=30)
+    assert all(t.done() and not t.exception() for t in tasks)
+    assert sched.stats.completed == 30
+    with pytest.raises(Unavailable, match="shutting down"):
+        await sched.submit(*_req_spec(99, spec))
+
+
+async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Registry, ProfileTable]) -> None:
+    registry, profiles = worker_instance
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig())
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    tasks = [asyncio.ensure_future(sched.submit(*_req_spec(i, spec))) for i in range(10)]
+    await asyncio.sleep(0)
+    for t in tasks[::2]:
+        t.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(d, asyncio.CancelledError) for d in done) >= 1
+    inst = next(iter(registry))
+    assert inst.finish_s == [] and sched.in_flight == 0  # no slot leaked
+    # and the instance still serves
+    out = service_pb2.ModelInferResponse.FromString(await sched.submit(*_req_spec(123, spec)))
+    assert out.id == "123" and out.outputs[0].name == "score"
