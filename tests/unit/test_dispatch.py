@@ -214,3 +214,17 @@ def test_profile_interpolation_clamps_and_extends() -> None:
     assert p.mean_s[0, gi, 505] == pytest.approx(2 * MS + 495 / 990 * 18 * MS)
     ext = ProfileTable.build({"m": [ProfilePoint("g", 10, 0.001, 0.001), ProfilePoint("g", 20, 0.002, 0.002)]}, max_batch=40)
     assert ext.mean_s[0, 0, 40] == pytest.approx(0.004)  # slope of the last two points
+
+
+def test_single_query_scalar_path_matches_the_array_path() -> None:
+    """The scalar loop for one query over free columns picks what the cost matrix's argmin picks."""
+    p = make_profiles(tail_factor={"cpu": 1.5})
+    pol = KairosPolicy(p, margin_s=0.001)
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        types = list(rng.choice(["cpu", "gpu"], n))
+        snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, waited_s=[float(rng.uniform(0, 0.06))],
+                             qos_s=float(rng.uniform(0.01, 0.1)))
+        expected = int(np.argmin(pol.cost_matrix(snap, 1)[0]))
+        assert pol(snap).pairs() == [(0, expected)]
