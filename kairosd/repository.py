@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from google.protobuf import json_format, text_format
@@ -119,8 +119,9 @@ class ModelSpec:
         return json_format.MessageToDict(self.config, preserving_proto_field_name=True)
 
 
-def load_repository(path: str | Path) -> dict[str, ModelSpec]:
-    """Every model under `path`, by name. Raises ConfigError naming the file and what is wrong."""
+def load_repository(path: str | Path, only: Sequence[str] | None = None) -> dict[str, ModelSpec]:
+    """Every model under `path` (or just those named in `only`), by name. Raises ConfigError naming
+    the file and what is wrong, or the unknown names and the allowed ones."""
     root = Path(path).resolve()
     if not root.is_dir():
         raise ConfigError(f"model repository {root}: not a directory")
@@ -130,6 +131,11 @@ def load_repository(path: str | Path) -> dict[str, ModelSpec]:
         models[spec.name] = spec
     if not models:
         raise ConfigError(f"model repository {root}: no model directories (expected NAME/{CONFIG_FILE})")
+    if only:
+        unknown = sorted(set(only) - set(models))
+        if unknown:
+            raise ConfigError(f"--models: {', '.join(unknown)} not in {root}; allowed: {', '.join(models)}")
+        models = {name: models[name] for name in only}
     return models
 
 

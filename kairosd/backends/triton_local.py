@@ -208,12 +208,7 @@ def serve(
 ) -> int:
     """Run Triton until SIGTERM/SIGINT, then stop it (and its stubs) cleanly; returns the exit code."""
     started = time.monotonic()
-    specs = load_repository(repository)
-    if models:
-        unknown = sorted(set(models) - set(specs))
-        if unknown:
-            raise ConfigError(f"--models: {', '.join(unknown)} not in {repository}; allowed: {', '.join(specs)}")
-        specs = {name: specs[name] for name in models}
+    specs = load_repository(repository, models)
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
 

@@ -378,12 +378,7 @@ async def serve(
         loop.add_signal_handler(sig, on_signal, sig)
     runner: OrtRunner | None = None
     try:
-        specs = load_repository(repository)
-        if models:
-            unknown = sorted(set(models) - set(specs))
-            if unknown:
-                raise ConfigError(f"--models: {', '.join(unknown)} not in {repository}; allowed: {', '.join(specs)}")
-            specs = {name: specs[name] for name in models}
+        specs = load_repository(repository, models)
         runner = OrtRunner(specs, threads)
         servicer = WorkerServicer(runner)
         if stopping.is_set():
