@@ -91,6 +91,18 @@ def _service(table: np.ndarray, snap: Snapshot, rows: int) -> np.ndarray:
     return table[snap.q_model[:rows, None], snap.i_type[None, :], b[:, None]]
 
 
+def _claim_in_order(cost: np.ndarray) -> list[int]:
+    """Greedy: row i, in order, takes the cheapest column no earlier row took (cost: rows × cols,
+    rows ≤ cols). Returns the column of each row."""
+    taken = np.zeros(cost.shape[1], dtype=bool)
+    cols = []
+    for row in cost:
+        j = int(np.argmin(np.where(taken, np.inf, row)))
+        taken[j] = True
+        cols.append(j)
+    return cols
+
+
 def heterogeneity_coefficients(profiles: ProfileTable) -> np.ndarray:
     """C[model, type] = L_base(B_max) / L_type(B_max), base = the type fastest at B_max.
 
@@ -132,7 +144,7 @@ class KairosPolicy:
 
         With every column free (the common case below saturation) a column's cost depends only on
         its type, and a scalar loop over a few columns is cheaper than numpy's per-call overhead;
-        otherwise 1-D array lookups. Both pick the first column of least cost, as argmin does."""
+        otherwise the one-row cost matrix. Both pick the first column of least cost, as argmin does."""
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
         busy = snap.i_busy_s
         if snap.n <= SCALAR_MAX_COLUMNS and not busy.any():
@@ -146,11 +158,7 @@ class KairosPolicy:
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
-        cost = self.coef[mi, snap.i_type] * busy + self.cmean[mi, snap.i_type, b]
-        finish = snap.q_waited_s[0] + busy + self.check[mi, snap.i_type, b]
-        qos = snap.q_qos_s[0]
-        cost = np.where(finish > qos - self.margin_s, cost + INFEASIBLE_PENALTY_QOS * qos, cost)
-        j = int(np.argmin(cost))
+        j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 
     def cost_matrix(self, snap: Snapshot, rows: int) -> np.ndarray:
@@ -223,16 +231,8 @@ class FastestFreePolicy:
         k = min(len(free), snap.m)
         if k == 0:
             return EMPTY
-        lat = _service(self.profiles.mean_s, snap, k)[:, free]
-        qs, js = [], []
-        taken = np.zeros(len(free), dtype=bool)
-        for i in range(k):
-            row = np.where(taken, np.inf, lat[i])
-            j = int(np.argmin(row))
-            taken[j] = True
-            qs.append(i)
-            js.append(free[j])
-        return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
+        cols = _claim_in_order(_service(self.profiles.mean_s, snap, k)[:, free])
+        return Assignment(np.arange(k), free[cols])
 
 
 class EarliestFinishPolicy:
@@ -249,15 +249,9 @@ class EarliestFinishPolicy:
             return EMPTY
         k = min(snap.m, snap.n)
         finish = snap.i_busy_s[None, :] + _service(self.profiles.mean_s, snap, k)
-        claimed = np.zeros(snap.n, dtype=bool)
-        qs, js = [], []
-        for i in range(k):
-            j = int(np.argmin(np.where(claimed, np.inf, finish[i])))
-            claimed[j] = True
-            if snap.i_free[j]:
-                qs.append(i)
-                js.append(j)
-        return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
+        cols = np.array(_claim_in_order(finish), dtype=np.intp)
+        sent = snap.i_free[cols]  # a query that claimed a busy instance waits for it
+        return Assignment(np.flatnonzero(sent), cols[sent])
 
 
 class ThresholdPolicy:
@@ -294,13 +288,8 @@ class ThresholdPolicy:
                 continue
             sub = Snapshot(snap.q_model[rows], snap.q_batch[rows], snap.q_waited_s[rows], snap.q_qos_s[rows],
                            snap.i_type[cand], snap.i_busy_s[cand], snap.i_free[cand])
-            lat = _service(self.profiles.mean_s, sub, len(rows))
-            taken = np.zeros(len(cand), dtype=bool)
-            for i, row in enumerate(rows):
-                j = int(np.argmin(np.where(taken, np.inf, lat[i])))
-                taken[j] = True
-                qs.append(int(row))
-                js.append(int(cand[j]))
+            qs += rows.tolist()
+            js += cand[_claim_in_order(_service(self.profiles.mean_s, sub, len(rows)))].tolist()
         return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
 
 

@@ -26,6 +26,7 @@ class SchedulerCollector(Collector):
             ("kairos_queries_retried", s.retried, "Queries requeued after an instance failed"),
             ("kairos_qos_violations", s.qos_violations, "Completed queries whose latency exceeded QoS"),
             ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds (matchings) run"),
+            ("kairos_dispatch_matched", s.matched, "Queries sent by dispatch rounds (÷ rounds = queries per matching)"),
         ]:
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("kairos_queue_depth", "Queries waiting", value=len(self.scheduler.waiting))

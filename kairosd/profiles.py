@@ -110,17 +110,6 @@ class ProfileTable:
     def largest_measured_batch(self, model: str) -> int:
         return max(self.measured_batches.get(model, (self.max_batch,)))
 
-    def latency(self, model: str, instance_type: str, batch: int, *, tail: bool = False) -> float:
-        arr = self.p99_s if tail else self.mean_s
-        return float(arr[self.model_index(model), self.type_index(instance_type), min(batch, self.max_batch)])
-
-    def subset(self, types: Sequence[str]) -> "ProfileTable":
-        """The same table restricted to `types` (in that order)."""
-        idx = [self.type_index(t) for t in types]
-        return ProfileTable(
-            self.models, tuple(types), self.mean_s[:, idx, :], self.p99_s[:, idx, :], self.measured_batches
-        )
-
     @staticmethod
     def build(points_by_model: Mapping[str, Sequence[ProfilePoint]], max_batch: int | None = None) -> "ProfileTable":
         """Interpolate measured points into a table. Every model must be profiled on the same types."""
