@@ -58,7 +58,9 @@ def load(protocol: str, url: str, conc: int, args: argparse.Namespace) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def kairosd_config(path: Path, grpc_port: int, http_port: int, backend_grpc: str, policy: str = "kairos") -> None:
+def kairosd_config(
+    path: Path, grpc_port: int, http_port: int, backend_grpc: str, backend_http: str, policy: str = "kairos"
+) -> None:
     path.write_text(f"""
 [server]
 host = "127.0.0.1"
@@ -79,6 +81,7 @@ slots = 64      # the proxies forward up to 64 queries at once; so may kairosd
 [[fleet.endpoints]]
 type = "triton"
 address = "{backend_grpc}"
+http_address = "{backend_http}"
 """)
 
 
@@ -110,7 +113,7 @@ def main() -> int:
         bare_h = ChildProcess([sys.executable, str(REPO / "bench" / "bare_proxy.py"), "http", "--listen",
                                f"127.0.0.1:{ports['bh']}", "--backend", backend["http"]], name="bare-http").start()
         children += [bare_g, bare_h]
-        kairosd_config(tmp / "bench.toml", ports["kg"], ports["kh"], backend["grpc"], args.policy)
+        kairosd_config(tmp / "bench.toml", ports["kg"], ports["kh"], backend["grpc"], backend["http"], args.policy)
         kd = ChildProcess(kairosd_argv("serve", "--config", str(tmp / "bench.toml")), name="kairosd").start()
         children.append(kd)
         wait_ready_sync(f"127.0.0.1:{ports['bg']}", 30, bare_g)

@@ -49,6 +49,17 @@ class InstanceTypeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """A backend server already running (`[[fleet.endpoints]]`): its KServe v2 gRPC address and, when
+    it also speaks KServe v2 HTTP/REST (a Triton does), that address: HTTP queries are then forwarded
+    to it as bytes instead of being converted to gRPC."""
+
+    type: str
+    address: str  # "host:port" of its gRPC endpoint
+    http_address: str | None = None  # "host:port" of its HTTP endpoint, if any
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     scheduler: SchedulerConfig
@@ -57,7 +68,7 @@ class Config:
     qos_s: Mapping[str, float]
     types: Mapping[str, InstanceTypeConfig]
     fleet: Mapping[str, int]  # static fleet: instance type → count, started as local processes
-    endpoints: tuple[tuple[str, str], ...] = ()  # (type, "host:port") of servers already running
+    endpoints: tuple[EndpointConfig, ...] = ()  # servers already running
     path: Path | None = None
 
 
@@ -90,6 +101,20 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     elif ann == "str" and not isinstance(value, str):
         raise ConfigError(f"{key} = {value!r}: must be a string")
     return value
+
+
+def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> EndpointConfig:
+    key = f"fleet.endpoints[{i}]"
+    if not isinstance(ep, dict) or not {"type", "address"} <= set(ep) or not set(ep) <= {"type", "address", "http_address"}:
+        raise ConfigError(
+            f"{key} must be a table with 'type', 'address' (gRPC host:port) and optionally 'http_address' (host:port)"
+        )
+    if ep["type"] not in types:
+        raise ConfigError(f"{key}.type = {ep['type']!r}: unknown; defined types: {sorted(types)}")
+    for k in ("address", "http_address"):
+        if k in ep and (not isinstance(ep[k], str) or ":" not in ep[k]):
+            raise ConfigError(f"{key}.{k} = {ep[k]!r}: must be a string 'host:port'")
+    return EndpointConfig(str(ep["type"]), ep["address"], ep.get("http_address"))
 
 
 def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
@@ -143,11 +168,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
             raise ConfigError(f"unknown key fleet.{k}; allowed: ['endpoints', 'static']")
     endpoints = []
     for i, ep in enumerate(fleet_raw.get("endpoints", [])):
-        if not isinstance(ep, dict) or set(ep) != {"type", "address"}:
-            raise ConfigError(f"fleet.endpoints[{i}] must be a table with exactly 'type' and 'address' (host:port)")
-        if ep["type"] not in types:
-            raise ConfigError(f"fleet.endpoints[{i}].type = {ep['type']!r}: unknown; defined types: {sorted(types)}")
-        endpoints.append((str(ep["type"]), str(ep["address"])))
+        endpoints.append(_endpoint(ep, i, types))
     fleet = {}
     for name, count in static.items():
         if name not in types:

@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 from tritonclient.grpc import service_pb2
 
+from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import Config
 from kairosd.dispatch import make_policy
 from kairosd.errors import ConfigError
@@ -84,7 +85,15 @@ class Daemon:
         raw: bytes | None = None,
     ) -> bytes:
         assert self.scheduler is not None
-        return await self.scheduler.submit(request, spec, batch, timeout_s, raw)
+        response = await self.scheduler.submit(request, spec, batch, timeout_s, raw)
+        assert isinstance(response, bytes)  # a gRPC query is answered over gRPC
+        return response
+
+    async def infer_http(
+        self, forward: HttpForward, spec: ModelSpec, batch: int, timeout_s: float | None = None
+    ) -> HttpReply | bytes:
+        assert self.scheduler is not None
+        return await self.scheduler.submit(None, spec, batch, timeout_s, http=forward)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

@@ -7,7 +7,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import aiohttp
+
 from kairosd.backends.client import BackendClient
+from kairosd.backends.http_client import HttpBackendClient, new_session
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready
 from kairosd.config import Config, InstanceTypeConfig
 from kairosd.errors import Unavailable
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 class LaunchSpec:
     instance_id: str
     type: InstanceTypeConfig
-    port: int
+    port: int  # KServe v2 gRPC
+    http_port: int | None = None  # KServe v2 HTTP, for the instances that open one (Triton)
 
 
 def instance_argv(spec: LaunchSpec, model_repository: str, host: str = "127.0.0.1") -> list[str]:
@@ -30,8 +34,9 @@ def instance_argv(spec: LaunchSpec, model_repository: str, host: str = "127.0.0.
     if t.backend == "onnxruntime":
         return kairosd_argv("worker", "--model-repository", model_repository, "--host", host,
                             "--port", str(spec.port), "--threads", str(t.threads))
+    http_port = spec.http_port if spec.http_port is not None else free_port()
     return kairosd_argv("triton", "--model-repository", model_repository, "--grpc-port", str(spec.port),
-                        "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+                        "--http-port", str(http_port), "--metrics-port", str(free_port()),
                         "--threads", str(t.threads))
 
 
@@ -48,12 +53,15 @@ class LocalFleet:
         self.registry = registry
         self.profiles = profiles
         self.children: dict[str, ChildProcess] = {}
+        self._http_session: aiohttp.ClientSession | None = None  # shared by every instance's HTTP client
 
     def plan(self) -> list[LaunchSpec]:
         specs = []
         for type_name, count in self.config.fleet.items():
+            t = self.config.types[type_name]
             for k in range(count):
-                specs.append(LaunchSpec(f"{type_name}-{k}", self.config.types[type_name], free_port()))
+                http_port = free_port() if t.backend == "triton" else None
+                specs.append(LaunchSpec(f"{type_name}-{k}", t, free_port(), http_port))
         return specs
 
     async def start(self, ready_timeout_s: float = 180.0) -> None:
@@ -63,16 +71,23 @@ class LocalFleet:
             child = ChildProcess(instance_argv(spec, str(self.config.model_repository)), name=spec.instance_id).start()
             self.children[spec.instance_id] = child
             address = f"127.0.0.1:{spec.port}"
-            inst = self._register(spec.instance_id, spec.type, address)
+            http = f"127.0.0.1:{spec.http_port}" if spec.http_port is not None else None
+            inst = self._register(spec.instance_id, spec.type, address, http)
             log.info("launching instance=%s type=%s address=%s pid=%s", inst.id, inst.type, address, child.pid)
             launches.append(self._await_ready(inst, child, ready_timeout_s))
-        for k, (type_name, address) in enumerate(self.config.endpoints):
-            inst = self._register(f"{type_name}-ep{k}", self.config.types[type_name], address)
-            log.info("adding endpoint instance=%s type=%s address=%s", inst.id, type_name, address)
+        for k, ep in enumerate(self.config.endpoints):
+            inst = self._register(f"{ep.type}-ep{k}", self.config.types[ep.type], ep.address, ep.http_address)
+            log.info("adding endpoint instance=%s type=%s address=%s http=%s", inst.id, ep.type, ep.address,
+                     ep.http_address)
             launches.append(self._await_ready(inst, None, ready_timeout_s))
         await asyncio.gather(*launches)
 
-    def _register(self, instance_id: str, t: InstanceTypeConfig, address: str) -> Instance:
+    def _register(self, instance_id: str, t: InstanceTypeConfig, address: str, http_address: str | None) -> Instance:
+        http = None
+        if http_address is not None:
+            if self._http_session is None:
+                self._http_session = new_session()
+            http = HttpBackendClient(http_address, self._http_session)
         inst = Instance(
             id=instance_id,
             type=t.name,
@@ -80,6 +95,7 @@ class LocalFleet:
             address=address,
             slots=t.slots,
             client=BackendClient(address, self.config.server.max_request_bytes),
+            http=http,
         )
         self.registry.add(inst)  # LAUNCHING until it answers ServerReady and ModelReady
         return inst
@@ -113,6 +129,9 @@ class LocalFleet:
         for inst in list(self.registry):
             await inst.client.close()
             self.registry.set_state(inst.id, InstanceState.GONE)
+        if self._http_session is not None:
+            await self._http_session.close()
+            self._http_session = None
         await asyncio.gather(*(c.stop_async(grace_s=15.0) for c in self.children.values()))
         log.info("fleet stopped instances=%d", len(self.children))
         self.children.clear()

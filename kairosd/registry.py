@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from kairosd.backends.client import BackendClient
+from kairosd.backends.http_client import HttpBackendClient
 
 
 class InstanceState(enum.Enum):
@@ -24,7 +25,8 @@ class InstanceState(enum.Enum):
 @dataclass(eq=False, slots=True)
 class Instance:
     """One backend endpoint. `finish_s` holds the expected finish time (loop clock) of each query in
-    flight, so the dispatcher can tell how long until a slot frees (T_j)."""
+    flight, so the dispatcher can tell how long until a slot frees (T_j). `http` is set when the
+    instance also speaks KServe v2 HTTP (a Triton does): HTTP queries are then forwarded to it as bytes."""
 
     id: str
     type: str
@@ -32,6 +34,7 @@ class Instance:
     address: str
     slots: int
     client: BackendClient
+    http: HttpBackendClient | None = None
     state: InstanceState = InstanceState.LAUNCHING
     finish_s: list[float] = field(default_factory=list)
     served_total: int = 0

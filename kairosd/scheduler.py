@@ -7,7 +7,8 @@ arrival to an empty queue with no round pending: it is matched at once (there is
 the round with, and waiting an iteration would only add latency). A slow tick runs only
 while queries wait, to answer those whose deadline passed (UNAVAILABLE, never a silent drop).
 `_send` is the one place a query goes to an instance, and where a failed instance's query is
-requeued for another (retry, up to `max_attempts`).
+requeued for another (retry, up to `max_attempts`). It also picks the transport: an HTTP query goes
+as the client's bytes to an instance with an HTTP endpoint, converted to gRPC to one without.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import SchedulerConfig
 from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Unavailable
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False, slots=True)
 class Query:
-    request: service_pb2.ModelInferRequest
+    request: service_pb2.ModelInferRequest | None  # None for an HTTP query until a gRPC-only instance needs it
     model: str
     model_idx: int
     batch: int
@@ -43,7 +45,8 @@ class Query:
     deadline_s: float
     # resolved by a dispatch round with the instance to send to (a grant), or with an error
     future: asyncio.Future[tuple[Instance, float]]
-    raw: bytes | None = None  # the request's bytes as received, forwarded as they are
+    raw: bytes | None = None  # the gRPC request's bytes as received, forwarded as they are
+    http: HttpForward | None = None  # an HTTP request as received
     attempts: int = 0
 
 
@@ -93,13 +96,15 @@ class Scheduler:
     # ---- front-end side -------------------------------------------------------------------
     async def submit(
         self,
-        request: service_pb2.ModelInferRequest,
+        request: service_pb2.ModelInferRequest | None,
         spec: ModelSpec,
         batch: int,
         timeout_s: float | None = None,
         raw: bytes | None = None,
-    ) -> bytes:
-        """Queue one validated query and wait for its serialized response."""
+        http: HttpForward | None = None,
+    ) -> bytes | HttpReply:
+        """Queue one validated query (a gRPC `request`, or an `http` one) and wait for its response:
+        a serialized ModelInferResponse, or the instance's HttpReply when `http` was forwarded as it is."""
         if not self.accepting:
             raise Unavailable("kairosd is shutting down; retry against another replica")
         model = spec.name
@@ -108,7 +113,7 @@ class Scheduler:
             raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
         now = self._loop.time()
         timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
-        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw)
+        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw, http)
         self.stats.submitted += 1
         while True:
             if q.attempts:
@@ -157,13 +162,22 @@ class Scheduler:
             self._in_flight -= 1
             self._kick()
 
-    async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes:
-        """The one place a query goes to an instance. Raises _Retry when another instance should
-        be tried; any other failure reaches the client as a typed error."""
+    async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes | HttpReply:
+        """The one place a query goes to an instance, over HTTP when both the query and the instance
+        speak it, else over gRPC. Raises _Retry when another instance should be tried; any other
+        failure reaches the client as a typed error."""
         q.attempts += 1
         timeout = max(q.deadline_s - self._loop.time(), 0.001)
+        response: bytes | HttpReply
         try:
-            response = await inst.client.infer(q.request, timeout, q.raw)
+            http = q.http
+            if http is not None and inst.http is not None:
+                response = await inst.http.infer(http, timeout)
+            else:
+                if q.request is None:
+                    assert http is not None
+                    q.request = http.to_grpc()
+                response = await inst.client.infer(q.request, timeout, q.raw)
         except BackendError as exc:
             inst.failed_total += 1
             if exc.retryable:

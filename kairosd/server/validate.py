@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 from tritonclient.grpc import service_pb2
 
@@ -97,68 +97,138 @@ def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", 
         name = tensor.name
         sig = table.get(name)
         if sig is None:
-            raise InvalidInput(f"unexpected inference input '{name}' for model '{model}'; it takes: {', '.join(table)}")
+            raise _unexpected(name, model, table)
         if name in seen:
-            raise InvalidInput(f"input '{name}' appears more than once in the request for model '{model}'")
+            raise _twice(name, model)
         seen.add(name)
         datatype = tensor.datatype
-        if datatype != sig.datatype:
-            raise _bad(name, model, f"datatype {datatype or '(none)'}, expected {sig.datatype}")
         shape = tensor.shape
-        if len(shape) != sig.rank:
-            expected = f"[batch, {', '.join(map(str, sig.dims))}]" if batching else str(sig.dims)
-            raise _bad(name, model, f"shape {list(shape)}, expected {expected}")
-        if batching:
-            b = shape[0]
-            if b < 1:
-                raise _bad(name, model, f"batch size {b}; at least 1 is required")
-            if batch < 0:
-                batch = b
-            elif b != batch:
-                raise _bad(name, model, f"batch size {b} differs from {batch} of the other inputs")
-            rest = shape[1:]
-        else:
-            b = 1
-            rest = shape
-        if not sig.wildcard:
-            if rest != sig.dims:
-                raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
-            count = b * sig.per_sample
-        else:
-            count = b
-            for got, want in zip(rest, sig.dims):
-                if got < 0 or (want >= 0 and got != want):
-                    raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
-                count *= got
+        b, count = _check_tensor(sig, name, model, datatype, shape, batching)
+        if batch < 0:
+            batch = b
+        elif b != batch:
+            raise _bad(name, model, f"batch size {b} differs from {batch} of the other inputs")
         if tensor.parameters and "shared_memory_region" in tensor.parameters:
             raise _bad(name, model, "shared-memory tensors are not supported by kairosd; send the data in the request")
         if n_raw:
             if tensor.HasField("contents"):
                 raise _bad(name, model, "both raw_input_contents and contents are set; use one of them for all inputs")
-            size = sig.itemsize
-            if size is not None and len(raw[i]) != count * size:
-                need = f"shape {list(shape)} of {datatype} needs {count * size}"
-                raise _bad(name, model, f"{len(raw[i])} bytes of raw data, {need}")
+            _check_size(sig, name, model, datatype, shape, count, len(raw[i]))
         elif not tensor.HasField("contents"):
             raise _bad(name, model, "no data (neither raw_input_contents nor contents)")
-    if n_inputs != len(table):
-        missing = [n for n in table if n not in seen]
-        raise InvalidInput(f"model '{model}': missing input(s) {', '.join(missing)}")
-    if batching:
-        limit = spec.max_batch_size if max_batch is None else min(max_batch, spec.max_batch_size)
-        if batch > limit:
-            raise InvalidInput(f"model '{model}': batch size {batch} exceeds the maximum of {limit}")
-    else:
-        batch = 1
+    batch = _check_batch(spec, model, table, seen, n_inputs, batch, max_batch)
     if request.outputs:
-        outputs = _signature(spec).outputs
-        for out in request.outputs:
-            if out.name not in outputs:
-                expected = ", ".join(o.name for o in spec.outputs)
-                raise InvalidInput(f"unexpected inference output '{out.name}' for model '{model}'; it has: {expected}")
+        _check_outputs(spec, model, [out.name for out in request.outputs])
     if not n_raw and n_inputs:
         _contents_to_raw(request)
     return batch
+
+
+class TensorHeader(Protocol):
+    """What a request says about one input tensor, without its data (an HTTP request's JSON header)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    nbytes: int  # bytes of its raw data
+
+
+def validate_header(
+    inputs: Sequence[TensorHeader], outputs: Sequence[str], spec: "ModelSpec", max_batch: int | None = None
+) -> int:
+    """`validate_request` for a request known only by its header: names, datatypes, shapes, batch size
+    and every input's byte count; the tensor data is never looked at. Returns the batch size."""
+    table = _signature(spec).inputs
+    model = spec.name
+    batching = spec.max_batch_size > 0
+    batch = -1
+    seen: set[str] = set()
+    for t in inputs:
+        name = t.name
+        sig = table.get(name)
+        if sig is None:
+            raise _unexpected(name, model, table)
+        if name in seen:
+            raise _twice(name, model)
+        seen.add(name)
+        b, count = _check_tensor(sig, name, model, t.datatype, t.shape, batching)
+        if batch < 0:
+            batch = b
+        elif b != batch:
+            raise _bad(name, model, f"batch size {b} differs from {batch} of the other inputs")
+        _check_size(sig, name, model, t.datatype, t.shape, count, t.nbytes)
+    batch = _check_batch(spec, model, table, seen, len(inputs), batch, max_batch)
+    if outputs:
+        _check_outputs(spec, model, outputs)
+    return batch
+
+
+def _check_tensor(
+    sig: _InputSig, name: str, model: str, datatype: str, shape: Sequence[int], batching: bool
+) -> tuple[int, int]:
+    """(batch size, element count) of one input whose datatype and shape match its signature."""
+    if datatype != sig.datatype:
+        raise _bad(name, model, f"datatype {datatype or '(none)'}, expected {sig.datatype}")
+    if len(shape) != sig.rank:
+        expected = f"[batch, {', '.join(map(str, sig.dims))}]" if batching else str(sig.dims)
+        raise _bad(name, model, f"shape {list(shape)}, expected {expected}")
+    if batching:
+        b = shape[0]
+        if b < 1:
+            raise _bad(name, model, f"batch size {b}; at least 1 is required")
+        rest = shape[1:]
+    else:
+        b = 1
+        rest = shape
+    if not sig.wildcard:
+        if rest != sig.dims:
+            raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
+        return b, b * sig.per_sample
+    count = b
+    for got, want in zip(rest, sig.dims):
+        if got < 0 or (want >= 0 and got != want):
+            raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
+        count *= got
+    return b, count
+
+
+def _check_size(sig: _InputSig, name: str, model: str, datatype: str, shape: Sequence[int], count: int, nbytes: int) -> None:
+    size = sig.itemsize
+    if size is not None and nbytes != count * size:
+        need = f"shape {list(shape)} of {datatype} needs {count * size}"
+        raise _bad(name, model, f"{nbytes} bytes of raw data, {need}")
+
+
+def _check_batch(
+    spec: "ModelSpec", model: str, table: Mapping[str, _InputSig], seen: set[str], n_inputs: int, batch: int,
+    max_batch: int | None,
+) -> int:
+    """Every input present; the batch size within the model's maximum (1 when the model does not batch)."""
+    if n_inputs != len(table):
+        missing = [n for n in table if n not in seen]
+        raise InvalidInput(f"model '{model}': missing input(s) {', '.join(missing)}")
+    if spec.max_batch_size <= 0:
+        return 1
+    limit = spec.max_batch_size if max_batch is None else min(max_batch, spec.max_batch_size)
+    if batch > limit:
+        raise InvalidInput(f"model '{model}': batch size {batch} exceeds the maximum of {limit}")
+    return batch
+
+
+def _check_outputs(spec: "ModelSpec", model: str, names: Sequence[str]) -> None:
+    outputs = _signature(spec).outputs
+    for name in names:
+        if name not in outputs:
+            expected = ", ".join(o.name for o in spec.outputs)
+            raise InvalidInput(f"unexpected inference output '{name}' for model '{model}'; it has: {expected}")
+
+
+def _unexpected(name: str, model: str, table: Mapping[str, _InputSig]) -> InvalidInput:
+    return InvalidInput(f"unexpected inference input '{name}' for model '{model}'; it takes: {', '.join(table)}")
+
+
+def _twice(name: str, model: str) -> InvalidInput:
+    return InvalidInput(f"input '{name}' appears more than once in the request for model '{model}'")
 
 
 def _bad(name: str, model: str, problem: str) -> InvalidInput:

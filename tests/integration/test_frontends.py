@@ -23,6 +23,7 @@ from aiohttp import web
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from kairosd.backends.http_client import HttpForward
 from kairosd.errors import Unavailable
 from kairosd.modelgen import example_inputs
 from kairosd.repository import NP_TO_DTYPE, ModelSpec, load_repository
@@ -81,6 +82,12 @@ class OrtService:
             response.outputs.add(name=name, datatype=NP_TO_DTYPE[arr.dtype], shape=arr.shape)
             response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
         return response.SerializeToString()
+
+    async def infer_http(
+        self, forward: HttpForward, spec: ModelSpec, batch: int, timeout_s: float | None = None
+    ) -> bytes:
+        """Like an instance with no HTTP endpoint: the request converted to gRPC, the answer rendered back."""
+        return await self.infer(forward.to_grpc(), spec, batch, timeout_s)
 
 
 def free_port() -> int:
