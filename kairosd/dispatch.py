@@ -7,6 +7,16 @@ coefficient — and edges that would miss QoS (W_i + T_j + L99_ij > T_qos − ma
 large that they are used only when nothing feasible exists. A query matched to a busy instance waits
 for it (it stays queued); only matches to free instances are carried out.
 
+Two rules beyond the paper (both on by default, both measured in bench/dispatch.py):
+- hold: the matching is one-to-one, so when several queries can only make QoS on the same busy
+  instance (large queries waiting for the one GPU), all but one are forced onto other columns,
+  infeasible ones included. Such a forced match to a free instance is not carried out while the
+  query still has a feasible edge anywhere: it keeps waiting for that instance instead of taking a
+  slow one on which it will certainly miss QoS (and which it would keep busy for a long time).
+- tiers: an edge infeasible on p99 but within QoS on the mean pays the penalty once, one that misses
+  QoS even on the mean pays it twice; so a query that cannot make QoS with p99 certainty goes where
+  it still makes it on average, rather than to the cheapest column.
+
 Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
 the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
 """
@@ -124,20 +134,27 @@ class KairosPolicy:
     Rows are the oldest min(m, 2n) queries (older ones first: a later query never displaces an
     earlier one from consideration), columns all n instances. `tail=True` judges feasibility on p99
     service time rather than the mean; `margin_s` reserves time for the dispatcher's own overhead.
+    `hold` and `tiers` switch the two rules beyond the paper (module docstring); with both off and
+    `tail=False` this is the paper's rule.
     """
 
     name = "kairos"
 
-    def __init__(self, profiles: ProfileTable, *, tail: bool = True, margin_s: float = 0.0) -> None:
+    def __init__(
+        self, profiles: ProfileTable, *, tail: bool = True, margin_s: float = 0.0, hold: bool = True, tiers: bool = True
+    ) -> None:
         self.profiles = profiles
         self.coef = heterogeneity_coefficients(profiles)
         self.mean = profiles.mean_s
         self.check = profiles.p99_s if tail else profiles.mean_s
         self.margin_s = margin_s
+        self.hold = hold
+        self.tiers = tiers and tail  # with mean-based feasibility the two tiers coincide
         self.cmean = self.coef[:, :, None] * profiles.mean_s  # C_j·L_ij, looked up per edge
         # the same tables as nested lists, for the scalar path below
         self._cmean_l: list[list[list[float]]] = self.cmean.tolist()
         self._check_l: list[list[list[float]]] = self.check.tolist()
+        self._mean_l: list[list[list[float]]] = self.mean.tolist()
 
     def _one(self, snap: Snapshot) -> Assignment:
         """One waiting query: the matching is its cheapest column.
@@ -151,10 +168,15 @@ class KairosPolicy:
             qos = float(snap.q_qos_s[0])
             budget = qos - self.margin_s - float(snap.q_waited_s[0])
             penalty = INFEASIBLE_PENALTY_QOS * qos
-            cm, ck = self._cmean_l[mi], self._check_l[mi]
+            cm, ck, mn = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi]
+            tiers = self.tiers
             best, best_j = math.inf, 0
             for j, t in enumerate(snap.i_type.tolist()):
-                c = cm[t][b] + (penalty if ck[t][b] > budget else 0.0)
+                c = cm[t][b]
+                if ck[t][b] > budget:
+                    c += penalty
+                    if tiers and mn[t][b] > budget:
+                        c += penalty
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
@@ -162,14 +184,19 @@ class KairosPolicy:
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 
     def cost_matrix(self, snap: Snapshot, rows: int) -> np.ndarray:
+        """Edge costs of the oldest `rows` queries × all columns; a feasible edge costs less than
+        `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one at least that (twice that: missed on the mean too)."""
         busy = snap.i_busy_s[None, :]
         coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]]
         cost = coef * busy + _service(self.cmean, snap, rows)
-        finish = snap.q_waited_s[:rows, None] + busy + _service(self.check, snap, rows)
+        start = snap.q_waited_s[:rows, None] + busy
         budget = snap.q_qos_s[:rows, None] - self.margin_s
-        infeasible = finish > budget
+        infeasible = start + _service(self.check, snap, rows) > budget
         if infeasible.any():
-            cost = cost + infeasible * (INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None])
+            penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None]
+            cost = cost + infeasible * penalty
+            if self.tiers:
+                cost = cost + (start + _service(self.mean, snap, rows) > budget) * penalty
         return cost
 
     def __call__(self, snap: Snapshot) -> Assignment:
@@ -178,8 +205,14 @@ class KairosPolicy:
         if snap.m == 1:
             return self._one(snap)
         rows = min(snap.m, 2 * snap.n)
-        r, c = linear_sum_assignment(self.cost_matrix(snap, rows))
+        cost = self.cost_matrix(snap, rows)
+        r, c = linear_sum_assignment(cost)
         keep = snap.i_free[c]
+        if self.hold:
+            # a forced infeasible match is not carried out while the query has a feasible edge
+            penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[r]
+            forced = (cost[r, c] >= penalty) & (cost[r].min(axis=1) < penalty)
+            keep &= ~forced
         return Assignment(r[keep], c[keep])
 
 

@@ -123,6 +123,38 @@ def test_kairos_expired_query_is_still_served() -> None:
     assert (cost >= INFEASIBLE_PENALTY_QOS * 0.05).all()
 
 
+def test_kairos_hold_keeps_a_forced_infeasible_match_waiting() -> None:
+    p = make_profiles()
+    # two batch-800 queries, QoS 50 ms: on the gpu (busy 1 ms more) each takes ~16.4 ms, on the free
+    # cpu ~160 ms. The one-to-one matching must give one of them the cpu; carrying that out would be
+    # a certain QoS miss, and the query can still make it on the gpu after the other one.
+    snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.05)
+    assert len(KairosPolicy(p, hold=False)(snap)) == 1  # the paper's rule sends one to the cpu
+    assert len(KairosPolicy(p)(snap)) == 0  # both wait for the gpu
+    # once neither can make QoS anywhere (waited 45 ms), holding helps no one: the free cpu is used
+    late = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], waited_s=[0.045, 0.045], qos_s=0.05)
+    assert KairosPolicy(p)(late).instances.tolist() == [0]
+
+
+def test_kairos_lost_queries_are_all_served_when_instances_are_free() -> None:
+    p = make_profiles()
+    snap = make_snapshot(p, batches=[10, 500], types=["cpu", "gpu"], waited_s=[0.2, 0.2], qos_s=0.05)
+    assert len(KairosPolicy(p)(snap)) == 2
+
+
+def test_kairos_tiers_prefer_the_instance_that_still_makes_qos_on_the_mean() -> None:
+    # both types' p99 is 3× their mean. Batch 100 after 25 ms of waiting, QoS 30 ms: the gpu (mean
+    # 3.6 ms, p99 10.9 ms) misses on p99 but makes it on the mean; the cpu (21.8 / 65 ms) misses on
+    # both. The paper's cost ranks the cpu first (0.1 × 21.8 < 1 × 3.6); the tiers pick the gpu.
+    p = make_profiles(tail_factor={"cpu": 3.0, "gpu": 3.0})
+    snap = make_snapshot(p, batches=[100], types=["cpu", "gpu"], waited_s=[0.025], qos_s=0.03)
+    assert KairosPolicy(p, tiers=False)(snap).pairs() == [(0, 0)]
+    assert KairosPolicy(p)(snap).pairs() == [(0, 1)]
+    cost = KairosPolicy(p).cost_matrix(snap, 1)[0]
+    penalty = INFEASIBLE_PENALTY_QOS * 0.03
+    assert penalty <= cost[1] < 2 * penalty <= cost[0]
+
+
 def test_kairos_rows_bounded_to_twice_the_instances() -> None:
     p = make_profiles()
     snap = make_snapshot(p, batches=[10] * 50, types=["cpu", "gpu"], qos_s=1.0)
@@ -218,13 +250,14 @@ def test_profile_interpolation_clamps_and_extends() -> None:
 
 def test_single_query_scalar_path_matches_the_array_path() -> None:
     """The scalar loop for one query over free columns picks what the cost matrix's argmin picks."""
-    p = make_profiles(tail_factor={"cpu": 1.5})
-    pol = KairosPolicy(p, margin_s=0.001)
+    p = make_profiles(tail_factor={"cpu": 1.5, "gpu": 1.2})
+    tiered, untiered = KairosPolicy(p, margin_s=0.001), KairosPolicy(p, margin_s=0.001, tiers=False)
     rng = np.random.default_rng(7)
     for _ in range(300):
         n = int(rng.integers(1, 12))
         types = list(rng.choice(["cpu", "gpu"], n))
         snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, waited_s=[float(rng.uniform(0, 0.06))],
                              qos_s=float(rng.uniform(0.01, 0.1)))
-        expected = int(np.argmin(pol.cost_matrix(snap, 1)[0]))
-        assert pol(snap).pairs() == [(0, expected)]
+        for pol in (tiered, untiered):
+            expected = int(np.argmin(pol.cost_matrix(snap, 1)[0]))
+            assert pol(snap).pairs() == [(0, expected)]
