@@ -94,7 +94,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     """Load catalogue, profiles and workload as the arguments say (shared with the benchmarks' style)."""
     from kairosd import workload
     from kairosd.catalogue import load_catalogue
-    from kairosd.planner import BoundModel
+    from kairosd.planner import BoundModel, miss_from_samples
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -123,19 +123,24 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     else:
         raise ConfigError(f"--qos-ms is required for model {args.model!r} (no default QoS target)")
     pmf = workload.mix_pmf(args.mix, profiles.max_batch, seed=args.seed)
-    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail)
     policy_params = {"tail": tail} if args.policy == "kairos" else {}
+    miss = None
     if wl is not None:
         setup = workload.sim_setup(
             wl, args.model, types=types, policy=args.policy, policy_params=policy_params,
             n_queries=args.queries, seed=args.seed, mix=args.mix,
         )
         setup = replace(setup, qos_s=qos_s, slots=tuple(t.slots for t in cat.types))
+        # the bound's per-type probability of missing QoS from the same measured samples the simulator draws
+        ti = [profiles.type_index(t) for t in types]
+        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], setup.service.relative[ti], qos_s,
+                                 setup.service.grid_step)
     else:
         rng = np.random.default_rng(args.seed)
         stream = poisson_stream(workload.sample_batches(args.mix, args.queries, rng), args.seed + 1)
         setup = SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, stream, ServiceModel(),
                          tuple(t.slots for t in cat.types))
+    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss)
     return PlanInputs(types, cat.prices(), qos_s, bound, setup)
 
 

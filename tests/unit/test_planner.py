@@ -27,6 +27,7 @@ from kairosd.planner import (
     select_kairos,
     select_kairos_paper,
     select_kairos_plus,
+    proportional_bound,
     upper_bound,
 )
 
@@ -118,22 +119,22 @@ def test_one_base_one_auxiliary_by_hand(n_base: int, n_aux: int) -> None:
     expected = min(n_base * q_b + t / s * n_aux * q_k, n_base * q_b / (1 - t))
     # and directly: the base must serve all large queries (3 ms each, half the queries) ...
     assert n_base * q_b / (1 - t) == pytest.approx(n_base / (0.5 * 0.003))
-    got = upper_bound(np.array([[n_base, n_aux]]), bm)[0]
+    got = proportional_bound(np.array([[n_base, n_aux]]), bm)[0]
     assert got == pytest.approx(expected)
-    assert upper_bound(np.array([[1, 1]]), bm)[0] == pytest.approx(2000 / 3)
-    assert upper_bound(np.array([[2, 1]]), bm)[0] == pytest.approx(1250)
+    assert proportional_bound(np.array([[1, 1]]), bm)[0] == pytest.approx(2000 / 3)
+    assert proportional_bound(np.array([[2, 1]]), bm)[0] == pytest.approx(1250)
 
 
 def test_no_base_means_no_rate_meets_qos() -> None:
     bm = two_point_model()
-    assert upper_bound(np.array([[0, 7]]), bm)[0] == 0.0
+    assert proportional_bound(np.array([[0, 7]]), bm)[0] == 0.0
 
 
 def test_single_auxiliary_type_equals_the_authors_bound() -> None:
     rng = np.random.default_rng(0)
     bm = _random_model(rng, n_types=2)
     configs = np.column_stack([rng.integers(1, 4, 50), rng.integers(0, 12, 50)])
-    np.testing.assert_allclose(upper_bound(configs, bm), authors_upper_bound(configs, bm, base=0))
+    np.testing.assert_allclose(proportional_bound(configs, bm), authors_upper_bound(configs, bm, base=0))
 
 
 def _random_case(rng: np.random.Generator, n_types: int) -> tuple[BoundModel, np.ndarray, np.ndarray]:
@@ -191,7 +192,7 @@ def test_greedy_bound_equals_the_lp_with_several_auxiliary_thresholds() -> None:
         bm = _random_model(rng, n_types=4)
         assert len(set(bm.threshold_batch[1:].tolist())) > 1  # distinct thresholds
         configs = np.column_stack([rng.integers(1, 4, 40)] + [rng.integers(0, 10, 40) for _ in range(3)])
-        got = upper_bound(configs, bm)
+        got = proportional_bound(configs, bm)
         want = np.array([_lp_bound(c, bm) for c in configs])
         np.testing.assert_allclose(got, want, rtol=1e-7)
 
@@ -212,19 +213,19 @@ def test_two_auxiliaries_by_hand() -> None:
     # (1 − 2/3)/(2/3) = 0.5 uses 250, adds (t/s)·500 = 500. A (t = 1/3): weight 2, value 1, takes
     # the remaining 750/2 = 375/s. λ = 1000 + 500 + 375 = 1875. Check: batch-10 queries are
     # λ/3 = 625 = A's 375 + half of B's 500; the base serves 375 batch-50 + 625 batch-100 = 1.0 s/s.
-    assert upper_bound(np.array([[1, 1, 1]]), bm)[0] == pytest.approx(1875)
+    assert proportional_bound(np.array([[1, 1, 1]]), bm)[0] == pytest.approx(1875)
     # 1 base + 3 A: A only takes batch 10 (λ/3), the base the other 2λ/3 at 1 ms → λ = 1500
-    assert upper_bound(np.array([[1, 3, 0]]), bm)[0] == pytest.approx(1500)
+    assert proportional_bound(np.array([[1, 3, 0]]), bm)[0] == pytest.approx(1500)
     # the authors' aggregate threshold credits A with batch-50 queries at E[L_A | b ≤ 50] = 5.5 ms,
     # though A takes 9 ms there: Q_a = 3/5.5 ms + 1/2 ms, UB = 1000 + (t/s)·Q_a with t/s = 1
     theirs = authors_upper_bound(np.array([[1, 3, 1]]), bm, base=0)[0]
     assert theirs == pytest.approx(1000 + 3 / 0.0055 + 500)
-    assert upper_bound(np.array([[1, 3, 1]]), bm)[0] == pytest.approx(1875)
+    assert proportional_bound(np.array([[1, 3, 1]]), bm)[0] == pytest.approx(1875)
     # letting B specialise on batch 50 (the exact fluid LP) reaches 2000 for 1 + 1 + 1:
     # A takes 500 of batch 10, B 500 of batch 50, the base the 667 batch-100 + 167 batch-10.
-    assert fluid_bound(np.array([1, 1, 1]), mean, mean, pmf, QOS) == pytest.approx(2000)
+    assert fluid_bound(np.array([1, 1, 1]), mean, mean, pmf, QOS, slack=0.0) == pytest.approx(2000)
     # 1 + 3 + 1: the base takes batch 100 and what B leaves of batch 50: 2λ/3 − 500 ≤ 1000 → 2250
-    assert fluid_bound(np.array([1, 3, 1]), mean, mean, pmf, QOS) == pytest.approx(2250)
+    assert fluid_bound(np.array([1, 3, 1]), mean, mean, pmf, QOS, slack=0.0) == pytest.approx(2250)
 
 
 def test_the_fluid_lp_dominates_the_proportional_bound() -> None:
@@ -233,18 +234,18 @@ def test_the_fluid_lp_dominates_the_proportional_bound() -> None:
         bm, lat, pmf = _random_case(rng, n_types=4)
         configs = np.column_stack([rng.integers(1, 3, 8)] + [rng.integers(0, 8, 8) for _ in range(3)])
         for c in configs:
-            assert fluid_bound(c, lat, lat, pmf, QOS) >= upper_bound(c[None, :], bm)[0] * (1 - 1e-9)
+            assert fluid_bound(c, lat, lat, pmf, QOS) >= proportional_bound(c[None, :], bm)[0] * (1 - 1e-9)
 
 
 def test_bound_grows_with_every_added_instance() -> None:
     rng = np.random.default_rng(7)
     bm = _random_model(rng, n_types=4)
     configs = rng.integers(0, 6, (200, 4))
-    ub = upper_bound(configs, bm)
+    ub = proportional_bound(configs, bm)
     for k in range(4):
         more = configs.copy()
         more[:, k] += 1
-        assert np.all(upper_bound(more, bm) >= ub - 1e-9)
+        assert np.all(proportional_bound(more, bm) >= ub - 1e-9)
 
 
 def test_base_is_derived_without_a_gpu() -> None:
@@ -254,8 +255,8 @@ def test_base_is_derived_without_a_gpu() -> None:
     pmf = batch_pmf(np.clip(np.random.default_rng(0).lognormal(np.log(150), 0.5, 10_000), 1, 1000).astype(int), 1000)
     bm = BoundModel.build(lat, lat, pmf, QOS, ("c5.xlarge", "r5.large"))
     assert bm.coverage[0] == pytest.approx(1.0) and bm.coverage[1] < 0.99
-    assert upper_bound(np.array([[2, 3]]), bm)[0] > upper_bound(np.array([[2, 0]]), bm)[0] > 0
-    assert upper_bound(np.array([[0, 3]]), bm)[0] == 0.0
+    assert proportional_bound(np.array([[2, 3]]), bm)[0] > proportional_bound(np.array([[2, 0]]), bm)[0] > 0
+    assert proportional_bound(np.array([[0, 3]]), bm)[0] == 0.0
 
 
 def test_tail_rule_gives_tighter_thresholds() -> None:
@@ -266,7 +267,7 @@ def test_tail_rule_gives_tighter_thresholds() -> None:
     tight = BoundModel.build(mean, p99, pmf, QOS, ("g", "t"), tail=True)
     assert tight.threshold_batch[1] < loose.threshold_batch[1]
     cfg = np.array([[1, 6]])
-    assert upper_bound(cfg, tight)[0] < upper_bound(cfg, loose)[0]
+    assert proportional_bound(cfg, tight)[0] < proportional_bound(cfg, loose)[0]
 
 
 def _one_batch_model(lat_s: float, qos_s: float) -> BoundModel:
@@ -296,7 +297,7 @@ def test_queue_estimate_falls_as_the_slack_shrinks_and_stays_below_the_bound() -
     for _ in range(3):
         bm = _random_model(rng, n_types=4)
         configs = rng.integers(0, 8, (300, 4))
-        est, ub = queue_estimate(configs, bm), upper_bound(configs, bm)
+        est, ub = queue_estimate(configs, bm), proportional_bound(configs, bm)
         assert np.all(est <= ub * (1 + 1e-12)) and np.all(est >= 0)
         assert np.all(est[ub == 0] == 0) and np.all(est[ub > 0] > 0)
 
@@ -311,7 +312,7 @@ def test_queue_estimate_prefers_a_second_base_over_more_auxiliaries() -> None:
     bm = BoundModel.build(lat, lat, pmf, 0.016, ("gpu", "cpu"))
     assert bm.threshold_batch[1] == 200
     configs = np.array([[1, 6], [2, 1]])
-    ub, est = upper_bound(configs, bm), queue_estimate(configs, bm)
+    ub, est = proportional_bound(configs, bm), queue_estimate(configs, bm)
     # fluid: 1 base serves the 15% batch-800 queries (12 ms, 4 ms of slack) at 555/s; 2 bases + 1
     # auxiliary reach 406/s. Queueing: one base at 4 ms of slack on 12 ms services caps near 67/s
     assert ub[0] == pytest.approx(555.6, rel=1e-3) and ub[1] == pytest.approx(405.8, rel=1e-3)
@@ -335,7 +336,7 @@ class CountingEvaluator:
 
     def __call__(self, config: np.ndarray) -> float:
         self.calls.append(tuple(int(x) for x in config))
-        ub = upper_bound(np.asarray(config)[None, :], self.bm)[0]
+        ub = proportional_bound(np.asarray(config)[None, :], self.bm)[0]
         # penalise auxiliary-heavy fleets a little (queueing on many slow instances)
         share = config[1:].sum() / max(1, config.sum())
         return float(ub * (1.0 - 0.2 * share))
@@ -365,7 +366,7 @@ def test_kairos_plus_returns_exactly_the_exhaustive_optimum() -> None:
 def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> None:
     bm = two_point_model()
     c = _cands(bm, [0.5, 0.2], 2.0)
-    exact = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
+    exact = lambda x: float(proportional_bound(np.asarray(x)[None, :], bm)[0])
     kp = select_kairos_plus(c, exact)
     assert kp.n_evals == 1
     assert kp.qps == pytest.approx(c.ub_qps.max())
