@@ -7,10 +7,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import aiohttp
-
 from kairosd.backends.client import BackendClient
-from kairosd.backends.http_client import HttpBackendClient, new_session
+from kairosd.backends.http_client import HttpBackendClient
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready
 from kairosd.config import Config, InstanceTypeConfig
 from kairosd.errors import Unavailable
@@ -53,7 +51,6 @@ class LocalFleet:
         self.registry = registry
         self.profiles = profiles
         self.children: dict[str, ChildProcess] = {}
-        self._http_session: aiohttp.ClientSession | None = None  # shared by every instance's HTTP client
 
     def plan(self) -> list[LaunchSpec]:
         specs = []
@@ -83,11 +80,6 @@ class LocalFleet:
         await asyncio.gather(*launches)
 
     def _register(self, instance_id: str, t: InstanceTypeConfig, address: str, http_address: str | None) -> Instance:
-        http = None
-        if http_address is not None:
-            if self._http_session is None:
-                self._http_session = new_session()
-            http = HttpBackendClient(http_address, self._http_session)
         inst = Instance(
             id=instance_id,
             type=t.name,
@@ -95,7 +87,7 @@ class LocalFleet:
             address=address,
             slots=t.slots,
             client=BackendClient(address, self.config.server.max_request_bytes),
-            http=http,
+            http=HttpBackendClient(http_address) if http_address is not None else None,
         )
         self.registry.add(inst)  # LAUNCHING until it answers ServerReady and ModelReady
         return inst
@@ -128,10 +120,9 @@ class LocalFleet:
             await asyncio.sleep(0.01)
         for inst in list(self.registry):
             await inst.client.close()
+            if inst.http is not None:
+                inst.http.close()
             self.registry.set_state(inst.id, InstanceState.GONE)
-        if self._http_session is not None:
-            await self._http_session.close()
-            self._http_session = None
         await asyncio.gather(*(c.stop_async(grace_s=15.0) for c in self.children.values()))
         log.info("fleet stopped instances=%d", len(self.children))
         self.children.clear()

@@ -29,6 +29,7 @@ from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Unavailable
 from kairosd.profiles import ProfileTable
 from kairosd.registry import Instance, InstanceState, Registry
+from kairosd.snapshot_arrays import ArrayCache
 from kairosd.repository import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class Scheduler:
         self.config = config
         self.qos_s = dict(qos_s)
         self.model_idx = {m: profiles.model_index(m) for m in qos_s}
+        # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
+        self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
+        self._top_batch = profiles.mean_s.shape[2] - 1
+        self._arrays = ArrayCache()
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
         self.accepting = True
@@ -160,7 +165,8 @@ class Scheduler:
             inst, expected = f.result()
             inst.finish_s.remove(expected)
             self._in_flight -= 1
-            self._kick()
+            if self.waiting:
+                self._kick()
 
     async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes | HttpReply:
         """The one place a query goes to an instance, over HTTP when both the query and the instance
@@ -200,7 +206,8 @@ class Scheduler:
         finally:
             self._in_flight -= 1
             inst.finish_s.remove(expected_finish_s)
-            self._kick()
+            if self.waiting:  # a slot is free: match the queries that wait for one
+                self._kick()
         inst.served_total += 1
         self.stats.completed += 1
         if self._loop.time() - q.arrival_s > q.qos_s:
@@ -213,8 +220,9 @@ class Scheduler:
             self._round_pending = True
             self._loop.call_soon(self._round)
 
-    def _columns(self, now: float, m: int) -> tuple[list[Instance], np.ndarray, np.ndarray, np.ndarray, int]:
-        """Columns of the snapshot, and the number of slots they stand for.
+    def _columns(self, now: float, m: int) -> tuple[list[Instance], list[int], list[float], int, int]:
+        """Columns of the snapshot (instance, type index, busy time), how many are free, and the
+        number of slots they stand for.
 
         A k-slot instance is k columns, but dominated ones are left out (the matching is the same):
         an instance with a free slot shows only its free slots (a busy slot of it costs more for
@@ -224,7 +232,7 @@ class Scheduler:
         insts: list[Instance] = []
         types: list[int] = []
         busy: list[float] = []
-        slots = 0
+        slots = n_free = 0
         for inst in self.registry:
             if inst.state is not InstanceState.READY:
                 continue
@@ -232,16 +240,21 @@ class Scheduler:
             free = inst.slots - len(inst.finish_s)
             if free > 0:
                 k = min(free, m)
-                insts += [inst] * k
-                types += [inst.type_idx] * k
-                busy += [0.0] * k
+                n_free += k
+                if k == 1:
+                    insts.append(inst)
+                    types.append(inst.type_idx)
+                    busy.append(0.0)
+                else:
+                    insts += [inst] * k
+                    types += [inst.type_idx] * k
+                    busy += [0.0] * k
             else:
                 for f in sorted(inst.finish_s)[:m]:
                     insts.append(inst)
                     types.append(inst.type_idx)
                     busy.append(max(f - now, 1e-6))  # busy: never looks free
-        b = np.array(busy)
-        return insts, np.array(types, dtype=np.intp), b, b == 0.0, slots
+        return insts, types, busy, n_free, slots
 
     def _round(self) -> None:
         self._round_pending = False
@@ -251,25 +264,30 @@ class Scheduler:
         if not waiting:
             return
         now = self._loop.time()
-        insts, i_type, i_busy, i_free, slots = self._columns(now, len(waiting))
-        if not i_free.any():
+        insts, types, busy, n_free, slots = self._columns(now, len(waiting))
+        if not n_free:
             self._arm_tick()
             return
-        rows = min(len(waiting), 2 * slots)
-        head = [waiting.popleft() for _ in range(rows)]
-        live = [q for q in head if not q.future.done()]
-        if not live:
-            self._kick()
-            return
-        snap = Snapshot(
-            q_model=np.array([q.model_idx for q in live], dtype=np.intp),
-            q_batch=np.array([q.batch for q in live], dtype=np.intp),
-            q_waited_s=np.array([now - q.arrival_s for q in live]),
-            q_qos_s=np.array([q.qos_s for q in live]),
-            i_type=i_type,
-            i_busy_s=i_busy,
-            i_free=i_free,
-        )
+        if len(waiting) == 1:
+            live = [waiting.popleft()]  # not done: checked above
+        else:
+            rows = min(len(waiting), 2 * slots)
+            live = [q for q in (waiting.popleft() for _ in range(rows)) if not q.future.done()]
+            if not live:
+                self._kick()
+                return
+        if len(live) == 1:
+            snap = self._one_query_snapshot(live[0], now, types, busy, n_free)
+        else:
+            snap = Snapshot(
+                q_model=np.array([q.model_idx for q in live], dtype=np.intp),
+                q_batch=np.array([q.batch for q in live], dtype=np.intp),
+                q_waited_s=np.array([now - q.arrival_s for q in live]),
+                q_qos_s=np.array([q.qos_s for q in live]),
+                i_type=np.array(types, dtype=np.intp),
+                i_busy_s=np.array(busy),
+                i_free=np.array([b == 0.0 for b in busy]),
+            )
         try:
             assignment = self.policy(snap)
         except Exception:  # noqa: BLE001 - the loop must not die of one bad round
@@ -278,19 +296,42 @@ class Scheduler:
             self._arm_tick()
             return
         self.stats.rounds += 1
-        self.stats.matched += len(assignment)
-        sent = np.zeros(len(live), dtype=bool)
-        mean = self.profiles.mean_s
-        for qi, col in zip(assignment.queries.tolist(), assignment.instances.tolist()):
+        matched = assignment.queries.tolist()
+        self.stats.matched += len(matched)
+        mean = self._mean_s
+        top = self._top_batch
+        for qi, col in zip(matched, assignment.instances.tolist()):
             q, inst = live[qi], insts[col]
-            sent[qi] = True
-            expected = now + float(mean[q.model_idx, inst.type_idx, min(q.batch, mean.shape[2] - 1)])
+            expected = now + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
             self._in_flight += 1  # granted counts as in flight (drain waits for it)
             q.future.set_result((inst, expected))
-        waiting.extendleft(reversed([q for q, s in zip(live, sent) if not s]))
+        if len(matched) < len(live):
+            sent = set(matched)
+            waiting.extendleft(reversed([q for i, q in enumerate(live) if i not in sent]))
         if waiting:
             self._arm_tick()
+
+    def _one_query_snapshot(self, q: Query, now: float, types: list[int], busy: list[float], n_free: int) -> Snapshot:
+        """The snapshot of a round with one query, from cached read-only arrays where values repeat:
+        its model, batch and QoS, the columns when all are free, and its wait when it arrived this
+        very loop iteration (the loop clock then still reads its arrival time)."""
+        a = self._arrays.array
+        waited = now - q.arrival_s
+        n = len(types)
+        if n_free == n:
+            i_busy, i_free = a((0.0,) * n, np.float64), a((True,) * n, np.bool_)
+        else:
+            i_busy, i_free = np.array(busy), np.array([b == 0.0 for b in busy])
+        return Snapshot(
+            q_model=a((q.model_idx,), np.intp),
+            q_batch=a((q.batch,), np.intp),
+            q_waited_s=a((0.0,), np.float64) if waited == 0.0 else np.array([waited]),
+            q_qos_s=a((q.qos_s,), np.float64),
+            i_type=a(tuple(types), np.intp),
+            i_busy_s=i_busy,
+            i_free=i_free,
+        )
 
     # ---- deadlines and idleness ------------------------------------------------------------------
     @staticmethod

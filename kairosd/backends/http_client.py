@@ -2,26 +2,28 @@
 
 Nothing is parsed or re-encoded: the client's body and the headers that describe it go to the
 instance's `/v2/models/<m>[/versions/<v>]/infer`, and the instance's status, body and headers come
-back as they are. One aiohttp `ClientSession` (one connection pool) serves every instance. Transport
-failures become a retryable `BackendError` (UNAVAILABLE), as they do on gRPC; an error status from
-the instance becomes `InstanceHttpError`, which carries the instance's reply to the client.
+back as they are, over keep-alive connections (`http_wire`). Transport failures become a retryable
+`BackendError` (UNAVAILABLE), as they do on gRPC; an error status from the instance becomes
+`InstanceHttpError`, which carries the instance's reply to the client.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-import aiohttp
 import grpc
 from tritonclient.grpc import service_pb2
-from yarl import URL
 
+from kairosd.backends.http_wire import HttpWireError, HttpWirePool
 from kairosd.errors import BackendError
 
-# Reply headers that describe the body; everything else is the connection's business.
-REPLY_HEADERS = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
+# Reply headers that describe the body (wire name, name returned); the rest is the connection's business.
+REPLY_HEADERS = (
+    ("content-type", "Content-Type"),
+    ("inference-header-content-length", "Inference-Header-Content-Length"),
+    ("content-encoding", "Content-Encoding"),
+)
 
 # The instance's HTTP status → the gRPC status kairosd's counters and retry logic speak.
 _GRPC_OF_HTTP: dict[int, grpc.StatusCode] = {
@@ -42,7 +44,7 @@ class HttpForward:
 
     path: str  # "/v2/models/<m>[/versions/<v>]/infer"
     body: bytes
-    headers: Mapping[str, str]  # Content-Type, Inference-Header-Content-Length, Accept-Encoding
+    headers: dict[str, str]  # Content-Type, Inference-Header-Content-Length, Accept-Encoding
     to_grpc: Callable[[], service_pb2.ModelInferRequest]
 
 
@@ -72,53 +74,33 @@ class InstanceHttpError(BackendError):
         self.http_status = reply.status
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The session every instance's HTTP client shares (create it on the running loop; close it at stop).
-
-    No connection limit (the scheduler bounds what is in flight), no decompression (bodies pass through)."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    )
-
-
 class HttpBackendClient:
     """Forwards HTTP infer requests to one instance's HTTP endpoint (`host:port`)."""
 
-    def __init__(self, address: str, session: aiohttp.ClientSession) -> None:
+    def __init__(self, address: str) -> None:
         self.address = address
-        self._session = session
-        self._urls: dict[str, URL] = {}
+        self._pool = HttpWirePool(address)
 
-    def _url(self, path: str) -> URL:
-        url = self._urls.get(path)
-        if url is None:
-            if len(self._urls) >= 256:  # paths are per served model and version: a few
-                self._urls.clear()
-            url = self._urls[path] = URL(f"http://{self.address}{path}", encoded=True)
-        return url
-
-    async def infer(self, forward: HttpForward, timeout_s: float | None) -> HttpReply:
+    async def infer(self, forward: HttpForward, timeout_s: float) -> HttpReply:
         """Send one request's bytes; return the instance's 200 reply. Raises BackendError
         (InstanceHttpError for an error status)."""
         try:
-            async with self._session.post(
-                self._url(forward.path), data=forward.body, headers=forward.headers,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as r:
-                body = await r.read()
-                h = r.headers
-                reply = HttpReply(r.status, body, {k: h[k] for k in REPLY_HEADERS if k in h})
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            r = await self._pool.post(forward.path, forward.headers, forward.body, timeout_s)
+        except TimeoutError:
             raise BackendError(
-                f"instance {self.address}: DEADLINE_EXCEEDED: no HTTP reply within {timeout_s} s",
+                f"instance {self.address}: DEADLINE_EXCEEDED: no HTTP reply within {timeout_s:.3g} s",
                 status=grpc.StatusCode.DEADLINE_EXCEEDED, retryable=False, instance=self.address,
             ) from None
-        except aiohttp.ClientError as exc:
+        except HttpWireError as exc:
             raise BackendError(
-                f"instance {self.address}: UNAVAILABLE: HTTP request failed: {type(exc).__name__}: {exc}",
+                f"instance {self.address}: UNAVAILABLE: {exc}",
                 status=grpc.StatusCode.UNAVAILABLE, retryable=True, instance=self.address,
             ) from None
-        if reply.status != 200:
+        h = r.headers
+        reply = HttpReply(r.status, r.body, {name: h[wire] for wire, name in REPLY_HEADERS if wire in h})
+        if r.status != 200:
             raise InstanceHttpError(reply, self.address)
         return reply
+
+    def close(self) -> None:
+        self._pool.close()
