@@ -7,12 +7,16 @@ coefficient — and edges that would miss QoS (W_i + T_j + L99_ij > T_qos − ma
 large that they are used only when nothing feasible exists. A query matched to a busy instance waits
 for it (it stays queued); only matches to free instances are carried out.
 
-Two rules beyond the paper (both on by default, both measured in bench/dispatch.py):
-- hold: the matching is one-to-one, so when several queries can only make QoS on the same busy
-  instance (large queries waiting for the one GPU), all but one are forced onto other columns,
-  infeasible ones included. Such a forced match to a free instance is not carried out while the
-  query still has a feasible edge anywhere: it keeps waiting for that instance instead of taking a
-  slow one on which it will certainly miss QoS (and which it would keep busy for a long time).
+Three rules beyond the paper (all on by default, measured together in bench/dispatch.py):
+- lookahead: besides its next free moment T_j, each instance offers the matching a second, later
+  slot (T_j + the mean service time of the waiting queries on it): queries that can only make QoS
+  on the same fast instance then queue behind each other there, with feasibility judged on when
+  each would really start, instead of all but one being forced elsewhere.
+- hold: the matching is one-to-one, so when more queries can only make QoS on a busy instance than
+  it has slots in the matching, the rest are forced onto other columns, infeasible ones included.
+  Such a forced match to a free instance is not carried out while the query still has a feasible
+  edge anywhere (even one the matching gave another query): it waits a round, rather than take a
+  slow instance on which it will certainly miss QoS and which it would keep busy for a long time.
 - tiers: an edge infeasible on p99 but within QoS on the mean pays the penalty once, one that misses
   QoS even on the mean pays it twice; so a query that cannot make QoS with p99 certainty goes where
   it still makes it on average, rather than to the cheapest column.
@@ -134,15 +138,26 @@ class KairosPolicy:
     Rows are the oldest min(m, 2n) queries (older ones first: a later query never displaces an
     earlier one from consideration), columns all n instances. `tail=True` judges feasibility on p99
     service time rather than the mean; `margin_s` reserves time for the dispatcher's own overhead.
-    `hold` and `tiers` switch the two rules beyond the paper (module docstring); with both off and
-    `tail=False` this is the paper's rule.
+    `lookahead` (later slots offered per instance), `hold` and `tiers` switch the rules beyond the
+    paper (module docstring); with `lookahead=0`, `hold=False`, `tiers=False` and `tail=False` this
+    is the paper's rule.
     """
 
     name = "kairos"
 
     def __init__(
-        self, profiles: ProfileTable, *, tail: bool = True, margin_s: float = 0.0, hold: bool = True, tiers: bool = True
+        self,
+        profiles: ProfileTable,
+        *,
+        tail: bool = True,
+        margin_s: float = 0.0,
+        lookahead: int = 1,
+        hold: bool = True,
+        tiers: bool = True,
     ) -> None:
+        if lookahead < 0:
+            raise ConfigError(f"kairos: lookahead must be >= 0, got {lookahead}")
+        self.lookahead = int(lookahead)
         self.profiles = profiles
         self.coef = heterogeneity_coefficients(profiles)
         self.mean = profiles.mean_s
@@ -183,10 +198,11 @@ class KairosPolicy:
         j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 
-    def cost_matrix(self, snap: Snapshot, rows: int) -> np.ndarray:
-        """Edge costs of the oldest `rows` queries × all columns; a feasible edge costs less than
-        `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one at least that (twice that: missed on the mean too)."""
-        busy = snap.i_busy_s[None, :]
+    def cost_matrix(self, snap: Snapshot, rows: int, busy_s: np.ndarray | None = None) -> np.ndarray:
+        """Edge costs of the oldest `rows` queries × all columns (busy times `busy_s`, by default the
+        snapshot's); a feasible edge costs less than `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one
+        at least that (twice that: missed on the mean too)."""
+        busy = (snap.i_busy_s if busy_s is None else busy_s)[None, :]
         coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]]
         cost = coef * busy + _service(self.cmean, snap, rows)
         start = snap.q_waited_s[:rows, None] + busy
@@ -206,8 +222,14 @@ class KairosPolicy:
             return self._one(snap)
         rows = min(snap.m, 2 * snap.n)
         cost = self.cost_matrix(snap, rows)
+        if self.lookahead:
+            # later slot k of instance j: free after T_j + k × (mean service of the waiting queries on j)
+            step = _service(self.mean, snap, rows).mean(axis=0)
+            later = [self.cost_matrix(snap, rows, snap.i_busy_s + k * step) for k in range(1, self.lookahead + 1)]
+            cost = np.hstack([cost, *later])
         r, c = linear_sum_assignment(cost)
-        keep = snap.i_free[c]
+        keep = c < snap.n  # a match to a later slot means: wait
+        keep[keep] = snap.i_free[c[keep]]
         if self.hold:
             # a forced infeasible match is not carried out while the query has a feasible edge
             penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[r]

@@ -129,11 +129,30 @@ def test_kairos_hold_keeps_a_forced_infeasible_match_waiting() -> None:
     # cpu ~160 ms. The one-to-one matching must give one of them the cpu; carrying that out would be
     # a certain QoS miss, and the query can still make it on the gpu after the other one.
     snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.05)
-    assert len(KairosPolicy(p, hold=False)(snap)) == 1  # the paper's rule sends one to the cpu
-    assert len(KairosPolicy(p)(snap)) == 0  # both wait for the gpu
+    assert len(KairosPolicy(p, lookahead=0, hold=False)(snap)) == 1  # the paper's rule sends one to the cpu
+    assert len(KairosPolicy(p, lookahead=0)(snap)) == 0  # both wait for the gpu
     # once neither can make QoS anywhere (waited 45 ms), holding helps no one: the free cpu is used
     late = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], waited_s=[0.045, 0.045], qos_s=0.05)
     assert KairosPolicy(p)(late).instances.tolist() == [0]
+
+
+def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance() -> None:
+    p = make_profiles()
+    # two batch-800 queries (gpu ~16.4 ms, cpu ~160 ms); the gpu is busy 1 ms more. QoS 50 ms: the
+    # second can start on the gpu after the first (1 + 16.4 + 16.4 = 33.8 ms ≤ 50): with the later
+    # slot it is matched there (waits), without it the matching forces it onto the cpu.
+    snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.05)
+    assert len(KairosPolicy(p, lookahead=0, hold=False)(snap)) == 1
+    assert len(KairosPolicy(p, hold=False)(snap)) == 0
+    # QoS 30 ms: the later slot shows the second cannot make QoS behind the first (33.8 > 30); the
+    # cpu misses too, and the tiers rank it first (0.1 × 160 ms < 33.8 ms), so it is served there now
+    snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.03)
+    assert KairosPolicy(p, hold=False)(snap).instances.tolist() == [0]
+    # hold is deliberately cruder: the query could still make QoS on the gpu's next slot (which its
+    # twin got), so it waits one more round (until the gpu frees) before giving up on it
+    assert len(KairosPolicy(p)(snap)) == 0
+    with pytest.raises(ConfigError, match="lookahead"):
+        make_policy("kairos", p, lookahead=-1)
 
 
 def test_kairos_lost_queries_are_all_served_when_instances_are_free() -> None:
