@@ -24,6 +24,8 @@ class SchedulerCollector(Collector):
             ("kairos_queries_failed", s.failed, "Queries answered with a backend error"),
             ("kairos_queries_expired", s.expired, "Queries answered UNAVAILABLE at their deadline"),
             ("kairos_queries_retried", s.retried, "Queries requeued after an instance failed"),
+            ("kairos_queries_http_forwarded", s.http_forwarded,
+             "HTTP queries sent to an instance's HTTP endpoint as received (not converted to gRPC)"),
             ("kairos_qos_violations", s.qos_violations, "Completed queries whose latency exceeded QoS"),
             ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds (matchings) run"),
             ("kairos_dispatch_matched", s.matched, "Queries sent by dispatch rounds (÷ rounds = queries per matching)"),

@@ -64,6 +64,7 @@ class SchedulerStats:
     failed: int = 0
     expired: int = 0
     retried: int = 0
+    http_forwarded: int = 0  # HTTP queries sent to an instance's HTTP endpoint as received
     qos_violations: int = 0
     rounds: int = 0
     matched: int = 0
@@ -178,6 +179,7 @@ class Scheduler:
         try:
             http = q.http
             if http is not None and inst.http is not None:
+                self.stats.http_forwarded += 1
                 response = await inst.http.infer(http, timeout)
             else:
                 if q.request is None:

@@ -51,7 +51,9 @@ def write_config(
     max_request_bytes: int = 64 * 1024 * 1024,
     extra_scheduler: str = "",
     types_toml: str | None = None,
+    endpoints_toml: str = "",
 ) -> dict[str, int]:
+    """A config on free ports; `endpoints_toml` ([[fleet.endpoints]] tables) is appended after the static fleet."""
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     qos = qos_ms or {"dlrm": 60.0, "ncf": 30.0}
     local = (REPO / "configs" / "local.toml").read_text()
@@ -80,6 +82,8 @@ profiles = "{REPO / 'profiles' / 'local'}"
 
 [fleet.static]
 {chr(10).join(f'{t} = {n}' for t, n in fleet.items())}
+
+{endpoints_toml}
 """
     )
     return ports
