@@ -29,7 +29,7 @@ from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Unavailable
 from kairosd.profiles import ProfileTable
 from kairosd.registry import Instance, InstanceState, Registry
-from kairosd.snapshot_arrays import ArrayCache
+from kairosd.snapshot_cache import FreshQuerySnapshots
 from kairosd.repository import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Scheduler:
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
-        self._arrays = ArrayCache()
+        self._fresh = FreshQuerySnapshots()
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
         self.accepting = True
@@ -315,24 +315,18 @@ class Scheduler:
             self._arm_tick()
 
     def _one_query_snapshot(self, q: Query, now: float, types: list[int], busy: list[float], n_free: int) -> Snapshot:
-        """The snapshot of a round with one query, from cached read-only arrays where values repeat:
-        its model, batch and QoS, the columns when all are free, and its wait when it arrived this
-        very loop iteration (the loop clock then still reads its arrival time)."""
-        a = self._arrays.array
-        waited = now - q.arrival_s
-        n = len(types)
-        if n_free == n:
-            i_busy, i_free = a((0.0,) * n, np.float64), a((True,) * n, np.bool_)
-        else:
-            i_busy, i_free = np.array(busy), np.array([b == 0.0 for b in busy])
+        """The snapshot of a round with one query: a cached one when the query arrived this very
+        loop iteration (the loop clock still reads its arrival time) and every column is free."""
+        if n_free == len(types) and now == q.arrival_s:
+            return self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
         return Snapshot(
-            q_model=a((q.model_idx,), np.intp),
-            q_batch=a((q.batch,), np.intp),
-            q_waited_s=a((0.0,), np.float64) if waited == 0.0 else np.array([waited]),
-            q_qos_s=a((q.qos_s,), np.float64),
-            i_type=a(tuple(types), np.intp),
-            i_busy_s=i_busy,
-            i_free=i_free,
+            q_model=np.array([q.model_idx], dtype=np.intp),
+            q_batch=np.array([q.batch], dtype=np.intp),
+            q_waited_s=np.array([now - q.arrival_s]),
+            q_qos_s=np.array([q.qos_s]),
+            i_type=np.array(types, dtype=np.intp),
+            i_busy_s=np.array(busy),
+            i_free=np.array([b == 0.0 for b in busy]),
         )
 
     # ---- deadlines and idleness ------------------------------------------------------------------
