@@ -29,7 +29,7 @@ from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Unavailable
 from kairosd.profiles import ProfileTable
 from kairosd.registry import Instance, InstanceState, Registry
-from kairosd.snapshot_cache import FreshQuerySnapshots
+from kairosd.snapshot_cache import STATELESS_POLICIES, FreshRound, FreshRounds
 from kairosd.repository import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ class Scheduler:
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
-        self._fresh = FreshQuerySnapshots()
+        self._fresh = FreshRounds()
+        self._stateless_policy = policy.name in STATELESS_POLICIES
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
         self.accepting = True
@@ -278,8 +279,13 @@ class Scheduler:
             if not live:
                 self._kick()
                 return
-        if len(live) == 1:
-            snap = self._one_query_snapshot(live[0], now, types, busy, n_free)
+        fresh: FreshRound | None = None
+        if len(live) == 1 and n_free == len(types) and now == live[0].arrival_s:
+            # one query that arrived this very loop iteration (the loop clock still reads its
+            # arrival time), every column free: the commonest round, cached (kairosd.snapshot_cache)
+            q = live[0]
+            fresh = self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
+            snap = fresh.snap
         else:
             snap = Snapshot(
                 q_model=np.array([q.model_idx for q in live], dtype=np.intp),
@@ -290,19 +296,24 @@ class Scheduler:
                 i_busy_s=np.array(busy),
                 i_free=np.array([b == 0.0 for b in busy]),
             )
-        try:
-            assignment = self.policy(snap)
-        except Exception:  # noqa: BLE001 - the loop must not die of one bad round
-            log.exception("dispatch policy failed; the queries stay queued and the round is retried")
-            waiting.extendleft(reversed(live))
-            self._arm_tick()
-            return
+        if fresh is not None and fresh.decision is not None:
+            matched, cols = fresh.decision
+        else:
+            try:
+                assignment = self.policy(snap)
+            except Exception:  # noqa: BLE001 - the loop must not die of one bad round
+                log.exception("dispatch policy failed; the queries stay queued and the round is retried")
+                waiting.extendleft(reversed(live))
+                self._arm_tick()
+                return
+            matched, cols = assignment.queries.tolist(), assignment.instances.tolist()
+            if fresh is not None and self._stateless_policy:
+                fresh.decision = (matched, cols)
         self.stats.rounds += 1
-        matched = assignment.queries.tolist()
         self.stats.matched += len(matched)
         mean = self._mean_s
         top = self._top_batch
-        for qi, col in zip(matched, assignment.instances.tolist()):
+        for qi, col in zip(matched, cols):
             q, inst = live[qi], insts[col]
             expected = now + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
@@ -313,21 +324,6 @@ class Scheduler:
             waiting.extendleft(reversed([q for i, q in enumerate(live) if i not in sent]))
         if waiting:
             self._arm_tick()
-
-    def _one_query_snapshot(self, q: Query, now: float, types: list[int], busy: list[float], n_free: int) -> Snapshot:
-        """The snapshot of a round with one query: a cached one when the query arrived this very
-        loop iteration (the loop clock still reads its arrival time) and every column is free."""
-        if n_free == len(types) and now == q.arrival_s:
-            return self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
-        return Snapshot(
-            q_model=np.array([q.model_idx], dtype=np.intp),
-            q_batch=np.array([q.batch], dtype=np.intp),
-            q_waited_s=np.array([now - q.arrival_s]),
-            q_qos_s=np.array([q.qos_s]),
-            i_type=np.array(types, dtype=np.intp),
-            i_busy_s=np.array(busy),
-            i_free=np.array([b == 0.0 for b in busy]),
-        )
 
     # ---- deadlines and idleness ------------------------------------------------------------------
     @staticmethod
