@@ -136,7 +136,8 @@ class KairosPolicy:
     """The Kairos bipartite matching (see the module docstring), solved with linear_sum_assignment.
 
     Rows are the oldest min(m, 2n) queries (older ones first: a later query never displaces an
-    earlier one from consideration), columns all n instances. `tail=True` judges feasibility on p99
+    earlier one from consideration), columns all n instances; with `lookahead` ≥ 1 the oldest
+    min(m, n) queries over n·(1 + lookahead) slots. `tail=True` judges feasibility on p99
     service time rather than the mean; `margin_s` reserves time for the dispatcher's own overhead.
     `lookahead` (later slots offered per instance), `hold` and `tiers` switch the rules beyond the
     paper (module docstring); with `lookahead=0`, `hold=False`, `tiers=False` and `tail=False` this
@@ -220,7 +221,10 @@ class KairosPolicy:
             return EMPTY
         if snap.m == 1:
             return self._one(snap)
-        rows = min(snap.m, 2 * snap.n)
+        # the window: the oldest 2n queries over n columns; with later slots (2n columns or more) the
+        # oldest n, so that rows < columns: an unbalanced matrix solves 5-10x faster than a square
+        # one full of ties (64 x 64: ~0.4 ms; 32 x 64: ~40 us), and more rows gained nothing (bench)
+        rows = min(snap.m, snap.n if self.lookahead else 2 * snap.n)
         cost = self.cost_matrix(snap, rows)
         if self.lookahead:
             # later slot k of instance j: free after T_j + k × (mean service of the waiting queries on j)

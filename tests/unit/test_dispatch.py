@@ -177,9 +177,14 @@ def test_kairos_tiers_prefer_the_instance_that_still_makes_qos_on_the_mean() -> 
 def test_kairos_rows_bounded_to_twice_the_instances() -> None:
     p = make_profiles()
     snap = make_snapshot(p, batches=[10] * 50, types=["cpu", "gpu"], qos_s=1.0)
-    a = KairosPolicy(p)(snap)
+    a = KairosPolicy(p, lookahead=0)(snap)
     assert len(a) == 2
     assert set(a.queries.tolist()) <= set(range(4))  # only the oldest 2n rows considered
+    # with later slots the window is the oldest n. Waiting for the cpu's next slot (0.1 × (4 + 4) ms)
+    # is cheaper than the idle gpu (1 × 2 ms) and within QoS, so the second query waits for the cpu:
+    # the gpu stays free for the large queries it is worth most on
+    a = KairosPolicy(p)(snap)
+    assert a.pairs() == [(0, 0)]
 
 
 def test_fcfs_takes_queue_head_to_first_idle() -> None:
