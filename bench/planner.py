@@ -42,7 +42,6 @@ from kairosd.planner import (
     homogeneous_configs,
     make_candidates,
     miss_from_samples,
-    proportional_bound,
     select_exhaustive,
     select_homogeneous,
     select_kairos,
