@@ -3,7 +3,8 @@
 One real Triton (PyTriton, serving the repository's models) is the backend. For each protocol (gRPC,
 HTTP) and concurrency (1, 8, 64) a closed-loop tritonclient load (bench/loadgen.py, its own process)
 measures p50/p99 latency and throughput; the proxies' CPU seconds per 1,000 queries come from
-/proc/<pid>/stat. Each cell is repeated and the median reported. Writes bench/results/proxy.json.
+/proc/<pid>/stat. Each cell is repeated (the three targets taking turns within each repeat) and the
+median reported. Writes bench/results/proxy.json.
 
     python bench/proxy.py [--duration-s 3] [--repeats 3] [--model ncf --batch 1]
 """
@@ -129,9 +130,11 @@ def main() -> int:
         results = []
         for protocol, tg in targets.items():
             for conc in concs:
-                for name, (url, proc) in tg.items():
-                    runs = []
-                    for _ in range(args.repeats):
+                # the targets take turns within each repeat, so a change in the machine's background
+                # load during a cell affects all three alike rather than whichever ran at that moment
+                runs: dict[str, list[dict]] = {name: [] for name in tg}
+                for _ in range(args.repeats):
+                    for name, (url, proc) in tg.items():
                         c0 = cpu_s(proc.pid) if proc else 0.0
                         r = load(protocol, url, conc, args)
                         c1 = cpu_s(proc.pid) if proc else 0.0
@@ -139,11 +142,12 @@ def main() -> int:
                         # plus the warm-up ones, estimated at the same rate
                         total_q = r["n"] * (1 + 0.5 / args.duration_s)
                         r["cpu_ms_per_query"] = (c1 - c0) / total_q * 1e3 if proc and total_q else None
-                        runs.append(r)
-                    med = {k: statistics.median([x[k] for x in runs]) if runs[0][k] is not None else None
+                        runs[name].append(r)
+                for name, rs in runs.items():
+                    med = {k: statistics.median([x[k] for x in rs]) if rs[0][k] is not None else None
                            for k in ("qps", "p50_ms", "p99_ms", "cpu_ms_per_query")}
-                    med["errors"] = sum(x["errors"] for x in runs)
-                    results.append({"protocol": protocol, "concurrency": conc, "target": name, **med, "runs": runs})
+                    med["errors"] = sum(x["errors"] for x in rs)
+                    results.append({"protocol": protocol, "concurrency": conc, "target": name, **med, "runs": rs})
                     print(f"{protocol:4s} c={conc:<3d} {name:8s} p50 {med['p50_ms']:7.2f} ms  p99 {med['p99_ms']:7.2f} ms  "
                           f"{med['qps']:8.0f} q/s  cpu "
                           + (f"{med['cpu_ms_per_query']:.3f} ms/q" if med["cpu_ms_per_query"] is not None else "-"),

@@ -109,6 +109,8 @@ class _Connection(asyncio.Protocol):
         status, headers, start = self._head
         length = headers.get("content-length")
         if length is not None:
+            if not length.isdigit():
+                raise HttpWireError(f"reply Content-Length {length[:40]!r} is not a number")
             n = int(length)
             if len(buf) - start < n:
                 return None
@@ -141,13 +143,9 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
             size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
         except ValueError:
             raise HttpWireError("malformed chunk size in reply") from None
-        if size == 0:
-            trailer_end = buf.find(b"\r\n", eol + 2)
-            while trailer_end >= 0 and trailer_end != eol + 2:  # skip trailer lines
-                eol, trailer_end = trailer_end, buf.find(b"\r\n", trailer_end + 2)
-            if trailer_end < 0:
-                return None
-            return b"".join(parts), trailer_end + 2
+        if size == 0:  # the last chunk: optional trailer lines, then an empty line
+            end = buf.find(_CRLF2, eol)
+            return (b"".join(parts), end + 4) if end >= 0 else None
         if len(buf) < eol + 2 + size + 2:
             return None
         parts.append(bytes(buf[eol + 2:eol + 2 + size]))
