@@ -160,7 +160,9 @@ def main() -> int:
         return next(r for r in results if r["protocol"] == protocol and r["concurrency"] == conc and r["target"] == target)
 
     print("\nMedians of", args.repeats, "runs;", f"model {args.model} batch {args.batch}; CPU = proxy process only\n")
+    print("added p50 = proxy p50 - direct p50: of the medians, and paired (median over repeats of the per-repeat difference)")
     print(f"{'proto':5s} {'conc':>4s} | {'direct p50':>10s} {'bare +p50':>9s} {'kairosd +p50':>12s} {'ratio':>5s} | "
+          f"{'paired: bare':>12s} {'kairosd':>7s} {'ratio':>5s} | "
           f"{'bare cpu/1kq':>12s} {'kairosd cpu/1kq':>15s} {'ratio':>5s} | {'direct q/s':>10s} {'bare q/s':>8s} {'kairosd q/s':>11s}")
     summary = []
     for protocol in targets:
@@ -168,14 +170,22 @@ def main() -> int:
             d, b, k = cell(protocol, conc, "direct"), cell(protocol, conc, "bare"), cell(protocol, conc, "kairosd")
             add_b, add_k = b["p50_ms"] - d["p50_ms"], k["p50_ms"] - d["p50_ms"]
             cpu_b, cpu_k = b["cpu_ms_per_query"], k["cpu_ms_per_query"]
+            # paired: each repeat's proxy p50 minus the direct p50 of the same repeat (they ran back to
+            # back), then the median over repeats; robust to background load that drifts between repeats
+            pair_b = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(b["runs"], d["runs"]))
+            pair_k = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(k["runs"], d["runs"]))
             row = {"protocol": protocol, "concurrency": conc, "added_p50_ms_bare": add_b, "added_p50_ms_kairosd": add_k,
                    "added_p50_ratio": add_k / add_b if add_b > 0 else None,
+                   "added_p50_ms_bare_paired": pair_b, "added_p50_ms_kairosd_paired": pair_k,
+                   "added_p50_ratio_paired": pair_k / pair_b if pair_b > 0 else None,
                    "cpu_s_per_1000q_bare": cpu_b, "cpu_s_per_1000q_kairosd": cpu_k,
                    "cpu_ratio": cpu_k / cpu_b if cpu_b else None,
                    "qps_direct": d["qps"], "qps_bare": b["qps"], "qps_kairosd": k["qps"]}
             summary.append(row)
             ratio_p50 = f"{row['added_p50_ratio']:.2f}" if row["added_p50_ratio"] is not None else "  n/a"
+            ratio_pair = f"{row['added_p50_ratio_paired']:.2f}" if row["added_p50_ratio_paired"] is not None else "  n/a"
             print(f"{protocol:5s} {conc:4d} | {d['p50_ms']:8.2f}ms {add_b:7.2f}ms {add_k:10.2f}ms {ratio_p50:>5s} | "
+                  f"{pair_b:7.2f}ms {pair_k:7.2f}ms {ratio_pair:>5s} | "
                   f"{cpu_b:10.3f} s {cpu_k:13.3f} s {row['cpu_ratio']:5.2f} | {d['qps']:10.0f} {b['qps']:8.0f} {k['qps']:11.0f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "cells": results, "summary": summary}, indent=1))

@@ -78,3 +78,15 @@ def test_stateless_policies_keep_no_state_and_repeat_their_answer(name: str) -> 
         first, second = policy(snap), policy(snap)
         assert first.pairs() == second.pairs()
     assert _same(before, _state(policy)), f"{name} changed its own state while deciding"
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_reads_a_cached_read_only_snapshot(name: str) -> None:
+    """Cached snapshots are shared between rounds, so no policy may write one (it would raise here)."""
+    profiles = ProfileTable.load_dir(PROFILES, models=["dlrm", "ncf"])
+    policy = make_policy(name, profiles)
+    cache = FreshRounds()
+    for batch in (1, 64, 1000):
+        snap = cache.get(1, batch, 0.03, list(range(len(profiles.types))) * 2)
+        assignment = policy(snap)
+        assert len(assignment) <= 1
