@@ -87,6 +87,6 @@ def test_every_policy_reads_a_cached_read_only_snapshot(name: str) -> None:
     policy = make_policy(name, profiles)
     cache = FreshRounds()
     for batch in (1, 64, 1000):
-        snap = cache.get(1, batch, 0.03, list(range(len(profiles.types))) * 2)
+        snap = cache.get(1, batch, 0.03, list(range(len(profiles.types))) * 2).snap
         assignment = policy(snap)
         assert len(assignment) <= 1
