@@ -203,18 +203,24 @@ class KairosPolicy:
         """Edge costs of the oldest `rows` queries × all columns (busy times `busy_s`, by default the
         snapshot's); a feasible edge costs less than `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one
         at least that (twice that: missed on the mean too)."""
-        busy = (snap.i_busy_s if busy_s is None else busy_s)[None, :]
-        coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]]
-        cost = coef * busy + _service(self.cmean, snap, rows)
-        start = snap.q_waited_s[:rows, None] + busy
-        budget = snap.q_qos_s[:rows, None] - self.margin_s
-        infeasible = start + _service(self.check, snap, rows) > budget
+        busy = snap.i_busy_s if busy_s is None else busy_s
+        return self._slot_costs(snap, rows, busy[None, :], _service(self.mean, snap, rows))
+
+    def _slot_costs(self, snap: Snapshot, rows: int, busy: np.ndarray, svc_mean: np.ndarray) -> np.ndarray:
+        """Edge costs over S slots per instance at once: busy (S × n) → rows × (S·n), slot-major,
+        the per-edge lookups (coefficient, service times) gathered once for all slots."""
+        b = busy[None, :, :]
+        coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]][:, None, :]
+        cost = coef * b + _service(self.cmean, snap, rows)[:, None, :]
+        start = snap.q_waited_s[:rows, None, None] + b
+        budget = snap.q_qos_s[:rows, None, None] - self.margin_s
+        infeasible = start + _service(self.check, snap, rows)[:, None, :] > budget
         if infeasible.any():
-            penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None]
+            penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None, None]
             cost = cost + infeasible * penalty
             if self.tiers:
-                cost = cost + (start + _service(self.mean, snap, rows) > budget) * penalty
-        return cost
+                cost = cost + (start + svc_mean[:, None, :] > budget) * penalty
+        return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:
         if snap.m == 0 or not snap.i_free.any():
@@ -225,12 +231,13 @@ class KairosPolicy:
         # oldest n, so that rows < columns: an unbalanced matrix solves 5-10x faster than a square
         # one full of ties (64 x 64: ~0.4 ms; 32 x 64: ~40 us), and more rows gained nothing (bench)
         rows = min(snap.m, snap.n if self.lookahead else 2 * snap.n)
-        cost = self.cost_matrix(snap, rows)
+        svc_mean = _service(self.mean, snap, rows)
+        busy = snap.i_busy_s[None, :]
         if self.lookahead:
             # later slot k of instance j: free after T_j + k × (mean service of the waiting queries on j)
-            step = _service(self.mean, snap, rows).mean(axis=0)
-            later = [self.cost_matrix(snap, rows, snap.i_busy_s + k * step) for k in range(1, self.lookahead + 1)]
-            cost = np.hstack([cost, *later])
+            step = svc_mean.mean(axis=0)
+            busy = busy + np.arange(self.lookahead + 1)[:, None] * step[None, :]
+        cost = self._slot_costs(snap, rows, busy, svc_mean)
         r, c = linear_sum_assignment(cost)
         keep = c < snap.n  # a match to a later slot means: wait
         keep[keep] = snap.i_free[c[keep]]
