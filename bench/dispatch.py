@@ -117,20 +117,20 @@ def main() -> int:
                 return q.mean(axis=1).tolist()
 
             # threshold: coarse sweep over the grid, then ±40 around the best in steps of 10
-            sweep = dict(zip(grid, mean_qps([("threshold", {"threshold": t}) for t in grid], tune)))
+            sweep = dict(zip(grid, mean_qps([("threshold", {"threshold": t}) for t in grid], tune), strict=True))
             coarse = max(sweep, key=lambda t: sweep[t])
             fine = [t for t in range(max(10, coarse - 40), min(1000, coarse + 40) + 1, 10) if t not in sweep]
-            sweep.update(zip(fine, mean_qps([("threshold", {"threshold": t}) for t in fine], tune)))
+            sweep.update(zip(fine, mean_qps([("threshold", {"threshold": t}) for t in fine], tune), strict=True))
             best_t = max(sorted(sweep), key=lambda t: sweep[t])
             names = ("kairos", ABLATION) + BASELINES + ("threshold",)
             specs = ([("kairos", {}), ("kairos", {"lookahead": 0, "hold": False, "tiers": False})] + [(n, {}) for n in BASELINES]
                      + [("threshold", {"threshold": best_t})])
-            res: dict[str, Any] = dict(zip(names, mean_qps(specs, held_out)))
+            res: dict[str, Any] = dict(zip(names, mean_qps(specs, held_out), strict=True))
             kairos_tune = mean_qps([("kairos", {})], tune)[0]
             strongest = max(BASELINES + ("threshold",), key=lambda n: res[n])
             rows.append({
                 "model": model,
-                "config": " + ".join(f"{c}×{t}" for c, t in zip(key, wl.types) if c),
+                "config": " + ".join(f"{c}×{t}" for c, t in zip(key, wl.types, strict=False) if c),
                 "counts": list(key),
                 "source": source,
                 "ub_qps": ub,
@@ -151,7 +151,8 @@ def main() -> int:
           f"noise); max QPS at p99 <= QoS, mean of {args.seeds} held-out seeds x {args.queries} queries; threshold tuned "
           f"on {args.seeds} other seeds")
     cols = ("kairos", ABLATION) + BASELINES + ("threshold",)
-    hdr = f"{'model':6} {'configuration':38} {'UB':>7} " + " ".join(f"{c:>18}" for c in cols) + f" {'thr':>4} {'K/thr':>6} {'K/best':>6}"
+    hdr = (f"{'model':6} {'configuration':38} {'UB':>7} " + " ".join(f"{c:>18}" for c in cols)
+           + f" {'thr':>4} {'K/thr':>6} {'K/best':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -169,7 +170,8 @@ def main() -> int:
         share = [r["qps"][c] / r["qps"]["kairos"] for r in rows]
         print(f"  {c:15} reaches a median {statistics.median(share):.2f} of Kairos' QPS")
     print(f"\nKairos matching, 64 waiting x 32 instances: {speed['64x32_us']:.0f} us per call "
-          f"(cost matrix {speed['64x32_cost_matrix_us']:.0f} us); 1 x 14: {speed['1x14_us']:.0f} us; 28 x 14: {speed['28x14_us']:.0f} us")
+          f"(cost matrix {speed['64x32_cost_matrix_us']:.0f} us); 1 x 14: {speed['1x14_us']:.0f} us; "
+          f"28 x 14: {speed['28x14_us']:.0f} us")
     total = time.perf_counter() - t_start
     print(f"total benchmark time {total:.0f} s")
     out = {

@@ -1,4 +1,5 @@
-"""Planner benchmark on the Kairos authors' data: exhaustive optimum vs Kairos (queue-aware and the paper's rule), Kairos+ and the best homogeneous fleet.
+"""Planner benchmark on the Kairos authors' data: exhaustive optimum vs Kairos (queue-aware and the \
+paper's rule), Kairos+ and the best homogeneous fleet.
 
 For each of the 5 models and each budget, every maximal configuration is simulated (max QPS at p99 ≤
 QoS, Kairos dispatch, measured-sample noise) — the ground truth — and each selector's choice is
@@ -71,7 +72,9 @@ def _mean_and_miss(wl: workload.KairosWorkload, model: str, setup: SimSetup) -> 
     return mean_s, miss_from_samples(mean_s, setup.service.relative[ti], wl.qos_s[model], setup.service.grid_step)
 
 
-def _bound_model(wl: workload.KairosWorkload, model: str, setup: SimSetup, tail: bool, pmf: np.ndarray | None = None) -> BoundModel:
+def _bound_model(
+    wl: workload.KairosWorkload, model: str, setup: SimSetup, tail: bool, pmf: np.ndarray | None = None
+) -> BoundModel:
     """The planner's inputs for the workload `setup` serves: its stream's batch mix (or `pmf`) and the
     per-type probability of missing QoS drawn from the same measured samples as the simulator."""
     miss = _mean_and_miss(wl, model, setup)[1]
@@ -88,7 +91,8 @@ def _exceed(sims: np.ndarray, bound: np.ndarray) -> dict[str, Any]:
     with np.errstate(divide="ignore", invalid="ignore"):
         b_over_s = np.where(live, bound / np.where(live, sims, 1.0), np.inf)
         s_over_b = np.where(live & (bound > 0), sims / np.where(bound > 0, bound, 1.0), np.where(live, np.inf, 0.0))
-    return {"configs_sim_above": int(np.count_nonzero(over)), "min_bound_over_sim": float(b_over_s.min()) if live.any() else float("nan"),
+    return {"configs_sim_above": int(np.count_nonzero(over)),
+            "min_bound_over_sim": float(b_over_s.min()) if live.any() else float("nan"),
             "max_sim_over_bound": float(s_over_b.max()) if live.any() else float("nan"),
             "median_sim_over_bound": float(np.median(s_over_b[live])) if live.any() else float("nan")}
 
@@ -97,7 +101,9 @@ def _fmt_ratio(x: float) -> str:
     return f"{x:.3f}" if np.isfinite(x) else "inf"
 
 
-def _why_proportional_fails(wl: workload.KairosWorkload, model: str, bm: BoundModel, setup: SimSetup, config: np.ndarray) -> dict[str, Any]:
+def _why_proportional_fails(
+    wl: workload.KairosWorkload, model: str, bm: BoundModel, setup: SimSetup, config: np.ndarray
+) -> dict[str, Any]:
     """For one fleet: each present type's mean batch in the exact LP's flows vs under proportional
     feeding (the mix restricted to b ≤ B_k): specialisation shows as a smaller mean batch."""
     mean_s, miss = _mean_and_miss(wl, model, setup)
@@ -111,12 +117,16 @@ def _why_proportional_fails(wl: workload.KairosWorkload, model: str, bm: BoundMo
             "lp_mean_batch": float(flows[k] @ b / flows[k].sum()) if flows[k].sum() > 0 else float("nan"),
             "proportional_mean_batch": float(prop @ b / prop.sum()) if prop.sum() > 0 else float("nan"),
             "lp_qps_per_instance": float(flows[k].sum() / config[k]),
-            "proportional_qps_per_instance": float(bm.small_rate_qps[k]) if k != int(np.argmax(bm.coverage)) else float(bm.rate_qps[k]),
+            "proportional_qps_per_instance": (
+                float(bm.small_rate_qps[k]) if k != int(np.argmax(bm.coverage)) else float(bm.rate_qps[k])
+            ),
         }
     return {"lp_qps": lam, "types": out}
 
 
-def bench_model(wl: workload.KairosWorkload, model: str, budgets: list[float], pmf: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(
+    wl: workload.KairosWorkload, model: str, budgets: list[float], pmf: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
     """Exhaustive ground truth and the selectors for one model over all budgets (p99 feasibility)."""
     setup = _setup(wl, model, True, args)
     bm = _bound_model(wl, model, setup, tail=True)  # the planner's inputs: the stream's own mix
@@ -159,7 +169,8 @@ def bench_model(wl: workload.KairosWorkload, model: str, budgets: list[float], p
             "configs_all": n_all[b],
             "optimum": {"config": c.label(ex.config), "counts": ex.config.tolist(), "qps": ex.qps, "ub_qps": ex.ub_qps},
             "kairos": {"config": c.label(k.config), "qps": k.qps, "ratio": k.qps / ex.qps if ex.qps else float("nan")},
-            "kairos_paper": {"config": c.label(kpap.config), "qps": kpap.qps, "ratio": kpap.qps / ex.qps if ex.qps else float("nan")},
+            "kairos_paper": {"config": c.label(kpap.config), "qps": kpap.qps,
+                             "ratio": kpap.qps / ex.qps if ex.qps else float("nan")},
             "kairos_top1": {"config": c.label(k1.config), "qps": k1.qps, "ratio": k1.qps / ex.qps if ex.qps else float("nan")},
             "kairos_plus": {
                 "config": c.label(kp.config), "qps": kp.qps, "ratio": kp.qps / ex.qps if ex.qps else float("nan"),
@@ -168,19 +179,22 @@ def bench_model(wl: workload.KairosWorkload, model: str, budgets: list[float], p
             },
             "homogeneous": {"config": c.label(ho.config), "qps": ho.qps},
             "hetero_over_homo": ex.qps / ho.qps if ho.qps else float("inf"),
-            "configs": [{"counts": cfg.tolist(), "cost": float(cost), "ub_qps": float(u), "paper_qps": float(pq), "lp_qps": float(l),
-                         "est_qps": float(e), "sim_qps": float(q)}
-                        for cfg, cost, u, pq, l, e, q in zip(c.configs, c.cost_usd_per_hour, c.ub_qps, prop, lp, c.est_qps, sims)],
+            "configs": [{"counts": cfg.tolist(), "cost": float(cost), "ub_qps": float(u), "paper_qps": float(pq),
+                         "lp_qps": float(lq), "est_qps": float(e), "sim_qps": float(q)}
+                        for cfg, cost, u, pq, lq, e, q
+                        in zip(c.configs, c.cost_usd_per_hour, c.ub_qps, prop, lp, c.est_qps, sims, strict=True)],
             "bound": {
                 "upper_bound": _exceed(sims, c.ub_qps),
                 "upper_bound_population_mix": _exceed(sims, upper_bound(c.configs, bm_pop)),
                 "proportional": _exceed(sims, prop),
                 "authors": _exceed(sims, aub),
                 "fluid_lp": _exceed(sims, lp),
-                "ub_over_lp": {"min": float(tight.min()), "median": float(np.median(tight)), "p95": float(np.quantile(tight, 0.95)),
-                               "max": float(tight.max()), "zero_mismatch": int(np.count_nonzero((lp <= 0) & (c.ub_qps > 0))),
+                "ub_over_lp": {"min": float(tight.min()), "median": float(np.median(tight)),
+                               "p95": float(np.quantile(tight, 0.95)), "max": float(tight.max()),
+                               "zero_mismatch": int(np.count_nonzero((lp <= 0) & (c.ub_qps > 0))),
                                "lp_s_per_config": lp_s / len(c)},
-                "proportional_worst": {"config": c.label(worst_prop), "sim_qps": float(sims[worst_prop]), "paper_qps": float(prop[worst_prop]),
+                "proportional_worst": {"config": c.label(worst_prop), "sim_qps": float(sims[worst_prop]),
+                                       "paper_qps": float(prop[worst_prop]),
                                        "ub_qps": float(c.ub_qps[worst_prop]),
                                        "why": _why_proportional_fails(wl, model, bm, setup, c.configs[worst_prop])},
             },
@@ -235,7 +249,8 @@ def bench_rank_speed(wl: workload.KairosWorkload, pmf: np.ndarray) -> dict[str, 
     # (same processors; the n types add network bandwidth). Only the timing matters here.
     twin = {"c5.2xlarge": "c5n.2xlarge", "r5.large": "r5n.large"}
     idx = [wl.profiles.type_index(twin.get(t, t)) for t in cat.names]
-    prof = ProfileTable(wl.profiles.models, cat.names, wl.profiles.mean_s[:, idx, :], wl.profiles.p99_s[:, idx, :], wl.profiles.measured_batches)
+    prof = ProfileTable(wl.profiles.models, cat.names, wl.profiles.mean_s[:, idx, :], wl.profiles.p99_s[:, idx, :],
+                        wl.profiles.measured_batches)
     bm = BoundModel.from_profiles(prof, "ncf", cat.names, pmf, wl.qos_s["ncf"])
     budget = 3.5
     t0 = time.perf_counter()
@@ -291,8 +306,10 @@ def main() -> int:
 
     print(f"\nPlanner on the Kairos data: types {', '.join(wl.types)}; Kairos batch mix; Poisson arrivals, "
           f"{args.queries} queries/run; Kairos dispatch (p99 feasibility); max QPS at p99 <= QoS")
-    hdr = (f"{'model':6} {'$/h':>4} {'cfgs':>9} {'optimum (exhaustive)':44} {'opt qps':>8} {'kairos':>8} {'k/opt':>6} {'paper':>8} {'p/opt':>6} "
-           f"{'top-1':>8} {'t1/opt':>6} {'kairos+':>8} {'k+/opt':>6} {'evals':>5} {'%max':>5} {'%all':>5} {'homog':>8} {'het/hom':>7}")
+    hdr = (f"{'model':6} {'$/h':>4} {'cfgs':>9} {'optimum (exhaustive)':44} {'opt qps':>8} "
+           f"{'kairos':>8} {'k/opt':>6} {'paper':>8} {'p/opt':>6} "
+           f"{'top-1':>8} {'t1/opt':>6} {'kairos+':>8} {'k+/opt':>6} {'evals':>5} {'%max':>5} {'%all':>5} "
+           f"{'homog':>8} {'het/hom':>7}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -331,13 +348,16 @@ def main() -> int:
     print("  paper = proportional_bound (per-type thresholds, auxiliaries fed in mix proportion);")
     print("  authors = their code (one aggregate threshold, mean rule); LP = the exact fluid LP that UB bounds from above.")
     print("  #> = configurations whose simulated QPS exceeds the bound; min b/s = min over them of bound / simulated QPS")
-    bnames = (("UB", "upper_bound"), ("pop", "upper_bound_population_mix"), ("paper", "proportional"), ("authors", "authors"), ("LP", "fluid_lp"))
-    hdr = f"{'model':6} {'$/h':>4} " + " ".join(f"{n + ': #>':>11} {'min b/s':>7}" for n, _ in bnames) + f" {'UB/LP: med':>10} {'p95':>6} {'max':>6}"
+    bnames = (("UB", "upper_bound"), ("pop", "upper_bound_population_mix"), ("paper", "proportional"), ("authors", "authors"),
+              ("LP", "fluid_lp"))
+    hdr = (f"{'model':6} {'$/h':>4} " + " ".join(f"{n + ': #>':>11} {'min b/s':>7}" for n, _ in bnames)
+           + f" {'UB/LP: med':>10} {'p95':>6} {'max':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         bd = r["bound"]
-        cells = " ".join(f"{bd[key]['configs_sim_above']:11d} {_fmt_ratio(bd[key]['min_bound_over_sim']):>7}" for _, key in bnames)
+        cells = " ".join(f"{bd[key]['configs_sim_above']:11d} {_fmt_ratio(bd[key]['min_bound_over_sim']):>7}"
+                         for _, key in bnames)
         t = bd["ub_over_lp"]
         print(f"{r['model']:6} {r['budget_usd_per_hour']:4.1f} {cells} {t['median']:10.4f} {t['p95']:6.3f} {t['max']:6.3f}")
     n_cfg = sum(r["configs_maximal"] for r in rows)
@@ -353,17 +373,20 @@ def main() -> int:
         if w["sim_qps"] <= w["paper_qps"] * (1 + 1e-9):
             continue
         parts = [f"{t}: batch {d['lp_mean_batch']:.0f} vs {d['proportional_mean_batch']:.0f} "
-                 f"({d['lp_qps_per_instance']:.0f} vs {d['proportional_qps_per_instance']:.0f}/s)" for t, d in w["why"]["types"].items()]
+                 f"({d['lp_qps_per_instance']:.0f} vs {d['proportional_qps_per_instance']:.0f}/s)"
+                 for t, d in w["why"]["types"].items()]
         print(f"{r['model']:6} {r['budget_usd_per_hour']:4.1f} {w['config']:40} sim/paper {w['sim_qps'] / w['paper_qps']:.2f}, "
               f"sim/UB {w['sim_qps'] / w['ub_qps']:.2f}; " + "; ".join(parts))
 
     print(f"\nTail-awareness: top-{TOP_TAIL} configurations by each rule's bound, simulated with the matching dispatcher rule "
           f"(budget {tails[0]['budget_usd_per_hour']} $/h)")
-    print(f"{'model':6} {'rule':5} {'median sim/UB':>13} {'min':>6} {'max':>6} {'fail@any rate':>13} {'best qps':>9} {'kairos pick qps':>15}")
+    print(f"{'model':6} {'rule':5} {'median sim/UB':>13} {'min':>6} {'max':>6} {'fail@any rate':>13} {'best qps':>9} "
+          f"{'kairos pick qps':>15}")
     for t in tails:
         for name in ("mean", "p99"):
             d = t[name]
-            print(f"{t['model']:6} {name:5} {d['median_sim_over_ub']:13.3f} {d['min_sim_over_ub']:6.3f} {d['max_sim_over_ub']:6.3f} "
+            print(f"{t['model']:6} {name:5} {d['median_sim_over_ub']:13.3f} {d['min_sim_over_ub']:6.3f} "
+                  f"{d['max_sim_over_ub']:6.3f} "
                   f"{d['failing_at_any_rate']:13d} {d['best_qps']:9.1f} {d['kairos_choice_qps']:15.1f}")
     med = {n: statistics.median(t[n]["median_sim_over_ub"] for t in tails) for n in ("mean", "p99")}
     fails = {n: sum(t[n]["failing_at_any_rate"] for t in tails) for n in ("mean", "p99")}
@@ -379,7 +402,8 @@ def main() -> int:
           f"under {speed['budget_usd_per_hour']} $/h enumerated, bounded and sorted in {speed['best_s'] * 1e3:.1f} ms")
     ts = speed["ub_over_lp_sample"]
     print(f"rank_speed: {speed['configs']} configs in {speed['best_s'] * 1e3:.1f} ms (dual vectors, once per bound model: "
-          f"{speed['dual_vectors']} vectors in {speed['dual_vectors_build_s']:.2f} s); UB / exact LP on {ts['n']} sampled configurations: "
+          f"{speed['dual_vectors']} vectors in {speed['dual_vectors_build_s']:.2f} s); "
+          f"UB / exact LP on {ts['n']} sampled configurations: "
           f"median {ts['median']:.4f}, p95 {ts['p95']:.4f}, max {ts['max']:.4f}")
     total = time.perf_counter() - t_start
     print(f"total benchmark time {total:.0f} s")
@@ -401,7 +425,8 @@ def main() -> int:
             "kairos_plus_eval_share_of_all_max": kp_share_all,
             "hetero_over_homo_median": statistics.median(hh),
             "configs_sim_above_bound": {key: sum(r["bound"][key]["configs_sim_above"] for r in rows)
-                                        for key in ("upper_bound", "upper_bound_population_mix", "proportional", "authors", "fluid_lp")},
+                                        for key in ("upper_bound", "upper_bound_population_mix", "proportional", "authors",
+                                                    "fluid_lp")},
             "ub_over_lp": {"min": float(all_tight.min()), "median": float(np.median(all_tight)),
                            "p95": float(np.quantile(all_tight, 0.95)), "max": float(all_tight.max())},
         },

@@ -163,7 +163,8 @@ def main() -> int:
     print("added p50 = proxy p50 - direct p50: of the medians, and paired (median over repeats of the per-repeat difference)")
     print(f"{'proto':5s} {'conc':>4s} | {'direct p50':>10s} {'bare +p50':>9s} {'kairosd +p50':>12s} {'ratio':>5s} | "
           f"{'paired: bare':>12s} {'kairosd':>7s} {'ratio':>5s} | "
-          f"{'bare cpu/1kq':>12s} {'kairosd cpu/1kq':>15s} {'ratio':>5s} | {'direct q/s':>10s} {'bare q/s':>8s} {'kairosd q/s':>11s}")
+          f"{'bare cpu/1kq':>12s} {'kairosd cpu/1kq':>15s} {'ratio':>5s} | "
+          f"{'direct q/s':>10s} {'bare q/s':>8s} {'kairosd q/s':>11s}")
     summary = []
     for protocol in targets:
         for conc in concs:
@@ -172,8 +173,8 @@ def main() -> int:
             cpu_b, cpu_k = b["cpu_ms_per_query"], k["cpu_ms_per_query"]
             # paired: each repeat's proxy p50 minus the direct p50 of the same repeat (they ran back to
             # back), then the median over repeats; robust to background load that drifts between repeats
-            pair_b = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(b["runs"], d["runs"]))
-            pair_k = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(k["runs"], d["runs"]))
+            pair_b = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(b["runs"], d["runs"], strict=True))
+            pair_k = statistics.median(x["p50_ms"] - y["p50_ms"] for x, y in zip(k["runs"], d["runs"], strict=True))
             row = {"protocol": protocol, "concurrency": conc, "added_p50_ms_bare": add_b, "added_p50_ms_kairosd": add_k,
                    "added_p50_ratio": add_k / add_b if add_b > 0 else None,
                    "added_p50_ms_bare_paired": pair_b, "added_p50_ms_kairosd_paired": pair_k,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Catalogue:
                 return t
         raise ConfigError(f"instance type {name!r} is not in the catalogue; known: {list(self.names)}")
 
-    def subset(self, names: Sequence[str]) -> "Catalogue":
+    def subset(self, names: Sequence[str]) -> Catalogue:
         """The catalogue restricted to `names`, in that order."""
         return Catalogue(tuple(self.get(n) for n in names), self.region, self.prices_as_of)
 

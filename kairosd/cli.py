@@ -6,7 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # subcommand -> module in kairosd.commands exposing `HELP: str`, `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS: dict[str, str] = {

@@ -6,9 +6,10 @@ All defaults live here, in the dataclass fields; `configs/local.toml` shows ever
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from kairosd.errors import ConfigError
 

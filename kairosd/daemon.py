@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 from aiohttp import web

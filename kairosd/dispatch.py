@@ -28,8 +28,9 @@ the daemon's scheduler and the benchmarks swap them by name through `make_policy
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -87,7 +88,7 @@ class Assignment:
         return len(self.queries)
 
     def pairs(self) -> list[tuple[int, int]]:
-        return list(zip(self.queries.tolist(), self.instances.tolist()))
+        return list(zip(self.queries.tolist(), self.instances.tolist(), strict=True))
 
 
 EMPTY = Assignment(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp))

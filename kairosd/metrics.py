@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class SchedulerCollector(Collector):
-    def __init__(self, scheduler: "Scheduler") -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
     def collect(self) -> Iterator[Metric]:
@@ -49,7 +50,7 @@ class SchedulerCollector(Collector):
         yield g
 
 
-def start_metrics_server(scheduler: "Scheduler", host: str, port: int) -> Callable[[], None]:
+def start_metrics_server(scheduler: Scheduler, host: str, port: int) -> Callable[[], None]:
     """Serve /metrics on host:port from a thread; returns the function that stops it."""
     registry = CollectorRegistry()
     registry.register(SchedulerCollector(scheduler))

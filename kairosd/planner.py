@@ -17,8 +17,9 @@ measurement; this module never runs one by itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -172,7 +173,7 @@ class BoundModel:
         tail: bool = True,
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
-    ) -> "BoundModel":
+    ) -> BoundModel:
         """From latency tables `[type, batch]`: `mean_s` sets the rates, `feasibility_s` (mean or p99) the
         thresholds; `miss[type, batch]` (e.g. `miss_from_samples`) the probability that a query misses
         QoS on a type without waiting, for `upper_bound` (default: feasibility_s > QoS, as 0/1)."""
@@ -207,13 +208,17 @@ class BoundModel:
         n_bands = len(keys)
         p_s = pmf[support_idx]
         band_p = np.bincount(band_of, weights=p_s, minlength=n_bands)
-        m1 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx], minlength=n_bands) for j in range(len(mean_s))])
-        m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2, minlength=n_bands) for j in range(len(mean_s))])
+        m1 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx], minlength=n_bands)
+                       for j in range(len(mean_s))])
+        m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2, minlength=n_bands)
+                       for j in range(len(mean_s))])
         slack_x = np.maximum(qos_s - feas[:, support_idx], 0.0) / qos_s  # [type, support batch], in QoS units
         # batches beyond a type's threshold miss QoS there whether they wait or not: `queue_estimate`
         # counts them in full (share 1 − coverage), so they carry no waiting-tail weight
-        tail_w = (p_s * small[:, support_idx])[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])  # [type, batch, x]
-        band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)]) for j in range(len(mean_s))])
+        # [type, batch, x]
+        tail_w = (p_s * small[:, support_idx])[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
+        band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
+                              for j in range(len(mean_s))])
         return BoundModel(
             types=tuple(types),
             qos_s=float(qos_s),
@@ -245,7 +250,7 @@ class BoundModel:
         tail: bool = True,
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
-    ) -> "BoundModel":
+    ) -> BoundModel:
         """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean."""
         mi = profiles.model_index(model)
         ti = [profiles.type_index(t) for t in types]
@@ -356,7 +361,9 @@ def _subset_directions(m: int) -> np.ndarray:
     return np.unique(np.round(grid, 12), axis=0)
 
 
-def dual_denominator(y: np.ndarray, z: np.ndarray, lat_s: np.ndarray, miss: np.ndarray, p: np.ndarray, slack: float) -> np.ndarray:
+def dual_denominator(
+    y: np.ndarray, z: np.ndarray, lat_s: np.ndarray, miss: np.ndarray, p: np.ndarray, slack: float
+) -> np.ndarray:
     """D(y, z) = Σ_b p_b·min_k (y_k·L_k(b) + z·miss_k(b)) − ε·z for rows of y [v, m] and z [v] (see `upper_bound`)."""
     cost = y[:, :, None] * lat_s[None, :, :] + z[:, None, None] * miss[None, :, :]
     return cost.min(axis=1) @ p - slack * z
@@ -544,7 +551,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
     ub = proportional_bound(configs, bm)
     est = np.zeros(len(configs))
-    if bm.band_p is None:
+    band_p, band_small, band_m1, band_m2, band_tail = bm.band_p, bm.band_small, bm.band_m1, bm.band_m2, bm.band_tail
+    if band_p is None or band_small is None or band_m1 is None or band_m2 is None or band_tail is None:
         raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
     n_types = len(bm.types)
     present = configs > 0
@@ -562,37 +570,43 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         s, t = bm.coverage, bm.time_share[j]
         aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0]
         y_cap = {k: n[:, k] * bm.small_rate_qps[k] for k in aux}
-        p_g, m1, m2, tail = bm.band_p, bm.band_m1[j], bm.band_m2[j], bm.band_tail[j]
-
-        def admissible(lam: np.ndarray) -> np.ndarray:
-            # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g
-            r = np.repeat(lam[:, None], len(p_g), axis=1)
-            used = np.zeros(len(lam))
-            for k in aux:
-                y = np.minimum(y_cap[k], s[k] * np.maximum(lam - used, 0.0))
-                used += y / s[k]
-                r -= (y / s[k])[:, None] * bm.band_small[k][None, :]
-            r = np.maximum(r, 0.0)
-            lam_b = r @ p_g
-            work = r @ m1  # offered load a (Erlangs)
-            second = r @ m2
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean_svc = np.where(lam_b > 0, work / lam_b, 0.0)
-                cs2 = np.where(work > 0, second * lam_b / work**2 - 1.0, 0.0)
-                theta = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
-            x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
-            tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(p_g))], axis=1)
-            violating = erlang_c(n_b, work) * (r * tail_g).sum(axis=1) + lam * (1.0 - s[j])
-            return (work < n_b) & (violating <= eps * lam)
-
+        p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
         lo, hi = np.zeros(len(rows)), ub[rows].copy()
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
-            ok = admissible(mid)
+            ok = _admissible(mid, j=j, n_b=n_b, s=s, aux=aux, y_cap=y_cap, band_small=band_small,
+                             p_g=p_g, m1=m1, m2=m2, tail=tail, qos=qos, eps=eps)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         est[rows] = lo
     return est
+
+
+def _admissible(
+    lam: np.ndarray, *, j: int, n_b: np.ndarray, s: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
+    band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, qos: float, eps: float,
+) -> np.ndarray:
+    """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
+    keeps the base below saturation and the violations within eps·lam (names as in `queue_estimate`)."""
+    # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g
+    r = np.repeat(lam[:, None], len(p_g), axis=1)
+    used = np.zeros(len(lam))
+    for k in aux:
+        y = np.minimum(y_cap[k], s[k] * np.maximum(lam - used, 0.0))
+        used += y / s[k]
+        r -= (y / s[k])[:, None] * band_small[k][None, :]
+    r = np.maximum(r, 0.0)
+    lam_b = r @ p_g
+    work = r @ m1  # offered load a (Erlangs)
+    second = r @ m2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_svc = np.where(lam_b > 0, work / lam_b, 0.0)
+        cs2 = np.where(work > 0, second * lam_b / work**2 - 1.0, 0.0)
+        theta = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+    x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
+    tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(p_g))], axis=1)
+    violating = erlang_c(n_b, work) * (r * tail_g).sum(axis=1) + lam * (1.0 - s[j])
+    return (work < n_b) & (violating <= eps * lam)
 
 
 def fluid_bound(config: np.ndarray, mean_s: np.ndarray, feasibility_s: np.ndarray, pmf: np.ndarray, qos_s: float,
@@ -622,7 +636,10 @@ def fluid_solution(config: np.ndarray, mean_s: np.ndarray, feasibility_s: np.nda
     flows = np.zeros((len(config), nb))
     if len(present) == 0:
         return 0.0, flows
-    mis = (np.asarray(feasibility_s, dtype=float)[:, :nb] > qos_s).astype(float) if miss is None else np.asarray(miss, dtype=float)[:, :nb]
+    mis = (
+        (np.asarray(feasibility_s, dtype=float)[:, :nb] > qos_s).astype(float) if miss is None
+        else np.asarray(miss, dtype=float)[:, :nb]
+    )
     lat, mis = mean_s[present][:, support], mis[present][:, support]
     if p @ (1.0 - mis.min(axis=0)) < 1.0 - slack - 1e-12:
         return 0.0, flows
@@ -692,7 +709,7 @@ class Candidates:
 
     def label(self, row: int | np.ndarray) -> str:
         counts = self.configs[row] if np.ndim(row) == 0 else np.asarray(row)
-        return " + ".join(f"{int(c)}×{t}" for c, t in zip(counts, self.types) if c) or "(empty)"
+        return " + ".join(f"{int(c)}×{t}" for c, t in zip(counts, self.types, strict=False) if c) or "(empty)"
 
 
 def make_candidates(
@@ -711,8 +728,8 @@ def make_candidates(
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
     est = queue_estimate(configs, bm) if estimate and len(configs) else None
-    return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices), upper_bound(configs, bm), est,
-                      proportional_bound(configs, bm))
+    return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
+                      upper_bound(configs, bm), est, proportional_bound(configs, bm))
 
 
 def rank(cands: Candidates) -> Candidates:
@@ -795,7 +812,9 @@ def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tole
     if len(cands) == 0:
         raise ConfigError("no configuration fits the budget")
     if cands.est_qps is None:
-        raise ConfigError("selector 'kairos' needs candidates with the queue-aware estimate (make_candidates(..., estimate=True))")
+        raise ConfigError(
+            "selector 'kairos' needs candidates with the queue-aware estimate (make_candidates(..., estimate=True))"
+        )
     est = cands.est_qps
     safe = est >= (1.0 - tolerance) * est.max()
     order = np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -est, -np.where(safe, cands.ub_qps, -np.inf)))
@@ -838,7 +857,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
             best_qps, best_row = qps, int(row)
         alive &= cands.ub_qps > best_qps
         alive &= ~np.all(cands.configs <= x[None, :], axis=1)
-    return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated), tuple(evaluated))
+    return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
+                     tuple(evaluated))
 
 
 def homogeneous_configs(cands: Candidates) -> np.ndarray:
@@ -856,14 +876,15 @@ def select_homogeneous(cands: Candidates, evaluator: Evaluator | None = None, bm
         raise ConfigError("no instance type fits the budget")
     if evaluator is not None:
         scores = _evaluate_many(evaluator, configs)
-        evaluated = tuple((_key(c), float(q)) for c, q in zip(configs, scores))
+        evaluated = tuple((_key(c), float(q)) for c, q in zip(configs, scores, strict=True))
     elif bm is not None:
         scores, evaluated = upper_bound(configs, bm), ()
     else:
         raise ConfigError("selector 'homogeneous' needs an evaluator or a bound model")
     i = int(np.argmax(scores))
     ub = float(upper_bound(configs[i : i + 1], bm)[0]) if bm is not None else float("nan")
-    return Selection("homogeneous", configs[i], ub, float(scores[i]) if evaluator is not None else None, len(evaluated), evaluated)
+    return Selection("homogeneous", configs[i], ub, float(scores[i]) if evaluator is not None else None, len(evaluated),
+                     evaluated)
 
 
 def select_exhaustive(cands: Candidates, evaluator: Evaluator | None = None) -> Selection:
@@ -875,7 +896,7 @@ def select_exhaustive(cands: Candidates, evaluator: Evaluator | None = None) -> 
     order = cands.ranked()
     scores = _evaluate_many(evaluator, cands.configs[order])
     i = int(np.argmax(scores))
-    evaluated = tuple((_key(cands.configs[r]), float(q)) for r, q in zip(order, scores))
+    evaluated = tuple((_key(cands.configs[r]), float(q)) for r, q in zip(order, scores, strict=True))
     row = int(order[i])
     return Selection("exhaustive", cands.configs[row], float(cands.ub_qps[row]), float(scores[i]), len(order), evaluated)
 

@@ -4,7 +4,7 @@ queries one at a time through the same gRPC client the scheduler uses and record
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from tritonclient.grpc import service_pb2

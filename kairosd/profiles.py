@@ -10,9 +10,9 @@ of the last two measured points.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,7 +111,7 @@ class ProfileTable:
         return max(self.measured_batches.get(model, (self.max_batch,)))
 
     @staticmethod
-    def build(points_by_model: Mapping[str, Sequence[ProfilePoint]], max_batch: int | None = None) -> "ProfileTable":
+    def build(points_by_model: Mapping[str, Sequence[ProfilePoint]], max_batch: int | None = None) -> ProfileTable:
         """Interpolate measured points into a table. Every model must be profiled on the same types."""
         models = tuple(points_by_model)
         if not models:
@@ -139,7 +139,7 @@ class ProfileTable:
         return ProfileTable(models, types, mean, p99, measured)
 
     @staticmethod
-    def load_dir(directory: str | Path, models: Sequence[str] | None = None, max_batch: int | None = None) -> "ProfileTable":
+    def load_dir(directory: str | Path, models: Sequence[str] | None = None, max_batch: int | None = None) -> ProfileTable:
         """Load `<directory>/<model>.csv` for each model (all CSVs in the directory when `models` is None)."""
         directory = Path(directory)
         names = list(models) if models is not None else sorted(p.stem for p in directory.glob("*.csv"))

@@ -8,8 +8,8 @@ now, the autoscaler later) write it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from kairosd.backends.client import BackendClient
 from kairosd.backends.http_client import HttpBackendClient

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import grpc
 import numpy as np
@@ -29,8 +29,8 @@ from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Unavailable
 from kairosd.profiles import ProfileTable
 from kairosd.registry import Instance, InstanceState, Registry
-from kairosd.snapshot_cache import STATELESS_POLICIES, FreshRound, FreshRounds
 from kairosd.repository import ModelSpec
+from kairosd.snapshot_cache import STATELESS_POLICIES, FreshRound, FreshRounds
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Scheduler:
         self.stats.matched += len(matched)
         mean = self._mean_s
         top = self._top_batch
-        for qi, col in zip(matched, cols):
+        for qi, col in zip(matched, cols, strict=True):
             q, inst = live[qi], insts[col]
             expected = now + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes

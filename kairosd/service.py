@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from tritonclient.grpc import service_pb2
 
@@ -20,7 +21,7 @@ class InferenceService(Protocol):
     """
 
     @property
-    def repository(self) -> Mapping[str, "ModelSpec"]: ...
+    def repository(self) -> Mapping[str, ModelSpec]: ...
 
     def is_live(self) -> bool: ...
 
@@ -31,7 +32,7 @@ class InferenceService(Protocol):
     async def infer(
         self,
         request: service_pb2.ModelInferRequest,
-        spec: "ModelSpec",
+        spec: ModelSpec,
         batch: int,
         timeout_s: float | None = None,
         raw: bytes | None = None,
@@ -43,8 +44,8 @@ class InferenceService(Protocol):
         ...
 
     async def infer_http(
-        self, forward: "HttpForward", spec: "ModelSpec", batch: int, timeout_s: float | None = None
-    ) -> "HttpReply | bytes":
+        self, forward: HttpForward, spec: ModelSpec, batch: int, timeout_s: float | None = None
+    ) -> HttpReply | bytes:
         """Serve one validated HTTP query: the instance's `HttpReply` when it was forwarded to an
         instance's HTTP endpoint as it is, else the serialized `ModelInferResponse` of the gRPC request
         `forward.to_grpc()` builds. An error status from the instance raises `InstanceHttpError`."""

@@ -18,9 +18,10 @@ import heapq
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -122,12 +123,15 @@ def _norm_ppf(u: np.ndarray) -> np.ndarray:
     return ndtri(u)
 
 
-def fleet_columns(profiles: ProfileTable, types: Sequence[str], counts: Sequence[int], slots: Sequence[int] | None = None) -> np.ndarray:
+def fleet_columns(
+    profiles: ProfileTable, types: Sequence[str], counts: Sequence[int], slots: Sequence[int] | None = None
+) -> np.ndarray:
     """The dispatcher's columns: one per instance slot, as type indices into the ProfileTable."""
     if len(types) != len(counts):
         raise ConfigError(f"{len(counts)} counts for {len(types)} types")
     slots = [1] * len(types) if slots is None else list(slots)
-    cols = [profiles.type_index(t) for t, c, s in zip(types, counts, slots) for _ in range(int(c) * int(s))]
+    # not strict: `slots` is the caller's and its length is not checked (zip has always stopped at the shortest)
+    cols = [profiles.type_index(t) for t, c, s in zip(types, counts, slots, strict=False) for _ in range(int(c) * int(s))]
     if not cols:
         raise ConfigError("the fleet has no instance")
     return np.array(cols, dtype=np.intp)
@@ -226,7 +230,7 @@ def _run(
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
             continue
         rows: list[int] = a.queries.tolist()
-        for r, c in zip(rows, a.instances.tolist()):
+        for r, c in zip(rows, a.instances.tolist(), strict=True):
             if free_at[c] > now:
                 raise RuntimeError(f"policy {policy.name!r} assigned a query to busy instance {c}")
             q = queue[r]
@@ -268,8 +272,9 @@ def simulate(
     """Run `stream` at `rate_qps` on the fleet `cols` (see `fleet_columns`) with `policy`.
 
     `svc` (true service seconds [query, type]) and `expected` (the profile means the dispatcher
-    believes) may be passed precomputed; otherwise `service` (default: no noise) computes them. With `abort`, the run stops as soon as more queries than the percentile
-    allows have missed QoS (the rate has failed whatever happens next).
+    believes) may be passed precomputed; otherwise `service` (default: no noise) computes them. With
+    `abort`, the run stops as soon as more queries than the percentile allows have missed QoS (the rate
+    has failed whatever happens next).
     """
     if rate_qps <= 0:
         raise ConfigError(f"rate_qps must be > 0, got {rate_qps}")
@@ -284,7 +289,8 @@ def simulate(
     n_measured = n - measure_from
     allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
     max_viol = math.floor(allowed) + 1 if abort else n + 1
-    finish, aborted, calls = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s, measure_from, max_viol)
+    finish, aborted, calls = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s,
+                                  measure_from, max_viol)
     lat = finish[measure_from:] - arr[measure_from:]
     served = np.isfinite(lat)
     violations = int(np.count_nonzero(lat > qos_s))
@@ -356,7 +362,8 @@ def max_qps(
     bound (it normally fails within a few hundred queries, thanks to the early abort); then
     `first_guess`·UB (simulated throughput is typically 85-100% of the bound), stepping up or
     down by 2·rel_tol·UB, doubling the step each time, until the answer is bracketed; then
-    bisection until the bracket is narrower than `rel_tol`·UB. Without a bound the fleet's raw capacity on the stream starts the search.
+    bisection until the bracket is narrower than `rel_tol`·UB. Without a bound the fleet's raw capacity
+    on the stream starts the search.
     A fresh policy is built for every run (policies such as round robin keep state).
     """
     t0 = time.perf_counter()
@@ -508,7 +515,7 @@ class SimEvaluator:
         elif todo:
             tasks = [(k, self._ub(np.asarray(k))) for k in todo]
             with ProcessPoolExecutor(self.workers, initializer=_worker_init, initargs=(self.setup,)) as pool:
-                for k, res in zip(todo, pool.map(_worker_eval, tasks, chunksize=1)):
+                for k, res in zip(todo, pool.map(_worker_eval, tasks, chunksize=1), strict=True):
                     self.cache[k] = res
                     done += 1
                     if self.progress:

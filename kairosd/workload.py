@@ -19,9 +19,10 @@ import functools
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -249,7 +250,7 @@ def sim_setup(
     mix: str = "kairos",
     noise: str = "samples",
     rel_tol: float = 0.01,
-) -> "SimSetup":
+) -> SimSetup:
     """A simulator setup on the authors' data: Poisson arrivals, `mix` batches, measured-sample noise."""
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 

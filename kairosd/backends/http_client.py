@@ -9,8 +9,8 @@ back as they are, over keep-alive connections (`http_wire`). Transport failures 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import grpc
 from tritonclient.grpc import service_pb2

@@ -92,7 +92,7 @@ class OrtModelCallable:
             feeds = {t.name: np.ascontiguousarray(request[t.name], dtype=t.np_dtype) for t in self.spec.inputs}
             with self.lock:
                 arrays = session.run(self.output_names, feeds)
-            responses.append(dict(zip(self.output_names, arrays)))
+            responses.append(dict(zip(self.output_names, arrays, strict=True)))
         return responses
 
 

@@ -127,7 +127,7 @@ def _check_shape(spec: ModelSpec, expected: TensorSpec, shape: tuple[int, ...]) 
     batched = spec.max_batch_size > 0
     want = expected.shape(batched)
     dims = shape[1:] if batched else shape
-    dims_ok = all(e in (-1, d) for e, d in zip(expected.dims, dims))
+    dims_ok = all(e in (-1, d) for e, d in zip(expected.dims, dims, strict=False))  # the rank is checked below
     ok = len(shape) == len(want) and dims_ok and min(shape, default=1) > 0
     if not ok:
         raise InvalidInput(
@@ -180,7 +180,7 @@ def encode_response(
 ) -> service_pb2.ModelInferResponse:
     """A ModelInferResponse carrying the outputs as raw_output_contents, in the order requested (as Triton does)."""
     response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request_id)
-    for name, array in zip(names, arrays):
+    for name, array in zip(names, arrays, strict=True):
         out_spec = spec.output(name)
         assert out_spec is not None
         array = np.ascontiguousarray(array, dtype=out_spec.np_dtype)

@@ -59,10 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "evaluation; kairos_paper: centre of the top 10 by bound (the paper); kairos_plus: walk the ranking evaluating "
         "(simulator) and pruning, exact; homogeneous; exhaustive (default: %(default)s)",
     )
-    parser.add_argument("--top-k", type=int, default=10, help="kairos_paper selector: size of the top cluster (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=10,
+                        help="kairos_paper selector: size of the top cluster (default: %(default)s)")
     parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml)")
     parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
-    parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA or ../shared/data/kairos_profiles)")
+    parser.add_argument("--data",
+                        help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA or ../shared/data/kairos_profiles)")
     parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
     parser.add_argument("--mix", choices=("kairos", "lognormal"), default="kairos", help="batch-size mix (default: %(default)s)")
     parser.add_argument(
@@ -86,8 +88,8 @@ class PlanInputs:
     types: tuple[str, ...]
     prices: np.ndarray
     qos_s: float
-    bound: "BoundModel"
-    setup: "SimSetup"
+    bound: BoundModel
+    setup: SimSetup
 
 
 def resolve(args: argparse.Namespace) -> PlanInputs:
@@ -144,7 +146,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     return PlanInputs(types, cat.prices(), qos_s, bound, setup)
 
 
-def format_table(cands: "Candidates", rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
+def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
     """The ranked table: rank, counts per type, $/h, upper bound, evaluated QPS (when known)."""
     types = cands.types
     head = ["rank"] + list(types) + ["$/h", "UB qps", "sim qps", ""]
@@ -158,12 +160,12 @@ def format_table(cands: "Candidates", rows: np.ndarray, evaluated: dict[tuple[in
             f"{cands.cost_usd_per_hour[r]:.3f}", f"{cands.ub_qps[r]:.1f}",
             f"{q:.1f}" if q is not None else "-", mark,
         ])
-    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths)).rstrip()
-    return "\n".join([fmt(head)] + [fmt(l) for l in lines])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return "\n".join([fmt(head)] + [fmt(line) for line in lines])
 
 
-def plot(path: str, cands: "Candidates", evaluated: dict[tuple[int, ...], float], chosen: np.ndarray, title: str) -> None:
+def plot(path: str, cands: Candidates, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray, title: str) -> None:
     """Cost vs throughput of every configuration (bound; simulated where known), the chosen one marked."""
     try:
         import matplotlib
@@ -194,7 +196,7 @@ def plot(path: str, cands: "Candidates", evaluated: dict[tuple[int, ...], float]
 class _Logged:
     """Logs each single evaluation (Kairos+ walks the ranking one configuration at a time)."""
 
-    def __init__(self, evaluator: "SimEvaluator", cands: "Candidates") -> None:
+    def __init__(self, evaluator: SimEvaluator, cands: Candidates) -> None:
         self.evaluator = evaluator
         self.cands = cands
         self.count = 0

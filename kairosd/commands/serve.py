@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 HELP = "serve KServe v2 gRPC/HTTP in front of the fleet described by a TOML config"
 

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     cost = float(config_cost(np.array([counts]), prices)[0])
-    label = " + ".join(f"{c}×{t}" for t, c in zip(types, counts) if c)
+    label = " + ".join(f"{c}×{t}" for t, c in zip(types, counts, strict=True) if c)
     print(f"fleet {label} ({cost:.3f} $/h), model {args.model}, QoS {qos_s * 1e3:g} ms, policy {args.policy}"
           + (f" {params}" if params else "") + f", {res.n_queries} queries ({res.n_measured} measured)")
     if found is not None:

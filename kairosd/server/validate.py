@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from tritonclient.grpc import service_pb2
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from kairosd.repository import ModelSpec
 
 
-def resolve_model(repository: Mapping[str, "ModelSpec"], name: str, version: str = "") -> "ModelSpec":
+def resolve_model(repository: Mapping[str, ModelSpec], name: str, version: str = "") -> ModelSpec:
     """The spec of model `name`; `version` must be empty or the served version. Raises ModelNotFound."""
     spec = repository.get(name)
     if spec is None:
@@ -45,11 +46,11 @@ class _Signature:
 
 
 # id(spec) -> (spec, signature); the spec is kept so an id cannot be reused while its entry lives.
-_SIGNATURES: dict[int, tuple["ModelSpec", _Signature]] = {}
+_SIGNATURES: dict[int, tuple[ModelSpec, _Signature]] = {}
 _MAX_SIGNATURES = 256
 
 
-def _signature(spec: "ModelSpec") -> _Signature:
+def _signature(spec: ModelSpec) -> _Signature:
     entry = _SIGNATURES.get(id(spec))
     if entry is not None and entry[0] is spec:
         return entry[1]
@@ -72,7 +73,7 @@ def _signature(spec: "ModelSpec") -> _Signature:
     return sig
 
 
-def validate_request(request: service_pb2.ModelInferRequest, spec: "ModelSpec", max_batch: int | None = None) -> int:
+def validate_request(request: service_pb2.ModelInferRequest, spec: ModelSpec, max_batch: int | None = None) -> int:
     """Return the batch size (first dimension, the same for every input) of a request for `spec`.
 
     Raises InvalidInput naming the offending input. Typed `contents` are moved into
@@ -134,7 +135,7 @@ class TensorHeader(Protocol):
 
 
 def validate_header(
-    inputs: Sequence[TensorHeader], outputs: Sequence[str], spec: "ModelSpec", max_batch: int | None = None
+    inputs: Sequence[TensorHeader], outputs: Sequence[str], spec: ModelSpec, max_batch: int | None = None
 ) -> int:
     """`validate_request` for a request known only by its header: names, datatypes, shapes, batch size
     and every input's byte count; the tensor data is never looked at. Returns the batch size."""
@@ -185,7 +186,7 @@ def _check_tensor(
             raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
         return b, b * sig.per_sample
     count = b
-    for got, want in zip(rest, sig.dims):
+    for got, want in zip(rest, sig.dims, strict=True):
         if got < 0 or (want >= 0 and got != want):
             raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
         count *= got
@@ -200,7 +201,7 @@ def _check_size(sig: _InputSig, name: str, model: str, datatype: str, shape: Seq
 
 
 def _check_batch(
-    spec: "ModelSpec", model: str, table: Mapping[str, _InputSig], seen: set[str], n_inputs: int, batch: int,
+    spec: ModelSpec, model: str, table: Mapping[str, _InputSig], seen: set[str], n_inputs: int, batch: int,
     max_batch: int | None,
 ) -> int:
     """Every input present; the batch size within the model's maximum (1 when the model does not batch)."""
@@ -215,7 +216,7 @@ def _check_batch(
     return batch
 
 
-def _check_outputs(spec: "ModelSpec", model: str, names: Sequence[str]) -> None:
+def _check_outputs(spec: ModelSpec, model: str, names: Sequence[str]) -> None:
     outputs = _signature(spec).outputs
     for name in names:
         if name not in outputs:

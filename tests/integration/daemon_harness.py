@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
 

@@ -3,7 +3,7 @@ with no answer within its deadline fails DEADLINE_EXCEEDED (not retryable) and t
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import numpy as np

@@ -8,8 +8,9 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import grpc
 import numpy as np
@@ -72,13 +73,13 @@ class OrtService:
             raise Unavailable(f"no instance can serve model '{spec.name}' before the deadline")
         feeds = {
             t.name: np.frombuffer(raw, dtype=spec.input(t.name).np_dtype).reshape(t.shape)  # type: ignore[union-attr]
-            for t, raw in zip(request.inputs, request.raw_input_contents)
+            for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
         }
         assert all(int(a.shape[0]) == batch for a in feeds.values())
         names = [o.name for o in request.outputs] or [o.name for o in spec.outputs]
         results = self.sessions[spec.name].run(names, feeds)
         response = service_pb2.ModelInferResponse(model_name=spec.name, model_version=spec.version, id=request.id)
-        for name, arr in zip(names, results):
+        for name, arr in zip(names, results, strict=True):
             response.outputs.add(name=name, datatype=NP_TO_DTYPE[arr.dtype], shape=arr.shape)
             response.raw_output_contents.append(np.ascontiguousarray(arr).tobytes())
         return response.SerializeToString()
@@ -136,7 +137,7 @@ class Servers:
     def reference(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.service.sessions[model]
         names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, inputs)))
+        return dict(zip(names, session.run(names, inputs), strict=True))
 
 
 @pytest.fixture(scope="module")

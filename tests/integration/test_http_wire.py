@@ -4,7 +4,7 @@ chunked and Connection: close replies, a kept-alive connection the server closed
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web

@@ -56,7 +56,7 @@ def check_outputs_match_onnxruntime(
     result = client.infer(model, grpc_inputs(arrays))
     session = sessions[model]
     expected = session.run(None, arrays)
-    for out, want in zip(session.get_outputs(), expected):
+    for out, want in zip(session.get_outputs(), expected, strict=True):
         got = result.as_numpy(out.name)
         assert got is not None and got.shape == want.shape == (batch, 1) and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -272,7 +272,7 @@ async def test_concurrent_queries_are_each_answered_correctly(
             for i, (m, b) in enumerate(queries)
         ]
         results = await asyncio.gather(*calls)
-    for i, ((model, batch), result) in enumerate(zip(queries, results)):
+    for i, ((model, batch), result) in enumerate(zip(queries, results, strict=True)):
         assert result.get_response().id == str(i)
         out = sessions[model].get_outputs()[0].name
         want = sessions[model].run(None, example_inputs(model, batch, seed=batch))[0]

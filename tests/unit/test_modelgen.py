@@ -50,7 +50,7 @@ def test_signature_has_a_dynamic_batch_dim(models: dict[str, onnx.ModelProto], n
     graph = models[name].graph
     for declared, actual in ((inputs, graph.input), (outputs, graph.output)):
         assert [t.name for t in declared] == [v.name for v in actual]
-        for t, v in zip(declared, actual):
+        for t, v in zip(declared, actual, strict=True):
             dims = v.type.tensor_type.shape.dim
             assert v.type.tensor_type.elem_type == t.elem_type
             assert dims[0].dim_param == "batch"

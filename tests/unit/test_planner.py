@@ -21,6 +21,7 @@ from kairosd.planner import (
     fluid_bound,
     homogeneous_configs,
     make_candidates,
+    proportional_bound,
     queue_estimate,
     select,
     select_exhaustive,
@@ -28,7 +29,6 @@ from kairosd.planner import (
     select_kairos,
     select_kairos_paper,
     select_kairos_plus,
-    proportional_bound,
     upper_bound,
 )
 
@@ -39,7 +39,7 @@ def brute_force(prices: list[float], budget: float, maximal: bool) -> set[tuple[
     out = set()
     ranges = [range(int(budget / p + 1e-9) + 1) for p in prices]
     for c in itertools.product(*ranges):
-        cost = sum(n * p for n, p in zip(c, prices))
+        cost = sum(n * p for n, p in zip(c, prices, strict=True))
         if any(c) and cost <= budget + 1e-9 and (not maximal or budget - cost < min(prices) - 1e-9):
             out.add(c)
     return out
@@ -292,7 +292,7 @@ def test_queue_estimate_worked_example() -> None:
 
 def test_queue_estimate_falls_as_the_slack_shrinks_and_stays_below_the_bound() -> None:
     caps = [queue_estimate(np.array([[2]]), _one_batch_model(0.003, qos))[0] for qos in (0.030, 0.012, 0.006, 0.004, 0.0031)]
-    assert all(a > b for a, b in zip(caps, caps[1:]))
+    assert all(a > b for a, b in zip(caps, caps[1:], strict=False))
     assert caps[0] == pytest.approx(2 / 0.003, rel=0.15)  # 27 ms of slack on 3 ms: near the fluid bound
     rng = np.random.default_rng(17)
     for _ in range(3):
@@ -391,7 +391,8 @@ def test_kairos_paper_picks_the_top10_member_nearest_their_centre() -> None:
     paper = np.array([1.0, 2.0, 3.0, 4.0, 6.0, 5.0])
     cp = Candidates(("a", "b"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub, None, paper)
     np.testing.assert_array_equal(select_kairos_paper(cp, top_k=1).config, [0, 9])
-    np.testing.assert_array_equal(select_kairos_paper(cp, top_k=2).config, [0, 9])  # centre (1.5, 6): a tie, the first in rank order
+    # centre (1.5, 6): a tie, the first in rank order
+    np.testing.assert_array_equal(select_kairos_paper(cp, top_k=2).config, [0, 9])
 
 
 def test_kairos_takes_the_highest_bound_among_queue_safe_fleets() -> None:
@@ -458,9 +459,9 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert main(["plan", "--budget", "2.5", "--model", "wnd", "--selector", "kairos", "--no-eval", "--top", "5"]) == 0
     out = capsys.readouterr().out
     assert "125 maximal configurations" in out
-    lines = [l for l in out.splitlines() if l.strip()[:1].isdigit()]
+    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(lines) == 5
-    ubs = [float(l.split()[6]) for l in lines]
+    ubs = [float(line.split()[6]) for line in lines]
     assert ubs == sorted(ubs, reverse=True)
     assert "kairos:" in out and "not evaluated" in out
     assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits

@@ -156,7 +156,9 @@ def test_miss_from_samples_by_hand() -> None:
     np.testing.assert_allclose(miss[0, [11, 20]], 0.0)
 
 
-def _random_case(rng: np.random.Generator, n_types: int, n_batches: int = 60) -> tuple[BoundModel, np.ndarray, np.ndarray, np.ndarray]:
+def _random_case(
+    rng: np.random.Generator, n_types: int, n_batches: int = 60
+) -> tuple[BoundModel, np.ndarray, np.ndarray, np.ndarray]:
     """A base that covers the mix and auxiliaries slower on large batches, miss probabilities that
     grow with the batch: (bound model, latency, miss, pmf)."""
     b = np.arange(n_batches + 1)
