@@ -26,7 +26,7 @@ STATEFUL_POLICIES = frozenset({"round_robin"})
 
 
 def _read_only(values: list[float] | list[int] | list[bool], dtype: type) -> np.ndarray:
-    a = np.array(values, dtype=dtype)
+    a: np.ndarray = np.array(values, dtype=dtype)
     a.flags.writeable = False
     return a
 

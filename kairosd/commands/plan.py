@@ -135,7 +135,9 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         setup = replace(setup, qos_s=qos_s, slots=tuple(t.slots for t in cat.types))
         # the bound's per-type probability of missing QoS from the same measured samples the simulator draws
         ti = [profiles.type_index(t) for t in types]
-        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], setup.service.relative[ti], qos_s,
+        relative = setup.service.relative
+        assert relative is not None  # sim_setup's default noise is "samples", which always carries them
+        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], relative[ti], qos_s,
                                  setup.service.grid_step)
     else:
         rng = np.random.default_rng(args.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -16,7 +16,7 @@ from kairosd.server.validate import resolve_model, validate_request
 from kairosd.service import InferenceService
 
 log = logging.getLogger(__name__)
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 SERVER_NAME = "kairosd"
@@ -113,6 +113,7 @@ class _Handlers:
         except Exception as e:  # a bug, not the client's fault: keep the message, log the trace
             log.exception("ModelInfer for model %r failed", request.model_name)
             await context.abort(grpc.StatusCode.INTERNAL, f"kairosd internal error: {type(e).__name__}: {e}")
+            raise AssertionError("unreachable") from e  # context.abort raises
 
     async def model_stream_infer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Ctx
