@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Mapping
 
 import grpc
@@ -17,7 +18,7 @@ from tritonclient.grpc import service_pb2
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import Config
 from kairosd.dispatch import make_policy
-from kairosd.errors import ConfigError
+from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import LocalFleet
 from kairosd.metrics import start_metrics_server
 from kairosd.profiles import ProfileTable
@@ -98,14 +99,20 @@ class Daemon:
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        s = cfg.server
+        # before the fleet: a taken port should fail in a second, not after every instance started
+        ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port,
+                                   "server.metrics_port": s.metrics_port})
         self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
         self.fleet = LocalFleet(cfg, self.registry, self.profiles)
         await self.fleet.start()
-        s = cfg.server
-        self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
-        self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
-        if s.metrics_port:
-            self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port)
+        try:
+            self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
+            self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
+            if s.metrics_port:
+                self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port)
+        except OSError as exc:  # taken between the check above and now
+            raise PortInUse(f"cannot listen on {s.host}: {exc}; free the port or change it in [server]") from exc
         self._started = True
         log.info(
             "kairosd ready grpc=%s:%d http=%s:%d metrics=%s:%d policy=%s instances=%d models=%s",
@@ -129,6 +136,20 @@ class Daemon:
         if self.fleet is not None:
             await self.fleet.stop()
         log.info("kairosd stopped")
+
+
+def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Raise PortInUse naming the config key of the first port (non-zero) that cannot be bound on `host`."""
+    for key, port in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is no conflict
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise PortInUse(f"{key} = {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                                f"stop what holds it (`ss -ltnp 'sport = :{port}'`) or set another {key}") from None
 
 
 async def run_until_signal(daemon: Daemon, drain_timeout_s: float = 30.0) -> None:

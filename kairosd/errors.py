@@ -19,6 +19,10 @@ class ConfigError(KairosError):
     """A configuration value is missing or not allowed; the message names the key and the allowed values."""
 
 
+class PortInUse(KairosError):
+    """A front-end port cannot be bound; the message names the config key to change."""
+
+
 class ModelNotFound(KairosError):
     grpc_code = grpc.StatusCode.NOT_FOUND
     http_status = 404

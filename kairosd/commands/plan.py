@@ -177,7 +177,7 @@ def plot(path: str, cands: Candidates, evaluated: dict[tuple[int, ...], float], 
     except ImportError:
         raise ConfigError("--plot needs matplotlib: pip install 'kairosd[plot]'") from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter(cands.cost_usd_per_hour, cands.ub_qps, s=10, c="0.7", label="upper bound (all configurations)")
+    ax.scatter(cands.cost_usd_per_hour, cands.ub_qps, s=10, c="0.7", label="upper bound (every maximal configuration)")
     if evaluated:
         keys = np.array(list(evaluated.keys()))
         cost = keys @ cands.prices_usd_per_hour

@@ -297,3 +297,23 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
         assert states.get('{state="launching",type="ort-1t"}') == 1.0, states  # the dead one is out of dispatch
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("taken", ["grpc", "http", "metrics"])
+def test_a_taken_front_end_port_fails_at_once_naming_the_key(tmp_path: Path, taken: str) -> None:
+    """A front-end port held by another listener: exit 2 before any instance starts, the message names
+    the config key and the port."""
+    import socket
+    import subprocess
+    import sys
+    path = tmp_path / "kairosd.toml"
+    ports = write_config(path, fleet={"ort-1t": 1})
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", ports[taken]))
+        holder.listen()
+        p = subprocess.run([sys.executable, "-m", "kairosd", "serve", "--config", str(path)],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 2, p.stderr
+    assert f"server.{taken}_port = {ports[taken]}" in p.stderr
+    assert "Address already in use" in p.stderr
+    assert "instance ready" not in p.stderr  # refused before the fleet was started
