@@ -27,6 +27,9 @@ FAST_RECONNECT_ARGS: list[tuple[str, int]] = [
 DEFAULT_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 LEFTOVER_WAIT_S = 2.0  # after the child exits, how long its helpers get to exit on their own
 KEPT_TAIL_CHARS = 256_000  # what log_tail() can still show after a clean stop removed a temporary log
+# set by ChildProcess in the child's environment: the pid whose death the child should not outlive
+PARENT_PID_ENV = "KAIROSD_PARENT_PID"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,6 +37,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> bool:
+    """In a child started by `ChildProcess`: receive `sig` when the parent dies (Linux PR_SET_PDEATHSIG),
+    so an instance never outlives a daemon that was SIGKILLed or crashed; exits at once if the parent is
+    already gone. Linux sends it when the *thread* that started the child ends: start children from a
+    long-lived thread (the daemon starts them on its event-loop thread). Returns whether the signal was
+    armed (False outside Linux or without the variable)."""
+    want = os.environ.get(PARENT_PID_ENV)
+    if not want or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != int(want):  # the parent died before the signal was armed
+        raise SystemExit(f"parent process {want} is gone; exiting")
+    return True
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -62,7 +84,8 @@ class ChildProcess:
     """One child process in its own session (process group), its output in a log file.
 
     `stop()` sends SIGTERM to the child, waits `grace_s`, then SIGKILLs the whole group, so helpers the
-    child started (tritonserver, Python backend stubs) never outlive it. Without `log_path` the output
+    child started (tritonserver, Python backend stubs) never outlive it. A kairosd child that calls
+    `die_with_parent()` also gets SIGTERM if this process dies without stopping it (SIGKILL, crash). Without `log_path` the output
     goes to a temporary file, which a clean stop (exit code 0, nothing left behind) deletes, keeping
     its tail for `log_tail()`; after any other ending the file stays for a post-mortem.
     """
@@ -111,13 +134,15 @@ class ChildProcess:
             fd, name = tempfile.mkstemp(prefix=f"kairosd-{self.name}-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
+        env = dict(self.env if self.env is not None else os.environ)
+        env[PARENT_PID_ENV] = str(os.getpid())  # for die_with_parent() in the child
         with open(self._log_path, "ab") as log:
             self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
                 cwd=self.cwd,
                 start_new_session=True,  # own process group: stop() can reach grandchildren
             )

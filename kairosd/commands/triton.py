@@ -24,8 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kairosd.backends.process import die_with_parent
     from kairosd.backends.triton_local import TritonPorts, serve
     from kairosd.errors import KairosError
+
+    die_with_parent()  # started by a daemon: SIGTERM (drain, exit) if the daemon dies without stopping us
 
     ports = TritonPorts(args.host, args.grpc_port, args.http_port, args.metrics_port)
     models = [m.strip() for m in args.models.split(",") if m.strip()]

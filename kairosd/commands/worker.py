@@ -23,8 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kairosd.backends.process import die_with_parent
     from kairosd.backends.worker import serve
     from kairosd.errors import KairosError
+
+    die_with_parent()  # started by a daemon: SIGTERM (drain, exit) if the daemon dies without stopping us
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:

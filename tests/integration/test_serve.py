@@ -317,3 +317,50 @@ def test_a_taken_front_end_port_fails_at_once_naming_the_key(tmp_path: Path, tak
     assert f"server.{taken}_port = {ports[taken]}" in p.stderr
     assert "Address already in use" in p.stderr
     assert "instance ready" not in p.stderr  # refused before the fleet was started
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (children, their children, ...), from /proc."""
+    parent_of: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] != b"Z":
+                parent_of[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {c for c, p in parent_of.items() if p in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_instances_do_not_outlive_a_sigkilled_daemon(tmp_path: Path) -> None:
+    """SIGKILL gives the daemon no chance to stop its fleet: the worker and the Triton (with its
+    tritonserver) still exit, through the parent-death signal each armed at start."""
+    import os
+    import signal
+    import time
+
+    path = tmp_path / "kairosd.toml"
+    ports = write_config(path, fleet={"ort-1t": 1, "triton": 1})
+    daemon = start_daemon(path, ports)
+    try:
+        assert daemon.child.pid is not None
+        below = _descendants(daemon.child.pid)
+        assert len(below) >= 3, below  # a worker, a `kairosd triton` and its tritonserver at least
+        os.kill(daemon.child.pid, signal.SIGKILL)
+        daemon.child.wait(10)
+        deadline = time.monotonic() + 60
+        alive = below
+        while alive and time.monotonic() < deadline:
+            alive = {p for p in below if Path(f"/proc/{p}").exists() and b"Z" not in
+                     Path(f"/proc/{p}/stat").read_bytes().rsplit(b")", 1)[1][:3]}
+            time.sleep(0.2)
+        assert not alive, f"still running after the daemon was SIGKILLed: {sorted(alive)}"
+    finally:
+        daemon.child.stop(5)
