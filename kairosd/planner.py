@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kairosd.errors import ConfigError
+from kairosd.fluid_lp import FluidLp
 from kairosd.profiles import ProfileTable
 
 MICRO_USD = 1_000_000  # prices are compared in integer micro-dollars so that cost <= budget is exact
@@ -423,8 +424,9 @@ def dual_vectors(bm: BoundModel, mask: int) -> np.ndarray:
         rate = 1.0 / (lat @ p)  # one instance's queries/s over the whole mix: directions in capacity shares
         g_p, g_lat, g_miss = _merge_batches(p, lat, miss, DUAL_LP_MAX_BATCHES)
         ys, zs = [], []
+        lp = FluidLp(g_lat, g_miss, g_p, bm.slack)
         for share in _subset_directions(len(sub)):
-            sol = _fluid_lp(share / rate, g_lat, g_miss, g_p, bm.slack)
+            sol = lp.solve(share / rate)
             if sol is not None:
                 ys.append(sol[1])
                 zs.append(sol[2])
@@ -466,7 +468,7 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     than 1 − ε of the mix gets 0 (no rate meets the target). The bound is exact w.r.t. the fluid
     model, not w.r.t. queueing. Planner benchmark (2,285 fleets, 5 models × 3 budgets): no simulated
     rate above it (min bound/sim 1.009), and within 0.03% of the exact LP at the median (p95 0.8%,
-    max 6.9%); the vectors cost ~0.7 s per model for 4 types, ~6 s for 6 types, once.
+    max 6.9%); the vectors cost 0.1-0.2 s per model for 4 types, ~1 s for 6 types, once (HiGHS re-solves, `fluid_lp`).
 
     Worked example (unit tests). Mix: half batch 10, half batch 100; QoS 5 ms; base L = 1 ms, 3 ms;
     auxiliary L = 2 ms, 10 ms (misses QoS at 100). With ε = 0 (no slack):
