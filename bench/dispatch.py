@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matching import snapshot  # bench/matching.py
+from results_file import RESULTS, write_results  # bench/results_file.py
 
 from kairosd import workload
-from kairosd.dispatch import Snapshot, make_policy
+from kairosd.dispatch import make_policy
 from kairosd.planner import BoundModel, make_candidates, select_kairos_plus, upper_bound
 from kairosd.sim import SimEvaluator, SimSetup, evaluate_config
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ("fcfs", "fastest_free", "round_robin", "earliest_finish")
 # Kairos without the rules beyond the paper (lookahead, hold, tiers): the paper's matching, p99 feasibility
 ABLATION = "kairos_paper_rules"
@@ -64,16 +65,7 @@ def matching_speed(wl: workload.KairosWorkload) -> dict[str, float]:
     policy = make_policy("kairos", p)
     out: dict[str, float] = {}
     for m, n in ((64, 32), (1, 14), (28, 14)):
-        busy = rng.random(n) < 0.5
-        snap = Snapshot(
-            q_model=np.full(m, p.model_index("wnd"), dtype=np.intp),
-            q_batch=workload.kairos_batch_mix(m, rng),
-            q_waited_s=np.sort(rng.random(m) * 0.01)[::-1],
-            q_qos_s=np.full(m, wl.qos_s["wnd"]),
-            i_type=rng.integers(0, len(p.types), n),
-            i_busy_s=np.where(busy, rng.random(n) * 0.01, 0.0),
-            i_free=~busy,
-        )
+        snap = snapshot(wl, m, n, rng)  # the same snapshots as bench/matching.py
         reps = timeit.repeat(lambda s=snap: policy(s), number=200, repeat=7)
         out[f"{m}x{n}_us"] = min(reps) / 200 * 1e6
         rows = min(m, 2 * n)
@@ -186,10 +178,7 @@ def main() -> int:
         "matching_speed_us": speed,
         "total_s": total,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    write_results(out, args.out)
     return 0
 
 

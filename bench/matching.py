@@ -18,22 +18,20 @@ ratio, writes bench/results/matching.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_file import RESULTS, write_results  # bench/results_file.py
 from scipy.optimize import linear_sum_assignment
 
 from kairosd import workload
 from kairosd.dispatch import Assignment, KairosPolicy, Snapshot
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = ((1, 14), (28, 14), (64, 32), (128, 64), (512, 64), (1024, 256), (4096, 256))
 
 
@@ -96,10 +94,7 @@ def main() -> int:
     out = {"benchmark": "matching", "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                                              "loadavg": os.getloadavg()},
            "rows": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    write_results(out, args.out)
     return 0
 
 

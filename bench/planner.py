@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_file import RESULTS, write_results  # bench/results_file.py
 
 from kairosd import workload
 from kairosd.commands.plan import ProgressBar
@@ -53,7 +54,6 @@ from kairosd.planner import (
 from kairosd.profiles import ProfileTable
 from kairosd.sim import SimEvaluator, SimSetup
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TOP_TAIL = 15
 
 
@@ -460,10 +460,7 @@ def main() -> int:
         "rank_speed": speed,
         "total_s": total,
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
+    write_results(out, args.out)
     return 0
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results_file import write_results  # noqa: E402  (bench/results_file.py)
+
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready_sync  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -188,9 +190,7 @@ def main() -> int:
             print(f"{protocol:5s} {conc:4d} | {d['p50_ms']:8.2f}ms {add_b:7.2f}ms {add_k:10.2f}ms {ratio_p50:>5s} | "
                   f"{pair_b:7.2f}ms {pair_k:7.2f}ms {ratio_pair:>5s} | "
                   f"{cpu_b:10.3f} s {cpu_k:13.3f} s {row['cpu_ratio']:5.2f} | {d['qps']:10.0f} {b['qps']:8.0f} {k['qps']:11.0f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "cells": results, "summary": summary}, indent=1))
-    print(f"\nwrote {args.out}")
+    write_results({"args": vars(args), "cells": results, "summary": summary}, args.out)
     return 0
 
 
