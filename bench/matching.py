@@ -10,9 +10,12 @@ them busy), cost matrix included. Three ways to do it, timed in the same run:
 Snapshots use the Kairos authors' WND profiles and batch mix (realistic costs: many ties, which is
 what makes `linear_sum_assignment` slow), instance types drawn at random from the 4 AWS types.
 Prints a table (best of 7 repeats, µs per tick and per executed match) and the unbounded/kairos
-ratio, writes bench/results/matching.json.
+ratio. Then the ticks as they come in operation: the simulator runs a 58-instance WND fleet
+(2 g4dn.xlarge + 56 r5n.large) at 50%, 90% and 100% of its max QPS and times every dispatch call
+(the queue a tick sees is short below saturation): tick p50/p99/max and the dispatch time per query,
+for `kairos` and for `window` (the paper's rules) in the same run. Writes bench/results/matching.json.
 
-    python bench/matching.py
+    python bench/matching.py [--sim-queries 20000]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 import timeit
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +35,7 @@ from scipy.optimize import linear_sum_assignment
 
 from kairosd import workload
 from kairosd.dispatch import Assignment, KairosPolicy, Snapshot
+from kairosd.sim import evaluate_config, fleet_columns, simulate
 
 SIZES = ((1, 14), (28, 14), (64, 32), (128, 64), (512, 64), (1024, 256), (4096, 256))
 
@@ -65,9 +70,57 @@ def best_us(fn: Callable[[], Any], budget_s: float = 0.3) -> float:
     return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
 
 
+class TimedPolicy:
+    """A policy that records how long each call took and how many queries it saw."""
+
+    def __init__(self, policy: Callable[[Snapshot], Assignment]) -> None:
+        self.policy = policy
+        self.seconds: list[float] = []
+        self.waiting: list[int] = []
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        t0 = time.perf_counter()
+        out = self.policy(snap)
+        self.seconds.append(time.perf_counter() - t0)
+        self.waiting.append(snap.m)
+        return out
+
+
+def ticks_in_operation(wl: workload.KairosWorkload, n_queries: int) -> list[dict[str, Any]]:
+    """Every dispatch call of simulated runs of a 58-instance WND fleet at 50/90/100% of its max QPS."""
+    model, config = "wnd", (2, 0, 56, 0)
+    setup = workload.sim_setup(wl, model, n_queries=n_queries, seed=0)
+    max_q = evaluate_config(setup, config, None).qps
+    cols = fleet_columns(setup.profiles, setup.types, config, setup.slots)
+    out = []
+    print(f"\nTicks in operation: {model} on {sum(config)} instances ({config}), max {max_q:.0f} q/s at p99 <= QoS, "
+          f"{n_queries} queries per run")
+    hdr = (f"{'load':>5} {'policy':>7} {'rounds':>7} {'waiting p50/p99/max':>20} {'tick us p50':>12} {'p99':>6} "
+           f"{'max':>7} {'us/query':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for frac in (0.5, 0.9, 1.0):
+        for name, params in (("kairos", {}), ("window", {"lookahead": 0, "hold": False, "tiers": False})):
+            pol = TimedPolicy(KairosPolicy(setup.profiles, **params))
+            simulate(setup.profiles, model, cols, pol, max_q * frac, qos_s=setup.qos_s, stream=setup.stream,
+                     service=setup.service,
+                     abort=False)
+            t = np.array(pol.seconds) * 1e6
+            w = np.array(pol.waiting)
+            row = {"load": frac, "policy": name, "rounds": len(t), "waiting_p50": float(np.median(w)),
+                   "waiting_p99": float(np.quantile(w, 0.99)), "waiting_max": int(w.max()),
+                   "tick_us_p50": float(np.median(t)), "tick_us_p99": float(np.quantile(t, 0.99)),
+                   "tick_us_max": float(t.max()), "us_per_query": float(t.sum() / n_queries)}
+            out.append(row)
+            print(f"{frac:5.0%} {name:>7} {len(t):7d} {f'{np.median(w):.0f}/{np.quantile(w, 0.99):.0f}/{w.max()}':>20} "
+                  f"{row['tick_us_p50']:12.0f} {row['tick_us_p99']:6.0f} {row['tick_us_max']:7.0f} {row['us_per_query']:9.1f}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(RESULTS / "matching.json"))
+    ap.add_argument("--sim-queries", type=int, default=20000)
     args = ap.parse_args()
     wl = workload.load_kairos()
     rng = np.random.default_rng(0)
@@ -91,9 +144,10 @@ def main() -> int:
         rows.append(row)
         print(f"{f'{m} x {n}':>11} " + " ".join(f"{us[w]:13.0f}" for w in ways)
               + f" {row['kairos_us_per_match']:16.1f} {row['unbounded_over_kairos']:17.2f}")
+    operation = ticks_in_operation(wl, args.sim_queries)
     out = {"benchmark": "matching", "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                                              "loadavg": os.getloadavg()},
-           "rows": rows}
+           "rows": rows, "ticks_in_operation": operation}
     write_results(out, args.out)
     return 0
 
