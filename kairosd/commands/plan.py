@@ -224,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
         cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
-            raise ConfigError(f"no configuration of {list(inp.types)} fits a budget of {args.budget} $/h")
+            cheapest = int(np.argmin(inp.prices))
+            raise ConfigError(f"no configuration of {list(inp.types)} fits a budget of {args.budget} $/h; the cheapest "
+                              f"type, {inp.types[cheapest]}, costs {inp.prices[cheapest]} $/h: raise --budget")
         bm = inp.bound
         if not (cands.ub_qps > 0).any():
             best = int(np.argmax(bm.coverage))
