@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kairosd.fluid_lp import FluidLp
-from kairosd.planner import _fluid_lp
+from kairosd.planner.bounds import _fluid_lp
+from kairosd.planner.fluid_lp import FluidLp
 
 
 def test_worked_example_one_base_one_auxiliary() -> None:

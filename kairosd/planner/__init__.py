@@ -1,0 +1,112 @@
+"""Configuration planner (pure): enumerate fleets within a budget, bound their throughput, select one.
+
+Core rule (Kairos): rank every configuration the budget allows by an upper bound of the query rate it
+can serve within QoS, computed from latency profiles alone (no online exploration); then either take
+the centre of the top 10 (`kairos_paper`), or walk the ranking evaluating configurations and pruning those
+whose bound cannot beat the best evaluation (`kairos_plus`, the paper's Algorithm 1).
+Two bounds: `upper_bound` bounds the rate of any dispatcher (LP duality on the fluid model, where an
+auxiliary may specialise in the batches it serves best): it ranks and prunes Kairos+, so Kairos+ is
+exact; `proportional_bound` is the paper's per-type-threshold formula, a bound only for dispatchers
+that feed auxiliaries their small queries in mix proportion: it ranks the paper's `kairos_paper`.
+Beyond the paper: a queue-aware estimate (`queue_estimate`: the proportional split plus an M/G/c
+waiting tail on the base pool) screens fleets for the one-shot `kairos` selector (highest
+`upper_bound` among the queue-safe ones) and can order Kairos+'s walk; pruning stays on the true bound.
+The evaluator is any callable config → QPS: the simulator (`kairosd.sim.SimEvaluator`) or a live
+measurement; this package never runs one by itself.
+
+Modules: `enumeration` (configurations within the budget), `bounds` (the bounds and the exact fluid
+LP), `fluid_lp` (that LP in HiGHS, re-solved per direction), `queueing` (the queue-aware estimate),
+`selectors` (candidates and the selectors by name). Everything public is re-exported here.
+"""
+
+from __future__ import annotations
+
+from kairosd.planner.bounds import (
+    DUAL_LEVELS,
+    DUAL_LEVELS_LARGE,
+    DUAL_LP_MAX_BATCHES,
+    MIN_BASE_COVERAGE,
+    QOS_SLACK,
+    TAIL_GRID,
+    BoundModel,
+    authors_upper_bound,
+    batch_pmf,
+    dual_denominator,
+    dual_vectors,
+    fluid_bound,
+    fluid_solution,
+    miss_from_samples,
+    proportional_bound,
+    upper_bound,
+)
+from kairosd.planner.enumeration import (
+    MICRO_USD,
+    config_cost,
+    config_from_mapping,
+    enumerate_configs,
+)
+from kairosd.planner.queueing import (
+    QUEUE_BISECT_STEPS,
+    QUEUE_EPS,
+    erlang_c,
+    queue_estimate,
+)
+from kairosd.planner.selectors import (
+    QUEUE_TOLERANCE,
+    SELECTORS,
+    TOP_K,
+    Candidates,
+    Evaluator,
+    Selection,
+    homogeneous_configs,
+    make_candidates,
+    rank,
+    select,
+    select_exhaustive,
+    select_homogeneous,
+    select_kairos,
+    select_kairos_paper,
+    select_kairos_plus,
+)
+
+__all__ = [
+    "BoundModel",
+    "Candidates",
+    "DUAL_LEVELS",
+    "DUAL_LEVELS_LARGE",
+    "DUAL_LP_MAX_BATCHES",
+    "Evaluator",
+    "MICRO_USD",
+    "MIN_BASE_COVERAGE",
+    "QOS_SLACK",
+    "QUEUE_BISECT_STEPS",
+    "QUEUE_EPS",
+    "QUEUE_TOLERANCE",
+    "SELECTORS",
+    "Selection",
+    "TAIL_GRID",
+    "TOP_K",
+    "authors_upper_bound",
+    "batch_pmf",
+    "config_cost",
+    "config_from_mapping",
+    "dual_denominator",
+    "dual_vectors",
+    "enumerate_configs",
+    "erlang_c",
+    "fluid_bound",
+    "fluid_solution",
+    "homogeneous_configs",
+    "make_candidates",
+    "miss_from_samples",
+    "proportional_bound",
+    "queue_estimate",
+    "rank",
+    "select",
+    "select_exhaustive",
+    "select_homogeneous",
+    "select_kairos",
+    "select_kairos_paper",
+    "select_kairos_plus",
+    "upper_bound",
+]
