@@ -5,6 +5,7 @@ against an LP, the queue-aware estimate, and the selectors on small catalogues w
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,8 @@ from kairosd.planner import (
 )
 
 QOS = 0.005
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def brute_force(prices: list[float], budget: float, maximal: bool) -> set[tuple[int, ...]]:
@@ -482,3 +485,22 @@ def test_plan_without_a_gpu_type(capsys: pytest.CaptureFixture[str], caplog: pyt
                  "--selector", "kairos", "--no-eval", "--top", "3"]) == 0
     out = capsys.readouterr().out
     assert "55 maximal configurations" in out and "r5n.large" in out
+
+
+def test_plan_over_a_daemon_config(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """`--config configs/local.toml`: the local types, prices, measured profiles and QoS targets; Kairos+
+    evaluates in the simulator and never sees a simulated rate above the bound it prunes with."""
+    from kairosd.cli import main
+
+    config = str(REPO / "configs" / "local.toml")
+    assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--selector", "kairos_plus",
+                 "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "QoS 25 ms" in out and "ort-1t" in out and "triton" in out
+    chosen = [line for line in out.splitlines() if line.startswith("kairos_plus:")][0]
+    ub = float(chosen.split("UB ")[1].split()[0])
+    sim = float(chosen.split("simulated ")[1].split()[0])
+    assert 0 < sim <= ub
+    assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--catalogue",
+                 "configs/instance_types.toml"]) == 2
+    assert "drop --catalogue" in caplog.text

@@ -206,6 +206,19 @@ def test_fleet_columns() -> None:
         fleet_columns(table, ["gpu"], [1])
 
 
+def test_a_rate_above_capacity_fails_even_when_the_run_ends_within_qos() -> None:
+    """One 2 ms server, QoS 1 s, 2,000 queries: at 105% of capacity the backlog after the run is only
+    ~100 queries (0.2 s, within QoS and within the final-backlog check), yet the queue grows without
+    bound; the run is refused because it handed out more service than the server had time for."""
+    table = flat_table()
+    stream = poisson_stream(np.full(2000, 10), seed=5)
+    cols = fleet_columns(table, ["fast"], [1])
+    over = simulate(table, "m", cols, FcfsPolicy(table), 1.05 / SERVICE_S, qos_s=1.0, stream=stream, abort=False)
+    assert over.p99_s <= 1.0 and over.lagging and not over.ok
+    under = simulate(table, "m", cols, FcfsPolicy(table), 0.85 / SERVICE_S, qos_s=1.0, stream=stream, abort=False)
+    assert under.ok and not under.lagging
+
+
 def test_max_qps_without_a_bound_finds_the_single_server_limit() -> None:
     table = flat_table()
     stream = poisson_stream(np.full(3000, 10), seed=5)
