@@ -173,7 +173,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         setup = SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, stream, ServiceModel(),
                          tuple(t.slots for t in cat.types))
     # the bound on the very batches the simulator evaluates, so that Kairos+ prunes soundly against its
-    # evaluator: on the population mix a 2,000-query sample can run above it (74 of 2,285 simulated
+    # evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285 simulated
     # fleets in the planner benchmark did)
     pmf = batch_pmf(setup.stream.batches, profiles.max_batch)
     bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss)

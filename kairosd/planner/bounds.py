@@ -400,7 +400,7 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     computed once per subset (`dual_vectors`). A subset whose best type per batch meets QoS on less
     than 1 − ε of the mix gets 0 (no rate meets the target). The bound is exact w.r.t. the fluid
     model, not w.r.t. queueing. Planner benchmark (2,285 fleets, 5 models × 3 budgets): no simulated
-    rate above it (min bound/sim 1.009), and within 0.03% of the exact LP at the median (p95 0.8%,
+    rate above it (min bound/sim 1.015), and within 0.03% of the exact LP at the median (p95 0.8%,
     max 6.9%); the vectors cost 0.1-0.2 s per model for 4 types, ~1 s for 6 types, once (HiGHS re-solves, `planner.fluid_lp`).
 
     Worked example (unit tests). Mix: half batch 10, half batch 100; QoS 5 ms; base L = 1 ms, 3 ms;
