@@ -251,7 +251,6 @@ def bench_rank_speed(wl: workload.KairosWorkload, pmf: np.ndarray) -> dict[str, 
     idx = [wl.profiles.type_index(twin.get(t, t)) for t in cat.names]
     prof = ProfileTable(wl.profiles.models, cat.names, wl.profiles.mean_s[:, idx, :], wl.profiles.p99_s[:, idx, :],
                         wl.profiles.measured_batches)
-    bm = BoundModel.from_profiles(prof, "ncf", cat.names, pmf, wl.qos_s["ncf"])
     budget = 3.5
     # cold: the first ranking of a bound model also finds the dual vectors of every subset of types
     # (one LP per direction); best of 3, each on a fresh bound model
@@ -299,8 +298,7 @@ def rank_speed_only(wl: workload.KairosWorkload, pmf: np.ndarray, out: Path) -> 
     print_rank_speed(speed)
     data = json.loads(out.read_text()) if out.is_file() else {"benchmark": "planner"}
     data["rank_speed"] = speed
-    out.write_text(json.dumps(data, indent=2))
-    print(f"updated rank_speed in {out}")
+    write_results(data, out)
     return 0
 
 

@@ -6,11 +6,14 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kairosd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kairosd.config import Config
 
 BACKENDS: tuple[str, ...] = ("triton", "onnxruntime")
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "configs" / "instance_types.toml"
@@ -88,6 +91,18 @@ def parse_catalogue(data: Mapping[str, Any], source: str = "<catalogue>") -> Cat
     if not isinstance(region, str) or not isinstance(as_of, str):
         raise ConfigError(f"{source}: region and prices_as_of must be strings")
     return Catalogue(tuple(_type_from(n, r, source) for n, r in raw_types.items()), region, as_of)
+
+
+def catalogue_from_config(cfg: Config) -> Catalogue:
+    """The instance types of a daemon config (`[types.NAME]`) as a catalogue the planner can rank;
+    every type needs a price > 0."""
+    types = []
+    for t in cfg.types.values():
+        if not t.price_usd_per_hour > 0:
+            raise ConfigError(f"{cfg.path}: types.{t.name}.price_usd_per_hour must be > 0 to plan with it "
+                              f"(got {t.price_usd_per_hour})")
+        types.append(InstanceType(t.name, t.price_usd_per_hour, t.backend == "triton", t.backend, t.slots))
+    return Catalogue(tuple(types))
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:

@@ -15,7 +15,6 @@ import numpy as np
 from kairosd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kairosd.catalogue import Catalogue
     from kairosd.planner import BoundModel, Candidates
     from kairosd.sim import SimEvaluator, SimSetup
 
@@ -96,41 +95,27 @@ class PlanInputs:
     setup: SimSetup
 
 
-def catalogue_from_config(path: str) -> tuple[Catalogue, Path, dict[str, float]]:
-    """The instance types of a daemon config as a catalogue, its profiles directory and its QoS targets."""
-    from kairosd import config as config_mod
-    from kairosd.catalogue import Catalogue, InstanceType  # noqa: F811 - the runtime import of the type above
-
-    cfg = config_mod.load(path)
-    types = []
-    for t in cfg.types.values():
-        if not t.price_usd_per_hour > 0:
-            raise ConfigError(f"{path}: types.{t.name}.price_usd_per_hour must be > 0 to plan with it "
-                              f"(got {t.price_usd_per_hour})")
-        types.append(InstanceType(t.name, t.price_usd_per_hour, t.backend == "triton", t.backend, t.slots))
-    return Catalogue(tuple(types)), cfg.profiles_dir, dict(cfg.qos_s)
-
-
 def resolve(args: argparse.Namespace) -> PlanInputs:
     """Load catalogue, profiles and workload as the arguments say (shared with the benchmarks' style)."""
+    from kairosd import config as config_mod
     from kairosd import workload
-    from kairosd.catalogue import load_catalogue
+    from kairosd.catalogue import catalogue_from_config, load_catalogue
     from kairosd.planner import BoundModel, batch_pmf, miss_from_samples
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
     tail = args.feasibility == "p99"
     config_qos_s: dict[str, float] = {}
+    wl = None
     if args.config:
         if args.catalogue or args.profiles:
             raise ConfigError("--config brings its own instance types and profiles: drop --catalogue and --profiles")
-        catalogue, profiles_dir, config_qos_s = catalogue_from_config(args.config)
-        profiles = ProfileTable.load_dir(profiles_dir)
-        wl = None
+        cfg = config_mod.load(args.config)
+        catalogue, config_qos_s = catalogue_from_config(cfg), dict(cfg.qos_s)
+        profiles = ProfileTable.load_dir(cfg.profiles_dir)
     elif args.profiles:
         catalogue = load_catalogue(args.catalogue)
         profiles = ProfileTable.load_dir(args.profiles)
-        wl = None
     else:
         catalogue = load_catalogue(args.catalogue)
         wl = workload.load_kairos(args.data)
