@@ -1,0 +1,1 @@
+"""The autoscaler: observed load → target fleet (planner) → decisions (pure `decide`) → reconciler."""

@@ -1,0 +1,17 @@
+"""Observed demand per model: the arrival rate and the batch-size distribution the planner plans for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelDemand:
+    """One model's load: `rate_qps` queries per second whose batch sizes follow `batch_pmf`
+    (P(batch = b) for b = 0..max_batch, summing to 1; index 0 is unused and 0)."""
+
+    model: str
+    rate_qps: float
+    batch_pmf: np.ndarray
