@@ -76,6 +76,9 @@ class DecideState:
     proposed: Mapping[str, int] = field(default_factory=dict)  # a different target seen lately
     held_periods: int = 0  # consecutive periods `proposed` has been seen
     unavailable_until_s: Mapping[str, float] = field(default_factory=dict)  # type → until when
+    # True once a target has been adopted: tells "the empty target was adopted" (scale to zero) from
+    # "no memory yet" (first start, or a restart that adopts the fleet it finds)
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
