@@ -529,3 +529,340 @@ class SimEvaluator:
                     if self.progress:
                         self.progress(done, total)
         return np.array([self.cache[k].qps for k in keys])
+
+
+# --------------------------------------------------------------------------------------------------
+# Several models on one fleet
+#
+# One arrival stream carries the queries of every model: a query's model is drawn with probability
+# its share of the demand vector r, so at a multiple λ model m's queries arrive as a Poisson stream of
+# rate λ·r_m (thinning). Each model is judged on its own: the run passes when every model's p99
+# latency is within that model's QoS and the fleet keeps up. `max_multiple` bisects for the largest
+# passing λ. `MixStream.part(g)` is model g's queries alone, at the same times, batches and noise: the
+# same model served by a fleet of its own, with common random numbers.
+
+
+@dataclass(frozen=True)
+class MixStream:
+    """The queries of several models in one stream.
+
+    stream     gaps (mean 1 at total rate 1), batches and noise of every query, in arrival order
+    group      int[n]: which entry of `rates_qps` (which model) each query is for
+    rates_qps  the demand vector r: at multiple λ the stream offers λ·Σr queries/s, λ·r_g of group g
+    """
+
+    stream: Stream
+    group: np.ndarray
+    rates_qps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    @property
+    def total_rate_qps(self) -> float:
+        return float(np.sum(self.rates_qps))
+
+    def arrivals(self, multiple: float) -> np.ndarray:
+        return self.stream.arrivals(multiple * self.total_rate_qps)
+
+    def part(self, g: int) -> Stream:
+        """Group g's queries alone: at rate λ·r_g they arrive at the times they have in this stream at
+        multiple λ (gaps rescaled by the share r_g/Σr), with the same batches and noise."""
+        idx = np.flatnonzero(self.group == g)
+        t = np.cumsum(self.stream.gaps)[idx]
+        share = float(self.rates_qps[g]) / self.total_rate_qps
+        return Stream(np.diff(t, prepend=0.0) * share, self.stream.batches[idx], self.stream.noise_u[idx])
+
+
+def poisson_mix_stream(batches: np.ndarray | Sequence[np.ndarray], rates_qps: Sequence[float], seed: int) -> MixStream:
+    """Poisson arrivals of len(batches) queries (draws as `poisson_stream(batches, seed)`), each for group
+    g with probability r_g/Σr (a separate draw seeded by `seed`). `batches`: one array for every group,
+    or one array per group, each as long as the stream (query i of group g has batch `batches[g][i]`)."""
+    rates = np.asarray(rates_qps, dtype=float)
+    if len(rates) == 0 or (rates < 0).any() or rates.sum() <= 0:
+        raise ConfigError(f"rates_qps must be >= 0 with a positive sum, got {rates.tolist()}")
+    per_group = not isinstance(batches, np.ndarray)
+    first = np.asarray(batches[0] if per_group else batches, dtype=np.int64)
+    n = len(first)
+    group = np.random.default_rng([seed, len(rates)]).choice(len(rates), size=n, p=rates / rates.sum())
+    if per_group:
+        table = np.stack([np.asarray(b, dtype=np.int64) for b in batches])
+        if table.shape != (len(rates), n):
+            raise ConfigError(f"batches: one array of {n} per group ({len(rates)} groups), got shape {table.shape}")
+        chosen = table[group, np.arange(n)]
+    else:
+        chosen = first
+    return MixStream(poisson_stream(chosen, seed), group.astype(np.intp), rates)
+
+
+def mix_service_times(
+    profiles: ProfileTable, models: Sequence[str], services: Sequence[ServiceModel] | None, stream: MixStream
+) -> np.ndarray:
+    """Service seconds of every query on every profiled type, float[n, types]: query i of group g as
+    `services[g]` draws it for `models[g]` (default: no noise, the profile means)."""
+    svc = np.empty((len(stream), len(profiles.types)))
+    for g, model in enumerate(models):
+        idx = np.flatnonzero(stream.group == g)
+        sub = Stream(stream.stream.gaps[idx], stream.stream.batches[idx], stream.stream.noise_u[idx])
+        svc[idx] = (services[g] if services is not None else ServiceModel()).times(profiles, model, sub)
+    return svc
+
+
+@dataclass(frozen=True)
+class MixResult:
+    """Outcome of one run of several models at one multiple (per-group tuples in demand order)."""
+
+    offered_multiple: float
+    offered_qps: float
+    n_queries: int
+    n_measured: tuple[int, ...]
+    p99_s: tuple[float, ...]
+    violations: tuple[int, ...]
+    ok: bool
+    aborted: bool
+    lagging: bool
+    policy_calls: int
+    wall_s: float
+
+
+def _run_mix(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    expected: np.ndarray,
+    batches: np.ndarray,
+    cols: np.ndarray,
+    policy: Policy,
+    group: np.ndarray,
+    group_model: np.ndarray,
+    group_qos_s: np.ndarray,
+    measure_from: int,
+    max_violations: np.ndarray,
+) -> tuple[np.ndarray, bool, int, float]:
+    """`_run` with a group per query (`group[q]`), each group its model (`group_model[g]`, a ProfileTable
+    index) and QoS (`group_qos_s[g]`), and misses counted, and the run aborted, per group
+    (`max_violations[g]`)."""
+    n_q, n_i = len(arr), len(cols)
+    window = 2 * n_i
+    arr_l: list[float] = arr.tolist()
+    cols_l: list[int] = cols.tolist()
+    group_l: list[int] = group.tolist()
+    group_qos: list[float] = group_qos_s.tolist()
+    n_groups = len(group_qos)
+    q_model = group_model[group]
+    q_qos = group_qos_s[group]
+    min_qos = min(group_qos)
+    free_at = np.zeros(n_i)
+    expect_at = np.zeros(n_i)
+    n_free = n_i
+    heap: list[tuple[float, int]] = []
+    queue: list[int] = []
+    waiting: list[list[int]] = [[] for _ in range(n_groups)]  # each group's queued queries, in order
+    finish = np.full(n_q, np.inf)
+    viol = [0] * n_groups
+    cap: list[int] = [int(x) for x in max_violations]
+    calls = 0
+    work = 0.0
+    i = 0
+    inf = math.inf
+    while True:
+        t_arr = arr_l[i] if i < n_q else inf
+        if heap and heap[0][0] <= t_arr:
+            now = heap[0][0]
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)
+                n_free += 1
+        elif i < n_q:
+            now = t_arr
+            queue.append(i)
+            waiting[group_l[i]].append(i)
+            i += 1
+            if now - arr_l[queue[0]] > min_qos and i > measure_from:
+                # measured queries already waiting longer than their QoS are violations whatever happens next
+                for g in range(n_groups):
+                    cutoff = bisect.bisect_left(arr_l, now - group_qos[g])
+                    late = bisect.bisect_left(waiting[g], cutoff) - bisect.bisect_left(waiting[g], measure_from)
+                    if viol[g] + max(late, 0) > cap[g]:
+                        return finish, True, calls, work
+        else:
+            break
+        if not queue or n_free == 0:
+            continue
+        m = min(window, len(queue))
+        qi = np.array(queue[:m], dtype=np.intp)
+        free = free_at <= now
+        busy = np.where(free, 0.0, np.maximum(expect_at - now, 1e-6))
+        snap = Snapshot(q_model[qi], batches[qi], now - arr[qi], q_qos[qi], cols, busy, free)
+        a = policy(snap)
+        calls += 1
+        if len(a) == 0:
+            if not heap and i >= n_q:
+                break
+            continue
+        rows: list[int] = a.queries.tolist()
+        for r, c in zip(rows, a.instances.tolist(), strict=True):
+            if free_at[c] > now:
+                raise RuntimeError(f"policy {policy.name!r} assigned a query to busy instance {c}")
+            q = queue[r]
+            t = cols_l[c]
+            s_qt = svc[q, t]
+            work += s_qt
+            f = now + s_qt
+            free_at[c] = f
+            expect_at[c] = now + expected[q, t]
+            heapq.heappush(heap, (f, c))
+            finish[q] = f
+            g = group_l[q]
+            waiting[g].remove(q)
+            if f - arr_l[q] > group_qos[g] and q >= measure_from:
+                viol[g] += 1
+                if viol[g] > cap[g]:
+                    return finish, True, calls, work
+        n_free -= len(rows)
+        if len(rows) == 1:
+            del queue[rows[0]]
+        else:
+            taken = set(rows)
+            queue = [q for k, q in enumerate(queue) if k not in taken]
+    return finish, False, calls, work
+
+
+def simulate_mix(
+    profiles: ProfileTable,
+    models: Sequence[str],
+    cols: np.ndarray,
+    policy: Policy,
+    multiple: float,
+    *,
+    qos_s: Sequence[float],
+    stream: MixStream,
+    services: Sequence[ServiceModel] | None = None,
+    svc: np.ndarray | None = None,
+    expected: np.ndarray | None = None,
+    warmup_fraction: float = WARMUP_FRACTION,
+    percentile: float = PERCENTILE,
+    abort: bool = True,
+) -> MixResult:
+    """Run `stream` at `multiple` × its demand vector on the fleet `cols`: group g's queries are for
+    `models[g]` with QoS `qos_s[g]`. Passes when every group's p99 (nearest rank at or above, over its
+    measured queries) is within its QoS, and the fleet keeps up: the service handed out fits the
+    instances' time, and no group's last completion lags the last arrival by more than `LAG_QOS` × its
+    QoS. `svc`/`expected` as in `simulate` (default: `mix_service_times` with `services` / no noise);
+    with `abort`, the run stops once any group has more misses than its percentile allows."""
+    if multiple <= 0:
+        raise ConfigError(f"multiple must be > 0, got {multiple}")
+    n_groups = len(stream.rates_qps)
+    if len(models) != n_groups or len(qos_s) != n_groups:
+        raise ConfigError(f"{len(models)} models and {len(qos_s)} QoS targets for {n_groups} demand groups")
+    t0 = time.perf_counter()
+    if svc is None:
+        svc = mix_service_times(profiles, models, services, stream)
+    if expected is None:
+        expected = mix_service_times(profiles, models, None, stream)
+    arr = stream.arrivals(multiple)
+    n = len(arr)
+    group = stream.group
+    measure_from = int(n * warmup_fraction)
+    measured = group[measure_from:]
+    n_measured = np.bincount(measured, minlength=n_groups)
+    allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
+    max_viol = np.floor(allowed).astype(np.int64) + 1 if abort else np.full(n_groups, n + 1)
+    model_idx = np.array([profiles.model_index(m) for m in models], dtype=np.intp)
+    qos = np.asarray(qos_s, dtype=float)
+    finish, aborted, calls, work = _run_mix(arr, svc, expected, stream.stream.batches, cols, policy, group, model_idx, qos,
+                                            measure_from, max_viol)
+    lat = finish[measure_from:] - arr[measure_from:]
+    violations = tuple(int(np.count_nonzero(lat[measured == g] > qos[g])) for g in range(n_groups))
+    overloaded = work > len(cols) * (arr[-1] - arr[0])
+    lag = False
+    if np.isfinite(finish).all():
+        lag = any(finish[group == g].max() - arr[-1] > LAG_QOS * qos[g] for g in range(n_groups) if np.any(group == g))
+    lagging = bool(overloaded or lag)
+    p99 = tuple(
+        math.inf if aborted or n_measured[g] == 0 else float(np.percentile(lat[measured == g], percentile, method="higher"))
+        for g in range(n_groups)
+    )
+    ok = not aborted and not lagging and all(p99[g] <= qos[g] for g in range(n_groups) if n_measured[g] > 0)
+    return MixResult(
+        offered_multiple=float(multiple),
+        offered_qps=float(multiple * stream.total_rate_qps),
+        n_queries=n,
+        n_measured=tuple(int(x) for x in n_measured),
+        p99_s=p99,
+        violations=violations,
+        ok=ok,
+        aborted=aborted,
+        lagging=lagging,
+        policy_calls=calls,
+        wall_s=time.perf_counter() - t0,
+    )
+
+
+@dataclass(frozen=True)
+class MaxMultiple:
+    """The largest passing multiple of the demand vector found, the probes made ((multiple, ok) in
+    order) and whether a multiple at or above the bound passed (the bound does not bound this fleet)."""
+
+    multiple: float
+    probes: tuple[tuple[float, bool], ...]
+    exceeds_bound: bool
+    wall_s: float
+
+
+def max_multiple(
+    profiles: ProfileTable,
+    models: Sequence[str],
+    cols: np.ndarray,
+    policy_factory: PolicyFactory,
+    *,
+    qos_s: Sequence[float],
+    stream: MixStream,
+    services: Sequence[ServiceModel] | None = None,
+    svc: np.ndarray | None = None,
+    ub_multiple: float | None = None,
+    rel_tol: float = 0.01,
+    first_guess: float = 0.9,
+) -> MaxMultiple:
+    """Bisect for the largest multiple λ of the demand vector at which every model's p99 is within its
+    QoS (`simulate_mix`). Search: a probe at UB·(1 + rel_tol) checks the bound (doubling upwards while it
+    passes), then `first_guess`·UB, then bisection until the bracket is narrower than `rel_tol`·UB.
+    Without a bound (or a zero one) the fleet's raw capacity on the stream, as a multiple, sets the
+    scale. A fresh policy is built for every run."""
+    t0 = time.perf_counter()
+    if svc is None:
+        svc = mix_service_times(profiles, models, services, stream)
+    expected = mix_service_times(profiles, models, None, stream)
+    probes: list[tuple[float, bool]] = []
+
+    def ok(x: float) -> bool:
+        r = simulate_mix(profiles, models, cols, policy_factory(), x, qos_s=qos_s, stream=stream, svc=svc,
+                         expected=expected).ok
+        probes.append((x, r))
+        return r
+
+    per_query = svc[:, cols].mean(axis=0)  # each instance's mean service time over the mix
+    capacity = float(np.sum(1.0 / per_query)) / stream.total_rate_qps
+    have_bound = ub_multiple is not None and ub_multiple > 0
+    zero_bound = ub_multiple is not None and ub_multiple <= 0  # the bound says no multiple passes
+    scale = float(ub_multiple) if have_bound and ub_multiple is not None else capacity
+    hi, lo = scale * (1.0 + rel_tol), 0.0
+    broken = False
+    if ok(hi):
+        broken, lo = have_bound or zero_bound, hi
+        for _ in range(8):
+            hi *= 2.0
+            if not ok(hi):
+                break
+            lo = hi
+        else:
+            return MaxMultiple(lo, tuple(probes), broken, time.perf_counter() - t0)
+    elif ok(first_guess * scale):
+        lo = first_guess * scale
+    else:
+        hi = first_guess * scale
+    while hi - lo > rel_tol * scale:
+        mid = 0.5 * (lo + hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return MaxMultiple(lo, tuple(probes), broken or (zero_bound and lo > 0), time.perf_counter() - t0)

@@ -39,11 +39,22 @@ from kairosd.planner.bounds import (
     proportional_bound,
     upper_bound,
 )
+from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import (
     MICRO_USD,
     config_cost,
     config_from_mapping,
     enumerate_configs,
+)
+from kairosd.planner.joint import (
+    DEFAULT_HEADROOM,
+    PLAN_OBJECTIVES,
+    FleetPlan,
+    JointModel,
+    joint_fluid_bound,
+    joint_queue_estimate,
+    joint_upper_bound,
+    plan_fleet,
 )
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
@@ -72,12 +83,17 @@ from kairosd.planner.selectors import (
 __all__ = [
     "BoundModel",
     "Candidates",
+    "DEFAULT_HEADROOM",
     "DUAL_LEVELS",
     "DUAL_LEVELS_LARGE",
     "DUAL_LP_MAX_BATCHES",
     "Evaluator",
+    "FleetPlan",
+    "JointModel",
     "MICRO_USD",
     "MIN_BASE_COVERAGE",
+    "ModelDemand",
+    "PLAN_OBJECTIVES",
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",
     "QUEUE_EPS",
@@ -97,8 +113,12 @@ __all__ = [
     "fluid_bound",
     "fluid_solution",
     "homogeneous_configs",
+    "joint_fluid_bound",
+    "joint_queue_estimate",
+    "joint_upper_bound",
     "make_candidates",
     "miss_from_samples",
+    "plan_fleet",
     "proportional_bound",
     "queue_estimate",
     "rank",

@@ -1,0 +1,484 @@
+"""The joint plan: one fleet serves every model, ranked for the observed demand vector of all models together.
+
+Core rule: a configuration n is worth the largest multiple λ of the demand vector r (rate r_m of
+every model m) that it serves with each model's p99 within that model's QoS. Its fluid bound is the
+LP of `upper_bound` with one flow per (model, batch, type) and every type's instance time shared:
+    max Λ  s.t.  Σ_k x_mkb = Λ·w_m·p_mb                     (every query of every model is served)
+                 Σ_mb x_mkb·L_mk(b) ≤ n_k                   (one pool of time per type)      [dual y_k]
+                 Σ_kb x_mkb·miss_mk(b) ≤ ε_m·Λ·w_m          (each model's p99 on its own)     [dual z_m]
+with w = r / Σr the demand shares, Λ the total rate of the mix and λ = Λ / Σr. Weak duality, as in
+`upper_bound`, weighing the rows by y ≥ 0 and z ≥ 0 and charging each batch its cheapest present type:
+    n·y ≥ Λ·D(y, z),   D(y, z) = Σ_m w_m·(Σ_b p_mb·min_k∈S (y_k·L_mk(b) + z_m·miss_mk(b)) − ε_m·z_m),
+so Λ ≤ n·y / D for every (y, z) with D > 0. D depends on the present types S only: per subset the
+LP's optimal duals at a grid of capacity-share directions (`DUAL_LEVELS`, batches merged to
+`DUAL_LP_MAX_BATCHES` groups per model) are normalised on the full mixes to D = 1, and
+    Λ_max(n) = min over the subset's vectors y of n·y
+bounds every dispatcher (queueing ignored) and equals the joint LP at the grid's directions. A
+subset on which some model with demand cannot meet its p99 at any rate (its best present type per
+batch misses QoS on more than ε_m of its mix) gets 0. With one model carrying all the demand this is
+that model's `upper_bound` (the single-model vectors are used, so the two agree exactly).
+
+Worked example (unit tests; ε = 0). Two types, each model one batch size: "big" serves model A in
+1 ms and model B in 4 ms; "small" serves A in 2 ms and B in 20 ms, over B's 10 ms QoS. Demand 3:1
+(w = 0.75, 0.25); 1 big + 1 small. B fits only on big: 0.25·Λ·4 ms = Λ·1 ms of big's time; A takes
+the rest of big (1 ms each) and all of small (2 ms each): 0.75·Λ = (1 − Λ·1 ms)/1 ms + 1/2 ms →
+Λ = 1500/1.75 = 857.1/s, λ = Λ/Σr. Dual y = (big 571.4, small 285.7): A costs min(0.571, 0.571),
+B min(2.286, 5.714), so D = 0.75·0.571 + 0.25·2.286 = 1 and Λ ≤ 571.4 + 285.7 = 857.1. Two fleets
+planned apart (small for A, big for B) reach min(500/0.75, 250/0.25) = 666.7/s at the 3:1 ratio.
+
+The queue-aware estimate (`joint_queue_estimate`) keeps the joint fluid split and charges it the
+queueing each model meets on this fleet: Λ_est = Λ_max · η, η the harmonic mean of the per-model
+efficiencies est_m / ub_m (`queue_estimate` / `upper_bound` of model m alone on the whole fleet)
+weighted by the fleet time each model takes in the fluid (r_m / ub_m):
+    η = Σ_m (r_m / ub_m) / Σ_m (r_m / est_m).
+E.g. A is half the fleet time at efficiency 0.9, B the other half at 0.6 → η = 1/(0.5/0.9 + 0.5/0.6)
+= 0.72. One model: Λ_est = its `queue_estimate`.
+
+`plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (among
+the configurations whose estimate is within `QUEUE_TOLERANCE` of the best, the highest joint bound);
+"min_cost" the cheapest configuration whose estimate covers the observed rates times `headroom`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+
+from kairosd.errors import ConfigError
+from kairosd.planner.bounds import (
+    DUAL_LP_MAX_BATCHES,
+    BoundModel,
+    _merge_batches,
+    _subset_directions,
+    dual_denominator,
+    upper_bound,
+)
+from kairosd.planner.demand import ModelDemand
+from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
+from kairosd.planner.fluid_lp import _stdout_to_devnull
+from kairosd.planner.queueing import queue_estimate
+from kairosd.planner.selectors import QUEUE_TOLERANCE
+from kairosd.profiles import ProfileTable
+
+PLAN_OBJECTIVES = ("max_throughput", "min_cost")
+DEFAULT_HEADROOM = 1.2
+
+
+def _tables(bm: BoundModel, sub: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's batch tables restricted to the types `sub`: probability [b], latency and miss [k, b]."""
+    if bm.batch_p is None or bm.batch_lat_s is None or bm.batch_miss is None:
+        raise ConfigError("the joint bound needs BoundModels made by BoundModel.build (batch tables)")
+    return bm.batch_p, bm.batch_lat_s[list(sub)], bm.batch_miss[list(sub)]
+
+
+def _servable(bm: BoundModel, sub: Sequence[int]) -> bool:
+    """Whether the types `sub` can serve the model's p99 at some rate: the best of them per batch
+    meets QoS on at least 1 − ε of the mix."""
+    if not sub:
+        return False
+    p, _, miss = _tables(bm, sub)
+    return bool(p @ (1.0 - miss.min(axis=0)) >= 1.0 - bm.slack - 1e-12)
+
+
+class _JointLp:
+    """The joint fluid LP of a subset of types (columns x[m, k, b] model-major, then Λ), re-solvable
+    for any counts n from the last basis (HiGHS, as `planner.fluid_lp.FluidLp`)."""
+
+    def __init__(self, lats: Sequence[np.ndarray], misses: Sequence[np.ndarray], ps: Sequence[np.ndarray],
+                 shares: Sequence[float], slacks: Sequence[float]) -> None:
+        """lats[m], misses[m]: [k, b] per model (the subset's types, the model's batches); ps[m]: [b];
+        shares: w_m; slacks: ε_m."""
+        k_n = lats[0].shape[0]
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        vals: list[np.ndarray] = []
+        col0, eq0 = 0, 0
+        n_eq = sum(len(p) for p in ps)
+        nv = sum(k_n * len(p) for p in ps) + 1
+        lam = nv - 1
+        cap0, miss0 = n_eq, n_eq + k_n
+        for m, (lat, miss, p) in enumerate(zip(lats, misses, ps, strict=True)):
+            nb = len(p)
+            x = col0 + np.arange(k_n * nb)
+            k_of, b_of = np.divmod(np.arange(k_n * nb), nb)
+            rows += [eq0 + b_of, eq0 + np.arange(nb), cap0 + k_of, np.full(k_n * nb + 1, miss0 + m)]
+            cols += [x, np.full(nb, lam), x, np.r_[x, lam]]
+            vals += [np.ones(k_n * nb), -shares[m] * p, lat.ravel(),
+                     np.r_[-(1.0 - miss).ravel(), (1.0 - slacks[m]) * shares[m]]]
+            col0 += k_n * nb
+            eq0 += nb
+        n_rows = n_eq + k_n + len(ps)
+        a = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_rows, nv))
+        inf = highspy.kHighsInf
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = nv, n_rows
+        lp.col_cost_ = np.r_[np.zeros(nv - 1), -1.0]  # HiGHS minimises: −Λ
+        lp.col_lower_, lp.col_upper_ = np.zeros(nv), np.full(nv, inf)
+        lp.row_lower_ = np.r_[np.zeros(n_eq), np.full(k_n + len(ps), -inf)]
+        lp.row_upper_ = np.r_[np.zeros(n_eq), np.ones(k_n), np.zeros(len(ps))]
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+        with _stdout_to_devnull():
+            self._h = highspy.Highs()
+        self._h.setOptionValue("output_flag", False)
+        self._h.setOptionValue("presolve", "off")
+        self._h.passModel(lp)
+        self._cap = (cap0, cap0 + k_n)
+        self._miss = (miss0, miss0 + len(ps))
+
+    def solve(self, n: np.ndarray) -> tuple[float, np.ndarray, np.ndarray] | None:
+        """(Λ, y [k], z [m]) at counts n [k], or None if HiGHS finds no optimum."""
+        for row, bound in zip(range(*self._cap), np.asarray(n, dtype=float).tolist(), strict=True):
+            self._h.changeRowBounds(row, -highspy.kHighsInf, bound)
+        self._h.run()
+        if self._h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None
+        dual = -np.asarray(self._h.getSolution().row_dual)  # HiGHS: ∂(−Λ)/∂(row bound)
+        lam = -float(self._h.getInfo().objective_function_value)
+        return lam, np.maximum(dual[slice(*self._cap)], 0.0), np.maximum(dual[slice(*self._miss)], 0.0)
+
+
+@dataclass(frozen=True)
+class JointModel:
+    """The joint bound's inputs: one `BoundModel` per model (same types, same order) and the demand
+    vector. A value: the dual vectors, found on first use per subset of types, are a cache. They depend
+    on the demand only through the shares, so a caller ranking every period can keep one JointModel
+    per quantised share vector (`JointModel.build(..., share_step=...)`) and reuse it."""
+
+    models: tuple[BoundModel, ...]
+    rates_qps: np.ndarray  # r_m ≥ 0
+    shares: np.ndarray  # w = r / Σr (uniform when Σr = 0): the direction Λ is measured along
+    _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    @staticmethod
+    def build(models: Sequence[BoundModel], demand: Sequence[ModelDemand] | Sequence[float], *,
+              share_step: float = 0.0) -> JointModel:
+        """From per-model bound models and the demand (ModelDemand per model, or its rates in q/s, in the
+        same order); `share_step` > 0 rounds the shares to multiples of it (renormalised), so that nearby
+        demand vectors share one model and its cached vectors."""
+        if not models:
+            raise ConfigError("the joint plan needs at least one model")
+        if len(demand) != len(models):
+            raise ConfigError(f"{len(demand)} demands for {len(models)} bound models")
+        types = models[0].types
+        if any(bm.types != types for bm in models):
+            raise ConfigError("every model's bound model must have the same types in the same order")
+        rates = np.array([d.rate_qps if isinstance(d, ModelDemand) else float(d) for d in demand], dtype=float)
+        if not np.all(np.isfinite(rates)) or (rates < 0).any():
+            raise ConfigError(f"demand rates must be finite and >= 0, got {rates.tolist()}")
+        total = rates.sum()
+        shares = rates / total if total > 0 else np.full(len(rates), 1.0 / len(rates))
+        if share_step > 0:
+            q = np.round(shares / share_step) * share_step
+            shares = q / q.sum() if q.sum() > 0 else shares
+        return JointModel(tuple(models), rates, shares)
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return self.models[0].types
+
+    @property
+    def total_rate_qps(self) -> float:
+        return float(self.rates_qps.sum())
+
+    def active(self) -> list[int]:
+        """The models with a positive share: only they constrain Λ."""
+        return [m for m in range(len(self.models)) if self.shares[m] > 0]
+
+    def servable(self, configs: np.ndarray) -> np.ndarray:
+        """bool[N, M]: whether each configuration's present types can meet each model's p99 at some rate."""
+        configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+        masks = _masks(configs)
+        out = np.zeros((len(configs), len(self.models)), dtype=bool)
+        for mask in np.unique(masks):
+            sub = _subset(int(mask), len(self.types))
+            out[masks == mask] = [_servable(bm, sub) for bm in self.models]
+        return out
+
+    def dual_vectors(self, mask: int) -> np.ndarray:
+        """float[v, K]: the joint dual vectors of the subset `mask` (bit k = type k present), normalised
+        to D = 1 on the full mixes; empty when a model with demand cannot be served by the subset."""
+        if mask in self._duals:
+            return self._duals[mask]
+        n_types = len(self.types)
+        sub = _subset(mask, n_types)
+        act = self.active()
+        out = np.zeros((0, n_types))
+        bms = [self.models[m] for m in act]
+        if sub and all(_servable(bm, sub) for bm in bms):
+            full = [_tables(bm, sub) for bm in bms]
+            w = self.shares[act]
+            # one instance's queries/s over the mix of all models: directions in capacity shares
+            rate = 1.0 / sum(wm * (lat @ p) for wm, (p, lat, _) in zip(w, full, strict=True))
+            merged = [_merge_batches(p, lat, miss, DUAL_LP_MAX_BATCHES) for p, lat, miss in full]
+            lp = _JointLp([g[1] for g in merged], [g[2] for g in merged], [g[0] for g in merged], w.tolist(),
+                          [bm.slack for bm in bms])
+            ys, zs = [], []
+            for share in _subset_directions(len(sub)):
+                sol = lp.solve(share / rate)
+                if sol is not None:
+                    ys.append(sol[1])
+                    zs.append(sol[2])
+            if ys:
+                y, z = np.array(ys), np.array(zs)
+                d = sum(wm * dual_denominator(y, z[:, i], lat, miss, p, bm.slack)
+                        for i, (wm, (p, lat, miss), bm) in enumerate(zip(w, full, bms, strict=True)))
+                ok = d > 1e-12 * np.maximum(y.max(axis=1), 1.0)
+                vec = np.unique(np.round(y[ok] / d[ok, None], 9), axis=0)
+                out = np.zeros((len(vec), n_types))
+                out[:, sub] = vec
+        self._duals[mask] = out
+        return out
+
+    def bound_qps(self, configs: np.ndarray) -> np.ndarray:
+        """Λ_max per configuration: the total rate of the demand mix (shares `shares`) it can serve."""
+        configs = _check(configs, len(self.types))
+        act = self.active()
+        if len(act) == 1:
+            return upper_bound(configs, self.models[act[0]])
+        masks = _masks(configs)
+        ub = np.zeros(len(configs))
+        counts = configs.astype(float)
+        for mask in np.unique(masks):
+            if mask == 0:
+                continue
+            vec = self.dual_vectors(int(mask))
+            if len(vec):
+                rows = masks == mask
+                ub[rows] = (counts[rows] @ vec.T).min(axis=1)
+        return ub
+
+    def estimate_qps(self, configs: np.ndarray, bound_qps: np.ndarray | None = None) -> np.ndarray:
+        """Λ_est per configuration: the queue-aware estimate of the mix's total rate (module docstring)."""
+        configs = _check(configs, len(self.types))
+        act = self.active()
+        if len(act) == 1:
+            return queue_estimate(configs, self.models[act[0]])
+        lam = self.bound_qps(configs) if bound_qps is None else np.asarray(bound_qps, dtype=float)
+        fluid_time = np.zeros(len(configs))  # Σ_m w_m / ub_m
+        queued_time = np.zeros(len(configs))  # Σ_m w_m / est_m
+        dead = np.zeros(len(configs), dtype=bool)
+        for m in act:
+            ub_m = upper_bound(configs, self.models[m])
+            est_m = queue_estimate(configs, self.models[m])
+            dead |= (ub_m <= 0) | (est_m <= 0)
+            with np.errstate(divide="ignore"):
+                fluid_time += self.shares[m] / np.where(ub_m > 0, ub_m, 1.0)
+                queued_time += self.shares[m] / np.where(est_m > 0, est_m, 1.0)
+        return np.where(dead, 0.0, lam * fluid_time / np.where(dead, 1.0, queued_time))
+
+
+def _check(configs: np.ndarray, n_types: int) -> np.ndarray:
+    configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+    if configs.shape[1] != n_types:
+        raise ConfigError(f"configurations have {configs.shape[1]} counts but the bound models have {n_types} types")
+    return configs
+
+
+def _masks(configs: np.ndarray) -> np.ndarray:
+    return (configs > 0).astype(np.int64) @ (np.int64(1) << np.arange(configs.shape[1], dtype=np.int64))
+
+
+def _subset(mask: int, n_types: int) -> list[int]:
+    return [k for k in range(n_types) if mask >> k & 1]
+
+
+def _demand_total(demand: Sequence[ModelDemand]) -> float:
+    total = float(sum(d.rate_qps for d in demand))
+    if total <= 0:
+        raise ConfigError("the demand is zero for every model: there is no multiple of it to bound")
+    return total
+
+
+def joint_upper_bound(configs: np.ndarray, models: Sequence[BoundModel], demand: Sequence[ModelDemand]) -> np.ndarray:
+    """λ_max per configuration (int[N, K], counts aligned with the models' types): the largest multiple λ
+    of the demand vector (λ·rate_m for every model m) that the fleet can serve with every model's p99
+    within its QoS, by LP duality on the joint fluid model (module docstring); ≥ the joint LP, valid for
+    any dispatcher. Models with zero rate do not constrain it. Refused when every rate is zero."""
+    total = _demand_total(demand)
+    return JointModel.build(models, demand).bound_qps(configs) / total
+
+
+def joint_queue_estimate(configs: np.ndarray, models: Sequence[BoundModel], demand: Sequence[ModelDemand]) -> np.ndarray:
+    """The queue-aware estimate of λ per configuration (module docstring: the joint fluid multiple times
+    the fleet-time-weighted harmonic mean of the per-model queueing efficiencies); not a bound."""
+    total = _demand_total(demand)
+    return JointModel.build(models, demand).estimate_qps(configs) / total
+
+
+def joint_fluid_bound(config: np.ndarray, models: Sequence[BoundModel], demand: Sequence[ModelDemand]) -> float:
+    """The joint fluid LP solved exactly for one configuration (every batch of every mix, no merging),
+    as a multiple of the demand: what `joint_upper_bound` bounds from above, for validation."""
+    total = _demand_total(demand)
+    jm = JointModel.build(models, demand)
+    config = _check(config, len(jm.types))[0]
+    sub = [k for k in range(len(config)) if config[k] > 0]
+    act = jm.active()
+    bms = [jm.models[m] for m in act]
+    if not sub or not all(_servable(bm, sub) for bm in bms):
+        return 0.0
+    full = [_tables(bm, sub) for bm in bms]
+    lp = _JointLp([t[1] for t in full], [t[2] for t in full], [t[0] for t in full], jm.shares[act].tolist(),
+                  [bm.slack for bm in bms])
+    sol = lp.solve(config[sub].astype(float))
+    if sol is None:
+        raise RuntimeError("joint fluid LP failed")
+    return sol[0] / total
+
+
+# --------------------------------------------------------------------------------------------------
+# The fleet plan
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    """The fleet to run for the observed demand of every model.
+
+    counts            instances per type (every type of the catalogue, 0 for the unused and unavailable)
+    cost_usd_per_hour Σ count × price
+    multiple          λ estimated for this fleet (queue-aware): it serves λ × the observed rates
+                      (inf when the observed demand is zero and the fleet can serve every model)
+    bound_multiple    the joint fluid bound of λ for this fleet (no dispatcher does better)
+    objective         "max_throughput" | "min_cost"
+    reason            why this configuration, in words (for logs and the decision record)
+    """
+
+    counts: dict[str, int]
+    cost_usd_per_hour: float
+    multiple: float
+    bound_multiple: float
+    objective: str
+    reason: str
+
+
+def _label(types: Sequence[str], config: np.ndarray) -> str:
+    return " + ".join(f"{int(c)}×{t}" for c, t in zip(config, types, strict=True) if c) or "(empty)"
+
+
+def plan_fleet(
+    profiles: ProfileTable,
+    types: Sequence[str],
+    prices_usd_per_hour: Sequence[float],
+    budget_usd_per_hour: float,
+    demand: Sequence[ModelDemand],
+    qos_s: Mapping[str, float],
+    *,
+    objective: str = "max_throughput",
+    headroom: float = DEFAULT_HEADROOM,
+    unavailable: Collection[str] = (),
+    max_counts: Sequence[int] | None = None,
+    miss: Mapping[str, np.ndarray] | None = None,
+    tail: bool = True,
+    tolerance: float = QUEUE_TOLERANCE,
+    keep_warm: bool = True,
+    joint: JointModel | None = None,
+) -> FleetPlan:
+    """Choose one fleet (counts of `types` at `prices_usd_per_hour`, cost ≤ the budget) for the observed
+    `demand` of every model, each judged against its `qos_s[model]`; no online exploration.
+
+    objective "max_throughput" (Kairos for the mix): among the maximal configurations, those whose joint
+        queue-aware estimate is within `tolerance` of the best are queue-safe; the one with the highest
+        joint bound wins (ties: higher estimate, cheaper, enumeration order). With one model this is
+        `select_kairos` on `make_candidates` of that model.
+    objective "min_cost": the cheapest configuration (maximal or not) whose estimate serves the observed
+        rates × `headroom` (λ_est ≥ headroom; ties: higher estimate, higher bound, enumeration order).
+        If none within the budget does, the "max_throughput" choice (the reason says so). With zero
+        observed demand for every model: the cheapest configuration that can serve every model within
+        its QoS (`keep_warm`, so that the first queries after an idle spell need no launch), or the
+        empty fleet when `keep_warm` is False.
+    Both objectives consider only configurations that can serve every listed model at some rate (a model
+    with zero rate included), when any can. Types in `unavailable` get count 0 (names not in `types` are
+    ignored); `max_counts` caps each type. `miss[model]` ([type, batch], types as `types`): each type's
+    probability of missing QoS without waiting (e.g. `miss_from_samples`); default: the p99 (`tail`) or
+    mean table against QoS. `joint`: a JointModel of these models and demand to reuse (its cached duals);
+    by default one is built. Unknown objectives are refused with the allowed ones.
+    """
+    if objective not in PLAN_OBJECTIVES:
+        raise ConfigError(f"unknown plan objective {objective!r}; allowed: {list(PLAN_OBJECTIVES)}")
+    if not math.isfinite(headroom) or headroom <= 0:
+        raise ConfigError(f"headroom must be a number > 0, got {headroom}")
+    if not demand:
+        raise ConfigError("plan_fleet needs the demand of at least one model")
+    names = [d.model for d in demand]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"each model may appear once in the demand, got {names}")
+    no_qos = [m for m in names if m not in qos_s]
+    if no_qos:
+        raise ConfigError(f"no QoS target for models {no_qos}; known: {sorted(qos_s)}")
+    types = tuple(types)
+    prices = np.asarray(prices_usd_per_hour, dtype=float)
+    if len(prices) != len(types):
+        raise ConfigError(f"{len(prices)} prices for {len(types)} types")
+    caps = (np.full(len(types), np.iinfo(np.int64).max, dtype=np.int64) if max_counts is None
+            else np.asarray(max_counts, dtype=np.int64).copy())
+    if caps.shape != (len(types),):
+        raise ConfigError("max_counts must give one count per type")
+    off = [k for k, t in enumerate(types) if t in set(unavailable)]
+    caps[off] = 0
+    if joint is None:
+        models = [BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s[d.model], tail=tail,
+                                           miss=None if miss is None else miss.get(d.model)) for d in demand]
+        joint = JointModel.build(models, demand)
+    elif joint.types != types or len(joint.models) != len(demand):
+        raise ConfigError("the joint model given does not match these types and models")
+    total = float(sum(d.rate_qps for d in demand))
+    zero = lambda reason: FleetPlan({t: 0 for t in types}, 0.0, 0.0, 0.0, objective, reason)
+
+    maximal = objective == "max_throughput" or total <= 0
+    configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal, max_counts=caps.tolist())
+    if objective == "min_cost" and total <= 0 and not keep_warm:
+        return FleetPlan({t: 0 for t in types}, 0.0, math.inf, math.inf, objective,
+                         "min_cost: no observed demand and keep_warm is off: the empty fleet")
+    if len(configs) == 0:
+        why = f" ({', '.join(types[k] for k in off)} unavailable)" if off else ""
+        return zero(f"{objective}: no configuration fits the budget {budget_usd_per_hour} $/h{why}")
+    serve_all = joint.servable(configs).all(axis=1)
+    pool = np.flatnonzero(serve_all) if serve_all.any() else np.arange(len(configs))
+    cost_micro = configs @ _micro(prices)
+    ub = joint.bound_qps(configs)
+    est = joint.estimate_qps(configs, ub)
+
+    def plan(row: int, reason: str) -> FleetPlan:
+        if total > 0:
+            multiple, bound = float(est[row] / total), float(ub[row] / total)
+        else:
+            multiple = bound = math.inf if serve_all[row] else 0.0
+        counts = {t: int(c) for t, c in zip(types, configs[row], strict=True)}
+        return FleetPlan(counts, float(config_cost(configs[row], prices)), multiple, bound, objective, reason)
+
+    note = "" if serve_all.any() else "; no configuration can serve every model within QoS"
+    if objective == "min_cost" and total <= 0:
+        order = np.lexsort((pool, -ub[pool], cost_micro[pool]))
+        row = int(pool[order[0]])
+        return plan(row, f"min_cost: no observed demand; the cheapest fleet that serves every model: "
+                         f"{_label(types, configs[row])}{note}")
+    if objective == "min_cost":
+        cover = pool[est[pool] >= headroom * total]
+        if len(cover):
+            order = np.lexsort((cover, -ub[cover], -est[cover], cost_micro[cover]))
+            row = int(cover[order[0]])
+            return plan(row, f"min_cost: the cheapest of {len(cover)} configurations whose estimate serves "
+                             f"{headroom:g}× the observed rates: {_label(types, configs[row])}{note}")
+        # none covers: the best the budget buys, among the maximal configurations
+        maximal_rows = _maximal(configs[pool], prices, budget_usd_per_hour, caps)
+        pool = pool[maximal_rows]
+        note = f"; no configuration within {budget_usd_per_hour} $/h serves {headroom:g}× the observed rates" + note
+    best = est[pool].max()
+    safe = est[pool] >= (1.0 - tolerance) * best
+    order = np.lexsort((pool, cost_micro[pool], -est[pool], -np.where(safe, ub[pool], -np.inf)))
+    row = int(pool[order[0]])
+    return plan(row, f"max_throughput: the highest joint bound among {int(safe.sum())} queue-safe configurations "
+                     f"(estimate within {tolerance:.0%} of the best): {_label(types, configs[row])}{note}")
+
+
+def _maximal(configs: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float, caps: np.ndarray) -> np.ndarray:
+    """Rows to which no further instance fits (budget and caps), as `enumerate_configs(maximal_only=True)` keeps."""
+    price = _micro(prices)
+    remaining = int(_micro(budget_usd_per_hour)) - configs @ price
+    fits = (remaining[:, None] >= price[None, :]) & (configs < caps[None, :])
+    return ~fits.any(axis=1)
