@@ -18,6 +18,7 @@ import shlex
 import string
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -188,6 +189,7 @@ class Ec2Provider:
         self._client_lock = threading.Lock()
         self._capacity_failed_at: dict[str, float] = {}  # type → clock() of its last InsufficientCapacity
         self._in_region: frozenset[str] | None = None  # EC2 types offered in the region, once checked
+        self._launching: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()  # token → lock
         self._templates = {name: self._template(ts) for name, ts in settings.types.items()}
         for name, ts in settings.types.items():  # a template with an unknown $name fails now, not at launch
             render_user_data(self._templates[name], self._template_values(ts, region="us-east-1"))
@@ -253,21 +255,24 @@ class Ec2Provider:
                 self._client = boto3.session.Session().client("ec2", **kw)
             return self._client
 
-    async def _run(self, call: str, fn: Callable[[Any], Any], ts: Ec2TypeSettings | None = None) -> Any:
-        """`fn(client)` in a worker thread; botocore's errors become ProviderError (ClientError is re-raised
-        for the caller to classify when `call` is RunInstances or TerminateInstances)."""
+    async def _call(self, call: str, fn: Callable[[Any], Any], ts: Ec2TypeSettings | None = None) -> Any:
+        """`fn(client)` in a worker thread. botocore's own errors (no credentials, no region, no connection)
+        become ProviderError; an EC2 error answer stays a ClientError, for the caller to classify."""
 
         def work() -> Any:
             return fn(self._ec2())
 
         try:
             return await asyncio.to_thread(work)
-        except botocore.exceptions.ClientError as exc:
-            if call in ("RunInstances", "TerminateInstances"):
-                raise
-            raise _client_error(call, exc, ts) from None
         except botocore.exceptions.BotoCoreError as exc:
             raise _client_error(call, exc, ts) from exc
+
+    async def _run(self, call: str, fn: Callable[[Any], Any], ts: Ec2TypeSettings | None = None) -> Any:
+        """`_call`, with every EC2 error answer a ProviderError saying what to check."""
+        try:
+            return await self._call(call, fn, ts)
+        except botocore.exceptions.ClientError as exc:
+            raise _client_error(call, exc, ts) from None
 
     async def _describe(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         def pages(ec2: Any) -> list[dict[str, Any]]:
@@ -329,6 +334,15 @@ class Ec2Provider:
             )
         if not token:
             raise ProviderError("launch needs a non-empty token (it makes the launch idempotent)")
+        # two calls with one token in this process take turns, so the second sees the first's instances
+        lock = self._launching.get(token)
+        if lock is None:
+            lock = self._launching[token] = asyncio.Lock()
+        async with lock:
+            return await self._launch(ts, count, token)
+
+    async def _launch(self, ts: Ec2TypeSettings, count: int, token: str) -> list[ProviderInstance]:
+        instance_type = ts.name
         existing = await self._describe(
             [
                 {"Name": f"tag:{FLEET_TAG}", "Values": [self.fleet]},
@@ -421,7 +435,7 @@ class Ec2Provider:
             result: dict[str, Any] = ec2.run_instances(**kw)
             return result
 
-        answer = await self._run("RunInstances", run, ts)
+        answer = await self._call("RunInstances", run, ts)
         return [self._instance(i) for i in answer.get("Instances", [])]
 
     async def terminate(self, ids: Sequence[str]) -> None:
@@ -433,7 +447,7 @@ class Ec2Provider:
         if not ids:
             return
         try:
-            await self._run("TerminateInstances", lambda ec2: ec2.terminate_instances(InstanceIds=ids))
+            await self._call("TerminateInstances", lambda ec2: ec2.terminate_instances(InstanceIds=ids))
         except botocore.exceptions.ClientError as exc:
             if _code(exc) not in GONE_ERRORS:
                 raise _client_error("TerminateInstances", exc) from None

@@ -3,6 +3,7 @@ listing by fleet, spot and its fallback, user data on the instance, and the `[pr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import string
 import tomllib
@@ -363,3 +364,9 @@ def test_defaults() -> None:
     assert ts.instance_type == "t3.xlarge" and ts.grpc_port == 8001 and ts.http_port is None and not ts.spot
     assert make_provider().http_port("g4dn.xlarge") == 8000 and make_provider().http_port("t3.xlarge") is None
     assert make_provider(types={"g4dn.xlarge": {"http_port": 0}}).http_port("g4dn.xlarge") is None
+
+
+async def test_concurrent_launches_with_one_token_launch_once(ec2_url: str) -> None:
+    provider = make_provider(endpoint_url=ec2_url)
+    first, second = await asyncio.gather(provider.launch("t3.xlarge", 2, "tok-1"), provider.launch("t3.xlarge", 2, "tok-1"))
+    assert sorted(i.id for i in first) == sorted(i.id for i in second) and len(described(ec2_url)) == 2
