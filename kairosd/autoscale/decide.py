@@ -15,7 +15,7 @@ billed until the provider drops it) and a note says so. Period 2: a is DRAINING 
 Terminate(a); still billed, the launch still waits. First period after the provider stops listing a
 (the caller drops it from `fleet`): committed is 0 → Launch(B, 1).
 
-The steps, in the order their actions appear in the returned list:
+The steps (their actions appear in this order, except that launches come last):
 1. Health (managed members only, by id): LAUNCHING longer than startup_grace_s → Terminate, and its type
    is unavailable until now + unavailable_s; SUSPECT longer than suspect_grace_s → Drain (Terminate if
    nothing is in flight); DRAINING with nothing in flight or longer than drain_timeout_s → Terminate.
@@ -28,16 +28,21 @@ The steps, in the order their actions appear in the returned list:
    fleet's current configuration becomes the acted target (a restarted daemon adopts what it finds). An
    acted target costing more than the budget is replaced at once by a cheaper proposal.
 3. Surplus (per type, members counted = LAUNCHING + READY + SUSPECT, unmanaged included; a type absent
-   from the acted target wants 0): taken out in the order SUSPECT, LAUNCHING, READY (fewest in flight,
-   newest, id). LAUNCHING and idle SUSPECT members serve nothing and are terminated directly; the others
-   are drained. Drains of READY members are held while the managed DRAINING + TERMINATING members number
-   max(1, floor(max_disruption_fraction × managed members)) or more, unless over budget.
-4. Budget: if the counted members (those not already leaving) cost more than the budget, managed ones
-   are taken out at once in the same order (LAUNCHING before SUSPECT before READY) until they fit,
-   ignoring the disruption cap and the down_periods delay.
-5. Deficit (types of the acted target, by name): Launch(type, n) with n capped by the deficit, by
+   from the acted target wants 0) is chosen in the order SUSPECT, LAUNCHING, READY (fewest in flight,
+   newest, id). LAUNCHING and idle SUSPECT members serve nothing and are terminated at once; a SUSPECT
+   with queries in flight is drained; READY ones wait for step 5.
+4. Deficit (types of the acted target, by name): Launch(type, n) with n capped by the deficit, by
    max_concurrent_launches − managed LAUNCHING, and by the budget; types not offered, offered as
-   unavailable, or unavailable in the memory are not launched. What is wanted and not done is noted.
+   unavailable, or unavailable in the memory are not launched. Launches come last in the list.
+5. READY surplus is drained make-before-break: not while members of the acted target are launching (or
+   launched this period), so a swap with budget to spare keeps serving until its replacements are
+   READY; a swap whose launch the budget blocks drains first (the worked example). Drains are also held
+   while the managed DRAINING + TERMINATING members number max(1, floor(max_disruption_fraction ×
+   managed members)) or more; health actions and terminations of members that serve nothing are not
+   held by this cap, but count toward it once DRAINING/TERMINATING.
+6. Budget: if the counted members (those not already leaving) cost more than the budget, managed ones
+   are taken out at once (LAUNCHING, then SUSPECT, then READY; fewest in flight, newest) until they fit;
+   over budget, neither step 5 rule holds anything back, and no launch fits.
 Unmanaged members are never drained or terminated; they count toward their type and the committed cost.
 """
 
@@ -212,13 +217,10 @@ def decide(
     def counted_micro() -> int:
         return sum(micro_usd(m.price_usd_per_hour) for m in counted())
 
-    # 3. surplus
-    managed_n = sum(m.managed for m in members.values())
-    cap = max(1, math.floor(params.max_disruption_fraction * managed_n))
-    disrupted = sum(m.managed and m.state in LEAVING for m in members.values())
+    # 3. surplus that serves nothing goes at once; READY surplus is set aside for step 5
     over_budget = counted_micro() > budget_micro
-    have = configuration(members.values())
-    for t, n in have.items():
+    ready_surplus: list[tuple[Member, str]] = []
+    for t, n in configuration(members.values()).items():
         surplus = n - acted.get(t, 0)
         if surplus <= 0:
             continue
@@ -226,38 +228,19 @@ def decide(
             (m for m in counted() if m.type == t and m.managed),
             key=lambda m: (_REMOVAL_RANK[m.state], m.in_flight, -m.launched_at_s, m.id),
         )[:surplus]
-        held_back = 0
         for v in victims:
-            if v.state is MemberState.READY and not over_budget:
-                if disrupted >= cap:
-                    held_back += 1
-                    continue
-                disrupted += 1
-            take_out(v, f"{t}: {n} counted, target {acted.get(t, 0)}")
-        if held_back:
-            notes.append(f"{held_back} surplus {t} not drained yet: {disrupted} managed members draining/terminating, "
-                         f"disruption cap {cap}")
+            why = f"{t}: {n} counted, target {acted.get(t, 0)}"
+            if v.state is MemberState.READY:
+                ready_surplus.append((v, why))
+            else:
+                take_out(v, why)
         if surplus > len(victims):
             notes.append(f"{surplus - len(victims)} surplus {t} are unmanaged (never drained)")
 
-    # 4. budget below what the fleet (not counting members already leaving) costs
-    remaining = counted_micro()
-    if remaining > budget_micro:
-        notes.append(f"over budget: {_usd(remaining)} serving or launching > budget {_usd(budget_micro)}: scaling in at once")
-        for v in sorted(
-            (m for m in counted() if m.managed),
-            key=lambda m: (_BUDGET_RANK[m.state], m.in_flight, -m.launched_at_s, m.id),
-        ):
-            if remaining <= budget_micro:
-                break
-            take_out(v, f"budget {_usd(budget_micro)}")
-            remaining -= micro_usd(v.price_usd_per_hour)
-        if remaining > budget_micro:
-            notes.append(f"unmanaged members alone cost {_usd(remaining)} > budget {_usd(budget_micro)}")
-
-    # 5. deficit
+    # 4. deficit (the launches are appended last; removals never lower the committed cost they check)
+    launches: list[Launch] = []
     committed = sum(micro_usd(m.price_usd_per_hour) for m in members.values())
-    leaving = [m for m in members.values() if m.state in LEAVING]
+    unaffordable: list[tuple[int, str, str]] = []  # (count, type, why), noted once removals are known
     launching = sum(m.managed and m.state is MemberState.LAUNCHING for m in members.values())
     have = configuration(members.values())
     for t, want in acted.items():
@@ -279,19 +262,58 @@ def decide(
         afford = deficit if p <= 0 else max(0, (budget_micro - committed) // p)
         k = min(deficit, slots, afford)
         if k > 0:
-            actions.append(Launch(t, k, f"{t}: {have.get(t, 0)} counted, target {want}"))
+            launches.append(Launch(t, k, f"{t}: {have.get(t, 0)} counted, target {want}"))
             committed += k * p
             launching += k
         if k < deficit and afford < min(deficit, slots):
-            why = f"committed {_usd(committed)} + {_usd(p)} > budget {_usd(budget_micro)}"
-            if leaving:
-                leaving_micro = sum(micro_usd(m.price_usd_per_hour) for m in leaving)
-                why += (f"; {len(leaving)} draining/terminating member(s) ({_usd(leaving_micro)})"
-                        " are billed until the provider lists them terminated")
-            notes.append(f"launch of {deficit - k} {t} waits for budget: {why}")
+            unaffordable.append((deficit - k, t, f"committed {_usd(committed)} + {_usd(p)} > budget {_usd(budget_micro)}"))
         elif k < deficit:
             notes.append(f"launch of {deficit - k} {t} waits: {launching} launching, max_concurrent_launches "
                          f"{params.max_concurrent_launches}")
+
+    # 5. READY surplus: make before break, then the disruption cap (neither holds when over budget)
+    if ready_surplus and not over_budget:
+        coming = sum(m.managed and m.state is MemberState.LAUNCHING and m.type in acted for m in members.values())
+        coming += sum(a.count for a in launches)
+        if coming:
+            notes.append(f"{len(ready_surplus)} surplus READY member(s) kept until {coming} launching member(s) are ready")
+            ready_surplus = []
+    managed_n = sum(m.managed for m in members.values())
+    cap = max(1, math.floor(params.max_disruption_fraction * managed_n))
+    disrupted = sum(m.managed and m.state in LEAVING for m in members.values())
+    held_back = 0
+    for v, why in ready_surplus:
+        if disrupted >= cap and not over_budget:
+            held_back += 1
+            continue
+        disrupted += 1
+        take_out(v, why)
+    if held_back:
+        notes.append(f"{held_back} surplus READY member(s) not drained yet: {disrupted} managed members "
+                     f"draining/terminating, disruption cap {cap}")
+
+    # 6. budget below what the fleet (not counting members already leaving) costs
+    remaining = counted_micro()
+    if remaining > budget_micro:
+        notes.append(f"over budget: {_usd(remaining)} serving or launching > budget {_usd(budget_micro)}: scaling in at once")
+        for v in sorted(
+            (m for m in counted() if m.managed),
+            key=lambda m: (_BUDGET_RANK[m.state], m.in_flight, -m.launched_at_s, m.id),
+        ):
+            if remaining <= budget_micro:
+                break
+            take_out(v, f"budget {_usd(budget_micro)}")
+            remaining -= micro_usd(v.price_usd_per_hour)
+        if remaining > budget_micro:
+            notes.append(f"unmanaged members alone cost {_usd(remaining)} > budget {_usd(budget_micro)}")
+    leaving = [m for m in members.values() if m.state in LEAVING]
+    for n, t, why in unaffordable:
+        if leaving:
+            leaving_micro = sum(micro_usd(m.price_usd_per_hour) for m in leaving)
+            why += (f"; {len(leaving)} draining/terminating member(s) ({_usd(leaving_micro)})"
+                    " are billed until the provider lists them terminated")
+        notes.append(f"launch of {n} {t} waits for budget: {why}")
+    actions.extend(launches)
 
     new_state = DecideState(acted_target=acted, proposed=proposed, held_periods=held, unavailable_until_s=until, started=True)
     return Decision(tuple(actions), new_state, tuple(notes))

@@ -102,6 +102,21 @@ def test_swap_under_a_tight_budget_goes_drain_then_terminate_then_launch() -> No
     assert seen == [[("Drain", "c0")], [("Terminate", "c0")], [], [("Launch", G)], []]
 
 
+def test_swap_with_budget_to_spare_launches_before_it_drains() -> None:
+    fleet = [make_member("c0", C), make_member("c1", C, launched_at_s=1.0)]
+    state, now = started({C: 2}), 0.0
+    seen = []
+    for period in range(6):
+        d = run({G: 1}, fleet, state, budget=5.0, now_s=now)
+        seen.append(kinds(d.actions))
+        if period == 0:
+            assert any("kept until 1 launching" in n for n in d.notes)
+        fleet = [replace(m, state=R) if m.state is L else m for m in step(fleet, d, now)]  # ready by next period
+        state, now = d.state, now + 10.0
+    # one at a time (disruption cap 1 of 3): c1 is billed as TERMINATING for one period, holding c0's drain
+    assert seen == [[("Launch", G)], [("Drain", "c1")], [("Terminate", "c1")], [], [("Drain", "c0")], [("Terminate", "c0")]]
+
+
 def test_scale_in_waits_down_periods_then_drains() -> None:
     fleet = [make_member(f"g{i}", launched_at_s=float(i)) for i in range(4)]
     params = AutoscaleParams(down_periods=3, max_disruption_fraction=0.5)
