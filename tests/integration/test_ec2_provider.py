@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import string
+import subprocess
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -284,6 +285,8 @@ def test_templates_render_with_every_variable_and_port(type_name: str) -> None:
     assert "MODEL_REPOSITORY_URI=s3://kairos-test/models" in script
     for name in string.Template(template).get_identifiers():  # no placeholder left
         assert f"${name}" not in script.replace("${", "")
+    syntax = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+    assert syntax.returncode == 0, syntax.stderr
     if type_name == "g4dn.xlarge":
         assert "GRPC_PORT=8001" in script and "METRICS_PORT=8002" in script
         assert "--allow-http=true --http-port=8000" in script and "--gpus all" in script
