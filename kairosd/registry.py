@@ -1,13 +1,17 @@
-"""The instance registry: every backend endpoint kairosd knows, its type, state and in-flight queries.
+"""The instance registry: the single truth of every instance's state, type, cost and in-flight queries.
 
-States: LAUNCHING → READY → DRAINING → GONE. Only READY instances receive new queries; a DRAINING
-instance finishes what it has. The scheduler reads the registry; providers (the static local fleet
-now, the autoscaler later) write it.
+States: LAUNCHING → READY ⇄ SUSPECT → DRAINING → GONE. Only READY instances receive new queries.
+SUSPECT: it failed at the transport level and is probed until it answers again (distinct from
+LAUNCHING, so the autoscaler can tell a sick instance from a booting one). DRAINING: it finishes what
+it has, then is terminated. The scheduler reads the registry and reports transport failures
+(`report_failure`); the fleet (`kairosd.fleet`, the reconciler over a provider) is the only writer of
+membership and of every other state change.
 """
 
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +22,7 @@ from kairosd.backends.http_client import HttpBackendClient
 class InstanceState(enum.Enum):
     LAUNCHING = "launching"
     READY = "ready"
+    SUSPECT = "suspect"
     DRAINING = "draining"
     GONE = "gone"
 
@@ -26,7 +31,8 @@ class InstanceState(enum.Enum):
 class Instance:
     """One backend endpoint. `finish_s` holds the expected finish time (loop clock) of each query in
     flight, so the dispatcher can tell how long until a slot frees (T_j). `http` is set when the
-    instance also speaks KServe v2 HTTP (a Triton does): HTTP queries are then forwarded to it as bytes."""
+    instance also speaks KServe v2 HTTP (a Triton does): HTTP queries are then forwarded to it as bytes.
+    `id` is the provider's id; `state_since_s` is on the monotonic clock (`time.monotonic`)."""
 
     id: str
     type: str
@@ -39,6 +45,11 @@ class Instance:
     finish_s: list[float] = field(default_factory=list)
     served_total: int = 0
     failed_total: int = 0
+    price_usd_per_hour: float = 0.0
+    managed: bool = True  # False: a static endpoint, never drained or terminated by the autoscaler
+    provider: str = "local"
+    state_since_s: float = field(default_factory=time.monotonic)
+    launched_at_s: float = field(default_factory=time.time)  # unix seconds, from the provider
 
     @property
     def in_flight(self) -> int:
@@ -50,7 +61,7 @@ class Instance:
 
 
 class Registry:
-    """Instances by id, with a listener called whenever the set of usable slots may have grown."""
+    """Instances by id, with listeners called whenever membership or a state changes."""
 
     def __init__(self) -> None:
         self._instances: dict[str, Instance] = {}
@@ -62,6 +73,9 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._instances)
+
+    def __contains__(self, instance_id: object) -> bool:
+        return instance_id in self._instances
 
     def get(self, instance_id: str) -> Instance | None:
         return self._instances.get(instance_id)
@@ -75,13 +89,27 @@ class Registry:
 
     def set_state(self, instance_id: str, state: InstanceState) -> None:
         inst = self._instances[instance_id]
+        if inst.state is not state:
+            inst.state_since_s = time.monotonic()
         inst.state = state
         if state is InstanceState.GONE:
             del self._instances[instance_id]
         self._changed()
 
+    def report_failure(self, instance_id: str) -> bool:
+        """A query to this instance failed at the transport level: READY → SUSPECT (out of dispatch
+        until the fleet's probe sees it answer). Returns whether the state changed."""
+        inst = self._instances.get(instance_id)
+        if inst is None or inst.state is not InstanceState.READY:
+            return False
+        self.set_state(instance_id, InstanceState.SUSPECT)
+        return True
+
     def ready(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.state is InstanceState.READY]
+
+    def in_state(self, state: InstanceState) -> list[Instance]:
+        return [i for i in self._instances.values() if i.state is state]
 
     def _changed(self) -> None:
         self.version += 1

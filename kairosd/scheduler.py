@@ -23,6 +23,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from kairosd.autoscale.load import LoadWindow
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import SchedulerConfig
 from kairosd.dispatch import Policy, Snapshot
@@ -96,8 +97,9 @@ class Scheduler:
         self._round_pending = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._in_flight = 0
-        self._probes: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        self.load: LoadWindow | None = None  # the autoscaler's observed-load window, when it runs
         registry.on_change(self._kick)
 
     # ---- front-end side -------------------------------------------------------------------
@@ -122,6 +124,8 @@ class Scheduler:
         timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
         q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw, http)
         self.stats.submitted += 1
+        if self.load is not None:
+            self.load.record(idx, batch, now)
         while True:
             if q.attempts:
                 self.waiting.appendleft(q)  # a retried query keeps its place: it is among the oldest
@@ -142,23 +146,10 @@ class Scheduler:
                 q.future = self._loop.create_future()
 
     def _suspect(self, inst: Instance) -> None:
-        """An instance failed at the transport level: take it out of dispatch (LAUNCHING) until it
-        answers ServerReady again, so queries stop being sent to a dead endpoint."""
-        if inst.state is not InstanceState.READY:
-            return
-        log.warning("instance %s (%s) failed; out of dispatch until it answers ServerReady", inst.id, inst.address)
-        self.registry.set_state(inst.id, InstanceState.LAUNCHING)
-        task = self._loop.create_task(self._probe(inst))
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
-
-    async def _probe(self, inst: Instance, interval_s: float = 0.5) -> None:
-        while inst.state is InstanceState.LAUNCHING and self.registry.get(inst.id) is inst:
-            await asyncio.sleep(interval_s)
-            if await inst.client.ready(timeout_s=interval_s) and inst.state is InstanceState.LAUNCHING:
-                log.info("instance %s is back", inst.id)
-                self.registry.set_state(inst.id, InstanceState.READY)
-                return
+        """An instance failed at the transport level: report it (READY → SUSPECT, out of dispatch); the
+        fleet probes it and puts it back when it answers."""
+        if self.registry.report_failure(inst.id):
+            log.warning("instance %s (%s) failed; suspect, out of dispatch until it answers", inst.id, inst.address)
 
     def _release_unused_grant(self, q: Query) -> None:
         """The client went away after its query was granted a slot but before it was sent."""
@@ -369,8 +360,6 @@ class Scheduler:
         return True
 
     def close(self) -> None:
-        for task in self._probes:
-            task.cancel()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -22,9 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kairosd import config as config_mod
-    from kairosd.fleet import LocalFleet
+    from kairosd.autoscale.types import AutoscaleParams
+    from kairosd.fleet import Fleet, static_target
     from kairosd.profiler import DEFAULT_BATCHES, measure, monotone
     from kairosd.profiles import ProfilePoint, ProfileTable, write_csv
+    from kairosd.providers.local import LocalProvider
     from kairosd.registry import Registry
 
     cfg = config_mod.load(args.config)
@@ -38,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> dict[str, list[ProfilePoint]]:
         results: dict[str, list[ProfilePoint]] = {m: [] for m in models}
         for t in types:  # one type at a time: instances don't compete for the cores while measured
-            fleet_cfg = dataclasses.replace(cfg, fleet={t: 1})
-            fleet = LocalFleet(fleet_cfg, Registry(), placeholder)
+            provider = LocalProvider({t: cfg.types[t]}, str(cfg.model_repository))
+            fleet = Fleet(Registry(), placeholder, [provider], static_target({t: 1}), cfg.types[t].price_usd_per_hour,
+                          AutoscaleParams(), models=models, slots={t: cfg.types[t].slots},
+                          max_message_bytes=cfg.server.max_request_bytes)
             await fleet.start()
             try:
                 inst = next(iter(fleet.registry))

@@ -48,6 +48,7 @@ def write_config(
     extra_scheduler: str = "",
     types_toml: str | None = None,
     endpoints_toml: str = "",
+    extra_toml: str = "",
 ) -> dict[str, int]:
     """A config on free ports; `endpoints_toml` ([[fleet.endpoints]] tables) is appended after the static fleet."""
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
@@ -76,10 +77,11 @@ profiles = "{REPO / 'profiles' / 'local'}"
 
 {types}
 
-[fleet.static]
+{"[fleet.static]" if fleet else ""}
 {chr(10).join(f'{t} = {n}' for t, n in fleet.items())}
 
 {endpoints_toml}
+{extra_toml}
 """
     )
     return ports

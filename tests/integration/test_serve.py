@@ -5,6 +5,7 @@ every error a user can act on."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,12 +264,13 @@ def _children(pid: int) -> list[int]:
 
 def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
     """SIGKILL one of two workers while 600 queries are in the system: every query is answered
-    correctly (the failed sends are retried on the other worker, the dead one leaves dispatch)."""
+    correctly (the failed sends are retried on the other worker, the dead one leaves dispatch), and
+    the fleet replaces the dead worker within two reconcile periods."""
     import os
     import signal as sig
 
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin")
+    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_toml="[autoscaler]\nperiod_s = 1.0")
     d = start_daemon(path, ports)
     try:
         workers = _children(d.child.pid)
@@ -293,8 +295,17 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
         for r in results:
             np.testing.assert_allclose(r.as_numpy("click_probability"), expected, rtol=1e-5, atol=1e-6)  # type: ignore[union-attr]
         assert d.metric_values("kairos_queries_retried_total")[""] >= 1
-        states = d.metric_values("kairos_instances")
-        assert states.get('{state="launching",type="ort-1t"}') == 1.0, states  # the dead one is out of dispatch
+        # the dead worker vanished from the provider's list and a new one replaced it, with a new id
+        deadline = time.monotonic() + 2 * 1.0 + 15.0  # two periods, plus a worker's start-up
+        while time.monotonic() < deadline:
+            states = d.metric_values("kairos_instances")
+            vanished = d.metric_values("kairos_fleet_instances_vanished_total")[""]
+            if states.get('{state="ready",type="ort-1t"}') == 2.0 and vanished == 1:
+                break
+            time.sleep(0.2)
+        assert states == {'{state="ready",type="ort-1t"}': 2.0}, states
+        assert d.metric_values("kairos_fleet_instances_launched_total")[""] == 3
+        assert len(_children(d.child.pid)) == 2
     finally:
         d.stop()
 
