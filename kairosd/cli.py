@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "plan": "plan",
     "simulate": "simulate",
     "profile": "profile",
+    "fleet": "fleet",
     "build-models": "build_models",
 }
 

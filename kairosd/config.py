@@ -14,6 +14,8 @@ from typing import Any
 from kairosd.errors import ConfigError
 
 BACKENDS = ("onnxruntime", "triton")
+PROVIDERS = ("local", "ec2")
+OBJECTIVES = ("max_throughput", "min_cost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,32 @@ class EndpointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscalerConfig:
+    """`[autoscaler]`: the reconcile loop that builds the fleet the planner ranks best for the observed
+    load. Off: the fleet is `[fleet.static]` (kept: an instance that dies is replaced)."""
+
+    enabled: bool = False
+    provider: str = "local"  # "local" (child processes) | "ec2" (boto3; settings in [provider.ec2])
+    fleet_name: str = "kairosd"  # the kairos:fleet tag: instances with it are this daemon's, adopted on restart
+    budget_usd_per_hour: float = 0.0  # committed cost (every billed instance) never exceeds it; required
+    objective: str = "max_throughput"  # or "min_cost": the cheapest fleet covering the load × headroom
+    headroom: float = 1.2  # min_cost: plan for this multiple of the observed rate
+    period_s: float = 5.0  # one reconcile (list, plan, decide, act) per period
+    window_s: float = 60.0  # observed load: arrival rate and batch mix over this sliding window
+    min_queries: int = 200  # below this many queries in the window, the batch mix leans on the prior
+    prior_batch_median: float = 8.0  # the prior batch mix: log-normal with this median (σ 0.75)
+    up_periods: int = 1  # a larger target is acted on after holding this many consecutive periods
+    down_periods: int = 6  # a smaller one after this many
+    max_concurrent_launches: int = 4
+    max_disruption_fraction: float = 0.25  # of the managed fleet draining or terminating at once (≥ 1)
+    startup_grace_s: float = 300.0  # not ready by then: terminated, its type unavailable for unavailable_s
+    suspect_grace_s: float = 60.0  # suspect (failing) longer than this: drained and terminated
+    drain_timeout_s: float = 30.0  # draining longer than this: terminated with queries in flight
+    unavailable_s: float = 600.0
+    terminate_on_stop: bool = True  # stop the provider's instances when the daemon stops (local: always)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     scheduler: SchedulerConfig
@@ -72,6 +100,8 @@ class Config:
     fleet: Mapping[str, int]  # static fleet: instance type → count, started as local processes
     endpoints: tuple[EndpointConfig, ...] = ()  # servers already running
     path: Path | None = None
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    provider_raw: Mapping[str, Any] = field(default_factory=dict)  # [provider.*] tables, parsed by each provider
 
 
 def _section(raw: Mapping[str, Any], key: str, cls: type, prefix: str) -> Any:
@@ -89,7 +119,10 @@ def _section(raw: Mapping[str, Any], key: str, cls: type, prefix: str) -> Any:
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     ann = str(annotation)
-    if ann == "int":
+    if ann == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r}: must be true or false")
+    elif ann == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key} = {value!r}: must be an integer")
         if value < 0:
@@ -121,7 +154,7 @@ def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> Endpo
 
 def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base_dir`."""
-    known = {"server", "scheduler", "models", "types", "fleet"}
+    known = {"server", "scheduler", "models", "types", "fleet", "autoscaler", "provider"}
     for k in raw:
         if k not in known:
             raise ConfigError(f"unknown section [{k}]; allowed: {sorted(known)}")
@@ -176,9 +209,53 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         if name not in types:
             raise ConfigError(f"fleet.static.{name}: unknown instance type; defined types: {sorted(types)}")
         fleet[name] = _coerce(count, "int", f"fleet.static.{name}")
-    if sum(fleet.values()) == 0 and not endpoints:
-        raise ConfigError("the fleet is empty: give a type a count ≥ 1 in [fleet.static] or list [[fleet.endpoints]]")
-    return Config(server, scheduler, repo, profiles_dir, qos_s, types, fleet, tuple(endpoints), path)
+    autoscaler = _autoscaler(raw, types)
+    if autoscaler.enabled and sum(fleet.values()):
+        raise ConfigError("[fleet.static] and [autoscaler] enabled = true exclude each other: the autoscaler "
+                          "chooses the counts; remove [fleet.static] or set enabled = false")
+    if not autoscaler.enabled and sum(fleet.values()) == 0 and not endpoints:
+        raise ConfigError("the fleet is empty: give a type a count ≥ 1 in [fleet.static], list [[fleet.endpoints]], "
+                          "or turn on [autoscaler]")
+    provider_raw = raw.get("provider", {})
+    if not isinstance(provider_raw, dict):
+        raise ConfigError("[provider] must be a table of provider tables, e.g. [provider.ec2]")
+    for k in provider_raw:
+        if k != "ec2":
+            raise ConfigError(f"unknown section [provider.{k}]; allowed: ['provider.ec2']")
+    if autoscaler.enabled and autoscaler.provider == "ec2":
+        if "ec2" not in provider_raw:
+            raise ConfigError("[autoscaler] provider = \"ec2\" needs a [provider.ec2] section (region, per-type AMI...): "
+                              "see configs/aws.toml")
+    if "ec2" in provider_raw:
+        from kairosd.providers.ec2_config import parse_ec2  # validated at load, like everything else
+
+        parse_ec2(provider_raw["ec2"], types, base_dir=base_dir)
+    return Config(server, scheduler, repo, profiles_dir, qos_s, types, fleet, tuple(endpoints), path, autoscaler,
+                  provider_raw)
+
+
+def _autoscaler(raw: Mapping[str, Any], types: Mapping[str, InstanceTypeConfig]) -> AutoscalerConfig:
+    a = _section(raw, "autoscaler", AutoscalerConfig, "")
+    if a.provider not in PROVIDERS:
+        raise ConfigError(f"autoscaler.provider = {a.provider!r}; allowed: {list(PROVIDERS)}")
+    if a.objective not in OBJECTIVES:
+        raise ConfigError(f"autoscaler.objective = {a.objective!r}; allowed: {list(OBJECTIVES)}")
+    if a.enabled and a.budget_usd_per_hour <= 0:
+        raise ConfigError("autoscaler.budget_usd_per_hour must be > 0 when the autoscaler is enabled "
+                          "(the committed $/h of the fleet never exceeds it)")
+    if a.period_s <= 0 or a.window_s <= 0:
+        raise ConfigError(f"autoscaler.period_s = {a.period_s} and window_s = {a.window_s} must be > 0")
+    if a.headroom < 1.0:
+        raise ConfigError(f"autoscaler.headroom = {a.headroom}: must be ≥ 1 (plan for at least the observed rate)")
+    if not 0 < a.max_disruption_fraction <= 1:
+        raise ConfigError(f"autoscaler.max_disruption_fraction = {a.max_disruption_fraction}: must be in (0, 1]")
+    if a.up_periods < 1 or a.down_periods < 1 or a.max_concurrent_launches < 1:
+        raise ConfigError("autoscaler.up_periods, down_periods and max_concurrent_launches must be ≥ 1")
+    if a.prior_batch_median < 1:
+        raise ConfigError(f"autoscaler.prior_batch_median = {a.prior_batch_median}: must be ≥ 1")
+    if a.enabled and not types:
+        raise ConfigError("the autoscaler needs instance types to choose from: define [types.*]")
+    return a
 
 
 def load(path: str | Path) -> Config:

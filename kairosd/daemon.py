@@ -19,7 +19,8 @@ from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import Config
 from kairosd.dispatch import make_policy
 from kairosd.errors import ConfigError, PortInUse
-from kairosd.fleet import LocalFleet
+from kairosd.fleet import Fleet
+from kairosd.fleet_setup import build_fleet
 from kairosd.metrics import start_metrics_server
 from kairosd.profiles import ProfileTable
 from kairosd.registry import InstanceState, Registry
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 def load_profiles(config: Config) -> ProfileTable:
     """The latency table for the served models, checked to cover every instance type of the fleet."""
     profiles = ProfileTable.load_dir(config.profiles_dir, models=sorted(config.qos_s))
-    missing = [t for t in config.fleet if t not in profiles.types]
+    wanted = list(config.types) if config.autoscaler.enabled else list(config.fleet)
+    wanted += [ep.type for ep in config.endpoints]
+    missing = sorted({t for t in wanted if t not in profiles.types})
     if missing:
         raise ConfigError(
             f"instance types {missing} have no latency profile in {config.profiles_dir} (profiled: "
@@ -61,7 +64,7 @@ class Daemon:
         self.policy = make_policy(config.scheduler.policy, self.profiles, **params)
         self.registry = Registry()
         self.scheduler: Scheduler | None = None
-        self.fleet: LocalFleet | None = None
+        self.fleet: Fleet | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._stop_metrics: Callable[[], None] | None = None
@@ -80,6 +83,12 @@ class Daemon:
 
     def model_ready(self, name: str) -> bool:
         return name in self._repository and self.is_ready()
+
+    def fleet_status(self) -> dict[str, object]:
+        """The fleet as `kairosd fleet status` shows it (served on HTTP at /kairos/fleet)."""
+        from kairosd.fleet_status import fleet_status
+
+        return fleet_status(self.fleet, self.config) if self.fleet is not None else {}
 
     async def infer(
         self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None,
@@ -104,13 +113,14 @@ class Daemon:
         ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port,
                                    "server.metrics_port": s.metrics_port})
         self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
-        self.fleet = LocalFleet(cfg, self.registry, self.profiles)
-        await self.fleet.start()
+        self.fleet = build_fleet(cfg, self.registry, self.profiles, self.scheduler)
+        # a static fleet is ready before the front ends listen; an autoscaled one grows while they do
+        await self.fleet.start(wait_ready_timeout_s=None if cfg.autoscaler.enabled else 180.0)
         try:
             self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
             self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
             if s.metrics_port:
-                self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port)
+                self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port, self.fleet)
         except OSError as exc:  # taken between the check above and now
             raise PortInUse(f"cannot listen on {s.host}: {exc}; free the port or change it in [server]") from exc
         self._started = True

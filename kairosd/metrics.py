@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from kairosd.fleet import Fleet
     from kairosd.scheduler import Scheduler
 
 
@@ -50,10 +51,47 @@ class SchedulerCollector(Collector):
         yield g
 
 
-def start_metrics_server(scheduler: Scheduler, host: str, port: int) -> Callable[[], None]:
+class FleetCollector(Collector):
+    """The fleet and its autoscaler: cost against budget, members by type and state, target, actions."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.fleet
+        s = f.stats
+        yield GaugeMetricFamily("kairos_fleet_committed_usd_per_hour",
+                                "Hourly cost of every billed instance (launching, ready, suspect, draining, terminating)",
+                                value=s.committed_usd_per_hour)
+        yield GaugeMetricFamily("kairos_fleet_budget_usd_per_hour", "The budget the committed cost stays within",
+                                value=f.budget_usd_per_hour)
+        members = GaugeMetricFamily("kairos_fleet_members", "Billed instances by type and state", labels=["type", "state"])
+        for (t, st), c in sorted(s.members.items()):  # a dict replaced whole each reconcile: safe to read here
+            members.add_metric([t, st], c)
+        yield members
+        target = GaugeMetricFamily("kairos_fleet_target_instances", "The target count per instance type", labels=["type"])
+        for t, c in sorted(s.target.items()):
+            target.add_metric([t], c)
+        yield target
+        actions = CounterMetricFamily("kairos_fleet_actions", "Fleet actions applied, by kind", labels=["kind"])
+        for kind in ("launch", "drain", "terminate"):
+            actions.add_metric([kind], s.actions.get(kind, 0))
+        yield actions
+        yield CounterMetricFamily("kairos_fleet_instances_launched", "Instances launched", value=s.launched)
+        yield CounterMetricFamily("kairos_fleet_instances_vanished",
+                                  "Instances that disappeared without kairosd terminating them", value=s.vanished)
+        yield CounterMetricFamily("kairos_fleet_reconciles", "Reconcile periods run", value=s.reconciles)
+        yield CounterMetricFamily("kairos_fleet_reconcile_errors", "Reconcile periods that failed", value=s.reconcile_errors)
+        yield GaugeMetricFamily("kairos_fleet_reconcile_duration_seconds", "Duration of the last reconcile",
+                                value=s.last_reconcile_s)
+
+
+def start_metrics_server(scheduler: Scheduler, host: str, port: int, fleet: Fleet | None = None) -> Callable[[], None]:
     """Serve /metrics on host:port from a thread; returns the function that stops it."""
     registry = CollectorRegistry()
     registry.register(SchedulerCollector(scheduler))
+    if fleet is not None:
+        registry.register(FleetCollector(fleet))
     server, thread = start_http_server(port, addr=host, registry=registry)
 
     def stop() -> None:

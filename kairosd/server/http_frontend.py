@@ -185,8 +185,18 @@ def build_http_app(service: InferenceService, max_body_bytes: int) -> web.Applic
         r.add_get(base + "/ready", _model_ready, allow_head=False)
         r.add_get(base + "/config", _model_config, allow_head=False)
         r.add_post(base + "/infer", _infer)
+    r.add_get("/kairos/fleet", _fleet_status, allow_head=False)
     r.add_route("*", "/{tail:.*}", _not_found)
     return app
+
+
+async def _fleet_status(request: web.Request) -> web.Response:
+    """kairosd's own (non-KServe) view of its fleet: instances, cost against budget, target, last plan
+    (what `kairosd fleet status` prints)."""
+    status = getattr(request.app[_SERVICE_KEY], "fleet_status", None)
+    if status is None:
+        return _error(404, "this server has no fleet")
+    return web.json_response(status())
 
 
 async def start_http_server(service: InferenceService, host: str, port: int, max_body_bytes: int) -> web.AppRunner:

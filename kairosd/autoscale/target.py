@@ -1,0 +1,131 @@
+"""The autoscaler's target: the joint plan (`kairosd.planner.plan_fleet`) for the load observed in the window.
+
+Each period the window's demand (per model: rate and batch mix) is planned over the configured types
+within the budget, without the types the autoscaler marked unavailable. A plan is reused while the
+demand stays close to the one it was made for (every rate within `rate_tolerance` of it, relatively,
+or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total variation) and the
+unavailable set is the same: planning runs only when the load moved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from kairosd.autoscale.load import LoadWindow
+from kairosd.config import Config
+from kairosd.planner.demand import ModelDemand
+from kairosd.planner.joint import FleetPlan, plan_fleet
+from kairosd.profiles import ProfileTable
+
+if TYPE_CHECKING:
+    from kairosd.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+PRIOR_SIGMA = 0.75  # the prior batch mix: log-normal with the configured median and this σ
+RATE_TOLERANCE = 0.1
+PMF_TOLERANCE = 0.05
+MIN_RATE_QPS = 0.5
+
+Planner = Callable[[Sequence[ModelDemand], frozenset[str]], FleetPlan]
+
+
+def lognormal_pmf(median: float, sigma: float, max_batch: int) -> np.ndarray:
+    """P(batch = b), b = 0..max_batch, of a log-normal rounded up to integers and clipped to [1, max_batch]."""
+    edges = np.arange(max_batch + 1, dtype=float)  # batch b takes the mass of (b-1, b]
+    with np.errstate(divide="ignore"):
+        z = (np.log(np.maximum(edges, 1e-300)) - math.log(median)) / sigma
+    from scipy.special import ndtr
+
+    cdf = ndtr(z)
+    cdf[0] = 0.0
+    pmf = np.zeros(max_batch + 1)
+    pmf[1:] = np.diff(cdf)
+    pmf[max_batch] += 1.0 - cdf[max_batch]
+    return pmf / pmf.sum()
+
+
+def _close(a: Sequence[ModelDemand], b: Sequence[ModelDemand], rate_tol: float, pmf_tol: float, min_rate: float) -> bool:
+    if [d.model for d in a] != [d.model for d in b]:
+        return False
+    for x, y in zip(a, b, strict=True):
+        if max(x.rate_qps, y.rate_qps) >= min_rate and abs(x.rate_qps - y.rate_qps) > rate_tol * max(x.rate_qps, y.rate_qps):
+            return False
+        if 0.5 * float(np.abs(x.batch_pmf - y.batch_pmf).sum()) > pmf_tol:
+            return False
+    return True
+
+
+@dataclass
+class PlannerTarget:
+    """A `kairosd.fleet.TargetFn`: the plan for the window's demand, plus fixed `extra` counts (static
+    endpoints, which are not the planner's to choose)."""
+
+    window: LoadWindow
+    planner: Planner
+    clock: Callable[[], float] = time.monotonic  # the window's clock (the scheduler's loop time)
+    extra: Mapping[str, int] = field(default_factory=dict)
+    rate_tolerance: float = RATE_TOLERANCE
+    pmf_tolerance: float = PMF_TOLERANCE
+    min_rate_qps: float = MIN_RATE_QPS
+    last_plan: FleetPlan | None = None
+    last_demand: list[ModelDemand] = field(default_factory=list)
+    plans_made: int = 0
+    _unavailable: frozenset[str] = frozenset()
+
+    def __call__(self, _now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
+        demand = self.window.demand(self.clock())
+        plan = self.last_plan
+        if (plan is None or unavailable != self._unavailable
+                or not _close(demand, self.last_demand, self.rate_tolerance, self.pmf_tolerance, self.min_rate_qps)):
+            t0 = time.perf_counter()
+            plan = self.planner(demand, unavailable)
+            self.plans_made += 1
+            self.last_plan, self.last_demand, self._unavailable = plan, demand, unavailable
+            log.info("plan target=%s cost=%.4f$/h multiple=%.2f rates=%s took=%.0fms reason=%s",
+                     _fmt(plan.counts), plan.cost_usd_per_hour, plan.multiple,
+                     ",".join(f"{d.model}:{d.rate_qps:.1f}" for d in demand), (time.perf_counter() - t0) * 1e3, plan.reason)
+        counts = {t: n for t, n in plan.counts.items() if n}
+        for t, n in self.extra.items():
+            counts[t] = counts.get(t, 0) + n
+        return counts
+
+    @staticmethod
+    def from_config(config: Config, profiles: ProfileTable, scheduler: Scheduler | None,
+                    extra: Mapping[str, int] | None = None) -> PlannerTarget:
+        """The window (attached to the scheduler, which records every query into it) and the planner
+        over the config's types, prices, QoS targets, budget and objective."""
+        a = config.autoscaler
+        prior = {m: lognormal_pmf(a.prior_batch_median, PRIOR_SIGMA, profiles.max_batch) for m in profiles.models}
+        window = LoadWindow(profiles.models, profiles.max_batch, a.window_s, prior, a.min_queries)
+        clock: Callable[[], float] = time.monotonic
+        if scheduler is not None:
+            scheduler.load = window
+            clock = scheduler.clock
+        planner = config_planner(config, profiles)
+        return PlannerTarget(window, planner, clock, dict(extra or {}))
+
+
+def config_planner(config: Config, profiles: ProfileTable) -> Planner:
+    """plan_fleet over the config's types (those with profiles), prices, QoS, budget and objective."""
+    a = config.autoscaler
+    types = [t for t in config.types if t in profiles.types]
+    prices = [config.types[t].price_usd_per_hour for t in types]
+    qos = dict(config.qos_s)
+
+    def plan(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> FleetPlan:
+        return plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, qos, objective=a.objective,
+                          headroom=a.headroom, unavailable=unavailable)
+
+    return plan
+
+
+def _fmt(counts: Mapping[str, int]) -> str:
+    return "{" + ",".join(f"{t}:{n}" for t, n in sorted(counts.items()) if n) + "}"
