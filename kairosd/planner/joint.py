@@ -26,13 +26,15 @@ the rest of big (1 ms each) and all of small (2 ms each): 0.75·Λ = (1 − Λ·
 B min(2.286, 5.714), so D = 0.75·0.571 + 0.25·2.286 = 1 and Λ ≤ 571.4 + 285.7 = 857.1. Two fleets
 planned apart (small for A, big for B) reach min(500/0.75, 250/0.25) = 666.7/s at the 3:1 ratio.
 
-The queue-aware estimate (`joint_queue_estimate`) keeps the joint fluid split and charges it the
-queueing each model meets on this fleet: Λ_est = Λ_max · η, η the harmonic mean of the per-model
-efficiencies est_m / ub_m (`queue_estimate` / `upper_bound` of model m alone on the whole fleet)
-weighted by the fleet time each model takes in the fluid (r_m / ub_m):
-    η = Σ_m (r_m / ub_m) / Σ_m (r_m / est_m).
-E.g. A is half the fleet time at efficiency 0.9, B the other half at 0.6 → η = 1/(0.5/0.9 + 0.5/0.6)
-= 0.72. One model: Λ_est = its `queue_estimate`.
+The queue-aware estimate (`JointModel.estimate_qps`; as a multiple `joint_queue_estimate`) extends
+`queue_estimate` to the mix: at a total rate Λ, model m (offered Λ·w_m) splits its queries as there —
+auxiliaries, most permissive threshold first, take its small queries up to their fluid capacity, here
+on w_m of each auxiliary's instances; its base type (largest coverage) the rest. The models whose base
+is the same type j share one M/G/c pool of its n_j instances: their rates, loads and second moments
+add up, so a model's queries wait behind the other models' services there. Λ is admissible when every
+pool is stable and, for every model, the queries that wait beyond their slack on the pool's waiting
+tail (θ from the pooled moments) plus those no present type serves within QoS are ≤ 1% of its rate.
+Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (among
 the configurations whose estimate is within `QUEUE_TOLERANCE` of the best, the highest joint bound);
@@ -52,6 +54,7 @@ import scipy.sparse as sp
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import (
     DUAL_LP_MAX_BATCHES,
+    TAIL_GRID,
     BoundModel,
     _merge_batches,
     _subset_directions,
@@ -61,7 +64,7 @@ from kairosd.planner.bounds import (
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
-from kairosd.planner.queueing import queue_estimate
+from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, erlang_c, queue_estimate
 from kairosd.planner.selectors import QUEUE_TOLERANCE
 from kairosd.profiles import ProfileTable
 
@@ -253,24 +256,89 @@ class JointModel:
                 ub[rows] = (counts[rows] @ vec.T).min(axis=1)
         return ub
 
-    def estimate_qps(self, configs: np.ndarray, bound_qps: np.ndarray | None = None) -> np.ndarray:
-        """Λ_est per configuration: the queue-aware estimate of the mix's total rate (module docstring)."""
+    def estimate_qps(self, configs: np.ndarray, bound_qps: np.ndarray | None = None, *, eps: float = QUEUE_EPS,
+                     steps: int = QUEUE_BISECT_STEPS) -> np.ndarray:
+        """Λ_est per configuration: the queue-aware estimate of the mix's total rate (module docstring),
+        the largest Λ in [0, Λ_max] that `_pooled_admissible` accepts, by bisection."""
         configs = _check(configs, len(self.types))
         act = self.active()
         if len(act) == 1:
-            return queue_estimate(configs, self.models[act[0]])
-        lam = self.bound_qps(configs) if bound_qps is None else np.asarray(bound_qps, dtype=float)
-        fluid_time = np.zeros(len(configs))  # Σ_m w_m / ub_m
-        queued_time = np.zeros(len(configs))  # Σ_m w_m / est_m
-        dead = np.zeros(len(configs), dtype=bool)
-        for m in act:
-            ub_m = upper_bound(configs, self.models[m])
-            est_m = queue_estimate(configs, self.models[m])
-            dead |= (ub_m <= 0) | (est_m <= 0)
-            with np.errstate(divide="ignore"):
-                fluid_time += self.shares[m] / np.where(ub_m > 0, ub_m, 1.0)
-                queued_time += self.shares[m] / np.where(est_m > 0, est_m, 1.0)
-        return np.where(dead, 0.0, lam * fluid_time / np.where(dead, 1.0, queued_time))
+            return queue_estimate(configs, self.models[act[0]], eps=eps, steps=steps)
+        ub = self.bound_qps(configs) if bound_qps is None else np.asarray(bound_qps, dtype=float)
+        bms = [self.models[m] for m in act]
+        w = self.shares[act]
+        base = np.stack([_base_types(configs, bm) for bm in bms], axis=1)  # [N, M]
+        est = np.zeros(len(configs))
+        combos, combo_of = np.unique(base, axis=0, return_inverse=True)
+        for ci, combo in enumerate(combos):
+            rows = np.flatnonzero((combo_of.ravel() == ci) & (ub > 0))
+            if len(rows) == 0:
+                continue
+            n = configs[rows].astype(float)
+            lo, hi = np.zeros(len(rows)), ub[rows].copy()
+            for _ in range(steps):
+                mid = 0.5 * (lo + hi)
+                ok = _pooled_admissible(mid, n, bms, w, [int(j) for j in combo], eps)
+                lo = np.where(ok, mid, lo)
+                hi = np.where(ok, hi, mid)
+            est[rows] = lo
+        return est
+
+
+def _base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
+    """Each configuration's base type for the model, as `queue_estimate` picks it: the present type with
+    the largest coverage, ties by the highest rate."""
+    n_types = len(bm.types)
+    order_key = np.lexsort((-bm.rate_qps, -bm.coverage))
+    rank_of = np.empty(n_types, dtype=np.int64)
+    rank_of[order_key] = np.arange(n_types)
+    return order_key[np.minimum(np.where(configs > 0, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
+
+
+def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel], shares: np.ndarray,
+                       base: Sequence[int], eps: float) -> np.ndarray:
+    """Whether each total rate `lam` (rows of counts `n`) passes the joint queue test: every model m,
+    offered lam·w_m, splits its queries as in `queue_estimate` on its share w_m of each auxiliary's
+    capacity; the models whose base is type j share one M/G/c pool of n_j servers (their base loads,
+    rates and second moments added); the pool is stable, and each model's violations — waits beyond
+    its own slack on the pool's waiting tail, plus the queries no present type serves within its QoS
+    — stay within eps of its rate."""
+    loads: dict[int, list[np.ndarray]] = {}
+    per_model = []
+    for bm, w_m, j in zip(bms, shares, base, strict=True):
+        if bm.band_p is None or bm.band_small is None or bm.band_m1 is None or bm.band_m2 is None or bm.band_tail is None:
+            raise ConfigError("the joint estimate needs BoundModels made by BoundModel.build (band tables)")
+        lam_m = lam * w_m
+        s, t = bm.coverage, bm.time_share[j]
+        r = np.repeat(lam_m[:, None], len(bm.band_p), axis=1)  # the base's rate per band
+        used = np.zeros(len(lam))
+        for k in (k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0):
+            y = np.minimum(w_m * n[:, k] * bm.small_rate_qps[k], s[k] * np.maximum(lam_m - used, 0.0))
+            used += y / s[k]
+            r -= (y / s[k])[:, None] * bm.band_small[k][None, :]
+        r = np.maximum(r, 0.0)
+        pool = loads.setdefault(j, [np.zeros(len(lam)), np.zeros(len(lam)), np.zeros(len(lam))])
+        pool[0] += r @ bm.band_p  # queries/s
+        pool[1] += r @ bm.band_m1[j]  # Erlangs
+        pool[2] += r @ bm.band_m2[j]  # Σ rate·E[S²]
+        per_model.append((bm.qos_s, bm.coverage[j], bm.band_tail[j], lam_m, j, r))
+    ok = np.ones(len(lam), dtype=bool)
+    theta: dict[int, np.ndarray] = {}
+    wait: dict[int, np.ndarray] = {}
+    for j, (lam_b, work, second) in loads.items():
+        n_b = n[:, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_svc = np.where(lam_b > 0, work / lam_b, 0.0)
+            cs2 = np.where(work > 0, second * lam_b / work**2 - 1.0, 0.0)
+            theta[j] = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+        wait[j] = erlang_c(n_b, work)
+        ok &= work < n_b
+    for qos_s, coverage, tail, lam_m, j, r in per_model:
+        x = np.clip(theta[j] * qos_s, 0.0, TAIL_GRID[-1])
+        tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
+        violating = wait[j] * (r * tail_g).sum(axis=1) + lam_m * (1.0 - coverage)
+        ok &= violating <= eps * lam_m
+    return ok
 
 
 def _check(configs: np.ndarray, n_types: int) -> np.ndarray:
@@ -305,8 +373,8 @@ def joint_upper_bound(configs: np.ndarray, models: Sequence[BoundModel], demand:
 
 
 def joint_queue_estimate(configs: np.ndarray, models: Sequence[BoundModel], demand: Sequence[ModelDemand]) -> np.ndarray:
-    """The queue-aware estimate of λ per configuration (module docstring: the joint fluid multiple times
-    the fleet-time-weighted harmonic mean of the per-model queueing efficiencies); not a bound."""
+    """The queue-aware estimate of λ per configuration (module docstring: each model's split as in
+    `queue_estimate`, the models with the same base type queueing in one pool); not a bound."""
     total = _demand_total(demand)
     return JointModel.build(models, demand).estimate_qps(configs) / total
 
@@ -429,8 +497,8 @@ def plan_fleet(
     total = float(sum(d.rate_qps for d in demand))
     zero = lambda reason: FleetPlan({t: 0 for t in types}, 0.0, 0.0, 0.0, objective, reason)
 
-    maximal = objective == "max_throughput" or total <= 0
-    configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal, max_counts=caps.tolist())
+    configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=objective == "max_throughput",
+                                max_counts=caps.tolist())
     if objective == "min_cost" and total <= 0 and not keep_warm:
         return FleetPlan({t: 0 for t in types}, 0.0, math.inf, math.inf, objective,
                          "min_cost: no observed demand and keep_warm is off: the empty fleet")

@@ -1,0 +1,267 @@
+"""Joint plan: the joint fluid bound by hand, against the exact joint LP, the single-model bound and the
+simulator; `plan_fleet`'s objectives; several models on one simulated fleet."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kairosd import workload
+from kairosd.dispatch import FcfsPolicy, make_policy
+from kairosd.errors import ConfigError
+from kairosd.planner import (
+    BoundModel,
+    JointModel,
+    ModelDemand,
+    batch_pmf,
+    enumerate_configs,
+    joint_fluid_bound,
+    joint_queue_estimate,
+    joint_upper_bound,
+    make_candidates,
+    miss_from_samples,
+    plan_fleet,
+    select_kairos,
+    upper_bound,
+)
+from kairosd.profiles import ProfilePoint, ProfileTable
+from kairosd.sim import (
+    MixStream,
+    ServiceModel,
+    fleet_columns,
+    max_multiple,
+    poisson_mix_stream,
+    poisson_stream,
+    simulate,
+    simulate_mix,
+)
+
+
+@pytest.fixture(scope="module")
+def wl() -> workload.KairosWorkload:
+    return workload.load_kairos()
+
+
+@pytest.fixture(scope="module")
+def pmf(wl: workload.KairosWorkload) -> np.ndarray:
+    return workload.mix_pmf("kairos", wl.profiles.max_batch, n=200_000)
+
+
+def one_batch(lat_s: tuple[float, float], qos_s: float) -> tuple[BoundModel, np.ndarray]:
+    """A model whose every query is batch 10, on types (big, small) with the given latencies; ε = 0."""
+    lat = np.zeros((2, 11))
+    lat[:, :] = np.asarray(lat_s)[:, None]
+    pmf = np.zeros(11)
+    pmf[10] = 1.0
+    return BoundModel.build(lat, lat, pmf, qos_s, ("big", "small"), slack=0.0), pmf
+
+
+def hand_case(rates: tuple[float, float] = (3.0, 1.0)) -> tuple[list[BoundModel], list[ModelDemand]]:
+    """The module docstring's example: A 1 ms on big, 2 ms on small (QoS 5 ms); B 4 ms on big, 20 ms on
+    small (QoS 10 ms: only big serves it)."""
+    a, pa = one_batch((0.001, 0.002), 0.005)
+    b, pb = one_batch((0.004, 0.020), 0.010)
+    return [a, b], [ModelDemand("a", rates[0], pa), ModelDemand("b", rates[1], pb)]
+
+
+# ---------------------------------------------------------------------------------------------- the bound
+
+
+def test_two_types_two_models_by_hand() -> None:
+    models, demand = hand_case()
+    configs = np.array([[1, 1], [1, 0], [0, 1], [2, 1]])
+    # 1 + 1: B on big (Λ ms), A fills big and small: 0.75·Λ = 1000 − Λ + 500 → Λ = 857.1, λ = Λ/4
+    # 1 + 0: 0.75·Λ·1 ms + 0.25·Λ·4 ms = 1 s → Λ = 571.4; 0 + 1: small cannot serve B → 0
+    # 2 + 1: 0.75·Λ = 2000 − Λ + 500 → Λ = 1428.6
+    expected = np.array([1500 / 1.75, 1 / 0.00175, 0.0, 2500 / 1.75]) / 4
+    np.testing.assert_allclose(joint_upper_bound(configs, models, demand), expected, rtol=1e-6)
+    for c, x in zip(configs, expected, strict=True):
+        assert joint_fluid_bound(c, models, demand) == pytest.approx(x, rel=1e-6)
+    # planned apart at the 3:1 ratio: A alone on small (500/s), B alone on big (250/s) → Λ = 666.7
+    split = min(upper_bound(np.array([[0, 1]]), models[0])[0] / 0.75, upper_bound(np.array([[1, 0]]), models[1])[0] / 0.25)
+    assert split == pytest.approx(666.67, rel=1e-4)
+    assert split < 4 * expected[0]
+    # zero-rate models do not constrain; all-zero demand has no multiple
+    only_a = [ModelDemand("a", 2.0, demand[0].batch_pmf), ModelDemand("b", 0.0, demand[1].batch_pmf)]
+    np.testing.assert_allclose(joint_upper_bound(configs, models, only_a), upper_bound(configs, models[0]) / 2.0)
+    with pytest.raises(ConfigError, match="zero"):
+        joint_upper_bound(configs, models, [ModelDemand(d.model, 0.0, d.batch_pmf) for d in demand])
+
+
+def _kairos_models(wl: workload.KairosWorkload, pmf: np.ndarray, names: tuple[str, ...]) -> list[BoundModel]:
+    return [BoundModel.from_profiles(wl.profiles, m, wl.types, pmf, wl.qos_s[m]) for m in names]
+
+
+def test_joint_bound_reduces_to_the_single_model_bound(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
+    (bm,) = _kairos_models(wl, pmf, ("wnd",))
+    configs = enumerate_configs(wl.prices_usd_per_hour, 2.5)
+    ub = upper_bound(configs, bm)
+    np.testing.assert_array_equal(joint_upper_bound(configs, [bm], [ModelDemand("wnd", 2.0, pmf)]), ub / 2.0)
+    # the general (two-model) path on two copies of one model: the same fluid LP
+    twin = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, wl.qos_s["wnd"])
+    jm = JointModel.build([bm, twin], [1.0, 3.0])
+    got = jm.bound_qps(configs)
+    live = ub > 0
+    np.testing.assert_array_equal(got > 0, live)
+    assert np.all(got[live] / ub[live] > 1 - 1e-6) and np.median(got[live] / ub[live]) < 1.01
+
+
+def test_joint_bound_is_above_the_exact_lp_and_close(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
+    models = _kairos_models(wl, pmf, ("ncf", "dien"))
+    demand = [ModelDemand("ncf", 3.0, pmf), ModelDemand("dien", 1.0, pmf)]
+    configs = enumerate_configs(wl.prices_usd_per_hour, 2.5, maximal_only=False)
+    ub = joint_upper_bound(configs, models, demand)
+    sample = np.random.default_rng(1).choice(len(configs), 25, replace=False)
+    lp = np.array([joint_fluid_bound(configs[i], models, demand) for i in sample])
+    assert np.all(ub[sample] >= lp * (1 - 1e-7))
+    pos = lp > 0
+    assert np.median(ub[sample][pos] / lp[pos]) < 1.01
+    np.testing.assert_array_equal(ub[sample] > 0, pos)
+    # more of any present type never lowers it; the estimate stays below it
+    est = joint_queue_estimate(configs, models, demand)
+    assert np.all(est <= ub + 1e-9)
+
+
+def test_joint_bound_holds_in_simulation(wl: workload.KairosWorkload) -> None:
+    """Both models on small fleets: the simulated max multiple never exceeds the joint bound."""
+    names = ("wnd", "mtwnd")
+    batches = workload.kairos_batch_mix(800, np.random.default_rng(3))
+    stream = poisson_mix_stream(batches, [0.75, 0.25], 4)
+    services = [ServiceModel("samples", wl.samples.relative(m, wl.profiles.types), workload.GRID_STEP) for m in names]
+    ti = [wl.profiles.type_index(t) for t in wl.types]
+    models, demand = [], []
+    for g, m in enumerate(names):
+        mix = batch_pmf(stream.part(g).batches, wl.profiles.max_batch)
+        mean_s = wl.profiles.mean_s[wl.profiles.model_index(m)][ti]
+        miss = miss_from_samples(mean_s, wl.samples.relative(m, wl.types), wl.qos_s[m], workload.GRID_STEP)
+        models.append(BoundModel.from_profiles(wl.profiles, m, wl.types, mix, wl.qos_s[m], miss=miss))
+        demand.append(ModelDemand(m, [0.75, 0.25][g], mix))
+    factory = lambda: make_policy("kairos", wl.profiles)
+    for counts in ([1, 0, 2, 0], [2, 0, 0, 1], [1, 0, 0, 0]):
+        ub = float(joint_upper_bound(np.array([counts]), models, demand)[0])
+        cols = fleet_columns(wl.profiles, wl.types, counts)
+        res = max_multiple(wl.profiles, list(names), cols, factory, qos_s=[wl.qos_s[m] for m in names], stream=stream,
+                           services=services, ub_multiple=ub)
+        assert not res.exceeds_bound and res.multiple <= ub, (counts, res.multiple, ub)
+        assert res.multiple > 0.3 * ub, counts
+
+
+# ---------------------------------------------------------------------------------------------- plan_fleet
+
+
+def test_max_throughput_with_one_model_is_select_kairos(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
+    for model, budget in (("wnd", 2.5), ("mtwnd", 2.5), ("ncf", 1.5), ("dien", 3.5)):
+        bm = BoundModel.from_profiles(wl.profiles, model, wl.types, pmf, wl.qos_s[model])
+        want = select_kairos(make_candidates(bm, wl.prices_usd_per_hour, budget)).config
+        plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, [ModelDemand(model, 100.0, pmf)], wl.qos_s)
+        assert [plan.counts[t] for t in wl.types] == want.tolist(), model
+        assert plan.objective == "max_throughput" and plan.cost_usd_per_hour <= budget
+        assert 0 < plan.multiple <= plan.bound_multiple
+
+
+def test_min_cost_scales_with_the_rate_and_respects_budget_and_availability(wl: workload.KairosWorkload,
+                                                                             pmf: np.ndarray) -> None:
+    plan = lambda rates, **kw: plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, 2.5,
+                                          [ModelDemand("wnd", rates[0], pmf), ModelDemand("mtwnd", rates[1], pmf)],
+                                          wl.qos_s, objective="min_cost", **kw)
+    big, small = plan((600.0, 200.0)), plan((150.0, 50.0))
+    assert small.cost_usd_per_hour < big.cost_usd_per_hour <= 2.5
+    for p in (big, small):
+        assert p.multiple >= 1.2 and p.bound_multiple >= p.multiple and "cheapest" in p.reason
+    # more than the budget can serve: the max_throughput choice, said so
+    over = plan((6000.0, 2000.0))
+    best = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, 2.5,
+                      [ModelDemand("wnd", 6000.0, pmf), ModelDemand("mtwnd", 2000.0, pmf)], wl.qos_s)
+    assert over.counts == best.counts and over.multiple < 1.2 and "no configuration" in over.reason
+    # unavailable types get 0; a type that is not in the catalogue is ignored
+    no_r5n = plan((150.0, 50.0), unavailable={"r5n.large", "p3.2xlarge"})
+    assert no_r5n.counts["r5n.large"] == 0 and no_r5n.cost_usd_per_hour <= 2.5 and no_r5n.multiple >= 1.2
+    assert plan((150.0, 50.0), max_counts=[5, 6, 0, 15]).counts == no_r5n.counts
+    # without the GPU no type meets wnd's p99 on its large batches: the plan says so
+    assert "no configuration can serve every model" in plan((150.0, 50.0), unavailable={"g4dn.xlarge"}).reason
+    # zero demand: the cheapest fleet that serves every model, or none
+    idle = plan((0.0, 0.0))
+    assert sum(idle.counts.values()) >= 1 and idle.cost_usd_per_hour <= small.cost_usd_per_hour
+    assert plan((0.0, 0.0), keep_warm=False).counts == {t: 0 for t in wl.types}
+    # nothing available at all: an empty plan that says why
+    none = plan((1.0, 1.0), unavailable=set(wl.types))
+    assert none.counts == {t: 0 for t in wl.types} and "unavailable" in none.reason
+
+
+def test_plan_fleet_refuses_bad_inputs(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
+    d = [ModelDemand("wnd", 1.0, pmf)]
+    args = (wl.profiles, wl.types, wl.prices_usd_per_hour, 2.5)
+    with pytest.raises(ConfigError, match="max_throughput.*min_cost"):
+        plan_fleet(*args, d, wl.qos_s, objective="cheapest")
+    with pytest.raises(ConfigError, match="QoS"):
+        plan_fleet(*args, d, {})
+    with pytest.raises(ConfigError, match="once"):
+        plan_fleet(*args, d + d, wl.qos_s)
+
+
+def test_hand_case_plans_one_shared_fleet() -> None:
+    """On the hand case the joint plan buys big + small at 1.5 $/h for both models."""
+    pts = {
+        "a": [ProfilePoint(t, b, s, s) for t, s in (("big", 0.001), ("small", 0.002)) for b in (1, 10)],
+        "b": [ProfilePoint(t, b, s, s) for t, s in (("big", 0.004), ("small", 0.020)) for b in (1, 10)],
+    }
+    table = ProfileTable.build(pts, max_batch=10)
+    pmf = np.zeros(11)
+    pmf[10] = 1.0
+    plan = plan_fleet(table, ("big", "small"), (1.0, 0.5), 1.5, [ModelDemand("a", 3.0, pmf), ModelDemand("b", 1.0, pmf)],
+                      {"a": 0.005, "b": 0.010})
+    assert plan.counts == {"big": 1, "small": 1}
+    # λ ≤ 857.1/4 with the p99 slack of 1% a little above it
+    assert plan.bound_multiple == pytest.approx(857.14 / 4, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+
+
+def two_model_table() -> ProfileTable:
+    """Models 'a' (2 ms) and 'b' (8 ms) on one type, any batch."""
+    pts = {m: [ProfilePoint("cpu", b, s, s) for b in (1, 1000)] for m, s in (("a", 0.002), ("b", 0.008))}
+    return ProfileTable.build(pts)
+
+
+def test_mixed_stream_parts_keep_their_arrival_times() -> None:
+    stream = poisson_mix_stream(np.full(3000, 10), [3.0, 1.0], seed=2)
+    share = np.bincount(stream.group, minlength=2) / len(stream)
+    assert share[0] == pytest.approx(0.75, abs=0.03)
+    t = stream.arrivals(5.0)
+    for g in range(2):
+        part = stream.part(g)
+        np.testing.assert_allclose(part.arrivals(5.0 * stream.rates_qps[g]), t[stream.group == g], rtol=1e-12)
+
+
+def test_each_model_is_judged_on_its_own_p99() -> None:
+    table = two_model_table()
+    stream = poisson_mix_stream(np.full(4000, 10), [1.0, 1.0], seed=5)
+    cols = fleet_columns(table, ["cpu"], [2])
+    run = lambda qos, rate: simulate_mix(table, ["a", "b"], cols, FcfsPolicy(table), rate, qos_s=qos, stream=stream,
+                                         abort=False)
+    light = run([0.1, 0.1], 10.0)  # 20 q/s on 2 servers busy 10% of the time
+    assert light.ok and light.violations == (0, 0)
+    assert light.p99_s[0] < 0.1 * 0.2 and 0.008 <= light.p99_s[1] < 0.02
+    assert sum(light.n_measured) == 4000 - 400
+    # b's QoS below its own service time: b fails, a does not, and the run fails
+    tight = run([0.1, 0.005], 10.0)
+    assert not tight.ok and tight.violations[0] == 0 and tight.violations[1] == tight.n_measured[1]
+    # a's p99 moves with b's load on the shared servers (2 ms alone; queued behind 8 ms services)
+    busy = run([0.1, 0.1], 100.0)
+    assert busy.p99_s[0] > light.p99_s[0]
+
+
+def test_one_group_mix_runs_exactly_like_simulate(wl: workload.KairosWorkload) -> None:
+    setup = workload.sim_setup(wl, "wnd", n_queries=600, seed=1)
+    cols = fleet_columns(wl.profiles, wl.types, [1, 0, 3, 0])
+    mix = MixStream(setup.stream, np.zeros(len(setup.stream), dtype=np.intp), np.array([1.0]))
+    for rate in (300.0, 900.0):
+        one = simulate(wl.profiles, "wnd", cols, make_policy("kairos", wl.profiles), rate, qos_s=setup.qos_s,
+                       stream=setup.stream, service=setup.service)
+        both = simulate_mix(wl.profiles, ["wnd"], cols, make_policy("kairos", wl.profiles), rate, qos_s=[setup.qos_s],
+                            stream=mix, services=[setup.service])
+        assert (one.ok, one.aborted, one.p99_s, one.policy_calls) == (both.ok, both.aborted, both.p99_s[0], both.policy_calls)
+    # a plain Poisson stream labelled with one group is the same stream
+    labelled = poisson_mix_stream(np.full(50, 10), [2.0], 7)
+    np.testing.assert_array_equal(labelled.stream.gaps, poisson_stream(np.full(50, 10), 7).gaps)
