@@ -200,7 +200,8 @@ def main() -> None:
               f"{budget:7.2f}  {fleet}")
     lost = sum(r["outcome"] is None for r in records)
     print(f"\nqueries sent {len(records)}; outcomes {dict(outcomes)}; lost (no answer) {lost}")
-    print(f"answered ok: p50 {np.percentile(lat_ok, 50):.1f} ms, p99 {np.percentile(lat_ok, 99):.1f} ms" if len(lat_ok) else "")
+    if len(lat_ok):
+        print(f"answered ok: p50 {np.percentile(lat_ok, 50):.1f} ms, p99 {np.percentile(lat_ok, 99):.1f} ms")
     print(f"committed $/h: max {max_committed:.3f} of budget {budget:.3f} over {len(samples)} samples; "
           f"ratio max/budget {max_committed / budget:.3f}; daemon exit code {code}")
     print(f"fleet actions: {len(actions)}")
@@ -209,7 +210,8 @@ def main() -> None:
     result = {"phases": phases, "tail_s": args.tail_s, "config": Path(args.config).name, "sent": len(records),
               "outcomes": dict(outcomes), "lost": lost, "budget_usd_per_hour": budget,
               "max_committed_usd_per_hour": max_committed, "daemon_exit_code": code,
-              "latency_ok_ms": {"p50": float(np.percentile(lat_ok, 50)), "p99": float(np.percentile(lat_ok, 99))} if len(lat_ok) else {},
+              "latency_ok_ms": ({"p50": float(np.percentile(lat_ok, 50)), "p99": float(np.percentile(lat_ok, 99))}
+                                if len(lat_ok) else {}),
               "actions": actions, "samples": samples,
               "sent_per_s": np.bincount(np.array([int(r["t_s"]) for r in records])).tolist()}
     out = write_results(result, args.out)
