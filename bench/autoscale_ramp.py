@@ -185,7 +185,8 @@ def main() -> None:
     lat_ok = np.array([r["latency_s"] for r in records if r["outcome"] == "ok"]) * 1e3
     max_committed = max(s["committed_usd_per_hour"] for s in samples)
     budget = samples[0]["budget_usd_per_hour"]
-    print(f"\n{'t (s)':>6s} {'offered q/s':>11s} {'answered q/s':>12s} {'observed':>9s} {'committed $/h':>13s} {'budget':>7s}  fleet")
+    head = ("t (s)", 6), ("offered q/s", 11), ("answered q/s", 12), ("observed", 9), ("committed $/h", 13), ("budget", 7)
+    print("\n" + " ".join(f"{h:>{w}s}" for h, w in head) + "  fleet")
     bins = np.arange(0, max(s["t_s"] for s in samples) + 5, 5.0)
     for lo in bins:
         sent = [r for r in records if lo <= r["t_s"] < lo + 5]
