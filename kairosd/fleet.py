@@ -36,9 +36,11 @@ from kairosd.autoscale.types import (
 from kairosd.backends.client import BackendClient
 from kairosd.backends.http_client import HttpBackendClient
 from kairosd.errors import Unavailable
+from kairosd.pools import parse_pool
 from kairosd.profiles import ProfileTable
 from kairosd.providers.base import (
     FLEET_TAG,
+    POOL_TAG,
     InsufficientCapacity,
     Offering,
     Provider,
@@ -183,14 +185,14 @@ class Fleet:
             now = time.monotonic()
             members = self._members(listing, now)
             self._record(members)
-            unavailable = unavailable_types(self.state, now)
+            unavailable = frozenset(parse_pool(t)[0] for t in unavailable_types(self.state, now))
             try:
                 target = dict(self.target_fn(now, unavailable))
             except Exception:  # noqa: BLE001 - keep the current target rather than act on a failed plan
                 log.exception("planning the target failed; keeping the current target")
                 target = dict(self.state.acted_target)
             self.stats.target = target
-            offerings = await self._offerings()
+            offerings = await self._offerings(target)
             decision = decide(target, members, offerings, self.budget_usd_per_hour, now, self.state, self.params)
             self.state = decision.state
             self.last_decision = decision
@@ -220,10 +222,16 @@ class Fleet:
         self.listing = listing
         return listing
 
-    async def _offerings(self) -> dict[str, Offering]:
+    async def _offerings(self, target: Mapping[str, int]) -> dict[str, Offering]:
+        """The managed provider's offerings by type, and by pool for the target's pinned pools."""
         if self.managed is None:
             return {}
-        return {o.type: o for o in await self.managed.offerings()}
+        offerings = {o.type: o for o in await self.managed.offerings()}
+        for pool in target:
+            instance_type, model = parse_pool(pool)
+            if model is not None and instance_type in offerings:
+                offerings[pool] = replace(offerings[instance_type], type=pool)
+        return offerings
 
     # ---- registry sync --------------------------------------------------------------------------
     def _sync(self, listing: Sequence[ProviderInstance]) -> None:
@@ -249,6 +257,8 @@ class Fleet:
 
     def _adopt(self, p: ProviderInstance) -> Instance:
         provider = self._provider_of.get(p.id)
+        pool = _pool_of(p)
+        model = parse_pool(pool)[1]
         inst = Instance(
             id=p.id,
             type=p.type,
@@ -261,10 +271,12 @@ class Fleet:
             managed=provider.managed if provider is not None else True,
             provider=provider.name if provider is not None else "",
             launched_at_s=p.launched_at_s,
+            pool=pool,
+            pinned_model=self.profiles.models.index(model) if model in self.profiles.models else None,
         )
         self._first_seen_s.pop(p.id, None)
         self.registry.add(inst)  # LAUNCHING until it answers ServerReady and ModelReady
-        log.info("instance adopted instance=%s type=%s address=%s provider=%s", inst.id, inst.type, inst.address, inst.provider)
+        log.info("instance adopted instance=%s pool=%s address=%s provider=%s", inst.id, pool, inst.address, inst.provider)
         self._start_watcher(inst)
         return inst
 
@@ -291,7 +303,7 @@ class Fleet:
             else:
                 state, since, in_flight = MemberState.LAUNCHING, self._first_seen_s.get(p.id, now), 0
             launched = now - max(time.time() - p.launched_at_s, 0.0) if p.launched_at_s else since
-            members.append(Member(p.id, p.type, state, p.price_usd_per_hour, launched, since, in_flight, managed))
+            members.append(Member(p.id, _pool_of(p), state, p.price_usd_per_hour, launched, since, in_flight, managed))
         return members
 
     # ---- actions --------------------------------------------------------------------------------
@@ -311,14 +323,18 @@ class Fleet:
         if self.managed is None:
             log.warning("launch %d × %s wanted but the fleet has no launching provider", action.count, action.type)
             return
-        token = self._pending_token.get(action.type)
+        pool = action.type
+        instance_type, model = parse_pool(pool)
+        token = self._pending_token.get(pool)
         if token is None:
             self._token_seq += 1
-            token = f"{self.fleet_name}.{action.type}.{self._token_epoch}.{self._token_seq}"
-            self._pending_token[action.type] = token
-        log.info("launch type=%s count=%d token=%s reason=%s", action.type, action.count, token, action.reason)
+            token = f"{self.fleet_name}.{instance_type}.{self._token_epoch}.{self._token_seq}"
+            self._pending_token[pool] = token
+        log.info("launch type=%s pool=%s count=%d token=%s reason=%s", instance_type, pool, action.count, token,
+                 action.reason)
         try:
-            started = await self.managed.launch(action.type, action.count, token)
+            started = await self.managed.launch(instance_type, action.count, token,
+                                                tags={POOL_TAG: pool} if model is not None else None)
         except InsufficientCapacity as exc:
             until = time.monotonic() + self.params.unavailable_s
             self.state = replace(self.state, unavailable_until_s={**self.state.unavailable_until_s, action.type: until})
@@ -419,6 +435,11 @@ class Fleet:
 
     def members(self) -> list[Member]:
         return self._members(self.listing, time.monotonic())
+
+
+def _pool_of(p: ProviderInstance) -> str:
+    """The pool an instance counts in: its pool tag, else its type (shared)."""
+    return p.tags.get(POOL_TAG, p.type)
 
 
 async def _answers(inst: Instance, models: Sequence[str], timeout_s: float = 2.0) -> bool:

@@ -50,6 +50,8 @@ class Instance:
     provider: str = "local"
     state_since_s: float = field(default_factory=time.monotonic)
     launched_at_s: float = field(default_factory=time.time)  # unix seconds, from the provider
+    pool: str = ""  # the fleet pool it counts in (`kairosd.pools`); "" means its type
+    pinned_model: int | None = None  # profile model index: it serves only that model's queries; None: every model
 
     @property
     def in_flight(self) -> int:
@@ -104,6 +106,10 @@ class Registry:
             return False
         self.set_state(instance_id, InstanceState.SUSPECT)
         return True
+
+    def has_pinned(self) -> bool:
+        """Whether a READY instance is pinned to one model (then dispatch runs per model)."""
+        return any(i.pinned_model is not None for i in self._instances.values() if i.state is InstanceState.READY)
 
     def ready(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.state is InstanceState.READY]

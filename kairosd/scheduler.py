@@ -100,6 +100,8 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         self.load: LoadWindow | None = None  # the autoscaler's observed-load window, when it runs
+        self._pinned_version = -1
+        self._has_pinned = False
         registry.on_change(self._kick)
 
     # ---- front-end side -------------------------------------------------------------------
@@ -214,9 +216,10 @@ class Scheduler:
             self._round_pending = True
             self._loop.call_soon(self._round)
 
-    def _columns(self, now: float, m: int) -> tuple[list[Instance], list[int], list[float], int, int]:
+    def _columns(self, now: float, m: int, model: int | None = None) -> tuple[list[Instance], list[int], list[float], int, int]:
         """Columns of the snapshot (instance, type index, busy time), how many are free, and the
-        number of slots they stand for.
+        number of slots they stand for; with `model`, only the instances that serve it (unpinned, or
+        pinned to it).
 
         A k-slot instance is k columns, but dominated ones are left out (the matching is the same):
         an instance with a free slot shows only its free slots (a busy slot of it costs more for
@@ -229,6 +232,8 @@ class Scheduler:
         slots = n_free = 0
         for inst in self.registry:
             if inst.state is not InstanceState.READY:
+                continue
+            if model is not None and inst.pinned_model is not None and inst.pinned_model != model:
                 continue
             slots += inst.slots
             free = inst.slots - len(inst.finish_s)
@@ -258,6 +263,9 @@ class Scheduler:
         if not waiting:
             return
         now = self._loop.time()
+        if self._pinned():
+            self._round_per_model(now)
+            return
         insts, types, busy, n_free, slots = self._columns(now, len(waiting))
         if not n_free:
             self._arm_tick()
@@ -276,8 +284,63 @@ class Scheduler:
             # arrival time), every column free: the commonest round, cached (kairosd.snapshot_cache)
             q = live[0]
             fresh = self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
-            snap = fresh.snap
-        else:
+            if fresh.decision is not None:
+                matched, cols = fresh.decision
+                unmatched = self._grant(live, insts, matched, cols, now)
+                waiting.extendleft(reversed(unmatched))
+                if waiting:
+                    self._arm_tick()
+                return
+        decision = self._decide(live, types, busy, now, fresh.snap if fresh is not None else None)
+        if decision is None:
+            waiting.extendleft(reversed(live))
+            self._arm_tick()
+            return
+        if fresh is not None and self._stateless_policy:
+            fresh.decision = decision
+        unmatched = self._grant(live, insts, decision[0], decision[1], now)
+        waiting.extendleft(reversed(unmatched))
+        if waiting:
+            self._arm_tick()
+
+    def _pinned(self) -> bool:
+        """Whether some READY instance serves one model only (the registry is scanned once per change)."""
+        if self._pinned_version != self.registry.version:
+            self._pinned_version = self.registry.version
+            self._has_pinned = self.registry.has_pinned()
+        return self._has_pinned
+
+    def _round_per_model(self, now: float) -> None:
+        """A fleet with pinned instances: one matching per model, over the instances that serve it
+        (unpinned ones, and those pinned to it). The queue keeps arrival order."""
+        queued = [q for q in self.waiting if not q.future.done()]
+        self.waiting.clear()
+        groups: dict[int, list[Query]] = {}
+        for q in queued:
+            groups.setdefault(q.model_idx, []).append(q)
+        left: list[Query] = []
+        for model, qs in groups.items():
+            insts, types, busy, n_free, slots = self._columns(now, len(qs), model)
+            rows = min(len(qs), 2 * slots)
+            if not n_free:
+                left += qs
+                continue
+            decision = self._decide(qs[:rows], types, busy, now)
+            if decision is None:
+                left += qs
+                continue
+            left += self._grant(qs[:rows], insts, decision[0], decision[1], now) + qs[rows:]
+        if len(groups) > 1:
+            left.sort(key=lambda q: q.arrival_s)
+        self.waiting.extend(left)
+        if self.waiting:
+            self._arm_tick()
+
+    def _decide(self, live: list[Query], types: list[int], busy: list[float], now: float,
+                snap: Snapshot | None = None) -> tuple[list[int], list[int]] | None:
+        """The policy's (matched query rows, columns) for this snapshot; None when the policy failed
+        (logged: the queries stay queued and the round is retried)."""
+        if snap is None:
             snap = Snapshot(
                 q_model=np.array([q.model_idx for q in live], dtype=np.intp),
                 q_batch=np.array([q.batch for q in live], dtype=np.intp),
@@ -287,19 +350,16 @@ class Scheduler:
                 i_busy_s=np.array(busy),
                 i_free=np.array([b == 0.0 for b in busy]),
             )
-        if fresh is not None and fresh.decision is not None:
-            matched, cols = fresh.decision
-        else:
-            try:
-                assignment = self.policy(snap)
-            except Exception:  # noqa: BLE001 - the loop must not die of one bad round
-                log.exception("dispatch policy failed; the queries stay queued and the round is retried")
-                waiting.extendleft(reversed(live))
-                self._arm_tick()
-                return
-            matched, cols = assignment.queries.tolist(), assignment.instances.tolist()
-            if fresh is not None and self._stateless_policy:
-                fresh.decision = (matched, cols)
+        try:
+            assignment = self.policy(snap)
+        except Exception:  # noqa: BLE001 - the loop must not die of one bad round
+            log.exception("dispatch policy failed; the queries stay queued and the round is retried")
+            return None
+        return assignment.queries.tolist(), assignment.instances.tolist()
+
+    def _grant(self, live: list[Query], insts: list[Instance], matched: list[int], cols: list[int],
+               now: float) -> list[Query]:
+        """Give each matched query its instance slot; returns the unmatched queries, in order."""
         self.stats.rounds += 1
         self.stats.matched += len(matched)
         mean = self._mean_s
@@ -310,11 +370,10 @@ class Scheduler:
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
             self._in_flight += 1  # granted counts as in flight (drain waits for it)
             q.future.set_result((inst, expected))
-        if len(matched) < len(live):
-            sent = set(matched)
-            waiting.extendleft(reversed([q for i, q in enumerate(live) if i not in sent]))
-        if waiting:
-            self._arm_tick()
+        if len(matched) == len(live):
+            return []
+        sent = set(matched)
+        return [q for i, q in enumerate(live) if i not in sent]
 
     # ---- deadlines and idleness ------------------------------------------------------------------
     @staticmethod

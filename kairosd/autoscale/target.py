@@ -92,7 +92,8 @@ class PlannerTarget:
             log.info("plan target=%s cost=%.4f$/h multiple=%.2f rates=%s took=%.0fms reason=%s",
                      _fmt(plan.counts), plan.cost_usd_per_hour, plan.multiple,
                      ",".join(f"{d.model}:{d.rate_qps:.1f}" for d in demand), (time.perf_counter() - t0) * 1e3, plan.reason)
-        counts = {t: n for t, n in plan.counts.items() if n}
+        pools = getattr(plan, "pools", None)  # pinned pools (`kairosd.pools`) when the plan partitions the fleet
+        counts = {t: n for t, n in (pools if pools is not None else plan.counts).items() if n}
         for t, n in self.extra.items():
             counts[t] = counts.get(t, 0) + n
         return counts

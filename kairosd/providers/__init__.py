@@ -2,6 +2,7 @@
 
 from kairosd.providers.base import (
     FLEET_TAG,
+    POOL_TAG,
     TOKEN_TAG,
     TYPE_TAG,
     InsufficientCapacity,
@@ -15,6 +16,7 @@ from kairosd.providers.base import (
 
 __all__ = [
     "FLEET_TAG",
+    "POOL_TAG",
     "TOKEN_TAG",
     "TYPE_TAG",
     "InsufficientCapacity",

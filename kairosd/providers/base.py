@@ -21,6 +21,7 @@ from kairosd.errors import KairosError
 FLEET_TAG = "kairos:fleet"  # value: the fleet's name ([autoscaler] fleet_name)
 TYPE_TAG = "kairos:type"  # value: the kairosd instance type name
 TOKEN_TAG = "kairos:launch-token"  # value: the token of the launch that created it
+POOL_TAG = "kairos:pool"  # value: the pool it belongs to (`kairosd.pools`), when it is pinned to a model
 
 
 class ProviderState(enum.Enum):
@@ -89,10 +90,11 @@ class Provider(Protocol):
         """The types this provider can launch, with price and availability now."""
         ...
 
-    async def launch(self, instance_type: str, count: int, token: str) -> list[ProviderInstance]:
-        """Start `count` instances of `instance_type` tagged with `token`. Idempotent per token: the
-        instances that already carry `token` count towards `count`, and are returned with the new ones.
-        Raises InsufficientCapacity, NotLaunchable, ProviderError."""
+    async def launch(self, instance_type: str, count: int, token: str,
+                     tags: Mapping[str, str] | None = None) -> list[ProviderInstance]:
+        """Start `count` instances of `instance_type` tagged with `token` (and `tags`, e.g. the pool).
+        Idempotent per token: the instances that already carry `token` count towards `count`, and are
+        returned with the new ones. Raises InsufficientCapacity, NotLaunchable, ProviderError."""
         ...
 
     async def terminate(self, ids: Sequence[str]) -> None:

@@ -325,7 +325,8 @@ class Ec2Provider:
                 log.warning("EC2 types not offered in region %s, offered unavailable: %s", self._region(), sorted(missing))
         return self._in_region
 
-    async def launch(self, instance_type: str, count: int, token: str) -> list[ProviderInstance]:
+    async def launch(self, instance_type: str, count: int, token: str,
+                     tags: Mapping[str, str] | None = None) -> list[ProviderInstance]:
         ts = self.settings.types.get(instance_type)
         if ts is None:
             raise NotLaunchable(
@@ -339,9 +340,9 @@ class Ec2Provider:
         if lock is None:
             lock = self._launching[token] = asyncio.Lock()
         async with lock:
-            return await self._launch(ts, count, token)
+            return await self._launch(ts, count, token, dict(tags or {}))
 
-    async def _launch(self, ts: Ec2TypeSettings, count: int, token: str) -> list[ProviderInstance]:
+    async def _launch(self, ts: Ec2TypeSettings, count: int, token: str, extra_tags: dict[str, str]) -> list[ProviderInstance]:
         instance_type = ts.name
         existing = await self._describe(
             [
@@ -362,7 +363,7 @@ class Ec2Provider:
             return have
         purchase = SPOT if ts.spot else ON_DEMAND
         try:
-            new = await self._run_instances(ts, missing, token, purchase)
+            new = await self._run_instances(ts, missing, token, purchase, extra_tags)
         except botocore.exceptions.ClientError as exc:
             if _code(exc) not in CAPACITY_ERRORS:
                 raise _client_error("RunInstances", exc, ts) from None
@@ -371,7 +372,7 @@ class Ec2Provider:
                     "EC2 spot launch of %d %s failed (%s); launching on-demand instead", missing, instance_type, _code(exc)
                 )
                 try:
-                    new = await self._run_instances(ts, missing, token, ON_DEMAND)
+                    new = await self._run_instances(ts, missing, token, ON_DEMAND, extra_tags)
                 except botocore.exceptions.ClientError as exc2:
                     raise self._launch_failure(ts, exc2, missing) from None
             else:
@@ -398,8 +399,9 @@ class Ec2Provider:
             ts.name,
         )
 
-    async def _run_instances(self, ts: Ec2TypeSettings, count: int, token: str, purchase: str) -> list[ProviderInstance]:
-        tags = [
+    async def _run_instances(self, ts: Ec2TypeSettings, count: int, token: str, purchase: str,
+                             extra_tags: Mapping[str, str]) -> list[ProviderInstance]:
+        tags = [{"Key": k, "Value": v} for k, v in sorted(extra_tags.items())] + [
             {"Key": "Name", "Value": f"kairos-{self.fleet}-{ts.name}"},
             {"Key": FLEET_TAG, "Value": self.fleet},
             {"Key": TYPE_TAG, "Value": ts.name},

@@ -74,7 +74,8 @@ class LocalProvider:
         local = self._instances.get(instance_id)
         return local is not None and local.stopping is None and local.child.running
 
-    async def launch(self, instance_type: str, count: int, token: str) -> list[ProviderInstance]:
+    async def launch(self, instance_type: str, count: int, token: str,
+                     tags: Mapping[str, str] | None = None) -> list[ProviderInstance]:
         t = self.types.get(instance_type)
         if t is None:
             raise NotLaunchable(f"the local provider has no instance type {instance_type!r}; defined: {sorted(self.types)}")
@@ -89,7 +90,7 @@ class LocalProvider:
                 id=instance_id, type=instance_type, state=ProviderState.RUNNING, address=f"127.0.0.1:{port}",
                 http_address=f"127.0.0.1:{http_port}" if http_port is not None else None,
                 launched_at_s=time.time(), price_usd_per_hour=t.price_usd_per_hour,
-                tags={FLEET_TAG: self.fleet_name, TYPE_TAG: instance_type, TOKEN_TAG: token},
+                tags={**(tags or {}), FLEET_TAG: self.fleet_name, TYPE_TAG: instance_type, TOKEN_TAG: token},
             )
             self._instances[instance_id] = _Local(info, child)
             ids.append(instance_id)

@@ -23,7 +23,8 @@ class StaticProvider:
     async def offerings(self) -> list[Offering]:
         return []  # nothing to launch
 
-    async def launch(self, instance_type: str, count: int, token: str) -> list[ProviderInstance]:
+    async def launch(self, instance_type: str, count: int, token: str,
+                     tags: Mapping[str, str] | None = None) -> list[ProviderInstance]:
         raise NotLaunchable("static endpoints are listed, never launched: run the server yourself and list it in "
                             "[[fleet.endpoints]], or set [autoscaler] provider = \"local\" or \"ec2\"")
 

@@ -106,3 +106,49 @@ async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Regi
     # and the instance still serves
     out = service_pb2.ModelInferResponse.FromString(await sched.submit(*_req_spec(123, spec)))
     assert out.id == "123" and out.outputs[0].name == "score"
+
+
+@pytest.fixture
+async def two_workers() -> AsyncIterator[tuple[Registry, ProfileTable, list[Instance]]]:
+    ports = [free_port(), free_port()]
+    children = [ChildProcess(kairosd_argv("worker", "--model-repository", str(REPO / "model_repository"),
+                                          "--port", str(p)), name=f"worker{k}").start() for k, p in enumerate(ports)]
+    try:
+        for p, c in zip(ports, children, strict=True):
+            await wait_ready(f"127.0.0.1:{p}", 30, c)
+        profiles = ProfileTable.load_dir(REPO / "profiles" / "local", models=sorted(QOS))
+        registry = Registry()
+        insts = [Instance(f"w{k}", "ort-1t", profiles.type_index("ort-1t"), f"127.0.0.1:{p}", 1,
+                          BackendClient(f"127.0.0.1:{p}"), state=InstanceState.READY) for k, p in enumerate(ports)]
+        for inst in insts:
+            registry.add(inst)
+        yield registry, profiles, insts
+        for inst in insts:
+            await inst.client.close()
+    finally:
+        await asyncio.gather(*(c.stop_async(5) for c in children))
+
+
+async def test_pinned_instances_serve_only_their_model(two_workers: tuple[Registry, ProfileTable, list[Instance]]) -> None:
+    """w0 pinned to dlrm, w1 to ncf: 40 queries of each model, interleaved, each answered by its model's instance."""
+    registry, profiles, (w0, w1) = two_workers
+    w0.pinned_model, w1.pinned_model = profiles.model_index("dlrm"), profiles.model_index("ncf")
+    w0.pool, w1.pool = "ort-1t@dlrm", "ort-1t@ncf"
+    registry.set_state(w0.id, InstanceState.READY)  # a state change: the scheduler re-reads the pins
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0))
+    repo = load_repository(REPO / "model_repository")
+
+    def req(model: str, i: int) -> tuple[object, object, int]:
+        batch = 8
+        return build_request(model, example_inputs(model, batch, seed=i), request_id=f"{model}{i}"), repo[model], batch
+
+    tasks = [sched.submit(*req("dlrm" if i % 2 else "ncf", i)) for i in range(80)]
+    out = [service_pb2.ModelInferResponse.FromString(r) for r in await asyncio.gather(*tasks)]
+    assert [o.model_name for o in out] == ["dlrm" if i % 2 else "ncf" for i in range(80)]
+    assert w0.served_total == 40 and w1.served_total == 40
+    assert sched.stats.completed == 80 and not sched.waiting and sched.in_flight == 0
+    # unpinned again: both serve both models
+    w0.pinned_model = w1.pinned_model = None
+    registry.set_state(w1.id, InstanceState.READY)
+    await asyncio.gather(*(sched.submit(*req("ncf", i)) for i in range(40)))
+    assert w0.served_total > 40 and w1.served_total > 40
