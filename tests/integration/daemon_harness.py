@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
+from kairosd.errors import Unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +39,12 @@ class RunningDaemon:
                 out[key[len(name):]] = float(value)
         return out
 
+    def fleet(self) -> dict[str, Any]:
+        """The daemon's /kairos/fleet (what `kairosd fleet status --json` prints)."""
+        with urllib.request.urlopen(f"http://{self.http_url}/kairos/fleet", timeout=5) as r:
+            data: dict[str, Any] = json.loads(r.read())
+            return data
+
     def stop(self, grace_s: float = 30.0) -> int | None:
         return self.child.stop(grace_s)
 
@@ -49,8 +60,10 @@ def write_config(
     types_toml: str | None = None,
     endpoints_toml: str = "",
     extra_toml: str = "",
+    profiles: Path | None = None,
 ) -> dict[str, int]:
-    """A config on free ports; `endpoints_toml` ([[fleet.endpoints]] tables) is appended after the static fleet."""
+    """A config on free ports; `endpoints_toml` ([[fleet.endpoints]] tables) is appended after the static fleet.
+    `profiles` is the profile directory (default: profiles/local)."""
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     qos = qos_ms or {"dlrm": 60.0, "ncf": 30.0}
     local = (REPO / "configs" / "local.toml").read_text()
@@ -70,7 +83,7 @@ policy = "{policy}"
 
 [models]
 repository = "{REPO / 'model_repository'}"
-profiles = "{REPO / 'profiles' / 'local'}"
+profiles = "{profiles or REPO / 'profiles' / 'local'}"
 
 [models.qos_ms]
 {chr(10).join(f'{m} = {v}' for m, v in qos.items())}
@@ -87,12 +100,44 @@ profiles = "{REPO / 'profiles' / 'local'}"
     return ports
 
 
-def start_daemon(config_path: Path, ports: Mapping[str, int], timeout_s: float = 240.0) -> RunningDaemon:
+def wait_http_live(url: str, timeout_s: float, child: ChildProcess) -> None:
+    """Poll HTTP /v2/health/live at `url` ("host:port") until it answers 200; Unavailable on timeout or exit."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if child.returncode is not None:
+            raise Unavailable(f"{child.name} exited with code {child.returncode}; its output:\n{child.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            raise Unavailable(f"{url} not live after {timeout_s:.0f} s; its output:\n{child.log_tail()}")
+        time.sleep(0.05)
+
+
+def start_daemon(
+    config_path: Path,
+    ports: Mapping[str, int],
+    timeout_s: float = 240.0,
+    *,
+    env: Mapping[str, str] | None = None,
+    wait_ready: bool = True,
+    log_path: Path | None = None,
+) -> RunningDaemon:
+    """`kairosd serve` on the config (with `env`, default: this process's environment); waits for gRPC
+    ServerReady, or with `wait_ready=False` only for HTTP liveness (an autoscaled fleet that may have no
+    READY instance yet). Its output goes to `log_path` (kept) or a temporary file."""
     child = ChildProcess(
-        [sys.executable, "-m", "kairosd", "serve", "--config", str(config_path)], name="kairosd-serve"
+        [sys.executable, "-m", "kairosd", "serve", "--config", str(config_path)], name="kairosd-serve", env=env,
+        log_path=log_path,
     ).start()
     try:
-        wait_ready_sync(f"127.0.0.1:{ports['grpc']}", timeout_s, child)
+        if wait_ready:
+            wait_ready_sync(f"127.0.0.1:{ports['grpc']}", timeout_s, child)
+        else:
+            wait_http_live(f"127.0.0.1:{ports['http']}", timeout_s, child)
     except BaseException:
         child.stop(5)
         raise

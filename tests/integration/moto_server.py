@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from moto.server import ThreadedMotoServer
 
@@ -111,3 +112,14 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def loopback_subnet(client: Any) -> str:
+    """A VPC and subnet on 127.0.0.0/24 in the moto server `client` talks to; returns the subnet id.
+
+    moto gives an instance launched there a private IP such as 127.0.0.4, which Linux routes to the
+    loopback interface: a KServe v2 server listening on 0.0.0.0:PORT on this machine answers for every
+    such instance at `ip:PORT`, so instances can become READY (real EC2 would never accept this CIDR).
+    """
+    vpc = client.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+    return str(client.create_subnet(VpcId=vpc, CidrBlock="127.0.0.0/24")["Subnet"]["SubnetId"])
