@@ -1,18 +1,22 @@
-"""Joint plan benchmark on the Kairos authors' data: one fleet planned for two models together against two
-fleets planned one model at a time on the best split of the budget.
+"""Joint plan benchmark on the Kairos authors' data: the fleet planned for two models together (shared
+by both, or partitioned: each instance pinned to one model) against two fleets planned one model at a
+time on the best split of the budget.
 
 For each pair of models sharing a budget at a demand ratio (default 3:1), one Poisson stream carries
 both models' queries (each query for the first model with probability 3/4), batches from the Kairos
 mix, service noise from the measured samples, Kairos dispatch (p99 feasibility):
-  (a) joint: `plan_fleet` (max_throughput) chooses one fleet for the demand vector; the simulator runs
-      both models on it, and `max_multiple` finds the largest total rate of the 3:1 mix at which every
-      model's p99 is within its QoS: λ_joint;
+  (a) joint: `plan_fleet` (max_throughput) chooses the fleet for the demand vector, shared or
+      partitioned. Shared: the simulator runs both models on it, and `max_multiple` finds the largest
+      total rate of the 3:1 mix at which every model's p99 is within its QoS. Partitioned: each
+      model's part serves that model's queries of the stream (`max_multiple_partitioned`). λ_joint;
   (b) split: for every split of the budget in `--step` $/h, `select_kairos` plans each model's own
       fleet on its part; each fleet is simulated with its own model's queries — the same queries,
       at the same times, with the same noise (common random numbers) — and the pair serves
       λ(split) = min over the two models of (max rate of its fleet / its share of the mix);
-      λ_split is the best split's.
-The planner gets, in both arms, what the daemon would observe: each model's batch mix on the stream
+      λ_split is the best split's (chosen by simulation);
+  (c) for information: `plan_fleet(partition=False)`'s shared fleet, simulated shared (λ_shared), and
+      with `--exhaustive`, every maximal configuration simulated shared.
+The planner gets, in every arm, what the daemon would observe: each model's batch mix on the stream
 and each type's probability of missing QoS from the samples. λ is a total rate (queries/s of the
 mix). Prints a table and writes bench/results/joint.json.
 
@@ -58,7 +62,9 @@ from kairosd.sim import (
     evaluate_config,
     fleet_columns,
     max_multiple,
+    max_multiple_partitioned,
     poisson_mix_stream,
+    simulate,
     simulate_mix,
 )
 
@@ -110,30 +116,61 @@ def _label(types: tuple[str, ...], counts: tuple[int, ...]) -> str:
 # ---------------------------------------------------------------------------------------------- tasks
 
 
-def joint_task(models: tuple[str, str], ratio: float, n_queries: int, seed: int, budget: float) -> dict[str, Any]:
-    """Arm (a): plan the shared fleet, find its max multiple, and the per-model p99 there."""
+def joint_task(models: tuple[str, str], ratio: float, n_queries: int, seed: int, budget: float,
+               partition: bool = True) -> dict[str, Any]:
+    """Arm (a): plan the fleet (shared or partitioned, as `plan_fleet` chooses; shared only without
+    `partition`), find its max multiple and the per-model p99 there. A partitioned fleet: each model's
+    part serves that model's part of the stream (`max_multiple_partitioned`), as a fleet of the split arm does."""
     wl = _wl()
     inp = pair_inputs(models, ratio, n_queries, seed)
     t0 = time.perf_counter()
-    plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, list(inp.demand), wl.qos_s, miss=inp.miss)
+    plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, list(inp.demand), wl.qos_s, miss=inp.miss,
+                      partition=partition)
     plan_s = time.perf_counter() - t0
     counts = tuple(plan.counts[t] for t in wl.types)
-    cols = fleet_columns(wl.profiles, wl.types, counts)
     qos = [wl.qos_s[m] for m in models]
     factory = lambda: make_policy(POLICY, wl.profiles, **POLICY_PARAMS)
-    res = max_multiple(wl.profiles, list(models), cols, factory, qos_s=qos, stream=inp.stream, services=list(inp.services),
-                       ub_multiple=plan.bound_multiple)
-    at = (simulate_mix(wl.profiles, list(models), cols, factory(), res.multiple, qos_s=qos, stream=inp.stream,
-                       services=list(inp.services)) if res.multiple > 0 else None)
-    return {
-        "counts": counts, "config": _label(wl.types, counts), "cost_usd_per_hour": plan.cost_usd_per_hour,
-        "multiple": res.multiple, "plan_estimate": plan.multiple, "plan_bound": plan.bound_multiple,
-        "exceeds_bound": res.exceeds_bound, "reason": plan.reason, "plan_s": plan_s, "sim_s": res.wall_s,
-        "probes": len(res.probes),
-        "p99_ms_at_multiple": {m: (at.p99_s[g] * 1e3 if at else None) for g, m in enumerate(models)},
-        "violations_at_multiple": {m: (at.violations[g] if at else None) for g, m in enumerate(models)},
-        "measured_at_multiple": {m: (at.n_measured[g] if at else None) for g, m in enumerate(models)},
+    out: dict[str, Any] = {
+        "kind": "partitioned" if plan.partitioned else "shared", "pools": plan.pools, "counts": counts,
+        "cost_usd_per_hour": plan.cost_usd_per_hour, "plan_estimate": plan.multiple, "plan_bound": plan.bound_multiple,
+        "reason": plan.reason, "plan_s": plan_s,
     }
+    if plan.partitioned:
+        parts = [tuple(plan.pinned(m).get(t, 0) for t in wl.types) for m in models]
+        ubs = [float(upper_bound(np.asarray(c)[None, :], inp.bound_models[g])[0]) for g, c in enumerate(parts)]
+        cols = [fleet_columns(wl.profiles, wl.types, c) for c in parts]
+        pres = max_multiple_partitioned(wl.profiles, list(models), cols, factory, qos_s=qos, stream=inp.stream,
+                                        services=list(inp.services), ub_qps=ubs)
+        p99, viol, meas = {}, {}, {}
+        for g, m in enumerate(models):
+            rate = pres.multiple * inp.rates_qps[g]
+            at = (simulate(wl.profiles, m, cols[g], factory(), rate, qos_s=qos[g], stream=inp.stream.part(g),
+                           service=inp.services[g]) if rate > 0 else None)
+            p99[m] = at.p99_s * 1e3 if at else None
+            viol[m] = at.violations if at else None
+            meas[m] = at.n_measured if at else None
+        out.update({
+            "config": " | ".join(f"{m}: {_label(wl.types, c)}" for m, c in zip(models, parts, strict=True)),
+            "parts": {m: list(c) for m, c in zip(models, parts, strict=True)},
+            "multiple": pres.multiple, "per_model_multiple": dict(zip(models, pres.per_model, strict=True)),
+            "exceeds_bound": pres.exceeds_bound, "sim_s": pres.wall_s,
+            "probes": sum(len(r.probes) for r in pres.searches if r is not None),
+            "p99_ms_at_multiple": p99, "violations_at_multiple": viol, "measured_at_multiple": meas,
+        })
+        return out
+    cols_shared = fleet_columns(wl.profiles, wl.types, counts)
+    res = max_multiple(wl.profiles, list(models), cols_shared, factory, qos_s=qos, stream=inp.stream,
+                       services=list(inp.services), ub_multiple=plan.bound_multiple)
+    at_mix = (simulate_mix(wl.profiles, list(models), cols_shared, factory(), res.multiple, qos_s=qos, stream=inp.stream,
+                           services=list(inp.services)) if res.multiple > 0 else None)
+    out.update({
+        "config": _label(wl.types, counts), "multiple": res.multiple, "exceeds_bound": res.exceeds_bound,
+        "sim_s": res.wall_s, "probes": len(res.probes),
+        "p99_ms_at_multiple": {m: (at_mix.p99_s[g] * 1e3 if at_mix else None) for g, m in enumerate(models)},
+        "violations_at_multiple": {m: (at_mix.violations[g] if at_mix else None) for g, m in enumerate(models)},
+        "measured_at_multiple": {m: (at_mix.n_measured[g] if at_mix else None) for g, m in enumerate(models)},
+    })
+    return out
 
 
 def mix_task(models: tuple[str, str], ratio: float, n_queries: int, seed: int, counts: tuple[int, ...]) -> dict[str, Any]:
@@ -218,10 +255,13 @@ def main() -> int:
     tasks: list[tuple[str, tuple[Any, ...]]] = []
     singles: dict[tuple[tuple[str, ...], int, tuple[int, ...]], int] = {}
     joints: dict[tuple[str, ...], int] = {}
+    shared_only: dict[tuple[str, ...], int] = {}
     for p in pairs:
         models = (p[0], p[1])
         joints[p] = len(tasks)
         tasks.append(("joint", (models, *common, args.budget)))
+        shared_only[p] = len(tasks)
+        tasks.append(("joint", (models, *common, args.budget, False)))
         splits[p] = split_plans(pair_inputs(models, *common), args.budget, args.step)
         for s in splits[p]:
             for g, fleet in enumerate(s["fleets"]):
@@ -246,6 +286,7 @@ def main() -> int:
     rows = []
     for p in pairs:
         joint = results[joints[p]]
+        shared = results[shared_only[p]]
         inp = pair_inputs((p[0], p[1]), *common)
         sweep = []
         for s in splits[p]:
@@ -270,6 +311,7 @@ def main() -> int:
         rows.append({
             "pair": "+".join(p), "exhaustive": ex, "rates_qps": list(inp.rates_qps), "qos_ms": {m: wl.qos_s[m] * 1e3 for m in p},
             "joint": {k: (list(v) if isinstance(v, tuple) else v) for k, v in joint.items()},
+            "shared_plan": {k: (list(v) if isinstance(v, tuple) else v) for k, v in shared.items()},
             "split_best": sweep[best], "split_sweep": sweep,
             "lambda_joint": joint["multiple"], "lambda_split": lam_split,
             "ratio": joint["multiple"] / lam_split if lam_split > 0 else float("inf"),
@@ -279,18 +321,24 @@ def main() -> int:
           f"demand {args.ratio:g}:1; one Poisson stream of {args.queries} queries (both models; the split arm serves each "
           f"model's part of it); Kairos dispatch (p99 feasibility), measured-sample noise; λ = total q/s of the mix at "
           f"which every model's p99 <= its QoS")
-    hdr = (f"{'pair':10} {'joint fleet':34} {'$/h':>5} {'λ_joint':>8} {'p99/QoS':>11} {'best split $/h':>14} "
-           f"{'split fleets':58} {'λ_split':>8} {'ratio':>6}")
+    hdr = (f"{'pair':10} {'kind':11} {'joint fleet':56} {'$/h':>5} {'λ_joint':>8} {'p99/QoS':>9} {'best split $/h':>14} "
+           f"{'split fleets':58} {'λ_split':>8} {'ratio':>6} {'λ_shared':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         j, s = r["joint"], r["split_best"]
         p99 = "/".join(f"{(j['p99_ms_at_multiple'][m] or float('nan')) / r['qos_ms'][m]:.2f}" for m in r["pair"].split("+"))
         fleets = " | ".join(m["config"] for m in s["models"])
-        print(f"{r['pair']:10} {j['config']:34} {j['cost_usd_per_hour']:5.2f} {r['lambda_joint']:8.1f} {p99:>11} "
-              f"{s['budgets'][0]:>6.1f} + {s['budgets'][1]:<5.1f} {fleets:58} {r['lambda_split']:8.1f} {r['ratio']:6.3f}")
-    print("p99/QoS: each model's p99 over its QoS in the joint run at λ_joint (≤ 1: within QoS); split fleets: "
-          "first model | second model")
+        print(f"{r['pair']:10} {j['kind']:11} {j['config']:56} {j['cost_usd_per_hour']:5.2f} {r['lambda_joint']:8.1f} "
+              f"{p99:>9} {s['budgets'][0]:>6.1f} + {s['budgets'][1]:<5.1f} {fleets:58} {r['lambda_split']:8.1f} "
+              f"{r['ratio']:6.3f} {r['shared_plan']['multiple']:8.1f}")
+    print("kind: plan_fleet's choice (partitioned: each instance pinned to one model; its fleet shown per model); "
+          "p99/QoS: each model's p99 over its QoS at λ_joint (≤ 1: within QoS); split fleets: first model | second "
+          "model; λ_shared: plan_fleet's shared fleet (partition=False), simulated shared")
+    for r in rows:
+        print(f"{r['pair']}: estimate λ {r['joint']['plan_estimate']:.1f} (simulated {r['lambda_joint']:.1f}); "
+              f"shared-only plan {r['shared_plan']['config']} estimate {r['shared_plan']['plan_estimate']:.1f} "
+              f"(simulated {r['shared_plan']['multiple']:.1f}); {r['joint']['reason']}")
     for r in rows:
         if r["exhaustive"]:
             ex = r["exhaustive"]
@@ -298,6 +346,7 @@ def main() -> int:
                   f"{ex['best']['config']} λ {ex['best']['multiple']:.1f} (bound {ex['best']['bound']:.1f}); the joint plan's "
                   f"fleet ranks {ex['plan_rank']}; best shared / best split {ex['best']['multiple'] / r['lambda_split']:.3f}")
     above = [(r["pair"], "joint") for r in rows if r["joint"]["exceeds_bound"]]
+    above += [(r["pair"], "shared plan") for r in rows if r["shared_plan"]["exceeds_bound"]]
     above += [(r["pair"], "shared " + c["config"]) for r in rows if r["exhaustive"] for c in r["exhaustive"]["configs"]
               if c["exceeds_bound"]]
     above += [(r["pair"], m["model"]) for r in rows for s in r["split_sweep"] for m in s["models"] if m["exceeds_bound"]]
@@ -312,10 +361,12 @@ def main() -> int:
         "settings": {"pairs": ["+".join(p) for p in pairs], "ratio": args.ratio, "budget_usd_per_hour": args.budget,
                      "split_step_usd_per_hour": args.step, "queries_per_run": args.queries, "seed": args.seed,
                      "mix": "kairos", "noise": "measured samples", "dispatch": "kairos (tail=True)",
-                     "criterion": "every model's p99 <= its QoS", "joint_selector": "plan_fleet max_throughput",
+                     "criterion": "every model's p99 <= its QoS",
+                     "joint_selector": "plan_fleet max_throughput (shared or partitioned)",
                      "split_selector": "select_kairos per model", "exhaustive": ["+".join(p) for p in exhaustive]},
         "rows": rows,
         "summary": {"ratio_min": min(r["ratio"] for r in rows), "ratios": {r["pair"]: r["ratio"] for r in rows},
+                    "kinds": {r["pair"]: r["joint"]["kind"] for r in rows},
                     "sim_above_bound": len(above)},
         "wall_s": wall,
         "cpu_s": cpu,

@@ -866,3 +866,70 @@ def max_multiple(
         else:
             hi = mid
     return MaxMultiple(lo, tuple(probes), broken or (zero_bound and lo > 0), time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Several models on partitioned fleets
+#
+# A partitioned fleet pins each instance to one model: model g's part serves only its queries. The
+# part is simulated alone on `MixStream.part(g)` (the same queries at the same times as in the mix),
+# so at multiple λ it is offered λ·r_g; the fleet passes λ when every part does, and its max multiple
+# is the least over the models of (part's max rate / r_g).
+
+
+@dataclass(frozen=True)
+class PartitionedMultiple:
+    """The largest multiple of the demand vector a partitioned fleet serves (the least of `per_model`),
+    each model's own max multiple (inf for a model without demand; 0 for one without a part) and its
+    `max_qps` search (None when not run)."""
+
+    multiple: float
+    per_model: tuple[float, ...]
+    searches: tuple[MaxQps | None, ...]
+    exceeds_bound: bool
+    wall_s: float
+
+
+def max_multiple_partitioned(
+    profiles: ProfileTable,
+    models: Sequence[str],
+    parts: Sequence[np.ndarray | None],
+    policy_factory: PolicyFactory,
+    *,
+    qos_s: Sequence[float],
+    stream: MixStream,
+    services: Sequence[ServiceModel] | None = None,
+    ub_qps: Sequence[float | None] | None = None,
+    rel_tol: float = 0.01,
+    first_guess: float = 0.9,
+) -> PartitionedMultiple:
+    """Max multiple of a partitioned fleet: `parts[g]` (fleet columns, see `fleet_columns`; None or empty
+    for none) serves `models[g]` alone on `stream.part(g)`, its max rate found by `max_qps` (bound
+    `ub_qps[g]` in q/s of that model, service noise `services[g]`); λ = min over the models with demand
+    of max rate / r_g. The same search on the same part stream as an evaluation of that fleet for that
+    model alone (`evaluate_config` with the part stream), so the two agree exactly."""
+    t0 = time.perf_counter()
+    n_groups = len(stream.rates_qps)
+    if len(models) != n_groups or len(parts) != n_groups or len(qos_s) != n_groups:
+        raise ConfigError(f"{len(models)} models, {len(parts)} parts and {len(qos_s)} QoS targets for {n_groups} groups")
+    per_model: list[float] = []
+    searches: list[MaxQps | None] = []
+    broken = False
+    for g, model in enumerate(models):
+        rate = float(stream.rates_qps[g])
+        cols = parts[g]
+        if rate <= 0:
+            per_model.append(math.inf)
+            searches.append(None)
+            continue
+        if cols is None or len(cols) == 0:
+            per_model.append(0.0)
+            searches.append(None)
+            continue
+        res = max_qps(profiles, model, cols, policy_factory, qos_s=qos_s[g], stream=stream.part(g),
+                      service=services[g] if services is not None else None,
+                      ub_qps=ub_qps[g] if ub_qps is not None else None, rel_tol=rel_tol, first_guess=first_guess)
+        per_model.append(res.qps / rate)
+        searches.append(res)
+        broken |= res.exceeds_bound
+    return PartitionedMultiple(min(per_model), tuple(per_model), tuple(searches), broken, time.perf_counter() - t0)

@@ -39,6 +39,28 @@ tail (θ from the pooled moments) plus those no present type serves within QoS a
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (among
 the configurations whose estimate is within `QUEUE_TOLERANCE` of the best, the highest joint bound);
 "min_cost" the cheapest configuration whose estimate covers the observed rates times `headroom`.
+
+Partitioned fleets. With two or more models with demand, `plan_fleet` also plans a partitioned fleet:
+each instance pinned to one model (pool f"{type}@{model}", `pool_name`), so a model's queries never
+queue behind another model's services. Model m's part is worth its single-model estimate
+e_m(c) = `queue_estimate` (the joint estimate with one model), and the partition
+    λ_part = min_m e_m(c_m) / r_m   subject to   Σ_m cost(c_m) ≤ budget,  Σ_m c_m ≤ caps.
+Per model, the cheapest part whose estimate reaches a target is a step function of the target (the
+running maximum of e_m over the model's configurations sorted by cost), so for every candidate λ —
+the values e_m(c)/r_m — the cheapest partition covering λ·r_m is one look-up per model; λ_part is the
+largest candidate whose cheapest partition fits the budget and the caps. The budget left over goes to
+the models from the lowest e_m/r_m up, each taking the part of highest estimate within its cost plus
+what is left. "min_cost" takes per model the cheapest part with e_m ≥ headroom·r_m. A model listed
+with zero rate gets the cheapest part that can serve it at some rate.
+Worked example (the two-type example above, fluid numbers): at 1.5 $/h the best partition, A pinned to the
+small instance and B to the big one, serves min(500/0.75, 250/0.25) = 666.7/s of the 3:1 mix; the
+shared 1 big + 1 small 857.1/s. Pinning wins where pooling puts a model with little slack behind
+another model's long services (unit tests: a 1 ms model with a 3 ms QoS beside a 50 ms one).
+The plan is partitioned when its λ estimate is higher than the best shared configuration's
+("max_throughput"), or when it covers the headroom at a lower cost ("min_cost"). Sharing is a
+relaxation of partitioning in the fluid model (every partition's flows are feasible for the joint LP),
+so the joint bound never prefers a partition: the choice rests on the estimates, where pooling a
+model's short slack behind another model's long services can make the shared fleet worse.
 """
 
 from __future__ import annotations
@@ -403,17 +425,47 @@ def joint_fluid_bound(config: np.ndarray, models: Sequence[BoundModel], demand: 
 # The fleet plan
 
 
+POOL_SEP = "@"
+
+
+def pool_name(type_name: str, model: str | None) -> str:
+    """The pool of instances of `type_name`: shared by every model (`model` None, the type's name) or
+    pinned to `model` (f"{type}@{model}", e.g. "g4dn.xlarge@wnd")."""
+    if not type_name or POOL_SEP in type_name:
+        raise ConfigError(f"an instance type name must be non-empty and without {POOL_SEP!r}, got {type_name!r}")
+    if model is None:
+        return type_name
+    if not model:
+        raise ConfigError(f"a pinned pool needs a model name, got {model!r} for {type_name!r}")
+    return f"{type_name}{POOL_SEP}{model}"
+
+
+def parse_pool(pool: str) -> tuple[str, str | None]:
+    """(type, model) of a pool name: model None for a shared pool; the inverse of `pool_name` (the type
+    ends at the first `POOL_SEP`)."""
+    type_name, sep, model = pool.partition(POOL_SEP)
+    if not type_name or (sep and not model):
+        raise ConfigError(f"pool names are TYPE or TYPE{POOL_SEP}MODEL, got {pool!r}")
+    return type_name, (model if sep else None)
+
+
 @dataclass(frozen=True)
 class FleetPlan:
     """The fleet to run for the observed demand of every model.
 
-    counts            instances per type (every type of the catalogue, 0 for the unused and unavailable)
+    counts            instances per type (every type of the catalogue, 0 for the unused and unavailable):
+                      the sum over `pools` of that type
     cost_usd_per_hour Σ count × price
     multiple          λ estimated for this fleet (queue-aware): it serves λ × the observed rates
                       (inf when the observed demand is zero and the fleet can serve every model)
-    bound_multiple    the joint fluid bound of λ for this fleet (no dispatcher does better)
+    bound_multiple    the fluid bound of λ for this fleet (no dispatcher does better): the joint bound
+                      for a shared fleet, the least over the models of each part's bound when partitioned
     objective         "max_throughput" | "min_cost"
     reason            why this configuration, in words (for logs and the decision record)
+    pools             the instances to run by pool (`pool_name`): a type's name for instances that serve
+                      every model, f"{type}@{model}" for instances pinned to one model; non-zero counts
+                      only. Left empty, it is filled with the non-zero `counts` (a shared fleet)
+    partitioned       whether the instances are pinned to models (every pool is f"{type}@{model}")
     """
 
     counts: dict[str, int]
@@ -422,6 +474,165 @@ class FleetPlan:
     bound_multiple: float
     objective: str
     reason: str
+    pools: dict[str, int] = field(default_factory=dict)
+    partitioned: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.pools:
+            object.__setattr__(self, "pools", {t: n for t, n in self.counts.items() if n})
+        per_type: dict[str, int] = {}
+        for pool, n in self.pools.items():
+            t, _ = parse_pool(pool)
+            per_type[t] = per_type.get(t, 0) + n
+        if per_type != {t: n for t, n in self.counts.items() if n}:
+            raise ConfigError(f"pools {self.pools} do not add up to counts {self.counts}")
+
+    def pinned(self, model: str) -> dict[str, int]:
+        """Instances per type pinned to `model` (empty for a shared fleet)."""
+        out: dict[str, int] = {}
+        for pool, n in self.pools.items():
+            t, m = parse_pool(pool)
+            if m == model:
+                out[t] = out.get(t, 0) + n
+        return out
+
+
+@dataclass(frozen=True)
+class _Frontier:
+    """One model's configurations by cost: `order` (configuration rows by cost, then estimate high to low,
+    then row), `cost` (micro-$, in that order) and `best`, the running maximum of the estimate along it."""
+
+    order: np.ndarray
+    cost: np.ndarray
+    best: np.ndarray
+
+    @staticmethod
+    def build(est_qps: np.ndarray, cost_micro: np.ndarray) -> _Frontier:
+        order = np.lexsort((np.arange(len(est_qps)), -est_qps, cost_micro))
+        return _Frontier(order, cost_micro[order], np.maximum.accumulate(est_qps[order]))
+
+    def cheapest(self, target_qps: np.ndarray) -> np.ndarray:
+        """Row of the cheapest configuration whose estimate is ≥ each target (> 0), −1 when none is."""
+        i = np.searchsorted(self.best, target_qps, side="left")
+        return np.where(i < len(self.order), self.order[np.minimum(i, len(self.order) - 1)], -1)
+
+
+@dataclass(frozen=True)
+class _PartSpace:
+    """What the partition search needs: every configuration within the budget and caps (not only the
+    maximal ones), its cost, each model's single-model estimate and frontier (models with demand), the
+    keep-warm part of each model without demand, and the budget and caps those parts leave."""
+
+    configs: np.ndarray
+    cost_micro: np.ndarray
+    est_qps: dict[int, np.ndarray]
+    frontiers: dict[int, _Frontier]
+    fixed: dict[int, int]
+    unserved: tuple[int, ...]  # models without demand that no configuration can serve
+    budget_micro: int
+    caps: np.ndarray
+
+
+def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float,
+                caps: np.ndarray) -> _PartSpace | None:
+    """The partition search's inputs (None when no configuration fits the budget and caps)."""
+    configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=False, max_counts=caps.tolist())
+    if len(configs) == 0:
+        return None
+    cost = configs @ _micro(prices)
+    est = {m: queue_estimate(configs, joint.models[m]) for m in range(len(rates)) if rates[m] > 0}
+    budget = int(_micro(budget_usd_per_hour))
+    left = caps.copy()
+    fixed: dict[int, int] = {}
+    unserved: list[int] = []
+    idle = [m for m in range(len(rates)) if rates[m] <= 0]
+    if idle:
+        serve = joint.servable(configs)
+        for m in idle:
+            ok = np.flatnonzero(serve[:, m] & (cost <= budget) & (configs <= left[None, :]).all(axis=1))
+            if len(ok) == 0:
+                unserved.append(m)
+                continue
+            row = int(ok[np.argmin(cost[ok])])  # first on ties: enumeration order
+            fixed[m] = row
+            budget -= int(cost[row])
+            left = left - configs[row]
+    frontiers = {m: _Frontier.build(e, cost) for m, e in est.items()}
+    return _PartSpace(configs, cost, est, frontiers, fixed, tuple(unserved), budget, left)
+
+
+def _fits(space: _PartSpace, rows: np.ndarray) -> np.ndarray:
+    """Whether each column of `rows` ([models, candidates], −1: none) is a partition within the budget
+    and caps that the fixed parts leave."""
+    have = (rows >= 0).all(axis=0)
+    r = np.where(rows >= 0, rows, 0)
+    cost = space.cost_micro[r].sum(axis=0)
+    counts = space.configs[r].sum(axis=0)  # [candidates, types]
+    return have & (cost <= space.budget_micro) & (counts <= space.caps[None, :]).all(axis=1)
+
+
+def _max_partition(space: _PartSpace, rates: np.ndarray) -> dict[int, int] | None:
+    """The partition of the highest λ_part (module docstring): for each candidate λ (each e_m(c)/r_m) the
+    cheapest part per model covering λ·r_m; the largest λ that fits; then the budget left over, from the
+    model of lowest e_m/r_m up, each taking the part of highest estimate within its cost plus what is left
+    (ties: cheaper, enumeration order). None when no partition serves every model with demand."""
+    act = sorted(space.est_qps)
+    lam = np.unique(np.concatenate([space.est_qps[m][space.est_qps[m] > 0] / rates[m] for m in act]))
+    if len(lam) == 0:
+        return None
+    # (1 − 1e-12): the candidate λ·r_m recomputed from e/r must still reach e itself
+    rows = np.stack([space.frontiers[m].cheapest(lam * rates[m] * (1.0 - 1e-12)) for m in act])
+    ok = np.flatnonzero(_fits(space, rows))
+    if len(ok) == 0:
+        return None
+    chosen = {m: int(rows[i, ok[-1]]) for i, m in enumerate(act)}
+    budget_left = space.budget_micro - int(sum(space.cost_micro[r] for r in chosen.values()))
+    used = sum((space.configs[r] for r in chosen.values()), np.zeros(space.configs.shape[1], dtype=np.int64))
+    for m in sorted(act, key=lambda m: (space.est_qps[m][chosen[m]] / rates[m], m)):
+        cur = chosen[m]
+        others = used - space.configs[cur]
+        room = budget_left + int(space.cost_micro[cur])
+        fit = np.flatnonzero((space.cost_micro <= room) & (space.configs <= (space.caps - others)[None, :]).all(axis=1))
+        est = space.est_qps[m][fit]
+        best = int(fit[np.lexsort((fit, space.cost_micro[fit], -est))[0]])
+        if space.est_qps[m][best] > space.est_qps[m][cur]:
+            chosen[m] = best
+            budget_left = room - int(space.cost_micro[best])
+            used = others + space.configs[best]
+    return chosen
+
+
+def _min_cost_partition(space: _PartSpace, rates: np.ndarray, headroom: float) -> dict[int, int] | None:
+    """Per model with demand the cheapest part whose estimate covers headroom·r_m; None when one has none
+    or together they exceed the budget or caps."""
+    act = sorted(space.est_qps)
+    rows = np.array([[int(space.frontiers[m].cheapest(np.array([headroom * rates[m]]))[0])] for m in act])
+    if not _fits(space, rows)[0]:
+        return None
+    return {m: int(rows[i, 0]) for i, m in enumerate(act)}
+
+
+def _partition_plan(space: _PartSpace, chosen: Mapping[int, int], joint: JointModel, names: Sequence[str],
+                    rates: np.ndarray, types: Sequence[str], prices: np.ndarray, objective: str,
+                    reason: str) -> FleetPlan:
+    """The FleetPlan of a partition: model m's part `chosen[m]` (rows of `space.configs`) plus the
+    keep-warm parts of the models without demand, each pinned to its model."""
+    rows = {**space.fixed, **chosen}
+    pools: dict[str, int] = {}
+    total = np.zeros(len(types), dtype=np.int64)
+    for m in sorted(rows):
+        c = space.configs[rows[m]]
+        total += c
+        pools.update({pool_name(t, names[m]): int(n) for t, n in zip(types, c, strict=True) if n})
+    multiple = min(float(space.est_qps[m][r] / rates[m]) for m, r in chosen.items())
+    bound = min(float(upper_bound(space.configs[r][None, :], joint.models[m])[0] / rates[m]) for m, r in chosen.items())
+    counts = {t: int(n) for t, n in zip(types, total, strict=True)}
+    return FleetPlan(counts, float(config_cost(total, prices)), multiple, bound, objective, reason, pools, True)
+
+
+def _parts_label(space: _PartSpace, chosen: Mapping[int, int], names: Sequence[str], types: Sequence[str]) -> str:
+    rows = {**space.fixed, **chosen}
+    return " | ".join(f"{names[m]}: {_label(types, space.configs[rows[m]])}" for m in sorted(rows))
 
 
 def _label(types: Sequence[str], config: np.ndarray) -> str:
@@ -445,6 +656,7 @@ def plan_fleet(
     tolerance: float = QUEUE_TOLERANCE,
     keep_warm: bool = True,
     joint: JointModel | None = None,
+    partition: bool = True,
 ) -> FleetPlan:
     """Choose one fleet (counts of `types` at `prices_usd_per_hour`, cost ≤ the budget) for the observed
     `demand` of every model, each judged against its `qos_s[model]`; no online exploration.
@@ -465,6 +677,13 @@ def plan_fleet(
     probability of missing QoS without waiting (e.g. `miss_from_samples`); default: the p99 (`tail`) or
     mean table against QoS. `joint`: a JointModel of these models and demand to reuse (its cached duals);
     by default one is built. Unknown objectives are refused with the allowed ones.
+
+    With `partition` and two or more models with demand, the best partitioned fleet (module docstring:
+    each part planned for its model alone by its single-model estimate, the parts within the budget and
+    `max_counts` together) is the plan instead when "max_throughput": its estimated λ is higher than
+    that of every shared configuration considered; "min_cost": it covers the headroom and costs less
+    than the cheapest shared configuration that does (or none does). When neither kind covers the
+    headroom, the "max_throughput" choice between the two. The reason names the kind and both estimates.
     """
     if objective not in PLAN_OBJECTIVES:
         raise ConfigError(f"unknown plan objective {objective!r}; allowed: {list(PLAN_OBJECTIVES)}")
@@ -495,6 +714,7 @@ def plan_fleet(
     elif joint.types != types or len(joint.models) != len(demand):
         raise ConfigError("the joint model given does not match these types and models")
     total = float(sum(d.rate_qps for d in demand))
+    rates = np.array([d.rate_qps for d in demand], dtype=float)
     zero = lambda reason: FleetPlan({t: 0 for t in types}, 0.0, 0.0, 0.0, objective, reason)
 
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=objective == "max_throughput",
@@ -510,6 +730,8 @@ def plan_fleet(
     cost_micro = configs @ _micro(prices)
     ub = joint.bound_qps(configs)
     est = joint.estimate_qps(configs, ub)
+    space = (_part_space(joint, rates, prices, budget_usd_per_hour, caps)
+             if partition and np.count_nonzero(rates > 0) >= 2 else None)
 
     def plan(row: int, reason: str) -> FleetPlan:
         if total > 0:
@@ -519,6 +741,12 @@ def plan_fleet(
         counts = {t: int(c) for t, c in zip(types, configs[row], strict=True)}
         return FleetPlan(counts, float(config_cost(configs[row], prices)), multiple, bound, objective, reason)
 
+    def partitioned(chosen: Mapping[int, int], reason: str) -> FleetPlan:
+        assert space is not None
+        unserved = "".join(f"; {names[m]} (no demand) has no part: no configuration serves it" for m in space.unserved)
+        return _partition_plan(space, chosen, joint, names, rates, types, prices, objective,
+                               f"{reason}: {_parts_label(space, chosen, names, types)}{unserved}")
+
     note = "" if serve_all.any() else "; no configuration can serve every model within QoS"
     if objective == "min_cost" and total <= 0:
         order = np.lexsort((pool, -ub[pool], cost_micro[pool]))
@@ -527,11 +755,24 @@ def plan_fleet(
                          f"{_label(types, configs[row])}{note}")
     if objective == "min_cost":
         cover = pool[est[pool] >= headroom * total]
+        part = _min_cost_partition(space, rates, headroom) if space is not None else None
+        part_cost = (int(sum(space.cost_micro[r] for r in {**space.fixed, **part}.values()))
+                     if space is not None and part is not None else None)
         if len(cover):
             order = np.lexsort((cover, -ub[cover], -est[cover], cost_micro[cover]))
             row = int(cover[order[0]])
+            if part is not None and part_cost is not None and part_cost < cost_micro[row]:
+                return partitioned(part, f"min_cost: partitioned (each instance pinned to one model), the cheapest "
+                                         f"fleet whose estimate serves {headroom:g}× the observed rates, "
+                                         f"{part_cost / 1e6:.4g} $/h against {cost_micro[row] / 1e6:.4g} $/h shared")
+            why = ("" if space is None else "; shared: no partition covers them within the budget" if part is None
+                   else f"; shared: the cheapest partition that covers them costs {part_cost / 1e6:.4g} $/h" if
+                   part_cost is not None else "")
             return plan(row, f"min_cost: the cheapest of {len(cover)} configurations whose estimate serves "
-                             f"{headroom:g}× the observed rates: {_label(types, configs[row])}{note}")
+                             f"{headroom:g}× the observed rates: {_label(types, configs[row])}{note}{why}")
+        if part is not None:
+            return partitioned(part, f"min_cost: partitioned (each instance pinned to one model), the cheapest fleet "
+                                     f"whose estimate serves {headroom:g}× the observed rates (no shared one does)")
         # none covers: the best the budget buys, among the maximal configurations
         maximal_rows = _maximal(configs[pool], prices, budget_usd_per_hour, caps)
         pool = pool[maximal_rows]
@@ -540,8 +781,20 @@ def plan_fleet(
     safe = est[pool] >= (1.0 - tolerance) * best
     order = np.lexsort((pool, cost_micro[pool], -est[pool], -np.where(safe, ub[pool], -np.inf)))
     row = int(pool[order[0]])
+    why = ""
+    if space is not None and total > 0:
+        part = _max_partition(space, rates)
+        shared_best = float(best / total)
+        if part is None:
+            why = "; shared: no partition serves every model within the budget"
+        else:
+            part_lam = min(float(space.est_qps[m][r] / rates[m]) for m, r in part.items())
+            if part_lam > shared_best:
+                return partitioned(part, f"max_throughput: partitioned (each instance pinned to one model): estimate "
+                                         f"λ {part_lam:.4g} above the best shared configuration's {shared_best:.4g}{note}")
+            why = f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the best shared {shared_best:.4g}"
     return plan(row, f"max_throughput: the highest joint bound among {int(safe.sum())} queue-safe configurations "
-                     f"(estimate within {tolerance:.0%} of the best): {_label(types, configs[row])}{note}")
+                     f"(estimate within {tolerance:.0%} of the best): {_label(types, configs[row])}{note}{why}")
 
 
 def _maximal(configs: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float, caps: np.ndarray) -> np.ndarray:
