@@ -128,7 +128,7 @@ class Fleet:
         self._first_seen_s: dict[str, float] = {}  # listed but not (yet) in the registry
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._token_seq = 0
-        self._token_epoch = f"{int(time.time()):x}"
+        self._token_epoch = f"{time.time_ns():x}"  # tokens never repeat across daemon restarts
         self._pending_token: dict[str, str] = {}  # type → the token of a launch not known to have succeeded
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -358,6 +358,12 @@ class Fleet:
         if provider is None or not provider.managed:
             return
         inst = self.registry.get(instance_id)
+        if inst is not None and inst.state is InstanceState.READY:
+            # decided on a LAUNCHING or SUSPECT snapshot, READY by now (the readiness probe ran during the
+            # reconcile's awaits): drain it instead, so no query sent to it meanwhile fails; it stays billed
+            log.info("drain instance=%s reason=%s (ready since the decision to terminate it)", instance_id, reason)
+            self.registry.set_state(instance_id, InstanceState.DRAINING)
+            return
         log.info("terminate instance=%s reason=%s%s", instance_id, reason,
                  f" in_flight={inst.in_flight}" if inst is not None else "")
         self._terminating.add(instance_id)
