@@ -76,6 +76,7 @@ class AutoscalerConfig:
     headroom: float = 1.2  # min_cost: plan for this multiple of the observed rate
     period_s: float = 5.0  # one reconcile (list, plan, decide, act) per period
     window_s: float = 60.0  # observed load: arrival rate and batch mix over this sliding window
+    rise_window_s: float = 5.0  # a rate over this short window also counts when higher (scale out fast); 0: off
     min_queries: int = 200  # below this many queries in the window, the batch mix leans on the prior
     prior_batch_median: float = 8.0  # the prior batch mix: log-normal with this median (σ 0.75)
     up_periods: int = 1  # a larger target is acted on after holding this many consecutive periods

@@ -105,6 +105,21 @@ class LoadWindow:
         lo = max(self._start_s, float(int(now_s) - self.buckets + 1))
         return max(now_s - lo, 1.0)
 
+    def recent_rates(self, now_s: float, seconds: float) -> np.ndarray:
+        """Per model, the arrival rate (queries/s) over the last `seconds` (at most the window, at
+        least 1 s, and no further back than the start)."""
+        if self._start_s is None:
+            self._start_s = now_s
+        sec = int(now_s)
+        k = min(max(math.ceil(seconds), 1), self.buckets)
+        first = sec - k + 1
+        live = (self._ring_sec >= first) & (self._ring_sec <= sec)
+        counts = self._ring[live].sum(axis=(0, 2)) if live.any() else np.zeros(len(self.models), dtype=np.int64)
+        if first <= self._cur_sec <= sec:
+            counts = counts + np.asarray(self._cur, dtype=np.int64).reshape(len(self.models), self._stride).sum(axis=1)
+        span_s = max(now_s - max(self._start_s, float(first)), 1.0)
+        return np.asarray(counts, dtype=float) / span_s
+
     def demand(self, now_s: float) -> list[ModelDemand]:
         """Per model, in `models` order: the arrival rate (queries/s) and the batch pmf of the window.
         A model with no queries in the window and no prior gets a uniform pmf over 1..max_batch."""

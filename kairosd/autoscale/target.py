@@ -1,7 +1,9 @@
 """The autoscaler's target: the joint plan (`kairosd.planner.plan_fleet`) for the load observed in the window.
 
 Each period the window's demand (per model: rate and batch mix) is planned over the configured types
-within the budget, without the types the autoscaler marked unavailable. A plan is reused while the
+within the budget, without the types the autoscaler marked unavailable. Up quickly, down slowly: each
+model's rate is the larger of the window's and the last `rise_window_s`'s, so a rise is planned for
+within seconds while a fall waits until the whole window forgets the peak. A plan is reused while the
 demand stays close to the one it was made for (every rate within `rate_tolerance` of it, relatively,
 or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total variation) and the
 unavailable set is the same: planning runs only when the load moved.
@@ -13,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,6 +74,7 @@ class PlannerTarget:
     planner: Planner
     clock: Callable[[], float] = time.monotonic  # the window's clock (the scheduler's loop time)
     extra: Mapping[str, int] = field(default_factory=dict)
+    rise_window_s: float = 0.0  # 0: the window's rate alone
     rate_tolerance: float = RATE_TOLERANCE
     pmf_tolerance: float = PMF_TOLERANCE
     min_rate_qps: float = MIN_RATE_QPS
@@ -81,7 +84,11 @@ class PlannerTarget:
     _unavailable: frozenset[str] = frozenset()
 
     def __call__(self, _now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
-        demand = self.window.demand(self.clock())
+        now = self.clock()
+        demand = self.window.demand(now)
+        if self.rise_window_s > 0:
+            recent = self.window.recent_rates(now, self.rise_window_s)
+            demand = [replace(d, rate_qps=max(d.rate_qps, float(r))) for d, r in zip(demand, recent, strict=True)]
         plan = self.last_plan
         if (plan is None or unavailable != self._unavailable
                 or not _close(demand, self.last_demand, self.rate_tolerance, self.pmf_tolerance, self.min_rate_qps)):
@@ -111,7 +118,7 @@ class PlannerTarget:
             scheduler.load = window
             clock = scheduler.clock
         planner = config_planner(config, profiles)
-        return PlannerTarget(window, planner, clock, dict(extra or {}))
+        return PlannerTarget(window, planner, clock, dict(extra or {}), rise_window_s=a.rise_window_s)
 
 
 def config_planner(config: Config, profiles: ProfileTable) -> Planner:

@@ -105,3 +105,20 @@ def test_record_does_constant_work_in_a_fixed_structure() -> None:
         w.record(k % 3, k % 60, k * 0.001)  # 50 s of traffic at 1,000 qps
     assert (w._ring.shape, len(w._cur)) == shapes == ((5, 3, 51), 3 * 51)
     assert w.histogram(49.9995).sum() == 5000  # seconds 45..49
+
+
+def test_recent_rates_see_a_rise_before_the_window_does() -> None:
+    """60 s window: 10 q/s for 50 s then 100 q/s for 5 s: the window's rate is ~17.3, the last 5 s's ~100."""
+    w = LoadWindow(["a"], max_batch=8, window_s=60.0, start_s=0.0)
+    t = 0.0
+    while t < 50.0:
+        w.record(0, 4, t)
+        t += 0.1
+    while t < 55.0:
+        w.record(0, 4, t)
+        t += 0.01
+    window_rate = w.demand(55.0)[0].rate_qps
+    recent = w.recent_rates(55.0, 5.0)[0]
+    assert abs(window_rate - (500 + 500) / 55.0) < 1.0
+    assert 90.0 < recent < 110.0
+    assert w.recent_rates(55.0, 1000.0)[0] == pytest.approx(window_rate, rel=0.02)  # capped at the window
