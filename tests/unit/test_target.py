@@ -1,0 +1,85 @@
+"""The autoscaler's target: the joint plan for the observed window, re-planned only when the load moves,
+without the types the autoscaler marked unavailable, scaling out on a short rise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kairosd import config
+from kairosd.autoscale.load import LoadWindow
+from kairosd.autoscale.target import PlannerTarget, config_planner, lognormal_pmf
+from kairosd.daemon import load_profiles
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_target(rise_window_s: float = 0.0) -> tuple[PlannerTarget, LoadWindow, Clock]:
+    cfg = config.load(REPO / "configs" / "autoscale.toml")
+    profiles = load_profiles(cfg)
+    prior = {m: lognormal_pmf(256.0, 0.75, profiles.max_batch) for m in profiles.models}
+    window = LoadWindow(profiles.models, profiles.max_batch, window_s=20.0, prior_pmf=prior, min_queries=50, start_s=0.0)
+    clock = Clock()
+    return PlannerTarget(window, config_planner(cfg, profiles), clock, rise_window_s=rise_window_s), window, clock
+
+
+def feed(window: LoadWindow, model_idx: int, rate_qps: float, t0: float, t1: float, batch: int = 256) -> None:
+    for t in np.arange(t0, t1, 1.0 / rate_qps):
+        window.record(model_idx, batch, float(t))
+
+
+def total(counts: dict[str, int]) -> int:
+    return sum(counts.values())
+
+
+def test_idle_keeps_one_cheap_instance_and_more_load_wants_more() -> None:
+    target, window, clock = make_target()
+    idle = target(0.0, frozenset())
+    assert idle == {"ort-1t": 1}  # min_cost with no load: the cheapest fleet that serves every model
+    feed(window, 0, 300.0, 0.0, 20.0)  # dlrm is model 0 (sorted)
+    clock.now = 20.0
+    busy = target(clock.now, frozenset())
+    assert total(busy) > 1
+    assert sum(n * {"ort-1t": 0.05, "ort-2t": 0.10, "triton": 0.12}[t] for t, n in busy.items()) <= 0.30 + 1e-9
+
+
+def test_a_plan_is_reused_while_the_load_holds_and_redone_when_it_moves() -> None:
+    target, window, clock = make_target()
+    feed(window, 0, 100.0, 0.0, 20.0)
+    clock.now = 20.0
+    first = target(clock.now, frozenset())
+    made = target.plans_made
+    feed(window, 0, 102.0, 20.0, 21.0)
+    clock.now = 21.0
+    assert target(clock.now, frozenset()) == first and target.plans_made == made  # within 10 %: reused
+    feed(window, 0, 400.0, 21.0, 41.0)
+    clock.now = 41.0
+    target(clock.now, frozenset())
+    assert target.plans_made == made + 1
+
+
+def test_unavailable_types_are_planned_without() -> None:
+    target, window, clock = make_target()
+    feed(window, 0, 200.0, 0.0, 20.0)
+    clock.now = 20.0
+    without = target(clock.now, frozenset({"ort-1t"}))
+    assert "ort-1t" not in without and total(without) >= 1
+
+
+def test_a_short_rise_is_planned_for_at_once_with_rise_window() -> None:
+    slow, w1, c1 = make_target(rise_window_s=0.0)
+    fast, w2, c2 = make_target(rise_window_s=3.0)
+    for w in (w1, w2):
+        feed(w, 0, 20.0, 0.0, 17.0)
+        feed(w, 0, 400.0, 17.0, 20.0)  # the last 3 s at 400 q/s
+    c1.now = c2.now = 20.0
+    assert total(fast(20.0, frozenset())) > total(slow(20.0, frozenset()))
