@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve",
     "worker": "worker",
     "triton": "triton",
+    "emulated": "emulated",
     "plan": "plan",
     "simulate": "simulate",
     "profile": "profile",

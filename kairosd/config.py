@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from kairosd.errors import ConfigError
 
-BACKENDS = ("onnxruntime", "triton")
+BACKENDS = ("onnxruntime", "triton", "emulated")
 PROVIDERS = ("local", "ec2")
 OBJECTIVES = ("max_throughput", "min_cost")
 
@@ -46,10 +46,17 @@ class SchedulerConfig:
 @dataclass(frozen=True, slots=True)
 class InstanceTypeConfig:
     name: str
-    backend: str  # "onnxruntime" (kairosd worker) or "triton"
+    backend: str  # "onnxruntime" (kairosd worker), "triton" or "emulated" (kairosd emulated)
     price_usd_per_hour: float = 0.0
     threads: int = 1
     slots: int = 1  # queries one instance serves at once
+    # backend = "emulated" only: the measured type whose service times the instance takes (e.g.
+    # "g4dn.xlarge"), and where its samples come from: "kairos" (the Kairos authors' data) or a
+    # directory of `kairosd profile` CSVs (a log-normal fitted to each mean and p99; kairosd.emulation)
+    emulate: str = ""
+    emulate_data: str = ""
+    # served model → profile model that times it; from [emulation] models (not a [types.*] key)
+    emulate_models: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +162,7 @@ def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> Endpo
 
 def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> Config:
     """Build a Config from parsed TOML; relative paths are relative to `base_dir`."""
-    known = {"server", "scheduler", "models", "types", "fleet", "autoscaler", "provider"}
+    known = {"server", "scheduler", "models", "types", "fleet", "autoscaler", "provider", "emulation"}
     for k in raw:
         if k not in known:
             raise ConfigError(f"unknown section [{k}]; allowed: {sorted(known)}")
@@ -177,11 +184,12 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         if q <= 0:
             raise ConfigError(f"models.qos_ms.{m} must be > 0")
 
+    emulation = _emulation_models(raw, qos_s)
     types: dict[str, InstanceTypeConfig] = {}
     for name, t in raw.get("types", {}).items():
         if not isinstance(t, dict):
             raise ConfigError(f"[types.{name}] must be a table")
-        allowed = {f.name: f for f in fields(InstanceTypeConfig) if f.name != "name"}
+        allowed = {f.name: f for f in fields(InstanceTypeConfig) if f.name not in ("name", "emulate_models")}
         for k in t:
             if k not in allowed:
                 raise ConfigError(f"unknown key types.{name}.{k}; allowed: {sorted(allowed)}")
@@ -193,6 +201,8 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         it = InstanceTypeConfig(name=name, **kw)
         if it.slots < 1 or it.threads < 1:
             raise ConfigError(f"types.{name}: slots and threads must be ≥ 1")
+        if it.backend == "emulated" or it.emulate or it.emulate_data:
+            it = _emulated(it, emulation, sorted(qos_s), base_dir)
         types[name] = it
 
     fleet_raw = raw.get("fleet", {})
@@ -233,6 +243,50 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         parse_ec2(provider_raw["ec2"], types, base_dir=base_dir)
     return Config(server, scheduler, repo, profiles_dir, qos_s, types, fleet, tuple(endpoints), path, autoscaler,
                   provider_raw)
+
+
+def _emulation_models(raw: Mapping[str, Any], qos_s: Mapping[str, float]) -> dict[str, str]:
+    """`[emulation] models = {served = "profile model"}`: which profile model times each served model."""
+    section = raw.get("emulation", {})
+    if not isinstance(section, dict):
+        raise ConfigError("[emulation] must be a table, e.g. models = {dlrm = \"rm2\", ncf = \"ncf\"}")
+    for k in section:
+        if k != "models":
+            raise ConfigError(f"unknown key emulation.{k}; allowed: ['models']")
+    models = section.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(v, str) and v for v in models.values()):
+        raise ConfigError("emulation.models must map served models to profile model names, "
+                          "e.g. {dlrm = \"rm2\", ncf = \"ncf\"}")
+    unknown = sorted(set(models) - set(qos_s))
+    if unknown:
+        raise ConfigError(f"emulation.models names {unknown}, which [models.qos_ms] does not serve ({sorted(qos_s)})")
+    return dict(models)
+
+
+def _emulated(t: InstanceTypeConfig, models: Mapping[str, str], served: list[str], base_dir: Path) -> InstanceTypeConfig:
+    """Check an emulated type's keys and its data (the type and every profile model must be in it)."""
+    key = f"types.{t.name}"
+    if t.backend != "emulated":
+        bad = "emulate" if t.emulate else "emulate_data"
+        raise ConfigError(f"{key}.{bad} is only allowed with backend = \"emulated\" (backend is {t.backend!r})")
+    if not t.emulate:
+        raise ConfigError(f"{key}.emulate is required with backend = \"emulated\": the measured type it stands "
+                          "for, e.g. \"g4dn.xlarge\"")
+    missing = [m for m in served if m not in models]
+    if missing:
+        raise ConfigError(f"{key} is emulated: [emulation] models must say which profile model times each served "
+                          f"model; {missing} missing, e.g. models = {{dlrm = \"rm2\", ncf = \"ncf\"}}")
+    data = t.emulate_data or "kairos"
+    if data != "kairos":
+        path = Path(data)
+        data = str(path if path.is_absolute() else base_dir / path)
+    from kairosd.emulation import load_cells  # the data is read now: a typo fails at load, not at launch
+
+    try:
+        load_cells(t.emulate, data, models)
+    except ConfigError as exc:
+        raise ConfigError(f"{key} (emulate = {t.emulate!r}, emulate_data = {t.emulate_data or 'kairos'!r}): {exc}") from None
+    return replace(t, emulate_data=data, emulate_models=dict(models))
 
 
 def _autoscaler(raw: Mapping[str, Any], types: Mapping[str, InstanceTypeConfig]) -> AutoscalerConfig:

@@ -1,8 +1,9 @@
 """The local provider (the embedded default): one child process per instance on this machine.
 
 Types with `backend = "onnxruntime"` run `kairosd worker`, `backend = "triton"` a real Triton
-(PyTriton). Each child gets free ports and arms a parent-death signal, so a crashed or SIGKILLed
-daemon leaves no instance behind: after a restart the local fleet starts empty and nothing leaks.
+(PyTriton), `backend = "emulated"` `kairosd emulated` (gRPC and HTTP, timed by a measured profile).
+Each child gets free ports and arms a parent-death signal, so a crashed or SIGKILLed daemon leaves
+no instance behind: after a restart the local fleet starts empty and nothing leaks.
 Ids are `local-<type>-<n>` with `n` counting up for the provider's life (never reused). A launch
 token maps to the ids it started, so a retried launch starts only what is missing. `terminate`
 answers at once: the instance is listed `shutting-down` until its process has stopped (SIGTERM,
@@ -37,7 +38,13 @@ STOP_GRACE_S = 15.0  # SIGTERM → SIGKILL for a terminated local instance
 
 def instance_argv(t: InstanceTypeConfig, model_repository: str, port: int, http_port: int | None,
                   host: str = "127.0.0.1") -> list[str]:
-    """The command line that runs one local instance of type `t` on `port` (and `http_port`, Triton)."""
+    """The command line that runs one local instance of type `t` on `port` (and `http_port`: Triton, emulated)."""
+    if t.backend == "emulated":
+        models = ",".join(f"{served}={profile}" for served, profile in t.emulate_models.items())
+        return kairosd_argv("emulated", "--model-repository", model_repository, "--host", host, "--port", str(port),
+                            "--http-port", str(http_port if http_port is not None else free_port()),
+                            "--emulate", t.emulate, "--data", t.emulate_data or "kairos", "--models", models,
+                            "--slots", str(t.slots))
     if t.backend == "onnxruntime":
         return kairosd_argv("worker", "--model-repository", model_repository, "--host", host,
                             "--port", str(port), "--threads", str(t.threads))
@@ -84,7 +91,7 @@ class LocalProvider:
             k = next(self._seq)
             instance_id = f"local-{instance_type}-{k}"
             port = free_port()
-            http_port = free_port() if t.backend == "triton" else None
+            http_port = free_port() if t.backend in ("triton", "emulated") else None
             child = ChildProcess(instance_argv(t, self.model_repository, port, http_port), name=instance_id).start()
             info = ProviderInstance(
                 id=instance_id, type=instance_type, state=ProviderState.RUNNING, address=f"127.0.0.1:{port}",

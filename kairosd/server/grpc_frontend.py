@@ -48,8 +48,10 @@ _STREAM_UNSUPPORTED = "kairosd does not implement ModelStreamInfer (streaming / 
 class _Handlers:
     """The RPC implementations; each is registered below with its (de)serializers."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, server_name: str, extensions: tuple[str, ...]) -> None:
         self._service = service
+        self._server_name = server_name
+        self._extensions = extensions
 
     async def server_live(self, request: pb.ServerLiveRequest, context: Ctx) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self._service.is_live())
@@ -60,7 +62,7 @@ class _Handlers:
     async def server_metadata(
         self, request: pb.ServerMetadataRequest, context: Ctx
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=kairosd.__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=self._server_name, version=kairosd.__version__, extensions=self._extensions)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Ctx) -> pb.ModelReadyResponse:
         # Like Triton: an unknown model (or version) is simply not ready.
@@ -146,9 +148,12 @@ def _unary(fn: Callable[..., Awaitable[Any]], request_type: Any, response_type: 
     )
 
 
-def build_generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
-    """The service's method table. ModelInfer returns the backend's bytes with no serializer (no re-encoding)."""
-    h = _Handlers(service)
+def build_generic_handler(
+    service: InferenceService, server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS
+) -> grpc.GenericRpcHandler:
+    """The service's method table. ModelInfer returns the backend's bytes with no serializer (no re-encoding).
+    `server_name` and `extensions` are what ServerMetadata reports."""
+    h = _Handlers(service, server_name, extensions)
     methods: dict[str, grpc.RpcMethodHandler] = {
         "ServerLive": _unary(h.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": _unary(h.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -169,10 +174,13 @@ def build_generic_handler(service: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
 
 
-async def start_grpc_server(service: InferenceService, host: str, port: int, max_message_bytes: int) -> grpc.aio.Server:
+async def start_grpc_server(
+    service: InferenceService, host: str, port: int, max_message_bytes: int,
+    server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+) -> grpc.aio.Server:
     """Bind and start the gRPC front end; messages over `max_message_bytes` fail with RESOURCE_EXHAUSTED."""
     server = grpc.aio.server(
-        handlers=[build_generic_handler(service)],
+        handlers=[build_generic_handler(service, server_name, extensions)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 _SERVICE_KEY = web.AppKey("kairosd_service", InferenceService)
 _MAX_BODY_KEY = web.AppKey("kairosd_max_body_bytes", int)
+_METADATA_KEY = web.AppKey("kairosd_server_metadata", bytes)
 _JSON = "application/json"
 # request headers that describe the body, forwarded with it
 _FORWARD_HEADERS = ("Content-Type", HEADER_LENGTH)
@@ -75,7 +76,7 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _server_metadata(request: web.Request) -> web.Response:
-    return _json_response({"name": SERVER_NAME, "version": kairosd.__version__, "extensions": list(EXTENSIONS)})
+    return web.Response(body=request.app[_METADATA_KEY], content_type=_JSON)
 
 
 def _spec(request: web.Request) -> Any:
@@ -170,11 +171,18 @@ def _response_coding(request: web.Request) -> str | None:
     return accept if accept in ("gzip", "deflate") else None
 
 
-def build_http_app(service: InferenceService, max_body_bytes: int) -> web.Application:
-    """The KServe v2 REST application; bodies over `max_body_bytes` get 413."""
+def build_http_app(
+    service: InferenceService, max_body_bytes: int,
+    server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+) -> web.Application:
+    """The KServe v2 REST application; bodies over `max_body_bytes` get 413. `server_name` and
+    `extensions` are what `GET /v2` reports."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
     app[_SERVICE_KEY] = service
     app[_MAX_BODY_KEY] = max_body_bytes
+    app[_METADATA_KEY] = rapidjson.dumps(
+        {"name": server_name, "version": kairosd.__version__, "extensions": list(extensions)}
+    ).encode()
     r = app.router
     r.add_get("/v2/health/live", _live, allow_head=False)
     r.add_get("/v2/health/ready", _ready, allow_head=False)
@@ -199,9 +207,13 @@ async def _fleet_status(request: web.Request) -> web.Response:
     return web.json_response(status())
 
 
-async def start_http_server(service: InferenceService, host: str, port: int, max_body_bytes: int) -> web.AppRunner:
+async def start_http_server(
+    service: InferenceService, host: str, port: int, max_body_bytes: int,
+    server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+) -> web.AppRunner:
     """Bind and start the REST front end; `runner.addresses` tells the bound port (useful with port 0)."""
-    runner = web.AppRunner(build_http_app(service, max_body_bytes), access_log=None, handle_signals=False)
+    app = build_http_app(service, max_body_bytes, server_name, extensions)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=False)
     await site.start()

@@ -1,0 +1,132 @@
+"""Service-time tables for emulated instances: what one instance of a measured type takes per query.
+
+Core rule: a query of batch `b` for a served model is timed as its profile model on the emulated type;
+`b` is rounded up to the data's batch grid (clamped to its largest batch), and the service time is one
+of that cell's samples drawn uniformly at random.
+
+Two sources of samples (`emulate_data`):
+- `"kairos"`: the Kairos authors' raw measurements (`kairosd.workload.load_samples`: total = inference +
+  load, the largest of each cell dropped), exactly the samples the simulator draws its noise from;
+  grid 10, 20, ..., 1000.
+- a directory of `kairosd profile` CSVs (`<profile model>.csv`: instance_type, batch, mean_s, p99_s):
+  each measured batch becomes a cell of `LOGNORMAL_POINTS` quantiles of the log-normal with that mean
+  and p99. With z = Φ⁻¹(0.99) ≈ 2.326 and r = ln(p99 / mean), σ solves zσ − σ²/2 = r, i.e.
+  σ = z − √(z² − 2r) (σ = z when r > z²/2, the most skewed the fit allows; σ = 0 when p99 ≤ mean), and
+  μ = ln(mean) − σ²/2. Example: mean 10 ms, p99 12 ms → r = 0.182, σ = 0.080, samples ~ 10 ms ± 0.8 ms.
+  The grid is the measured batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kairosd.errors import ConfigError
+
+KAIROS_DATA = "kairos"
+LOGNORMAL_POINTS = 200  # samples per cell fitted to a profile CSV's mean and p99
+_Z99 = 2.3263478740408408  # Φ⁻¹(0.99)
+
+
+@dataclass(frozen=True)
+class ServiceCells:
+    """One (type, profile model): `samples_s[grid, k]`, the k-th service-time sample at batch `batches[grid]`."""
+
+    profile_model: str
+    batches: np.ndarray  # int, ascending
+    samples_s: np.ndarray  # float[len(batches), k]
+
+    def grid_index(self, batch: int) -> int:
+        """The cell a query of `batch` is timed at: the smallest measured batch ≥ `batch`, else the largest."""
+        return min(int(np.searchsorted(self.batches, batch, side="left")), len(self.batches) - 1)
+
+    def draw(self, batch: int, rng: np.random.Generator) -> float:
+        """One service time (seconds) for a query of `batch`."""
+        cell = self.samples_s[self.grid_index(batch)]
+        return float(cell[int(rng.integers(len(cell)))])
+
+    def quantile_s(self, batch: int, q: float) -> float:
+        """The `q`-quantile (0..1) of the service time at `batch` (what a measurement should find)."""
+        return float(np.quantile(self.samples_s[self.grid_index(batch)], q))
+
+
+def lognormal_sigma(mean_s: float, p99_s: float) -> float:
+    """σ of the log-normal with this mean and 99th percentile (see the module docstring)."""
+    if mean_s <= 0:
+        raise ConfigError(f"a profile mean must be > 0 to fit a service distribution, got {mean_s}")
+    r = math.log(p99_s / mean_s) if p99_s > mean_s else 0.0
+    disc = _Z99 * _Z99 - 2.0 * r
+    return _Z99 - math.sqrt(disc) if disc > 0 else _Z99
+
+
+def lognormal_cell(mean_s: float, p99_s: float, points: int = LOGNORMAL_POINTS) -> np.ndarray:
+    """`points` evenly spaced quantiles ((k + ½) / points) of the fitted log-normal, ascending."""
+    from scipy.special import ndtri
+
+    sigma = lognormal_sigma(mean_s, p99_s)
+    mu = math.log(mean_s) - sigma * sigma / 2.0
+    z = ndtri((np.arange(points) + 0.5) / points)
+    return np.exp(mu + sigma * z)
+
+
+def _kairos_cells(emulate: str, profile_models: set[str]) -> dict[str, ServiceCells]:
+    from kairosd import workload
+
+    samples = workload.load_samples()
+    if emulate not in samples.types:
+        raise ConfigError(f"emulate = {emulate!r}: the Kairos data has no such instance type; it has {list(samples.types)}")
+    out = {}
+    for pm in sorted(profile_models):
+        if pm not in samples.models:
+            raise ConfigError(f"profile model {pm!r} is not in the Kairos data; it has {list(samples.models)}")
+        s = samples.samples_s[samples.models.index(pm), samples.types.index(emulate)]
+        out[pm] = ServiceCells(pm, np.asarray(samples.batches, dtype=np.int64), np.array(s))
+    return out
+
+
+def _csv_cells(emulate: str, directory: Path, profile_models: set[str]) -> dict[str, ServiceCells]:
+    from kairosd.profiles import read_csv
+
+    out = {}
+    for pm in sorted(profile_models):
+        path = directory / f"{pm}.csv"
+        rows = sorted((p for p in read_csv(path) if p.instance_type == emulate), key=lambda p: p.batch)
+        if not rows:
+            have = sorted({p.instance_type for p in read_csv(path)})
+            raise ConfigError(f"{path}: no rows for instance type {emulate!r} (emulate); it has {have}")
+        cells = np.stack([lognormal_cell(p.mean_s, p.p99_s) for p in rows])
+        out[pm] = ServiceCells(pm, np.array([p.batch for p in rows], dtype=np.int64), cells)
+    return out
+
+
+def load_cells(emulate: str, data: str | Path, models: Mapping[str, str]) -> dict[str, ServiceCells]:
+    """Service cells per served model: `models` maps each served model to its profile model, `data` is
+    "kairos" or a directory of profile CSVs. Raises ConfigError naming what is missing."""
+    if not models:
+        raise ConfigError("an emulated instance needs [emulation] models: which profile model times each served model")
+    profile_models = set(models.values())
+    if str(data) == KAIROS_DATA:
+        by_profile = _kairos_cells(emulate, profile_models)
+    else:
+        directory = Path(data)
+        if not directory.is_dir():
+            raise ConfigError(f"emulate_data = {str(data)!r}: not \"kairos\" and not a directory of profile CSVs")
+        by_profile = _csv_cells(emulate, directory, profile_models)
+    return {served: by_profile[pm] for served, pm in models.items()}
+
+
+def parse_model_map(text: str) -> dict[str, str]:
+    """`"dlrm=rm2,ncf=ncf"` → {"dlrm": "rm2", "ncf": "ncf"} (the command line's form of [emulation] models)."""
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        served, sep, profile = item.partition("=")
+        if not sep or not served.strip() or not profile.strip():
+            raise ConfigError(f"--models: {item!r} must be SERVED=PROFILE, e.g. dlrm=rm2")
+        out[served.strip()] = profile.strip()
+    return out
