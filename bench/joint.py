@@ -343,8 +343,8 @@ def main() -> int:
         if r["exhaustive"]:
             ex = r["exhaustive"]
             print(f"{r['pair']}: every one of the {len(ex['configs'])} maximal configurations shared by both models: best "
-                  f"{ex['best']['config']} λ {ex['best']['multiple']:.1f} (bound {ex['best']['bound']:.1f}); the joint plan's "
-                  f"fleet ranks {ex['plan_rank']}; best shared / best split {ex['best']['multiple'] / r['lambda_split']:.3f}")
+                  f"{ex['best']['config']} λ {ex['best']['multiple']:.1f} (bound {ex['best']['bound']:.1f}); λ_joint "
+                  f"ranks {ex['plan_rank']} among them; shared / best split {ex['best']['multiple'] / r['lambda_split']:.3f}")
     above = [(r["pair"], "joint") for r in rows if r["joint"]["exceeds_bound"]]
     above += [(r["pair"], "shared plan") for r in rows if r["shared_plan"]["exceeds_bound"]]
     above += [(r["pair"], "shared " + c["config"]) for r in rows if r["exhaustive"] for c in r["exhaustive"]["configs"]

@@ -49,12 +49,15 @@ from kairosd.planner.enumeration import (
 from kairosd.planner.joint import (
     DEFAULT_HEADROOM,
     PLAN_OBJECTIVES,
+    POOL_SEP,
     FleetPlan,
     JointModel,
     joint_fluid_bound,
     joint_queue_estimate,
     joint_upper_bound,
+    parse_pool,
     plan_fleet,
+    pool_name,
 )
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
@@ -94,6 +97,7 @@ __all__ = [
     "MIN_BASE_COVERAGE",
     "ModelDemand",
     "PLAN_OBJECTIVES",
+    "POOL_SEP",
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",
     "QUEUE_EPS",
@@ -118,7 +122,9 @@ __all__ = [
     "joint_upper_bound",
     "make_candidates",
     "miss_from_samples",
+    "parse_pool",
     "plan_fleet",
+    "pool_name",
     "proportional_bound",
     "queue_estimate",
     "rank",

@@ -84,7 +84,7 @@ from kairosd.planner.bounds import (
     upper_bound,
 )
 from kairosd.planner.demand import ModelDemand
-from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
+from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, erlang_c, queue_estimate
 from kairosd.planner.selectors import QUEUE_TOLERANCE
@@ -756,18 +756,18 @@ def plan_fleet(
     if objective == "min_cost":
         cover = pool[est[pool] >= headroom * total]
         part = _min_cost_partition(space, rates, headroom) if space is not None else None
-        part_cost = (int(sum(space.cost_micro[r] for r in {**space.fixed, **part}.values()))
-                     if space is not None and part is not None else None)
+        part_cost = 0
+        why = "" if space is None else "; shared: no partition covers them within the budget"
+        if space is not None and part is not None:
+            part_cost = int(sum(space.cost_micro[r] for r in {**space.fixed, **part}.values()))
+            why = f"; shared: the cheapest partition that covers them costs {part_cost / MICRO_USD:.4g} $/h"
         if len(cover):
             order = np.lexsort((cover, -ub[cover], -est[cover], cost_micro[cover]))
             row = int(cover[order[0]])
-            if part is not None and part_cost is not None and part_cost < cost_micro[row]:
+            if part is not None and part_cost < cost_micro[row]:
                 return partitioned(part, f"min_cost: partitioned (each instance pinned to one model), the cheapest "
                                          f"fleet whose estimate serves {headroom:g}× the observed rates, "
-                                         f"{part_cost / 1e6:.4g} $/h against {cost_micro[row] / 1e6:.4g} $/h shared")
-            why = ("" if space is None else "; shared: no partition covers them within the budget" if part is None
-                   else f"; shared: the cheapest partition that covers them costs {part_cost / 1e6:.4g} $/h" if
-                   part_cost is not None else "")
+                                         f"{part_cost / MICRO_USD:.4g} $/h against {cost_micro[row] / MICRO_USD:.4g} $/h shared")
             return plan(row, f"min_cost: the cheapest of {len(cover)} configurations whose estimate serves "
                              f"{headroom:g}× the observed rates: {_label(types, configs[row])}{note}{why}")
         if part is not None:

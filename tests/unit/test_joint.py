@@ -10,7 +10,9 @@ from kairosd import workload
 from kairosd.dispatch import FcfsPolicy, make_policy
 from kairosd.errors import ConfigError
 from kairosd.planner import (
+    POOL_SEP,
     BoundModel,
+    FleetPlan,
     JointModel,
     ModelDemand,
     batch_pmf,
@@ -20,7 +22,10 @@ from kairosd.planner import (
     joint_upper_bound,
     make_candidates,
     miss_from_samples,
+    parse_pool,
     plan_fleet,
+    pool_name,
+    queue_estimate,
     select_kairos,
     upper_bound,
 )
@@ -30,6 +35,8 @@ from kairosd.sim import (
     ServiceModel,
     fleet_columns,
     max_multiple,
+    max_multiple_partitioned,
+    max_qps,
     poisson_mix_stream,
     poisson_stream,
     simulate,
@@ -265,3 +272,156 @@ def test_one_group_mix_runs_exactly_like_simulate(wl: workload.KairosWorkload) -
     # a plain Poisson stream labelled with one group is the same stream
     labelled = poisson_mix_stream(np.full(50, 10), [2.0], 7)
     np.testing.assert_array_equal(labelled.stream.gaps, poisson_stream(np.full(50, 10), 7).gaps)
+
+
+# ---------------------------------------------------------------------------------------------- partitions
+
+
+def test_pool_names_round_trip() -> None:
+    assert POOL_SEP == "@"
+    assert pool_name("g4dn.xlarge", None) == "g4dn.xlarge" and parse_pool("g4dn.xlarge") == ("g4dn.xlarge", None)
+    assert pool_name("g4dn.xlarge", "wnd") == "g4dn.xlarge@wnd" and parse_pool("g4dn.xlarge@wnd") == ("g4dn.xlarge", "wnd")
+    for t, m in (("c5n.2xlarge", "a@b"), ("cpu", "m"), ("t3.xlarge", None)):
+        assert parse_pool(pool_name(t, m)) == (t, m)
+    for bad in ("", "@wnd", "cpu@"):
+        with pytest.raises(ConfigError):
+            parse_pool(bad)
+    with pytest.raises(ConfigError):
+        pool_name("a@b", "wnd")
+    with pytest.raises(ConfigError):
+        pool_name("cpu", "")
+
+
+def test_fleet_plan_pools_add_up_to_counts() -> None:
+    shared = FleetPlan({"big": 2, "small": 0}, 2.0, 1.0, 1.0, "max_throughput", "r")
+    assert shared.pools == {"big": 2} and not shared.partitioned and shared.pinned("a") == {}
+    part = FleetPlan({"big": 2, "small": 1}, 2.5, 1.0, 1.0, "max_throughput", "r",
+                     {"big@a": 1, "big@b": 1, "small@a": 1}, True)
+    assert part.pinned("a") == {"big": 1, "small": 1} and part.pinned("b") == {"big": 1}
+    with pytest.raises(ConfigError, match="add up"):
+        FleetPlan({"big": 2}, 2.0, 1.0, 1.0, "max_throughput", "r", {"big@a": 1}, True)
+
+
+def pooling_table() -> ProfileTable:
+    """One type "cpu" (1 $/h); model "a" 1 ms (QoS 3 ms), "b" 50 ms (QoS 200 ms), "c" as "a": on a shared
+    instance a's queries wait behind b's 50 ms services, far beyond a's 2 ms of slack."""
+    pts = {m: [ProfilePoint("cpu", b, s, s) for b in (1, 10)] for m, s in (("a", 0.001), ("b", 0.050), ("c", 0.001))}
+    return ProfileTable.build(pts, max_batch=10)
+
+
+POOLING_QOS = {"a": 0.003, "b": 0.200, "c": 0.003}
+
+
+def _batch10() -> np.ndarray:
+    pmf = np.zeros(11)
+    pmf[10] = 1.0
+    return pmf
+
+
+def _consistent(plan: FleetPlan, types: tuple[str, ...], prices: tuple[float, ...], budget: float) -> None:
+    per_type: dict[str, int] = {}
+    for pool, n in plan.pools.items():
+        t, m = parse_pool(pool)
+        assert n > 0 and (m is not None) == plan.partitioned
+        per_type[t] = per_type.get(t, 0) + n
+    assert per_type == {t: n for t, n in plan.counts.items() if n} and set(plan.counts) == set(types)
+    assert plan.cost_usd_per_hour == pytest.approx(sum(plan.counts[t] * p for t, p in zip(types, prices, strict=True)))
+    assert plan.cost_usd_per_hour <= budget + 1e-9
+
+
+def test_partitioned_wins_when_pooling_hurts_a_short_slack() -> None:
+    table, pmf = pooling_table(), _batch10()
+    demand = [ModelDemand("a", 100.0, pmf), ModelDemand("b", 10.0, pmf)]
+    for budget in (2.0, 4.0, 8.0):
+        plan = plan_fleet(table, ("cpu",), (1.0,), budget, demand, POOLING_QOS)
+        shared = plan_fleet(table, ("cpu",), (1.0,), budget, demand, POOLING_QOS, partition=False)
+        _consistent(plan, ("cpu",), (1.0,), budget)
+        assert plan.partitioned and "partitioned" in plan.reason and plan.multiple > shared.multiple
+        assert plan.pinned("a")["cpu"] >= 1 and plan.pinned("b")["cpu"] >= 1 and plan.counts["cpu"] == budget
+        assert 0 < plan.multiple <= plan.bound_multiple
+        assert not shared.partitioned and shared.pools == {"cpu": int(budget)}
+    # caps apply to the parts together
+    capped = plan_fleet(table, ("cpu",), (1.0,), 8.0, demand, POOLING_QOS, max_counts=[3])
+    assert capped.partitioned and capped.counts == {"cpu": 3}
+    assert plan_fleet(table, ("cpu",), (1.0,), 8.0, demand, POOLING_QOS, unavailable={"cpu"}).pools == {}
+
+
+def test_partition_gives_a_model_without_demand_its_cheapest_part() -> None:
+    table, pmf = pooling_table(), _batch10()
+    demand = [ModelDemand("a", 100.0, pmf), ModelDemand("b", 10.0, pmf), ModelDemand("c", 0.0, pmf)]
+    plan = plan_fleet(table, ("cpu",), (1.0,), 5.0, demand, POOLING_QOS)
+    _consistent(plan, ("cpu",), (1.0,), 5.0)
+    assert plan.partitioned and plan.pinned("c") == {"cpu": 1} and plan.counts == {"cpu": 5}
+
+
+def test_shared_wins_on_the_two_type_example() -> None:
+    """The module docstring's example: sharing big and small beats A on small + B on big."""
+    pts = {
+        "a": [ProfilePoint(t, b, s, s) for t, s in (("big", 0.001), ("small", 0.002)) for b in (1, 10)],
+        "b": [ProfilePoint(t, b, s, s) for t, s in (("big", 0.004), ("small", 0.020)) for b in (1, 10)],
+    }
+    table = ProfileTable.build(pts, max_batch=10)
+    plan = plan_fleet(table, ("big", "small"), (1.0, 0.5), 1.5, [ModelDemand("a", 3.0, _batch10()),
+                                                                 ModelDemand("b", 1.0, _batch10())], {"a": 0.005, "b": 0.010})
+    assert not plan.partitioned and plan.pools == {"big": 1, "small": 1} and "best partition" in plan.reason
+
+
+def test_kairos_partition_and_shared_choices(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
+    """rm2 (40-390 ms services) beside wnd (25 ms QoS): pinned at 2.5 $/h; wnd + mtwnd: shared."""
+    types, prices = wl.types, wl.prices_usd_per_hour
+    rm2_wnd = [ModelDemand("rm2", 0.75, pmf), ModelDemand("wnd", 0.25, pmf)]
+    plan = plan_fleet(wl.profiles, types, prices, 2.5, rm2_wnd, wl.qos_s)
+    _consistent(plan, tuple(types), tuple(prices), 2.5)
+    assert plan.partitioned and plan.pinned("wnd").get("g4dn.xlarge", 0) >= 1 and plan.pinned("rm2")
+    parts = [np.array([plan.pinned(m).get(t, 0) for t in types]) for m in ("rm2", "wnd")]
+    bms = _kairos_models(wl, pmf, ("rm2", "wnd"))
+    lam = min(float(queue_estimate(c[None, :], bm)[0]) / d.rate_qps for c, bm, d in zip(parts, bms, rm2_wnd, strict=True))
+    assert plan.multiple == pytest.approx(lam)
+    shared = plan_fleet(wl.profiles, types, prices, 2.5, rm2_wnd, wl.qos_s, partition=False)
+    assert plan.multiple > shared.multiple and not shared.partitioned
+    wnd_mtwnd = [ModelDemand("wnd", 0.75, pmf), ModelDemand("mtwnd", 0.25, pmf)]
+    plan = plan_fleet(wl.profiles, types, prices, 2.5, wnd_mtwnd, wl.qos_s)
+    assert not plan.partitioned and plan.pools == {t: n for t, n in plan.counts.items() if n}
+    alone = plan_fleet(wl.profiles, types, prices, 2.5, wnd_mtwnd, wl.qos_s, partition=False)
+    assert (plan.pools, plan.multiple) == (alone.pools, alone.multiple) and "best partition" in plan.reason
+    # one model with demand: never partitioned
+    one = plan_fleet(wl.profiles, types, prices, 2.5, [ModelDemand("rm2", 1.0, pmf), ModelDemand("wnd", 0.0, pmf)], wl.qos_s)
+    assert not one.partitioned
+
+
+def test_min_cost_partition() -> None:
+    table, pmf = pooling_table(), _batch10()
+    demand = [ModelDemand("a", 100.0, pmf), ModelDemand("b", 10.0, pmf)]
+    plan = plan_fleet(table, ("cpu",), (1.0,), 8.0, demand, POOLING_QOS, objective="min_cost")
+    shared = plan_fleet(table, ("cpu",), (1.0,), 8.0, demand, POOLING_QOS, objective="min_cost", partition=False)
+    _consistent(plan, ("cpu",), (1.0,), 8.0)
+    assert plan.partitioned and "cheapest" in plan.reason and plan.multiple >= 1.2
+    assert shared.multiple >= 1.2 and plan.cost_usd_per_hour < shared.cost_usd_per_hour
+    # each part is the cheapest that covers its model: one instance fewer for either misses the headroom
+    for m in ("a", "b"):
+        fewer = {mm: plan.pinned(mm)["cpu"] - (mm == m) for mm in ("a", "b")}
+        if fewer[m] == 0:
+            continue
+        bm = BoundModel.from_profiles(table, m, ("cpu",), pmf, POOLING_QOS[m])
+        rate = 100.0 if m == "a" else 10.0
+        assert queue_estimate(np.array([[fewer[m]]]), bm)[0] < 1.2 * rate
+
+
+# ---------------------------------------------------------------------------------------------- partitioned simulation
+
+
+def test_partitioned_fleet_is_each_part_on_its_own_stream() -> None:
+    table = two_model_table()
+    stream = poisson_mix_stream(np.full(1500, 10), [3.0, 1.0], seed=9)
+    one = fleet_columns(table, ["cpu"], [1])
+    factory = lambda: FcfsPolicy(table)
+    res = max_multiple_partitioned(table, ["a", "b"], [one, one], factory, qos_s=[0.02, 0.05], stream=stream)
+    alone = [max_qps(table, m, one, factory, qos_s=q, stream=stream.part(g)).qps / stream.rates_qps[g]
+             for g, (m, q) in enumerate((("a", 0.02), ("b", 0.05)))]
+    assert res.per_model == pytest.approx(tuple(alone), rel=0, abs=0) and res.multiple == min(alone)
+    assert res.multiple > 0 and not res.exceeds_bound
+    # no part for a model with demand: λ = 0; a model without demand does not constrain
+    assert max_multiple_partitioned(table, ["a", "b"], [one, None], factory, qos_s=[0.02, 0.05], stream=stream).multiple == 0
+    idle = poisson_mix_stream(np.full(600, 10), [1.0, 0.0], seed=9)
+    res = max_multiple_partitioned(table, ["a", "b"], [one, None], factory, qos_s=[0.02, 0.05], stream=idle)
+    assert res.per_model[1] == float("inf") and res.multiple == res.per_model[0] > 0
