@@ -4,15 +4,27 @@ model's queries. The planner chooses pinned pools when sharing instances across 
 
 from __future__ import annotations
 
+from kairosd.errors import ConfigError
+
 POOL_SEP = "@"
 
 
-def pool_name(instance_type: str, model: str | None = None) -> str:
-    """`type` for a shared pool, `type@model` for one pinned to `model`."""
-    return instance_type if model is None else f"{instance_type}{POOL_SEP}{model}"
+def pool_name(type_name: str, model: str | None) -> str:
+    """The pool of instances of `type_name`: shared by every model (`model` None, the type's name) or
+    pinned to `model` (f"{type}@{model}", e.g. "g4dn.xlarge@wnd")."""
+    if not type_name or POOL_SEP in type_name:
+        raise ConfigError(f"an instance type name must be non-empty and without {POOL_SEP!r}, got {type_name!r}")
+    if model is None:
+        return type_name
+    if not model:
+        raise ConfigError(f"a pinned pool needs a model name, got {model!r} for {type_name!r}")
+    return f"{type_name}{POOL_SEP}{model}"
 
 
 def parse_pool(pool: str) -> tuple[str, str | None]:
-    """(instance type, pinned model or None): the inverse of `pool_name`."""
-    instance_type, sep, model = pool.partition(POOL_SEP)
-    return instance_type, (model if sep else None)
+    """(type, model) of a pool name: model None for a shared pool; the inverse of `pool_name` (the type
+    ends at the first `POOL_SEP`)."""
+    type_name, sep, model = pool.partition(POOL_SEP)
+    if not type_name or (sep and not model):
+        raise ConfigError(f"pool names are TYPE or TYPE{POOL_SEP}MODEL, got {pool!r}")
+    return type_name, (model if sep else None)

@@ -49,15 +49,12 @@ from kairosd.planner.enumeration import (
 from kairosd.planner.joint import (
     DEFAULT_HEADROOM,
     PLAN_OBJECTIVES,
-    POOL_SEP,
     FleetPlan,
     JointModel,
     joint_fluid_bound,
     joint_queue_estimate,
     joint_upper_bound,
-    parse_pool,
     plan_fleet,
-    pool_name,
 )
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
@@ -82,6 +79,7 @@ from kairosd.planner.selectors import (
     select_kairos_paper,
     select_kairos_plus,
 )
+from kairosd.pools import POOL_SEP, parse_pool, pool_name  # noqa: I001 - re-exported with the planner's API
 
 __all__ = [
     "BoundModel",

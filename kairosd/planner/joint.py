@@ -88,6 +88,7 @@ from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerat
 from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, erlang_c, queue_estimate
 from kairosd.planner.selectors import QUEUE_TOLERANCE
+from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
 PLAN_OBJECTIVES = ("max_throughput", "min_cost")
@@ -423,30 +424,6 @@ def joint_fluid_bound(config: np.ndarray, models: Sequence[BoundModel], demand: 
 
 # --------------------------------------------------------------------------------------------------
 # The fleet plan
-
-
-POOL_SEP = "@"
-
-
-def pool_name(type_name: str, model: str | None) -> str:
-    """The pool of instances of `type_name`: shared by every model (`model` None, the type's name) or
-    pinned to `model` (f"{type}@{model}", e.g. "g4dn.xlarge@wnd")."""
-    if not type_name or POOL_SEP in type_name:
-        raise ConfigError(f"an instance type name must be non-empty and without {POOL_SEP!r}, got {type_name!r}")
-    if model is None:
-        return type_name
-    if not model:
-        raise ConfigError(f"a pinned pool needs a model name, got {model!r} for {type_name!r}")
-    return f"{type_name}{POOL_SEP}{model}"
-
-
-def parse_pool(pool: str) -> tuple[str, str | None]:
-    """(type, model) of a pool name: model None for a shared pool; the inverse of `pool_name` (the type
-    ends at the first `POOL_SEP`)."""
-    type_name, sep, model = pool.partition(POOL_SEP)
-    if not type_name or (sep and not model):
-        raise ConfigError(f"pool names are TYPE or TYPE{POOL_SEP}MODEL, got {pool!r}")
-    return type_name, (model if sep else None)
 
 
 @dataclass(frozen=True)
