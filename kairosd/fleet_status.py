@@ -28,7 +28,8 @@ def fleet_status(fleet: Fleet, config: Config) -> dict[str, Any]:
         m = members.get(p.id)
         inst = fleet.registry.get(p.id)
         instances.append({
-            "id": p.id, "type": p.type, "state": m.state.value if m is not None else p.state.value,
+            "id": p.id, "type": p.type, "pool": m.type if m is not None else p.type,
+            "state": m.state.value if m is not None else p.state.value,
             "provider_state": p.state.value, "price_usd_per_hour": p.price_usd_per_hour,
             "age_s": round(now_unix - p.launched_at_s, 1) if p.launched_at_s else None,
             "address": p.address, "in_flight": inst.in_flight if inst is not None else 0,
@@ -59,10 +60,10 @@ def fleet_status(fleet: Fleet, config: Config) -> dict[str, Any]:
 def render_status(status: Mapping[str, Any]) -> str:
     """A table of the instances, then committed $/h against the budget, target and the last plan."""
     rows: Sequence[Mapping[str, Any]] = status.get("instances", [])
-    lines = [f"{'instance':34s} {'type':14s} {'state':12s} {'$/h':>8s} {'age':>8s} {'in flight':>9s}"]
-    for r in sorted(rows, key=lambda r: (r["type"], r["id"])):
+    lines = [f"{'instance':34s} {'pool':22s} {'state':12s} {'$/h':>8s} {'age':>8s} {'in flight':>9s}"]
+    for r in sorted(rows, key=lambda r: (r.get("pool", r["type"]), r["id"])):
         age = f"{r['age_s']:.0f}s" if r.get("age_s") is not None else "-"
-        lines.append(f"{r['id']:34s} {r['type']:14s} {r['state']:12s} {r['price_usd_per_hour']:8.4f} {age:>8s} "
+        lines.append(f"{r['id']:34s} {r.get('pool', r['type']):22s} {r['state']:12s} {r['price_usd_per_hour']:8.4f} {age:>8s} "
                      f"{r.get('in_flight', 0):9d}")
     lines.append("")
     lines.append(f"committed {status['committed_usd_per_hour']:.4f} $/h of budget {status['budget_usd_per_hour']:.4f} $/h "

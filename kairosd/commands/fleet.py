@@ -102,6 +102,7 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
     from kairosd.errors import ConfigError
     from kairosd.fleet_setup import autoscale_params
     from kairosd.planner.demand import ModelDemand
+    from kairosd.pools import parse_pool
     from kairosd.providers.base import Offering
 
     a = cfg.autoscaler
@@ -124,7 +125,7 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
         rates.update({o["model"]: float(o["rate_qps"]) for o in status["observed"]})
     plan = config_planner(cfg, profiles)([ModelDemand(m, r, pmf) for m, r in rates.items()], frozenset())
     print("load: " + ", ".join(f"{m} {r:g} q/s" for m, r in rates.items()))
-    print(f"target: {', '.join(f'{n}×{t}' for t, n in plan.counts.items() if n) or '(empty)'} "
+    print(f"target: {', '.join(f'{n}×{t}' for t, n in plan.pools.items() if n) or '(empty)'} "
           f"({plan.cost_usd_per_hour:.4f} $/h of {a.budget_usd_per_hour:.4f}; serves {plan.multiple:.2f}× the load by "
           f"the queue-aware estimate, ≤ {plan.bound_multiple:.2f}× by the bound)")
     print(f"why: {plan.reason}")
@@ -134,7 +135,8 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
         if i["state"] == "terminated":
             continue
         state = MemberState(i["state"]) if i["state"] in {s.value for s in MemberState} else MemberState.TERMINATING
-        members.append(Member(i["id"], i["type"], state, i["price_usd_per_hour"], now - (i.get("age_s") or 0.0), now,
+        launched = now - (i.get("age_s") or 0.0)
+        members.append(Member(i["id"], i.get("pool", i["type"]), state, i["price_usd_per_hour"], launched, now,
                               i.get("in_flight", 0), i.get("managed", True)))
     offerings = {t.name: Offering(t.name, t.price_usd_per_hour) for t in cfg.types.values()}
     params = dataclasses.replace(autoscale_params(cfg), up_periods=1, down_periods=1)
@@ -142,7 +144,11 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
     for m in members:
         if m.state in (MemberState.LAUNCHING, MemberState.READY, MemberState.SUSPECT):
             current[m.type] = current.get(m.type, 0) + 1
-    decision = decide(plan.counts, members, offerings, a.budget_usd_per_hour, now,
+    for pool in plan.pools:  # pinned pools are offered as their type
+        instance_type = parse_pool(pool)[0]
+        if pool not in offerings and instance_type in offerings:
+            offerings[pool] = dataclasses.replace(offerings[instance_type], type=pool)
+    decision = decide(plan.pools, members, offerings, a.budget_usd_per_hour, now,
                       DecideState(acted_target=current, started=bool(members)), params)
     print(f"current fleet: {', '.join(f'{n}×{t}' for t, n in sorted(current.items())) or '(empty)'}"
           + ("" if status is not None else " (no daemon running)"))

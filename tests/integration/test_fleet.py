@@ -1,0 +1,67 @@
+"""The fleet reconciler over the real local provider: pinned pools become instances that serve only their
+model; a worker killed behind the fleet's back is replaced with a new id; stop leaves no process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from tritonclient.grpc import service_pb2
+
+from kairosd.autoscale.types import AutoscaleParams
+from kairosd.config import InstanceTypeConfig, SchedulerConfig
+from kairosd.dispatch import KairosPolicy
+from kairosd.fleet import Fleet, static_target
+from kairosd.modelgen import example_inputs
+from kairosd.profiler import build_request
+from kairosd.profiles import ProfileTable
+from kairosd.providers.base import POOL_TAG
+from kairosd.providers.local import LocalProvider
+from kairosd.registry import InstanceState, Registry
+from kairosd.repository import load_repository
+from kairosd.scheduler import Scheduler
+from tests.integration.daemon_harness import REPO
+
+QOS = {"dlrm": 0.06, "ncf": 0.03}
+ORT = InstanceTypeConfig("ort-1t", "onnxruntime", price_usd_per_hour=0.05)
+
+
+async def test_pinned_pools_through_the_local_provider() -> None:
+    profiles = ProfileTable.load_dir(REPO / "profiles" / "local", models=sorted(QOS))
+    registry = Registry()
+    provider = LocalProvider({"ort-1t": ORT}, str(REPO / "model_repository"), fleet_name="t")
+    target = {"ort-1t@dlrm": 1, "ort-1t@ncf": 1}
+    fleet = Fleet(registry, profiles, [provider], static_target(target), 0.10, AutoscaleParams(),
+                  models=sorted(QOS), fleet_name="t", period_s=0.3)
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0))
+    try:
+        await fleet.start(wait_ready_timeout_s=60)
+        by_pool = {i.pool: i for i in registry}
+        assert set(by_pool) == set(target) and all(i.state is InstanceState.READY for i in registry)
+        assert by_pool["ort-1t@dlrm"].pinned_model == profiles.model_index("dlrm")
+        assert {p.tags[POOL_TAG] for p in await provider.list()} == set(target)  # the pool is a provider tag
+        repo = load_repository(REPO / "model_repository")
+        reqs = [("dlrm" if k % 2 else "ncf", k) for k in range(40)]
+        out = await asyncio.gather(*(sched.submit(build_request(m, example_inputs(m, 4, seed=k), request_id=str(k)),
+                                                  repo[m], 4) for m, k in reqs))
+        assert [service_pb2.ModelInferResponse.FromString(o).model_name for o in out] == [m for m, _ in reqs]
+        assert by_pool["ort-1t@dlrm"].served_total == 20 and by_pool["ort-1t@ncf"].served_total == 20
+        # killed behind the fleet's back: replaced in its pool, with a new id, within two periods (+ start-up)
+        victim = by_pool["ort-1t@ncf"]
+        pid = next(local.child.pid for i, local in provider._instances.items() if i == victim.id)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            pools = {i.pool: i for i in registry if i.state is InstanceState.READY}
+            if "ort-1t@ncf" in pools and pools["ort-1t@ncf"].id != victim.id:
+                break
+        assert pools["ort-1t@ncf"].id != victim.id and fleet.stats.vanished == 1
+        assert fleet.committed_usd_per_hour() <= 0.10 + 1e-9
+    finally:
+        children = [local.child for local in provider._instances.values()]
+        sched.close()
+        await fleet.stop()
+    assert children and not any(c.running for c in children)  # stop terminated every local instance
+    assert len(registry) == 0
