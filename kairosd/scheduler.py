@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -50,6 +52,20 @@ class Query:
     raw: bytes | None = None  # the gRPC request's bytes as received, forwarded as they are
     http: HttpForward | None = None  # an HTTP request as received
     attempts: int = 0
+
+
+class QueryObserver(Protocol):
+    """Receives every query's ending and every matching's duration (metrics). Called on the event loop,
+    on the hot path: implementations keep to a few cheap operations."""
+
+    def completed(self, model_idx: int, type_idx: int, wait_s: float, service_s: float, total_s: float) -> None:
+        """A query answered by an instance: time queued (arrival → sent), at the instance, end to end."""
+
+    def ended(self, model_idx: int, outcome: str) -> None:
+        """A query that got no result: outcome "failed" (backend error) or "expired" (deadline)."""
+
+    def matched(self, duration_s: float) -> None:
+        """One dispatch policy call (cost matrix and matching) took `duration_s`."""
 
 
 class _Retry(Exception):
@@ -100,6 +116,7 @@ class Scheduler:
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         self.load: LoadWindow | None = None  # the autoscaler's observed-load window, when it runs
+        self.observer: QueryObserver | None = None  # metrics: every query's ending, every matching's duration
         self._pinned_version = -1
         self._has_pinned = False
         registry.on_change(self._kick)
@@ -168,7 +185,8 @@ class Scheduler:
         speak it, else over gRPC. Raises _Retry when another instance should be tried; any other
         failure reaches the client as a typed error."""
         q.attempts += 1
-        timeout = max(q.deadline_s - self._loop.time(), 0.001)
+        sent_s = self._loop.time()
+        timeout = max(q.deadline_s - sent_s, 0.001)
         response: bytes | HttpReply
         try:
             http = q.http
@@ -190,14 +208,17 @@ class Scheduler:
                 raise _Retry from exc
             if exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.stats.expired += 1
+                self._ended(q, "expired")
                 raise self._expired_error(q, f"instance {inst.id} did not answer in time") from None
             self.stats.failed += 1
+            self._ended(q, "failed")
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - never leave a client with an untyped error
             log.exception("query to %s failed unexpectedly", inst.id)
             self.stats.failed += 1
+            self._ended(q, "failed")
             raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
         finally:
             self._in_flight -= 1
@@ -206,9 +227,33 @@ class Scheduler:
                 self._kick()
         inst.served_total += 1
         self.stats.completed += 1
-        if self._loop.time() - q.arrival_s > q.qos_s:
+        end_s = self._loop.time()
+        if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
+        if self.observer is not None:
+            self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
         return response
+
+    def _ended(self, q: Query, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer.ended(q.model_idx, outcome)
+
+    def reconfigure(self, policy: Policy, qos_s: Mapping[str, float], config: SchedulerConfig) -> None:
+        """Swap the reloadable settings (policy, QoS targets, scheduler settings) between dispatch rounds
+        (this runs on the event loop, so no round is in progress). Queued queries keep the QoS target they
+        arrived with; the caches keyed on the policy are rebuilt. The served models cannot change here."""
+        if set(qos_s) != set(self.qos_s):
+            raise ValueError(f"reconfigure cannot change the served models ({sorted(self.qos_s)} → {sorted(qos_s)})")
+        self.policy = policy
+        self.qos_s = dict(qos_s)
+        self.config = config
+        self._fresh = FreshRounds()
+        self._stateless_policy = policy.name in STATELESS_POLICIES
+        if self._tick_handle is not None:  # the tick period may have changed
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        if self.waiting:
+            self._kick()
 
     # ---- dispatch ---------------------------------------------------------------------------
     def _kick(self) -> None:
@@ -350,11 +395,14 @@ class Scheduler:
                 i_busy_s=np.array(busy),
                 i_free=np.array([b == 0.0 for b in busy]),
             )
+        t0 = time.perf_counter()
         try:
             assignment = self.policy(snap)
         except Exception:  # noqa: BLE001 - the loop must not die of one bad round
             log.exception("dispatch policy failed; the queries stay queued and the round is retried")
             return None
+        if self.observer is not None:
+            self.observer.matched(time.perf_counter() - t0)
         return assignment.queries.tolist(), assignment.instances.tolist()
 
     def _grant(self, live: list[Query], insts: list[Instance], matched: list[int], cols: list[int],
@@ -398,6 +446,7 @@ class Scheduler:
                     continue
                 if q.deadline_s <= now:
                     self.stats.expired += 1
+                    self._ended(q, "expired")
                     q.future.set_exception(self._expired_error(q, "it was still queued"))
                 else:
                     keep.append(q)
