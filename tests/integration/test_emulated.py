@@ -1,0 +1,224 @@
+"""Emulated instances: unchanged tritonclient programs (gRPC and HTTP) against `kairosd emulated` directly and
+behind a real `kairosd serve` (one instance of each Kairos AWS type, launched by the local provider), and
+timing fidelity at low load: each type's client-measured p50 and p99 within 5% (or 0.5 ms) of its profile,
+plus the measured allowances below for this machine's wake-ups and the head's hop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import np_to_triton_dtype
+
+from kairosd.backends.emulated import SERVER_NAME, SERVICE_PARAM, TYPE_PARAM
+from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
+from kairosd.emulation import load_cells
+from kairosd.modelgen import example_inputs
+from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon
+
+TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")
+MODELS = {"dlrm": "rm2", "ncf": "ncf"}
+OUTPUT = {"dlrm": "click_probability", "ncf": "score"}
+# rm2 at batch 200: 55 ms (g4dn) to 179 ms (t3), each cell's p99 within 2% of its mean, so a few dozen
+# queries estimate p50 and p99 well
+FIDELITY_BATCH = 200
+FIDELITY_QUERIES = 30
+
+
+# Allowances for what the client sees besides the emulated service on 2 cores shared with other work:
+# wake-ups of idle cores (a 55-180 ms wait, then a reply: 1-2 ms excess at p50 and up to 6 ms at p99,
+# measured direct), and through kairosd the head's hop (2-4 ms at p50, 10-17 ms at p99). Direct p50 is
+# checked strictly (5% or 0.5 ms); bench/live.py reports the measured figures on a 16-instance fleet.
+DIRECT_ALLOWANCE_MS = {50: 0.0, 99: 6.0}
+HEAD_ALLOWANCE_MS = {50: 4.0, 99: 20.0}
+
+
+def within(measured_ms: float, expected_ms: float, extra_ms: float = 0.0) -> bool:
+    return abs(measured_ms - expected_ms) <= max(0.05 * expected_ms, 0.5) + extra_ms
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    path = tmp_path_factory.mktemp("emulated") / "kairosd.toml"
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    types = "\n".join(f'[types."{t}"]\nbackend = "emulated"\nemulate = "{t}"\nprice_usd_per_hour = 0.1\n' for t in TYPES)
+    path.write_text(f"""
+[server]
+host = "127.0.0.1"
+http_port = {ports['http']}
+grpc_port = {ports['grpc']}
+metrics_port = {ports['metrics']}
+[scheduler]
+policy = "round_robin"
+[models]
+repository = "{REPO / 'model_repository'}"
+profiles = "{REPO / 'profiles' / 'aws'}"
+[models.qos_ms]
+dlrm = 350.0
+ncf = 5.0
+[emulation]
+models = {{ dlrm = "rm2", ncf = "ncf" }}
+{types}
+[fleet.static]
+{chr(10).join(f'"{t}" = 1' for t in TYPES)}
+""")
+    d = start_daemon(path, ports, timeout_s=60)
+    yield d
+    assert d.stop() == 0, d.child.log_tail()
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[tuple[str, str]]:
+    """One `kairosd emulated` started by hand: (gRPC address, HTTP address)."""
+    g, h = free_port(), free_port()
+    child = ChildProcess([sys.executable, "-m", "kairosd", "emulated", "--model-repository", str(REPO / "model_repository"),
+                          "--emulate", "g4dn.xlarge", "--models", "dlrm=rm2,ncf=ncf", "--port", str(g),
+                          "--http-port", str(h), "--seed", "1"], name="emulated").start()
+    try:
+        wait_ready_sync(f"127.0.0.1:{g}", 30, child)
+        yield f"127.0.0.1:{g}", f"127.0.0.1:{h}"
+    finally:
+        assert child.stop(10) == 0, child.log_tail()
+
+
+def grpc_inputs(model: str, batch: int) -> list[grpcclient.InferInput]:
+    out = []
+    for name, arr in example_inputs(model, batch, seed=0).items():
+        t = grpcclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+def http_inputs(model: str, batch: int, binary: bool) -> list[httpclient.InferInput]:
+    out = []
+    for name, arr in example_inputs(model, batch, seed=0).items():
+        t = httpclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr, binary_data=binary)
+        out.append(t)
+    return out
+
+
+def check_protocol(grpc_url: str, http_url: str) -> None:
+    g = grpcclient.InferenceServerClient(grpc_url)
+    h = httpclient.InferenceServerClient(http_url)
+    for model, batch in (("dlrm", 7), ("ncf", 3)):
+        assert g.is_model_ready(model) and h.is_model_ready(model)
+        meta = g.get_model_metadata(model)
+        assert [o.name for o in meta.outputs] == [OUTPUT[model]] and list(meta.outputs[0].shape) == [-1, 1]
+        r = g.infer(model, grpc_inputs(model, batch), request_id="q1")
+        out = r.as_numpy(OUTPUT[model])
+        assert out.shape == (batch, 1) and out.dtype == np.float32 and not out.any()
+        assert r.get_response().id == "q1"
+        assert r.get_response().outputs[0].datatype == "FP32"
+        for binary in (True, False):
+            outputs = [httpclient.InferRequestedOutput(OUTPUT[model], binary_data=binary)]
+            rh = h.infer(model, http_inputs(model, batch, binary), outputs=outputs)
+            arr = rh.as_numpy(OUTPUT[model])
+            assert arr.shape == (batch, 1) and arr.dtype == np.float32 and not arr.any()
+
+
+def test_protocol_direct(instance: tuple[str, str]) -> None:
+    grpc_url, http_url = instance
+    meta = grpcclient.InferenceServerClient(grpc_url).get_server_metadata()
+    assert meta.name == SERVER_NAME and "emulated:g4dn.xlarge" in meta.extensions
+    assert httpclient.InferenceServerClient(http_url).get_server_metadata()["name"] == SERVER_NAME
+    check_protocol(grpc_url, http_url)
+
+
+def test_protocol_through_kairosd(daemon: RunningDaemon) -> None:
+    check_protocol(daemon.grpc_url, daemon.http_url)
+
+
+async def _loop(url: str, n: int, out: list[tuple[str, float, float]]) -> None:
+    """`n` sequential rm2-timed queries, pre-serialized on a lean grpc.aio channel (the client adds as little
+    as it can): (type that served it, client latency s, drawn service s)."""
+    request = pb.ModelInferRequest(model_name="dlrm")
+    for name, arr in example_inputs("dlrm", FIDELITY_BATCH, seed=0).items():
+        request.inputs.add(name=name, datatype=np_to_triton_dtype(arr.dtype), shape=arr.shape)
+        request.raw_input_contents.append(arr.tobytes())
+    body = request.SerializeToString()
+    async with grpc.aio.insecure_channel(url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        await call(body)  # connect
+        for _ in range(n):
+            t0 = time.perf_counter()
+            reply = await call(body)
+            latency = time.perf_counter() - t0
+            params = pb.ModelInferResponse.FromString(reply).parameters
+            out.append((params[TYPE_PARAM].string_param, latency, params[SERVICE_PARAM].int64_param / 1e6))
+
+
+def _check_fidelity(samples: list[tuple[str, float, float]], where: str, allowance_ms: dict[int, float]) -> None:
+    failures = []
+    for t in TYPES:
+        cells = load_cells(t, "kairos", MODELS)["dlrm"]
+        lat = np.array([s[1] for s in samples if s[0] == t]) * 1e3
+        drawn = np.array([s[2] for s in samples if s[0] == t]) * 1e3
+        assert len(lat) >= FIDELITY_QUERIES // 2, f"{where}: only {len(lat)} queries served by {t}"
+        for q in (50, 99):
+            got = float(np.percentile(lat, q))
+            profile = cells.quantile_s(FIDELITY_BATCH, q / 100) * 1e3
+            given = float(np.percentile(drawn, q))
+            extra = allowance_ms[q]
+            if not (within(got, profile, extra) and within(got, given, extra)):
+                failures.append(f"{t} p{q}: client {got:.2f} ms, profile {profile:.2f} ms, drawn {given:.2f} ms")
+    assert not failures, f"{where}: " + "; ".join(failures)
+
+
+def test_fidelity_direct_and_through_kairosd(daemon: RunningDaemon) -> None:
+    with urllib.request.urlopen(f"http://{daemon.http_url}/kairos/fleet", timeout=5) as r:
+        fleet = json.loads(r.read())
+    addresses = {i["type"]: i["address"] for i in fleet["instances"]}
+    assert sorted(addresses) == sorted(TYPES)
+    direct: list[tuple[str, float, float]] = []
+    asyncio.run(_gather([_loop(addresses[t], FIDELITY_QUERIES, direct) for t in TYPES]))
+    _check_fidelity(direct, "direct", DIRECT_ALLOWANCE_MS)
+    # through kairosd: round robin over idle instances, as many client loops as instances (low load)
+    through: list[tuple[str, float, float]] = []
+    asyncio.run(_gather([_loop(daemon.grpc_url, FIDELITY_QUERIES, through) for _ in TYPES]))
+    _check_fidelity(through, "through kairosd", HEAD_ALLOWANCE_MS)
+
+
+async def _gather(loops: list[Coroutine[Any, Any, None]]) -> None:
+    await asyncio.gather(*loops)
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    from kairosd import config
+    from kairosd.errors import ConfigError
+
+    base = {"models": {"qos_ms": {"dlrm": 350.0}}, "fleet": {"static": {"e": 1}}}
+    cases = [
+        ({"e": {"backend": "emulated"}}, {"models": {"dlrm": "rm2"}}, "types.e.emulate is required"),
+        ({"e": {"backend": "emulated", "emulate": "p3.2xlarge"}}, {"models": {"dlrm": "rm2"}}, "emulate = 'p3.2xlarge'"),
+        ({"e": {"backend": "emulated", "emulate": "t3.xlarge"}}, {"models": {"dlrm": "resnet"}}, "'resnet'"),
+        ({"e": {"backend": "emulated", "emulate": "t3.xlarge"}}, {}, "[emulation] models"),
+        ({"e": {"backend": "onnxruntime", "emulate": "t3.xlarge"}}, {"models": {"dlrm": "rm2"}}, "types.e.emulate is only"),
+        ({"e": {"backend": "emulated", "emulate": "t3.xlarge", "emulate_data": "nowhere"}}, {"models": {"dlrm": "rm2"}},
+         "emulate_data"),
+    ]
+    for types, emulation, message in cases:
+        with pytest.raises(ConfigError, match=None) as exc:
+            config.parse({**base, "types": types, "emulation": emulation}, tmp_path)
+        assert message in str(exc.value), str(exc.value)
+    # a profile CSV directory: the type's rows become log-normal cells
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "rm2.csv").write_text("instance_type,batch,mean_s,p99_s\nt3.xlarge,1,0.010,0.012\nt3.xlarge,100,0.1,0.11\n")
+    cfg = config.parse({**base, "types": {"e": {"backend": "emulated", "emulate": "t3.xlarge", "emulate_data": "p"}},
+                        "emulation": {"models": {"dlrm": "rm2"}}}, tmp_path)
+    cells = load_cells("t3.xlarge", cfg.types["e"].emulate_data, {"dlrm": "rm2"})["dlrm"]
+    assert abs(cells.samples_s[0].mean() - 0.010) < 1e-4 and abs(cells.quantile_s(1, 0.99) - 0.012) < 3e-4
+    assert cells.grid_index(50) == 1 and cells.grid_index(5000) == 1
