@@ -1,20 +1,200 @@
-"""Prometheus metrics, read from the scheduler's counters at scrape time (no per-request cost)."""
+"""Prometheus metrics (`kairos_*`), served at /metrics by an aiohttp app on the daemon's event loop.
+
+Two sources. The scheduler's `QueryObserver` hook feeds per-query histograms and counters as queries
+end (`QueryMetrics`: a few list operations per query, no locks: everything runs on the event loop).
+Gauges and totals that already live in the scheduler, the registry, the fleet and the planner are
+read when Prometheus scrapes (`SchedulerCollector`, `FleetCollector`). The scrape handler runs on the
+same event loop as the scheduler and the fleet, so it reads their state between two callbacks, never
+in the middle of one.
+
+Histogram buckets around each model's QoS target `T`: the upper bounds are `T × BUCKET_FACTORS`
+(0.1, 0.25, 0.5, 0.75, 0.9, 1, 1.1, 1.5, 2, 5), so `le="T"` is always a bucket boundary and
+`histogram_quantile` is precise where it matters (just below and above the target). Per instance
+type, the service-time buckets are the union of every served model's bounds. Buckets are fixed when
+the daemon starts; a reload that changes a QoS target moves the violation threshold
+(`kairos_qos_violations_total`, `kairos_qos_seconds`) at once and the buckets at the next start.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from kairosd.fleet import Fleet
     from kairosd.scheduler import Scheduler
 
+log = logging.getLogger(__name__)
+
+# bucket upper bounds as multiples of a model's QoS target (see the module docstring)
+BUCKET_FACTORS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2.0, 5.0)
+# one dispatch policy call: 10 µs .. 100 ms
+DISPATCH_BUCKETS_S: tuple[float, ...] = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+)
+OUTCOMES: tuple[str, ...] = ("completed", "failed", "expired")
+
+
+def qos_buckets_s(qos_s: float) -> tuple[float, ...]:
+    """Histogram upper bounds for a model with QoS target `qos_s`: qos_s × BUCKET_FACTORS, e.g.
+    0.025 → (0.0025, 0.00625, 0.0125, 0.01875, 0.0225, 0.025, 0.0275, 0.0375, 0.05, 0.125)."""
+    return tuple(sorted({round(qos_s * f, 9) for f in BUCKET_FACTORS}))
+
+
+class Histogram:
+    """A histogram with fixed upper bounds, observed on one thread (the event loop): one bisect, two
+    additions. Counts are per bucket here and made cumulative when scraped."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(sorted(set(bounds)))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # the first bound ≥ value: Prometheus' `le`
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for bound, c in zip(self.bounds, self.counts, strict=False):
+            total += c
+            out.append((floatToGoString(bound), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+class _ModelSeries:
+    """Everything observed about one model's queries."""
+
+    __slots__ = ("name", "qos_s", "latency", "wait", "service", "violations", "failed", "expired")
+
+    def __init__(self, name: str, qos_s: float) -> None:
+        self.name = name
+        self.qos_s = qos_s
+        bounds = qos_buckets_s(qos_s)
+        self.latency = Histogram(bounds)
+        self.wait = Histogram(bounds)
+        self.service = Histogram(bounds)
+        self.violations = 0
+        self.failed = 0
+        self.expired = 0
+
+
+class QueryMetrics:
+    """The scheduler's `QueryObserver`: per model (by the scheduler's model index) and per instance type
+    (by type index), series built once, so a query's ending costs a list index and a few bisects."""
+
+    def __init__(self, models: Sequence[str], types: Sequence[str], qos_s: Mapping[str, float]) -> None:
+        # indexed like the profile table (the scheduler's model_idx / Instance.type_idx); a profiled
+        # model that is not served gets the largest target's buckets and is never observed
+        fallback = max(qos_s.values(), default=1.0)
+        self.models = [_ModelSeries(m, qos_s.get(m, fallback)) for m in models]
+        self.served = [s for s in self.models if s.name in qos_s]
+        union = {b for s in self.served for b in s.latency.bounds}
+        self.types = [(t, Histogram(union)) for t in types]
+        self.dispatch = Histogram(DISPATCH_BUCKETS_S)
+        self._qos_source: Mapping[str, float] = qos_s
+
+    def track_qos(self, qos_s: Mapping[str, float]) -> None:
+        """Judge violations against these targets from now on (the scheduler's, after a reload)."""
+        self._qos_source = qos_s
+        for s in self.models:
+            if s.name in qos_s:
+                s.qos_s = qos_s[s.name]
+
+    # ---- QueryObserver (the hot path) ----------------------------------------------------------
+    def completed(self, model_idx: int, type_idx: int, wait_s: float, service_s: float, total_s: float) -> None:
+        s = self.models[model_idx]
+        s.latency.observe(total_s)
+        s.wait.observe(wait_s)
+        s.service.observe(service_s)
+        self.types[type_idx][1].observe(service_s)
+        if total_s > s.qos_s:
+            s.violations += 1
+
+    def ended(self, model_idx: int, outcome: str) -> None:
+        s = self.models[model_idx]
+        if outcome == "expired":
+            s.expired += 1
+        else:
+            s.failed += 1
+
+    def matched(self, duration_s: float) -> None:
+        self.dispatch.observe(duration_s)
+
+    # ---- scrape ------------------------------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        queries = CounterMetricFamily("kairos_queries", "Queries that ended, by model and outcome (completed: "
+                                      "answered by an instance; failed: a backend error; expired: the deadline passed)",
+                                      labels=["model", "outcome"])
+        violations = CounterMetricFamily("kairos_qos_violations", "Completed queries whose end-to-end latency "
+                                         "exceeded the model's QoS target", labels=["model"])
+        qos = GaugeMetricFamily("kairos_qos_seconds", "The model's QoS target (end-to-end latency)", labels=["model"])
+        hists = {
+            "latency": HistogramMetricFamily("kairos_query_latency_seconds", "End-to-end latency of completed "
+                                             "queries: arrival at kairosd to the instance's answer", labels=["model"]),
+            "wait": HistogramMetricFamily("kairos_queue_wait_seconds", "Time a completed query waited in "
+                                          "kairosd's queue before it was sent to an instance", labels=["model"]),
+            "service": HistogramMetricFamily("kairos_service_seconds", "Time a completed query spent at its "
+                                             "instance (sent to answered, transport included)", labels=["model"]),
+        }
+        for s in self.served:
+            labels = [s.name]
+            queries.add_metric([s.name, "completed"], s.latency.count)
+            queries.add_metric([s.name, "failed"], s.failed)
+            queries.add_metric([s.name, "expired"], s.expired)
+            violations.add_metric(labels, s.violations)
+            qos.add_metric(labels, s.qos_s)
+            for key, h in (("latency", s.latency), ("wait", s.wait), ("service", s.service)):
+                hists[key].add_metric(labels, h.cumulative(), h.sum)
+        yield queries
+        yield violations
+        yield qos
+        yield from hists.values()
+        per_type = HistogramMetricFamily("kairos_instance_service_seconds", "Time completed queries spent at "
+                                         "instances of this type (every model)", labels=["type"])
+        for t, h in self.types:
+            per_type.add_metric([t], h.cumulative(), h.sum)
+        yield per_type
+        dispatch = HistogramMetricFamily("kairos_dispatch_seconds", "Duration of one dispatch policy call "
+                                         "(cost matrix and matching) in a dispatch round")
+        dispatch.add_metric([], self.dispatch.cumulative(), self.dispatch.sum)
+        yield dispatch
+
+
+class _QueryCollector(Collector):
+    """Exposes a QueryMetrics, following the scheduler's QoS targets across reloads."""
+
+    def __init__(self, scheduler: Scheduler, queries: QueryMetrics) -> None:
+        self.scheduler = scheduler
+        self.queries = queries
+
+    def collect(self) -> Iterator[Metric]:
+        if self.scheduler.qos_s is not self.queries._qos_source:  # replaced whole by Scheduler.reconfigure
+            self.queries.track_qos(self.scheduler.qos_s)
+        return self.queries.collect()
+
 
 class SchedulerCollector(Collector):
+    """The scheduler's totals, its queue and the registry's instances, read at scrape time."""
+
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
@@ -28,31 +208,36 @@ class SchedulerCollector(Collector):
             ("kairos_queries_retried", s.retried, "Queries requeued after an instance failed"),
             ("kairos_queries_http_forwarded", s.http_forwarded,
              "HTTP queries sent to an instance's HTTP endpoint as received (not converted to gRPC)"),
-            ("kairos_qos_violations", s.qos_violations, "Completed queries whose latency exceeded QoS"),
-            ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds (matchings) run"),
+            ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds that granted instance slots"),
             ("kairos_dispatch_matched", s.matched, "Queries sent by dispatch rounds (÷ rounds = queries per matching)"),
         ]:
             yield CounterMetricFamily(name, doc, value=value)
-        yield GaugeMetricFamily("kairos_queue_depth", "Queries waiting", value=len(self.scheduler.waiting))
-        yield GaugeMetricFamily("kairos_in_flight", "Queries at instances", value=self.scheduler.in_flight)
-        served = CounterMetricFamily(
-            "kairos_instance_queries", "Queries served per instance", labels=["instance", "type"]
-        )
+        yield GaugeMetricFamily("kairos_queue_depth", "Queries waiting in kairosd's queue",
+                                value=len(self.scheduler.waiting))
+        yield GaugeMetricFamily("kairos_in_flight", "Queries granted an instance slot and not yet answered",
+                                value=self.scheduler.in_flight)
+        served = CounterMetricFamily("kairos_instance_queries", "Queries answered per instance",
+                                     labels=["instance", "type"])
+        counts: Counter[tuple[str, str]] = Counter()
+        in_flight: Counter[str] = Counter()
         for inst in self.scheduler.registry:
             served.add_metric([inst.id, inst.type], inst.served_total)
+            counts[(inst.type, inst.state.value)] += 1
+            in_flight[inst.type] += inst.in_flight
         yield served
-        g = GaugeMetricFamily("kairos_instances", "Instances by type and state", labels=["type", "state"])
-        counts: dict[tuple[str, str], int] = {}
-        for inst in self.scheduler.registry:
-            key = (inst.type, inst.state.value)
-            counts[key] = counts.get(key, 0) + 1
+        g = GaugeMetricFamily("kairos_instances", "Instances in the registry by type and state", labels=["type", "state"])
         for (t, st), c in sorted(counts.items()):
             g.add_metric([t, st], c)
         yield g
+        f = GaugeMetricFamily("kairos_instance_in_flight", "Queries at instances, by type", labels=["type"])
+        for t, c in sorted(in_flight.items()):
+            f.add_metric([t], c)
+        yield f
 
 
 class FleetCollector(Collector):
-    """The fleet and its autoscaler: cost against budget, members by type and state, target, actions."""
+    """The fleet and its autoscaler: cost against budget, members by type and state, target, actions,
+    and the planner's last plan when the target is planned (`kairosd.autoscale.target.PlannerTarget`)."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -66,7 +251,7 @@ class FleetCollector(Collector):
         yield GaugeMetricFamily("kairos_fleet_budget_usd_per_hour", "The budget the committed cost stays within",
                                 value=f.budget_usd_per_hour)
         members = GaugeMetricFamily("kairos_fleet_members", "Billed instances by type and state", labels=["type", "state"])
-        for (t, st), c in sorted(s.members.items()):  # a dict replaced whole each reconcile: safe to read here
+        for (t, st), c in sorted(s.members.items()):
             members.add_metric([t, st], c)
         yield members
         target = GaugeMetricFamily("kairos_fleet_target_instances", "The target count per instance type", labels=["type"])
@@ -84,19 +269,79 @@ class FleetCollector(Collector):
         yield CounterMetricFamily("kairos_fleet_reconcile_errors", "Reconcile periods that failed", value=s.reconcile_errors)
         yield GaugeMetricFamily("kairos_fleet_reconcile_duration_seconds", "Duration of the last reconcile",
                                 value=s.last_reconcile_s)
+        yield from self._planner()
+
+    def _planner(self) -> Iterator[Metric]:
+        plans_made = getattr(self.fleet.target_fn, "plans_made", None)
+        if plans_made is None:  # a static target: no planner
+            return
+        yield CounterMetricFamily("kairos_planner_plans", "Plans made (the load moved or the available types changed)",
+                                  value=plans_made)
+        plan = getattr(self.fleet.target_fn, "last_plan", None)
+        if plan is None:
+            return
+        yield GaugeMetricFamily("kairos_planner_plan_cost_usd_per_hour", "Hourly cost of the last plan",
+                                value=plan.cost_usd_per_hour)
+        yield GaugeMetricFamily("kairos_planner_plan_multiple", "The last plan's estimated capacity as a multiple "
+                                "of the demand it was planned for", value=plan.multiple)
+        counts = GaugeMetricFamily("kairos_planner_plan_instances", "Instances per type in the last plan", labels=["type"])
+        for t, c in sorted(plan.counts.items()):
+            counts.add_metric([t], c)
+        yield counts
+        demand = GaugeMetricFamily("kairos_planner_demand_queries_per_second", "The query rate per model that "
+                                   "the last plan was made for", labels=["model"])
+        for d in getattr(self.fleet.target_fn, "last_demand", []):
+            demand.add_metric([d.model], d.rate_qps)
+        yield demand
 
 
-def start_metrics_server(scheduler: Scheduler, host: str, port: int, fleet: Fleet | None = None) -> Callable[[], None]:
-    """Serve /metrics on host:port from a thread; returns the function that stops it."""
-    registry = CollectorRegistry()
+def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[CollectorRegistry, QueryMetrics]:
+    """The collectors over the scheduler (and fleet), and the QueryMetrics to attach as its observer."""
+    queries = QueryMetrics(scheduler.profiles.models, scheduler.profiles.types, scheduler.qos_s)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_QueryCollector(scheduler, queries))
     registry.register(SchedulerCollector(scheduler))
     if fleet is not None:
         registry.register(FleetCollector(fleet))
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    return registry, queries
 
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+
+_REGISTRY_KEY = web.AppKey("kairosd_metrics_registry", CollectorRegistry)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    # on the event loop: the collectors read the scheduler's and the fleet's state between callbacks
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[_REGISTRY_KEY]), headers={"Content-Type": content_type})
+
+
+def build_metrics_app(registry: CollectorRegistry) -> web.Application:
+    app = web.Application()
+    app[_REGISTRY_KEY] = registry
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def start_metrics_server(
+    scheduler: Scheduler, host: str, port: int, fleet: Fleet | None = None
+) -> Callable[[], Awaitable[None]]:
+    """Attach the query observer to the scheduler and serve /metrics on host:port from this event loop;
+    returns the coroutine function that stops serving (and detaches the observer). OSError when the
+    port cannot be bound."""
+    registry, queries = build_registry(scheduler, fleet)
+    runner = web.AppRunner(build_metrics_app(registry), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=False).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    scheduler.observer = queries
+    log.info("metrics listening on %s:%d/metrics", host, port)
+
+    async def stop() -> None:
+        if scheduler.observer is queries:
+            scheduler.observer = None
+        await runner.cleanup()
 
     return stop
