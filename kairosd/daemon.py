@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from aiohttp import web
@@ -21,6 +21,7 @@ from kairosd.dispatch import make_policy
 from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import Fleet
 from kairosd.fleet_setup import build_fleet
+from kairosd.health import is_ready, model_ready
 from kairosd.metrics import start_metrics_server
 from kairosd.profiles import ProfileTable
 from kairosd.registry import InstanceState, Registry
@@ -67,7 +68,7 @@ class Daemon:
         self.fleet: Fleet | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
-        self._stop_metrics: Callable[[], None] | None = None
+        self._stop_metrics: Callable[[], Awaitable[None]] | None = None
         self._started = False
 
     # ---- InferenceService -----------------------------------------------------------------
@@ -78,11 +79,15 @@ class Daemon:
     def is_live(self) -> bool:
         return True
 
+    def _serving(self) -> bool:
+        return self._started and self.scheduler is not None and self.scheduler.accepting
+
     def is_ready(self) -> bool:
-        return self._started and self.scheduler is not None and self.scheduler.accepting and bool(self.registry.ready())
+        """Front ends listen and every served model has a READY instance (`kairosd.health`)."""
+        return self.scheduler is not None and is_ready(self.registry, self.scheduler.model_idx, self._serving())
 
     def model_ready(self, name: str) -> bool:
-        return name in self._repository and self.is_ready()
+        return self.scheduler is not None and model_ready(self.registry, self.scheduler.model_idx, self._serving(), name)
 
     def fleet_status(self) -> dict[str, object]:
         """The fleet as `kairosd fleet status` shows it (served on HTTP at /kairos/fleet)."""
@@ -120,7 +125,7 @@ class Daemon:
             self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
             self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
             if s.metrics_port:
-                self._stop_metrics = start_metrics_server(self.scheduler, s.host, s.metrics_port, self.fleet)
+                self._stop_metrics = await start_metrics_server(self.scheduler, s.host, s.metrics_port, self.fleet)
         except OSError as exc:  # taken between the check above and now
             raise PortInUse(f"cannot listen on {s.host}: {exc}; free the port or change it in [server]") from exc
         self._started = True
@@ -142,7 +147,7 @@ class Daemon:
         if self._http is not None:
             await self._http.cleanup()
         if self._stop_metrics is not None:
-            self._stop_metrics()
+            await self._stop_metrics()
         if self.fleet is not None:
             await self.fleet.stop()
         log.info("kairosd stopped")
