@@ -97,7 +97,7 @@ class _ModelSeries:
         self.expired = 0
 
 
-class QueryMetrics:
+class QueryMetrics(Collector):
     """The scheduler's `QueryObserver`: per model (by the scheduler's model index) and per instance type
     (by type index), series built once, so a query's ending costs a list index and a few bisects."""
 

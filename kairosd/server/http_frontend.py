@@ -62,17 +62,18 @@ def _service(request: web.Request) -> InferenceService:
     return request.app[_SERVICE_KEY]
 
 
-def _status_only(ok: bool) -> web.Response:
-    # Triton answers health/readiness with an empty body: 200 when true, 400 when false.
-    return web.Response(status=200 if ok else 400)
+def _health(key: str, ok: bool, **extra: str) -> web.Response:
+    # as KServe's own servers answer: a JSON body (`{"live": true}`, `{"ready": false}`, ...) with 200
+    # when true, 503 when false (Triton's empty body breaks the clients that read it)
+    return _json_response({**extra, key: ok}, 200 if ok else 503)
 
 
 async def _live(request: web.Request) -> web.Response:
-    return _status_only(_service(request).is_live())
+    return _health("live", _service(request).is_live())
 
 
 async def _ready(request: web.Request) -> web.Response:
-    return _status_only(_service(request).is_ready())
+    return _health("ready", _service(request).is_ready())
 
 
 async def _server_metadata(request: web.Request) -> web.Response:
@@ -89,7 +90,8 @@ async def _model_ready(request: web.Request) -> web.Response:
     info = request.match_info
     spec = service.repository.get(info["model"])
     version = info.get("version", "")
-    return _status_only(spec is not None and version in ("", spec.version) and service.model_ready(spec.name))
+    ok = spec is not None and version in ("", spec.version) and service.model_ready(spec.name)
+    return _health("ready", ok, name=info["model"])
 
 
 async def _model_metadata(request: web.Request) -> web.Response:
