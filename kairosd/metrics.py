@@ -21,7 +21,7 @@ import logging
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -49,6 +49,13 @@ def qos_buckets_s(qos_s: float) -> tuple[float, ...]:
     """Histogram upper bounds for a model with QoS target `qos_s`: qos_s × BUCKET_FACTORS, e.g.
     0.025 → (0.0025, 0.00625, 0.0125, 0.01875, 0.0225, 0.025, 0.0275, 0.0375, 0.05, 0.125)."""
     return tuple(sorted({round(qos_s * f, 9) for f in BUCKET_FACTORS}))
+
+
+class _HasQos(Protocol):
+    """What QueryMetrics follows: the scheduler's current QoS targets."""
+
+    @property
+    def qos_s(self) -> Mapping[str, float]: ...
 
 
 class Histogram:
@@ -101,7 +108,8 @@ class QueryMetrics(Collector):
     """The scheduler's `QueryObserver`: per model (by the scheduler's model index) and per instance type
     (by type index), series built once, so a query's ending costs a list index and a few bisects."""
 
-    def __init__(self, models: Sequence[str], types: Sequence[str], qos_s: Mapping[str, float]) -> None:
+    def __init__(self, models: Sequence[str], types: Sequence[str], qos_s: Mapping[str, float],
+                 follow: _HasQos | None = None) -> None:
         # indexed like the profile table (the scheduler's model_idx / Instance.type_idx); a profiled
         # model that is not served gets the largest target's buckets and is never observed
         fallback = max(qos_s.values(), default=1.0)
@@ -111,6 +119,9 @@ class QueryMetrics(Collector):
         self.types = [(t, Histogram(union)) for t in types]
         self.dispatch = Histogram(DISPATCH_BUCKETS_S)
         self._qos_source: Mapping[str, float] = qos_s
+        # the scheduler whose targets violations are judged against: its `qos_s` is replaced whole by a
+        # reload (Scheduler.reconfigure), so an identity check per query notices the change
+        self._follow = follow
 
     def track_qos(self, qos_s: Mapping[str, float]) -> None:
         """Judge violations against these targets from now on (the scheduler's, after a reload)."""
@@ -121,6 +132,8 @@ class QueryMetrics(Collector):
 
     # ---- QueryObserver (the hot path) ----------------------------------------------------------
     def completed(self, model_idx: int, type_idx: int, wait_s: float, service_s: float, total_s: float) -> None:
+        if self._follow is not None and self._follow.qos_s is not self._qos_source:
+            self.track_qos(self._follow.qos_s)
         s = self.models[model_idx]
         s.latency.observe(total_s)
         s.wait.observe(wait_s)
@@ -141,6 +154,8 @@ class QueryMetrics(Collector):
 
     # ---- scrape ------------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
+        if self._follow is not None and self._follow.qos_s is not self._qos_source:
+            self.track_qos(self._follow.qos_s)
         queries = CounterMetricFamily("kairos_queries", "Queries that ended, by model and outcome (completed: "
                                       "answered by an instance; failed: a backend error; expired: the deadline passed)",
                                       labels=["model", "outcome"])
@@ -177,19 +192,6 @@ class QueryMetrics(Collector):
                                          "(cost matrix and matching) in a dispatch round")
         dispatch.add_metric([], self.dispatch.cumulative(), self.dispatch.sum)
         yield dispatch
-
-
-class _QueryCollector(Collector):
-    """Exposes a QueryMetrics, following the scheduler's QoS targets across reloads."""
-
-    def __init__(self, scheduler: Scheduler, queries: QueryMetrics) -> None:
-        self.scheduler = scheduler
-        self.queries = queries
-
-    def collect(self) -> Iterator[Metric]:
-        if self.scheduler.qos_s is not self.queries._qos_source:  # replaced whole by Scheduler.reconfigure
-            self.queries.track_qos(self.scheduler.qos_s)
-        return self.queries.collect()
 
 
 class SchedulerCollector(Collector):
@@ -297,9 +299,9 @@ class FleetCollector(Collector):
 
 def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[CollectorRegistry, QueryMetrics]:
     """The collectors over the scheduler (and fleet), and the QueryMetrics to attach as its observer."""
-    queries = QueryMetrics(scheduler.profiles.models, scheduler.profiles.types, scheduler.qos_s)
+    queries = QueryMetrics(scheduler.profiles.models, scheduler.profiles.types, scheduler.qos_s, follow=scheduler)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_QueryCollector(scheduler, queries))
+    registry.register(queries)
     registry.register(SchedulerCollector(scheduler))
     if fleet is not None:
         registry.register(FleetCollector(fleet))

@@ -53,7 +53,20 @@ def test_observer_counts_by_model_outcome_type_and_violation() -> None:
     assert s[("kairos_instance_service_seconds_count", (("type", "b"),))] == 1
     assert s[("kairos_dispatch_seconds_count", ())] == 1
     assert s[("kairos_qos_seconds", (("model", "ncf"),))] == 0.03
-    # a reload's new targets judge the next queries
-    q.track_qos({"dlrm": 0.1, "ncf": 0.03})
+
+
+
+def test_violations_follow_the_schedulers_targets_across_a_reload() -> None:
+    class Sched:
+        qos_s = {"dlrm": 0.06, "ncf": 0.03}
+
+    sched = Sched()
+    q = QueryMetrics(["dlrm", "ncf"], ["a"], sched.qos_s, follow=sched)
     q.completed(0, 0, 0.05, 0.02, 0.07)
-    assert samples(q)[("kairos_qos_violations_total", (("model", "dlrm"),))] == 1
+    sched.qos_s = {"dlrm": 0.1, "ncf": 0.03}  # a reload replaces the mapping whole
+    q.completed(0, 0, 0.05, 0.02, 0.07)  # within the new target
+    s = samples(q)
+    assert s[("kairos_qos_violations_total", (("model", "dlrm"),))] == 1
+    assert s[("kairos_qos_seconds", (("model", "dlrm"),))] == 0.1
+    # the buckets stay those of the start: le="0.06" still a boundary
+    assert s[("kairos_query_latency_seconds_bucket", (("le", "0.06"), ("model", "dlrm")))] == 0
