@@ -1,17 +1,28 @@
 """Daemon configuration: TOML (tomllib) parsed into frozen dataclasses; every error names the key.
 
-All defaults live here, in the dataclass fields; `configs/local.toml` shows every key.
+All defaults live here, in the dataclass fields; `configs/local.toml` shows every key. Checks run in
+two layers, both at start, at reload and in `kairosd check-config`: `parse` refuses unknown keys (with
+the nearest valid name), wrong types, values out of range and names that refer to nothing in the file;
+`resolve` then checks what the file points at (the model repository holds every served model, every
+instance type has a latency profile, the policy accepts its parameters). Every error names the key,
+the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kairosd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from kairosd.dispatch import Policy
+    from kairosd.profiles import ProfileTable
+    from kairosd.repository import ModelSpec
 
 BACKENDS = ("onnxruntime", "triton", "emulated")
 PROVIDERS = ("local", "ec2")
@@ -23,8 +34,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
-    metrics_port: int = 8002
+    metrics_port: int = 8002  # 0: no /metrics
     max_request_bytes: int = 64 * 1024 * 1024
+    # on SIGTERM: how long queued and in-flight queries get to be answered before the rest are UNAVAILABLE
+    drain_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,15 +125,27 @@ class Config:
     provider_raw: Mapping[str, Any] = field(default_factory=dict)  # [provider.*] tables, parsed by each provider
 
 
+def unknown_key(where: str, name: str, allowed: Collection[str], kind: str = "key") -> ConfigError:
+    """ConfigError for `where.name` not being one of `allowed`, naming the nearest valid name if any:
+    "unknown key scheduler.tick; did you mean tick_ms? allowed: [...]"."""
+    full = f"{where}.{name}" if where else name
+    shown = f"[{full}]" if kind == "section" else full
+    near = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
+    if not near and len(name) >= 3:  # a prefix of a longer name: "tick" for "tick_ms"
+        near = [a for a in sorted(allowed) if a.startswith(name) or name.startswith(a)][:1]
+    hint = f"; did you mean {near[0]}?" if near else ";"
+    return ConfigError(f"unknown {kind} {shown}{hint} allowed: {sorted(allowed)}")
+
+
 def _section(raw: Mapping[str, Any], key: str, cls: type, prefix: str) -> Any:
     data = raw.get(key, {})
     if not isinstance(data, dict):
-        raise ConfigError(f"[{prefix}{key}] must be a table")
+        raise ConfigError(f"[{prefix}{key}] = {data!r}: must be a table")
     allowed = {f.name: f for f in fields(cls)}
     out = {}
     for k, v in data.items():
         if k not in allowed:
-            raise ConfigError(f"unknown key {prefix}{key}.{k}; allowed: {sorted(allowed)}")
+            raise unknown_key(f"{prefix}{key}", k, allowed)
         out[k] = _coerce(v, allowed[k].type, f"{prefix}{key}.{k}")
     return cls(**out)
 
@@ -143,17 +168,56 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         value = float(value)
     elif ann == "str" and not isinstance(value, str):
         raise ConfigError(f"{key} = {value!r}: must be a string")
+    elif ann.startswith("Mapping") and not isinstance(value, dict):
+        raise ConfigError(f"{key} = {value!r}: must be a table")
     return value
+
+
+def _positive(key: str, value: float, allowed: str = "> 0") -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} = {value!r}: must be {allowed}")
+
+
+def _check_server(s: ServerConfig) -> None:
+    if not s.host:
+        raise ConfigError("server.host = '': must be an address to listen on, e.g. \"127.0.0.1\" or \"0.0.0.0\"")
+    for key, port, lo in (("grpc_port", s.grpc_port, 1), ("http_port", s.http_port, 1), ("metrics_port", s.metrics_port, 0)):
+        if not lo <= port <= 65535:
+            allowed = "1..65535" if lo else "0..65535 (0: no /metrics)"
+            raise ConfigError(f"server.{key} = {port}: must be in {allowed}")
+    seen: dict[int, str] = {}
+    for key, port in (("grpc_port", s.grpc_port), ("http_port", s.http_port), ("metrics_port", s.metrics_port)):
+        if port and port in seen:
+            raise ConfigError(f"server.{key} = {port}: already server.{seen[port]}; the ports must be distinct")
+        seen[port] = key
+    _positive("server.max_request_bytes", s.max_request_bytes, "> 0 (bytes)")
+
+
+def _check_scheduler(c: SchedulerConfig) -> None:
+    from kairosd.dispatch import POLICIES  # policies are chosen by name; refuse unknown ones now
+
+    if c.policy not in POLICIES:
+        near = difflib.get_close_matches(c.policy, list(POLICIES), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"scheduler.policy = {c.policy!r}: unknown policy{hint} allowed: {sorted(POLICIES)}")
+    _positive("scheduler.tick_ms", c.tick_ms, "> 0 (ms between deadline checks)")
+    _positive("scheduler.default_timeout_s", c.default_timeout_s, "> 0 (seconds)")
+    if c.max_attempts < 1:
+        raise ConfigError(f"scheduler.max_attempts = {c.max_attempts}: must be ≥ 1 (1: never retry on another instance)")
 
 
 def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> EndpointConfig:
     key = f"fleet.endpoints[{i}]"
-    if not isinstance(ep, dict) or not {"type", "address"} <= set(ep) or not set(ep) <= {"type", "address", "http_address"}:
+    if isinstance(ep, dict):
+        for k in ep:
+            if k not in ("type", "address", "http_address"):
+                raise unknown_key(key, k, ("type", "address", "http_address"))
+    if not isinstance(ep, dict) or not {"type", "address"} <= set(ep):
         raise ConfigError(
             f"{key} must be a table with 'type', 'address' (gRPC host:port) and optionally 'http_address' (host:port)"
         )
     if ep["type"] not in types:
-        raise ConfigError(f"{key}.type = {ep['type']!r}: unknown; defined types: {sorted(types)}")
+        raise ConfigError(f"{key}.type = {ep['type']!r}: unknown instance type; defined types: {sorted(types)}")
     for k in ("address", "http_address"):
         if k in ep and (not isinstance(ep[k], str) or ":" not in ep[k]):
             raise ConfigError(f"{key}.{k} = {ep[k]!r}: must be a string 'host:port'")
@@ -165,24 +229,27 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
     known = {"server", "scheduler", "models", "types", "fleet", "autoscaler", "provider", "emulation"}
     for k in raw:
         if k not in known:
-            raise ConfigError(f"unknown section [{k}]; allowed: {sorted(known)}")
+            raise unknown_key("", k, known, kind="section")
     server = _section(raw, "server", ServerConfig, "")
+    _check_server(server)
     scheduler = _section(raw, "scheduler", SchedulerConfig, "")
-    from kairosd.dispatch import POLICIES  # policies are chosen by name; refuse unknown ones now
-
-    if scheduler.policy not in POLICIES:
-        raise ConfigError(f"scheduler.policy = {scheduler.policy!r}: allowed: {sorted(POLICIES)}")
+    _check_scheduler(scheduler)
 
     models = raw.get("models", {})
-    repo = base_dir / str(models.get("repository", "model_repository"))
-    profiles_dir = base_dir / str(models.get("profiles", "profiles/local"))
+    if not isinstance(models, dict):
+        raise ConfigError(f"[models] = {models!r}: must be a table with repository, profiles and [models.qos_ms]")
+    for k in models:
+        if k not in ("repository", "profiles", "qos_ms"):
+            raise unknown_key("models", k, ("repository", "profiles", "qos_ms"))
+    repo = base_dir / str(_coerce(models.get("repository", "model_repository"), "str", "models.repository"))
+    profiles_dir = base_dir / str(_coerce(models.get("profiles", "profiles/local"), "str", "models.profiles"))
     qos_raw = models.get("qos_ms", {})
     if not isinstance(qos_raw, dict) or not qos_raw:
-        raise ConfigError("[models.qos_ms] must give each served model's QoS target in ms, e.g. dlrm = 50")
+        raise ConfigError(f"models.qos_ms = {qos_raw!r}: [models.qos_ms] must give each served model's QoS target "
+                          "in ms, e.g. dlrm = 50")
     qos_s = {m: _coerce(v, "float", f"models.qos_ms.{m}") / 1e3 for m, v in qos_raw.items()}
     for m, q in qos_s.items():
-        if q <= 0:
-            raise ConfigError(f"models.qos_ms.{m} must be > 0")
+        _positive(f"models.qos_ms.{m}", q * 1e3, "> 0 (ms)")
 
     emulation = _emulation_models(raw, qos_s)
     types: dict[str, InstanceTypeConfig] = {}
@@ -192,15 +259,16 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         allowed = {f.name: f for f in fields(InstanceTypeConfig) if f.name not in ("name", "emulate_models")}
         for k in t:
             if k not in allowed:
-                raise ConfigError(f"unknown key types.{name}.{k}; allowed: {sorted(allowed)}")
+                raise unknown_key(f"types.{name}", k, allowed)
         kw = {k: _coerce(v, allowed[k].type, f"types.{name}.{k}") for k, v in t.items()}
         if "backend" not in kw:
             raise ConfigError(f"types.{name}.backend is required; allowed: {list(BACKENDS)}")
         if kw["backend"] not in BACKENDS:
             raise ConfigError(f"types.{name}.backend = {kw['backend']!r}; allowed: {list(BACKENDS)}")
         it = InstanceTypeConfig(name=name, **kw)
-        if it.slots < 1 or it.threads < 1:
-            raise ConfigError(f"types.{name}: slots and threads must be ≥ 1")
+        for k, v in (("slots", it.slots), ("threads", it.threads)):
+            if v < 1:
+                raise ConfigError(f"types.{name}.{k} = {v}: must be ≥ 1")
         if it.backend == "emulated" or it.emulate or it.emulate_data:
             it = _emulated(it, emulation, sorted(qos_s), base_dir)
         types[name] = it
@@ -208,17 +276,19 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
     fleet_raw = raw.get("fleet", {})
     static = fleet_raw.get("static", {}) if isinstance(fleet_raw, dict) else None
     if not isinstance(static, dict):
-        raise ConfigError("[fleet.static] must map instance type names to counts")
+        raise ConfigError(f"fleet.static = {static!r}: [fleet.static] must map instance type names to counts")
     for k in fleet_raw:
         if k not in ("static", "endpoints"):
-            raise ConfigError(f"unknown key fleet.{k}; allowed: ['endpoints', 'static']")
+            raise unknown_key("fleet", k, ("endpoints", "static"))
     endpoints = []
     for i, ep in enumerate(fleet_raw.get("endpoints", [])):
         endpoints.append(_endpoint(ep, i, types))
     fleet = {}
     for name, count in static.items():
         if name not in types:
-            raise ConfigError(f"fleet.static.{name}: unknown instance type; defined types: {sorted(types)}")
+            near = difflib.get_close_matches(name, list(types), n=1)
+            hint = f"did you mean {near[0]}? " if near else ""
+            raise ConfigError(f"fleet.static.{name} = {count!r}: unknown instance type; {hint}defined types: {sorted(types)}")
         fleet[name] = _coerce(count, "int", f"fleet.static.{name}")
     autoscaler = _autoscaler(raw, types)
     if autoscaler.enabled and sum(fleet.values()):
@@ -232,7 +302,7 @@ def parse(raw: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> C
         raise ConfigError("[provider] must be a table of provider tables, e.g. [provider.ec2]")
     for k in provider_raw:
         if k != "ec2":
-            raise ConfigError(f"unknown section [provider.{k}]; allowed: ['provider.ec2']")
+            raise unknown_key("provider", k, ("ec2",), kind="section")
     if autoscaler.enabled and autoscaler.provider == "ec2":
         if "ec2" not in provider_raw:
             raise ConfigError("[autoscaler] provider = \"ec2\" needs a [provider.ec2] section (region, per-type AMI...): "
@@ -252,7 +322,7 @@ def _emulation_models(raw: Mapping[str, Any], qos_s: Mapping[str, float]) -> dic
         raise ConfigError("[emulation] must be a table, e.g. models = {dlrm = \"rm2\", ncf = \"ncf\"}")
     for k in section:
         if k != "models":
-            raise ConfigError(f"unknown key emulation.{k}; allowed: ['models']")
+            raise unknown_key("emulation", k, ("models",))
     models = section.get("models", {})
     if not isinstance(models, dict) or not all(isinstance(v, str) and v for v in models.values()):
         raise ConfigError("emulation.models must map served models to profile model names, "
@@ -296,16 +366,17 @@ def _autoscaler(raw: Mapping[str, Any], types: Mapping[str, InstanceTypeConfig])
     if a.objective not in OBJECTIVES:
         raise ConfigError(f"autoscaler.objective = {a.objective!r}; allowed: {list(OBJECTIVES)}")
     if a.enabled and a.budget_usd_per_hour <= 0:
-        raise ConfigError("autoscaler.budget_usd_per_hour must be > 0 when the autoscaler is enabled "
-                          "(the committed $/h of the fleet never exceeds it)")
-    if a.period_s <= 0 or a.window_s <= 0:
-        raise ConfigError(f"autoscaler.period_s = {a.period_s} and window_s = {a.window_s} must be > 0")
+        raise ConfigError(f"autoscaler.budget_usd_per_hour = {a.budget_usd_per_hour}: must be > 0 when the autoscaler "
+                          "is enabled (the committed $/h of the fleet never exceeds it)")
+    _positive("autoscaler.period_s", a.period_s, "> 0 (seconds between reconciles)")
+    _positive("autoscaler.window_s", a.window_s, "> 0 (seconds of observed load)")
     if a.headroom < 1.0:
         raise ConfigError(f"autoscaler.headroom = {a.headroom}: must be ≥ 1 (plan for at least the observed rate)")
     if not 0 < a.max_disruption_fraction <= 1:
         raise ConfigError(f"autoscaler.max_disruption_fraction = {a.max_disruption_fraction}: must be in (0, 1]")
-    if a.up_periods < 1 or a.down_periods < 1 or a.max_concurrent_launches < 1:
-        raise ConfigError("autoscaler.up_periods, down_periods and max_concurrent_launches must be ≥ 1")
+    for k in ("up_periods", "down_periods", "max_concurrent_launches"):
+        if getattr(a, k) < 1:
+            raise ConfigError(f"autoscaler.{k} = {getattr(a, k)}: must be ≥ 1")
     if a.prior_batch_median < 1:
         raise ConfigError(f"autoscaler.prior_batch_median = {a.prior_batch_median}: must be ≥ 1")
     if a.enabled and not types:
@@ -326,3 +397,74 @@ def load(path: str | Path) -> Config:
     if base.name == "configs":
         base = base.parent
     return parse(raw, base, path)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A config with what it points at, checked: the served models' specs (exactly the models with a QoS
+    target), the latency table covering every instance type the fleet may run, and the dispatch policy."""
+
+    config: Config
+    repository: Mapping[str, ModelSpec]
+    profiles: ProfileTable
+    policy: Policy
+
+
+def load_profiles(config: Config) -> ProfileTable:
+    """The latency table for the served models, checked to cover every instance type of the fleet."""
+    from kairosd.profiles import ProfileTable
+
+    try:
+        profiles = ProfileTable.load_dir(config.profiles_dir, models=sorted(config.qos_s))
+    except (ConfigError, OSError) as exc:
+        raise ConfigError(f"models.profiles = {str(config.profiles_dir)!r}: {exc}; it must hold <model>.csv for every "
+                          "served model (measure them with `kairosd profile`)") from None
+    wanted = list(config.types) if config.autoscaler.enabled else list(config.fleet)
+    wanted += [ep.type for ep in config.endpoints]
+    missing = sorted({t for t in wanted if t not in profiles.types})
+    if missing:
+        raise ConfigError(
+            f"types {missing}: no latency profile in models.profiles = {str(config.profiles_dir)!r} (profiled: "
+            f"{list(profiles.types)}); measure them with `kairosd profile --config {config.path}` or remove them"
+        )
+    return profiles
+
+
+def build_policy(config: Config, profiles: ProfileTable) -> Policy:
+    """The dispatch policy `[scheduler]` names, with its parameters (kairos: margin_s from margin_ms)."""
+    from kairosd.dispatch import make_policy
+
+    params = dict(config.scheduler.policy_params)
+    if config.scheduler.policy == "kairos":
+        params.setdefault("margin_s", config.scheduler.margin_ms / 1e3)
+    try:
+        return make_policy(config.scheduler.policy, profiles, **params)
+    except ConfigError as exc:
+        raise ConfigError(f"scheduler.policy_params = {dict(config.scheduler.policy_params)!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"scheduler.policy_params = {dict(config.scheduler.policy_params)!r}: not accepted by "
+                          f"policy {config.scheduler.policy!r}: {exc}") from None
+
+
+def resolve(config: Config) -> Resolved:
+    """Check what the config refers to outside the file (reads the repository and the profiles): every
+    served model is in models.repository, every instance type the fleet may run has a latency profile,
+    the policy accepts its parameters. Raises ConfigError naming the key."""
+    from kairosd.repository import load_repository
+
+    try:
+        repo = load_repository(config.model_repository)
+    except ConfigError as exc:
+        raise ConfigError(f"models.repository = {str(config.model_repository)!r}: {exc}") from None
+    unknown = sorted(set(config.qos_s) - set(repo))
+    if unknown:
+        raise ConfigError(f"models.qos_ms names {unknown}, which models.repository = {str(config.model_repository)!r} "
+                          f"does not hold (it has {sorted(repo)}); add the model there or remove its QoS target")
+    served = {name: repo[name] for name in sorted(config.qos_s)}  # serve exactly the models with a QoS target
+    profiles = load_profiles(config)
+    return Resolved(config, served, profiles, build_policy(config, profiles))
+
+
+def load_checked(path: str | Path) -> Resolved:
+    """`load` then `resolve`: every check `kairosd check-config` runs (and the daemon, at start and reload)."""
+    return resolve(load(path))

@@ -1,75 +1,71 @@
-"""The daemon: config → repository, profiles, policy → registry + local fleet → scheduler → front ends.
+"""The daemon: config → repository, profiles, policy → registry + fleet → scheduler → front ends.
 
-Start-up and shutdown are ordered: the fleet becomes ready before the front ends listen; on stop the
-front ends refuse new requests, queued and in-flight queries are answered, then the fleet stops.
+Start-up is one ordered stack of components (`contextlib.AsyncExitStack`), undone in reverse on stop:
+watchdog → scheduler → fleet (ready before the front ends listen, when static) → gRPC → HTTP →
+/metrics → drain. Stopping therefore first refuses new queries and answers every queued and in-flight
+one (up to `[server] drain_timeout_s`, then UNAVAILABLE), then closes the front ends, then stops the
+fleet (local instances exit), and the watchdog pings until the end. systemd hears READY=1 once the
+front ends listen, RELOADING=1/READY=1 around a reload (SIGHUP) and STOPPING=1 at shutdown
+(`kairosd.notify`). A reload reads and checks the file off the event loop, classifies the changes
+(`kairosd.reload`) and swaps the reloadable settings between dispatch rounds, or changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
 from tritonclient.grpc import service_pb2
 
 from kairosd.backends.http_client import HttpForward, HttpReply
-from kairosd.config import Config
-from kairosd.dispatch import make_policy
+from kairosd.config import Config, Resolved, build_policy, load_checked, load_profiles, resolve
 from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import Fleet
-from kairosd.fleet_setup import build_fleet
+from kairosd.fleet_setup import build_fleet, reconfigure_fleet
 from kairosd.health import is_ready, model_ready
 from kairosd.metrics import start_metrics_server
-from kairosd.profiles import ProfileTable
+from kairosd.notify import Notifier
 from kairosd.registry import InstanceState, Registry
-from kairosd.repository import ModelSpec, load_repository
+from kairosd.reload import Reload, plan_reload
+from kairosd.repository import ModelSpec
 from kairosd.scheduler import Scheduler
 from kairosd.server.grpc_frontend import start_grpc_server
 from kairosd.server.http_frontend import start_http_server
 
+if TYPE_CHECKING:
+    from kairosd.dispatch import Policy
+
 log = logging.getLogger(__name__)
-
-
-def load_profiles(config: Config) -> ProfileTable:
-    """The latency table for the served models, checked to cover every instance type of the fleet."""
-    profiles = ProfileTable.load_dir(config.profiles_dir, models=sorted(config.qos_s))
-    wanted = list(config.types) if config.autoscaler.enabled else list(config.fleet)
-    wanted += [ep.type for ep in config.endpoints]
-    missing = sorted({t for t in wanted if t not in profiles.types})
-    if missing:
-        raise ConfigError(
-            f"instance types {missing} have no latency profile in {config.profiles_dir} (profiled: "
-            f"{list(profiles.types)}); measure them with `kairosd profile --config {config.path}`"
-        )
-    return profiles
 
 
 class Daemon:
     """Implements `kairosd.service.InferenceService` on top of the scheduler."""
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        repo = load_repository(config.model_repository)
-        unknown = sorted(set(config.qos_s) - set(repo))
-        if unknown:
-            raise ConfigError(f"models.qos_ms names {unknown}, which are not in {config.model_repository} ({sorted(repo)})")
-        # serve exactly the models that have a QoS target
-        self._repository = {name: repo[name] for name in sorted(config.qos_s)}
-        self.profiles = load_profiles(config)
-        params = dict(config.scheduler.policy_params)
-        if config.scheduler.policy == "kairos":
-            params.setdefault("margin_s", config.scheduler.margin_ms / 1e3)
-        self.policy = make_policy(config.scheduler.policy, self.profiles, **params)
+    def __init__(self, config: Config | Resolved, notifier: Notifier | None = None) -> None:
+        """`config` is checked here (`kairosd.config.resolve`) unless it comes resolved already."""
+        resolved = config if isinstance(config, Resolved) else resolve(config)
+        self.config = resolved.config
+        self._repository = dict(resolved.repository)
+        self.profiles = resolved.profiles
+        self.policy = resolved.policy
+        self.notifier = notifier if notifier is not None else Notifier(None)
         self.registry = Registry()
         self.scheduler: Scheduler | None = None
         self.fleet: Fleet | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
-        self._stop_metrics: Callable[[], Awaitable[None]] | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._drain_timeout_s = self.config.server.drain_timeout_s
+        self._reload_lock = asyncio.Lock()
         self._started = False
+        self.reloads_applied = 0
 
     # ---- InferenceService -----------------------------------------------------------------
     @property
@@ -93,7 +89,11 @@ class Daemon:
         """The fleet as `kairosd fleet status` shows it (served on HTTP at /kairos/fleet)."""
         from kairosd.fleet_status import fleet_status
 
-        return fleet_status(self.fleet, self.config) if self.fleet is not None else {}
+        if self.fleet is None:
+            return {}
+        return {**fleet_status(self.fleet, self.config),
+                "qos_ms": {m: round(q * 1e3, 6) for m, q in self.config.qos_s.items()},
+                "policy": self.config.scheduler.policy, "reloads_applied": self.reloads_applied}
 
     async def infer(
         self, request: service_pb2.ModelInferRequest, spec: ModelSpec, batch: int, timeout_s: float | None = None,
@@ -112,45 +112,142 @@ class Daemon:
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        """Start every component in order; a failure (or cancellation) undoes what started, in reverse."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            await self._start(stack)
+        except BaseException:
+            self._started = False
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         cfg = self.config
         s = cfg.server
+        log.info("starting pid=%d config=%s models=%s policy=%s", os.getpid(), cfg.path, ",".join(self._repository),
+                 cfg.scheduler.policy)
+        self.notifier.status("starting")
+        # the watchdog pings through start-up and shutdown: the first component in, the last out
+        watchdog = asyncio.get_running_loop().create_task(self.notifier.watchdog_loop(), name="sd-watchdog")
+        stack.push_async_callback(_cancel, watchdog)
         # before the fleet: a taken port should fail in a second, not after every instance started
         ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port,
                                    "server.metrics_port": s.metrics_port})
-        self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
-        self.fleet = build_fleet(cfg, self.registry, self.profiles, self.scheduler)
+        scheduler = self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
+        stack.callback(scheduler.close)  # whatever is still queued at the very end: UNAVAILABLE
+        fleet = self.fleet = build_fleet(cfg, self.registry, self.profiles, scheduler)
+        stack.push_async_callback(fleet.stop)  # also after a partial start: launched instances stop
+        self.notifier.status("starting the fleet")
         # a static fleet is ready before the front ends listen; an autoscaled one grows while they do
-        await self.fleet.start(wait_ready_timeout_s=None if cfg.autoscaler.enabled else 180.0)
+        await fleet.start(wait_ready_timeout_s=None if cfg.autoscaler.enabled else 180.0)
         try:
             self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
+            stack.push_async_callback(self._grpc.stop, 1.0)
             self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
+            stack.push_async_callback(self._http.cleanup)
             if s.metrics_port:
-                self._stop_metrics = await start_metrics_server(self.scheduler, s.host, s.metrics_port, self.fleet)
+                stack.push_async_callback(await start_metrics_server(scheduler, s.host, s.metrics_port, fleet))
         except OSError as exc:  # taken between the check above and now
             raise PortInUse(f"cannot listen on {s.host}: {exc}; free the port or change it in [server]") from exc
+        stack.push_async_callback(self._drain)  # the first step of stopping
         self._started = True
         log.info(
-            "kairosd ready grpc=%s:%d http=%s:%d metrics=%s:%d policy=%s instances=%d models=%s",
+            "ready grpc=%s:%d http=%s:%d metrics=%s:%d policy=%s instances=%d models=%s",
             s.host, s.grpc_port, s.host, s.http_port, s.host, s.metrics_port, cfg.scheduler.policy,
             len(self.registry.ready()), ",".join(self._repository),
         )
+        self.notifier.ready(self._status())
 
-    async def stop(self, drain_timeout_s: float = 30.0) -> None:
-        """Refuse new requests, answer every queued and in-flight one (up to the timeout), stop the fleet."""
-        if self.scheduler is not None:
-            drained = await self.scheduler.drain(drain_timeout_s)
-            if not drained:
-                log.warning("drain timed out after %.1f s; answering the rest UNAVAILABLE", drain_timeout_s)
-            self.scheduler.close()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-        if self._http is not None:
-            await self._http.cleanup()
-        if self._stop_metrics is not None:
-            await self._stop_metrics()
+    def _status(self) -> str:
+        s = self.config.server
+        return (f"serving {','.join(self._repository)} on grpc {s.host}:{s.grpc_port} http {s.host}:{s.http_port}; "
+                f"{len(self.registry.ready())} instances ready")
+
+    async def _drain(self) -> None:
+        """Refuse new queries; answer every queued and in-flight one within the drain timeout, the rest UNAVAILABLE."""
+        if self.scheduler is None:
+            return
+        self._started = False
+        timeout_s = self._drain_timeout_s
+        log.info("draining queued=%d in_flight=%d timeout_s=%g", len(self.scheduler.waiting), self.scheduler.in_flight,
+                 timeout_s)
+        if not await self.scheduler.drain(timeout_s):
+            log.warning("drain timed out after %g s; answering the rest UNAVAILABLE queued=%d in_flight=%d", timeout_s,
+                        len(self.scheduler.waiting), self.scheduler.in_flight)
+        self.scheduler.close()
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Undo the start-up stack in reverse: drain (up to `drain_timeout_s`, default `[server]
+        drain_timeout_s`), close the front ends, stop the fleet. Idempotent."""
+        self._drain_timeout_s = self.config.server.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        self.notifier.stopping()
+        log.info("stopping drain_timeout_s=%g", self._drain_timeout_s)
+        await stack.aclose()
+        log.info("stopped")
+
+    # ---- reload -------------------------------------------------------------------------------
+    async def reload(self) -> Reload | None:
+        """Re-read the config file and apply what may change live; None when the file is invalid.
+
+        The file is read and every check run off the event loop; a change that needs a restart refuses
+        the whole reload (one log line naming the keys) and an invalid file changes nothing. systemd
+        hears RELOADING=1 first and READY=1 when the reload is over, whatever its outcome."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            result = await self._reload()
+            self.notifier.ready(self._status())
+            return result
+
+    async def _reload(self) -> Reload | None:
+        path = self.config.path
+        if path is None:
+            log.error("reload failed: the daemon was started from a Config without a file; nothing to re-read")
+            return None
+        try:
+            new = await asyncio.to_thread(load_checked, path)
+        except ConfigError as exc:
+            log.error("reload failed path=%s: %s; keeping the current settings", path, exc)
+            return None
+        plan = plan_reload(self.config, new.config)
+        if not plan.applies:
+            log.warning("reload refused path=%s: needs a restart: %s; keeping the current settings (restart kairosd "
+                        "to apply them)", path, "; ".join(str(c) for c in plan.refused))
+            return plan
+        if not plan.changed:
+            log.info("reload applied path=%s changed=none", path)
+            return plan
+        # the running latency table stays (models.profiles needs a restart): the policy is rebuilt over it
+        try:
+            policy = await asyncio.to_thread(build_policy, new.config, self.profiles)
+        except ConfigError as exc:
+            log.error("reload failed path=%s: %s; keeping the current settings", path, exc)
+            return None
+        self._apply(new.config, policy)
         if self.fleet is not None:
-            await self.fleet.stop()
-        log.info("kairosd stopped")
+            await reconfigure_fleet(self.fleet, new.config, self.profiles)
+        self.reloads_applied += 1
+        log.info("reload applied path=%s changed=%s", path, ",".join(plan.changed_keys))
+        for c in plan.changed:
+            log.info("reload set %s", c)
+        return plan
+
+    def _apply(self, config: Config, policy: Policy) -> None:
+        """Swap the scheduler's settings (between dispatch rounds: this runs on the event loop) and the
+        daemon's config object."""
+        if self.scheduler is not None:
+            self.scheduler.reconfigure(policy, config.qos_s, config.scheduler)
+        self.policy = policy
+        self.config = config
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
@@ -167,30 +264,59 @@ def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
                                 f"stop what holds it (`ss -ltnp 'sport = :{port}'`) or set another {key}") from None
 
 
-async def run_until_signal(daemon: Daemon, drain_timeout_s: float = 30.0) -> None:
-    """Start, serve until SIGTERM/SIGINT, then stop in order. A second signal exits at once."""
+async def run_until_signal(daemon: Daemon, drain_timeout_s: float | None = None) -> None:
+    """Start, serve until SIGTERM/SIGINT (reloading on SIGHUP), then stop in order. A second SIGTERM or
+    SIGINT exits at once. A stop signal during start-up cancels it (what started is stopped)."""
     import signal
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    reload_wanted = asyncio.Event()
     signals = 0
 
-    def on_signal(sig: signal.Signals) -> None:
+    def on_stop(sig: signal.Signals) -> None:
         nonlocal signals
         signals += 1
         if signals > 1:
             log.warning("second %s: exiting without draining", sig.name)
             raise SystemExit(1)
-        log.info("%s received: draining", sig.name)
+        log.info("stop requested signal=%s", sig.name)
         stop.set()
 
+    def on_hup() -> None:
+        log.info("reload requested signal=SIGHUP path=%s", daemon.config.path)
+        reload_wanted.set()
+
+    async def reloader() -> None:
+        while True:  # signals that arrive during a reload coalesce into one more reload
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            try:
+                await daemon.reload()
+            except Exception:  # noqa: BLE001 - a failed reload must not stop the daemon
+                log.exception("reload failed; keeping the current settings")
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, on_stop, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    reload_task: asyncio.Task[None] | None = None
+    stopped = loop.create_task(stop.wait())
     try:
-        await daemon.start()
+        start = loop.create_task(daemon.start())
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():  # stopped while starting: what started is undone by start() itself
+            log.info("stop requested while starting: cancelling the start-up")
+            await _cancel(start)
+            return
+        start.result()
+        reload_task = loop.create_task(reloader())
         await stop.wait()
     finally:
+        stopped.cancel()
+        if reload_task is not None:
+            await _cancel(reload_task)
         await daemon.stop(drain_timeout_s)
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 __all__ = ["Daemon", "InstanceState", "load_profiles", "run_until_signal"]

@@ -130,6 +130,7 @@ class Fleet:
         self._token_seq = 0
         self._token_epoch = f"{time.time_ns():x}"  # tokens never repeat across daemon restarts
         self._pending_token: dict[str, str] = {}  # type → the token of a launch not known to have succeeded
+        self._prices: dict[str, float] = {}  # type → $/h set by reconfigure (else each instance's own price)
         self._loop_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         registry.on_change(self._watch_suspects)
@@ -303,7 +304,8 @@ class Fleet:
             else:
                 state, since, in_flight = MemberState.LAUNCHING, self._first_seen_s.get(p.id, now), 0
             launched = now - max(time.time() - p.launched_at_s, 0.0) if p.launched_at_s else since
-            members.append(Member(p.id, _pool_of(p), state, p.price_usd_per_hour, launched, since, in_flight, managed))
+            price = self._prices.get(p.type, p.price_usd_per_hour)
+            members.append(Member(p.id, _pool_of(p), state, price, launched, since, in_flight, managed))
         return members
 
     # ---- actions --------------------------------------------------------------------------------
@@ -434,6 +436,38 @@ class Fleet:
                         await p.terminate(ids)
                 await p.close()
         log.info("fleet stopped")
+
+    # ---- reload ---------------------------------------------------------------------------------
+    async def reconfigure(
+        self,
+        budget_usd_per_hour: float,
+        params: AutoscaleParams,
+        target_fn: TargetFn,
+        *,
+        period_s: float | None = None,
+        prices: Mapping[str, float] | None = None,
+        terminate_on_stop: bool | None = None,
+    ) -> None:
+        """Swap the fleet's settings between reconciles (under the reconcile lock, so one period sees
+        either the old ones or the new ones): the budget, `decide`'s parameters, the target, the period.
+        With `prices` (type → $/h), the providers offer and launch at the new prices and every billed
+        instance counts at its type's new price in the committed cost."""
+        async with self._lock:
+            self.budget_usd_per_hour = budget_usd_per_hour
+            self.params = params
+            self.target_fn = target_fn
+            if period_s is not None:
+                self.period_s = period_s
+            if terminate_on_stop is not None:
+                self.terminate_on_stop = terminate_on_stop
+            if prices is not None:
+                self._prices = dict(prices)
+                for p in self.providers:
+                    types = getattr(p, "types", None)  # local, static and ec2 price their offerings from it
+                    if isinstance(types, Mapping):
+                        p.types = {n: replace(t, price_usd_per_hour=prices.get(n, t.price_usd_per_hour))  # type: ignore[attr-defined]
+                                   for n, t in types.items()}
+            self._record(self._members(self.listing, time.monotonic()))
 
     # ---- views ----------------------------------------------------------------------------------
     def committed_usd_per_hour(self) -> float:

@@ -50,6 +50,18 @@ def build_provider(config: Config) -> Provider:
     return LocalProvider(types, str(config.model_repository), fleet_name=a.fleet_name)
 
 
+def budget_and_params(config: Config) -> tuple[float, AutoscaleParams]:
+    """The fleet's budget ($/h: the autoscaler's, or a static fleet's own cost at the configured prices)
+    and `decide`'s parameters (a static fleet starts whole: every instance at once)."""
+    a = config.autoscaler
+    params = autoscale_params(config)
+    if a.enabled:
+        return a.budget_usd_per_hour, params
+    counts = Counter(config.fleet) + Counter(ep.type for ep in config.endpoints)
+    prices = {t.name: t.price_usd_per_hour for t in config.types.values()}
+    return budget_for(counts, prices), replace(params, max_concurrent_launches=max(sum(config.fleet.values()), 1))
+
+
 def build_fleet(config: Config, registry: Registry, profiles: ProfileTable, scheduler: Scheduler | None = None) -> Fleet:
     a = config.autoscaler
     providers: list[Provider] = []
@@ -58,23 +70,34 @@ def build_fleet(config: Config, registry: Registry, profiles: ProfileTable, sche
     if config.endpoints:
         providers.append(StaticProvider(config.endpoints, config.types, fleet_name=a.fleet_name))
     endpoint_counts = Counter(ep.type for ep in config.endpoints)
-    prices = {t.name: t.price_usd_per_hour for t in config.types.values()}
     target: TargetFn
     if a.enabled:
         from kairosd.autoscale.target import PlannerTarget
 
         target = PlannerTarget.from_config(config, profiles, scheduler, extra=endpoint_counts)
-        budget = a.budget_usd_per_hour
     else:
-        counts = Counter(config.fleet) + endpoint_counts
-        target = static_target(counts)
-        budget = budget_for(counts, prices)
-    params = autoscale_params(config)
-    if not a.enabled:  # a static fleet starts whole: every instance at once
-        params = replace(params, max_concurrent_launches=max(sum(config.fleet.values()), 1))
+        target = static_target(Counter(config.fleet) + endpoint_counts)
+    budget, params = budget_and_params(config)
     return Fleet(
         registry, profiles, providers, target, budget, params,
         models=sorted(config.qos_s), fleet_name=a.fleet_name, period_s=a.period_s,
         slots={t.name: t.slots for t in config.types.values()}, max_message_bytes=config.server.max_request_bytes,
         terminate_on_stop=a.terminate_on_stop,
+    )
+
+
+async def reconfigure_fleet(fleet: Fleet, config: Config, profiles: ProfileTable) -> None:
+    """Apply a reloaded config to a running fleet built by `build_fleet` from a config that differs only
+    in reloadable settings (`kairosd.reload`): budget, decide's parameters, period, prices, and the
+    planner (new prices, QoS targets, budget, objective; the observed load window is kept)."""
+    from kairosd.autoscale.target import PlannerTarget
+
+    budget, params = budget_and_params(config)
+    target = fleet.target_fn
+    if isinstance(target, PlannerTarget):
+        target = target.reconfigured(config, profiles)
+    await fleet.reconfigure(
+        budget, params, target, period_s=config.autoscaler.period_s,
+        prices={t.name: t.price_usd_per_hour for t in config.types.values()},
+        terminate_on_stop=config.autoscaler.terminate_on_stop,
     )

@@ -121,6 +121,13 @@ class PlannerTarget:
         return PlannerTarget(window, planner, clock, dict(extra or {}), rise_window_s=a.rise_window_s)
 
 
+    def reconfigured(self, config: Config, profiles: ProfileTable) -> PlannerTarget:
+        """A target planning with `config`'s types, prices, QoS, budget and objective, over the same load
+        window (the observed history is kept); no plan is reused from before (the next call plans)."""
+        return replace(self, planner=config_planner(config, profiles), rise_window_s=config.autoscaler.rise_window_s,
+                       last_plan=None, last_demand=[], _unavailable=frozenset())
+
+
 def config_planner(config: Config, profiles: ProfileTable) -> Planner:
     """plan_fleet over the config's types (those with profiles), prices, QoS, budget and objective."""
     a = config.autoscaler

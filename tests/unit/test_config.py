@@ -55,7 +55,7 @@ def test_errors_name_the_key(tmp_path: Path, extra: str, match: str) -> None:
 def test_fleet_referencing_unknown_type(tmp_path: Path) -> None:
     p = tmp_path / "c.toml"
     p.write_text(MINIMAL.replace("a = 1", "a = 1\nb = 2"))
-    with pytest.raises(ConfigError, match="fleet.static.b: unknown instance type"):
+    with pytest.raises(ConfigError, match="fleet.static.b = 2: unknown instance type"):
         config.load(p)
 
 
