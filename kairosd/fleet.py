@@ -471,7 +471,7 @@ class Fleet:
 
     # ---- views ----------------------------------------------------------------------------------
     def committed_usd_per_hour(self) -> float:
-        return sum(p.price_usd_per_hour for p in self.listing if p.state.billed)
+        return sum(self._prices.get(p.type, p.price_usd_per_hour) for p in self.listing if p.state.billed)
 
     def members(self) -> list[Member]:
         return self._members(self.listing, time.monotonic())
