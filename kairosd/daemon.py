@@ -306,6 +306,7 @@ async def run_until_signal(daemon: Daemon, drain_timeout_s: float | None = None)
         await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():  # stopped while starting: what started is undone by start() itself
             log.info("stop requested while starting: cancelling the start-up")
+            daemon.notifier.stopping()
             await _cancel(start)
             return
         start.result()
