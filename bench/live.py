@@ -91,8 +91,9 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     """Send `spec["batches"][i]` at time cumsum(gaps)[i] / rate (open loop); latency from the scheduled
     arrival to the answer."""
     import grpc
+    from tritonclient.grpc import service_pb2 as pb
 
-    from kairosd.backends.emulated import PreciseTimer
+    from kairosd.backends.emulated import SERVICE_PARAM, TYPE_PARAM, PreciseTimer
 
     batches = np.asarray(spec["batches"], dtype=np.int64)
     n = len(batches)
@@ -109,13 +110,19 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     errors = 0
     done_at = 0.0
 
+    service = np.full(n, math.nan)
+    served_by: list[str] = [""] * n
+
     async def one(i: int, at: float) -> None:
         nonlocal errors, done_at
         try:
-            await calls[i % len(calls)](bodies[int(batches[i])], timeout=timeout)
+            reply = await calls[i % len(calls)](bodies[int(batches[i])], timeout=timeout)
             t = time.monotonic()
             latency[i] = t - at
             done_at = max(done_at, t)
+            params = pb.ModelInferResponse.FromString(reply).parameters
+            service[i] = params[SERVICE_PARAM].int64_param / 1e6
+            served_by[i] = params[TYPE_PARAM].string_param
         except grpc.aio.AioRpcError:
             errors += 1
 
@@ -136,9 +143,18 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     for c in channels:
         await c.close()
     timer.close()
-    measured = latency[int(n * WARMUP_FRACTION):]
+    first = int(n * WARMUP_FRACTION)
+    measured = latency[first:]
     wall = time.monotonic() - start
+    # latency beyond the service the instance gave: waiting (in kairosd or at the instance) + every hop
+    excess = (latency - service)[first:]
+    excess = excess[np.isfinite(excess)]
+    by_type = {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t}
     return {
+        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
+        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
+        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
+        "served_by": by_type,
         "n": n, "errors": errors, "offered_qps": float(spec["rate_qps"]), "sent_qps": n / sent_s,
         "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,
         "p99_ms": float(np.percentile(measured, 99, method="higher")) * 1e3,
@@ -175,7 +191,7 @@ def write_profiles(directory: Path, served: str, model: str) -> None:
 
 
 def write_config(path: Path, served: str, model: str, qos_ms: float, fleet: dict[str, int], policy: str,
-                 params: dict[str, Any]) -> dict[str, int]:
+                 params: dict[str, Any], margin_ms: float = 1.0) -> dict[str, int]:
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     prices = {"g4dn.xlarge": 0.526, "c5n.2xlarge": 0.432, "r5n.large": 0.149, "t3.xlarge": 0.1664}
     types = "\n".join(f'[types."{t}"]\nbackend = "emulated"\nemulate = "{t}"\nprice_usd_per_hour = {prices[t]}\n'
@@ -189,6 +205,7 @@ grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
 [scheduler]
 policy = "{policy}"
+margin_ms = {margin_ms}
 [scheduler.policy_params]
 {pp}
 [models]
@@ -207,19 +224,25 @@ models = {{ {served} = "{model}" }}
 
 class Daemon:
     def __init__(self, workdir: Path, served: str, model: str, qos_ms: float, fleet: dict[str, int], policy: str,
-                 params: dict[str, Any]) -> None:
+                 params: dict[str, Any], margin_ms: float = 1.0) -> None:
         (workdir / "profiles").mkdir(exist_ok=True)
         write_profiles(workdir / "profiles", served, model)
         path = workdir / f"{model}-{policy}.toml"
-        self.ports = write_config(path, served, model, qos_ms, fleet, policy, params)
-        self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name="kairosd-serve").start()
-        self.url = f"127.0.0.1:{self.ports['grpc']}"
-        try:
-            wait_ready_sync(self.url, 120, self.child)
-            self._wait_instances(sum(fleet.values()))
-        except BaseException:
-            self.child.stop(10)
-            raise
+        for attempt in range(3):
+            # an instance's port, free when the provider chose it, can be taken before the instance binds it
+            # (other processes on this machine start servers too); the static fleet then fails to start
+            self.ports = write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms)
+            self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name="kairosd-serve").start()
+            self.url = f"127.0.0.1:{self.ports['grpc']}"
+            try:
+                wait_ready_sync(self.url, 120, self.child)
+                self._wait_instances(sum(fleet.values()))
+                break
+            except Exception as exc:
+                self.child.stop(10)
+                if attempt == 2:
+                    raise
+                print(f"    daemon start failed ({str(exc).splitlines()[0][:120]}); again", flush=True)
         assert self.child.pid is not None
         self.pid = self.child.pid
 
@@ -236,6 +259,20 @@ class Daemon:
             time.sleep(0.2)
         raise RuntimeError(f"fewer than {n} instances ready: {self.fleet()['instances']}")
 
+    def metric_sums(self) -> dict[str, float]:
+        """Sums and counts of the head's histograms (all labels added): queue wait, service as the head
+        sees it (send to answer), end-to-end latency, dispatch call."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            for name in ("kairos_queue_wait_seconds", "kairos_service_seconds", "kairos_query_latency_seconds",
+                         "kairos_dispatch_seconds"):
+                for suffix in ("_sum", "_count"):
+                    if line.startswith(name + suffix):
+                        out[name + suffix] = out.get(name + suffix, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
     def cpu(self) -> tuple[float, float]:
         """(head CPU s, the instances' CPU s)."""
         return cpu_s(self.pid), sum(cpu_s(p) for p in children_of(self.pid))
@@ -248,7 +285,13 @@ class Daemon:
 # Search
 
 
+def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | None:
+    n = m1.get(name + "_count", 0.0) - m0.get(name + "_count", 0.0)
+    return (m1.get(name + "_sum", 0.0) - m0.get(name + "_sum", 0.0)) / n * 1e3 if n > 0 else None
+
+
 def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict[str, Any]:
+    m0 = d.metric_sums()
     h0, i0 = d.cpu()
     t0 = time.monotonic()
     r = run_loadgen({"url": d.url, "model": served, "batches": stream.batches.tolist(), "gaps": stream.gaps.tolist(),
@@ -257,17 +300,28 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict
     h1, i1 = d.cpu()
     r["head_cpu"] = (h1 - h0) / wall
     r["instances_cpu"] = (i1 - i0) / wall
+    m1 = d.metric_sums()
+    # means over the step (warm-up included): the wait in kairosd's queue, and send-to-answer at the head
+    # minus the service the instances gave (the hop head → instance → head)
+    r["head_wait_mean_ms"] = _mean_ms(m0, m1, "kairos_queue_wait_seconds")
+    r["head_service_mean_ms"] = _mean_ms(m0, m1, "kairos_service_seconds")
+    r["dispatch_mean_us"] = (_mean_ms(m0, m1, "kairos_dispatch_seconds") or 0.0) * 1e3
+    if r["head_service_mean_ms"] is not None and r.get("service_mean_ms") is not None:
+        r["hop_mean_ms"] = r["head_service_mean_ms"] - r["service_mean_ms"]
     r["ok"] = bool(r["errors"] == 0 and r["p99_ms"] <= qos_s * 1e3 and r["lag_s"] <= LAG_QOS * qos_s)
     print(f"    {rate:8.1f} q/s: p99 {r['p99_ms']:8.2f} ms (QoS {qos_s * 1e3:g}) errors {r['errors']} "
           f"{'ok' if r['ok'] else 'FAIL'}  head cpu {r['head_cpu']:.2f} instances {r['instances_cpu']:.2f} "
-          f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms",
-          flush=True)
+          f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms "
+          f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
+          f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
+          f"dispatch {r['dispatch_mean_us']:.0f} us", flush=True)
     return r
 
 
 def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
-             max_steps: int) -> tuple[float, list[dict[str, Any]]]:
-    """Bracket around the simulator's figure (×1.05 up, ×0.9 steps down), then bisect to `rel_tol`."""
+             max_steps: int, light_qps: float) -> tuple[float, list[dict[str, Any]]]:
+    """Bracket around the simulator's figure (×1.05 up, then ×0.9 and ×0.85 steps down), then bisect to
+    `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`."""
     steps: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
@@ -276,6 +330,9 @@ def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, 
         return bool(r["ok"])
 
     lo, hi = 0.0, math.inf
+    if sim_qps <= 0:  # the simulator finds no passing rate (fcfs on a fleet with slow types): check a light load
+        ok(light_qps)
+        return (light_qps if steps[-1]["ok"] else 0.0), steps
     if ok(sim_qps):
         lo = sim_qps
         rate = sim_qps * 1.05
@@ -511,7 +568,8 @@ def main_bench(args: argparse.Namespace) -> int:
             d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
-                live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps)
+                light = 0.1 * ub
+                live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light)
             finally:
                 d.stop()
             best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_qps"], default=None)
