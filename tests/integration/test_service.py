@@ -307,9 +307,15 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         draining = wait_log(log, "draining")
         held = sum(int(v) for v in re.findall(r"(?:queued|in_flight)=(\d+)", draining[0]))
         ok = [r for r in results if not isinstance(r, BaseException)]
-        refused_late = [r for r in results if isinstance(r, InferenceServerException) and "shutting down" in str(r)]
+        # queries the client was still sending after SIGTERM were not accepted: refused UNAVAILABLE
+        # ("shutting down"), or CANCELLED by the gRPC server when their bytes were still arriving as the
+        # front end closed after the drain; never a timeout, never a hang
+        refused_late = [r for r in results if isinstance(r, InferenceServerException)
+                        and ("shutting down" in str(r) or r.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"))]
         assert held > 0, draining  # the stop really happened under load
-        assert len(ok) >= held + 10 and len(ok) + len(refused_late) == len(results), \
+        # every query the daemon held at SIGTERM was answered (plus the 10 answered before it)
+        assert len(ok) >= held + 10 and "drain timed out" not in log.read_text()
+        assert len(ok) + len(refused_late) == len(results), \
             [str(r) for r in results if isinstance(r, BaseException) and r not in refused_late][:3]
         check_answers(ok)
         time.sleep(0.2)
