@@ -57,6 +57,21 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_cpu() -> tuple[float, float, float]:
+    """(CPU pressure: µs some task waited for a CPU, /proc/pressure/cpu "some total"; busy and total jiffies
+    of all cores, /proc/stat) — deltas over a step give the share of time the machine was short of CPU."""
+    psi = 0.0
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some"):
+                psi = float(line.rsplit("total=", 1)[1])
+    except OSError:
+        pass
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = v[3] + v[4]
+    return psi, float(sum(v) - idle), float(sum(v))
+
+
 def children_of(pid: int) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):
@@ -293,6 +308,7 @@ def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | N
 def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict[str, Any]:
     m0 = d.metric_sums()
     h0, i0 = d.cpu()
+    p0, b0, a0 = machine_cpu()
     t0 = time.monotonic()
     r = run_loadgen({"url": d.url, "model": served, "batches": stream.batches.tolist(), "gaps": stream.gaps.tolist(),
                      "rate_qps": rate, "timeout_s": max(10 * qos_s, 2.0)})
@@ -300,6 +316,12 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict
     h1, i1 = d.cpu()
     r["head_cpu"] = (h1 - h0) / wall
     r["instances_cpu"] = (i1 - i0) / wall
+    p1, b1, a1 = machine_cpu()
+    ncpu = os.cpu_count() or 1
+    r["machine_busy_cores"] = (b1 - b0) / (a1 - a0) * ncpu if a1 > a0 else None
+    r["cpu_pressure"] = (p1 - p0) / 1e6 / wall  # share of the step some runnable task waited for a core
+    if r["machine_busy_cores"] is not None:  # what processes other than this benchmark's used
+        r["other_cpu"] = r["machine_busy_cores"] - r["head_cpu"] - r["instances_cpu"] - r["loadgen_cpu"]
     m1 = d.metric_sums()
     # means over the step (warm-up included): the wait in kairosd's queue, and send-to-answer at the head
     # minus the service the instances gave (the hop head → instance → head)
@@ -314,7 +336,8 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict
           f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms "
           f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
           f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
-          f"dispatch {r['dispatch_mean_us']:.0f} us", flush=True)
+          f"dispatch {r['dispatch_mean_us']:.0f} us; machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
+          f"(others {r.get('other_cpu', math.nan):.2f}), cpu pressure {r['cpu_pressure']:.2f}", flush=True)
     return r
 
 
@@ -533,6 +556,7 @@ def main_bench(args: argparse.Namespace) -> int:
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                  "loadavg_start": os.getloadavg()},
         "settings": {"budget_usd_per_hour": args.budget, "queries_per_step": args.queries, "seed": args.seed,
+                     "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos"},
     }
@@ -561,11 +585,13 @@ def main_bench(args: argparse.Namespace) -> int:
             if model == "ncf" and policy != "kairos" and not args.ncf_all_policies:
                 continue
             params: dict[str, Any] = {"threshold": threshold} if policy == "threshold" else {}
-            sim = evaluate_config(replace(setup, policy=policy, policy_params=params), key, ub)
+            # the daemon reserves scheduler.margin_ms in the Kairos matching (policy param margin_s): so does the simulator
+            sim_params = {**params, "margin_s": args.margin_ms / 1e3} if policy == "kairos" else params
+            sim = evaluate_config(replace(setup, policy=policy, policy_params=sim_params), key, ub)
             sub = workdir / f"{model}-{policy}"
             sub.mkdir(exist_ok=True)
             t0 = time.monotonic()
-            d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params)
+            d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 light = 0.1 * ub
@@ -625,6 +651,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rel-tol", type=float, default=0.025, help="bisection stops at this fraction of the sim's QPS")
     ap.add_argument("--max-steps", type=int, default=7)
+    ap.add_argument("--margin-ms", type=float, default=1.0, help="scheduler.margin_ms of the daemon, and the Kairos "
+                    "policy's margin in the simulator (default: the daemon's default, %(default)s)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
