@@ -158,6 +158,9 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     for c in channels:
         await c.close()
     timer.close()
+    if spec.get("dump"):  # per-query detail for a post-mortem
+        np.savez(spec["dump"], arrivals=arrivals - start, latency=latency, service=service, batches=batches,
+                 late=late, served_by=np.array(served_by))
     first = int(n * WARMUP_FRACTION)
     measured = latency[first:]
     wall = time.monotonic() - start
