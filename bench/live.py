@@ -108,7 +108,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
-    from kairosd.backends.emulated import SERVICE_PARAM, TYPE_PARAM, PreciseTimer
+    from kairosd.backends.emulated import ARRIVED_PARAM, DONE_PARAM, SERVICE_PARAM, TYPE_PARAM, PreciseTimer
 
     batches = np.asarray(spec["batches"], dtype=np.int64)
     n = len(batches)
@@ -127,17 +127,23 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
 
     service = np.full(n, math.nan)
     served_by: list[str] = [""] * n
+    # per query, monotonic seconds: sent, reached the instance, service ended there, answer received
+    sent, arrived, ended, received = (np.full(n, math.nan) for _ in range(4))
 
     async def one(i: int, at: float) -> None:
         nonlocal errors, done_at
         try:
+            sent[i] = time.monotonic()
             reply = await calls[i % len(calls)](bodies[int(batches[i])], timeout=timeout)
             t = time.monotonic()
             latency[i] = t - at
             done_at = max(done_at, t)
+            received[i] = t
             params = pb.ModelInferResponse.FromString(reply).parameters
             service[i] = params[SERVICE_PARAM].int64_param / 1e6
             served_by[i] = params[TYPE_PARAM].string_param
+            arrived[i] = params[ARRIVED_PARAM].int64_param / 1e9
+            ended[i] = params[DONE_PARAM].int64_param / 1e9
         except grpc.aio.AioRpcError:
             errors += 1
 
@@ -160,7 +166,8 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     timer.close()
     if spec.get("dump"):  # per-query detail for a post-mortem
         np.savez(spec["dump"], arrivals=arrivals - start, latency=latency, service=service, batches=batches,
-                 late=late, served_by=np.array(served_by))
+                 late=late, served_by=np.array(served_by), sent=sent - start, arrived=arrived - start,
+                 ended=ended - start, received=received - start)
     first = int(n * WARMUP_FRACTION)
     measured = latency[first:]
     wall = time.monotonic() - start
@@ -168,7 +175,18 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     excess = (latency - service)[first:]
     excess = excess[np.isfinite(excess)]
     by_type = {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t}
+    # the latency split by where it was spent: the load generator's lateness, client → head → instance
+    # (front end, kairosd's queue, the send), at the instance beyond the service drawn (slot wait, timer),
+    # instance → head → client
+    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
+             "back_to_client": received - ended}
+    split = {}
+    for name, v in parts.items():
+        v = v[first:][np.isfinite(v[first:])] * 1e3
+        if len(v):
+            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
     return {
+        "split": split,
         "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
         "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
         "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,

@@ -4,8 +4,9 @@ Core rule: a query takes one of the instance's `slots` (FIFO queue behind them, 
 serving one query at a time per slot); its service time is drawn from the measured samples of the
 emulated type and the served model's profile model (`kairosd.emulation`); the slot is held until
 exactly that much time has passed since it was taken, then the query is answered with zeros of the
-right names, shapes and dtypes, and response parameters naming the type and the service time given
-(`emulated_type`, `emulated_service_us`). No model runs and no CPU is spent while waiting: the wait is
+right names, shapes and dtypes, and response parameters naming the type, the service time given and
+when the query arrived and its service ended (`emulated_type`, `emulated_service_us`,
+`emulated_arrived_ns`, `emulated_done_ns`). No model runs and no CPU is spent while waiting: the wait is
 an event loop timer. Server metadata names the server `kairosd-emulated` and lists the
 `emulated:<type>` extension.
 
@@ -45,6 +46,10 @@ SERVER_NAME = "kairosd-emulated"
 # ModelInferResponse parameters of every answer: the emulated type, and the drawn service time in µs
 TYPE_PARAM = "emulated_type"
 SERVICE_PARAM = "emulated_service_us"
+# and when the query reached the instance and when its service ended (time.monotonic_ns(): one clock for
+# every process on the machine, so a client there can split its latency into the hops and the service)
+ARRIVED_PARAM = "emulated_arrived_ns"
+DONE_PARAM = "emulated_done_ns"
 DEFAULT_GRACE_S = 5.0
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 # a deadline this close to now is due, and the timerfd fires this much before a deadline: from its
@@ -269,6 +274,7 @@ class EmulatedInstance:
         timeout_s: float | None = None,
         raw: bytes | None = None,
     ) -> bytes:
+        arrived_ns = time.monotonic_ns()
         names = tuple(dict.fromkeys(o.name for o in request.outputs))
         body, service_s = await self.serve_query(spec, batch, names)
         # serialized messages concatenated merge: the id and the response parameters that tell which
@@ -276,6 +282,8 @@ class EmulatedInstance:
         tail = service_pb2.ModelInferResponse(id=request.id)
         tail.parameters[TYPE_PARAM].string_param = self.emulate
         tail.parameters[SERVICE_PARAM].int64_param = round(service_s * 1e6)
+        tail.parameters[ARRIVED_PARAM].int64_param = arrived_ns
+        tail.parameters[DONE_PARAM].int64_param = time.monotonic_ns()
         return body + tail.SerializeToString()
 
     async def infer_http(
