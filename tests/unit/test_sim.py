@@ -15,6 +15,7 @@ from kairosd.errors import ConfigError
 from kairosd.planner import BoundModel, upper_bound
 from kairosd.profiles import ProfilePoint, ProfileTable
 from kairosd.sim import (
+    SeedsEvaluator,
     ServiceModel,
     SimEvaluator,
     evaluate_config,
@@ -241,6 +242,20 @@ def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> N
     assert seen[-1] == (3, 3)
     assert par(configs[2]) == 0.0  # no type covering the mix: the bound is 0 and so is the simulation
     assert len(par.cache[(0, 0, 5, 0)].probes) == 1
+
+
+def test_seeds_evaluator_is_the_mean_over_streams_with_its_spread(wl: workload.KairosWorkload) -> None:
+    setups = tuple(workload.sim_setup(wl, "wnd", n_queries=400, seed=s) for s in (3, 13))
+    configs = np.array([[1, 0, 2, 0], [1, 1, 0, 1]])
+    pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
+    bm = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, setups[0].qos_s)
+    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
+    ev = SeedsEvaluator(setups, bound=bound, workers=2)
+    per = np.array([[SimEvaluator(s, bound=bound, workers=1)(c) for s in setups] for c in configs])
+    np.testing.assert_array_equal(ev.many(configs), per.mean(axis=1))
+    np.testing.assert_array_equal(ev.values(configs[0]), per[0])  # cached: no new run
+    assert ev(configs[1]) == per[1].mean()
+    assert ev.spread(configs[0]) == pytest.approx((per[0].max() - per[0].min()) / per[0].mean())
 
 
 def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
