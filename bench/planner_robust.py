@@ -17,8 +17,9 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     judge: ratio = judged value / optimum's; "within spread" = its judged value ≥ the optimum's
     lowest value over the judge's streams.
 Prints per workload and a summary (min / median ratio per selector, Kairos+ evaluations as a share of
-the configurations, wall time per plan), writes bench/results/planner_robust.json. Judge results are
-kept in `--cache` (JSON lines), so an interrupted run resumes where it stopped.
+the configurations, wall time per plan), writes bench/results/planner_robust.json. Simulation results
+(judge and Kairos+) are kept in `--cache` (JSON lines), so an interrupted run resumes where it stopped;
+a Kairos+ wall time measured on cached evaluations is marked `from_cache`.
 
     python bench/planner_robust.py [--workloads 30] [--judge-seeds 3] [--queries 4000] [--workers 2]
     python bench/planner_robust.py --quick      # 2 small workloads, 2 × 1,000 queries: a minute of CPU
@@ -43,6 +44,7 @@ from kairosd import synth, workload
 from kairosd.planner import (
     BoundModel,
     Candidates,
+    cv2_from_samples,
     homogeneous_configs,
     make_candidates,
     miss_from_samples,
@@ -61,13 +63,16 @@ SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
 
 
 def planner_model(sw: synth.SynthWorkload) -> BoundModel:
-    """What the planner knows: profiles, the mix's population pmf, per-type miss probabilities from the samples."""
+    """What the planner knows: profiles, the mix's population pmf, per-type miss probabilities and
+    service-time variability from the samples."""
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     ti = [wl.profiles.type_index(t) for t in wl.types]
     mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
-    miss = miss_from_samples(mean, wl.samples.relative(sw.model, wl.types), sw.qos_s, workload.GRID_STEP)
-    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss)
+    rel = wl.samples.relative(sw.model, wl.types)
+    miss = miss_from_samples(mean, rel, sw.qos_s, workload.GRID_STEP)
+    cv2 = cv2_from_samples(rel, mean.shape[1], workload.GRID_STEP)
+    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2)
 
 
 def setups(sw: synth.SynthWorkload, first_seed: int, n: int, queries: int) -> tuple[SimSetup, ...]:
@@ -125,9 +130,14 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
 
     t1 = time.perf_counter()
+    plus_seeds = [PLUS_SEED + 10 * s for s in range(args.plus_seeds)]
     plus_ev = SeedsEvaluator(setups(sw, PLUS_SEED, args.plus_seeds, args.queries), bound=bound, workers=args.workers)
+    cache.fill(plus_ev, seed, plus_seeds, args.queries)
+    cached = sum(len(c) for c in plus_ev.caches)
     kp = select_kairos_plus(cands, plus_ev)
     plus_s = kairos_s + time.perf_counter() - t1
+    plus_cached = cached > 0  # wall time of a resumed run is not a plan's
+    cache.save(plus_ev, seed, plus_seeds, args.queries)
 
     judge_seeds = [JUDGE_SEED + 10 * s for s in range(args.judge_seeds)]
     judge = SeedsEvaluator(setups(sw, JUDGE_SEED, args.judge_seeds, args.queries), bound=bound, workers=args.workers)
@@ -169,7 +179,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
         "kairos_paper": score(paper.config),
         "homogeneous": score(ho.config),
         "kairos_plus": {**score(kp.config), "evaluations": kp.n_evals, "share_of_configs": kp.n_evals / len(cands),
-                        "plan_wall_s": plus_s, "own_qps": kp.qps},
+                        "plan_wall_s": plus_s, "own_qps": kp.qps, "from_cache": plus_cached},
         "judge": {"spread_median": float(np.median(spreads)), "spread_max": float(max(spreads)), "wall_s": judge_s,
                   "sims_above_bound": int(np.count_nonzero(sims > cands.ub_qps * (1 + 1e-9))),
                   "ub_over_sim_median": float(np.median(ub_over_sim)) if len(ub_over_sim) else float("nan")},

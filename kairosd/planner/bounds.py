@@ -53,8 +53,14 @@ class BoundModel:
                         equal eligibility (which types meet QoS on them), per band its probability
                         `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k), and per base type j the
                         moments `band_m1[j, g]` = Σ p_b·L_j(b), `band_m2[j, g]` = Σ p_b·L_j(b)² and
-                        the waiting-tail weights `band_tail[j, g, x]` = Σ p_b·exp(−x·slack_j(b)/QoS)
-                        on the grid `TAIL_GRID` of x (slack = QoS − feasibility latency, ≥ 0)
+                        the waiting-tail weights `band_tail[j, g, x]` = Σ p_b·(1 − miss_j(b))·exp(−x·slack_j(b)/QoS)
+                        on the grid `TAIL_GRID` of x (slack = QoS − feasibility latency where that is
+                        within QoS, else QoS − mean latency, ≥ 0: a type with a heavy tail misses on
+                        the tail's share and waits against its typical latency), and the no-wait
+                        misses `band_miss[j, g]` = Σ p_b·miss_j(b)
+    within_qos          w_k = Σ_b p_b·(1 − miss_k(b)): the share of the mix type k serves within QoS
+                        without waiting (= coverage when miss is the 0/1 feasibility table)
+    small_miss          the share of type k's small queries (b ≤ B_k) it misses QoS on without waiting
     batch_*             inputs of `upper_bound`, per batch of the mix's support: its probability
                         `batch_p[b]`, mean latency `batch_lat_s[k, b]` and `batch_miss[k, b]`, the
                         probability that one query of that batch served on type k misses QoS even
@@ -75,6 +81,10 @@ class BoundModel:
     band_m1: np.ndarray | None = None
     band_m2: np.ndarray | None = None
     band_tail: np.ndarray | None = None
+    band_miss: np.ndarray | None = None
+    within_qos: np.ndarray | None = None
+    small_miss: np.ndarray | None = None
+    svc_cv2: np.ndarray | None = None
     batch_p: np.ndarray | None = None
     batch_lat_s: np.ndarray | None = None
     batch_miss: np.ndarray | None = None
@@ -94,10 +104,13 @@ class BoundModel:
         tail: bool = True,
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
+        svc_cv2: np.ndarray | None = None,
     ) -> BoundModel:
         """From latency tables `[type, batch]`: `mean_s` sets the rates, `feasibility_s` (mean or p99) the
         thresholds; `miss[type, batch]` (e.g. `miss_from_samples`) the probability that a query misses
-        QoS on a type without waiting, for `upper_bound` (default: feasibility_s > QoS, as 0/1)."""
+        QoS on a type without waiting, for `upper_bound` and `queue_estimate` (default: feasibility_s >
+        QoS, as 0/1); `svc_cv2[type, batch]` (e.g. `cv2_from_samples`) the squared coefficient of
+        variation of one query's service time, for the estimate's M/G/c second moment (default 0)."""
         mean_s = np.asarray(mean_s, dtype=float)
         feas = np.asarray(feasibility_s, dtype=float)
         nb = min(mean_s.shape[1], len(pmf))
@@ -131,15 +144,21 @@ class BoundModel:
         band_p = np.bincount(band_of, weights=p_s, minlength=n_bands)
         m1 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx], minlength=n_bands)
                        for j in range(len(mean_s))])
-        m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2, minlength=n_bands)
-                       for j in range(len(mean_s))])
-        slack_x = np.maximum(qos_s - feas[:, support_idx], 0.0) / qos_s  # [type, support batch], in QoS units
-        # batches beyond a type's threshold miss QoS there whether they wait or not: `queue_estimate`
-        # counts them in full (share 1 − coverage), so they carry no waiting-tail weight
-        # [type, batch, x]
-        tail_w = (p_s * small[:, support_idx])[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
+        cv2 = np.zeros_like(mean_s) if svc_cv2 is None else np.maximum(np.asarray(svc_cv2, dtype=float)[:, :nb], 0.0)
+        m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2 * (1.0 + cv2[j, support_idx]),
+                                   minlength=n_bands) for j in range(len(mean_s))])
+        feas_s, mean_sup, miss_s = feas[:, support_idx], mean_s[:, support_idx], miss[:, support_idx]
+        typical = np.where(feas_s <= qos_s, feas_s, mean_sup)
+        slack_x = np.maximum(qos_s - typical, 0.0) / qos_s  # [type, support batch], in QoS units
+        # a query that misses QoS without waiting (share miss) is counted in `band_miss`, so only the
+        # others carry waiting-tail weight; [type, batch, x]
+        tail_w = (p_s * (1.0 - miss_s))[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
         band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                               for j in range(len(mean_s))])
+        band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
+        within = (1.0 - miss_s) @ p_s
+        with np.errstate(divide="ignore", invalid="ignore"):
+            small_miss = np.where(coverage > 0, (miss * small * pmf).sum(axis=1) / coverage, 0.0)
         return BoundModel(
             types=tuple(types),
             qos_s=float(qos_s),
@@ -154,6 +173,10 @@ class BoundModel:
             band_m1=m1,
             band_m2=m2,
             band_tail=band_tail,
+            band_miss=band_miss,
+            within_qos=within,
+            small_miss=small_miss,
+            svc_cv2=None if svc_cv2 is None else cv2,
             batch_p=p_s / p_s.sum(),
             batch_lat_s=mean_s[:, support_idx],
             batch_miss=miss[:, support_idx],
@@ -171,13 +194,14 @@ class BoundModel:
         tail: bool = True,
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
+        svc_cv2: np.ndarray | None = None,
     ) -> BoundModel:
         """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean."""
         mi = profiles.model_index(model)
         ti = [profiles.type_index(t) for t in types]
         mean = profiles.mean_s[mi][ti]
         feas = profiles.p99_s[mi][ti] if tail else mean
-        return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail, miss=miss, slack=slack)
+        return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail, miss=miss, slack=slack, svc_cv2=svc_cv2)
 
 
 def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int) -> np.ndarray:
@@ -188,6 +212,15 @@ def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, gr
     rel = np.asarray(relative, dtype=float)
     g = np.clip(np.ceil(np.arange(mean_s.shape[1]) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
     return (mean_s[:, :, None] * rel[:, g, :] > qos_s).mean(axis=2)
+
+
+def cv2_from_samples(relative: np.ndarray, n_batches: int, grid_step: int) -> np.ndarray:
+    """The squared coefficient of variation of one query's service time per [type, batch 0..n−1] when
+    it is the profile mean times a measured relative sample (`relative[type, grid, k]`, mean 1; batch
+    b uses grid cell ⌈b/grid_step⌉ − 1, as `miss_from_samples`). E.g. samples ×(0.5, 1.0, 1.5) → 1/6."""
+    rel = np.asarray(relative, dtype=float)
+    g = np.clip(np.ceil(np.arange(n_batches) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    return rel.var(axis=2)[:, g] / rel.mean(axis=2)[:, g] ** 2
 
 
 def proportional_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:

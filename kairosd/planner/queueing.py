@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from kairosd.errors import ConfigError
-from kairosd.planner.bounds import TAIL_GRID, BoundModel, proportional_bound
+from kairosd.planner.bounds import TAIL_GRID, BoundModel, upper_bound
 
 # queue-aware estimate: share of queries allowed over QoS (a p99 target), bisection steps
 QUEUE_EPS = 0.01
@@ -32,26 +32,45 @@ def erlang_c(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
     return np.where(rho < 1.0, out, 1.0)
 
 
+def base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
+    """Each configuration's base type: the present type that serves the largest share of the mix within
+    QoS without waiting (`bm.within_qos`, from the measured miss probabilities; `coverage` when absent),
+    ties by the highest rate. A type with a heavy tail on 0.5% of its queries, whose p99 table misses
+    QoS everywhere, still serves 99.5% of the mix within QoS and can be the base."""
+    configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+    n_types = len(bm.types)
+    share = bm.within_qos if bm.within_qos is not None else bm.coverage
+    order_key = np.lexsort((-bm.rate_qps, -np.round(share, 12)))
+    rank_of = np.empty(n_types, dtype=np.int64)
+    rank_of[order_key] = np.arange(n_types)
+    return order_key[np.minimum(np.where(configs > 0, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
+
+
 def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS) -> np.ndarray:
-    """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `proportional_bound`), vectorised.
+    """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. It keeps the fluid
     bound's split — auxiliaries, most permissive threshold first, take small queries up to their
     fluid capacity n_k·Q_k, the base the rest (all large queries and what is left of the small ones)
     — and adds the one queue the fluid model ignores: the base pool, c = n_b servers that alone can
-    serve the large queries, whose QoS slack QoS − L_b(b) is small. Rule: λ is admissible when the
-    base pool is stable and the rate of base queries whose wait exceeds their slack is ≤ ε·λ (ε = 1%,
-    the p99 target), with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
+    serve the large queries, whose QoS slack is small. The base is the present type serving the
+    largest share of the mix within QoS (`base_types`). Rule: λ is admissible when the base pool is
+    stable and the queries that miss QoS are ≤ ε·λ (ε = 1%, the p99 target). Misses: those that miss
+    without waiting — on the base Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share
+    times its rate y_k (from the measured samples, or 0/1 from the feasibility table) — and base
+    queries whose wait exceeds their slack, with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
         P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (c·μ − λ_b)·2/(1 + C_s²),
     λ_b the base's arrival rate, 1/μ = E[S] its mean service time over the batches it serves,
-    a = λ_b/μ, C_s² the squared coefficient of variation of that service time, t = QoS − L^feas_b(b)
-    per batch. The queries beyond the base's threshold (share 1 − s_b; no present type meets QoS on
-    them) miss QoS anyway and use up that much of the budget: a base covering 99.1% of the mix leaves
-    0.1% for waits. Violations: λ·(1 − s_b) + Σ_b λ_b(b)·C·exp(−θ·slack(b)) ≤ ε·λ. The estimate is the largest such λ
-    in [0, UB], by bisection (vectorised over configurations; the exp-sums are tabulated per band of
-    equal eligibility on a θ grid at `BoundModel.build`, so one step is O(configurations × bands)).
-    Auxiliaries' own queues are not modelled: the dispatcher sends a query to an auxiliary only when
-    it still meets QoS there, otherwise to the base, so their congestion shows up as base load.
+    a = λ_b/μ, C_s² the squared coefficient of variation of that service time (across batches, and
+    within a batch when `bm` has the samples' `svc_cv2`), t = QoS − L_b(b) per batch (the feasibility
+    latency where it meets QoS, else the mean), counted on the queries that do not miss anyway:
+        Σ_b λ_b(b)·miss_b(b) + Σ_k y_k·miss_k + Σ_b λ_b(b)·(1 − miss_b(b))·C·exp(−θ·t(b)) ≤ ε·λ.
+    With the 0/1 table, a base covering 99.1% of the mix leaves 0.1% for waits. The estimate is the
+    largest such λ in [0, UB] (`upper_bound`), by bisection (vectorised over configurations; the
+    exp-sums are tabulated per band of equal eligibility on a θ grid at `BoundModel.build`, so one
+    step is O(configurations × bands)). Auxiliaries' own queues are not modelled: the dispatcher
+    sends a query to an auxiliary only when it still meets QoS there, otherwise to the base, so their
+    congestion shows up as base load.
 
     Worked example (unit tests): one base type, every query batch 100, L = 3 ms (deterministic:
     C_s² = 0), QoS 5 ms → slack t = 2 ms, 1 instance (C = ρ = λ·3 ms, θ = 2·(333.3 − λ)/s):
@@ -61,17 +80,15 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     5 ms: λ ≈ 147/s (Erlang C is far below ρ, and θ counts both servers).
     """
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
-    ub = proportional_bound(configs, bm)
+    ub = upper_bound(configs, bm)
     est = np.zeros(len(configs))
     band_p, band_small, band_m1, band_m2, band_tail = bm.band_p, bm.band_small, bm.band_m1, bm.band_m2, bm.band_tail
-    if band_p is None or band_small is None or band_m1 is None or band_m2 is None or band_tail is None:
+    band_miss, small_miss = bm.band_miss, bm.small_miss
+    if (band_p is None or band_small is None or band_m1 is None or band_m2 is None or band_tail is None
+            or band_miss is None or small_miss is None):
         raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
     n_types = len(bm.types)
-    present = configs > 0
-    order_key = np.lexsort((-bm.rate_qps, -bm.coverage))
-    rank_of = np.empty(n_types, dtype=np.int64)
-    rank_of[order_key] = np.arange(n_types)
-    base = order_key[np.minimum(np.where(present, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
+    base = base_types(configs, bm)
     qos = bm.qos_s
     for j in range(n_types):
         rows = np.flatnonzero((base == j) & (ub > 0))
@@ -87,7 +104,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
             ok = _admissible(mid, j=j, n_b=n_b, s=s, aux=aux, y_cap=y_cap, band_small=band_small,
-                             p_g=p_g, m1=m1, m2=m2, tail=tail, qos=qos, eps=eps)
+                             p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
+                             qos=qos, eps=eps)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         est[rows] = lo
@@ -96,16 +114,20 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
 
 def _admissible(
     lam: np.ndarray, *, j: int, n_b: np.ndarray, s: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
-    band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, qos: float, eps: float,
+    band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
+    small_miss: np.ndarray, qos: float, eps: float,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
-    keeps the base below saturation and the violations within eps·lam (names as in `queue_estimate`)."""
+    keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
+    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `small_miss[k]` the share of k's small queries it misses)."""
     # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g
     r = np.repeat(lam[:, None], len(p_g), axis=1)
     used = np.zeros(len(lam))
+    aux_miss = np.zeros(len(lam))
     for k in aux:
         y = np.minimum(y_cap[k], s[k] * np.maximum(lam - used, 0.0))
         used += y / s[k]
+        aux_miss += y * small_miss[k]
         r -= (y / s[k])[:, None] * band_small[k][None, :]
     r = np.maximum(r, 0.0)
     lam_b = r @ p_g
@@ -117,5 +139,5 @@ def _admissible(
         theta = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
     x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
     tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(p_g))], axis=1)
-    violating = erlang_c(n_b, work) * (r * tail_g).sum(axis=1) + lam * (1.0 - s[j])
+    violating = erlang_c(n_b, work) * (r * tail_g).sum(axis=1) + r @ miss_g + aux_miss
     return (work < n_b) & (violating <= eps * lam)

@@ -504,3 +504,38 @@ def test_plan_over_a_daemon_config(capsys: pytest.CaptureFixture[str], caplog: p
     assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--catalogue",
                  "configs/instance_types.toml"]) == 2
     assert "drop --catalogue" in caplog.text
+
+
+def test_queue_estimate_uses_measured_misses_for_a_heavy_tailed_base() -> None:
+    """A type missing QoS on 0.5% of its queries at every batch (its p99 table misses QoS everywhere,
+    coverage 0) is still a base serving 99.5% of the mix: the estimate counts the 0.5% against the 1%
+    budget instead of rating every fleet 0."""
+    mean = np.full((1, 101), 0.001)
+    p99 = np.full((1, 101), 0.010)  # the tail: p99 over the 5 ms QoS
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = 0.5
+    miss = np.full((1, 101), 0.005)
+    tailed = BoundModel.build(mean, p99, pmf, QOS, ("t",), miss=miss)
+    assert tailed.coverage[0] == 0.0 and tailed.within_qos is not None and tailed.within_qos[0] == pytest.approx(0.995)
+    est = queue_estimate(np.array([[2]]), tailed)[0]
+    assert 0.0 < est <= upper_bound(np.array([[2]]), tailed)[0]
+    # the 0/1 table alone gives this type nothing
+    assert queue_estimate(np.array([[2]]), BoundModel.build(mean, p99, pmf, QOS, ("t",)))[0] == 0.0
+    # more of the tail (0.9%) leaves less of the budget for waits: a lower estimate
+    worse = BoundModel.build(mean, p99, pmf, QOS, ("t",), miss=np.full((1, 101), 0.009))
+    assert queue_estimate(np.array([[2]]), worse)[0] < est
+
+
+def test_service_variability_lowers_the_estimate() -> None:
+    """`svc_cv2` (within-batch service variability, e.g. `cv2_from_samples`) raises the M/G/c second
+    moment: a longer waiting tail, a lower estimate."""
+    from kairosd.planner import cv2_from_samples
+
+    rel = np.array([[[0.5, 1.0, 1.5]]])
+    assert cv2_from_samples(rel, 3, 10)[0, 0] == pytest.approx(1 / 6)
+    mean = np.full((1, 101), 0.003)
+    pmf = np.zeros(101)
+    pmf[100] = 1.0
+    calm = BoundModel.build(mean, mean, pmf, 0.010, ("t",))
+    noisy = BoundModel.build(mean, mean, pmf, 0.010, ("t",), svc_cv2=np.full((1, 101), 1.0))
+    assert queue_estimate(np.array([[1]]), noisy)[0] < queue_estimate(np.array([[1]]), calm)[0]
