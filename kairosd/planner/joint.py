@@ -29,7 +29,7 @@ planned apart (small for A, big for B) reach min(500/0.75, 250/0.25) = 666.7/s a
 The queue-aware estimate (`JointModel.estimate_qps`; as a multiple `joint_queue_estimate`) extends
 `queue_estimate` to the mix: at a total rate Λ, model m (offered Λ·w_m) splits its queries as there —
 auxiliaries, most permissive threshold first, take its small queries up to their fluid capacity, here
-on w_m of each auxiliary's instances; its base type (largest coverage) the rest. The models whose base
+on w_m of each auxiliary's instances; its base type (`base_types`: the largest share within QoS) the rest. The models whose base
 is the same type j share one M/G/c pool of its n_j instances: their rates, loads and second moments
 add up, so a model's queries wait behind the other models' services there. Λ is admissible when every
 pool is stable and, for every model, the queries that wait beyond their slack on the pool's waiting
@@ -86,7 +86,7 @@ from kairosd.planner.bounds import (
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
-from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, erlang_c, queue_estimate
+from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, base_types, erlang_c, queue_estimate
 from kairosd.planner.selectors import QUEUE_TOLERANCE
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
@@ -309,13 +309,8 @@ class JointModel:
 
 
 def _base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
-    """Each configuration's base type for the model, as `queue_estimate` picks it: the present type with
-    the largest coverage, ties by the highest rate."""
-    n_types = len(bm.types)
-    order_key = np.lexsort((-bm.rate_qps, -bm.coverage))
-    rank_of = np.empty(n_types, dtype=np.int64)
-    rank_of[order_key] = np.arange(n_types)
-    return order_key[np.minimum(np.where(configs > 0, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
+    """Each configuration's base type for the model, as `queue_estimate` picks it (`base_types`)."""
+    return base_types(configs, bm)
 
 
 def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel], shares: np.ndarray,
@@ -324,27 +319,30 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
     offered lam·w_m, splits its queries as in `queue_estimate` on its share w_m of each auxiliary's
     capacity; the models whose base is type j share one M/G/c pool of n_j servers (their base loads,
     rates and second moments added); the pool is stable, and each model's violations — waits beyond
-    its own slack on the pool's waiting tail, plus the queries no present type serves within its QoS
-    — stay within eps of its rate."""
+    its own slack on the pool's waiting tail, plus the queries its base and auxiliaries miss QoS on
+    without waiting (`band_miss`, `small_miss`, as in `queue_estimate`) — stay within eps of its rate."""
     loads: dict[int, list[np.ndarray]] = {}
     per_model = []
     for bm, w_m, j in zip(bms, shares, base, strict=True):
-        if bm.band_p is None or bm.band_small is None or bm.band_m1 is None or bm.band_m2 is None or bm.band_tail is None:
+        if (bm.band_p is None or bm.band_small is None or bm.band_m1 is None or bm.band_m2 is None
+                or bm.band_tail is None or bm.band_miss is None or bm.small_miss is None):
             raise ConfigError("the joint estimate needs BoundModels made by BoundModel.build (band tables)")
         lam_m = lam * w_m
         s, t = bm.coverage, bm.time_share[j]
         r = np.repeat(lam_m[:, None], len(bm.band_p), axis=1)  # the base's rate per band
         used = np.zeros(len(lam))
+        missed = np.zeros(len(lam))  # queries/s missing QoS without waiting on auxiliaries
         for k in (k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0):
             y = np.minimum(w_m * n[:, k] * bm.small_rate_qps[k], s[k] * np.maximum(lam_m - used, 0.0))
             used += y / s[k]
+            missed += y * bm.small_miss[k]
             r -= (y / s[k])[:, None] * bm.band_small[k][None, :]
         r = np.maximum(r, 0.0)
         pool = loads.setdefault(j, [np.zeros(len(lam)), np.zeros(len(lam)), np.zeros(len(lam))])
         pool[0] += r @ bm.band_p  # queries/s
         pool[1] += r @ bm.band_m1[j]  # Erlangs
         pool[2] += r @ bm.band_m2[j]  # Σ rate·E[S²]
-        per_model.append((bm.qos_s, bm.coverage[j], bm.band_tail[j], lam_m, j, r))
+        per_model.append((bm.qos_s, missed + r @ bm.band_miss[j], bm.band_tail[j], lam_m, j, r))
     ok = np.ones(len(lam), dtype=bool)
     theta: dict[int, np.ndarray] = {}
     wait: dict[int, np.ndarray] = {}
@@ -356,10 +354,10 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
             theta[j] = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
         wait[j] = erlang_c(n_b, work)
         ok &= work < n_b
-    for qos_s, coverage, tail, lam_m, j, r in per_model:
+    for qos_s, no_wait, tail, lam_m, j, r in per_model:
         x = np.clip(theta[j] * qos_s, 0.0, TAIL_GRID[-1])
         tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
-        violating = wait[j] * (r * tail_g).sum(axis=1) + lam_m * (1.0 - coverage)
+        violating = wait[j] * (r * tail_g).sum(axis=1) + no_wait
         ok &= violating <= eps * lam_m
     return ok
 
