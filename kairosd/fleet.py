@@ -51,6 +51,7 @@ from kairosd.registry import Instance, InstanceState, Registry
 
 log = logging.getLogger(__name__)
 
+START_REPLACEMENTS = 3  # instances that exit during start-up and are replaced before start fails
 READY_POLL_S = 0.05  # how often a launching instance is asked ServerReady/ModelReady
 SUSPECT_POLL_S = 0.5  # how often a suspect one is
 
@@ -146,14 +147,24 @@ class Fleet:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def _wait_ready(self, timeout_s: float) -> None:
+        """Wait until every listed instance is READY. An instance that exits while starting (e.g. another
+        process took the port it was given) is replaced by a reconcile, up to START_REPLACEMENTS times
+        in all; the next one raises Unavailable with its output."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        replaced = 0
         while True:
             listing = await self._list()
             dead = [p for p in listing if not p.state.billed or
                     (p.state is ProviderState.SHUTTING_DOWN and p.id not in self._terminating)]
             if dead:
-                raise Unavailable(f"instance {dead[0].id} ({dead[0].type}) exited while starting{self._log_tail(dead[0].id)}")
+                tail = self._log_tail(dead[0].id)
+                if replaced >= START_REPLACEMENTS:
+                    raise Unavailable(f"instance {dead[0].id} ({dead[0].type}) exited while starting{tail}")
+                replaced += len(dead)
+                log.warning("instance %s (%s) exited while starting; replacing it%s", dead[0].id, dead[0].type, tail)
+                await self.reconcile_once()
+                continue
             pending = [i for i in self.registry if i.state is not InstanceState.READY]
             unadopted = [p.id for p in listing if p.id not in self.registry and p.id not in self._terminating]
             if not pending and not unadopted:

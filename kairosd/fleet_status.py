@@ -32,7 +32,7 @@ def fleet_status(fleet: Fleet, config: Config) -> dict[str, Any]:
             "state": m.state.value if m is not None else p.state.value,
             "provider_state": p.state.value, "price_usd_per_hour": p.price_usd_per_hour,
             "age_s": round(now_unix - p.launched_at_s, 1) if p.launched_at_s else None,
-            "address": p.address, "in_flight": inst.in_flight if inst is not None else 0,
+            "address": p.address, "http_address": p.http_address, "in_flight": inst.in_flight if inst is not None else 0,
             "served": inst.served_total if inst is not None else 0, "managed": m.managed if m is not None else True,
         })
     target = getattr(fleet.target_fn, "last_plan", None)

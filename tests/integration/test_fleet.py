@@ -65,3 +65,28 @@ async def test_pinned_pools_through_the_local_provider() -> None:
         await fleet.stop()
     assert children and not any(c.running for c in children)  # stop terminated every local instance
     assert len(registry) == 0
+
+
+async def test_an_instance_dying_during_start_up_is_replaced() -> None:
+    """The first worker is SIGKILLed as soon as it is launched (as when another process takes its port):
+    start() replaces it and returns with the target READY; the dead one is not in the registry."""
+    profiles = ProfileTable.load_dir(REPO / "profiles" / "local", models=sorted(QOS))
+    registry = Registry()
+    provider = LocalProvider({"ort-1t": ORT}, str(REPO / "model_repository"), fleet_name="t")
+    fleet = Fleet(registry, profiles, [provider], static_target({"ort-1t": 2}), 0.10, AutoscaleParams(),
+                  models=sorted(QOS), fleet_name="t", period_s=0.3)
+    start = asyncio.ensure_future(fleet.start(wait_ready_timeout_s=60))
+    while not provider._instances:
+        await asyncio.sleep(0.001)
+    first_id, first = next(iter(provider._instances.items()))
+    assert first.child.pid is not None
+    os.kill(first.child.pid, signal.SIGKILL)
+    try:
+        await start
+        ready = [i for i in registry if i.state is InstanceState.READY]
+        assert len(ready) == 2 and first_id not in {i.id for i in ready}
+        assert fleet.stats.launched == 3
+    finally:
+        children = [local.child for local in provider._instances.values()]
+        await fleet.stop()
+    assert not any(c.running for c in children)
