@@ -155,6 +155,9 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     best = int(np.argmax(means))
     opt = cands.configs[best]
     opt_vals = vals[_key(opt)]
+    if opt_vals.mean() <= 0:  # no fleet the budget buys serves this workload within QoS: nothing to judge
+        return {"seed": seed, "model": sw.model, "qos_ms": sw.qos_s * 1e3, "budget_usd_per_hour": sw.budget_usd_per_hour,
+                "configs_maximal": len(cands), "degenerate": "no configuration within the budget serves any rate within QoS"}
 
     def score(config: np.ndarray) -> dict[str, Any]:
         v = vals[_key(config)]
@@ -229,8 +232,13 @@ def main() -> int:
     print(f"{'seed':>5} {'model':6} {'kind':4} {'#T':>2} {'QoS ms':>7} {'$/h':>5} {'cfgs':>4} {'optimum (judged)':44} "
           f"{'opt qps':>8} {'sprd':>5} {'kairos':>6} {'k+':>6} {'k+ev':>4} {'%k+':>5} {'k+ s':>6} {'paper':>6} {'homog':>6}")
     rows = []
+    degenerate = []
     for seed in seeds:
         r = bench_workload(seed, args, cache)
+        if "degenerate" in r:
+            print(f"{seed:5d} {r['model']:6} skipped: {r['degenerate']}", flush=True)
+            degenerate.append(r)
+            continue
         print_row(r)
         rows.append(r)
 
@@ -261,6 +269,9 @@ def main() -> int:
           f"({summary['optimum_spread_median']:.3f} for the optimum); "
           f"fleets judged above upper_bound: {summary['sims_above_bound']}")
     total = time.perf_counter() - t_start
+    if degenerate:
+        print(f"skipped {len(degenerate)} workload(s) no fleet within the budget can serve: "
+              f"{[r['seed'] for r in degenerate]}")
     print(f"total {total:.0f} s")
     write_results({
         "benchmark": "planner_robust",
@@ -270,7 +281,7 @@ def main() -> int:
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
                      "quick": args.quick},
-        "rows": rows, "summary": summary, "total_s": total,
+        "rows": rows, "degenerate": degenerate, "summary": summary, "total_s": total,
     }, out)
     return 0
 
