@@ -471,6 +471,17 @@ def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None
     )
 
 
+def fails_at(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.ndarray | None = None) -> bool:
+    """Whether one configuration misses the p99 target at `rate_qps` under `setup` (one simulated run):
+    then, as `max_qps` assumes, its max QPS on this stream is below `rate_qps`."""
+    cols = fleet_columns(setup.profiles, setup.types, config, setup.slots)
+    svc = svc if svc is not None else _svc_for(setup)
+    expected = ServiceModel().times(setup.profiles, setup.model, setup.stream)
+    policy = make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))
+    return not simulate(setup.profiles, setup.model, cols, policy, rate_qps, qos_s=setup.qos_s, stream=setup.stream,
+                        svc=svc, expected=expected).ok
+
+
 def _worker_init(setup: SimSetup) -> None:
     _WORKER["setup"] = setup
     _WORKER["svc"] = _svc_for(setup)
@@ -509,6 +520,16 @@ class SimEvaluator:
 
     def __call__(self, config: np.ndarray) -> float:
         return self.result(config).qps
+
+    def below(self, config: np.ndarray, rate_qps: float) -> bool:
+        """Whether `config`'s max QPS is below `rate_qps`, by one run at that rate (no search; the
+        cached result when there is one)."""
+        key = tuple(int(x) for x in config)
+        if key in self.cache:
+            return self.cache[key].qps < rate_qps
+        if self._svc is None:
+            self._svc = _svc_for(self.setup)
+        return fails_at(self.setup, key, rate_qps, self._svc)
 
     def many(self, configs: np.ndarray) -> np.ndarray:
         keys = [tuple(int(x) for x in c) for c in np.atleast_2d(configs)]
@@ -584,6 +605,18 @@ class SeedsEvaluator:
 
     def __call__(self, config: np.ndarray) -> float:
         return float(self.values(config).mean())
+
+    def below(self, config: np.ndarray, rate_qps: float) -> bool:
+        """Whether `config`'s mean max QPS is below `rate_qps`, shown by one run at that rate per stream
+        (no search): true when every stream misses the target at it (cached results are used as they are)."""
+        key = tuple(int(x) for x in config)
+        for i, cache in enumerate(self.caches):
+            if key in cache:
+                if cache[key].qps >= rate_qps:
+                    return False
+            elif not fails_at(self.setups[i], key, rate_qps):
+                return False
+        return True
 
     def spread(self, config: np.ndarray) -> float:
         v = self.values(config)

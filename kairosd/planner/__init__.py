@@ -38,6 +38,7 @@ from kairosd.planner.bounds import (
     fluid_solution,
     miss_from_samples,
     proportional_bound,
+    type_dominance,
     upper_bound,
 )
 from kairosd.planner.demand import ModelDemand
@@ -70,6 +71,7 @@ from kairosd.planner.selectors import (
     Candidates,
     Evaluator,
     Selection,
+    dominated_by,
     homogeneous_configs,
     make_candidates,
     rank,
@@ -122,6 +124,7 @@ __all__ = [
     "joint_upper_bound",
     "make_candidates",
     "miss_from_samples",
+    "type_dominance",
     "parse_pool",
     "plan_fleet",
     "pool_name",
@@ -134,5 +137,6 @@ __all__ = [
     "select_kairos",
     "select_kairos_paper",
     "select_kairos_plus",
+    "dominated_by",
     "upper_bound",
 ]

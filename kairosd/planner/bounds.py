@@ -214,6 +214,19 @@ def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, gr
     return (mean_s[:, :, None] * rel[:, g, :] > qos_s).mean(axis=2)
 
 
+def type_dominance(mean_s: np.ndarray, relative: np.ndarray, grid_step: int) -> np.ndarray:
+    """dominates[a, b]: type a's service time is at most type b's at every batch and every quantile of
+    the measured samples (mean_s[type, batch] × sorted relative samples of the batch's grid cell, cell
+    ⌈b/grid_step⌉ − 1 as in `miss_from_samples`; batch 0 ignored). A preorder (reflexive, transitive).
+    E.g. a = 1 ms, b = 2 ms on every batch, samples ×(0.5, 1.5) for both: a dominates b, not conversely."""
+    mean_s = np.asarray(mean_s, dtype=float)
+    rel = np.sort(np.asarray(relative, dtype=float), axis=2)
+    nb = mean_s.shape[1]
+    g = np.clip(np.ceil(np.arange(1, nb) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    q = rel[:, g, :] * mean_s[:, 1:, None]  # [type, batch, quantile]
+    return np.all(q[:, None] <= q[None, :] * (1.0 + 1e-12), axis=(2, 3))
+
+
 def cv2_from_samples(relative: np.ndarray, n_batches: int, grid_step: int) -> np.ndarray:
     """The squared coefficient of variation of one query's service time per [type, batch 0..n−1] when
     it is the profile mean times a measured relative sample (`relative[type, grid, k]`, mean 1; batch

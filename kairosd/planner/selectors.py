@@ -103,6 +103,7 @@ class Selection:
     qps: float | None
     n_evals: int
     evaluated: tuple[tuple[tuple[int, ...], float], ...] = field(default=())
+    n_checks: int = 0  # single-rate tests that ruled a configuration out without a search (Kairos+)
 
 
 def _key(config: np.ndarray) -> tuple[int, ...]:
@@ -169,12 +170,46 @@ def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tole
     return Selection("kairos", config, float(cands.ub_qps[best]), qps, len(evaluated), evaluated)
 
 
-def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "bound") -> Selection:
+def up_sets(dominates: np.ndarray) -> np.ndarray:
+    """The up-closed sets of types (bool[m, K]) of the preorder `dominates[a, b]` ("an instance of a
+    serves every query at least as well as one of b"): sets U such that b ∈ U and a dominates b imply
+    a ∈ U. E.g. a dominates b among 2 types: {a} and {a, b} ({b} alone is not up-closed)."""
+    dom = np.asarray(dominates, dtype=bool)
+    k = len(dom)
+    sets = (np.arange(1, 1 << k)[:, None] >> np.arange(k)[None, :]) & 1
+    sets = sets.astype(bool)
+    # U is up-closed iff no b in U is dominated by an a outside U
+    closed = ~np.any(~sets[:, :, None] & sets[:, None, :] & dom[None, :, :], axis=(1, 2))  # [set, a, b]
+    return sets[closed]
+
+
+def dominated_by(configs: np.ndarray, x: np.ndarray, dominates: np.ndarray) -> np.ndarray:
+    """Rows y of `configs` whose every instance can be matched to a distinct instance of `x` of a
+    dominating (or the same) type: Σ_{k∈U} y_k ≤ Σ_{k∈U} x_k for every up-closed set U (Hall's
+    condition). Sub-configurations are the case of the identity preorder. E.g. with type 0 dominating
+    type 1: (0, 2) ≼ (1, 1) ≼ (2, 0), and (2, 0) ⋠ (1, 1)."""
+    u = up_sets(dominates).astype(np.int64)
+    return np.all(np.asarray(configs, dtype=np.int64) @ u.T <= (np.asarray(x, dtype=np.int64) @ u.T)[None, :], axis=1)
+
+
+def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "bound",
+                       dominates: np.ndarray | None = None) -> Selection:
     """Kairos+ (Algorithm 1): walk configurations by upper bound high to low; evaluate each one still
     alive; after each evaluation drop every configuration whose bound is ≤ the best QPS so far, and
     every sub-configuration (all counts ≤) of the evaluated one. Exact if the bound really bounds the
     evaluator and adding instances never lowers QPS: `upper_bound` bounds the fluid model of every
     dispatcher, and on the planner benchmark no simulated fleet exceeded it.
+
+    Two further prunings, each under the same assumptions as the sub-configuration rule:
+      * `dominates[a, b]` (bool[K, K], e.g. `type_dominance`): type a serves every batch at least as
+        fast at every quantile as type b. A configuration whose instances all match distinct instances
+        of an evaluated one of dominating or equal types (`dominated_by`) is dropped.
+      * when the evaluator offers `below(config, rate) -> bool` (one run at `rate` instead of a max-QPS
+        search), a configuration whose bound is above the best QPS so far is first tested at that
+        rate: if it misses the p99 target there, its QPS is below the best and it is dropped without
+        a search (`Selection.n_checks` counts these tests). Its bound still decides whether it is
+        tested at all, so the result is the one the full walk would return whenever QPS is monotone
+        in the rate (as `max_qps` assumes).
 
     `order="estimate"` walks by the queue-aware estimate (when the candidates carry it)
     instead: pruning still uses only the true bound, so the result is as exact, and a good first
@@ -188,21 +223,28 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     if order not in ("estimate", "bound"):
         raise ConfigError(f"kairos_plus order must be 'estimate' or 'bound', got {order!r}")
     walk = cands.ranked_by_estimate() if order == "estimate" and cands.est_qps is not None else cands.ranked()
+    below = getattr(evaluator, "below", None)
+    dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)
     alive = np.ones(len(cands), dtype=bool)
-    best_qps, best_row = 0.0, -1
+    best_qps, best_row, checks = 0.0, -1, 0
     evaluated: list[tuple[tuple[int, ...], float]] = []
     for row in walk:
         if not alive[row]:
             continue
         x = cands.configs[row]
+        if best_row >= 0 and callable(below):
+            checks += 1
+            if below(x, best_qps):
+                alive[row] = False
+                continue
         qps = float(evaluator(x))
         evaluated.append((_key(x), qps))
         if best_row < 0 or qps > best_qps:
             best_qps, best_row = qps, int(row)
         alive &= cands.ub_qps > best_qps
-        alive &= ~np.all(cands.configs <= x[None, :], axis=1)
+        alive &= ~dominated_by(cands.configs, x, dom)
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
-                     tuple(evaluated))
+                     tuple(evaluated), checks)
 
 
 def homogeneous_configs(cands: Candidates) -> np.ndarray:

@@ -18,6 +18,7 @@ from kairosd.planner import (
     authors_upper_bound,
     batch_pmf,
     config_cost,
+    dominated_by,
     enumerate_configs,
     fluid_bound,
     homogeneous_configs,
@@ -30,6 +31,7 @@ from kairosd.planner import (
     select_kairos,
     select_kairos_paper,
     select_kairos_plus,
+    type_dominance,
     upper_bound,
 )
 
@@ -539,3 +541,64 @@ def test_service_variability_lowers_the_estimate() -> None:
     calm = BoundModel.build(mean, mean, pmf, 0.010, ("t",))
     noisy = BoundModel.build(mean, mean, pmf, 0.010, ("t",), svc_cv2=np.full((1, 101), 1.0))
     assert queue_estimate(np.array([[1]]), noisy)[0] < queue_estimate(np.array([[1]]), calm)[0]
+
+
+def test_dominated_by_matches_instances_to_dominating_types() -> None:
+    dom = np.array([[True, True], [False, True]])  # type 0 dominates type 1
+    configs = np.array([[0, 2], [1, 1], [2, 0], [1, 0], [0, 3]])
+    np.testing.assert_array_equal(dominated_by(configs, np.array([1, 1]), dom), [True, True, False, True, False])
+    # the identity preorder: sub-configurations only
+    np.testing.assert_array_equal(dominated_by(configs, np.array([1, 1]), np.eye(2, dtype=bool)),
+                                  [False, True, False, True, False])
+    # a = 1 ms, b = 2 ms at every batch, the same samples: a dominates b, not conversely
+    mean = np.array([[0.0, 1e-3, 1e-3], [0.0, 2e-3, 2e-3]])
+    rel = np.tile(np.array([0.5, 1.5]), (2, 1, 1))
+    np.testing.assert_array_equal(type_dominance(mean, rel, 10), dom)
+
+
+class CheckingEvaluator(CountingEvaluator):
+    """CountingEvaluator with single-rate checks (`below`), counted apart."""
+
+    def __init__(self, bm: BoundModel) -> None:
+        super().__init__(bm)
+        self.checked: list[tuple[int, ...]] = []
+
+    def below(self, config: np.ndarray, rate: float) -> bool:
+        self.checked.append(tuple(int(x) for x in config))
+        return bool(self.value(config) < rate)
+
+    def value(self, config: np.ndarray) -> float:
+        ub = proportional_bound(np.asarray(config)[None, :], self.bm)[0]
+        share = config[1:].sum() / max(1, config.sum())
+        return float(ub * (1.0 - 0.2 * share))
+
+
+def test_kairos_plus_checks_and_dominance_keep_the_optimum() -> None:
+    rng = np.random.default_rng(17)
+    for _ in range(4):
+        bm = _random_model(rng, n_types=4)
+        c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
+        ex = select_exhaustive(c, CountingEvaluator(bm))
+        plain = select_kairos_plus(c, CountingEvaluator(bm))
+        ev = CheckingEvaluator(bm)
+        kp = select_kairos_plus(c, ev)
+        assert kp.qps == ex.qps
+        assert kp.n_evals == len(ev.calls) <= plain.n_evals and kp.n_checks == len(ev.checked)
+        assert len(set(ev.calls)) == len(ev.calls)  # no configuration searched twice
+        # with the identity preorder, dominance is the sub-configuration rule: the same walk
+        same = select_kairos_plus(c, CountingEvaluator(bm), dominates=np.eye(4, dtype=bool))
+        assert same.evaluated == plain.evaluated
+    # dominance: type 0 dominates type 1 and the evaluator agrees (more of type 0 never lowers QPS)
+    configs = np.array([[2, 1], [1, 2], [0, 3]])
+    ub = np.array([10.0, 9.0, 8.0])
+    cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), ub)
+    value = {(2, 1): 6.0, (1, 2): 5.0, (0, 3): 4.0}
+    calls: list[tuple[int, ...]] = []
+
+    def ev2(x: np.ndarray) -> float:
+        calls.append(tuple(int(v) for v in x))
+        return value[calls[-1]]
+
+    sel = select_kairos_plus(cands, ev2, dominates=np.array([[True, True], [False, True]]))
+    np.testing.assert_array_equal(sel.config, [2, 1])
+    assert calls == [(2, 1)]  # (1, 2) and (0, 3) are dominated by (2, 1), though their bounds are above 6
