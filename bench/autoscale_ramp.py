@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from proxy import wait_http  # noqa: E402  (bench/proxy.py)
 from results_file import RESULTS, write_results  # noqa: E402  (bench/results_file.py)
 
 from kairosd.backends.process import ChildProcess, free_port  # noqa: E402
@@ -55,19 +56,6 @@ def fleet_status(http: str) -> dict[str, Any] | None:
             return data
     except OSError:
         return None
-
-
-def wait_ready(http: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"kairosd at {http} not ready within {timeout_s} s")
 
 
 def batch_pool(median: float, n: int, seed: int) -> list[int]:
@@ -162,7 +150,7 @@ def main() -> None:
         daemon = ChildProcess([sys.executable, "-m", "kairosd", "serve", "--config", str(path)], name="kairosd-ramp",
                               log_path=Path(tmp) / "kairosd.log").start()
         try:
-            wait_ready(http, 120)
+            wait_http(http, 120)
 
             async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 samples: list[dict[str, Any]] = []

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from kairosd.autoscale.decide import decide, unavailable_types
+from kairosd.autoscale.decide import committed_usd_per_hour, decide, unavailable_types
 from kairosd.autoscale.types import (
     Action,
     AutoscaleParams,
@@ -36,7 +35,7 @@ from kairosd.autoscale.types import (
 from kairosd.backends.client import BackendClient
 from kairosd.backends.http_client import HttpBackendClient
 from kairosd.errors import Unavailable
-from kairosd.pools import parse_pool
+from kairosd.pools import parse_pool, pool_offerings
 from kairosd.profiles import ProfileTable
 from kairosd.providers.base import (
     FLEET_TAG,
@@ -220,7 +219,7 @@ class Fleet:
             return decision
 
     def _record(self, members: Sequence[Member]) -> None:
-        self.stats.committed_usd_per_hour = sum(m.price_usd_per_hour for m in members)
+        self.stats.committed_usd_per_hour = committed_usd_per_hour(members)
         self.stats.members = dict(Counter((m.type, m.state.value) for m in members))
 
     async def _list(self) -> list[ProviderInstance]:
@@ -238,12 +237,7 @@ class Fleet:
         """The managed provider's offerings by type, and by pool for the target's pinned pools."""
         if self.managed is None:
             return {}
-        offerings = {o.type: o for o in await self.managed.offerings()}
-        for pool in target:
-            instance_type, model = parse_pool(pool)
-            if model is not None and instance_type in offerings:
-                offerings[pool] = replace(offerings[instance_type], type=pool)
-        return offerings
+        return pool_offerings({o.type: o for o in await self.managed.offerings()}, target)
 
     # ---- registry sync --------------------------------------------------------------------------
     def _sync(self, listing: Sequence[ProviderInstance]) -> None:
@@ -517,5 +511,4 @@ async def _close_clients(inst: Instance) -> None:
 
 def budget_for(counts: Mapping[str, int], prices: Mapping[str, float]) -> float:
     """The hourly cost of a configuration (a static fleet's budget is its own cost)."""
-    total = sum(n * prices[t] for t, n in counts.items())
-    return total if math.isfinite(total) else 0.0
+    return float(sum(n * prices[t] for t, n in counts.items()))

@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kairosd.autoscale.decide import committed_usd_per_hour
 from kairosd.autoscale.types import Action, Drain, Launch, Terminate
 from kairosd.config import Config
 from kairosd.fleet import Fleet
@@ -43,7 +44,7 @@ def fleet_status(fleet: Fleet, config: Config) -> dict[str, Any]:
         "provider": fleet.managed.name if fleet.managed is not None else "static",
         "fleet_name": fleet.fleet_name,
         "budget_usd_per_hour": fleet.budget_usd_per_hour,
-        "committed_usd_per_hour": round(sum(m.price_usd_per_hour for m in members.values()), 6),
+        "committed_usd_per_hour": committed_usd_per_hour(members.values()),
         "target": dict(fleet.stats.target),
         "acted_target": dict(fleet.state.acted_target),
         "objective": config.autoscaler.objective if config.autoscaler.enabled else "static",

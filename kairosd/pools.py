@@ -4,7 +4,11 @@ model's queries. The planner chooses pinned pools when sharing instances across 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+
 from kairosd.errors import ConfigError
+from kairosd.providers.base import Offering
 
 POOL_SEP = "@"
 
@@ -28,3 +32,14 @@ def parse_pool(pool: str) -> tuple[str, str | None]:
     if not type_name or (sep and not model):
         raise ConfigError(f"pool names are TYPE or TYPE{POOL_SEP}MODEL, got {pool!r}")
     return type_name, (model if sep else None)
+
+
+def pool_offerings(offerings: Mapping[str, Offering], pools: Iterable[str]) -> dict[str, Offering]:
+    """`offerings` by type, plus each pinned pool of `pools` offered as its type (same price and
+    availability), so decisions over pools can look every pool up."""
+    out = dict(offerings)
+    for pool in pools:
+        instance_type, model = parse_pool(pool)
+        if model is not None and instance_type in out:
+            out[pool] = replace(out[instance_type], type=pool)
+    return out

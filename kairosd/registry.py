@@ -114,9 +114,6 @@ class Registry:
     def ready(self) -> list[Instance]:
         return [i for i in self._instances.values() if i.state is InstanceState.READY]
 
-    def in_state(self, state: InstanceState) -> list[Instance]:
-        return [i for i in self._instances.values() if i.state is state]
-
     def _changed(self) -> None:
         self.version += 1
         for listener in self._listeners:

@@ -90,8 +90,12 @@ class LoadWindow:
 
     def histogram(self, now_s: float) -> np.ndarray:
         """Queries per model × batch size (0..max_batch) in the window ending at `now_s`."""
+        return self._last_seconds(now_s, self.buckets)
+
+    def _last_seconds(self, now_s: float, k: int) -> np.ndarray:
+        """Queries per model × batch size in the `k` seconds (buckets) ending with the one of `now_s`."""
         sec = int(now_s)
-        first = sec - self.buckets + 1
+        first = sec - k + 1
         live = (self._ring_sec >= first) & (self._ring_sec <= sec)
         hist = self._ring[live].sum(axis=0) if live.any() else np.zeros((len(self.models), self._stride), dtype=np.int64)
         if first <= self._cur_sec <= sec:
@@ -110,14 +114,9 @@ class LoadWindow:
         least 1 s, and no further back than the start)."""
         if self._start_s is None:
             self._start_s = now_s
-        sec = int(now_s)
         k = min(max(math.ceil(seconds), 1), self.buckets)
-        first = sec - k + 1
-        live = (self._ring_sec >= first) & (self._ring_sec <= sec)
-        counts = self._ring[live].sum(axis=(0, 2)) if live.any() else np.zeros(len(self.models), dtype=np.int64)
-        if first <= self._cur_sec <= sec:
-            counts = counts + np.asarray(self._cur, dtype=np.int64).reshape(len(self.models), self._stride).sum(axis=1)
-        span_s = max(now_s - max(self._start_s, float(first)), 1.0)
+        counts = self._last_seconds(now_s, k).sum(axis=1)
+        span_s = max(now_s - max(self._start_s, float(int(now_s) - k + 1)), 1.0)
         return np.asarray(counts, dtype=float) / span_s
 
     def demand(self, now_s: float) -> list[ModelDemand]:

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from kairosd.backends.draining import Draining
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.emulation import ServiceCells, load_cells
 from kairosd.errors import ConfigError, Unavailable
@@ -159,7 +160,7 @@ def zeros_response(spec: ModelSpec, batch: int, names: tuple[str, ...]) -> bytes
     return response.SerializeToString()
 
 
-class EmulatedInstance:
+class EmulatedInstance(Draining):
     """Implements `kairosd.service.InferenceService`: `slots` queries served at once, the rest wait FIFO."""
 
     def __init__(
@@ -180,12 +181,9 @@ class EmulatedInstance:
         self.emulate = emulate
         self.slots = slots
         self.rng = np.random.default_rng(seed)
-        self.ready = True
+        Draining.__init__(self)  # ready, in_flight (queries accepted and not yet answered: serving or waiting)
         self.busy = 0  # slots serving a query
-        self.in_flight = 0  # queries accepted and not yet answered (serving or waiting)
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._timer: PreciseTimer | None = None
         self._responses: dict[tuple[str, int, tuple[str, ...]], bytes] = {}
 
@@ -201,18 +199,6 @@ class EmulatedInstance:
 
     def model_ready(self, name: str) -> bool:
         return self.ready and name in self._repository
-
-    def start_draining(self) -> None:
-        """Refuse new queries (UNAVAILABLE: a client tries another instance); report not ready."""
-        self.ready = False
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for the accepted queries to finish; True if none is left."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     def timer(self) -> PreciseTimer:
         if self._timer is None:
@@ -246,9 +232,7 @@ class EmulatedInstance:
         """Wait for a slot, hold it for one drawn service time; the zeros response (no id) and that time."""
         if not self.ready:
             raise Unavailable(f"the emulated {self.emulate} instance is shutting down")
-        self.in_flight += 1
-        self._idle.clear()
-        try:
+        with self.accepted():
             await self._take_slot()
             try:
                 start = time.monotonic()
@@ -261,10 +245,6 @@ class EmulatedInstance:
             if body is None:
                 body = self._responses[key] = zeros_response(spec, batch, names)
             return body, service_s
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
 
     async def infer(
         self,

@@ -20,6 +20,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import kairosd
+from kairosd.backends.draining import Draining
 from kairosd.errors import ConfigError, InvalidInput, KairosError, ModelNotFound, Unavailable
 from kairosd.repository import ModelSpec, TensorSpec, load_repository
 
@@ -263,28 +264,13 @@ def warmup_inputs(spec: ModelSpec) -> dict[str, np.ndarray]:
     return {t.name: np.zeros([1 if d == -1 else d for d in t.shape(batched)], dtype=t.np_dtype) for t in spec.inputs}
 
 
-class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer, Draining):
     """KServe v2 GRPCInferenceService over an OrtRunner; errors carry the status Triton would send."""
 
     def __init__(self, runner: OrtRunner) -> None:
+        Draining.__init__(self)  # ready, in_flight (ModelInfer calls accepted and not yet answered)
         self.runner = runner
         self.models = runner.specs
-        self.ready = True
-        self.in_flight = 0  # ModelInfer calls accepted and not yet answered
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def start_draining(self) -> None:
-        """Refuse new queries (UNAVAILABLE, so a client tries another instance); report not ready."""
-        self.ready = False
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for the accepted queries to finish; True if none is left."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -331,22 +317,17 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
-        self.in_flight += 1
-        self._idle.clear()
-        try:
-            if not self.ready:
-                raise Unavailable("the worker is shutting down")
-            spec = find_model(self.models, request.model_name, request.model_version)
-            decoded = decode_request(spec, request)
-            arrays = await self.runner.run(spec.name, decoded)
-            return encode_response(spec, request.id, decoded.output_names, arrays)
-        except KairosError as exc:
-            await context.abort(exc.grpc_code, str(exc))
-            raise
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
+        with self.accepted():
+            try:
+                if not self.ready:
+                    raise Unavailable("the worker is shutting down")
+                spec = find_model(self.models, request.model_name, request.model_version)
+                decoded = decode_request(spec, request)
+                arrays = await self.runner.run(spec.name, decoded)
+                return encode_response(spec, request.id, decoded.output_names, arrays)
+            except KairosError as exc:
+                await context.abort(exc.grpc_code, str(exc))
+                raise
 
 
 async def serve(

@@ -95,14 +95,14 @@ def run(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> int:
     import dataclasses
 
-    from kairosd.autoscale.decide import decide
+    from kairosd.autoscale.decide import configuration, decide
     from kairosd.autoscale.target import PRIOR_SIGMA, config_planner, lognormal_pmf
     from kairosd.autoscale.types import DecideState, Member, MemberState
     from kairosd.daemon import load_profiles
     from kairosd.errors import ConfigError
     from kairosd.fleet_setup import autoscale_params
     from kairosd.planner.demand import ModelDemand
-    from kairosd.pools import parse_pool
+    from kairosd.pools import pool_offerings
     from kairosd.providers.base import Offering
 
     a = cfg.autoscaler
@@ -138,16 +138,9 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
         launched = now - (i.get("age_s") or 0.0)
         members.append(Member(i["id"], i.get("pool", i["type"]), state, i["price_usd_per_hour"], launched, now,
                               i.get("in_flight", 0), i.get("managed", True)))
-    offerings = {t.name: Offering(t.name, t.price_usd_per_hour) for t in cfg.types.values()}
+    offerings = pool_offerings({t.name: Offering(t.name, t.price_usd_per_hour) for t in cfg.types.values()}, plan.pools)
     params = dataclasses.replace(autoscale_params(cfg), up_periods=1, down_periods=1)
-    current: dict[str, int] = {}
-    for m in members:
-        if m.state in (MemberState.LAUNCHING, MemberState.READY, MemberState.SUSPECT):
-            current[m.type] = current.get(m.type, 0) + 1
-    for pool in plan.pools:  # pinned pools are offered as their type
-        instance_type = parse_pool(pool)[0]
-        if pool not in offerings and instance_type in offerings:
-            offerings[pool] = dataclasses.replace(offerings[instance_type], type=pool)
+    current = configuration(members)
     decision = decide(plan.pools, members, offerings, a.budget_usd_per_hour, now,
                       DecideState(acted_target=current, started=bool(members)), params)
     print(f"current fleet: {', '.join(f'{n}×{t}' for t, n in sorted(current.items())) or '(empty)'}"
