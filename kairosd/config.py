@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 BACKENDS = ("onnxruntime", "triton", "emulated")
 PROVIDERS = ("local", "ec2")
 OBJECTIVES = ("max_throughput", "min_cost")
+ADMISSION_MODES = ("qos", "deadline", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,29 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     # on SIGTERM: how long queued and in-flight queries get to be answered before the rest are UNAVAILABLE
     drain_timeout_s: float = 30.0
+    # /metrics and kairosd's admin endpoints (/kairos/fleet) listen here; loopback: this machine only
+    metrics_host: str = "127.0.0.1"
+    # TLS on the client ports (gRPC and HTTP): PEM certificate chain and key; both "" = plaintext
+    tls_cert: str = ""
+    tls_key: str = ""
+    # mutual TLS: PEM CA bundle; clients must present a certificate it signed ("" = no client certificates)
+    tls_client_ca: str = ""
+    # bearer tokens, one per line ("#" comments); "" = no authentication. gRPC `authorization` metadata,
+    # HTTP `Authorization` header: "Bearer <token>"; a missing or wrong token is UNAUTHENTICATED / 401
+    token_file: str = ""
+    # with token_file: whether the health endpoints (live, ready, model ready) need the token too
+    auth_health: bool = False
+    # client connections open at once on each client port; beyond it new ones wait or are refused
+    max_connections: int = 4096
+    # gRPC: concurrent streams (queries in flight) per HTTP/2 connection
+    max_concurrent_streams: int = 1024
+    # HTTP: the request line and each header at most this many bytes (gRPC: all metadata together)
+    max_header_bytes: int = 16384
+    # a client must send a request's headers within header_timeout_s and its body within body_timeout_s
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    # an idle keep-alive connection is closed after this long
+    idle_timeout_s: float = 75.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +74,29 @@ class SchedulerConfig:
     tick_ms: float = 5.0
     # time reserved for kairosd's own overhead when judging whether an edge meets QoS
     margin_ms: float = 1.0
-    # a request whose client set no deadline is answered UNAVAILABLE after this long in kairosd
+    # the deadline of a query whose client set none (gRPC deadline, KServe `timeout` parameter): answered
+    # UNAVAILABLE after this long in kairosd. A client's own deadline is honoured as sent
     default_timeout_s: float = 30.0
-    # how many instances a query may be tried on when an instance fails (connection errors only)
+    # a server-side maximum on every query's deadline, the client's included; 0: none
+    max_timeout_s: float = 0.0
+    # how many instances a query may be tried on when an instance fails, hangs or is too slow
     max_attempts: int = 3
+    # admission control at submit (kairosd.admission): "qos" refuses a query whose estimated completion
+    # (queue ahead, fleet capacity, its own service time) is past its QoS target × admission_slack or
+    # its deadline, and sheds a queued one that can no longer meet them; "deadline" refuses and sheds
+    # against the deadline only; "off" queues everything (bounded by max_queue_bytes only)
+    admission: str = "qos"
+    admission_slack: float = 1.0
+    # queries waiting per model: at most this many; 0: the fleet's capacity × QoS target × admission_slack
+    # (at least max_queue_min)
+    max_queue: int = 0
+    max_queue_min: int = 16
+    # bytes of request bodies waiting, all models together
+    max_queue_bytes: int = 512 * 1024 * 1024
+    # a query sent to an instance is abandoned after backend_timeout_p99 × that type's profiled p99 for it
+    # (at least backend_timeout_min_ms), then retried on another instance while its deadline allows
+    backend_timeout_p99: float = 4.0
+    backend_timeout_min_ms: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +234,19 @@ def _check_server(s: ServerConfig) -> None:
             raise ConfigError(f"server.{key} = {port}: already server.{seen[port]}; the ports must be distinct")
         seen[port] = key
     _positive("server.max_request_bytes", s.max_request_bytes, "> 0 (bytes)")
+    if not s.metrics_host:
+        raise ConfigError("server.metrics_host = '': must be an address, e.g. \"127.0.0.1\" (this machine only)")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ConfigError(f"server.tls_cert = {s.tls_cert!r}, server.tls_key = {s.tls_key!r}: give both (PEM "
+                          "certificate chain and its private key) or neither")
+    if s.tls_client_ca and not s.tls_cert:
+        raise ConfigError(f"server.tls_client_ca = {s.tls_client_ca!r} needs server.tls_cert and server.tls_key: "
+                          "mutual TLS runs over TLS")
+    for key in ("max_connections", "max_concurrent_streams", "max_header_bytes"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"server.{key} = {getattr(s, key)}: must be ≥ 1")
+    for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+        _positive(f"server.{key}", getattr(s, key), "> 0 (seconds)")
 
 
 def _check_scheduler(c: SchedulerConfig) -> None:
@@ -204,6 +260,16 @@ def _check_scheduler(c: SchedulerConfig) -> None:
     _positive("scheduler.default_timeout_s", c.default_timeout_s, "> 0 (seconds)")
     if c.max_attempts < 1:
         raise ConfigError(f"scheduler.max_attempts = {c.max_attempts}: must be ≥ 1 (1: never retry on another instance)")
+    if c.admission not in ADMISSION_MODES:
+        raise ConfigError(f"scheduler.admission = {c.admission!r}; allowed: {list(ADMISSION_MODES)}")
+    _positive("scheduler.admission_slack", c.admission_slack, "> 0 (a multiple of the QoS target)")
+    _positive("scheduler.max_queue_bytes", c.max_queue_bytes, "> 0 (bytes)")
+    if c.max_queue_min < 1:
+        raise ConfigError(f"scheduler.max_queue_min = {c.max_queue_min}: must be ≥ 1")
+    if c.backend_timeout_p99 < 1:
+        raise ConfigError(f"scheduler.backend_timeout_p99 = {c.backend_timeout_p99}: must be ≥ 1 (a multiple of "
+                          "the type's profiled p99)")
+    _positive("scheduler.backend_timeout_min_ms", c.backend_timeout_min_ms, "> 0 (ms)")
 
 
 def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> EndpointConfig:

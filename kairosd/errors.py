@@ -47,6 +47,26 @@ class Unavailable(KairosError):
     http_status = 503
 
 
+class Overloaded(KairosError):
+    """Admission control refused (or shed) the query: it could not be served within its QoS target or
+    deadline given the queue ahead of it and the fleet's capacity. `retry_after_s` is when the queue
+    ahead is expected to have drained (HTTP `Retry-After`)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(KairosError):
+    """The request carries no bearer token, or one that is not in `server.token_file`."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
 class BackendError(KairosError):
     """An instance failed a query. `status` is the backend's gRPC status; `retryable` says whether
     another instance may be tried (connection failures are, model errors are not)."""
