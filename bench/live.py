@@ -3,7 +3,7 @@
 For each Kairos model, the fleet `kairosd plan` chooses at the budget (selector "kairos" on the authors'
 data) runs as `kairosd emulated` instances (the four AWS types, service times drawn from the authors'
 samples) behind a real `kairosd serve`; the repository's dlrm is timed as the model (ncf as ncf). An
-open-loop load generator in its own process (`python bench/live.py loadgen`: grpc.aio, pre-serialized
+open-loop load generator in its own process (bench/openloop.py: grpc.aio, pre-serialized
 requests, Poisson arrivals on a timerfd, the authors' batch mix; exactly the stream the simulator
 evaluates) bisects for the highest rate whose end-to-end p99 at the client, over the queries after a 10%
 warm-up, stays within QoS, with no error and no backlog (as the simulator judges a run). The same for
@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,365 +36,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from openloop import (  # noqa: E402  (bench/openloop.py)
+    INFER_PATH,
+    TYPES,
+    Daemon,
+    cpu_s,
+    live_max,
+    request_body,
+    run_loadgen,
+)
 from results_file import RESULTS, write_results  # noqa: E402  (bench/results_file.py)
 
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready_sync  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")
-INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
-WARMUP_FRACTION = 0.1  # as the simulator
-LAG_QOS = 2.0  # as the simulator: the last answer may lag the last arrival by at most this many QoS
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process (/proc/PID/stat fields 14 and 15), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_cpu() -> tuple[float, float, float]:
-    """(CPU pressure: µs some task waited for a CPU, /proc/pressure/cpu "some total"; busy and total jiffies
-    of all cores, /proc/stat) — deltas over a step give the share of time the machine was short of CPU."""
-    psi = 0.0
-    try:
-        for line in Path("/proc/pressure/cpu").read_text().splitlines():
-            if line.startswith("some"):
-                psi = float(line.rsplit("total=", 1)[1])
-    except OSError:
-        pass
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = v[3] + v[4]
-    return psi, float(sum(v) - idle), float(sum(v))
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry.name))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# The load generator (its own process)
-
-
-def request_body(model: str, batch: int) -> bytes:
-    from tritonclient.grpc import service_pb2 as pb
-    from tritonclient.utils import np_to_triton_dtype
-
-    from kairosd.modelgen import example_inputs
-
-    request = pb.ModelInferRequest(model_name=model)
-    for name, arr in example_inputs(model, batch, seed=0).items():
-        request.inputs.add(name=name, datatype=np_to_triton_dtype(arr.dtype), shape=arr.shape)
-        request.raw_input_contents.append(arr.tobytes())
-    return request.SerializeToString()
-
-
-async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    """Send `spec["batches"][i]` at time cumsum(gaps)[i] / rate (open loop); latency from the scheduled
-    arrival to the answer."""
-    import grpc
-    from tritonclient.grpc import service_pb2 as pb
-
-    from kairosd.backends.emulated import ARRIVED_PARAM, DONE_PARAM, SERVICE_PARAM, TYPE_PARAM, PreciseTimer
-
-    batches = np.asarray(spec["batches"], dtype=np.int64)
-    n = len(batches)
-    bodies = {int(b): request_body(spec["model"], int(b)) for b in np.unique(batches)}
-    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    channels = [grpc.aio.insecure_channel(spec["url"], options=options) for _ in range(spec.get("channels", 4))]
-    calls = [c.unary_unary(INFER_PATH) for c in channels]
-    for call in calls:
-        await call(bodies[int(batches[0])], timeout=30)
-    timer = PreciseTimer(asyncio.get_running_loop())
-    timeout = float(spec["timeout_s"])
-    latency = np.full(n, math.inf)
-    late = np.zeros(n)
-    errors = 0
-    done_at = 0.0
-
-    service = np.full(n, math.nan)
-    served_by: list[str] = [""] * n
-    # per query, monotonic seconds: sent, reached the instance, service ended there, answer received
-    sent, arrived, ended, received = (np.full(n, math.nan) for _ in range(4))
-
-    async def one(i: int, at: float) -> None:
-        nonlocal errors, done_at
-        try:
-            sent[i] = time.monotonic()
-            reply = await calls[i % len(calls)](bodies[int(batches[i])], timeout=timeout)
-            t = time.monotonic()
-            latency[i] = t - at
-            done_at = max(done_at, t)
-            received[i] = t
-            params = pb.ModelInferResponse.FromString(reply).parameters
-            service[i] = params[SERVICE_PARAM].int64_param / 1e6
-            served_by[i] = params[TYPE_PARAM].string_param
-            arrived[i] = params[ARRIVED_PARAM].int64_param / 1e9
-            ended[i] = params[DONE_PARAM].int64_param / 1e9
-        except grpc.aio.AioRpcError:
-            errors += 1
-
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.monotonic() + 0.05
-    arrivals = start + np.cumsum(np.asarray(spec["gaps"], dtype=float)) / float(spec["rate_qps"])
-    tasks = []
-    for i in range(n):
-        at = float(arrivals[i])
-        await timer.sleep_until(at)
-        late[i] = time.monotonic() - at
-        tasks.append(asyncio.ensure_future(one(i, at)))
-        if late[i] > 1e-3:
-            await asyncio.sleep(0)  # behind schedule: let the sends and answers run before the next one
-    sent_s = time.monotonic() - start
-    await asyncio.gather(*tasks)
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    for c in channels:
-        await c.close()
-    timer.close()
-    if spec.get("dump"):  # per-query detail for a post-mortem
-        np.savez(spec["dump"], arrivals=arrivals - start, latency=latency, service=service, batches=batches,
-                 late=late, served_by=np.array(served_by), sent=sent - start, arrived=arrived - start,
-                 ended=ended - start, received=received - start)
-    first = int(n * WARMUP_FRACTION)
-    measured = latency[first:]
-    wall = time.monotonic() - start
-    # latency beyond the service the instance gave: waiting (in kairosd or at the instance) + every hop
-    excess = (latency - service)[first:]
-    excess = excess[np.isfinite(excess)]
-    by_type = {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t}
-    # the latency split by where it was spent: the load generator's lateness, client → head → instance
-    # (front end, kairosd's queue, the send), at the instance beyond the service drawn (slot wait, timer),
-    # instance → head → client
-    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
-             "back_to_client": received - ended}
-    split = {}
-    for name, v in parts.items():
-        v = v[first:][np.isfinite(v[first:])] * 1e3
-        if len(v):
-            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-    return {
-        "split": split,
-        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
-        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
-        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
-        "served_by": by_type,
-        "n": n, "errors": errors, "offered_qps": float(spec["rate_qps"]), "sent_qps": n / sent_s,
-        "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,
-        "p99_ms": float(np.percentile(measured, 99, method="higher")) * 1e3,
-        "lag_s": (done_at - float(arrivals[-1])) if done_at else math.inf,
-        "send_late_p99_ms": float(np.percentile(late, 99)) * 1e3,
-        "loadgen_cpu": (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / wall,
-        "wall_s": wall,
-    }
-
-
-def run_loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        out = subprocess.run([sys.executable, __file__, "loadgen", f.name], capture_output=True, text=True, check=True)
-    finally:
-        os.unlink(f.name)
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-# --------------------------------------------------------------------------------------------------
-# Fleets
-
-
-def write_profiles(directory: Path, served: str, model: str) -> None:
-    from kairosd import workload
-    from kairosd.profiles import ProfilePoint, write_csv
-
-    p = workload.load_profiles(models=[model])
-    b = p.measured_batches[model]
-    write_csv(directory / f"{served}.csv", [ProfilePoint(t, int(x), float(p.mean_s[0, ti, x]), float(p.p99_s[0, ti, x]))
-                                           for ti, t in enumerate(p.types) for x in b])
-
-
-def write_config(path: Path, served: str, model: str, qos_ms: float, fleet: dict[str, int], policy: str,
-                 params: dict[str, Any], margin_ms: float = 1.0) -> dict[str, int]:
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    prices = {"g4dn.xlarge": 0.526, "c5n.2xlarge": 0.432, "r5n.large": 0.149, "t3.xlarge": 0.1664}
-    types = "\n".join(f'[types."{t}"]\nbackend = "emulated"\nemulate = "{t}"\nprice_usd_per_hour = {prices[t]}\n'
-                      for t in TYPES)
-    pp = "\n".join(f"{k} = {v}" for k, v in params.items())
-    path.write_text(f"""
-[server]
-host = "127.0.0.1"
-http_port = {ports['http']}
-grpc_port = {ports['grpc']}
-metrics_port = {ports['metrics']}
-[scheduler]
-policy = "{policy}"
-margin_ms = {margin_ms}
-[scheduler.policy_params]
-{pp}
-[models]
-repository = "{REPO / 'model_repository'}"
-profiles = "{path.parent / 'profiles'}"
-[models.qos_ms]
-{served} = {qos_ms}
-[emulation]
-models = {{ {served} = "{model}" }}
-{types}
-[fleet.static]
-{chr(10).join(f'"{t}" = {n}' for t, n in fleet.items() if n)}
-""")
-    return ports
-
-
-class Daemon:
-    def __init__(self, workdir: Path, served: str, model: str, qos_ms: float, fleet: dict[str, int], policy: str,
-                 params: dict[str, Any], margin_ms: float = 1.0) -> None:
-        (workdir / "profiles").mkdir(exist_ok=True)
-        write_profiles(workdir / "profiles", served, model)
-        path = workdir / f"{model}-{policy}.toml"
-        for attempt in range(3):
-            # an instance's port, free when the provider chose it, can be taken before the instance binds it
-            # (other processes on this machine start servers too); the static fleet then fails to start
-            self.ports = write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms)
-            self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name="kairosd-serve").start()
-            self.url = f"127.0.0.1:{self.ports['grpc']}"
-            try:
-                wait_ready_sync(self.url, 120, self.child)
-                self._wait_instances(sum(fleet.values()))
-                break
-            except Exception as exc:
-                self.child.stop(10)
-                if attempt == 2:
-                    raise
-                print(f"    daemon start failed ({str(exc).splitlines()[0][:120]}); again", flush=True)
-        assert self.child.pid is not None
-        self.pid = self.child.pid
-
-    def fleet(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/kairos/fleet", timeout=5) as r:
-            data: dict[str, Any] = json.loads(r.read())
-            return data
-
-    def _wait_instances(self, n: int) -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if sum(1 for i in self.fleet()["instances"] if i["state"] == "ready") >= n:
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"fewer than {n} instances ready: {self.fleet()['instances']}")
-
-    def metric_sums(self) -> dict[str, float]:
-        """Sums and counts of the head's histograms (all labels added): queue wait, service as the head
-        sees it (send to answer), end-to-end latency, dispatch call."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            for name in ("kairos_queue_wait_seconds", "kairos_service_seconds", "kairos_query_latency_seconds",
-                         "kairos_dispatch_seconds"):
-                for suffix in ("_sum", "_count"):
-                    if line.startswith(name + suffix):
-                        out[name + suffix] = out.get(name + suffix, 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
-
-    def cpu(self) -> tuple[float, float]:
-        """(head CPU s, the instances' CPU s)."""
-        return cpu_s(self.pid), sum(cpu_s(p) for p in children_of(self.pid))
-
-    def stop(self) -> None:
-        self.child.stop(20)
-
-
-# --------------------------------------------------------------------------------------------------
-# Search
-
-
-def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | None:
-    n = m1.get(name + "_count", 0.0) - m0.get(name + "_count", 0.0)
-    return (m1.get(name + "_sum", 0.0) - m0.get(name + "_sum", 0.0)) / n * 1e3 if n > 0 else None
-
-
-def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict[str, Any]:
-    m0 = d.metric_sums()
-    h0, i0 = d.cpu()
-    p0, b0, a0 = machine_cpu()
-    t0 = time.monotonic()
-    r = run_loadgen({"url": d.url, "model": served, "batches": stream.batches.tolist(), "gaps": stream.gaps.tolist(),
-                     "rate_qps": rate, "timeout_s": max(10 * qos_s, 2.0)})
-    wall = time.monotonic() - t0
-    h1, i1 = d.cpu()
-    r["head_cpu"] = (h1 - h0) / wall
-    r["instances_cpu"] = (i1 - i0) / wall
-    p1, b1, a1 = machine_cpu()
-    ncpu = os.cpu_count() or 1
-    r["machine_busy_cores"] = (b1 - b0) / (a1 - a0) * ncpu if a1 > a0 else None
-    r["cpu_pressure"] = (p1 - p0) / 1e6 / wall  # share of the step some runnable task waited for a core
-    if r["machine_busy_cores"] is not None:  # what processes other than this benchmark's used
-        r["other_cpu"] = r["machine_busy_cores"] - r["head_cpu"] - r["instances_cpu"] - r["loadgen_cpu"]
-    m1 = d.metric_sums()
-    # means over the step (warm-up included): the wait in kairosd's queue, and send-to-answer at the head
-    # minus the service the instances gave (the hop head → instance → head)
-    r["head_wait_mean_ms"] = _mean_ms(m0, m1, "kairos_queue_wait_seconds")
-    r["head_service_mean_ms"] = _mean_ms(m0, m1, "kairos_service_seconds")
-    r["dispatch_mean_us"] = (_mean_ms(m0, m1, "kairos_dispatch_seconds") or 0.0) * 1e3
-    if r["head_service_mean_ms"] is not None and r.get("service_mean_ms") is not None:
-        r["hop_mean_ms"] = r["head_service_mean_ms"] - r["service_mean_ms"]
-    r["ok"] = bool(r["errors"] == 0 and r["p99_ms"] <= qos_s * 1e3 and r["lag_s"] <= LAG_QOS * qos_s)
-    print(f"    {rate:8.1f} q/s: p99 {r['p99_ms']:8.2f} ms (QoS {qos_s * 1e3:g}) errors {r['errors']} "
-          f"{'ok' if r['ok'] else 'FAIL'}  head cpu {r['head_cpu']:.2f} instances {r['instances_cpu']:.2f} "
-          f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms "
-          f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
-          f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
-          f"dispatch {r['dispatch_mean_us']:.0f} us; machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
-          f"(others {r.get('other_cpu', math.nan):.2f}), cpu pressure {r['cpu_pressure']:.2f}", flush=True)
-    return r
-
-
-def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
-             max_steps: int, light_qps: float) -> tuple[float, list[dict[str, Any]]]:
-    """Bracket around the simulator's figure (×1.05 up, then ×0.9 and ×0.85 steps down), then bisect to
-    `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`."""
-    steps: list[dict[str, Any]] = []
-
-    def ok(rate: float) -> bool:
-        r = step(d, served, rate, stream, qos_s)
-        steps.append(r)
-        return bool(r["ok"])
-
-    lo, hi = 0.0, math.inf
-    if sim_qps <= 0:  # the simulator finds no passing rate (fcfs on a fleet with slow types): check a light load
-        ok(light_qps)
-        return (light_qps if steps[-1]["ok"] else 0.0), steps
-    if ok(sim_qps):
-        lo = sim_qps
-        rate = sim_qps * 1.05
-        while len(steps) < max_steps and ok(rate):
-            lo, rate = rate, rate * 1.05
-        hi = rate
-    else:
-        hi = sim_qps
-        rate = sim_qps * 0.9
-        while len(steps) < max_steps:
-            if ok(rate):
-                lo = rate
-                break
-            hi, rate = rate, rate * 0.85
-    while len(steps) < max_steps and hi - lo > rel_tol * sim_qps and lo > 0:
-        mid = 0.5 * (lo + hi)
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, steps
-
 
 # --------------------------------------------------------------------------------------------------
 # Fidelity and timer
@@ -658,12 +307,6 @@ def main_bench(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "loadgen":
-        import uvloop
-
-        spec = json.loads(Path(sys.argv[2]).read_text())
-        print(json.dumps(uvloop.run(loadgen(spec))), flush=True)
-        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=2.5)
     ap.add_argument("--models", default="rm2,dien,mtwnd,wnd,ncf")
