@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     # client waits `grace` longer itself, then cancels and counts the query lost
     deadline_md = (("grpc-timeout", f"{max(1, round(timeout * 1e3))}m"),)
     outcome: list[str] = [""] * n
-    check = _ResponseCheck(spec["model"]) if outcomes else None
+    check = ResponseCheck(spec["model"]) if outcomes else None
     latency = np.full(n, math.inf)
     late = np.zeros(n)
     errors = 0
@@ -296,7 +297,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _ResponseCheck:
+class ResponseCheck:
     """Whether an answer is the request's: its model name, and each output's name, datatype, shape
     `[batch, *dims]` (-1 dims as the emulated instance fills them: 1) and byte length, from config.pbtxt."""
 
@@ -419,16 +420,27 @@ class Daemon:
         (workdir / "profiles").mkdir(exist_ok=True)
         write_profiles(workdir / "profiles", served, model)
         path = workdir / f"{name or f'{model}-{policy}'}.toml"
+        self._start(path, lambda: write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms,
+                                               scheduler_extra, extra_toml), sum(fleet.values()))
+
+    @classmethod
+    def from_config(cls, path: Path, write: Callable[[], dict[str, int]], instances: int) -> Daemon:
+        """A daemon on the config `write()` puts at `path` (returning its ports: http, grpc, metrics),
+        started once `instances` instances are ready."""
+        d = cls.__new__(cls)
+        d._start(path, write, instances)
+        return d
+
+    def _start(self, path: Path, write: Callable[[], dict[str, int]], instances: int) -> None:
         for attempt in range(3):
             # an instance's port, free when the provider chose it, can be taken before the instance binds it
             # (other processes on this machine start servers too); the static fleet then fails to start
-            self.ports = write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms, scheduler_extra,
-                                      extra_toml)
+            self.ports = write()
             self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name="kairosd-serve").start()
             self.url = f"127.0.0.1:{self.ports['grpc']}"
             try:
                 wait_ready_sync(self.url, 120, self.child)
-                self._wait_instances(sum(fleet.values()))
+                self._wait_instances(instances)
                 break
             except Exception as exc:
                 self.child.stop(10)
@@ -439,15 +451,18 @@ class Daemon:
         self.pid = self.child.pid
 
     def fleet(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/kairos/fleet", timeout=5) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/kairos/fleet", timeout=5) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
 
     def _wait_instances(self, n: int) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if sum(1 for i in self.fleet()["instances"] if i["state"] == "ready") >= n:
-                return
+            try:
+                if sum(1 for i in self.fleet()["instances"] if i["state"] == "ready") >= n:
+                    return
+            except OSError:  # the HTTP front end is still starting
+                pass
             time.sleep(0.2)
         raise RuntimeError(f"fewer than {n} instances ready: {self.fleet()['instances']}")
 
