@@ -87,8 +87,8 @@ class SchedulerConfig:
     # against the deadline only; "off" queues everything (bounded by max_queue_bytes only)
     admission: str = "qos"
     admission_slack: float = 1.0
-    # queries waiting per model: at most this many; 0: the fleet's capacity × QoS target × admission_slack
-    # (at least max_queue_min)
+    # queries waiting per model: at most this many; 0: with admission "qos", the fleet's capacity × QoS
+    # target × admission_slack (at least max_queue_min), else no count limit
     max_queue: int = 0
     max_queue_min: int = 16
     # bytes of request bodies waiting, all models together

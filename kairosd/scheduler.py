@@ -9,6 +9,13 @@ while queries wait, to answer those whose deadline passed (UNAVAILABLE, never a 
 `_send` is the one place a query goes to an instance, and where a failed instance's query is
 requeued for another (retry, up to `max_attempts`). It also picks the transport: an HTTP query goes
 as the client's bytes to an instance with an HTTP endpoint, converted to gRPC to one without.
+
+Admission (`kairosd.admission`, pure): at submit a query the fleet cannot serve by its target (QoS or
+deadline) given the queued work ahead is refused at once (Overloaded: RESOURCE_EXHAUSTED / 429), and
+the queue is bounded per model and in bytes; a queued query that can no longer make its target is
+shed by the tick or the next round, not held until its deadline. Each send has a backend deadline
+(a multiple of the type's profiled p99): an instance that hangs or is far too slow loses the query
+to another instance and becomes SUSPECT until the fleet's probe sees it answer.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from kairosd import admission
+from kairosd.admission import Ahead, Capacity
 from kairosd.autoscale.load import LoadWindow
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import SchedulerConfig
 from kairosd.dispatch import Policy, Snapshot
-from kairosd.errors import BackendError, ModelNotFound, Unavailable
+from kairosd.errors import BackendError, ModelNotFound, Overloaded, Unavailable
 from kairosd.profiles import ProfileTable
 from kairosd.registry import Instance, InstanceState, Registry
 from kairosd.repository import ModelSpec
@@ -52,6 +61,8 @@ class Query:
     raw: bytes | None = None  # the gRPC request's bytes as received, forwarded as they are
     http: HttpForward | None = None  # an HTTP request as received
     attempts: int = 0
+    target_s: float = 0.0  # answered by then or not worth serving (kairosd.admission.target_s)
+    size: int = 0  # request bytes, counted against scheduler.max_queue_bytes while queued
 
 
 class QueryObserver(Protocol):
@@ -62,7 +73,8 @@ class QueryObserver(Protocol):
         """A query answered by an instance: time queued (arrival → sent), at the instance, end to end."""
 
     def ended(self, model_idx: int, outcome: str) -> None:
-        """A query that got no result: outcome "failed" (backend error) or "expired" (deadline)."""
+        """A query that got no result: outcome "failed" (backend error), "expired" (deadline), "refused"
+        (admission control, at submit) or "shed" (admission control, while queued)."""
 
     def matched(self, duration_s: float) -> None:
         """One dispatch policy call (cost matrix and matching) took `duration_s`."""
@@ -70,6 +82,13 @@ class QueryObserver(Protocol):
 
 class _Retry(Exception):
     """Internal: the instance failed in a way another instance may not; requeue the query."""
+
+
+# Backend failures that say the instance itself is unwell (not the query): it leaves dispatch until
+# the fleet's probe sees it answer. Other retryable failures (an INTERNAL error, an HTTP 500) are
+# retried elsewhere without suspecting the instance.
+_SUSPECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
+                            grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 @dataclass(slots=True)
@@ -81,6 +100,9 @@ class SchedulerStats:
     failed: int = 0
     expired: int = 0
     retried: int = 0
+    refused: int = 0  # admission control, at submit
+    shed: int = 0  # admission control, while queued
+    backend_timeouts: int = 0  # sends abandoned at their backend deadline (hung or far too slow instance)
     http_forwarded: int = 0  # HTTP queries sent to an instance's HTTP endpoint as received
     qos_violations: int = 0
     rounds: int = 0
@@ -104,6 +126,7 @@ class Scheduler:
         self.model_idx = {m: profiles.model_index(m) for m in qos_s}
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
+        self._p99_s: list[list[list[float]]] = profiles.p99_s.tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
         self._fresh = FreshRounds()
         self._stateless_policy = policy.name in STATELESS_POLICIES
@@ -119,6 +142,14 @@ class Scheduler:
         self.observer: QueryObserver | None = None  # metrics: every query's ending, every matching's duration
         self._pinned_version = -1
         self._has_pinned = False
+        # admission: the READY fleet's capacity (rebuilt when the registry changes) and what is queued
+        self._capacity: Capacity | None = None
+        self._capacity_version = -1
+        self._queued_n = [0] * len(profiles.models)  # per profile model
+        self._queued_work_s = 0.0  # fleet-seconds of queued queries (kairosd.admission)
+        self._queued_bytes = 0
+        self._queued_total = 0
+        self._busy_until_sum = 0.0  # Σ expected finish of the queries in flight (their mean residual)
         registry.on_change(self._kick)
 
     # ---- front-end side -------------------------------------------------------------------
@@ -140,16 +171,24 @@ class Scheduler:
         if idx is None:
             raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
         now = self._loop.time()
-        timeout = self.config.default_timeout_s if timeout_s is None else min(timeout_s, self.config.default_timeout_s)
-        q = Query(request, model, idx, batch, self.qos_s[model], now, now + timeout, self._loop.create_future(), raw, http)
+        cfg = self.config
+        timeout = cfg.default_timeout_s if timeout_s is None else timeout_s  # the client's deadline, as sent
+        if cfg.max_timeout_s > 0:
+            timeout = min(timeout, cfg.max_timeout_s)
+        qos = self.qos_s[model]
+        q = Query(request, model, idx, batch, qos, now, now + timeout, self._loop.create_future(), raw, http)
+        q.target_s = admission.target_s(cfg.admission, now, q.deadline_s, qos, cfg.admission_slack)
+        q.size = len(raw) if raw is not None else len(http.body) if http is not None else 0
         self.stats.submitted += 1
         if self.load is not None:
-            self.load.record(idx, batch, now)
+            self.load.record(idx, batch, now)  # refused queries count: the autoscaler sees the offered load
+        self._admit(q, now)
         while True:
             if q.attempts:
                 self.waiting.appendleft(q)  # a retried query keeps its place: it is among the oldest
             else:
                 self.waiting.append(q)
+            work = self._enqueued(q)
             if len(self.waiting) == 1 and not self._round_pending:
                 self._round()  # alone in the queue: nothing to share a round with, match it now
             else:
@@ -159,10 +198,81 @@ class Scheduler:
             except asyncio.CancelledError:
                 self._release_unused_grant(q)
                 raise
+            finally:
+                self._dequeued(q, work)
             try:
                 return await self._send(inst, q, expected)
             except _Retry:
                 q.future = self._loop.create_future()
+
+    # ---- admission ----------------------------------------------------------------------------
+    def capacity(self) -> Capacity:
+        """The READY fleet's capacity per (model, batch), rebuilt when the registry changed."""
+        cap = self._capacity
+        if cap is None or self._capacity_version != self.registry.version:
+            self._capacity_version = self.registry.version
+            cap = self._capacity = admission.capacity(
+                self.profiles.mean_s,
+                ((i.type_idx, i.slots, i.pinned_model) for i in self.registry if i.state is InstanceState.READY),
+            )
+        return cap
+
+    def _admit(self, q: Query, now: float) -> None:
+        """Raise Overloaded when admission control refuses `q` (`kairosd.admission.admit`)."""
+        cfg = self.config
+        cap = self.capacity()
+        b = min(q.batch, self._top_batch)
+        rate = cap.rate[q.model_idx][b]
+        busy = 0.0
+        n = self._in_flight
+        if n and n >= cap.slots:  # no free slot: the next one frees in about 2 × mean residual / (n + 1)
+            busy = max(self._busy_until_sum / n - now, 0.0) * 2.0 / (n + 1)
+        ahead = Ahead(self._queued_work_s, busy, self._queued_n[q.model_idx], self._queued_bytes)
+        limit = admission.queue_limit(cfg.admission, cfg.max_queue, cfg.max_queue_min, rate, q.qos_s,
+                                      cfg.admission_slack)
+        refusal = admission.admit(mode=cfg.admission, now=now, target=q.target_s, fastest_s=cap.fastest_s[q.model_idx][b],
+                                  rate=rate, ahead=ahead, limit=limit, size=q.size, max_bytes=cfg.max_queue_bytes)
+        if refusal is not None:
+            self.stats.refused += 1
+            self._ended(q, "refused")
+            raise Overloaded(f"kairosd refused this {q.model} query: {refusal.reason}; retry after "
+                             f"{refusal.retry_after_s:g} s, or send less load", refusal.retry_after_s)
+
+    def _enqueued(self, q: Query) -> float:
+        """Count `q` as queued; returns the fleet-seconds it was counted for."""
+        rate = self.capacity().rate[q.model_idx][min(q.batch, self._top_batch)]
+        work = 1.0 / rate if rate > 0.0 else 0.0
+        self._queued_n[q.model_idx] += 1
+        self._queued_total += 1
+        self._queued_work_s += work
+        self._queued_bytes += q.size
+        return work
+
+    def _dequeued(self, q: Query, work: float) -> None:
+        """`q` left the queue: granted, shed, expired, failed or cancelled."""
+        self._queued_n[q.model_idx] -= 1
+        self._queued_bytes -= q.size
+        self._queued_total -= 1
+        self._queued_work_s = self._queued_work_s - work if self._queued_total else 0.0  # no drift once empty
+
+    def _shed(self, q: Query, now: float, cap: Capacity) -> bool:
+        """Answer `q` at once when it can no longer be served by its target (admission mode "qos" or
+        "deadline"): Overloaded when the target is its QoS, UNAVAILABLE when it is its deadline."""
+        if self.config.admission == admission.OFF or not cap.serves(q.model_idx):
+            return False
+        if not admission.doomed(now, q.target_s, cap.fastest_s[q.model_idx][min(q.batch, self._top_batch)]):
+            return False
+        if q.target_s < q.deadline_s:
+            self.stats.shed += 1
+            self._ended(q, "shed")
+            q.future.set_exception(Overloaded(
+                f"kairosd shed this {q.model} query: after {(now - q.arrival_s) * 1e3:.3g} ms in the queue no instance "
+                f"can serve it within its QoS target ({q.qos_s * 1e3:.3g} ms); retry, or send less load", 1.0))
+        else:
+            self.stats.expired += 1
+            self._ended(q, "expired")
+            q.future.set_exception(self._expired_error(q, "it can no longer be served before it"))
+        return True
 
     def _suspect(self, inst: Instance) -> None:
         """An instance failed at the transport level: report it (READY → SUSPECT, out of dispatch); the
@@ -177,6 +287,7 @@ class Scheduler:
             inst, expected = f.result()
             inst.finish_s.remove(expected)
             self._in_flight -= 1
+            self._busy_until_sum -= expected
             if self.waiting:
                 self._kick()
 
@@ -186,7 +297,12 @@ class Scheduler:
         failure reaches the client as a typed error."""
         q.attempts += 1
         sent_s = self._loop.time()
-        timeout = max(q.deadline_s - sent_s, 0.001)
+        cfg = self.config
+        # the backend deadline: a multiple of this type's p99 for the query, unless the client's is sooner
+        p99 = self._p99_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
+        backend_s = max(cfg.backend_timeout_p99 * p99, cfg.backend_timeout_min_ms / 1e3)
+        left_s = q.deadline_s - sent_s
+        timeout = max(min(left_s, backend_s), 0.001)
         response: bytes | HttpReply
         try:
             http = q.http
@@ -200,9 +316,16 @@ class Scheduler:
                 response = await inst.client.infer(q.request, timeout, q.raw)
         except BackendError as exc:
             inst.failed_total += 1
-            if exc.retryable:
+            hung = exc.status is grpc.StatusCode.DEADLINE_EXCEEDED and backend_s < left_s
+            if hung:  # the backend deadline passed, not the client's: the instance hangs or is far too slow
+                self.stats.backend_timeouts += 1
+                log.warning("instance %s (%s) did not answer a %s query within its backend deadline (%.3g ms = "
+                            "%g × its p99, at least %g ms)", inst.id, inst.type, q.model, backend_s * 1e3,
+                            cfg.backend_timeout_p99, cfg.backend_timeout_min_ms)
+            retryable = exc.retryable or hung
+            if retryable and exc.status in _SUSPECT_CODES:
                 self._suspect(inst)
-            if exc.retryable and q.attempts < self.config.max_attempts and self._loop.time() < q.deadline_s:
+            if retryable and q.attempts < cfg.max_attempts and self._loop.time() < q.deadline_s:
                 log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
                 self.stats.retried += 1
                 raise _Retry from exc
@@ -222,6 +345,7 @@ class Scheduler:
             raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
         finally:
             self._in_flight -= 1
+            self._busy_until_sum = self._busy_until_sum - expected_finish_s if self._in_flight else 0.0
             inst.finish_s.remove(expected_finish_s)
             if self.waiting:  # a slot is free: match the queries that wait for one
                 self._kick()
@@ -319,7 +443,12 @@ class Scheduler:
             live = [waiting.popleft()]  # not done: checked above
         else:
             rows = min(len(waiting), 2 * slots)
-            live = [q for q in (waiting.popleft() for _ in range(rows)) if not q.future.done()]
+            popped = (waiting.popleft() for _ in range(rows))
+            if self.config.admission == admission.OFF:
+                live = [q for q in popped if not q.future.done()]
+            else:  # a query that can no longer make its target is answered now, not matched
+                cap = self.capacity()
+                live = [q for q in popped if not q.future.done() and not self._shed(q, now, cap)]
             if not live:
                 self._kick()
                 return
@@ -358,7 +487,8 @@ class Scheduler:
     def _round_per_model(self, now: float) -> None:
         """A fleet with pinned instances: one matching per model, over the instances that serve it
         (unpinned ones, and those pinned to it). The queue keeps arrival order."""
-        queued = [q for q in self.waiting if not q.future.done()]
+        cap = self.capacity()
+        queued = [q for q in self.waiting if not q.future.done() and not self._shed(q, now, cap)]
         self.waiting.clear()
         groups: dict[int, list[Query]] = {}
         for q in queued:
@@ -417,6 +547,7 @@ class Scheduler:
             expected = now + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
             self._in_flight += 1  # granted counts as in flight (drain waits for it)
+            self._busy_until_sum += expected
             q.future.set_result((inst, expected))
         if len(matched) == len(live):
             return []
@@ -439,17 +570,18 @@ class Scheduler:
     def _tick(self) -> None:
         self._tick_handle = None
         now = self._loop.time()
-        if any(q.deadline_s <= now or q.future.done() for q in self.waiting):
-            keep: deque[Query] = deque()
-            for q in self.waiting:
-                if q.future.done():
-                    continue
-                if q.deadline_s <= now:
-                    self.stats.expired += 1
-                    self._ended(q, "expired")
-                    q.future.set_exception(self._expired_error(q, "it was still queued"))
-                else:
-                    keep.append(q)
+        cap = self.capacity()
+        keep: deque[Query] = deque()
+        for q in self.waiting:
+            if q.future.done():
+                continue
+            if q.deadline_s <= now:
+                self.stats.expired += 1
+                self._ended(q, "expired")
+                q.future.set_exception(self._expired_error(q, "it was still queued"))
+            elif not self._shed(q, now, cap):
+                keep.append(q)
+        if len(keep) != len(self.waiting):
             self.waiting = keep
         self._round()
 

@@ -19,8 +19,11 @@ from kairosd.errors import BackendError
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
-# Failures where another instance may succeed: the instance is gone, overloaded or cut off.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
+# Failures where another instance may succeed: the instance is gone, overloaded, cut off, or failed
+# with a server error (INTERNAL, UNKNOWN: HTTP 5xx). A model error (INVALID_ARGUMENT, NOT_FOUND...)
+# would fail the same way anywhere and is returned as it is.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED,
+                       grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:

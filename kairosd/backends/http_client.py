@@ -67,7 +67,7 @@ class InstanceHttpError(BackendError):
         super().__init__(
             f"instance {instance}: HTTP {reply.status}: {message}",
             status=status,
-            retryable=status is grpc.StatusCode.UNAVAILABLE,
+            retryable=reply.status >= 500 and status is not grpc.StatusCode.UNIMPLEMENTED,  # as RETRYABLE
             instance=instance,
         )
         self.reply = reply

@@ -34,7 +34,7 @@ async def test_pinned_pools_through_the_local_provider() -> None:
     target = {"ort-1t@dlrm": 1, "ort-1t@ncf": 1}
     fleet = Fleet(registry, profiles, [provider], static_target(target), 0.10, AutoscaleParams(),
                   models=sorted(QOS), fleet_name="t", period_s=0.3)
-    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0))
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0, admission="deadline"))
     try:
         await fleet.start(wait_ready_timeout_s=60)
         by_pool = {i.pool: i for i in registry}

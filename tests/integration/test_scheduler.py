@@ -22,6 +22,7 @@ from kairosd.scheduler import Scheduler
 from tests.integration.daemon_harness import REPO
 
 QOS = {"dlrm": 0.06, "ncf": 0.03}
+# bursts far past the QoS targets on purpose: admission "deadline" serves them all (30 s default deadline)
 
 
 class FailsOncePolicy:
@@ -66,7 +67,7 @@ def _request(seed: int) -> tuple[object, int]:
 async def test_failing_policy_round_loses_no_query(worker_instance: tuple[Registry, ProfileTable]) -> None:
     registry, profiles = worker_instance
     policy = FailsOncePolicy(profiles)
-    sched = Scheduler(registry, profiles, policy, QOS, SchedulerConfig(tick_ms=2.0))
+    sched = Scheduler(registry, profiles, policy, QOS, SchedulerConfig(tick_ms=2.0, admission="deadline"))
     spec = load_repository(REPO / "model_repository")["ncf"]
     results = await asyncio.gather(*(sched.submit(*_req_spec(i, spec)) for i in range(20)))
     assert len(results) == 20 and policy.calls > 1
@@ -80,7 +81,7 @@ def _req_spec(i: int, spec: object) -> tuple:
 
 async def test_drain_waits_for_every_queued_and_granted_query(worker_instance: tuple[Registry, ProfileTable]) -> None:
     registry, profiles = worker_instance
-    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig())
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))
     spec = load_repository(REPO / "model_repository")["ncf"]
     tasks = [asyncio.ensure_future(sched.submit(*_req_spec(i, spec))) for i in range(30)]
     await asyncio.sleep(0)  # all 30 submitted: one granted, the rest queued on the 1-slot instance
@@ -93,7 +94,7 @@ async def test_drain_waits_for_every_queued_and_granted_query(worker_instance: t
 
 async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Registry, ProfileTable]) -> None:
     registry, profiles = worker_instance
-    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig())
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))
     spec = load_repository(REPO / "model_repository")["ncf"]
     tasks = [asyncio.ensure_future(sched.submit(*_req_spec(i, spec))) for i in range(10)]
     await asyncio.sleep(0)
@@ -135,7 +136,7 @@ async def test_pinned_instances_serve_only_their_model(two_workers: tuple[Regist
     w0.pinned_model, w1.pinned_model = profiles.model_index("dlrm"), profiles.model_index("ncf")
     w0.pool, w1.pool = "ort-1t@dlrm", "ort-1t@ncf"
     registry.set_state(w0.id, InstanceState.READY)  # a state change: the scheduler re-reads the pins
-    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0))
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0, admission="deadline"))
     repo = load_repository(REPO / "model_repository")
 
     def req(model: str, i: int) -> tuple[object, object, int]:

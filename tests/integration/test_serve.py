@@ -21,6 +21,11 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
 
+# bursts far past capacity on purpose (these tests are about losing nothing): admission against the
+# deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
+# test_overload.py test the default, admission "qos")
+DEADLINE_ADMISSION = 'admission = "deadline"'
+
 MODELS = ("dlrm", "ncf")
 OUTPUT = {"dlrm": "click_probability", "ncf": "score"}
 
@@ -169,7 +174,7 @@ def test_malformed_http_body_is_400(daemon: RunningDaemon) -> None:
 def kairos_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     """Three workers of two types under the Kairos policy (no Triton: fast start)."""
     path = tmp_path_factory.mktemp("kairos") / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 2, "ort-2t": 1}, policy="kairos")
+    ports = write_config(path, fleet={"ort-1t": 2, "ort-2t": 1}, policy="kairos", extra_scheduler=DEADLINE_ADMISSION)
     d = start_daemon(path, ports)
     yield d
     assert d.stop() == 0, d.child.log_tail()
@@ -205,10 +210,11 @@ async def test_2000_concurrent_requests_none_lost_or_duplicated(kairos_daemon: R
 
 
 def test_unavailable_when_no_instance_can_serve_before_deadline(tmp_path: Path) -> None:
-    """One slow instance, a 30 ms server-side deadline and a burst of large queries: the ones that
-    cannot be served in time are answered UNAVAILABLE / 503, the rest correctly; none lost."""
+    """One slow instance, a 30 ms server-side deadline and a burst of large queries with admission
+    control off: the ones that cannot be served in time are answered UNAVAILABLE / 503 at their
+    deadline, the rest correctly; none lost."""
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 1}, extra_scheduler="default_timeout_s = 0.03")
+    ports = write_config(path, fleet={"ort-1t": 1}, extra_scheduler='default_timeout_s = 0.03\nadmission = "off"')
     d = start_daemon(path, ports)
     try:
         inputs = example_inputs("dlrm", 1024, seed=1)
@@ -270,7 +276,7 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
     import signal as sig
 
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_toml="[autoscaler]\nperiod_s = 1.0")
+    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_scheduler=DEADLINE_ADMISSION, extra_toml="[autoscaler]\nperiod_s = 1.0")
     d = start_daemon(path, ports)
     try:
         workers = _children(d.child.pid)

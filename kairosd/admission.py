@@ -1,0 +1,137 @@
+"""Admission control and load shedding: pure policy, beside the dispatcher.
+
+A query is admitted when the fleet can plausibly serve it within its target; otherwise it is refused
+at once (RESOURCE_EXHAUSTED / HTTP 429 with Retry-After) instead of waiting to fail. The estimate is
+fluid: the fleet serves model m at batch b at `rate[m][b]` queries per second (the sum, over the
+READY instances that serve m, of slots / mean service time from the latency profiles), so a queued
+query occupies the whole fleet for `1 / rate[m][b]` seconds ("fleet-seconds"). A new query's wait is
+the fleet-seconds queued ahead of it plus, when every slot is busy, the mean residual of the queries
+in flight; its completion is that wait plus the fastest service time any READY type offers it (an
+optimistic estimate: a query is refused only when even the best case misses).
+
+The target is the query's deadline (mode "deadline") or the earlier of its deadline and arrival +
+QoS × slack (mode "qos": a late answer is a violation, and capacity spent on one is taken from a
+query that could still be on time). A queued query whose target can no longer be met even by the
+fastest instance is shed at once (`doomed`). Besides the estimate, the queue is bounded per model
+(`max_queue`, by default the fleet's capacity × QoS × slack) and in bytes.
+
+With no READY instance for a model the estimate is unknown (a fleet starting or replacing its last
+instance): queries are admitted, bounded by bytes, and their deadline answers for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+QOS = "qos"
+DEADLINE = "deadline"
+OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the READY fleet offers each (profile model, batch): `rate[m][b]` queries per second,
+    `fastest_s[m][b]` the smallest mean service time over the types that serve m (inf: none), and
+    `slots` the number of slots in dispatch."""
+
+    rate: list[list[float]]
+    fastest_s: list[list[float]]
+    slots: int
+
+    def serves(self, model: int) -> bool:
+        return self.rate[model][-1] > 0.0
+
+
+def capacity(mean_s: np.ndarray, instances: Iterable[tuple[int, int, int | None]]) -> Capacity:
+    """The Capacity of READY `instances` given as (type index, slots, pinned model or None), over the
+    profile table's `mean_s[model, type, batch]`."""
+    n_models, n_types, _ = mean_s.shape
+    slots_of = np.zeros((n_models, n_types))
+    total = 0
+    for type_idx, slots, pinned in instances:
+        total += slots
+        if pinned is None:
+            slots_of[:, type_idx] += slots
+        else:
+            slots_of[pinned, type_idx] += slots
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = (slots_of[:, :, None] / mean_s).sum(axis=1)
+    rate = np.nan_to_num(rate, nan=0.0, posinf=0.0)
+    present = (slots_of > 0)[:, :, None]
+    fastest = np.where(present, mean_s, np.inf).min(axis=1)
+    return Capacity(rate.tolist(), fastest.tolist(), total)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a query is not admitted, and when the client might retry (seconds)."""
+
+    reason: str
+    retry_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ahead:
+    """The load a new query finds: fleet-seconds of queued work, the mean residual seconds of the
+    queries in flight when no slot is free (0 when one is), queries of its model queued, and the
+    bytes of all queued requests."""
+
+    queued_work_s: float
+    busy_residual_s: float
+    queued_model: int
+    queued_bytes: int
+
+
+def queue_limit(mode: str, max_queue: int, max_queue_min: int, rate: float, qos_s: float, slack: float) -> int:
+    """How many queries of one model may wait: `max_queue` when set, else with mode "qos" the fleet's
+    capacity for it × QoS × slack, at least `max_queue_min`; with "deadline" and "off" no count limit
+    (the deadline estimate and the byte bound keep the queue finite)."""
+    if max_queue > 0:
+        return max_queue
+    if mode != QOS:
+        return 1 << 62
+    return max(max_queue_min, math.ceil(rate * qos_s * slack))
+
+
+def target_s(mode: str, arrival_s: float, deadline_s: float, qos_s: float, slack: float) -> float:
+    """The time by which a query must be answered to be worth serving."""
+    if mode == QOS:
+        return min(deadline_s, arrival_s + qos_s * slack)
+    return deadline_s
+
+
+def admit(
+    *, mode: str, now: float, target: float, fastest_s: float, rate: float, ahead: Ahead, limit: int,
+    size: int, max_bytes: int,
+) -> Refusal | None:
+    """None to admit a query of `size` bytes whose best service time is `fastest_s` and whose model
+    the fleet serves at `rate` q/s; else the Refusal. `target` comes from `target_s`."""
+    if ahead.queued_bytes + size > max_bytes:
+        return Refusal(f"{ahead.queued_bytes} bytes of requests are queued and this one ({size} bytes) would pass "
+                       f"scheduler.max_queue_bytes = {max_bytes}", _retry(ahead.queued_work_s))
+    if ahead.queued_model >= limit:
+        return Refusal(f"{ahead.queued_model} queries of this model are queued, the limit (scheduler.max_queue, by "
+                       "default the fleet's capacity × QoS target)", _retry(ahead.queued_work_s))
+    if mode == OFF or rate <= 0.0:
+        return None
+    wait = ahead.queued_work_s + ahead.busy_residual_s
+    if now + wait + fastest_s > target:
+        return Refusal(f"the fleet cannot serve it in time: an estimated {wait * 1e3:.3g} ms of queued work is "
+                       f"ahead of it and it takes at least {fastest_s * 1e3:.3g} ms, past its "
+                       f"{'QoS target' if mode == QOS else 'deadline'} ({max(target - now, 0.0) * 1e3:.3g} ms left)",
+                       _retry(wait))
+    return None
+
+
+def doomed(now: float, target: float, fastest_s: float) -> bool:
+    """A queued query that even the fastest READY type can no longer serve by its target."""
+    return now + fastest_s > target
+
+
+def _retry(wait_s: float) -> float:
+    """Retry-After: when the work ahead is expected to have drained (at least 1 s, HTTP's unit)."""
+    return max(1.0, math.ceil(wait_s))

@@ -1,0 +1,79 @@
+"""Admission control policy (kairosd.admission): capacity from the profiles, limits, refusals, shedding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kairosd import admission
+from kairosd.admission import Ahead
+
+# mean_s[model, type, batch]: model 0 takes 10 ms on type 0 and 40 ms on type 1 at every batch;
+# model 1 takes 20 ms on type 0, 20 ms on type 1
+MEAN = np.array([[[0.010] * 4, [0.040] * 4], [[0.020] * 4, [0.020] * 4]])
+EMPTY = Ahead(queued_work_s=0.0, busy_residual_s=0.0, queued_model=0, queued_bytes=0)
+
+
+def test_capacity_sums_slots_over_service_time() -> None:
+    cap = admission.capacity(MEAN, [(0, 1, None), (1, 2, None)])
+    assert cap.slots == 3
+    assert cap.rate[0][1] == pytest.approx(1 / 0.010 + 2 / 0.040)  # 150 q/s
+    assert cap.rate[1][1] == pytest.approx(3 / 0.020)
+    assert cap.fastest_s[0][1] == pytest.approx(0.010)
+
+
+def test_capacity_counts_a_pinned_instance_for_its_model_only() -> None:
+    cap = admission.capacity(MEAN, [(1, 1, None), (0, 1, 1)])  # the fast type pinned to model 1
+    assert cap.rate[0][0] == pytest.approx(1 / 0.040) and cap.fastest_s[0][0] == pytest.approx(0.040)
+    assert cap.rate[1][0] == pytest.approx(2 / 0.020)
+
+
+def test_no_ready_instance_serves_nothing_and_admits() -> None:
+    cap = admission.capacity(MEAN, [])
+    assert not cap.serves(0) and cap.rate[0][0] == 0.0 and math.isinf(cap.fastest_s[0][0])
+    # unknown capacity: admitted (the deadline answers for it), bounded by bytes only
+    assert admission.admit(mode="qos", now=0.0, target=0.05, fastest_s=math.inf, rate=0.0, ahead=EMPTY,
+                           limit=10, size=10, max_bytes=100) is None
+
+
+def test_queue_limit_defaults_to_capacity_times_qos_in_qos_mode() -> None:
+    assert admission.queue_limit("qos", 0, 16, rate=1000.0, qos_s=0.05, slack=1.0) == 50
+    assert admission.queue_limit("qos", 0, 16, rate=100.0, qos_s=0.05, slack=1.0) == 16  # at least the minimum
+    assert admission.queue_limit("qos", 7, 16, rate=1000.0, qos_s=0.05, slack=1.0) == 7  # explicit wins
+    assert admission.queue_limit("deadline", 0, 16, rate=1000.0, qos_s=0.05, slack=1.0) > 10**9
+    assert admission.queue_limit("off", 5, 16, rate=1000.0, qos_s=0.05, slack=1.0) == 5
+
+
+def test_target_is_qos_or_deadline() -> None:
+    assert admission.target_s("qos", 1.0, 31.0, 0.05, 1.0) == pytest.approx(1.05)
+    assert admission.target_s("qos", 1.0, 1.02, 0.05, 1.0) == pytest.approx(1.02)  # a sooner client deadline
+    assert admission.target_s("qos", 1.0, 31.0, 0.05, 2.0) == pytest.approx(1.10)
+    assert admission.target_s("deadline", 1.0, 31.0, 0.05, 1.0) == 31.0
+
+
+def test_admit_refuses_when_the_work_ahead_passes_the_target() -> None:
+    kw = dict(mode="qos", now=0.0, target=0.05, fastest_s=0.010, rate=100.0, limit=1000, size=1, max_bytes=100)
+    assert admission.admit(ahead=Ahead(0.030, 0.0, 3, 0), **kw) is None  # 30 + 10 ≤ 50 ms
+    r = admission.admit(ahead=Ahead(0.030, 0.015, 3, 0), **kw)  # 30 + 15 + 10 > 50 ms
+    assert r is not None and "QoS target" in r.reason and r.retry_after_s == 1.0
+    r = admission.admit(ahead=Ahead(2.5, 0.0, 3, 0), **kw)
+    assert r is not None and r.retry_after_s == 3.0  # when the queue ahead should have drained
+    kw["mode"] = "off"
+    assert admission.admit(ahead=Ahead(2.5, 0.0, 3, 0), **kw) is None
+
+
+def test_admit_bounds_count_and_bytes_in_every_mode() -> None:
+    for mode in ("qos", "deadline", "off"):
+        kw = dict(mode=mode, now=0.0, target=1e9, fastest_s=0.01, rate=100.0)
+        r = admission.admit(ahead=Ahead(0.0, 0.0, 5, 0), limit=5, size=1, max_bytes=100, **kw)
+        assert r is not None and "scheduler.max_queue" in r.reason
+        r = admission.admit(ahead=Ahead(0.0, 0.0, 0, 90), limit=5, size=11, max_bytes=100, **kw)
+        assert r is not None and "max_queue_bytes = 100" in r.reason
+        assert admission.admit(ahead=Ahead(0.0, 0.0, 4, 89), limit=5, size=11, max_bytes=100, **kw) is None
+
+
+def test_doomed_when_even_the_fastest_type_is_too_late() -> None:
+    assert not admission.doomed(now=1.0, target=1.05, fastest_s=0.05)
+    assert admission.doomed(now=1.001, target=1.05, fastest_s=0.05)
