@@ -6,6 +6,7 @@ a JSON header of `Inference-Header-Content-Length` bytes, then each binary tenso
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +16,14 @@ from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.errors import InvalidInput
 from kairosd.repository import ModelSpec
-from kairosd.server.tensors import contents_to_raw, json_to_raw, raw_to_json
+from kairosd.server.tensors import contents_to_raw, count_bytes, element_count, json_to_raw, raw_to_json
+from kairosd.server.validate import shorten
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON = "application/json"
 _OCTET = "application/octet-stream"
+# Parameters travel on to gRPC-only instances as InferParameter, whose integers are int64.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -34,6 +38,7 @@ class InputHeader:
     offset: int
     raw: bytes | None
     parameters: dict[str, Any]
+    elements: int | None = None  # BYTES: the elements its data holds (length prefixes counted); else None
 
 
 @dataclass(slots=True)
@@ -46,9 +51,11 @@ class InferHeader:
 
 
 def loads(data: bytes) -> Any:
+    """The JSON document in `data`; InvalidInput when it is not UTF-8 JSON or nests deeper than the
+    parser allows (python-rapidjson stops at ~1,000 levels with RecursionError)."""
     try:
         return rapidjson.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInput(f"malformed JSON in request body: {e}") from None
 
 
@@ -56,12 +63,16 @@ def header_length(value: str | None, body_len: int) -> int:
     """The JSON header's length from `Inference-Header-Content-Length` (the whole body when absent)."""
     if value is None:
         return body_len
-    try:
-        n = int(value)
-    except ValueError:
-        raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {value!r}") from None
+    digits = value.strip()
+    # ASCII digits only: int() would also take "+5", "1_0" and non-ASCII digits
+    if not (digits.isascii() and digits.isdigit()):
+        raise InvalidInput(f"{HEADER_LENGTH} must be a decimal integer of bytes, got {shorten(repr(value))}")
+    n = int(digits) if len(digits) <= 20 else body_len + 1
     if not 0 < n <= body_len:
-        raise InvalidInput(f"{HEADER_LENGTH} is {n} but the body has {body_len} bytes")
+        raise InvalidInput(
+            f"{HEADER_LENGTH} is {shorten(digits)} but the body has {body_len} bytes; "
+            "it must be the JSON header's length, between 1 and the body's length"
+        )
     return n
 
 
@@ -77,9 +88,15 @@ def parse_header(body: bytes, header: int) -> InferHeader:
     default_binary = bool(params.get("binary_data_output", False))
     timeout_s: float | None = None
     for key, value in params.items():
-        _check_param(value, f"request parameter '{key}'")
-        if key == "timeout" and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            timeout_s = value / 1e6  # Triton's request timeout is in microseconds
+        _check_param(value, f"request parameter '{shorten(key)}'")
+        if key == "timeout" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise InvalidInput(f"request parameter 'timeout' is {value}; give a finite number of microseconds")
+            if value > 0:
+                timeout_s = value / 1e6  # Triton's request timeout is in microseconds
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise InvalidInput(f"request 'id' must be a string, got {type(rid).__name__}")
 
     items = doc.get("inputs")
     if not isinstance(items, list):
@@ -93,33 +110,36 @@ def parse_header(body: bytes, header: int) -> InferHeader:
         datatype = item.get("datatype")
         shape = item.get("shape")
         if not isinstance(name, str):
-            raise InvalidInput("an input has no 'name'")
+            raise InvalidInput("each input needs a string 'name'")
+        what = f"input '{shorten(name)}'"
         if not isinstance(datatype, str):
-            raise InvalidInput(f"input '{name}': missing 'datatype'")
+            raise InvalidInput(f"{what}: missing 'datatype'")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
+            raise InvalidInput(f"{what}: 'shape' must be a list of non-negative integers")
         iparams = item.get("parameters") or {}
         if not isinstance(iparams, dict):
-            raise InvalidInput(f"input '{name}': 'parameters' must be a JSON object")
+            raise InvalidInput(f"{what}: 'parameters' must be a JSON object")
         for key, value in iparams.items():
             if key.startswith("shared_memory"):
-                raise InvalidInput(f"input '{name}': shared-memory tensors are not supported by kairosd")
-            _check_param(value, f"input '{name}' parameter '{key}'")
+                raise InvalidInput(f"{what}: shared-memory tensors are not supported by kairosd")
+            _check_param(value, f"{what} parameter '{shorten(key)}'")
         size = iparams.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
-                raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+                raise InvalidInput(f"{what}: binary_data_size must be a non-negative integer")
             if offset + size > end:
                 raise InvalidInput(
-                    f"input '{name}': binary_data_size {size} exceeds the {end - offset} bytes left in the body"
+                    f"{what}: binary_data_size {shorten(size)} exceeds the {end - offset} bytes left in the body"
                 )
-            inputs.append(InputHeader(name, datatype, shape, size, offset, None, iparams))
+            elements = count_bytes(memoryview(body)[offset:offset + size], what) if datatype == "BYTES" else None
+            inputs.append(InputHeader(name, datatype, shape, size, offset, None, iparams, elements))
             offset += size
         elif "data" in item:
-            raw = json_to_raw(item["data"], datatype, shape, name)
-            inputs.append(InputHeader(name, datatype, shape, len(raw), -1, raw, iparams))
+            raw = json_to_raw(item["data"], datatype, shape, shorten(name))
+            elements = element_count(shape) if datatype == "BYTES" else None  # json_to_raw checked the count
+            inputs.append(InputHeader(name, datatype, shape, len(raw), -1, raw, iparams, elements))
         else:
-            raise InvalidInput(f"input '{name}': no 'data' and no parameters.binary_data_size")
+            raise InvalidInput(f"{what}: no 'data' and no parameters.binary_data_size")
     if offset != end:
         raise InvalidInput(
             f"{end - offset} bytes of binary data in the body are not claimed by any input's binary_data_size"
@@ -137,12 +157,13 @@ def parse_header(body: bytes, header: int) -> InferHeader:
                 raise InvalidInput("each entry of 'outputs' must be an object with a 'name'")
             oname = item["name"]
             oparams = item.get("parameters") or {}
+            owhat = f"output '{shorten(oname)}'"
             if not isinstance(oparams, dict):
-                raise InvalidInput(f"output '{oname}': 'parameters' must be a JSON object")
+                raise InvalidInput(f"{owhat}: 'parameters' must be a JSON object")
             for key, value in oparams.items():
                 if key.startswith("shared_memory"):
-                    raise InvalidInput(f"output '{oname}': shared-memory tensors are not supported by kairosd")
-                _check_param(value, f"output '{oname}' parameter '{key}'")
+                    raise InvalidInput(f"{owhat}: shared-memory tensors are not supported by kairosd")
+                _check_param(value, f"{owhat} parameter '{shorten(key)}'")
             binary[oname] = bool(oparams.get("binary_data", default_binary))
             names.append(oname)
     return InferHeader(doc, inputs, names, binary, timeout_s)
@@ -151,6 +172,8 @@ def parse_header(body: bytes, header: int) -> InferHeader:
 def _check_param(value: Any, what: str) -> None:
     if not isinstance(value, (bool, int, float, str)):
         raise InvalidInput(f"{what} must be a boolean, number or string")
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidInput(f"{what} is {shorten(value)}: integer parameters must fit in int64")
 
 
 def _set_param(param: pb.InferParameter, value: Any) -> None:

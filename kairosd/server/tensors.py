@@ -77,6 +77,29 @@ def deserialize_bytes(raw: bytes | memoryview) -> list[bytes]:
     return out
 
 
+def count_bytes(raw: bytes | memoryview, what: str) -> int:
+    """How many elements a BYTES tensor's data holds; raises InvalidInput (naming `what`) unless its length
+    prefixes end exactly at its end. Reads only the prefixes: at most len(raw) / 4 steps."""
+    view = memoryview(raw)
+    pos, end, n = 0, len(view), 0
+    unpack = _LEN.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidInput(
+                f"{what}: BYTES data truncated: {end - pos} trailing bytes after element {n} cannot hold a "
+                "4-byte length prefix (each element is a little-endian uint32 length, then its bytes)"
+            )
+        (length,) = unpack(view, pos)
+        pos += 4 + length
+        if pos > end:
+            raise InvalidInput(
+                f"{what}: BYTES data truncated: element {n} declares {length} bytes at offset {pos - length - 4}, "
+                f"past the end of the {end} bytes sent"
+            )
+        n += 1
+    return n
+
+
 def contents_to_raw(contents: service_pb2.InferTensorContents, datatype: str, shape: Sequence[int], name: str) -> bytes:
     """Typed `contents` of one tensor → its raw little-endian bytes; checks the element count."""
     field = CONTENTS_FIELD.get(datatype)
@@ -111,13 +134,40 @@ def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str) -> by
         raise InvalidInput(f"input '{name}': unknown datatype {datatype!r}")
     if datatype == "BF16":
         raise InvalidInput(f"input '{name}': BF16 must be sent as binary data (parameters.binary_data_size)")
+    # numpy infers the elements' kind first (bool, int, float; str, null, a mix or an integer beyond
+    # 64 bits gives another kind), so a value of the wrong JSON type is refused instead of converted
+    # (asarray(dtype=...) would turn "1.5" into 1.5, null into NaN, 1.7 into 1 and -1 into 255)
+    kinds, allowed = _JSON_KINDS["b" if datatype == "BOOL" else dtype.kind]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        kinds = f"JSON integers in [{info.min}, {info.max}]"
     try:
-        arr = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidInput(f"input '{name}': data is not a (nested) list of {datatype}: {e}") from None
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise InvalidInput(f"input '{name}': data is not a (nested) list of {kinds}: {e}") from None
     if arr.size != expected:
         raise InvalidInput(f"input '{name}': {arr.size} elements in data, shape {list(shape)} needs {expected}")
-    return arr.tobytes()
+    if arr.size == 0:
+        return b""
+    if arr.dtype.kind not in allowed:
+        raise InvalidInput(f"input '{name}': data for {datatype} must be a (nested) list of {kinds}")
+    if dtype.kind in "iu" and (arr.min() < info.min or arr.max() > info.max):
+        raise InvalidInput(f"input '{name}': data for {datatype} must be a (nested) list of {kinds}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(dtype)
+    if dtype.kind == "f" and bool(np.any(np.isinf(out) & np.isfinite(arr))):
+        limit = float(np.finfo(dtype).max)
+        raise InvalidInput(f"input '{name}': data for {datatype} must be numbers within +-{limit:.6g}")
+    return out.tobytes()
+
+
+# kind of the wire dtype -> (what the JSON elements must be, numpy kinds of the inferred array that are)
+_JSON_KINDS: dict[str, tuple[str, str]] = {
+    "b": ("JSON booleans", "b"),
+    "i": ("JSON integers", "iu"),
+    "u": ("JSON integers", "iu"),
+    "f": ("JSON numbers", "iuf"),
+}
 
 
 def raw_to_json(raw: bytes, datatype: str, name: str = "") -> list[Any]:

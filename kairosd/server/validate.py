@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 from tritonclient.grpc import service_pb2
 
 from kairosd.errors import InvalidInput, ModelNotFound
-from kairosd.server.tensors import ITEMSIZE, contents_to_raw, element_count
+from kairosd.server.tensors import ITEMSIZE, contents_to_raw, count_bytes, element_count
 
 if TYPE_CHECKING:
     from kairosd.repository import ModelSpec
@@ -19,12 +19,31 @@ def resolve_model(repository: Mapping[str, ModelSpec], name: str, version: str =
     """The spec of model `name`; `version` must be empty or the served version. Raises ModelNotFound."""
     spec = repository.get(name)
     if spec is None:
-        raise ModelNotFound(f"Request for unknown model: '{name}' is not found")
+        raise ModelNotFound(f"Request for unknown model: '{shorten(name)}' is not found")
     if version and version != spec.version:
         raise ModelNotFound(
-            f"Request for unknown model: '{name}' version {version} is not found (serving version {spec.version})"
+            f"Request for unknown model: '{name}' version {shorten(version)} is not found "
+            f"(serving version {spec.version})"
         )
     return spec
+
+
+SHOWN_CHARS = 80  # a name, datatype or shape longer than this is cut in error messages
+
+
+def shorten(value: object) -> str:
+    """`value` as text for an error message, cut to SHOWN_CHARS: error reasons echo what the client sent,
+    and a gRPC reason travels in a trailer that clients refuse beyond ~8-16 kB (they would see INTERNAL)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def _shape(shape: Sequence[int]) -> str:
+    if len(shape) > 8:
+        return shorten(f"[{', '.join(map(str, shape[:8]))}, ... ({len(shape)} dims)]")
+    return shorten(list(shape))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +133,10 @@ def validate_request(request: service_pb2.ModelInferRequest, spec: ModelSpec, ma
         if n_raw:
             if tensor.HasField("contents"):
                 raise _bad(name, model, "both raw_input_contents and contents are set; use one of them for all inputs")
-            _check_size(sig, name, model, datatype, shape, count, len(raw[i]))
+            if sig.itemsize is None:
+                _check_elements(name, model, shape, count, count_bytes(raw[i], f"input '{shorten(name)}'"))
+            else:
+                _check_size(sig, name, model, datatype, shape, count, len(raw[i]))
         elif not tensor.HasField("contents"):
             raise _bad(name, model, "no data (neither raw_input_contents nor contents)")
     batch = _check_batch(spec, model, table, seen, n_inputs, batch, max_batch)
@@ -132,6 +154,7 @@ class TensorHeader(Protocol):
     datatype: str
     shape: list[int]
     nbytes: int  # bytes of its raw data
+    elements: int | None  # BYTES: the elements its data holds (as counted by its parser); else None
 
 
 def validate_header(
@@ -157,7 +180,10 @@ def validate_header(
             batch = b
         elif b != batch:
             raise _bad(name, model, f"batch size {b} differs from {batch} of the other inputs")
-        _check_size(sig, name, model, t.datatype, t.shape, count, t.nbytes)
+        if sig.itemsize is None:
+            _check_elements(name, model, t.shape, count, t.elements)
+        else:
+            _check_size(sig, name, model, t.datatype, t.shape, count, t.nbytes)
     batch = _check_batch(spec, model, table, seen, len(inputs), batch, max_batch)
     if outputs:
         _check_outputs(spec, model, outputs)
@@ -169,26 +195,26 @@ def _check_tensor(
 ) -> tuple[int, int]:
     """(batch size, element count) of one input whose datatype and shape match its signature."""
     if datatype != sig.datatype:
-        raise _bad(name, model, f"datatype {datatype or '(none)'}, expected {sig.datatype}")
+        raise _bad(name, model, f"datatype {shorten(datatype) or '(none)'}, expected {sig.datatype}")
     if len(shape) != sig.rank:
         expected = f"[batch, {', '.join(map(str, sig.dims))}]" if batching else str(sig.dims)
-        raise _bad(name, model, f"shape {list(shape)}, expected {expected}")
+        raise _bad(name, model, f"shape {_shape(shape)}, expected {expected}")
     if batching:
         b = shape[0]
         if b < 1:
-            raise _bad(name, model, f"batch size {b}; at least 1 is required")
+            raise _bad(name, model, f"batch size {shorten(b)}; at least 1 is required")
         rest = shape[1:]
     else:
         b = 1
         rest = shape
     if not sig.wildcard:
         if rest != sig.dims:
-            raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
+            raise _bad(name, model, f"shape {_shape(shape)} does not match dims {sig.dims}")
         return b, b * sig.per_sample
     count = b
     for got, want in zip(rest, sig.dims, strict=True):
         if got < 0 or (want >= 0 and got != want):
-            raise _bad(name, model, f"shape {list(shape)} does not match dims {sig.dims}")
+            raise _bad(name, model, f"shape {_shape(shape)} does not match dims {sig.dims}")
         count *= got
     return b, count
 
@@ -196,8 +222,14 @@ def _check_tensor(
 def _check_size(sig: _InputSig, name: str, model: str, datatype: str, shape: Sequence[int], count: int, nbytes: int) -> None:
     size = sig.itemsize
     if size is not None and nbytes != count * size:
-        need = f"shape {list(shape)} of {datatype} needs {count * size}"
+        need = f"shape {_shape(shape)} of {datatype} needs {shorten(count * size)}"
         raise _bad(name, model, f"{nbytes} bytes of raw data, {need}")
+
+
+def _check_elements(name: str, model: str, shape: Sequence[int], count: int, elements: int | None) -> None:
+    if elements is not None and elements != count:
+        need = f"shape {_shape(shape)} needs {shorten(count)}"
+        raise _bad(name, model, f"{elements} BYTES elements in its data (4-byte length prefixes), {need}")
 
 
 def _check_batch(
@@ -212,7 +244,7 @@ def _check_batch(
         return 1
     limit = spec.max_batch_size if max_batch is None else min(max_batch, spec.max_batch_size)
     if batch > limit:
-        raise InvalidInput(f"model '{model}': batch size {batch} exceeds the maximum of {limit}")
+        raise InvalidInput(f"model '{model}': batch size {shorten(batch)} exceeds the maximum of {limit}")
     return batch
 
 
@@ -221,11 +253,18 @@ def _check_outputs(spec: ModelSpec, model: str, names: Sequence[str]) -> None:
     for name in names:
         if name not in outputs:
             expected = ", ".join(o.name for o in spec.outputs)
-            raise InvalidInput(f"unexpected inference output '{name}' for model '{model}'; it has: {expected}")
+            raise InvalidInput(
+                f"unexpected inference output '{shorten(name)}' for model '{model}'; it has: {expected}"
+            )
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInput(f"output(s) {', '.join(twice)} requested more than once for model '{model}'; name each once")
 
 
 def _unexpected(name: str, model: str, table: Mapping[str, _InputSig]) -> InvalidInput:
-    return InvalidInput(f"unexpected inference input '{name}' for model '{model}'; it takes: {', '.join(table)}")
+    return InvalidInput(
+        f"unexpected inference input '{shorten(name)}' for model '{model}'; it takes: {', '.join(table)}"
+    )
 
 
 def _twice(name: str, model: str) -> InvalidInput:
@@ -233,7 +272,7 @@ def _twice(name: str, model: str) -> InvalidInput:
 
 
 def _bad(name: str, model: str, problem: str) -> InvalidInput:
-    return InvalidInput(f"input '{name}' of model '{model}': {problem}")
+    return InvalidInput(f"input '{shorten(name)}' of model '{model}': {problem}")
 
 
 def _contents_to_raw(request: service_pb2.ModelInferRequest) -> None:

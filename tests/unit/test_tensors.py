@@ -58,7 +58,16 @@ def test_json_to_raw_bytes() -> None:
     [
         ([1.0, 2.0, 3.0], "FP32", [2, 2], "3 elements in data, shape \\[2, 2\\] needs 4"),
         ([[1.0, 2.0], [3.0]], "FP32", [2, 2], "not a \\(nested\\) list"),
-        (["x", "y"], "FP32", [2], "not a \\(nested\\) list"),
+        (["x", "y"], "FP32", [2], "data for FP32 must be a \\(nested\\) list of JSON numbers"),
+        ([None], "FP32", [1], "JSON numbers"),
+        ([1.5], "INT64", [1], "JSON integers in"),
+        ([True, False], "INT32", [2], "JSON integers in"),
+        ([-1], "UINT8", [1], "JSON integers in \\[0, 255\\]"),
+        ([2**63], "INT64", [1], "JSON integers in"),
+        ([2**64], "UINT64", [1], "JSON integers in"),
+        ([1], "BOOL", [1], "JSON booleans"),
+        ([1e300], "FP32", [1], "numbers within"),
+        ({"a": 1}, "FP32", [1], "JSON numbers"),
         ([1, 2], "BYTES", [2], "BYTES data must be strings"),
         ([1.0], "BF16", [1], "BF16 must be sent as binary"),
         ([1.0], "FP8", [1], "unknown datatype"),
@@ -109,3 +118,29 @@ def test_element_count() -> None:
     assert tensors.element_count([]) == 1
     assert tensors.element_count([3, 0, 2]) == 0
     assert tensors.element_count([4, 13]) == 52
+
+
+def test_json_to_raw_empty_tensor() -> None:
+    assert tensors.json_to_raw([], "FP32", [0, 2], "x") == b""
+
+
+@pytest.mark.parametrize(
+    ("raw", "count"),
+    [(b"", 0), (b"\x00\x00\x00\x00", 1), (tensors.serialize_bytes([b"ab", b"", b"xyz"]), 3)],
+)
+def test_count_bytes(raw: bytes, count: int) -> None:
+    assert tensors.count_bytes(raw, "input 't'") == count
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\x05\x00\x00\x00abc", "element 0 declares 5 bytes at offset 0, past the end of the 7 bytes"),
+        (b"\x01\x00\x00\x00a\x01", "1 trailing bytes after element 1"),
+        (b"\xff\xff\xff\xff", "element 0 declares 4294967295 bytes"),
+    ],
+)
+def test_count_bytes_rejects_bad_prefixes(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as info:
+        tensors.count_bytes(raw, "input 't'")
+    assert str(info.value).startswith("input 't': BYTES data truncated")

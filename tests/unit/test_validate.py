@@ -174,12 +174,66 @@ def test_input_without_data_named() -> None:
         validate_request(request, make_spec())
 
 
-def test_bytes_input_skips_size_check() -> None:
-    spec = make_spec(inputs=(make_tensor("text", "BYTES", (1,)),))
+def _bytes_request(shape: list[int], raw: bytes) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name="m")
-    request.inputs.add(name="text", datatype="BYTES", shape=[2, 1])
-    request.raw_input_contents.append(b"\x01\x00\x00\x00a\x02\x00\x00\x00bc")
-    assert validate_request(request, spec) == 2
+    request.inputs.add(name="text", datatype="BYTES", shape=shape)
+    request.raw_input_contents.append(raw)
+    return request
+
+
+def test_bytes_input_counts_elements_not_bytes() -> None:
+    spec = make_spec(inputs=(make_tensor("text", "BYTES", (1,)),))
+    assert validate_request(_bytes_request([2, 1], b"\x01\x00\x00\x00a\x02\x00\x00\x00bc"), spec) == 2
+
+
+@pytest.mark.parametrize(
+    ("shape", "raw", "message"),
+    [
+        ([2, 1], b"\x01\x00\x00\x00a", "1 BYTES elements in its data.*needs 2"),
+        ([1, 1], b"\x01\x00\x00\x00a\x00\x00\x00\x00", "2 BYTES elements"),
+        ([1, 1], b"\xff\xff\xff\xffa", "element 0 declares 4294967295 bytes"),
+        ([1, 1], b"\x01\x00\x00\x00a\x01\x00", "2 trailing bytes after element 1"),
+    ],
+    ids=["too-few", "too-many", "prefix-past-end", "partial-prefix"],
+)
+def test_bytes_input_with_bad_length_prefixes_named(shape: list[int], raw: bytes, message: str) -> None:
+    spec = make_spec(inputs=(make_tensor("text", "BYTES", (1,)),))
+    with pytest.raises(InvalidInput, match=message) as info:
+        validate_request(_bytes_request(shape, raw), spec)
+    assert "'text'" in str(info.value)
+
+
+def test_duplicate_output_refused() -> None:
+    request = make_request()
+    request.outputs.add(name="prob")
+    request.outputs.add(name="prob")
+    with pytest.raises(InvalidInput, match="prob requested more than once"):
+        validate_request(request, make_spec())
+
+
+def test_echoed_values_are_cut_short() -> None:
+    """Error reasons echo names and shapes; a gRPC reason travels in a trailer of limited size."""
+    request = make_request()
+    request.inputs[0].name = "d" * 100_000
+    with pytest.raises(InvalidInput, match=r"d\.\.\. \(100000 characters\)") as info:
+        validate_request(request, make_spec())
+    assert len(str(info.value)) < 300
+    request = make_request(batch=1)
+    del request.inputs[0].shape[:]
+    request.inputs[0].shape.extend([1] + [13] * 10_000)
+    with pytest.raises(InvalidInput, match=r"\(10001 dims\)") as info:
+        validate_request(request, make_spec())
+    assert len(str(info.value)) < 300
+    with pytest.raises(ModelNotFound) as not_found:
+        resolve_model({}, "m" * 100_000)
+    assert len(str(not_found.value)) < 300
+
+
+def test_huge_shape_products_are_size_errors() -> None:
+    request = make_request(batch=1)
+    request.inputs[1].shape[1] = 2**62
+    with pytest.raises(InvalidInput, match="'sparse'.*needs 36893488147419103232"):
+        validate_request(request, make_spec())
 
 
 def test_unknown_output_named() -> None:
