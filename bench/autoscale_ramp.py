@@ -49,9 +49,9 @@ def write_config(src: Path, dst: Path) -> dict[str, int]:
     return ports
 
 
-def fleet_status(http: str) -> dict[str, Any] | None:
+def fleet_status(admin: str) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://{http}/kairos/fleet", timeout=2) as r:
+        with urllib.request.urlopen(f"http://{admin}/kairos/fleet", timeout=2) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
     except OSError:
@@ -113,9 +113,9 @@ async def drive(grpc_url: str, phases: list[tuple[float, float]], median: float,
     return records
 
 
-async def sample(http: str, stop: asyncio.Event, every_s: float, t0: float, out: list[dict[str, Any]]) -> None:
+async def sample(admin: str, stop: asyncio.Event, every_s: float, t0: float, out: list[dict[str, Any]]) -> None:
     while not stop.is_set():
-        st = await asyncio.to_thread(fleet_status, http)
+        st = await asyncio.to_thread(fleet_status, admin)
         if st is not None:
             by: Counter[str] = Counter()
             for i in st["instances"]:
@@ -147,6 +147,7 @@ def main() -> None:
         path = Path(tmp) / "autoscale.toml"
         ports = write_config(Path(args.config), path)
         http, grpc_url = f"127.0.0.1:{ports['http']}", f"127.0.0.1:{ports['grpc']}"
+        admin = f"127.0.0.1:{ports['metrics']}"
         daemon = ChildProcess([sys.executable, "-m", "kairosd", "serve", "--config", str(path)], name="kairosd-ramp",
                               log_path=Path(tmp) / "kairosd.log").start()
         try:
@@ -156,7 +157,7 @@ def main() -> None:
                 samples: list[dict[str, Any]] = []
                 stop = asyncio.Event()
                 t0 = time.monotonic()
-                sampler = asyncio.create_task(sample(http, stop, args.sample_s, t0, samples))
+                sampler = asyncio.create_task(sample(admin, stop, args.sample_s, t0, samples))
                 records = await drive(grpc_url, phases, median, args.seed)
                 await asyncio.sleep(args.tail_s)
                 stop.set()

@@ -1,13 +1,16 @@
 """The daemon: config → repository, profiles, policy → registry + fleet → scheduler → front ends.
 
 Start-up is one ordered stack of components (`contextlib.AsyncExitStack`), undone in reverse on stop:
-watchdog → scheduler → fleet (ready before the front ends listen, when static) → gRPC → HTTP →
-/metrics → drain. Stopping therefore first refuses new queries and answers every queued and in-flight
+access files (TLS material, tokens: read and checked before anything starts) → watchdog → scheduler →
+fleet (ready before the front ends listen, when static) → gRPC → HTTP → /metrics and the admin
+endpoints (on `metrics_host`, loopback by default) → drain. Stopping therefore first refuses new queries and answers every queued and in-flight
 one (up to `[server] drain_timeout_s`, then UNAVAILABLE), then closes the front ends, then stops the
 fleet (local instances exit), and the watchdog pings until the end. systemd hears READY=1 once the
 front ends listen, RELOADING=1/READY=1 around a reload (SIGHUP) and STOPPING=1 at shutdown
 (`kairosd.notify`). A reload reads and checks the file off the event loop, classifies the changes
-(`kairosd.reload`) and swaps the reloadable settings between dispatch rounds, or changes nothing.
+(`kairosd.reload`) and swaps the reloadable settings between dispatch rounds, or changes nothing; it
+also re-reads `server.token_file` (new tokens replace the old ones at once, an unreadable or empty
+file fails the reload).
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import Fleet
 from kairosd.fleet_setup import build_fleet, reconfigure_fleet
 from kairosd.health import is_ready, model_ready
-from kairosd.metrics import start_metrics_server
+from kairosd.metrics import FrontEndCollector, start_metrics_server
 from kairosd.notify import Notifier
 from kairosd.registry import InstanceState, Registry
 from kairosd.reload import Reload, plan_reload
 from kairosd.repository import ModelSpec
 from kairosd.scheduler import Scheduler
-from kairosd.server.grpc_frontend import start_grpc_server
+from kairosd.server.access import Access, GrpcAuthInterceptor, describe, load_access, read_tokens
+from kairosd.server.grpc_frontend import GrpcLimits, start_grpc_server
 from kairosd.server.http_frontend import start_http_server
+from kairosd.server.http_limits import ConnectionGate, HttpLimits
 
 if TYPE_CHECKING:
     from kairosd.dispatch import Policy
@@ -61,6 +66,7 @@ class Daemon:
         self.fleet: Fleet | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self._access = Access(None, None)
         self._stack: contextlib.AsyncExitStack | None = None
         self._drain_timeout_s = self.config.server.drain_timeout_s
         self._reload_lock = asyncio.Lock()
@@ -86,7 +92,7 @@ class Daemon:
         return self.scheduler is not None and model_ready(self.registry, self.scheduler.model_idx, self._serving(), name)
 
     def fleet_status(self) -> dict[str, object]:
-        """The fleet as `kairosd fleet status` shows it (served on HTTP at /kairos/fleet)."""
+        """The fleet as `kairosd fleet status` shows it (served at /kairos/fleet on the metrics port)."""
         from kairosd.fleet_status import fleet_status
 
         if self.fleet is None:
@@ -128,12 +134,14 @@ class Daemon:
         log.info("starting pid=%d config=%s models=%s policy=%s", os.getpid(), cfg.path, ",".join(self._repository),
                  cfg.scheduler.policy)
         self.notifier.status("starting")
+        # TLS material and tokens first: a bad file should fail in a second, naming the key and path
+        access = self._access = await asyncio.to_thread(load_access, cfg)
         # the watchdog pings through start-up and shutdown: the first component in, the last out
         watchdog = asyncio.get_running_loop().create_task(self.notifier.watchdog_loop(), name="sd-watchdog")
         stack.push_async_callback(_cancel, watchdog)
         # before the fleet: a taken port should fail in a second, not after every instance started
-        ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port,
-                                   "server.metrics_port": s.metrics_port})
+        ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port})
+        ensure_ports_free(s.metrics_host, {"server.metrics_port": s.metrics_port})
         scheduler = self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
         stack.callback(scheduler.close)  # whatever is still queued at the very end: UNAVAILABLE
         fleet = self.fleet = build_fleet(cfg, self.registry, self.profiles, scheduler)
@@ -141,21 +149,35 @@ class Daemon:
         self.notifier.status("starting the fleet")
         # a static fleet is ready before the front ends listen; an autoscaled one grows while they do
         await fleet.start(wait_ready_timeout_s=None if cfg.autoscaler.enabled else 180.0)
+        http_limits = HttpLimits.from_server(s)
+        gate = ConnectionGate(http_limits.max_connections)
+        host = s.host
         try:
-            self._grpc = await start_grpc_server(self, s.host, s.grpc_port, s.max_request_bytes)
+            self._grpc = await start_grpc_server(
+                self, s.host, s.grpc_port, s.max_request_bytes, limits=GrpcLimits.from_server(s),
+                credentials=access.tls.grpc_credentials() if access.tls else None,
+                interceptors=[GrpcAuthInterceptor(access.auth)] if access.auth else (),
+            )
             stack.push_async_callback(self._grpc.stop, 1.0)
-            self._http = await start_http_server(self, s.host, s.http_port, s.max_request_bytes)
+            self._http = await start_http_server(
+                self, s.host, s.http_port, s.max_request_bytes, limits=http_limits, gate=gate,
+                ssl_context=access.tls.ssl_context() if access.tls else None, auth=access.auth,
+            )
             stack.push_async_callback(self._http.cleanup)
             if s.metrics_port:
-                stack.push_async_callback(await start_metrics_server(scheduler, s.host, s.metrics_port, fleet))
+                host = s.metrics_host
+                stack.push_async_callback(await start_metrics_server(
+                    scheduler, s.metrics_host, s.metrics_port, fleet, fleet_status=self.fleet_status,
+                    extra=[FrontEndCollector(access.auth, gate)],
+                ))
         except OSError as exc:  # taken between the check above and now
-            raise PortInUse(f"cannot listen on {s.host}: {exc}; free the port or change it in [server]") from exc
+            raise PortInUse(f"cannot listen on {host}: {exc}; free the port or change it in [server]") from exc
         stack.push_async_callback(self._drain)  # the first step of stopping
         self._started = True
         log.info(
-            "ready grpc=%s:%d http=%s:%d metrics=%s:%d policy=%s instances=%d models=%s",
-            s.host, s.grpc_port, s.host, s.http_port, s.host, s.metrics_port, cfg.scheduler.policy,
-            len(self.registry.ready()), ",".join(self._repository),
+            "ready grpc=%s:%d http=%s:%d metrics=%s:%d access=\"%s\" policy=%s instances=%d models=%s",
+            s.host, s.grpc_port, s.host, s.http_port, s.metrics_host, s.metrics_port, describe(access),
+            cfg.scheduler.policy, len(self.registry.ready()), ",".join(self._repository),
         )
         self.notifier.ready(self._status())
 
@@ -217,7 +239,16 @@ class Daemon:
             log.warning("reload refused path=%s: needs a restart: %s; keeping the current settings (restart kairosd "
                         "to apply them)", path, "; ".join(str(c) for c in plan.refused))
             return plan
+        # the token file is re-read on every reload, whether or not its path changed
+        tokens: tuple[str, ...] | None = None
+        if new.config.server.token_file:
+            try:
+                tokens = await asyncio.to_thread(read_tokens, new.config)
+            except ConfigError as exc:
+                log.error("reload failed path=%s: %s; keeping the current settings and tokens", path, exc)
+                return None
         if not plan.changed:
+            self._swap_tokens(tokens, new.config)
             log.info("reload applied path=%s changed=none", path)
             return plan
         # the running latency table stays (models.profiles needs a restart): the policy is rebuilt over it
@@ -227,6 +258,7 @@ class Daemon:
             log.error("reload failed path=%s: %s; keeping the current settings", path, exc)
             return None
         self._apply(new.config, policy)
+        self._swap_tokens(tokens, new.config)
         if self.fleet is not None:
             await reconfigure_fleet(self.fleet, new.config, self.profiles)
         self.reloads_applied += 1
@@ -234,6 +266,14 @@ class Daemon:
         for c in plan.changed:
             log.info("reload set %s", c)
         return plan
+
+    def _swap_tokens(self, tokens: tuple[str, ...] | None, config: Config) -> None:
+        """New tokens (and auth_health) for both front ends, from their next request on."""
+        auth = self._access.auth
+        if auth is None or tokens is None:  # turning authentication on or off needs a restart (kairosd.reload)
+            return
+        auth.replace(tokens, config.server.auth_health)
+        log.info("reload read server.token_file tokens=%d auth_health=%s", len(tokens), config.server.auth_health)
 
     def _apply(self, config: Config, policy: Policy) -> None:
         """Swap the scheduler's settings (between dispatch rounds: this runs on the event loop) and the

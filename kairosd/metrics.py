@@ -1,4 +1,7 @@
-"""Prometheus metrics (`kairos_*`), served at /metrics by an aiohttp app on the daemon's event loop.
+"""Prometheus metrics (`kairos_*`) and the admin endpoints, served by an aiohttp app on the daemon's event loop.
+
+The app listens on `[server] metrics_host:metrics_port` (loopback by default), apart from the client
+ports: GET /metrics, and GET /kairos/fleet (the fleet as `kairosd fleet status` shows it).
 
 Two sources. The scheduler's `QueryObserver` hook feeds per-query histograms and counters as queries
 end (`QueryMetrics`: a few list operations per query, no locks: everything runs on the event loop).
@@ -297,6 +300,45 @@ class FleetCollector(Collector):
         yield demand
 
 
+class _Refusals(Protocol):
+    """What FrontEndCollector reads from the authenticator (`kairosd.server.access.Authenticator`)."""
+
+    refused_total: Mapping[str, int]
+
+
+class _Gate(Protocol):
+    """What FrontEndCollector reads from the HTTP connection gate (`kairosd.server.http_limits.ConnectionGate`)."""
+
+    open: int
+    refused_total: int
+    header_timeouts_total: int
+
+
+class FrontEndCollector(Collector):
+    """Requests refused for want of a valid bearer token, per protocol, and the HTTP port's connections:
+    open now, refused at server.max_connections, closed at server.header_timeout_s."""
+
+    def __init__(self, auth: _Refusals | None, gate: _Gate | None) -> None:
+        self.auth = auth
+        self.gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        if self.auth is not None:
+            unauth = CounterMetricFamily("kairos_unauthenticated", "requests refused UNAUTHENTICATED / 401 (no or a "
+                                         "wrong bearer token)", labels=["protocol"])
+            for protocol, n in sorted(self.auth.refused_total.items()):
+                unauth.add_metric([protocol], n)
+            yield unauth
+        if self.gate is not None:
+            yield GaugeMetricFamily("kairos_http_connections_open", "client connections open on the HTTP port",
+                                    value=self.gate.open)
+            yield CounterMetricFamily("kairos_http_connections_refused", "HTTP connections refused (503) at "
+                                      "server.max_connections", value=self.gate.refused_total)
+            yield CounterMetricFamily("kairos_http_header_timeouts", "HTTP connections closed because request "
+                                      "headers took longer than server.header_timeout_s",
+                                      value=self.gate.header_timeouts_total)
+
+
 def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[CollectorRegistry, QueryMetrics]:
     """The collectors over the scheduler (and fleet), and the QueryMetrics to attach as its observer."""
     queries = QueryMetrics(scheduler.profiles.models, scheduler.profiles.types, scheduler.qos_s, follow=scheduler)
@@ -311,27 +353,53 @@ def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[Co
 _REGISTRY_KEY = web.AppKey("kairosd_metrics_registry", CollectorRegistry)
 
 
+_FLEET_STATUS_KEY = web.AppKey("kairosd_fleet_status", Callable[[], Mapping[str, object]])
+
+
 async def _metrics(request: web.Request) -> web.Response:
     # on the event loop: the collectors read the scheduler's and the fleet's state between callbacks
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(request.app[_REGISTRY_KEY]), headers={"Content-Type": content_type})
 
 
-def build_metrics_app(registry: CollectorRegistry) -> web.Application:
+async def _fleet_status(request: web.Request) -> web.Response:
+    """kairosd's own (non-KServe) view of its fleet: instances, cost against budget, target, last plan
+    (what `kairosd fleet status` prints)."""
+    return web.json_response(request.app[_FLEET_STATUS_KEY]())
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    return web.json_response({"error": f"kairosd's admin port has no endpoint {request.method} {request.path}; "
+                              "it serves GET /metrics and GET /kairos/fleet"}, status=404)
+
+
+def build_metrics_app(
+    registry: CollectorRegistry, fleet_status: Callable[[], Mapping[str, object]] | None = None
+) -> web.Application:
+    """The admin application: GET /metrics, and GET /kairos/fleet when `fleet_status` is given."""
     app = web.Application()
     app[_REGISTRY_KEY] = registry
     app.router.add_get("/metrics", _metrics)
+    if fleet_status is not None:
+        app[_FLEET_STATUS_KEY] = fleet_status
+        app.router.add_get("/kairos/fleet", _fleet_status, allow_head=False)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
 
 
 async def start_metrics_server(
-    scheduler: Scheduler, host: str, port: int, fleet: Fleet | None = None
+    scheduler: Scheduler, host: str, port: int, fleet: Fleet | None = None,
+    fleet_status: Callable[[], Mapping[str, object]] | None = None,
+    extra: Iterable[Collector] = (),
 ) -> Callable[[], Awaitable[None]]:
-    """Attach the query observer to the scheduler and serve /metrics on host:port from this event loop;
-    returns the coroutine function that stops serving (and detaches the observer). OSError when the
-    port cannot be bound."""
+    """Attach the query observer to the scheduler and serve the admin app (/metrics, /kairos/fleet from
+    `fleet_status`) on host:port from this event loop; `extra` collectors are registered beside the
+    scheduler's and the fleet's. Returns the coroutine function that stops serving (and detaches the
+    observer). OSError when the port cannot be bound."""
     registry, queries = build_registry(scheduler, fleet)
-    runner = web.AppRunner(build_metrics_app(registry), access_log=None, handle_signals=False)
+    for collector in extra:
+        registry.register(collector)
+    runner = web.AppRunner(build_metrics_app(registry, fleet_status), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=False).start()
@@ -339,7 +407,7 @@ async def start_metrics_server(
         await runner.cleanup()
         raise
     scheduler.observer = queries
-    log.info("metrics listening on %s:%d/metrics", host, port)
+    log.info("metrics and admin endpoints listening on %s:%d (/metrics, /kairos/fleet)", host, port)
 
     async def stop() -> None:
         if scheduler.observer is queries:

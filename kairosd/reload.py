@@ -8,7 +8,9 @@ parameters, prices), otherwise it needs a restart and the whole reload is refuse
 `models.qos_ms.dlrm` 25 → 40 and `autoscaler.budget_usd_per_hour` 0.3 → 0.2 is applied; adding
 `server.grpc_port` 8001 → 9001 to the same file refuses all three. Adding or removing a served model
 or an instance type needs a restart (the front ends, the profiles and the providers are built for
-them). Pure: no I/O.
+them). One key depends on its values: `server.token_file` may move to another file live, but turning
+authentication on or off (to or from "") needs a restart, as the front ends are built with or without
+the token check. Pure: no I/O (the daemon re-reads the token file itself on every reload).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from kairosd.config import Config
 # keys a reload applies live (fnmatch patterns over the flattened keys)
 RELOADABLE: tuple[str, ...] = (
     "server.drain_timeout_s",
+    "server.token_file",  # between two files only (see _applies_live)
+    "server.auth_health",
     "scheduler.*",  # policy, policy_params.*, tick_ms, margin_ms, default_timeout_s, max_attempts
     "models.qos_ms.*",
     "types.*.price_usd_per_hour",
@@ -94,6 +98,12 @@ def reloadable(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in RELOADABLE)
 
 
+def _applies_live(key: str, old: Any, new: Any) -> bool:
+    if key == "server.token_file":
+        return bool(old) and bool(new)  # another token file: yes; authentication on or off: restart
+    return reloadable(key)
+
+
 def plan_reload(old: Config, new: Config) -> Reload:
     """Every key whose value differs between `old` and `new`, classified reloadable or restart-only."""
     a, b = dict(flatten(old)), dict(flatten(new))
@@ -104,7 +114,7 @@ def plan_reload(old: Config, new: Config) -> Reload:
         if va == vb:
             continue
         change = Change(key, va, vb)
-        (changed if reloadable(key) else refused).append(change)
+        (changed if _applies_live(key, va, vb) else refused).append(change)
     return Reload(changed, refused)
 
 

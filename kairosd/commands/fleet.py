@@ -28,10 +28,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pl.add_argument("--objective", choices=["max_throughput", "min_cost"], default=None)
 
 
+def admin_address(cfg: Any) -> str:
+    """host:port of the daemon's admin endpoints ([server] metrics_host:metrics_port; a wildcard host
+    is reached on loopback)."""
+    host = cfg.server.metrics_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{cfg.server.metrics_port}" if ":" in host else f"{host}:{cfg.server.metrics_port}"
+
+
 def _daemon_status(cfg: Any) -> dict[str, Any] | None:
-    """The running daemon's /kairos/fleet, or None when no daemon answers on the config's HTTP port."""
-    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{cfg.server.http_port}/kairos/fleet"
+    """The running daemon's /kairos/fleet (on the admin port), or None when no daemon answers there."""
+    if not cfg.server.metrics_port:
+        return None
+    url = f"http://{admin_address(cfg)}/kairos/fleet"
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             data: dict[str, Any] = json.loads(r.read())
@@ -65,7 +75,8 @@ def _provider_status(cfg: Any) -> dict[str, Any] | None:
             "budget_usd_per_hour": cfg.autoscaler.budget_usd_per_hour,
             "committed_usd_per_hour": sum(i["price_usd_per_hour"] for i in billed), "target": {},
             "objective": cfg.autoscaler.objective, "instances": instances, "observed": [], "plan": None,
-            "notes": ["no kairosd answers on this config's HTTP port: the provider's list, without target or load"]}
+            "notes": ["no kairosd answers on this config's admin port (server.metrics_port): the provider's list, "
+                      "without target or load"]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,8 +94,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"(the provider's list is not available: {exc}; planning from an empty fleet)")
     if args.fleet_command == "status":
         if status is None:
-            raise Unavailable(f"no kairosd answers on {cfg.server.host}:{cfg.server.http_port} (start it with "
-                              f"`kairosd serve --config {args.config}`); a local fleet exists only while its daemon runs")
+            if not cfg.server.metrics_port:
+                raise Unavailable(f"{args.config}: server.metrics_port = 0, so kairosd serves no admin endpoints and "
+                                  "its fleet cannot be read; set a metrics_port (and restart kairosd)")
+            raise Unavailable(f"no kairosd answers on its admin port {admin_address(cfg)} (server.metrics_host:"
+                              f"metrics_port; start it with `kairosd serve --config {args.config}`); a local fleet "
+                              "exists only while its daemon runs")
         from kairosd.fleet_status import render_status
 
         print(json.dumps(status, indent=2) if args.json else render_status(status))

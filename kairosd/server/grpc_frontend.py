@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -14,6 +15,9 @@ import kairosd
 from kairosd.errors import InvalidInput, KairosError
 from kairosd.server.validate import resolve_model, validate_request
 from kairosd.service import InferenceService
+
+if TYPE_CHECKING:
+    from kairosd.config import ServerConfig
 
 log = logging.getLogger(__name__)
 Ctx: TypeAlias = grpc.aio.ServicerContext
@@ -43,6 +47,58 @@ _UNSUPPORTED: dict[str, str] = {
 # the scheduler's job (UNAVAILABLE with a reason), so the core's silent limit is lifted well above it.
 MAX_PENDING_RPCS = 1 << 20
 _STREAM_UNSUPPORTED = "kairosd does not implement ModelStreamInfer (streaming / decoupled models); use ModelInfer"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """The `[server]` limits as grpc core channel arguments on the server."""
+
+    max_connections: int = 4096
+    max_concurrent_streams: int = 1024
+    max_header_bytes: int = 16384
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 75.0
+
+    @classmethod
+    def from_server(cls, s: ServerConfig) -> GrpcLimits:
+        return cls(s.max_connections, s.max_concurrent_streams, s.max_header_bytes, s.header_timeout_s,
+                   s.idle_timeout_s)
+
+    def options(self) -> list[tuple[str, int]]:
+        return [
+            # accepted connections beyond it are closed at once by grpc core (its connection quota)
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's further calls on one connection wait in
+            # the client until a stream ends (grpc clients queue them; they are not refused)
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # request metadata (headers) larger than this is refused RESOURCE_EXHAUSTED; soft and hard
+            # limits equal, so the refusal is deterministic
+            ("grpc.max_metadata_size", self.max_header_bytes),
+            ("grpc.absolute_max_metadata_size", self.max_header_bytes),
+            # TLS handshake and the client's HTTP/2 preface and SETTINGS within the header timeout
+            ("grpc.server_handshake_timeout_ms", max(1, round(self.header_timeout_s * 1e3))),
+            # a connection with no call in flight for this long gets GOAWAY
+            ("grpc.max_connection_idle_ms", max(1, round(self.idle_timeout_s * 1e3))),
+        ]
+
+
+def client_timeout_s(request: pb.ModelInferRequest, time_remaining: float | None) -> float | None:
+    """The query's deadline from now, in seconds: the smaller of the gRPC deadline (`time_remaining`) and
+    the KServe `timeout` request parameter (µs, as Triton reads it; 0 = none), None when neither is set.
+    E.g. a 2 s gRPC deadline and timeout = 500000 → 0.5."""
+    if "timeout" not in request.parameters:
+        return time_remaining
+    param = request.parameters["timeout"]
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidInput(f"request parameter 'timeout' must be an integer (microseconds), got {kind or 'no value'}")
+    us = getattr(param, kind)
+    if us < 0:
+        raise InvalidInput(f"request parameter 'timeout' = {us}: must be ≥ 0 microseconds (0: no timeout)")
+    if us == 0:
+        return time_remaining
+    timeout_s = us / 1e6
+    return timeout_s if time_remaining is None else min(timeout_s, time_remaining)
 
 
 class _Handlers:
@@ -109,7 +165,8 @@ class _Handlers:
             forward = raw if len(request.raw_input_contents) == len(request.inputs) else None
             spec = resolve_model(service.repository, request.model_name, request.model_version)
             batch = validate_request(request, spec)
-            return await service.infer(request, spec, batch, context.time_remaining(), raw=forward)
+            timeout_s = client_timeout_s(request, context.time_remaining())
+            return await service.infer(request, spec, batch, timeout_s, raw=forward)
         except KairosError as e:
             await _abort(context, e)
         except Exception as e:  # a bug, not the client's fault: keep the message, log the trace
@@ -177,23 +234,34 @@ def build_generic_handler(
 async def start_grpc_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+    *, limits: GrpcLimits | None = None, credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
-    """Bind and start the gRPC front end; messages over `max_message_bytes` fail with RESOURCE_EXHAUSTED."""
+    """Bind and start the gRPC front end; messages over `max_message_bytes` fail with RESOURCE_EXHAUSTED.
+    `limits` (the daemon's client port) adds connection, stream, metadata and timeout limits;
+    `credentials` serves TLS; `interceptors` run before every method (the bearer-token check)."""
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+        ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
+    ]
+    if limits is not None:
+        options += limits.options()
     server = grpc.aio.server(
         handlers=[build_generic_handler(service, server_name, extensions)],
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
-            ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
-            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
-        ],
+        interceptors=list(interceptors) or None,
+        options=options,
         maximum_concurrent_rpcs=None,
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
+    if credentials is not None:
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"gRPC front end cannot bind {address}")
     await server.start()
-    log.info("gRPC front end listening on %s", address)
+    log.info("gRPC front end listening on %s%s", address, " (TLS)" if credentials is not None else "")
     return server

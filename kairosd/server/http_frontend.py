@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -13,8 +16,10 @@ from tritonclient.grpc import service_pb2 as pb
 
 import kairosd
 from kairosd.backends.http_client import HttpForward, HttpReply, InstanceHttpError
-from kairosd.errors import InvalidInput, KairosError, RequestTooLarge
+from kairosd.errors import InvalidInput, KairosError, Overloaded, RequestTooLarge, Unauthenticated
+from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
 from kairosd.server.grpc_frontend import EXTENSIONS, SERVER_NAME
+from kairosd.server.http_limits import ConnectionGate, GuardedSite, HttpLimits, guarded_protocol
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, loads, parse_header, render, to_grpc
 from kairosd.server.validate import resolve_model, validate_header
 from kairosd.service import InferenceService
@@ -24,6 +29,8 @@ log = logging.getLogger(__name__)
 _SERVICE_KEY = web.AppKey("kairosd_service", InferenceService)
 _MAX_BODY_KEY = web.AppKey("kairosd_max_body_bytes", int)
 _METADATA_KEY = web.AppKey("kairosd_server_metadata", bytes)
+_AUTH_KEY = web.AppKey("kairosd_authenticator", Authenticator)
+_BODY_TIMEOUT_KEY = web.AppKey("kairosd_body_timeout_s", float)
 _JSON = "application/json"
 # request headers that describe the body, forwarded with it
 _FORWARD_HEADERS = ("Content-Type", HEADER_LENGTH)
@@ -45,7 +52,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except KairosError as e:
-        return _error(e.http_status, str(e))
+        response = _error(e.http_status, str(e))
+        if isinstance(e, Unauthenticated):
+            response.headers[hdrs.WWW_AUTHENTICATE] = WWW_AUTHENTICATE
+        elif isinstance(e, Overloaded):
+            response.headers[hdrs.RETRY_AFTER] = str(retry_after(e.retry_after_s))
+        return response
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[_MAX_BODY_KEY]
         return _error(413, f"request body exceeds the limit of {limit} bytes (kairosd max_body_bytes)")
@@ -56,6 +68,32 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return _error(500, f"kairosd internal error: {type(e).__name__}: {e}")
+
+
+def retry_after(seconds: float) -> int:
+    """`Retry-After` in whole seconds: the ceiling, at least 1 (e.g. 0.2 → 1, 2.1 → 3)."""
+    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
+
+
+@web.middleware
+async def _connection(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection's guard (`http_limits`) that a request's headers are complete."""
+    guard = guarded_protocol(request)
+    if guard is None:
+        return await handler(request)
+    guard.request_started()
+    try:
+        return await handler(request)
+    finally:
+        guard.request_ended()
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-token check (`kairosd.server.access`); the health endpoints are open unless auth_health."""
+    health = request.match_info.handler in _HEALTH_HANDLERS
+    request.app[_AUTH_KEY].check(request.headers.get(hdrs.AUTHORIZATION), health, "http")
+    return await handler(request)
 
 
 def _service(request: web.Request) -> InferenceService:
@@ -160,7 +198,17 @@ async def _read_body(request: web.Request) -> bytes:
             f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes "
             "(kairosd max_body_bytes)"
         )
-    return await request.read()
+    timeout_s = request.app.get(_BODY_TIMEOUT_KEY)
+    if timeout_s is None:
+        return await request.read()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            text=f"request body not received within {timeout_s:g} s (kairosd server.body_timeout_s)",
+            headers={hdrs.CONNECTION: "close"},
+        ) from None
 
 
 def _response_coding(request: web.Request) -> str | None:
@@ -176,12 +224,21 @@ def _response_coding(request: web.Request) -> str | None:
 def build_http_app(
     service: InferenceService, max_body_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+    *, auth: Authenticator | None = None, body_timeout_s: float | None = None,
 ) -> web.Application:
-    """The KServe v2 REST application; bodies over `max_body_bytes` get 413. `server_name` and
-    `extensions` are what `GET /v2` reports."""
-    app = web.Application(client_max_size=max_body_bytes, middlewares=[_errors])
+    """The KServe v2 REST application; bodies over `max_body_bytes` get 413, bodies not received within
+    `body_timeout_s` 408. `server_name` and `extensions` are what `GET /v2` reports. With `auth`, every
+    endpoint but the health ones (unless `auth.auth_health`) needs a bearer token (401)."""
+    middlewares: list[Handler | Any] = [_connection, _errors]
+    if auth is not None:
+        middlewares.append(_authenticate)
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[_SERVICE_KEY] = service
     app[_MAX_BODY_KEY] = max_body_bytes
+    if auth is not None:
+        app[_AUTH_KEY] = auth
+    if body_timeout_s is not None:
+        app[_BODY_TIMEOUT_KEY] = body_timeout_s
     app[_METADATA_KEY] = rapidjson.dumps(
         {"name": server_name, "version": kairosd.__version__, "extensions": list(extensions)}
     ).encode()
@@ -195,29 +252,41 @@ def build_http_app(
         r.add_get(base + "/ready", _model_ready, allow_head=False)
         r.add_get(base + "/config", _model_config, allow_head=False)
         r.add_post(base + "/infer", _infer)
-    r.add_get("/kairos/fleet", _fleet_status, allow_head=False)
     r.add_route("*", "/{tail:.*}", _not_found)
     return app
 
 
-async def _fleet_status(request: web.Request) -> web.Response:
-    """kairosd's own (non-KServe) view of its fleet: instances, cost against budget, target, last plan
-    (what `kairosd fleet status` prints)."""
-    status = getattr(request.app[_SERVICE_KEY], "fleet_status", None)
-    if status is None:
-        return _error(404, "this server has no fleet")
-    return web.json_response(status())
+# open without a token unless server.auth_health
+_HEALTH_HANDLERS: frozenset[Handler] = frozenset({_live, _ready, _model_ready})
 
 
 async def start_http_server(
     service: InferenceService, host: str, port: int, max_body_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+    *, limits: HttpLimits | None = None, ssl_context: ssl.SSLContext | None = None,
+    auth: Authenticator | None = None, gate: ConnectionGate | None = None,
 ) -> web.AppRunner:
-    """Bind and start the REST front end; `runner.addresses` tells the bound port (useful with port 0)."""
-    app = build_http_app(service, max_body_bytes, server_name, extensions)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Bind and start the REST front end; `runner.addresses` tells the bound port (useful with port 0).
+
+    With `limits` (the daemon's client port), connections are counted against `limits.max_connections`
+    (at `gate`, whose counters /metrics reads) and headers, bodies and idle connections are timed
+    (`kairosd.server.http_limits`); without, aiohttp's defaults apply (instances behind kairosd).
+    `ssl_context` serves HTTPS; `auth` checks bearer tokens."""
+    app = build_http_app(service, max_body_bytes, server_name, extensions, auth=auth,
+                         body_timeout_s=limits.body_timeout_s if limits is not None else None)
+    kwargs = limits.handler_kwargs() if limits is not None else {}
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **kwargs)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=False)
-    await site.start()
-    log.info("HTTP front end listening on %s:%s", host, port)
+    try:
+        if limits is not None:
+            site: web.TCPSite = GuardedSite(runner, host, port, limits, gate or ConnectionGate(limits.max_connections),
+                                            ssl_context=ssl_context)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_port=False, ssl_context=ssl_context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("HTTP front end listening on %s:%s%s", host, port, " (TLS)" if ssl_context is not None else "")
     return runner
+

@@ -46,8 +46,8 @@ max_disruption_fraction = 0.5
 """
 
 
-def fleet(http: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{http}/kairos/fleet", timeout=5) as r:
+def fleet(admin: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{admin}/kairos/fleet", timeout=5) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
 
@@ -55,16 +55,16 @@ def fleet(http: str) -> dict[str, Any]:
 class Sampler(threading.Thread):
     """Reads /kairos/fleet every 50 ms until stopped."""
 
-    def __init__(self, http: str) -> None:
+    def __init__(self, admin: str) -> None:
         super().__init__(daemon=True)
-        self.http = http
+        self.admin = admin
         self.samples: list[dict[str, Any]] = []
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
-                self.samples.append(fleet(self.http))
+                self.samples.append(fleet(self.admin))
             except OSError:
                 pass
             time.sleep(0.05)
@@ -78,13 +78,13 @@ def test_fleet_follows_a_burst_out_and_back_in_losing_no_query(tmp_path: Path) -
     path = tmp_path / "kairosd.toml"
     ports = write_config(path, fleet={}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES, extra_toml=AUTOSCALER)
     d = start_daemon(path, ports)
-    sampler = Sampler(d.http_url)
+    sampler = Sampler(d.metrics_url)
     sampler.start()
     try:
         deadline = time.monotonic() + 30
-        while ready(fleet(d.http_url)) < 1 and time.monotonic() < deadline:  # the idle fleet: one warm instance
+        while ready(fleet(d.metrics_url)) < 1 and time.monotonic() < deadline:  # the idle fleet: one warm instance
             time.sleep(0.1)
-        idle = fleet(d.http_url)
+        idle = fleet(d.metrics_url)
         assert idle["target"] == {"ort-1t": 1} and ready(idle) == 1, idle
         inputs = example_inputs("dlrm", 256, seed=3)
         expected = reference("dlrm", inputs)
@@ -106,7 +106,7 @@ def test_fleet_follows_a_burst_out_and_back_in_losing_no_query(tmp_path: Path) -
             load = asyncio.ensure_future(burst(250.0, 6.0))
             peak = 0
             while not load.done():
-                peak = max(peak, ready(await asyncio.to_thread(fleet, d.http_url)))
+                peak = max(peak, ready(await asyncio.to_thread(fleet, d.metrics_url)))
                 await asyncio.sleep(0.2)
             return await load, peak
 
@@ -121,7 +121,7 @@ def test_fleet_follows_a_burst_out_and_back_in_losing_no_query(tmp_path: Path) -
         # no load: the target falls back to one instance after down_periods; the rest drain and stop
         deadline = time.monotonic() + 25
         while time.monotonic() < deadline:
-            st = fleet(d.http_url)
+            st = fleet(d.metrics_url)
             if st["target"] == {"ort-1t": 1} and len(st["instances"]) == 1 and ready(st) == 1:
                 break
             time.sleep(0.2)

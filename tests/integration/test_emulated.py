@@ -179,7 +179,7 @@ def _check_fidelity(samples: list[tuple[str, float, float]], where: str, allowan
 
 
 def test_fidelity_direct_and_through_kairosd(daemon: RunningDaemon) -> None:
-    with urllib.request.urlopen(f"http://{daemon.http_url}/kairos/fleet", timeout=5) as r:
+    with urllib.request.urlopen(f"http://{daemon.metrics_url}/kairos/fleet", timeout=5) as r:
         fleet = json.loads(r.read())
     addresses = {i["type"]: i["address"] for i in fleet["instances"]}
     assert sorted(addresses) == sorted(TYPES)

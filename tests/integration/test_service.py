@@ -129,8 +129,8 @@ class NotifySocket(threading.Thread):
         return [t for t, m in self.messages if m.get("WATCHDOG") == "1" and t0 <= t <= t1]
 
 
-def fleet(http: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{http}/kairos/fleet", timeout=5) as r:
+def fleet(admin: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{admin}/kairos/fleet", timeout=5) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
 
@@ -221,7 +221,7 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
            "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ACCESS_KEY_ID": KEY_ID}
     child = ChildProcess([sys.executable, "-m", "kairosd", "--log-format", "json", "serve", "--config", str(path)],
                          name="kairosd-service", env=env, log_path=log).start()
-    grpc_url, http = f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['http']}"
+    grpc_url, admin = f"127.0.0.1:{ports['grpc']}", f"127.0.0.1:{ports['metrics']}"
     try:
         # READY=1 once the front ends listen
         ready = notify.wait(lambda m: m.get("READY") == "1", timeout_s=60)
@@ -232,7 +232,7 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
 
         # WATCHDOG=1 every half of WATCHDOG_USEC (1 s → 0.5 s)
         deadline = time.monotonic() + 30
-        while not any(i["state"] == "ready" for i in fleet(http)["instances"]) and time.monotonic() < deadline:
+        while not any(i["state"] == "ready" for i in fleet(admin)["instances"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(max(t_ready + 2.2 - time.monotonic(), 0))
         pings = notify.watchdog_times(t_ready, t_ready + 2.2)
@@ -240,7 +240,7 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         assert len(pings) >= 4 and 0.4 <= float(np.mean(gaps)) <= 0.65 and float(np.max(gaps)) < 0.9, gaps
 
         # SIGHUP under load: QoS target and budget change live, no query lost, RELOADING/READY around it
-        status = fleet(http)
+        status = fleet(admin)
         assert status["qos_ms"]["dlrm"] == 25.0 and status["budget_usd_per_hour"] == 0.15
         assert qos_metric_s(ports["metrics"], "dlrm") == pytest.approx(0.025)
         path.write_text(original.replace("dlrm = 25.0", "dlrm = 40.0").replace("budget_usd_per_hour = 0.15",
@@ -261,13 +261,13 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         notify.wait(lambda m: m.get("READY") == "1", after=reloading + 1)
         applied = wait_log(log, "reload applied")
         assert "autoscaler.budget_usd_per_hour" in applied[0] and "models.qos_ms.dlrm" in applied[0], applied
-        status = fleet(http)
+        status = fleet(admin)
         assert status["qos_ms"]["dlrm"] == 40.0 and status["budget_usd_per_hour"] == 0.10 and status["reloads_applied"] == 1
         assert qos_metric_s(ports["metrics"], "dlrm") == pytest.approx(0.040)  # the scheduler's own target
         deadline = time.monotonic() + 10
-        while fleet(http)["committed_usd_per_hour"] > 0.10 + 1e-9 and time.monotonic() < deadline:
+        while fleet(admin)["committed_usd_per_hour"] > 0.10 + 1e-9 and time.monotonic() < deadline:
             time.sleep(0.1)  # instances above the new budget are drained and terminated
-        assert fleet(http)["committed_usd_per_hour"] <= 0.10 + 1e-9
+        assert fleet(admin)["committed_usd_per_hour"] <= 0.10 + 1e-9
 
         # a change that needs a restart: refused with one line naming the key; the old port keeps serving
         new_port = free_port()
@@ -281,14 +281,14 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         assert len(refused) == 1 and f"server.grpc_port: {ports['grpc']} → {new_port}" in refused[0], refused
         check_answers(asyncio.run(load(grpc_url, 20, 4)))
         assert not listening(new_port)
-        assert fleet(http)["reloads_applied"] == 1
+        assert fleet(admin)["reloads_applied"] == 1
 
         # an invalid file changes nothing
         path.write_text(changed.replace('policy = "kairos"', 'policy = "kairos"\ntick_ms = 0'))
         os.kill(child.pid or 0, signal.SIGHUP)
         failed = wait_log(log, "reload failed")
         assert "scheduler.tick_ms = 0.0: must be > 0" in failed[0] and "keeping the current settings" in failed[0]
-        status = fleet(http)
+        status = fleet(admin)
         assert status["qos_ms"]["dlrm"] == 40.0 and status["budget_usd_per_hour"] == 0.10 and status["reloads_applied"] == 1
         assert SECRET not in json.dumps(status) and KEY_ID not in json.dumps(status)
 
