@@ -500,13 +500,16 @@ def _mean_ms(m0: dict[str, float], m1: dict[str, float], name: str) -> float | N
     return (m1.get(name + "_sum", 0.0) - m0.get(name + "_sum", 0.0)) / n * 1e3 if n > 0 else None
 
 
-def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float) -> dict[str, Any]:
+def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
+         spec_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One load step of `stream` at `rate` (`spec_extra`: more load generator settings, e.g. outcomes),
+    with the CPU of the head, the instances, the load generator and the machine."""
     m0 = d.metric_sums()
     h0, i0 = d.cpu()
     p0, b0, a0 = machine_cpu()
     t0 = time.monotonic()
     r = run_loadgen({"url": d.url, "model": served, "batches": stream.batches.tolist(), "gaps": stream.gaps.tolist(),
-                     "rate_qps": rate, "timeout_s": max(10 * qos_s, 2.0)})
+                     "rate_qps": rate, "timeout_s": max(10 * qos_s, 2.0), **(spec_extra or {})})
     wall = time.monotonic() - t0
     h1, i1 = d.cpu()
     r["head_cpu"] = (h1 - h0) / wall
