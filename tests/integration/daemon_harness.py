@@ -108,14 +108,14 @@ profiles = "{profiles or REPO / 'profiles' / 'local'}"
     return ports
 
 
-def wait_http_live(url: str, timeout_s: float, child: ChildProcess) -> None:
-    """Poll HTTP /v2/health/live at `url` ("host:port") until it answers 200; Unavailable on timeout or exit."""
+def wait_http_live(url: str, timeout_s: float, child: ChildProcess, path: str = "/v2/health/live") -> None:
+    """Poll HTTP `path` at `url` ("host:port") until it answers 200; Unavailable on timeout or exit."""
     deadline = time.monotonic() + timeout_s
     while True:
         if child.returncode is not None:
             raise Unavailable(f"{child.name} exited with code {child.returncode}; its output:\n{child.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{url}{path}", timeout=1) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -133,16 +133,21 @@ def start_daemon(
     env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     log_path: Path | None = None,
+    tls: bool = False,
 ) -> RunningDaemon:
     """`kairosd serve` on the config (with `env`, default: this process's environment); waits for gRPC
     ServerReady, or with `wait_ready=False` only for HTTP liveness (an autoscaled fleet that may have no
-    READY instance yet). Its output goes to `log_path` (kept) or a temporary file."""
+    READY instance yet), or with `tls=True` (client ports need certificates or tokens) for the admin
+    port's /metrics, which opens after the client ports. Its output goes to `log_path` (kept) or a
+    temporary file."""
     child = ChildProcess(
         [sys.executable, "-m", "kairosd", "serve", "--config", str(config_path)], name="kairosd-serve", env=env,
         log_path=log_path,
     ).start()
     try:
-        if wait_ready:
+        if tls:
+            wait_http_live(f"127.0.0.1:{ports['metrics']}", timeout_s, child, path="/metrics")
+        elif wait_ready:
             wait_ready_sync(f"127.0.0.1:{ports['grpc']}", timeout_s, child)
         else:
             wait_http_live(f"127.0.0.1:{ports['http']}", timeout_s, child)
