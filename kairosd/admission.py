@@ -6,8 +6,11 @@ fluid: the fleet serves model m at batch b at `rate[m][b]` queries per second (t
 READY instances that serve m, of slots / mean service time from the latency profiles), so a queued
 query occupies the whole fleet for `1 / rate[m][b]` seconds ("fleet-seconds"). A new query's wait is
 the fleet-seconds queued ahead of it plus, when every slot is busy, the mean residual of the queries
-in flight; its completion is that wait plus the fastest service time any READY type offers it (an
-optimistic estimate: a query is refused only when even the best case misses).
+in flight; its completion is that wait plus the fastest service time any READY type offers it, plus
+the lag: how late recent answers came against their own estimate at admission (an EWMA kept by the
+scheduler), which measures what the model leaves out — the head's own parsing, event loop and hops,
+and a slower type than the fastest. Without lag the estimate is optimistic: a query is refused only
+when even the best case misses.
 
 The target is the query's deadline (mode "deadline") or the earlier of its deadline and arrival +
 QoS × slack (mode "qos": a late answer is a violation, and capacity spent on one is taken from a
@@ -104,12 +107,18 @@ def target_s(mode: str, arrival_s: float, deadline_s: float, qos_s: float, slack
     return deadline_s
 
 
+def estimate(now: float, ahead: Ahead, fastest_s: float, lag_s: float) -> float:
+    """When a query admitted now is expected to be answered (loop-clock seconds)."""
+    return now + ahead.queued_work_s + ahead.busy_residual_s + fastest_s + max(lag_s, 0.0)
+
+
 def admit(
     *, mode: str, now: float, target: float, fastest_s: float, rate: float, ahead: Ahead, limit: int,
-    size: int, max_bytes: int,
+    size: int, max_bytes: int, lag_s: float = 0.0,
 ) -> Refusal | None:
     """None to admit a query of `size` bytes whose best service time is `fastest_s` and whose model
-    the fleet serves at `rate` q/s; else the Refusal. `target` comes from `target_s`."""
+    the fleet serves at `rate` q/s; else the Refusal. `target` comes from `target_s`; `lag_s` is the
+    scheduler's measured lateness against the estimate (`estimate`)."""
     if ahead.queued_bytes + size > max_bytes:
         return Refusal(f"{ahead.queued_bytes} bytes of requests are queued and this one ({size} bytes) would pass "
                        f"scheduler.max_queue_bytes = {max_bytes}", _retry(ahead.queued_work_s))
@@ -119,17 +128,19 @@ def admit(
     if mode == OFF or rate <= 0.0:
         return None
     wait = ahead.queued_work_s + ahead.busy_residual_s
-    if now + wait + fastest_s > target:
+    if estimate(now, ahead, fastest_s, lag_s) > target:
         return Refusal(f"the fleet cannot serve it in time: an estimated {wait * 1e3:.3g} ms of queued work is "
-                       f"ahead of it and it takes at least {fastest_s * 1e3:.3g} ms, past its "
+                       f"ahead of it and it takes at least {fastest_s * 1e3:.3g} ms (+ {max(lag_s, 0.0) * 1e3:.3g} ms "
+                       "measured lag), past its "
                        f"{'QoS target' if mode == QOS else 'deadline'} ({max(target - now, 0.0) * 1e3:.3g} ms left)",
                        _retry(wait))
     return None
 
 
-def doomed(now: float, target: float, fastest_s: float) -> bool:
-    """A queued query that even the fastest READY type can no longer serve by its target."""
-    return now + fastest_s > target
+def doomed(now: float, target: float, fastest_s: float, lag_s: float = 0.0) -> bool:
+    """A queued query that even the fastest READY type (plus the measured lag) can no longer serve by
+    its target."""
+    return now + fastest_s + max(lag_s, 0.0) > target
 
 
 def _retry(wait_s: float) -> float:

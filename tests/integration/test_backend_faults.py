@@ -1,0 +1,266 @@
+"""Backend faults and deadlines against a real `kairosd serve` over emulated instances (CPU-light
+KServe v2 servers that answer after the profiled ncf service time on r5n.large):
+
+- a SIGSTOPped instance under 32-way load: every query is answered (a result or an explicit error)
+  within its deadline; the instance's queries go to the others after their backend deadline, it turns
+  suspect, and after SIGCONT the fleet's probe brings it back and it serves again;
+- a client deadline longer than `default_timeout_s` is honoured as sent; `max_timeout_s` caps it;
+- default admission (QoS): a burst far past capacity is refused RESOURCE_EXHAUSTED at once instead of
+  queuing, and what is admitted is answered within the QoS target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from kairosd.backends.process import free_port
+from kairosd.modelgen import example_inputs
+from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon
+
+QOS_MS = 100.0
+CLIENT_TIMEOUT_S = 3.0
+
+
+def write(path: Path, n: int, scheduler: str = "") -> dict[str, int]:
+    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    path.write_text(f"""
+[server]
+host = "127.0.0.1"
+http_port = {ports['http']}
+grpc_port = {ports['grpc']}
+metrics_port = {ports['metrics']}
+[scheduler]
+policy = "kairos"
+{scheduler}
+[models]
+repository = "{REPO / 'model_repository'}"
+profiles = "{REPO / 'profiles' / 'aws'}"
+[models.qos_ms]
+ncf = {QOS_MS}
+[emulation]
+models = {{ ncf = "ncf" }}
+[types."r5n.large"]
+backend = "emulated"
+emulate = "r5n.large"
+price_usd_per_hour = 0.1
+[fleet.static]
+"r5n.large" = {n}
+""")
+    return ports
+
+
+def instance_pids(daemon_pid: int) -> dict[str, int]:
+    """{"127.0.0.1:port": pid} of the daemon's emulated instances (its children, by their --port)."""
+    out: dict[str, int] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == daemon_pid and b"emulated" in argv and b"--port" in argv:
+            out[f"127.0.0.1:{argv[argv.index(b'--port') + 1].decode()}"] = int(p.name)
+    return out
+
+
+def inputs(batch: int) -> list[grpcaio.InferInput]:
+    out = []
+    for name, arr in example_inputs("ncf", batch, seed=0).items():
+        t = grpcaio.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+def by_address(d: RunningDaemon) -> dict[str, dict]:
+    return {i["address"]: i for i in d.fleet()["instances"]}
+
+
+@pytest.fixture(scope="module")
+def fleet3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    path = tmp_path_factory.mktemp("faults") / "kairosd.toml"
+    d = start_daemon(path, write(path, 3), timeout_s=60)
+    yield d
+    assert d.stop() == 0, d.child.log_tail()
+
+
+def test_sigstopped_instance_under_32_way_load(fleet3: RunningDaemon) -> None:
+    d = fleet3
+    pids = instance_pids(d.child.pid or 0)
+    assert len(pids) == 3, pids
+    victim = sorted(pids)[0]
+    outcomes: list[tuple[str, float]] = []  # (status or "ok", seconds)
+
+    async def load(stop_at: float) -> None:
+        client = grpcaio.InferenceServerClient(d.grpc_url)
+        ins = inputs(8)
+
+        async def loop() -> None:
+            while time.monotonic() < stop_at:
+                t0 = time.monotonic()
+                try:
+                    r = await client.infer("ncf", ins, client_timeout=CLIENT_TIMEOUT_S)
+                    assert r.as_numpy("score").shape[0] == 8
+                    outcomes.append(("ok", time.monotonic() - t0))
+                except InferenceServerException as e:
+                    outcomes.append((str(e.status()), time.monotonic() - t0))
+                    await asyncio.sleep(0.01)
+
+        try:
+            await asyncio.gather(*(loop() for _ in range(32)))
+        finally:
+            await client.close()
+
+    async def chaos() -> None:
+        t_end = time.monotonic() + 7.0
+        task = asyncio.ensure_future(load(t_end))
+        await asyncio.sleep(1.5)
+        os.kill(pids[victim], signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+            state = (await asyncio.to_thread(by_address, d))[victim]["state"]
+            assert state == "suspect", state  # out of dispatch while it hangs
+            await asyncio.sleep(1.5)
+        finally:
+            os.kill(pids[victim], signal.SIGCONT)
+        await task
+
+    served_before = by_address(d)[victim]["served"]
+    asyncio.run(chaos())
+    ok = [t for s, t in outcomes if s == "ok"]
+    errors = [s for s, _ in outcomes if s != "ok"]
+    assert len(ok) > 500, (len(ok), errors[:5])
+    # every query answered within its deadline (and a scheduling grace), and none silently lost
+    assert max(t for _, t in outcomes) < CLIENT_TIMEOUT_S + 0.5
+    assert set(errors) <= {"StatusCode.RESOURCE_EXHAUSTED"}, set(errors)
+    assert len(errors) < 0.05 * len(outcomes), (len(errors), len(outcomes))
+    assert "within its backend deadline" in d.child.log_tail(200_000)  # abandoned there, not at 3 s
+
+    # back after SIGCONT: READY again, and it serves
+    deadline = time.monotonic() + 10
+    while by_address(d)[victim]["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert by_address(d)[victim]["state"] == "ready"
+    served_mid = by_address(d)[victim]["served"]
+
+    async def more() -> None:
+        client = grpcaio.InferenceServerClient(d.grpc_url)
+        try:
+            for _ in range(4):
+                await asyncio.gather(*(client.infer("ncf", inputs(8)) for _ in range(6)))
+        finally:
+            await client.close()
+
+    asyncio.run(more())
+    assert by_address(d)[victim]["served"] > served_mid >= served_before
+
+
+def test_client_deadline_honoured_as_sent_and_capped_by_max_timeout(tmp_path: Path) -> None:
+    """default_timeout_s = 0.2 applies only to queries without a deadline; a client deadline of 5 s
+    outlives a 1 s stall of the whole fleet; max_timeout_s = 0.5 caps every deadline."""
+
+    def stall_and_query(d: RunningDaemon, client_timeout: float | None) -> tuple[str, float]:
+        pids = list(instance_pids(d.child.pid or 0).values())
+
+        async def go() -> tuple[str, float]:
+            client = grpcaio.InferenceServerClient(d.grpc_url)
+            for p in pids:
+                os.kill(p, signal.SIGSTOP)
+            t0 = time.monotonic()
+            resume = asyncio.get_running_loop().call_later(1.0, lambda: [os.kill(p, signal.SIGCONT) for p in pids])
+            try:
+                await client.infer("ncf", inputs(4), client_timeout=client_timeout)
+                return "ok", time.monotonic() - t0
+            except InferenceServerException as e:
+                return str(e.status()), time.monotonic() - t0
+            finally:
+                await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - t0)))
+                resume.cancel()
+                for p in pids:
+                    os.kill(p, signal.SIGCONT)
+                await client.close()
+
+        return asyncio.run(go())
+
+    def wait_all_ready(d: RunningDaemon) -> None:
+        deadline = time.monotonic() + 10
+        while any(i["state"] != "ready" for i in by_address(d).values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # one instance, so its stall leaves nothing else to retry on: the query waits (queued, the instance
+    # suspect) until the probe sees it again; admission by deadline so a long wait is allowed
+    path = tmp_path / "kairosd.toml"
+    d = start_daemon(path, write(path, 1, 'default_timeout_s = 0.2\nadmission = "deadline"\nmax_attempts = 5'),
+                     timeout_s=60)
+    try:
+        status, took = stall_and_query(d, None)
+        assert status == "StatusCode.UNAVAILABLE" and took < 0.6, (status, took)
+        wait_all_ready(d)
+        status, took = stall_and_query(d, 5.0)
+        assert status == "ok" and 0.9 < took < 4.0, (status, took)
+    finally:
+        assert d.stop() == 0, d.child.log_tail()
+
+    path = tmp_path / "capped.toml"
+    d = start_daemon(path, write(path, 1, 'max_timeout_s = 0.5\nadmission = "deadline"\nmax_attempts = 5'),
+                     timeout_s=60)
+    try:
+        status, took = stall_and_query(d, 5.0)
+        assert status == "StatusCode.UNAVAILABLE" and 0.4 < took < 0.9, (status, took)
+    finally:
+        assert d.stop() == 0, d.child.log_tail()
+
+
+def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet3: RunningDaemon) -> None:
+    """600 queries at once at batch 960 (6.5 ms each: three instances serve about 45 within 100 ms):
+    most are refused RESOURCE_EXHAUSTED at once, none waits to fail, the admitted meet the QoS."""
+    d = fleet3
+
+    async def burst() -> list[tuple[str, float]]:
+        client = grpcaio.InferenceServerClient(d.grpc_url)
+        ins = inputs(960)
+
+        async def one() -> tuple[str, float]:
+            t0 = time.monotonic()
+            try:
+                await client.infer("ncf", ins, client_timeout=10.0)
+                return "ok", time.monotonic() - t0
+            except InferenceServerException as e:
+                return str(e.status()), time.monotonic() - t0
+
+        try:
+            return await asyncio.gather(*(one() for _ in range(600)))
+        finally:
+            await client.close()
+
+    def counts() -> tuple[float, float, float]:
+        done = d.metric_values("kairos_queries_total").get('{model="ncf",outcome="completed"}', 0.0)
+        within = d.metric_values("kairos_query_latency_seconds_bucket").get('{le="0.15",model="ncf"}', 0.0)
+        return done, d.metric_values("kairos_qos_violations_total").get('{model="ncf"}', 0.0), within
+
+    done0, late0, within0 = counts()
+    results = asyncio.run(burst())
+    done1, late1, within1 = counts()
+    ok = [t for s, t in results if s == "ok"]
+    refused = [t for s, t in results if s == "StatusCode.RESOURCE_EXHAUSTED"]
+    assert len(ok) + len(refused) == 600, {s for s, _ in results}
+    assert ok and len(refused) > 200, (len(ok), len(refused))
+    assert max(refused) < 2.0  # refused at once, not at the 10 s deadline
+    # admitted: answered within the QoS target as kairosd measures it (arrival to answer; the client's
+    # own time to issue 600 calls on these 2 cores is not the daemon's). 600 requests parsed at once
+    # delay the head's own hops, which admission learns within the burst: a few percent end late, by
+    # little (bench/overload.py measures the sustained case)
+    assert done1 - done0 == len(ok)
+    assert late1 - late0 <= 0.06 * len(ok), (late1 - late0, len(ok))
+    assert within1 - within0 == len(ok)  # none later than 1.5 × QoS
