@@ -153,3 +153,27 @@ async def test_pinned_instances_serve_only_their_model(two_workers: tuple[Regist
     registry.set_state(w1.id, InstanceState.READY)
     await asyncio.gather(*(sched.submit(*req("ncf", i)) for i in range(40)))
     assert w0.served_total > 40 and w1.served_total > 40
+
+
+async def test_a_query_whose_client_went_away_is_never_sent(worker_instance: tuple[Registry, ProfileTable]) -> None:
+    """Queries queued while no instance is in dispatch, cancelled by their clients: they leave the
+    queue and nothing is sent once the instance is back; a later query is served normally."""
+    registry, profiles = worker_instance
+    inst = next(iter(registry))
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    assert registry.report_failure(inst.id)  # SUSPECT: out of dispatch, the queries wait
+    try:
+        tasks = [asyncio.ensure_future(sched.submit(*_req_spec(i, spec))) for i in range(8)]
+        await asyncio.sleep(0.05)
+        assert len(sched.waiting) == 8
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        registry.set_state(inst.id, InstanceState.READY)
+    await asyncio.sleep(0.05)  # rounds run on the change: the cancelled queries are dropped, not sent
+    assert not sched.waiting and sched.in_flight == 0
+    assert inst.served_total == 0 and inst.failed_total == 0 and sched.stats.matched == 0
+    out = service_pb2.ModelInferResponse.FromString(await sched.submit(*_req_spec(7, spec)))
+    assert out.id == "7" and inst.served_total == 1 and sched.stats.matched == 1
