@@ -58,6 +58,7 @@ EMULATED_BATCHES = (10, 50, 100, 200, 400)
 REAL_BATCHES = (1, 4, 16, 64)
 ACTIONS = ("kill", "stop", "term")
 OK, WRONG, LOST = "OK", "WRONG", "LOST"
+SETTLE_S = 3.0  # load time an action needs after it (or after SIGCONT) for its effect to be seen
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,6 +179,10 @@ class Chaos:
     errors: list[str] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
     max_events: int = 0  # 0: no limit
+    # time.monotonic() when the client load ends: an action is only begun if it can be seen through
+    # under load (a stop: the freeze and SETTLE_S to be sent a query again; kill/term: SETTLE_S)
+    load_ends_at: float = math.inf
+    skipped: int = 0
 
     def run(self) -> None:
         rng = random.Random(self.seed)
@@ -189,6 +194,10 @@ class Chaos:
                     return
                 if self.max_events and len(self.events) >= self.max_events:
                     return
+                left = self.load_ends_at - time.monotonic()
+                if left < SETTLE_S + (self.stop_s if action == "stop" else 0.0):
+                    self.skipped += 1
+                    continue
                 self._one(action, rng, t0, frozen)
         except Exception as exc:  # noqa: BLE001 - reported with the results, never a silent end
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -418,7 +427,8 @@ def drill(d: Daemon, exp: Expected, batches: Sequence[int], *, calm_s: float, du
     if calm_s > 0:
         log(f"calm phase: {calm_s:g} s")
         calm = asyncio.run(client_load(d.url, exp, batches, calm_s, seed=seed, **kw))
-    chaos = Chaos(d, actions, interval_s, stop_s, seed, max_events=max_events)
+    chaos = Chaos(d, actions, interval_s, stop_s, seed, max_events=max_events,
+                  load_ends_at=time.monotonic() + duration_s)
     thread = threading.Thread(target=chaos.run, daemon=True)
     log(f"chaos phase: {duration_s:g} s, {'/'.join(actions)} every ~{interval_s:g} s")
     thread.start()
