@@ -163,9 +163,9 @@ class _Handlers:
             # typed `contents` are rewritten into raw_input_contents by validation: then the
             # received bytes no longer describe the request and are not forwarded
             forward = raw if len(request.raw_input_contents) == len(request.inputs) else None
+            timeout_s = client_timeout_s(request, context.time_remaining())
             spec = resolve_model(service.repository, request.model_name, request.model_version)
             batch = validate_request(request, spec)
-            timeout_s = client_timeout_s(request, context.time_remaining())
             return await service.infer(request, spec, batch, timeout_s, raw=forward)
         except KairosError as e:
             await _abort(context, e)

@@ -47,7 +47,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes Triton's `{"error": "..."}` body with the error's HTTP status."""
     try:
         return await handler(request)
@@ -229,7 +229,7 @@ def build_http_app(
     """The KServe v2 REST application; bodies over `max_body_bytes` get 413, bodies not received within
     `body_timeout_s` 408. `server_name` and `extensions` are what `GET /v2` reports. With `auth`, every
     endpoint but the health ones (unless `auth.auth_health`) needs a bearer token (401)."""
-    middlewares: list[Handler | Any] = [_connection, _errors]
+    middlewares: list[Handler | Any] = [_connection, error_middleware]
     if auth is not None:
         middlewares.append(_authenticate)
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)

@@ -5,7 +5,7 @@ keep-alive timeout itself. What it lacks is done by wrapping each connection's p
 (`GuardedProtocol`, made by `GuardedSite`, the TCP site the front end listens with):
 
 - `max_connections`: a connection accepted beyond it is answered `503` with `Connection: close` and
-  closed before aiohttp sees it, so the ones already open keep being served;
+  closed (after a short lingering read) before aiohttp sees it, so the ones already open keep being served;
 - `header_timeout_s`: from the moment a connection opens, or the first byte of a following request
   arrives, the request line and headers must be complete within it, otherwise the connection is
   answered `408` (first request) or closed (a following one). A TLS handshake gets the same time
@@ -100,7 +100,12 @@ class GuardedProtocol(asyncio.Protocol):
             transport.write(_reply("503 Service Unavailable",
                                    f"kairosd has {self._gate.limit} connections open (server.max_connections); "
                                    "retry later or reuse a keep-alive connection", "Retry-After: 1\r\n"))
-            transport.close()
+            # lingering close: what the client sends meanwhile is read and dropped, so its request does
+            # not meet a closed socket (a TCP reset that could discard the 503 before the client reads it)
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._timer = asyncio.get_running_loop().call_later(min(1.0, self._limits.header_timeout_s),
+                                                                transport.close)
             return
         self._admitted = True
         self._inner.connection_made(transport)
@@ -114,7 +119,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else None
+        return self._inner.eof_received() if self._admitted else None  # refused: close once the client has
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
