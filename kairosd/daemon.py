@@ -1,11 +1,12 @@
 """The daemon: config → repository, profiles, policy → registry + fleet → scheduler → front ends.
 
 Start-up is one ordered stack of components (`contextlib.AsyncExitStack`), undone in reverse on stop:
-access files (TLS material, tokens: read and checked before anything starts) → watchdog → scheduler →
-fleet (ready before the front ends listen, when static) → gRPC → HTTP → /metrics and the admin
-endpoints (on `metrics_host`, loopback by default) → drain. Stopping therefore first refuses new queries and answers every queued and in-flight
-one (up to `[server] drain_timeout_s`, then UNAVAILABLE), then closes the front ends, then stops the
-fleet (local instances exit), and the watchdog pings until the end. systemd hears READY=1 once the
+access files (TLS material, tokens: read and checked before anything starts) → watchdog →
+scheduler → fleet (ready before the front ends listen, when static) → gRPC → HTTP → /metrics and the
+admin endpoints (on `metrics_host`, loopback by default) → drain. Stopping therefore first refuses
+new queries and answers every queued and in-flight one (up to `[server] drain_timeout_s`, then
+UNAVAILABLE), then closes the front ends, then stops the fleet (local instances exit), and the
+watchdog pings until the end. systemd hears READY=1 once the
 front ends listen, RELOADING=1/READY=1 around a reload (SIGHUP) and STOPPING=1 at shutdown
 (`kairosd.notify`). A reload reads and checks the file off the event loop, classifies the changes
 (`kairosd.reload`) and swaps the reloadable settings between dispatch rounds, or changes nothing; it

@@ -303,7 +303,8 @@ class FleetCollector(Collector):
 class _Refusals(Protocol):
     """What FrontEndCollector reads from the authenticator (`kairosd.server.access.Authenticator`)."""
 
-    refused_total: Mapping[str, int]
+    @property
+    def refused_total(self) -> Mapping[str, int]: ...
 
 
 class _Gate(Protocol):
@@ -353,7 +354,8 @@ def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[Co
 _REGISTRY_KEY = web.AppKey("kairosd_metrics_registry", CollectorRegistry)
 
 
-_FLEET_STATUS_KEY = web.AppKey("kairosd_fleet_status", Callable[[], Mapping[str, object]])
+FleetStatus = Callable[[], Mapping[str, object]]
+_FLEET_STATUS_KEY: web.AppKey[FleetStatus] = web.AppKey("kairosd_fleet_status")
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from typing import Any
 
 import rapidjson
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 from tritonclient.grpc import service_pb2 as pb
 
 import kairosd
@@ -19,8 +20,8 @@ from kairosd.backends.http_client import HttpForward, HttpReply, InstanceHttpErr
 from kairosd.errors import InvalidInput, KairosError, Overloaded, RequestTooLarge, Unauthenticated
 from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
 from kairosd.server.grpc_frontend import EXTENSIONS, SERVER_NAME
-from kairosd.server.http_limits import ConnectionGate, GuardedSite, HttpLimits, guarded_protocol
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, loads, parse_header, render, to_grpc
+from kairosd.server.http_limits import ConnectionGate, GuardedSite, HttpLimits, guarded_protocol
 from kairosd.server.validate import resolve_model, validate_header
 from kairosd.service import InferenceService
 
@@ -229,7 +230,7 @@ def build_http_app(
     """The KServe v2 REST application; bodies over `max_body_bytes` get 413, bodies not received within
     `body_timeout_s` 408. `server_name` and `extensions` are what `GET /v2` reports. With `auth`, every
     endpoint but the health ones (unless `auth.auth_health`) needs a bearer token (401)."""
-    middlewares: list[Handler | Any] = [_connection, error_middleware]
+    middlewares: list[Middleware] = [_connection, error_middleware]
     if auth is not None:
         middlewares.append(_authenticate)
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)

@@ -119,7 +119,9 @@ class GuardedProtocol(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._admitted else None  # refused: close once the client has
+        if self._admitted:
+            self._inner.eof_received()
+        return None  # the transport closes (a refused connection: once the client has)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
