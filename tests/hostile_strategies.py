@@ -16,6 +16,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -255,6 +256,14 @@ class HostileServers:
         assert self._grpc is not None and self._http is not None
         await self._grpc.stop(grace=None)
         await self._http.cleanup()
+
+    def settle(self) -> None:
+        """Wait until the server thread has finished what a reply set off (aiohttp logs a failed body after
+        replying). Called before a test reports a failure: CPython 3.11's traceback formatting runs
+        ast.parse, whose recursion counter is shared between threads, so a traceback formatted here while
+        the server formats one raises SystemError inside pytest (an INTERNALERROR ending the session)."""
+        time.sleep(0.2)
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self.loop).result(timeout=TIMEOUT_S)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)

@@ -149,7 +149,8 @@ def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str) -> by
         raise InvalidInput(f"input '{name}': {arr.size} elements in data, shape {list(shape)} needs {expected}")
     if arr.size == 0:
         return b""
-    if arr.dtype.kind not in allowed:
+    if arr.dtype.kind not in allowed or (datatype != "BOOL" and bool in set(map(type, _flatten(data)))):
+        # (numpy infers [true, 2] as integers and [true, 1.5] as floats: booleans are looked for apart)
         raise InvalidInput(f"input '{name}': data for {datatype} must be a (nested) list of {kinds}")
     if dtype.kind in "iu" and (arr.min() < info.min or arr.max() > info.max):
         raise InvalidInput(f"input '{name}': data for {datatype} must be a (nested) list of {kinds}")

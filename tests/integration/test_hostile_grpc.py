@@ -145,6 +145,14 @@ def response_arrays(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
 def judge(client: Client, data: bytes, must_fail: bool = False) -> grpc.StatusCode:
     """Send `data`; a failure must be a client error with a reason, a success ONNX Runtime's answer to
     the request as the test parses it."""
+    try:
+        return _judge(client, data, must_fail)
+    except AssertionError:
+        client.servers.settle()
+        raise
+
+
+def _judge(client: Client, data: bytes, must_fail: bool) -> grpc.StatusCode:
     code, body = client.send(data)
     if code != grpc.StatusCode.OK:
         assert code in CLIENT_CODES, f"{code}: {body!r}"
