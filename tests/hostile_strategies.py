@@ -342,17 +342,20 @@ hostile_names = st.one_of(
 )
 
 
+BREAKAGES = (
+    "dtype", "shape", "size", "duplicate", "missing", "extra", "rename", "unknown-output", "duplicate-output",
+    "unknown-model", "unknown-version", "bytes-prefix", "batch-mismatch", "batch-too-large",
+)
+
+
 @st.composite
-def broken_queries(draw: st.DrawFn) -> tuple[Query, str, bool]:
-    """A valid query with one thing made wrong: (query, what was done, whether it is invalid for sure)."""
-    q = draw(valid_queries())
+def broken_queries(draw: st.DrawFn, kind: str) -> tuple[Query, bool]:
+    """A valid query with one thing made wrong (`kind`, one of BREAKAGES): (query, whether it is invalid
+    for sure)."""
+    q = draw(valid_queries(("text",) if kind == "bytes-prefix" else MODELS))
     q = replace(q, inputs=[replace(t) for t in q.inputs])
     i = draw(st.integers(0, len(q.inputs) - 1))
     t = q.inputs[i]
-    kind = draw(st.sampled_from([
-        "dtype", "shape", "size", "duplicate", "missing", "extra", "rename", "unknown-output", "duplicate-output",
-        "unknown-model", "unknown-version", "bytes-prefix", "batch-mismatch", "batch-too-large",
-    ]))
     sure = True
     if kind == "dtype":
         t.datatype = draw(st.sampled_from([d for d in DATATYPES if d != t.datatype] + ["", "fp32", "FP8", "STRING"]))
@@ -403,7 +406,7 @@ def broken_queries(draw: st.DrawFn) -> tuple[Query, str, bool]:
         else:
             t.shape = [0, *t.shape[1:]] if q.model == "dlrm" else [1, *t.shape]
             t.data = b"" if q.model == "dlrm" else t.data
-    return q, kind, sure
+    return q, sure
 
 
 @st.composite
