@@ -53,8 +53,10 @@ class ServerConfig:
     auth_health: bool = False
     # client connections open at once on each client port; beyond it new ones wait or are refused
     max_connections: int = 4096
-    # gRPC: concurrent streams (queries in flight) per HTTP/2 connection
-    max_concurrent_streams: int = 1024
+    # gRPC: concurrent streams (queries in flight) per HTTP/2 connection; 0: no limit. grpc refuses calls
+    # beyond a limit (UNAVAILABLE, not retried by the client) rather than queue them; admission control
+    # and max_connections bound the work instead
+    max_concurrent_streams: int = 0
     # HTTP: the request line and each header at most this many bytes (gRPC: all metadata together)
     max_header_bytes: int = 16384
     # a client must send a request's headers within header_timeout_s and its body within body_timeout_s
@@ -242,7 +244,7 @@ def _check_server(s: ServerConfig) -> None:
     if s.tls_client_ca and not s.tls_cert:
         raise ConfigError(f"server.tls_client_ca = {s.tls_client_ca!r} needs server.tls_cert and server.tls_key: "
                           "mutual TLS runs over TLS")
-    for key in ("max_connections", "max_concurrent_streams", "max_header_bytes"):
+    for key in ("max_connections", "max_header_bytes"):
         if getattr(s, key) < 1:
             raise ConfigError(f"server.{key} = {getattr(s, key)}: must be ≥ 1")
     for key in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):

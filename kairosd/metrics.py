@@ -45,7 +45,7 @@ BUCKET_FACTORS: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.5, 2
 DISPATCH_BUCKETS_S: tuple[float, ...] = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
 )
-OUTCOMES: tuple[str, ...] = ("completed", "failed", "expired")
+OUTCOMES: tuple[str, ...] = ("completed", "failed", "expired", "refused", "shed")
 
 
 def qos_buckets_s(qos_s: float) -> tuple[float, ...]:
@@ -93,7 +93,7 @@ class Histogram:
 class _ModelSeries:
     """Everything observed about one model's queries."""
 
-    __slots__ = ("name", "qos_s", "latency", "wait", "service", "violations", "failed", "expired")
+    __slots__ = ("name", "qos_s", "latency", "wait", "service", "violations", "ended")
 
     def __init__(self, name: str, qos_s: float) -> None:
         self.name = name
@@ -103,8 +103,7 @@ class _ModelSeries:
         self.wait = Histogram(bounds)
         self.service = Histogram(bounds)
         self.violations = 0
-        self.failed = 0
-        self.expired = 0
+        self.ended = dict.fromkeys(OUTCOMES[1:], 0)  # queries that got no result, by outcome
 
 
 class QueryMetrics(Collector):
@@ -146,11 +145,7 @@ class QueryMetrics(Collector):
             s.violations += 1
 
     def ended(self, model_idx: int, outcome: str) -> None:
-        s = self.models[model_idx]
-        if outcome == "expired":
-            s.expired += 1
-        else:
-            s.failed += 1
+        self.models[model_idx].ended[outcome] += 1
 
     def matched(self, duration_s: float) -> None:
         self.dispatch.observe(duration_s)
@@ -160,7 +155,8 @@ class QueryMetrics(Collector):
         if self._follow is not None and self._follow.qos_s is not self._qos_source:
             self.track_qos(self._follow.qos_s)
         queries = CounterMetricFamily("kairos_queries", "Queries that ended, by model and outcome (completed: "
-                                      "answered by an instance; failed: a backend error; expired: the deadline passed)",
+                                      "answered by an instance; failed: a backend error; expired: the deadline passed; "
+                                      "refused: admission control at arrival; shed: admission control while queued)",
                                       labels=["model", "outcome"])
         violations = CounterMetricFamily("kairos_qos_violations", "Completed queries whose end-to-end latency "
                                          "exceeded the model's QoS target", labels=["model"])
@@ -176,8 +172,8 @@ class QueryMetrics(Collector):
         for s in self.served:
             labels = [s.name]
             queries.add_metric([s.name, "completed"], s.latency.count)
-            queries.add_metric([s.name, "failed"], s.failed)
-            queries.add_metric([s.name, "expired"], s.expired)
+            for outcome, n in s.ended.items():
+                queries.add_metric([s.name, outcome], n)
             violations.add_metric(labels, s.violations)
             qos.add_metric(labels, s.qos_s)
             for key, h in (("latency", s.latency), ("wait", s.wait), ("service", s.service)):
@@ -211,6 +207,11 @@ class SchedulerCollector(Collector):
             ("kairos_queries_failed", s.failed, "Queries answered with a backend error"),
             ("kairos_queries_expired", s.expired, "Queries answered UNAVAILABLE at their deadline"),
             ("kairos_queries_retried", s.retried, "Queries requeued after an instance failed"),
+            ("kairos_queries_refused", s.refused, "Queries refused by admission control at arrival (RESOURCE_EXHAUSTED / 429)"),
+            ("kairos_queries_shed", s.shed, "Queued queries answered RESOURCE_EXHAUSTED once they could no longer meet "
+             "their QoS target"),
+            ("kairos_backend_timeouts", s.backend_timeouts, "Sends abandoned at their backend deadline (a hung or far "
+             "too slow instance); the query is retried on another instance while its deadline allows"),
             ("kairos_queries_http_forwarded", s.http_forwarded,
              "HTTP queries sent to an instance's HTTP endpoint as received (not converted to gRPC)"),
             ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds that granted instance slots"),
@@ -221,6 +222,10 @@ class SchedulerCollector(Collector):
                                 value=len(self.scheduler.waiting))
         yield GaugeMetricFamily("kairos_in_flight", "Queries granted an instance slot and not yet answered",
                                 value=self.scheduler.in_flight)
+        yield GaugeMetricFamily("kairos_admission_lag_seconds", "How late answers come against their admission "
+                                "estimate (EWMA); admission control adds it to its estimates", value=self.scheduler.lag_s)
+        yield GaugeMetricFamily("kairos_head_hop_seconds", "Sent to answered minus the profile's mean service time "
+                                "(EWMA): the head's own hop to an instance and back", value=self.scheduler.hop_s)
         served = CounterMetricFamily("kairos_instance_queries", "Queries answered per instance",
                                      labels=["instance", "type"])
         counts: Counter[tuple[str, str]] = Counter()

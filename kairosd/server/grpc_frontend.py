@@ -54,7 +54,7 @@ class GrpcLimits:
     """The `[server]` limits as grpc core channel arguments on the server."""
 
     max_connections: int = 4096
-    max_concurrent_streams: int = 1024
+    max_concurrent_streams: int = 0  # 0: no limit
     max_header_bytes: int = 16384
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 75.0
@@ -65,12 +65,13 @@ class GrpcLimits:
                    s.idle_timeout_s)
 
     def options(self) -> list[tuple[str, int]]:
+        streams = [("grpc.max_concurrent_streams", self.max_concurrent_streams)] if self.max_concurrent_streams else []
         return [
             # accepted connections beyond it are closed at once by grpc core (its connection quota)
             ("grpc.max_allowed_incoming_connections", self.max_connections),
-            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's further calls on one connection wait in
-            # the client until a stream ends (grpc clients queue them; they are not refused)
-            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS (when set): grpc refuses part of a client's calls beyond
+            # it on one connection (RST_STREAM REFUSED_STREAM) rather than queue them all
+            *streams,
             # request metadata (headers) larger than this is refused RESOURCE_EXHAUSTED; soft and hard
             # limits equal, so the refusal is deterministic
             ("grpc.max_metadata_size", self.max_header_bytes),

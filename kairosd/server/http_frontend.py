@@ -13,6 +13,7 @@ from typing import Any
 import rapidjson
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestPayloadError
 from tritonclient.grpc import service_pb2 as pb
 
 import kairosd
@@ -200,11 +201,16 @@ async def _read_body(request: web.Request) -> bytes:
             "(kairosd max_body_bytes)"
         )
     timeout_s = request.app.get(_BODY_TIMEOUT_KEY)
-    if timeout_s is None:
-        return await request.read()
     try:
+        if timeout_s is None:
+            return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()
+    except RequestPayloadError as e:  # a Content-Encoding aiohttp cannot decode, a broken chunked body
+        raise InvalidInput(
+            f"request body cannot be read: {e}; send it uncompressed or as valid gzip / deflate "
+            "(Content-Encoding)"
+        ) from None
     except TimeoutError:
         raise web.HTTPRequestTimeout(
             text=f"request body not received within {timeout_s:g} s (kairosd server.body_timeout_s)",

@@ -61,15 +61,10 @@ def write_config(
     endpoints_toml: str = "",
     extra_toml: str = "",
     profiles: Path | None = None,
-    max_concurrent_streams: int = 4096,
     server_toml: str = "",
 ) -> dict[str, int]:
     """A config on free ports; `endpoints_toml` ([[fleet.endpoints]] tables) is appended after the static fleet.
-    `profiles` is the profile directory (default: profiles/local); `server_toml` is appended to [server].
-
-    `max_concurrent_streams` is above the 2,000 concurrent calls some tests put on one connection: grpc
-    refuses (UNAVAILABLE, RST_STREAM REFUSED_STREAM) part of the calls beyond the limit on a connection
-    instead of queueing them all (tests/integration/test_limits.py)."""
+    `profiles` is the profile directory (default: profiles/local); `server_toml` is appended to [server]."""
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     qos = qos_ms or {"dlrm": 60.0, "ncf": 30.0}
     local = (REPO / "configs" / "local.toml").read_text()
@@ -82,7 +77,6 @@ http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
 max_request_bytes = {max_request_bytes}
-max_concurrent_streams = {max_concurrent_streams}
 {server_toml}
 
 [scheduler]

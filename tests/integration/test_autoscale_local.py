@@ -18,6 +18,11 @@ from tritonclient.utils import InferenceServerException
 
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import start_daemon, write_config
+
+# bursts far past capacity on purpose (these tests are about losing nothing): admission against the
+# deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
+# test_overload.py test the default, admission "qos")
+DEADLINE_ADMISSION = 'admission = "deadline"'
 from tests.integration.test_serve import _children, grpc_inputs, reference
 
 TYPES = """
@@ -76,7 +81,8 @@ def ready(status: dict[str, Any]) -> int:
 
 def test_fleet_follows_a_burst_out_and_back_in_losing_no_query(tmp_path: Path) -> None:
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES, extra_toml=AUTOSCALER)
+    ports = write_config(path, fleet={}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES, extra_toml=AUTOSCALER,
+                         extra_scheduler=DEADLINE_ADMISSION)
     d = start_daemon(path, ports)
     sampler = Sampler(d.metrics_url)
     sampler.start()

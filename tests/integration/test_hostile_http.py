@@ -425,18 +425,7 @@ def test_invalid_utf8_in_url_and_headers(client: Client) -> None:
         assert status_line.split()[1].startswith(b"4"), (value, reply[:300])
 
 
-# aiohttp raises RequestPayloadError from request.read() for a body its decoder refuses; http_frontend's
-# _read_body lets it reach the catch-all (500 "kairosd internal error"). The fix belongs there.
-_UNDECODABLE = pytest.mark.xfail(
-    strict=True, reason="http_frontend._read_body does not map aiohttp's RequestPayloadError to a 400 (patch in issue 14 4a)"
-)
-
-
-@pytest.mark.parametrize(
-    "coding",
-    [pytest.param("gzip", marks=_UNDECODABLE), pytest.param("deflate", marks=_UNDECODABLE),
-     pytest.param("br", marks=_UNDECODABLE), "x-unknown"],
-)
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "x-unknown"])
 def test_bad_content_encoding(client: Client, coding: str) -> None:
     status, headers, payload = client.post("/v2/models/ncf/infer", b"\x1f\x8b\x08garbage", {"Content-Encoding": coding})
     client.servers.settle()

@@ -39,6 +39,7 @@ body_timeout_s = {BODY_TIMEOUT_S}
 idle_timeout_s = {IDLE_TIMEOUT_S}
 max_connections = {MAX_CONNECTIONS}
 max_header_bytes = {MAX_HEADER_BYTES}
+max_concurrent_streams = {MAX_STREAMS}
 """
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel
 
@@ -46,7 +47,7 @@ LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     config = tmp_path_factory.mktemp("limits") / "kairosd.toml"
-    ports = emulated_config(config, LIMITS, max_concurrent_streams=MAX_STREAMS)
+    ports = emulated_config(config, LIMITS)
     d = start_daemon(config, ports, timeout_s=60)
     yield d
     assert d.stop() == 0, d.child.log_tail()

@@ -23,6 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
+
+# bursts far past capacity on purpose (these tests are about losing nothing): admission against the
+# deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
+# test_overload.py test the default, admission "qos")
+DEADLINE_ADMISSION = 'admission = "deadline"'
 from tests.integration.test_serve import grpc_inputs
 
 QOS_MS = {"dlrm": 60.0, "ncf": 30.0}
@@ -96,7 +101,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningDa
     """A daemon after the load, and its /metrics once the load is over."""
     path = tmp_path_factory.mktemp("metrics") / "kairosd.toml"
     # a budget of one ort-1t: the fleet stays at one instance, whatever the planner makes of the load
-    ports = write_config(path, fleet={}, qos_ms=QOS_MS, types_toml=TYPES, extra_toml=autoscaler(0.05))
+    ports = write_config(path, fleet={}, qos_ms=QOS_MS, types_toml=TYPES, extra_toml=autoscaler(0.05),
+                         extra_scheduler=DEADLINE_ADMISSION)
     d = start_daemon(path, ports, timeout_s=60)
     try:
         assert asyncio.run(load(d.grpc_url)) == 0
@@ -196,7 +202,8 @@ def test_not_ready_while_no_instance_serves(tmp_path: Path) -> None:
     """A budget below every type's price: the planner launches nothing, the daemon listens, and says it
     is live but not ready, with the same answer over HTTP and gRPC."""
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={}, qos_ms=QOS_MS, types_toml=TYPES, extra_toml=autoscaler(0.01))
+    ports = write_config(path, fleet={}, qos_ms=QOS_MS, types_toml=TYPES, extra_toml=autoscaler(0.01),
+                         extra_scheduler=DEADLINE_ADMISSION)
     d = start_daemon(path, ports, timeout_s=60, wait_ready=False)
     try:
         time.sleep(1.0)  # two reconcile periods: nothing launched

@@ -32,6 +32,11 @@ from tritonclient.utils import InferenceServerException
 from kairosd.backends.process import ChildProcess, free_port
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, write_config
+
+# bursts far past capacity on purpose (these tests are about losing nothing): admission against the
+# deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
+# test_overload.py test the default, admission "qos")
+DEADLINE_ADMISSION = 'admission = "deadline"'
 from tests.integration.test_serve import _children, grpc_inputs, reference
 
 UNIT = REPO / "systemd" / "kairosd.service"
@@ -214,7 +219,8 @@ def check_answers(results: list[object], batch: int = 32) -> None:
 
 def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket) -> None:
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES, extra_toml=AUTOSCALER)
+    ports = write_config(path, fleet={}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES, extra_toml=AUTOSCALER,
+                         extra_scheduler=DEADLINE_ADMISSION)
     original = path.read_text()
     log = tmp_path / "kairosd.log"
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000",
@@ -346,7 +352,8 @@ def test_drain_timeout_answers_the_rest_unavailable_and_exits_0(tmp_path: Path) 
     """[server] drain_timeout_s bounds the drain: queries still queued then are answered UNAVAILABLE (never
     dropped), the ones answered before are correct, and the daemon exits 0 without its worker."""
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 1}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES)
+    ports = write_config(path, fleet={"ort-1t": 1}, qos_ms={"dlrm": 25.0, "ncf": 10.0}, types_toml=TYPES,
+                         extra_scheduler=DEADLINE_ADMISSION)
     path.write_text(path.read_text().replace("[scheduler]", "[scheduler]\ndefault_timeout_s = 60", 1)
                     .replace("max_request_bytes", "drain_timeout_s = 0.1\nmax_request_bytes", 1))
     log = tmp_path / "kairosd.log"
