@@ -46,9 +46,11 @@ class HttpLimits:
         return cls(s.max_connections, s.max_header_bytes, s.header_timeout_s, s.body_timeout_s, s.idle_timeout_s)
 
     def handler_kwargs(self) -> dict[str, Any]:
-        """aiohttp RequestHandler settings: size limits (request line, each header) and the idle timeout."""
+        """aiohttp RequestHandler settings: size limits (request line, each header), the idle timeout, and
+        handler cancellation: a client that closes its connection cancels its request, so a query still
+        queued leaves the queue and is never sent."""
         return {"keepalive_timeout": self.idle_timeout_s, "max_line_size": self.max_header_bytes,
-                "max_field_size": self.max_header_bytes}
+                "max_field_size": self.max_header_bytes, "handler_cancellation": True}
 
 
 def _reply(status: str, message: str, extra: str = "") -> bytes:

@@ -12,8 +12,10 @@ KServe v2 servers that answer after the profiled ncf service time on r5n.large):
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,3 +266,35 @@ def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet
     assert done1 - done0 == len(ok)
     assert late1 - late0 <= 0.06 * len(ok), (late1 - late0, len(ok))
     assert within1 - within0 == len(ok)  # none later than 1.5 × QoS
+
+
+def test_a_query_whose_http_client_went_away_is_never_sent(tmp_path: Path) -> None:
+    """The only instance stopped: an HTTP query is sent, abandoned at its backend deadline and queued
+    again (no other instance); its client closes the connection; after SIGCONT nothing more is sent."""
+    path = tmp_path / "kairosd.toml"
+    d = start_daemon(path, write(path, 1, 'admission = "deadline"\nmax_attempts = 5'), timeout_s=60)
+    try:
+        pid = next(iter(instance_pids(d.child.pid or 0).values()))
+        matched0 = d.metric_values("kairos_dispatch_matched_total")[""]
+        body = json.dumps({"inputs": [{"name": n, "shape": [2, 1], "datatype": "INT64", "data": [[1], [2]]}
+                                      for n in ("user_id", "item_id")]}).encode()
+        host, port = d.http_url.split(":")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(b"POST /v2/models/ncf/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                time.sleep(0.5)  # sent once, abandoned at the 50 ms backend deadline, queued again
+                assert d.metric_values("kairos_queue_depth")[""] == 1
+            time.sleep(0.3)  # the client is gone: its query leaves the queue
+            assert d.metric_values("kairos_queue_depth")[""] == 0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while any(i["state"] != "ready" for i in by_address(d).values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        assert d.metric_values("kairos_dispatch_matched_total")[""] == matched0 + 1  # the first send only
+        assert d.metric_values("kairos_in_flight")[""] == 0
+    finally:
+        assert d.stop() == 0, d.child.log_tail()
