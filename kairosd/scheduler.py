@@ -314,14 +314,7 @@ class Scheduler:
         """The one place a query goes to an instance, over HTTP when both the query and the instance
         speak it, else over gRPC. Raises _Retry when another instance should be tried; any other
         failure reaches the client as a typed error."""
-        q.attempts += 1
-        sent_s = self._loop.time()
-        cfg = self.config
-        # the backend deadline: a multiple of this type's p99 for the query, unless the client's is sooner
-        p99 = self._p99_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
-        backend_s = max(cfg.backend_timeout_p99 * p99, cfg.backend_timeout_min_ms / 1e3)
-        left_s = q.deadline_s - sent_s
-        timeout = max(min(left_s, backend_s), 0.001)
+        sent_s, timeout, backend_bound = self._sending(q, inst)
         response: bytes | HttpReply
         try:
             http = q.http
@@ -334,26 +327,10 @@ class Scheduler:
                     q.request = http.to_grpc()
                 response = await inst.client.infer(q.request, timeout, q.raw)
         except BackendError as exc:
-            inst.failed_total += 1
-            hung = exc.status is grpc.StatusCode.DEADLINE_EXCEEDED and backend_s < left_s
-            if hung:  # the backend deadline passed, not the client's: the instance hangs or is far too slow
-                self.stats.backend_timeouts += 1
-                log.warning("instance %s (%s) did not answer a %s query within its backend deadline (%.3g ms = "
-                            "%g × its p99, at least %g ms)", inst.id, inst.type, q.model, backend_s * 1e3,
-                            cfg.backend_timeout_p99, cfg.backend_timeout_min_ms)
-            retryable = exc.retryable or hung
-            if retryable and exc.status in _SUSPECT_CODES:
-                self._suspect(inst)
-            if retryable and q.attempts < cfg.max_attempts and self._loop.time() < q.deadline_s:
-                log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
-                self.stats.retried += 1
+            if self._failed(q, inst, exc, backend_bound):
                 raise _Retry from exc
             if exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
-                self.stats.expired += 1
-                self._ended(q, "expired")
                 raise self._expired_error(q, f"instance {inst.id} did not answer in time") from None
-            self.stats.failed += 1
-            self._ended(q, "failed")
             raise
         except asyncio.CancelledError:
             raise
@@ -363,14 +340,59 @@ class Scheduler:
             self._ended(q, "failed")
             raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
         finally:
-            self._in_flight -= 1
-            self._busy_until_sum = self._busy_until_sum - expected_finish_s if self._in_flight else 0.0
-            inst.finish_s.remove(expected_finish_s)
-            if self.waiting:  # a slot is free: match the queries that wait for one
-                self._kick()
+            self._release(inst, expected_finish_s)
+        self._completed(q, inst, sent_s, self._loop.time())
+        return response
+
+    def _sending(self, q: Query, inst: Instance) -> tuple[float, float, bool]:
+        """A query leaves for `inst` now: (sent time, the send's timeout, whether the backend deadline
+        rather than the client's bounds it). The backend deadline is a multiple of this type's p99 for
+        the query, at least backend_timeout_min_ms."""
+        q.attempts += 1
+        sent_s = self._loop.time()
+        cfg = self.config
+        p99 = self._p99_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
+        backend_s = max(cfg.backend_timeout_p99 * p99, cfg.backend_timeout_min_ms / 1e3)
+        left_s = q.deadline_s - sent_s
+        return sent_s, max(min(left_s, backend_s), 0.001), backend_s < left_s
+
+    def _release(self, inst: Instance, expected_finish_s: float) -> None:
+        """A sent query is over (answered, failed or cancelled): its slot frees."""
+        self._in_flight -= 1
+        self._busy_until_sum = self._busy_until_sum - expected_finish_s if self._in_flight else 0.0
+        inst.finish_s.remove(expected_finish_s)
+        if self.waiting:  # a slot is free: match the queries that wait for one
+            self._kick()
+
+    def _failed(self, q: Query, inst: Instance, exc: BackendError, backend_bound: bool) -> bool:
+        """Account for a failed send; True when the query is to be retried on another instance, else
+        it ended (expired or failed, counted here) and the caller answers the client."""
+        cfg = self.config
+        inst.failed_total += 1
+        hung = exc.status is grpc.StatusCode.DEADLINE_EXCEEDED and backend_bound
+        if hung:  # the backend deadline passed, not the client's: the instance hangs or is far too slow
+            self.stats.backend_timeouts += 1
+            log.warning("instance %s (%s) did not answer a %s query within its backend deadline (%g × its p99, at "
+                        "least %g ms)", inst.id, inst.type, q.model, cfg.backend_timeout_p99, cfg.backend_timeout_min_ms)
+        retryable = exc.retryable or hung
+        if retryable and exc.status in _SUSPECT_CODES:
+            self._suspect(inst)
+        if retryable and q.attempts < cfg.max_attempts and self._loop.time() < q.deadline_s:
+            log.warning("query to %s failed (%s); retrying on another instance", inst.id, exc)
+            self.stats.retried += 1
+            return True
+        if exc.status is grpc.StatusCode.DEADLINE_EXCEEDED:
+            self.stats.expired += 1
+            self._ended(q, "expired")
+        else:
+            self.stats.failed += 1
+            self._ended(q, "failed")
+        return False
+
+    def _completed(self, q: Query, inst: Instance, sent_s: float, end_s: float) -> None:
+        """An instance answered `q`: counters, the observer, and the admission estimates' feedback."""
         inst.served_total += 1
         self.stats.completed += 1
-        end_s = self._loop.time()
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         if q.eta_s:
@@ -380,7 +402,6 @@ class Scheduler:
         self.hop_s += LAG_EWMA * (hop - self.hop_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
-        return response
 
     def _ended(self, q: Query, outcome: str) -> None:
         if self.observer is not None:
