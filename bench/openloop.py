@@ -254,9 +254,10 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         await c.close()
     timer.close()
     if spec.get("dump"):  # per-query detail for a post-mortem
+        more = {"outcome": np.array(outcome)} if outcomes else {}
         np.savez(spec["dump"], arrivals=arrivals - start, latency=latency, service=service, batches=batches,
                  late=late, served_by=np.array(served_by), sent=sent - start, arrived=arrived - start,
-                 ended=ended - start, received=received - start)
+                 ended=ended - start, received=received - start, **more)
     first = int(n * WARMUP_FRACTION)
     measured = latency[first:]
     if outcomes:  # explicit errors have a latency too: p50/p99 stay over the answers (inf: none)

@@ -17,7 +17,8 @@ Steps:
   2. the load generator's own ceiling against a no-op instance at 1× and 2× the overload rate (bench/live.py);
   3. for each `--modes` (default "off" then "qos"): a fresh daemon with that `scheduler.admission`, 1× max
      QPS for `--duration` s, then `--multiple`× for `--duration` s, the daemon's RSS sampled (/proc) every
-     0.25 s; its RSS level at 1× is the median over the second half of the 1× run.
+     0.25 s; its RSS level at 1× is the median over the second half of the 1× run. With `--repeats`, the
+     overload run is repeated on the same daemon and the median of each figure is judged.
 Prints a table per mode and run, the checks, and the ratios (goodput / max QPS per mode; goodput with
 admission / without). Writes bench/results/overload.json.
 
@@ -30,6 +31,7 @@ import argparse
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -69,8 +71,10 @@ def start(workdir: Path, fleet: dict[str, int], qos_ms: float, margin_ms: float,
                   name=f"overload-{admission}")
 
 
-def run(d: Daemon, rate: float, duration_s: float, qos_s: float, seed: int, label: str) -> dict[str, Any]:
-    """One open-loop run at `rate` for `duration_s` with per-query outcomes and the daemon's RSS."""
+def run(d: Daemon, rate: float, duration_s: float, qos_s: float, seed: int, label: str,
+        dump: Path | None = None) -> dict[str, Any]:
+    """One open-loop run at `rate` for `duration_s` with per-query outcomes and the daemon's RSS (`dump`:
+    where the load generator saves per-query detail, .npz)."""
     from kairosd import workload
 
     n = max(1, round(rate * duration_s))
@@ -78,7 +82,10 @@ def run(d: Daemon, rate: float, duration_s: float, qos_s: float, seed: int, labe
     print(f"  {label}: {rate:.1f} q/s for {duration_s:g} s ({n} queries)", flush=True)
     rss0 = d.rss_bytes()
     with RssSampler(d.pid) as rss:
-        r = step(d, SERVED, rate, stream, qos_s, {"outcomes": True, "qos_s": qos_s, "grace_s": GRACE_S})
+        extra: dict[str, Any] = {"outcomes": True, "qos_s": qos_s, "grace_s": GRACE_S}
+        if dump is not None:
+            extra["dump"] = str(dump)
+        r = step(d, SERVED, rate, stream, qos_s, extra)
     r["rss_before_mb"] = rss0 / MB
     r["rss_max_mb"] = rss.max_bytes() / MB
     r["rss_level_mb"] = rss.median_bytes(after_s=duration_s / 2) / MB
@@ -89,6 +96,32 @@ def run(d: Daemon, rate: float, duration_s: float, qos_s: float, seed: int, labe
           f"{_f(o['admitted_p99_ms'])} ms; goodput {o['goodput_qps']:.1f} q/s; RSS level {r['rss_level_mb']:.1f} max "
           f"{r['rss_max_mb']:.1f} MB", flush=True)
     return r
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeats of one overload run as one: the median of each figure, except lost and wrong (summed:
+    one lost query in any repeat counts) and RSS (the maximum over the repeats)."""
+    if len(runs) == 1:
+        return runs[0]
+
+    def med(values: list[Any]) -> float | None:
+        v = [x for x in values if x is not None]
+        return float(statistics.median(v)) if v else None
+
+    outs = [r["outcomes"] for r in runs]
+    o: dict[str, Any] = {k: med([x[k] for x in outs]) for k in outs[0] if k != "by_outcome"}
+    for k in ("lost", "wrong"):
+        o[k] = sum(x[k] for x in outs)
+    for k in ("sent", "ok", "ok_within_qos", "ok_late", "refused", "other_errors"):
+        o[k] = round(o[k])
+    codes = sorted({c for x in outs for c in x["by_outcome"]})
+    o["by_outcome"] = {c: round(statistics.median(x["by_outcome"].get(c, 0) for x in outs)) for c in codes}
+    merged: dict[str, Any] = {k: med([r[k] for r in runs]) for k in ("offered_qps", "head_cpu", "loadgen_cpu",
+                                                                       "rss_level_mb")}
+    merged["rss_max_mb"] = max(r["rss_max_mb"] for r in runs)
+    merged["outcomes"] = o
+    merged["repeats"] = len(runs)
+    return merged
 
 
 def _f(x: float | None, fmt: str = ".1f") -> str:
@@ -116,23 +149,31 @@ def print_tables(out: dict[str, Any]) -> None:
     print(f"\nOverload: {out['fleet']} (emulated; dlrm timed as rm2, QoS {qos_ms:g} ms); max QPS at p99 ≤ QoS "
           f"{max_qps:.1f} (simulator {out['sim_qps']:.1f}); {out['settings']['duration_s']:g} s per run; deadline "
           f"{out['deadline_s']:g} s + {GRACE_S:g} s grace; load average {out['host']['loadavg_start'][0]:.2f} at start")
-    hdr = (f"{'admission':9} {'load':>4} {'q/s':>6} {'sent':>6} {'in QoS':>6} {'late':>6} {'refused':>7} {'other':>6} "
+    hdr = (f"{'admission':9} {'load':>9} {'q/s':>6} {'sent':>6} {'in QoS':>6} {'late':>6} {'refused':>7} {'other':>6} "
            f"{'lost':>5} {'wrong':>5} {'p50 ms':>7} {'p99 ms':>7} {'goodput':>7} {'RSS MB':>7} {'head':>5} {'lg':>5}")
     print(hdr)
     print("-" * len(hdr))
+    mult = f"{out['settings']['multiple']:g}x"
     for name, mode in out["modes"].items():
-        for key, label in (("one", "1x"), ("over", f"{out['settings']['multiple']:g}x")):
-            r = mode[key]
+        rows = [(mode["one"], "1x")]
+        if len(mode["over_runs"]) > 1:
+            rows += [(r, f"{mult}#{k + 1}") for k, r in enumerate(mode["over_runs"])]
+            rows.append((mode["over"], f"{mult} median"))
+        else:
+            rows.append((mode["over"], mult))
+        for r, label in rows:
+            rss = r["rss_level_mb"] if label == "1x" else r["rss_max_mb"]
             o = r["outcomes"]
-            rss = r["rss_level_mb"] if key == "one" else r["rss_max_mb"]
-            print(f"{name:9} {label:>4} {r['offered_qps']:6.1f} {o['sent']:6d} {o['ok_within_qos']:6d} {o['ok_late']:6d} "
+            print(f"{name:9} {label:>9} {r['offered_qps']:6.1f} {o['sent']:6d} {o['ok_within_qos']:6d} {o['ok_late']:6d} "
                   f"{o['refused']:7d} {o['other_errors']:6d} {o['lost']:5d} {o['wrong']:5d} {_f(o['admitted_p50_ms']):>7} "
                   f"{_f(o['admitted_p99_ms']):>7} {o['goodput_qps']:7.1f} {rss:7.1f} {r['head_cpu']:5.2f} "
                   f"{r['loadgen_cpu']:5.2f}")
         other = {k: v for k, v in mode["over"]["outcomes"]["by_outcome"].items() if k not in ("OK", "RESOURCE_EXHAUSTED")}
         if other:
-            print(f"{'':9} {'':>4} other outcomes at overload: {other}")
-    print("(RSS: the level over the 1x run's second half; the maximum during the overload run)")
+            print(f"{'':9} {'':>9} other outcomes at overload ({'median' if len(mode['over_runs']) > 1 else 'run'}): "
+                  f"{other}")
+    print("(RSS: the level over the 1x run's second half; the maximum during the overload runs. Median row: the "
+          "median of each column over the repeats, lost and wrong summed, RSS the maximum)")
     print("\nDone-when checks at overload:")
     for name, mode in out["modes"].items():
         j = mode["checks"]
@@ -162,6 +203,8 @@ def main() -> int:
     ap.add_argument("--rel-tol", type=float, default=0.03)
     ap.add_argument("--max-qps", type=float, default=0.0, help="skip the bisection: use this max QPS")
     ap.add_argument("--skip-ceiling", action="store_true", help="no load generator ceiling runs")
+    ap.add_argument("--repeats", type=int, default=1, help="overload runs per mode (their medians are judged)")
+    ap.add_argument("--dump-dir", default="", help="save each run's per-query detail here (.npz)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "overload.json"))
     args = ap.parse_args()
@@ -183,6 +226,7 @@ def main() -> int:
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                  "loadavg_start": os.getloadavg()},
         "settings": {"duration_s": args.duration, "multiple": args.multiple, "modes": modes, "seed": args.seed,
+                     "repeats": args.repeats,
                      "scheduler_extra": args.scheduler, "margin_ms": args.margin_ms,
                      "bisect_queries": args.bisect_queries, "rel_tol": args.rel_tol,
                      "criterion": "max QPS: p99 at the client (after a 10% warm-up) <= QoS, no error, last answer "
@@ -219,9 +263,15 @@ def main() -> int:
             print(f"admission = {mode!r}:", flush=True)
             d = daemons.pop(mode, None) or start(workdir, fleet, qos_ms, args.margin_ms, mode, args.scheduler)
             try:
-                res: dict[str, Any] = {"one": run(d, max_qps, args.duration, qos_s, args.seed + 1, "1x")}
-                res["over"] = run(d, args.multiple * max_qps, args.duration, qos_s, args.seed + 2,
-                                  f"{args.multiple:g}x")
+                dump = Path(args.dump_dir) if args.dump_dir else None
+                if dump is not None:
+                    dump.mkdir(parents=True, exist_ok=True)
+                res: dict[str, Any] = {"one": run(d, max_qps, args.duration, qos_s, args.seed + 1, "1x",
+                                                  dump / f"{mode}-1x.npz" if dump else None)}
+                res["over_runs"] = [run(d, args.multiple * max_qps, args.duration, qos_s, args.seed + 2 + k,
+                                        f"{args.multiple:g}x #{k + 1}", dump / f"{mode}-over-{k + 1}.npz" if dump else None)
+                                    for k in range(args.repeats)]
+                res["over"] = median_run(res["over_runs"])
             finally:
                 d.stop()
             res["checks"] = judge(res, max_qps, qos_ms)
