@@ -8,7 +8,8 @@ right names, shapes and dtypes, and response parameters naming the type, the ser
 when the query arrived and its service ended (`emulated_type`, `emulated_service_us`,
 `emulated_arrived_ns`, `emulated_done_ns`). No model runs and no CPU is spent while waiting: the wait is
 an event loop timer. Server metadata names the server `kairosd-emulated` and lists the
-`emulated:<type>` extension.
+`emulated:<type>` extension. ModelStreamInfer is served too (`kairosd.backends.streaming`): each
+request on a stream is a query like a ModelInfer call, answered on the stream when its service ends.
 
 Timers: uvloop's clock and `call_at` have 1 ms resolution and asyncio's epoll waits round up to a
 millisecond, too coarse for sub-millisecond services (the Kairos ncf profile). `PreciseTimer` wakes the
@@ -28,18 +29,22 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
 from kairosd.backends.draining import Draining
 from kairosd.backends.http_client import HttpForward, HttpReply
+from kairosd.backends.streaming import error_response, serve_stream, stream_response
 from kairosd.emulation import ServiceCells, load_cells
-from kairosd.errors import ConfigError, Unavailable
+from kairosd.errors import ConfigError, InvalidInput, KairosError, Unavailable
 from kairosd.repository import ModelSpec, load_repository
-from kairosd.server.grpc_frontend import EXTENSIONS
+from kairosd.server.grpc_frontend import EXTENSIONS, MAX_PENDING_RPCS, SERVICE_NAME, build_generic_handler
+from kairosd.server.validate import resolve_model, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +276,58 @@ class EmulatedInstance(Draining):
     ) -> HttpReply | bytes:
         return await self.infer(forward.to_grpc(), spec, batch, timeout_s)
 
+    async def answer_stream_request(self, raw: bytes) -> bytes:
+        """One ModelStreamInfer request (serialized ModelInferRequest) → its serialized stream response:
+        the answer, or the error the ModelInfer call would have ended with (and the request's id)."""
+        request = service_pb2.ModelInferRequest()
+        try:
+            try:
+                request.ParseFromString(raw)
+            except DecodeError:
+                raise InvalidInput("ModelInferRequest is not a valid protobuf message") from None
+            spec = resolve_model(self._repository, request.model_name, request.model_version)
+            batch = validate_request(request, spec)
+            return stream_response(await self.infer(request, spec, batch))
+        except KairosError as exc:
+            return stream_response(error_response(request.id, exc.grpc_code).SerializeToString(), str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug fails this request, not the stream
+            log.exception("ModelStreamInfer request for model %r failed", request.model_name)
+            code = grpc.StatusCode.INTERNAL
+            return stream_response(error_response(request.id, code).SerializeToString(),
+                                   f"emulated instance internal error: {type(exc).__name__}: {exc}")
+
+    async def model_stream_infer(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await serve_stream(requests, context.write, self.answer_stream_request)
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.close()
+
+
+async def start_emulated_grpc_server(
+    instance: EmulatedInstance, host: str, port: int, extensions: tuple[str, ...]
+) -> grpc.aio.Server:
+    """The front end's KServe v2 method table (`build_generic_handler`) with the instance's own
+    ModelStreamInfer ahead of it (grpc asks the handlers in order)."""
+    stream = grpc.method_handlers_generic_handler(SERVICE_NAME, {
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(instance.model_stream_infer),  # bytes in and out
+    })
+    server = grpc.aio.server(
+        handlers=[stream, build_generic_handler(instance, SERVER_NAME, extensions)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
+        ],
+        maximum_concurrent_rpcs=None,
+    )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind {address}")
+    await server.start()
+    return server
 
 
 async def serve(
@@ -289,7 +343,6 @@ async def serve(
     grace_s: float = DEFAULT_GRACE_S,
 ) -> int:
     """Serve until SIGTERM/SIGINT (the first drains for `grace_s`, a second stops at once)."""
-    from kairosd.server.grpc_frontend import start_grpc_server
     from kairosd.server.http_frontend import start_http_server
 
     started = time.monotonic()
@@ -321,7 +374,7 @@ async def serve(
         if stopping.is_set():
             instance.start_draining()
         try:
-            server = await start_grpc_server(instance, host, port, MAX_MESSAGE_BYTES, SERVER_NAME, extensions)
+            server = await start_emulated_grpc_server(instance, host, port, extensions)
         except (OSError, RuntimeError) as exc:
             raise Unavailable(f"cannot listen on {host}:{port}: {exc}") from exc
         runner = None

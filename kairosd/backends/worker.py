@@ -1,4 +1,7 @@
-"""The ONNX Runtime CPU worker: a KServe v2 gRPC server (like Triton's) that runs one query at a time."""
+"""The ONNX Runtime CPU worker: a KServe v2 gRPC server (like Triton's) that runs one query at a time.
+
+ModelStreamInfer is served too (`kairosd.backends.streaming`): each request on a stream is a query like a
+ModelInfer call, answered on the stream when it has run (or with the error the call would have had)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +24,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import kairosd
 from kairosd.backends.draining import Draining
+from kairosd.backends.streaming import error_response, serve_stream
 from kairosd.errors import ConfigError, InvalidInput, KairosError, ModelNotFound, Unavailable
 from kairosd.repository import ModelSpec, TensorSpec, load_repository
 
@@ -328,6 +332,30 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer, Draining):
             except KairosError as exc:
                 await context.abort(exc.grpc_code, str(exc))
                 raise
+
+    async def _answer_stream_request(self, request: service_pb2.ModelInferRequest) -> service_pb2.ModelStreamInferResponse:
+        with self.accepted():
+            try:
+                if not self.ready:
+                    raise Unavailable("the worker is shutting down")
+                spec = find_model(self.models, request.model_name, request.model_version)
+                decoded = decode_request(spec, request)
+                arrays = await self.runner.run(spec.name, decoded)
+                return service_pb2.ModelStreamInferResponse(
+                    infer_response=encode_response(spec, request.id, decoded.output_names, arrays))
+            except KairosError as exc:
+                return service_pb2.ModelStreamInferResponse(
+                    error_message=str(exc), infer_response=error_response(request.id, exc.grpc_code))
+            except Exception as exc:  # noqa: BLE001 - a bug fails this request, not the stream
+                log.exception("ModelStreamInfer request for model %r failed", request.model_name)
+                return service_pb2.ModelStreamInferResponse(
+                    error_message=f"worker internal error: {type(exc).__name__}: {exc}",
+                    infer_response=error_response(request.id, grpc.StatusCode.INTERNAL))
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await serve_stream(request_iterator, context.write, self._answer_stream_request)
 
 
 async def serve(
