@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "worker": "worker",
     "triton": "triton",
     "emulated": "emulated",
+    "frontend": "frontend",
     "plan": "plan",
     "simulate": "simulate",
     "profile": "profile",

@@ -39,6 +39,9 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     # on SIGTERM: how long queued and in-flight queries get to be answered before the rest are UNAVAILABLE
     drain_timeout_s: float = 30.0
+    # processes that terminate client connections on the client ports (SO_REUSEPORT), each sending its
+    # queries' bytes to the instances itself, under the one dispatcher of the main process (kairosd.fronts)
+    workers: int = 1
     # /metrics and kairosd's admin endpoints (/kairos/fleet) listen here; loopback: this machine only
     metrics_host: str = "127.0.0.1"
     # TLS on the client ports (gRPC and HTTP): PEM certificate chain and key; both "" = plaintext
@@ -244,6 +247,8 @@ def _check_server(s: ServerConfig) -> None:
     if s.tls_client_ca and not s.tls_cert:
         raise ConfigError(f"server.tls_client_ca = {s.tls_client_ca!r} needs server.tls_cert and server.tls_key: "
                           "mutual TLS runs over TLS")
+    if s.workers < 1:
+        raise ConfigError(f"server.workers = {s.workers}: must be ≥ 1 (front-end processes; 1: the main process only)")
     for key in ("max_connections", "max_header_bytes"):
         if getattr(s, key) < 1:
             raise ConfigError(f"server.{key} = {getattr(s, key)}: must be ≥ 1")

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from kairosd.config import Config, Resolved, build_policy, load_checked, load_pr
 from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import Fleet
 from kairosd.fleet_setup import build_fleet, reconfigure_fleet
+from kairosd.fronts import FrontEndPool
 from kairosd.health import is_ready, model_ready
 from kairosd.metrics import FrontEndCollector, start_metrics_server
 from kairosd.notify import Notifier
@@ -73,6 +75,7 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._started = False
         self.reloads_applied = 0
+        self.fronts: FrontEndPool | None = None  # the front-end processes ([server] workers > 1)
 
     # ---- InferenceService -----------------------------------------------------------------
     @property
@@ -91,6 +94,10 @@ class Daemon:
 
     def model_ready(self, name: str) -> bool:
         return self.scheduler is not None and model_ready(self.registry, self.scheduler.model_idx, self._serving(), name)
+
+    def _front_state(self) -> dict[str, object]:
+        """What the front-end processes answer for health."""
+        return {"accepting": self._serving(), "ready": [m for m in sorted(self.config.qos_s) if self.model_ready(m)]}
 
     def fleet_status(self) -> dict[str, object]:
         """The fleet as `kairosd fleet status` shows it (served at /kairos/fleet on the metrics port)."""
@@ -153,18 +160,24 @@ class Daemon:
         http_limits = HttpLimits.from_server(s)
         gate = ConnectionGate(http_limits.max_connections)
         host = s.host
+        shared = s.workers > 1  # the client ports are shared with the front-end processes (SO_REUSEPORT)
         try:
             self._grpc = await start_grpc_server(
                 self, s.host, s.grpc_port, s.max_request_bytes, limits=GrpcLimits.from_server(s),
                 credentials=access.tls.grpc_credentials() if access.tls else None,
-                interceptors=[GrpcAuthInterceptor(access.auth)] if access.auth else (),
+                interceptors=[GrpcAuthInterceptor(access.auth)] if access.auth else (), reuse_port=shared,
             )
             stack.push_async_callback(self._grpc.stop, 1.0)
             self._http = await start_http_server(
                 self, s.host, s.http_port, s.max_request_bytes, limits=http_limits, gate=gate,
-                ssl_context=access.tls.ssl_context() if access.tls else None, auth=access.auth,
+                ssl_context=access.tls.ssl_context() if access.tls else None, auth=access.auth, reuse_port=shared,
             )
             stack.push_async_callback(self._http.cleanup)
+            if shared:
+                self.fronts = FrontEndPool(cfg, scheduler, self.registry, self._front_state)
+                stack.push_async_callback(self.fronts.stop)
+                self.notifier.status("starting the front-end processes")
+                await self.fronts.start()
             if s.metrics_port:
                 host = s.metrics_host
                 stack.push_async_callback(await start_metrics_server(
@@ -175,6 +188,8 @@ class Daemon:
             raise PortInUse(f"cannot listen on {host}: {exc}; free the port or change it in [server]") from exc
         stack.push_async_callback(self._drain)  # the first step of stopping
         self._started = True
+        if self.fronts is not None:
+            self.fronts.push()
         log.info(
             "ready grpc=%s:%d http=%s:%d metrics=%s:%d access=\"%s\" policy=%s instances=%d models=%s",
             s.host, s.grpc_port, s.host, s.http_port, s.metrics_host, s.metrics_port, describe(access),
@@ -192,6 +207,8 @@ class Daemon:
         if self.scheduler is None:
             return
         self._started = False
+        if self.fronts is not None:
+            self.fronts.push()  # the front-end processes report not ready and refuse new queries
         timeout_s = self._drain_timeout_s
         log.info("draining queued=%d in_flight=%d timeout_s=%g", len(self.scheduler.waiting), self.scheduler.in_flight,
                  timeout_s)
@@ -222,6 +239,10 @@ class Daemon:
         async with self._reload_lock:
             self.notifier.reloading()
             result = await self._reload()
+            if result is not None and result.applies and self.fronts is not None:
+                for pid in self.fronts.pids:  # they re-read the token file too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGHUP)
             self.notifier.ready(self._status())
             return result
 
@@ -308,7 +329,6 @@ def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
 async def run_until_signal(daemon: Daemon, drain_timeout_s: float | None = None) -> None:
     """Start, serve until SIGTERM/SIGINT (reloading on SIGHUP), then stop in order. A second SIGTERM or
     SIGINT exits at once. A stop signal during start-up cancels it (what started is stopped)."""
-    import signal
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

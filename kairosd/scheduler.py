@@ -24,8 +24,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import grpc
@@ -62,6 +63,11 @@ class Query:
     http: HttpForward | None = None  # an HTTP request as received
     attempts: int = 0
     target_s: float = 0.0  # answered by then or not worth serving (kairosd.admission.target_s)
+    # a query held by another front-end process: its callbacks (on_grant, on_end) and, while it is
+    # sent, its grant (instance, expected finish, sent time, whether the backend deadline bounds it)
+    remote: tuple[Callable[..., None], Callable[..., None]] | None = None
+    grant: tuple[Instance, float, float, bool] | None = None
+    tag: int = 0  # the holder's id for it (a front-end process's query id)
     eta_s: float = 0.0  # the admission estimate of its answer time (0: none, the fleet had no capacity for it)
     size: int = 0  # request bytes, counted against scheduler.max_queue_bytes while queued
 
@@ -174,35 +180,11 @@ class Scheduler:
     ) -> bytes | HttpReply:
         """Queue one validated query (a gRPC `request`, or an `http` one) and wait for its response:
         a serialized ModelInferResponse, or the instance's HttpReply when `http` was forwarded as it is."""
-        if not self.accepting:
-            raise Unavailable("kairosd is shutting down; retry against another replica")
-        model = spec.name
-        idx = self.model_idx.get(model)
-        if idx is None:
-            raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
         now = self._loop.time()
-        cfg = self.config
-        timeout = cfg.default_timeout_s if timeout_s is None else timeout_s  # the client's deadline, as sent
-        if cfg.max_timeout_s > 0:
-            timeout = min(timeout, cfg.max_timeout_s)
-        qos = self.qos_s[model]
-        q = Query(request, model, idx, batch, qos, now, now + timeout, self._loop.create_future(), raw, http)
-        q.target_s = admission.target_s(cfg.admission, now, q.deadline_s, qos, cfg.admission_slack)
-        q.size = len(raw) if raw is not None else len(http.body) if http is not None else 0
-        self.stats.submitted += 1
-        if self.load is not None:
-            self.load.record(idx, batch, now)  # refused queries count: the autoscaler sees the offered load
-        self._admit(q, now)
+        size = len(raw) if raw is not None else len(http.body) if http is not None else 0
+        q = self._new_query(spec.name, batch, timeout_s, now, now, size, request, raw, http)
         while True:
-            if q.attempts:
-                self.waiting.appendleft(q)  # a retried query keeps its place: it is among the oldest
-            else:
-                self.waiting.append(q)
-            work = self._enqueued(q)
-            if len(self.waiting) == 1 and not self._round_pending:
-                self._round()  # alone in the queue: nothing to share a round with, match it now
-            else:
-                self._kick()
+            work = self._queue(q)
             try:
                 inst, expected = await q.future  # a dispatch round granted an instance (or raised)
             except asyncio.CancelledError:
@@ -214,6 +196,98 @@ class Scheduler:
                 return await self._send(inst, q, expected)
             except _Retry:
                 q.future = self._loop.create_future()
+
+    def _new_query(self, model: str, batch: int, timeout_s: float | None, arrival_s: float, now: float, size: int,
+                   request: service_pb2.ModelInferRequest | None = None, raw: bytes | None = None,
+                   http: HttpForward | None = None) -> Query:
+        """A new query, counted and admitted (raises Unavailable while stopping, ModelNotFound, Overloaded)."""
+        if not self.accepting:
+            raise Unavailable("kairosd is shutting down; retry against another replica")
+        idx = self.model_idx.get(model)
+        if idx is None:
+            raise ModelNotFound(f"model {model!r} is not served: it has no QoS target in the config")
+        cfg = self.config
+        timeout = cfg.default_timeout_s if timeout_s is None else timeout_s  # the client's deadline, as sent
+        if cfg.max_timeout_s > 0:
+            timeout = min(timeout, cfg.max_timeout_s)
+        qos = self.qos_s[model]
+        q = Query(request, model, idx, batch, qos, arrival_s, arrival_s + timeout, self._loop.create_future(), raw, http)
+        q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack)
+        q.size = size
+        self.stats.submitted += 1
+        if self.load is not None:
+            self.load.record(idx, batch, now)  # refused queries count: the autoscaler sees the offered load
+        self._admit(q, now)
+        return q
+
+    def _queue(self, q: Query) -> float:
+        """Put `q` in the queue (a retried one keeps its place among the oldest) and match it now if it is
+        alone, else at the next round; returns the fleet-seconds it is counted for."""
+        if q.attempts:
+            self.waiting.appendleft(q)
+        else:
+            self.waiting.append(q)
+        work = self._enqueued(q)
+        if len(self.waiting) == 1 and not self._round_pending:
+            self._round()  # alone in the queue: nothing to share a round with, match it now
+        else:
+            self._kick()
+        return work
+
+    # ---- queries whose bytes stay in another front-end process (kairosd.fronts) ------------------
+    def remote_submit(self, model: str, batch: int, timeout_s: float | None, arrival_s: float, size: int,
+                      on_grant: Callable[[Query, Instance, float], None],
+                      on_end: Callable[[Query, BaseException], None]) -> Query:
+        """Admit and queue a query that another front-end process holds and sends itself. When a round
+        grants it a slot, `on_grant(q, instance, timeout_s)`: the front end sends it with that timeout
+        and reports with `remote_done`. When it ends without a send (shed, expired, the scheduler
+        closed, a final failure), `on_end(q, error)`. Raises like `submit` when it is not admitted."""
+        now = self._loop.time()
+        q = self._new_query(model, batch, timeout_s, min(arrival_s, now), now, size)
+        q.remote = (on_grant, on_end)
+        self._queue_remote(q)
+        return q
+
+    def _queue_remote(self, q: Query) -> None:
+        work = self._queue(q)
+        q.future.add_done_callback(partial(self._remote_granted, q, work))
+
+    def _remote_granted(self, q: Query, work: float, f: asyncio.Future[tuple[Instance, float]]) -> None:
+        self._dequeued(q, work)
+        if f.cancelled():  # its front end withdrew it before a grant
+            return
+        assert q.remote is not None
+        exc = f.exception()
+        if exc is not None:
+            q.remote[1](q, exc)
+            return
+        inst, expected = f.result()
+        sent_s, timeout, backend_bound = self._sending(q, inst)
+        q.grant = (inst, expected, sent_s, backend_bound)
+        q.remote[0](q, inst, timeout)
+
+    def remote_done(self, q: Query, end_s: float, error: BackendError | None = None, cancelled: bool = False) -> None:
+        """The front end's report on a granted query: answered (no `error`), its client gone
+        (`cancelled`), or failed with `error` — then it is retried (granted again later) or ended
+        (`on_end` with the client's error)."""
+        grant, q.grant = q.grant, None
+        if grant is None:
+            return
+        inst, expected, sent_s, backend_bound = grant
+        self._release(inst, expected)
+        if cancelled:
+            return
+        if error is None:
+            self._completed(q, inst, sent_s, max(end_s, sent_s))
+            return
+        assert q.remote is not None
+        if self._failed(q, inst, error, backend_bound):
+            q.future = self._loop.create_future()
+            self._queue_remote(q)
+        elif error.status is grpc.StatusCode.DEADLINE_EXCEEDED:
+            q.remote[1](q, self._expired_error(q, f"instance {inst.id} did not answer in time"))
+        else:
+            q.remote[1](q, error)
 
     # ---- admission ----------------------------------------------------------------------------
     @property

@@ -236,15 +236,17 @@ async def start_grpc_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
     *, limits: GrpcLimits | None = None, credentials: grpc.ServerCredentials | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (), reuse_port: bool = False,
 ) -> grpc.aio.Server:
     """Bind and start the gRPC front end; messages over `max_message_bytes` fail with RESOURCE_EXHAUSTED.
     `limits` (the daemon's client port) adds connection, stream, metadata and timeout limits;
-    `credentials` serves TLS; `interceptors` run before every method (the bearer-token check)."""
+    `credentials` serves TLS; `interceptors` run before every method (the bearer-token check).
+    `reuse_port`: the port is shared with kairosd's other front-end processes (SO_REUSEPORT: the
+    kernel spreads connections over them); without it a port in use is an error."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
         ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
     ]

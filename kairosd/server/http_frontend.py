@@ -271,14 +271,15 @@ async def start_http_server(
     service: InferenceService, host: str, port: int, max_body_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
     *, limits: HttpLimits | None = None, ssl_context: ssl.SSLContext | None = None,
-    auth: Authenticator | None = None, gate: ConnectionGate | None = None,
+    auth: Authenticator | None = None, gate: ConnectionGate | None = None, reuse_port: bool = False,
 ) -> web.AppRunner:
     """Bind and start the REST front end; `runner.addresses` tells the bound port (useful with port 0).
 
     With `limits` (the daemon's client port), connections are counted against `limits.max_connections`
     (at `gate`, whose counters /metrics reads) and headers, bodies and idle connections are timed
     (`kairosd.server.http_limits`); without, aiohttp's defaults apply (instances behind kairosd).
-    `ssl_context` serves HTTPS; `auth` checks bearer tokens."""
+    `ssl_context` serves HTTPS; `auth` checks bearer tokens. `reuse_port`: the port is shared with
+    kairosd's other front-end processes (SO_REUSEPORT)."""
     app = build_http_app(service, max_body_bytes, server_name, extensions, auth=auth,
                          body_timeout_s=limits.body_timeout_s if limits is not None else None)
     kwargs = limits.handler_kwargs() if limits is not None else {}
@@ -287,9 +288,9 @@ async def start_http_server(
     try:
         if limits is not None:
             site: web.TCPSite = GuardedSite(runner, host, port, limits, gate or ConnectionGate(limits.max_connections),
-                                            ssl_context=ssl_context)
+                                            ssl_context=ssl_context, reuse_port=reuse_port)
         else:
-            site = web.TCPSite(runner, host, port, reuse_port=False, ssl_context=ssl_context)
+            site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()

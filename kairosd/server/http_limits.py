@@ -179,8 +179,8 @@ class GuardedSite(web.TCPSite):
     a wrapping protocol factory and the TLS handshake timeout)."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: HttpLimits, gate: ConnectionGate,
-                 ssl_context: Any = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=False)
+                 ssl_context: Any = None, reuse_port: bool = False) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
         self._limits = limits
         self._gate = gate
 
