@@ -196,6 +196,7 @@ metrics_port = {ports['metrics']}
 [scheduler]
 policy = "kairos"
 admission = "off"
+backend_timeout_min_ms = 10000.0  # the head is measured, not retries of answers late on a saturated machine
 [models]
 repository = "{REPO / 'model_repository'}"
 profiles = "{workdir / 'profiles'}"
@@ -334,22 +335,52 @@ def _frame(f: str) -> str:
     return re.sub(r":\d+\)$", ")", f)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of `pid` (/proc/PID/task/TID/stat), by "name (tid)"."""
+    out = {}
+    for entry in os.scandir(f"/proc/{pid}/task"):
+        try:
+            comm = Path(entry.path, "comm").read_text().strip()
+            out[f"{comm} ({entry.name})"] = cpu_s_path(Path(entry.path, "stat"))
+        except OSError:
+            continue
+    return out
+
+
+def cpu_s_path(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def record_profile(d: Daemon, body: Path, seconds: float, args: argparse.Namespace, out: Path) -> str:
+    """py-spy --gil (the Python code that holds the GIL, by function) over an h2load run, and the CPU of
+    each of the daemon's threads over the same run (the GIL-free native work included: grpc core's
+    poller thread)."""
     raw = out.with_suffix(".raw.txt")
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(d.pid), "--duration", str(int(seconds)), "--rate", "250",
-                            "--native", "--format", "raw", "--nonblocking", "-o", str(raw)],
+                            "--gil", "--format", "raw", "-o", str(raw)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.0)
+    t0, c0 = time.monotonic(), thread_cpu(d.pid)
     with tempfile.NamedTemporaryFile(suffix=".log") as log:
-        load = h2load(f"127.0.0.1:{d.ports['grpc']}", body, seconds, args.streams, args.connections, Path(log.name))
+        load = h2load(f"127.0.0.1:{d.ports['grpc']}", body, seconds - 2, args.streams, args.connections,
+                      Path(log.name))
+    wall, c1 = time.monotonic() - t0, thread_cpu(d.pid)
     spy_out, _ = spy.communicate(timeout=120)
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote nothing:\n{spy_out}")
     text = raw.read_text()
-    raw.unlink()
-    return (f"py-spy record --native --rate 250 of the {d.name} daemon (pid {d.pid}) for {int(seconds)} s under "
-            f"h2load ({args.streams} streams over {args.connections} connections, ncf batch 1): "
-            f"{load['qps']:.0f} q/s, {load['errors']} errors\n\n" + profile_summary(text))
+    if not os.environ.get("KAIROSD_KEEP_PROFILE"):
+        raw.unlink()
+    threads = sorted(((c1[k] - c0.get(k, 0.0), k) for k in c1), reverse=True)
+    total = sum(x for x, _ in threads)
+    lines = [f"CPU by thread over the h2load run ({wall:.1f} s, {load['qps']:.0f} q/s): {total / wall:.2f} cores, "
+             f"{total / max(1, load['done']) * 1e3:.3f} ms per query"]
+    lines += [f"  {x / wall:5.2f} cores  {100 * x / total if total else 0:5.1f}%  {k}" for x, k in threads if x > 0]
+    return (f"The {d.name} daemon (pid {d.pid}) under h2load ({args.streams} streams over {args.connections} "
+            f"connections, ncf batch 1): {load['qps']:.0f} q/s, {load['errors']} errors; load average "
+            f"{os.getloadavg()[0]:.2f}\n\n" + "\n".join(lines) + "\n\n"
+            f"py-spy record --gil --rate 250 ({int(seconds)} s): Python code holding the GIL\n" + profile_summary(text))
 
 
 # ---- main -----------------------------------------------------------------------------------------
@@ -372,9 +403,11 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
         delta = {k: o1.get(k, 0.0) - o0.get(k, 0.0) for k in o1}
         r["kairos_outcomes"] = {k: int(v) for k, v in delta.items() if v}
         completed = int(delta.get("completed", 0))
-        # a query that ended otherwise, or that the load generator counted done without the daemon
-        # completing it (an error it could not see), is an error
-        r["errors"] += int(sum(v for k, v in delta.items() if k != "completed")) + max(0, r["done"] - completed)
+        ended = int(sum(v for k, v in delta.items() if k != "completed"))  # failed, expired, refused, shed
+        # the load generator's done count includes the errors it saw; a query it counted done that the
+        # daemon neither completed nor ended otherwise (refused by a front end) is an error too
+        unaccounted = max(0, r["done"] - completed - ended)
+        r["errors"] = max(r["errors"], ended + unaccounted)
         answered = completed
     r["head_cpu_ms_per_query"] = CpuMeter.delta(h0, h1) / answered * 1e3 if answered else None
     r["instances_cpu_ms_per_query"] = CpuMeter.delta(i0, i1) / answered * 1e3 if answered else None
@@ -491,7 +524,7 @@ def main() -> int:
           f"{args.slots} slots; head CPU = every kairosd process but the instances (bare: the proxy process)")
     print(f"{'proto':5s} {'target':7s} {'q/s':>8s} {'head ms/q':>9s} {'vs bare':>7s} {'inst ms/q':>9s} "
           f"{'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}")
-    for proto in protocols:
+    for proto in protocols if cells else ():
         base = next(c for c in cells if c["protocol"] == proto and c["target"] == "bare")
         for cell in cells:
             if cell["protocol"] != proto:
@@ -509,7 +542,8 @@ def main() -> int:
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "workers_applied": {t: d.workers_applied for t, d in daemons.items()},
             "grpc_status_check": status_check}
-    write_results({**meta, "summary": summary, "cells": cells}, args.out)
+    if cells:
+        write_results({**meta, "summary": summary, "cells": cells}, args.out)
     if profile_text:
         Path(args.profile_out).write_text(profile_text)
         print(f"wrote {args.profile_out}")

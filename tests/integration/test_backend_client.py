@@ -1,5 +1,6 @@
-"""The gRPC client to an instance, against a real worker: answers pass through as bytes; a query
-with no answer within its deadline fails DEADLINE_EXCEEDED (not retryable) and the client stays usable."""
+"""The gRPC client to an instance, against a real worker, with either transport (unary calls or one stream):
+answers pass through as bytes; a query with no answer within its deadline fails DEADLINE_EXCEEDED (not
+retryable) and the client stays usable."""
 
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def request(batch: int) -> service_pb2.ModelInferRequest:
     return r
 
 
-async def test_deadline_then_a_normal_answer(worker: Worker) -> None:
-    client = BackendClient(worker.url)
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_deadline_then_a_normal_answer(worker: Worker, stream: bool) -> None:
+    client = BackendClient(worker.url, stream=stream)
     try:
         big = request(1024)
         with pytest.raises(BackendError) as e:
