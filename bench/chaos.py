@@ -58,6 +58,7 @@ EMULATED_BATCHES = (10, 50, 100, 200, 400)
 REAL_BATCHES = (1, 4, 16, 64)
 ACTIONS = ("kill", "stop", "term")
 OK, WRONG, LOST = "OK", "WRONG", "LOST"
+TIMELINE_S = 5  # seconds per window of the printed timeline
 SETTLE_S = 3.0  # load time an action needs after it (or after SIGCONT) for its effect to be seen
 
 
@@ -327,7 +328,12 @@ class Tally:
         def pct(v: np.ndarray, q: float) -> float | None:
             return float(np.percentile(v, q, method="higher")) if len(v) else None
 
+        # per window of TIMELINE_S seconds (by when each query was sent): correct answers and explicit errors
+        window = np.floor(np.array(self.started_s) / TIMELINE_S).astype(int) if len(out) else np.zeros(0, int)
+        timeline = [[int(w) * TIMELINE_S, int((ok & (window == w)).sum()), int((errs & (window == w)).sum())]
+                    for w in range(int(window.max()) + 1 if len(window) else 0)]
         return {
+            "timeline": timeline,
             "sent": len(out), "correct": int(ok.sum()), "errors": int(errs.sum()), "errors_by_code": by_code,
             "wrong": int((out == WRONG).sum()), "lost": int((out == LOST).sum()),
             "p50_ms": pct(lat[ok], 50), "p99_ms": pct(lat[ok], 99), "max_ms": pct(lat[ok], 100),
@@ -455,6 +461,10 @@ def print_table(res: DrillResult) -> None:
         codes = ", ".join(f"{k} {v}" for k, v in sorted(s["errors_by_code"].items())) or "-"
         print(f"{name:6} {s['sent']:6d} {s['correct']:7d} {s['errors']:6d} {s['wrong']:5d} {s['lost']:4d} "
               f"{f(s['p50_ms'])} {f(s['p99_ms'])} {f(s['max_ms'])} {f(s['error_p50_ms'])} {s['answered_qps']:6.1f}  {codes}")
+    for name, s in (("calm", res.calm), ("chaos", res.chaos)):
+        if s is not None and s["timeline"]:
+            cells = " ".join(f"{c}/{e}" for _, c, e in s["timeline"])
+            print(f"{name} timeline, correct/errors per {TIMELINE_S} s: {cells}")
     print("\nchaos events:")
     for ev in res.events:
         rec = f"{ev.recovered_s:.2f} s" if ev.recovered_s is not None else "never"
