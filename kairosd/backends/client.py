@@ -195,6 +195,7 @@ class _Stream:
         error = stream_response.error_message
         if error:
             code = stream_error_status(error, response)
+            error = error.replace(f"request id: {response.id}]", f"request id: {p.query_id}]")  # Triton names it
             p.future.set_exception(BackendError(f"instance {self.address}: {code.name}: {error}", status=code,
                                                 retryable=code in RETRYABLE, instance=self.address))
         else:

@@ -1,5 +1,5 @@
 """The stream transport of BackendClient (one ModelStreamInfer stream per instance) against a real `kairosd
-emulated` and a real `kairosd worker`: 200 queries in flight on one stream with their ids back, a query's
+emulated` and a real `kairosd worker` (and PyTriton's Triton): 200 queries in flight on one stream with their ids back, a query's
 deadline or cancellation leaving the others and the stream alone, a model error failing its query only, and
 an instance killed mid-stream failing every query on it UNAVAILABLE (retryable) and served again on restart."""
 
@@ -213,3 +213,35 @@ async def test_an_instance_without_modelstreaminfer_gets_unary_calls() -> None:
         await client.close()
         await server.stop(0)
         instance.close()
+
+
+@pytest.mark.triton
+async def test_triton_serves_the_stream() -> None:
+    """PyTriton's Triton: ids kept over one stream; its in-stream errors (message only) classified."""
+    from kairosd.backends.process import kairosd_argv
+
+    g, h, m = free_port(), free_port(), free_port()
+    child = ChildProcess(kairosd_argv("triton", "--model-repository", str(REPOSITORY), "--grpc-port", str(g),
+                                      "--http-port", str(h), "--metrics-port", str(m), "--threads", "1"),
+                         name="triton").start()
+    client = BackendClient(f"127.0.0.1:{g}", stream=True)
+    try:
+        await asyncio.to_thread(wait_ready_sync, f"127.0.0.1:{g}", 120, child)
+        requests = [request("ncf", 1 + i % 3, f"t{i}") for i in range(50)]
+        answers = await asyncio.gather(*(client.infer(r, 30.0, r.SerializeToString()) for r in requests))
+        assert [response_of(a).id for a in answers] == [r.id for r in requests]
+        bad = request("ncf", 2, "bad")
+        bad.inputs[0].shape[:] = [2, 7]
+        with pytest.raises(BackendError) as e:
+            await client.infer(bad, 30.0)
+        assert e.value.status is grpc.StatusCode.INVALID_ARGUMENT and not e.value.retryable
+        assert "request id: bad]" in str(e.value)
+        unknown = request("ncf", 1, "unknown")
+        unknown.model_name = "nope"
+        with pytest.raises(BackendError) as e:
+            await client.infer(unknown, 30.0)
+        assert e.value.status is grpc.StatusCode.NOT_FOUND
+        assert client.stream and client._stream is not None and not client._stream.broken
+    finally:
+        await client.close()
+        await asyncio.to_thread(child.stop, 30)
