@@ -18,7 +18,7 @@ client without being parsed and rebuilt. Two transports for queries:
 
 A query's deadline is kept by an event-loop timer, not by a gRPC deadline: grpc core's per-call
 deadline timer costs more CPU than the whole scheduling of a query (and a stream has no per-message
-deadline). `KAIROSD_BACKEND_STREAM=1` in the environment makes the stream the default transport.
+deadline). The stream is the default transport; `KAIROSD_BACKEND_STREAM=0` in the environment makes it unary.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, g
 
 
 def stream_default() -> bool:
-    """The transport a client uses when not told: the stream when KAIROSD_BACKEND_STREAM is 1/true/yes."""
-    return os.environ.get(STREAM_ENV, "").strip().lower() in ("1", "true", "yes", "stream")
+    """The transport a client uses when not told: the stream (it costs the head less CPU per query), unary
+    when KAIROSD_BACKEND_STREAM is 0/false/no/unary."""
+    return os.environ.get(STREAM_ENV, "").strip().lower() not in ("0", "false", "no", "unary")
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
