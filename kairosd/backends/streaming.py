@@ -1,5 +1,5 @@
-"""ModelStreamInfer on the wire: the protobuf helpers the stream client uses (replace a query's id,
-split an answer, find and restore its id without parsing it) and the instance side's serving loop.
+"""ModelStreamInfer on the wire: the protobuf helpers of the stream client (a request's id replaced
+without parsing the request, a stream error's status) and the instance side's serving loop.
 
 An instance answers each request on the stream as soon as it is done (completion order, not arrival
 order), with the request's `id` in its ModelInferResponse; a failed request is answered with
@@ -25,13 +25,11 @@ MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 # `stream_error_status` for how Triton's errors are classified).
 STATUS_PARAM = "kairosd_grpc_status"
 
-# protobuf wire: a field's key is (number << 3) | wire type; ids are field 3 (length-delimited) of both
-# ModelInferRequest and ModelInferResponse; ModelStreamInferResponse is error_message = 1, infer_response = 2
+# protobuf wire: a field's key is (number << 3) | wire type (2: length-delimited); `id` is field 3 of
+# ModelInferRequest; ModelStreamInferResponse is error_message = 1, infer_response = 2
 _ID_KEY = b"\x1a"
 _ERROR_KEY = b"\x0a"
 _RESPONSE_KEY = b"\x12"
-_ERROR_FIELD = 1
-_RESPONSE_FIELD = 2
 
 
 def varint(n: int) -> bytes:
@@ -46,85 +44,9 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    b = buf[pos]
-    if b < 0x80:
-        return b, pos + 1
-    value = b & 0x7F
-    shift = 7
-    pos += 1
-    while True:
-        b = buf[pos]
-        value |= (b & 0x7F) << shift
-        pos += 1
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _skip(buf: bytes, pos: int, wire_type: int) -> int:
-    """The position after a field's value of `wire_type` starting at `pos`."""
-    if wire_type == 2:
-        n, pos = _read_varint(buf, pos)
-        return pos + n
-    if wire_type == 0:
-        return _read_varint(buf, pos)[1]
-    if wire_type == 1:
-        return pos + 8
-    if wire_type == 5:
-        return pos + 4
-    raise ValueError(f"unsupported protobuf wire type {wire_type}")
-
-
 def with_id(request: bytes, wire_id: bytes) -> bytes:
     """A serialized ModelInferRequest whose `id` is `wire_id` (appended: the last value of a field wins)."""
     return request + _ID_KEY + varint(len(wire_id)) + wire_id
-
-
-def split_stream_response(buf: bytes) -> tuple[bytes, bytes]:
-    """(error_message, infer_response) of a serialized ModelStreamInferResponse, both as bytes (b"" when
-    absent). Its answer's fields are not parsed."""
-    error = response = b""
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 2 and field in (_ERROR_FIELD, _RESPONSE_FIELD):
-            n, pos = _read_varint(buf, pos)
-            value = buf[pos:pos + n]
-            pos += n
-            if field == _RESPONSE_FIELD:
-                # a message field given twice merges; an answer arrives as one field in practice
-                response = value if not response else response + value
-            else:
-                error = value
-        else:
-            pos = _skip(buf, pos, wire_type)
-    return error, response
-
-
-def find_id(response: bytes) -> tuple[int, int, bytes] | None:
-    """Where the `id` field of a serialized ModelInferResponse is: (start of its key, end of its value,
-    the value), its last occurrence (the one that counts); None when it has none."""
-    found = None
-    pos, end = 0, len(response)
-    while pos < end:
-        start = pos
-        key, pos = _read_varint(response, pos)
-        if key == 0x1A:  # field 3, length-delimited
-            n, pos = _read_varint(response, pos)
-            found = (start, pos + n, response[pos:pos + n])
-            pos += n
-        else:
-            pos = _skip(response, pos, key & 7)
-    return found
-
-
-def replace_id(response: bytes, start: int, end: int, query_id: bytes) -> bytes:
-    """`response` with the id field at [start, end) replaced by `query_id` (removed when empty: proto3's
-    default)."""
-    field = _ID_KEY + varint(len(query_id)) + query_id if query_id else b""
-    return response[:start] + field + response[end:]
 
 
 def stream_response(response: bytes, error: str = "") -> bytes:
@@ -136,20 +58,15 @@ def stream_response(response: bytes, error: str = "") -> bytes:
     return out
 
 
-def stream_error_status(message: str, response: bytes) -> grpc.StatusCode:
-    """The status of a stream error: the one a kairosd instance names in STATUS_PARAM; for
-    Triton (which sends only the message), NOT_FOUND for an unknown model, UNAVAILABLE for a model or
-    server that is not ready or is stopping, INVALID_ARGUMENT otherwise (a request the model refuses)."""
-    if response:
-        try:
-            params = service_pb2.ModelInferResponse.FromString(response).parameters
-        except Exception:  # noqa: BLE001 - an unreadable answer leaves the message to classify
-            params = None
-        if params is not None and STATUS_PARAM in params:
-            name = params[STATUS_PARAM].string_param
-            code = getattr(grpc.StatusCode, name, None)
-            if isinstance(code, grpc.StatusCode):
-                return code
+def stream_error_status(message: str, response: service_pb2.ModelInferResponse) -> grpc.StatusCode:
+    """The status of a stream error: the one a kairosd instance names in STATUS_PARAM; for Triton
+    (which sends only the message), NOT_FOUND for an unknown model, UNAVAILABLE for a model or server
+    that is not ready or is stopping, INVALID_ARGUMENT otherwise (a request the model refuses)."""
+    params = response.parameters
+    if STATUS_PARAM in params:
+        code = getattr(grpc.StatusCode, params[STATUS_PARAM].string_param, None)
+        if isinstance(code, grpc.StatusCode):
+            return code
     text = message.lower()
     if "unknown model" in text or "is not found" in text:
         return grpc.StatusCode.NOT_FOUND
