@@ -54,7 +54,8 @@ class ServerConfig:
     token_file: str = ""
     # with token_file: whether the health endpoints (live, ready, model ready) need the token too
     auth_health: bool = False
-    # client connections open at once on each client port; beyond it new ones wait or are refused
+    # client connections open at once on each client port; beyond it new ones wait or are refused. With
+    # several front-end processes each takes an equal share (rounded up)
     max_connections: int = 4096
     # gRPC: concurrent streams (queries in flight) per HTTP/2 connection; 0: no limit. grpc refuses calls
     # beyond a limit (UNAVAILABLE, not retried by the client) rather than queue them; admission control

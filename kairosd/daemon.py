@@ -36,7 +36,7 @@ from kairosd.fleet import Fleet
 from kairosd.fleet_setup import build_fleet, reconfigure_fleet
 from kairosd.fronts import FrontEndPool
 from kairosd.health import is_ready, model_ready
-from kairosd.metrics import FrontEndCollector, start_metrics_server
+from kairosd.metrics import FrontEndCollector, FrontEndsCollector, start_metrics_server
 from kairosd.notify import Notifier
 from kairosd.registry import InstanceState, Registry
 from kairosd.reload import Reload, plan_reload
@@ -173,19 +173,21 @@ class Daemon:
                 ssl_context=access.tls.ssl_context() if access.tls else None, auth=access.auth, reuse_port=shared,
             )
             stack.push_async_callback(self._http.cleanup)
-            if shared:
+            if shared:  # started below, once /metrics and the admin endpoints listen
                 self.fronts = FrontEndPool(cfg, scheduler, self.registry, self._front_state)
                 stack.push_async_callback(self.fronts.stop)
-                self.notifier.status("starting the front-end processes")
-                await self.fronts.start()
             if s.metrics_port:
                 host = s.metrics_host
                 stack.push_async_callback(await start_metrics_server(
                     scheduler, s.metrics_host, s.metrics_port, fleet, fleet_status=self.fleet_status,
-                    extra=[FrontEndCollector(access.auth, gate)],
+                    extra=[FrontEndCollector(access.auth, gate, self.fronts.counters if self.fronts else None)]
+                    + ([FrontEndsCollector(scheduler, self.fronts.submitted)] if self.fronts is not None else []),
                 ))
         except OSError as exc:  # taken between the check above and now
             raise PortInUse(f"cannot listen on {host}: {exc}; free the port or change it in [server]") from exc
+        if self.fronts is not None:
+            self.notifier.status("starting the front-end processes")
+            await self.fronts.start()
         stack.push_async_callback(self._drain)  # the first step of stopping
         self._started = True
         if self.fronts is not None:

@@ -147,7 +147,8 @@ class RemoteService:
                     self.channel.send(ipc.done(qid, ipc.FAILED, grpc.StatusCode.INTERNAL.value[0], False, loop.time(),
                                                str(exc)[:2000]))
                     continue
-                self.channel.send(ipc.done(qid, ipc.OK, end_s=loop.time()))
+                self.channel.send(ipc.done(qid, ipc.OK_HTTP if isinstance(response, HttpReply) else ipc.OK,
+                                           end_s=loop.time()))
                 return response
         finally:
             self._pending.pop(qid, None)
@@ -236,16 +237,18 @@ async def serve(resolved: Resolved, dispatcher: str, index: int) -> None:
     await loop.sock_connect(sock, "\0" + dispatcher)  # an abstract socket: no file to clean up
     await loop.create_unix_connection(lambda: service.channel, sock=sock)
     limits = HttpLimits.from_server(s)
+    gate = ConnectionGate(limits.max_connections)
     grpc_server = await start_grpc_server(
         service, s.host, s.grpc_port, s.max_request_bytes, limits=GrpcLimits.from_server(s),
         credentials=access.tls.grpc_credentials() if access.tls else None,
         interceptors=[GrpcAuthInterceptor(access.auth)] if access.auth else (), reuse_port=True,
     )
     http = await start_http_server(
-        service, s.host, s.http_port, s.max_request_bytes, limits=limits, gate=ConnectionGate(limits.max_connections),
+        service, s.host, s.http_port, s.max_request_bytes, limits=limits, gate=gate,
         ssl_context=access.tls.ssl_context() if access.tls else None, auth=access.auth, reuse_port=True,
     )
     service.channel.send(ipc.up(index))
+    counters_task = loop.create_task(_report_counters(service, access.auth, gate))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -265,7 +268,7 @@ async def serve(resolved: Resolved, dispatcher: str, index: int) -> None:
     lost = loop.create_task(service.lost.wait())
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    for t in (lost, stopped):
+    for t in (lost, stopped, counters_task):
         t.cancel()
     # stop listening, let the queries held finish (their grants and outcomes still go through the link)
     await grpc_server.stop(s.drain_timeout_s)
@@ -273,6 +276,20 @@ async def serve(resolved: Resolved, dispatcher: str, index: int) -> None:
         await http.cleanup()
     await service.close()
     log.info("front end %d stopped", index)
+
+
+async def _report_counters(service: RemoteService, auth: Any, gate: Any) -> None:
+    """Send this process's own counters (refused tokens, HTTP connections) to the dispatcher's /metrics
+    within 50 ms of a change."""
+    from kairosd.metrics import front_end_counters
+
+    last = b""
+    while True:
+        await asyncio.sleep(0.05)
+        payload = json.dumps(front_end_counters(auth, gate), sort_keys=True).encode()
+        if payload != last:
+            last = payload
+            service.channel.send(ipc.blob(ipc.COUNTERS, payload))
 
 
 def main(config_path: str, dispatcher: str, index: int) -> int:

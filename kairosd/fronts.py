@@ -64,6 +64,8 @@ class _Link:
         self.channel = ipc.Channel(self._on_message, self._on_lost)
         self.queries: dict[int, Query] = {}
         self.index = -1
+        self.submitted = 0
+        self.counters: dict[str, Any] = {}  # the process's own front-end counters (kairosd.metrics.FrontEndCollector)
 
     def _on_message(self, m: tuple[Any, ...]) -> None:
         kind = m[0]
@@ -75,8 +77,10 @@ class _Link:
             if q is None:
                 return
             sched = self.pool.scheduler
-            if outcome == ipc.OK or outcome == ipc.CANCELLED:
+            if outcome in (ipc.OK, ipc.OK_HTTP, ipc.CANCELLED):
                 del self.queries[qid]
+                if outcome == ipc.OK_HTTP:
+                    sched.stats.http_forwarded += 1
                 sched.remote_done(q, end_s, cancelled=outcome == ipc.CANCELLED)
             else:  # retried (granted again later) or ended (on_end sends the error)
                 error = BackendError(message.decode(errors="replace"), status=status_of(status),
@@ -87,12 +91,15 @@ class _Link:
             if q is not None and not q.future.done():  # granted already: its DONE (cancelled) frees the slot
                 del self.queries[m[1]]
                 q.future.cancel()
+        elif kind == ipc.COUNTERS:
+            self.counters = json.loads(m[1])
         elif kind == ipc.UP:
             self.index = m[1]
             self.pool._up(self)
 
     def _submit(self, qid: int, model: int, batch: int, arrival_s: float, timeout_s: float, size: int) -> None:
         pool = self.pool
+        self.submitted += 1
         try:
             q = pool.scheduler.remote_submit(pool.models[model], batch, None if math.isnan(timeout_s) else timeout_s,
                                              arrival_s, size, self._granted, self._ended)
@@ -141,6 +148,7 @@ class FrontEndPool:
         self._up_waiters: dict[int, asyncio.Future[None]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._stopping = False
+        self._gone_submitted: dict[int, int] = {}
 
     def slot(self, inst: Instance) -> int:
         s = self._slots.get(inst.id)
@@ -195,6 +203,7 @@ class FrontEndPool:
     def _lost(self, link: _Link) -> None:
         if link in self._links:
             self._links.remove(link)
+            self._gone_submitted[link.index] = self._gone_submitted.get(link.index, 0) + link.submitted
         if not self._stopping:
             log.error("front-end process %d went away; the others keep serving", link.index)
 
@@ -232,6 +241,17 @@ class FrontEndPool:
         if self._server is not None:
             self._server.close()
         self._children.clear()
+
+    def counters(self) -> list[dict[str, Any]]:
+        """Each front-end process's own counters, as it last reported them."""
+        return [link.counters for link in self._links if link.counters]
+
+    def submitted(self) -> dict[int, int]:
+        """Queries each front-end process submitted, by its index (counted by the dispatcher)."""
+        out = dict(self._gone_submitted)
+        for link in self._links:
+            out[link.index] = out.get(link.index, 0) + link.submitted
+        return out
 
     @property
     def pids(self) -> list[int]:

@@ -11,6 +11,7 @@ front end → dispatcher
   C  cancel    qid (the client went away before its grant)
   D  done      qid, outcome, gRPC status, retryable, end time; message (an error's text)
   U  up        front-end index (its servers listen)
+  M  counters  JSON: the front end's own counters (refused tokens, HTTP connections), when they change
 dispatcher → front end
   G  grant     qid, instance slot, timeout of the send
   E  error     qid, kind, gRPC status, Retry-After; message
@@ -26,11 +27,11 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-SUBMIT, CANCEL, DONE, UP = b"S", b"C", b"D", b"U"
+SUBMIT, CANCEL, DONE, UP, COUNTERS = b"S", b"C", b"D", b"U", b"M"
 GRANT, ERROR, INSTANCES, STATE = b"G", b"E", b"I", b"T"
 
-# DONE outcomes
-OK, FAILED, CANCELLED = 0, 1, 2
+# DONE outcomes (OK_HTTP: answered, forwarded to the instance's HTTP endpoint as received)
+OK, FAILED, CANCELLED, OK_HTTP = 0, 1, 2, 3
 # ERROR kinds: how the front end raises it (kairosd.errors)
 E_UNAVAILABLE, E_OVERLOADED, E_NOT_FOUND, E_BACKEND, E_OTHER = 0, 1, 2, 3, 4
 
@@ -43,9 +44,10 @@ _FIXED: dict[bytes, struct.Struct] = {
     ERROR: struct.Struct("<IBBfI"),  # ... message length, then the message
     INSTANCES: struct.Struct("<I"),  # payload length, then JSON
     STATE: struct.Struct("<I"),
+    COUNTERS: struct.Struct("<I"),
 }
 # the types whose last field is the length of a payload that follows
-_PAYLOAD = frozenset({DONE, ERROR, INSTANCES, STATE})
+_PAYLOAD = frozenset({DONE, ERROR, INSTANCES, STATE, COUNTERS})
 
 
 def submit(qid: int, model: int, batch: int, arrival_s: float, timeout_s: float | None, size: int) -> bytes:
@@ -76,7 +78,7 @@ def error(qid: int, kind: int, status: int, message: str, retry_after_s: float =
 
 
 def blob(kind: bytes, payload: bytes) -> bytes:
-    """INSTANCES or STATE with its JSON payload."""
+    """INSTANCES, STATE or COUNTERS with its JSON payload."""
     return kind + _FIXED[kind].pack(len(payload)) + payload
 
 

@@ -24,7 +24,7 @@ import logging
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -324,25 +324,65 @@ class FrontEndCollector(Collector):
     """Requests refused for want of a valid bearer token, per protocol, and the HTTP port's connections:
     open now, refused at server.max_connections, closed at server.header_timeout_s."""
 
-    def __init__(self, auth: _Refusals | None, gate: _Gate | None) -> None:
+    def __init__(self, auth: _Refusals | None, gate: _Gate | None,
+                 others: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.auth = auth
         self.gate = gate
+        self.others = others  # the other front-end processes' counters (`front_end_counters`), summed in
 
     def collect(self) -> Iterator[Metric]:
+        others = self.others() if self.others is not None else []
         if self.auth is not None:
             unauth = CounterMetricFamily("kairos_unauthenticated", "requests refused UNAUTHENTICATED / 401 (no or a "
                                          "wrong bearer token)", labels=["protocol"])
-            for protocol, n in sorted(self.auth.refused_total.items()):
+            refused = dict(self.auth.refused_total)
+            for o in others:
+                for protocol, n in o.get("unauthenticated", {}).items():
+                    refused[protocol] = refused.get(protocol, 0) + n
+            for protocol, n in sorted(refused.items()):
                 unauth.add_metric([protocol], n)
             yield unauth
         if self.gate is not None:
+            g = front_end_counters(None, self.gate)
+            for o in others:
+                for k in ("http_open", "http_refused", "header_timeouts"):
+                    g[k] += o.get(k, 0)
             yield GaugeMetricFamily("kairos_http_connections_open", "client connections open on the HTTP port",
-                                    value=self.gate.open)
+                                    value=g["http_open"])
             yield CounterMetricFamily("kairos_http_connections_refused", "HTTP connections refused (503) at "
-                                      "server.max_connections", value=self.gate.refused_total)
+                                      "server.max_connections", value=g["http_refused"])
             yield CounterMetricFamily("kairos_http_header_timeouts", "HTTP connections closed because request "
                                       "headers took longer than server.header_timeout_s",
-                                      value=self.gate.header_timeouts_total)
+                                      value=g["header_timeouts"])
+
+
+def front_end_counters(auth: _Refusals | None, gate: _Gate | None) -> dict[str, Any]:
+    """A front-end process's own counters, as it reports them to the dispatcher (kairosd.ipc COUNTERS)."""
+    out: dict[str, Any] = {"unauthenticated": dict(auth.refused_total) if auth is not None else {}}
+    if gate is not None:
+        out.update(http_open=gate.open, http_refused=gate.refused_total, header_timeouts=gate.header_timeouts_total)
+    else:
+        out.update(http_open=0, http_refused=0, header_timeouts=0)
+    return out
+
+
+class FrontEndsCollector(Collector):
+    """Queries submitted per front-end process (`[server] workers` > 1): front 0 is the main process,
+    the others reach the dispatcher over their link (`kairosd.fronts`). How evenly SO_REUSEPORT spread
+    the clients' connections shows here."""
+
+    def __init__(self, scheduler: Scheduler, remote: Callable[[], dict[int, int]]) -> None:
+        self.scheduler = scheduler
+        self.remote = remote
+
+    def collect(self) -> Iterator[Metric]:
+        per = self.remote()
+        fam = CounterMetricFamily("kairos_frontend_queries", "Queries submitted, by the front-end process that "
+                                  "received them (0: the main process)", labels=["front"])
+        fam.add_metric(["0"], self.scheduler.stats.submitted - sum(per.values()))
+        for k, n in sorted(per.items()):
+            fam.add_metric([str(k)], n)
+        yield fam
 
 
 def build_registry(scheduler: Scheduler, fleet: Fleet | None = None) -> tuple[CollectorRegistry, QueryMetrics]:

@@ -61,7 +61,7 @@ class GrpcLimits:
 
     @classmethod
     def from_server(cls, s: ServerConfig) -> GrpcLimits:
-        return cls(s.max_connections, s.max_concurrent_streams, s.max_header_bytes, s.header_timeout_s,
+        return cls(-(-s.max_connections // s.workers), s.max_concurrent_streams, s.max_header_bytes, s.header_timeout_s,
                    s.idle_timeout_s)
 
     def options(self) -> list[tuple[str, int]]:

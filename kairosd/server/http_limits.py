@@ -43,7 +43,7 @@ class HttpLimits:
 
     @classmethod
     def from_server(cls, s: ServerConfig) -> HttpLimits:
-        return cls(s.max_connections, s.max_header_bytes, s.header_timeout_s, s.body_timeout_s, s.idle_timeout_s)
+        return cls(-(-s.max_connections // s.workers), s.max_header_bytes, s.header_timeout_s, s.body_timeout_s, s.idle_timeout_s)
 
     def handler_kwargs(self) -> dict[str, Any]:
         """aiohttp RequestHandler settings: size limits (request line, each header), the idle timeout, and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -49,6 +50,13 @@ class RunningDaemon:
         return self.child.stop(grace_s)
 
 
+def workers_toml() -> str:
+    """`workers = N` for [server] when KAIROSD_TEST_WORKERS=N (N > 1): the suite run with several
+    front-end processes under one dispatcher (`KAIROSD_TEST_WORKERS=2 python -m pytest tests/integration`)."""
+    n = int(os.environ.get("KAIROSD_TEST_WORKERS", "1"))
+    return f"workers = {n}" if n > 1 else ""
+
+
 def write_config(
     path: Path,
     *,
@@ -77,6 +85,7 @@ http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
 max_request_bytes = {max_request_bytes}
+{workers_toml()}
 {server_toml}
 
 [scheduler]

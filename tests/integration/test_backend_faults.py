@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from kairosd.backends.process import free_port
 from kairosd.modelgen import example_inputs
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon
+from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, workers_toml
 
 QOS_MS = 100.0
 CLIENT_TIMEOUT_S = 3.0
@@ -40,6 +40,7 @@ host = "127.0.0.1"
 http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
+{workers_toml()}
 [scheduler]
 policy = "kairos"
 {scheduler}

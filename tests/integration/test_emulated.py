@@ -26,7 +26,7 @@ from kairosd.backends.emulated import SERVER_NAME, SERVICE_PARAM, TYPE_PARAM
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
 from kairosd.emulation import load_cells
 from kairosd.modelgen import example_inputs
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon
+from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, workers_toml
 
 TYPES = ("g4dn.xlarge", "c5n.2xlarge", "r5n.large", "t3.xlarge")
 MODELS = {"dlrm": "rm2", "ncf": "ncf"}
@@ -60,8 +60,10 @@ host = "127.0.0.1"
 http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
+{workers_toml()}
 [scheduler]
 policy = "round_robin"
+admission = "off"  # ncf at 5 ms QoS: protocol and fidelity, not admission, are tested here
 [models]
 repository = "{REPO / 'model_repository'}"
 profiles = "{REPO / 'profiles' / 'aws'}"

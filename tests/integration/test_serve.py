@@ -256,14 +256,16 @@ def test_unavailable_when_no_instance_can_serve_before_deadline(tmp_path: Path) 
 
 
 def _children(pid: int) -> list[int]:
+    """The daemon's instance processes (its children, not its own front-end processes)."""
     out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
                 fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+                argv = (p / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if int(fields[1]) == pid:
+            if int(fields[1]) == pid and b"frontend" not in argv:
                 out.append(int(p.name))
     return out
 
