@@ -146,6 +146,19 @@ class Daemon:
         self.pid = self.child.pid
         self.head = CpuMeter(lambda: [self.pid] + [p for p in descendants(self.pid) if not is_instance(p)])
         self.instances = CpuMeter(lambda: [p for p in descendants(self.pid) if is_instance(p)])
+        self.main = CpuMeter(lambda: [self.pid])  # the dispatcher and front end 0
+
+    def per_front(self) -> dict[str, float]:
+        """kairos_frontend_queries_total by front-end process (absent with one process)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("kairos_frontend_queries_total{"):
+                m = re.search(r'front="([^"]+)"', line)
+                if m:
+                    out[m.group(1)] = float(line.rsplit(" ", 1)[1])
+        return out
 
     def fleet(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/kairos/fleet", timeout=5) as r:
@@ -387,6 +400,8 @@ def record_profile(d: Daemon, body: Path, seconds: float, args: argparse.Namespa
 def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter, daemon: Daemon | None,
             args: argparse.Namespace, files: dict[str, Path]) -> dict[str, Any]:
     o0 = daemon.outcomes() if daemon is not None else None
+    f0 = daemon.per_front() if daemon is not None else {}
+    mm0 = daemon.main.read() if daemon is not None else {}
     h0, i0 = head.read(), inst.read()
     m0 = machine_cpu()
     t0 = time.monotonic()
@@ -396,6 +411,7 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
         r = wrk(url, files["wrk_script"], args.duration_s, args.streams)
     wall = time.monotonic() - t0
     h1, i1 = head.read(), inst.read()
+    mm1 = daemon.main.read() if daemon is not None else {}
     m1 = machine_cpu()
     answered = r["done"]
     if daemon is not None and o0 is not None:
@@ -412,6 +428,19 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
     r["head_cpu_ms_per_query"] = CpuMeter.delta(h0, h1) / answered * 1e3 if answered else None
     r["instances_cpu_ms_per_query"] = CpuMeter.delta(i0, i1) / answered * 1e3 if answered else None
     r["head_cpu_cores"] = CpuMeter.delta(h0, h1) / wall
+    if daemon is not None and daemon.workers_applied and answered:
+        # the dispatcher's own CPU, by difference: the main process also fronts the queries it received
+        # (front "0"); the front-end processes' CPU per query they received prices that part
+        f1 = daemon.per_front()
+        fronts = {k: f1.get(k, 0.0) - f0.get(k, 0.0) for k in f1}
+        main_s = CpuMeter.delta(mm0, mm1)
+        others_s = CpuMeter.delta(h0, h1) - main_s
+        others_q = sum(v for k, v in fronts.items() if k != "0")
+        r["front_queries"] = {k: int(v) for k, v in fronts.items()}
+        if others_q:
+            per_front_q = others_s / others_q
+            r["front_process_cpu_ms_per_query"] = per_front_q * 1e3
+            r["dispatcher_cpu_ms_per_query"] = max(main_s - fronts.get("0", 0.0) * per_front_q, 0.0) / answered * 1e3
     r["machine_busy_cores"] = (m1[1] - m0[1]) / (m1[2] - m0[2]) * (os.cpu_count() or 1) if m1[2] > m0[2] else None
     print(f"  {protocol:4s} {target:7s} {r['qps']:8.0f} q/s  head {r['head_cpu_ms_per_query'] or 0:.3f} ms/q "
           f"({r['head_cpu_cores']:.2f} cores)  instances {r['instances_cpu_ms_per_query'] or 0:.3f} ms/q  "
@@ -428,7 +457,8 @@ def main() -> int:
     p.add_argument("--slots", type=int, default=64, help="slots of each instance")
     p.add_argument("--streams", type=int, default=64, help="concurrent gRPC streams (h2load) / HTTP connections (wrk)")
     p.add_argument("--connections", type=int, default=4, help="h2load's connections (streams are spread over them)")
-    p.add_argument("--workers", type=int, default=1, help="[server] workers = N for N > 1")
+    p.add_argument("--workers", default="1", help="[server] workers, a comma list (e.g. 1,2): a daemon per value "
+                   "and transport")
     p.add_argument("--transports", default="unary,stream")
     p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--profile-s", type=float, default=0.0, help="py-spy record the daemon for this long (0: no)")
@@ -453,9 +483,12 @@ def main() -> int:
     daemons: dict[str, Daemon] = {}
     bare: dict[str, ChildProcess] = {}
     try:
+        workers = [int(w) for w in str(args.workers).split(",") if w]
         for t in transports:
-            daemons[t] = Daemon(tmp, t, t == "stream", args.instances, args.slots, args.workers)
-        first = daemons[transports[0]]
+            for w in workers:
+                name = t if len(workers) == 1 else f"{t}-w{w}"
+                daemons[name] = Daemon(tmp, name, t == "stream", args.instances, args.slots, w)
+        first = next(iter(daemons.values()))
         backend = next(i for i in first.fleet() if i["state"] == "ready")
         backend_pid = _pid_listening(first, backend["address"])
         ports = {"grpc": free_port(), "http": free_port()}
@@ -514,7 +547,8 @@ def main() -> int:
     for (proto, name), rs in runs.items():
         med: dict[str, Any] = {}
         for k in ("qps", "head_cpu_ms_per_query", "instances_cpu_ms_per_query", "p50_ms", "p99_ms",
-                  "machine_busy_cores"):
+                  "machine_busy_cores", "head_cpu_cores", "dispatcher_cpu_ms_per_query",
+                  "front_process_cpu_ms_per_query"):
             vals = [x[k] for x in rs if x.get(k) is not None]
             med[k] = statistics.median(vals) if vals else None
         med["errors"] = sum(x["errors"] for x in rs)
@@ -522,7 +556,7 @@ def main() -> int:
     summary = []
     print(f"\nmedians of {args.repeats}; ncf batch 1; {args.streams} streams; {args.instances} emulated g4dn.xlarge x "
           f"{args.slots} slots; head CPU = every kairosd process but the instances (bare: the proxy process)")
-    print(f"{'proto':5s} {'target':7s} {'q/s':>8s} {'head ms/q':>9s} {'vs bare':>7s} {'inst ms/q':>9s} "
+    print(f"{'proto':5s} {'target':9s} {'q/s':>8s} {'head ms/q':>9s} {'vs bare':>7s} {'inst ms/q':>9s} "
           f"{'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}")
     for proto in protocols if cells else ():
         base = next(c for c in cells if c["protocol"] == proto and c["target"] == "bare")
@@ -534,20 +568,40 @@ def main() -> int:
                      if c["head_cpu_ms_per_query"] and base["head_cpu_ms_per_query"] else None)
             c["head_cpu_vs_bare"] = ratio
             summary.append({k: c[k] for k in ("protocol", "target", "qps", "head_cpu_ms_per_query", "head_cpu_vs_bare",
-                                              "instances_cpu_ms_per_query", "p50_ms", "p99_ms", "errors")})
-            print(f"{proto:5s} {c['target']:7s} {c['qps']:8.0f} {c['head_cpu_ms_per_query'] or 0:9.3f} "
+                                              "instances_cpu_ms_per_query", "p50_ms", "p99_ms", "errors",
+                                              "dispatcher_cpu_ms_per_query", "head_cpu_cores")})
+            print(f"{proto:5s} {c['target']:9s} {c['qps']:8.0f} {c['head_cpu_ms_per_query'] or 0:9.3f} "
                   f"{ratio or 0:7.2f} {c['instances_cpu_ms_per_query'] or 0:9.3f} {c['p50_ms']:7.2f} "
                   f"{c['p99_ms']:7.2f} {c['errors']:6d}")
     meta = {"command": "python bench/head.py " + " ".join(sys.argv[1:]), "args": vars(args),
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "workers_applied": {t: d.workers_applied for t, d in daemons.items()},
+            "qps_ratio_workers": _workers_ratios(cells),
             "grpc_status_check": status_check}
+    for k, v in meta["qps_ratio_workers"].items():
+        print(f"q/s ratio {k} over one process: {v:.2f}")
+    for c in cells:
+        if c.get("dispatcher_cpu_ms_per_query") is not None:
+            print(f"{c['protocol']} {c['target']}: dispatcher {c['dispatcher_cpu_ms_per_query']:.3f} ms/q, a front-end "
+                  f"process {c['front_process_cpu_ms_per_query']:.3f} ms/q, head {c['head_cpu_cores']:.2f} cores")
     if cells:
         write_results({**meta, "summary": summary, "cells": cells}, args.out)
     if profile_text:
         Path(args.profile_out).write_text(profile_text)
         print(f"wrote {args.profile_out}")
     return 0
+
+
+def _workers_ratios(cells: list[dict[str, Any]]) -> dict[str, float]:
+    """q/s of each `<transport>-w<N>` daemon over the same transport's `-w1`, per protocol."""
+    out = {}
+    by = {(c["protocol"], c["target"]): c for c in cells}
+    for (proto, name), c in by.items():
+        if "-w" in name and not name.endswith("-w1"):
+            base = by.get((proto, name.rsplit("-w", 1)[0] + "-w1"))
+            if base and base["qps"]:
+                out[f"{proto} {name}"] = c["qps"] / base["qps"]
+    return out
 
 
 def _pid_listening(d: Daemon, address: str) -> int | None:
