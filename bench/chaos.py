@@ -539,6 +539,8 @@ def main() -> int:
                  "machine_busy_cores": (b1 - b0) / (a1 - a0) * ncpu if a1 > a0 else None,
                  "cpu_pressure": (p1 - p0) / 1e6 / max(args.calm_s + args.duration, 1e-9)},
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        # the head's backend transport (kairosd.backends.client: unset = its default, the stream)
+        "KAIROSD_BACKEND_STREAM": os.environ.get("KAIROSD_BACKEND_STREAM"),
         "fleet": fleet_desc, "batches": list(batches),
         "calm": res.calm, "chaos": res.chaos, "events": [vars(e) for e in res.events],
         "chaos_thread_errors": res.chaos_errors, "fleet_after": res.fleet_after, "daemon_exit_code": rc,

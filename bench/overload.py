@@ -227,6 +227,8 @@ def main() -> int:
                  "loadavg_start": os.getloadavg()},
         "settings": {"duration_s": args.duration, "multiple": args.multiple, "modes": modes, "seed": args.seed,
                      "repeats": args.repeats,
+                     # the head's backend transport (kairosd.backends.client: unset = its default, the stream)
+                     "KAIROSD_BACKEND_STREAM": os.environ.get("KAIROSD_BACKEND_STREAM"),
                      "scheduler_extra": args.scheduler, "margin_ms": args.margin_ms,
                      "bisect_queries": args.bisect_queries, "rel_tol": args.rel_tol,
                      "criterion": "max QPS: p99 at the client (after a 10% warm-up) <= QoS, no error, last answer "
