@@ -146,3 +146,53 @@ def doomed(now: float, target: float, fastest_s: float, lag_s: float = 0.0) -> b
 def _retry(wait_s: float) -> float:
     """Retry-After: when the work ahead is expected to have drained (at least 1 s, HTTP's unit)."""
     return max(1.0, math.ceil(wait_s))
+
+
+# weight of one answer in the feedback averages (about the last 10), and how fast the corrections fade
+# when no answer comes (seconds): a correction must not outlive the traffic that measured it, or
+# queries refused for it would never produce the answers that correct it
+FEEDBACK_WEIGHT = 0.1
+FEEDBACK_FADE_S = 1.0
+
+
+class Feedback:
+    """What the admission estimate leaves out, measured on answers: the lag (answer time − the
+    admission estimate) and the head's hop (sent → answered − the profile's mean service time), each an
+    exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
+    end (`hop_guard`). Each sample is clipped to ±`clip_s` (the query's QoS target: one frozen instance
+    moves the averages by a bounded step), and both corrections fade with the time since the last
+    answer (`FEEDBACK_FADE_S`)."""
+
+    __slots__ = ("_lag", "_hop", "_dev", "_at")
+
+    def __init__(self) -> None:
+        self._lag = self._hop = self._dev = 0.0
+        self._at = 0.0
+
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
+        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
+        and its hop."""
+        fade = self._fade(now)
+        self._lag *= fade
+        self._hop *= fade
+        self._dev *= fade
+        self._at = now
+        w = FEEDBACK_WEIGHT
+        if lag_s is not None:
+            self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
+        hop = min(max(hop_s, -clip_s), clip_s)
+        self._dev += w * (abs(hop - self._hop) - self._dev)
+        self._hop += w * (hop - self._hop)
+
+    def _fade(self, now: float) -> float:
+        return math.exp(-max(now - self._at, 0.0) / FEEDBACK_FADE_S)
+
+    def lag(self, now: float) -> float:
+        return self._lag * self._fade(now)
+
+    def hop(self, now: float) -> float:
+        return self._hop * self._fade(now)
+
+    def hop_guard(self, now: float) -> float:
+        """The hop at its high end (mean + 3 deviations, at least 0), added to a best service time."""
+        return max(self._hop + 3.0 * self._dev, 0.0) * self._fade(now)

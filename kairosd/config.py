@@ -100,9 +100,10 @@ class SchedulerConfig:
     # bytes of request bodies waiting, all models together
     max_queue_bytes: int = 512 * 1024 * 1024
     # a query sent to an instance is abandoned after backend_timeout_p99 × that type's profiled p99 for it
-    # (at least backend_timeout_min_ms), then retried on another instance while its deadline allows
+    # (at least backend_timeout_min_ms: a loaded head or instance stalls for tens of ms without being sick),
+    # then retried on another instance while its deadline allows
     backend_timeout_p99: float = 4.0
-    backend_timeout_min_ms: float = 50.0
+    backend_timeout_min_ms: float = 200.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,10 +87,6 @@ class QueryObserver(Protocol):
         """One dispatch policy call (cost matrix and matching) took `duration_s`."""
 
 
-# weight of one answer in the scheduler's lag (answer time − admission estimate): about the last 10
-LAG_EWMA = 0.1
-
-
 class _Retry(Exception):
     """Internal: the instance failed in a way another instance may not; requeue the query."""
 
@@ -161,11 +157,7 @@ class Scheduler:
         self._queued_bytes = 0
         self._queued_total = 0
         self._busy_until_sum = 0.0  # Σ expected finish of the queries in flight (their mean residual)
-        self.lag_s = 0.0  # EWMA of (answer time − admission estimate): what the estimate leaves out
-        # EWMA of (sent → answered) − the profile's mean, the head's hop to an instance and back, and of its
-        # absolute deviation: estimates take the hop's high end (hop_guard_s), as a late answer is a violation
-        self.hop_s = 0.0
-        self.hop_dev_s = 0.0
+        self.feedback = admission.Feedback()  # what the admission estimate leaves out, measured on answers
         registry.on_change(self._kick)
 
     # ---- front-end side -------------------------------------------------------------------
@@ -291,9 +283,14 @@ class Scheduler:
 
     # ---- admission ----------------------------------------------------------------------------
     @property
-    def hop_guard_s(self) -> float:
-        """The head's hop at its high end (mean + 3 deviations), added to a query's fastest service time."""
-        return max(self.hop_s + 3.0 * self.hop_dev_s, 0.0)
+    def lag_s(self) -> float:
+        """How late answers come against their admission estimate (faded; `kairosd.admission.Feedback`)."""
+        return self.feedback.lag(self._loop.time())
+
+    @property
+    def hop_s(self) -> float:
+        """The head's hop to an instance and back beyond the profile's mean service time (faded)."""
+        return self.feedback.hop(self._loop.time())
 
     def capacity(self) -> Capacity:
         """The READY fleet's capacity per (model, batch), rebuilt when the registry changed."""
@@ -319,16 +316,17 @@ class Scheduler:
         ahead = Ahead(self._queued_work_s, busy, self._queued_n[q.model_idx], self._queued_bytes)
         limit = admission.queue_limit(cfg.admission, cfg.max_queue, cfg.max_queue_min, rate, q.qos_s,
                                       cfg.admission_slack)
-        fastest = cap.fastest_s[q.model_idx][b] + self.hop_guard_s
+        fastest = cap.fastest_s[q.model_idx][b] + self.feedback.hop_guard(now)
+        lag = self.feedback.lag(now)
         refusal = admission.admit(mode=cfg.admission, now=now, target=q.target_s, fastest_s=fastest, rate=rate,
-                                  ahead=ahead, limit=limit, size=q.size, max_bytes=cfg.max_queue_bytes, lag_s=self.lag_s)
+                                  ahead=ahead, limit=limit, size=q.size, max_bytes=cfg.max_queue_bytes, lag_s=lag)
         if refusal is not None:
             self.stats.refused += 1
             self._ended(q, "refused")
             raise Overloaded(f"kairosd refused this {q.model} query: {refusal.reason}; retry after "
                              f"{refusal.retry_after_s:g} s, or send less load", refusal.retry_after_s)
         if rate > 0.0:
-            q.eta_s = admission.estimate(now, ahead, fastest, self.lag_s)
+            q.eta_s = admission.estimate(now, ahead, fastest, lag)
 
     def _enqueued(self, q: Query) -> float:
         """Count `q` as queued; returns the fleet-seconds it was counted for."""
@@ -352,8 +350,8 @@ class Scheduler:
         "deadline"): Overloaded when the target is its QoS, UNAVAILABLE when it is its deadline."""
         if self.config.admission == admission.OFF or not cap.serves(q.model_idx):
             return False
-        fastest = cap.fastest_s[q.model_idx][min(q.batch, self._top_batch)] + self.hop_guard_s
-        if not admission.doomed(now, q.target_s, fastest, self.lag_s):
+        fastest = cap.fastest_s[q.model_idx][min(q.batch, self._top_batch)] + self.feedback.hop_guard(now)
+        if not admission.doomed(now, q.target_s, fastest, self.feedback.lag(now)):
             return False
         if q.target_s < q.deadline_s:
             self.stats.shed += 1
@@ -469,11 +467,9 @@ class Scheduler:
         self.stats.completed += 1
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
-        if q.eta_s:
-            self.lag_s += LAG_EWMA * (end_s - q.eta_s - self.lag_s)
+        lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
         hop = end_s - sent_s - self._mean_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
-        self.hop_dev_s += LAG_EWMA * (abs(hop - self.hop_s) - self.hop_dev_s)
-        self.hop_s += LAG_EWMA * (hop - self.hop_s)
+        self.feedback.answered(end_s, lag, hop, q.qos_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
 

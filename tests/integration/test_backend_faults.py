@@ -285,7 +285,7 @@ def test_a_query_whose_http_client_went_away_is_never_sent(tmp_path: Path) -> No
             with socket.create_connection((host, int(port)), timeout=5) as sock:
                 sock.sendall(b"POST /v2/models/ncf/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-                time.sleep(0.5)  # sent once, abandoned at the 50 ms backend deadline, queued again
+                time.sleep(0.5)  # sent once, abandoned at the 200 ms backend deadline, queued again
                 assert d.metric_values("kairos_queue_depth")[""] == 1
             time.sleep(0.3)  # the client is gone: its query leaves the queue
             assert d.metric_values("kairos_queue_depth")[""] == 0

@@ -77,3 +77,20 @@ def test_admit_bounds_count_and_bytes_in_every_mode() -> None:
 def test_doomed_when_even_the_fastest_type_is_too_late() -> None:
     assert not admission.doomed(now=1.0, target=1.05, fastest_s=0.05)
     assert admission.doomed(now=1.001, target=1.05, fastest_s=0.05)
+
+
+def test_feedback_averages_clips_outliers_and_fades_without_answers() -> None:
+    fb = admission.Feedback()
+    for k in range(50):
+        fb.answered(now=k * 0.01, lag_s=0.002, hop_s=0.003, clip_s=0.025)
+    now = 0.49
+    # steady answers: the averages approach the samples (each 10 ms gap fades them by 1%)
+    assert fb.lag(now) == pytest.approx(0.002, rel=0.15) and fb.hop(now) == pytest.approx(0.003, rel=0.15)
+    assert fb.hop(now) <= fb.hop_guard(now) < fb.hop(now) + 0.001  # little spread: the guard is near the mean
+    # a frozen instance's 2.5 s answer moves the averages by at most a tenth of the clip (the QoS target)
+    fb.answered(now=0.5, lag_s=None, hop_s=2.5, clip_s=0.025)
+    lag_before = fb.lag(0.5)
+    assert fb.hop(0.5) < 0.003 + 0.1 * 0.025 and fb.lag(0.5) == pytest.approx(lag_before)
+    assert fb.hop_guard(0.5) < 0.025
+    # no answers for 5 s (everything refused): the corrections fade, so queries are admitted again
+    assert fb.hop_guard(5.5) < 0.025 * math.exp(-4) and fb.lag(5.5) < 0.002 * math.exp(-4)
