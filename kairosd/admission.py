@@ -100,10 +100,12 @@ def queue_limit(mode: str, max_queue: int, max_queue_min: int, rate: float, qos_
     return max(max_queue_min, math.ceil(rate * qos_s * slack))
 
 
-def target_s(mode: str, arrival_s: float, deadline_s: float, qos_s: float, slack: float) -> float:
-    """The time by which a query must be answered to be worth serving."""
+def target_s(mode: str, arrival_s: float, deadline_s: float, qos_s: float, slack: float, margin_s: float = 0.0) -> float:
+    """The time by which a query must be answered to be worth serving; with mode "qos", `margin_s` (the
+    dispatcher's reserve for kairosd's own overhead, `scheduler.margin_ms`) is kept free of the QoS
+    target, as the matching keeps it: the client measures from before kairosd's arrival stamp."""
     if mode == QOS:
-        return min(deadline_s, arrival_s + qos_s * slack)
+        return min(deadline_s, arrival_s + qos_s * slack - margin_s)
     return deadline_s
 
 

@@ -204,7 +204,8 @@ class Scheduler:
             timeout = min(timeout, cfg.max_timeout_s)
         qos = self.qos_s[model]
         q = Query(request, model, idx, batch, qos, arrival_s, arrival_s + timeout, self._loop.create_future(), raw, http)
-        q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack)
+        q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack,
+                                        cfg.margin_ms / 1e3)
         q.size = size
         self.stats.submitted += 1
         if self.load is not None:

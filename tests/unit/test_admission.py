@@ -51,6 +51,8 @@ def test_target_is_qos_or_deadline() -> None:
     assert admission.target_s("qos", 1.0, 1.02, 0.05, 1.0) == pytest.approx(1.02)  # a sooner client deadline
     assert admission.target_s("qos", 1.0, 31.0, 0.05, 2.0) == pytest.approx(1.10)
     assert admission.target_s("deadline", 1.0, 31.0, 0.05, 1.0) == 31.0
+    assert admission.target_s("qos", 1.0, 31.0, 0.05, 1.0, margin_s=0.001) == pytest.approx(1.049)
+    assert admission.target_s("deadline", 1.0, 31.0, 0.05, 1.0, margin_s=0.001) == 31.0
 
 
 def test_admit_refuses_when_the_work_ahead_passes_the_target() -> None:
