@@ -47,6 +47,13 @@ class Unavailable(KairosError):
     http_status = 503
 
 
+class DeadlineExceeded(KairosError):
+    """An instance dropped a query whose `timeout` parameter passed before it was served."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+
+
 class Overloaded(KairosError):
     """Admission control refused (or shed) the query: it could not be served within its QoS target or
     deadline given the queue ahead of it and the fleet's capacity. `retry_after_s` is when the queue

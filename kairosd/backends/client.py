@@ -32,7 +32,7 @@ import grpc
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import service_pb2
 
-from kairosd.backends.streaming import MODEL_STREAM_INFER, stream_error_status, with_id
+from kairosd.backends.streaming import MODEL_STREAM_INFER, stream_error_status, with_id, with_timeout
 from kairosd.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,8 @@ class BackendClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         data = raw if raw is not None else request.SerializeToString()
+        if timeout_s is not None:  # the instance drops it once its deadline passed (no per-query cancel on a stream)
+            data = with_timeout(data, timeout_s)
         wire_id, fut = stream.submit(data, request.id)
         timer = loop.call_later(timeout_s, _expire, fut) if timeout_s is not None else None
         try:

@@ -39,9 +39,9 @@ from tritonclient.grpc import service_pb2
 
 from kairosd.backends.draining import Draining
 from kairosd.backends.http_client import HttpForward, HttpReply
-from kairosd.backends.streaming import error_response, serve_stream, stream_response
+from kairosd.backends.streaming import error_response, serve_stream, stream_response, timeout_of
 from kairosd.emulation import ServiceCells, load_cells
-from kairosd.errors import ConfigError, InvalidInput, KairosError, Unavailable
+from kairosd.errors import ConfigError, DeadlineExceeded, InvalidInput, KairosError, Unavailable
 from kairosd.repository import ModelSpec, load_repository
 from kairosd.server.grpc_frontend import EXTENSIONS, MAX_PENDING_RPCS, SERVICE_NAME, build_generic_handler
 from kairosd.server.validate import resolve_model, validate_request
@@ -287,7 +287,13 @@ class EmulatedInstance(Draining):
                 raise InvalidInput("ModelInferRequest is not a valid protobuf message") from None
             spec = resolve_model(self._repository, request.model_name, request.model_version)
             batch = validate_request(request, spec)
-            return stream_response(await self.infer(request, spec, batch))
+            timeout_s = timeout_of(request)  # a query on a stream cannot be cancelled: its deadline drops it
+            if timeout_s is None:
+                return stream_response(await self.infer(request, spec, batch))
+            try:
+                return stream_response(await asyncio.wait_for(self.infer(request, spec, batch), timeout_s))
+            except TimeoutError:
+                raise DeadlineExceeded(f"not served within its timeout parameter ({timeout_s:.3g} s)") from None
         except KairosError as exc:
             return stream_response(error_response(request.id, exc.grpc_code).SerializeToString(), str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug fails this request, not the stream

@@ -49,6 +49,30 @@ def with_id(request: bytes, wire_id: bytes) -> bytes:
     return request + _ID_KEY + varint(len(wire_id)) + wire_id
 
 
+_PARAMS_KEY = b"\x22"  # ModelInferRequest.parameters = 4 (a map: each entry a message of key = 1, value = 2)
+_TIMEOUT_ENTRY_KEY = b"\x0a\x07timeout\x12"  # the entry's key "timeout", then the InferParameter value's key
+_INT64_PARAM_KEY = b"\x10"  # InferParameter.int64_param = 2 (varint)
+
+
+def with_timeout(request: bytes, timeout_s: float) -> bytes:
+    """A serialized ModelInferRequest whose KServe `timeout` parameter (µs, as Triton reads it) is
+    `timeout_s` (appended: a later map entry with the same key wins). An instance that honours it
+    drops the query once it has waited that long, so a query its client abandoned does not hold the
+    instance's queue."""
+    value = _INT64_PARAM_KEY + varint(max(1, round(timeout_s * 1e6)))
+    entry = _TIMEOUT_ENTRY_KEY + varint(len(value)) + value
+    return request + _PARAMS_KEY + varint(len(entry)) + entry
+
+
+def timeout_of(request: service_pb2.ModelInferRequest) -> float | None:
+    """The request's `timeout` parameter in seconds (None when absent or not positive)."""
+    if "timeout" not in request.parameters:
+        return None
+    p = request.parameters["timeout"]
+    us = p.int64_param or p.uint64_param
+    return us / 1e6 if us > 0 else None
+
+
 def stream_response(response: bytes, error: str = "") -> bytes:
     """A serialized ModelStreamInferResponse around a serialized ModelInferResponse (and an error)."""
     out = _RESPONSE_KEY + varint(len(response)) + response

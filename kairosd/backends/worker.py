@@ -24,8 +24,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import kairosd
 from kairosd.backends.draining import Draining
-from kairosd.backends.streaming import error_response, serve_stream
-from kairosd.errors import ConfigError, InvalidInput, KairosError, ModelNotFound, Unavailable
+from kairosd.backends.streaming import error_response, serve_stream, timeout_of
+from kairosd.errors import ConfigError, DeadlineExceeded, InvalidInput, KairosError, ModelNotFound, Unavailable
 from kairosd.repository import ModelSpec, TensorSpec, load_repository
 
 log = logging.getLogger(__name__)
@@ -340,7 +340,11 @@ class WorkerServicer(service_pb2_grpc.GRPCInferenceServiceServicer, Draining):
                     raise Unavailable("the worker is shutting down")
                 spec = find_model(self.models, request.model_name, request.model_version)
                 decoded = decode_request(spec, request)
-                arrays = await self.runner.run(spec.name, decoded)
+                timeout_s = timeout_of(request)  # a query on a stream cannot be cancelled: its deadline drops it
+                try:
+                    arrays = await asyncio.wait_for(self.runner.run(spec.name, decoded), timeout_s)
+                except TimeoutError:
+                    raise DeadlineExceeded(f"not served within its timeout parameter ({timeout_s:.3g} s)") from None
                 return service_pb2.ModelStreamInferResponse(
                     infer_response=encode_response(spec, request.id, decoded.output_names, arrays))
             except KairosError as exc:

@@ -245,3 +245,34 @@ async def test_triton_serves_the_stream() -> None:
     finally:
         await client.close()
         await asyncio.to_thread(child.stop, 30)
+
+
+def test_queries_abandoned_at_their_deadline_leave_the_instance_queue() -> None:
+    """A stream has no per-query cancel: each query carries its deadline as the KServe `timeout`
+    parameter, and the instance drops it once that passed. One slot, rm2 batch 200 (55 ms each on
+    g4dn): 30 queries abandoned at 0.1 s must not make the next query wait out their 1.6 s of service."""
+    port = free_port()
+    child = ChildProcess([sys.executable, "-m", "kairosd", "emulated", "--model-repository", str(REPOSITORY),
+                          "--emulate", "g4dn.xlarge", "--models", "dlrm=rm2,ncf=ncf", "--port", str(port),
+                          "--slots", "1", "--seed", "1"], name="emulated-1slot").start()
+    try:
+        wait_ready_sync(f"127.0.0.1:{port}", 30, child)
+
+        async def go() -> float:
+            client = BackendClient(f"127.0.0.1:{port}", stream=True)
+            try:
+                abandoned = await asyncio.gather(*(client.infer(request("dlrm", 200, f"a{i}"), 0.1) for i in range(30)),
+                                                 return_exceptions=True)
+                codes = {e.status for e in abandoned if isinstance(e, BackendError)}
+                assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}, abandoned[:3]
+                t0 = asyncio.get_running_loop().time()
+                out = service_pb2.ModelInferResponse.FromString(await client.infer(request("dlrm", 200, "next"), 5.0))
+                assert out.id == "next"
+                return asyncio.get_running_loop().time() - t0
+            finally:
+                await client.close()
+
+        took = asyncio.run(go())
+        assert took < 0.5, f"the next query waited {took:.2f} s behind abandoned ones"
+    finally:
+        child.stop(5)
