@@ -38,20 +38,22 @@ OFF = "off"
 @dataclass(frozen=True, slots=True)
 class Capacity:
     """What the READY fleet offers each (profile model, batch): `rate[m][b]` queries per second,
-    `fastest_s[m][b]` the smallest mean service time over the types that serve m (inf: none), and
-    `slots` the number of slots in dispatch."""
+    `fastest_s[m][b]` the smallest mean service time over the types that serve m (inf: none),
+    `fastest_p99_s[m][b]` the smallest p99, and `slots` the number of slots in dispatch."""
 
     rate: list[list[float]]
     fastest_s: list[list[float]]
     slots: int
+    fastest_p99_s: list[list[float]] | None = None
 
     def serves(self, model: int) -> bool:
         return self.rate[model][-1] > 0.0
 
 
-def capacity(mean_s: np.ndarray, instances: Iterable[tuple[int, int, int | None]]) -> Capacity:
+def capacity(mean_s: np.ndarray, instances: Iterable[tuple[int, int, int | None]],
+             p99_s: np.ndarray | None = None) -> Capacity:
     """The Capacity of READY `instances` given as (type index, slots, pinned model or None), over the
-    profile table's `mean_s[model, type, batch]`."""
+    profile table's `mean_s[model, type, batch]` (and `p99_s`, same shape)."""
     n_models, n_types, _ = mean_s.shape
     slots_of = np.zeros((n_models, n_types))
     total = 0
@@ -66,7 +68,8 @@ def capacity(mean_s: np.ndarray, instances: Iterable[tuple[int, int, int | None]
     rate = np.nan_to_num(rate, nan=0.0, posinf=0.0)
     present = (slots_of > 0)[:, :, None]
     fastest = np.where(present, mean_s, np.inf).min(axis=1)
-    return Capacity(rate.tolist(), fastest.tolist(), total)
+    fastest_p99 = np.where(present, p99_s, np.inf).min(axis=1).tolist() if p99_s is not None else None
+    return Capacity(rate.tolist(), fastest.tolist(), total, fastest_p99)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,9 @@ def admit(
 
 def doomed(now: float, target: float, fastest_s: float, lag_s: float = 0.0) -> bool:
     """A queued query that even the fastest READY type (plus the measured lag) can no longer serve by
-    its target."""
+    its target. The scheduler passes that type's p99 (not its mean): a query sent with less time than
+    that left ends late in more than 1% of cases, and late is a violation the capacity could have
+    spent on a query still on time."""
     return now + fastest_s + max(lag_s, 0.0) > target
 
 

@@ -301,6 +301,7 @@ class Scheduler:
             cap = self._capacity = admission.capacity(
                 self.profiles.mean_s,
                 ((i.type_idx, i.slots, i.pinned_model) for i in self.registry if i.state is InstanceState.READY),
+                self.profiles.p99_s,
             )
         return cap
 
@@ -351,7 +352,8 @@ class Scheduler:
         "deadline"): Overloaded when the target is its QoS, UNAVAILABLE when it is its deadline."""
         if self.config.admission == admission.OFF or not cap.serves(q.model_idx):
             return False
-        fastest = cap.fastest_s[q.model_idx][min(q.batch, self._top_batch)] + self.feedback.hop_guard(now)
+        p99 = cap.fastest_p99_s if cap.fastest_p99_s is not None else cap.fastest_s
+        fastest = p99[q.model_idx][min(q.batch, self._top_batch)] + self.feedback.hop_guard(now)
         if not admission.doomed(now, q.target_s, fastest, self.feedback.lag(now)):
             return False
         if q.target_s < q.deadline_s:
