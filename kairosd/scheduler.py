@@ -204,8 +204,10 @@ class Scheduler:
             timeout = min(timeout, cfg.max_timeout_s)
         qos = self.qos_s[model]
         q = Query(request, model, idx, batch, qos, arrival_s, arrival_s + timeout, self._loop.create_future(), raw, http)
-        q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack,
-                                        cfg.margin_ms / 1e3)
+        # the client measures from before kairosd's arrival stamp and after its answer: reserve margin_ms, or
+        # the measured hop to an instance and back when larger (the client's hop to kairosd is of that kind)
+        reserve = max(cfg.margin_ms / 1e3, self.feedback.hop(now))
+        q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack, reserve)
         q.size = size
         self.stats.submitted += 1
         if self.load is not None:
