@@ -224,6 +224,9 @@ class SchedulerCollector(Collector):
                                 value=self.scheduler.in_flight)
         yield GaugeMetricFamily("kairos_admission_lag_seconds", "How late answers come against their admission "
                                 "estimate (EWMA); admission control adds it to its estimates", value=self.scheduler.lag_s)
+        yield GaugeMetricFamily("kairos_dispatch_margin_seconds", "The matching's reserve for what its latencies leave "
+                                "out: margin_ms, or twice the measured hop when larger",
+                                value=float(getattr(self.scheduler.policy, "margin_s", 0.0)))
         yield GaugeMetricFamily("kairos_head_hop_seconds", "Sent to answered minus the profile's mean service time "
                                 "(EWMA): the head's own hop to an instance and back", value=self.scheduler.hop_s)
         served = CounterMetricFamily("kairos_instance_queries", "Queries answered per instance",

@@ -87,6 +87,9 @@ class QueryObserver(Protocol):
         """One dispatch policy call (cost matrix and matching) took `duration_s`."""
 
 
+MARGIN_STEP_S = 2e-4  # the matching's margin follows the measured hop in steps of at least this
+
+
 class _Retry(Exception):
     """Internal: the instance failed in a way another instance may not; requeue the query."""
 
@@ -475,8 +478,21 @@ class Scheduler:
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
         hop = end_s - sent_s - self._mean_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
         self.feedback.answered(end_s, lag, hop, q.qos_s)
+        self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
+
+    def _adapt_margin(self, now: float) -> None:
+        """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy): the
+        configured `margin_ms`, or twice the measured hop when larger — the hop to an instance and back,
+        and the client's to kairosd and back, which is of the same kind. Changed in steps of at least
+        0.2 ms (the cached single-query decisions depend on it and are dropped then)."""
+        if not hasattr(self.policy, "margin_s"):
+            return
+        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop(now))
+        if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
+            self.policy.margin_s = margin
+            self._fresh = FreshRounds()
 
     def _ended(self, q: Query, outcome: str) -> None:
         if self.observer is not None:
