@@ -209,7 +209,7 @@ class Scheduler:
         q = Query(request, model, idx, batch, qos, arrival_s, arrival_s + timeout, self._loop.create_future(), raw, http)
         # the client measures from before kairosd's arrival stamp and after its answer: reserve margin_ms, or
         # the measured hop to an instance and back when larger (the client's hop to kairosd is of that kind)
-        reserve = max(cfg.margin_ms / 1e3, self.feedback.hop(now))
+        reserve = max(cfg.margin_ms / 1e3, self.feedback.hop_guard(now))
         q.target_s = admission.target_s(cfg.admission, arrival_s, q.deadline_s, qos, cfg.admission_slack, reserve)
         q.size = size
         self.stats.submitted += 1
@@ -484,12 +484,12 @@ class Scheduler:
 
     def _adapt_margin(self, now: float) -> None:
         """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy): the
-        configured `margin_ms`, or twice the measured hop when larger — the hop to an instance and back,
-        and the client's to kairosd and back, which is of the same kind. Changed in steps of at least
+        configured `margin_ms`, or twice the measured hop at its high end (`hop_guard`) when larger — the
+        hop to an instance and back, and the client's to kairosd and back, which is of the same kind. Changed in steps of at least
         0.2 ms (the cached single-query decisions depend on it and are dropped then)."""
         if not hasattr(self.policy, "margin_s"):
             return
-        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop(now))
+        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop_guard(now))
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
             self._fresh = FreshRounds()
