@@ -128,8 +128,8 @@ class RemoteService:
                 inst = self._instances.get(slot)
                 try:
                     if inst is None:
-                        raise BackendError(f"instance slot {slot} is unknown to this front end", status=grpc.StatusCode.UNAVAILABLE,
-                                           retryable=True)
+                        raise BackendError(f"instance slot {slot} is unknown to this front end",
+                                           status=grpc.StatusCode.UNAVAILABLE, retryable=True)
                     response = await send(inst, timeout)
                 except BackendError as exc:
                     last = exc
@@ -183,8 +183,11 @@ class RemoteService:
             keep[slot] = inst
         for slot, inst in self._instances.items():
             if keep.get(slot) is not inst:
-                self._loop.call_later(_CLOSE_AFTER_S, lambda i=inst: self._loop.create_task(i.close()))
+                self._loop.call_later(_CLOSE_AFTER_S, self._close, inst)
         self._instances = keep
+
+    def _close(self, inst: _Remote) -> None:
+        self._loop.create_task(inst.close())
 
     def _on_lost(self) -> None:
         self.lost.set()

@@ -23,12 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
+from tests.integration.test_serve import grpc_inputs
 
 # bursts far past capacity on purpose (these tests are about losing nothing): admission against the
 # deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
 # test_overload.py test the default, admission "qos")
 DEADLINE_ADMISSION = 'admission = "deadline"'
-from tests.integration.test_serve import grpc_inputs
 
 QOS_MS = {"dlrm": 60.0, "ncf": 30.0}
 N = {"dlrm": 120, "ncf": 180}

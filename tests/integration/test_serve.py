@@ -278,7 +278,8 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
     import signal as sig
 
     path = tmp_path / "kairosd.toml"
-    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_scheduler=DEADLINE_ADMISSION, extra_toml="[autoscaler]\nperiod_s = 1.0")
+    ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_scheduler=DEADLINE_ADMISSION,
+                         extra_toml="[autoscaler]\nperiod_s = 1.0")
     d = start_daemon(path, ports)
     try:
         workers = _children(d.child.pid)

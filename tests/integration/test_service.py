@@ -32,12 +32,12 @@ from tritonclient.utils import InferenceServerException
 from kairosd.backends.process import ChildProcess, free_port
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, write_config
+from tests.integration.test_serve import _children, grpc_inputs, reference
 
 # bursts far past capacity on purpose (these tests are about losing nothing): admission against the
 # deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
 # test_overload.py test the default, admission "qos")
 DEADLINE_ADMISSION = 'admission = "deadline"'
-from tests.integration.test_serve import _children, grpc_inputs, reference
 
 UNIT = REPO / "systemd" / "kairosd.service"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"
