@@ -146,8 +146,10 @@ def test_sigstopped_instance_under_32_way_load(fleet3: RunningDaemon) -> None:
     assert len(ok) > 500, (len(ok), errors[:5])
     # every query answered within its deadline (and a scheduling grace), and none silently lost
     assert max(t for _, t in outcomes) < CLIENT_TIMEOUT_S + 0.5
+    # the only errors are admission's explicit refusals; in a closed loop a refused client asks again at
+    # once, so refusals are counted many times over while the frozen instance costs the fleet a third
     assert set(errors) <= {"StatusCode.RESOURCE_EXHAUSTED"}, set(errors)
-    assert len(errors) < 0.05 * len(outcomes), (len(errors), len(outcomes))
+    assert len(errors) < 0.25 * len(outcomes), (len(errors), len(outcomes))
     assert "within its backend deadline" in d.child.log_tail(200_000)  # abandoned there, not at 3 s
 
     # back after SIGCONT: READY again, and it serves
