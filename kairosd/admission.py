@@ -132,6 +132,8 @@ def admit(
                        "default the fleet's capacity × QoS target)", _retry(ahead.queued_work_s))
     if mode == OFF or rate <= 0.0:
         return None
+    if ahead.queued_work_s <= 0.0 and ahead.busy_residual_s <= 0.0:
+        return None  # an idle fleet: refusing saves nothing for anyone, so it is tried
     wait = ahead.queued_work_s + ahead.busy_residual_s
     if estimate(now, ahead, fastest_s, lag_s) > target:
         return Refusal(f"the fleet cannot serve it in time: an estimated {wait * 1e3:.3g} ms of queued work is "

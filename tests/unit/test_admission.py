@@ -96,3 +96,10 @@ def test_feedback_averages_clips_outliers_and_fades_without_answers() -> None:
     assert fb.hop_guard(0.5) < 0.025
     # no answers for 5 s (everything refused): the corrections fade, so queries are admitted again
     assert fb.hop_guard(5.5) < 0.025 * math.exp(-4) and fb.lag(5.5) < 0.002 * math.exp(-4)
+
+
+def test_an_idle_fleet_admits_even_a_query_it_expects_late() -> None:
+    """Nothing queued and a slot free: a refusal would save capacity for no one, so the query is tried."""
+    kw = dict(mode="qos", now=0.0, target=0.005, fastest_s=0.010, rate=100.0, limit=10, size=1, max_bytes=100)
+    assert admission.admit(ahead=Ahead(0.0, 0.0, 0, 0), lag_s=0.003, **kw) is None
+    assert admission.admit(ahead=Ahead(0.001, 0.0, 1, 0), **kw) is not None
