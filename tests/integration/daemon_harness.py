@@ -50,6 +50,22 @@ class RunningDaemon:
         return self.child.stop(grace_s)
 
 
+def children(pid: int) -> dict[int, list[bytes]]:
+    """The live child processes of `pid` (read from /proc), each with its command line."""
+    out: dict[int, list[bytes]] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if ppid == pid:
+            out[int(p.name)] = argv
+    return out
+
+
 def workers_toml() -> str:
     """`workers = N` for [server] when KAIROSD_TEST_WORKERS=N (N > 1): the suite run with several
     front-end processes under one dispatcher (`KAIROSD_TEST_WORKERS=2 python -m pytest tests/integration`)."""

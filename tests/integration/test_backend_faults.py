@@ -26,13 +26,13 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from kairosd.backends.process import free_port
 from kairosd.modelgen import example_inputs
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, workers_toml
+from tests.integration.daemon_harness import REPO, RunningDaemon, children, start_daemon, workers_toml
 
 QOS_MS = 100.0
 CLIENT_TIMEOUT_S = 3.0
 
 
-def write(path: Path, n: int, scheduler: str = "") -> dict[str, int]:
+def write(path: Path, n: int, scheduler: str = "", server: str = "") -> dict[str, int]:
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     path.write_text(f"""
 [server]
@@ -40,7 +40,7 @@ host = "127.0.0.1"
 http_port = {ports['http']}
 grpc_port = {ports['grpc']}
 metrics_port = {ports['metrics']}
-{workers_toml()}
+{server or workers_toml()}
 [scheduler]
 policy = "kairos"
 {scheduler}
@@ -63,18 +63,8 @@ price_usd_per_hour = 0.1
 
 def instance_pids(daemon_pid: int) -> dict[str, int]:
     """{"127.0.0.1:port": pid} of the daemon's emulated instances (its children, by their --port)."""
-    out: dict[str, int] = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if ppid == daemon_pid and b"emulated" in argv and b"--port" in argv:
-            out[f"127.0.0.1:{argv[argv.index(b'--port') + 1].decode()}"] = int(p.name)
-    return out
+    return {f"127.0.0.1:{argv[argv.index(b'--port') + 1].decode()}": pid
+            for pid, argv in children(daemon_pid).items() if b"emulated" in argv and b"--port" in argv}
 
 
 def inputs(batch: int) -> list[grpcaio.InferInput]:

@@ -19,7 +19,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from kairosd.modelgen import example_inputs
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
+from tests.integration.daemon_harness import REPO, RunningDaemon, children, start_daemon, write_config
 
 # bursts far past capacity on purpose (these tests are about losing nothing): admission against the
 # deadline only, so every query is served or expires (tests/integration/test_backend_faults.py and
@@ -257,17 +257,7 @@ def test_unavailable_when_no_instance_can_serve_before_deadline(tmp_path: Path) 
 
 def _children(pid: int) -> list[int]:
     """The daemon's instance processes (its children, not its own front-end processes)."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
-                argv = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if int(fields[1]) == pid and b"frontend" not in argv:
-                out.append(int(p.name))
-    return out
+    return [c for c, argv in children(pid).items() if b"frontend" not in argv]
 
 
 def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:

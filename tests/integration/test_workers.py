@@ -20,56 +20,21 @@ import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from kairosd.backends.process import free_port
 from kairosd.modelgen import example_inputs
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon
+from tests.integration.daemon_harness import RunningDaemon, children, start_daemon
 from tests.integration.test_backend_faults import inputs
+from tests.integration.test_backend_faults import write as write_emulated
 
 # a connection per channel, so that SO_REUSEPORT can spread them
 LOCAL_POOL = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def write(path: Path, n: int = 3) -> dict[str, int]:
-    ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    path.write_text(f"""
-[server]
-host = "127.0.0.1"
-http_port = {ports['http']}
-grpc_port = {ports['grpc']}
-metrics_port = {ports['metrics']}
-workers = 2
-[scheduler]
-policy = "kairos"
-[models]
-repository = "{REPO / 'model_repository'}"
-profiles = "{REPO / 'profiles' / 'aws'}"
-[models.qos_ms]
-ncf = 100.0
-[emulation]
-models = {{ ncf = "ncf" }}
-[types."r5n.large"]
-backend = "emulated"
-emulate = "r5n.large"
-price_usd_per_hour = 0.1
-[fleet.static]
-"r5n.large" = {n}
-""")
-    return ports
+    return write_emulated(path, n, server="workers = 2")
 
 
 def front_pids(d: RunningDaemon) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if ppid == d.child.pid and b"frontend" in argv:
-            out.append(int(p.name))
-    return out
+    return [pid for pid, argv in children(d.child.pid or 0).items() if b"frontend" in argv]
 
 
 def per_front(d: RunningDaemon) -> dict[str, float]:
