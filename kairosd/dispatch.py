@@ -19,7 +19,10 @@ Three rules beyond the paper (all on by default, measured together in bench/disp
   slow instance on which it will certainly miss QoS and which it would keep busy for a long time.
 - tiers: an edge infeasible on p99 but within QoS on the mean pays the penalty once, one that misses
   QoS even on the mean pays it twice; so a query that cannot make QoS with p99 certainty goes where
-  it still makes it on average, rather than to the cheapest column.
+  it still makes it on average, rather than to the cheapest column. Among edges that miss even on the
+  mean the cost is the expected finish time T_j + L_ij (no coefficient): a query late everywhere goes
+  where it is least late (and waits for that instance if it is busy), not to the cheapest slow one,
+  which it would keep busy long past its QoS.
 
 Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
 the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
@@ -193,7 +196,7 @@ class KairosPolicy:
                 if ck[t][b] > budget:
                     c += penalty
                     if tiers and mn[t][b] > budget:
-                        c += penalty
+                        c = 2.0 * penalty + mn[t][b]
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
@@ -220,7 +223,11 @@ class KairosPolicy:
             penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None, None]
             cost = cost + infeasible * penalty
             if self.tiers:
-                cost = cost + (start + svc_mean[:, None, :] > budget) * penalty
+                finish = start + svc_mean[:, None, :]
+                hopeless = finish > budget
+                # missed even on the mean: the penalty twice, and the expected finish time in place of
+                # C_j·(T_j + L_ij), so that a query late everywhere goes where it is least late
+                cost = np.where(hopeless, 2.0 * penalty + finish, cost)
         return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:

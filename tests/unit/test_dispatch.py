@@ -131,9 +131,17 @@ def test_kairos_hold_keeps_a_forced_infeasible_match_waiting() -> None:
     snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.05)
     assert len(KairosPolicy(p, lookahead=0, hold=False)(snap)) == 1  # the paper's rule sends one to the cpu
     assert len(KairosPolicy(p, lookahead=0)(snap)) == 0  # both wait for the gpu
-    # once neither can make QoS anywhere (waited 45 ms), holding helps no one: the free cpu is used
+    # once neither can make QoS anywhere (waited 45 ms), each goes where it is least late: the gpu
+    # (1 ms + ~16 ms, then ~16 ms more behind the other) rather than the free cpu (~160 ms)
     late = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], waited_s=[0.045, 0.045], qos_s=0.05)
-    assert KairosPolicy(p)(late).instances.tolist() == [0]
+    assert len(KairosPolicy(p)(late)) == 0  # both wait for the gpu
+    # a gpu busy for 300 ms more: the free cpu is the least late, and it is used
+    long = make_snapshot(p, batches=[800], types=["cpu", "gpu"], busy_s=[0.0, 0.3], waited_s=[0.045], qos_s=0.05)
+    assert KairosPolicy(p)(long).instances.tolist() == [0]
+    # the same with two queries (the matrix path, not the single-query one)
+    long2 = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.3], waited_s=[0.045, 0.045],
+                          qos_s=0.05)
+    assert KairosPolicy(p, lookahead=0)(long2).instances.tolist() == [0]
 
 
 def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance() -> None:
@@ -145,11 +153,10 @@ def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance(
     assert len(KairosPolicy(p, lookahead=0, hold=False)(snap)) == 1
     assert len(KairosPolicy(p, hold=False)(snap)) == 0
     # QoS 30 ms: the later slot shows the second cannot make QoS behind the first (33.8 > 30); the
-    # cpu misses too, and the tiers rank it first (0.1 × 160 ms < 33.8 ms), so it is served there now
+    # cpu misses too, by far more (160 ms): late everywhere, it goes where it is least late, behind
+    # its twin on the gpu, so nothing is sent now
     snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.03)
-    assert KairosPolicy(p, hold=False)(snap).instances.tolist() == [0]
-    # hold is deliberately cruder: the query could still make QoS on the gpu's next slot (which its
-    # twin got), so it waits one more round (until the gpu frees) before giving up on it
+    assert len(KairosPolicy(p, hold=False)(snap)) == 0
     assert len(KairosPolicy(p)(snap)) == 0
     with pytest.raises(ConfigError, match="lookahead"):
         make_policy("kairos", p, lookahead=-1)
