@@ -261,7 +261,8 @@ def main_bench(args: argparse.Namespace) -> int:
             sub = workdir / f"{model}-{policy}"
             sub.mkdir(exist_ok=True)
             t0 = time.monotonic()
-            d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms)
+            d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms,
+                       scheduler_extra=f'admission = "{args.admission}"')
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 light = 0.1 * ub
@@ -317,6 +318,9 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=7)
     ap.add_argument("--margin-ms", type=float, default=1.0, help="scheduler.margin_ms of the daemon, and the Kairos "
                     "policy's margin in the simulator (default: the daemon's default, %(default)s)")
+    ap.add_argument("--admission", default="off", choices=("off", "qos", "deadline"),
+                    help="scheduler.admission of the daemon: off by default, since the simulator refuses nothing "
+                         "and a refusal counts as an error")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")

@@ -166,7 +166,8 @@ FEEDBACK_FADE_S = 1.0
 
 class Feedback:
     """What the admission estimate leaves out, measured on answers: the lag (answer time − the
-    admission estimate) and the head's hop (sent → answered − the profile's mean service time), each an
+    admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
+    profile's mean service time, after the residual of a slot it was pipelined to), each an
     exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
     end (`hop_guard`). Each sample is clipped to ±`clip_s` (the query's QoS target: one frozen instance
     moves the averages by a bounded step), and both corrections fade with the time since the last

@@ -80,6 +80,10 @@ class SchedulerConfig:
     tick_ms: float = 5.0
     # time reserved for kairosd's own overhead when judging whether an edge meets QoS
     margin_ms: float = 1.0
+    # send a query to a busy instance slot that is expected to free within the measured hop to an
+    # instance and back, so that it waits there (instances queue) instead of the slot idling for a round
+    # trip between queries; one such query per instance at a time (kairos policy only)
+    pipeline: bool = True
     # the deadline of a query whose client set none (gRPC deadline, KServe `timeout` parameter): answered
     # UNAVAILABLE after this long in kairosd. A client's own deadline is honoured as sent
     default_timeout_s: float = 30.0

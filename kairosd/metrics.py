@@ -227,8 +227,9 @@ class SchedulerCollector(Collector):
         yield GaugeMetricFamily("kairos_dispatch_margin_seconds", "The matching's reserve for what its latencies leave "
                                 "out: margin_ms, or twice the measured hop when larger",
                                 value=float(getattr(self.scheduler.policy, "margin_s", 0.0)))
-        yield GaugeMetricFamily("kairos_head_hop_seconds", "Sent to answered minus the profile's mean service time "
-                                "(EWMA): the head's own hop to an instance and back", value=self.scheduler.hop_s)
+        yield GaugeMetricFamily("kairos_head_hop_seconds", "Answered minus the finish expected at the grant "
+                                "(grant + mean service; EWMA): the head's own hop to an instance and back",
+                                value=self.scheduler.hop_s)
         served = CounterMetricFamily("kairos_instance_queries", "Queries answered per instance",
                                      labels=["instance", "type"])
         counts: Counter[tuple[str, str]] = Counter()

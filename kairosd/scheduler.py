@@ -276,7 +276,7 @@ class Scheduler:
         if cancelled:
             return
         if error is None:
-            self._completed(q, inst, sent_s, max(end_s, sent_s))
+            self._completed(q, inst, sent_s, max(end_s, sent_s), expected)
             return
         assert q.remote is not None
         if self._failed(q, inst, error, backend_bound):
@@ -421,7 +421,7 @@ class Scheduler:
             raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
         finally:
             self._release(inst, expected_finish_s)
-        self._completed(q, inst, sent_s, self._loop.time())
+        self._completed(q, inst, sent_s, self._loop.time(), expected_finish_s)
         return response
 
     def _sending(self, q: Query, inst: Instance) -> tuple[float, float, bool]:
@@ -469,14 +469,17 @@ class Scheduler:
             self._ended(q, "failed")
         return False
 
-    def _completed(self, q: Query, inst: Instance, sent_s: float, end_s: float) -> None:
-        """An instance answered `q`: counters, the observer, and the admission estimates' feedback."""
+    def _completed(self, q: Query, inst: Instance, sent_s: float, end_s: float, expected_finish_s: float) -> None:
+        """An instance answered `q`: counters, the observer, and the admission estimates' feedback. Its
+        hop is the answer's lateness against the finish expected at the grant (grant + the residual of a
+        pipelined slot + the profile's mean service), so that a pipelined query's wait behind the slot it
+        was sent to is not counted as hop."""
         inst.served_total += 1
         self.stats.completed += 1
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        hop = end_s - sent_s - self._mean_s[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
+        hop = end_s - expected_finish_s
         self.feedback.answered(end_s, lag, hop, q.qos_s)
         self._adapt_margin(end_s)
         if self.observer is not None:
@@ -484,12 +487,14 @@ class Scheduler:
 
     def _adapt_margin(self, now: float) -> None:
         """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy): the
-        configured `margin_ms`, or twice the measured hop at its high end (`hop_guard`) when larger — the
-        hop to an instance and back, and the client's to kairosd and back, which is of the same kind. Changed in steps of at least
-        0.2 ms (the cached single-query decisions depend on it and are dropped then)."""
+        configured `margin_ms`, or twice the measured hop (mean) when larger — the hop to an instance and
+        back, and the client's to kairosd and back, which is of the same kind. The mean, not the high
+        end: the measured hop's deviation is mostly the service time's own, which the matching's p99
+        feasibility already covers. Changed in steps of at least 0.2 ms (the cached single-query
+        decisions depend on it and are dropped then)."""
         if not hasattr(self.policy, "margin_s"):
             return
-        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop_guard(now))
+        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop(now))
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
             self._fresh = FreshRounds()
@@ -521,20 +526,27 @@ class Scheduler:
             self._round_pending = True
             self._loop.call_soon(self._round)
 
-    def _columns(self, now: float, m: int, model: int | None = None) -> tuple[list[Instance], list[int], list[float], int, int]:
-        """Columns of the snapshot (instance, type index, busy time), how many are free, and the
-        number of slots they stand for; with `model`, only the instances that serve it (unpinned, or
-        pinned to it).
+    def _columns(self, now: float, m: int, model: int | None = None
+                 ) -> tuple[list[Instance], list[int], list[float], list[bool], int]:
+        """Columns of the snapshot (instance, type index, busy time, whether a query matched to it is
+        sent now) and the number of slots they stand for; with `model`, only the instances that serve
+        it (unpinned, or pinned to it).
 
         A k-slot instance is k columns, but dominated ones are left out (the matching is the same):
         an instance with a free slot shows only its free slots (a busy slot of it costs more for
         every query), and at most m of them (m waiting queries use no more); an instance with no
-        free slot shows its m earliest-finishing slots.
+        free slot shows its m earliest-finishing slots. Pipelining (`scheduler.pipeline`): the
+        earliest of them is sendable when it is expected to finish within the measured hop to an
+        instance and back — a query sent then reaches the instance about when the slot frees and
+        waits there behind it (instances queue, as Triton does), so the slot does not idle for a
+        round trip between queries. One such query per instance at a time.
         """
         insts: list[Instance] = []
         types: list[int] = []
         busy: list[float] = []
-        slots = n_free = 0
+        free_col: list[bool] = []
+        slots = 0
+        window = self._pipeline_s(now)
         for inst in self.registry:
             if inst.state is not InstanceState.READY:
                 continue
@@ -544,21 +556,35 @@ class Scheduler:
             free = inst.slots - len(inst.finish_s)
             if free > 0:
                 k = min(free, m)
-                n_free += k
                 if k == 1:
                     insts.append(inst)
                     types.append(inst.type_idx)
                     busy.append(0.0)
+                    free_col.append(True)
                 else:
                     insts += [inst] * k
                     types += [inst.type_idx] * k
                     busy += [0.0] * k
+                    free_col += [True] * k
             else:
-                for f in sorted(inst.finish_s)[:m]:
+                # a query sent ahead (pipelined) takes the slot its earliest finish frees
+                ahead = len(inst.finish_s) - inst.slots
+                frees = sorted(inst.finish_s)[ahead:][:m]
+                for i, f in enumerate(frees):
                     insts.append(inst)
                     types.append(inst.type_idx)
                     busy.append(max(f - now, 1e-6))  # busy: never looks free
-        return insts, types, busy, n_free, slots
+                    free_col.append(i == 0 and ahead == 0 and window > 0.0 and f - now <= window)
+        return insts, types, busy, free_col, slots
+
+    def _pipeline_s(self, now: float) -> float:
+        """How early a query may be sent to a busy slot: the measured hop to an instance and back
+        (mean), when `scheduler.pipeline` is on and the policy is kairos — the one that weighs a
+        column's busy time T_j; the others see only whether a column is sendable, and would queue a
+        query behind a busy slot while another instance idles."""
+        if not self.config.pipeline or getattr(self.policy, "name", "") != "kairos":
+            return 0.0
+        return self.feedback.hop(now)
 
     def _round(self) -> None:
         self._round_pending = False
@@ -571,7 +597,8 @@ class Scheduler:
         if self._pinned():
             self._round_per_model(now)
             return
-        insts, types, busy, n_free, slots = self._columns(now, len(waiting))
+        insts, types, busy, free, slots = self._columns(now, len(waiting))
+        n_free = sum(free)
         if not n_free:
             self._arm_tick()
             return
@@ -589,26 +616,26 @@ class Scheduler:
                 self._kick()
                 return
         fresh: FreshRound | None = None
-        if len(live) == 1 and n_free == len(types) and now == live[0].arrival_s:
+        if len(live) == 1 and n_free == len(types) and not any(busy) and now == live[0].arrival_s:
             # one query that arrived this very loop iteration (the loop clock still reads its
             # arrival time), every column free: the commonest round, cached (kairosd.snapshot_cache)
             q = live[0]
             fresh = self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
             if fresh.decision is not None:
                 matched, cols = fresh.decision
-                unmatched = self._grant(live, insts, matched, cols, now)
+                unmatched = self._grant(live, insts, busy, matched, cols, now)
                 waiting.extendleft(reversed(unmatched))
                 if waiting:
                     self._arm_tick()
                 return
-        decision = self._decide(live, types, busy, now, fresh.snap if fresh is not None else None)
+        decision = self._decide(live, types, busy, free, now, fresh.snap if fresh is not None else None)
         if decision is None:
             waiting.extendleft(reversed(live))
             self._arm_tick()
             return
         if fresh is not None and self._stateless_policy:
             fresh.decision = decision
-        unmatched = self._grant(live, insts, decision[0], decision[1], now)
+        unmatched = self._grant(live, insts, busy, decision[0], decision[1], now)
         waiting.extendleft(reversed(unmatched))
         if waiting:
             self._arm_tick()
@@ -631,23 +658,23 @@ class Scheduler:
             groups.setdefault(q.model_idx, []).append(q)
         left: list[Query] = []
         for model, qs in groups.items():
-            insts, types, busy, n_free, slots = self._columns(now, len(qs), model)
+            insts, types, busy, free, slots = self._columns(now, len(qs), model)
             rows = min(len(qs), 2 * slots)
-            if not n_free:
+            if not any(free):
                 left += qs
                 continue
-            decision = self._decide(qs[:rows], types, busy, now)
+            decision = self._decide(qs[:rows], types, busy, free, now)
             if decision is None:
                 left += qs
                 continue
-            left += self._grant(qs[:rows], insts, decision[0], decision[1], now) + qs[rows:]
+            left += self._grant(qs[:rows], insts, busy, decision[0], decision[1], now) + qs[rows:]
         if len(groups) > 1:
             left.sort(key=lambda q: q.arrival_s)
         self.waiting.extend(left)
         if self.waiting:
             self._arm_tick()
 
-    def _decide(self, live: list[Query], types: list[int], busy: list[float], now: float,
+    def _decide(self, live: list[Query], types: list[int], busy: list[float], free: list[bool], now: float,
                 snap: Snapshot | None = None) -> tuple[list[int], list[int]] | None:
         """The policy's (matched query rows, columns) for this snapshot; None when the policy failed
         (logged: the queries stay queued and the round is retried)."""
@@ -659,7 +686,7 @@ class Scheduler:
                 q_qos_s=np.array([q.qos_s for q in live]),
                 i_type=np.array(types, dtype=np.intp),
                 i_busy_s=np.array(busy),
-                i_free=np.array([b == 0.0 for b in busy]),
+                i_free=np.array(free),
             )
         t0 = time.perf_counter()
         try:
@@ -671,16 +698,18 @@ class Scheduler:
             self.observer.matched(time.perf_counter() - t0)
         return assignment.queries.tolist(), assignment.instances.tolist()
 
-    def _grant(self, live: list[Query], insts: list[Instance], matched: list[int], cols: list[int],
-               now: float) -> list[Query]:
-        """Give each matched query its instance slot; returns the unmatched queries, in order."""
+    def _grant(self, live: list[Query], insts: list[Instance], busy: list[float], matched: list[int],
+               cols: list[int], now: float) -> list[Query]:
+        """Give each matched query its instance slot (expected to finish its service after the column's
+        busy time: 0 for a free slot, the residual of a pipelined one); returns the unmatched queries,
+        in order."""
         self.stats.rounds += 1
         self.stats.matched += len(matched)
         mean = self._mean_s
         top = self._top_batch
         for qi, col in zip(matched, cols, strict=True):
             q, inst = live[qi], insts[col]
-            expected = now + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
+            expected = now + busy[col] + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
             self._in_flight += 1  # granted counts as in flight (drain waits for it)
             self._busy_until_sum += expected

@@ -177,3 +177,35 @@ async def test_a_query_whose_client_went_away_is_never_sent(worker_instance: tup
     assert inst.served_total == 0 and inst.failed_total == 0 and sched.stats.matched == 0
     out = service_pb2.ModelInferResponse.FromString(await sched.submit(*_req_spec(7, spec)))
     assert out.id == "7" and inst.served_total == 1 and sched.stats.matched == 1
+
+
+async def _max_in_flight(sched: Scheduler, inst: Instance, n: int, spec: object) -> int:
+    """Submit `n` queries at once; the most queries `inst` held at any moment (its slot + sent ahead)."""
+    most = 0
+    done = False
+
+    async def watch() -> None:
+        nonlocal most
+        while not done:
+            most = max(most, len(inst.finish_s))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    results = await asyncio.gather(*(sched.submit(*_req_spec(i, spec)) for i in range(n)))
+    done = True
+    await watcher
+    assert len(results) == n and sched.stats.completed == n and sched.in_flight == 0 and not inst.finish_s
+    return most
+
+
+async def test_pipelining_sends_one_query_ahead_to_a_busy_slot(worker_instance: tuple[Registry, ProfileTable]) -> None:
+    registry, profiles = worker_instance
+    inst = next(iter(registry))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    # one 1-slot instance, a burst of 60 queries: once the hop is measured, the next query is sent
+    # while the slot is still busy (2 held at once), never more than one ahead
+    on = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0, admission="deadline"))
+    assert await _max_in_flight(on, inst, 60, spec) == 2
+    off = Scheduler(registry, profiles, KairosPolicy(profiles), QOS,
+                    SchedulerConfig(tick_ms=2.0, admission="deadline", pipeline=False))
+    assert await _max_in_flight(off, inst, 60, spec) == 1
