@@ -420,7 +420,12 @@ def max_qps(
             hi = x
             while True:
                 if hi - step <= scale / 256:
-                    return MaxQps(0.0, tuple(probes), broken, time.perf_counter() - t0)
+                    # the steps ran out of room: a light load decides between no rate at all and
+                    # bisecting below the lowest failing rate
+                    if not ok(scale / 256):
+                        return MaxQps(0.0, tuple(probes), broken, time.perf_counter() - t0)
+                    lo = scale / 256
+                    break
                 if ok(hi - step):
                     lo = hi - step
                     break
@@ -609,6 +614,8 @@ class SeedsEvaluator:
     def below(self, config: np.ndarray, rate_qps: float) -> bool:
         """Whether `config`'s mean max QPS is below `rate_qps`, shown by one run at that rate per stream
         (no search): true when every stream misses the target at it (cached results are used as they are)."""
+        if rate_qps <= 0:  # every max QPS is ≥ 0
+            return False
         key = tuple(int(x) for x in config)
         for i, cache in enumerate(self.caches):
             if key in cache:

@@ -65,6 +65,7 @@ from kairosd.planner.queueing import (
     queue_estimate,
 )
 from kairosd.planner.selectors import (
+    PLUS_BUDGET_SHARE,
     QUEUE_TOLERANCE,
     SELECTORS,
     TOP_K,
@@ -73,6 +74,7 @@ from kairosd.planner.selectors import (
     Selection,
     dominated_by,
     homogeneous_configs,
+    kairos_order,
     make_candidates,
     rank,
     select,
@@ -98,6 +100,7 @@ __all__ = [
     "MIN_BASE_COVERAGE",
     "ModelDemand",
     "PLAN_OBJECTIVES",
+    "PLUS_BUDGET_SHARE",
     "POOL_SEP",
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",
@@ -122,6 +125,7 @@ __all__ = [
     "joint_fluid_bound",
     "joint_queue_estimate",
     "joint_upper_bound",
+    "kairos_order",
     "make_candidates",
     "miss_from_samples",
     "type_dominance",

@@ -66,6 +66,9 @@ class BoundModel:
                         probability that one query of that batch served on type k misses QoS even
                         without waiting (0/1 from the feasibility table unless measured samples give it)
     slack               ε, the share of queries allowed to miss QoS (1% for a p99 target)
+    band_pref           [j, k, g]: the share of band g (by probability) on which an idle type-j instance
+                        costs the dispatcher no more than an idle type-k one (`dispatch_cost`), so that
+                        it takes those queries whenever it is free (None: not modelled)
     """
 
     types: tuple[str, ...]
@@ -89,6 +92,7 @@ class BoundModel:
     batch_lat_s: np.ndarray | None = None
     batch_miss: np.ndarray | None = None
     slack: float = QOS_SLACK
+    band_pref: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
     _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
@@ -105,12 +109,15 @@ class BoundModel:
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
         svc_cv2: np.ndarray | None = None,
+        dispatch_cost: np.ndarray | None = None,
     ) -> BoundModel:
         """From latency tables `[type, batch]`: `mean_s` sets the rates, `feasibility_s` (mean or p99) the
         thresholds; `miss[type, batch]` (e.g. `miss_from_samples`) the probability that a query misses
         QoS on a type without waiting, for `upper_bound` and `queue_estimate` (default: feasibility_s >
         QoS, as 0/1); `svc_cv2[type, batch]` (e.g. `cv2_from_samples`) the squared coefficient of
-        variation of one query's service time, for the estimate's M/G/c second moment (default 0)."""
+        variation of one query's service time, for the estimate's M/G/c second moment (default 0);
+        `dispatch_cost[type, batch]` the dispatcher's cost of sending a query to an idle instance of
+        the type (Kairos: C_j·L_j(b)), for the estimate's `band_pref` (default: not modelled)."""
         mean_s = np.asarray(mean_s, dtype=float)
         feas = np.asarray(feasibility_s, dtype=float)
         nb = min(mean_s.shape[1], len(pmf))
@@ -157,6 +164,14 @@ class BoundModel:
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
+        band_pref = None
+        if dispatch_cost is not None:
+            dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
+            prefer = dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9)  # [j, k, support batch]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                band_pref = np.stack([np.stack([np.bincount(band_of, weights=p_s * prefer[j, k], minlength=n_bands)
+                                                for k in range(len(mean_s))]) for j in range(len(mean_s))])
+                band_pref = np.where(band_p > 0, band_pref / band_p, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             small_miss = np.where(coverage > 0, (miss * small * pmf).sum(axis=1) / coverage, 0.0)
         return BoundModel(
@@ -181,6 +196,7 @@ class BoundModel:
             batch_lat_s=mean_s[:, support_idx],
             batch_miss=miss[:, support_idx],
             slack=float(slack),
+            band_pref=band_pref,
         )
 
     @staticmethod
@@ -195,13 +211,19 @@ class BoundModel:
         miss: np.ndarray | None = None,
         slack: float = QOS_SLACK,
         svc_cv2: np.ndarray | None = None,
+        dispatch: bool = True,
     ) -> BoundModel:
-        """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean."""
+        """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean;
+        with `dispatch`, the Kairos dispatcher's idle edge costs C_j·L_j(b) (`heterogeneity_coefficients`)."""
+        from kairosd.dispatch import heterogeneity_coefficients
+
         mi = profiles.model_index(model)
         ti = [profiles.type_index(t) for t in types]
         mean = profiles.mean_s[mi][ti]
         feas = profiles.p99_s[mi][ti] if tail else mean
-        return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail, miss=miss, slack=slack, svc_cv2=svc_cv2)
+        cost = heterogeneity_coefficients(profiles)[mi][ti][:, None] * mean if dispatch else None
+        return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail, miss=miss, slack=slack, svc_cv2=svc_cv2,
+                                dispatch_cost=cost)
 
 
 def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int) -> np.ndarray:

@@ -13,6 +13,8 @@ from kairosd.planner.bounds import TAIL_GRID, BoundModel, upper_bound
 # queue-aware estimate: share of queries allowed over QoS (a p99 target), bisection steps
 QUEUE_EPS = 0.01
 QUEUE_BISECT_STEPS = 40
+# rounds of the base/auxiliary split when the base is the dispatcher's first choice for some queries
+PREF_ROUNDS = 6
 
 
 def erlang_c(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
@@ -46,7 +48,8 @@ def base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     return order_key[np.minimum(np.where(configs > 0, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
 
 
-def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS) -> np.ndarray:
+def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS,
+                   diversion: bool = True) -> np.ndarray:
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. It keeps the fluid
@@ -100,12 +103,16 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0]
         y_cap = {k: n[:, k] * bm.small_rate_qps[k] for k in aux}
         p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
+        divert = {k: (n[:, k], band_miss_share[k]) for k in range(n_types) if k != j and diversion}
         lo, hi = np.zeros(len(rows)), ub[rows].copy()
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
             ok = _admissible(mid, j=j, n_b=n_b, s=s, aux=aux, y_cap=y_cap, band_small=band_small,
                              p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                             qos=qos, eps=eps)
+                             qos=qos, eps=eps, divert=divert, small_rate=bm.small_rate_qps,
+                             pref=bm.band_pref[j] if bm.band_pref is not None else None)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         est[rows] = lo
@@ -116,22 +123,37 @@ def _admissible(
     lam: np.ndarray, *, j: int, n_b: np.ndarray, s: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
     band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
     small_miss: np.ndarray, qos: float, eps: float,
+    divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None, small_rate: np.ndarray | None = None,
+    pref: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
     `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `small_miss[k]` the share of k's small queries it misses)."""
-    # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g
-    r = np.repeat(lam[:, None], len(p_g), axis=1)
-    used = np.zeros(len(lam))
-    aux_miss = np.zeros(len(lam))
-    for k in aux:
-        y = np.minimum(y_cap[k], s[k] * np.maximum(lam - used, 0.0))
-        used += y / s[k]
-        aux_miss += y * small_miss[k]
-        r -= (y / s[k])[:, None] * band_small[k][None, :]
-    r = np.maximum(r, 0.0)
+    # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g. An auxiliary takes
+    # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
+    # others only while every base instance is busy; that probability (Erlang C of the base's load)
+    # depends on what the auxiliaries leave, so the split is iterated from "auxiliaries take all"
+    busy_b = np.ones(len(lam))
+    for _ in range(max(1, rounds) if pref is not None else 1):
+        r = np.repeat(lam[:, None], len(p_g), axis=1)
+        used = np.zeros(len(lam))
+        aux_miss = np.zeros(len(lam))
+        aux_load: dict[int, np.ndarray] = {}
+        for k in aux:
+            feed = band_small[k][None, :] * (1.0 if pref is None else 1.0 - pref[k][None, :] * (1.0 - busy_b[:, None]))
+            s_k = feed @ p_g  # the share of the mix the auxiliary is offered
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y = np.where(s_k > 0, np.minimum(y_cap[k], s_k * np.maximum(lam - used, 0.0)), 0.0)
+                taken = np.where(s_k > 0, y / s_k, 0.0)
+            used += taken
+            aux_miss += y * small_miss[k]
+            r -= taken[:, None] * feed
+            if small_rate is not None and small_rate[k] > 0:
+                aux_load[k] = y / small_rate[k]
+        r = np.maximum(r, 0.0)
+        work = r @ m1  # offered load a (Erlangs)
+        busy_b = 0.5 * (busy_b + erlang_c(n_b, work))  # damped: the undamped split can alternate
     lam_b = r @ p_g
-    work = r @ m1  # offered load a (Erlangs)
     second = r @ m2
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_svc = np.where(lam_b > 0, work / lam_b, 0.0)
@@ -139,5 +161,11 @@ def _admissible(
         theta = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
     x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
     tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(p_g))], axis=1)
-    violating = erlang_c(n_b, work) * (r * tail_g).sum(axis=1) + r @ miss_g + aux_miss
+    # a base query that would wait past its slack goes to an auxiliary instead when one is free
+    # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
+    late = np.ones_like(r)
+    for k, (n_k, share_k) in (divert or {}).items():
+        busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
+        late = np.minimum(late, np.where(n_k[:, None] > 0, share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
+    violating = erlang_c(n_b, work) * (r * tail_g * late).sum(axis=1) + r @ miss_g + aux_miss
     return (work < n_b) & (violating <= eps * lam)

@@ -17,6 +17,9 @@ TOP_K = 10
 # kairos selector: configurations whose queue-aware estimate is within this share of the best
 # estimate are "queue-safe"; among them the highest fluid bound wins (see `select_kairos`)
 QUEUE_TOLERANCE = 0.15
+# kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
+PLUS_BUDGET_SHARE = 0.10
+PLUS_EXPECT = False
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ class Selection:
     qps: float | None
     n_evals: int
     evaluated: tuple[tuple[tuple[int, ...], float], ...] = field(default=())
-    n_checks: int = 0  # single-rate tests that ruled a configuration out without a search (Kairos+)
+    n_checks: int = 0  # Kairos+: single-rate tests (each before a search, or ruling one out instead)
+    n_configs: int = 0  # Kairos+: distinct configurations simulated (searched, tested, or both)
+    exact: bool = True  # Kairos+: the walk ended with every other configuration pruned (not by its budget)
 
 
 def _key(config: np.ndarray) -> tuple[int, ...]:
@@ -192,59 +197,92 @@ def dominated_by(configs: np.ndarray, x: np.ndarray, dominates: np.ndarray) -> n
     return np.all(np.asarray(configs, dtype=np.int64) @ u.T <= (np.asarray(x, dtype=np.int64) @ u.T)[None, :], axis=1)
 
 
-def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "bound",
-                       dominates: np.ndarray | None = None) -> Selection:
-    """Kairos+ (Algorithm 1): walk configurations by upper bound high to low; evaluate each one still
-    alive; after each evaluation drop every configuration whose bound is ≤ the best QPS so far, and
-    every sub-configuration (all counts ≤) of the evaluated one. Exact if the bound really bounds the
-    evaluator and adding instances never lowers QPS: `upper_bound` bounds the fluid model of every
-    dispatcher, and on the planner benchmark no simulated fleet exceeded it.
+def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np.ndarray:
+    """Row indices in the `kairos` selector's order: the queue-safe configurations (estimate within
+    `tolerance` of the best) by upper bound high to low, then the others by estimate high to low (ties:
+    higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice."""
+    if cands.est_qps is None:
+        raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
+    est = cands.est_qps
+    safe = est >= (1.0 - tolerance) * est.max()
+    first = -np.where(safe, cands.ub_qps, -np.inf)
+    second = -np.where(safe, np.inf, est)
+    return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
+
+
+def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
+                       dominates: np.ndarray | None = None, budget_share: float | None = PLUS_BUDGET_SHARE,
+                       tolerance: float = QUEUE_TOLERANCE, expect: bool = PLUS_EXPECT) -> Selection:
+    """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
+    each one still alive, keep the best; after each evaluation drop every configuration whose bound is
+    ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
+    simulates at most `budget_share` of the configurations (at least one; `None`: no limit).
+
+    Exactness: the pruning rules are exact if the bound really bounds the evaluator and adding
+    instances never lowers QPS (`upper_bound` bounds the fluid model of every dispatcher). When the
+    walk ends because every configuration left is pruned, the choice is the evaluator's optimum and
+    `Selection.exact` is true. The fluid bound ignores queueing, so with heavy tails or few base
+    instances it can be far above what any fleet achieves and prune little; the budget then ends the
+    walk, `exact` is false, and the choice is the best of the configurations most likely to be
+    best: with `order="kairos"` (`kairos_order`), the one-shot `kairos` choice first, then the
+    queue-safe configurations by bound, then the others by estimate. So Kairos+ never returns a
+    fleet that its own evaluation puts below `kairos`'s choice.
 
     Two further prunings, each under the same assumptions as the sub-configuration rule:
       * `dominates[a, b]` (bool[K, K], e.g. `type_dominance`): type a serves every batch at least as
         fast at every quantile as type b. A configuration whose instances all match distinct instances
         of an evaluated one of dominating or equal types (`dominated_by`) is dropped.
       * when the evaluator offers `below(config, rate) -> bool` (one run at `rate` instead of a max-QPS
-        search), a configuration whose bound is above the best QPS so far is first tested at that
-        rate: if it misses the p99 target there, its QPS is below the best and it is dropped without
-        a search (`Selection.n_checks` counts these tests). Its bound still decides whether it is
-        tested at all, so the result is the one the full walk would return whenever QPS is monotone
-        in the rate (as `max_qps` assumes).
+        search), a configuration is first tested at the best QPS so far: if it misses the p99 target
+        there, its QPS is below the best and it is dropped without a search (`Selection.n_checks`
+        counts these tests; a tested configuration counts against the budget like a searched one).
 
-    `order="estimate"` walks by the queue-aware estimate (when the candidates carry it)
-    instead: pruning still uses only the true bound, so the result is as exact, and a good first
-    evaluation can prune more. `order="bound"` (default) is the paper's walk: on the benchmark the
-    estimate order saved nothing (the count is set by how many fleets have a bound above the
-    optimum) and cost one more evaluation on ncf 3.5 $/h."""
+    `order="bound"` walks by upper bound (the paper's walk, with `budget_share=None` exactly its
+    Algorithm 1), `order="estimate"` by the queue-aware estimate; pruning uses only the true bound
+    in every order."""
     if evaluator is None:
         raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
     if len(cands) == 0:
         raise ConfigError("no configuration fits the budget")
-    if order not in ("estimate", "bound"):
-        raise ConfigError(f"kairos_plus order must be 'estimate' or 'bound', got {order!r}")
-    walk = cands.ranked_by_estimate() if order == "estimate" and cands.est_qps is not None else cands.ranked()
+    if order not in ("kairos", "estimate", "bound"):
+        raise ConfigError(f"kairos_plus order must be 'kairos', 'estimate' or 'bound', got {order!r}")
+    if budget_share is not None and not 0.0 < budget_share <= 1.0:
+        raise ConfigError(f"kairos_plus budget_share must be in (0, 1] or None, got {budget_share}")
+    if order == "kairos" and cands.est_qps is not None:
+        walk = kairos_order(cands, tolerance=tolerance)
+    elif order == "estimate" and cands.est_qps is not None:
+        walk = cands.ranked_by_estimate()
+    else:
+        walk = cands.ranked()
+    limit = len(cands) if budget_share is None else max(1, int(np.floor(budget_share * len(cands) + 1e-9)))
     below = getattr(evaluator, "below", None)
     dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)
     alive = np.ones(len(cands), dtype=bool)
-    best_qps, best_row, checks = 0.0, -1, 0
+    expected_alive = np.ones(len(cands), dtype=bool)
+    best_qps, best_row, checks, simulated = 0.0, -1, 0, 0
     evaluated: list[tuple[tuple[int, ...], float]] = []
     for row in walk:
-        if not alive[row]:
+        if not (alive[row] and expected_alive[row]):
             continue
+        if simulated >= limit and best_qps > 0:
+            break
+        simulated += 1
         x = cands.configs[row]
-        if best_row >= 0 and callable(below):
+        alive[row] = False
+        if best_row >= 0 and best_qps > 0 and callable(below):
             checks += 1
             if below(x, best_qps):
-                alive[row] = False
                 continue
-        qps = float(evaluator(x))
+        qps = float(_evaluate_many(evaluator, x[None, :])[0])
         evaluated.append((_key(x), qps))
         if best_row < 0 or qps > best_qps:
             best_qps, best_row = qps, int(row)
         alive &= cands.ub_qps > best_qps
         alive &= ~dominated_by(cands.configs, x, dom)
+        if expect and cands.est_qps is not None:
+            expected_alive &= cands.est_qps > best_qps
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
-                     tuple(evaluated), checks)
+                     tuple(evaluated), checks, simulated, exact=not alive.any())
 
 
 def homogeneous_configs(cands: Candidates) -> np.ndarray:

@@ -359,7 +359,7 @@ def test_kairos_plus_returns_exactly_the_exhaustive_optimum() -> None:
             ex_eval = CountingEvaluator(bm)
             ex = select_exhaustive(c, ex_eval)
             kp_eval = CountingEvaluator(bm)
-            kp = select_kairos_plus(c, kp_eval)
+            kp = select_kairos_plus(c, kp_eval, budget_share=None)
             assert kp.qps == ex.qps
             np.testing.assert_array_equal(kp.config, ex.config)
             assert kp.n_evals == len(kp_eval.calls) < len(c)
@@ -374,7 +374,7 @@ def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> 
     bm = two_point_model()
     c = _cands(bm, [0.5, 0.2], 2.0)
     exact = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
-    kp = select_kairos_plus(c, exact)
+    kp = select_kairos_plus(c, exact, budget_share=None)
     assert kp.n_evals == 1
     assert kp.qps == pytest.approx(c.ub_qps.max())
 
@@ -419,7 +419,7 @@ def test_kairos_plus_walking_by_estimate_stays_exact() -> None:
         bm = _random_model(rng, n_types=4)
         c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
         ex = select_exhaustive(c, CountingEvaluator(bm))
-        kp = select_kairos_plus(c, CountingEvaluator(bm), order="estimate")
+        kp = select_kairos_plus(c, CountingEvaluator(bm), order="estimate", budget_share=None)
         assert kp.qps == ex.qps
 
 
@@ -439,7 +439,7 @@ def test_select_by_name() -> None:
     bm = two_point_model()
     c = _cands(bm, [0.5, 0.2], 2.0)
     ev = CountingEvaluator(bm)
-    assert select("exhaustive", c, ev).qps == select("kairos_plus", c, ev).qps
+    assert select("exhaustive", c, ev).qps == select("kairos_plus", c, ev, budget_share=None).qps
     with pytest.raises(ConfigError, match="allowed"):
         select("random", c, ev)
     with pytest.raises(ConfigError, match="evaluator"):
@@ -579,14 +579,15 @@ def test_kairos_plus_checks_and_dominance_keep_the_optimum() -> None:
         bm = _random_model(rng, n_types=4)
         c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
         ex = select_exhaustive(c, CountingEvaluator(bm))
-        plain = select_kairos_plus(c, CountingEvaluator(bm))
+        plain = select_kairos_plus(c, CountingEvaluator(bm), order="bound", budget_share=None)
         ev = CheckingEvaluator(bm)
-        kp = select_kairos_plus(c, ev)
+        kp = select_kairos_plus(c, ev, order="bound", budget_share=None)
         assert kp.qps == ex.qps
         assert kp.n_evals == len(ev.calls) <= plain.n_evals and kp.n_checks == len(ev.checked)
         assert len(set(ev.calls)) == len(ev.calls)  # no configuration searched twice
         # with the identity preorder, dominance is the sub-configuration rule: the same walk
-        same = select_kairos_plus(c, CountingEvaluator(bm), dominates=np.eye(4, dtype=bool))
+        same = select_kairos_plus(c, CountingEvaluator(bm), order="bound", budget_share=None,
+                                  dominates=np.eye(4, dtype=bool))
         assert same.evaluated == plain.evaluated
     # dominance: type 0 dominates type 1 and the evaluator agrees (more of type 0 never lowers QPS)
     configs = np.array([[2, 1], [1, 2], [0, 3]])
@@ -599,6 +600,80 @@ def test_kairos_plus_checks_and_dominance_keep_the_optimum() -> None:
         calls.append(tuple(int(v) for v in x))
         return value[calls[-1]]
 
-    sel = select_kairos_plus(cands, ev2, dominates=np.array([[True, True], [False, True]]))
+    sel = select_kairos_plus(cands, ev2, dominates=np.array([[True, True], [False, True]]), budget_share=None)
     np.testing.assert_array_equal(sel.config, [2, 1])
     assert calls == [(2, 1)]  # (1, 2) and (0, 3) are dominated by (2, 1), though their bounds are above 6
+
+
+def _large_and_small_model(aux_large_miss: float, *, prefer_base: bool) -> BoundModel:
+    """Base and auxiliary; 90% of the queries batch 10 (both meet QoS), 10% batch 100 where the base
+    takes 4.5 ms of the 5 ms QoS (0.5 ms of slack) and the auxiliary's p99 misses QoS: it misses on a
+    share `aux_large_miss` of them without waiting. `prefer_base`: an idle base is the dispatcher's
+    first choice for every batch, else the auxiliary is for batch 10."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0045])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0048])
+    p99 = mean * np.array([[1.0], [1.2]])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.9, 0.1]
+    miss = np.zeros((2, 101))
+    miss[1, 100] = aux_large_miss
+    cost = mean.copy() if prefer_base else np.where(np.arange(101) <= 10, 2.0, 1.0)[None, :] * mean[::-1]
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
+
+
+def test_queue_estimate_counts_large_queries_diverted_to_auxiliaries() -> None:
+    """A large query that would wait past its slack on the one base goes to a free auxiliary, missing
+    there only on that type's no-wait miss share: with many auxiliaries, the fewer the misses, the
+    higher the estimate (the auxiliaries never raise it when they miss every large query)."""
+    configs = np.array([[1, 6]])
+    rates = {m: queue_estimate(configs, _large_and_small_model(m, prefer_base=False))[0] for m in (0.2, 0.6, 1.0)}
+    assert rates[0.2] > rates[0.6] > rates[1.0] > 0
+    off = queue_estimate(configs, _large_and_small_model(0.2, prefer_base=False), diversion=False)[0]
+    assert off == pytest.approx(rates[1.0])
+    assert rates[0.2] <= upper_bound(configs, _large_and_small_model(0.2, prefer_base=False))[0]
+
+
+def test_queue_estimate_loads_a_base_the_dispatcher_prefers() -> None:
+    """When an idle base is the dispatcher's first choice, it takes small queries whenever it is free,
+    and the large ones then wait behind them: one base with six auxiliaries rates lower than when the
+    auxiliaries are preferred for the small queries, and a second base helps more there."""
+    one = np.array([[1, 6]])
+    preferred = queue_estimate(one, _large_and_small_model(1.0, prefer_base=True))[0]
+    not_preferred = queue_estimate(one, _large_and_small_model(1.0, prefer_base=False))[0]
+    assert 0 < preferred < 0.8 * not_preferred
+    two = queue_estimate(np.array([[2, 6]]), _large_and_small_model(1.0, prefer_base=True))[0]
+    assert two > 1.5 * preferred
+    # without dispatch costs the split is the fluid one, as before
+    bm = _large_and_small_model(1.0, prefer_base=True)
+    plain = BoundModel.build(np.asarray(bm.batch_lat_s), np.asarray(bm.batch_lat_s), np.ones(2) / 2, QOS, ("b", "a"))
+    assert plain.band_pref is None
+
+
+def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
+    """With a budget the walk starts at `select_kairos`'s choice, simulates at most
+    max(1, ⌊share·N⌋) configurations, keeps the best evaluated, and says whether it was exact; it walks
+    on past the budget while nothing evaluated serves any rate."""
+    from kairosd.planner import kairos_order
+
+    rng = np.random.default_rng(23)
+    for _ in range(3):
+        bm = _random_model(rng, n_types=4)
+        c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
+        assert int(kairos_order(c)[0]) == int(np.flatnonzero((c.configs == select_kairos(c).config).all(axis=1))[0])
+        ev = CountingEvaluator(bm)
+        kp = select_kairos_plus(c, ev, budget_share=0.1)
+        assert ev.calls[0] == tuple(int(x) for x in select_kairos(c).config)
+        assert kp.n_configs == len(ev.calls) <= max(1, int(0.1 * len(c)))
+        assert kp.qps == max(ev(np.array(x)) for x in set(ev.calls))
+        full = select_kairos_plus(c, CountingEvaluator(bm), budget_share=None)
+        assert full.exact and (kp.exact or kp.n_configs == max(1, int(0.1 * len(c))))
+    configs = np.array([[2, 0], [1, 2], [0, 4]])
+    cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([10.0, 9.0, 8.0]),
+                       np.array([9.0, 8.0, 7.0]))
+    value = {(2, 0): 0.0, (1, 2): 0.0, (0, 4): 3.0}
+    sel = select_kairos_plus(cands, lambda x: value[tuple(int(v) for v in x)], budget_share=0.1)
+    np.testing.assert_array_equal(sel.config, [0, 4])
+    assert sel.n_configs == 3 and sel.exact
+    with pytest.raises(ConfigError, match="budget_share"):
+        select_kairos_plus(cands, lambda x: 1.0, budget_share=0.0)

@@ -229,6 +229,25 @@ def test_max_qps_without_a_bound_finds_the_single_server_limit() -> None:
     assert 0.4 / SERVICE_S < res.qps < 1.0 / SERVICE_S
 
 
+def test_max_qps_bisects_below_its_last_failing_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When every step down from the first guess fails (a fleet far below its bound), the search does
+    not give up at 0: a light load decides, then bisection below the lowest failing rate."""
+    import kairosd.sim as sim_mod
+
+    class _Result:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+    monkeypatch.setattr(sim_mod, "simulate", lambda *a, **k: _Result(a[4] <= 12.0))
+    table = flat_table()
+    stream = poisson_stream(np.full(100, 10), seed=5)
+    cols = fleet_columns(table, ["fast"], [1])
+    res = max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=1.0, stream=stream, ub_qps=60.0)
+    assert res.qps == pytest.approx(12.0, abs=0.6)
+    monkeypatch.setattr(sim_mod, "simulate", lambda *a, **k: _Result(False))
+    assert max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=1.0, stream=stream, ub_qps=60.0).qps == 0.0
+
+
 def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> None:
     setup = workload.sim_setup(wl, "wnd", n_queries=500, seed=3)
     configs = np.array([[1, 0, 2, 0], [1, 1, 0, 1], [0, 0, 5, 0]])
