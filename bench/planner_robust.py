@@ -13,13 +13,18 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     numbers). The optimum is the fleet of highest judged value;
   * the selectors: `kairos` (one shot, no evaluation), `kairos_paper`, `homogeneous` (the best
     single-type fleet by the judge) and `kairos_plus`, which evaluates on streams of its own (seeds
-    apart from the judge's, `--plus-seeds` of them, `--queries` each). Each choice is scored by the
-    judge: ratio = judged value / optimum's; "within spread" = its judged value ≥ the optimum's
-    lowest value over the judge's streams.
-Prints per workload and a summary (min / median ratio per selector, Kairos+ evaluations as a share of
-the configurations, wall time per plan), writes bench/results/planner_robust.json. Simulation results
+    apart from the judge's, `--plus-seeds` of them, `--queries` each, the same streams for every
+    fleet). Each choice is scored by the judge: ratio = judged value / optimum's; "within spread" =
+    its judged value ≥ the optimum's lowest value over the judge's streams.
+Seeds are drawn from `--first-seed` on until `--workloads` of them can be judged; a workload no fleet
+within its budget can serve is recorded under "degenerate" and skipped.
+Kairos+'s cost is counted as the configurations it simulated: searched for their max QPS, or tested
+at one rate (`below`) and dropped, or both; the searches and the tests are also reported apart.
+Prints per workload and a summary (min / median ratio per selector, Kairos+'s simulated share of the
+configurations, wall time per plan), writes bench/results/planner_robust.json. Simulation results
 (judge and Kairos+) are kept in `--cache` (JSON lines), so an interrupted run resumes where it stopped;
-a Kairos+ wall time measured on cached evaluations is marked `from_cache`.
+a Kairos+ wall time measured on cached evaluations is marked `from_cache` (`--plus-fresh`: Kairos+
+simulates afresh while the judge reads the cache).
 
     python bench/planner_robust.py [--workloads 30] [--judge-seeds 3] [--queries 4000] [--workers 2]
     python bench/planner_robust.py --quick      # 2 small workloads, 2 × 1,000 queries: a minute of CPU
@@ -219,7 +224,7 @@ def main() -> int:
     ap.add_argument("--workloads", type=int, default=30)
     ap.add_argument("--first-seed", type=int, default=synth.HELDOUT_SEEDS[0])
     ap.add_argument("--judge-seeds", type=int, default=3)
-    ap.add_argument("--plus-seeds", type=int, default=1)
+    ap.add_argument("--plus-seeds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=4000)
     ap.add_argument("--max-configs", type=int, default=synth.MAX_CONFIGS)
     ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))))

@@ -2,15 +2,17 @@
 
 Core rule (Kairos): rank every configuration the budget allows by an upper bound of the query rate it
 can serve within QoS, computed from latency profiles alone (no online exploration); then either take
-the centre of the top 10 (`kairos_paper`), or walk the ranking evaluating configurations and pruning those
-whose bound cannot beat the best evaluation (`kairos_plus`, the paper's Algorithm 1).
+the centre of the top 10 (`kairos_paper`), or walk the configurations evaluating them and pruning those
+whose bound cannot beat the best evaluation (`kairos_plus`, the paper's Algorithm 1, within a budget
+of simulated configurations).
 Two bounds: `upper_bound` bounds the rate of any dispatcher (LP duality on the fluid model, where an
-auxiliary may specialise in the batches it serves best): it ranks and prunes Kairos+, so Kairos+ is
-exact; `proportional_bound` is the paper's per-type-threshold formula, a bound only for dispatchers
-that feed auxiliaries their small queries in mix proportion: it ranks the paper's `kairos_paper`.
-Beyond the paper: a queue-aware estimate (`queue_estimate`: the proportional split plus an M/G/c
-waiting tail on the base pool) screens fleets for the one-shot `kairos` selector (highest
-`upper_bound` among the queue-safe ones) and can order Kairos+'s walk; pruning stays on the true bound.
+auxiliary may specialise in the batches it serves best): it prunes Kairos+, so a Kairos+ walk that
+ends by pruning is exact; `proportional_bound` is the paper's per-type-threshold formula, a bound only
+for dispatchers that feed auxiliaries their small queries in mix proportion: it ranks `kairos_paper`.
+Beyond the paper: a queue-aware estimate (`queue_estimate`: the proportional split, corrected for the
+Kairos dispatcher's routing, plus an M/G/c waiting tail on the base pool) screens fleets for the
+one-shot `kairos` selector (highest `upper_bound` among the queue-safe ones) and orders Kairos+'s walk
+(`kairos_order`: `kairos`'s choice first); pruning stays on the true bound.
 The evaluator is any callable config → QPS: the simulator (`kairosd.sim.SimEvaluator`) or a live
 measurement; this package never runs one by itself.
 

@@ -1,5 +1,7 @@
 """The queue-aware estimate of a fleet's rate (M/G/c waiting tail on the pool that alone serves large
-queries), used to screen fleets for the one-shot `kairos` selector."""
+queries, with the Kairos dispatcher's preference for an idle base and its diversion of late base
+queries to free auxiliaries), used to screen fleets for the one-shot `kairos` selector and to order
+the Kairos+ walk."""
 
 from __future__ import annotations
 
@@ -56,7 +58,19 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     bound's split — auxiliaries, most permissive threshold first, take small queries up to their
     fluid capacity n_k·Q_k, the base the rest (all large queries and what is left of the small ones)
     — and adds the one queue the fluid model ignores: the base pool, c = n_b servers that alone can
-    serve the large queries, whose QoS slack is small. The base is the present type serving the
+    serve the large queries, whose QoS slack is small. Two corrections follow the Kairos dispatcher
+    rather than the fluid split, each only when `bm` carries what it needs:
+      * preference (`bm.band_pref`, from the dispatcher's idle edge costs): on the small queries for
+        which an idle base costs less than an idle auxiliary, the base takes them whenever one of its
+        instances is free, and the auxiliary gets them only while every base instance is busy
+        (probability C(c, a), which depends on that split: it is iterated, damped, `PREF_ROUNDS`
+        times from "auxiliaries take all"). A preferred base is busier, and its large queries wait
+        behind small ones.
+      * diversion (`diversion=True`): a base query whose wait would exceed its slack is sent to an
+        auxiliary if one is free; it then misses QoS with that auxiliary's no-wait miss share of its
+        band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
+        instance of that auxiliary is busy (Erlang C of its load y_k/Q_k). The waiting term below is
+        multiplied, per band, by the smallest such share over the present auxiliaries. The base is the present type serving the
     largest share of the mix within QoS (`base_types`). Rule: λ is admissible when the base pool is
     stable and the queries that miss QoS are ≤ ε·λ (ε = 1%, the p99 target). Misses: those that miss
     without waiting — on the base Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share
@@ -71,9 +85,9 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     With the 0/1 table, a base covering 99.1% of the mix leaves 0.1% for waits. The estimate is the
     largest such λ in [0, UB] (`upper_bound`), by bisection (vectorised over configurations; the
     exp-sums are tabulated per band of equal eligibility on a θ grid at `BoundModel.build`, so one
-    step is O(configurations × bands)). Auxiliaries' own queues are not modelled: the dispatcher
-    sends a query to an auxiliary only when it still meets QoS there, otherwise to the base, so their
-    congestion shows up as base load.
+    step is O(configurations × bands)). Auxiliaries' own queues are not modelled beyond the
+    busy probability above: the dispatcher sends a query to an auxiliary only when it still meets
+    QoS there, otherwise to the base, so their congestion shows up as base load.
 
     Worked example (unit tests): one base type, every query batch 100, L = 3 ms (deterministic:
     C_s² = 0), QoS 5 ms → slack t = 2 ms, 1 instance (C = ρ = λ·3 ms, θ = 2·(333.3 − λ)/s):

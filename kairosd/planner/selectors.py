@@ -19,7 +19,6 @@ TOP_K = 10
 QUEUE_TOLERANCE = 0.15
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
-PLUS_EXPECT = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +211,7 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np
 
 def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
                        dominates: np.ndarray | None = None, budget_share: float | None = PLUS_BUDGET_SHARE,
-                       tolerance: float = QUEUE_TOLERANCE, expect: bool = PLUS_EXPECT) -> Selection:
+                       tolerance: float = QUEUE_TOLERANCE) -> Selection:
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
@@ -227,6 +226,11 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     best: with `order="kairos"` (`kairos_order`), the one-shot `kairos` choice first, then the
     queue-safe configurations by bound, then the others by estimate. So Kairos+ never returns a
     fleet that its own evaluation puts below `kairos`'s choice.
+
+    Noise: when the evaluator also offers `values(config) -> per-stream QPS` (several simulated
+    streams, the same for every configuration, e.g. `kairosd.sim.SeedsEvaluator`), a configuration
+    replaces the best so far only if it is at least as good on every stream and better on average;
+    otherwise the one earlier in the walk stays (pruning uses the highest mean evaluated).
 
     Two further prunings, each under the same assumptions as the sub-configuration rule:
       * `dominates[a, b]` (bool[K, K], e.g. `type_dominance`): type a serves every batch at least as
@@ -256,31 +260,36 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         walk = cands.ranked()
     limit = len(cands) if budget_share is None else max(1, int(np.floor(budget_share * len(cands) + 1e-9)))
     below = getattr(evaluator, "below", None)
+    per_stream = getattr(evaluator, "values", None)
     dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)
     alive = np.ones(len(cands), dtype=bool)
-    expected_alive = np.ones(len(cands), dtype=bool)
-    best_qps, best_row, checks, simulated = 0.0, -1, 0, 0
+    best_qps, best_row, checks, simulated, top_qps = 0.0, -1, 0, 0, 0.0
+    best_vec: np.ndarray | None = None
     evaluated: list[tuple[tuple[int, ...], float]] = []
     for row in walk:
-        if not (alive[row] and expected_alive[row]):
+        if not alive[row]:
             continue
         if simulated >= limit and best_qps > 0:
             break
         simulated += 1
         x = cands.configs[row]
         alive[row] = False
-        if best_row >= 0 and best_qps > 0 and callable(below):
+        if best_row >= 0 and top_qps > 0 and callable(below):
             checks += 1
-            if below(x, best_qps):
+            if below(x, top_qps):
                 continue
         qps = float(_evaluate_many(evaluator, x[None, :])[0])
+        vec = np.asarray(per_stream(x), dtype=float) if callable(per_stream) else None
         evaluated.append((_key(x), qps))
-        if best_row < 0 or qps > best_qps:
-            best_qps, best_row = qps, int(row)
-        alive &= cands.ub_qps > best_qps
+        # a fleet later in the walk replaces the incumbent only when it is better on every stream
+        # (paired: the streams are the same for every fleet); a higher mean from some streams alone
+        # is within the evaluation's noise, and the walk's order breaks the tie
+        clearly = vec is None or best_vec is None or len(vec) != len(best_vec) or bool(np.all(vec >= best_vec))
+        if best_row < 0 or (qps > best_qps and clearly):
+            best_qps, best_row, best_vec = qps, int(row), vec
+        top_qps = max(top_qps, qps)
+        alive &= cands.ub_qps > top_qps
         alive &= ~dominated_by(cands.configs, x, dom)
-        if expect and cands.est_qps is not None:
-            expected_alive &= cands.est_qps > best_qps
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
                      tuple(evaluated), checks, simulated, exact=not alive.any())
 

@@ -677,3 +677,28 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
     assert sel.n_configs == 3 and sel.exact
     with pytest.raises(ConfigError, match="budget_share"):
         select_kairos_plus(cands, lambda x: 1.0, budget_share=0.0)
+
+
+def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
+    """With per-stream values (common random numbers), a later fleet with a higher mean from some
+    streams only does not replace the earlier one; one better on every stream does."""
+    configs = np.array([[2, 0], [1, 2], [0, 4]])
+    cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([10.0, 9.0, 8.0]),
+                       np.array([9.0, 8.0, 7.0]))
+
+    class PairedEvaluator:
+        def __init__(self, table: dict[tuple[int, ...], list[float]]) -> None:
+            self.table = table
+
+        def values(self, x: np.ndarray) -> np.ndarray:
+            return np.array(self.table[tuple(int(v) for v in x)])
+
+        def __call__(self, x: np.ndarray) -> float:
+            return float(self.values(x).mean())
+
+    noisy = PairedEvaluator({(2, 0): [5.0, 6.0, 7.0], (1, 2): [4.5, 7.0, 7.3], (0, 4): [1.0, 1.0, 1.0]})
+    sel = select_kairos_plus(cands, noisy, budget_share=None)
+    np.testing.assert_array_equal(sel.config, [2, 0])
+    assert sel.qps == pytest.approx(6.0)
+    clear = PairedEvaluator({(2, 0): [5.0, 6.0, 7.0], (1, 2): [5.5, 6.0, 7.3], (0, 4): [1.0, 1.0, 1.0]})
+    np.testing.assert_array_equal(select_kairos_plus(cands, clear, budget_share=None).config, [1, 2])
