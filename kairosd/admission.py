@@ -162,6 +162,7 @@ def _retry(wait_s: float) -> float:
 # queries refused for it would never produce the answers that correct it
 FEEDBACK_WEIGHT = 0.1
 FEEDBACK_FADE_S = 1.0
+MAD_PER_SD = math.sqrt(2.0 / math.pi)  # a normal spread's mean absolute deviation per standard deviation
 
 
 class Feedback:
@@ -169,29 +170,33 @@ class Feedback:
     admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
     profile's mean service time, after the residual of a slot it was pipelined to), each an
     exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
-    end (`hop_guard`). Each sample is clipped to ±`clip_s` (the query's QoS target: one frozen instance
-    moves the averages by a bounded step), and both corrections fade with the time since the last
-    answer (`FEEDBACK_FADE_S`)."""
+    end (`hop_guard`). The kairos matching's reserve takes the hop's own high end (`hop_margin`): the
+    samples' spread less the service time's own (known from the profile's mean and p99), which the
+    matching's p99 feasibility already covers. Each sample is clipped to ±`clip_s` (the
+    query's QoS target: one frozen instance moves the averages by a bounded step), and both corrections
+    fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
-    __slots__ = ("_lag", "_hop", "_dev", "_at")
+    __slots__ = ("_lag", "_hop", "_dev", "_svc_var", "_at")
 
     def __init__(self) -> None:
-        self._lag = self._hop = self._dev = 0.0
+        self._lag = self._hop = self._dev = self._svc_var = 0.0
         self._at = 0.0
 
-    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
-        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
-        and its hop."""
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float, svc_var_s2: float = 0.0) -> None:
+        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's),
+        its hop, and the variance of its service time (from the profile) that the hop sample carries."""
         fade = self._fade(now)
         self._lag *= fade
         self._hop *= fade
         self._dev *= fade
+        self._svc_var *= fade * fade
         self._at = now
         w = FEEDBACK_WEIGHT
         if lag_s is not None:
             self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
         hop = min(max(hop_s, -clip_s), clip_s)
         self._dev += w * (abs(hop - self._hop) - self._dev)
+        self._svc_var += w * (svc_var_s2 - self._svc_var)
         self._hop += w * (hop - self._hop)
 
     def _fade(self, now: float) -> float:
@@ -206,3 +211,11 @@ class Feedback:
     def hop_guard(self, now: float) -> float:
         """The hop at its high end (mean + 3 deviations, at least 0), added to a best service time."""
         return max(self._hop + 3.0 * self._dev, 0.0) * self._fade(now)
+
+    def hop_margin(self, now: float) -> float:
+        """The hop's own high end: mean + 3 standard deviations of the hop alone, at least 0. The samples'
+        σ comes from their mean absolute deviation (σ = MAD / √(2/π) for a normal spread: linear in each
+        sample, so one stall moves it by a bounded step), the service time's variance subtracted."""
+        sd_all = self._dev / MAD_PER_SD
+        sd = math.sqrt(max(sd_all * sd_all - self._svc_var, 0.0))
+        return max(self._hop + 3.0 * sd, 0.0) * self._fade(now)

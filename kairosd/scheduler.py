@@ -88,6 +88,8 @@ class QueryObserver(Protocol):
 
 
 MARGIN_STEP_S = 2e-4  # the matching's margin follows the measured hop in steps of at least this
+MARGIN_CAP_QOS = 0.25  # the matching's measured reserve is at most this share of the smallest QoS target
+Z99 = 2.326  # the standard normal's 99th percentile: a service time's σ ≈ (p99 − mean) / Z99
 
 
 class _Retry(Exception):
@@ -134,6 +136,7 @@ class Scheduler:
         self.config = config
         self.qos_s = dict(qos_s)
         self.model_idx = {m: profiles.model_index(m) for m in qos_s}
+        self._qos_min_s = min(qos_s.values(), default=1.0)
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._p99_s: list[list[list[float]]] = profiles.p99_s.tolist()
@@ -479,22 +482,26 @@ class Scheduler:
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        hop = end_s - expected_finish_s
-        self.feedback.answered(end_s, lag, hop, q.qos_s)
+        b = min(q.batch, self._top_batch)
+        # the service time's own spread, which the hop sample carries: σ ≈ (p99 − mean) / 2.33
+        sd = (self._p99_s[q.model_idx][inst.type_idx][b] - self._mean_s[q.model_idx][inst.type_idx][b]) / Z99
+        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, sd * sd)
         self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
 
     def _adapt_margin(self, now: float) -> None:
         """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy): the
-        configured `margin_ms`, or twice the measured hop (mean) when larger — the hop to an instance and
-        back, and the client's to kairosd and back, which is of the same kind. The mean, not the high
-        end: the measured hop's deviation is mostly the service time's own, which the matching's p99
-        feasibility already covers. Changed in steps of at least 0.2 ms (the cached single-query
-        decisions depend on it and are dropped then)."""
+        configured `margin_ms`, or twice the measured hop at its own high end (`Feedback.hop_margin`: the
+        service time's spread, which the matching's p99 feasibility already covers, taken out) when
+        larger — the hop to an instance and back, and the client's to kairosd and back, which is of the
+        same kind — up to a quarter of the smallest QoS target (`MARGIN_CAP_QOS`): past that the head is
+        stalled or overloaded, and a larger reserve would only turn feasible edges into late ones and
+        queue the fleet's work on its fastest type. Changed in steps of at least 0.2 ms (the cached
+        single-query decisions depend on it and are dropped then)."""
         if not hasattr(self.policy, "margin_s"):
             return
-        margin = max(self.config.margin_ms / 1e3, 2.0 * self.feedback.hop(now))
+        margin = max(self.config.margin_ms / 1e3, min(2.0 * self.feedback.hop_margin(now), MARGIN_CAP_QOS * self._qos_min_s))
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
             self._fresh = FreshRounds()
@@ -511,6 +518,7 @@ class Scheduler:
             raise ValueError(f"reconfigure cannot change the served models ({sorted(self.qos_s)} → {sorted(qos_s)})")
         self.policy = policy
         self.qos_s = dict(qos_s)
+        self._qos_min_s = min(self.qos_s.values(), default=1.0)
         self.config = config
         self._fresh = FreshRounds()
         self._stateless_policy = policy.name in STATELESS_POLICIES

@@ -103,3 +103,20 @@ def test_an_idle_fleet_admits_even_a_query_it_expects_late() -> None:
     kw = dict(mode="qos", now=0.0, target=0.005, fastest_s=0.010, rate=100.0, limit=10, size=1, max_bytes=100)
     assert admission.admit(ahead=Ahead(0.0, 0.0, 0, 0), lag_s=0.003, **kw) is None
     assert admission.admit(ahead=Ahead(0.001, 0.0, 1, 0), **kw) is not None
+
+
+def test_hop_margin_takes_the_service_times_own_spread_out() -> None:
+    """Samples = a 2 ms hop + the service time's noise (σ 3 ms, which the profile's p99 announces): the
+    matching's margin is near the hop alone, while `hop_guard` (admission's) carries the service noise;
+    a hop that itself varies (σ 1 ms more) raises the margin by about 3σ."""
+    rng = np.random.default_rng(0)
+    svc_sd, hop = 0.003, 0.002
+    fb = admission.Feedback()
+    for x in hop + rng.normal(0.0, svc_sd, 4000):
+        fb.answered(10.0, None, float(x), 1.0, svc_sd**2)
+    assert abs(fb.hop(10.0) - hop) < 0.002
+    assert fb.hop_margin(10.0) < hop + 0.003 < fb.hop_guard(10.0)
+    noisy = admission.Feedback()
+    for x in hop + rng.normal(0.0, svc_sd, 4000) + rng.normal(0.0, 0.001, 4000):
+        noisy.answered(10.0, None, float(x), 1.0, svc_sd**2)
+    assert noisy.hop_margin(10.0) > fb.hop_margin(10.0) + 0.001
