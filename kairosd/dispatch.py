@@ -19,10 +19,12 @@ Three rules beyond the paper (all on by default, measured together in bench/disp
   slow instance on which it will certainly miss QoS and which it would keep busy for a long time.
 - tiers: an edge infeasible on p99 but within QoS on the mean pays the penalty once, one that misses
   QoS even on the mean pays it twice; so a query that cannot make QoS with p99 certainty goes where
-  it still makes it on average, rather than to the cheapest column. Among edges that miss even on the
-  mean the cost is the expected finish time T_j + L_ij (no coefficient): a query late everywhere goes
-  where it is least late (and waits for that instance if it is busy), not to the cheapest slow one,
-  which it would keep busy long past its QoS.
+  it still makes it on average, rather than to the cheapest column. Between the two, an edge that
+  misses on the mean only because of the margin (on time without it) pays the penalty 1.5 times plus
+  its expected finish T_j + L_ij (no coefficient): such a query goes where it is least late (waiting
+  for that instance if it is busy), since the margin is a reserve, not a certainty; a query that
+  misses QoS on the mean everywhere even without the margin is a sure miss, served on the cheapest
+  column, where it costs the fleet least. With margin 0 the middle tier is empty.
 
 Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
 the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
@@ -196,7 +198,7 @@ class KairosPolicy:
                 if ck[t][b] > budget:
                     c += penalty
                     if tiers and mn[t][b] > budget:
-                        c = 2.0 * penalty + mn[t][b]
+                        c = 1.5 * penalty + mn[t][b] if mn[t][b] <= budget + self.margin_s else c + penalty
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
@@ -206,7 +208,7 @@ class KairosPolicy:
     def cost_matrix(self, snap: Snapshot, rows: int, busy_s: np.ndarray | None = None) -> np.ndarray:
         """Edge costs of the oldest `rows` queries × all columns (busy times `busy_s`, by default the
         snapshot's); a feasible edge costs less than `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one
-        at least that (twice that: missed on the mean too)."""
+        at least that (1.5 times that: missed on the mean within the margin; twice: missed on the mean)."""
         busy = snap.i_busy_s if busy_s is None else busy_s
         return self._slot_costs(snap, rows, busy[None, :], _service(self.mean, snap, rows))
 
@@ -224,10 +226,11 @@ class KairosPolicy:
             cost = cost + infeasible * penalty
             if self.tiers:
                 finish = start + svc_mean[:, None, :]
-                hopeless = finish > budget
-                # missed even on the mean: the penalty twice, and the expected finish time in place of
-                # C_j·(T_j + L_ij), so that a query late everywhere goes where it is least late
-                cost = np.where(hopeless, 2.0 * penalty + finish, cost)
+                late = finish > budget
+                # missed on the mean only within the margin (on time without it): the expected finish in
+                # place of C_j·(T_j + L_ij), so the query goes where it is least late
+                within = late & (finish <= snap.q_qos_s[:rows, None, None])
+                cost = np.where(within, 1.5 * penalty + finish, cost + late * penalty)
         return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:
