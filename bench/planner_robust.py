@@ -254,7 +254,7 @@ def main() -> int:
         r = bench_workload(seed, args, cache)
         seed += 1
         if "degenerate" in r:
-            print(f"{seed:5d} {r['model']:6} skipped: {r['degenerate']}", flush=True)
+            print(f"{r['seed']:5d} {r['model']:6} skipped: {r['degenerate']}", flush=True)
             degenerate.append(r)
             continue
         print_row(r)
