@@ -70,9 +70,10 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         auxiliary if one is free; it then misses QoS with that auxiliary's no-wait miss share of its
         band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
         instance of that auxiliary is busy (Erlang C of its load y_k/Q_k). The waiting term below is
-        multiplied, per band, by the smallest such share over the present auxiliaries. The base is the present type serving the
-    largest share of the mix within QoS (`base_types`). Rule: λ is admissible when the base pool is
-    stable and the queries that miss QoS are ≤ ε·λ (ε = 1%, the p99 target). Misses: those that miss
+        multiplied, per band, by the smallest such share over the present auxiliaries.
+    The base is the present type serving the largest share of the mix within QoS (`base_types`).
+    Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
+    (ε = 1%, the p99 target). Misses: those that miss
     without waiting — on the base Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share
     times its rate y_k (from the measured samples, or 0/1 from the feasibility table) — and base
     queries whose wait exceeds their slack, with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
@@ -123,7 +124,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         lo, hi = np.zeros(len(rows)), ub[rows].copy()
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
-            ok = _admissible(mid, j=j, n_b=n_b, s=s, aux=aux, y_cap=y_cap, band_small=band_small,
+            ok = _admissible(mid, j=j, n_b=n_b, aux=aux, y_cap=y_cap, band_small=band_small,
                              p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
                              qos=qos, eps=eps, divert=divert, small_rate=bm.small_rate_qps,
                              pref=bm.band_pref[j] if bm.band_pref is not None else None)
@@ -134,7 +135,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
 
 
 def _admissible(
-    lam: np.ndarray, *, j: int, n_b: np.ndarray, s: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
+    lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
     band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
     small_miss: np.ndarray, qos: float, eps: float,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None, small_rate: np.ndarray | None = None,
