@@ -125,11 +125,10 @@ def select_kairos_paper(cands: Candidates, evaluator: Evaluator | None = None, *
     """The paper's Kairos: the top-k configurations by the paper's bound (`proportional_bound`, per-type
     thresholds), then the one closest (Euclidean, in counts) to their centre.
 
-    Why the paper's formula rather than `upper_bound`: this selector is the paper's rule, and on the
-    planner benchmark's 15 cases the two rank it about equally (replayed: median 0.88 vs 0.87 of the
-    optimum; the committed run with the paper's bound: median 0.894, min 0.491),
-    while the true bound's top 10 can hold edge fleets such as rm2's 1×c5n.2xlarge + 13×r5n.large,
-    feasible in the fluid model (c5n covers 99.1% of the mix) yet failing p99 at every simulated rate."""
+    Why the paper's formula rather than `upper_bound`: this selector is the paper's rule (the planner
+    benchmark ranks the two about equally, bench/results/planner.json), while the true bound's top 10
+    can hold edge fleets such as rm2's 1×c5n.2xlarge + 13×r5n.large, feasible in the fluid model (c5n
+    covers nearly all of the mix) yet failing p99 at every simulated rate."""
     if len(cands) == 0:
         raise ConfigError("no configuration fits the budget")
     top = cands.ranked_by_paper_bound()[: max(1, top_k)]
@@ -148,15 +147,14 @@ def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tole
     (ties: higher estimate, cheaper).
 
     Why both signals: the estimate removes fleets the fluid bound overrates because their base pool
-    queues (e.g. one g4dn.xlarge for mtwnd/dien: estimate ≈ 0.5·bound, simulated ≈ 0.45·bound),
-    but it is pessimistic for a single base with many auxiliaries when the dispatcher lets those
-    take large queries that just miss their p99 threshold (ncf, rm2 at 2.5–3.5 $/h: top-1 by
-    estimate reached 0.87 and 0.95 of the optimum). Among queue-safe fleets the fluid bound ranks
-    well. Which bound: `upper_bound` (the LP-dual bound, `ub_qps`). Replayed on the planner
-    benchmark's exhaustive sweeps (15 model × budget cases, planner on the simulated stream's mix):
-    worst case over the cases 0.990 of the optimum at every tolerance from 0.05 to 0.25 (0.814 at
-    0.30); with the paper's proportional bound in its place 0.870 at 0.15-0.25 (wnd 3.5 $/h, where it
-    underrates 2×g4dn.xlarge + 16×r5n.large).
+    queues (e.g. one g4dn.xlarge for mtwnd/dien, which the estimate and the simulator both put near
+    half the bound), but it can be pessimistic for a single base with many auxiliaries when the
+    dispatcher lets those take large queries that just miss their p99 threshold. Among queue-safe
+    fleets the fluid bound ranks well. Which bound: `upper_bound` (the LP-dual bound, `ub_qps`); the
+    paper's proportional bound in its place underrates fleets such as wnd's 2×g4dn.xlarge +
+    16×r5n.large at 3.5 $/h. The tolerance was chosen on the planner benchmark's exhaustive sweeps,
+    where the worst case is flat across tolerances 0.05–0.25 (bench/results/planner.json,
+    bench/results/planner_robust.json).
     """
     if len(cands) == 0:
         raise ConfigError("no configuration fits the budget")
