@@ -140,6 +140,9 @@ class Scheduler:
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._p99_s: list[list[list[float]]] = profiles.p99_s.tolist()
+        # the service time's own variance [model][type][batch], σ ≈ (p99 − mean) / Z99: what a hop sample
+        # carries besides the hop (`Feedback.hop_margin` takes it out)
+        self._svc_var_s2: list[list[list[float]]] = (((profiles.p99_s - profiles.mean_s) / Z99) ** 2).tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
         self._fresh = FreshRounds()
         self._stateless_policy = policy.name in STATELESS_POLICIES
@@ -482,10 +485,8 @@ class Scheduler:
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        b = min(q.batch, self._top_batch)
-        # the service time's own spread, which the hop sample carries: σ ≈ (p99 − mean) / 2.33
-        sd = (self._p99_s[q.model_idx][inst.type_idx][b] - self._mean_s[q.model_idx][inst.type_idx][b]) / Z99
-        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, sd * sd)
+        svc_var = self._svc_var_s2[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
+        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, svc_var)
         self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)

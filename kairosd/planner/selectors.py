@@ -162,10 +162,7 @@ def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tole
         raise ConfigError(
             "selector 'kairos' needs candidates with the queue-aware estimate (make_candidates(..., estimate=True))"
         )
-    est = cands.est_qps
-    safe = est >= (1.0 - tolerance) * est.max()
-    order = np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -est, -np.where(safe, cands.ub_qps, -np.inf)))
-    best = int(order[0])
+    best = int(kairos_order(cands, tolerance=tolerance)[0])
     config = cands.configs[best]
     qps = float(evaluator(config)) if evaluator is not None else None
     evaluated = ((_key(config), qps),) if qps is not None else ()
