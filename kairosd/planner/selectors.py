@@ -204,13 +204,22 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np
     return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
 
 
+def plus_limit(n_configs: int, budget_share: float) -> int:
+    """How many configurations Kairos+ may simulate out of `n_configs`: ⌊share·N⌋, at least one, and at
+    least two while two stay within twice the share (N ≥ 10 at 10 %): one evaluation alone cannot
+    overrule the one-shot choice, the second fleet in the walk is its only check. E.g. share 0.1:
+    N = 9 → 1, N = 18 → 2, N = 29 → 2, N = 30 → 3."""
+    share = int(np.floor(budget_share * n_configs + 1e-9))
+    return max(1, share, min(2, int(np.floor(2.0 * budget_share * n_configs + 1e-9))))
+
+
 def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
                        dominates: np.ndarray | None = None, budget_share: float | None = PLUS_BUDGET_SHARE,
                        tolerance: float = QUEUE_TOLERANCE) -> Selection:
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
-    simulates at most `budget_share` of the configurations (at least one; `None`: no limit).
+    simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit).
 
     Exactness: the pruning rules are exact if the bound really bounds the evaluator and adding
     instances never lowers QPS (`upper_bound` bounds the fluid model of every dispatcher). When the
@@ -253,7 +262,7 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         walk = cands.ranked_by_estimate()
     else:
         walk = cands.ranked()
-    limit = len(cands) if budget_share is None else max(1, int(np.floor(budget_share * len(cands) + 1e-9)))
+    limit = len(cands) if budget_share is None else plus_limit(len(cands), budget_share)
     below = getattr(evaluator, "below", None)
     per_stream = getattr(evaluator, "values", None)
     dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)

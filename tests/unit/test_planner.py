@@ -23,6 +23,7 @@ from kairosd.planner import (
     fluid_bound,
     homogeneous_configs,
     make_candidates,
+    plus_limit,
     proportional_bound,
     queue_estimate,
     select,
@@ -651,8 +652,8 @@ def test_queue_estimate_loads_a_base_the_dispatcher_prefers() -> None:
 
 
 def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
-    """With a budget the walk starts at `select_kairos`'s choice, simulates at most
-    max(1, ⌊share·N⌋) configurations, keeps the best evaluated, and says whether it was exact; it walks
+    """With a budget the walk starts at `select_kairos`'s choice, simulates at most `plus_limit`
+    configurations, keeps the best evaluated, and says whether it was exact; it walks
     on past the budget while nothing evaluated serves any rate."""
     from kairosd.planner import kairos_order
 
@@ -664,10 +665,10 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
         ev = CountingEvaluator(bm)
         kp = select_kairos_plus(c, ev, budget_share=0.1)
         assert ev.calls[0] == tuple(int(x) for x in select_kairos(c).config)
-        assert kp.n_configs == len(ev.calls) <= max(1, int(0.1 * len(c)))
+        assert kp.n_configs == len(ev.calls) <= plus_limit(len(c), 0.1)
         assert kp.qps == max(ev(np.array(x)) for x in set(ev.calls))
         full = select_kairos_plus(c, CountingEvaluator(bm), budget_share=None)
-        assert full.exact and (kp.exact or kp.n_configs == max(1, int(0.1 * len(c))))
+        assert full.exact and (kp.exact or kp.n_configs == plus_limit(len(c), 0.1))
     configs = np.array([[2, 0], [1, 2], [0, 4]])
     cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([10.0, 9.0, 8.0]),
                        np.array([9.0, 8.0, 7.0]))
@@ -677,6 +678,12 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
     assert sel.n_configs == 3 and sel.exact
     with pytest.raises(ConfigError, match="budget_share"):
         select_kairos_plus(cands, lambda x: 1.0, budget_share=0.0)
+
+
+def test_plus_limit_lets_a_second_fleet_check_the_first() -> None:
+    """⌊share·N⌋ and at least one; two while two stay within twice the share."""
+    assert [plus_limit(n, 0.1) for n in (1, 5, 9, 10, 18, 29, 30, 45)] == [1, 1, 1, 2, 2, 2, 3, 4]
+    assert plus_limit(18, 0.2) == 3 and plus_limit(4, 1.0) == 4
 
 
 def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
