@@ -69,6 +69,10 @@ class BoundModel:
     band_pref           [j, k, g]: the share of band g (by probability) on which an idle type-j instance
                         costs the dispatcher no more than an idle type-k one (`dispatch_cost`), so that
                         it takes those queries whenever it is free (None: not modelled)
+    band_hold           [j, k, g]: how long the dispatcher lets a band-g query wait for a busy type-k
+                        instance rather than send it to an idle type-j one (C_k·(T + L_k) ≤ C_j·L_j, at
+                        most k's slack QoS − its feasibility latency; 0 where k costs more), averaged
+                        over the band by probability (None: not modelled)
     """
 
     types: tuple[str, ...]
@@ -93,6 +97,7 @@ class BoundModel:
     batch_miss: np.ndarray | None = None
     slack: float = QOS_SLACK
     band_pref: np.ndarray | None = None
+    band_hold: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
     _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
@@ -164,7 +169,7 @@ class BoundModel:
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
-        band_pref = None
+        band_pref = band_hold = None
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
             prefer = dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9)  # [j, k, support batch]
@@ -172,6 +177,17 @@ class BoundModel:
                 band_pref = np.stack([np.stack([np.bincount(band_of, weights=p_s * prefer[j, k], minlength=n_bands)
                                                 for k in range(len(mean_s))]) for j in range(len(mean_s))])
                 band_pref = np.where(band_p > 0, band_pref / band_p, 0.0)
+                # how long the dispatcher lets a query wait for a busy type-k instance rather than take
+                # an idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k),
+                # and no longer than k's slack (QoS − its feasibility latency)
+                slack_k = np.maximum(qos_s - feas_s, 0.0)  # [k, support batch]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    gap = (dc[:, None, :] - dc[None, :, :]) * mean_sup[None, :, :]  # [j, k, b]
+                    hold = np.where(dc[None, :, :] > 0, gap / dc[None, :, :], 0.0)
+                hold = np.clip(hold, 0.0, slack_k[None, :, :])
+                band_hold = np.stack([np.stack([np.bincount(band_of, weights=p_s * hold[j, k], minlength=n_bands)
+                                                for k in range(len(mean_s))]) for j in range(len(mean_s))])
+                band_hold = np.where(band_p > 0, band_hold / band_p, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             small_miss = np.where(coverage > 0, (miss * small * pmf).sum(axis=1) / coverage, 0.0)
         return BoundModel(
@@ -197,6 +213,7 @@ class BoundModel:
             batch_miss=miss[:, support_idx],
             slack=float(slack),
             band_pref=band_pref,
+            band_hold=band_hold,
         )
 
     @staticmethod

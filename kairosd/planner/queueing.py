@@ -19,17 +19,27 @@ QUEUE_BISECT_STEPS = 40
 PREF_ROUNDS = 6
 
 
-def erlang_c(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """P(wait > 0) in M/M/c with c = `servers` and offered load a = `load` Erlangs (1 when a ≥ c), vectorised.
-
-    Erlang B by its recursion B_k = a·B_{k−1}/(k + a·B_{k−1}), then C = B/(1 − ρ(1 − B)), ρ = a/c.
-    E.g. c = 1: C = ρ; c = 2, a = 1: B = 0.2, C = 0.2/(1 − 0.5·0.8) = 1/3.
-    """
+def erlang_b(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """P(all busy) seen by an arrival in M/M/c/c (c = `servers`, a = `load` Erlangs), vectorised: the
+    share of an offered stream that overflows a pool with no queue. B_0 = 1, B_k = a·B_{k−1}/(k + a·B_{k−1}).
+    E.g. c = 1: B = a/(1 + a); c = 2, a = 1: B = 0.2."""
     c = np.asarray(servers, dtype=float)
     a = np.asarray(load, dtype=float)
     b = np.ones(np.broadcast(c, a).shape)
     for k in range(1, int(np.max(c, initial=0)) + 1):
         b = np.where(k <= c, a * b / (k + a * b), b)
+    return b
+
+
+def erlang_c(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
+    """P(wait > 0) in M/M/c with c = `servers` and offered load a = `load` Erlangs (1 when a ≥ c), vectorised.
+
+    From Erlang B (`erlang_b`): C = B/(1 − ρ(1 − B)), ρ = a/c.
+    E.g. c = 1: C = ρ; c = 2, a = 1: B = 0.2, C = 0.2/(1 − 0.5·0.8) = 1/3.
+    """
+    c = np.asarray(servers, dtype=float)
+    a = np.asarray(load, dtype=float)
+    b = erlang_b(c, a)
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where(c > 0, a / c, np.inf)
         out = b / (1.0 - rho * (1.0 - b))
@@ -54,41 +64,47 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
                    diversion: bool = True) -> np.ndarray:
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
-    Not a bound (never prune with it): a ranking signal for one-shot selection. It keeps the fluid
-    bound's split — auxiliaries, most permissive threshold first, take small queries up to their
-    fluid capacity n_k·Q_k, the base the rest (all large queries and what is left of the small ones)
-    — and adds the one queue the fluid model ignores: the base pool, c = n_b servers that alone can
-    serve the large queries, whose QoS slack is small. Two corrections follow the Kairos dispatcher
-    rather than the fluid split, each only when `bm` carries what it needs:
+    Not a bound (never prune with it): a ranking signal for one-shot selection. The base is the present
+    type serving the largest share of the mix within QoS (`base_types`); auxiliaries, most permissive
+    threshold first, take the small queries (b ≤ B_k) offered to them, the base the rest. The split and
+    the waits follow the Kairos dispatcher, each part only when `bm` carries what it needs:
       * preference (`bm.band_pref`, from the dispatcher's idle edge costs): on the small queries for
         which an idle base costs less than an idle auxiliary, the base takes them whenever one of its
         instances is free, and the auxiliary gets them only while every base instance is busy
-        (probability C(c, a), which depends on that split: it is iterated, damped, `PREF_ROUNDS`
-        times from "auxiliaries take all"). A preferred base is busier, and its large queries wait
-        behind small ones.
-      * diversion (`diversion=True`): a base query whose wait would exceed its slack is sent to an
+        (probability C(c, a), which depends on the split: iterated, damped, `PREF_ROUNDS` times from
+        "auxiliaries take all").
+      * overflow: of what is offered to auxiliary k (load a_k = offered/Q_k on n_k instances), the
+        share that finds every instance of k busy (Erlang B) goes to the base when a base instance
+        is free, unless the dispatcher holds it for k (`bm.band_hold`: the wait at which a busy k
+        stops being cheaper than an idle base, C_k·(T + L_k) ≤ C_b·L_b, at most k's slack): then only
+        what would wait longer than the hold, B·exp(−(n_k − a_k)·Q_k·hold). The rest stays with k, up
+        to its capacity n_k·Q_k.
+      * priority: bands no present auxiliary can take ("must" queries) wait for the base alone; the
+        base takes the other bands' queries only when free, so a must query waits when every base
+        instance is busy (Erlang C of the whole base load) and its wait drains at the capacity the
+        must load leaves (the decay θ below from the must load only).
+      * diversion (`diversion=True`): a must query whose wait would exceed its slack is sent to an
         auxiliary if one is free; it then misses QoS with that auxiliary's no-wait miss share of its
         band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
-        instance of that auxiliary is busy (Erlang C of its load y_k/Q_k). The waiting term below is
-        multiplied, per band, by the smallest such share over the present auxiliaries.
-    The base is the present type serving the largest share of the mix within QoS (`base_types`).
+        instance of that auxiliary is busy (Erlang C of its load y_k/Q_k).
+      * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
+        can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
+        load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
+        (a query late for its auxiliary goes to a free base).
     Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
-    (ε = 1%, the p99 target). Misses: those that miss
-    without waiting — on the base Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share
-    times its rate y_k (from the measured samples, or 0/1 from the feasibility table) — and base
-    queries whose wait exceeds their slack, with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
-        P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (c·μ − λ_b)·2/(1 + C_s²),
-    λ_b the base's arrival rate, 1/μ = E[S] its mean service time over the batches it serves,
-    a = λ_b/μ, C_s² the squared coefficient of variation of that service time (across batches, and
-    within a batch when `bm` has the samples' `svc_cv2`), t = QoS − L_b(b) per batch (the feasibility
-    latency where it meets QoS, else the mean), counted on the queries that do not miss anyway:
-        Σ_b λ_b(b)·miss_b(b) + Σ_k y_k·miss_k + Σ_b λ_b(b)·(1 − miss_b(b))·C·exp(−θ·t(b)) ≤ ε·λ.
-    With the 0/1 table, a base covering 99.1% of the mix leaves 0.1% for waits. The estimate is the
-    largest such λ in [0, UB] (`upper_bound`), by bisection (vectorised over configurations; the
-    exp-sums are tabulated per band of equal eligibility on a θ grid at `BoundModel.build`, so one
-    step is O(configurations × bands)). Auxiliaries' own queues are not modelled beyond the
-    busy probability above: the dispatcher sends a query to an auxiliary only when it still meets
-    QoS there, otherwise to the base, so their congestion shows up as base load.
+    (ε = 1%, the p99 target). Misses: those that miss without waiting — on the base
+    Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share times its rate y_k (from the
+    measured samples, or 0/1 from the feasibility table) — and queries whose wait exceeds their slack,
+    with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
+        P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (c·μ − λ)·2/(1 + C_s²),
+    λ the pool's arrival rate, 1/μ = E[S] its mean service time over the batches it serves, a = λ/μ,
+    C_s² the squared coefficient of variation of that service time (across batches, and within a batch
+    when `bm` has the samples' `svc_cv2`), t = QoS − L_b(b) per batch (the feasibility latency where it
+    meets QoS, else the mean), counted on the queries that do not miss anyway. With the 0/1 table, a
+    base covering 99.1% of the mix leaves 0.1% for waits. The estimate is the largest such λ in
+    [0, UB] (`upper_bound`), by bisection (vectorised over configurations; the exp-sums are tabulated
+    per band of equal eligibility on a θ grid at `BoundModel.build`, so one step is
+    O(configurations × bands × instances)).
 
     Worked example (unit tests): one base type, every query batch 100, L = 3 ms (deterministic:
     C_s² = 0), QoS 5 ms → slack t = 2 ms, 1 instance (C = ρ = λ·3 ms, θ = 2·(333.3 − λ)/s):
@@ -115,8 +131,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         n = configs[rows].astype(float)
         n_b = n[:, j]
         s, t = bm.coverage, bm.time_share[j]
-        aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0]
-        y_cap = {k: n[:, k] * bm.small_rate_qps[k] for k in aux}
+        aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0 and bm.small_rate_qps[k] > 0]
+        aux_n = {k: n[:, k] for k in aux}
         p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
         with np.errstate(divide="ignore", invalid="ignore"):
             band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
@@ -124,10 +140,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         lo, hi = np.zeros(len(rows)), ub[rows].copy()
         for _ in range(steps):
             mid = 0.5 * (lo + hi)
-            ok = _admissible(mid, j=j, n_b=n_b, aux=aux, y_cap=y_cap, band_small=band_small,
+            ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
                              p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                             qos=qos, eps=eps, divert=divert, small_rate=bm.small_rate_qps,
-                             pref=bm.band_pref[j] if bm.band_pref is not None else None)
+                             small_rate=bm.small_rate_qps, qos=qos, eps=eps, divert=divert,
+                             pref=bm.band_pref[j] if bm.band_pref is not None else None,
+                             hold=bm.band_hold[j] if bm.band_hold is not None else None)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         est[rows] = lo
@@ -135,15 +152,17 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
 
 
 def _admissible(
-    lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], y_cap: Mapping[int, np.ndarray],
+    lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], aux_n: Mapping[int, np.ndarray],
     band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
-    small_miss: np.ndarray, qos: float, eps: float,
-    divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None, small_rate: np.ndarray | None = None,
-    pref: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
+    small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float,
+    divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+    pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
-    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `small_miss[k]` the share of k's small queries it misses)."""
+    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `small_miss[k]` the share of k's small queries it misses,
+    `aux_n[k]` the instances of auxiliary k per configuration, `hold[k, g]` how long the dispatcher
+    lets a band-g query wait for a busy k rather than take an idle base)."""
     # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g. An auxiliary takes
     # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
@@ -153,34 +172,80 @@ def _admissible(
         r = np.repeat(lam[:, None], len(p_g), axis=1)
         used = np.zeros(len(lam))
         aux_miss = np.zeros(len(lam))
-        aux_load: dict[int, np.ndarray] = {}
+        aux_rate: dict[int, np.ndarray] = {}  # y_k, queries/s
+        aux_load: dict[int, np.ndarray] = {}  # y_k/Q_k, Erlangs
+        aux_mult: dict[int, np.ndarray] = {}  # per-band rate multipliers, like r
         for k in aux:
             feed = band_small[k][None, :] * (1.0 if pref is None else 1.0 - pref[k][None, :] * (1.0 - busy_b[:, None]))
             s_k = feed @ p_g  # the share of the mix the auxiliary is offered
+            offered = s_k * np.maximum(lam - used, 0.0)
+            a_k = offered / small_rate[k]
+            # what finds every instance of k busy goes to a free base (Erlang B, times the chance that
+            # a base instance is free), unless the dispatcher holds it for k: then only what would wait
+            # longer than the hold; the rest waits for k, up to k's capacity
+            over = erlang_b(aux_n[k], a_k) * (1.0 - busy_b)
+            if hold is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    h_k = np.where(s_k > 0, (feed * hold[k][None, :]) @ p_g / s_k, 0.0)
+                over = over * np.exp(-np.maximum(aux_n[k] - a_k, 0.0) * small_rate[k] * h_k)
             with np.errstate(divide="ignore", invalid="ignore"):
-                y = np.where(s_k > 0, np.minimum(y_cap[k], s_k * np.maximum(lam - used, 0.0)), 0.0)
+                y = np.where(s_k > 0, np.minimum(offered * (1.0 - over), aux_n[k] * small_rate[k]), 0.0)
                 taken = np.where(s_k > 0, y / s_k, 0.0)
             used += taken
             aux_miss += y * small_miss[k]
             r -= taken[:, None] * feed
-            if small_rate is not None and small_rate[k] > 0:
-                aux_load[k] = y / small_rate[k]
+            aux_rate[k], aux_load[k], aux_mult[k] = y, y / small_rate[k], taken[:, None] * feed
         r = np.maximum(r, 0.0)
         work = r @ m1  # offered load a (Erlangs)
         busy_b = 0.5 * (busy_b + erlang_c(n_b, work))  # damped: the undamped split can alternate
     lam_b = r @ p_g
-    second = r @ m2
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_svc = np.where(lam_b > 0, work / lam_b, 0.0)
-        cs2 = np.where(work > 0, second * lam_b / work**2 - 1.0, 0.0)
-        theta = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
-    x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
-    tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(p_g))], axis=1)
-    # a base query that would wait past its slack goes to an auxiliary instead when one is free
+        cs2 = np.where(work > 0, (r @ m2) * lam_b / work**2 - 1.0, 0.0)
+    # bands no present auxiliary can take ("must") wait for the base alone. The base takes the others
+    # only when free (the matching gives a free base to a query that only it can serve first), so the
+    # must queries see a priority queue: every base instance busy (Erlang C of the whole base load),
+    # then a wait that drains at the capacity the must load leaves
+    must = np.ones_like(r, dtype=bool)
+    for k in aux:
+        must &= ~((aux_n[k][:, None] > 0) & (band_small[k][None, :] > 0))
+    r_must = np.where(must, r, 0.0)
+    tail_must = _wait_tail(n_b, r_must @ m1, r_must @ p_g, r_must @ m2, tail, qos)
+    # a must query that would wait past its slack goes to an auxiliary instead when one is free
     # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
     late = np.ones_like(r)
     for k, (n_k, share_k) in (divert or {}).items():
         busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
         late = np.minimum(late, np.where(n_k[:, None] > 0, share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
-    violating = erlang_c(n_b, work) * (r * tail_g * late).sum(axis=1) + r @ miss_g + aux_miss
+    violating = erlang_c(n_b, work) * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
+    # the other queries (the auxiliaries', and the base's share of bands an auxiliary can take) wait in
+    # the queue shared by every present instance eligible on their band, and miss when that wait
+    # exceeds the base's slack (a query late for its auxiliary goes to a free base)
+    shared = np.where(must, 0.0, r) + sum(aux_mult.values(), np.zeros_like(r))
+    pools: dict[tuple[int, ...], list[int]] = {}  # bands by the auxiliaries eligible on them
+    for g in np.flatnonzero(np.any(shared > 0, axis=0)):
+        pools.setdefault(tuple(k for k in aux if band_small[k][g] > 0), []).append(int(g))
+    for eligible, bands in pools.items():
+        c_p = n_b + sum((aux_n[k] for k in eligible), np.zeros(len(lam)))
+        a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
+        rate_p = lam_b + sum((aux_rate[k] for k in eligible), np.zeros(len(lam)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            theta = np.where(rate_p > 0, (c_p - a_p) * rate_p / a_p, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+        x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
+        busy_p = erlang_c(c_p, a_p)
+        for g in bands:
+            wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
+            violating = violating + shared[:, g] * wait_g
     return (work < n_b) & (violating <= eps * lam)
+
+
+def _wait_tail(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, second: np.ndarray, tail: np.ndarray,
+               qos: float) -> np.ndarray:
+    """Per band, Σ_b∈g p_b·(1 − miss(b))·exp(−θ·slack(b)) (`tail[g]` on `TAIL_GRID`, interpolated) with the
+    M/G/c decay θ = (c − a)/E[S]·2/(1 + C_s²) of `servers` serving `load` Erlangs at `rate` queries/s
+    (second moment Σ rate·E[S²] in `second`), per configuration: [configuration, band]."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_svc = np.where(rate > 0, load / rate, 0.0)
+        cs2 = np.where(load > 0, second * rate / load**2 - 1.0, 0.0)
+        theta = np.where(mean_svc > 0, (servers - load) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+    x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
+    return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)

@@ -4,6 +4,7 @@ against an LP, the queue-aware estimate, and the selectors on small catalogues w
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
+from kairosd.planner.queueing import erlang_b, erlang_c
 
 QOS = 0.005
 
@@ -323,7 +325,40 @@ def test_queue_estimate_prefers_a_second_base_over_more_auxiliaries() -> None:
     # fluid: 1 base serves the 15% batch-800 queries (12 ms, 4 ms of slack) at 555/s; 2 bases + 1
     # auxiliary reach 406/s. Queueing: one base at 4 ms of slack on 12 ms services caps near 67/s
     assert ub[0] == pytest.approx(555.6, rel=1e-3) and ub[1] == pytest.approx(405.8, rel=1e-3)
-    assert est[0] < 0.15 * ub[0] and est[1] > 2.5 * est[0]
+    assert est[0] < 0.15 * ub[0] and est[1] > 2 * est[0]
+
+
+def test_erlang_b_and_c_worked_values() -> None:
+    assert erlang_b(np.array([1.0]), np.array([0.5]))[0] == pytest.approx(0.5 / 1.5)
+    assert erlang_b(np.array([2.0]), np.array([1.0]))[0] == pytest.approx(0.2)
+    assert erlang_c(np.array([2.0]), np.array([1.0]))[0] == pytest.approx(1 / 3)
+    assert erlang_c(np.array([1.0]), np.array([0.4]))[0] == pytest.approx(0.4)
+    assert erlang_c(np.array([3.0]), np.array([3.5]))[0] == 1.0  # saturated
+
+
+def test_hold_is_the_wait_at_which_a_busy_auxiliary_stops_being_cheaper() -> None:
+    """Kairos sends a query to a busy auxiliary k rather than an idle base j while C_k·(T + L_k) ≤ C_j·L_j:
+    the hold T = (C_j·L_j − C_k·L_k)/C_k, at most k's slack (QoS − its p99), 0 where k costs more."""
+    lat = np.array([[0.004, 0.004], [0.006, 0.012]])  # base, auxiliary; batches 0 and 1
+    cost = np.array([[10.0 * 0.004, 10.0 * 0.004], [2.0 * 0.006, 2.0 * 0.012]])  # C_j·L_j: C = 10 and 2
+    bm = BoundModel.build(lat, lat, np.array([0.5, 0.5]), 0.020, ("b", "a"), dispatch_cost=cost)
+    assert bm.band_hold is not None and bm.band_p is not None
+    # batch 0: (0.04 − 0.012)/2 = 14 ms ≤ slack 14 ms; batch 1: (0.04 − 0.024)/2 = 8 ms (slack 8 ms)
+    # (both batches meet QoS on both types: one band, its hold the mean 11 ms)
+    assert bm.band_hold[0, 1] == pytest.approx([0.011])
+    assert np.all(bm.band_hold[1, 0] == 0.0)  # the base never costs less than the auxiliary
+    # the estimate uses it (what overflows to the base depends on it) and stays within the bound
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        _, lat_r, pmf_r = _random_case(rng, n_types=3)
+        coef = np.array([10.0, rng.uniform(1.0, 4.0), rng.uniform(1.0, 4.0)])  # the base costs most
+        m = BoundModel.build(lat_r, lat_r, pmf_r, QOS, ("t0", "t1", "t2"), dispatch_cost=coef[:, None] * lat_r)
+        assert m.band_hold is not None and np.any(m.band_hold[0] > 0)
+        configs = rng.integers(0, 6, (200, 3))
+        held = queue_estimate(configs, m)
+        none = queue_estimate(configs, dataclasses.replace(m, band_hold=np.zeros_like(m.band_hold)))
+        assert np.any(np.abs(held - none) > 1e-3 * np.maximum(none, 1.0))
+        assert np.all(held >= 0) and np.all(held <= upper_bound(configs, m) * (1 + 1e-12))
 
 
 # ---------------------------------------------------------------------------------------------- selectors
