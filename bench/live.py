@@ -71,13 +71,61 @@ async def _fidelity_loop(url: str, model: str, batch: int, n: int, out: list[tup
             out.append((params[TYPE_PARAM].string_param, lat, params[SERVICE_PARAM].int64_param / 1e6))
 
 
+def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path) -> np.ndarray:
+    """`n` gRPC ModelInfer calls, one at a time on one HTTP/2 connection, from h2load (a native client):
+    each call's time from request to the end of its response, ms (`--log-file`). The body is framed as
+    gRPC (flag byte, 4-byte length); every response must be HTTP 200."""
+    import subprocess
+
+    framed = workdir / "h2load-body.bin"
+    framed.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+    log = workdir / "h2load-log.tsv"
+    log.unlink(missing_ok=True)  # h2load appends to its log file
+    subprocess.run(["h2load", "-n", str(n + 1), "-c", "1", "-m", "1", "-t", "1", "-d", str(framed),
+                    "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log),
+                    f"http://{url}{INFER_PATH}"], capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in log.read_text().splitlines() if line.count("\t") >= 2]
+    if len(rows) < n + 1 or any(r[1] != "200" for r in rows):
+        raise RuntimeError(f"h2load against {url}: {len(rows)} answers of {n + 1}, statuses {sorted({r[1] for r in rows})}")
+    rows.sort(key=lambda r: int(r[0]))
+    return np.array([int(r[2]) for r in rows[1:]], dtype=float) / 1e3  # the first call opens the connection
+
+
+def _native_rows(addr: dict[str, str], served: str, model: str, batch: int, budget_s: float, workdir: Path,
+                 ) -> list[dict[str, Any]]:
+    """Per type, at low load (one call at a time, the rest of the fleet idle): the client's p50/p99 from
+    a native client against the profile's, with as many calls as fit in `budget_s` (at least 200)."""
+    from kairosd.emulation import load_cells
+
+    body = request_body(served, batch)
+    rows = []
+    for t in TYPES:
+        cells = load_cells(t, "kairos", {served: model})[served]
+        mean_ms = cells.quantile_s(batch, 0.5) * 1e3
+        n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
+        lat = _h2load_latencies_ms(addr[t], body, n, workdir)
+        row: dict[str, Any] = {"model": model, "batch": batch, "where": "direct_h2load", "type": t, "n": len(lat)}
+        for q in (50, 99):
+            prof = cells.quantile_s(batch, q / 100) * 1e3
+            got = float(np.percentile(lat, q))
+            row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
+            row[f"p{q}_within"] = abs(got - prof) <= max(0.05 * prof, 0.5)
+        rows.append(row)
+        print(f"  fidelity {model} b{batch} h2load  {t:12} p50 {row['p50_client_ms']:7.2f} (profile "
+              f"{row['p50_profile_ms']:7.2f}) p99 {row['p99_client_ms']:7.2f} (profile {row['p99_profile_ms']:7.2f}) "
+              f"n {len(lat)} within {row['p50_within'] and row['p99_within']}", flush=True)
+    return rows
+
+
 async def _fidelity_all(urls: list[str], model: str, batch: int, n: int, out: list[tuple[str, float, float]]) -> None:
     await asyncio.gather(*(_fidelity_loop(u, model, batch, n, out) for u in urls))
 
 
-def fidelity(workdir: Path, queries: int) -> dict[str, Any]:
+def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict[str, Any]:
     """At low load on a 16-instance fleet (the rm2 plan + one c5n and one t3; round robin): per type,
-    client p50/p99 against the profile's and against the service times drawn for these very queries."""
+    client p50/p99 against the profile's and against the service times drawn for these very queries,
+    from the Python gRPC client (direct and through kairosd), and from h2load (direct, one call at a
+    time: the emulation's own fidelity, without a Python client's overhead)."""
     from kairosd.emulation import load_cells
 
     fleet = {"g4dn.xlarge": 1, "c5n.2xlarge": 1, "r5n.large": 13, "t3.xlarge": 1}
@@ -90,6 +138,7 @@ def fidelity(workdir: Path, queries: int) -> dict[str, Any]:
             addr = {}
             for i in d.fleet()["instances"]:
                 addr.setdefault(i["type"], i["address"])
+            out["rows"] += _native_rows(addr, served, model, batch, native_budget_s, sub)
             for where in ("direct", "kairosd"):
                 samples: list[tuple[str, float, float]] = []
                 urls = [addr[t] for t in TYPES] if where == "direct" else [d.url] * len(TYPES)
@@ -230,6 +279,13 @@ def main_bench(args: argparse.Namespace) -> int:
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos"},
     }
+    if args.fidelity_only:
+        path = Path(args.out)
+        data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "live"}
+        print("fidelity", flush=True)
+        data["fidelity"] = fidelity(workdir, args.fidelity_queries)
+        write_results(data, path)
+        return 0
     if not args.skip_extras:
         print("timer precision", flush=True)
         out["timer"] = timer_precision()
@@ -324,6 +380,8 @@ def main() -> int:
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
+    ap.add_argument("--fidelity-only", action="store_true",
+                    help="only the fidelity runs, replacing that entry of --out (about two minutes)")
     ap.add_argument("--out", default=str(RESULTS / "live.json"))
     return main_bench(ap.parse_args())
 
