@@ -228,9 +228,13 @@ price_usd_per_hour = 0.526
 
 
 # ---- load generators ------------------------------------------------------------------------------
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC length-prefixed message (flag byte 0, 4-byte big-endian length): a request body for h2load."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def grpc_body(path: Path) -> Path:
-    body = request_body(MODEL, 1)
-    path.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+    path.write_bytes(grpc_frame(request_body(MODEL, 1)))
     return path
 
 

@@ -36,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from head import H2LOAD_GRPC, grpc_frame  # noqa: E402  (bench/head.py)
 from openloop import (  # noqa: E402  (bench/openloop.py)
     INFER_PATH,
     TYPES,
@@ -73,22 +74,32 @@ async def _fidelity_loop(url: str, model: str, batch: int, n: int, out: list[tup
 
 def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path) -> np.ndarray:
     """`n` gRPC ModelInfer calls, one at a time on one HTTP/2 connection, from h2load (a native client):
-    each call's time from request to the end of its response, ms (`--log-file`). The body is framed as
-    gRPC (flag byte, 4-byte length); every response must be HTTP 200."""
+    each call's time from request to the end of its response, ms (`--log-file`); every response must
+    be HTTP 200."""
     import subprocess
 
     framed = workdir / "h2load-body.bin"
-    framed.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+    framed.write_bytes(grpc_frame(body))
     log = workdir / "h2load-log.tsv"
     log.unlink(missing_ok=True)  # h2load appends to its log file
-    subprocess.run(["h2load", "-n", str(n + 1), "-c", "1", "-m", "1", "-t", "1", "-d", str(framed),
-                    "-H", "content-type: application/grpc", "-H", "te: trailers", "--log-file", str(log),
-                    f"http://{url}{INFER_PATH}"], capture_output=True, text=True, check=True)
+    subprocess.run(["h2load", "-n", str(n + 1), "-c", "1", "-m", "1", "-t", "1", "-d", str(framed), *H2LOAD_GRPC,
+                    "--log-file", str(log), f"http://{url}{INFER_PATH}"], capture_output=True, text=True, check=True)
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.count("\t") >= 2]
     if len(rows) < n + 1 or any(r[1] != "200" for r in rows):
         raise RuntimeError(f"h2load against {url}: {len(rows)} answers of {n + 1}, statuses {sorted({r[1] for r in rows})}")
     rows.sort(key=lambda r: int(r[0]))
     return np.array([int(r[2]) for r in rows[1:]], dtype=float) / 1e3  # the first call opens the connection
+
+
+def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int) -> dict[str, Any]:
+    """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms."""
+    row: dict[str, Any] = {}
+    for q in (50, 99):
+        prof = cells.quantile_s(batch, q / 100) * 1e3
+        got = float(np.percentile(lat_ms, q))
+        row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
+        row[f"p{q}_within"] = abs(got - prof) <= max(0.05 * prof, 0.5)
+    return row
 
 
 def _native_rows(addr: dict[str, str], served: str, model: str, batch: int, budget_s: float, workdir: Path,
@@ -104,12 +115,8 @@ def _native_rows(addr: dict[str, str], served: str, model: str, batch: int, budg
         mean_ms = cells.quantile_s(batch, 0.5) * 1e3
         n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
         lat = _h2load_latencies_ms(addr[t], body, n, workdir)
-        row: dict[str, Any] = {"model": model, "batch": batch, "where": "direct_h2load", "type": t, "n": len(lat)}
-        for q in (50, 99):
-            prof = cells.quantile_s(batch, q / 100) * 1e3
-            got = float(np.percentile(lat, q))
-            row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
-            row[f"p{q}_within"] = abs(got - prof) <= max(0.05 * prof, 0.5)
+        row = {"model": model, "batch": batch, "where": "direct_h2load", "type": t, "n": len(lat),
+               **_against_profile(lat, cells, batch)}
         rows.append(row)
         print(f"  fidelity {model} b{batch} h2load  {t:12} p50 {row['p50_client_ms']:7.2f} (profile "
               f"{row['p50_profile_ms']:7.2f}) p99 {row['p99_client_ms']:7.2f} (profile {row['p99_profile_ms']:7.2f}) "
@@ -150,13 +157,10 @@ def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict
                     drawn = np.array([s[2] for s in samples if s[0] == t]) * 1e3
                     if len(lat) == 0:
                         continue
-                    row: dict[str, Any] = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat)}
+                    row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat),
+                           **_against_profile(lat, cells, batch)}
                     for q in (50, 99):
-                        prof = cells.quantile_s(batch, q / 100) * 1e3
-                        got = float(np.percentile(lat, q))
-                        row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
                         row[f"p{q}_drawn_ms"] = float(np.percentile(drawn, q))
-                        row[f"p{q}_within"] = abs(got - prof) <= max(0.05 * prof, 0.5)
                     row["excess_p50_ms"] = float(np.percentile(lat - drawn, 50))
                     row["excess_p99_ms"] = float(np.percentile(lat - drawn, 99))
                     out["rows"].append(row)

@@ -172,22 +172,22 @@ class BoundModel:
         band_pref = band_hold = None
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
-            prefer = dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9)  # [j, k, support batch]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                band_pref = np.stack([np.stack([np.bincount(band_of, weights=p_s * prefer[j, k], minlength=n_bands)
-                                                for k in range(len(mean_s))]) for j in range(len(mean_s))])
-                band_pref = np.where(band_p > 0, band_pref / band_p, 0.0)
-                # how long the dispatcher lets a query wait for a busy type-k instance rather than take
-                # an idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k),
-                # and no longer than k's slack (QoS − its feasibility latency)
-                slack_k = np.maximum(qos_s - feas_s, 0.0)  # [k, support batch]
+
+            def band_mean(x: np.ndarray) -> np.ndarray:
+                """[j, k, support batch] → [j, k, band]: the probability-weighted mean over each band."""
+                sums = np.stack([np.stack([np.bincount(band_of, weights=p_s * x[j, k], minlength=n_bands)
+                                           for k in range(x.shape[1])]) for j in range(x.shape[0])])
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    gap = (dc[:, None, :] - dc[None, :, :]) * mean_sup[None, :, :]  # [j, k, b]
-                    hold = np.where(dc[None, :, :] > 0, gap / dc[None, :, :], 0.0)
-                hold = np.clip(hold, 0.0, slack_k[None, :, :])
-                band_hold = np.stack([np.stack([np.bincount(band_of, weights=p_s * hold[j, k], minlength=n_bands)
-                                                for k in range(len(mean_s))]) for j in range(len(mean_s))])
-                band_hold = np.where(band_p > 0, band_hold / band_p, 0.0)
+                    return np.where(band_p > 0, sums / band_p, 0.0)
+
+            band_pref = band_mean(dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9))
+            # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
+            # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no
+            # longer than k's slack (QoS − its feasibility latency)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gap = (dc[:, None, :] - dc[None, :, :]) * mean_sup[None, :, :]  # [j, k, support batch]
+                hold = np.where(dc[None, :, :] > 0, gap / dc[None, :, :], 0.0)
+            band_hold = band_mean(np.clip(hold, 0.0, np.maximum(qos_s - feas_s, 0.0)[None, :, :]))
         with np.errstate(divide="ignore", invalid="ignore"):
             small_miss = np.where(coverage > 0, (miss * small * pmf).sum(axis=1) / coverage, 0.0)
         return BoundModel(

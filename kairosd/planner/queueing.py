@@ -229,9 +229,7 @@ def _admissible(
         c_p = n_b + sum((aux_n[k] for k in eligible), np.zeros(len(lam)))
         a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
         rate_p = lam_b + sum((aux_rate[k] for k in eligible), np.zeros(len(lam)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            theta = np.where(rate_p > 0, (c_p - a_p) * rate_p / a_p, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
-        x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
+        x = _decay_x(c_p, a_p, rate_p, cs2, qos)
         busy_p = erlang_c(c_p, a_p)
         for g in bands:
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
@@ -245,8 +243,15 @@ def _wait_tail(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, second: 
     M/G/c decay θ = (c − a)/E[S]·2/(1 + C_s²) of `servers` serving `load` Erlangs at `rate` queries/s
     (second moment Σ rate·E[S²] in `second`), per configuration: [configuration, band]."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        mean_svc = np.where(rate > 0, load / rate, 0.0)
         cs2 = np.where(load > 0, second * rate / load**2 - 1.0, 0.0)
-        theta = np.where(mean_svc > 0, (servers - load) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
-    x = np.clip(theta * qos, 0.0, TAIL_GRID[-1])
+    x = _decay_x(servers, load, rate, cs2, qos)
     return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
+
+
+def _decay_x(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, cs2: np.ndarray, qos: float) -> np.ndarray:
+    """θ·QoS on `TAIL_GRID`, θ = (c − a)/E[S]·2/(1 + C_s²) the M/G/c waiting tail's decay of `servers` serving
+    `load` Erlangs at `rate` queries/s (E[S] = load/rate; ∞ with no load), per configuration."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_svc = np.where(rate > 0, load / rate, 0.0)
+        theta = np.where(mean_svc > 0, (servers - load) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+    return np.clip(theta * qos, 0.0, TAIL_GRID[-1])
