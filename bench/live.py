@@ -207,23 +207,24 @@ def timer_precision() -> list[dict[str, Any]]:
     return rows
 
 
-def loadgen_ceiling(workdir: Path, rates: list[float], n: int) -> list[dict[str, Any]]:
+def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str) -> list[dict[str, Any]]:
     """The load generator against a no-op target: one emulated instance whose service takes ~0 (a profile
-    CSV of 1 ns) and 100,000 slots, sent ncf batch-100 queries (the smallest) at `rates`."""
+    CSV of 1 ns) and 100,000 slots, sent ncf batch-100 queries (the smallest) at `rates` over `protocol`."""
     prof = workdir / "noop"
     prof.mkdir(exist_ok=True)
     (prof / "noop.csv").write_text("instance_type,batch,mean_s,p99_s\nnoop,1000,1e-9,1e-9\n")
-    port = free_port()
+    port, http_port = free_port(), free_port()
     child = ChildProcess(kairosd_argv("emulated", "--model-repository", str(REPO / "model_repository"), "--emulate",
                                       "noop", "--data", str(prof), "--models", "ncf=noop", "--port", str(port),
-                                      "--slots", "100000"), name="noop").start()
+                                      "--http-port", str(http_port), "--slots", "100000"), name="noop").start()
     rows = []
     try:
         wait_ready_sync(f"127.0.0.1:{port}", 60, child)
         assert child.pid is not None
         for rate in rates:
             c0, t0 = cpu_s(child.pid), time.monotonic()
-            r = run_loadgen({"url": f"127.0.0.1:{port}", "model": "ncf", "batches": [100] * n,
+            r = run_loadgen({"url": f"127.0.0.1:{port}", "http_url": f"127.0.0.1:{http_port}", "protocol": protocol,
+                             "model": "ncf", "batches": [100] * n,
                              "gaps": np.random.default_rng(0).exponential(1.0, n).tolist(), "rate_qps": rate,
                              "timeout_s": 10.0})
             r["target_cpu"] = (cpu_s(child.pid) - c0) / (time.monotonic() - t0)
@@ -281,7 +282,8 @@ def main_bench(args: argparse.Namespace) -> int:
         "settings": {"budget_usd_per_hour": args.budget, "queries_per_step": args.queries, "seed": args.seed,
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
-                                  "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos"},
+                                  "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
+                     "protocol": args.protocol},
     }
     if args.fidelity_only:
         path = Path(args.out)
@@ -294,7 +296,7 @@ def main_bench(args: argparse.Namespace) -> int:
         print("timer precision", flush=True)
         out["timer"] = timer_precision()
         print("load generator ceiling", flush=True)
-        out["loadgen_ceiling"] = loadgen_ceiling(workdir, [1000, 2000, 4000, 7000], args.queries)
+        out["loadgen_ceiling"] = loadgen_ceiling(workdir, [1000, 2000, 4000, 7000], args.queries, args.protocol)
         print("fidelity", flush=True)
         out["fidelity"] = fidelity(workdir, args.fidelity_queries)
     rows = []
@@ -326,7 +328,8 @@ def main_bench(args: argparse.Namespace) -> int:
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 light = 0.1 * ub
-                live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light)
+                live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light,
+                                       args.protocol)
             finally:
                 d.stop()
             best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_qps"], default=None)
@@ -381,6 +384,8 @@ def main() -> int:
     ap.add_argument("--admission", default="off", choices=("off", "qos", "deadline"),
                     help="scheduler.admission of the daemon: off by default, since the simulator refuses nothing "
                          "and a refusal counts as an error")
+    ap.add_argument("--protocol", default="grpc", choices=("grpc", "http"),
+                    help="the load generator's protocol to kairosd (and so kairosd's to the instances)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")

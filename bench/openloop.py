@@ -66,6 +66,13 @@ def machine_cpu() -> tuple[float, float, float]:
     return psi, float(sum(v) - idle), float(sum(v))
 
 
+def steal_jiffies() -> tuple[float, float]:
+    """(steal, total) jiffies of all cores (/proc/stat): time a virtual CPU was ready to run but the
+    hypervisor ran something else — counted as busy by `machine_cpu`, yet no process here used it."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return float(v[7] if len(v) > 7 else 0), float(sum(v))
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (/proc/PID/status VmRSS), bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -142,10 +149,35 @@ def request_body(model: str, batch: int) -> bytes:
     return request.SerializeToString()
 
 
+def http_request(model: str, batch: int) -> tuple[dict[str, str], bytes]:
+    """The same query as `request_body` for the KServe v2 REST front end: a JSON header, then the inputs
+    as binary tensors; outputs asked as binary too (Triton's binary-tensor extension)."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    from kairosd.modelgen import example_inputs
+
+    inputs = example_inputs(model, batch, seed=0)
+    header = json.dumps({
+        "inputs": [{"name": name, "datatype": np_to_triton_dtype(arr.dtype), "shape": list(arr.shape),
+                    "parameters": {"binary_data_size": arr.nbytes}} for name, arr in inputs.items()],
+        "parameters": {"binary_data_output": True},
+    }).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return headers, b"".join([header, *(arr.tobytes() for arr in inputs.values())])
+
+
+def _http_params(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """The response parameters of an HTTP infer reply (its JSON header)."""
+    length = int(headers.get("inference-header-content-length", len(body)))
+    params: dict[str, Any] = json.loads(body[:length]).get("parameters", {})
+    return params
+
+
 async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     """Send `spec["batches"][i]` at time cumsum(gaps)[i] / rate (open loop); latency from the scheduled
     arrival to the answer. With `spec["outcomes"]`, also each query's outcome (module docstring) and
-    their summary (`outcome_summary`)."""
+    their summary (`outcome_summary`). `spec["protocol"]`: "grpc" (4 channels to `url`, default) or
+    "http" (keep-alive HTTP/1.1 connections to `http_url`, as many as queries in flight)."""
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
@@ -155,9 +187,23 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     n = len(batches)
     bodies = {int(b): request_body(spec["model"], int(b)) for b in np.unique(batches)}
     options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-    channels = [grpc.aio.insecure_channel(spec["url"], options=options) for _ in range(spec.get("channels", 4))]
+    http = spec.get("protocol", "grpc") == "http"
+    channels = [] if http else [grpc.aio.insecure_channel(spec["url"], options=options)
+                                for _ in range(spec.get("channels", 4))]
     calls = [c.unary_unary(INFER_PATH) for c in channels]
     outcomes = bool(spec.get("outcomes"))
+    if http and outcomes:
+        raise ValueError("outcomes are checked on gRPC only")
+    if http:
+        from kairosd.backends.http_wire import HttpWireError, HttpWirePool
+
+        pool = HttpWirePool(spec["http_url"])
+        http_bodies = {int(b): http_request(spec["model"], int(b)) for b in np.unique(batches)}
+        http_path = f"/v2/models/{spec['model']}/infer"
+        headers, body = http_bodies[int(batches[0])]
+        reply = await pool.post(http_path, headers, body, 30)
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status} from {spec['http_url']}: {reply.body[:300]!r}")
     for call in calls:
         try:
             await call(bodies[int(batches[0])], timeout=30)
@@ -200,6 +246,28 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         except grpc.aio.AioRpcError:
             errors += 1
 
+    async def one_http(i: int, at: float) -> None:
+        nonlocal errors, done_at
+        headers, body = http_bodies[int(batches[i])]
+        try:
+            sent[i] = time.monotonic()
+            reply = await pool.post(http_path, headers, body, timeout)
+        except (HttpWireError, TimeoutError):
+            errors += 1
+            return
+        if reply.status != 200:
+            errors += 1
+            return
+        t = time.monotonic()
+        latency[i] = t - at
+        done_at = max(done_at, t)
+        received[i] = t
+        params = _http_params(reply.body, reply.headers)
+        service[i] = params[SERVICE_PARAM] / 1e6
+        served_by[i] = params[TYPE_PARAM]
+        arrived[i] = params[ARRIVED_PARAM] / 1e9
+        ended[i] = params[DONE_PARAM] / 1e9
+
     async def one_outcome(i: int, at: float) -> None:
         nonlocal errors, done_at
         assert check is not None
@@ -235,7 +303,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         arrived[i] = params[ARRIVED_PARAM].int64_param / 1e9
         ended[i] = params[DONE_PARAM].int64_param / 1e9
 
-    send = one_outcome if outcomes else one
+    send = one_outcome if outcomes else one_http if http else one
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic() + 0.05
     arrivals = start + np.cumsum(np.asarray(spec["gaps"], dtype=float)) / float(spec["rate_qps"])
@@ -252,6 +320,8 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     for c in channels:
         await c.close()
+    if http:
+        pool.close()
     timer.close()
     if spec.get("dump"):  # per-query detail for a post-mortem
         more = {"outcome": np.array(outcome)} if outcomes else {}
@@ -439,6 +509,7 @@ class Daemon:
             self.ports = write()
             self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name="kairosd-serve").start()
             self.url = f"127.0.0.1:{self.ports['grpc']}"
+            self.http_url = f"127.0.0.1:{self.ports['http']}"
             try:
                 wait_ready_sync(self.url, 120, self.child)
                 self._wait_instances(instances)
@@ -508,19 +579,24 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
     m0 = d.metric_sums()
     h0, i0 = d.cpu()
     p0, b0, a0 = machine_cpu()
+    s0, z0 = steal_jiffies()
     t0 = time.monotonic()
-    r = run_loadgen({"url": d.url, "model": served, "batches": stream.batches.tolist(), "gaps": stream.gaps.tolist(),
+    r = run_loadgen({"url": d.url, "http_url": d.http_url, "model": served, "batches": stream.batches.tolist(),
+                     "gaps": stream.gaps.tolist(),
                      "rate_qps": rate, "timeout_s": max(10 * qos_s, 2.0), **(spec_extra or {})})
     wall = time.monotonic() - t0
     h1, i1 = d.cpu()
     r["head_cpu"] = (h1 - h0) / wall
     r["instances_cpu"] = (i1 - i0) / wall
     p1, b1, a1 = machine_cpu()
+    s1, z1 = steal_jiffies()
     ncpu = os.cpu_count() or 1
     r["machine_busy_cores"] = (b1 - b0) / (a1 - a0) * ncpu if a1 > a0 else None
+    r["steal_cores"] = (s1 - s0) / (z1 - z0) * ncpu if z1 > z0 else 0.0  # virtual CPUs held back by the host
     r["cpu_pressure"] = (p1 - p0) / 1e6 / wall  # share of the step some runnable task waited for a core
-    if r["machine_busy_cores"] is not None:  # what processes other than this benchmark's used
-        r["other_cpu"] = r["machine_busy_cores"] - r["head_cpu"] - r["instances_cpu"] - r["loadgen_cpu"]
+    if r["machine_busy_cores"] is not None:  # what processes other than this benchmark's used (steal apart)
+        r["other_cpu"] = (r["machine_busy_cores"] - r["steal_cores"] - r["head_cpu"] - r["instances_cpu"]
+                          - r["loadgen_cpu"])
     m1 = d.metric_sums()
     # means over the step (warm-up included): the wait in kairosd's queue, and send-to-answer at the head
     # minus the service the instances gave (the hop head → instance → head)
@@ -536,18 +612,19 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
           f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
           f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
           f"dispatch {r['dispatch_mean_us']:.0f} us; machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
-          f"(others {r.get('other_cpu', math.nan):.2f}), cpu pressure {r['cpu_pressure']:.2f}", flush=True)
+          f"(others {r.get('other_cpu', math.nan):.2f}, steal {r['steal_cores']:.2f}), "
+          f"cpu pressure {r['cpu_pressure']:.2f}", flush=True)
     return r
 
 
 def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
-             max_steps: int, light_qps: float) -> tuple[float, list[dict[str, Any]]]:
+             max_steps: int, light_qps: float, protocol: str = "grpc") -> tuple[float, list[dict[str, Any]]]:
     """Bracket around the simulator's figure (×1.05 up, then ×0.9 and ×0.85 steps down), then bisect to
     `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`."""
     steps: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
-        r = step(d, served, rate, stream, qos_s)
+        r = step(d, served, rate, stream, qos_s, {"protocol": protocol})
         steps.append(r)
         return bool(r["ok"])
 

@@ -260,7 +260,7 @@ def main() -> int:
         if not args.skip_ceiling:
             print("load generator ceiling (no-op instance):", flush=True)
             rates = [args.multiple * max_qps, 2 * args.multiple * max_qps]
-            out["loadgen_ceiling"] = loadgen_ceiling(workdir, rates, round(args.duration * max_qps))
+            out["loadgen_ceiling"] = loadgen_ceiling(workdir, rates, round(args.duration * max_qps), "grpc")
         for mode in modes:
             print(f"admission = {mode!r}:", flush=True)
             d = daemons.pop(mode, None) or start(workdir, fleet, qos_ms, args.margin_ms, mode, args.scheduler)

@@ -187,6 +187,12 @@ def _set_param(param: pb.InferParameter, value: Any) -> None:
         param.string_param = value
 
 
+def _param_value(param: pb.InferParameter) -> Any:
+    """An InferParameter's value as JSON (None when unset)."""
+    kind = param.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(param, kind)
+
+
 def to_grpc(header: InferHeader, body: bytes, spec: ModelSpec, version: str) -> pb.ModelInferRequest:
     """The same request as a ModelInferRequest with raw inputs (for an instance that speaks only gRPC).
     The header was parsed and validated before: this cannot fail."""
@@ -239,6 +245,8 @@ def render(
     }
     if response.id:
         doc["id"] = response.id
+    if response.parameters:  # as Triton renders them: {"name": value}
+        doc["parameters"] = {k: _param_value(v) for k, v in response.parameters.items()}
     header = rapidjson.dumps(doc).encode()
     if blobs:
         body = b"".join([header, *blobs])

@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import np_to_triton_dtype
 
-from kairosd.backends.emulated import SERVER_NAME, SERVICE_PARAM, TYPE_PARAM
+from kairosd.backends.emulated import ARRIVED_PARAM, DONE_PARAM, SERVER_NAME, SERVICE_PARAM, TYPE_PARAM
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
 from kairosd.emulation import load_cells
 from kairosd.modelgen import example_inputs
@@ -130,6 +130,10 @@ def check_protocol(grpc_url: str, http_url: str) -> None:
             rh = h.infer(model, http_inputs(model, batch, binary), outputs=outputs)
             arr = rh.as_numpy(OUTPUT[model])
             assert arr.shape == (batch, 1) and arr.dtype == np.float32 and not arr.any()
+            # the response parameters come in the JSON header, as on gRPC
+            params = rh.get_response()["parameters"]
+            assert isinstance(params[TYPE_PARAM], str) and params[TYPE_PARAM]
+            assert params[SERVICE_PARAM] > 0 and params[DONE_PARAM] >= params[ARRIVED_PARAM] > 0
 
 
 def test_protocol_direct(instance: tuple[str, str]) -> None:
