@@ -42,6 +42,7 @@ from openloop import (  # noqa: E402  (bench/openloop.py)
     TYPES,
     Daemon,
     cpu_s,
+    http_request,
     live_max,
     request_body,
     run_loadgen,
@@ -72,18 +73,26 @@ async def _fidelity_loop(url: str, model: str, batch: int, n: int, out: list[tup
             out.append((params[TYPE_PARAM].string_param, lat, params[SERVICE_PARAM].int64_param / 1e6))
 
 
-def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path) -> np.ndarray:
-    """`n` gRPC ModelInfer calls, one at a time on one HTTP/2 connection, from h2load (a native client):
-    each call's time from request to the end of its response, ms (`--log-file`); every response must
-    be HTTP 200."""
+def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path,
+                         http: tuple[str, dict[str, str]] | None = None) -> np.ndarray:
+    """`n` infer calls, one at a time on one connection, from h2load (a native client): each call's time
+    from request to the end of its response, ms (`--log-file`); every response must be HTTP 200. gRPC
+    ModelInfer over HTTP/2 (`body`: a serialized ModelInferRequest), or with `http` = (path, headers) a
+    KServe v2 REST infer over HTTP/1.1 (`body` as sent)."""
     import subprocess
 
     framed = workdir / "h2load-body.bin"
-    framed.write_bytes(grpc_frame(body))
+    framed.write_bytes(body if http else grpc_frame(body))
     log = workdir / "h2load-log.tsv"
     log.unlink(missing_ok=True)  # h2load appends to its log file
-    subprocess.run(["h2load", "-n", str(n + 1), "-c", "1", "-m", "1", "-t", "1", "-d", str(framed), *H2LOAD_GRPC,
-                    "--log-file", str(log), f"http://{url}{INFER_PATH}"], capture_output=True, text=True, check=True)
+    if http:
+        path, headers = http
+        opts = ["--h1", *(x for k, v in headers.items() for x in ("-H", f"{k}: {v}"))]
+        target = f"http://{url}{path}"
+    else:
+        opts, target = list(H2LOAD_GRPC), f"http://{url}{INFER_PATH}"
+    subprocess.run(["h2load", "-n", str(n + 1), "-c", "1", "-m", "1", "-t", "1", "-d", str(framed), *opts,
+                    "--log-file", str(log), target], capture_output=True, text=True, check=True)
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.count("\t") >= 2]
     if len(rows) < n + 1 or any(r[1] != "200" for r in rows):
         raise RuntimeError(f"h2load against {url}: {len(rows)} answers of {n + 1}, statuses {sorted({r[1] for r in rows})}")
@@ -102,25 +111,33 @@ def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int) -> dict[str, An
     return row
 
 
-def _native_rows(addr: dict[str, str], served: str, model: str, batch: int, budget_s: float, workdir: Path,
-                 ) -> list[dict[str, Any]]:
-    """Per type, at low load (one call at a time, the rest of the fleet idle): the client's p50/p99 from
-    a native client against the profile's, with as many calls as fit in `budget_s` (at least 200)."""
+def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, model: str, batch: int,
+                 budget_s: float, workdir: Path) -> list[dict[str, Any]]:
+    """Per type and protocol, at low load (one call at a time, the rest of the fleet idle): the client's
+    p50/p99 from a native client against the profile's, with as many calls as fit in `budget_s` (at
+    least 200): gRPC over HTTP/2 (`direct_h2load`) and KServe v2 REST over HTTP/1.1 (`direct_h2load_http`)."""
     from kairosd.emulation import load_cells
 
     body = request_body(served, batch)
+    http_headers, http_body = http_request(served, batch)
     rows = []
-    for t in TYPES:
-        cells = load_cells(t, "kairos", {served: model})[served]
-        mean_ms = cells.quantile_s(batch, 0.5) * 1e3
-        n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
-        lat = _h2load_latencies_ms(addr[t], body, n, workdir)
-        row = {"model": model, "batch": batch, "where": "direct_h2load", "type": t, "n": len(lat),
-               **_against_profile(lat, cells, batch)}
-        rows.append(row)
-        print(f"  fidelity {model} b{batch} h2load  {t:12} p50 {row['p50_client_ms']:7.2f} (profile "
-              f"{row['p50_profile_ms']:7.2f}) p99 {row['p99_client_ms']:7.2f} (profile {row['p99_profile_ms']:7.2f}) "
-              f"n {len(lat)} within {row['p50_within'] and row['p99_within']}", flush=True)
+    for where in ("direct_h2load", "direct_h2load_http"):
+        for t in TYPES:
+            cells = load_cells(t, "kairos", {served: model})[served]
+            mean_ms = cells.quantile_s(batch, 0.5) * 1e3
+            n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
+            if where == "direct_h2load":
+                lat = _h2load_latencies_ms(addr[t], body, n, workdir)
+            else:
+                lat = _h2load_latencies_ms(http_addr[t], http_body, n, workdir,
+                                           (f"/v2/models/{served}/infer", http_headers))
+            row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat),
+                   **_against_profile(lat, cells, batch)}
+            rows.append(row)
+            print(f"  fidelity {model} b{batch} {where:18} {t:12} p50 {row['p50_client_ms']:7.2f} (profile "
+                  f"{row['p50_profile_ms']:7.2f}) p99 {row['p99_client_ms']:7.2f} (profile "
+                  f"{row['p99_profile_ms']:7.2f}) n {len(lat)} within {row['p50_within'] and row['p99_within']}",
+                  flush=True)
     return rows
 
 
@@ -142,10 +159,11 @@ def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict
         sub.mkdir(exist_ok=True)
         d = Daemon(sub, served, model, 1000.0, fleet, "round_robin", {})
         try:
-            addr = {}
+            addr, http_addr = {}, {}
             for i in d.fleet()["instances"]:
                 addr.setdefault(i["type"], i["address"])
-            out["rows"] += _native_rows(addr, served, model, batch, native_budget_s, sub)
+                http_addr.setdefault(i["type"], i["http_address"])
+            out["rows"] += _native_rows(addr, http_addr, served, model, batch, native_budget_s, sub)
             for where in ("direct", "kairosd"):
                 samples: list[tuple[str, float, float]] = []
                 urls = [addr[t] for t in TYPES] if where == "direct" else [d.url] * len(TYPES)
