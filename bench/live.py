@@ -1,18 +1,21 @@
 """Live Kairos at the paper's scale on one machine: the daemon on emulated instances against its simulator.
 
 For each Kairos model, the fleet `kairosd plan` chooses at the budget (selector "kairos" on the authors'
-data) runs as `kairosd emulated` instances (the four AWS types, service times drawn from the authors'
-samples) behind a real `kairosd serve`; the repository's dlrm is timed as the model (ncf as ncf). An
-open-loop load generator in its own process (bench/openloop.py: grpc.aio, pre-serialized
-requests, Poisson arrivals on a timerfd, the authors' batch mix; exactly the stream the simulator
-evaluates) bisects for the highest rate whose end-to-end p99 at the client, over the queries after a 10%
-warm-up, stays within QoS, with no error and no backlog (as the simulator judges a run). The same for
-the best threshold policy (from bench/results/dispatch.json when its fleet is this one, else a sweep in
-the simulator) and for fcfs. Beside each: the simulator's max QPS for the same fleet, policy, stream and
-query count, and the ratio. Per step: the head's CPU (/proc/PID/stat), the instances' and the load
-generator's. Also: the load generator's own ceiling against a no-op instance, the emulation's fidelity
-at low load on a 16-instance fleet (per type, direct and through kairosd), and the timer's precision.
-Writes bench/results/live.json.
+data) runs as emulated instances (the four AWS types, service times drawn from the authors' samples;
+by default all in one `kairosd emulated --instance ...` host process, given to the daemon as
+`[[fleet.endpoints]]`; `--process-per-instance`: one process each, as the local provider starts them)
+behind a real `kairosd serve`; the repository's dlrm is timed as the model (ncf as ncf). An open-loop
+load generator in its own process (bench/openloop.py: pre-serialized requests over KServe v2 REST on
+keep-alive HTTP/1.1 connections, or over gRPC with `--protocol grpc`; Poisson arrivals on a timerfd,
+the authors' batch mix; exactly the stream the simulator evaluates) bisects for the highest rate whose
+end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
+no backlog (as the simulator judges a run). The same for the best threshold policy (from
+bench/results/dispatch.json when its fleet is this one, else a sweep in the simulator) and for fcfs.
+Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio.
+Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
+the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance, the
+emulation's fidelity at low load on a 16-instance fleet (per type, direct and through kairosd; from
+h2load over gRPC and over HTTP), and the timer's precision. Writes bench/results/live.json.
 
     python bench/live.py [--models rm2,dien,mtwnd,wnd,ncf] [--policies kairos,threshold,fcfs] [--queries 2000]
 """
@@ -301,7 +304,7 @@ def main_bench(args: argparse.Namespace) -> int:
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
-                     "protocol": args.protocol},
+                     "protocol": args.protocol, "hosted": args.hosted},
     }
     if args.fidelity_only:
         path = Path(args.out)
@@ -342,7 +345,7 @@ def main_bench(args: argparse.Namespace) -> int:
             sub.mkdir(exist_ok=True)
             t0 = time.monotonic()
             d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms,
-                       scheduler_extra=f'admission = "{args.admission}"')
+                       scheduler_extra=f'admission = "{args.admission}"', hosted=args.hosted)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 light = 0.1 * ub
@@ -402,8 +405,12 @@ def main() -> int:
     ap.add_argument("--admission", default="off", choices=("off", "qos", "deadline"),
                     help="scheduler.admission of the daemon: off by default, since the simulator refuses nothing "
                          "and a refusal counts as an error")
-    ap.add_argument("--protocol", default="grpc", choices=("grpc", "http"),
-                    help="the load generator's protocol to kairosd (and so kairosd's to the instances)")
+    ap.add_argument("--protocol", default="http", choices=("grpc", "http"),
+                    help="the load generator's protocol to kairosd, and so kairosd's to the instances (default: "
+                         "%(default)s, the one that costs the head and the generator least CPU per query)")
+    ap.add_argument("--process-per-instance", dest="hosted", action="store_false",
+                    help="one process per emulated instance, as the local provider starts them (default: all the "
+                         "fleet's instances in one emulated host process, kairosd emulated --instance ...)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")

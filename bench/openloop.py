@@ -16,6 +16,7 @@ highest rate whose client p99 stays within QoS. Used by bench/live.py and bench/
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -304,6 +305,11 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         ended[i] = params[DONE_PARAM].int64_param / 1e9
 
     send = one_outcome if outcomes else one_http if http else one
+    # no garbage collection while queries are sent and answered: a collection of the per-query objects
+    # would pause the generator for milliseconds in the middle of the measurement
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     start = time.monotonic() + 0.05
     arrivals = start + np.cumsum(np.asarray(spec["gaps"], dtype=float)) / float(spec["rate_qps"])
@@ -316,7 +322,10 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         if late[i] > 1e-3:
             await asyncio.sleep(0)  # behind schedule: let the sends and answers run before the next one
     sent_s = time.monotonic() - start
-    await asyncio.gather(*tasks)
+    # only the queries still in flight: a gather over every task would hold the loop for milliseconds
+    # while the last answers arrive, and delay them
+    await asyncio.gather(*(t for t in tasks if not t.done()))
+    gc.enable()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     for c in channels:
         await c.close()
@@ -487,18 +496,45 @@ class Daemon:
 
     def __init__(self, workdir: Path, served: str, model: str, qos_ms: float, fleet: dict[str, int], policy: str,
                  params: dict[str, Any], margin_ms: float = 1.0, scheduler_extra: str = "",
-                 extra_toml: str = "", name: str = "") -> None:
+                 extra_toml: str = "", name: str = "", hosted: bool = False) -> None:
+        """`hosted`: the instances run in one `kairosd emulated --instance ...` process started here (an
+        emulated host: one event loop for all), given to the daemon as `[[fleet.endpoints]]`; else the
+        daemon starts one process per instance (`[fleet.static]`)."""
         (workdir / "profiles").mkdir(exist_ok=True)
         write_profiles(workdir / "profiles", served, model)
         path = workdir / f"{name or f'{model}-{policy}'}.toml"
-        self._start(path, lambda: write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms,
-                                               scheduler_extra, extra_toml), sum(fleet.values()))
+        self.host: ChildProcess | None = None
+        if hosted:
+            endpoints = self._start_host(served, model, fleet)
+            try:
+                self._start(path, lambda: write_config(path, served, model, qos_ms, {}, policy, params, margin_ms,
+                                                       scheduler_extra, extra_toml + endpoints), sum(fleet.values()))
+            except BaseException:
+                assert self.host is not None
+                self.host.stop(10)
+                raise
+        else:
+            self._start(path, lambda: write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms,
+                                                   scheduler_extra, extra_toml), sum(fleet.values()))
+
+    def _start_host(self, served: str, model: str, fleet: dict[str, int]) -> str:
+        """Start the emulated host for `fleet`; its instances as `[[fleet.endpoints]]` TOML."""
+        hosted = [(t, free_port(), free_port()) for t in TYPES for _ in range(fleet.get(t, 0))]
+        argv = kairosd_argv("emulated", "--model-repository", str(REPO / "model_repository"), "--data", "kairos",
+                            "--models", f"{served}={model}",
+                            *(x for t, g, h in hosted for x in ("--instance", f"{t}:{g}:{h}")))
+        self.host = ChildProcess(argv, name="emulated-host").start()
+        for _, g, _ in hosted:
+            wait_ready_sync(f"127.0.0.1:{g}", 60, self.host)
+        return "".join(f'\n[[fleet.endpoints]]\ntype = "{t}"\naddress = "127.0.0.1:{g}"\n'
+                       f'http_address = "127.0.0.1:{h}"\n' for t, g, h in hosted)
 
     @classmethod
     def from_config(cls, path: Path, write: Callable[[], dict[str, int]], instances: int) -> Daemon:
         """A daemon on the config `write()` puts at `path` (returning its ports: http, grpc, metrics),
         started once `instances` instances are ready."""
         d = cls.__new__(cls)
+        d.host = None
         d._start(path, write, instances)
         return d
 
@@ -557,10 +593,13 @@ class Daemon:
 
     def cpu(self) -> tuple[float, float]:
         """(head CPU s, the instances' CPU s)."""
-        return cpu_s(self.pid), sum(cpu_s(p) for p in children_of(self.pid))
+        instances = [self.host.pid] if self.host is not None and self.host.pid is not None else children_of(self.pid)
+        return cpu_s(self.pid), sum(cpu_s(p) for p in instances)
 
     def stop(self) -> None:
         self.child.stop(20)
+        if self.host is not None:
+            self.host.stop(20)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -336,6 +337,23 @@ async def start_emulated_grpc_server(
     return server
 
 
+@dataclass(frozen=True)
+class HostedInstance:
+    """One emulated instance of a host process: the type it emulates and its ports (HTTP: None for none)."""
+
+    emulate: str
+    port: int
+    http_port: int | None = None
+
+
+def parse_hosted(text: str) -> HostedInstance:
+    """`TYPE:GRPC_PORT[:HTTP_PORT]` (the CLI's --instance) → HostedInstance. Raises ConfigError."""
+    parts = text.rsplit(":", 2) if text.count(":") >= 2 else text.rsplit(":", 1)
+    if len(parts) < 2 or not all(x.isdigit() for x in parts[1:]) or not parts[0]:
+        raise ConfigError(f"--instance {text!r}: expected TYPE:GRPC_PORT[:HTTP_PORT], e.g. r5n.large:9001:9000")
+    return HostedInstance(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
+
+
 async def serve(
     repository: str,
     emulate: str,
@@ -348,66 +366,94 @@ async def serve(
     seed: int | None = None,
     grace_s: float = DEFAULT_GRACE_S,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (the first drains for `grace_s`, a second stops at once)."""
+    """One emulated instance until SIGTERM/SIGINT (`serve_host` with one instance)."""
+    return await serve_host(repository, [HostedInstance(emulate, port, http_port)], data, models, host, slots, seed,
+                            grace_s)
+
+
+async def serve_host(
+    repository: str,
+    instances: Sequence[HostedInstance],
+    data: str,
+    models: Mapping[str, str],
+    host: str,
+    slots: int = 1,
+    seed: int | None = None,
+    grace_s: float = DEFAULT_GRACE_S,
+) -> int:
+    """Serve `instances` from this one process until SIGTERM/SIGINT (the first drains every instance for
+    `grace_s`, a second stops at once). Each instance has its own servers, slots, queue and draws (seed
+    + its index); they share the event loop, so several idle-waiting instances cost one process's
+    wake-ups instead of one each."""
     from kairosd.server.http_frontend import start_http_server
 
+    if not instances:
+        raise ConfigError("no emulated instance to serve: give --emulate or at least one --instance")
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     forced = asyncio.Event()
-    instance: EmulatedInstance | None = None
+    live: list[EmulatedInstance] = []
 
     def on_signal(sig: signal.Signals) -> None:
         if stopping.is_set():
             forced.set()
             return
         log.info("%s: draining for up to %.1f s", sig.name, grace_s)
-        if instance is not None:
-            instance.start_draining()
+        for inst in live:
+            inst.start_draining()
         stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    extensions = (*EXTENSIONS, f"emulated:{emulate}")
+    servers: list[grpc.aio.Server] = []
+    runners = []
     try:
         specs = load_repository(repository)
         specs = {name: spec for name, spec in specs.items() if name in models}
         if not specs:
             raise ConfigError(f"--models names none of the models in {repository}")
         data_path = data if data == "kairos" else str(Path(data))
-        instance = EmulatedInstance(specs, load_cells(emulate, data_path, {m: models[m] for m in specs}), emulate,
-                                    slots, seed)
-        if stopping.is_set():
-            instance.start_draining()
-        try:
-            server = await start_emulated_grpc_server(instance, host, port, extensions)
-        except (OSError, RuntimeError) as exc:
-            raise Unavailable(f"cannot listen on {host}:{port}: {exc}") from exc
-        runner = None
-        if http_port is not None:
-            runner = await start_http_server(instance, host, http_port, MAX_MESSAGE_BYTES, SERVER_NAME, extensions)
-        timer = instance.timer()
-        print(
-            f"kairosd emulated ready: grpc={host}:{port} http={host}:{http_port} emulate={emulate} data={data} "
-            f"models={','.join(f'{m}={models[m]}' for m in specs)} slots={slots} precise_timer={timer.precise} "
-            f"pid={os.getpid()} load_s={time.monotonic() - started:.2f}",
-            flush=True,
-        )
+        cells = {t: load_cells(t, data_path, {m: models[m] for m in specs}) for t in {h.emulate for h in instances}}
+        for i, h in enumerate(instances):
+            instance = EmulatedInstance(specs, cells[h.emulate], h.emulate, slots, None if seed is None else seed + i)
+            live.append(instance)
+            if stopping.is_set():
+                instance.start_draining()
+            extensions = (*EXTENSIONS, f"emulated:{h.emulate}")
+            try:
+                servers.append(await start_emulated_grpc_server(instance, host, h.port, extensions))
+            except (OSError, RuntimeError) as exc:
+                raise Unavailable(f"cannot listen on {host}:{h.port}: {exc}") from exc
+            if h.http_port is not None:
+                runners.append(await start_http_server(instance, host, h.http_port, MAX_MESSAGE_BYTES, SERVER_NAME,
+                                                       extensions))
+            timer = instance.timer()
+            print(
+                f"kairosd emulated ready: grpc={host}:{h.port} http={host}:{h.http_port} emulate={h.emulate} "
+                f"data={data} models={','.join(f'{m}={models[m]}' for m in specs)} slots={slots} "
+                f"precise_timer={timer.precise} pid={os.getpid()} load_s={time.monotonic() - started:.2f}",
+                flush=True,
+            )
         await stopping.wait()
-        drained = asyncio.ensure_future(instance.drained(grace_s))
+        async def all_drained() -> bool:
+            return all(await asyncio.gather(*(inst.drained(grace_s) for inst in live)))
+
+        drained = asyncio.ensure_future(all_drained())
         force = asyncio.ensure_future(forced.wait())
         await asyncio.wait([drained, force], return_when=asyncio.FIRST_COMPLETED)
         force.cancel()
         if not (drained.done() and drained.result()):
             drained.cancel()
-            log.warning("%d queries still waiting; cancelling them", instance.in_flight)
-        await server.stop(0 if forced.is_set() else 0.5)
-        if runner is not None:
+            log.warning("%d queries still waiting; cancelling them", sum(inst.in_flight for inst in live))
+        for server in servers:
+            await server.stop(0 if forced.is_set() else 0.5)
+        for runner in runners:
             await runner.cleanup()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        if instance is not None:
-            instance.close()
+        for inst in live:
+            inst.close()
     log.info("stopped")
     return 0

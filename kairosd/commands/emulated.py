@@ -13,7 +13,11 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", required=True, help="Triton-layout model repository (outputs' names, "
                         "shapes and dtypes come from its config.pbtxt files)")
-    parser.add_argument("--emulate", required=True, help="the measured instance type to emulate, e.g. g4dn.xlarge")
+    parser.add_argument("--emulate", help="the measured instance type to emulate, e.g. g4dn.xlarge (one instance, on "
+                        "--port and --http-port)")
+    parser.add_argument("--instance", action="append", default=[], metavar="TYPE:GRPC_PORT[:HTTP_PORT]",
+                        help="an emulated instance served by this process (repeat for several: an emulated host whose "
+                        "instances share one event loop); instead of --emulate")
     parser.add_argument("--data", default="kairos", help="\"kairos\" (the Kairos authors' samples) or a directory of "
                         "`kairosd profile` CSVs (default: %(default)s)")
     parser.add_argument("--models", required=True, help="SERVED=PROFILE pairs, e.g. dlrm=rm2,ncf=ncf: the profile "
@@ -31,16 +35,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from kairosd.backends.emulated import serve
+    from kairosd.backends.emulated import HostedInstance, parse_hosted, serve_host
     from kairosd.backends.process import die_with_parent
     from kairosd.emulation import parse_model_map
-    from kairosd.errors import KairosError
+    from kairosd.errors import ConfigError, KairosError
 
     die_with_parent()  # started by a daemon: SIGTERM (drain, exit) if the daemon dies without stopping us
     try:
         models = parse_model_map(args.models)
-        return uvloop.run(serve(args.model_repository, args.emulate, args.data, models, args.host, args.port,
-                                args.http_port or None, args.slots, args.seed, args.grace_s))
+        if (args.emulate is None) == (not args.instance):
+            raise ConfigError("give either --emulate TYPE (with --port, --http-port) or --instance TYPE:PORT[:HTTP_PORT]")
+        hosted = ([HostedInstance(args.emulate, args.port, args.http_port or None)] if args.emulate
+                  else [parse_hosted(x) for x in args.instance])
+        return uvloop.run(serve_host(args.model_repository, hosted, args.data, models, args.host, args.slots,
+                                     args.seed, args.grace_s))
     except KairosError as exc:
         log.error("%s", exc)
         return 1

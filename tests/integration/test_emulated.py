@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -228,3 +229,41 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cells = load_cells("t3.xlarge", cfg.types["e"].emulate_data, {"dlrm": "rm2"})["dlrm"]
     assert abs(cells.samples_s[0].mean() - 0.010) < 1e-4 and abs(cells.quantile_s(1, 0.99) - 0.012) < 3e-4
     assert cells.grid_index(50) == 1 and cells.grid_index(5000) == 1
+
+
+def test_emulated_host_serves_several_instances_from_one_process() -> None:
+    """`--instance` twice: two instances of different types in one process, each on its own ports, answering
+    with its own type over gRPC and HTTP; SIGTERM stops both."""
+    ports = [(t, free_port(), free_port()) for t in ("g4dn.xlarge", "t3.xlarge")]
+    argv = [sys.executable, "-m", "kairosd", "emulated", "--model-repository", str(REPO / "model_repository"),
+            "--models", "ncf=ncf", "--seed", "3"]
+    for t, g, h in ports:
+        argv += ["--instance", f"{t}:{g}:{h}"]
+    child = ChildProcess(argv, name="emulated-host").start()
+    try:
+        for t, g, h in ports:
+            wait_ready_sync(f"127.0.0.1:{g}", 30, child)
+            meta = grpcclient.InferenceServerClient(f"127.0.0.1:{g}").get_server_metadata()
+            assert f"emulated:{t}" in meta.extensions
+            r = grpcclient.InferenceServerClient(f"127.0.0.1:{g}").infer("ncf", grpc_inputs("ncf", 4))
+            assert r.get_response().parameters[TYPE_PARAM].string_param == t
+            rh = httpclient.InferenceServerClient(f"127.0.0.1:{h}").infer("ncf", http_inputs("ncf", 4, True))
+            assert rh.get_response()["parameters"][TYPE_PARAM] == t
+            assert rh.as_numpy(OUTPUT["ncf"]).shape == (4, 1)
+    finally:
+        assert child.stop(10) == 0, child.log_tail()
+
+
+def test_emulated_cli_needs_one_way_to_name_instances() -> None:
+    from kairosd.backends.emulated import HostedInstance, parse_hosted
+    from kairosd.errors import ConfigError
+
+    assert parse_hosted("r5n.large:9001:9000") == HostedInstance("r5n.large", 9001, 9000)
+    assert parse_hosted("r5n.large:9001") == HostedInstance("r5n.large", 9001, None)
+    for bad in ("r5n.large", "r5n.large:x", ":9001", "r5n.large:9001:y"):
+        with pytest.raises(ConfigError, match="TYPE:GRPC_PORT"):
+            parse_hosted(bad)
+    both = subprocess.run([sys.executable, "-m", "kairosd", "emulated", "--model-repository", str(REPO / "model_repository"),
+                           "--models", "ncf=ncf", "--emulate", "t3.xlarge", "--instance", "t3.xlarge:1:2"],
+                          capture_output=True, text=True, timeout=60)
+    assert both.returncode == 1 and "either --emulate" in both.stderr
