@@ -304,7 +304,7 @@ def main_bench(args: argparse.Namespace) -> int:
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
-                     "protocol": args.protocol, "hosted": args.hosted},
+                     "protocol": args.protocol, "hosted": args.hosted, "scheduler": args.scheduler},
     }
     if args.fidelity_only:
         path = Path(args.out)
@@ -345,7 +345,8 @@ def main_bench(args: argparse.Namespace) -> int:
             sub.mkdir(exist_ok=True)
             t0 = time.monotonic()
             d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms,
-                       scheduler_extra=f'admission = "{args.admission}"', hosted=args.hosted)
+                       scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]),
+                       hosted=args.hosted)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 light = 0.1 * ub
@@ -411,6 +412,8 @@ def main() -> int:
     ap.add_argument("--process-per-instance", dest="hosted", action="store_false",
                     help="one process per emulated instance, as the local provider starts them (default: all the "
                          "fleet's instances in one emulated host process, kairosd emulated --instance ...)")
+    ap.add_argument("--scheduler", action="append", default=[], metavar="KEY = VALUE",
+                    help="a TOML line for the daemon's [scheduler] table (repeatable), e.g. 'pipeline = false'")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
