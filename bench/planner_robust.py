@@ -137,9 +137,10 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
 
     t1 = time.perf_counter()
     plus_seeds = [PLUS_SEED + 10 * s for s in range(args.plus_seeds)]
-    plus_ev = SeedsEvaluator(setups(sw, PLUS_SEED, args.plus_seeds, args.queries), bound=bound, workers=args.workers)
+    plus_queries = args.plus_queries or args.queries
+    plus_ev = SeedsEvaluator(setups(sw, PLUS_SEED, args.plus_seeds, plus_queries), bound=bound, workers=args.workers)
     if not args.plus_fresh:
-        cache.fill(plus_ev, seed, plus_seeds, args.queries)
+        cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
     ti = [wl.profiles.type_index(t) for t in wl.types]
     mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
@@ -147,7 +148,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
     plus_s = kairos_s + time.perf_counter() - t1
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
-    cache.save(plus_ev, seed, plus_seeds, args.queries)
+    cache.save(plus_ev, seed, plus_seeds, plus_queries)
 
     judge_seeds = [JUDGE_SEED + 10 * s for s in range(args.judge_seeds)]
     judge = SeedsEvaluator(setups(sw, JUDGE_SEED, args.judge_seeds, args.queries), bound=bound, workers=args.workers)
@@ -226,6 +227,8 @@ def main() -> int:
     ap.add_argument("--judge-seeds", type=int, default=3)
     ap.add_argument("--plus-seeds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=4000)
+    ap.add_argument("--plus-queries", type=int, default=0,
+                    help="queries per Kairos+ evaluation stream (default: --queries)")
     ap.add_argument("--max-configs", type=int, default=synth.MAX_CONFIGS)
     ap.add_argument("--workers", type=int, default=max(1, len(os.sched_getaffinity(0))))
     ap.add_argument("--cache", default="/tmp/kairosd-planner-robust-cache.jsonl")
@@ -306,6 +309,7 @@ def main() -> int:
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "workers": args.workers},
         "settings": {"workload_seeds": seeds, "judge_seeds": [JUDGE_SEED + 10 * s for s in range(args.judge_seeds)],
                      "plus_seeds": [PLUS_SEED + 10 * s for s in range(args.plus_seeds)], "queries_per_run": args.queries,
+                     "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
                      "quick": args.quick},
