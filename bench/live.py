@@ -122,7 +122,7 @@ def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, m
     from kairosd.emulation import load_cells
 
     body = request_body(served, batch)
-    http_headers, http_body = http_request(served, batch)
+    http_path, http_headers, http_body = http_request(served, batch)
     rows = []
     for where in ("direct_h2load", "direct_h2load_http"):
         for t in TYPES:
@@ -132,8 +132,7 @@ def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, m
             if where == "direct_h2load":
                 lat = _h2load_latencies_ms(addr[t], body, n, workdir)
             else:
-                lat = _h2load_latencies_ms(http_addr[t], http_body, n, workdir,
-                                           (f"/v2/models/{served}/infer", http_headers))
+                lat = _h2load_latencies_ms(http_addr[t], http_body, n, workdir, (http_path, http_headers))
             row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat),
                    **_against_profile(lat, cells, batch)}
             rows.append(row)

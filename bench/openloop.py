@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from kairosd.backends.emulated import ARRIVED_PARAM, DONE_PARAM, SERVICE_PARAM, TYPE_PARAM  # noqa: E402
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready_sync  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -62,7 +63,7 @@ def machine_cpu() -> tuple[float, float, float]:
                 psi = float(line.rsplit("total=", 1)[1])
     except OSError:
         pass
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    v = _cpu_jiffies()
     idle = v[3] + v[4]
     return psi, float(sum(v) - idle), float(sum(v))
 
@@ -70,8 +71,13 @@ def machine_cpu() -> tuple[float, float, float]:
 def steal_jiffies() -> tuple[float, float]:
     """(steal, total) jiffies of all cores (/proc/stat): time a virtual CPU was ready to run but the
     hypervisor ran something else — counted as busy by `machine_cpu`, yet no process here used it."""
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    v = _cpu_jiffies()
     return float(v[7] if len(v) > 7 else 0), float(sum(v))
+
+
+def _cpu_jiffies() -> list[int]:
+    """The all-cores `cpu` line of /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal, ..."""
+    return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
 
 
 def rss_bytes(pid: int) -> int:
@@ -150,9 +156,10 @@ def request_body(model: str, batch: int) -> bytes:
     return request.SerializeToString()
 
 
-def http_request(model: str, batch: int) -> tuple[dict[str, str], bytes]:
-    """The same query as `request_body` for the KServe v2 REST front end: a JSON header, then the inputs
-    as binary tensors; outputs asked as binary too (Triton's binary-tensor extension)."""
+def http_request(model: str, batch: int) -> tuple[str, dict[str, str], bytes]:
+    """The same query as `request_body` for the KServe v2 REST front end: (path, headers, body), the body a
+    JSON header, then the inputs as binary tensors; outputs asked as binary too (Triton's binary-tensor
+    extension)."""
     from tritonclient.utils import np_to_triton_dtype
 
     from kairosd.modelgen import example_inputs
@@ -164,14 +171,20 @@ def http_request(model: str, batch: int) -> tuple[dict[str, str], bytes]:
         "parameters": {"binary_data_output": True},
     }).encode()
     headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    return headers, b"".join([header, *(arr.tobytes() for arr in inputs.values())])
+    return f"/v2/models/{model}/infer", headers, b"".join([header, *(arr.tobytes() for arr in inputs.values())])
 
 
-def _http_params(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
-    """The response parameters of an HTTP infer reply (its JSON header)."""
+def _served_grpc(params: Any) -> tuple[str, int, int, int]:
+    """From an emulated instance's ModelInferResponse parameters: (type, service µs, arrived ns, done ns)."""
+    return (params[TYPE_PARAM].string_param, params[SERVICE_PARAM].int64_param, params[ARRIVED_PARAM].int64_param,
+            params[DONE_PARAM].int64_param)
+
+
+def _served_http(body: bytes, headers: dict[str, str]) -> tuple[str, int, int, int]:
+    """The same from an HTTP infer reply, whose JSON header carries the response parameters."""
     length = int(headers.get("inference-header-content-length", len(body)))
-    params: dict[str, Any] = json.loads(body[:length]).get("parameters", {})
-    return params
+    params = json.loads(body[:length]).get("parameters", {})
+    return params[TYPE_PARAM], params[SERVICE_PARAM], params[ARRIVED_PARAM], params[DONE_PARAM]
 
 
 async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +195,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
-    from kairosd.backends.emulated import ARRIVED_PARAM, DONE_PARAM, SERVICE_PARAM, TYPE_PARAM, PreciseTimer
+    from kairosd.backends.emulated import PreciseTimer
 
     batches = np.asarray(spec["batches"], dtype=np.int64)
     n = len(batches)
@@ -200,9 +213,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
 
         pool = HttpWirePool(spec["http_url"])
         http_bodies = {int(b): http_request(spec["model"], int(b)) for b in np.unique(batches)}
-        http_path = f"/v2/models/{spec['model']}/infer"
-        headers, body = http_bodies[int(batches[0])]
-        reply = await pool.post(http_path, headers, body, 30)
+        reply = await pool.post(*http_bodies[int(batches[0])], 30)
         if reply.status != 200:
             raise RuntimeError(f"HTTP {reply.status} from {spec['http_url']}: {reply.body[:300]!r}")
     for call in calls:
@@ -230,47 +241,45 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     # per query, monotonic seconds: sent, reached the instance, service ended there, answer received
     sent, arrived, ended, received = (np.full(n, math.nan) for _ in range(4))
 
+    def answered(i: int, at: float) -> None:
+        """Query i's answer is in: its latency from its scheduled arrival `at`."""
+        nonlocal done_at
+        t = time.monotonic()
+        latency[i] = t - at
+        done_at = max(done_at, t)
+        received[i] = t
+
+    def served(i: int, how: tuple[str, int, int, int]) -> None:
+        """The type that served query i, the service it drew (µs), when it reached and left the instance (ns)."""
+        served_by[i], service_us, arrived_ns, done_ns = how
+        service[i], arrived[i], ended[i] = service_us / 1e6, arrived_ns / 1e9, done_ns / 1e9
+
     async def one(i: int, at: float) -> None:
-        nonlocal errors, done_at
+        nonlocal errors
         try:
             sent[i] = time.monotonic()
             reply = await calls[i % len(calls)](bodies[int(batches[i])], timeout=timeout)
-            t = time.monotonic()
-            latency[i] = t - at
-            done_at = max(done_at, t)
-            received[i] = t
-            params = pb.ModelInferResponse.FromString(reply).parameters
-            service[i] = params[SERVICE_PARAM].int64_param / 1e6
-            served_by[i] = params[TYPE_PARAM].string_param
-            arrived[i] = params[ARRIVED_PARAM].int64_param / 1e9
-            ended[i] = params[DONE_PARAM].int64_param / 1e9
+            answered(i, at)
+            served(i, _served_grpc(pb.ModelInferResponse.FromString(reply).parameters))
         except grpc.aio.AioRpcError:
             errors += 1
 
     async def one_http(i: int, at: float) -> None:
-        nonlocal errors, done_at
-        headers, body = http_bodies[int(batches[i])]
+        nonlocal errors
         try:
             sent[i] = time.monotonic()
-            reply = await pool.post(http_path, headers, body, timeout)
+            reply = await pool.post(*http_bodies[int(batches[i])], timeout)
         except (HttpWireError, TimeoutError):
             errors += 1
             return
         if reply.status != 200:
             errors += 1
             return
-        t = time.monotonic()
-        latency[i] = t - at
-        done_at = max(done_at, t)
-        received[i] = t
-        params = _http_params(reply.body, reply.headers)
-        service[i] = params[SERVICE_PARAM] / 1e6
-        served_by[i] = params[TYPE_PARAM]
-        arrived[i] = params[ARRIVED_PARAM] / 1e9
-        ended[i] = params[DONE_PARAM] / 1e9
+        answered(i, at)
+        served(i, _served_http(reply.body, reply.headers))
 
     async def one_outcome(i: int, at: float) -> None:
-        nonlocal errors, done_at
+        nonlocal errors
         assert check is not None
         sent[i] = time.monotonic()
         call = calls[i % len(calls)](bodies[int(batches[i])], metadata=deadline_md)
@@ -292,17 +301,10 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
             return
         finally:
             gave_up.cancel()
-        t = time.monotonic()
-        latency[i] = t - at
-        done_at = max(done_at, t)
-        received[i] = t
+        answered(i, at)
         response = pb.ModelInferResponse.FromString(reply)
         outcome[i] = "OK" if check.ok(response, int(batches[i])) else "WRONG"
-        params = response.parameters
-        service[i] = params[SERVICE_PARAM].int64_param / 1e6
-        served_by[i] = params[TYPE_PARAM].string_param
-        arrived[i] = params[ARRIVED_PARAM].int64_param / 1e9
-        ended[i] = params[DONE_PARAM].int64_param / 1e9
+        served(i, _served_grpc(response.parameters))
 
     send = one_outcome if outcomes else one_http if http else one
     # no garbage collection while queries are sent and answered: a collection of the per-query objects
@@ -504,18 +506,14 @@ class Daemon:
         write_profiles(workdir / "profiles", served, model)
         path = workdir / f"{name or f'{model}-{policy}'}.toml"
         self.host: ChildProcess | None = None
-        if hosted:
-            endpoints = self._start_host(served, model, fleet)
-            try:
-                self._start(path, lambda: write_config(path, served, model, qos_ms, {}, policy, params, margin_ms,
-                                                       scheduler_extra, extra_toml + endpoints), sum(fleet.values()))
-            except BaseException:
-                assert self.host is not None
+        static, endpoints = (({}, self._start_host(served, model, fleet)) if hosted else (fleet, ""))
+        try:
+            self._start(path, lambda: write_config(path, served, model, qos_ms, static, policy, params, margin_ms,
+                                                   scheduler_extra, extra_toml + endpoints), sum(fleet.values()))
+        except BaseException:
+            if self.host is not None:
                 self.host.stop(10)
-                raise
-        else:
-            self._start(path, lambda: write_config(path, served, model, qos_ms, fleet, policy, params, margin_ms,
-                                                   scheduler_extra, extra_toml), sum(fleet.values()))
+            raise
 
     def _start_host(self, served: str, model: str, fleet: dict[str, int]) -> str:
         """Start the emulated host for `fleet`; its instances as `[[fleet.endpoints]]` TOML."""

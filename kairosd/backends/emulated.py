@@ -348,7 +348,7 @@ class HostedInstance:
 
 def parse_hosted(text: str) -> HostedInstance:
     """`TYPE:GRPC_PORT[:HTTP_PORT]` (the CLI's --instance) → HostedInstance. Raises ConfigError."""
-    parts = text.rsplit(":", 2) if text.count(":") >= 2 else text.rsplit(":", 1)
+    parts = text.rsplit(":", 2)
     if len(parts) < 2 or not all(x.isdigit() for x in parts[1:]) or not parts[0]:
         raise ConfigError(f"--instance {text!r}: expected TYPE:GRPC_PORT[:HTTP_PORT], e.g. r5n.large:9001:9000")
     return HostedInstance(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
@@ -436,6 +436,7 @@ async def serve_host(
                 flush=True,
             )
         await stopping.wait()
+
         async def all_drained() -> bool:
             return all(await asyncio.gather(*(inst.drained(grace_s) for inst in live)))
 
