@@ -73,6 +73,11 @@ class BoundModel:
                         instance rather than send it to an idle type-j one (C_k·(T + L_k) ≤ C_j·L_j, at
                         most k's slack QoS − its feasibility latency; 0 where k costs more), averaged
                         over the band by probability (None: not modelled)
+    batch_idle_cost     [type, support batch]: the dispatcher's cost of sending a query of that batch to
+                        an idle instance of the type, as it ranks them (Kairos tiers: +1 per QoS test
+                        failed without waiting, on p99 then on the mean, times a penalty above every
+                        C_j·L_j(b)), so that the idle fleet's choice for batch b is the present type of
+                        least cost, the first in type order on ties (None: not modelled)
     """
 
     types: tuple[str, ...]
@@ -98,6 +103,7 @@ class BoundModel:
     slack: float = QOS_SLACK
     band_pref: np.ndarray | None = None
     band_hold: np.ndarray | None = None
+    batch_idle_cost: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
     _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
@@ -169,9 +175,11 @@ class BoundModel:
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
-        band_pref = band_hold = None
+        band_pref = band_hold = idle_cost = None
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
+            tier = (feas_s > qos_s).astype(np.int64) + (mean_sup > qos_s)
+            idle_cost = dc + tier * (2.0 * float(np.max(np.abs(dc), initial=0.0)) + 1.0)
 
             def band_mean(x: np.ndarray) -> np.ndarray:
                 """[j, k, support batch] → [j, k, band]: the probability-weighted mean over each band."""
@@ -214,6 +222,7 @@ class BoundModel:
             slack=float(slack),
             band_pref=band_pref,
             band_hold=band_hold,
+            batch_idle_cost=idle_cost,
         )
 
     @staticmethod

@@ -61,6 +61,33 @@ def base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     return order_key[np.minimum(np.where(configs > 0, rank_of[None, :], n_types).min(axis=1), n_types - 1)]
 
 
+def idle_miss(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
+    """Each configuration's share of queries that miss QoS when every instance is idle: batch b goes to
+    the present type the dispatcher ranks cheapest on an idle instance (`bm.batch_idle_cost`) and
+    misses there with its no-wait probability (`bm.batch_miss`); Σ_b p_b·miss_choice(b)(b). Zeros when
+    `bm` does not model the dispatcher's costs. Vectorised over the distinct sets of present types.
+
+    A fleet whose idle share exceeds the p99 target's ε misses it at low rates whatever its capacity:
+    e.g. a fleet whose cheapest idle column for the large batches is a type that takes them on its
+    mean latency but misses QoS on 40% of them."""
+    configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
+    out = np.zeros(len(configs))
+    cost, miss, p = bm.batch_idle_cost, bm.batch_miss, bm.batch_p
+    if cost is None or miss is None or p is None:
+        return out
+    present = configs > 0
+    masks, inverse = np.unique(present, axis=0, return_inverse=True)
+    cols = np.arange(cost.shape[1])
+    for m, row in enumerate(masks):
+        types = np.flatnonzero(row)
+        if len(types) == 0:
+            out[inverse.ravel() == m] = 1.0
+            continue
+        choice = types[np.argmin(cost[types], axis=0)]
+        out[inverse.ravel() == m] = float(p @ miss[choice, cols])
+    return out
+
+
 def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS,
                    diversion: bool = True) -> np.ndarray:
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
@@ -93,7 +120,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
         (a query late for its auxiliary goes to a free base).
     Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
-    (ε = 1%, the p99 target). Misses: those that miss without waiting — on the base
+    (ε = 1%, the p99 target); a configuration whose idle fleet already misses more than ε (`idle_miss`)
+    gets 0. Misses: those that miss without waiting — on the base
     Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share times its rate y_k (from the
     measured samples, or 0/1 from the feasibility table) — and queries whose wait exceeds their slack,
     with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
@@ -124,6 +152,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
     n_types = len(bm.types)
     base = base_types(configs, bm)
+    idle = idle_miss(configs, bm)
     qos = bm.qos_s
     for j in range(n_types):
         rows = np.flatnonzero((base == j) & (ub > 0))
@@ -149,7 +178,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
         est[rows] = lo
-    return est
+    return np.where(idle > eps, 0.0, est)
 
 
 def _admissible(

@@ -36,7 +36,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.planner.queueing import erlang_b, erlang_c
+from kairosd.planner.queueing import erlang_b, erlang_c, idle_miss
 
 QOS = 0.005
 
@@ -684,6 +684,41 @@ def test_queue_estimate_loads_a_base_the_dispatcher_prefers() -> None:
     bm = _large_and_small_model(1.0, prefer_base=True)
     plain = BoundModel.build(np.asarray(bm.batch_lat_s), np.asarray(bm.batch_lat_s), np.ones(2) / 2, QOS, ("b", "a"))
     assert plain.band_pref is None
+
+
+def _tailed_base_model(aux_cheaper_on_large: bool) -> BoundModel:
+    """A base whose p99 misses QoS on batch 100 (a 0.5% tail; 3 ms mean, 5 ms QoS) and a cheaper
+    auxiliary that meets QoS there on the mean (4.5 ms) but misses on 30% of those queries; 90% of the
+    queries batch 10, which both serve well within QoS. `aux_cheaper_on_large`: on an idle fleet the
+    dispatcher ranks the auxiliary first for batch 100 (both fail the p99 test there), else the base."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0030])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0015, 0.0045])
+    p99 = mean * 2.0
+    p99[:, :11] = mean[:, :11]
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.9, 0.1]
+    miss = np.zeros((2, 101))
+    miss[0, 100], miss[1, 100] = 0.005, 0.3
+    cost = mean * np.array([[1.0], [0.1 if aux_cheaper_on_large else 1.0]])
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
+
+
+def test_idle_miss_follows_the_dispatchers_choice_on_an_idle_fleet() -> None:
+    """Batch 100 goes to the present type the dispatcher ranks first on an idle fleet: the auxiliary
+    when it is cheaper there (10% × 30% = 3% of the queries miss: no rate meets a p99 target, and the
+    estimate is 0), the base otherwise (10% × 0.5%); a base alone misses 0.05%."""
+    configs = np.array([[1, 1], [2, 0], [0, 2]])
+    cheap = _tailed_base_model(aux_cheaper_on_large=True)
+    np.testing.assert_allclose(idle_miss(configs, cheap), [0.03, 0.0005, 0.03])
+    est = queue_estimate(configs, cheap)
+    assert est[0] == 0.0 and est[1] > 0.0
+    dear = _tailed_base_model(aux_cheaper_on_large=False)
+    np.testing.assert_allclose(idle_miss(configs, dear), [0.0005, 0.0005, 0.03])
+    assert queue_estimate(configs, dear)[0] > 0.0
+    # without the dispatcher's costs nothing is known of its idle choice
+    plain = BoundModel.build(np.asarray(cheap.batch_lat_s), np.asarray(cheap.batch_lat_s), np.ones(2) / 2, QOS, ("b", "a"))
+    np.testing.assert_array_equal(idle_miss(configs, plain), np.zeros(3))
 
 
 def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
