@@ -2,8 +2,10 @@
 beside the bare Python pass-through (bench/bare_proxy.py) to one of the same instances, in the same run.
 
 Targets, per protocol: `bare` (bare_proxy.py → one emulated instance), and `kairosd serve` once per
-backend transport (`unary`: one ModelInfer call per query; `stream`: one ModelStreamInfer stream per
-instance; chosen with KAIROSD_BACKEND_STREAM in the daemon's environment). Each daemon serves ncf (batch
+backend transport (`http`: every query over the instance's HTTP endpoint, a gRPC query converted
+(kairosd/backends/grpc_http.py, the default); `unary`: gRPC queries as one ModelInfer call each;
+`stream`: gRPC queries on one ModelStreamInfer stream per instance; chosen with KAIROSD_BACKEND_HTTP
+and KAIROSD_BACKEND_STREAM in the daemon's environment; HTTP queries go over HTTP in all three). Each daemon serves ncf (batch
 1) with a generous QoS and `admission = "off"` (nothing refused) from `--instances` emulated g4dn.xlarge
 of `--slots` slots each. gRPC load: h2load (`--streams` concurrent streams over `--connections`
 connections; body = the 5-byte gRPC prefix + a serialized ModelInferRequest). HTTP load: wrk (JSON body,
@@ -20,7 +22,7 @@ repeats). The targets take turns within each repeat; medians over `--repeats`.
     python bench/head.py [--duration-s 5] [--repeats 3] [--workers N] [--profile-s 10]
 
 `--workers N` (N > 1) sets `[server] workers = N`; a daemon that refuses it (the key is newer than this
-script may be) is started without it and the run says so. `--profile-s S` records the unary or stream
+script may be) is started without it and the run says so. `--profile-s S` records one transport's
 daemon (`--profile-transport`) with py-spy for S seconds under h2load load and writes the top functions
 by self and total time to bench/results/head_profile.txt. Writes bench/results/head.json.
 """
@@ -54,6 +56,8 @@ from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait
 INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 MODEL = "ncf"
 TRANSPORT_ENV = "KAIROSD_BACKEND_STREAM"
+HTTP_ENV = "KAIROSD_BACKEND_HTTP"
+TRANSPORTS = ("http", "unary", "stream")
 
 
 # ---- processes ------------------------------------------------------------------------------------
@@ -117,14 +121,15 @@ class CpuMeter:
 class Daemon:
     """`kairosd serve` over emulated ncf instances, with the backend transport set in its environment."""
 
-    def __init__(self, workdir: Path, name: str, stream: bool, instances: int, slots: int, workers: int) -> None:
+    def __init__(self, workdir: Path, name: str, transport: str, instances: int, slots: int, workers: int) -> None:
         self.name = name
         self.workers_applied = workers > 1
         for attempt in range(3):
             self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
             path = workdir / f"{name}.toml"
             path.write_text(config_text(workdir, self.ports, instances, slots, workers if self.workers_applied else 1))
-            env = {**os.environ, TRANSPORT_ENV: "1" if stream else "0"}
+            env = {**os.environ, TRANSPORT_ENV: "0" if transport == "unary" else "1",
+                   HTTP_ENV: "1" if transport == "http" else "0"}
             self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name=f"kairosd-{name}",
                                       env=env).start()
             try:
@@ -463,7 +468,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=4, help="h2load's connections (streams are spread over them)")
     p.add_argument("--workers", default="1", help="[server] workers, a comma list (e.g. 1,2): a daemon per value "
                    "and transport")
-    p.add_argument("--transports", default="unary,stream")
+    p.add_argument("--transports", default=",".join(TRANSPORTS))
     p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--profile-s", type=float, default=0.0, help="py-spy record the daemon for this long (0: no)")
     p.add_argument("--profile-transport", default="", help="which daemon to profile (default: the last transport)")
@@ -475,6 +480,9 @@ def main() -> int:
             print(f"{tool} is not installed (h2load: nghttp2-client, wrk: wrk, py-spy: pip)", file=sys.stderr)
             return 2
     transports = [t for t in args.transports.split(",") if t]
+    if set(transports) - set(TRANSPORTS):
+        print(f"--transports: each of {', '.join(TRANSPORTS)}", file=sys.stderr)
+        return 2
     protocols = [x for x in args.protocols.split(",") if x]
 
     tmp = Path(tempfile.mkdtemp(prefix="kairosd-head-"))
@@ -491,7 +499,7 @@ def main() -> int:
         for t in transports:
             for w in workers:
                 name = t if len(workers) == 1 else f"{t}-w{w}"
-                daemons[name] = Daemon(tmp, name, t == "stream", args.instances, args.slots, w)
+                daemons[name] = Daemon(tmp, name, t, args.instances, args.slots, w)
         first = next(iter(daemons.values()))
         backend = next(i for i in first.fleet() if i["state"] == "ready")
         backend_pid = _pid_listening(first, backend["address"])

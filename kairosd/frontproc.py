@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2
 
 from kairosd import ipc
 from kairosd.backends.client import BackendClient
+from kairosd.backends.grpc_http import grpc_over_http_default, infer_over_http
 from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
 from kairosd.config import Resolved
 from kairosd.errors import BackendError, KairosError, ModelNotFound, Overloaded, Unavailable
@@ -56,6 +57,7 @@ class RemoteService:
 
     def __init__(self, resolved: Resolved) -> None:
         self._repository = dict(resolved.repository)
+        self._grpc_over_http = grpc_over_http_default()  # as the dispatcher's scheduler (grpc_http)
         self._models = {m: i for i, m in enumerate(sorted(resolved.config.qos_s))}
         self._max_message_bytes = resolved.config.server.max_request_bytes
         self._loop = asyncio.get_running_loop()
@@ -85,6 +87,8 @@ class RemoteService:
         size = len(raw) if raw is not None else request.ByteSize()
 
         def send(inst: _Remote, t: float) -> Awaitable[bytes]:
+            if inst.http is not None and self._grpc_over_http:
+                return infer_over_http(inst.http, request, t)
             return inst.client.infer(request, t, raw)
 
         response = await self._query(spec, batch, timeout_s, size, send)

@@ -36,6 +36,7 @@ from tritonclient.grpc import service_pb2
 from kairosd import admission
 from kairosd.admission import Ahead, Capacity
 from kairosd.autoscale.load import LoadWindow
+from kairosd.backends.grpc_http import grpc_over_http_default, infer_over_http
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import SchedulerConfig
 from kairosd.dispatch import Policy, Snapshot
@@ -135,6 +136,7 @@ class Scheduler:
         self.policy = policy
         self.config = config
         self.qos_s = dict(qos_s)
+        self._grpc_over_http = grpc_over_http_default()  # a gRPC query to an instance's HTTP endpoint (grpc_http)
         self.model_idx = {m: profiles.model_index(m) for m in qos_s}
         self._qos_min_s = min(qos_s.values(), default=1.0)
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
@@ -397,9 +399,9 @@ class Scheduler:
                 self._kick()
 
     async def _send(self, inst: Instance, q: Query, expected_finish_s: float) -> bytes | HttpReply:
-        """The one place a query goes to an instance, over HTTP when both the query and the instance
-        speak it, else over gRPC. Raises _Retry when another instance should be tried; any other
-        failure reaches the client as a typed error."""
+        """The one place a query goes to an instance: over HTTP when the instance speaks it (a gRPC
+        query converted, `grpc_http`, unless KAIROSD_BACKEND_HTTP=0), else over gRPC. Raises _Retry
+        when another instance should be tried; any other failure reaches the client as a typed error."""
         sent_s, timeout, backend_bound = self._sending(q, inst)
         response: bytes | HttpReply
         try:
@@ -407,6 +409,9 @@ class Scheduler:
             if http is not None and inst.http is not None:
                 self.stats.http_forwarded += 1
                 response = await inst.http.infer(http, timeout)
+            elif http is None and inst.http is not None and self._grpc_over_http:
+                assert q.request is not None
+                response = await infer_over_http(inst.http, q.request, timeout)
             else:
                 if q.request is None:
                     assert http is not None

@@ -1,0 +1,134 @@
+"""A gRPC infer request sent over an instance's HTTP/REST endpoint, and the reply as a ModelInferResponse.
+
+Both ends speak KServe v2; the hop from kairosd to an instance is kairosd's choice. A keep-alive
+HTTP/1.1 POST through `http_wire` costs the head a fraction of a grpc.aio call's CPU, so a gRPC
+client's query goes to an instance that has an HTTP endpoint as Triton's binary-tensor body: a JSON
+header (inputs with `binary_data_size`, every output asked for as binary data, the request's id and
+parameters), then the raw input tensors as the validated request holds them. The reply's JSON header
+and binary outputs become the ModelInferResponse the client would have had from the instance over
+gRPC: model name and version, id, parameters, and each output's name, datatype, shape, parameters and
+raw contents (an output the instance sent as JSON `data` is converted). `KAIROSD_BACKEND_HTTP=0` in
+the environment keeps gRPC queries on gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import quote
+
+import grpc
+import rapidjson
+from tritonclient.grpc import service_pb2 as pb
+
+from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
+from kairosd.errors import BackendError, InvalidInput
+from kairosd.server.tensors import json_to_raw
+
+HTTP_ENV = "KAIROSD_BACKEND_HTTP"
+_HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def grpc_over_http_default() -> bool:
+    """Whether a gRPC query goes to an instance's HTTP endpoint when it has one (the default), not when
+    KAIROSD_BACKEND_HTTP is 0/false/no."""
+    return os.environ.get(HTTP_ENV, "").strip().lower() not in ("0", "false", "no")
+
+
+def _value(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(param, kind)
+
+
+def _params(params: Any, skip: str = "") -> dict[str, Any]:
+    return {k: v for k, p in params.items() if k != skip and (v := _value(p)) is not None}
+
+
+def _set(param: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        if value < 0 or value < 2**63:
+            param.int64_param = value
+        else:
+            param.uint64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    elif isinstance(value, str):
+        param.string_param = value
+
+
+def to_http(request: pb.ModelInferRequest) -> HttpForward:
+    """The request as an HTTP binary-tensor body for `/v2/models/<m>[/versions/<v>]/infer`. The request
+    was validated: every input's data is in `raw_input_contents`, in input order."""
+    raws = request.raw_input_contents
+    inputs = []
+    for i, t in enumerate(request.inputs):
+        params = _params(t.parameters)
+        params["binary_data_size"] = len(raws[i])
+        inputs.append({"name": t.name, "datatype": t.datatype, "shape": list(t.shape), "parameters": params})
+    params = _params(request.parameters)
+    params["binary_data_output"] = True
+    doc: dict[str, Any] = {"inputs": inputs, "parameters": params}
+    if request.id:
+        doc["id"] = request.id
+    if request.outputs:
+        doc["outputs"] = [{"name": o.name, "parameters": {**_params(o.parameters), "binary_data": True}}
+                          for o in request.outputs]
+    header = rapidjson.dumps(doc).encode()
+    name = quote(request.model_name, safe="")
+    path = (f"/v2/models/{name}/versions/{quote(request.model_version, safe='')}/infer" if request.model_version
+            else f"/v2/models/{name}/infer")
+    headers = {"Content-Type": "application/octet-stream", _HEADER_LENGTH: str(len(header)),
+               "Accept-Encoding": "identity"}
+    return HttpForward(path, b"".join([header, *raws]), headers, lambda: request)
+
+
+async def infer_over_http(client: HttpBackendClient, request: pb.ModelInferRequest, timeout_s: float) -> bytes:
+    """Send one validated gRPC query to the instance's HTTP endpoint; the serialized ModelInferResponse.
+    Raises BackendError as `HttpBackendClient.infer` does (an error status: InstanceHttpError)."""
+    return from_http(await client.infer(to_http(request), timeout_s), client.address)
+
+
+def from_http(reply: HttpReply, instance: str) -> bytes:
+    """The instance's 200 reply as a serialized ModelInferResponse. Raises BackendError (INTERNAL, not
+    retried) when the reply is not a KServe v2 infer response."""
+    try:
+        return _response(reply).SerializeToString()
+    except (InvalidInput, ValueError, TypeError, KeyError, RecursionError) as e:
+        raise BackendError(f"instance {instance}: unreadable HTTP infer reply: {e}", status=grpc.StatusCode.INTERNAL,
+                           retryable=False, instance=instance) from None
+
+
+def _response(reply: HttpReply) -> pb.ModelInferResponse:
+    body = reply.body
+    length = reply.headers.get(_HEADER_LENGTH)
+    end = int(length) if length is not None else len(body)
+    if not 0 < end <= len(body):
+        raise ValueError(f"{_HEADER_LENGTH} {length} does not fit a {len(body)}-byte body")
+    doc = rapidjson.loads(body[:end])
+    out = pb.ModelInferResponse(model_name=str(doc.get("model_name", "")), model_version=str(doc.get("model_version", "")))
+    if doc.get("id"):
+        out.id = str(doc["id"])
+    for key, value in (doc.get("parameters") or {}).items():
+        _set(out.parameters[key], value)
+    view = memoryview(body)
+    offset = end
+    raws: list[bytes] = []
+    for item in doc.get("outputs") or ():
+        name, datatype, shape = item["name"], item["datatype"], item["shape"]
+        tensor = out.outputs.add(name=name, datatype=datatype, shape=shape)
+        params = item.get("parameters") or {}
+        for key, value in params.items():
+            if key != "binary_data_size":
+                _set(tensor.parameters[key], value)
+        size = params.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or not 0 <= size <= len(body) - offset:
+                raise ValueError(f"output {name!r}: binary_data_size {size} exceeds the reply")
+            raws.append(bytes(view[offset:offset + size]))
+            offset += size
+        else:
+            raws.append(json_to_raw(item["data"], datatype, shape, name))
+    out.raw_output_contents.extend(raws)
+    return out
