@@ -202,7 +202,7 @@ async def _read_body(request: web.Request) -> bytes:
         )
     timeout_s = request.app.get(_BODY_TIMEOUT_KEY)
     try:
-        if timeout_s is None:
+        if timeout_s is None or request.content.is_eof():  # the whole body already arrived
             return await request.read()
         async with asyncio.timeout(timeout_s):
             return await request.read()

@@ -119,9 +119,48 @@ def contents_to_raw(contents: service_pb2.InferTensorContents, datatype: str, sh
         raise InvalidInput(f"input '{name}': contents.{field} do not fit {datatype}: {e}") from None
 
 
+# struct codes of the fixed-size datatypes `_flat_to_raw` packs, and the integer ranges
+_STRUCT_CODE: dict[str, str] = {
+    "UINT8": "B", "INT8": "b", "UINT16": "H", "INT16": "h", "UINT32": "I", "INT32": "i", "UINT64": "Q", "INT64": "q",
+    "FP16": "e", "FP32": "f", "FP64": "d",
+}
+# (UINT64 up to the int64 maximum only: above it numpy's inference, and so the numpy path, decides)
+_INT_RANGE: dict[str, tuple[int, int]] = {
+    t: (int(np.iinfo(WIRE_NP[t]).min), min(int(np.iinfo(WIRE_NP[t]).max), 2**63 - 1))
+    for t in _STRUCT_CODE if WIRE_NP[t].kind in "iu"
+}
+# the fast path's size limit: beyond it numpy's vectorised checks cost less than a Python loop
+_FLAT_MAX = 64
+_EXACT_INT = 2**53  # integers a float64 holds exactly: packed as floats, they round once, as numpy's
+
+
+def _flat_to_raw(data: list[Any], datatype: str) -> bytes | None:
+    """`json_to_raw` for a short flat list whose elements are all of the datatype's JSON kind and in
+    range, packed with struct (the same bytes as the numpy path); None for anything else, which the
+    numpy path then converts or refuses with its message."""
+    if datatype == "BOOL":
+        return bytes(data) if all(type(e) is bool for e in data) else None
+    code = _STRUCT_CODE.get(datatype)
+    if code is None:
+        return None
+    bounds = _INT_RANGE.get(datatype)
+    if bounds is not None:
+        if not all(type(e) is int for e in data) or min(data) < bounds[0] or max(data) > bounds[1]:
+            return None
+    elif not all(type(e) is float or (type(e) is int and -_EXACT_INT <= e <= _EXACT_INT) for e in data):
+        return None
+    try:
+        return struct.pack(f"<{len(data)}{code}", *data)
+    except (OverflowError, struct.error):  # a finite number beyond the float type's range
+        return None
+
+
 def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str) -> bytes:
     """JSON `data` of one tensor (flat or nested list, or a scalar) → raw bytes; checks the element count."""
     expected = element_count(shape)
+    if (type(data) is list and 0 < len(data) == expected <= _FLAT_MAX
+            and (raw := _flat_to_raw(data, datatype)) is not None):
+        return raw
     if datatype == "BYTES":
         flat = _flatten(data)
         if len(flat) != expected:

@@ -144,3 +144,32 @@ def test_count_bytes_rejects_bad_prefixes(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as info:
         tensors.count_bytes(raw, "input 't'")
     assert str(info.value).startswith("input 't': BYTES data truncated")
+
+
+_EDGE_VALUES = [0, 1, -1, 127, 128, -129, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -(2**31) - 1, 2**32, 2**63 - 1,
+                2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 0.0, 1.5, -2.25, 1e-40, 3.4e38, 3.5e38, 1e300, 65504.0,
+                65520.0, float("inf"), float("nan"), True, False, "1", None, 2**53 + 1, 10**400, [1]]
+
+
+def test_json_to_raw_fast_path_matches_numpy_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short flat lists are packed with struct; every pair of edge values, for every datatype and a
+    right and a wrong shape, gives the same bytes or the same error as the numpy path."""
+    import itertools
+
+    def convert(data: list[object], datatype: str, shape: list[int], fast_max: int) -> bytes | str:
+        monkeypatch.setattr(tensors, "_FLAT_MAX", fast_max)
+        try:
+            return tensors.json_to_raw(data, datatype, shape, "x")
+        except InvalidInput as e:
+            return str(e)
+
+    for datatype in ("BOOL", "UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64", "FP16", "FP32",
+                     "FP64", "BYTES"):
+        for a, b in itertools.product(_EDGE_VALUES, _EDGE_VALUES):
+            for shape in ([2], [3]):
+                slow, fast = convert([a, b], datatype, shape, 0), convert([a, b], datatype, shape, 64)
+                if isinstance(slow, bytes) and isinstance(fast, bytes) and datatype != "BYTES":
+                    dt = tensors.WIRE_NP[datatype]
+                    assert np.array_equal(np.frombuffer(slow, dt), np.frombuffer(fast, dt), equal_nan=dt.kind == "f")
+                else:
+                    assert slow == fast, (datatype, a, b, shape)
