@@ -40,8 +40,10 @@ def _value(param: pb.InferParameter) -> Any:
     return None if kind is None else getattr(param, kind)
 
 
-def _params(params: Any, skip: str = "") -> dict[str, Any]:
-    return {k: v for k, p in params.items() if k != skip and (v := _value(p)) is not None}
+def _params(params: Any) -> dict[str, Any]:
+    if not params:  # most tensors and requests carry none: skip the map's iteration
+        return {}
+    return {k: v for k, p in params.items() if (v := _value(p)) is not None}
 
 
 def _set(param: pb.InferParameter, value: Any) -> None:
