@@ -148,11 +148,15 @@ def test_query_counts_and_histograms_match_the_load(loaded: tuple[RunningDaemon,
 def test_fleet_cost_planner_and_instances(loaded: tuple[RunningDaemon, Samples]) -> None:
     d, _ = loaded
     deadline = time.monotonic() + 10
-    while True:  # the fleet's view and the registry's agree once no reconcile is midway
+    while True:  # the fleet's view and the registry's agree once no reconcile is midway, and the plan
+        # scraped is the one the status shows (the planner replans as the observed load moves)
         s, status = scrape(d), d.fleet()
         ready = sum(i["state"] == "ready" for i in status["instances"])
         if (sum(s["kairos_fleet_members"].values()) == len(status["instances"])
-                and sum(v for k, v in s["kairos_instances"].items() if dict(k)["state"] == "ready") == ready):
+                and sum(v for k, v in s["kairos_instances"].items() if dict(k)["state"] == "ready") == ready
+                and status.get("plan") is not None
+                and one(s, "kairos_planner_plan_multiple") == pytest.approx(status["plan"]["multiple"])
+                and one(s, "kairos_planner_plan_cost_usd_per_hour") == pytest.approx(status["plan"]["cost_usd_per_hour"])):
             break
         assert time.monotonic() < deadline, (dict(s["kairos_instances"]), status)
         time.sleep(0.2)
