@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
 from kairosd.errors import BackendError, InvalidInput
+from kairosd.server.http_infer import param_value, set_param
 from kairosd.server.tensors import json_to_raw
 
 HTTP_ENV = "KAIROSD_BACKEND_HTTP"
@@ -35,29 +36,10 @@ def grpc_over_http_default() -> bool:
     return os.environ.get(HTTP_ENV, "").strip().lower() not in ("0", "false", "no")
 
 
-def _value(param: pb.InferParameter) -> Any:
-    kind = param.WhichOneof("parameter_choice")
-    return None if kind is None else getattr(param, kind)
-
-
 def _params(params: Any) -> dict[str, Any]:
     if not params:  # most tensors and requests carry none: skip the map's iteration
         return {}
-    return {k: v for k, p in params.items() if (v := _value(p)) is not None}
-
-
-def _set(param: pb.InferParameter, value: Any) -> None:
-    if isinstance(value, bool):
-        param.bool_param = value
-    elif isinstance(value, int):
-        if value < 0 or value < 2**63:
-            param.int64_param = value
-        else:
-            param.uint64_param = value
-    elif isinstance(value, float):
-        param.double_param = value
-    elif isinstance(value, str):
-        param.string_param = value
+    return {k: v for k, p in params.items() if (v := param_value(p)) is not None}
 
 
 def to_http(request: pb.ModelInferRequest) -> HttpForward:
@@ -97,7 +79,7 @@ def from_http(reply: HttpReply, instance: str) -> bytes:
     retried) when the reply is not a KServe v2 infer response."""
     try:
         return _response(reply).SerializeToString()
-    except (InvalidInput, ValueError, TypeError, KeyError, RecursionError) as e:
+    except (InvalidInput, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise BackendError(f"instance {instance}: unreadable HTTP infer reply: {e}", status=grpc.StatusCode.INTERNAL,
                            retryable=False, instance=instance) from None
 
@@ -113,7 +95,7 @@ def _response(reply: HttpReply) -> pb.ModelInferResponse:
     if doc.get("id"):
         out.id = str(doc["id"])
     for key, value in (doc.get("parameters") or {}).items():
-        _set(out.parameters[key], value)
+        set_param(out.parameters[key], value)
     view = memoryview(body)
     offset = end
     raws: list[bytes] = []
@@ -123,7 +105,7 @@ def _response(reply: HttpReply) -> pb.ModelInferResponse:
         params = item.get("parameters") or {}
         for key, value in params.items():
             if key != "binary_data_size":
-                _set(tensor.parameters[key], value)
+                set_param(tensor.parameters[key], value)
         size = params.get("binary_data_size")
         if size is not None:
             if type(size) is not int or not 0 <= size <= len(body) - offset:

@@ -176,18 +176,23 @@ def _check_param(value: Any, what: str) -> None:
         raise InvalidInput(f"{what} is {shorten(value)}: integer parameters must fit in int64")
 
 
-def _set_param(param: pb.InferParameter, value: Any) -> None:
+def set_param(param: pb.InferParameter, value: Any) -> None:
+    """A JSON parameter value into an InferParameter: bool, int64 (uint64 above the int64 range), double
+    or string. TypeError for any other value."""
     if isinstance(value, bool):
         param.bool_param = value
     elif isinstance(value, int):
-        param.int64_param = value
+        if value <= _INT64_MAX:
+            param.int64_param = value
+        else:
+            param.uint64_param = value
     elif isinstance(value, float):
         param.double_param = value
     else:
         param.string_param = value
 
 
-def _param_value(param: pb.InferParameter) -> Any:
+def param_value(param: pb.InferParameter) -> Any:
     """An InferParameter's value as JSON (None when unset)."""
     kind = param.WhichOneof("parameter_choice")
     return None if kind is None else getattr(param, kind)
@@ -203,21 +208,21 @@ def to_grpc(header: InferHeader, body: bytes, spec: ModelSpec, version: str) -> 
         out.id = str(rid)
     for key, value in (doc.get("parameters") or {}).items():
         if key != "binary_data_output":
-            _set_param(out.parameters[key], value)
+            set_param(out.parameters[key], value)
     view = memoryview(body)
     raws: list[bytes] = []
     for t in header.inputs:
         tensor = out.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
         for key, value in t.parameters.items():
             if key != "binary_data_size":
-                _set_param(tensor.parameters[key], value)
+                set_param(tensor.parameters[key], value)
         raws.append(t.raw if t.raw is not None else bytes(view[t.offset:t.offset + t.nbytes]))
     out.raw_input_contents.extend(raws)
     for item in doc.get("outputs") or ():
         requested = out.outputs.add(name=item["name"])
         for key, value in (item.get("parameters") or {}).items():
             if key != "binary_data":
-                _set_param(requested.parameters[key], value)
+                set_param(requested.parameters[key], value)
     return out
 
 
@@ -246,7 +251,7 @@ def render(
     if response.id:
         doc["id"] = response.id
     if response.parameters:  # as Triton renders them: {"name": value}
-        doc["parameters"] = {k: _param_value(v) for k, v in response.parameters.items()}
+        doc["parameters"] = {k: param_value(v) for k, v in response.parameters.items()}
     header = rapidjson.dumps(doc).encode()
     if blobs:
         body = b"".join([header, *blobs])

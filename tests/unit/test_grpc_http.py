@@ -82,7 +82,7 @@ def test_reply_becomes_the_grpc_response(binary: bool | dict[str, bool]) -> None
 
 
 def test_an_unreadable_reply_is_an_internal_error_not_retried() -> None:
-    for body, headers in ((b"not json", {}), (b'{"outputs": [{"name": "y"}]}', {}),
+    for body, headers in ((b"not json", {}), (b"[1, 2]", {}), (b'{"outputs": [{"name": "y"}]}', {}),
                           (b'{"outputs": []}', {"Inference-Header-Content-Length": "99"}),
                           (b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], '
                            b'"parameters": {"binary_data_size": 8}}]}', {})):
