@@ -186,7 +186,7 @@ class KairosPolicy:
         otherwise the one-row cost matrix. Both pick the first column of least cost, as argmin does."""
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
         busy = snap.i_busy_s
-        if snap.n <= SCALAR_MAX_COLUMNS and not busy.any():
+        if snap.n <= SCALAR_MAX_COLUMNS and not np.count_nonzero(busy):  # (count_nonzero: no Python wrapper)
             qos = float(snap.q_qos_s[0])
             budget = qos - self.margin_s - float(snap.q_waited_s[0])
             penalty = INFEASIBLE_PENALTY_QOS * qos
@@ -221,7 +221,7 @@ class KairosPolicy:
         start = snap.q_waited_s[:rows, None, None] + b
         budget = snap.q_qos_s[:rows, None, None] - self.margin_s
         infeasible = start + _service(self.check, snap, rows)[:, None, :] > budget
-        if infeasible.any():
+        if np.count_nonzero(infeasible):
             penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None, None]
             cost = cost + infeasible * penalty
             if self.tiers:
@@ -234,7 +234,7 @@ class KairosPolicy:
         return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:
-        if snap.m == 0 or not snap.i_free.any():
+        if snap.m == 0 or not np.count_nonzero(snap.i_free):
             return EMPTY
         if snap.m == 1:
             return self._one(snap)
@@ -322,7 +322,7 @@ class EarliestFinishPolicy:
         self.profiles = profiles
 
     def __call__(self, snap: Snapshot) -> Assignment:
-        if snap.m == 0 or not snap.i_free.any():
+        if snap.m == 0 or not np.count_nonzero(snap.i_free):
             return EMPTY
         k = min(snap.m, snap.n)
         finish = snap.i_busy_s[None, :] + _service(self.profiles.mean_s, snap, k)

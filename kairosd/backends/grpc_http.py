@@ -13,6 +13,7 @@ the environment keeps gRPC queries on gRPC.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +43,12 @@ def _params(params: Any) -> dict[str, Any]:
     return {k: v for k, p in params.items() if (v := param_value(p)) is not None}
 
 
+@functools.lru_cache(maxsize=1024)
+def _infer_path(model: str, version: str) -> str:
+    name = quote(model, safe="")
+    return f"/v2/models/{name}/versions/{quote(version, safe='')}/infer" if version else f"/v2/models/{name}/infer"
+
+
 def to_http(request: pb.ModelInferRequest) -> HttpForward:
     """The request as an HTTP binary-tensor body for `/v2/models/<m>[/versions/<v>]/infer`. The request
     was validated: every input's data is in `raw_input_contents`, in input order."""
@@ -60,9 +67,7 @@ def to_http(request: pb.ModelInferRequest) -> HttpForward:
         doc["outputs"] = [{"name": o.name, "parameters": {**_params(o.parameters), "binary_data": True}}
                           for o in request.outputs]
     header = rapidjson.dumps(doc).encode()
-    name = quote(request.model_name, safe="")
-    path = (f"/v2/models/{name}/versions/{quote(request.model_version, safe='')}/infer" if request.model_version
-            else f"/v2/models/{name}/infer")
+    path = _infer_path(request.model_name, request.model_version)
     headers = {"Content-Type": "application/octet-stream", _HEADER_LENGTH: str(len(header)),
                "Accept-Encoding": "identity"}
     return HttpForward(path, b"".join([header, *raws]), headers, lambda: request)
