@@ -124,10 +124,8 @@ _STRUCT_CODE: dict[str, str] = {
     "UINT8": "B", "INT8": "b", "UINT16": "H", "INT16": "h", "UINT32": "I", "INT32": "i", "UINT64": "Q", "INT64": "q",
     "FP16": "e", "FP32": "f", "FP64": "d",
 }
-# (UINT64 up to the int64 maximum only: above it numpy's inference, and so the numpy path, decides)
 _INT_RANGE: dict[str, tuple[int, int]] = {
-    t: (int(np.iinfo(WIRE_NP[t]).min), min(int(np.iinfo(WIRE_NP[t]).max), 2**63 - 1))
-    for t in _STRUCT_CODE if WIRE_NP[t].kind in "iu"
+    t: (int(np.iinfo(WIRE_NP[t]).min), int(np.iinfo(WIRE_NP[t]).max)) for t in _STRUCT_CODE if WIRE_NP[t].kind in "iu"
 }
 # the fast path's size limit: beyond it numpy's vectorised checks cost less than a Python loop
 _FLAT_MAX = 64
@@ -188,6 +186,11 @@ def json_to_raw(data: Any, datatype: str, shape: Sequence[int], name: str) -> by
         raise InvalidInput(f"input '{name}': {arr.size} elements in data, shape {list(shape)} needs {expected}")
     if arr.size == 0:
         return b""
+    if datatype == "UINT64" and arr.dtype.kind in "fO":
+        # numpy infers integers on both sides of 2^63 as float64 (or objects): take them as Python ints
+        flat = _flatten(data)
+        if all(type(e) is int for e in flat) and 0 <= min(flat) and max(flat) < 2**64:
+            return np.array(flat, dtype=dtype).tobytes()
     if arr.dtype.kind not in allowed or (datatype != "BOOL" and bool in set(map(type, _flatten(data)))):
         # (numpy infers [true, 2] as integers and [true, 1.5] as floats: booleans are looked for apart)
         raise InvalidInput(f"input '{name}': data for {datatype} must be a (nested) list of {kinds}")

@@ -173,3 +173,15 @@ def test_json_to_raw_fast_path_matches_numpy_path(monkeypatch: pytest.MonkeyPatc
                     assert np.array_equal(np.frombuffer(slow, dt), np.frombuffer(fast, dt), equal_nan=dt.kind == "f")
                 else:
                     assert slow == fast, (datatype, a, b, shape)
+
+
+def test_json_uint64_on_both_sides_of_2_63() -> None:
+    """numpy infers [0, 2^63] as float64; such UINT64 data is still taken exactly, short or long, flat or
+    nested, and anything not an integer in [0, 2^64) is still refused."""
+    for data, shape in (([0, 2**63], [2]), ([2**64 - 1, 1] * 50, [100]), ([[0], [2**63]], [2, 1])):
+        raw = tensors.json_to_raw(data, "UINT64", shape, "x")
+        flat = [v for row in data for v in (row if isinstance(row, list) else [row])]
+        assert np.frombuffer(raw, "<u8").tolist() == flat
+    for bad in ([0.5, 2**63], [-1, 2**63], [True, 2**63], [0, 2**64]):
+        with pytest.raises(InvalidInput, match="UINT64"):
+            tensors.json_to_raw(bad * 40, "UINT64", [len(bad) * 40], "x")
