@@ -127,8 +127,10 @@ _STRUCT_CODE: dict[str, str] = {
 _INT_RANGE: dict[str, tuple[int, int]] = {
     t: (int(np.iinfo(WIRE_NP[t]).min), int(np.iinfo(WIRE_NP[t]).max)) for t in _STRUCT_CODE if WIRE_NP[t].kind in "iu"
 }
-# the fast path's size limit: beyond it numpy's vectorised checks cost less than a Python loop
-_FLAT_MAX = 64
+# the struct path's size limit: it is faster than the numpy path at every size measured (1.5 against
+# 12 us for one INT64, 5.8 against 7.8 ms for 65,536), so the limit only bounds the argument tuple
+# struct.pack receives
+_FLAT_MAX = 1 << 16
 _EXACT_INT = 2**53  # integers a float64 holds exactly: packed as floats, they round once, as numpy's
 
 
