@@ -19,7 +19,10 @@ descendants but the `kairosd emulated` ones: front-end processes included), and 
 per query = CPU over the run / queries answered in it (no warm-up: a separate warm-up run precedes the
 repeats). The targets take turns within each repeat; medians over `--repeats`.
 
-    python bench/head.py [--duration-s 5] [--repeats 3] [--workers N] [--profile-s 10]
+    python bench/head.py [--duration-s 5] [--repeats 3] [--workers N] [--profile-s 10] [--grpc-rate Q]
+
+`--grpc-rate Q` offers the gRPC load at Q q/s in all (h2load --rps) instead of as fast as the streams go,
+so that CPU per query is compared at one rate (wrk has no rate: HTTP stays at full speed).
 
 `--workers N` (N > 1) sets `[server] workers = N`; a daemon that refuses it (the key is newer than this
 script may be) is started without it and the run says so. `--profile-s S` records one transport's
@@ -256,10 +259,14 @@ def json_body() -> str:
 H2LOAD_GRPC = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
 
 
-def h2load(url: str, body: Path, duration_s: float, streams: int, connections: int, log: Path) -> dict[str, Any]:
+def h2load(url: str, body: Path, duration_s: float, streams: int, connections: int, log: Path,
+           rate_qps: float = 0.0) -> dict[str, Any]:
+    """h2load's gRPC load for `duration_s`: as fast as the streams go, or at `rate_qps` in all (h2load's
+    --rps, per connection)."""
     per_conn = max(1, streams // connections)
+    rps = [f"--rps={rate_qps / connections:g}"] if rate_qps > 0 else []
     out = subprocess.run(["h2load", "-D", f"{max(1, round(duration_s))}s", "-c", str(connections), "-m", str(per_conn), "-t", "1",
-                          "-d", str(body), *H2LOAD_GRPC, "--log-file", str(log), f"http://{url}{INFER_PATH}"],
+                          *rps, "-d", str(body), *H2LOAD_GRPC, "--log-file", str(log), f"http://{url}{INFER_PATH}"],
                          capture_output=True, text=True, check=True)
     text = out.stdout
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
@@ -415,7 +422,8 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
     m0 = machine_cpu()
     t0 = time.monotonic()
     if protocol == "grpc":
-        r = h2load(url, files["grpc_body"], args.duration_s, args.streams, args.connections, files["h2log"])
+        r = h2load(url, files["grpc_body"], args.duration_s, args.streams, args.connections, files["h2log"],
+                   args.grpc_rate)
     else:
         r = wrk(url, files["wrk_script"], args.duration_s, args.streams)
     wall = time.monotonic() - t0
@@ -469,6 +477,8 @@ def main() -> int:
     p.add_argument("--workers", default="1", help="[server] workers, a comma list (e.g. 1,2): a daemon per value "
                    "and transport")
     p.add_argument("--transports", default=",".join(TRANSPORTS))
+    p.add_argument("--grpc-rate", type=float, default=0.0,
+                   help="gRPC load at this many q/s in all (h2load --rps); 0: as fast as the streams go")
     p.add_argument("--protocols", default="grpc,http")
     p.add_argument("--profile-s", type=float, default=0.0, help="py-spy record the daemon for this long (0: no)")
     p.add_argument("--profile-transport", default="", help="which daemon to profile (default: the last transport)")
