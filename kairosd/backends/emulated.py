@@ -354,23 +354,6 @@ def parse_hosted(text: str) -> HostedInstance:
     return HostedInstance(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None)
 
 
-async def serve(
-    repository: str,
-    emulate: str,
-    data: str,
-    models: Mapping[str, str],
-    host: str,
-    port: int,
-    http_port: int | None,
-    slots: int = 1,
-    seed: int | None = None,
-    grace_s: float = DEFAULT_GRACE_S,
-) -> int:
-    """One emulated instance until SIGTERM/SIGINT (`serve_host` with one instance)."""
-    return await serve_host(repository, [HostedInstance(emulate, port, http_port)], data, models, host, slots, seed,
-                            grace_s)
-
-
 async def serve_host(
     repository: str,
     instances: Sequence[HostedInstance],

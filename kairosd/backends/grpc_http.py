@@ -24,11 +24,10 @@ from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
 from kairosd.errors import BackendError, InvalidInput
-from kairosd.server.http_infer import param_value, set_param
+from kairosd.server.http_infer import HEADER_LENGTH, header_length, param_value, set_param
 from kairosd.server.tensors import json_to_raw
 
 HTTP_ENV = "KAIROSD_BACKEND_HTTP"
-_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def grpc_over_http_default() -> bool:
@@ -52,7 +51,7 @@ def _infer_path(model: str, version: str) -> str:
 def to_http(request: pb.ModelInferRequest) -> HttpForward:
     """The request as an HTTP binary-tensor body for `/v2/models/<m>[/versions/<v>]/infer`. The request
     was validated: every input's data is in `raw_input_contents`, in input order."""
-    raws = request.raw_input_contents
+    raws = list(request.raw_input_contents)  # one bytes object per tensor, used twice below
     inputs = []
     for i, t in enumerate(request.inputs):
         params = _params(t.parameters)
@@ -68,7 +67,7 @@ def to_http(request: pb.ModelInferRequest) -> HttpForward:
                           for o in request.outputs]
     header = rapidjson.dumps(doc).encode()
     path = _infer_path(request.model_name, request.model_version)
-    headers = {"Content-Type": "application/octet-stream", _HEADER_LENGTH: str(len(header)),
+    headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header)),
                "Accept-Encoding": "identity"}
     return HttpForward(path, b"".join([header, *raws]), headers, lambda: request)
 
@@ -91,17 +90,13 @@ def from_http(reply: HttpReply, instance: str) -> bytes:
 
 def _response(reply: HttpReply) -> pb.ModelInferResponse:
     body = reply.body
-    length = reply.headers.get(_HEADER_LENGTH)
-    end = int(length) if length is not None else len(body)
-    if not 0 < end <= len(body):
-        raise ValueError(f"{_HEADER_LENGTH} {length} does not fit a {len(body)}-byte body")
+    end = header_length(reply.headers.get(HEADER_LENGTH), len(body))
     doc = rapidjson.loads(body[:end])
     out = pb.ModelInferResponse(model_name=str(doc.get("model_name", "")), model_version=str(doc.get("model_version", "")))
     if doc.get("id"):
         out.id = str(doc["id"])
     for key, value in (doc.get("parameters") or {}).items():
         set_param(out.parameters[key], value)
-    view = memoryview(body)
     offset = end
     raws: list[bytes] = []
     for item in doc.get("outputs") or ():
@@ -115,7 +110,7 @@ def _response(reply: HttpReply) -> pb.ModelInferResponse:
         if size is not None:
             if type(size) is not int or not 0 <= size <= len(body) - offset:
                 raise ValueError(f"output {name!r}: binary_data_size {size} exceeds the reply")
-            raws.append(bytes(view[offset:offset + size]))
+            raws.append(body[offset:offset + size])
             offset += size
         else:
             raws.append(json_to_raw(item["data"], datatype, shape, name))

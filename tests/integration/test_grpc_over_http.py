@@ -19,6 +19,7 @@ from kairosd.backends.emulated import TYPE_PARAM
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
+from tests.integration.test_serve import grpc_inputs, http_inputs
 
 TYPES_TOML = """
 [types."g4dn.xlarge"]
@@ -57,24 +58,6 @@ def _daemon(tmp: Path, host: dict[str, tuple[int, int]], env: dict[str, str]) ->
     return start_daemon(path, ports, timeout_s=60, env={**os.environ, **env})
 
 
-def _grpc_inputs(model: str, batch: int) -> list[grpcclient.InferInput]:
-    out = []
-    for name, a in example_inputs(model, batch, seed=1).items():
-        x = grpcclient.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT64")
-        x.set_data_from_numpy(a)
-        out.append(x)
-    return out
-
-
-def _http_inputs(model: str, batch: int) -> list[httpclient.InferInput]:
-    out = []
-    for name, a in example_inputs(model, batch, seed=1).items():
-        x = httpclient.InferInput(name, list(a.shape), "FP32" if a.dtype == np.float32 else "INT64")
-        x.set_data_from_numpy(a, binary_data=True)
-        out.append(x)
-    return out
-
-
 @pytest.mark.parametrize("over_http", [True, False])
 def test_grpc_queries_take_the_instances_http_endpoint_unless_switched_off(
         tmp_path: Path, host: dict[str, tuple[int, int]], over_http: bool) -> None:
@@ -83,17 +66,17 @@ def test_grpc_queries_take_the_instances_http_endpoint_unless_switched_off(
         g = grpcclient.InferenceServerClient(d.grpc_url)
         outputs = [grpcclient.InferRequestedOutput("score")]
         for batch in (1, 7):
-            r = g.infer("ncf", _grpc_inputs("ncf", batch), request_id=f"q{batch}", outputs=outputs)
+            r = g.infer("ncf", grpc_inputs(example_inputs("ncf", batch, seed=1)), request_id=f"q{batch}", outputs=outputs)
             resp = r.get_response()
             assert resp.parameters[TYPE_PARAM].string_param == ("t3.xlarge" if over_http else "g4dn.xlarge")
             assert resp.id == f"q{batch}" and resp.model_name == "ncf"
             assert r.as_numpy("score").shape == (batch, 1) and r.as_numpy("score").dtype == np.float32
         # no outputs named: every output comes back, as binary data converted to raw contents
-        r = g.infer("ncf", _grpc_inputs("ncf", 3))
+        r = g.infer("ncf", grpc_inputs(example_inputs("ncf", 3, seed=1)))
         assert [o.name for o in r.get_response().outputs] == ["score"] and r.as_numpy("score").shape == (3, 1)
         # HTTP queries go to the HTTP endpoint either way
         h = httpclient.InferenceServerClient(d.http_url)
-        rh = h.infer("ncf", _http_inputs("ncf", 2))
+        rh = h.infer("ncf", http_inputs(example_inputs("ncf", 2, seed=1), binary=True))
         assert rh.get_response()["parameters"][TYPE_PARAM] == "t3.xlarge"
     finally:
         assert d.stop() == 0, d.child.log_tail()
