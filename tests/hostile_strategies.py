@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from onnx import TensorProto, helper
 from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.backends.http_client import HttpForward
+from kairosd.backends.process import free_port
 from kairosd.errors import BackendError
 from kairosd.modelgen import ID_RANGES, example_inputs
 from kairosd.repository import ModelSpec, load_repository
@@ -226,19 +226,13 @@ class CheckedOrtService:
         return await self.infer(forward.to_grpc(), spec, batch, timeout_s)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class HostileServers:
     """Both front ends on one event loop in a background thread; tests drive them with blocking clients."""
 
     def __init__(self, repository: Path) -> None:
         self.repository_path = repository
         self.service = CheckedOrtService(load_repository(repository))
-        self.grpc_port = _free_port()
+        self.grpc_port = free_port()
         self.http_port = 0
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,8 +33,41 @@ PARENT_PID_ENV = "KAIROSD_PARENT_PID"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+# Ports handed out come from below the kernel's ephemeral range: an outgoing connection takes a local
+# port from that range, so a port picked there (bind to 0) can be taken by any connect() between the
+# pick and the listener's bind.
+PORT_FLOOR = 20000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS just reported free on `host` (another process may still take it before you bind it)."""
+    """A TCP port free on `host` now, below the ephemeral range (so no outgoing connection takes it) and
+    not handed out before by this process. Another process may still bind it before you do."""
+    low = _ephemeral_low()
+    if low - PORT_FLOOR >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(PORT_FLOOR, low)
+            if port not in _handed_out and _bindable(host, port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

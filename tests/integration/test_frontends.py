@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from kairosd.backends.http_client import HttpForward
+from kairosd.backends.process import free_port
 from kairosd.errors import Unavailable
 from kairosd.modelgen import example_inputs
 from kairosd.repository import NP_TO_DTYPE, ModelSpec, load_repository
@@ -89,12 +89,6 @@ class OrtService:
     ) -> bytes:
         """Like an instance with no HTTP endpoint: the request converted to gRPC, the answer rendered back."""
         return await self.infer(forward.to_grpc(), spec, batch, timeout_s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Servers:
