@@ -574,11 +574,14 @@ class Daemon:
 
     def metric_sums(self) -> dict[str, float]:
         """Sums and counts of the head's histograms (all labels added): queue wait, service as the head
-        sees it (send to answer), end-to-end latency, dispatch call."""
+        sees it (send to answer), end-to-end latency, dispatch call; and the matching's margin now
+        (`kairos_dispatch_margin_seconds`)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
+            if line.startswith("kairos_dispatch_margin_seconds "):
+                out["kairos_dispatch_margin_seconds"] = float(line.rsplit(" ", 1)[1])
             for name in ("kairos_queue_wait_seconds", "kairos_service_seconds", "kairos_query_latency_seconds",
                          "kairos_dispatch_seconds"):
                 for suffix in ("_sum", "_count"):
@@ -640,6 +643,7 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
     r["head_wait_mean_ms"] = _mean_ms(m0, m1, "kairos_queue_wait_seconds")
     r["head_service_mean_ms"] = _mean_ms(m0, m1, "kairos_service_seconds")
     r["dispatch_mean_us"] = (_mean_ms(m0, m1, "kairos_dispatch_seconds") or 0.0) * 1e3
+    r["margin_end_ms"] = m1.get("kairos_dispatch_margin_seconds", math.nan) * 1e3  # the matching's reserve at the end
     if r["head_service_mean_ms"] is not None and r.get("service_mean_ms") is not None:
         r["hop_mean_ms"] = r["head_service_mean_ms"] - r["service_mean_ms"]
     r["ok"] = bool(r["errors"] == 0 and r["p99_ms"] <= qos_s * 1e3 and r["lag_s"] <= LAG_QOS * qos_s)
@@ -648,7 +652,8 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
           f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms "
           f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
           f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
-          f"dispatch {r['dispatch_mean_us']:.0f} us; machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
+          f"dispatch {r['dispatch_mean_us']:.0f} us, margin {r['margin_end_ms']:.2f} ms; "
+          f"machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
           f"(others {r.get('other_cpu', math.nan):.2f}, steal {r['steal_cores']:.2f}), "
           f"cpu pressure {r['cpu_pressure']:.2f}", flush=True)
     return r
