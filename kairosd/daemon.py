@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from kairosd.dispatch import Policy
 
 log = logging.getLogger(__name__)
+# after a drain: the front ends keep refusing until no request came for REFUSALS_QUIET_S (at most
+# REFUSALS_BOUND_S), then stop
+REFUSALS_QUIET_S = 0.05
+REFUSALS_BOUND_S = 1.0
 
 
 class Daemon:
@@ -218,6 +222,10 @@ class Daemon:
             log.warning("drain timed out after %g s; answering the rest UNAVAILABLE queued=%d in_flight=%d", timeout_s,
                         len(self.scheduler.waiting), self.scheduler.in_flight)
         self.scheduler.close()
+        # requests already received but not yet handled (a burst on a busy machine) are refused UNAVAILABLE
+        # before the gRPC server stops: its stop would cancel them (CANCELLED, which clients do not retry)
+        if not await self.scheduler.refusals_settle(REFUSALS_QUIET_S, REFUSALS_BOUND_S):
+            log.warning("requests still arriving %g s after the drain; stopping the front ends anyway", REFUSALS_BOUND_S)
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Undo the start-up stack in reverse: drain (up to `drain_timeout_s`, default `[server]

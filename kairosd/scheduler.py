@@ -151,6 +151,7 @@ class Scheduler:
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
         self.accepting = True
+        self._refused_stopping_s = 0.0  # when the last query was refused because the scheduler stopped accepting
         self._round_pending = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._in_flight = 0
@@ -205,6 +206,7 @@ class Scheduler:
                    http: HttpForward | None = None) -> Query:
         """A new query, counted and admitted (raises Unavailable while stopping, ModelNotFound, Overloaded)."""
         if not self.accepting:
+            self._refused_stopping_s = now
             raise Unavailable("kairosd is shutting down; retry against another replica")
         idx = self.model_idx.get(model)
         if idx is None:
@@ -777,6 +779,19 @@ class Scheduler:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    async def refusals_settle(self, quiet_s: float, bound_s: float) -> bool:
+        """After `drain`: wait until no query has been refused for `quiet_s` (at most `bound_s`), so that
+        requests the front ends had received but not yet handled when the drain ended are answered
+        UNAVAILABLE (retryable) before the servers stop, rather than cancelled by the stop. True if quiet."""
+        deadline = self._loop.time() + bound_s
+        while True:
+            now = self._loop.time()
+            if now - self._refused_stopping_s >= quiet_s:
+                return True
+            if now >= deadline:
+                return False
+            await asyncio.sleep(min(quiet_s, deadline - now))
 
     def close(self) -> None:
         if self._tick_handle is not None:

@@ -92,6 +92,41 @@ async def test_drain_waits_for_every_queued_and_granted_query(worker_instance: t
         await sched.submit(*_req_spec(99, spec))
 
 
+async def test_refusals_settle_waits_for_a_quiet_spell_after_the_drain(
+        worker_instance: tuple[Registry, ProfileTable]) -> None:
+    """After a drain, refusals keep the wait open until none came for the quiet spell; with no refusal at
+    all it returns at once; a steady stream of refusals is cut at the bound."""
+    registry, profiles = worker_instance
+    sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    assert await sched.drain(timeout_s=1)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert await sched.refusals_settle(0.05, 1.0)
+    assert loop.time() - t0 < 0.01  # nothing was refused
+
+    async def refuse_every(period_s: float, n: int) -> int:
+        refused = 0
+        for i in range(n):
+            with pytest.raises(Unavailable, match="shutting down"):
+                await sched.submit(*_req_spec(i, spec))
+            refused += 1
+            await asyncio.sleep(period_s)
+        return refused
+
+    stream = asyncio.ensure_future(refuse_every(0.01, 15))  # refusals for about 0.15 s
+    await asyncio.sleep(0)
+    t0 = loop.time()
+    assert await sched.refusals_settle(0.05, 1.0)
+    assert loop.time() - t0 >= 0.15 + 0.05 - 0.02 and await stream == 15
+    stream = asyncio.ensure_future(refuse_every(0.01, 100))  # about 1 s of refusals: longer than the bound
+    await asyncio.sleep(0)
+    t0 = loop.time()
+    assert not await sched.refusals_settle(0.05, 0.3)
+    assert 0.3 <= loop.time() - t0 < 0.8
+    stream.cancel()
+
+
 async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Registry, ProfileTable]) -> None:
     registry, profiles = worker_instance
     sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))
