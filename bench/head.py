@@ -60,6 +60,7 @@ INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 MODEL = "ncf"
 TRANSPORT_ENV = "KAIROSD_BACKEND_STREAM"
 HTTP_ENV = "KAIROSD_BACKEND_HTTP"
+BUSY = "kairos_dispatcher_busy_seconds_total"
 TRANSPORTS = ("http", "unary", "stream")
 
 
@@ -185,11 +186,14 @@ class Daemon:
         raise RuntimeError(f"fewer than {n} instances ready")
 
     def outcomes(self) -> dict[str, float]:
-        """kairos_queries_total by outcome, all models added."""
+        """kairos_queries_total by outcome, all models added; and under the key BUSY, the dispatcher's
+        event-loop time so far (kairos_dispatcher_busy_seconds_total)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
             text = r.read().decode()
         out: dict[str, float] = collections.defaultdict(float)
         for line in text.splitlines():
+            if line.startswith(BUSY + " "):
+                out[BUSY] = float(line.rsplit(" ", 1)[1])
             if line.startswith("kairos_queries_total{"):
                 m = re.search(r'outcome="([^"]+)"', line)
                 if m:
@@ -434,6 +438,7 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
     if daemon is not None and o0 is not None:
         o1 = daemon.outcomes()
         delta = {k: o1.get(k, 0.0) - o0.get(k, 0.0) for k in o1}
+        busy_s = delta.pop(BUSY, None)
         r["kairos_outcomes"] = {k: int(v) for k, v in delta.items() if v}
         completed = int(delta.get("completed", 0))
         ended = int(sum(v for k, v in delta.items() if k != "completed"))  # failed, expired, refused, shed
@@ -442,6 +447,9 @@ def run_one(target: str, protocol: str, url: str, head: CpuMeter, inst: CpuMeter
         unaccounted = max(0, r["done"] - completed - ended)
         r["errors"] = max(r["errors"], ended + unaccounted)
         answered = completed
+        # measured in the dispatcher itself (its steps' event-loop time), beside the by-difference figure below
+        if busy_s is not None and answered:
+            r["dispatcher_busy_ms_per_query"] = busy_s / answered * 1e3
     r["head_cpu_ms_per_query"] = CpuMeter.delta(h0, h1) / answered * 1e3 if answered else None
     r["instances_cpu_ms_per_query"] = CpuMeter.delta(i0, i1) / answered * 1e3 if answered else None
     r["head_cpu_cores"] = CpuMeter.delta(h0, h1) / wall
@@ -570,7 +578,7 @@ def main() -> int:
         med: dict[str, Any] = {}
         for k in ("qps", "head_cpu_ms_per_query", "instances_cpu_ms_per_query", "p50_ms", "p99_ms",
                   "machine_busy_cores", "head_cpu_cores", "dispatcher_cpu_ms_per_query",
-                  "front_process_cpu_ms_per_query"):
+                  "dispatcher_busy_ms_per_query", "front_process_cpu_ms_per_query"):
             vals = [x[k] for x in rs if x.get(k) is not None]
             med[k] = statistics.median(vals) if vals else None
         med["errors"] = sum(x["errors"] for x in rs)
@@ -591,7 +599,8 @@ def main() -> int:
             c["head_cpu_vs_bare"] = ratio
             summary.append({k: c[k] for k in ("protocol", "target", "qps", "head_cpu_ms_per_query", "head_cpu_vs_bare",
                                               "instances_cpu_ms_per_query", "p50_ms", "p99_ms", "errors",
-                                              "dispatcher_cpu_ms_per_query", "head_cpu_cores")})
+                                              "dispatcher_cpu_ms_per_query", "dispatcher_busy_ms_per_query",
+                                              "head_cpu_cores")})
             print(f"{proto:5s} {c['target']:9s} {c['qps']:8.0f} {c['head_cpu_ms_per_query'] or 0:9.3f} "
                   f"{ratio or 0:7.2f} {c['instances_cpu_ms_per_query'] or 0:9.3f} {c['p50_ms']:7.2f} "
                   f"{c['p99_ms']:7.2f} {c['errors']:6d}")
@@ -603,6 +612,9 @@ def main() -> int:
     for k, v in meta["qps_ratio_workers"].items():
         print(f"q/s ratio {k} over one process: {v:.2f}")
     for c in cells:
+        if c.get("dispatcher_busy_ms_per_query") is not None:
+            print(f"{c['protocol']} {c['target']}: dispatcher busy {c['dispatcher_busy_ms_per_query']:.4f} ms/q "
+                  "(kairos_dispatcher_busy_seconds_total)")
         if c.get("dispatcher_cpu_ms_per_query") is not None:
             print(f"{c['protocol']} {c['target']}: dispatcher {c['dispatcher_cpu_ms_per_query']:.3f} ms/q, a front-end "
                   f"process {c['front_process_cpu_ms_per_query']:.3f} ms/q, head {c['head_cpu_cores']:.2f} cores")

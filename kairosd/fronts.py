@@ -61,7 +61,7 @@ class _Link:
 
     def __init__(self, pool: FrontEndPool) -> None:
         self.pool = pool
-        self.channel = ipc.Channel(self._on_message, self._on_lost)
+        self.channel = ipc.Channel(self._on_message, self._on_lost, pool.scheduler.busy)
         self.queries: dict[int, Query] = {}
         self.index = -1
         self.submitted = 0

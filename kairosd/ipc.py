@@ -27,6 +27,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from kairosd.busy import BusyMeter
+
 SUBMIT, CANCEL, DONE, UP, COUNTERS = b"S", b"C", b"D", b"U", b"M"
 GRANT, ERROR, INSTANCES, STATE = b"G", b"E", b"I", b"T"
 
@@ -119,8 +121,11 @@ class Channel(asyncio.Protocol):
     """One end of the link: `send` gathers messages and writes them once per loop iteration; every
     received message goes to `on_message(fields)`; `on_lost()` when the other end goes away."""
 
-    def __init__(self, on_message: Callable[[tuple[Any, ...]], None], on_lost: Callable[[], None]) -> None:
+    def __init__(self, on_message: Callable[[tuple[Any, ...]], None], on_lost: Callable[[], None],
+                 meter: BusyMeter | None = None) -> None:
+        """`meter`: counts the time spent reading and writing messages (and in `on_message`)."""
         self._on_message = on_message
+        self._meter = meter
         self._on_lost = on_lost
         self._decoder = Decoder()
         self._out: list[bytes] = []
@@ -132,8 +137,12 @@ class Channel(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
+        meter = self._meter
+        t0 = meter.start() if meter is not None else 0.0
         for msg in self._decoder.feed(data):
             self._on_message(msg)
+        if meter is not None:
+            meter.stop(t0)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -147,9 +156,13 @@ class Channel(asyncio.Protocol):
         self._out.append(message)
 
     def _flush(self) -> None:
+        meter = self._meter
+        t0 = meter.start() if meter is not None else 0.0
         out, self._out = self._out, []
         if self._transport is not None and not self.closed:
             self._transport.write(b"".join(out))
+        if meter is not None:
+            meter.stop(t0)
 
     def close(self) -> None:
         if self._transport is not None:

@@ -38,6 +38,7 @@ from kairosd.admission import Ahead, Capacity
 from kairosd.autoscale.load import LoadWindow
 from kairosd.backends.grpc_http import grpc_over_http_default, infer_over_http
 from kairosd.backends.http_client import HttpForward, HttpReply
+from kairosd.busy import BusyMeter
 from kairosd.config import SchedulerConfig
 from kairosd.dispatch import Policy, Snapshot
 from kairosd.errors import BackendError, ModelNotFound, Overloaded, Unavailable
@@ -150,6 +151,9 @@ class Scheduler:
         self._stateless_policy = policy.name in STATELESS_POLICIES
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
+        # the event loop's time in the dispatcher: admission, queueing, rounds, grants, completions (and, with
+        # front-end processes, reading their descriptors and writing grants: kairosd.fronts passes it on)
+        self.busy = BusyMeter()
         self.accepting = True
         self._refused_stopping_s = 0.0  # when the last query was refused because the scheduler stopped accepting
         self._round_pending = False
@@ -184,11 +188,18 @@ class Scheduler:
     ) -> bytes | HttpReply:
         """Queue one validated query (a gRPC `request`, or an `http` one) and wait for its response:
         a serialized ModelInferResponse, or the instance's HttpReply when `http` was forwarded as it is."""
+        busy = self.busy
+        t0 = busy.start()
         now = self._loop.time()
         size = len(raw) if raw is not None else len(http.body) if http is not None else 0
-        q = self._new_query(spec.name, batch, timeout_s, now, now, size, request, raw, http)
+        try:
+            q = self._new_query(spec.name, batch, timeout_s, now, now, size, request, raw, http)
+        except BaseException:
+            busy.stop(t0)
+            raise
         while True:
             work = self._queue(q)
+            busy.stop(t0)
             try:
                 inst, expected = await q.future  # a dispatch round granted an instance (or raised)
             except asyncio.CancelledError:
@@ -199,6 +210,7 @@ class Scheduler:
             try:
                 return await self._send(inst, q, expected)
             except _Retry:
+                t0 = busy.start()
                 q.future = self._loop.create_future()
 
     def _new_query(self, model: str, batch: int, timeout_s: float | None, arrival_s: float, now: float, size: int,
@@ -261,6 +273,13 @@ class Scheduler:
         q.future.add_done_callback(partial(self._remote_granted, q, work))
 
     def _remote_granted(self, q: Query, work: float, f: asyncio.Future[tuple[Instance, float]]) -> None:
+        t0 = self.busy.start()
+        try:
+            self._remote_grant(q, work, f)
+        finally:
+            self.busy.stop(t0)
+
+    def _remote_grant(self, q: Query, work: float, f: asyncio.Future[tuple[Instance, float]]) -> None:
         self._dequeued(q, work)
         if f.cancelled():  # its front end withdrew it before a grant
             return
@@ -433,8 +452,12 @@ class Scheduler:
             self._ended(q, "failed")
             raise BackendError(str(exc), status=grpc.StatusCode.INTERNAL, retryable=False, instance=inst.id) from exc
         finally:
+            t0 = self.busy.start()
             self._release(inst, expected_finish_s)
+            self.busy.stop(t0)
+        t0 = self.busy.start()
         self._completed(q, inst, sent_s, self._loop.time(), expected_finish_s)
+        self.busy.stop(t0)
         return response
 
     def _sending(self, q: Query, inst: Instance) -> tuple[float, float, bool]:
@@ -540,7 +563,7 @@ class Scheduler:
     def _kick(self) -> None:
         if not self._round_pending:
             self._round_pending = True
-            self._loop.call_soon(self._round)
+            self._loop.call_soon(self._measured_round)
 
     def _columns(self, now: float, m: int, model: int | None = None
                  ) -> tuple[list[Instance], list[int], list[float], list[bool], int]:
@@ -601,6 +624,11 @@ class Scheduler:
         if not self.config.pipeline or getattr(self.policy, "name", "") != "kairos":
             return 0.0
         return self.feedback.hop(now)
+
+    def _measured_round(self) -> None:
+        t0 = self.busy.start()
+        self._round()
+        self.busy.stop(t0)
 
     def _round(self) -> None:
         self._round_pending = False
@@ -749,6 +777,13 @@ class Scheduler:
             self._tick_handle = self._loop.call_later(self.config.tick_ms / 1e3, self._tick)
 
     def _tick(self) -> None:
+        t0 = self.busy.start()
+        try:
+            self._expire_and_round()
+        finally:
+            self.busy.stop(t0)
+
+    def _expire_and_round(self) -> None:
         self._tick_handle = None
         now = self._loop.time()
         cap = self.capacity()

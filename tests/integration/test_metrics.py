@@ -142,6 +142,10 @@ def test_query_counts_and_histograms_match_the_load(loaded: tuple[RunningDaemon,
     assert served == total
     assert 1 <= one(s, "kairos_dispatch_seconds_count") <= one(s, "kairos_dispatch_rounds_total")
     assert 0 < one(s, "kairos_dispatch_seconds_sum") < 5
+    # the dispatcher's busy time holds every policy call, and happens while some query is alive
+    busy = one(s, "kairos_dispatcher_busy_seconds_total")
+    alive = sum(one(s, "kairos_query_latency_seconds_sum", model=m) for m in N)
+    assert one(s, "kairos_dispatch_seconds_sum") <= busy < alive
     assert one(s, "kairos_queue_depth") == 0 and one(s, "kairos_in_flight") == 0
 
 
