@@ -91,6 +91,7 @@ class QueryObserver(Protocol):
 
 MARGIN_STEP_S = 2e-4  # the matching's margin follows the measured hop in steps of at least this
 MARGIN_CAP_QOS = 0.25  # the matching's measured reserve is at most this share of the smallest QoS target
+MARGIN_PERIOD_S = 0.25  # and is re-derived from the hop feedback at most this often
 Z99 = 2.326  # the standard normal's 99th percentile: a service time's σ ≈ (p99 − mean) / Z99
 
 
@@ -156,6 +157,7 @@ class Scheduler:
         self.busy = BusyMeter()
         self.accepting = True
         self._refused_stopping_s = 0.0  # when the last query was refused because the scheduler stopped accepting
+        self._margin_due_s = 0.0  # when the matching's margin may next follow the hop feedback (`_adapt_margin`)
         self._round_pending = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._in_flight = 0
@@ -528,10 +530,13 @@ class Scheduler:
         larger — the hop to an instance and back, and the client's to kairosd and back, which is of the
         same kind — up to a quarter of the smallest QoS target (`MARGIN_CAP_QOS`): past that the head is
         stalled or overloaded, and a larger reserve would only turn feasible edges into late ones and
-        queue the fleet's work on its fastest type. Changed in steps of at least 0.2 ms (the cached
-        single-query decisions depend on it and are dropped then)."""
-        if not hasattr(self.policy, "margin_s"):
+        queue the fleet's work on its fastest type. Re-derived at most every `MARGIN_PERIOD_S` and
+        changed in steps of at least 0.2 ms: the cached single-query decisions depend on it and are
+        dropped when it changes, and the hop feedback moves with every answer (on every second answer
+        under load, if followed)."""
+        if now < self._margin_due_s or not hasattr(self.policy, "margin_s"):
             return
+        self._margin_due_s = now + MARGIN_PERIOD_S
         margin = max(self.config.margin_ms / 1e3, min(2.0 * self.feedback.hop_margin(now), MARGIN_CAP_QOS * self._qos_min_s))
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
