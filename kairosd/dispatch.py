@@ -33,7 +33,7 @@ the daemon's scheduler and the benchmarks swap them by name through `make_policy
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -204,6 +204,24 @@ class KairosPolicy:
             return Assignment(np.array([0]), np.array([best_j]))
         j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
+
+    def hold_s(self, model_idx: int, batch: int, qos_s: float, types: Sequence[int]) -> float:
+        """A query that waited less than this gets the decision it gets at 0 s waited against free
+        columns of `types`: waiting only shrinks its budget, and while no column crosses a boundary of
+        its cost (its check service against the budget; with tiers, its mean against the budget and
+        against budget + margin), every column keeps its cost and the cheapest stays the cheapest.
+        0 when a boundary is already met."""
+        b = min(batch, self.mean.shape[2] - 1)
+        budget = qos_s - self.margin_s
+        ck, mn = self._check_l[model_idx], self._mean_l[model_idx]
+        hold = math.inf
+        for t in set(types):
+            edges = (budget - ck[t][b], budget - mn[t][b], budget + self.margin_s - mn[t][b]) if self.tiers else (
+                budget - ck[t][b],)
+            for edge in edges:
+                if edge >= 0.0:
+                    hold = min(hold, edge)
+        return hold
 
     def cost_matrix(self, snap: Snapshot, rows: int, busy_s: np.ndarray | None = None) -> np.ndarray:
         """Edge costs of the oldest `rows` queries × all columns (busy times `busy_s`, by default the

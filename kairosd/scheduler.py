@@ -665,25 +665,34 @@ class Scheduler:
                 self._kick()
                 return
         fresh: FreshRound | None = None
-        if len(live) == 1 and n_free == len(types) and not any(busy) and now == live[0].arrival_s:
-            # one query that arrived this very loop iteration (the loop clock still reads its
-            # arrival time), every column free: the commonest round, cached (kairosd.snapshot_cache)
+        if len(live) == 1 and n_free == len(types) and not any(busy):
+            # one query, every column free: the commonest round, cached (kairosd.snapshot_cache). The
+            # decision is taken at 0 s waited and reused for a query that waited less than it holds: one
+            # that arrived this very loop iteration (the loop clock still reads its arrival time), or one
+            # from a front-end process, stamped there a little earlier
             q = live[0]
             fresh = self._fresh.get(q.model_idx, q.batch, q.qos_s, types)
-            if fresh.decision is not None:
+            waited = now - q.arrival_s
+            if fresh.decision is None and self._stateless_policy:
+                at0 = self._decide(live, types, busy, free, now, fresh.snap)
+                if at0 is not None:
+                    hold = getattr(self.policy, "hold_s", None)
+                    fresh.decision = at0
+                    fresh.hold_s = hold(q.model_idx, q.batch, q.qos_s, types) if hold is not None else 0.0
+            if fresh.decision is not None and (waited == 0.0 or waited < fresh.hold_s):
                 matched, cols = fresh.decision
                 unmatched = self._grant(live, insts, busy, matched, cols, now)
                 waiting.extendleft(reversed(unmatched))
                 if waiting:
                     self._arm_tick()
                 return
+            if waited != 0.0 or self._stateless_policy:  # a stateful policy decides each round afresh
+                fresh = None
         decision = self._decide(live, types, busy, free, now, fresh.snap if fresh is not None else None)
         if decision is None:
             waiting.extendleft(reversed(live))
             self._arm_tick()
             return
-        if fresh is not None and self._stateless_policy:
-            fresh.decision = decision
         unmatched = self._grant(live, insts, busy, decision[0], decision[1], now)
         waiting.extendleft(reversed(unmatched))
         if waiting:

@@ -37,6 +37,7 @@ class FreshRound:
 
     snap: Snapshot
     decision: tuple[list[int], list[int]] | None = None
+    hold_s: float = 0.0  # the decision also holds for a query that waited less than this (the policy's `hold_s`)
 
 
 class FreshRounds:

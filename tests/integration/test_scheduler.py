@@ -127,6 +127,46 @@ async def test_refusals_settle_waits_for_a_quiet_spell_after_the_drain(
     stream.cancel()
 
 
+class CountingKairos(KairosPolicy):
+    """The Kairos policy, counting its calls."""
+
+    calls = 0
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        self.calls += 1
+        return super().__call__(snap)
+
+
+async def test_a_remote_query_stamped_a_little_earlier_reuses_the_cached_decision(
+        worker_instance: tuple[Registry, ProfileTable]) -> None:
+    """A query from a front-end process carries that process's arrival stamp, a little before the
+    dispatcher sees it: while it waited less than the decision's hold, its one-query round reuses the
+    decision cached at 0 s waited; one that waited longer gets a policy call."""
+    registry, profiles = worker_instance
+    # a margin above its cap (a quarter of the smallest QoS): the hop feedback never changes it, nor the cache
+    policy = CountingKairos(profiles, margin_s=0.010)
+    sched = Scheduler(registry, profiles, policy, QOS, SchedulerConfig(admission="deadline", margin_ms=10.0))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    await sched.submit(*_req_spec(0, spec))  # a local query, 0 s waited: its decision is cached
+    assert policy.calls == 1
+    loop = asyncio.get_running_loop()
+    hold = policy.hold_s(profiles.model_index("ncf"), 4, QOS["ncf"], [profiles.type_index("ort-1t")])
+    assert 0.001 < hold < QOS["ncf"]
+
+    async def remote(waited_s: float) -> None:
+        granted: asyncio.Future[Instance] = loop.create_future()
+        q = sched.remote_submit("ncf", 4, None, loop.time() - waited_s, 100,
+                                lambda q, inst, t: granted.set_result(inst), lambda q, exc: granted.set_exception(exc))
+        await granted
+        sched.remote_done(q, loop.time())
+
+    for _ in range(5):
+        await remote(hold / 4)
+    assert policy.calls == 1 and sched.stats.completed == 6
+    await remote(hold * 1.5)
+    assert policy.calls == 2
+
+
 async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Registry, ProfileTable]) -> None:
     registry, profiles = worker_instance
     sched = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(admission="deadline"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -303,3 +304,31 @@ def test_kairos_query_late_only_within_the_margin_goes_where_it_is_least_late() 
     free = make_snapshot(p, batches=[800], types=["cpu", "gpu"], waited_s=[0.030], qos_s=0.05)
     assert KairosPolicy(p, margin_s=0.005)(free).instances.tolist() == [1]
     assert int(np.argmin(KairosPolicy(p, margin_s=0.005).cost_matrix(free, 1)[0])) == 1
+
+
+@pytest.mark.parametrize("tiers", [True, False])
+def test_a_one_query_decision_holds_while_no_cost_boundary_is_crossed(tiers: bool) -> None:
+    """`hold_s`: for every batch, QoS and margin tried, a query that waited less than the hold gets the same
+    column as at 0 s waited, on the scalar path and on the cost-matrix path; just past it, some column's
+    cost has changed (the hold is a boundary, not a guess)."""
+    p = make_profiles({"gpu": 1.5, "cpu": 1.2})
+    types = ["gpu", "cpu", "cpu", "gpu", "cpu"]
+    many = types * 8  # more columns than the scalar path takes: the cost matrix decides
+    checked = 0
+    for margin in (0.0, 0.001, 0.005):
+        pol = KairosPolicy(p, margin_s=margin, tiers=tiers)
+        for qos in (0.01, 0.03, 0.1, 0.3):
+            for batch in (10, 200, 500, 1000):
+                idx = [p.type_index(t) for t in types]
+                hold = pol.hold_s(0, batch, qos, idx)
+                for cols in (types, many):
+                    at0 = pol(make_snapshot(p, [batch], cols, qos_s=qos)).instances.tolist()
+                    for w in (hold / 2, hold * (1 - 1e-9)) if math.isfinite(hold) else (0.05, 1.0):
+                        snap = make_snapshot(p, [batch], cols, waited_s=[w], qos_s=qos)
+                        assert pol(snap).instances.tolist() == at0, (margin, qos, batch, w, hold)
+                    if math.isfinite(hold):
+                        c0 = pol.cost_matrix(make_snapshot(p, [batch], cols, qos_s=qos), 1)
+                        past = pol.cost_matrix(make_snapshot(p, [batch], cols, waited_s=[hold + 1e-6], qos_s=qos), 1)
+                        assert not np.array_equal(c0, past)
+                        checked += 1
+    assert checked > 20
