@@ -532,8 +532,7 @@ class Scheduler:
         stalled or overloaded, and a larger reserve would only turn feasible edges into late ones and
         queue the fleet's work on its fastest type. Re-derived at most every `MARGIN_PERIOD_S` and
         changed in steps of at least 0.2 ms: the cached single-query decisions depend on it and are
-        dropped when it changes, and the hop feedback moves with every answer (on every second answer
-        under load, if followed)."""
+        dropped when it changes, and the hop feedback moves with every answer."""
         if now < self._margin_due_s or not hasattr(self.policy, "margin_s"):
             return
         self._margin_due_s = now + MARGIN_PERIOD_S
@@ -632,8 +631,10 @@ class Scheduler:
 
     def _measured_round(self) -> None:
         t0 = self.busy.start()
-        self._round()
-        self.busy.stop(t0)
+        try:
+            self._round()
+        finally:
+            self.busy.stop(t0)
 
     def _round(self) -> None:
         self._round_pending = False
