@@ -176,11 +176,14 @@ class Feedback:
     query's QoS target: one frozen instance moves the averages by a bounded step), and both corrections
     fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
-    __slots__ = ("_lag", "_hop", "_dev", "_svc_var", "_at")
+    __slots__ = ("_lag", "_hop", "_dev", "_svc_var", "_at", "_fade_now", "_fade_value")
 
     def __init__(self) -> None:
         self._lag = self._hop = self._dev = self._svc_var = 0.0
         self._at = 0.0
+        # the last fade computed, by time: the estimates are read several times per loop iteration, at one clock
+        self._fade_now = math.nan
+        self._fade_value = 1.0
 
     def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float, svc_var_s2: float = 0.0) -> None:
         """One answer: its lag (None for a query retried after a failure: its lateness is the fault's),
@@ -191,6 +194,7 @@ class Feedback:
         self._dev *= fade
         self._svc_var *= fade * fade
         self._at = now
+        self._fade_now, self._fade_value = now, 1.0  # faded up to now
         w = FEEDBACK_WEIGHT
         if lag_s is not None:
             self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
@@ -200,7 +204,10 @@ class Feedback:
         self._hop += w * (hop - self._hop)
 
     def _fade(self, now: float) -> float:
-        return math.exp(-max(now - self._at, 0.0) / FEEDBACK_FADE_S)
+        if now != self._fade_now:
+            self._fade_now = now
+            self._fade_value = math.exp(-max(now - self._at, 0.0) / FEEDBACK_FADE_S)
+        return self._fade_value
 
     def lag(self, now: float) -> float:
         return self._lag * self._fade(now)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kairosd import admission
-from kairosd.admission import Ahead
+from kairosd.admission import Ahead, Feedback
 
 # mean_s[model, type, batch]: model 0 takes 10 ms on type 0 and 40 ms on type 1 at every batch;
 # model 1 takes 20 ms on type 0, 20 ms on type 1
@@ -120,3 +120,21 @@ def test_hop_margin_takes_the_service_times_own_spread_out() -> None:
     for x in hop + rng.normal(0.0, svc_sd, 4000) + rng.normal(0.0, 0.001, 4000):
         noisy.answered(10.0, None, float(x), 1.0, svc_sd**2)
     assert noisy.hop_margin(10.0) > fb.hop_margin(10.0) + 0.001
+
+
+def test_feedback_reads_are_the_same_however_often_they_are_taken() -> None:
+    """The fade is computed once per clock reading: reading the estimates before an answer at the same
+    time must not change what they read after it."""
+    a, b = Feedback(), Feedback()
+    for fb, read in ((a, True), (b, False)):
+        fb.answered(1.0, 0.010, 0.002, 0.1)
+        if read:
+            assert min(fb.lag(1.5), fb.hop(1.5), fb.hop_guard(1.5)) > 0
+        fb.answered(1.5, 0.020, 0.004, 0.1)
+        if read:
+            fb.hop_margin(2.0)
+    for t in (1.5, 1.7, 2.0):
+        assert a.lag(t) == b.lag(t) and a.hop(t) == b.hop(t) and a.hop_guard(t) == b.hop_guard(t)
+        assert a.hop_margin(t) == b.hop_margin(t)
+    first = 0.1 * 0.010 * math.exp(-0.5)  # the first answer's share, faded over 0.5 s (weight 0.1, 1 s fade)
+    assert a.lag(1.5) == pytest.approx(first + 0.1 * (0.020 - first))  # the second one counted unfaded
