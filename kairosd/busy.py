@@ -6,11 +6,14 @@ time. Spans must not nest (the caller of a measured step does not measure it aga
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 
 class BusyMeter:
-    """Seconds of event-loop time spent in a component: `t0 = meter.start()` … `meter.stop(t0)`."""
+    """Seconds of event-loop time spent in a component: `t0 = meter.start()` … `meter.stop(t0)`, or a
+    callback wrapped whole with `timed`."""
 
     __slots__ = ("seconds",)
 
@@ -23,3 +26,15 @@ class BusyMeter:
 
     def stop(self, t0: float) -> None:
         self.seconds += perf_counter() - t0
+
+    def timed(self, step: Callable[..., None]) -> Callable[..., None]:
+        """`step`, counted whole (also when it raises): for a step the event loop calls back."""
+
+        def run(*args: Any) -> None:
+            t0 = perf_counter()
+            try:
+                step(*args)
+            finally:
+                self.seconds += perf_counter() - t0
+
+        return run

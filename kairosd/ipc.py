@@ -126,6 +126,7 @@ class Channel(asyncio.Protocol):
         """`meter`: counts the time spent reading and writing messages (and in `on_message`)."""
         self._on_message = on_message
         self._meter = meter
+        self._flush_step = meter.timed(self._flush) if meter is not None else self._flush
         self._on_lost = on_lost
         self._decoder = Decoder()
         self._out: list[bytes] = []
@@ -152,17 +153,13 @@ class Channel(asyncio.Protocol):
         if self.closed:
             return
         if not self._out:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush_step)
         self._out.append(message)
 
     def _flush(self) -> None:
-        meter = self._meter
-        t0 = meter.start() if meter is not None else 0.0
         out, self._out = self._out, []
         if self._transport is not None and not self.closed:
             self._transport.write(b"".join(out))
-        if meter is not None:
-            meter.stop(t0)
 
     def close(self) -> None:
         if self._transport is not None:

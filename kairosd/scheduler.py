@@ -155,6 +155,10 @@ class Scheduler:
         # the event loop's time in the dispatcher: admission, queueing, rounds, grants, completions (and, with
         # front-end processes, reading their descriptors and writing grants: kairosd.fronts passes it on)
         self.busy = BusyMeter()
+        # the steps the event loop calls back, counted whole
+        self._timed_round = self.busy.timed(self._round)
+        self._timed_tick = self.busy.timed(self._tick)
+        self._timed_remote_granted = self.busy.timed(self._remote_granted)
         self.accepting = True
         self._refused_stopping_s = 0.0  # when the last query was refused because the scheduler stopped accepting
         self._margin_due_s = 0.0  # when the matching's margin may next follow the hop feedback (`_adapt_margin`)
@@ -272,16 +276,9 @@ class Scheduler:
 
     def _queue_remote(self, q: Query) -> None:
         work = self._queue(q)
-        q.future.add_done_callback(partial(self._remote_granted, q, work))
+        q.future.add_done_callback(partial(self._timed_remote_granted, q, work))
 
     def _remote_granted(self, q: Query, work: float, f: asyncio.Future[tuple[Instance, float]]) -> None:
-        t0 = self.busy.start()
-        try:
-            self._remote_grant(q, work, f)
-        finally:
-            self.busy.stop(t0)
-
-    def _remote_grant(self, q: Query, work: float, f: asyncio.Future[tuple[Instance, float]]) -> None:
         self._dequeued(q, work)
         if f.cancelled():  # its front end withdrew it before a grant
             return
@@ -567,7 +564,7 @@ class Scheduler:
     def _kick(self) -> None:
         if not self._round_pending:
             self._round_pending = True
-            self._loop.call_soon(self._measured_round)
+            self._loop.call_soon(self._timed_round)
 
     def _columns(self, now: float, m: int, model: int | None = None
                  ) -> tuple[list[Instance], list[int], list[float], list[bool], int]:
@@ -628,13 +625,6 @@ class Scheduler:
         if not self.config.pipeline or getattr(self.policy, "name", "") != "kairos":
             return 0.0
         return self.feedback.hop(now)
-
-    def _measured_round(self) -> None:
-        t0 = self.busy.start()
-        try:
-            self._round()
-        finally:
-            self.busy.stop(t0)
 
     def _round(self) -> None:
         self._round_pending = False
@@ -789,16 +779,9 @@ class Scheduler:
 
     def _arm_tick(self) -> None:
         if self._tick_handle is None:
-            self._tick_handle = self._loop.call_later(self.config.tick_ms / 1e3, self._tick)
+            self._tick_handle = self._loop.call_later(self.config.tick_ms / 1e3, self._timed_tick)
 
     def _tick(self) -> None:
-        t0 = self.busy.start()
-        try:
-            self._expire_and_round()
-        finally:
-            self.busy.stop(t0)
-
-    def _expire_and_round(self) -> None:
         self._tick_handle = None
         now = self._loop.time()
         cap = self.capacity()
