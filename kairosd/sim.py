@@ -123,6 +123,49 @@ def _norm_ppf(u: np.ndarray) -> np.ndarray:
     return ndtri(u)
 
 
+@dataclass(frozen=True)
+class PathModel:
+    """The serving path around an instance's service, as a live head adds it (none by default: the
+    service is all there is).
+
+    hop_mean_s, hop_sd_s  per query, the time from the grant to the answer's arrival at the head beyond
+                          the instance's service (the request's way out, the answer's way back, the
+                          head's and the instance's wake-ups): log-normal with this mean and standard
+                          deviation. It holds the instance (the head counts a slot busy until its answer
+                          arrives) and adds to the query's latency; the dispatcher does not know it (it
+                          expects the profile's mean service), as the daemon's does not.
+    client_s              the client's own way to the head and back: it adds to the latency the client
+                          sees and holds no instance (the rate passes when p99 + client_s ≤ QoS).
+    seed                  one draw per query, the same at every rate and for every configuration
+    """
+
+    hop_mean_s: float = 0.0
+    hop_sd_s: float = 0.0
+    client_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hop_mean_s < 0 or self.hop_sd_s < 0 or self.client_s < 0:
+            raise ConfigError(f"path times must be >= 0, got hop {self.hop_mean_s} ± {self.hop_sd_s} s, "
+                              f"client {self.client_s} s")
+        if self.hop_sd_s > 0 and self.hop_mean_s == 0:
+            raise ConfigError("a hop with a spread needs a mean > 0")
+
+    @property
+    def empty(self) -> bool:
+        return self.hop_mean_s == 0 and self.client_s == 0
+
+    def hops(self, n: int) -> np.ndarray:
+        """The hop of each of `n` queries, seconds (zeros without a hop)."""
+        if self.hop_mean_s == 0:
+            return np.zeros(n)
+        if self.hop_sd_s == 0:
+            return np.full(n, self.hop_mean_s)
+        sigma = math.sqrt(math.log1p((self.hop_sd_s / self.hop_mean_s) ** 2))
+        z = np.random.default_rng(self.seed).standard_normal(n)
+        return self.hop_mean_s * np.exp(sigma * z - sigma**2 / 2)
+
+
 def fleet_columns(
     profiles: ProfileTable, types: Sequence[str], counts: Sequence[int], slots: Sequence[int] | None = None
 ) -> np.ndarray:
@@ -172,6 +215,7 @@ def _run(
     qos_s: float,
     measure_from: int,
     max_violations: int,
+    late_s: float | None = None,
 ) -> tuple[np.ndarray, bool, int, float]:
     """The event loop. Returns (finish time per query, inf if never served; aborted; policy calls;
     instance-seconds of service handed out).
@@ -180,8 +224,11 @@ def _run(
     query waits and an instance is free, with the snapshot the daemon's scheduler builds: the
     oldest 2n waiting queries (n = columns), and for a busy instance the time until its *expected*
     finish (profile mean; at least 1 µs while it is still busy), not the true, noisy one.
-    `svc[q, type]` is the true service time, `expected[q, type]` the profile mean.
+    `svc[q, type]` is the true service time, `expected[q, type]` the profile mean. `qos_s` is the
+    target the policy sees; a query is late past `late_s` (default `qos_s`; less when the client's
+    own way to the head takes part of QoS).
     """
+    deadline = qos_s if late_s is None else late_s
     n_q, n_i = len(arr), len(cols)
     window = 2 * n_i
     arr_l: list[float] = arr.tolist()
@@ -210,9 +257,9 @@ def _run(
             now = t_arr
             queue.append(i)
             i += 1
-            if now - arr_l[queue[0]] > qos_s and i > measure_from:
+            if now - arr_l[queue[0]] > deadline and i > measure_from:
                 # measured queries already waiting longer than QoS are violations whatever happens next
-                cutoff = bisect.bisect_left(arr_l, now - qos_s)  # queries before it arrived > QoS ago
+                cutoff = bisect.bisect_left(arr_l, now - deadline)  # queries before it arrived > QoS ago
                 late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
                 if viol + max(late, 0) > max_violations:
                     return finish, True, calls, work
@@ -244,7 +291,7 @@ def _run(
             expect_at[c] = now + expected[q, t]
             heapq.heappush(heap, (f, c))
             finish[q] = f
-            if f - arr_l[q] > qos_s and q >= measure_from:
+            if f - arr_l[q] > deadline and q >= measure_from:
                 viol += 1
         n_free -= len(rows)
         if len(rows) == 1:
@@ -272,13 +319,15 @@ def simulate(
     warmup_fraction: float = WARMUP_FRACTION,
     percentile: float = PERCENTILE,
     abort: bool = True,
+    path: PathModel | None = None,
 ) -> SimResult:
     """Run `stream` at `rate_qps` on the fleet `cols` (see `fleet_columns`) with `policy`.
 
     `svc` (true service seconds [query, type]) and `expected` (the profile means the dispatcher
     believes) may be passed precomputed; otherwise `service` (default: no noise) computes them. With
     `abort`, the run stops as soon as more queries than the percentile allows have missed QoS (the rate
-    has failed whatever happens next).
+    has failed whatever happens next). `path`: the live path's hop and the client's way (`PathModel`;
+    latencies are then as the client sees them).
     """
     if rate_qps <= 0:
         raise ConfigError(f"rate_qps must be > 0, got {rate_qps}")
@@ -287,6 +336,10 @@ def simulate(
         svc = (service or ServiceModel()).times(profiles, model, stream)
     if expected is None:
         expected = ServiceModel().times(profiles, model, stream)
+    client_s = 0.0
+    if path is not None and not path.empty:
+        svc = svc + path.hops(len(stream))[:, None]
+        client_s = path.client_s
     arr = stream.arrivals(rate_qps)
     n = len(arr)
     measure_from = int(n * warmup_fraction)
@@ -294,8 +347,8 @@ def simulate(
     allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
     max_viol = math.floor(allowed) + 1 if abort else n + 1
     finish, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model),
-                                        qos_s, measure_from, max_viol)
-    lat = finish[measure_from:] - arr[measure_from:]
+                                        qos_s, measure_from, max_viol, qos_s - client_s)
+    lat = finish[measure_from:] - arr[measure_from:] + client_s
     served = np.isfinite(lat)
     violations = int(np.count_nonzero(lat > qos_s))
     done = finish[measure_from:][served]
@@ -363,6 +416,7 @@ def max_qps(
     ub_qps: float | None = None,
     rel_tol: float = 0.01,
     first_guess: float = 0.9,
+    path: PathModel | None = None,
 ) -> MaxQps:
     """Bisect for the highest offered rate whose p99 latency is within QoS.
 
@@ -372,7 +426,8 @@ def max_qps(
     down by 2·rel_tol·UB, doubling the step each time, until the answer is bracketed; then
     bisection until the bracket is narrower than `rel_tol`·UB. Without a bound the fleet's raw capacity
     on the stream starts the search.
-    A fresh policy is built for every run (policies such as round robin keep state).
+    A fresh policy is built for every run (policies such as round robin keep state). `path`: as in
+    `simulate`.
     """
     t0 = time.perf_counter()
     if svc is None:
@@ -381,11 +436,13 @@ def max_qps(
     expected = ServiceModel().times(profiles, model, stream)
 
     def ok(rate: float) -> bool:
-        r = simulate(profiles, model, cols, policy_factory(), rate, qos_s=qos_s, stream=stream, svc=svc, expected=expected).ok
+        r = simulate(profiles, model, cols, policy_factory(), rate, qos_s=qos_s, stream=stream, svc=svc, expected=expected,
+                     path=path).ok
         probes.append((rate, r))
         return r
 
-    capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))  # every instance busy all the time
+    hop = path.hop_mean_s if path is not None else 0.0
+    capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))  # every instance busy all the time
     broken = False  # set when a rate at or above the bound passes
     if ub_qps is not None and ub_qps <= 0:
         # the bound says no rate meets QoS (no present type covers the mix): check it at a light load
@@ -457,6 +514,7 @@ class SimSetup:
     service: ServiceModel
     slots: tuple[int, ...] | None = None
     rel_tol: float = 0.01
+    path: PathModel | None = None
 
 
 _WORKER: dict[str, Any] = {}
@@ -472,7 +530,7 @@ def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None
     factory = lambda: make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))
     return max_qps(
         setup.profiles, setup.model, cols, factory, qos_s=setup.qos_s, stream=setup.stream,
-        svc=svc if svc is not None else _svc_for(setup), ub_qps=ub_qps, rel_tol=setup.rel_tol,
+        svc=svc if svc is not None else _svc_for(setup), ub_qps=ub_qps, rel_tol=setup.rel_tol, path=setup.path,
     )
 
 
@@ -484,7 +542,7 @@ def fails_at(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.nd
     expected = ServiceModel().times(setup.profiles, setup.model, setup.stream)
     policy = make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))
     return not simulate(setup.profiles, setup.model, cols, policy, rate_qps, qos_s=setup.qos_s, stream=setup.stream,
-                        svc=svc, expected=expected).ok
+                        svc=svc, expected=expected, path=setup.path).ok
 
 
 def _worker_init(setup: SimSetup) -> None:

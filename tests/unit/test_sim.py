@@ -15,6 +15,7 @@ from kairosd.errors import ConfigError
 from kairosd.planner import BoundModel, upper_bound
 from kairosd.profiles import ProfilePoint, ProfileTable
 from kairosd.sim import (
+    PathModel,
     SeedsEvaluator,
     ServiceModel,
     SimEvaluator,
@@ -218,6 +219,46 @@ def test_a_rate_above_capacity_fails_even_when_the_run_ends_within_qos() -> None
     assert over.p99_s <= 1.0 and over.lagging and not over.ok
     under = simulate(table, "m", cols, FcfsPolicy(table), 0.85 / SERVICE_S, qos_s=1.0, stream=stream, abort=False)
     assert under.ok and not under.lagging
+
+
+def test_the_live_path_holds_the_instance_and_adds_to_the_latency() -> None:
+    """M/D/1 again, with a fixed 1 ms hop (it holds the server: service 2 + 1 ms) and a 0.5 ms client
+    way (latency only): at ρ = 0.5 of the 3 ms server the mean latency is the M/D/1 sojourn of a
+    3 ms service plus 0.5 ms; a QoS that the run without the path meets by a hair is missed with it."""
+    table = flat_table()
+    stream = poisson_stream(np.full(40_000, 100), seed=3)
+    cols = fleet_columns(table, ["fast"], [1])
+    path = PathModel(hop_mean_s=0.001, client_s=0.0005)
+    svc = SERVICE_S + 0.001
+    rate = 0.5 / svc
+    res = simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=10.0, stream=stream, abort=False, path=path)
+    assert res.mean_s == pytest.approx(0.5 * svc / (2 * 0.5) + svc + 0.0005, rel=0.05)
+    bare = simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=10.0, stream=stream, abort=False)
+    qos = bare.p99_s * 1.01
+    assert simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=qos, stream=stream).ok
+    assert not simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=qos, stream=stream, path=path).ok
+    # the client's way alone: the p99 the client sees is the head's plus client_s
+    client = simulate(table, "m", cols, FcfsPolicy(table), rate, qos_s=10.0, stream=stream, abort=False,
+                      path=PathModel(client_s=0.0005))
+    assert client.p99_s == pytest.approx(bare.p99_s + 0.0005)
+
+
+def test_max_qps_falls_as_the_hop_grows_and_its_draws_are_log_normal() -> None:
+    table = flat_table()
+    stream = poisson_stream(np.full(3000, 10), seed=5)
+    cols = fleet_columns(table, ["fast"], [1])
+    qps = [max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=5 * SERVICE_S, stream=stream,
+                   path=PathModel(hop_mean_s=h, hop_sd_s=h / 2)).qps for h in (0.0, 0.0005, 0.001)]
+    assert qps[0] > qps[1] > qps[2] > 0
+    hops = PathModel(hop_mean_s=0.0015, hop_sd_s=0.001, seed=7).hops(200_000)
+    assert hops.mean() == pytest.approx(0.0015, rel=0.01)
+    assert hops.std() == pytest.approx(0.001, rel=0.03)
+    assert hops.min() > 0
+    np.testing.assert_array_equal(hops[:10], PathModel(hop_mean_s=0.0015, hop_sd_s=0.001, seed=7).hops(10))
+    with pytest.raises(ConfigError, match="needs a mean"):
+        PathModel(hop_sd_s=0.001)
+    with pytest.raises(ConfigError, match=">= 0"):
+        PathModel(client_s=-0.001)
 
 
 def test_max_qps_without_a_bound_finds_the_single_server_limit() -> None:
