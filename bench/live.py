@@ -11,7 +11,11 @@ the authors' batch mix; exactly the stream the simulator evaluates) bisects for 
 end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
 no backlog (as the simulator judges a run). The same for the best threshold policy (from
 bench/results/dispatch.json when its fleet is this one, else a sweep in the simulator) and for fcfs.
-Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio.
+Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio;
+and the simulator on the live path ("sim@path", `--no-path` to skip): a light step first measures the
+path (the head's hop to the instance and back, which holds the instance, and the client's own way to
+the head: `kairosd.sim.PathModel`), and the simulator is run with it and the daemon's own margin, and
+with each margin of `PATH_MARGINS_MS` (the best one is recorded).
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance, the
 emulation's fidelity at low load on a 16-instance fleet (per type, direct and through kairosd; from
@@ -49,6 +53,7 @@ from openloop import (  # noqa: E402  (bench/openloop.py)
     live_max,
     request_body,
     run_loadgen,
+    step,
 )
 from results_file import RESULTS, write_results  # noqa: E402  (bench/results_file.py)
 
@@ -288,6 +293,27 @@ def best_threshold(wl: Any, model: str, counts: dict[str, int], setup: Any, ub: 
     return max(sweep, key=lambda t: sweep[t]), "simulator sweep 50..1000 step 50 on this stream"
 
 
+# the light step that measures the live path: this share of the simulator's rate, this many queries
+PATH_STEP_SHARE = 0.15
+PATH_STEP_QUERIES = 400
+# the Kairos matching's margins the simulator tries on the live path (ms)
+PATH_MARGINS_MS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+
+
+def path_of(light: dict[str, Any], seed: int) -> Any:
+    """The live path (`kairosd.sim.PathModel`) from a light step, where queries hardly wait: the hop
+    holds the instance with the head's measured mean (answered − sent − the instance's service) and the
+    spread of the client's latency beyond service; the client's own way is what that latency keeps
+    beyond the hop on average."""
+    from kairosd.sim import PathModel
+
+    hop_ms = max(float(light.get("hop_mean_ms") or 0.0), 0.0)
+    excess_ms = float(light.get("excess_mean_ms") or hop_ms)
+    sd_ms = float(light.get("excess_sd_ms") or 0.0) if hop_ms > 0 else 0.0
+    return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=sd_ms / 1e3, client_s=max(excess_ms - hop_ms, 0.0) / 1e3,
+                     seed=seed)
+
+
 def main_bench(args: argparse.Namespace) -> int:
     from kairosd import workload
     from kairosd.sim import evaluate_config
@@ -348,14 +374,43 @@ def main_bench(args: argparse.Namespace) -> int:
                        hosted=args.hosted)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
+                path_step = None
+                if args.path and sim.qps > 0:
+                    print("  the live path, at a light load:", flush=True)
+                    part = replace(setup.stream, gaps=setup.stream.gaps[:PATH_STEP_QUERIES],
+                                   batches=setup.stream.batches[:PATH_STEP_QUERIES],
+                                   noise_u=setup.stream.noise_u[:PATH_STEP_QUERIES])
+                    path_step = step(d, served, PATH_STEP_SHARE * sim.qps, part, qos_s, {"protocol": args.protocol})
                 light = 0.1 * ub
                 live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light,
                                        args.protocol)
             finally:
                 d.stop()
             best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_qps"], default=None)
+            on_path: dict[str, Any] | None = None
+            if path_step is not None:
+                path = path_of(path_step, args.seed + 7)
+                # the daemon's own margin where it served best (its reserve follows the measured hop)
+                margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms))
+                by_margin = {}
+                for m in sorted({margin_ms, *PATH_MARGINS_MS}) if policy == "kairos" else [margin_ms]:
+                    p_params = {**params, "margin_s": m / 1e3} if policy == "kairos" else params
+                    by_margin[m] = evaluate_config(replace(setup, policy=policy, policy_params=p_params, path=path),
+                                                   key, ub).qps
+                sim_path = by_margin[margin_ms]
+                best_margin = max(by_margin, key=lambda m: by_margin[m])
+                on_path = {"hop_mean_ms": path.hop_mean_s * 1e3, "hop_sd_ms": path.hop_sd_s * 1e3,
+                           "client_ms": path.client_s * 1e3, "daemon_margin_ms": margin_ms,
+                           "sim_qps": sim_path, "live_over_sim": live / sim_path if sim_path else None,
+                           "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()},
+                           "best_margin_ms": best_margin, "light_step": path_step}
+                print(f"  {policy}: the simulator on the live path (hop {on_path['hop_mean_ms']:.2f} ± "
+                      f"{on_path['hop_sd_ms']:.2f} ms, client {on_path['client_ms']:.2f} ms, margin {margin_ms:.2f} ms): "
+                      f"{sim_path:.1f} q/s; best margin there {best_margin:g} ms ({by_margin[best_margin]:.1f} q/s)",
+                      flush=True)
             row["policies"][policy] = {
                 "sim_qps": sim.qps, "live_qps": live, "live_over_sim": live / sim.qps if sim.qps else None,
+                "on_live_path": on_path,
                 "head_cpu_at_live": best["head_cpu"] if best else None,
                 "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
                 "instances_cpu_at_live": best["instances_cpu"] if best else None,
@@ -373,7 +428,8 @@ def main_bench(args: argparse.Namespace) -> int:
 
     print(f"\nLive max QPS (p99 at the client <= QoS, {args.queries} queries per step) vs the simulator, same fleet, "
           f"policy and stream; budget {args.budget} $/h")
-    hdr = f"{'model':6} {'fleet':28} {'policy':10} {'sim':>8} {'live':>8} {'live/sim':>8} {'head cpu':>8} {'loadgen':>8}"
+    hdr = (f"{'model':6} {'fleet':28} {'policy':10} {'sim':>8} {'live':>8} {'live/sim':>8} {'sim@path':>8} "
+           f"{'live/it':>8} {'head cpu':>8} {'loadgen':>8}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -381,7 +437,11 @@ def main_bench(args: argparse.Namespace) -> int:
             hc = f"{v['head_cpu_at_live']:.2f}" if v["head_cpu_at_live"] is not None else "-"
             lc = f"{v['loadgen_cpu_at_live']:.2f}" if v["loadgen_cpu_at_live"] is not None else "-"
             ratio = f"{v['live_over_sim']:.3f}" if v["live_over_sim"] is not None else "-"
-            print(f"{r['model']:6} {r['fleet']:28} {p:10} {v['sim_qps']:8.1f} {v['live_qps']:8.1f} {ratio:>8} {hc:>8} {lc:>8}")
+            op = v.get("on_live_path") or {}
+            sp = f"{op['sim_qps']:.1f}" if op else "-"
+            rp = f"{op['live_over_sim']:.3f}" if op and op.get("live_over_sim") is not None else "-"
+            print(f"{r['model']:6} {r['fleet']:28} {p:10} {v['sim_qps']:8.1f} {v['live_qps']:8.1f} {ratio:>8} {sp:>8} "
+                  f"{rp:>8} {hc:>8} {lc:>8}")
         if "kairos_over_threshold_live" in r:
             print(f"{'':6} {'':28} K/thr: live {r['kairos_over_threshold_live']:.3f}, sim {r['kairos_over_threshold_sim']:.3f}")
     out["total_s"] = time.monotonic() - t_start
@@ -413,6 +473,10 @@ def main() -> int:
                          "fleet's instances in one emulated host process, kairosd emulated --instance ...)")
     ap.add_argument("--scheduler", action="append", default=[], metavar="KEY = VALUE",
                     help="a TOML line for the daemon's [scheduler] table (repeatable), e.g. 'pipeline = false'")
+    ap.add_argument("--no-path", dest="path", action="store_false",
+                    help="no light step measuring the live path, and no simulation on it (the 'sim@path' column: the "
+                         "simulator given the path measured at a light load, with the daemon's own margin, and the "
+                         "margin that serves most there)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")

@@ -162,7 +162,21 @@ def _retry(wait_s: float) -> float:
 # queries refused for it would never produce the answers that correct it
 FEEDBACK_WEIGHT = 0.1
 FEEDBACK_FADE_S = 1.0
-MAD_PER_SD = math.sqrt(2.0 / math.pi)  # a normal spread's mean absolute deviation per standard deviation
+MARGIN_CAP_QOS = 0.25  # the matching's measured reserve is at most this share of the smallest QoS target
+
+
+def matching_margin(configured_s: float, hop_s: float, qos_min_s: float) -> float:
+    """The kairos matching's reserve for what its latencies leave out (`margin_s` of the policy): the
+    configured margin, or twice the measured hop's mean when larger — the hop to an instance and back,
+    and the client's way to kairosd and back, which is of the same kind and which kairosd cannot see —
+    up to `MARGIN_CAP_QOS` of the smallest QoS target (past that the head is stalled or overloaded).
+
+    The mean, not a high quantile: the matching already judges every edge on the p99 service time, and
+    the reserve shortens every query's budget by the same amount, so a larger one turns feasible edges
+    into infeasible ones and queues the work on the fastest type. `bench/live.py` simulates the fleet on
+    the path it measures (`sim@path`) at several margins: the one that serves most is near the path's
+    mean, a few times less than its high end. E.g. a hop of 1.2 ms: 2.4 ms; with a 25 ms QoS at most 6.25 ms."""
+    return max(configured_s, min(2.0 * max(hop_s, 0.0), MARGIN_CAP_QOS * qos_min_s))
 
 
 class Feedback:
@@ -170,29 +184,26 @@ class Feedback:
     admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
     profile's mean service time, after the residual of a slot it was pipelined to), each an
     exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
-    end (`hop_guard`). The kairos matching's reserve takes the hop's own high end (`hop_margin`): the
-    samples' spread less the service time's own (known from the profile's mean and p99), which the
-    matching's p99 feasibility already covers. Each sample is clipped to ±`clip_s` (the
-    query's QoS target: one frozen instance moves the averages by a bounded step), and both corrections
-    fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
+    end (`hop_guard`); the kairos matching's reserve takes its mean (`matching_margin`). Each sample is
+    clipped to ±`clip_s` (the query's QoS target: one frozen instance moves the averages by a bounded
+    step), and both corrections fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
-    __slots__ = ("_lag", "_hop", "_dev", "_svc_var", "_at", "_fade_now", "_fade_value")
+    __slots__ = ("_lag", "_hop", "_dev", "_at", "_fade_now", "_fade_value")
 
     def __init__(self) -> None:
-        self._lag = self._hop = self._dev = self._svc_var = 0.0
+        self._lag = self._hop = self._dev = 0.0
         self._at = 0.0
         # the last fade computed, by time: the estimates are read several times per loop iteration, at one clock
         self._fade_now = math.nan
         self._fade_value = 1.0
 
-    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float, svc_var_s2: float = 0.0) -> None:
-        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's),
-        its hop, and the variance of its service time (from the profile) that the hop sample carries."""
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
+        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
+        and its hop."""
         fade = self._fade(now)
         self._lag *= fade
         self._hop *= fade
         self._dev *= fade
-        self._svc_var *= fade * fade
         self._at = now
         self._fade_now, self._fade_value = now, 1.0  # faded up to now
         w = FEEDBACK_WEIGHT
@@ -200,7 +211,6 @@ class Feedback:
             self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
         hop = min(max(hop_s, -clip_s), clip_s)
         self._dev += w * (abs(hop - self._hop) - self._dev)
-        self._svc_var += w * (svc_var_s2 - self._svc_var)
         self._hop += w * (hop - self._hop)
 
     def _fade(self, now: float) -> float:
@@ -219,10 +229,3 @@ class Feedback:
         """The hop at its high end (mean + 3 deviations, at least 0), added to a best service time."""
         return max(self._hop + 3.0 * self._dev, 0.0) * self._fade(now)
 
-    def hop_margin(self, now: float) -> float:
-        """The hop's own high end: mean + 3 standard deviations of the hop alone, at least 0. The samples'
-        σ comes from their mean absolute deviation (σ = MAD / √(2/π) for a normal spread: linear in each
-        sample, so one stall moves it by a bounded step), the service time's variance subtracted."""
-        sd_all = self._dev / MAD_PER_SD
-        sd = math.sqrt(max(sd_all * sd_all - self._svc_var, 0.0))
-        return max(self._hop + 3.0 * sd, 0.0) * self._fade(now)

@@ -90,9 +90,7 @@ class QueryObserver(Protocol):
 
 
 MARGIN_STEP_S = 2e-4  # the matching's margin follows the measured hop in steps of at least this
-MARGIN_CAP_QOS = 0.25  # the matching's measured reserve is at most this share of the smallest QoS target
 MARGIN_PERIOD_S = 0.25  # and is re-derived from the hop feedback at most this often
-Z99 = 2.326  # the standard normal's 99th percentile: a service time's σ ≈ (p99 − mean) / Z99
 
 
 class _Retry(Exception):
@@ -144,9 +142,6 @@ class Scheduler:
         # mean service seconds [model][type][batch] as nested lists: one lookup per grant, no numpy scalars
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._p99_s: list[list[list[float]]] = profiles.p99_s.tolist()
-        # the service time's own variance [model][type][batch], σ ≈ (p99 − mean) / Z99: what a hop sample
-        # carries besides the hop (`Feedback.hop_margin` takes it out)
-        self._svc_var_s2: list[list[list[float]]] = (((profiles.p99_s - profiles.mean_s) / Z99) ** 2).tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
         self._fresh = FreshRounds()
         self._stateless_policy = policy.name in STATELESS_POLICIES
@@ -514,26 +509,20 @@ class Scheduler:
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        svc_var = self._svc_var_s2[q.model_idx][inst.type_idx][min(q.batch, self._top_batch)]
-        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, svc_var)
+        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s)
         self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
 
     def _adapt_margin(self, now: float) -> None:
-        """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy): the
-        configured `margin_ms`, or twice the measured hop at its own high end (`Feedback.hop_margin`: the
-        service time's spread, which the matching's p99 feasibility already covers, taken out) when
-        larger — the hop to an instance and back, and the client's to kairosd and back, which is of the
-        same kind — up to a quarter of the smallest QoS target (`MARGIN_CAP_QOS`): past that the head is
-        stalled or overloaded, and a larger reserve would only turn feasible edges into late ones and
-        queue the fleet's work on its fastest type. Re-derived at most every `MARGIN_PERIOD_S` and
-        changed in steps of at least 0.2 ms: the cached single-query decisions depend on it and are
-        dropped when it changes, and the hop feedback moves with every answer."""
+        """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy):
+        `admission.matching_margin` of the configured `margin_ms` and the measured hop. Re-derived at most
+        every `MARGIN_PERIOD_S` and changed in steps of at least 0.2 ms: the cached single-query decisions
+        depend on it and are dropped when it changes, and the hop feedback moves with every answer."""
         if now < self._margin_due_s or not hasattr(self.policy, "margin_s"):
             return
         self._margin_due_s = now + MARGIN_PERIOD_S
-        margin = max(self.config.margin_ms / 1e3, min(2.0 * self.feedback.hop_margin(now), MARGIN_CAP_QOS * self._qos_min_s))
+        margin = admission.matching_margin(self.config.margin_ms / 1e3, self.feedback.hop(now), self._qos_min_s)
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
             self._fresh = FreshRounds()
