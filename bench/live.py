@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import sys
@@ -296,22 +297,75 @@ def best_threshold(wl: Any, model: str, counts: dict[str, int], setup: Any, ub: 
 # the light step that measures the live path: this share of the simulator's rate, this many queries
 PATH_STEP_SHARE = 0.15
 PATH_STEP_QUERIES = 400
+Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 # the Kairos matching's margins the simulator tries on the live path (ms)
 PATH_MARGINS_MS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def path_of(light: dict[str, Any], seed: int) -> Any:
-    """The live path (`kairosd.sim.PathModel`) from a light step, where queries hardly wait: the hop
-    holds the instance with the head's measured mean (answered − sent − the instance's service) and the
-    spread of the client's latency beyond service; the client's own way is what that latency keeps
-    beyond the hop on average."""
+    """The live path (`kairosd.sim.PathModel`) from a light step, where queries hardly wait. The client's
+    latency beyond the instance's service is taken as log-normal, its spread fitted on its p50 and p99
+    (σ = ln(p99 / p50) / z99: one stalled query in a short step moves a standard deviation far more
+    than a percentile); the hop holds the instance with the head's measured mean (answered − sent − the
+    instance's service) and that spread, and the client's own way is what the latency keeps beyond the
+    hop on average."""
     from kairosd.sim import PathModel
 
     hop_ms = max(float(light.get("hop_mean_ms") or 0.0), 0.0)
-    excess_ms = float(light.get("excess_mean_ms") or hop_ms)
-    sd_ms = float(light.get("excess_sd_ms") or 0.0) if hop_ms > 0 else 0.0
-    return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=sd_ms / 1e3, client_s=max(excess_ms - hop_ms, 0.0) / 1e3,
-                     seed=seed)
+    p50, p99 = float(light.get("excess_p50_ms") or 0.0), float(light.get("excess_p99_ms") or 0.0)
+    if hop_ms <= 0 or p50 <= 0 or p99 <= p50:
+        return PathModel(hop_mean_s=hop_ms / 1e3, client_s=max(p50 - hop_ms, 0.0) / 1e3, seed=seed)
+    sigma = math.log(p99 / p50) / Z99
+    cv = math.sqrt(math.expm1(sigma * sigma))
+    excess_mean = p50 * math.exp(sigma * sigma / 2)
+    return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=cv * hop_ms / 1e3,
+                     client_s=max(excess_mean - hop_ms, 0.0) / 1e3, seed=seed)
+
+
+def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...], ub: float, light: dict[str, Any],
+            margin_ms: float, live: float, seed: int) -> dict[str, Any]:
+    """The simulator on the live path measured by `light`: max QPS with the daemon's margin `margin_ms`
+    (kairos) and, for kairos, with each margin of `PATH_MARGINS_MS`."""
+    from kairosd.sim import evaluate_config
+
+    path = path_of(light, seed)
+    by_margin = {}
+    for m in sorted({margin_ms, *PATH_MARGINS_MS}) if policy == "kairos" else [margin_ms]:
+        p_params = {**params, "margin_s": m / 1e3} if policy == "kairos" else params
+        by_margin[m] = evaluate_config(replace(setup, policy=policy, policy_params=p_params, path=path), key, ub).qps
+    sim_path = by_margin[margin_ms]
+    best_margin = max(by_margin, key=lambda m: by_margin[m])
+    print(f"  {policy}: the simulator on the live path (hop {path.hop_mean_s * 1e3:.2f} ± {path.hop_sd_s * 1e3:.2f} ms, "
+          f"client {path.client_s * 1e3:.2f} ms, margin {margin_ms:.2f} ms): {sim_path:.1f} q/s"
+          + (f"; best margin there {best_margin:g} ms ({by_margin[best_margin]:.1f} q/s)" if policy == "kairos" else ""),
+          flush=True)
+    return {"hop_mean_ms": path.hop_mean_s * 1e3, "hop_sd_ms": path.hop_sd_s * 1e3, "client_ms": path.client_s * 1e3,
+            "daemon_margin_ms": margin_ms, "sim_qps": sim_path, "live_over_sim": live / sim_path if sim_path else None,
+            "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()}, "best_margin_ms": best_margin,
+            "light_step": light}
+
+
+def resimulate_paths(args: argparse.Namespace) -> int:
+    """`--path-only`: the simulator on the live path again for every row and policy of `--out`, from the
+    light steps and the margins recorded there (no daemon started)."""
+    from kairosd import workload
+
+    path = Path(args.out)
+    data = json.loads(path.read_text())
+    wl = workload.load_kairos()
+    for row in data.get("rows", []):
+        setup = workload.sim_setup(wl, row["model"], n_queries=args.queries, seed=args.seed)
+        key = tuple(int(row["counts"][t]) for t in wl.types)
+        print(row["model"], flush=True)
+        for policy, v in row["policies"].items():
+            old = v.get("on_live_path")
+            if not old:
+                continue
+            params: dict[str, Any] = {"threshold": row["threshold"]} if policy == "threshold" else {}
+            v["on_live_path"] = on_path(setup, policy, params, key, row["ub_qps"], old["light_step"],
+                                        old["daemon_margin_ms"], v["live_qps"], args.seed + 7)
+    write_results(data, path)
+    return 0
 
 
 def main_bench(args: argparse.Namespace) -> int:
@@ -331,6 +385,8 @@ def main_bench(args: argparse.Namespace) -> int:
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
                      "protocol": args.protocol, "hosted": args.hosted, "scheduler": args.scheduler},
     }
+    if args.path_only:
+        return resimulate_paths(args)
     if args.fidelity_only:
         path = Path(args.out)
         data = json.loads(path.read_text()) if path.is_file() else {"benchmark": "live"}
@@ -387,30 +443,14 @@ def main_bench(args: argparse.Namespace) -> int:
             finally:
                 d.stop()
             best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_qps"], default=None)
-            on_path: dict[str, Any] | None = None
+            on_live_path: dict[str, Any] | None = None
             if path_step is not None:
-                path = path_of(path_step, args.seed + 7)
                 # the daemon's own margin where it served best (its reserve follows the measured hop)
-                margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms))
-                by_margin = {}
-                for m in sorted({margin_ms, *PATH_MARGINS_MS}) if policy == "kairos" else [margin_ms]:
-                    p_params = {**params, "margin_s": m / 1e3} if policy == "kairos" else params
-                    by_margin[m] = evaluate_config(replace(setup, policy=policy, policy_params=p_params, path=path),
-                                                   key, ub).qps
-                sim_path = by_margin[margin_ms]
-                best_margin = max(by_margin, key=lambda m: by_margin[m])
-                on_path = {"hop_mean_ms": path.hop_mean_s * 1e3, "hop_sd_ms": path.hop_sd_s * 1e3,
-                           "client_ms": path.client_s * 1e3, "daemon_margin_ms": margin_ms,
-                           "sim_qps": sim_path, "live_over_sim": live / sim_path if sim_path else None,
-                           "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()},
-                           "best_margin_ms": best_margin, "light_step": path_step}
-                print(f"  {policy}: the simulator on the live path (hop {on_path['hop_mean_ms']:.2f} ± "
-                      f"{on_path['hop_sd_ms']:.2f} ms, client {on_path['client_ms']:.2f} ms, margin {margin_ms:.2f} ms): "
-                      f"{sim_path:.1f} q/s; best margin there {best_margin:g} ms ({by_margin[best_margin]:.1f} q/s)",
-                      flush=True)
+                margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms)) if policy == "kairos" else 0.0
+                on_live_path = on_path(setup, policy, params, key, ub, path_step, margin_ms, live, args.seed + 7)
             row["policies"][policy] = {
                 "sim_qps": sim.qps, "live_qps": live, "live_over_sim": live / sim.qps if sim.qps else None,
-                "on_live_path": on_path,
+                "on_live_path": on_live_path,
                 "head_cpu_at_live": best["head_cpu"] if best else None,
                 "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
                 "instances_cpu_at_live": best["instances_cpu"] if best else None,
@@ -477,6 +517,8 @@ def main() -> int:
                     help="no light step measuring the live path, and no simulation on it (the 'sim@path' column: the "
                          "simulator given the path measured at a light load, with the daemon's own margin, and the "
                          "margin that serves most there)")
+    ap.add_argument("--path-only", action="store_true",
+                    help="only the simulator on the live path again, from the light steps recorded in --out")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
