@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="Kairos profile data directory")
     parser.add_argument("--profiles", help="our own profile CSV directory instead of the Kairos data")
     parser.add_argument("--catalogue", help="instance-type catalogue TOML (slots per type, prices)")
+    parser.add_argument("--hop-ms", type=float, default=0.0,
+                        help="the live path's hop per query: from the grant to the answer's arrival at the head beyond "
+                             "the service, holding the instance (mean; e.g. a daemon's kairos_head_hop_seconds)")
+    parser.add_argument("--hop-sd-ms", type=float, default=0.0, help="its standard deviation (log-normal)")
+    parser.add_argument("--client-ms", type=float, default=0.0,
+                        help="the client's own way to the head and back: latency only (p99 + it must be within QoS)")
 
 
 def parse_config(text: str) -> dict[str, int]:
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
     from kairosd.profiles import ProfileTable
     from kairosd.sim import (
+        PathModel,
         ServiceModel,
         fleet_columns,
         max_qps,
@@ -105,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         fleet = parse_config(args.config)
         params = parse_params(args.param)
+        path = PathModel(hop_mean_s=args.hop_ms / 1e3, hop_sd_s=args.hop_sd_ms / 1e3, client_s=args.client_ms / 1e3,
+                         seed=args.seed + 2)
         if args.profiles:
             profiles = ProfileTable.load_dir(args.profiles)
             samples = None
@@ -148,19 +157,21 @@ def run(args: argparse.Namespace) -> int:
         rate = args.rate if args.rate is not None else native_rate
         found = None
         if rate is None:
-            found = max_qps(profiles, args.model, cols, factory, qos_s=qos_s, stream=stream, svc=svc, ub_qps=ub)
+            found = max_qps(profiles, args.model, cols, factory, qos_s=qos_s, stream=stream, svc=svc, ub_qps=ub, path=path)
             rate = found.qps
             if rate <= 0:
                 print(f"no rate meets p99 <= {qos_s * 1e3:g} ms with this fleet and policy (upper bound {ub:.1f} qps)")
                 return 1
-        res = simulate(profiles, args.model, cols, factory(), rate, qos_s=qos_s, stream=stream, svc=svc, abort=False)
+        res = simulate(profiles, args.model, cols, factory(), rate, qos_s=qos_s, stream=stream, svc=svc, abort=False,
+                       path=path)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
     cost = float(config_cost(np.array([counts]), prices)[0])
     label = " + ".join(f"{c}×{t}" for t, c in zip(types, counts, strict=True) if c)
     print(f"fleet {label} ({cost:.3f} $/h), model {args.model}, QoS {qos_s * 1e3:g} ms, policy {args.policy}"
-          + (f" {params}" if params else "") + f", {res.n_queries} queries ({res.n_measured} measured)")
+          + (f" {params}" if params else "") + f", {res.n_queries} queries ({res.n_measured} measured)"
+          + ("" if path.empty else f"; live path: hop {args.hop_ms:g} ± {args.hop_sd_ms:g} ms, client {args.client_ms:g} ms"))
     if found is not None:
         print(f"max QPS with p99 <= QoS: {found.qps:.1f} (upper bound {ub:.1f}; {len(found.probes)} runs, {found.wall_s:.1f} s)")
     ms = lambda x: f"{x * 1e3:.2f} ms" if np.isfinite(x) else "inf"
