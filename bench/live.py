@@ -307,8 +307,8 @@ def path_of(light: dict[str, Any], seed: int) -> Any:
     latency beyond the instance's service is taken as log-normal, its spread fitted on its p50 and p99
     (σ = ln(p99 / p50) / z99: one stalled query in a short step moves a standard deviation far more
     than a percentile); the hop holds the instance with the head's measured mean (answered − sent − the
-    instance's service) and that spread, and the client's own way is what the latency keeps beyond the
-    hop on average."""
+    instance's service) and the same relative spread, and the client's own way is what the latency keeps
+    beyond the hop on average."""
     from kairosd.sim import PathModel
 
     hop_ms = max(float(light.get("hop_mean_ms") or 0.0), 0.0)
