@@ -368,8 +368,6 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
         "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
         "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
-        "excess_mean_ms": float(excess.mean()) * 1e3 if len(excess) else None,
-        "excess_sd_ms": float(excess.std()) * 1e3 if len(excess) else None,
         "served_by": by_type,
         "n": n, "errors": errors, "offered_qps": float(spec["rate_qps"]), "sent_qps": n / sent_s,
         "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,

@@ -106,15 +106,20 @@ class ServiceModel:
         if self.kind == "none":
             return np.ascontiguousarray(mean)
         if self.kind == "lognormal":
-            sigma = math.sqrt(math.log1p(self.cv**2))
             z = _norm_ppf(np.clip(stream.noise_u, 1e-9, 1 - 1e-9))
-            return mean * np.exp(sigma * z - sigma**2 / 2)[:, None]
+            return mean * _lognormal_factor(self.cv, z)[:, None]
         rel = np.asarray(self.relative)
         if rel.shape[0] != len(profiles.types):
             raise ConfigError(f"sample noise covers {rel.shape[0]} types, the profiles {len(profiles.types)}")
         g = np.clip(np.ceil(stream.batches / self.grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
         k = np.minimum((stream.noise_u * rel.shape[2]).astype(np.intp), rel.shape[2] - 1)
         return mean * rel[:, g, k].T
+
+
+def _lognormal_factor(cv: float, z: np.ndarray) -> np.ndarray:
+    """Log-normal factors with mean 1 and coefficient of variation `cv`, from standard normal draws `z`."""
+    sigma = math.sqrt(math.log1p(cv**2))
+    return np.exp(sigma * z - sigma**2 / 2)
 
 
 def _norm_ppf(u: np.ndarray) -> np.ndarray:
@@ -161,9 +166,8 @@ class PathModel:
             return np.zeros(n)
         if self.hop_sd_s == 0:
             return np.full(n, self.hop_mean_s)
-        sigma = math.sqrt(math.log1p((self.hop_sd_s / self.hop_mean_s) ** 2))
         z = np.random.default_rng(self.seed).standard_normal(n)
-        return self.hop_mean_s * np.exp(sigma * z - sigma**2 / 2)
+        return self.hop_mean_s * _lognormal_factor(self.hop_sd_s / self.hop_mean_s, z)
 
 
 def fleet_columns(
@@ -215,7 +219,7 @@ def _run(
     qos_s: float,
     measure_from: int,
     max_violations: int,
-    late_s: float | None = None,
+    deadline_s: float,
 ) -> tuple[np.ndarray, bool, int, float]:
     """The event loop. Returns (finish time per query, inf if never served; aborted; policy calls;
     instance-seconds of service handed out).
@@ -225,10 +229,9 @@ def _run(
     oldest 2n waiting queries (n = columns), and for a busy instance the time until its *expected*
     finish (profile mean; at least 1 µs while it is still busy), not the true, noisy one.
     `svc[q, type]` is the true service time, `expected[q, type]` the profile mean. `qos_s` is the
-    target the policy sees; a query is late past `late_s` (default `qos_s`; less when the client's
-    own way to the head takes part of QoS).
+    target the policy sees; a query is late past `deadline_s` (`qos_s`, less when the client's own way
+    to the head takes part of QoS).
     """
-    deadline = qos_s if late_s is None else late_s
     n_q, n_i = len(arr), len(cols)
     window = 2 * n_i
     arr_l: list[float] = arr.tolist()
@@ -257,9 +260,9 @@ def _run(
             now = t_arr
             queue.append(i)
             i += 1
-            if now - arr_l[queue[0]] > deadline and i > measure_from:
+            if now - arr_l[queue[0]] > deadline_s and i > measure_from:
                 # measured queries already waiting longer than QoS are violations whatever happens next
-                cutoff = bisect.bisect_left(arr_l, now - deadline)  # queries before it arrived > QoS ago
+                cutoff = bisect.bisect_left(arr_l, now - deadline_s)  # queries before it arrived > QoS ago
                 late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
                 if viol + max(late, 0) > max_violations:
                     return finish, True, calls, work
@@ -291,7 +294,7 @@ def _run(
             expect_at[c] = now + expected[q, t]
             heapq.heappush(heap, (f, c))
             finish[q] = f
-            if f - arr_l[q] > deadline and q >= measure_from:
+            if f - arr_l[q] > deadline_s and q >= measure_from:
                 viol += 1
         n_free -= len(rows)
         if len(rows) == 1:
