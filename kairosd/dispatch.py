@@ -28,6 +28,10 @@ Three rules beyond the paper (all on by default, measured together in bench/disp
 
 Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
 the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
+A sendable column (`i_free`) may still be busy (`i_busy_s` > 0): the daemon's scheduler offers a slot
+about to free as sendable (pipelining), to policies whose `pipelines` is True — those that rank
+sendable columns by when a query would finish there (busy time + service), so an idle instance is
+never passed over for a busy one. The simulator's sendable columns are idle.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ EMPTY = Assignment(np.empty(0, dtype=np.intp), np.empty(0, dtype=np.intp))
 
 class Policy(Protocol):
     name: str
+    pipelines: bool
 
     def __call__(self, snap: Snapshot) -> Assignment: ...
 
@@ -151,6 +156,7 @@ class KairosPolicy:
     """
 
     name = "kairos"
+    pipelines = True
 
     def __init__(
         self,
@@ -279,9 +285,11 @@ class KairosPolicy:
 
 
 class FcfsPolicy:
-    """First come, first served: the oldest queries go to the idle instances in instance order."""
+    """First come, first served: the oldest queries go to the idle instances in instance order (then
+    to sendable busy ones, soonest free first)."""
 
     name = "fcfs"
+    pipelines = True
 
     def __init__(self, profiles: ProfileTable) -> None:
         self.profiles = profiles
@@ -289,13 +297,18 @@ class FcfsPolicy:
     def __call__(self, snap: Snapshot) -> Assignment:
         free = np.flatnonzero(snap.i_free)
         k = min(len(free), snap.m)
-        return Assignment(np.arange(k), free[:k]) if k else EMPTY
+        if not k:
+            return EMPTY
+        if np.count_nonzero(snap.i_busy_s[free]):
+            free = free[np.argsort(snap.i_busy_s[free], kind="stable")]
+        return Assignment(np.arange(k), free[:k])
 
 
 class RoundRobinPolicy:
     """The oldest queries go to idle instances in a rotating order (the cursor is the only state)."""
 
     name = "round_robin"
+    pipelines = False
 
     def __init__(self, profiles: ProfileTable) -> None:
         self.profiles = profiles
@@ -314,9 +327,11 @@ class RoundRobinPolicy:
 
 
 class FastestFreePolicy:
-    """Each query, oldest first, goes to the idle instance that serves its batch fastest."""
+    """Each query, oldest first, goes to the idle instance that serves its batch fastest (with a
+    sendable busy one: where it would finish first)."""
 
     name = "fastest_free"
+    pipelines = True
 
     def __init__(self, profiles: ProfileTable) -> None:
         self.profiles = profiles
@@ -326,7 +341,7 @@ class FastestFreePolicy:
         k = min(len(free), snap.m)
         if k == 0:
             return EMPTY
-        cols = _claim_in_order(_service(self.profiles.mean_s, snap, k)[:, free])
+        cols = _claim_in_order(snap.i_busy_s[None, free] + _service(self.profiles.mean_s, snap, k)[:, free])
         return Assignment(np.arange(k), free[cols])
 
 
@@ -335,6 +350,7 @@ class EarliestFinishPolicy:
     first; it is sent only if that instance is free, otherwise it waits for it."""
 
     name = "earliest_finish"
+    pipelines = True
 
     def __init__(self, profiles: ProfileTable) -> None:
         self.profiles = profiles
@@ -352,9 +368,11 @@ class EarliestFinishPolicy:
 class ThresholdPolicy:
     """DeepRecSys-style: queries with batch ≤ `threshold` go to the small-query types (CPUs), larger
     ones to the large-query types (the accelerators; by default the type fastest at B_max), each side
-    FCFS to its fastest idle instance. A side with no idle instance makes its queries wait."""
+    FCFS to the idle instance that serves it fastest (with a sendable busy one: where it would finish
+    first). A side with no sendable instance makes its queries wait."""
 
     name = "threshold"
+    pipelines = True
 
     def __init__(self, profiles: ProfileTable, *, threshold: int = 200, large_types: Iterable[str] | None = None) -> None:
         self.profiles = profiles
@@ -384,7 +402,8 @@ class ThresholdPolicy:
             sub = Snapshot(snap.q_model[rows], snap.q_batch[rows], snap.q_waited_s[rows], snap.q_qos_s[rows],
                            snap.i_type[cand], snap.i_busy_s[cand], snap.i_free[cand])
             qs += rows.tolist()
-            js += cand[_claim_in_order(_service(self.profiles.mean_s, sub, len(rows)))].tolist()
+            finish = sub.i_busy_s[None, :] + _service(self.profiles.mean_s, sub, len(rows))
+            js += cand[_claim_in_order(finish)].tolist()
         return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
 
 

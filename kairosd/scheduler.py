@@ -565,10 +565,10 @@ class Scheduler:
         an instance with a free slot shows only its free slots (a busy slot of it costs more for
         every query), and at most m of them (m waiting queries use no more); an instance with no
         free slot shows its m earliest-finishing slots. Pipelining (`scheduler.pipeline`): the
-        earliest of them is sendable when it is expected to finish within the measured hop to an
-        instance and back — a query sent then reaches the instance about when the slot frees and
-        waits there behind it (instances queue, as Triton does), so the slot does not idle for a
-        round trip between queries. One such query per instance at a time.
+        earliest of them is sendable when it is expected to finish within `_pipeline_s` — a query
+        sent then reaches the instance before or about when the slot frees and waits there behind it
+        (instances queue, as Triton does), so the slot does not idle for a round trip between
+        queries. One such query per instance at a time.
         """
         insts: list[Instance] = []
         types: list[int] = []
@@ -607,13 +607,14 @@ class Scheduler:
         return insts, types, busy, free_col, slots
 
     def _pipeline_s(self, now: float) -> float:
-        """How early a query may be sent to a busy slot: the measured hop to an instance and back
-        (mean), when `scheduler.pipeline` is on and the policy is kairos — the one that weighs a
-        column's busy time T_j; the others see only whether a column is sendable, and would queue a
-        query behind a busy slot while another instance idles."""
-        if not self.config.pipeline or getattr(self.policy, "name", "") != "kairos":
+        """How early a query may be sent to a busy slot (`scheduler.pipeline`, policies that rank
+        sendable columns by busy time + service: `Policy.pipelines`): the measured hop to an instance
+        and back (mean) plus the tick. A query matched to a slot that frees later than the hop waits in
+        the queue for a round, and the next one may be a tick away (rounds run on arrivals, answers and
+        ticks): held until then, the slot would idle for the rest of the tick and the round trip."""
+        if not self.config.pipeline or not getattr(self.policy, "pipelines", False):
             return 0.0
-        return self.feedback.hop(now)
+        return self.feedback.hop(now) + self.config.tick_ms / 1e3
 
     def _round(self) -> None:
         self._round_pending = False

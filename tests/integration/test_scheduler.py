@@ -11,7 +11,7 @@ from tritonclient.grpc import service_pb2
 from kairosd.backends.client import BackendClient
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready
 from kairosd.config import SchedulerConfig
-from kairosd.dispatch import Assignment, KairosPolicy, Snapshot
+from kairosd.dispatch import Assignment, KairosPolicy, Snapshot, make_policy
 from kairosd.errors import Unavailable
 from kairosd.modelgen import example_inputs
 from kairosd.profiler import build_request
@@ -273,20 +273,29 @@ async def _max_in_flight(sched: Scheduler, inst: Instance, n: int, spec: object)
     return most
 
 
-async def test_pipelining_sends_one_query_ahead_to_a_busy_slot(worker_instance: tuple[Registry, ProfileTable]) -> None:
+@pytest.mark.parametrize("policy", ["kairos", "fcfs"])
+async def test_pipelining_sends_one_query_ahead_to_a_busy_slot(worker_instance: tuple[Registry, ProfileTable],
+                                                               policy: str) -> None:
     registry, profiles = worker_instance
     inst = next(iter(registry))
     spec = load_repository(REPO / "model_repository")["ncf"]
-    # one 1-slot instance, a burst of 60 queries: once the hop is measured, the next query is sent
-    # while the slot is still busy (2 held at once), never more than one ahead
-    on = Scheduler(registry, profiles, KairosPolicy(profiles), QOS, SchedulerConfig(tick_ms=2.0, admission="deadline"))
-    # the hop as measured on a slower network (20 ms): on this machine's loopback the answer can beat
-    # the profile's mean, the measured hop is then ≤ 0 and nothing is ever early enough to pipeline
+    # one 1-slot instance, a burst of 60 queries: the next query is sent while the slot is still busy
+    # (2 held at once), never more than one ahead; a slot is sendable within the measured hop + the tick
+    # of its expected finish
+    on = Scheduler(registry, profiles, make_policy(policy, profiles), QOS,
+                   SchedulerConfig(tick_ms=2.0, admission="deadline"))
     now = asyncio.get_running_loop().time()
-    for _ in range(100):
+    for _ in range(100):  # the hop as measured on a slower network (20 ms)
         on.feedback.answered(now, None, 0.02, 1.0)
     assert on.hop_s > 0.015
+    assert on._pipeline_s(now) == pytest.approx(on.feedback.hop(now) + 0.002)
     assert await _max_in_flight(on, inst, 60, spec) == 2
-    off = Scheduler(registry, profiles, KairosPolicy(profiles), QOS,
+    off = Scheduler(registry, profiles, make_policy(policy, profiles), QOS,
                     SchedulerConfig(tick_ms=2.0, admission="deadline", pipeline=False))
+    assert off._pipeline_s(now) == 0.0
     assert await _max_in_flight(off, inst, 60, spec) == 1
+    # a policy that does not rank sendable columns by busy time (round robin) is never offered a busy slot
+    rr = Scheduler(registry, profiles, make_policy("round_robin", profiles), QOS,
+                   SchedulerConfig(tick_ms=2.0, admission="deadline"))
+    assert rr._pipeline_s(now) == 0.0
+    assert await _max_in_flight(rr, inst, 60, spec) == 1

@@ -238,6 +238,34 @@ def test_threshold_large_types_explicit() -> None:
     assert pol(snap).pairs() == [(0, 1)]
 
 
+def _sendable(snap: Snapshot) -> Snapshot:
+    """The same snapshot with every column sendable, busy ones included (the scheduler's pipelining)."""
+    return Snapshot(snap.q_model, snap.q_batch, snap.q_waited_s, snap.q_qos_s, snap.i_type, snap.i_busy_s,
+                    np.ones(snap.n, dtype=bool))
+
+
+def test_pipelining_policies_prefer_idle_columns_and_rank_busy_ones_by_finish() -> None:
+    p = make_profiles()
+    # two cpus (one busy 1 ms, sendable) and an idle cpu: fcfs and fastest_free take the idle one first,
+    # then the busy one; with every column idle they are unchanged (instance order, fastest type)
+    snap = _sendable(make_snapshot(p, batches=[10, 10], types=["cpu", "cpu", "gpu"], busy_s=[0.001, 0.0, 0.003]))
+    assert make_policy("fcfs", p)(snap).pairs() == [(0, 1), (1, 0)]
+    # fastest_free: cpu idle 4 ms, cpu busy 1 + 4 = 5 ms, gpu busy 3 + 2 = 5 ms: the idle cpu, then the first of the tie
+    assert make_policy("fastest_free", p)(snap).pairs() == [(0, 1), (1, 0)]
+    # threshold, small side: a busy cpu that frees in 1 ms is still later than the idle one
+    pol = make_policy("threshold", p, threshold=100)
+    assert pol(_sendable(make_snapshot(p, batches=[10], types=["cpu", "cpu", "gpu"],
+                                       busy_s=[0.001, 0.0, 0.0]))).pairs() == [(0, 1)]
+    # large side: the gpu busy for 2 ms finishes a batch-1000 query at 22 ms, the idle gpu-less side is not
+    # its side; with two gpus, the idle one wins over the busy one
+    assert pol(_sendable(make_snapshot(p, batches=[1000], types=["gpu", "cpu"], busy_s=[0.002, 0.0]))).pairs() == [(0, 0)]
+    assert pol(_sendable(make_snapshot(p, batches=[1000], types=["gpu", "gpu"], busy_s=[0.002, 0.0]))).pairs() == [(0, 1)]
+    assert {name: make_policy(name, p).pipelines for name in ("kairos", "fcfs", "fastest_free", "earliest_finish",
+                                                             "threshold", "round_robin")} == {
+        "kairos": True, "fcfs": True, "fastest_free": True, "earliest_finish": True, "threshold": True,
+        "round_robin": False}
+
+
 def test_make_policy_refuses_unknown_names_and_params() -> None:
     p = make_profiles()
     with pytest.raises(ConfigError, match="allowed"):
