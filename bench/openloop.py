@@ -574,14 +574,17 @@ class Daemon:
 
     def metric_sums(self) -> dict[str, float]:
         """Sums and counts of the head's histograms (all labels added): queue wait, service as the head
-        sees it (send to answer), end-to-end latency, dispatch call; and the matching's margin now
-        (`kairos_dispatch_margin_seconds`)."""
+        sees it (send to answer), end-to-end latency, dispatch call; the matching's margin now
+        (`kairos_dispatch_margin_seconds`); the queries sent, and those pipelined (counters)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['metrics']}/metrics", timeout=5) as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("kairos_dispatch_margin_seconds "):
                 out["kairos_dispatch_margin_seconds"] = float(line.rsplit(" ", 1)[1])
+            for counter in ("kairos_dispatch_matched_total", "kairos_dispatch_pipelined_total"):
+                if line.startswith(counter + " "):
+                    out[counter] = float(line.rsplit(" ", 1)[1])
             for name in ("kairos_queue_wait_seconds", "kairos_service_seconds", "kairos_query_latency_seconds",
                          "kairos_dispatch_seconds"):
                 for suffix in ("_sum", "_count"):
@@ -644,6 +647,9 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
     r["head_service_mean_ms"] = _mean_ms(m0, m1, "kairos_service_seconds")
     r["dispatch_mean_us"] = (_mean_ms(m0, m1, "kairos_dispatch_seconds") or 0.0) * 1e3
     r["margin_end_ms"] = m1.get("kairos_dispatch_margin_seconds", math.nan) * 1e3  # the matching's reserve at the end
+    sent = m1.get("kairos_dispatch_matched_total", 0.0) - m0.get("kairos_dispatch_matched_total", 0.0)
+    r["pipelined_share"] = ((m1.get("kairos_dispatch_pipelined_total", 0.0)
+                             - m0.get("kairos_dispatch_pipelined_total", 0.0)) / sent if sent else None)
     if r["head_service_mean_ms"] is not None and r.get("service_mean_ms") is not None:
         r["hop_mean_ms"] = r["head_service_mean_ms"] - r["service_mean_ms"]
     r["ok"] = bool(r["errors"] == 0 and r["p99_ms"] <= qos_s * 1e3 and r["lag_s"] <= LAG_QOS * qos_s)
@@ -652,7 +658,8 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
           f"loadgen {r['loadgen_cpu']:.2f} sent {r['sent_qps']:.0f} q/s late p99 {r['send_late_p99_ms']:.2f} ms "
           f"beyond service p50 {r['excess_p50_ms'] or math.nan:.2f} p99 {r['excess_p99_ms'] or math.nan:.2f} ms; "
           f"head: wait {r['head_wait_mean_ms'] or math.nan:.2f} hop {r.get('hop_mean_ms', math.nan):.2f} ms mean, "
-          f"dispatch {r['dispatch_mean_us']:.0f} us, margin {r['margin_end_ms']:.2f} ms; "
+          f"dispatch {r['dispatch_mean_us']:.0f} us, margin {r['margin_end_ms']:.2f} ms, "
+          f"pipelined {r['pipelined_share'] if r['pipelined_share'] is not None else math.nan:.2f}; "
           f"machine busy {r['machine_busy_cores'] or math.nan:.2f} cores "
           f"(others {r.get('other_cpu', math.nan):.2f}, steal {r['steal_cores']:.2f}), "
           f"cpu pressure {r['cpu_pressure']:.2f}", flush=True)

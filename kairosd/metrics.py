@@ -216,6 +216,8 @@ class SchedulerCollector(Collector):
              "HTTP queries sent to an instance's HTTP endpoint as received (not converted to gRPC)"),
             ("kairos_dispatch_rounds", s.rounds, "Dispatch rounds that granted instance slots"),
             ("kairos_dispatch_matched", s.matched, "Queries sent by dispatch rounds (÷ rounds = queries per matching)"),
+            ("kairos_dispatch_pipelined", s.pipelined, "Of the queries sent, those sent to an instance slot still "
+             "busy, to wait there behind it (scheduler.pipeline)"),
             ("kairos_dispatcher_busy_seconds", self.scheduler.busy.seconds, "Event-loop time spent in the "
              "dispatcher: admission, queueing, dispatch rounds, grants and completions, and with front-end "
              "processes reading their query descriptors and writing grants (wall clock inside those steps)"),

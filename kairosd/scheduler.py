@@ -120,6 +120,7 @@ class SchedulerStats:
     qos_violations: int = 0
     rounds: int = 0
     matched: int = 0
+    pipelined: int = 0  # of the matched, sent to a slot still busy (`scheduler.pipeline`)
 
 
 class Scheduler:
@@ -748,6 +749,8 @@ class Scheduler:
         top = self._top_batch
         for qi, col in zip(matched, cols, strict=True):
             q, inst = live[qi], insts[col]
+            if busy[col]:
+                self.stats.pipelined += 1
             expected = now + busy[col] + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes
             self._in_flight += 1  # granted counts as in flight (drain waits for it)

@@ -116,6 +116,7 @@ def test_query_counts_and_histograms_match_the_load(loaded: tuple[RunningDaemon,
     total = sum(N.values())
     assert one(s, "kairos_queries_submitted_total") == one(s, "kairos_queries_completed_total") == total
     assert one(s, "kairos_dispatch_matched_total") == total
+    assert 0 <= one(s, "kairos_dispatch_pipelined_total") <= total
     for model, n in N.items():
         assert one(s, "kairos_queries_total", model=model, outcome="completed") == n
         assert one(s, "kairos_queries_total", model=model, outcome="failed") == 0
