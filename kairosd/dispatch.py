@@ -116,6 +116,12 @@ def _service(table: np.ndarray, snap: Snapshot, rows: int) -> np.ndarray:
     return table[snap.q_model[:rows, None], snap.i_type[None, :], b[:, None]]
 
 
+def _finish(table: np.ndarray, snap: Snapshot, rows: int) -> np.ndarray:
+    """(rows × n) when each of the first `rows` queries would finish on each column: its busy time T_j
+    plus the service time from `table`."""
+    return snap.i_busy_s[None, :] + _service(table, snap, rows)
+
+
 def _claim_in_order(cost: np.ndarray) -> list[int]:
     """Greedy: row i, in order, takes the cheapest column no earlier row took (cost: rows × cols,
     rows ≤ cols). Returns the column of each row."""
@@ -341,7 +347,7 @@ class FastestFreePolicy:
         k = min(len(free), snap.m)
         if k == 0:
             return EMPTY
-        cols = _claim_in_order(snap.i_busy_s[None, free] + _service(self.profiles.mean_s, snap, k)[:, free])
+        cols = _claim_in_order(_finish(self.profiles.mean_s, snap, k)[:, free])
         return Assignment(np.arange(k), free[cols])
 
 
@@ -359,8 +365,7 @@ class EarliestFinishPolicy:
         if snap.m == 0 or not np.count_nonzero(snap.i_free):
             return EMPTY
         k = min(snap.m, snap.n)
-        finish = snap.i_busy_s[None, :] + _service(self.profiles.mean_s, snap, k)
-        cols = np.array(_claim_in_order(finish), dtype=np.intp)
+        cols = np.array(_claim_in_order(_finish(self.profiles.mean_s, snap, k)), dtype=np.intp)
         sent = snap.i_free[cols]  # a query that claimed a busy instance waits for it
         return Assignment(np.flatnonzero(sent), cols[sent])
 
@@ -402,8 +407,7 @@ class ThresholdPolicy:
             sub = Snapshot(snap.q_model[rows], snap.q_batch[rows], snap.q_waited_s[rows], snap.q_qos_s[rows],
                            snap.i_type[cand], snap.i_busy_s[cand], snap.i_free[cand])
             qs += rows.tolist()
-            finish = sub.i_busy_s[None, :] + _service(self.profiles.mean_s, sub, len(rows))
-            js += cand[_claim_in_order(finish)].tolist()
+            js += cand[_claim_in_order(_finish(self.profiles.mean_s, sub, len(rows)))].tolist()
         return Assignment(np.array(qs, dtype=np.intp), np.array(js, dtype=np.intp))
 
 

@@ -144,8 +144,7 @@ class Scheduler:
         self._mean_s: list[list[list[float]]] = profiles.mean_s.tolist()
         self._p99_s: list[list[list[float]]] = profiles.p99_s.tolist()
         self._top_batch = profiles.mean_s.shape[2] - 1
-        self._fresh = FreshRounds()
-        self._stateless_policy = policy.name in STATELESS_POLICIES
+        self._policy_set()
         self.waiting: deque[Query] = deque()
         self.stats = SchedulerStats()
         # the event loop's time in the dispatcher: admission, queueing, rounds, grants, completions (and, with
@@ -542,8 +541,7 @@ class Scheduler:
         self.qos_s = dict(qos_s)
         self._qos_min_s = min(self.qos_s.values(), default=1.0)
         self.config = config
-        self._fresh = FreshRounds()
-        self._stateless_policy = policy.name in STATELESS_POLICIES
+        self._policy_set()
         if self._tick_handle is not None:  # the tick period may have changed
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -551,6 +549,14 @@ class Scheduler:
             self._kick()
 
     # ---- dispatch ---------------------------------------------------------------------------
+    def _policy_set(self) -> None:
+        """What follows from the policy and the settings (at start and at every reconfigure): the cached
+        single-query rounds start afresh; whether decisions may be cached; whether busy slots may be
+        offered as sendable (`scheduler.pipeline` and `Policy.pipelines`)."""
+        self._fresh = FreshRounds()
+        self._stateless_policy = self.policy.name in STATELESS_POLICIES
+        self._pipelines = self.config.pipeline and bool(getattr(self.policy, "pipelines", False))
+
     def _kick(self) -> None:
         if not self._round_pending:
             self._round_pending = True
@@ -613,7 +619,7 @@ class Scheduler:
         and back (mean) plus the tick. A query matched to a slot that frees later than the hop waits in
         the queue for a round, and the next one may be a tick away (rounds run on arrivals, answers and
         ticks): held until then, the slot would idle for the rest of the tick and the round trip."""
-        if not self.config.pipeline or not getattr(self.policy, "pipelines", False):
+        if not self._pipelines:
             return 0.0
         return self.feedback.hop(now) + self.config.tick_ms / 1e3
 
