@@ -197,10 +197,9 @@ class Feedback:
         self._fade_now = math.nan
         self._fade_value = 1.0
 
-    def answered(self, now: float, lag_s: float | None, hop_s: float | None, clip_s: float) -> None:
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
         """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
-        and its hop (None for a query sent to a busy slot: its lateness also holds the overrun of the
-        query it waited behind)."""
+        and its hop."""
         fade = self._fade(now)
         self._lag *= fade
         self._hop *= fade
@@ -210,8 +209,6 @@ class Feedback:
         w = FEEDBACK_WEIGHT
         if lag_s is not None:
             self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
-        if hop_s is None:
-            return
         hop = min(max(hop_s, -clip_s), clip_s)
         self._dev += w * (abs(hop - self._hop) - self._dev)
         self._hop += w * (hop - self._hop)

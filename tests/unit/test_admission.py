@@ -98,18 +98,6 @@ def test_feedback_averages_clips_outliers_and_fades_without_answers() -> None:
     assert fb.hop_guard(5.5) < 0.025 * math.exp(-4) and fb.lag(5.5) < 0.002 * math.exp(-4)
 
 
-def test_feedback_takes_no_hop_from_a_pipelined_answer_but_its_lag_and_the_fade() -> None:
-    """A query sent to a busy slot (hop None) moves the lag, not the hop or its spread, which still fade."""
-    fb = admission.Feedback()
-    for k in range(50):
-        fb.answered(now=k * 0.01, lag_s=0.002, hop_s=0.003, clip_s=0.025)
-    hop, guard, lag = fb.hop(0.49), fb.hop_guard(0.49), fb.lag(0.49)
-    fb.answered(now=0.49, lag_s=0.020, hop_s=None, clip_s=0.025)
-    assert fb.hop(0.49) == hop and fb.hop_guard(0.49) == guard and fb.lag(0.49) > lag
-    fb.answered(now=1.49, lag_s=None, hop_s=None, clip_s=0.025)
-    assert fb.hop(1.49) == pytest.approx(hop * math.exp(-1.0 / admission.FEEDBACK_FADE_S))
-
-
 def test_an_idle_fleet_admits_even_a_query_it_expects_late() -> None:
     """Nothing queued and a slot free: a refusal would save capacity for no one, so the query is tried."""
     kw = dict(mode="qos", now=0.0, target=0.005, fastest_s=0.010, rate=100.0, limit=10, size=1, max_bytes=100)
