@@ -6,8 +6,9 @@ by default all in one `kairosd emulated --instance ...` host process, given to t
 `[[fleet.endpoints]]`; `--process-per-instance`: one process each, as the local provider starts them)
 behind a real `kairosd serve`; the repository's dlrm is timed as the model (ncf as ncf). An open-loop
 load generator in its own process (bench/openloop.py: pre-serialized requests over KServe v2 REST on
-keep-alive HTTP/1.1 connections, or over gRPC with `--protocol grpc`; Poisson arrivals on a timerfd,
-the authors' batch mix; exactly the stream the simulator evaluates) bisects for the highest rate whose
+keep-alive HTTP/1.1 connections, or over gRPC with `--protocol grpc`; `--generator native`: the C program
+of bench/native over HTTP; Poisson arrivals on a timerfd, the authors' batch mix; exactly the stream the
+simulator evaluates) bisects for the highest rate whose
 end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
 no backlog (as the simulator judges a run). The same for the best threshold policy (from
 bench/results/dispatch.json when its fleet is this one, else a sweep in the simulator) and for fcfs.
@@ -233,9 +234,11 @@ def timer_precision() -> list[dict[str, Any]]:
     return rows
 
 
-def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str) -> list[dict[str, Any]]:
-    """The load generator against a no-op target: one emulated instance whose service takes ~0 (a profile
-    CSV of 1 ns) and 100,000 slots, sent ncf batch-100 queries (the smallest) at `rates` over `protocol`."""
+def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str,
+                    generator: str = "python") -> list[dict[str, Any]]:
+    """The load generator (`generator`: "python" or "native") against a no-op target: one emulated instance
+    whose service takes ~0 (a profile CSV of 1 ns) and 100,000 slots, sent ncf batch-100 queries (the
+    smallest) at `rates` over `protocol`."""
     prof = workdir / "noop"
     prof.mkdir(exist_ok=True)
     (prof / "noop.csv").write_text("instance_type,batch,mean_s,p99_s\nnoop,1000,1e-9,1e-9\n")
@@ -252,10 +255,10 @@ def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str) ->
             r = run_loadgen({"url": f"127.0.0.1:{port}", "http_url": f"127.0.0.1:{http_port}", "protocol": protocol,
                              "model": "ncf", "batches": [100] * n,
                              "gaps": np.random.default_rng(0).exponential(1.0, n).tolist(), "rate_qps": rate,
-                             "timeout_s": 10.0})
+                             "timeout_s": 10.0, "generator": generator})
             r["target_cpu"] = (cpu_s(child.pid) - c0) / (time.monotonic() - t0)
             rows.append(r)
-            print(f"  loadgen vs no-op: offered {rate:7.0f} sent {r['sent_qps']:7.0f} q/s, p50 {r['p50_ms']:.2f} p99 "
+            print(f"  {generator} loadgen vs no-op: offered {rate:7.0f} sent {r['sent_qps']:7.0f} q/s, p50 {r['p50_ms']:.2f} p99 "
                   f"{r['p99_ms']:.2f} ms, loadgen cpu {r['loadgen_cpu']:.2f}, target cpu {r['target_cpu']:.2f}, "
                   f"errors {r['errors']}", flush=True)
     finally:
@@ -383,7 +386,8 @@ def main_bench(args: argparse.Namespace) -> int:
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
-                     "protocol": args.protocol, "hosted": args.hosted, "scheduler": args.scheduler},
+                     "protocol": args.protocol, "generator": args.generator, "hosted": args.hosted,
+                     "scheduler": args.scheduler},
     }
     if args.path_only:
         return resimulate_paths(args)
@@ -398,7 +402,8 @@ def main_bench(args: argparse.Namespace) -> int:
         print("timer precision", flush=True)
         out["timer"] = timer_precision()
         print("load generator ceiling", flush=True)
-        out["loadgen_ceiling"] = loadgen_ceiling(workdir, [1000, 2000, 4000, 7000], args.queries, args.protocol)
+        out["loadgen_ceiling"] = loadgen_ceiling(workdir, [1000, 2000, 4000, 7000], args.queries, args.protocol,
+                                                 args.generator)
         print("fidelity", flush=True)
         out["fidelity"] = fidelity(workdir, args.fidelity_queries)
     rows = []
@@ -436,10 +441,11 @@ def main_bench(args: argparse.Namespace) -> int:
                     part = replace(setup.stream, gaps=setup.stream.gaps[:PATH_STEP_QUERIES],
                                    batches=setup.stream.batches[:PATH_STEP_QUERIES],
                                    noise_u=setup.stream.noise_u[:PATH_STEP_QUERIES])
-                    path_step = step(d, served, PATH_STEP_SHARE * sim.qps, part, qos_s, {"protocol": args.protocol})
+                    path_step = step(d, served, PATH_STEP_SHARE * sim.qps, part, qos_s,
+                                     {"protocol": args.protocol, "generator": args.generator})
                 light = 0.1 * ub
                 live, steps = live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light,
-                                       args.protocol)
+                                       args.protocol, args.generator)
             finally:
                 d.stop()
             best = max((s for s in steps if s["ok"]), key=lambda s: s["offered_qps"], default=None)
@@ -508,6 +514,9 @@ def main() -> int:
     ap.add_argument("--protocol", default="http", choices=("grpc", "http"),
                     help="the load generator's protocol to kairosd, and so kairosd's to the instances (default: "
                          "%(default)s, the one that costs the head and the generator least CPU per query)")
+    ap.add_argument("--generator", default="python", choices=("python", "native"),
+                    help="the open-loop load generator, also in the ceiling run: bench/openloop.py's Python client "
+                         "or the C program of bench/native (HTTP only; compiled on first use) (default: %(default)s)")
     ap.add_argument("--process-per-instance", dest="hosted", action="store_false",
                     help="one process per emulated instance, as the local provider starts them (default: all the "
                          "fleet's instances in one emulated host process, kairosd emulated --instance ...)")
@@ -525,7 +534,10 @@ def main() -> int:
     ap.add_argument("--fidelity-only", action="store_true",
                     help="only the fidelity runs, replacing that entry of --out (about two minutes)")
     ap.add_argument("--out", default=str(RESULTS / "live.json"))
-    return main_bench(ap.parse_args())
+    args = ap.parse_args()
+    if args.generator == "native" and args.protocol != "http":
+        ap.error("--generator native speaks HTTP only (--protocol http)")
+    return main_bench(args)
 
 
 if __name__ == "__main__":

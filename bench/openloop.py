@@ -432,6 +432,12 @@ def outcome_summary(outcome: list[str], latency: np.ndarray, qos_s: float, span_
 
 
 def run_loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    """One load step in a process of its own: `loadgen(spec)` in Python, or with `spec["generator"]` =
+    "native" the C program of bench/native (bench/native_loadgen.py; HTTP only)."""
+    if spec.get("generator", "python") == "native":
+        from native_loadgen import run_native  # bench/native_loadgen.py
+
+        return run_native(spec)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
@@ -667,13 +673,15 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
 
 
 def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
-             max_steps: int, light_qps: float, protocol: str = "grpc") -> tuple[float, list[dict[str, Any]]]:
+             max_steps: int, light_qps: float, protocol: str = "grpc",
+             generator: str = "python") -> tuple[float, list[dict[str, Any]]]:
     """Bracket around the simulator's figure (×1.05 up, then ×0.9 and ×0.85 steps down), then bisect to
-    `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`."""
+    `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`. `generator`: "python" or
+    "native" (`run_loadgen`)."""
     steps: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
-        r = step(d, served, rate, stream, qos_s, {"protocol": protocol})
+        r = step(d, served, rate, stream, qos_s, {"protocol": protocol, "generator": generator})
         steps.append(r)
         return bool(r["ok"])
 

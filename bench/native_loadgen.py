@@ -1,0 +1,174 @@
+"""The native open-loop load generator (bench/native/openloop.c) behind the spec of `openloop.loadgen`.
+
+`run_native(spec)` compiles the C program on first use (into bench/native/build/, again whenever the
+source is newer than the binary), writes its input — the KServe v2 REST request of each batch size as
+`openloop.http_request` builds it, as complete HTTP/1.1 bytes, and the schedule cumsum(gaps) / rate —
+runs it, and returns the result dict of `openloop.loadgen` (protocol "http", no outcomes) from its
+per-query records: the latency from each query's scheduled arrival to its whole answer, the service,
+type and instance times from the answer's JSON header, the send lateness and the generator's CPU. Also
+`errors_by_kind` (connect, closed, status, timeout, protocol, resource) and the connections it opened.
+
+`spec["spin_us"]` (default `SPIN_US`): how long before each send time the program stops sleeping on its
+timerfd and busy-polls epoll instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from openloop import WARMUP_FRACTION, http_request  # bench/openloop.py
+
+SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
+BUILD = SOURCE.parent / "build"
+SPIN_US = 100
+ERROR_KINDS = {1: "connect", 2: "closed", 3: "status", 4: "timeout", 5: "protocol", 6: "resource"}
+# struct record of openloop.c
+RECORD = np.dtype([("status", "<i4"), ("error", "<i4"), ("scheduled_ns", "<i8"), ("sent_ns", "<i8"),
+                   ("received_ns", "<i8"), ("service_us", "<i8"), ("arrived_ns", "<i8"), ("done_ns", "<i8"),
+                   ("type", "S32")])
+
+
+def compiler() -> str | None:
+    """The C compiler on PATH ($CC, cc or gcc), or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def binary() -> Path:
+    """The compiled generator, built when missing or older than its source. Raises RuntimeError with the
+    compiler's output when it fails, or when there is no C compiler."""
+    exe = BUILD / "openloop"
+    if exe.is_file() and exe.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return exe
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or $CC) to build bench/native/openloop.c")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    tmp = BUILD / f"openloop.{os.getpid()}.tmp"
+    out = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-o", str(tmp), str(SOURCE)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{cc} failed on {SOURCE}:\n{out.stderr}")
+    tmp.replace(exe)  # atomic: a concurrent build or run sees the old binary or the new one
+    return exe
+
+
+def raw_request(address: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+    """The complete HTTP/1.1 request, as kairosd's HttpWirePool writes it."""
+    lines = [f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {len(body)}\r\n"]
+    lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+def write_input(path: Path, address: str, requests: list[bytes], offsets: np.ndarray, which: np.ndarray,
+                timeout_s: float, spin_us: int) -> None:
+    """The program's input file (the format in openloop.c's header comment)."""
+    host, _, port = address.rpartition(":")
+    host_b = host.strip("[]").encode()
+    parts = [b"KOL1", struct.pack("<I", len(host_b)), host_b,
+             struct.pack("<IdII", int(port), timeout_s, spin_us, len(requests))]
+    parts += [struct.pack("<I", len(r)) + r for r in requests]
+    schedule = np.empty(len(offsets), dtype=[("offset", "<f8"), ("which", "<u4")])
+    schedule["offset"], schedule["which"] = offsets, which
+    parts += [struct.pack("<I", len(offsets)), schedule.tobytes()]
+    path.write_bytes(b"".join(parts))
+
+
+def run_native(spec: dict[str, Any]) -> dict[str, Any]:
+    """`openloop.loadgen(spec)` by the native program (protocol "http" only, no outcomes)."""
+    if spec.get("protocol", "grpc") != "http":
+        raise ValueError('the native load generator speaks HTTP only: spec["protocol"] must be "http"')
+    if spec.get("outcomes"):
+        raise ValueError("outcomes are checked by the Python load generator over gRPC only")
+    exe = binary()
+    batches = np.asarray(spec["batches"], dtype=np.int64)
+    sizes, which = np.unique(batches, return_inverse=True)
+    address = spec["http_url"]
+    requests = [raw_request(address, *http_request(spec["model"], int(b))) for b in sizes]
+    offsets = np.cumsum(np.asarray(spec["gaps"], dtype=float)) / float(spec["rate_qps"])
+    with tempfile.TemporaryDirectory(prefix="kairosd-native-loadgen-") as tmp:
+        inp, outp = Path(tmp) / "input.bin", Path(tmp) / "records.bin"
+        write_input(inp, address, requests, offsets, which, float(spec["timeout_s"]),
+                    int(spec.get("spin_us", SPIN_US)))
+        out = subprocess.run([str(exe), str(inp), str(outp)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"native load generator exit {out.returncode}: {out.stderr.strip()[-2000:]}")
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        if run["record_bytes"] != RECORD.itemsize:
+            raise RuntimeError(f"record size {run['record_bytes']} != {RECORD.itemsize}: openloop.c and this file differ")
+        records = np.fromfile(outp, dtype=RECORD)
+    return summarize(spec, batches, records, run)
+
+
+def _seconds(ns: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Monotonic ns as seconds, NaN where not `ok` (a time the program did not record)."""
+    return np.where(ok, ns / 1e9, math.nan)
+
+
+def summarize(spec: dict[str, Any], batches: np.ndarray, rec: np.ndarray, run: dict[str, Any]) -> dict[str, Any]:
+    """The result dict of `openloop.loadgen` from the program's records and run summary."""
+    n = len(rec)
+    start = run["start_ns"] / 1e9
+    answered = rec["error"] == 0
+    served = answered & (rec["service_us"] >= 0)
+    scheduled = rec["scheduled_ns"] / 1e9
+    sent = _seconds(rec["sent_ns"], rec["sent_ns"] > 0)
+    received = _seconds(rec["received_ns"], answered)
+    latency = np.where(answered, received - scheduled, math.inf)
+    service = np.where(served, rec["service_us"] / 1e6, math.nan)
+    arrived = _seconds(rec["arrived_ns"], served)
+    ended = _seconds(rec["done_ns"], served)
+    served_by = [t.decode() if ok else "" for t, ok in zip(rec["type"], served, strict=True)]
+    late = np.nan_to_num(sent - scheduled, nan=0.0)
+    if spec.get("dump"):  # per-query detail for a post-mortem, as openloop.loadgen writes it
+        np.savez(spec["dump"], arrivals=scheduled - start, latency=latency, service=service, batches=batches,
+                 late=late, served_by=np.array(served_by), sent=sent - start, arrived=arrived - start,
+                 ended=ended - start, received=received - start)
+    first = int(n * WARMUP_FRACTION)
+    measured = latency[first:]
+    excess = (latency - service)[first:]
+    excess = excess[np.isfinite(excess)]
+    by_type = {t: sum(1 for x in served_by[first:] if x == t) for t in sorted(set(served_by[first:])) if t}
+    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
+             "back_to_client": received - ended}
+    split = {}
+    for name, v in parts.items():
+        v = v[first:][np.isfinite(v[first:])] * 1e3
+        if len(v):
+            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    kinds = {ERROR_KINDS.get(int(k), str(int(k))): int(c) for k, c in zip(*np.unique(rec["error"], return_counts=True),
+                                                                         strict=True) if k}
+    done_at = run["last_received_ns"] / 1e9
+    wall = (run["end_ns"] - run["start_ns"]) / 1e9
+    return {
+        "split": split,
+        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
+        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
+        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
+        "served_by": by_type,
+        "n": n, "errors": int((~answered).sum()), "offered_qps": float(spec["rate_qps"]),
+        "sent_qps": n / ((run["sent_end_ns"] - run["start_ns"]) / 1e9),
+        "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,
+        "p99_ms": float(np.percentile(measured, 99, method="higher")) * 1e3,
+        "lag_s": (done_at - float(scheduled[-1])) if run["last_received_ns"] else math.inf,
+        "send_late_p99_ms": float(np.percentile(late, 99)) * 1e3,
+        "loadgen_cpu": run["cpu_s"] / wall,
+        "wall_s": wall,
+        "generator": "native",
+        "errors_by_kind": kinds,
+        "connections": run["connections"],
+        "retries": run["retries"],
+    }
