@@ -9,7 +9,8 @@ type and instance times from the answer's JSON header, the send lateness and the
 `errors_by_kind` (connect, closed, status, timeout, protocol, resource) and the connections it opened.
 
 `spec["spin_us"]` (default `SPIN_US`): how long before each send time the program stops sleeping on its
-timerfd and busy-polls epoll instead.
+timerfd and busy-polls epoll instead. `spec["connections"]` (default `CONNECTIONS`): keep-alive connections
+opened before the schedule (more are opened when more queries are in flight).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from openloop import WARMUP_FRACTION, http_request  # bench/openloop.py
 SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
 BUILD = SOURCE.parent / "build"
 SPIN_US = 100
+CONNECTIONS = 64
 ERROR_KINDS = {1: "connect", 2: "closed", 3: "status", 4: "timeout", 5: "protocol", 6: "resource"}
 # struct record of openloop.c
 RECORD = np.dtype([("status", "<i4"), ("error", "<i4"), ("scheduled_ns", "<i8"), ("sent_ns", "<i8"),
@@ -74,12 +76,12 @@ def raw_request(address: str, path: str, headers: dict[str, str], body: bytes) -
 
 
 def write_input(path: Path, address: str, requests: list[bytes], offsets: np.ndarray, which: np.ndarray,
-                timeout_s: float, spin_us: int) -> None:
+                timeout_s: float, spin_us: int, connections: int) -> None:
     """The program's input file (the format in openloop.c's header comment)."""
     host, _, port = address.rpartition(":")
     host_b = host.strip("[]").encode()
     parts = [b"KOL1", struct.pack("<I", len(host_b)), host_b,
-             struct.pack("<IdII", int(port), timeout_s, spin_us, len(requests))]
+             struct.pack("<IdIII", int(port), timeout_s, spin_us, connections, len(requests))]
     parts += [struct.pack("<I", len(r)) + r for r in requests]
     schedule = np.empty(len(offsets), dtype=[("offset", "<f8"), ("which", "<u4")])
     schedule["offset"], schedule["which"] = offsets, which
@@ -102,7 +104,7 @@ def run_native(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="kairosd-native-loadgen-") as tmp:
         inp, outp = Path(tmp) / "input.bin", Path(tmp) / "records.bin"
         write_input(inp, address, requests, offsets, which, float(spec["timeout_s"]),
-                    int(spec.get("spin_us", SPIN_US)))
+                    int(spec.get("spin_us", SPIN_US)), int(spec.get("connections", CONNECTIONS)))
         out = subprocess.run([str(exe), str(inp), str(outp)], capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"native load generator exit {out.returncode}: {out.stderr.strip()[-2000:]}")

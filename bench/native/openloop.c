@@ -18,10 +18,13 @@
  *   u32 port
  *   f64 timeout per query, seconds     (from the send)
  *   u32 spin_us                        (busy poll this long before each send; 0: the timerfd alone)
+ *   u32 connections                    (opened one after another before the schedule, kept idle)
  *   u32 R; R times: u32 length, bytes  (complete HTTP/1.1 requests: request line, headers, body)
  *   u32 N; N times: f64 offset, u32 r  (query i: sent at start + offset seconds, request r)
  * Before the schedule, request 0 of the first query is sent once and must be answered with 200 (exit
- * code 3 otherwise); the schedule starts 50 ms after that answer.
+ * code 3 otherwise), and `connections` connections in all are opened (a burst of new connections in
+ * the run would overflow a server's listen backlog, and a dropped SYN is resent a second later); the
+ * schedule starts 50 ms after that.
  *
  * OUTPUT: N records of `struct record` (88 bytes each, native byte order), in query order.
  * Standard output: one JSON line: the schedule's start, when the last query was sent, the last answer,
@@ -98,6 +101,7 @@ static struct {
     struct sockaddr_storage addr;
     socklen_t addr_len;
     int64_t timeout_ns, spin_ns;
+    uint32_t preconnect;
     struct request *req;
     uint32_t n_req;
     uint32_t n;          /* queries in the schedule; query n is the warm-up */
@@ -185,6 +189,7 @@ static void read_input(const char *path) {
     free(host);
     g.timeout_ns = (int64_t)(read_f64(f) * 1e9);
     g.spin_ns = (int64_t)read_u32(f) * 1000;
+    g.preconnect = read_u32(f);
     g.n_req = read_u32(f);
     g.req = xcalloc(g.n_req, sizeof *g.req);
     for (uint32_t r = 0; r < g.n_req; r++) {
@@ -496,6 +501,12 @@ static void conn_event(int64_t id, uint32_t events) {
             conn_fail(id, E_CONNECT);
             return;
         }
+        if (c->query < 0) { /* opened ahead of need */
+            c->state = C_IDLE;
+            epoll_mod(c, id, 0);
+            g.idle[g.n_idle++] = id;
+            return;
+        }
         c->state = C_BUSY;
         conn_write(id);
         return;
@@ -586,8 +597,9 @@ static void run_schedule(void) {
     uint32_t next = 0;
     while (next < g.n) {
         int64_t now = now_ns();
-        while (next < g.n && g.sched[next] <= now) {
+        for (int burst = 1; next < g.n && g.sched[next] <= now; burst++) {
             send_query(next++);
+            if (burst % 8 == 0) poll_io(0); /* behind schedule: read answers, so their connections are free again */
             now = now_ns();
         }
         int64_t deadline = expire(now);
@@ -600,6 +612,18 @@ static void run_schedule(void) {
         arm(due - g.spin_ns);
         int timeout = deadline ? ms_until(deadline, now) : -1;
         poll_io(timeout);
+    }
+}
+
+/* Open idle connections, one after another, until `n` are idle; stop at the first that fails. */
+static void preconnect(uint32_t n) {
+    while (g.n_idle < n) {
+        int64_t id = conn_open();
+        if (id < 0) return;
+        struct conn *c = g.slot[id];
+        int64_t give_up = now_ns() + 5000000000LL;
+        while (g.slot[id] == c && c->state == C_CONNECTING && now_ns() < give_up) poll_io(10);
+        if (g.slot[id] != c || c->state != C_IDLE) return;
     }
 }
 
@@ -650,6 +674,7 @@ int main(int argc, char **argv) {
     }
     g.finished = 0;
     g.last_received = 0;
+    preconnect(g.preconnect);
 
     int64_t start = now_ns() + START_DELAY_NS;
     for (uint32_t i = 0; i < g.n; i++) {
