@@ -142,12 +142,19 @@ class PathModel:
     client_s              the client's own way to the head and back: it adds to the latency the client
                           sees and holds no instance (the rate passes when p99 + client_s ≤ QoS).
     seed                  one draw per query, the same at every rate and for every configuration
+    pipeline_tick_s       None: the hop holds the instance, as a head that does not pipeline. Set: the head
+                          pipelines as the daemon's scheduler does (`scheduler.pipeline`, with this tick):
+                          a column whose query is expected to finish within the hop's mean + the tick may
+                          take one query more, which waits at the instance behind it; a query's hop is
+                          half on its way out and half on the answer's way back, and the instance is held
+                          for the services alone.
     """
 
     hop_mean_s: float = 0.0
     hop_sd_s: float = 0.0
     client_s: float = 0.0
     seed: int = 0
+    pipeline_tick_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.hop_mean_s < 0 or self.hop_sd_s < 0 or self.client_s < 0:
@@ -155,6 +162,8 @@ class PathModel:
                               f"client {self.client_s} s")
         if self.hop_sd_s > 0 and self.hop_mean_s == 0:
             raise ConfigError("a hop with a spread needs a mean > 0")
+        if self.pipeline_tick_s is not None and self.pipeline_tick_s < 0:
+            raise ConfigError(f"pipeline_tick_s must be >= 0 or None, got {self.pipeline_tick_s}")
 
     @property
     def empty(self) -> bool:
@@ -307,6 +316,116 @@ def _run(
     return finish, False, calls, work
 
 
+def _run_pipelined(
+    arr: np.ndarray,
+    svc: np.ndarray,
+    hops: np.ndarray,
+    expected: np.ndarray,
+    batches: np.ndarray,
+    cols: np.ndarray,
+    policy: Policy,
+    model_idx: int,
+    qos_s: float,
+    measure_from: int,
+    max_violations: int,
+    deadline_s: float,
+    window_s: float,
+    tick_s: float,
+) -> tuple[np.ndarray, bool, int, float]:
+    """`_run` with the live path and the daemon's pipelining: a query granted at t reaches its
+    instance at t + hop/2, starts when the instance has finished the query ahead of it, and its answer
+    reaches the head hop/2 after its service. The head counts a column busy until the answer arrives;
+    it offers a busy column (at most one query ahead) when the query in it is expected to finish
+    within `window_s`, with that expected residual as its busy time (at least 1 µs), as
+    `Scheduler._columns` does. Rounds run on arrivals, answers and, while queries wait after a round,
+    a tick `tick_s` later (the daemon's `tick_ms`). Returns what `_run` returns; finish times are the
+    answers' arrivals."""
+    n_q, n_i = len(arr), len(cols)
+    window = 2 * n_i
+    arr_l: list[float] = arr.tolist()
+    cols_l: list[int] = cols.tolist()
+    half: list[float] = (hops / 2.0).tolist()
+    inst_end = [0.0] * n_i  # when each column's instance finishes the last query it was sent
+    ahead: list[list[float]] = [[] for _ in range(n_i)]  # expected finishes of the queries in flight, in order
+    heap: list[tuple[float, int]] = []
+    queue: list[int] = []
+    finish = np.full(n_q, np.inf)
+    q_model = np.full(window, model_idx, dtype=np.intp)
+    q_qos = np.full(window, qos_s)
+    viol = 0
+    calls = 0
+    work = 0.0
+    i = 0
+    inf = math.inf
+    tick_at = inf  # the pending tick, if any (a heap entry with column -1)
+    while True:
+        t_arr = arr_l[i] if i < n_q else inf
+        if heap and heap[0][0] <= t_arr:
+            now = heap[0][0]
+            while heap and heap[0][0] <= now:
+                _, c = heapq.heappop(heap)
+                if c < 0:
+                    tick_at = inf
+                else:
+                    ahead[c].pop(0)
+        elif i < n_q:
+            now = t_arr
+            queue.append(i)
+            i += 1
+            if now - arr_l[queue[0]] > deadline_s and i > measure_from:
+                cutoff = bisect.bisect_left(arr_l, now - deadline_s)
+                late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
+                if viol + max(late, 0) > max_violations:
+                    return finish, True, calls, work
+        else:
+            break
+        if not queue:
+            continue
+        busy = np.zeros(n_i)
+        free = np.ones(n_i, dtype=bool)
+        for c in range(n_i):
+            a_c = ahead[c]
+            if a_c:
+                busy[c] = max(a_c[0] - now, 1e-6)
+                free[c] = len(a_c) == 1 and window_s > 0.0 and a_c[0] - now <= window_s
+        a = policy(Snapshot(q_model[:min(window, len(queue))], batches[queue[:window]], now - arr[queue[:window]],
+                            q_qos[:min(window, len(queue))], cols, busy, free)) if free.any() else None
+        if a is not None:
+            calls += 1
+        if a is None or len(a) < len(queue):
+            if tick_at == inf and tick_s > 0.0 and (heap or i < n_q):
+                tick_at = now + tick_s
+                heapq.heappush(heap, (tick_at, -1))
+        if a is None or len(a) == 0:
+            if not heap and i >= n_q:
+                break
+            continue
+        rows: list[int] = a.queries.tolist()
+        for r, c in zip(rows, a.instances.tolist(), strict=True):
+            if not free[c]:
+                raise RuntimeError(f"policy {policy.name!r} assigned a query to a column it was not offered ({c})")
+            q = queue[r]
+            t = cols_l[c]
+            s_qt = svc[q, t]
+            work += s_qt
+            end = max(now + half[q], inst_end[c]) + s_qt
+            inst_end[c] = end
+            f = end + half[q]
+            ahead[c].append(now + busy[c] + expected[q, t] if ahead[c] else now + expected[q, t])
+            heapq.heappush(heap, (f, c))
+            finish[q] = f
+            if f - arr_l[q] > deadline_s and q >= measure_from:
+                viol += 1
+        if len(rows) == 1:
+            del queue[rows[0]]
+        else:
+            taken = set(rows)
+            queue = [q for k, q in enumerate(queue) if k not in taken]
+        if viol > max_violations:
+            return finish, True, calls, work
+    return finish, False, calls, work
+
+
 def simulate(
     profiles: ProfileTable,
     model: str,
@@ -340,8 +459,12 @@ def simulate(
     if expected is None:
         expected = ServiceModel().times(profiles, model, stream)
     client_s = 0.0
+    pipelined = path is not None and path.pipeline_tick_s is not None
+    hops = np.zeros(0)
     if path is not None and not path.empty:
-        svc = svc + path.hops(len(stream))[:, None]
+        hops = path.hops(len(stream))
+        if not pipelined:
+            svc = svc + hops[:, None]
         client_s = path.client_s
     arr = stream.arrivals(rate_qps)
     n = len(arr)
@@ -349,8 +472,17 @@ def simulate(
     n_measured = n - measure_from
     allowed = (1.0 - percentile / 100.0) * (n_measured - 1)
     max_viol = math.floor(allowed) + 1 if abort else n + 1
-    finish, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy, profiles.model_index(model),
-                                        qos_s, measure_from, max_viol, qos_s - client_s)
+    if pipelined:
+        assert path is not None and path.pipeline_tick_s is not None
+        if len(hops) == 0:
+            hops = np.zeros(len(stream))
+        finish, aborted, calls, work = _run_pipelined(
+            arr, svc, hops, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s, measure_from,
+            max_viol, qos_s - client_s, path.hop_mean_s + path.pipeline_tick_s if policy.pipelines else 0.0,
+            path.pipeline_tick_s)
+    else:
+        finish, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy,
+                                            profiles.model_index(model), qos_s, measure_from, max_viol, qos_s - client_s)
     lat = finish[measure_from:] - arr[measure_from:] + client_s
     served = np.isfinite(lat)
     violations = int(np.count_nonzero(lat > qos_s))
@@ -444,8 +576,9 @@ def max_qps(
         probes.append((rate, r))
         return r
 
-    hop = path.hop_mean_s if path is not None else 0.0
-    capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))  # every instance busy all the time
+    # every instance busy all the time (the hop holds it unless the head pipelines)
+    hop = path.hop_mean_s if path is not None and path.pipeline_tick_s is None else 0.0
+    capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))
     broken = False  # set when a rate at or above the bound passes
     if ub_qps is not None and ub_qps <= 0:
         # the bound says no rate meets QoS (no present type covers the mix): check it at a light load

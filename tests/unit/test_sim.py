@@ -243,6 +243,50 @@ def test_the_live_path_holds_the_instance_and_adds_to_the_latency() -> None:
     assert client.p99_s == pytest.approx(bare.p99_s + 0.0005)
 
 
+def test_a_pipelining_head_sends_ahead_within_hop_plus_tick_and_the_instance_queues() -> None:
+    """Worked case, one 10 ms column, hop 2 ms (1 out, 1 back), tick 5 ms, window 7 ms: q0 granted at 0
+    answers at 0.012 (expected finish 0.010); q1 arrives at 0.001, when the residual (9 ms) is outside
+    the window, and is sent at the tick (0.006, residual 4 ms): it reaches the instance at 0.007, waits
+    for q0 until 0.011, answers at 0.022. Without the tick it is sent at q0's answer (0.024), as it is
+    without pipelining (window 0)."""
+    from kairosd.sim import _run_pipelined
+
+    table = flat_table(0.010)
+    cols = fleet_columns(table, ["fast"], [1])
+    svc = np.full((2, 2), 0.010)
+
+    def run(window_s: float, tick_s: float) -> list[float]:
+        finish, aborted, calls, work = _run_pipelined(
+            np.array([0.0, 0.001]), svc, np.full(2, 0.002), svc, np.array([1, 1]), cols, FcfsPolicy(table), 0, 1.0, 0,
+            10, 1.0, window_s, tick_s)
+        assert not aborted and work == pytest.approx(0.020)
+        return finish.tolist()
+
+    assert run(0.007, 0.005) == pytest.approx([0.012, 0.022])
+    assert run(0.007, 0.0) == pytest.approx([0.012, 0.024])
+    assert run(0.0, 0.005) == pytest.approx([0.012, 0.024])
+
+
+def test_pipelining_on_the_path_serves_more_than_holding_the_instance_for_the_hop() -> None:
+    """The same 1 ms hop: held by the instance (a head that does not pipeline) it costs a third of a
+    2 ms server's capacity; with pipelining the instance is held for its services alone. A policy that
+    does not pipeline (round robin) gets no more from it."""
+    table = flat_table()
+    stream = poisson_stream(np.full(3000, 10), seed=5)
+    cols = fleet_columns(table, ["fast"], [2])
+    hold = PathModel(hop_mean_s=0.001, hop_sd_s=0.0005)
+    pipe = PathModel(hop_mean_s=0.001, hop_sd_s=0.0005, pipeline_tick_s=0.001)
+
+    def qps(path: PathModel, policy: str = "fcfs") -> float:
+        return max_qps(table, "m", cols, lambda: make_policy(policy, table), qos_s=10 * SERVICE_S, stream=stream,
+                       path=path).qps
+
+    assert qps(pipe) > 1.15 * qps(hold)
+    assert qps(pipe, "round_robin") == pytest.approx(qps(hold, "round_robin"), rel=0.05)
+    with pytest.raises(ConfigError, match="pipeline_tick_s"):
+        PathModel(pipeline_tick_s=-0.001)
+
+
 def test_max_qps_falls_as_the_hop_grows_and_its_draws_are_log_normal() -> None:
     table = flat_table()
     stream = poisson_stream(np.full(3000, 10), seed=5)
