@@ -309,20 +309,24 @@ def path_of(light: dict[str, Any], seed: int) -> Any:
     """The live path (`kairosd.sim.PathModel`) from a light step, where queries hardly wait. The client's
     latency beyond the instance's service is taken as log-normal, its spread fitted on its p50 and p99
     (σ = ln(p99 / p50) / z99: one stalled query in a short step moves a standard deviation far more
-    than a percentile); the hop holds the instance with the head's measured mean (answered − sent − the
-    instance's service) and the same relative spread, and the client's own way is what the latency keeps
-    beyond the hop on average."""
+    than a percentile); the hop has the head's measured mean (answered − sent − the instance's service)
+    and the same relative spread, and the client's own way is what the latency keeps beyond the hop on
+    average. The head pipelines as the daemon's scheduler does with its default tick (`pipeline = true`,
+    `tick_ms`), so the hop holds the instance only where a query cannot be sent ahead."""
+    from kairosd.config import SchedulerConfig
     from kairosd.sim import PathModel
 
+    tick_s = SchedulerConfig().tick_ms / 1e3
     hop_ms = max(float(light.get("hop_mean_ms") or 0.0), 0.0)
     p50, p99 = float(light.get("excess_p50_ms") or 0.0), float(light.get("excess_p99_ms") or 0.0)
     if hop_ms <= 0 or p50 <= 0 or p99 <= p50:
-        return PathModel(hop_mean_s=hop_ms / 1e3, client_s=max(p50 - hop_ms, 0.0) / 1e3, seed=seed)
+        return PathModel(hop_mean_s=hop_ms / 1e3, client_s=max(p50 - hop_ms, 0.0) / 1e3, seed=seed,
+                         pipeline_tick_s=tick_s)
     sigma = math.log(p99 / p50) / Z99
     cv = math.sqrt(math.expm1(sigma * sigma))
     excess_mean = p50 * math.exp(sigma * sigma / 2)
     return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=cv * hop_ms / 1e3,
-                     client_s=max(excess_mean - hop_ms, 0.0) / 1e3, seed=seed)
+                     client_s=max(excess_mean - hop_ms, 0.0) / 1e3, seed=seed, pipeline_tick_s=tick_s)
 
 
 def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...], ub: float, light: dict[str, Any],
