@@ -37,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catalogue", help="instance-type catalogue TOML (slots per type, prices)")
     parser.add_argument("--hop-ms", type=float, default=0.0,
                         help="the live path's hop per query: from the grant to the answer's arrival at the head beyond "
-                             "the service, holding the instance (mean; e.g. a daemon's kairos_head_hop_seconds)")
+                             "the service (mean; e.g. a daemon's kairos_head_hop_seconds); the head pipelines as the "
+                             "daemon does, so it holds the instance only where no query can be sent ahead")
+    parser.add_argument("--tick-ms", type=float, default=5.0,
+                        help="the daemon's scheduler.tick_ms: a slot takes its next query within the hop + the tick")
+    parser.add_argument("--no-pipeline", dest="pipeline", action="store_false",
+                        help="the daemon's scheduler.pipeline = false: the hop holds the instance")
     parser.add_argument("--hop-sd-ms", type=float, default=0.0, help="its standard deviation (log-normal)")
     parser.add_argument("--client-ms", type=float, default=0.0,
                         help="the client's own way to the head and back: latency only (p99 + it must be within QoS)")
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         fleet = parse_config(args.config)
         params = parse_params(args.param)
         path = PathModel(hop_mean_s=args.hop_ms / 1e3, hop_sd_s=args.hop_sd_ms / 1e3, client_s=args.client_ms / 1e3,
-                         seed=args.seed + 2)
+                         seed=args.seed + 2, pipeline_tick_s=args.tick_ms / 1e3 if args.pipeline else None)
         if args.profiles:
             profiles = ProfileTable.load_dir(args.profiles)
             samples = None
@@ -171,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     label = " + ".join(f"{c}×{t}" for t, c in zip(types, counts, strict=True) if c)
     print(f"fleet {label} ({cost:.3f} $/h), model {args.model}, QoS {qos_s * 1e3:g} ms, policy {args.policy}"
           + (f" {params}" if params else "") + f", {res.n_queries} queries ({res.n_measured} measured)"
-          + ("" if path.empty else f"; live path: hop {args.hop_ms:g} ± {args.hop_sd_ms:g} ms, client {args.client_ms:g} ms"))
+          + ("" if path.empty else f"; live path: hop {args.hop_ms:g} ± {args.hop_sd_ms:g} ms, client {args.client_ms:g} ms, "
+             + (f"pipelined (tick {args.tick_ms:g} ms)" if args.pipeline else "not pipelined")))
     if found is not None:
         print(f"max QPS with p99 <= QoS: {found.qps:.1f} (upper bound {ub:.1f}; {len(found.probes)} runs, {found.wall_s:.1f} s)")
     ms = lambda x: f"{x * 1e3:.2f} ms" if np.isfinite(x) else "inf"

@@ -375,11 +375,15 @@ def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args + ["--policy", "threshold", "--param", "threshold=400"]) == 0
     assert "max QPS with p99 <= QoS" in capsys.readouterr().out
     assert main(args + ["--param", "nonsense=1"]) == 2
-    # the live path: a hop that holds the instances and the client's way lower the max QPS
+    # the live path: the hop and the client's way lower the max QPS, the more when the hop holds the instances
     assert main(args) == 0
     bare = float(capsys.readouterr().out.split("max QPS with p99 <= QoS: ")[1].split()[0])
     assert main(args + ["--hop-ms", "0.5", "--hop-sd-ms", "0.25", "--client-ms", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "live path: hop 0.5 ± 0.25 ms, client 0.5 ms" in out
-    assert float(out.split("max QPS with p99 <= QoS: ")[1].split()[0]) < bare
+    assert "live path: hop 0.5 ± 0.25 ms, client 0.5 ms, pipelined (tick 5 ms)" in out
+    pipelined = float(out.split("max QPS with p99 <= QoS: ")[1].split()[0])
+    assert main(args + ["--hop-ms", "0.5", "--hop-sd-ms", "0.25", "--client-ms", "0.5", "--no-pipeline"]) == 0
+    out = capsys.readouterr().out
+    assert "not pipelined" in out
+    assert float(out.split("max QPS with p99 <= QoS: ")[1].split()[0]) <= pipelined < bare
     assert main(args + ["--hop-ms", "-1"]) == 2
