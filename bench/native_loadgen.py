@@ -8,6 +8,10 @@ per-query records: the latency from each query's scheduled arrival to its whole 
 type and instance times from the answer's JSON header, the send lateness and the generator's CPU. Also
 `errors_by_kind` (connect, closed, status, timeout, protocol, resource) and the connections it opened.
 
+As a script (`python bench/native_loadgen.py --help`): each load generator's own ceiling against the
+no-op target of bench/native/noop.c, which answers at once from C (the emulated no-op instance of
+bench/live.py's `loadgen_ceiling` is itself a Python server, and the first to saturate).
+
 `spec["spin_us"]` (default `SPIN_US`): how long before each send time the program stops sleeping on its
 timerfd and busy-polls epoll instead. `spec["connections"]` (default `CONNECTIONS`): keep-alive connections
 opened before the schedule (more are opened when more queries are in flight).
@@ -15,18 +19,23 @@ opened before the schedule (more are opened when more queries are in flight).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openloop import WARMUP_FRACTION, http_request  # bench/openloop.py
+from openloop import WARMUP_FRACTION, http_request, run_loadgen  # bench/openloop.py (puts kairosd on the path)
 
 SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
 BUILD = SOURCE.parent / "build"
@@ -47,22 +56,24 @@ def compiler() -> str | None:
     return None
 
 
-def binary() -> Path:
-    """The compiled generator, built when missing or older than its source. Raises RuntimeError with the
-    compiler's output when it fails, or when there is no C compiler."""
-    exe = BUILD / "openloop"
-    if exe.is_file() and exe.stat().st_mtime >= SOURCE.stat().st_mtime:
+def binary(name: str = "openloop") -> Path:
+    """The compiled program bench/native/NAME.c (the generator, or "noop": the no-op target), built when
+    missing or older than its source. Raises RuntimeError with the compiler's output when it fails, or
+    when there is no C compiler."""
+    source = SOURCE.parent / f"{name}.c"
+    exe = BUILD / name
+    if exe.is_file() and exe.stat().st_mtime >= source.stat().st_mtime:
         return exe
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or $CC) to build bench/native/openloop.c")
     BUILD.mkdir(parents=True, exist_ok=True)
-    tmp = BUILD / f"openloop.{os.getpid()}.tmp"
-    out = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-o", str(tmp), str(SOURCE)],
+    tmp = BUILD / f"{name}.{os.getpid()}.tmp"
+    out = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-o", str(tmp), str(source)],
                          capture_output=True, text=True)
     if out.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{cc} failed on {SOURCE}:\n{out.stderr}")
+        raise RuntimeError(f"{cc} failed on {source}:\n{out.stderr}")
     tmp.replace(exe)  # atomic: a concurrent build or run sees the old binary or the new one
     return exe
 
@@ -174,3 +185,67 @@ def summarize(spec: dict[str, Any], batches: np.ndarray, rec: np.ndarray, run: d
         "connections": run["connections"],
         "retries": run["retries"],
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# A load generator's own ceiling against the native no-op target (bench/native/noop.c)
+
+
+@contextlib.contextmanager
+def noop_target() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """bench/native/noop.c listening on a free port: (its host:port, its process)."""
+    from kairosd.backends.process import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([str(binary("noop")), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the no-op target did not start (exit {proc.wait(5)})")
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def native_ceiling(rates: list[float], n: int, generators: list[str]) -> list[dict[str, Any]]:
+    """Each generator against the native no-op target at each rate: ncf batch-100 queries (as
+    live.loadgen_ceiling sends), Poisson arrivals; the target's CPU beside the generator's."""
+    from openloop import cpu_s
+
+    rows = []
+    with noop_target() as (address, proc):
+        for generator in generators:
+            for rate in rates:
+                c0, t0 = cpu_s(proc.pid), time.monotonic()
+                r = run_loadgen({"url": address, "http_url": address, "protocol": "http", "generator": generator,
+                                 "model": "ncf", "batches": [100] * n,
+                                 "gaps": np.random.default_rng(0).exponential(1.0, n).tolist(), "rate_qps": rate,
+                                 "timeout_s": 10.0})
+                r["target_cpu"] = (cpu_s(proc.pid) - c0) / (time.monotonic() - t0)
+                r["generator"] = generator
+                rows.append(r)
+                print(f"  {generator:6} vs native no-op: offered {rate:7.0f} sent {r['sent_qps']:7.0f} q/s, p50 "
+                      f"{r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms, send late p99 {r['send_late_p99_ms']:.2f} ms, "
+                      f"loadgen cpu {r['loadgen_cpu']:.2f}, target cpu {r['target_cpu']:.2f}, errors {r['errors']}",
+                      flush=True)
+    return rows
+
+
+def main() -> int:
+    """`python bench/native_loadgen.py [--rates R,R,...] [--queries N] [--generators python,native] [--out F]`:
+    the load generators' own ceiling against the native no-op target."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--rates", default="1000,2000,4000,7000,10000,15000")
+    ap.add_argument("--queries", type=int, default=4000)
+    ap.add_argument("--generators", default="python,native")
+    ap.add_argument("--out", help="the rows as JSON")
+    args = ap.parse_args()
+    rows = native_ceiling([float(x) for x in args.rates.split(",")], args.queries, args.generators.split(","))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

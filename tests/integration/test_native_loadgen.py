@@ -89,3 +89,13 @@ def test_no_target_fails_the_warm_up_not_the_program(generator: None, instance: 
             "model": "ncf", "batches": [1, 1], "gaps": [1.0, 1.0], "rate_qps": 100.0, "timeout_s": 1.0}
     with pytest.raises(RuntimeError, match="warm-up query failed: error 1"):
         openloop.run_loadgen(spec)
+
+
+def test_against_the_native_noop_target(generator: None) -> None:
+    """bench/native/noop.c, the target of the generators' own ceiling: 1,000 queries at 5,000 q/s, each
+    answered at once with the emulated parameters of type "noop"."""
+    rows = native_loadgen.native_ceiling([5000.0], 1000, ["native"])
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["errors"] == 0 and r["served_by"] == {"noop": 900}
+    assert r["service_mean_ms"] == 0 and 0 < r["p50_ms"] <= r["p99_ms"] < 1000
