@@ -180,47 +180,38 @@ def matching_margin(configured_s: float, hop_s: float, qos_min_s: float) -> floa
 
 
 class Feedback:
-    """What the admission estimate leaves out, measured on answers, each an exponentially weighted
-    average:
-    - the lag: answer time − the admission estimate;
-    - the lateness: answer time − the finish expected at the grant (grant + the profile's mean service
-      time, after the residual of a slot it was pipelined to); with its mean absolute deviation,
-      estimates take its high end (`hop_guard`). A query pipelined behind one that overruns is late by
-      that overrun too, as its client sees;
-    - the hop: the lateness of answers to queries sent to a free slot only, the head's way to an
-      instance and back beyond the mean service, without any wait behind another query; the matching's
-      reserve (`matching_margin`) and the pipelining window take its mean.
-    Each sample is clipped to ±`clip_s` (the query's QoS target: one frozen instance moves the averages
-    by a bounded step), and every correction fades with the time since the last answer
-    (`FEEDBACK_FADE_S`)."""
+    """What the admission estimate leaves out, measured on answers: the lag (answer time − the
+    admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
+    profile's mean service time, after the residual of a slot it was pipelined to), each an
+    exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
+    end (`hop_guard`); the kairos matching's reserve takes its mean (`matching_margin`). Each sample is
+    clipped to ±`clip_s` (the query's QoS target: one frozen instance moves the averages by a bounded
+    step), and both corrections fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
-    __slots__ = ("_lag", "_late", "_dev", "_hop", "_at", "_fade_now", "_fade_value")
+    __slots__ = ("_lag", "_hop", "_dev", "_at", "_fade_now", "_fade_value")
 
     def __init__(self) -> None:
-        self._lag = self._late = self._dev = self._hop = 0.0
+        self._lag = self._hop = self._dev = 0.0
         self._at = 0.0
         # the last fade computed, by time: the estimates are read several times per loop iteration, at one clock
         self._fade_now = math.nan
         self._fade_value = 1.0
 
-    def answered(self, now: float, lag_s: float | None, late_s: float, clip_s: float, path: bool = True) -> None:
-        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's),
-        its lateness, and whether that lateness is also a hop sample (`path`: sent to a free slot)."""
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
+        """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
+        and its hop."""
         fade = self._fade(now)
         self._lag *= fade
-        self._late *= fade
-        self._dev *= fade
         self._hop *= fade
+        self._dev *= fade
         self._at = now
         self._fade_now, self._fade_value = now, 1.0  # faded up to now
         w = FEEDBACK_WEIGHT
         if lag_s is not None:
             self._lag += w * (min(max(lag_s, -clip_s), clip_s) - self._lag)
-        late = min(max(late_s, -clip_s), clip_s)
-        self._dev += w * (abs(late - self._late) - self._dev)
-        self._late += w * (late - self._late)
-        if path:
-            self._hop += w * (late - self._hop)
+        hop = min(max(hop_s, -clip_s), clip_s)
+        self._dev += w * (abs(hop - self._hop) - self._dev)
+        self._hop += w * (hop - self._hop)
 
     def _fade(self, now: float) -> float:
         if now != self._fade_now:
@@ -232,10 +223,9 @@ class Feedback:
         return self._lag * self._fade(now)
 
     def hop(self, now: float) -> float:
-        """The hop's mean: the way to an instance and back beyond the mean service."""
         return self._hop * self._fade(now)
 
     def hop_guard(self, now: float) -> float:
-        """The lateness at its high end (mean + 3 deviations, at least 0), added to a best service time."""
-        return max(self._late + 3.0 * self._dev, 0.0) * self._fade(now)
+        """The hop at its high end (mean + 3 deviations, at least 0), added to a best service time."""
+        return max(self._hop + 3.0 * self._dev, 0.0) * self._fade(now)
 

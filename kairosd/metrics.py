@@ -233,8 +233,7 @@ class SchedulerCollector(Collector):
                                 "out: margin_ms, or twice the measured hop when larger",
                                 value=float(getattr(self.scheduler.policy, "margin_s", 0.0)))
         yield GaugeMetricFamily("kairos_head_hop_seconds", "Answered minus the finish expected at the grant "
-                                "(grant + mean service; EWMA) of queries sent to a free slot: the head's own hop "
-                                "to an instance and back",
+                                "(grant + mean service; EWMA): the head's own hop to an instance and back",
                                 value=self.scheduler.hop_s)
         served = CounterMetricFamily("kairos_instance_queries", "Queries answered per instance",
                                      labels=["instance", "type"])

@@ -72,7 +72,6 @@ class Query:
     tag: int = 0  # the holder's id for it (a front-end process's query id)
     eta_s: float = 0.0  # the admission estimate of its answer time (0: none, the fleet had no capacity for it)
     size: int = 0  # request bytes, counted against scheduler.max_queue_bytes while queued
-    pipelined: bool = False  # its last grant was a slot still busy: it waits at the instance behind a query
 
 
 class QueryObserver(Protocol):
@@ -501,15 +500,16 @@ class Scheduler:
         return False
 
     def _completed(self, q: Query, inst: Instance, sent_s: float, end_s: float, expected_finish_s: float) -> None:
-        """An instance answered `q`: counters, the observer, and the admission estimates' feedback: its
-        lateness against the finish expected at the grant (grant + the residual of a pipelined slot + the
-        profile's mean service), which is also a sample of the hop when the slot was free."""
+        """An instance answered `q`: counters, the observer, and the admission estimates' feedback. Its
+        hop is the answer's lateness against the finish expected at the grant (grant + the residual of a
+        pipelined slot + the profile's mean service), so that a pipelined query's wait behind the slot it
+        was sent to is not counted as hop."""
         inst.served_total += 1
         self.stats.completed += 1
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, path=not q.pipelined)
+        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s)
         self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
@@ -755,8 +755,7 @@ class Scheduler:
         top = self._top_batch
         for qi, col in zip(matched, cols, strict=True):
             q, inst = live[qi], insts[col]
-            q.pipelined = busy[col] > 0.0
-            if q.pipelined:
+            if busy[col]:
                 self.stats.pipelined += 1
             expected = now + busy[col] + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes

@@ -290,7 +290,6 @@ async def test_pipelining_sends_one_query_ahead_to_a_busy_slot(worker_instance: 
     assert on.hop_s > 0.015
     assert on._pipeline_s(now) == pytest.approx(on.feedback.hop(now) + 0.002)
     assert await _max_in_flight(on, inst, 60, spec) == 2
-    assert on.stats.pipelined > 0
     off = Scheduler(registry, profiles, make_policy(policy, profiles), QOS,
                     SchedulerConfig(tick_ms=2.0, admission="deadline", pipeline=False))
     assert off._pipeline_s(now) == 0.0

@@ -84,34 +84,18 @@ def test_doomed_when_even_the_fastest_type_is_too_late() -> None:
 def test_feedback_averages_clips_outliers_and_fades_without_answers() -> None:
     fb = admission.Feedback()
     for k in range(50):
-        fb.answered(now=k * 0.01, lag_s=0.002, late_s=0.003, clip_s=0.025)
+        fb.answered(now=k * 0.01, lag_s=0.002, hop_s=0.003, clip_s=0.025)
     now = 0.49
     # steady answers: the averages approach the samples (each 10 ms gap fades them by 1%)
     assert fb.lag(now) == pytest.approx(0.002, rel=0.15) and fb.hop(now) == pytest.approx(0.003, rel=0.15)
     assert fb.hop(now) <= fb.hop_guard(now) < fb.hop(now) + 0.001  # little spread: the guard is near the mean
     # a frozen instance's 2.5 s answer moves the averages by at most a tenth of the clip (the QoS target)
-    fb.answered(now=0.5, lag_s=None, late_s=2.5, clip_s=0.025)
+    fb.answered(now=0.5, lag_s=None, hop_s=2.5, clip_s=0.025)
     lag_before = fb.lag(0.5)
     assert fb.hop(0.5) < 0.003 + 0.1 * 0.025 and fb.lag(0.5) == pytest.approx(lag_before)
     assert fb.hop_guard(0.5) < 0.025
     # no answers for 5 s (everything refused): the corrections fade, so queries are admitted again
     assert fb.hop_guard(5.5) < 0.025 * math.exp(-4) and fb.lag(5.5) < 0.002 * math.exp(-4)
-
-
-def test_a_pipelined_answer_moves_the_lateness_guard_but_not_the_hop() -> None:
-    """A query that waited at the instance behind another (path=False) is late by that one's overrun
-    too: the guard counts it, as its client sees it; the hop (the way to an instance and back, for the
-    matching's reserve and the pipelining window) takes samples from free-slot answers only. Both fade."""
-    fb = admission.Feedback()
-    for k in range(50):
-        fb.answered(now=k * 0.01, lag_s=0.002, late_s=0.003, clip_s=0.025)
-    hop, guard, lag = fb.hop(0.49), fb.hop_guard(0.49), fb.lag(0.49)
-    for _ in range(5):
-        fb.answered(now=0.49, lag_s=0.020, late_s=0.020, clip_s=0.025, path=False)
-    assert fb.hop(0.49) == hop and fb.hop_guard(0.49) > guard + 0.010 and fb.lag(0.49) > lag
-    fb.answered(now=0.49, lag_s=None, late_s=0.001, clip_s=0.025)
-    assert fb.hop(0.49) == pytest.approx(hop + 0.1 * (0.001 - hop))
-    assert fb.hop(1.49) == pytest.approx(fb.hop(0.49) * math.exp(-1.0 / admission.FEEDBACK_FADE_S))
 
 
 def test_an_idle_fleet_admits_even_a_query_it_expects_late() -> None:
