@@ -5,20 +5,22 @@ data) runs as emulated instances (the four AWS types, service times drawn from t
 by default all in one `kairosd emulated --instance ...` host process, given to the daemon as
 `[[fleet.endpoints]]`; `--process-per-instance`: one process each, as the local provider starts them)
 behind a real `kairosd serve`; the repository's dlrm is timed as the model (ncf as ncf). An open-loop
-load generator in its own process (bench/openloop.py: pre-serialized requests over KServe v2 REST on
-keep-alive HTTP/1.1 connections, or over gRPC with `--protocol grpc`; `--generator native`: the C program
-of bench/native over HTTP; Poisson arrivals on a timerfd, the authors' batch mix; exactly the stream the
-simulator evaluates) bisects for the highest rate whose
+load generator in its own process (by default the C program of bench/native: pre-serialized KServe v2
+REST requests on keep-alive HTTP/1.1 connections; `--generator python`: bench/openloop.py's client, also
+over gRPC with `--protocol grpc`; Poisson arrivals on a timerfd, the authors' batch mix; exactly the
+stream the simulator evaluates) bisects for the highest rate whose
 end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
 no backlog (as the simulator judges a run). The same for the best threshold policy (from
 bench/results/dispatch.json when its fleet is this one, else a sweep in the simulator) and for fcfs.
 Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio;
 and the simulator on the live path ("sim@path", `--no-path` to skip): a light step first measures the
-path (the head's hop to the instance and back, which holds the instance, and the client's own way to
-the head: `kairosd.sim.PathModel`), and the simulator is run with it and the daemon's own margin, and
+path (the head's hop to the instance and back, and the client's own way to the head:
+`kairosd.sim.PathModel`, pipelining as the daemon does), and the simulator is run with it and the
+daemon's own margin, and
 with each margin of `PATH_MARGINS_MS` (the best one is recorded).
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
-the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance, the
+the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance (with the
+native generator, also both generators against the C no-op target of bench/native/noop.c), the
 emulation's fidelity at low load on a 16-instance fleet (per type, direct and through kairosd; from
 h2load over gRPC and over HTTP), and the timer's precision. Writes bench/results/live.json.
 
@@ -408,6 +410,11 @@ def main_bench(args: argparse.Namespace) -> int:
         print("load generator ceiling", flush=True)
         out["loadgen_ceiling"] = loadgen_ceiling(workdir, [1000, 2000, 4000, 7000], args.queries, args.protocol,
                                                  args.generator)
+        if args.generator == "native":  # the emulated no-op saturates first: each generator against the C one
+            from native_loadgen import native_ceiling
+
+            out["loadgen_ceiling_native_noop"] = native_ceiling([5000, 10000, 15000, 20000, 30000], 20000,
+                                                                ["python", "native"])
         print("fidelity", flush=True)
         out["fidelity"] = fidelity(workdir, args.fidelity_queries)
     rows = []
@@ -518,7 +525,7 @@ def main() -> int:
     ap.add_argument("--protocol", default="http", choices=("grpc", "http"),
                     help="the load generator's protocol to kairosd, and so kairosd's to the instances (default: "
                          "%(default)s, the one that costs the head and the generator least CPU per query)")
-    ap.add_argument("--generator", default="python", choices=("python", "native"),
+    ap.add_argument("--generator", default="native", choices=("python", "native"),
                     help="the open-loop load generator, also in the ceiling run: bench/openloop.py's Python client "
                          "or the C program of bench/native (HTTP only; compiled on first use) (default: %(default)s)")
     ap.add_argument("--process-per-instance", dest="hosted", action="store_false",
