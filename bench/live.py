@@ -349,6 +349,7 @@ def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...
           + (f"; best margin there {best_margin:g} ms ({by_margin[best_margin]:.1f} q/s)" if policy == "kairos" else ""),
           flush=True)
     return {"hop_mean_ms": path.hop_mean_s * 1e3, "hop_sd_ms": path.hop_sd_s * 1e3, "client_ms": path.client_s * 1e3,
+            "pipeline_tick_ms": None if path.pipeline_tick_s is None else path.pipeline_tick_s * 1e3,
             "daemon_margin_ms": margin_ms, "sim_qps": sim_path, "live_over_sim": live / sim_path if sim_path else None,
             "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()}, "best_margin_ms": best_margin,
             "light_step": light}
