@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openloop import WARMUP_FRACTION, http_request, run_loadgen  # bench/openloop.py (puts kairosd on the path)
+from openloop import WARMUP_FRACTION, http_request, latency_split, run_loadgen  # bench/openloop.py (puts kairosd on the path)
 
 SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
 BUILD = SOURCE.parent / "build"
@@ -155,13 +155,7 @@ def summarize(spec: dict[str, Any], batches: np.ndarray, rec: np.ndarray, run: d
     excess = (latency - service)[first:]
     excess = excess[np.isfinite(excess)]
     by_type = {t: sum(1 for x in served_by[first:] if x == t) for t in sorted(set(served_by[first:])) if t}
-    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
-             "back_to_client": received - ended}
-    split = {}
-    for name, v in parts.items():
-        v = v[first:][np.isfinite(v[first:])] * 1e3
-        if len(v):
-            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    split = latency_split(sent, arrived, ended, received, service, first)
     kinds = {ERROR_KINDS.get(int(k), str(int(k))): int(c) for k, c in zip(*np.unique(rec["error"], return_counts=True),
                                                                          strict=True) if k}
     done_at = run["last_received_ns"] / 1e9

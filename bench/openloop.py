@@ -187,6 +187,21 @@ def _served_http(body: bytes, headers: dict[str, str]) -> tuple[str, int, int, i
     return params[TYPE_PARAM], params[SERVICE_PARAM], params[ARRIVED_PARAM], params[DONE_PARAM]
 
 
+def latency_split(sent: np.ndarray, arrived: np.ndarray, ended: np.ndarray, received: np.ndarray,
+                  service: np.ndarray, first: int) -> dict[str, dict[str, float]]:
+    """The latency split by where it was spent, p50 and p99 in ms over the queries from `first` on:
+    client → head → instance (front end, kairosd's queue, the send), at the instance beyond the service
+    drawn (slot wait, timer), instance → head → client. Times in seconds on one monotonic clock."""
+    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
+             "back_to_client": received - ended}
+    split = {}
+    for name, v in parts.items():
+        v = v[first:][np.isfinite(v[first:])] * 1e3
+        if len(v):
+            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    return split
+
+
 async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     """Send `spec["batches"][i]` at time cumsum(gaps)[i] / rate (open loop); latency from the scheduled
     arrival to the answer. With `spec["outcomes"]`, also each query's outcome (module docstring) and
@@ -349,16 +364,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     excess = (latency - service)[first:]
     excess = excess[np.isfinite(excess)]
     by_type = {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t}
-    # the latency split by where it was spent: the load generator's lateness, client → head → instance
-    # (front end, kairosd's queue, the send), at the instance beyond the service drawn (slot wait, timer),
-    # instance → head → client
-    parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
-             "back_to_client": received - ended}
-    split = {}
-    for name, v in parts.items():
-        v = v[first:][np.isfinite(v[first:])] * 1e3
-        if len(v):
-            split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
+    split = latency_split(sent, arrived, ended, received, service, first)
     extra: dict[str, Any] = {}
     if outcomes:
         extra["outcomes"] = outcome_summary(outcome, latency, float(spec["qos_s"]), n / float(spec["rate_qps"]))
