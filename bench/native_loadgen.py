@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from openloop import WARMUP_FRACTION, http_request, latency_split, run_loadgen  # bench/openloop.py (puts kairosd on the path)
+from openloop import WARMUP_FRACTION, http_request, run_loadgen, where_spent  # bench/openloop.py (puts kairosd on the path)
 
 SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
 BUILD = SOURCE.parent / "build"
@@ -152,20 +152,12 @@ def summarize(spec: dict[str, Any], batches: np.ndarray, rec: np.ndarray, run: d
                  ended=ended - start, received=received - start)
     first = int(n * WARMUP_FRACTION)
     measured = latency[first:]
-    excess = (latency - service)[first:]
-    excess = excess[np.isfinite(excess)]
-    by_type = {t: sum(1 for x in served_by[first:] if x == t) for t in sorted(set(served_by[first:])) if t}
-    split = latency_split(sent, arrived, ended, received, service, first)
     kinds = {ERROR_KINDS.get(int(k), str(int(k))): int(c) for k, c in zip(*np.unique(rec["error"], return_counts=True),
                                                                          strict=True) if k}
     done_at = run["last_received_ns"] / 1e9
     wall = (run["end_ns"] - run["start_ns"]) / 1e9
     return {
-        "split": split,
-        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
-        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
-        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
-        "served_by": by_type,
+        **where_spent(latency, service, served_by, sent, arrived, ended, received, first),
         "n": n, "errors": int((~answered).sum()), "offered_qps": float(spec["rate_qps"]),
         "sent_qps": n / ((run["sent_end_ns"] - run["start_ns"]) / 1e9),
         "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,

@@ -187,11 +187,12 @@ def _served_http(body: bytes, headers: dict[str, str]) -> tuple[str, int, int, i
     return params[TYPE_PARAM], params[SERVICE_PARAM], params[ARRIVED_PARAM], params[DONE_PARAM]
 
 
-def latency_split(sent: np.ndarray, arrived: np.ndarray, ended: np.ndarray, received: np.ndarray,
-                  service: np.ndarray, first: int) -> dict[str, dict[str, float]]:
-    """The latency split by where it was spent, p50 and p99 in ms over the queries from `first` on:
-    client → head → instance (front end, kairosd's queue, the send), at the instance beyond the service
-    drawn (slot wait, timer), instance → head → client. Times in seconds on one monotonic clock."""
+def where_spent(latency: np.ndarray, service: np.ndarray, served_by: list[str], sent: np.ndarray,
+                arrived: np.ndarray, ended: np.ndarray, received: np.ndarray, first: int) -> dict[str, Any]:
+    """Over the queries from `first` on: the latency split by where it was spent, p50 and p99 in ms
+    (client → head → instance: front end, kairosd's queue, the send; at the instance beyond the service
+    drawn: slot wait, timer; instance → head → client), the mean service, the latency beyond the service
+    (p50, p99) and the queries per serving type. Times in seconds on one monotonic clock."""
     parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
              "back_to_client": received - ended}
     split = {}
@@ -199,7 +200,15 @@ def latency_split(sent: np.ndarray, arrived: np.ndarray, ended: np.ndarray, rece
         v = v[first:][np.isfinite(v[first:])] * 1e3
         if len(v):
             split[name] = {"p50_ms": float(np.percentile(v, 50)), "p99_ms": float(np.percentile(v, 99))}
-    return split
+    excess = (latency - service)[first:]
+    excess = excess[np.isfinite(excess)]
+    return {
+        "split": split,
+        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
+        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
+        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
+        "served_by": {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t},
+    }
 
 
 async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
@@ -361,20 +370,12 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         measured = np.where(answered, latency, math.inf)[first:]
     wall = time.monotonic() - start
     # latency beyond the service the instance gave: waiting (in kairosd or at the instance) + every hop
-    excess = (latency - service)[first:]
-    excess = excess[np.isfinite(excess)]
-    by_type = {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t}
-    split = latency_split(sent, arrived, ended, received, service, first)
     extra: dict[str, Any] = {}
     if outcomes:
         extra["outcomes"] = outcome_summary(outcome, latency, float(spec["qos_s"]), n / float(spec["rate_qps"]))
     return {
         **extra,
-        "split": split,
-        "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
-        "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
-        "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
-        "served_by": by_type,
+        **where_spent(latency, service, served_by, sent, arrived, ended, received, first),
         "n": n, "errors": errors, "offered_qps": float(spec["rate_qps"]), "sent_qps": n / sent_s,
         "p50_ms": float(np.percentile(measured, 50, method="higher")) * 1e3,
         "p99_ms": float(np.percentile(measured, 99, method="higher")) * 1e3,
