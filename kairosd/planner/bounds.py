@@ -51,7 +51,9 @@ class BoundModel:
     time_share[j, k]    t_jk: the share of a type-j instance's busy time spent on queries b ≤ B_k
     band_*              inputs of `queue_estimate` (see there): the mix's batches grouped into bands of
                         equal eligibility (which types meet QoS on them), per band its probability
-                        `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k), and per base type j the
+                        `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k) and `band_eligible[k, g]`
+                        (L_k(b) at p99 within QoS, batch by batch, as the dispatcher tests it: it also
+                        holds batches above B_k where the p99 table is not monotone), and per base type j the
                         moments `band_m1[j, g]` = Σ p_b·L_j(b), `band_m2[j, g]` = Σ p_b·L_j(b)² and
                         the waiting-tail weights `band_tail[j, g, x]` = Σ p_b·(1 − miss_j(b))·exp(−x·slack_j(b)/QoS)
                         on the grid `TAIL_GRID` of x (slack = QoS − feasibility latency where that is
@@ -90,6 +92,7 @@ class BoundModel:
     time_share: np.ndarray
     band_p: np.ndarray | None = None
     band_small: np.ndarray | None = None
+    band_eligible: np.ndarray | None = None
     band_m1: np.ndarray | None = None
     band_m2: np.ndarray | None = None
     band_tail: np.ndarray | None = None
@@ -153,8 +156,12 @@ class BoundModel:
         small_work = work @ small.T.astype(float)  # [j, k]: E[L_j; b <= B_k] (unnormalised)
         with np.errstate(divide="ignore", invalid="ignore"):
             small_rate = np.where(coverage > 0, coverage / np.diag(small_work), 0.0)
-        # bands: support batches with the same eligibility pattern across types
-        pattern = small[:, support_idx].T  # [support batch, type]
+        # the dispatcher's own test, batch by batch: p99 within QoS without waiting. It differs from
+        # b ≤ B_k where a p99 table drawn from heavy-tailed samples is not monotone in the batch
+        eligible = feas <= qos_s  # [k, b]
+        # bands: support batches with the same pattern across types, of both `small` and `eligible`
+        n_types = len(mean_s)
+        pattern = np.concatenate([small[:, support_idx], eligible[:, support_idx]]).T  # [support batch, 2·type]
         keys, band_of = np.unique(pattern, axis=0, return_inverse=True)
         band_of = band_of.ravel()
         n_bands = len(keys)
@@ -208,7 +215,8 @@ class BoundModel:
             small_rate_qps=small_rate,
             time_share=small_work / e_all[:, None],
             band_p=band_p,
-            band_small=keys.T.copy(),
+            band_small=keys[:, :n_types].T.copy(),
+            band_eligible=keys[:, n_types:].T.copy(),
             band_m1=m1,
             band_m2=m2,
             band_tail=band_tail,
