@@ -80,6 +80,8 @@ class BoundModel:
                         failed without waiting, on p99 then on the mean, times a penalty above every
                         C_j·L_j(b)), so that the idle fleet's choice for batch b is the present type of
                         least cost, the first in type order on ties (None: not modelled)
+    band_idle_cost      [type, band]: `batch_idle_cost` averaged over each band by probability (None:
+                        not modelled)
     """
 
     types: tuple[str, ...]
@@ -106,6 +108,7 @@ class BoundModel:
     slack: float = QOS_SLACK
     band_pref: np.ndarray | None = None
     band_hold: np.ndarray | None = None
+    band_idle_cost: np.ndarray | None = None
     batch_idle_cost: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
@@ -182,7 +185,7 @@ class BoundModel:
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
-        band_pref = band_hold = idle_cost = None
+        band_pref = band_hold = idle_cost = band_idle_cost = None
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
             tier = (feas_s > qos_s).astype(np.int64) + (mean_sup > qos_s)
@@ -196,6 +199,10 @@ class BoundModel:
                     return np.where(band_p > 0, sums / band_p, 0.0)
 
             band_pref = band_mean(dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                band_idle_cost = np.stack([np.where(band_p > 0, np.bincount(band_of, weights=p_s * idle_cost[k],
+                                                                             minlength=n_bands) / band_p, 0.0)
+                                           for k in range(len(mean_s))])
             # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
             # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no
             # longer than k's slack (QoS − its feasibility latency)
@@ -231,6 +238,7 @@ class BoundModel:
             band_pref=band_pref,
             band_hold=band_hold,
             batch_idle_cost=idle_cost,
+            band_idle_cost=band_idle_cost,
         )
 
     @staticmethod

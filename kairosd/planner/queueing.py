@@ -114,9 +114,12 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         instance is busy (Erlang C of the whole base load) and its wait drains at the capacity the
         must load leaves (the decay θ below from the must load only).
       * diversion (`diversion=True`): a must query whose wait would exceed its slack is sent to an
-        auxiliary if one is free; it then misses QoS with that auxiliary's no-wait miss share of its
+        auxiliary if one is free: to the type the dispatcher ranks cheapest on an idle instance for its
+        band (`bm.band_idle_cost`, the band's mean of `batch_idle_cost`), the next one while every
+        instance of that type is busy (Erlang C of its load y_k/Q_k), and so on (without the costs:
+        the type of fewest misses). It then misses QoS with that type's no-wait miss share of its
         band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
-        instance of that auxiliary is busy (Erlang C of its load y_k/Q_k).
+        instance of every other type is busy.
       * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
         can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
@@ -186,6 +189,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
                              p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
                              small_rate=small_rate, qos=qos, eps=eps, divert=divert,
                              pref=bm.band_pref[j] if bm.band_pref is not None else None,
+                             divert_cost=bm.band_idle_cost,
                              hold=bm.band_hold[j] if bm.band_hold is not None else None)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
@@ -199,6 +203,7 @@ def _admissible(
     small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
+    divert_cost: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -256,10 +261,25 @@ def _admissible(
     tail_must = _wait_tail(n_b, r_must @ m1, r_must @ p_g, r_must @ m2, tail, qos)
     # a must query that would wait past its slack goes to an auxiliary instead when one is free
     # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
+    # (the dispatcher's choice among the free ones: the type of least idle cost on the band,
+    # `divert_cost`, the next one when every instance of it is busy; without costs, the type of
+    # fewest misses)
     late = np.ones_like(r)
-    for k, (n_k, share_k) in (divert or {}).items():
-        busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
-        late = np.minimum(late, np.where(n_k[:, None] > 0, share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
+    if divert and divert_cost is not None:
+        busy = {k: np.where(n_k > 0, erlang_c(n_k, aux_load.get(k, np.zeros(len(lam)))), 1.0)
+                for k, (n_k, _) in divert.items()}
+        for g in range(r.shape[1]):
+            none_free = np.ones(len(lam))  # every instance of the cheaper types busy
+            missed = np.zeros(len(lam))
+            for k in sorted(divert, key=lambda k: float(divert_cost[k, g])):
+                missed += none_free * (1.0 - busy[k]) * divert[k][1][g]
+                none_free = none_free * busy[k]
+            late[:, g] = missed + none_free
+    else:
+        for k, (n_k, share_k) in (divert or {}).items():
+            busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
+            late = np.minimum(late, np.where(n_k[:, None] > 0,
+                                             share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
     violating = erlang_c(n_b, work) * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
     # the other queries (the auxiliaries', and the base's share of bands an auxiliary can take) wait in
     # the queue shared by every present instance eligible on their band, and miss when that wait

@@ -663,6 +663,36 @@ def _large_and_small_model(aux_large_miss: float, *, prefer_base: bool) -> Bound
     return BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
 
 
+def _two_fallbacks_model(cheap_misses: bool) -> BoundModel:
+    """`_large_and_small_model`'s base and mix with two auxiliary types that both miss the large
+    queries' p99 but are on time on the mean: "a" misses 80% of them, "b" 10%. The dispatcher ranks
+    the idle "a" cheaper for the large batch when `cheap_misses`, else "b"."""
+    mean = np.zeros((3, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0045])
+    mean[1] = mean[2] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0048])
+    p99 = mean * np.array([[1.0], [1.2], [1.2]])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.9, 0.1]
+    miss = np.zeros((3, 101))
+    miss[1, 100], miss[2, 100] = 0.8, 0.1
+    cost = mean * np.array([[3.0], [1.0], [2.0]]) if cheap_misses else mean * np.array([[3.0], [2.0], [1.0]])
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "a", "b"), miss=miss, dispatch_cost=cost)
+
+
+def test_a_diverted_query_goes_where_the_dispatcher_ranks_it_cheapest() -> None:
+    """A large query late for the one base goes to the free fallback the dispatcher ranks cheapest,
+    not to the one that misses least: when that is the type missing 80%, the estimate is lower; with
+    no costs in the model it takes the type of fewest misses."""
+    configs = np.array([[1, 6, 6]])  # enough auxiliaries that one of each type is mostly free
+    bm = _two_fallbacks_model(True)
+    assert bm.band_idle_cost is not None
+    worse = queue_estimate(configs, bm)[0]
+    better = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[0, 2, 1]]))[0]
+    fewest = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=None))[0]
+    assert 0 < worse < 0.95 * better
+    assert fewest == pytest.approx(better, rel=1e-3)
+
+
 def test_auxiliaries_take_every_batch_their_p99_serves_within_qos() -> None:
     """A p99 table that is not monotone in the batch (a heavy tail drawn in one cell): the threshold
     B_k stops at the first batch that misses, the dispatcher's test (and `band_eligible`) takes every
