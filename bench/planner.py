@@ -14,6 +14,11 @@ top-15 configurations, and the ranking speed on a 6-type catalogue. Prints table
 writes bench/results/planner.json.
 
     python bench/planner.py [--budgets 1.5,2.5,3.5] [--models ncf,rm2,...] [--queries 2000] [--workers 2]
+    python bench/planner.py --rescore [bench/results/planner.json]   # no simulation: seconds
+
+`--rescore` lets `kairos` choose again, with the planner as it is now, on every case of a results file
+(rebuilt from its settings) and scores the choice by the simulated values the file recorded for every
+maximal configuration.
 """
 
 from __future__ import annotations
@@ -302,6 +307,32 @@ def rank_speed_only(wl: workload.KairosWorkload, pmf: np.ndarray, out: Path) -> 
     return 0
 
 
+def rescore(path: Path) -> int:
+    """`kairos` chosen again on the cases of `path`, scored by its recorded simulated values (see the
+    module docstring); prints the cases whose ratio changed and min / median / count below 0.95."""
+    data = json.loads(path.read_text())
+    st = data["settings"]
+    args = argparse.Namespace(queries=int(st["queries_per_run"]), seed=int(st["seed"]))
+    wl = workload.load_kairos()
+    ratios = []
+    for model in dict.fromkeys(r["model"] for r in data["rows"]):
+        bm = _bound_model(wl, model, _setup(wl, model, True, args), tail=True)
+        for r in (r for r in data["rows"] if r["model"] == model):
+            c = make_candidates(bm, wl.prices_usd_per_hour, float(r["budget_usd_per_hour"]))
+            sims = {tuple(x["counts"]): float(x["sim_qps"]) for x in r["configs"]}
+            if set(sims) != {tuple(int(v) for v in cfg) for cfg in c.configs}:
+                raise SystemExit(f"{path}: {model} at {r['budget_usd_per_hour']} $/h: the candidates differ")
+            k = select_kairos(c)
+            ratio = sims[tuple(int(v) for v in k.config)] / float(r["optimum"]["qps"])
+            ratios.append(ratio)
+            if abs(ratio - float(r["kairos"]["ratio"])) > 1e-9:
+                print(f"  {model:6} {r['budget_usd_per_hour']:4} kairos {r['kairos']['ratio']:.3f} -> {ratio:.3f}"
+                      f"  now {c.label(k.config)} (recorded {r['kairos']['config']}; optimum {r['optimum']['config']})")
+    print(f"{path.name}: kairos now min {min(ratios):.3f} median {statistics.median(ratios):.3f} "
+          f"< 0.95 in {sum(x < 0.95 for x in ratios)}/{len(ratios)}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", default="1.5,2.5,3.5")
@@ -313,7 +344,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "planner.json"))
     ap.add_argument("--rank-speed-only", action="store_true",
                     help="re-measure only the ranking-speed line and update it in --out (seconds, not ~45 min)")
+    ap.add_argument("--rescore", nargs="?", const=str(RESULTS / "planner.json"), default=None, metavar="FILE",
+                    help="simulate nothing: choose again on FILE's cases and score by its recorded values")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(Path(args.rescore))
     budgets = [float(b) for b in args.budgets.split(",")]
     models = [m for m in args.models.split(",") if m]
     t_start = time.perf_counter()

@@ -28,6 +28,15 @@ simulates afresh while the judge reads the cache).
 
     python bench/planner_robust.py [--workloads 30] [--judge-seeds 3] [--queries 4000] [--workers 2]
     python bench/planner_robust.py --quick      # 2 small workloads, 2 × 1,000 queries: a minute of CPU
+    python bench/planner_robust.py --rescore bench/results/planner_robust_3000.json [more.json ...]
+
+`--rescore FILE...` simulates nothing: it rebuilds each recorded workload's candidates with the
+planner as it is now, lets `kairos` choose again and scores the choice by the judged values recorded
+in FILE (every maximal configuration's per-stream values are in its rows), beside the choice FILE
+recorded; it also walks `kairos_plus` with the judge's recorded values as its evaluator (a proxy:
+the real Kairos+ evaluates on streams of its own) to show how far its walk goes. Seconds per file.
+With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates on its own streams
+(FILE's plus seeds and queries, through `--cache`) and its choice is scored by FILE's judge; minutes.
 """
 
 from __future__ import annotations
@@ -210,6 +219,82 @@ def _est(c: Candidates) -> np.ndarray:
     return c.est_qps if c.est_qps is not None else np.full(len(c), np.nan)
 
 
+class RecordedEvaluator:
+    """An evaluator that answers from a results file's judged values (per stream) instead of simulating."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        self.vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in configs}
+
+    def __call__(self, config: np.ndarray) -> float:
+        return float(self.vals[_key(config)].mean())
+
+    def values(self, config: np.ndarray) -> np.ndarray:
+        return self.vals[_key(config)]
+
+
+def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str, Any]:
+    """`kairos` (and the proxy `kairos_plus` walk) chosen again on every workload of a results file,
+    scored by its recorded judged values; prints one line per workload whose choice or ratio changed
+    and a summary line (see the module docstring)."""
+    data = json.loads(path.read_text())
+    max_configs = int(data["settings"]["max_configs"])
+    rows = []
+    for r in data["rows"]:
+        sw = synth.synth_workload(int(r["seed"]), max_configs=max_configs)
+        bm = planner_model(sw)
+        cands = make_candidates(bm, sw.workload.prices_usd_per_hour, sw.budget_usd_per_hour)
+        ev = RecordedEvaluator(r["configs"])
+        if set(ev.vals) != {_key(c) for c in cands.configs}:
+            raise SystemExit(f"{path}: workload {r['seed']}: the candidates differ from the recorded ones")
+        opt = float(r["optimum"]["qps"])
+        k = select_kairos(cands)
+        ti = [sw.workload.profiles.type_index(t) for t in sw.workload.types]
+        mean = sw.workload.profiles.mean_s[sw.workload.profiles.model_index(sw.model)][ti]
+        dominates = type_dominance(mean, sw.workload.samples.relative(sw.model, sw.workload.types), workload.GRID_STEP)
+        if args.plus_simulate:
+            st = data["settings"]
+            plus_seeds = [int(x) for x in st["plus_seeds"]]
+            plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
+            bound = lambda x, bm=bm: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+            plus_ev = SeedsEvaluator(tuple(workload.sim_setup(sw.workload, sw.model, n_queries=plus_queries, seed=s,
+                                                              mix=sw.mix) for s in plus_seeds),
+                                     bound=bound, workers=args.workers)
+            cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
+            kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
+            cache.save(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
+        else:
+            kp = select_kairos_plus(cands, ev, dominates=dominates)
+        new = ev(k.config) / opt
+        old = float(r["kairos"]["ratio"])
+        row = {"seed": r["seed"], "model": r["model"], "old": old, "new": new, "config": cands.label(k.config),
+               "plus_proxy": ev(kp.config) / opt, "plus_proxy_share": kp.n_configs / len(cands)}
+        row["plus_recorded"] = float(r["kairos_plus"]["ratio"])
+        rows.append(row)
+        if abs(new - old) > 1e-9:
+            print(f"  {r['seed']:5d} {r['model']:6} kairos {old:.3f} -> {new:.3f}  now {row['config']}"
+                  f" (recorded {r['kairos']['config']}; optimum {r['optimum']['config']})")
+        if args.plus_simulate and abs(row["plus_proxy"] - row["plus_recorded"]) > 1e-9:
+            print(f"  {r['seed']:5d} {r['model']:6} kairos_plus {row['plus_recorded']:.3f} -> {row['plus_proxy']:.3f}"
+                  f"  now {cands.label(kp.config)} (recorded {r['kairos_plus']['config']})")
+
+    def summ(key: str) -> tuple[float, float, int]:
+        x = [row[key] for row in rows]
+        return min(x), statistics.median(x), sum(v < 0.95 for v in x)
+
+    out = {"file": str(path), "n": len(rows), "recorded": summ("old"), "now": summ("new"),
+           "plus_proxy": summ("plus_proxy"), "plus_recorded": summ("plus_recorded"),
+           "plus_proxy_share": (statistics.median(r["plus_proxy_share"] for r in rows),
+                                max(r["plus_proxy_share"] for r in rows))}
+    print(f"{path.name:36} n={len(rows)}  kairos recorded min {out['recorded'][0]:.3f} median {out['recorded'][1]:.3f} "
+          f"<0.95 {out['recorded'][2]}  |  now min {out['now'][0]:.3f} median {out['now'][1]:.3f} <0.95 {out['now'][2]}"
+          f"  |  kairos_plus ({'simulated on its streams' if args.plus_simulate else 'proxy, judge values'}) "
+          f"min {out['plus_proxy'][0]:.3f} median {out['plus_proxy'][1]:.3f} <0.95 {out['plus_proxy'][2]} "
+          f"(recorded min {out['plus_recorded'][0]:.3f} <0.95 {out['plus_recorded'][2]}), "
+          f"simulated share median {100 * out['plus_proxy_share'][0]:.1f}% max {100 * out['plus_proxy_share'][1]:.1f}%",
+          flush=True)
+    return out
+
+
 def print_row(r: dict[str, Any]) -> None:
     kp = r["kairos_plus"]
     print(f"{r['seed']:5d} {r['model']:6} {'gpu' if r['gpu'] else 'cpu':4} {len(r['types']):2d} {r['qos_ms']:7.1f} "
@@ -237,7 +322,16 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="2 workloads of ≤ 20 configurations, 2 streams × 1,000 queries, 1 process (out: /tmp)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--rescore", nargs="+", default=None, metavar="FILE",
+                    help="simulate nothing: choose again on FILE's workloads and score by its judged values")
+    ap.add_argument("--plus-simulate", action="store_true",
+                    help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     args = ap.parse_args()
+    if args.rescore:
+        rescore_cache = Cache(Path(args.cache) if args.cache else None)
+        for f in args.rescore:
+            rescore_file(Path(f), args, rescore_cache)
+        return 0
     if args.quick:
         args.workloads, args.judge_seeds, args.queries, args.max_configs, args.workers = 2, 2, 1000, 20, 1
     default_out = Path("/tmp/planner_robust_quick.json") if args.quick else RESULTS / "planner_robust.json"

@@ -10,8 +10,8 @@ auxiliary may specialise in the batches it serves best): it prunes Kairos+, so a
 ends by pruning is exact; `proportional_bound` is the paper's per-type-threshold formula, a bound only
 for dispatchers that feed auxiliaries their small queries in mix proportion: it ranks `kairos_paper`.
 Beyond the paper: a queue-aware estimate (`queue_estimate`: the proportional split, corrected for the
-Kairos dispatcher's routing, plus an M/G/c waiting tail on the base pool) screens fleets for the
-one-shot `kairos` selector (highest `upper_bound` among the queue-safe ones) and orders Kairos+'s walk
+Kairos dispatcher's routing, plus an M/G/c waiting tail on the base pool) ranks fleets for the
+one-shot `kairos` selector (highest estimate; the bound breaks ties) and orders Kairos+'s walk
 (`kairos_order`: `kairos`'s choice first); pruning stays on the true bound.
 The evaluator is any callable config → QPS: the simulator (`kairosd.sim.SimEvaluator`) or a live
 measurement; this package never runs one by itself.

@@ -51,7 +51,9 @@ class BoundModel:
     time_share[j, k]    t_jk: the share of a type-j instance's busy time spent on queries b ≤ B_k
     band_*              inputs of `queue_estimate` (see there): the mix's batches grouped into bands of
                         equal eligibility (which types meet QoS on them), per band its probability
-                        `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k), and per base type j the
+                        `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k) and `band_eligible[k, g]`
+                        (L_k(b) at p99 within QoS, batch by batch, as the dispatcher tests it: it also
+                        holds batches above B_k where the p99 table is not monotone), and per base type j the
                         moments `band_m1[j, g]` = Σ p_b·L_j(b), `band_m2[j, g]` = Σ p_b·L_j(b)² and
                         the waiting-tail weights `band_tail[j, g, x]` = Σ p_b·(1 − miss_j(b))·exp(−x·slack_j(b)/QoS)
                         on the grid `TAIL_GRID` of x (slack = QoS − feasibility latency where that is
@@ -78,6 +80,8 @@ class BoundModel:
                         failed without waiting, on p99 then on the mean, times a penalty above every
                         C_j·L_j(b)), so that the idle fleet's choice for batch b is the present type of
                         least cost, the first in type order on ties (None: not modelled)
+    band_idle_cost      [type, band]: `batch_idle_cost` averaged over each band by probability (None:
+                        not modelled)
     """
 
     types: tuple[str, ...]
@@ -90,6 +94,7 @@ class BoundModel:
     time_share: np.ndarray
     band_p: np.ndarray | None = None
     band_small: np.ndarray | None = None
+    band_eligible: np.ndarray | None = None
     band_m1: np.ndarray | None = None
     band_m2: np.ndarray | None = None
     band_tail: np.ndarray | None = None
@@ -103,6 +108,7 @@ class BoundModel:
     slack: float = QOS_SLACK
     band_pref: np.ndarray | None = None
     band_hold: np.ndarray | None = None
+    band_idle_cost: np.ndarray | None = None
     batch_idle_cost: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
@@ -153,8 +159,12 @@ class BoundModel:
         small_work = work @ small.T.astype(float)  # [j, k]: E[L_j; b <= B_k] (unnormalised)
         with np.errstate(divide="ignore", invalid="ignore"):
             small_rate = np.where(coverage > 0, coverage / np.diag(small_work), 0.0)
-        # bands: support batches with the same eligibility pattern across types
-        pattern = small[:, support_idx].T  # [support batch, type]
+        # the dispatcher's own test, batch by batch: p99 within QoS without waiting. It differs from
+        # b ≤ B_k where a p99 table drawn from heavy-tailed samples is not monotone in the batch
+        eligible = feas <= qos_s  # [k, b]
+        # bands: support batches with the same pattern across types, of both `small` and `eligible`
+        n_types = len(mean_s)
+        pattern = np.concatenate([small[:, support_idx], eligible[:, support_idx]]).T  # [support batch, 2·type]
         keys, band_of = np.unique(pattern, axis=0, return_inverse=True)
         band_of = band_of.ravel()
         n_bands = len(keys)
@@ -175,7 +185,7 @@ class BoundModel:
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
-        band_pref = band_hold = idle_cost = None
+        band_pref = band_hold = idle_cost = band_idle_cost = None
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
             tier = (feas_s > qos_s).astype(np.int64) + (mean_sup > qos_s)
@@ -189,6 +199,10 @@ class BoundModel:
                     return np.where(band_p > 0, sums / band_p, 0.0)
 
             band_pref = band_mean(dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                band_idle_cost = np.stack([np.where(band_p > 0, np.bincount(band_of, weights=p_s * idle_cost[k],
+                                                                             minlength=n_bands) / band_p, 0.0)
+                                           for k in range(len(mean_s))])
             # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
             # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no
             # longer than k's slack (QoS − its feasibility latency)
@@ -208,7 +222,8 @@ class BoundModel:
             small_rate_qps=small_rate,
             time_share=small_work / e_all[:, None],
             band_p=band_p,
-            band_small=keys.T.copy(),
+            band_small=keys[:, :n_types].T.copy(),
+            band_eligible=keys[:, n_types:].T.copy(),
             band_m1=m1,
             band_m2=m2,
             band_tail=band_tail,
@@ -223,6 +238,7 @@ class BoundModel:
             band_pref=band_pref,
             band_hold=band_hold,
             batch_idle_cost=idle_cost,
+            band_idle_cost=band_idle_cost,
         )
 
     @staticmethod

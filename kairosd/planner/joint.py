@@ -36,8 +36,9 @@ pool is stable and, for every model, the queries that wait beyond their slack on
 tail (θ from the pooled moments) plus those no present type serves within QoS are ≤ 1% of its rate.
 Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
-`plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (among
-the configurations whose estimate is within `QUEUE_TOLERANCE` of the best, the highest joint bound);
+`plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (the
+highest joint estimate, the joint bound breaking ties; with a `tolerance`, the highest joint bound
+among the configurations whose estimate is within it of the best);
 "min_cost" the cheapest configuration whose estimate covers the observed rates times `headroom`.
 
 Partitioned fleets. With two or more models with demand, `plan_fleet` also plans a partitioned fleet:
@@ -637,9 +638,9 @@ def plan_fleet(
     `demand` of every model, each judged against its `qos_s[model]`; no online exploration.
 
     objective "max_throughput" (Kairos for the mix): among the maximal configurations, those whose joint
-        queue-aware estimate is within `tolerance` of the best are queue-safe; the one with the highest
-        joint bound wins (ties: higher estimate, cheaper, enumeration order). With one model this is
-        `select_kairos` on `make_candidates` of that model.
+        queue-aware estimate is within `tolerance` of the best (default 0: the best alone) are
+        queue-safe; the one with the highest joint bound wins (ties: higher estimate, cheaper,
+        enumeration order). With one model this is `select_kairos` on `make_candidates` of that model.
     objective "min_cost": the cheapest configuration (maximal or not) whose estimate serves the observed
         rates × `headroom` (λ_est ≥ headroom; ties: higher estimate, higher bound, enumeration order).
         If none within the budget does, the "max_throughput" choice (the reason says so). With zero
@@ -768,8 +769,9 @@ def plan_fleet(
                 return partitioned(part, f"max_throughput: partitioned (each instance pinned to one model): estimate "
                                          f"λ {part_lam:.4g} above the best shared configuration's {shared_best:.4g}{note}")
             why = f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the best shared {shared_best:.4g}"
-    return plan(row, f"max_throughput: the highest joint bound among {int(safe.sum())} queue-safe configurations "
-                     f"(estimate within {tolerance:.0%} of the best): {_label(types, configs[row])}{note}{why}")
+    how = (f"the highest joint bound among {int(safe.sum())} queue-safe configurations (estimate within "
+           f"{tolerance:.0%} of the best)" if tolerance > 0 else "the highest joint estimate")
+    return plan(row, f"max_throughput: {how}: {_label(types, configs[row])}{note}{why}")
 
 
 def _maximal(configs: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float, caps: np.ndarray) -> np.ndarray:

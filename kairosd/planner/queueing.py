@@ -93,8 +93,10 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. The base is the present
-    type serving the largest share of the mix within QoS (`base_types`); auxiliaries, most permissive
-    threshold first, take the small queries (b ≤ B_k) offered to them, the base the rest. The split and
+    type serving the largest share of the mix within QoS (`base_types`); auxiliaries, the one taking most
+    of a base instance's work first, take the queries offered to them among those they are eligible
+    for (`bm.band_eligible`: their p99 within QoS, batch by batch, as the dispatcher tests it), the
+    base the rest. The split and
     the waits follow the Kairos dispatcher, each part only when `bm` carries what it needs:
       * preference (`bm.band_pref`, from the dispatcher's idle edge costs): on the small queries for
         which an idle base costs less than an idle auxiliary, the base takes them whenever one of its
@@ -112,9 +114,12 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         instance is busy (Erlang C of the whole base load) and its wait drains at the capacity the
         must load leaves (the decay θ below from the must load only).
       * diversion (`diversion=True`): a must query whose wait would exceed its slack is sent to an
-        auxiliary if one is free; it then misses QoS with that auxiliary's no-wait miss share of its
+        auxiliary if one is free: to the type the dispatcher ranks cheapest on an idle instance for its
+        band (`bm.band_idle_cost`, the band's mean of `batch_idle_cost`), the next one while every
+        instance of that type is busy (Erlang C of its load y_k/Q_k), and so on (without the costs:
+        the type of fewest misses). It then misses QoS with that type's no-wait miss share of its
         band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
-        instance of that auxiliary is busy (Erlang C of its load y_k/Q_k).
+        instance of every other type is busy.
       * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
         can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
@@ -125,8 +130,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share times its rate y_k (from the
     measured samples, or 0/1 from the feasibility table) — and queries whose wait exceeds their slack,
     with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
-        P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (c·μ − λ)·2/(1 + C_s²),
-    λ the pool's arrival rate, 1/μ = E[S] its mean service time over the batches it serves, a = λ/μ,
+        P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (Σ_i μ_i − λ)·2/(1 + C_s²),
+    λ the pool's arrival rate, Σ_i μ_i the rate at which its instances drain the queue while all are
+    busy (each instance's service rate on the queries it serves: c·μ for c base instances with
+    1/μ = E[S] their mean service time; in a shared pool a slow auxiliary adds its own rate, not the
+    pool's mean), a the pool's load in Erlangs,
     C_s² the squared coefficient of variation of that service time (across batches, and within a batch
     when `bm` has the samples' `svc_cv2`), t = QoS − L_b(b) per batch (the feasibility latency where it
     meets QoS, else the mean), counted on the queries that do not miss anyway. With the 0/1 table, a
@@ -145,11 +153,18 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
     ub = upper_bound(configs, bm)
     est = np.zeros(len(configs))
-    band_p, band_small, band_m1, band_m2, band_tail = bm.band_p, bm.band_small, bm.band_m1, bm.band_m2, bm.band_tail
-    band_miss, small_miss = bm.band_miss, bm.small_miss
+    band_p, band_m1, band_m2, band_tail = bm.band_p, bm.band_m1, bm.band_m2, bm.band_tail
+    band_small = bm.band_eligible if bm.band_eligible is not None else bm.band_small
+    band_miss = bm.band_miss
     if (band_p is None or band_small is None or band_m1 is None or band_m2 is None or band_tail is None
-            or band_miss is None or small_miss is None):
+            or band_miss is None):
         raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
+    # what each type may take (the bands it is eligible on): its share of the mix s_k, its rate Q_k on
+    # those queries (one instance) and the share of them it misses QoS on without waiting
+    share = band_small @ band_p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        small_rate = np.where(share > 0, share / (band_small * band_m1).sum(axis=1), 0.0)
+        small_miss = np.where(share > 0, (band_small * band_miss).sum(axis=1) / share, 0.0)
     n_types = len(bm.types)
     base = base_types(configs, bm)
     idle = idle_miss(configs, bm)
@@ -160,8 +175,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
             continue
         n = configs[rows].astype(float)
         n_b = n[:, j]
-        s, t = bm.coverage, bm.time_share[j]
-        aux = [k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0 and bm.small_rate_qps[k] > 0]
+        t = (band_small * band_m1[j][None, :]).sum(axis=1) / band_m1[j].sum()  # a base instance's time on k's share
+        aux = [k for k in np.argsort(-t, kind="stable") if k != j and share[k] > 0 and small_rate[k] > 0]
         aux_n = {k: n[:, k] for k in aux}
         p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -172,8 +187,9 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
             mid = 0.5 * (lo + hi)
             ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
                              p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                             small_rate=bm.small_rate_qps, qos=qos, eps=eps, divert=divert,
+                             small_rate=small_rate, qos=qos, eps=eps, divert=divert,
                              pref=bm.band_pref[j] if bm.band_pref is not None else None,
+                             divert_cost=bm.band_idle_cost,
                              hold=bm.band_hold[j] if bm.band_hold is not None else None)
             lo = np.where(ok, mid, lo)
             hi = np.where(ok, hi, mid)
@@ -187,6 +203,7 @@ def _admissible(
     small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
+    divert_cost: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -230,6 +247,8 @@ def _admissible(
         busy_b = 0.5 * (busy_b + erlang_c(n_b, work))  # damped: the undamped split can alternate
     lam_b = r @ p_g
     with np.errstate(divide="ignore", invalid="ignore"):
+        base_rate = np.where(work > 0, lam_b / work, p_g.sum() / m1.sum())  # one base instance's rate on its share
+    with np.errstate(divide="ignore", invalid="ignore"):
         cs2 = np.where(work > 0, (r @ m2) * lam_b / work**2 - 1.0, 0.0)
     # bands no present auxiliary can take ("must") wait for the base alone. The base takes the others
     # only when free (the matching gives a free base to a query that only it can serve first), so the
@@ -242,10 +261,25 @@ def _admissible(
     tail_must = _wait_tail(n_b, r_must @ m1, r_must @ p_g, r_must @ m2, tail, qos)
     # a must query that would wait past its slack goes to an auxiliary instead when one is free
     # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
+    # (the dispatcher's choice among the free ones: the type of least idle cost on the band,
+    # `divert_cost`, the next one when every instance of it is busy; without costs, the type of
+    # fewest misses)
     late = np.ones_like(r)
-    for k, (n_k, share_k) in (divert or {}).items():
-        busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
-        late = np.minimum(late, np.where(n_k[:, None] > 0, share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
+    if divert and divert_cost is not None:
+        busy = {k: np.where(n_k > 0, erlang_c(n_k, aux_load.get(k, np.zeros(len(lam)))), 1.0)
+                for k, (n_k, _) in divert.items()}
+        for g in range(r.shape[1]):
+            none_free = np.ones(len(lam))  # every instance of the cheaper types busy
+            missed = np.zeros(len(lam))
+            for k in sorted(divert, key=lambda k: float(divert_cost[k, g])):
+                missed += none_free * (1.0 - busy[k]) * divert[k][1][g]
+                none_free = none_free * busy[k]
+            late[:, g] = missed + none_free
+    else:
+        for k, (n_k, share_k) in (divert or {}).items():
+            busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
+            late = np.minimum(late, np.where(n_k[:, None] > 0,
+                                             share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
     violating = erlang_c(n_b, work) * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
     # the other queries (the auxiliaries', and the base's share of bands an auxiliary can take) wait in
     # the queue shared by every present instance eligible on their band, and miss when that wait
@@ -258,7 +292,8 @@ def _admissible(
         c_p = n_b + sum((aux_n[k] for k in eligible), np.zeros(len(lam)))
         a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
         rate_p = lam_b + sum((aux_rate[k] for k in eligible), np.zeros(len(lam)))
-        x = _decay_x(c_p, a_p, rate_p, cs2, qos)
+        drain_p = n_b * base_rate + sum((aux_n[k] * small_rate[k] for k in eligible), np.zeros(len(lam)))
+        x = _decay_x(c_p, a_p, rate_p, cs2, qos, capacity=drain_p)
         busy_p = erlang_c(c_p, a_p)
         for g in bands:
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
@@ -277,10 +312,14 @@ def _wait_tail(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, second: 
     return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
 
 
-def _decay_x(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, cs2: np.ndarray, qos: float) -> np.ndarray:
-    """θ·QoS on `TAIL_GRID`, θ = (c − a)/E[S]·2/(1 + C_s²) the M/G/c waiting tail's decay of `servers` serving
-    `load` Erlangs at `rate` queries/s (E[S] = load/rate; ∞ with no load), per configuration."""
+def _decay_x(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, cs2: np.ndarray, qos: float,
+             capacity: np.ndarray | None = None) -> np.ndarray:
+    """θ·QoS on `TAIL_GRID`, θ = (capacity − λ)·2/(1 + C_s²) the M/G/c waiting tail's decay of `servers` serving
+    `load` Erlangs at λ = `rate` queries/s, per configuration. `capacity` is the rate at which the pool
+    drains its queue while every instance is busy (Σ instances × each one's service rate); by default
+    c/E[S] with E[S] = load/rate, exact for identical instances (θ ∞ with no load)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_svc = np.where(rate > 0, load / rate, 0.0)
-        theta = np.where(mean_svc > 0, (servers - load) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
+        cap = np.where(mean_svc > 0, servers / mean_svc, np.inf) if capacity is None else capacity
+        theta = np.where(mean_svc > 0, cap - rate, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
     return np.clip(theta * qos, 0.0, TAIL_GRID[-1])

@@ -15,8 +15,9 @@ from kairosd.planner.queueing import queue_estimate
 
 TOP_K = 10
 # kairos selector: configurations whose queue-aware estimate is within this share of the best
-# estimate are "queue-safe"; among them the highest fluid bound wins (see `select_kairos`)
-QUEUE_TOLERANCE = 0.1
+# estimate count as tied with it ("queue-safe"); among them the highest fluid bound wins (see
+# `select_kairos`). 0: the estimate ranks alone, the bound breaks only exact ties
+QUEUE_TOLERANCE = 0.0
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
 
@@ -142,19 +143,16 @@ def select_kairos_paper(cands: Candidates, evaluator: Evaluator | None = None, *
 
 
 def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tolerance: float = QUEUE_TOLERANCE) -> Selection:
-    """Kairos, queue-aware (no online exploration): among the configurations whose queue-aware estimate
-    is within `tolerance` of the best estimate ("queue-safe"), the one with the highest fluid bound
-    (ties: higher estimate, cheaper).
+    """Kairos, queue-aware (no online exploration): the configuration with the highest queue-aware
+    estimate (`queue_estimate`; ties: higher fluid bound, cheaper). With `tolerance` > 0, every
+    configuration whose estimate is within that share of the best counts as tied with it
+    ("queue-safe"), and the highest fluid bound (`upper_bound`, `ub_qps`) among them wins.
 
-    Why both signals: the estimate removes fleets the fluid bound overrates because their base pool
-    queues (e.g. one g4dn.xlarge for mtwnd/dien, which the estimate and the simulator both put near
-    half the bound), but it can be pessimistic for a single base with many auxiliaries when the
-    dispatcher lets those take large queries that just miss their p99 threshold. Among queue-safe
-    fleets the fluid bound ranks well. Which bound: `upper_bound` (the LP-dual bound, `ub_qps`); the
-    paper's proportional bound in its place underrates fleets such as wnd's 2×g4dn.xlarge +
-    16×r5n.large at 3.5 $/h. The tolerance is inside the range over which the choices on the authors'
-    15 cases and on 30 tuning workloads (`bench/planner_robust.py --first-seed 0`) do not change
-    (bench/results/planner.json, bench/results/planner_robust*.json).
+    Why the estimate: the fluid bound ignores queueing, so it overrates fleets whose base pool queues
+    (e.g. one g4dn.xlarge for mtwnd/dien, which the estimate and the simulator both put near half
+    the bound) and, with heavy tails, can be several times what any fleet serves; the estimate
+    models the Kairos dispatcher's routing and the waits. Between fleets whose estimates are close,
+    the bound is no better a judge: it is loosest where the estimate is lowest relative to it.
     """
     if len(cands) == 0:
         raise ConfigError("no configuration fits the budget")

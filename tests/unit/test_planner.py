@@ -36,7 +36,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.planner.queueing import erlang_b, erlang_c, idle_miss
+from kairosd.planner.queueing import _decay_x, erlang_b, erlang_c, idle_miss
 
 QOS = 0.005
 
@@ -436,15 +436,20 @@ def test_kairos_paper_picks_the_top10_member_nearest_their_centre() -> None:
     np.testing.assert_array_equal(select_kairos_paper(cp, top_k=2).config, [0, 9])
 
 
-def test_kairos_takes_the_highest_bound_among_queue_safe_fleets() -> None:
+def test_kairos_ranks_by_estimate_and_a_tolerance_admits_the_highest_bound() -> None:
     configs = np.array([[1, 6], [2, 3], [2, 2], [1, 5]])
     ub = np.array([10.0, 9.0, 8.0, 9.5])
-    est = np.array([5.0, 8.5, 8.0, 4.0])  # (1, 6) has the best bound but queues: estimate half of it
+    est = np.array([5.0, 8.5, 8.6, 4.0])  # (1, 6) has the best bound but queues: estimate half of it
     c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub, est)
-    # queue-safe: estimate >= 0.85·8.5 = 7.225 → (2, 3) and (2, 2); the higher bound wins
-    np.testing.assert_array_equal(select_kairos(c).config, [2, 3])
+    # by default the estimate ranks alone
+    np.testing.assert_array_equal(select_kairos(c).config, [2, 2])
+    # tolerance 5%: estimate >= 0.95·8.6 = 8.17 → (2, 3) and (2, 2) are tied; the higher bound wins
+    np.testing.assert_array_equal(select_kairos(c, tolerance=0.05).config, [2, 3])
     # a loose tolerance admits (1, 6) again
     np.testing.assert_array_equal(select_kairos(c, tolerance=0.5).config, [1, 6])
+    # equal estimates: the higher bound breaks the tie
+    tied = dataclasses.replace(c, est_qps=np.array([5.0, 8.6, 8.6, 4.0]))
+    np.testing.assert_array_equal(select_kairos(tied).config, [2, 3])
     with pytest.raises(ConfigError, match="estimate"):
         select_kairos(Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub))
 
@@ -656,6 +661,69 @@ def _large_and_small_model(aux_large_miss: float, *, prefer_base: bool) -> Bound
     miss[1, 100] = aux_large_miss
     cost = mean.copy() if prefer_base else np.where(np.arange(101) <= 10, 2.0, 1.0)[None, :] * mean[::-1]
     return BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
+
+
+def _two_fallbacks_model(cheap_misses: bool) -> BoundModel:
+    """`_large_and_small_model`'s base and mix with two auxiliary types that both miss the large
+    queries' p99 but are on time on the mean: "a" misses 80% of them, "b" 10%. The dispatcher ranks
+    the idle "a" cheaper for the large batch when `cheap_misses`, else "b"."""
+    mean = np.zeros((3, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0045])
+    mean[1] = mean[2] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0048])
+    p99 = mean * np.array([[1.0], [1.2], [1.2]])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.9, 0.1]
+    miss = np.zeros((3, 101))
+    miss[1, 100], miss[2, 100] = 0.8, 0.1
+    cost = mean * np.array([[3.0], [1.0], [2.0]]) if cheap_misses else mean * np.array([[3.0], [2.0], [1.0]])
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "a", "b"), miss=miss, dispatch_cost=cost)
+
+
+def test_a_diverted_query_goes_where_the_dispatcher_ranks_it_cheapest() -> None:
+    """A large query late for the one base goes to the free fallback the dispatcher ranks cheapest,
+    not to the one that misses least: when that is the type missing 80%, the estimate is lower; with
+    no costs in the model it takes the type of fewest misses."""
+    configs = np.array([[1, 6, 6]])  # enough auxiliaries that one of each type is mostly free
+    bm = _two_fallbacks_model(True)
+    assert bm.band_idle_cost is not None
+    worse = queue_estimate(configs, bm)[0]
+    better = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[0, 2, 1]]))[0]
+    fewest = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=None))[0]
+    assert 0 < worse < 0.95 * better
+    assert fewest == pytest.approx(better, rel=1e-3)
+
+
+def test_auxiliaries_take_every_batch_their_p99_serves_within_qos() -> None:
+    """A p99 table that is not monotone in the batch (a heavy tail drawn in one cell): the threshold
+    B_k stops at the first batch that misses, the dispatcher's test (and `band_eligible`) takes every
+    batch that passes, and the estimate lets the auxiliary take them."""
+    mean = np.zeros((2, 31))
+    mean[:, [10, 20, 30]] = 0.002
+    feas = mean.copy()
+    feas[1, 20] = 0.009  # the auxiliary's p99 misses QoS at batch 20 only
+    pmf = np.zeros(31)
+    pmf[[10, 20, 30]] = 1 / 3
+    bm = BoundModel.build(mean, feas, pmf, 0.005, ("base", "aux"))
+    assert bm.threshold_batch[1] == 10 and bm.coverage[1] == pytest.approx(1 / 3)
+    assert bm.band_small is not None and bm.band_eligible is not None and bm.band_p is not None
+    assert bm.band_small[1] @ bm.band_p == pytest.approx(1 / 3)
+    assert bm.band_eligible[1] @ bm.band_p == pytest.approx(2 / 3)
+    configs = np.array([[1, 2]])
+    by_threshold = queue_estimate(configs, dataclasses.replace(bm, band_eligible=None))[0]
+    assert queue_estimate(configs, bm)[0] > by_threshold > 0
+
+
+def test_a_mixed_pool_drains_at_its_instances_summed_rates() -> None:
+    """θ·QoS of the waiting tail: c/E[S] − λ for identical instances (2 instances, E[S] = 0.1 s at
+    10 queries/s: 2·(20 − 10) = 20 with C_s² = 0, QoS 1 s); a pool of a 25/s and an 8/s instance
+    drains at 33/s, not at 2/E[S] of the pooled mean service."""
+    one = np.ones(1)
+    assert _decay_x(2 * one, one, 10 * one, 0 * one, 1.0)[0] == pytest.approx(20.0)
+    # 13.5/s: 6/s on the fast one (0.24 Erlangs), 7.5/s on the slow one (0.9375): E[S] = 0.0872 s
+    load = np.array([6 / 25 + 7.5 / 8])
+    pooled = _decay_x(2 * one, load, 13.5 * one, 0 * one, 1.0)[0]
+    assert pooled == pytest.approx(2 * (2 * 13.5 / load[0] - 13.5))
+    assert _decay_x(2 * one, load, 13.5 * one, 0 * one, 1.0, capacity=33 * one)[0] == pytest.approx(2 * (33 - 13.5))
 
 
 def test_queue_estimate_counts_large_queries_diverted_to_auxiliaries() -> None:
