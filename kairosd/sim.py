@@ -217,6 +217,22 @@ class SimResult:
     wall_s: float
 
 
+def _late_in_queue(arr_l: list[float], queue: list[int], now: float, deadline_s: float, measure_from: int) -> int:
+    """How many measured queries in `queue` (indices in arrival order) have already waited longer than
+    `deadline_s`: violations whatever happens next."""
+    cutoff = bisect.bisect_left(arr_l, now - deadline_s)  # queries before it arrived > deadline ago
+    return max(bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from), 0)
+
+
+def _without(queue: list[int], rows: list[int]) -> list[int]:
+    """`queue` less the entries at positions `rows` (the queries a round assigned)."""
+    if len(rows) == 1:
+        del queue[rows[0]]
+        return queue
+    taken = set(rows)
+    return [q for k, q in enumerate(queue) if k not in taken]
+
+
 def _run(
     arr: np.ndarray,
     svc: np.ndarray,
@@ -269,12 +285,9 @@ def _run(
             now = t_arr
             queue.append(i)
             i += 1
-            if now - arr_l[queue[0]] > deadline_s and i > measure_from:
-                # measured queries already waiting longer than QoS are violations whatever happens next
-                cutoff = bisect.bisect_left(arr_l, now - deadline_s)  # queries before it arrived > QoS ago
-                late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
-                if viol + max(late, 0) > max_violations:
-                    return finish, True, calls, work
+            if (now - arr_l[queue[0]] > deadline_s and i > measure_from
+                    and viol + _late_in_queue(arr_l, queue, now, deadline_s, measure_from) > max_violations):
+                return finish, True, calls, work
         else:
             break
         if not queue or n_free == 0:
@@ -306,11 +319,7 @@ def _run(
             if f - arr_l[q] > deadline_s and q >= measure_from:
                 viol += 1
         n_free -= len(rows)
-        if len(rows) == 1:
-            del queue[rows[0]]
-        else:
-            taken = set(rows)
-            queue = [q for k, q in enumerate(queue) if k not in taken]
+        queue = _without(queue, rows)
         if viol > max_violations:
             return finish, True, calls, work
     return finish, False, calls, work
@@ -346,7 +355,10 @@ def _run_pipelined(
     cols_l: list[int] = cols.tolist()
     half: list[float] = (hops / 2.0).tolist()
     inst_end = [0.0] * n_i  # when each column's instance finishes the last query it was sent
-    ahead: list[list[float]] = [[] for _ in range(n_i)]  # expected finishes of the queries in flight, in order
+    # each column's queries in flight (at most 2: one sent ahead) and their expected finishes, in order
+    n_in = np.zeros(n_i, dtype=np.intp)
+    first = np.full(n_i, math.inf)
+    second = np.full(n_i, math.inf)
     heap: list[tuple[float, int]] = []
     queue: list[int] = []
     finish = np.full(n_q, np.inf)
@@ -367,30 +379,28 @@ def _run_pipelined(
                 if c < 0:
                     tick_at = inf
                 else:
-                    ahead[c].pop(0)
+                    n_in[c] -= 1
+                    first[c], second[c] = second[c], inf
         elif i < n_q:
             now = t_arr
             queue.append(i)
             i += 1
-            if now - arr_l[queue[0]] > deadline_s and i > measure_from:
-                cutoff = bisect.bisect_left(arr_l, now - deadline_s)
-                late = bisect.bisect_left(queue, cutoff) - bisect.bisect_left(queue, measure_from)
-                if viol + max(late, 0) > max_violations:
-                    return finish, True, calls, work
+            if (now - arr_l[queue[0]] > deadline_s and i > measure_from
+                    and viol + _late_in_queue(arr_l, queue, now, deadline_s, measure_from) > max_violations):
+                return finish, True, calls, work
         else:
             break
         if not queue:
             continue
-        busy = np.zeros(n_i)
-        free = np.ones(n_i, dtype=bool)
-        for c in range(n_i):
-            a_c = ahead[c]
-            if a_c:
-                busy[c] = max(a_c[0] - now, 1e-6)
-                free[c] = len(a_c) == 1 and window_s > 0.0 and a_c[0] - now <= window_s
-        a = policy(Snapshot(q_model[:min(window, len(queue))], batches[queue[:window]], now - arr[queue[:window]],
-                            q_qos[:min(window, len(queue))], cols, busy, free)) if free.any() else None
-        if a is not None:
+        busy = np.where(n_in > 0, np.maximum(first - now, 1e-6), 0.0)
+        free = n_in == 0
+        if window_s > 0.0:
+            free |= (n_in == 1) & (first - now <= window_s)
+        a = None
+        if free.any():
+            m = min(window, len(queue))
+            qi = np.array(queue[:m], dtype=np.intp)
+            a = policy(Snapshot(q_model[:m], batches[qi], now - arr[qi], q_qos[:m], cols, busy, free))
             calls += 1
         if a is None or len(a) < len(queue):
             if tick_at == inf and tick_s > 0.0 and (heap or i < n_q):
@@ -411,16 +421,16 @@ def _run_pipelined(
             end = max(now + half[q], inst_end[c]) + s_qt
             inst_end[c] = end
             f = end + half[q]
-            ahead[c].append(now + busy[c] + expected[q, t] if ahead[c] else now + expected[q, t])
+            if n_in[c]:
+                second[c] = now + busy[c] + expected[q, t]
+            else:
+                first[c] = now + expected[q, t]
+            n_in[c] += 1
             heapq.heappush(heap, (f, c))
             finish[q] = f
             if f - arr_l[q] > deadline_s and q >= measure_from:
                 viol += 1
-        if len(rows) == 1:
-            del queue[rows[0]]
-        else:
-            taken = set(rows)
-            queue = [q for k, q in enumerate(queue) if k not in taken]
+        queue = _without(queue, rows)
         if viol > max_violations:
             return finish, True, calls, work
     return finish, False, calls, work
@@ -1029,11 +1039,7 @@ def _run_mix(
                 if viol[g] > cap[g]:
                     return finish, True, calls, work
         n_free -= len(rows)
-        if len(rows) == 1:
-            del queue[rows[0]]
-        else:
-            taken = set(rows)
-            queue = [q for k, q in enumerate(queue) if k not in taken]
+        queue = _without(queue, rows)
     return finish, False, calls, work
 
 
