@@ -318,17 +318,15 @@ def path_of(light: dict[str, Any], seed: int) -> Any:
     from kairosd.config import SchedulerConfig
     from kairosd.sim import PathModel
 
-    tick_s = SchedulerConfig().tick_ms / 1e3
     hop_ms = max(float(light.get("hop_mean_ms") or 0.0), 0.0)
     p50, p99 = float(light.get("excess_p50_ms") or 0.0), float(light.get("excess_p99_ms") or 0.0)
-    if hop_ms <= 0 or p50 <= 0 or p99 <= p50:
-        return PathModel(hop_mean_s=hop_ms / 1e3, client_s=max(p50 - hop_ms, 0.0) / 1e3, seed=seed,
-                         pipeline_tick_s=tick_s)
-    sigma = math.log(p99 / p50) / Z99
-    cv = math.sqrt(math.expm1(sigma * sigma))
-    excess_mean = p50 * math.exp(sigma * sigma / 2)
-    return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=cv * hop_ms / 1e3,
-                     client_s=max(excess_mean - hop_ms, 0.0) / 1e3, seed=seed, pipeline_tick_s=tick_s)
+    cv, excess_mean = 0.0, p50
+    if hop_ms > 0 and p50 > 0 and p99 > p50:
+        sigma = math.log(p99 / p50) / Z99
+        cv = math.sqrt(math.expm1(sigma * sigma))
+        excess_mean = p50 * math.exp(sigma * sigma / 2)
+    return PathModel(hop_mean_s=hop_ms / 1e3, hop_sd_s=cv * hop_ms / 1e3, client_s=max(excess_mean - hop_ms, 0.0) / 1e3,
+                     seed=seed, pipeline_tick_s=SchedulerConfig().tick_ms / 1e3)
 
 
 def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...], ub: float, light: dict[str, Any],

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,8 @@ def where_spent(latency: np.ndarray, service: np.ndarray, served_by: list[str], 
     """Over the queries from `first` on: the latency split by where it was spent, p50 and p99 in ms
     (client → head → instance: front end, kairosd's queue, the send; at the instance beyond the service
     drawn: slot wait, timer; instance → head → client), the mean service, the latency beyond the service
-    (p50, p99) and the queries per serving type. Times in seconds on one monotonic clock."""
+    (waiting in kairosd or at the instance, and every hop; p50, p99) and the queries per serving type.
+    Times in seconds on one monotonic clock."""
     parts = {"to_instance": arrived - sent, "at_instance_beyond_service": ended - arrived - service,
              "back_to_client": received - ended}
     split = {}
@@ -207,7 +209,7 @@ def where_spent(latency: np.ndarray, service: np.ndarray, served_by: list[str], 
         "service_mean_ms": float(np.nanmean(service)) * 1e3 if np.isfinite(service).any() else None,
         "excess_p50_ms": float(np.percentile(excess, 50)) * 1e3 if len(excess) else None,
         "excess_p99_ms": float(np.percentile(excess, 99)) * 1e3 if len(excess) else None,
-        "served_by": {t: int(sum(1 for x in served_by[first:] if x == t)) for t in sorted(set(served_by[first:])) if t},
+        "served_by": dict(sorted(Counter(t for t in served_by[first:] if t).items())),
     }
 
 
@@ -369,7 +371,6 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         answered = np.array([o in ("OK", "WRONG") for o in outcome])
         measured = np.where(answered, latency, math.inf)[first:]
     wall = time.monotonic() - start
-    # latency beyond the service the instance gave: waiting (in kairosd or at the instance) + every hop
     extra: dict[str, Any] = {}
     if outcomes:
         extra["outcomes"] = outcome_summary(outcome, latency, float(spec["qos_s"]), n / float(spec["rate_qps"]))
