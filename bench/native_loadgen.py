@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from openloop import WARMUP_FRACTION, http_request, run_loadgen, where_spent  # bench/openloop.py (puts kairosd on the path)
 
+from kairosd.backends.http_wire import host_line, request_head  # noqa: E402
+
 SOURCE = Path(__file__).resolve().parent / "native" / "openloop.c"
 BUILD = SOURCE.parent / "build"
 SPIN_US = 100
@@ -80,10 +82,7 @@ def binary(name: str = "openloop") -> Path:
 
 def raw_request(address: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
     """The complete HTTP/1.1 request, as kairosd's HttpWirePool writes it."""
-    lines = [f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {len(body)}\r\n"]
-    lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1") + body
+    return request_head(path, host_line(address), headers, len(body)) + body
 
 
 def write_input(path: Path, address: str, requests: list[bytes], offsets: np.ndarray, which: np.ndarray,

@@ -152,6 +152,19 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
         pos = eol + 2 + size + 2
 
 
+def host_line(address: str) -> str:
+    """The part of a request head between the request line and the length, for `host:port`."""
+    return f"\r\nHost: {address}\r\nContent-Length: "
+
+
+def request_head(path: str, host: str, headers: dict[str, str], length: int) -> bytes:
+    """A POST request's head: request line, `host` (from `host_line`) with the body's `length`, `headers`."""
+    lines = [f"POST {path} HTTP/1.1{host}{length}\r\n"]
+    lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
 class HttpWirePool:
     """Keep-alive connections to one `host:port`, reused last-in first-out; unbounded (the scheduler
     bounds how many requests are in flight to an instance)."""
@@ -162,16 +175,13 @@ class HttpWirePool:
             raise ValueError(f"HTTP address {address!r} is not host:port")
         self._host = host.strip("[]")
         self._port = int(port)
-        self._host_line = f"\r\nHost: {address}\r\nContent-Length: "
+        self._host_line = host_line(address)
         self._idle: list[_Connection] = []
 
     async def post(self, path: str, headers: dict[str, str], body: bytes, timeout_s: float | None) -> WireReply:
         """POST `body` to `path` with `headers`; the whole reply (header names in lower case).
         Raises HttpWireError (connection refused, lost or unreadable reply) or TimeoutError."""
-        lines = [f"POST {path} HTTP/1.1{self._host_line}{len(body)}\r\n"]
-        lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
-        lines.append("\r\n")
-        head = "".join(lines).encode("latin-1")
+        head = request_head(path, self._host_line, headers, len(body))
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         conn = None
