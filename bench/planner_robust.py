@@ -48,6 +48,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,19 @@ def _key(c: np.ndarray) -> tuple[int, ...]:
     return tuple(int(x) for x in c)
 
 
+def dominance(sw: synth.SynthWorkload) -> np.ndarray:
+    """Kairos+'s type dominance for the workload's model (`type_dominance` on its means and samples)."""
+    wl = sw.workload
+    ti = [wl.profiles.type_index(t) for t in wl.types]
+    mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
+    return type_dominance(mean, wl.samples.relative(sw.model, wl.types), workload.GRID_STEP)
+
+
+def bound_of(bm: BoundModel) -> Callable[[np.ndarray], float]:
+    """One configuration's `upper_bound` (the evaluators' bound check)."""
+    return lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
+
+
 def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[str, Any]:
     sw = synth.synth_workload(seed, max_configs=args.max_configs)
     wl = sw.workload
@@ -142,7 +156,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     k = select_kairos(cands)
     kairos_s = time.perf_counter() - t0
     paper = select_kairos_paper(cands)
-    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
+    bound = bound_of(bm)
 
     t1 = time.perf_counter()
     plus_seeds = [PLUS_SEED + 10 * s for s in range(args.plus_seeds)]
@@ -151,10 +165,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
-    ti = [wl.profiles.type_index(t) for t in wl.types]
-    mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
-    dominates = type_dominance(mean, wl.samples.relative(sw.model, wl.types), workload.GRID_STEP)
-    kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
+    kp = select_kairos_plus(cands, plus_ev, dominates=dominance(sw))
     plus_s = kairos_s + time.perf_counter() - t1
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
     cache.save(plus_ev, seed, plus_seeds, plus_queries)
@@ -248,17 +259,14 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             raise SystemExit(f"{path}: workload {r['seed']}: the candidates differ from the recorded ones")
         opt = float(r["optimum"]["qps"])
         k = select_kairos(cands)
-        ti = [sw.workload.profiles.type_index(t) for t in sw.workload.types]
-        mean = sw.workload.profiles.mean_s[sw.workload.profiles.model_index(sw.model)][ti]
-        dominates = type_dominance(mean, sw.workload.samples.relative(sw.model, sw.workload.types), workload.GRID_STEP)
+        dominates = dominance(sw)
         if args.plus_simulate:
             st = data["settings"]
             plus_seeds = [int(x) for x in st["plus_seeds"]]
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
-            bound = lambda x, bm=bm: float(upper_bound(np.asarray(x)[None, :], bm)[0])  # noqa: E731
             plus_ev = SeedsEvaluator(tuple(workload.sim_setup(sw.workload, sw.model, n_queries=plus_queries, seed=s,
                                                               mix=sw.mix) for s in plus_seeds),
-                                     bound=bound, workers=args.workers)
+                                     bound=bound_of(bm), workers=args.workers)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
             cache.save(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
