@@ -248,7 +248,6 @@ def _admissible(
     lam_b = r @ p_g
     with np.errstate(divide="ignore", invalid="ignore"):
         base_rate = np.where(work > 0, lam_b / work, p_g.sum() / m1.sum())  # one base instance's rate on its share
-    with np.errstate(divide="ignore", invalid="ignore"):
         cs2 = np.where(work > 0, (r @ m2) * lam_b / work**2 - 1.0, 0.0)
     # bands no present auxiliary can take ("must") wait for the base alone. The base takes the others
     # only when free (the matching gives a free base to a query that only it can serve first), so the
