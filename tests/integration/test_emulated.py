@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +188,14 @@ def _fidelity_failures(samples: list[tuple[str, float, float]], where: str, allo
     return failures
 
 
-def _check_fidelity(url_of: Callable[[str], str], loops: list[str], where: str, allowance_ms: dict[int, float]) -> None:
+def _check_fidelity(urls: list[str], where: str, allowance_ms: dict[int, float]) -> None:
     """Fidelity in one of two rounds of FIDELITY_QUERIES a loop: a stall of the shared VM (hypervisor steal
     of 0.3-0.5 cores was measured on this host) can shift one round's median by a few ms, which says
     nothing of the emulation; the failures of both rounds are reported."""
     failures: list[str] = []
     for _ in range(2):
         samples: list[tuple[str, float, float]] = []
-        asyncio.run(_gather([_loop(url_of(t), FIDELITY_QUERIES, samples) for t in loops]))
+        asyncio.run(_gather([_loop(url, FIDELITY_QUERIES, samples) for url in urls]))
         round_failures = _fidelity_failures(samples, where, allowance_ms)
         if not round_failures:
             return
@@ -208,9 +208,9 @@ def test_fidelity_direct_and_through_kairosd(daemon: RunningDaemon) -> None:
         fleet = json.loads(r.read())
     addresses = {i["type"]: i["address"] for i in fleet["instances"]}
     assert sorted(addresses) == sorted(TYPES)
-    _check_fidelity(addresses.__getitem__, list(TYPES), "direct", DIRECT_ALLOWANCE_MS)
+    _check_fidelity([addresses[t] for t in TYPES], "direct", DIRECT_ALLOWANCE_MS)
     # through kairosd: round robin over idle instances, as many client loops as instances (low load)
-    _check_fidelity(lambda _: daemon.grpc_url, list(TYPES), "through kairosd", HEAD_ALLOWANCE_MS)
+    _check_fidelity([daemon.grpc_url] * len(TYPES), "through kairosd", HEAD_ALLOWANCE_MS)
 
 
 async def _gather(loops: list[Coroutine[Any, Any, None]]) -> None:
