@@ -108,7 +108,10 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         is free, unless the dispatcher holds it for k (`bm.band_hold`: the wait at which a busy k
         stops being cheaper than an idle base, C_k·(T + L_k) ≤ C_b·L_b, at most k's slack): then only
         what would wait longer than the hold, B·exp(−(n_k − a_k)·Q_k·hold). The rest stays with k, up
-        to its capacity n_k·Q_k.
+        to its capacity n_k·Q_k. What k leaves loads the base, but misses where the dispatcher sends
+        it: a free instance of a type it ranks cheaper than the base on the band (`bm.band_idle_cost`)
+        when there is one — on a band whose p99 the base misses, a cheap type that takes it on its mean
+        and misses far more often — else the base (`_overflow_misses`).
       * priority: bands no present auxiliary can take ("must" queries) wait for the base alone; the
         base takes the other bands' queries only when free, so a must query waits when every base
         instance is busy (Erlang C of the whole base load) and its wait drains at the capacity the
@@ -222,6 +225,7 @@ def _admissible(
         aux_rate: dict[int, np.ndarray] = {}  # y_k, queries/s
         aux_load: dict[int, np.ndarray] = {}  # y_k/Q_k, Erlangs
         aux_mult: dict[int, np.ndarray] = {}  # per-band rate multipliers, like r
+        aux_over: dict[int, np.ndarray] = {}  # what k is offered and does not take, queries/s per band
         for k in aux:
             feed = band_small[k][None, :] * (1.0 if pref is None else 1.0 - pref[k][None, :] * (1.0 - busy_b[:, None]))
             s_k = feed @ p_g  # the share of the mix the auxiliary is offered
@@ -238,6 +242,7 @@ def _admissible(
             with np.errstate(divide="ignore", invalid="ignore"):
                 y = np.where(s_k > 0, np.minimum(offered * (1.0 - over), aux_n[k] * small_rate[k]), 0.0)
                 taken = np.where(s_k > 0, y / s_k, 0.0)
+            aux_over[k] = (np.maximum(lam - used, 0.0) - taken)[:, None] * feed * p_g[None, :]
             used += taken
             aux_miss += y * small_miss[k]
             r -= taken[:, None] * feed
@@ -280,6 +285,9 @@ def _admissible(
             late = np.minimum(late, np.where(n_k[:, None] > 0,
                                              share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
     violating = erlang_c(n_b, work) * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
+    if divert and divert_cost is not None:
+        violating = violating + _overflow_misses(aux_over, j=j, busy_b=erlang_c(n_b, work), aux_load=aux_load,
+                                                 divert=divert, divert_cost=divert_cost, p_g=p_g, miss_g=miss_g)
     # the other queries (the auxiliaries', and the base's share of bands an auxiliary can take) wait in
     # the queue shared by every present instance eligible on their band, and miss when that wait
     # exceeds the base's slack (a query late for its auxiliary goes to a free base)
@@ -298,6 +306,41 @@ def _admissible(
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
             violating = violating + shared[:, g] * wait_g
     return (work < n_b) & (violating <= eps * lam)
+
+
+def _overflow_misses(
+    aux_over: Mapping[int, np.ndarray], *, j: int, busy_b: np.ndarray, aux_load: Mapping[int, np.ndarray],
+    divert: Mapping[int, tuple[np.ndarray, np.ndarray]], divert_cost: np.ndarray, p_g: np.ndarray, miss_g: np.ndarray,
+) -> np.ndarray:
+    """The misses `_admissible` adds for the queries an auxiliary k is offered but does not take, beyond
+    what the base's no-wait miss share counts for them: the dispatcher sends such a query to the free
+    instance it ranks cheapest on the band (`divert_cost`: the Kairos tiers, then C·L), among the present
+    types other than k, the next type while every instance of one is busy (Erlang C of its load; the
+    base's whole load for the base), and it misses there with that type's no-wait miss share of the
+    band; with every instance busy, it waits for the base (its share). Where the base meets QoS on the
+    band's p99 it is the dispatcher's choice or one as good; where it does not, the cheapest column of
+    the same tier can be a type that misses QoS far more often (e.g. a slow, cheap CPU type that takes a
+    band on its mean latency while a GPU type is only a few ms over on its p99). Per configuration."""
+    out = np.zeros(len(busy_b))
+    if not aux_over:
+        return out
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base_share = np.where(p_g > 0, miss_g / p_g, 0.0)
+    busy = {t: busy_b if t == j else np.where(n_t > 0, erlang_c(n_t, aux_load.get(t, np.zeros(len(busy_b)))), 1.0)
+            for t, (n_t, _) in divert.items()}
+    busy[j] = busy_b
+    share = {t: (base_share if t == j else divert[t][1]) for t in busy}
+    for k, over in aux_over.items():
+        for g in np.flatnonzero(np.any(over > 0, axis=0)):
+            none_free = np.ones(len(busy_b))
+            expected = np.zeros(len(busy_b))
+            for t in sorted((t for t in busy if t not in (k, j) and divert_cost[t, g] < divert_cost[j, g]),
+                            key=lambda t: float(divert_cost[t, g])):
+                expected += none_free * (1.0 - busy[t]) * share[t][g]
+                none_free = none_free * busy[t]
+            expected += none_free * base_share[g]
+            out += over[:, g] * (expected - base_share[g])
+    return out
 
 
 def _wait_tail(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, second: np.ndarray, tail: np.ndarray,

@@ -847,3 +847,36 @@ def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
     assert sel.qps == pytest.approx(6.0)
     clear = PairedEvaluator({(2, 0): [5.0, 6.0, 7.0], (1, 2): [5.5, 6.0, 7.3], (0, 4): [1.0, 1.0, 1.0]})
     np.testing.assert_array_equal(select_kairos_plus(cands, clear, budget_share=None).config, [1, 2])
+
+
+def _overflow_model() -> BoundModel:
+    """Three types; 45% of the queries batch 10, 45% batch 100, 10% batch 200. The base "g" serves
+    every batch, but on batch 100 its p99 is 0.2 ms over QoS (it misses 3% of them); "c" meets QoS on
+    batch 100's p99 (no miss) and is the dispatcher's first choice there, and misses batch 200 on its
+    mean; "t", slow and cheap, takes batch 100 on time on its mean only (it misses 30%). The
+    dispatcher ranks an idle "t" below an idle "g" for batch 100 (both fail the p99 test there)."""
+    mean = np.zeros((3, 201))
+    for k, lat in enumerate([(0.0010, 0.0020, 0.0030), (0.0015, 0.0030, 0.0060), (0.0020, 0.0040, 0.0070)]):
+        mean[k] = np.interp(np.arange(201), [10, 100, 200], lat)
+    p99 = mean * 1.2
+    p99[0, 100], p99[1, 100], p99[2, 100] = 0.0052, 0.0049, 0.0080
+    pmf = np.zeros(201)
+    pmf[[10, 100, 200]] = [0.45, 0.45, 0.10]
+    miss = np.zeros((3, 201))
+    miss[0, 100], miss[2, 100] = 0.03, 0.30
+    miss[1:, 200] = 1.0
+    cost = mean * np.array([[1.5], [0.5], [0.6]])
+    return BoundModel.build(mean, p99, pmf, QOS, ("g", "c", "t"), miss=miss, dispatch_cost=cost)
+
+
+def test_what_an_auxiliary_leaves_goes_to_the_cheapest_free_column_of_the_best_tier() -> None:
+    """A batch-100 query that finds the one "c" busy goes to the free column the dispatcher ranks
+    cheapest, "t", where it misses 30% of the time, not to the base's 3%: the estimate is far lower
+    than with "t" ranked below the base (which then takes it), and below the same fleet without "t"."""
+    bm = _overflow_model()
+    assert bm.band_idle_cost is not None
+    configs = np.array([[2, 1, 1]])
+    cheap_t = queue_estimate(configs, bm)[0]
+    costly_t = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[2, 1, 0]]))[0]
+    assert 0 < cheap_t < 0.9 * costly_t
+    assert cheap_t < 0.9 * queue_estimate(np.array([[2, 1, 0]]), bm)[0]
