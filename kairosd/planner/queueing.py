@@ -273,11 +273,8 @@ def _admissible(
         busy = {k: np.where(n_k > 0, erlang_c(n_k, aux_load.get(k, np.zeros(len(lam)))), 1.0)
                 for k, (n_k, _) in divert.items()}
         for g in range(r.shape[1]):
-            none_free = np.ones(len(lam))  # every instance of the cheaper types busy
-            missed = np.zeros(len(lam))
-            for k in sorted(divert, key=lambda k: float(divert_cost[k, g])):
-                missed += none_free * (1.0 - busy[k]) * divert[k][1][g]
-                none_free = none_free * busy[k]
+            order = sorted(divert, key=lambda k: float(divert_cost[k, g]))
+            missed, none_free = _first_free(order, busy, {k: divert[k][1][g] for k in order}, len(lam))
             late[:, g] = missed + none_free
     else:
         for k, (n_k, share_k) in (divert or {}).items():
@@ -308,6 +305,19 @@ def _admissible(
     return (work < n_b) & (violating <= eps * lam)
 
 
+def _first_free(order: Sequence[int], busy: Mapping[int, np.ndarray], miss: Mapping[int, float],
+                n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A query sent to the first type of `order` with a free instance (`busy[t]`: the probability that
+    every instance of t is busy, per configuration) and missing QoS there with `miss[t]`: its expected
+    miss share over those types, and the probability that every instance of every one is busy."""
+    missed = np.zeros(n)
+    none_free = np.ones(n)
+    for t in order:
+        missed += none_free * (1.0 - busy[t]) * miss[t]
+        none_free = none_free * busy[t]
+    return missed, none_free
+
+
 def _overflow_misses(
     aux_over: Mapping[int, np.ndarray], *, j: int, busy_b: np.ndarray, aux_load: Mapping[int, np.ndarray],
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]], divert_cost: np.ndarray, p_g: np.ndarray, miss_g: np.ndarray,
@@ -332,12 +342,9 @@ def _overflow_misses(
     share = {t: (base_share if t == j else divert[t][1]) for t in busy}
     for k, over in aux_over.items():
         for g in np.flatnonzero(np.any(over > 0, axis=0)):
-            none_free = np.ones(len(busy_b))
-            expected = np.zeros(len(busy_b))
-            for t in sorted((t for t in busy if t not in (k, j) and divert_cost[t, g] < divert_cost[j, g]),
-                            key=lambda t: float(divert_cost[t, g])):
-                expected += none_free * (1.0 - busy[t]) * share[t][g]
-                none_free = none_free * busy[t]
+            order = sorted((t for t in busy if t not in (k, j) and divert_cost[t, g] < divert_cost[j, g]),
+                           key=lambda t: float(divert_cost[t, g]))
+            expected, none_free = _first_free(order, busy, {t: share[t][g] for t in order}, len(busy_b))
             expected += none_free * base_share[g]
             out += over[:, g] * (expected - base_share[g])
     return out
