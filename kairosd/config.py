@@ -74,7 +74,7 @@ class ServerConfig:
 class SchedulerConfig:
     policy: str = "kairos"
     # parameters passed to the policy (e.g. threshold = 200 for "threshold"); kairos takes tail, margin_s,
-    # lookahead, hold and tiers (see kairosd.dispatch)
+    # lookahead, hold, tiers and sure_miss (see kairosd.dispatch)
     policy_params: Mapping[str, Any] = field(default_factory=dict)
     # how often waiting queries are checked against their deadlines while any wait
     tick_ms: float = 5.0

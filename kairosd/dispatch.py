@@ -51,6 +51,8 @@ from kairosd.profiles import ProfileTable
 # one QoS (C_j ≤ 1 and T_j + L_ij within a few QoS), any feasible matching beats any matching that
 # uses even one infeasible edge.
 INFEASIBLE_PENALTY_QOS = 1_000.0
+# how the kairos matching prices a sure miss (`KairosPolicy`'s `sure_miss`)
+SURE_MISS_RULES = ("cheapest", "finish")
 # up to this many columns a single query is matched by a scalar loop (cheaper than numpy calls)
 SCALAR_MAX_COLUMNS = 32
 
@@ -158,7 +160,11 @@ class KairosPolicy:
     service time rather than the mean; `margin_s` reserves time for the dispatcher's own overhead.
     `lookahead` (later slots offered per instance), `hold` and `tiers` switch the rules beyond the
     paper (module docstring); with `lookahead=0`, `hold=False`, `tiers=False` and `tail=False` this
-    is the paper's rule.
+    is the paper's rule. `sure_miss` prices an edge that misses QoS on the mean even without the
+    margin (with `tiers`): "cheapest" (default) the penalty twice plus C_j·(T_j + L_ij), so a sure
+    miss costs the fleet least; "finish" the penalty twice plus its expected finish T_j + L_ij, so it
+    goes where it is least late — on a small fleet the cheapest column can be a slow instance, and
+    the queries behind a sure miss sent there become late too.
     """
 
     name = "kairos"
@@ -173,9 +179,13 @@ class KairosPolicy:
         lookahead: int = 1,
         hold: bool = True,
         tiers: bool = True,
+        sure_miss: str = "cheapest",
     ) -> None:
         if lookahead < 0:
             raise ConfigError(f"kairos: lookahead must be >= 0, got {lookahead}")
+        if sure_miss not in SURE_MISS_RULES:
+            raise ConfigError(f"kairos: sure_miss must be one of {', '.join(SURE_MISS_RULES)}, got {sure_miss!r}")
+        self.sure_miss_by_finish = sure_miss == "finish"
         self.lookahead = int(lookahead)
         self.profiles = profiles
         self.coef = heterogeneity_coefficients(profiles)
@@ -210,7 +220,10 @@ class KairosPolicy:
                 if ck[t][b] > budget:
                     c += penalty
                     if tiers and mn[t][b] > budget:
-                        c = 1.5 * penalty + mn[t][b] if mn[t][b] <= budget + self.margin_s else c + penalty
+                        if mn[t][b] <= budget + self.margin_s:
+                            c = 1.5 * penalty + mn[t][b]
+                        else:
+                            c = 2.0 * penalty + mn[t][b] if self.sure_miss_by_finish else c + penalty
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
@@ -260,7 +273,8 @@ class KairosPolicy:
                 # missed on the mean only within the margin (on time without it): the expected finish in
                 # place of C_j·(T_j + L_ij), so the query goes where it is least late
                 within = late & (finish <= snap.q_qos_s[:rows, None, None])
-                cost = np.where(within, 1.5 * penalty + finish, cost + late * penalty)
+                sure = 2.0 * penalty + finish if self.sure_miss_by_finish else cost + penalty
+                cost = np.where(within, 1.5 * penalty + finish, np.where(late, sure, cost))
         return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:

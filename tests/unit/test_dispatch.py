@@ -360,3 +360,19 @@ def test_a_one_query_decision_holds_while_no_cost_boundary_is_crossed(tiers: boo
                         assert not np.array_equal(c0, past)
                         checked += 1
     assert checked > 20
+
+
+def test_kairos_sure_miss_goes_to_the_cheapest_column_or_where_it_finishes_first() -> None:
+    # batch 500 after 40 ms of waiting, QoS 40 ms: both types miss QoS on the mean. "cheapest" sends it
+    # to the cpu (0.1 × its mean is less than 1 × the gpu's), "finish" to the gpu (it finishes first);
+    # the same with a second query waiting (the matrix path), which either rule sends to the other column
+    p = make_profiles()
+    one = make_snapshot(p, batches=[500], types=["cpu", "gpu"], waited_s=[0.04], qos_s=0.04)
+    assert KairosPolicy(p)(one).pairs() == [(0, 0)]
+    assert KairosPolicy(p, sure_miss="finish")(one).pairs() == [(0, 1)]
+    two = make_snapshot(p, batches=[500, 500], types=["cpu", "gpu", "gpu"], waited_s=[0.04, 0.04],
+                        busy_s=[0.0, 0.0, 0.5], qos_s=0.04)
+    assert KairosPolicy(p)(two).pairs()[0] == (0, 0)
+    assert KairosPolicy(p, sure_miss="finish")(two).pairs()[0] == (0, 1)
+    with pytest.raises(ConfigError, match="sure_miss"):
+        make_policy("kairos", p, sure_miss="random")
