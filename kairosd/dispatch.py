@@ -273,8 +273,8 @@ class KairosPolicy:
                 # missed on the mean only within the margin (on time without it): the expected finish in
                 # place of C_j·(T_j + L_ij), so the query goes where it is least late
                 within = late & (finish <= snap.q_qos_s[:rows, None, None])
-                sure = 2.0 * penalty + finish if self.sure_miss_by_finish else cost + penalty
-                cost = np.where(within, 1.5 * penalty + finish, np.where(late, sure, cost))
+                sure = np.where(late, 2.0 * penalty + finish, cost) if self.sure_miss_by_finish else cost + late * penalty
+                cost = np.where(within, 1.5 * penalty + finish, sure)
         return cost.reshape(rows, -1)
 
     def __call__(self, snap: Snapshot) -> Assignment:

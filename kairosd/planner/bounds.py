@@ -199,10 +199,7 @@ class BoundModel:
                     return np.where(band_p > 0, sums / band_p, 0.0)
 
             band_pref = band_mean(dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                band_idle_cost = np.stack([np.where(band_p > 0, np.bincount(band_of, weights=p_s * idle_cost[k],
-                                                                             minlength=n_bands) / band_p, 0.0)
-                                           for k in range(len(mean_s))])
+            band_idle_cost = band_mean(idle_cost[None])[0]
             # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
             # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no
             # longer than k's slack (QoS − its feasibility latency)

@@ -269,6 +269,7 @@ def _admissible(
     # `divert_cost`, the next one when every instance of it is busy; without costs, the type of
     # fewest misses)
     late = np.ones_like(r)
+    wait_b = erlang_c(n_b, work)  # every base instance busy
     if divert and divert_cost is not None:
         busy = {k: np.where(n_k > 0, erlang_c(n_k, aux_load.get(k, np.zeros(len(lam)))), 1.0)
                 for k, (n_k, _) in divert.items()}
@@ -281,10 +282,11 @@ def _admissible(
             busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
             late = np.minimum(late, np.where(n_k[:, None] > 0,
                                              share_k[None, :] + (1.0 - share_k[None, :]) * busy_k[:, None], 1.0))
-    violating = erlang_c(n_b, work) * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
+    violating = wait_b * (r_must * tail_must * late).sum(axis=1) + r @ miss_g + aux_miss
     if divert and divert_cost is not None:
-        violating = violating + _overflow_misses(aux_over, j=j, busy_b=erlang_c(n_b, work), aux_load=aux_load,
-                                                 divert=divert, divert_cost=divert_cost, p_g=p_g, miss_g=miss_g)
+        violating = violating + _overflow_misses(aux_over, j=j, busy={**busy, j: wait_b},
+                                                 share={k: d[1] for k, d in divert.items()},
+                                                 divert_cost=divert_cost, p_g=p_g, miss_g=miss_g)
     # the other queries (the auxiliaries', and the base's share of bands an auxiliary can take) wait in
     # the queue shared by every present instance eligible on their band, and miss when that wait
     # exceeds the base's slack (a query late for its auxiliary goes to a free base)
@@ -319,8 +321,8 @@ def _first_free(order: Sequence[int], busy: Mapping[int, np.ndarray], miss: Mapp
 
 
 def _overflow_misses(
-    aux_over: Mapping[int, np.ndarray], *, j: int, busy_b: np.ndarray, aux_load: Mapping[int, np.ndarray],
-    divert: Mapping[int, tuple[np.ndarray, np.ndarray]], divert_cost: np.ndarray, p_g: np.ndarray, miss_g: np.ndarray,
+    aux_over: Mapping[int, np.ndarray], *, j: int, busy: Mapping[int, np.ndarray], share: Mapping[int, np.ndarray],
+    divert_cost: np.ndarray, p_g: np.ndarray, miss_g: np.ndarray,
 ) -> np.ndarray:
     """The misses `_admissible` adds for the queries an auxiliary k is offered but does not take, beyond
     what the base's no-wait miss share counts for them: the dispatcher sends such a query to the free
@@ -330,21 +332,20 @@ def _overflow_misses(
     band; with every instance busy, it waits for the base (its share). Where the base meets QoS on the
     band's p99 it is the dispatcher's choice or one as good; where it does not, the cheapest column of
     the same tier can be a type that misses QoS far more often (e.g. a slow, cheap CPU type that takes a
-    band on its mean latency while a GPU type is only a few ms over on its p99). Per configuration."""
-    out = np.zeros(len(busy_b))
+    band on its mean latency while a GPU type is only a few ms over on its p99). `busy[t]`: every
+    instance of type t busy (the base j included); `share[t][g]`: type t's no-wait miss share of band
+    g (the other types). Per configuration."""
+    n = len(busy[j])
+    out = np.zeros(n)
     if not aux_over:
         return out
     with np.errstate(divide="ignore", invalid="ignore"):
         base_share = np.where(p_g > 0, miss_g / p_g, 0.0)
-    busy = {t: busy_b if t == j else np.where(n_t > 0, erlang_c(n_t, aux_load.get(t, np.zeros(len(busy_b)))), 1.0)
-            for t, (n_t, _) in divert.items()}
-    busy[j] = busy_b
-    share = {t: (base_share if t == j else divert[t][1]) for t in busy}
     for k, over in aux_over.items():
         for g in np.flatnonzero(np.any(over > 0, axis=0)):
-            order = sorted((t for t in busy if t not in (k, j) and divert_cost[t, g] < divert_cost[j, g]),
+            order = sorted((t for t in share if t != k and divert_cost[t, g] < divert_cost[j, g]),
                            key=lambda t: float(divert_cost[t, g]))
-            expected, none_free = _first_free(order, busy, {t: share[t][g] for t in order}, len(busy_b))
+            expected, none_free = _first_free(order, busy, {t: share[t][g] for t in order}, n)
             expected += none_free * base_share[g]
             out += over[:, g] * (expected - base_share[g])
     return out
