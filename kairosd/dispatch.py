@@ -24,7 +24,10 @@ Three rules beyond the paper (all on by default, measured together in bench/disp
   its expected finish T_j + L_ij (no coefficient): such a query goes where it is least late (waiting
   for that instance if it is busy), since the margin is a reserve, not a certainty; a query that
   misses QoS on the mean everywhere even without the margin is a sure miss, served on the cheapest
-  column, where it costs the fleet least. With margin 0 the middle tier is empty.
+  column, where it costs the fleet least — unless it would finish there later than
+  `SURE_MISS_BOUND_QOS` QoS targets after its arrival: then where it is least late. Without that bound
+  the cheapest column can be a slow instance that collects sure misses faster than it serves them, and
+  every query queued behind them there becomes a miss too. With margin 0 the middle tier is empty.
 
 Every policy has the same shape, `policy(snapshot) -> Assignment`, no I/O, no clock: the simulator,
 the daemon's scheduler and the benchmarks swap them by name through `make_policy`.
@@ -52,7 +55,10 @@ from kairosd.profiles import ProfileTable
 # uses even one infeasible edge.
 INFEASIBLE_PENALTY_QOS = 1_000.0
 # how the kairos matching prices a sure miss (`KairosPolicy`'s `sure_miss`)
-SURE_MISS_RULES = ("cheapest", "finish")
+SURE_MISS_RULES = ("cheapest", "finish", "bounded")
+# "bounded": a sure miss is priced by its expected finish (where it is least late) on the columns where
+# it would finish later than this many QoS targets after its arrival
+SURE_MISS_BOUND_QOS = 2.0
 # up to this many columns a single query is matched by a scalar loop (cheaper than numpy calls)
 SCALAR_MAX_COLUMNS = 32
 
@@ -161,10 +167,12 @@ class KairosPolicy:
     `lookahead` (later slots offered per instance), `hold` and `tiers` switch the rules beyond the
     paper (module docstring); with `lookahead=0`, `hold=False`, `tiers=False` and `tail=False` this
     is the paper's rule. `sure_miss` prices an edge that misses QoS on the mean even without the
-    margin (with `tiers`): "cheapest" (default) the penalty twice plus C_j·(T_j + L_ij), so a sure
-    miss costs the fleet least; "finish" the penalty twice plus its expected finish T_j + L_ij, so it
-    goes where it is least late — on a small fleet the cheapest column can be a slow instance, and
-    the queries behind a sure miss sent there become late too.
+    margin (with `tiers`): "bounded" (default) the penalty twice plus C_j·(T_j + L_ij), so a sure miss
+    costs the fleet least, and the penalty three times plus its expected finish where that finish is
+    later than `SURE_MISS_BOUND_QOS` QoS targets after its arrival, so that it goes where it is least
+    late once every column is that late; "cheapest" without the bound — on a small fleet the cheapest
+    column can be a slow instance that collects sure misses, and the queries behind them there become
+    late too; "finish" the penalty twice plus its expected finish T_j + L_ij everywhere.
     """
 
     name = "kairos"
@@ -179,13 +187,14 @@ class KairosPolicy:
         lookahead: int = 1,
         hold: bool = True,
         tiers: bool = True,
-        sure_miss: str = "cheapest",
+        sure_miss: str = "bounded",
     ) -> None:
         if lookahead < 0:
             raise ConfigError(f"kairos: lookahead must be >= 0, got {lookahead}")
         if sure_miss not in SURE_MISS_RULES:
             raise ConfigError(f"kairos: sure_miss must be one of {', '.join(SURE_MISS_RULES)}, got {sure_miss!r}")
         self.sure_miss_by_finish = sure_miss == "finish"
+        self.sure_miss_bound = SURE_MISS_BOUND_QOS if sure_miss == "bounded" else math.inf
         self.lookahead = int(lookahead)
         self.profiles = profiles
         self.coef = heterogeneity_coefficients(profiles)
@@ -222,8 +231,12 @@ class KairosPolicy:
                     if tiers and mn[t][b] > budget:
                         if mn[t][b] <= budget + self.margin_s:
                             c = 1.5 * penalty + mn[t][b]
+                        elif self.sure_miss_by_finish:
+                            c = 2.0 * penalty + mn[t][b]
+                        elif mn[t][b] > budget + self.margin_s + (self.sure_miss_bound - 1.0) * qos:
+                            c = 3.0 * penalty + mn[t][b]
                         else:
-                            c = 2.0 * penalty + mn[t][b] if self.sure_miss_by_finish else c + penalty
+                            c += penalty
                 if c < best:
                     best, best_j = c, j
             return Assignment(np.array([0]), np.array([best_j]))
@@ -233,16 +246,17 @@ class KairosPolicy:
     def hold_s(self, model_idx: int, batch: int, qos_s: float, types: Sequence[int]) -> float:
         """A query that waited less than this gets the decision it gets at 0 s waited against free
         columns of `types`: waiting only shrinks its budget, and while no column crosses a boundary of
-        its cost (its check service against the budget; with tiers, its mean against the budget and
-        against budget + margin), every column keeps its cost and the cheapest stays the cheapest.
+        its cost (its check service against the budget; with tiers, its mean against the budget, against
+        budget + margin and against the sure-miss bound), every column keeps its cost and the cheapest
+        stays the cheapest.
         0 when a boundary is already met."""
         b = min(batch, self.mean.shape[2] - 1)
         budget = qos_s - self.margin_s
         ck, mn = self._check_l[model_idx], self._mean_l[model_idx]
         hold = math.inf
         for t in set(types):
-            edges = (budget - ck[t][b], budget - mn[t][b], budget + self.margin_s - mn[t][b]) if self.tiers else (
-                budget - ck[t][b],)
+            edges = (budget - ck[t][b], budget - mn[t][b], budget + self.margin_s - mn[t][b],
+                     self.sure_miss_bound * qos_s - mn[t][b]) if self.tiers else (budget - ck[t][b],)
             for edge in edges:
                 if edge >= 0.0:
                     hold = min(hold, edge)
@@ -273,7 +287,14 @@ class KairosPolicy:
                 # missed on the mean only within the margin (on time without it): the expected finish in
                 # place of C_j·(T_j + L_ij), so the query goes where it is least late
                 within = late & (finish <= snap.q_qos_s[:rows, None, None])
-                sure = np.where(late, 2.0 * penalty + finish, cost) if self.sure_miss_by_finish else cost + late * penalty
+                if self.sure_miss_by_finish:
+                    sure = np.where(late, 2.0 * penalty + finish, cost)
+                else:
+                    sure = cost + late * penalty
+                    if self.sure_miss_bound < math.inf:
+                        # later than the bound: where it is least late (above every other sure miss)
+                        beyond = finish > self.sure_miss_bound * snap.q_qos_s[:rows, None, None]
+                        sure = np.where(beyond, 3.0 * penalty + finish, sure)
                 cost = np.where(within, 1.5 * penalty + finish, sure)
         return cost.reshape(rows, -1)
 

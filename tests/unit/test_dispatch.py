@@ -10,6 +10,7 @@ import pytest
 
 from kairosd.dispatch import (
     INFEASIBLE_PENALTY_QOS,
+    SURE_MISS_BOUND_QOS,
     KairosPolicy,
     Snapshot,
     heterogeneity_coefficients,
@@ -132,9 +133,12 @@ def test_kairos_hold_keeps_a_forced_infeasible_match_waiting() -> None:
     snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.05)
     assert len(KairosPolicy(p, lookahead=0, hold=False)(snap)) == 1  # the paper's rule sends one to the cpu
     assert len(KairosPolicy(p, lookahead=0)(snap)) == 0  # both wait for the gpu
-    # once neither can make QoS anywhere (waited 45 ms), holding helps no one: the free cpu is used
+    # once neither can make QoS anywhere (waited 45 ms), holding helps no one: without the sure-miss
+    # bound the free cpu is used; with it (the default) the cpu's finish, 205 ms after arrival, is
+    # beyond 2 QoS, so both wait for the gpu, where they finish first
     late = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], waited_s=[0.045, 0.045], qos_s=0.05)
-    assert KairosPolicy(p)(late).instances.tolist() == [0]
+    assert KairosPolicy(p, sure_miss="cheapest")(late).instances.tolist() == [0]
+    assert len(KairosPolicy(p)(late)) == 0
 
 
 def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance() -> None:
@@ -147,8 +151,9 @@ def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance(
     assert len(KairosPolicy(p, hold=False)(snap)) == 0
     # QoS 30 ms: the later slot shows the second cannot make QoS behind the first (33.8 > 30); the
     # cpu misses too, and the tiers rank it first (0.1 × 160 ms < 33.8 ms), so it is served there now
+    # (without the sure-miss bound: the cpu's finish, 160 ms, is beyond 2 QoS)
     snap = make_snapshot(p, batches=[800, 800], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.03)
-    assert KairosPolicy(p, hold=False)(snap).instances.tolist() == [0]
+    assert KairosPolicy(p, hold=False, sure_miss="cheapest")(snap).instances.tolist() == [0]
     # hold is deliberately cruder: the query could still make QoS on the gpu's next slot (which its
     # twin got), so it waits one more round (until the gpu frees) before giving up on it
     assert len(KairosPolicy(p)(snap)) == 0
@@ -326,8 +331,9 @@ def test_kairos_query_late_only_within_the_margin_goes_where_it_is_least_late() 
     # without the margin tiers the cheapest column wins, as for a sure miss
     assert KairosPolicy(p, margin_s=0.005, tiers=False)(snap).instances.tolist() == [0]
     # a sure miss (late on the gpu's mean even without the margin: waited 40 ms): the cheapest column
+    # (without the sure-miss bound: on the cpu it finishes 200 ms after its arrival, beyond 2 QoS)
     sure = make_snapshot(p, batches=[800], types=["cpu", "gpu"], busy_s=[0.0, 0.002], waited_s=[0.040], qos_s=0.05)
-    assert KairosPolicy(p, margin_s=0.005)(sure).instances.tolist() == [0]
+    assert KairosPolicy(p, margin_s=0.005, sure_miss="cheapest")(sure).instances.tolist() == [0]
     # both paths agree: the single free-columns query (scalar loop) and the matrix
     free = make_snapshot(p, batches=[800], types=["cpu", "gpu"], waited_s=[0.030], qos_s=0.05)
     assert KairosPolicy(p, margin_s=0.005)(free).instances.tolist() == [1]
@@ -368,11 +374,37 @@ def test_kairos_sure_miss_goes_to_the_cheapest_column_or_where_it_finishes_first
     # the same with a second query waiting (the matrix path), which either rule sends to the other column
     p = make_profiles()
     one = make_snapshot(p, batches=[500], types=["cpu", "gpu"], waited_s=[0.04], qos_s=0.04)
-    assert KairosPolicy(p)(one).pairs() == [(0, 0)]
+    assert KairosPolicy(p, sure_miss="cheapest")(one).pairs() == [(0, 0)]
     assert KairosPolicy(p, sure_miss="finish")(one).pairs() == [(0, 1)]
     two = make_snapshot(p, batches=[500, 500], types=["cpu", "gpu", "gpu"], waited_s=[0.04, 0.04],
                         busy_s=[0.0, 0.0, 0.5], qos_s=0.04)
-    assert KairosPolicy(p)(two).pairs()[0] == (0, 0)
+    assert KairosPolicy(p, sure_miss="cheapest")(two).pairs()[0] == (0, 0)
     assert KairosPolicy(p, sure_miss="finish")(two).pairs()[0] == (0, 1)
     with pytest.raises(ConfigError, match="sure_miss"):
         make_policy("kairos", p, sure_miss="random")
+
+
+def test_kairos_sure_miss_goes_to_the_cheapest_column_until_it_would_finish_beyond_the_bound() -> None:
+    # QoS 100 ms, batch 500 (cpu 101 ms, gpu 10.9 ms on the mean): after 95 ms of waiting it misses
+    # everywhere, and the cpu, cheapest, finishes it 196 ms after its arrival, within the bound of 2 QoS;
+    # after 100 ms, at 201 ms, beyond it: the default rule then sends it where it finishes first
+    p = make_profiles()
+    qos = 0.1
+    cpu_mean = float(p.mean_s[0, p.type_index("cpu"), 500])
+    bound = SURE_MISS_BOUND_QOS * qos
+    within, beyond = bound - cpu_mean - 0.004, bound - cpu_mean + 0.001
+    pol = KairosPolicy(p)
+    for cols, busy in ((["cpu", "gpu"], [0.0, 0.0]), (["cpu", "gpu"] * 20, [0.0] * 40)):  # scalar, matrix path
+        for waited, expected in ((within, 0), (beyond, 1)):
+            snap = make_snapshot(p, batches=[500], types=cols, waited_s=[waited], busy_s=busy, qos_s=qos)
+            assert pol(snap).pairs() == [(0, expected)], (len(cols), waited)
+            assert KairosPolicy(p, sure_miss="cheapest")(snap).pairs() == [(0, 0)]
+    # the cpu busy for 5 ms puts the finish beyond the bound at a wait that is within it on a free cpu
+    # (a second query waits: the matrix path); without the bound the busy cpu stays the cheapest column
+    two = make_snapshot(p, batches=[500, 500], types=["cpu", "gpu", "gpu"], waited_s=[within, within],
+                        busy_s=[0.005, 0.0, 0.5], qos_s=qos)
+    assert (0, 1) in pol(two).pairs()
+    assert (0, 1) not in KairosPolicy(p, sure_miss="cheapest")(two).pairs()
+    # the bound is one of the boundaries the hold stops at: the batch-500 sure miss on a free cpu
+    # changes its column at bound - cpu mean waited
+    assert pol.hold_s(0, 500, qos, [p.type_index("cpu")]) <= bound - cpu_mean + 1e-12
