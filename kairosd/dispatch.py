@@ -265,7 +265,8 @@ class KairosPolicy:
     def cost_matrix(self, snap: Snapshot, rows: int, busy_s: np.ndarray | None = None) -> np.ndarray:
         """Edge costs of the oldest `rows` queries × all columns (busy times `busy_s`, by default the
         snapshot's); a feasible edge costs less than `INFEASIBLE_PENALTY_QOS`·QoS, an infeasible one
-        at least that (1.5 times that: missed on the mean within the margin; twice: missed on the mean)."""
+        at least that (1.5 times that: missed on the mean within the margin; twice: missed on the mean;
+        three times: with the bounded sure-miss rule, finishing later than its bound)."""
         busy = snap.i_busy_s if busy_s is None else busy_s
         return self._slot_costs(snap, rows, busy[None, :], _service(self.mean, snap, rows))
 
