@@ -218,8 +218,10 @@ class KairosPolicy:
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
         busy = snap.i_busy_s
         if snap.n <= SCALAR_MAX_COLUMNS and not np.count_nonzero(busy):  # (count_nonzero: no Python wrapper)
-            qos = float(snap.q_qos_s[0])
-            budget = qos - self.margin_s - float(snap.q_waited_s[0])
+            qos, waited = float(snap.q_qos_s[0]), float(snap.q_waited_s[0])
+            budget = qos - self.margin_s - waited
+            on_time = budget + self.margin_s  # a mean within this misses only because of the margin
+            beyond = self.sure_miss_bound * qos - waited  # a mean over this finishes beyond the sure-miss bound
             penalty = INFEASIBLE_PENALTY_QOS * qos
             cm, ck, mn = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi]
             tiers = self.tiers
@@ -229,11 +231,11 @@ class KairosPolicy:
                 if ck[t][b] > budget:
                     c += penalty
                     if tiers and mn[t][b] > budget:
-                        if mn[t][b] <= budget + self.margin_s:
+                        if mn[t][b] <= on_time:
                             c = 1.5 * penalty + mn[t][b]
                         elif self.sure_miss_by_finish:
                             c = 2.0 * penalty + mn[t][b]
-                        elif mn[t][b] > budget + self.margin_s + (self.sure_miss_bound - 1.0) * qos:
+                        elif mn[t][b] > beyond:
                             c = 3.0 * penalty + mn[t][b]
                         else:
                             c += penalty
