@@ -208,40 +208,44 @@ class KairosPolicy:
         self._cmean_l: list[list[list[float]]] = self.cmean.tolist()
         self._check_l: list[list[list[float]]] = self.check.tolist()
         self._mean_l: list[list[list[float]]] = self.mean.tolist()
+        self._coef_l: list[list[float]] = self.coef.tolist()
 
     def _one(self, snap: Snapshot) -> Assignment:
-        """One waiting query: the matching is its cheapest column.
+        """One waiting query: the matching is its cheapest column, sent now if that column is free.
 
-        With every column free (the common case below saturation) a column's cost depends only on
-        its type, and a scalar loop over a few columns is cheaper than numpy's per-call overhead;
-        otherwise the one-row cost matrix. Both pick the first column of least cost, as argmin does."""
+        Up to `SCALAR_MAX_COLUMNS` columns a scalar loop is cheaper than numpy's per-call overhead,
+        otherwise the one-row cost matrix. Both cost an edge alike (the tiers' finish times without the
+        query's wait, which every column shares and which no tier gap comes near) and pick the first
+        column of least cost, as argmin does."""
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
-        busy = snap.i_busy_s
-        if snap.n <= SCALAR_MAX_COLUMNS and not np.count_nonzero(busy):  # (count_nonzero: no Python wrapper)
+        if snap.n <= SCALAR_MAX_COLUMNS:
+            busy = snap.i_busy_s.tolist() if np.count_nonzero(snap.i_busy_s) else None  # (no Python wrapper)
             qos, waited = float(snap.q_qos_s[0]), float(snap.q_waited_s[0])
             budget = qos - self.margin_s - waited
             on_time = budget + self.margin_s  # a mean within this misses only because of the margin
             beyond = self.sure_miss_bound * qos - waited  # a mean over this finishes beyond the sure-miss bound
             penalty = INFEASIBLE_PENALTY_QOS * qos
-            cm, ck, mn = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi]
+            cm, ck, mn, coef = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi], self._coef_l[mi]
             tiers = self.tiers
             best, best_j = math.inf, 0
             for j, t in enumerate(snap.i_type.tolist()):
-                c = cm[t][b]
-                if ck[t][b] > budget:
+                wait = busy[j] if busy is not None else 0.0
+                c = coef[t] * wait + cm[t][b]
+                if wait + ck[t][b] > budget:
                     c += penalty
-                    if tiers and mn[t][b] > budget:
-                        if mn[t][b] <= on_time:
-                            c = 1.5 * penalty + mn[t][b]
+                    finish = wait + mn[t][b]
+                    if tiers and finish > budget:
+                        if finish <= on_time:
+                            c = 1.5 * penalty + finish
                         elif self.sure_miss_by_finish:
-                            c = 2.0 * penalty + mn[t][b]
-                        elif mn[t][b] > beyond:
-                            c = 3.0 * penalty + mn[t][b]
+                            c = 2.0 * penalty + finish
+                        elif finish > beyond:
+                            c = 3.0 * penalty + finish
                         else:
                             c += penalty
                 if c < best:
                     best, best_j = c, j
-            return Assignment(np.array([0]), np.array([best_j]))
+            return Assignment(np.array([0]), np.array([best_j])) if snap.i_free[best_j] else EMPTY
         j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 

@@ -307,18 +307,25 @@ def test_profile_interpolation_clamps_and_extends() -> None:
 
 
 def test_single_query_scalar_path_matches_the_array_path() -> None:
-    """The scalar loop for one query over free columns picks what the cost matrix's argmin picks."""
+    """The scalar loop for one query picks what the cost matrix's argmin picks, and sends it only when
+    that column is free: free and busy columns, every sure-miss rule, with and without tiers."""
     p = make_profiles(tail_factor={"cpu": 1.5, "gpu": 1.2})
-    tiered, untiered = KairosPolicy(p, margin_s=0.001), KairosPolicy(p, margin_s=0.001, tiers=False)
+    policies = [KairosPolicy(p, margin_s=0.001, sure_miss=rule) for rule in ("cheapest", "finish", "bounded")]
+    policies.append(KairosPolicy(p, margin_s=0.001, tiers=False))
     rng = np.random.default_rng(7)
-    for _ in range(300):
+    sent = held = 0
+    for trial in range(600):
         n = int(rng.integers(1, 12))
         types = list(rng.choice(["cpu", "gpu"], n))
-        snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, waited_s=[float(rng.uniform(0, 0.06))],
-                             qos_s=float(rng.uniform(0.01, 0.1)))
-        for pol in (tiered, untiered):
+        busy = [0.0] * n if trial % 2 else [float(x) * (rng.random() < 0.6) for x in rng.uniform(0, 0.08, n)]
+        snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, waited_s=[float(rng.uniform(0, 0.12))],
+                             busy_s=busy, qos_s=float(rng.uniform(0.01, 0.1)))
+        for pol in policies:
             expected = int(np.argmin(pol.cost_matrix(snap, 1)[0]))
-            assert pol(snap).pairs() == [(0, expected)]
+            pairs = pol(snap).pairs()
+            assert pairs == ([(0, expected)] if snap.i_free[expected] else [])
+            sent, held = sent + bool(pairs), held + (not pairs)
+    assert sent > 500 and held > 100  # both outcomes were exercised
 
 
 def test_kairos_query_late_only_within_the_margin_goes_where_it_is_least_late() -> None:
