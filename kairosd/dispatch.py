@@ -214,9 +214,10 @@ class KairosPolicy:
         """One waiting query: the matching is its cheapest column, sent now if that column is free.
 
         Up to `SCALAR_MAX_COLUMNS` columns a scalar loop is cheaper than numpy's per-call overhead,
-        otherwise the one-row cost matrix. Both cost an edge alike (the tiers' finish times without the
-        query's wait, which every column shares and which no tier gap comes near) and pick the first
-        column of least cost, as argmin does."""
+        otherwise the one-row cost matrix. The loop costs an edge as the matrix does, except that its
+        tiers' finish times leave out the query's wait W_i: every column shares it, and it is far below
+        the gap between tiers (half a penalty, INFEASIBLE_PENALTY_QOS·QoS/2), so the order of the
+        columns is the same. Both pick the first column of least cost, as argmin does."""
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
         if snap.n <= SCALAR_MAX_COLUMNS:
             busy = snap.i_busy_s.tolist() if np.count_nonzero(snap.i_busy_s) else None  # (no Python wrapper)
@@ -229,11 +230,11 @@ class KairosPolicy:
             tiers = self.tiers
             best, best_j = math.inf, 0
             for j, t in enumerate(snap.i_type.tolist()):
-                wait = busy[j] if busy is not None else 0.0
-                c = coef[t] * wait + cm[t][b]
-                if wait + ck[t][b] > budget:
+                t_j = busy[j] if busy is not None else 0.0  # until the column can start it
+                c = coef[t] * t_j + cm[t][b]
+                if t_j + ck[t][b] > budget:
                     c += penalty
-                    finish = wait + mn[t][b]
+                    finish = t_j + mn[t][b]
                     if tiers and finish > budget:
                         if finish <= on_time:
                             c = 1.5 * penalty + finish
