@@ -220,7 +220,6 @@ class KairosPolicy:
         columns is the same. Both pick the first column of least cost, as argmin does."""
         mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
         if snap.n <= SCALAR_MAX_COLUMNS:
-            busy = snap.i_busy_s.tolist() if np.count_nonzero(snap.i_busy_s) else None  # (no Python wrapper)
             qos, waited = float(snap.q_qos_s[0]), float(snap.q_waited_s[0])
             budget = qos - self.margin_s - waited
             on_time = budget + self.margin_s  # a mean within this misses only because of the margin
@@ -229,8 +228,8 @@ class KairosPolicy:
             cm, ck, mn, coef = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi], self._coef_l[mi]
             tiers = self.tiers
             best, best_j = math.inf, 0
-            for j, t in enumerate(snap.i_type.tolist()):
-                t_j = busy[j] if busy is not None else 0.0  # until the column can start it
+            # t_j: until the column can start it
+            for j, (t, t_j) in enumerate(zip(snap.i_type.tolist(), snap.i_busy_s.tolist(), strict=True)):
                 c = coef[t] * t_j + cm[t][b]
                 if t_j + ck[t][b] > budget:
                     c += penalty
