@@ -29,6 +29,7 @@ import grpc
 from aiohttp import web
 from tritonclient.grpc import service_pb2
 
+from kairosd import heap
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.config import Config, Resolved, build_policy, load_checked, load_profiles, resolve
 from kairosd.errors import ConfigError, PortInUse
@@ -36,7 +37,7 @@ from kairosd.fleet import Fleet
 from kairosd.fleet_setup import build_fleet, reconfigure_fleet
 from kairosd.fronts import FrontEndPool
 from kairosd.health import is_ready, model_ready
-from kairosd.metrics import FrontEndCollector, FrontEndsCollector, start_metrics_server
+from kairosd.metrics import FrontEndCollector, FrontEndsCollector, GcCollector, start_metrics_server
 from kairosd.notify import Notifier
 from kairosd.registry import InstanceState, Registry
 from kairosd.reload import Reload, plan_reload
@@ -182,9 +183,11 @@ class Daemon:
                 stack.push_async_callback(self.fronts.stop)
             if s.metrics_port:
                 host = s.metrics_host
+                gc_pauses = GcCollector()
+                stack.callback(gc_pauses.close)
                 stack.push_async_callback(await start_metrics_server(
                     scheduler, s.metrics_host, s.metrics_port, fleet, fleet_status=self.fleet_status,
-                    extra=[FrontEndCollector(access.auth, gate, self.fronts.counters if self.fronts else None)]
+                    extra=[gc_pauses, FrontEndCollector(access.auth, gate, self.fronts.counters if self.fronts else None)]
                     + ([FrontEndsCollector(scheduler, self.fronts.submitted)] if self.fronts is not None else []),
                 ))
         except OSError as exc:  # taken between the check above and now
@@ -366,6 +369,7 @@ async def run_until_signal(daemon: Daemon, drain_timeout_s: float | None = None)
                 await daemon.reload()
             except Exception:  # noqa: BLE001 - a failed reload must not stop the daemon
                 log.exception("reload failed; keeping the current settings")
+            heap.settle("reload")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
@@ -381,6 +385,7 @@ async def run_until_signal(daemon: Daemon, drain_timeout_s: float | None = None)
             await _cancel(start)
             return
         start.result()
+        heap.settle("start-up")
         reload_task = loop.create_task(reloader())
         await stop.wait()
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2
 
-from kairosd import ipc
+from kairosd import heap, ipc
 from kairosd.backends.client import BackendClient
 from kairosd.backends.grpc_http import grpc_over_http_default, infer_over_http
 from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
@@ -272,6 +272,7 @@ async def serve(resolved: Resolved, dispatcher: str, index: int) -> None:
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     log.info("front end %d listening grpc=%s:%d http=%s:%d", index, s.host, s.grpc_port, s.host, s.http_port)
+    heap.settle("start-up")
     lost = loop.create_task(service.lost.wait())
     stopped = loop.create_task(stop.wait())
     await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)

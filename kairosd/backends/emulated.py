@@ -38,6 +38,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
+from kairosd import heap
 from kairosd.backends.draining import Draining
 from kairosd.backends.http_client import HttpForward, HttpReply
 from kairosd.backends.streaming import error_response, serve_stream, stream_response, timeout_of
@@ -418,6 +419,7 @@ async def serve_host(
                 f"precise_timer={timer.precise} pid={os.getpid()} load_s={time.monotonic() - started:.2f}",
                 flush=True,
             )
+        heap.settle("start-up")
         await stopping.wait()
 
         async def all_drained() -> bool:

@@ -23,6 +23,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import kairosd
+from kairosd import heap
 from kairosd.backends.draining import Draining
 from kairosd.backends.streaming import error_response, serve_stream, timeout_of
 from kairosd.errors import ConfigError, DeadlineExceeded, InvalidInput, KairosError, ModelNotFound, Unavailable
@@ -410,6 +411,7 @@ async def serve(
             f"pid={os.getpid()} load_s={time.monotonic() - started:.2f}",
             flush=True,
         )
+        heap.settle("start-up")
         await stopping.wait()
         # Keep listening while the accepted queries finish, so later ones get a clean UNAVAILABLE
         # (retried elsewhere) rather than a reset connection; then close.

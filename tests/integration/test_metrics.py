@@ -148,6 +148,10 @@ def test_query_counts_and_histograms_match_the_load(loaded: tuple[RunningDaemon,
     alive = sum(one(s, "kairos_query_latency_seconds_sum", model=m) for m in N)
     assert one(s, "kairos_dispatch_seconds_sum") <= busy < alive
     assert one(s, "kairos_queue_depth") == 0 and one(s, "kairos_in_flight") == 0
+    # start-up's objects were frozen out of the collector's way; its collections are timed by generation
+    assert one(s, "kairos_gc_frozen_objects") > 10_000
+    gc_counts = {dict(k)["generation"]: v for k, v in s["kairos_gc_pause_seconds_count"].items()}
+    assert set(gc_counts) == {"0", "1", "2"} and gc_counts["0"] > 0
 
 
 def test_fleet_cost_planner_and_instances(loaded: tuple[RunningDaemon, Samples]) -> None:

@@ -7,7 +7,7 @@ import math
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kairosd.metrics import BUCKET_FACTORS, Histogram, QueryMetrics, qos_buckets_s
+from kairosd.metrics import BUCKET_FACTORS, GcCollector, Histogram, QueryMetrics, qos_buckets_s
 
 
 def samples(q: QueryMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -70,3 +70,27 @@ def test_violations_follow_the_schedulers_targets_across_a_reload() -> None:
     assert s[("kairos_qos_seconds", (("model", "dlrm"),))] == 0.1
     # the buckets stay those of the start: le="0.06" still a boundary
     assert s[("kairos_query_latency_seconds_bucket", (("le", "0.06"), ("model", "dlrm")))] == 0
+
+
+def test_gc_collector_times_each_collection_by_generation() -> None:
+    import gc
+
+    collector = GcCollector()
+    try:
+        before = [h.count for h in collector.pauses]
+        gc.collect(2)
+        gc.collect(0)
+        after = [h.count for h in collector.pauses]
+        assert after[2] == before[2] + 1 and after[0] >= before[0] + 1
+        assert collector.pauses[2].sum > 0
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        fams = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+        counts = {s.labels["generation"]: s.value for s in fams["kairos_gc_pause_seconds"].samples
+                  if s.name == "kairos_gc_pause_seconds_count"}
+        assert set(counts) == {"0", "1", "2"}
+        assert all(counts[str(g)] >= n for g, n in enumerate(after))  # scraping may collect too
+        assert fams["kairos_gc_frozen_objects"].samples[0].value == gc.get_freeze_count()
+    finally:
+        collector.close()
+    assert collector._on_gc not in gc.callbacks
