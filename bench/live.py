@@ -390,7 +390,7 @@ def main_bench(args: argparse.Namespace) -> int:
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                  "loadavg_start": os.getloadavg()},
         "settings": {"budget_usd_per_hour": args.budget, "queries_per_step": args.queries, "seed": args.seed,
-                     "repeats": args.repeats,
+                     "repeats": args.repeats, "repeat_policies": args.repeat_policies,
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
@@ -460,7 +460,8 @@ def main_bench(args: argparse.Namespace) -> int:
                 # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
                 # itself noisy near the limit: repeated on the same daemon, the median is what is reported
                 runs = [live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light,
-                                 args.protocol, args.generator) for _ in range(args.repeats)]
+                                 args.protocol, args.generator)
+                        for _ in range(args.repeats if policy in args.repeat_policies.split(",") else 1)]
             finally:
                 d.stop()
             live_runs = [r[0] for r in runs]
@@ -528,6 +529,9 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=7)
     ap.add_argument("--repeats", type=int, default=3, help="bisections per model and policy on the same daemon; "
                     "live max QPS is their median (default: %(default)s)")
+    ap.add_argument("--repeat-policies", default="kairos,threshold",
+                    help="the policies bisected --repeats times; the others once (fcfs's steps take a minute or more "
+                    "at its rates) (default: %(default)s)")
     ap.add_argument("--margin-ms", type=float, default=1.0, help="scheduler.margin_ms of the daemon, and the Kairos "
                     "policy's margin in the simulator (default: the daemon's default, %(default)s)")
     ap.add_argument("--admission", default="off", choices=("off", "qos", "deadline"),
