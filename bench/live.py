@@ -561,6 +561,8 @@ def main() -> int:
                     help="only the fidelity runs, replacing that entry of --out (about two minutes)")
     ap.add_argument("--out", default=str(RESULTS / "live.json"))
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.generator == "native" and args.protocol != "http":
         ap.error("--generator native speaks HTTP only (--protocol http)")
     return main_bench(args)
