@@ -245,8 +245,9 @@ class KairosPolicy:
                             c += penalty
                 if c < best:
                     best, best_j = c, j
-            return Assignment(np.array([0]), np.array([best_j])) if snap.i_free[best_j] else EMPTY
-        j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
+            j = best_j
+        else:
+            j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
 
     def hold_s(self, model_idx: int, batch: int, qos_s: float, types: Sequence[int]) -> float:
