@@ -10,7 +10,11 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise,
     Kairos dispatch), max QPS at p99 ≤ QoS by `max_qps`; a fleet's judged value is the mean over the
     streams, its spread (max − min)/mean; the streams are the same for every fleet (common random
-    numbers). The optimum is the fleet of highest judged value;
+    numbers). Then every fleet judged within `--refine-within` (10%) of the best, and every
+    selector's choice, is simulated on `--refine-seeds` (7) more streams, and a fleet's judged value
+    is its mean over all its streams: the best of some 30 fleets each valued on 3 streams is biased
+    upwards (the winner's curse), and two close fleets swap places between stream sets; the extra
+    streams go where that decides a ratio. The optimum is the fleet of highest judged value;
   * the selectors: `kairos` (one shot, no evaluation), `kairos_paper`, `homogeneous` (the best
     single-type fleet by the judge) and `kairos_plus`, which evaluates on streams of its own (seeds
     apart from the judge's, `--plus-seeds` of them, `--queries` each, the same streams for every
@@ -29,6 +33,11 @@ simulates afresh while the judge reads the cache).
     python bench/planner_robust.py [--workloads 30] [--judge-seeds 3] [--queries 4000] [--workers 2]
     python bench/planner_robust.py --quick      # 2 small workloads, 2 × 1,000 queries: a minute of CPU
     python bench/planner_robust.py --rescore bench/results/planner_robust_3000.json [more.json ...]
+    python bench/planner_robust.py --refine bench/results/planner_robust_3000.json [more.json ...]
+
+`--refine FILE...` brings a file judged on its first streams only up to the refined judge: each workload's
+contenders (as above, with the choice `kairos` makes now) are simulated on the extra streams, their
+recorded values extended, the optimum, every ratio and the summary recomputed, and the file rewritten.
 
 `--rescore FILE...` simulates nothing: it rebuilds each recorded workload's candidates with the
 planner as it is now, lets `kairos` choose again and scores the choice by the judged values recorded
@@ -75,6 +84,8 @@ from kairosd.sim import MaxQps, SeedsEvaluator, SimSetup
 JUDGE_SEED = 100  # judge stream s uses seed JUDGE_SEED + 10·s
 PLUS_SEED = 500  # Kairos+'s own streams: PLUS_SEED + 10·s
 PLANNER_MIX_SEED = 7  # the planner's population pmf of the batch mix
+REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extra streams
+REFINE_SEEDS = 7
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
 
 
@@ -94,6 +105,30 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
 def setups(sw: synth.SynthWorkload, first_seed: int, n: int, queries: int) -> tuple[SimSetup, ...]:
     return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=first_seed + 10 * s, mix=sw.mix)
                  for s in range(n))
+
+
+def refine_seeds(judge_seeds: int, refine_seeds: int) -> list[int]:
+    """The refined judge's extra streams, after the judge's first `judge_seeds`."""
+    return [JUDGE_SEED + 10 * s for s in range(judge_seeds, judge_seeds + refine_seeds)]
+
+
+def contenders(vals: dict[tuple[int, ...], np.ndarray], within: float) -> list[tuple[int, ...]]:
+    """The fleets whose judged mean is within `within` of the best (the best included)."""
+    best = max(float(v.mean()) for v in vals.values())
+    return [c for c, v in vals.items() if float(v.mean()) >= (1.0 - within) * best]
+
+
+def extra_values(sw: synth.SynthWorkload, seed: int, configs: list[tuple[int, ...]], seeds: list[int], queries: int,
+                 bound: Callable[[np.ndarray], float], workers: int, cache: Cache) -> dict[tuple[int, ...], np.ndarray]:
+    """Each configuration's max QPS on the refined judge's extra streams `seeds`."""
+    if not configs or not seeds:
+        return {c: np.zeros(0) for c in configs}
+    ev = SeedsEvaluator(tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix)
+                              for s in seeds), bound=bound, workers=workers)
+    cache.fill(ev, seed, seeds, queries)
+    ev.many(np.array(configs))
+    cache.save(ev, seed, seeds, queries)
+    return {c: np.array([cc[c].qps for cc in ev.caches]) for c in configs}
 
 
 class Cache:
@@ -182,6 +217,13 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     ho = select_homogeneous(cands, judge, bm)
 
     vals = {(_key(c)): np.array([cc[_key(c)].qps for cc in judge.caches]) for c in everything}
+    t3 = time.perf_counter()
+    refined = list(dict.fromkeys(contenders(vals, args.refine_within) + [_key(x.config) for x in (k, paper, ho, kp)]))
+    extra = extra_values(sw, seed, refined, refine_seeds(args.judge_seeds, args.refine_seeds), args.queries,
+                         bound, args.workers, cache)
+    for c, v in extra.items():
+        vals[c] = np.concatenate([vals[c], v])
+    judge_s += time.perf_counter() - t3
     means = np.array([vals[_key(c)].mean() for c in cands.configs])
     best = int(np.argmax(means))
     opt = cands.configs[best]
@@ -191,10 +233,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
                 "configs_maximal": len(cands), "degenerate": "no configuration within the budget serves any rate within QoS"}
 
     def score(config: np.ndarray) -> dict[str, Any]:
-        v = vals[_key(config)]
-        return {"config": cands.label(config), "counts": config.tolist(), "qps": float(v.mean()),
-                "ratio": float(v.mean() / opt_vals.mean()) if opt_vals.mean() > 0 else float("nan"),
-                "within_spread": bool(v.mean() >= opt_vals.min()), "per_stream": v.tolist()}
+        return {"config": cands.label(config), **judged(config.tolist(), vals[_key(config)], opt_vals)}
 
     spreads = [float((v.max() - v.min()) / v.mean()) for v in vals.values() if v.mean() > 0]
     sims = means
@@ -217,6 +256,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
                         "configs_simulated": kp.n_configs, "simulated_share_of_configs": kp.n_configs / len(cands),
                         "exact": kp.exact, "plan_wall_s": plus_s, "own_qps": kp.qps, "from_cache": plus_cached},
         "judge": {"spread_median": float(np.median(spreads)), "spread_max": float(max(spreads)), "wall_s": judge_s,
+                  "refined": [list(c) for c in refined],
                   "sims_above_bound": int(np.count_nonzero(sims > cands.ub_qps * (1 + 1e-9))),
                   "ub_over_sim_median": float(np.median(ub_over_sim)) if len(ub_over_sim) else float("nan")},
         "configs": [{"counts": c.tolist(), "ub_qps": float(u), "est_qps": float(e), "qps": float(q),
@@ -313,12 +353,109 @@ def print_row(r: dict[str, Any]) -> None:
           f"{kp['plan_wall_s']:6.1f} {r['kairos_paper']['ratio']:6.3f} {r['homogeneous']['ratio']:6.3f}", flush=True)
 
 
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Min / median ratio per selector, Kairos+'s cost and wall time, the judge's spread."""
+
+    def stats(name: str) -> dict[str, float]:
+        x = [r[name]["ratio"] for r in rows]
+        return {"min": min(x), "median": statistics.median(x), "below_0.95": sum(v < 0.95 for v in x),
+                "within_spread": sum(r[name]["within_spread"] for r in rows)}
+
+    summary: dict[str, Any] = {s: stats(s) for s in SELECTORS}
+    shares = [r["kairos_plus"]["share_of_configs"] for r in rows]
+    walls = [r["kairos_plus"]["plan_wall_s"] for r in rows]
+    checks = [r["kairos_plus"]["checks_share_of_configs"] for r in rows]
+    simulated = [r["kairos_plus"]["simulated_share_of_configs"] for r in rows]
+    summary["kairos_plus"].update({"share_median": statistics.median(shares), "share_max": max(shares),
+                                   "checks_share_median": statistics.median(checks), "checks_share_max": max(checks),
+                                   "simulated_share_median": statistics.median(simulated),
+                                   "simulated_share_max": max(simulated),
+                                   "exact": sum(r["kairos_plus"]["exact"] for r in rows),
+                                   "plan_wall_s_median": statistics.median(walls), "plan_wall_s_max": max(walls)})
+    summary["kairos"]["plan_wall_s_max"] = max(r["kairos"]["plan_wall_s"] for r in rows)
+    summary["judge_spread_median"] = statistics.median(r["judge"]["spread_median"] for r in rows)
+    summary["optimum_spread_median"] = statistics.median(r["optimum"]["spread"] for r in rows)
+    summary["sims_above_bound"] = sum(r["judge"]["sims_above_bound"] for r in rows)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], n: int, workers: int) -> None:
+    print()
+    for s in SELECTORS:
+        d = summary[s]
+        print(f"{s:13} ratio to the judged optimum: min {d['min']:.3f}, median {d['median']:.3f}, "
+              f"< 0.95 in {d['below_0.95']}/{n}, within the optimum's spread in {d['within_spread']}/{n}")
+    d = summary["kairos_plus"]
+    print(f"kairos_plus configurations simulated (searched or checked at one rate): median "
+          f"{100 * d['simulated_share_median']:.1f}%, max {100 * d['simulated_share_max']:.1f}% of the maximal "
+          f"configurations (max-QPS searches median {100 * d['share_median']:.1f}%, max {100 * d['share_max']:.1f}%; "
+          f"single-rate checks median {100 * d['checks_share_median']:.1f}%, max {100 * d['checks_share_max']:.1f}%); "
+          f"walk ended by pruning (exact) in {d['exact']}/{n};"
+          f" wall per plan median {d['plan_wall_s_median']:.1f} s, max {d['plan_wall_s_max']:.1f} s "
+          f"({workers} process(es)); kairos plan ≤ {summary['kairos']['plan_wall_s_max']:.2f} s")
+    print(f"judge: median run-to-run spread {summary['judge_spread_median']:.3f} over fleets "
+          f"({summary['optimum_spread_median']:.3f} for the optimum); "
+          f"fleets judged above upper_bound: {summary['sims_above_bound']}")
+
+
+def judged(counts: list[int], v: np.ndarray, opt: np.ndarray) -> dict[str, Any]:
+    """A fleet's judged entry (as `bench_workload`'s `score`) from its values on every stream."""
+    return {"counts": counts, "qps": float(v.mean()), "ratio": float(v.mean() / opt.mean()),
+            "within_spread": bool(v.mean() >= opt.min()), "per_stream": v.tolist()}
+
+
+def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
+    """`--refine`: the refined judge on a file's workloads (see the module docstring); rewrites the file."""
+    data = json.loads(path.read_text())
+    st = data["settings"]
+    n_first, queries = len(st["judge_seeds"]), int(st["queries_per_run"])
+    seeds = refine_seeds(n_first, args.refine_seeds)
+    max_configs = int(st["max_configs"])
+    for r in data["rows"]:
+        sw = synth.synth_workload(int(r["seed"]), max_configs=max_configs)
+        bm = planner_model(sw)
+        cands = make_candidates(bm, sw.workload.prices_usd_per_hour, sw.budget_usd_per_hour)
+        vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
+        for name in SELECTORS:
+            vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
+        first = {c: v[:n_first] for c, v in vals.items()}
+        want = list(dict.fromkeys(contenders(first, args.refine_within) + [tuple(r[n]["counts"]) for n in SELECTORS]
+                                  + [_key(select_kairos(cands).config)]))
+        todo = [c for c in want if len(vals[c]) < n_first + len(seeds)]
+        extra = extra_values(sw, int(r["seed"]), todo, seeds, queries, bound_of(bm), args.workers, cache)
+        for c, v in extra.items():
+            vals[c] = np.concatenate([vals[c][:n_first], v])
+        for c in r["configs"]:
+            v = vals[tuple(c["counts"])]
+            c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
+        best = max(r["configs"], key=lambda c: c["qps"])
+        opt = vals[tuple(best["counts"])]
+        r["optimum"] = {"config": cands.label(np.array(best["counts"])), "counts": best["counts"], "qps": float(opt.mean()),
+                        "per_stream": opt.tolist(), "spread": float((opt.max() - opt.min()) / opt.mean())}
+        for name in SELECTORS:
+            r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
+        r["judge"]["refined"] = [list(c) for c in want]
+        print(f"{r['seed']:5d} {r['model']:6} refined {len(todo):2d} fleets; optimum {r['optimum']['config']}"
+              f" {r['optimum']['qps']:.1f}; kairos {r['kairos']['ratio']:.3f}, kairos_plus {r['kairos_plus']['ratio']:.3f}",
+              flush=True)
+    st["refine"] = {"seeds": seeds, "within": args.refine_within}
+    data["summary"] = summarize(data["rows"])
+    print(path.name)
+    print_summary(data["summary"], len(data["rows"]), args.workers)
+    write_results(data, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", type=int, default=30)
     ap.add_argument("--first-seed", type=int, default=synth.HELDOUT_SEEDS[0])
     ap.add_argument("--judge-seeds", type=int, default=3)
     ap.add_argument("--plus-seeds", type=int, default=3)
+    ap.add_argument("--refine-seeds", type=int, default=REFINE_SEEDS,
+                    help="extra judge streams for the fleets within --refine-within of the best and the choices")
+    ap.add_argument("--refine-within", type=float, default=REFINE_WITHIN)
+    ap.add_argument("--refine", nargs="+", default=None, metavar="FILE",
+                    help="bring FILE's judge up to the refined one (extra streams for its contenders); rewrites FILE")
     ap.add_argument("--queries", type=int, default=4000)
     ap.add_argument("--plus-queries", type=int, default=0,
                     help="queries per Kairos+ evaluation stream (default: --queries)")
@@ -335,6 +472,11 @@ def main() -> int:
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     args = ap.parse_args()
+    if args.refine:
+        refine_cache = Cache(Path(args.cache) if args.cache else None)
+        for f in args.refine:
+            refine_file(Path(f), args, refine_cache)
+        return 0
     if args.rescore:
         rescore_cache = Cache(Path(args.cache) if args.cache else None)
         for f in args.rescore:
@@ -342,6 +484,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.workloads, args.judge_seeds, args.queries, args.max_configs, args.workers = 2, 2, 1000, 20, 1
+        args.refine_seeds = 2
     default_out = Path("/tmp/planner_robust_quick.json") if args.quick else RESULTS / "planner_robust.json"
     out = Path(args.out) if args.out else default_out
     cache = Cache(Path(args.cache) if args.cache else None)
@@ -365,42 +508,8 @@ def main() -> int:
         print_row(r)
         rows.append(r)
 
-    def stats(name: str) -> dict[str, float]:
-        x = [r[name]["ratio"] for r in rows]
-        return {"min": min(x), "median": statistics.median(x), "below_0.95": sum(v < 0.95 for v in x),
-                "within_spread": sum(r[name]["within_spread"] for r in rows)}
-
-    summary: dict[str, Any] = {s: stats(s) for s in SELECTORS}
-    shares = [r["kairos_plus"]["share_of_configs"] for r in rows]
-    walls = [r["kairos_plus"]["plan_wall_s"] for r in rows]
-    checks = [r["kairos_plus"]["checks_share_of_configs"] for r in rows]
-    simulated = [r["kairos_plus"]["simulated_share_of_configs"] for r in rows]
-    summary["kairos_plus"].update({"share_median": statistics.median(shares), "share_max": max(shares),
-                                   "checks_share_median": statistics.median(checks), "checks_share_max": max(checks),
-                                   "simulated_share_median": statistics.median(simulated),
-                                   "simulated_share_max": max(simulated),
-                                   "exact": sum(r["kairos_plus"]["exact"] for r in rows),
-                                   "plan_wall_s_median": statistics.median(walls), "plan_wall_s_max": max(walls)})
-    summary["kairos"]["plan_wall_s_max"] = max(r["kairos"]["plan_wall_s"] for r in rows)
-    summary["judge_spread_median"] = statistics.median(r["judge"]["spread_median"] for r in rows)
-    summary["optimum_spread_median"] = statistics.median(r["optimum"]["spread"] for r in rows)
-    summary["sims_above_bound"] = sum(r["judge"]["sims_above_bound"] for r in rows)
-    print()
-    for s in SELECTORS:
-        d = summary[s]
-        print(f"{s:13} ratio to the judged optimum: min {d['min']:.3f}, median {d['median']:.3f}, "
-              f"< 0.95 in {d['below_0.95']}/{len(rows)}, within the optimum's spread in {d['within_spread']}/{len(rows)}")
-    d = summary["kairos_plus"]
-    print(f"kairos_plus configurations simulated (searched or checked at one rate): median "
-          f"{100 * d['simulated_share_median']:.1f}%, max {100 * d['simulated_share_max']:.1f}% of the maximal "
-          f"configurations (max-QPS searches median {100 * d['share_median']:.1f}%, max {100 * d['share_max']:.1f}%; "
-          f"single-rate checks median {100 * d['checks_share_median']:.1f}%, max {100 * d['checks_share_max']:.1f}%); "
-          f"walk ended by pruning (exact) in {d['exact']}/{len(rows)};"
-          f" wall per plan median {d['plan_wall_s_median']:.1f} s, max {d['plan_wall_s_max']:.1f} s "
-          f"({args.workers} process(es)); kairos plan ≤ {summary['kairos']['plan_wall_s_max']:.2f} s")
-    print(f"judge: median run-to-run spread {summary['judge_spread_median']:.3f} over fleets "
-          f"({summary['optimum_spread_median']:.3f} for the optimum); "
-          f"fleets judged above upper_bound: {summary['sims_above_bound']}")
+    summary = summarize(rows)
+    print_summary(summary, len(rows), args.workers)
     total = time.perf_counter() - t_start
     if degenerate:
         print(f"skipped {len(degenerate)} workload(s) no fleet within the budget can serve: "
@@ -414,7 +523,8 @@ def main() -> int:
                      "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
-                     "quick": args.quick},
+                     "quick": args.quick,
+                     "refine": {"seeds": refine_seeds(args.judge_seeds, args.refine_seeds), "within": args.refine_within}},
         "rows": rows, "degenerate": degenerate, "summary": summary, "total_s": total,
     }, out)
     return 0
