@@ -25,6 +25,8 @@ instance): queries are admitted, bounded by bytes, and their deadline answers fo
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -162,20 +164,26 @@ def _retry(wait_s: float) -> float:
 # queries refused for it would never produce the answers that correct it
 FEEDBACK_WEIGHT = 0.1
 FEEDBACK_FADE_S = 1.0
+# the matching's reserve follows the median hop of this many recent answers sent to a free slot: one slow
+# answer in ten (a stall of the head's loop, a long service) moves an average of the last ten by a tenth
+# of its size, and the reserve with it
+HOP_WINDOW = 256
 MARGIN_CAP_QOS = 0.25  # the matching's measured reserve is at most this share of the smallest QoS target
 
 
 def matching_margin(configured_s: float, hop_s: float, qos_min_s: float) -> float:
     """The kairos matching's reserve for what its latencies leave out (`margin_s` of the policy): the
-    configured margin, or twice the measured hop's mean when larger — the hop to an instance and back,
-    and the client's way to kairosd and back, which is of the same kind and which kairosd cannot see —
+    configured margin, or twice the measured hop's typical value (`Feedback.hop_median`) when larger —
+    the hop to an instance and back, and the client's way to kairosd and back, which is of the same kind
+    and which kairosd cannot see —
     up to `MARGIN_CAP_QOS` of the smallest QoS target (past that the head is stalled or overloaded).
 
-    The mean, not a high quantile: the matching already judges every edge on the p99 service time, and
+    The typical hop, not a high quantile: the matching already judges every edge on the p99 service time, and
     the reserve shortens every query's budget by the same amount, so a larger one turns feasible edges
     into infeasible ones and queues the work on the fastest type. `bench/live.py` simulates the fleet on
     the path it measures (`sim@path`) at several margins: the one that serves most is near the path's
-    mean, a few times less than its high end. E.g. a hop of 1.2 ms: 2.4 ms; with a 25 ms QoS at most 6.25 ms."""
+    mean, a few times less than its high end, and a reserve that jumps with single slow answers (to the
+    cap: a quarter of a 25 ms QoS) serves much less. E.g. a hop of 1.2 ms: 2.4 ms; with a 25 ms QoS at most 6.25 ms."""
     return max(configured_s, min(2.0 * max(hop_s, 0.0), MARGIN_CAP_QOS * qos_min_s))
 
 
@@ -184,22 +192,25 @@ class Feedback:
     admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
     profile's mean service time, after the residual of a slot it was pipelined to), each an
     exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
-    end (`hop_guard`); the kairos matching's reserve takes its mean (`matching_margin`). Each sample is
+    end (`hop_guard`); the kairos matching's reserve takes the median of the last `HOP_WINDOW` hops
+    (`hop_median`, for `matching_margin`). Each sample is
     clipped to ±`clip_s` (the query's QoS target: one frozen instance moves the averages by a bounded
     step), and both corrections fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
-    __slots__ = ("_lag", "_hop", "_dev", "_at", "_fade_now", "_fade_value")
+    __slots__ = ("_lag", "_hop", "_dev", "_at", "_fade_now", "_fade_value", "_recent")
 
     def __init__(self) -> None:
         self._lag = self._hop = self._dev = 0.0
+        self._recent: deque[float] = deque(maxlen=HOP_WINDOW)
         self._at = 0.0
         # the last fade computed, by time: the estimates are read several times per loop iteration, at one clock
         self._fade_now = math.nan
         self._fade_value = 1.0
 
-    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float) -> None:
+    def answered(self, now: float, lag_s: float | None, hop_s: float, clip_s: float, typical: bool = True) -> None:
         """One answer: its lag (None for a query retried after a failure: its lateness is the fault's)
-        and its hop."""
+        and its hop; `typical` false leaves it out of `hop_median` (a query sent to a slot still busy: its
+        hop also holds the error of the expected end of the query ahead of it)."""
         fade = self._fade(now)
         self._lag *= fade
         self._hop *= fade
@@ -212,6 +223,8 @@ class Feedback:
         hop = min(max(hop_s, -clip_s), clip_s)
         self._dev += w * (abs(hop - self._hop) - self._dev)
         self._hop += w * (hop - self._hop)
+        if typical:
+            self._recent.append(hop)
 
     def _fade(self, now: float) -> float:
         if now != self._fade_now:
@@ -224,6 +237,10 @@ class Feedback:
 
     def hop(self, now: float) -> float:
         return self._hop * self._fade(now)
+
+    def hop_median(self, now: float) -> float:
+        """The median of the last `HOP_WINDOW` hops (0 before any answer), faded like the averages."""
+        return statistics.median(self._recent) * self._fade(now) if self._recent else 0.0
 
     def hop_guard(self, now: float) -> float:
         """The hop at its high end (mean + 3 deviations, at least 0), added to a best service time."""

@@ -234,7 +234,7 @@ class SchedulerCollector(Collector):
         yield GaugeMetricFamily("kairos_admission_lag_seconds", "How late answers come against their admission "
                                 "estimate (EWMA); admission control adds it to its estimates", value=self.scheduler.lag_s)
         yield GaugeMetricFamily("kairos_dispatch_margin_seconds", "The matching's reserve for what its latencies leave "
-                                "out: margin_ms, or twice the measured hop when larger",
+                                "out: margin_ms, or twice the median measured hop when larger",
                                 value=float(getattr(self.scheduler.policy, "margin_s", 0.0)))
         yield GaugeMetricFamily("kairos_head_hop_seconds", "Answered minus the finish expected at the grant "
                                 "(grant + mean service; EWMA): the head's own hop to an instance and back",

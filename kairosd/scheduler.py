@@ -72,6 +72,7 @@ class Query:
     tag: int = 0  # the holder's id for it (a front-end process's query id)
     eta_s: float = 0.0  # the admission estimate of its answer time (0: none, the fleet had no capacity for it)
     size: int = 0  # request bytes, counted against scheduler.max_queue_bytes while queued
+    pipelined: bool = False  # its grant was a slot still busy (it waits there behind another query)
 
 
 class QueryObserver(Protocol):
@@ -509,20 +510,20 @@ class Scheduler:
         if end_s - q.arrival_s > q.qos_s:
             self.stats.qos_violations += 1
         lag = end_s - q.eta_s if q.eta_s and q.attempts == 1 else None  # a retried query's lateness is the fault's
-        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s)
+        self.feedback.answered(end_s, lag, end_s - expected_finish_s, q.qos_s, typical=not q.pipelined)
         self._adapt_margin(end_s)
         if self.observer is not None:
             self.observer.completed(q.model_idx, inst.type_idx, sent_s - q.arrival_s, end_s - sent_s, end_s - q.arrival_s)
 
     def _adapt_margin(self, now: float) -> None:
         """The matching's reserve for what its latencies leave out (`margin_s` of the kairos policy):
-        `admission.matching_margin` of the configured `margin_ms` and the measured hop. Re-derived at most
+        `admission.matching_margin` of the configured `margin_ms` and the median hop. Re-derived at most
         every `MARGIN_PERIOD_S` and changed in steps of at least 0.2 ms: the cached single-query decisions
         depend on it and are dropped when it changes, and the hop feedback moves with every answer."""
         if now < self._margin_due_s or not hasattr(self.policy, "margin_s"):
             return
         self._margin_due_s = now + MARGIN_PERIOD_S
-        margin = admission.matching_margin(self.config.margin_ms / 1e3, self.feedback.hop(now), self._qos_min_s)
+        margin = admission.matching_margin(self.config.margin_ms / 1e3, self.feedback.hop_median(now), self._qos_min_s)
         if abs(margin - self.policy.margin_s) >= MARGIN_STEP_S:
             self.policy.margin_s = margin
             self._fresh = FreshRounds()
@@ -755,7 +756,8 @@ class Scheduler:
         top = self._top_batch
         for qi, col in zip(matched, cols, strict=True):
             q, inst = live[qi], insts[col]
-            if busy[col]:
+            q.pipelined = bool(busy[col])
+            if q.pipelined:
                 self.stats.pipelined += 1
             expected = now + busy[col] + mean[q.model_idx][inst.type_idx][min(q.batch, top)]
             inst.finish_s.append(expected)  # the slot is taken now, before the client task resumes

@@ -106,7 +106,7 @@ def test_an_idle_fleet_admits_even_a_query_it_expects_late() -> None:
 
 
 def test_matching_margin_is_twice_the_hop_mean_between_the_configured_one_and_its_cap() -> None:
-    """The reserve takes the hop's mean, not its high end: a 1.2 ms hop → 2.4 ms; the configured margin
+    """The reserve takes the hop's typical value, not its high end: a 1.2 ms hop → 2.4 ms; the configured margin
     is the floor, a quarter of the smallest QoS the ceiling; a negative hop (answers beating the
     profile's mean) leaves the configured margin."""
     assert admission.matching_margin(0.001, 0.0012, 0.025) == pytest.approx(0.0024)
@@ -119,9 +119,34 @@ def test_matching_margin_is_twice_the_hop_mean_between_the_configured_one_and_it
     fb = admission.Feedback()
     for x in 0.002 + rng.normal(0.0, 0.003, 4000):
         fb.answered(10.0, None, float(x), 1.0)
-    margin = admission.matching_margin(0.001, fb.hop(10.0), 1.0)
+    margin = admission.matching_margin(0.001, fb.hop_median(10.0), 1.0)
     assert abs(margin - 0.004) < 0.002
     assert fb.hop_guard(10.0) > margin / 2 + 0.005
+
+
+def test_the_matching_reserve_follows_the_median_hop_not_single_slow_answers() -> None:
+    """A 1 ms hop with one answer in ten 20 ms late (a pipelined query behind a long service, a stall of
+    the head's loop): right after a slow answer the average of the last ten is near 3 ms and its reserve
+    near 6 ms, while the median's stays at 2 ms; the window forgets: 256 later answers at 3 ms make it
+    6 ms; without answers it fades like the averages."""
+    fb = Feedback()
+    for k in range(200):
+        fb.answered(now=k * 0.001, lag_s=None, hop_s=0.020 if k % 10 == 9 else 0.001, clip_s=0.025)
+    now = 0.199
+    assert fb.hop(now) > 0.0028
+    assert admission.matching_margin(0.001, fb.hop(now), 0.025) > 0.0055
+    assert fb.hop_median(now) == pytest.approx(0.001, rel=0.01)
+    assert admission.matching_margin(0.001, fb.hop_median(now), 0.025) == pytest.approx(0.002, rel=0.01)
+    for k in range(admission.HOP_WINDOW):
+        fb.answered(now=0.2 + k * 0.001, lag_s=None, hop_s=0.003, clip_s=0.025)
+    now = 0.2 + (admission.HOP_WINDOW - 1) * 0.001
+    assert fb.hop_median(now) == pytest.approx(0.003, rel=0.01)
+    assert fb.hop_median(now + 5.0) < 0.003 * math.exp(-4)
+    assert Feedback().hop_median(1.0) == 0.0
+    # an answer from a slot that was still busy when it was sent is left out of the median
+    fb.answered(now=now, lag_s=None, hop_s=0.020, clip_s=0.025, typical=False)
+    fb.answered(now=now, lag_s=None, hop_s=0.020, clip_s=0.025, typical=False)
+    assert fb.hop_median(now) == pytest.approx(0.003, rel=0.01) and fb.hop(now) > 0.005
 
 
 def test_feedback_reads_are_the_same_however_often_they_are_taken() -> None:
