@@ -175,11 +175,11 @@ def matching_margin(configured_s: float, hop_s: float, qos_min_s: float) -> floa
     """The kairos matching's reserve for what its latencies leave out (`margin_s` of the policy): the
     configured margin, or twice the measured hop's typical value (`Feedback.hop_median`) when larger —
     the hop to an instance and back, and the client's way to kairosd and back, which is of the same kind
-    and which kairosd cannot see —
-    up to `MARGIN_CAP_QOS` of the smallest QoS target (past that the head is stalled or overloaded).
+    and which kairosd cannot see — up to `MARGIN_CAP_QOS` of the smallest QoS target (past that the head
+    is stalled or overloaded).
 
-    The typical hop, not a high quantile: the matching already judges every edge on the p99 service time, and
-    the reserve shortens every query's budget by the same amount, so a larger one turns feasible edges
+    The typical hop, not a high quantile: the matching already judges every edge on the p99 service time,
+    and the reserve shortens every query's budget by the same amount, so a larger one turns feasible edges
     into infeasible ones and queues the work on the fastest type. `bench/live.py` simulates the fleet on
     the path it measures (`sim@path`) at several margins: the one that serves most is near the path's
     mean, a few times less than its high end, and a reserve that jumps with single slow answers (to the
@@ -192,10 +192,10 @@ class Feedback:
     admission estimate) and the head's hop (answered − the finish expected at the grant: grant + the
     profile's mean service time, after the residual of a slot it was pipelined to), each an
     exponentially weighted average; the hop with its mean absolute deviation, estimates taking its high
-    end (`hop_guard`); the kairos matching's reserve takes the median of the last `HOP_WINDOW` hops
-    (`hop_median`, for `matching_margin`). Each sample is
-    clipped to ±`clip_s` (the query's QoS target: one frozen instance moves the averages by a bounded
-    step), and both corrections fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
+    end (`hop_guard`); the kairos matching's reserve takes the median hop of the last `HOP_WINDOW`
+    answers sent to a free slot (`hop_median`, for `matching_margin`). Each sample is clipped to
+    ±`clip_s` (the query's QoS target: one frozen instance moves the averages by a bounded step), and
+    the corrections fade with the time since the last answer (`FEEDBACK_FADE_S`)."""
 
     __slots__ = ("_lag", "_hop", "_dev", "_at", "_fade_now", "_fade_value", "_recent")
 
@@ -239,7 +239,8 @@ class Feedback:
         return self._hop * self._fade(now)
 
     def hop_median(self, now: float) -> float:
-        """The median of the last `HOP_WINDOW` hops (0 before any answer), faded like the averages."""
+        """The median hop of the last `HOP_WINDOW` answers sent to a free slot (0 before any), faded like
+        the averages."""
         return statistics.median(self._recent) * self._fade(now) if self._recent else 0.0
 
     def hop_guard(self, now: float) -> float:
