@@ -102,14 +102,20 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2)
 
 
-def setups(sw: synth.SynthWorkload, first_seed: int, n: int, queries: int) -> tuple[SimSetup, ...]:
-    return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=first_seed + 10 * s, mix=sw.mix)
-                 for s in range(n))
+def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
+    """Streams `start` … `start + n − 1` of a family: stream s uses seed `base` + 10·s."""
+    return [base + 10 * s for s in range(start, start + n)]
 
 
-def refine_seeds(judge_seeds: int, refine_seeds: int) -> list[int]:
-    """The refined judge's extra streams, after the judge's first `judge_seeds`."""
-    return [JUDGE_SEED + 10 * s for s in range(judge_seeds, judge_seeds + refine_seeds)]
+def setups(sw: synth.SynthWorkload, seeds: list[int], queries: int) -> tuple[SimSetup, ...]:
+    return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix) for s in seeds)
+
+
+def candidates_of(seed: int, max_configs: int) -> tuple[synth.SynthWorkload, BoundModel, Candidates]:
+    """A workload, the planner's model of it and its candidates (as `bench_workload` builds them)."""
+    sw = synth.synth_workload(seed, max_configs=max_configs)
+    bm = planner_model(sw)
+    return sw, bm, make_candidates(bm, sw.workload.prices_usd_per_hour, sw.budget_usd_per_hour)
 
 
 def contenders(vals: dict[tuple[int, ...], np.ndarray], within: float) -> list[tuple[int, ...]]:
@@ -123,8 +129,7 @@ def extra_values(sw: synth.SynthWorkload, seed: int, configs: list[tuple[int, ..
     """Each configuration's max QPS on the refined judge's extra streams `seeds`."""
     if not configs or not seeds:
         return {c: np.zeros(0) for c in configs}
-    ev = SeedsEvaluator(tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix)
-                              for s in seeds), bound=bound, workers=workers)
+    ev = SeedsEvaluator(setups(sw, seeds, queries), bound=bound, workers=workers)
     cache.fill(ev, seed, seeds, queries)
     ev.many(np.array(configs))
     cache.save(ev, seed, seeds, queries)
@@ -194,9 +199,9 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     bound = bound_of(bm)
 
     t1 = time.perf_counter()
-    plus_seeds = [PLUS_SEED + 10 * s for s in range(args.plus_seeds)]
+    plus_seeds = stream_seeds(PLUS_SEED, args.plus_seeds)
     plus_queries = args.plus_queries or args.queries
-    plus_ev = SeedsEvaluator(setups(sw, PLUS_SEED, args.plus_seeds, plus_queries), bound=bound, workers=args.workers)
+    plus_ev = SeedsEvaluator(setups(sw, plus_seeds, plus_queries), bound=bound, workers=args.workers)
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
@@ -205,8 +210,8 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
     cache.save(plus_ev, seed, plus_seeds, plus_queries)
 
-    judge_seeds = [JUDGE_SEED + 10 * s for s in range(args.judge_seeds)]
-    judge = SeedsEvaluator(setups(sw, JUDGE_SEED, args.judge_seeds, args.queries), bound=bound, workers=args.workers)
+    judge_seeds = stream_seeds(JUDGE_SEED, args.judge_seeds)
+    judge = SeedsEvaluator(setups(sw, judge_seeds, args.queries), bound=bound, workers=args.workers)
     cache.fill(judge, seed, judge_seeds, args.queries)
     homo = homogeneous_configs(cands)
     everything = np.unique(np.vstack([cands.configs, homo]), axis=0)
@@ -219,7 +224,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     vals = {(_key(c)): np.array([cc[_key(c)].qps for cc in judge.caches]) for c in everything}
     t3 = time.perf_counter()
     refined = list(dict.fromkeys(contenders(vals, args.refine_within) + [_key(x.config) for x in (k, paper, ho, kp)]))
-    extra = extra_values(sw, seed, refined, refine_seeds(args.judge_seeds, args.refine_seeds), args.queries,
+    extra = extra_values(sw, seed, refined, stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds), args.queries,
                          bound, args.workers, cache)
     for c, v in extra.items():
         vals[c] = np.concatenate([vals[c], v])
@@ -245,9 +250,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
                    "price_usd_per_hour": t.price_usd_per_hour} for t in sw.types],
         "gpu": any(t.parent == synth.GPU_PARENT for t in sw.types),
         "configs_maximal": len(cands),
-        "optimum": {"config": cands.label(opt), "counts": opt.tolist(), "qps": float(opt_vals.mean()),
-                    "per_stream": opt_vals.tolist(), "spread": float((opt_vals.max() - opt_vals.min()) / opt_vals.mean())
-                    if opt_vals.mean() > 0 else 0.0},
+        "optimum": optimum_entry(cands.label(opt), opt.tolist(), opt_vals),
         "kairos": {**score(k.config), "plan_wall_s": kairos_s},
         "kairos_paper": score(paper.config),
         "homogeneous": score(ho.config),
@@ -291,9 +294,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
     max_configs = int(data["settings"]["max_configs"])
     rows = []
     for r in data["rows"]:
-        sw = synth.synth_workload(int(r["seed"]), max_configs=max_configs)
-        bm = planner_model(sw)
-        cands = make_candidates(bm, sw.workload.prices_usd_per_hour, sw.budget_usd_per_hour)
+        sw, bm, cands = candidates_of(int(r["seed"]), max_configs)
         ev = RecordedEvaluator(r["configs"])
         if set(ev.vals) != {_key(c) for c in cands.configs}:
             raise SystemExit(f"{path}: workload {r['seed']}: the candidates differ from the recorded ones")
@@ -304,9 +305,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             st = data["settings"]
             plus_seeds = [int(x) for x in st["plus_seeds"]]
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
-            plus_ev = SeedsEvaluator(tuple(workload.sim_setup(sw.workload, sw.model, n_queries=plus_queries, seed=s,
-                                                              mix=sw.mix) for s in plus_seeds),
-                                     bound=bound_of(bm), workers=args.workers)
+            plus_ev = SeedsEvaluator(setups(sw, plus_seeds, plus_queries), bound=bound_of(bm), workers=args.workers)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
             cache.save(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
@@ -398,6 +397,12 @@ def print_summary(summary: dict[str, Any], n: int, workers: int) -> None:
           f"fleets judged above upper_bound: {summary['sims_above_bound']}")
 
 
+def optimum_entry(label: str, counts: list[int], v: np.ndarray) -> dict[str, Any]:
+    """The judged optimum's entry: its values on every stream, their mean and spread (max − min)/mean."""
+    return {"config": label, "counts": counts, "qps": float(v.mean()), "per_stream": v.tolist(),
+            "spread": float((v.max() - v.min()) / v.mean()) if v.mean() > 0 else 0.0}
+
+
 def judged(counts: list[int], v: np.ndarray, opt: np.ndarray) -> dict[str, Any]:
     """A fleet's judged entry (as `bench_workload`'s `score`) from its values on every stream."""
     return {"counts": counts, "qps": float(v.mean()), "ratio": float(v.mean() / opt.mean()),
@@ -409,12 +414,10 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     data = json.loads(path.read_text())
     st = data["settings"]
     n_first, queries = len(st["judge_seeds"]), int(st["queries_per_run"])
-    seeds = refine_seeds(n_first, args.refine_seeds)
+    seeds = stream_seeds(JUDGE_SEED, args.refine_seeds, n_first)
     max_configs = int(st["max_configs"])
     for r in data["rows"]:
-        sw = synth.synth_workload(int(r["seed"]), max_configs=max_configs)
-        bm = planner_model(sw)
-        cands = make_candidates(bm, sw.workload.prices_usd_per_hour, sw.budget_usd_per_hour)
+        sw, bm, cands = candidates_of(int(r["seed"]), max_configs)
         vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
         for name in SELECTORS:
             vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
@@ -430,8 +433,7 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
             c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
         best = max(r["configs"], key=lambda c: c["qps"])
         opt = vals[tuple(best["counts"])]
-        r["optimum"] = {"config": cands.label(np.array(best["counts"])), "counts": best["counts"], "qps": float(opt.mean()),
-                        "per_stream": opt.tolist(), "spread": float((opt.max() - opt.min()) / opt.mean())}
+        r["optimum"] = optimum_entry(cands.label(np.array(best["counts"])), best["counts"], opt)
         for name in SELECTORS:
             r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
         r["judge"]["refined"] = [list(c) for c in want]
@@ -518,13 +520,14 @@ def main() -> int:
     write_results({
         "benchmark": "planner_robust",
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)), "workers": args.workers},
-        "settings": {"workload_seeds": seeds, "judge_seeds": [JUDGE_SEED + 10 * s for s in range(args.judge_seeds)],
-                     "plus_seeds": [PLUS_SEED + 10 * s for s in range(args.plus_seeds)], "queries_per_run": args.queries,
+        "settings": {"workload_seeds": seeds, "judge_seeds": stream_seeds(JUDGE_SEED, args.judge_seeds),
+                     "plus_seeds": stream_seeds(PLUS_SEED, args.plus_seeds), "queries_per_run": args.queries,
                      "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
                      "quick": args.quick,
-                     "refine": {"seeds": refine_seeds(args.judge_seeds, args.refine_seeds), "within": args.refine_within}},
+                     "refine": {"seeds": stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds),
+                                "within": args.refine_within}},
         "rows": rows, "degenerate": degenerate, "summary": summary, "total_s": total,
     }, out)
     return 0
