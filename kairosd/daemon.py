@@ -31,6 +31,7 @@ from tritonclient.grpc import service_pb2
 
 from kairosd import heap
 from kairosd.backends.http_client import HttpForward, HttpReply
+from kairosd.backends.process import reserve_ports
 from kairosd.config import Config, Resolved, build_policy, load_checked, load_profiles, resolve
 from kairosd.errors import ConfigError, PortInUse
 from kairosd.fleet import Fleet
@@ -155,6 +156,8 @@ class Daemon:
         # before the fleet: a taken port should fail in a second, not after every instance started
         ensure_ports_free(s.host, {"server.grpc_port": s.grpc_port, "server.http_port": s.http_port})
         ensure_ports_free(s.metrics_host, {"server.metrics_port": s.metrics_port})
+        # local instances pick free ports while these are still unbound: never one of these
+        reserve_ports((s.grpc_port, s.http_port, s.metrics_port))
         scheduler = self.scheduler = Scheduler(self.registry, self.profiles, self.policy, cfg.qos_s, cfg.scheduler)
         stack.callback(scheduler.close)  # whatever is still queued at the very end: UNAVAILABLE
         fleet = self.fleet = build_fleet(cfg, self.registry, self.profiles, scheduler)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -55,6 +55,12 @@ def _bindable(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def reserve_ports(ports: Iterable[int]) -> None:
+    """Never hand these ports out from `free_port` in this process: the daemon's own client and admin
+    ports, which it binds only after its static fleet is up."""
+    _handed_out.update(p for p in ports if p)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
