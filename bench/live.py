@@ -19,7 +19,11 @@ and the simulator on the live path ("sim@path", `--no-path` to skip): a light st
 path (the head's hop to the instance and back, and the client's own way to the head:
 `kairosd.sim.PathModel`, pipelining as the daemon does), and the simulator is run with it and the
 daemon's own margin, and
-with each margin of `PATH_MARGINS_MS` (the best one is recorded).
+with each margin of `PATH_MARGINS_MS` (the best one is recorded). For Kairos a direct step follows
+the light one: the same stream from the same load generator straight to one instance (no head), whose
+way there and back is what the instance and the generator add alone; the simulator is run again on the
+head's share of the path (1 − direct / through, medians; "on_head_path"): what the fleet serves when
+only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance (with the
 native generator, also both generators against the C no-op target of bench/native/noop.c), the
@@ -355,6 +359,81 @@ def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...
             "light_step": light}
 
 
+# the direct step beside the light one: the same stream straight to one instance, this busy (its share
+# of one slot), at most this long or this many queries
+DIRECT_BUSY = 0.15
+DIRECT_WALL_S = 20.0
+DIRECT_MIN_QUERIES = 50
+
+
+def direct_step(d: Daemon, served: str, stream: Any, qos_s: float, service_mean_ms: float,
+                spec_extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The light step's stream sent by the same load generator straight to one instance of the fleet's
+    most numerous type, with no head between them: the path the instance and the load generator make
+    alone (their CPU and one round trip through the kernel), recorded with its type and address."""
+    ready = [i for i in d.fleet()["instances"] if i["state"] == "ready" and i.get("http_address")]
+    if not ready or service_mean_ms <= 0:
+        return None
+    counts: dict[str, int] = {}
+    for i in ready:
+        counts[i["type"]] = counts.get(i["type"], 0) + 1
+    inst = next(i for i in ready if i["type"] == max(counts, key=lambda t: counts[t]))
+    rate = DIRECT_BUSY / (service_mean_ms / 1e3)
+    n = int(min(len(stream.gaps), max(DIRECT_MIN_QUERIES, DIRECT_WALL_S * rate)))
+    r = run_loadgen({"url": inst["address"], "http_url": inst["http_address"], "model": served,
+                     "batches": stream.batches[:n].tolist(), "gaps": stream.gaps[:n].tolist(), "rate_qps": rate,
+                     "timeout_s": max(10 * qos_s, 2.0), **spec_extra})
+    r.update(type=inst["type"], address=inst["address"])
+    split = r.get("split", {})
+    print(f"    direct to one {inst['type']} at {rate:.1f} q/s ({r['n']} queries, errors {r['errors']}): "
+          + ", ".join(f"{k} p50 {v['p50_ms']:.2f} p99 {v['p99_ms']:.2f} ms" for k, v in split.items()), flush=True)
+    return r
+
+
+def head_share(light: dict[str, Any], direct: dict[str, Any] | None) -> float | None:
+    """The head's share of the live path: 1 − (the direct path's way to the instance and back, p50) / (the
+    light step's latency beyond the service, p50). None without both."""
+    if not direct or direct.get("errors"):
+        return None
+    split = direct.get("split", {})
+    through = float(light.get("excess_p50_ms") or 0.0)
+    if through <= 0 or "to_instance" not in split or "back_to_client" not in split:
+        return None
+    alone = split["to_instance"]["p50_ms"] + split["back_to_client"]["p50_ms"]
+    return min(max(1.0 - alone / through, 0.0), 1.0)
+
+
+def head_path(light: dict[str, Any], share: float) -> dict[str, Any]:
+    """The light step's path scaled to the head's share (hop, median and p99 beyond the service alike):
+    what the path would be with an instance and a load generator that cost nothing."""
+    return {**light, "hop_mean_ms": float(light.get("hop_mean_ms") or 0.0) * share,
+            "excess_p50_ms": float(light.get("excess_p50_ms") or 0.0) * share,
+            "excess_p99_ms": float(light.get("excess_p99_ms") or 0.0) * share}
+
+
+def on_head_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, Any], direct: dict[str, Any] | None,
+                 margin_ms: float, live: float, sim_qps: float, seed: int) -> dict[str, Any] | None:
+    """Kairos in the simulator on the head's share of the live path (`head_path`), at the daemon's margin
+    and each of `PATH_MARGINS_MS`, the best recorded: the most the fleet serves when the head's path is
+    all there is. None when the direct step is missing."""
+    from kairosd.sim import evaluate_config
+
+    share = head_share(light, direct)
+    if share is None:
+        return None
+    path = path_of(head_path(light, share), seed)
+    by_margin = {m: evaluate_config(replace(setup, policy="kairos", policy_params={"margin_s": m / 1e3}, path=path),
+                                    key, ub).qps
+                 for m in sorted({margin_ms, *PATH_MARGINS_MS})}
+    best = max(by_margin, key=lambda m: by_margin[m])
+    print(f"  kairos: the simulator on the head's share ({share:.2f}) of the path: {by_margin[best]:.1f} q/s at "
+          f"margin {best:g} ms ({by_margin[best] / sim_qps if sim_qps else math.nan:.3f} of the simulator)", flush=True)
+    return {"share": share, "hop_mean_ms": path.hop_mean_s * 1e3, "client_ms": path.client_s * 1e3,
+            "sim_qps": by_margin[best], "best_margin_ms": best, "over_sim": by_margin[best] / sim_qps if sim_qps else None,
+            "live_over_it": live / by_margin[best] if by_margin[best] else None,
+            "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()}, "direct_step": direct}
+
+
 def resimulate_paths(args: argparse.Namespace) -> int:
     """`--path-only`: the simulator on the live path again for every row and policy of `--out`, from the
     light steps and the margins recorded there (no daemon started)."""
@@ -374,6 +453,10 @@ def resimulate_paths(args: argparse.Namespace) -> int:
             params: dict[str, Any] = {"threshold": row["threshold"]} if policy == "threshold" else {}
             v["on_live_path"] = on_path(setup, policy, params, key, row["ub_qps"], old["light_step"],
                                         old["daemon_margin_ms"], v["live_qps"], args.seed + 7)
+            head = v.get("on_head_path")
+            if policy == "kairos" and head:
+                v["on_head_path"] = on_head_path(setup, key, row["ub_qps"], old["light_step"], head["direct_step"],
+                                                 old["daemon_margin_ms"], v["live_qps"], v["sim_qps"], args.seed + 7)
     write_results(data, path)
     return 0
 
@@ -448,7 +531,7 @@ def main_bench(args: argparse.Namespace) -> int:
                        hosted=args.hosted)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
-                path_step = None
+                path_step = direct = None
                 if args.path and sim.qps > 0:
                     print("  the live path, at a light load:", flush=True)
                     part = replace(setup.stream, gaps=setup.stream.gaps[:PATH_STEP_QUERIES],
@@ -456,6 +539,9 @@ def main_bench(args: argparse.Namespace) -> int:
                                    noise_u=setup.stream.noise_u[:PATH_STEP_QUERIES])
                     path_step = step(d, served, PATH_STEP_SHARE * sim.qps, part, qos_s,
                                      {"protocol": args.protocol, "generator": args.generator})
+                    if policy == "kairos":
+                        direct = direct_step(d, served, part, qos_s, float(path_step.get("service_mean_ms") or 0.0),
+                                             {"protocol": args.protocol, "generator": args.generator})
                 light = 0.1 * ub
                 # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
                 # itself noisy near the limit: repeated on the same daemon, the median is what is reported
@@ -470,14 +556,17 @@ def main_bench(args: argparse.Namespace) -> int:
             median_run = min(runs, key=lambda r: abs(r[0] - live))[1]  # the CPU figures: a run at the median
             best = max((s for s in median_run if s["ok"]), key=lambda s: s["offered_qps"], default=None)
             on_live_path: dict[str, Any] | None = None
+            on_head: dict[str, Any] | None = None
             if path_step is not None:
                 # the daemon's own margin where it served best (its reserve follows the measured hop)
                 margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms)) if policy == "kairos" else 0.0
                 on_live_path = on_path(setup, policy, params, key, ub, path_step, margin_ms, live, args.seed + 7)
+                if policy == "kairos":
+                    on_head = on_head_path(setup, key, ub, path_step, direct, margin_ms, live, sim.qps, args.seed + 7)
             row["policies"][policy] = {
                 "sim_qps": sim.qps, "live_qps": live, "live_over_sim": live / sim.qps if sim.qps else None,
                 "live_qps_runs": live_runs,
-                "on_live_path": on_live_path,
+                "on_live_path": on_live_path, "on_head_path": on_head,
                 "head_cpu_at_live": best["head_cpu"] if best else None,
                 "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
                 "instances_cpu_at_live": best["instances_cpu"] if best else None,
@@ -509,6 +598,10 @@ def main_bench(args: argparse.Namespace) -> int:
             rp = f"{op['live_over_sim']:.3f}" if op and op.get("live_over_sim") is not None else "-"
             print(f"{r['model']:6} {r['fleet']:28} {p:10} {v['sim_qps']:8.1f} {v['live_qps']:8.1f} {ratio:>8} {sp:>8} "
                   f"{rp:>8} {hc:>8} {lc:>8}")
+            oh = v.get("on_head_path")
+            if oh:
+                print(f"{'':6} {'':28} {'':10} the head's share {oh['share']:.2f} of the path: simulator "
+                      f"{oh['sim_qps']:.1f} q/s ({oh['over_sim']:.3f} of the path-less one)")
         if "kairos_over_threshold_live" in r:
             print(f"{'':6} {'':28} K/thr: live {r['kairos_over_threshold_live']:.3f}, sim {r['kairos_over_threshold_sim']:.3f}")
     out["total_s"] = time.monotonic() - t_start
