@@ -273,6 +273,12 @@ class EmulatedInstance(Draining):
         tail.parameters[DONE_PARAM].int64_param = time.monotonic_ns()
         return body + tail.SerializeToString()
 
+    def answer_parameters(self, service_s: float, arrived_ns: int, done_ns: int) -> dict[str, str | int]:
+        """The response parameters of an answer, as the JSON of an HTTP answer holds them (the same
+        names and values `infer` sets in a ModelInferResponse)."""
+        return {TYPE_PARAM: self.emulate, SERVICE_PARAM: round(service_s * 1e6), ARRIVED_PARAM: arrived_ns,
+                DONE_PARAM: done_ns}
+
     async def infer_http(
         self, forward: HttpForward, spec: ModelSpec, batch: int, timeout_s: float | None = None
     ) -> HttpReply | bytes:
@@ -369,7 +375,8 @@ async def serve_host(
     `grace_s`, a second stops at once). Each instance has its own servers, slots, queue and draws (seed
     + its index); they share the event loop, so several idle-waiting instances cost one process's
     wake-ups instead of one each."""
-    from kairosd.server.http_frontend import start_http_server
+    from kairosd.backends.emulated_http import LeanHttpServer, start_lean_http_server
+    from kairosd.server.http_frontend import http_runner
 
     if not instances:
         raise ConfigError("no emulated instance to serve: give --emulate or at least one --instance")
@@ -392,6 +399,7 @@ async def serve_host(
         loop.add_signal_handler(sig, on_signal, sig)
     servers: list[grpc.aio.Server] = []
     runners = []
+    lean: list[LeanHttpServer] = []
     try:
         specs = load_repository(repository)
         specs = {name: spec for name, spec in specs.items() if name in models}
@@ -410,8 +418,14 @@ async def serve_host(
             except (OSError, RuntimeError) as exc:
                 raise Unavailable(f"cannot listen on {host}:{h.port}: {exc}") from exc
             if h.http_port is not None:
-                runners.append(await start_http_server(instance, host, h.http_port, MAX_MESSAGE_BYTES, SERVER_NAME,
-                                                       extensions))
+                runner = await http_runner(instance, MAX_MESSAGE_BYTES, SERVER_NAME, extensions)
+                runners.append(runner)
+                assert runner.server is not None  # set up: it makes the full path's protocols
+                try:
+                    lean.append(await start_lean_http_server(instance, host, h.http_port, MAX_MESSAGE_BYTES,
+                                                             runner.server))
+                except OSError as exc:
+                    raise Unavailable(f"cannot listen on {host}:{h.http_port}: {exc}") from exc
             timer = instance.timer()
             print(
                 f"kairosd emulated ready: grpc={host}:{h.port} http={host}:{h.http_port} emulate={h.emulate} "
@@ -434,6 +448,8 @@ async def serve_host(
             log.warning("%d queries still waiting; cancelling them", sum(inst.in_flight for inst in live))
         for server in servers:
             await server.stop(0 if forced.is_set() else 0.5)
+        for http_server in lean:
+            await http_server.close()
         for runner in runners:
             await runner.cleanup()
     finally:

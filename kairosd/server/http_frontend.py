@@ -267,6 +267,21 @@ def build_http_app(
 _HEALTH_HANDLERS: frozenset[Handler] = frozenset({_live, _ready, _model_ready})
 
 
+async def http_runner(
+    service: InferenceService, max_body_bytes: int,
+    server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
+    *, limits: HttpLimits | None = None, auth: Authenticator | None = None,
+) -> web.AppRunner:
+    """The REST application set up to serve, listening nowhere yet: `runner.server` makes a protocol
+    per connection (a site binds it, or another server hands it connections)."""
+    app = build_http_app(service, max_body_bytes, server_name, extensions, auth=auth,
+                         body_timeout_s=limits.body_timeout_s if limits is not None else None)
+    kwargs = limits.handler_kwargs() if limits is not None else {}
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **kwargs)
+    await runner.setup()
+    return runner
+
+
 async def start_http_server(
     service: InferenceService, host: str, port: int, max_body_bytes: int,
     server_name: str = SERVER_NAME, extensions: tuple[str, ...] = EXTENSIONS,
@@ -280,11 +295,7 @@ async def start_http_server(
     (`kairosd.server.http_limits`); without, aiohttp's defaults apply (instances behind kairosd).
     `ssl_context` serves HTTPS; `auth` checks bearer tokens. `reuse_port`: the port is shared with
     kairosd's other front-end processes (SO_REUSEPORT)."""
-    app = build_http_app(service, max_body_bytes, server_name, extensions, auth=auth,
-                         body_timeout_s=limits.body_timeout_s if limits is not None else None)
-    kwargs = limits.handler_kwargs() if limits is not None else {}
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, **kwargs)
-    await runner.setup()
+    runner = await http_runner(service, max_body_bytes, server_name, extensions, limits=limits, auth=auth)
     try:
         if limits is not None:
             site: web.TCPSite = GuardedSite(runner, host, port, limits, gate or ConnectionGate(limits.max_connections),

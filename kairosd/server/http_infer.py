@@ -226,10 +226,11 @@ def to_grpc(header: InferHeader, body: bytes, spec: ModelSpec, version: str) -> 
     return out
 
 
-def render(
-    response: pb.ModelInferResponse, spec: ModelSpec, binary: dict[str, bool] | bool, coding: str | None
-) -> web.Response:
-    """ModelInferResponse → Triton's JSON (+ binary tensors after a header of Inference-Header-Content-Length)."""
+def render_body(
+    response: pb.ModelInferResponse, spec: ModelSpec, binary: dict[str, bool] | bool
+) -> tuple[bytes, int | None]:
+    """ModelInferResponse → Triton's JSON body, and the JSON header's length when binary tensors follow
+    it (the `Inference-Header-Content-Length`; None for a JSON-only body)."""
     raws = response.raw_output_contents
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -254,10 +255,19 @@ def render(
         doc["parameters"] = {k: param_value(v) for k, v in response.parameters.items()}
     header = rapidjson.dumps(doc).encode()
     if blobs:
-        body = b"".join([header, *blobs])
-        resp = web.Response(body=body, content_type=_OCTET, headers={HEADER_LENGTH: str(len(header))})
+        return b"".join([header, *blobs]), len(header)
+    return header, None
+
+
+def render(
+    response: pb.ModelInferResponse, spec: ModelSpec, binary: dict[str, bool] | bool, coding: str | None
+) -> web.Response:
+    """ModelInferResponse → Triton's JSON (+ binary tensors after a header of Inference-Header-Content-Length)."""
+    body, header_len = render_body(response, spec, binary)
+    if header_len is not None:
+        resp = web.Response(body=body, content_type=_OCTET, headers={HEADER_LENGTH: str(header_len)})
     else:
-        resp = web.Response(body=header, content_type=_JSON)
+        resp = web.Response(body=body, content_type=_JSON)
     if coding is not None:
         resp.enable_compression(web.ContentCoding(coding))
     return resp
