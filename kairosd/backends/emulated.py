@@ -375,8 +375,8 @@ async def serve_host(
     `grace_s`, a second stops at once). Each instance has its own servers, slots, queue and draws (seed
     + its index); they share the event loop, so several idle-waiting instances cost one process's
     wake-ups instead of one each."""
-    from kairosd.backends.emulated_http import LeanHttpServer, start_lean_http_server
-    from kairosd.server.http_frontend import http_runner
+    from kairosd.backends.emulated_http import LeanHttpServer, lean_http_default, start_lean_http_server
+    from kairosd.server.http_frontend import http_runner, start_http_server
 
     if not instances:
         raise ConfigError("no emulated instance to serve: give --emulate or at least one --instance")
@@ -417,7 +417,10 @@ async def serve_host(
                 servers.append(await start_emulated_grpc_server(instance, host, h.port, extensions))
             except (OSError, RuntimeError) as exc:
                 raise Unavailable(f"cannot listen on {host}:{h.port}: {exc}") from exc
-            if h.http_port is not None:
+            if h.http_port is not None and not lean_http_default():
+                runners.append(await start_http_server(instance, host, h.http_port, MAX_MESSAGE_BYTES, SERVER_NAME,
+                                                       extensions))
+            elif h.http_port is not None:
                 runner = await http_runner(instance, MAX_MESSAGE_BYTES, SERVER_NAME, extensions)
                 runners.append(runner)
                 assert runner.server is not None  # set up: it makes the full path's protocols

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -38,6 +39,15 @@ if TYPE_CHECKING:
     from kairosd.repository import ModelSpec
 
 log = logging.getLogger(__name__)
+
+LEAN_ENV = "KAIROSD_EMULATED_LEAN_HTTP"
+
+
+def lean_http_default() -> bool:
+    """Whether emulated instances serve infer requests on the lean path (the default), not when
+    KAIROSD_EMULATED_LEAN_HTTP is 0/false/no (then aiohttp serves every request: bench/emulated_http.py
+    measures both)."""
+    return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "false", "no")
 
 _INFER_PATH = re.compile(r"/v2/models/([^/?#]+)(?:/versions/([^/?#]+))?/infer")
 _CRLF2 = b"\r\n\r\n"
@@ -76,9 +86,10 @@ def parse_request(buf: bytearray, max_body_bytes: int) -> _Request | bool | None
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        key = name.lower()
+        if not sep or not name or name != name.strip() or key in headers:  # a repeated header: aiohttp judges it
             return False
-        headers[name.lower()] = value.strip()
+        headers[key] = value.strip()
     length = headers.get("content-length", "")
     if (not (length.isascii() and length.isdigit()) or int(length) > max_body_bytes
             or not _FULL_PATH_HEADERS.isdisjoint(headers)

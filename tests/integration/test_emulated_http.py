@@ -25,7 +25,7 @@ from kairosd.backends.emulated import (
     TYPE_PARAM,
     EmulatedInstance,
 )
-from kairosd.backends.emulated_http import start_lean_http_server
+from kairosd.backends.emulated_http import LEAN_ENV, lean_http_default, start_lean_http_server
 from kairosd.emulation import load_cells
 from kairosd.modelgen import example_inputs
 from kairosd.repository import load_repository
@@ -222,7 +222,8 @@ def test_a_client_that_leaves_frees_its_slot() -> None:
 
 
 @pytest.mark.parametrize("raw", [b"POST /v2/models/ncf/infer HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-                                 b"POST /v2/models/ncf/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"])
+                                 b"POST /v2/models/ncf/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                                 b"POST /v2/models/ncf/infer HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x"])
 def test_requests_the_lean_path_does_not_frame_get_the_applications_answer(raw: bytes) -> None:
     async def run() -> None:
         async with emulated() as s:
@@ -234,3 +235,13 @@ def test_requests_the_lean_path_does_not_frame_get_the_applications_answer(raw: 
             writer.close()
 
     asyncio.run(run())
+
+
+def test_the_lean_path_is_the_default_and_an_environment_variable_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(LEAN_ENV, raising=False)
+    assert lean_http_default()
+    for off in ("0", "false", "No"):
+        monkeypatch.setenv(LEAN_ENV, off)
+        assert not lean_http_default()
+    monkeypatch.setenv(LEAN_ENV, "1")
+    assert lean_http_default()
