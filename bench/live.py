@@ -44,6 +44,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -335,6 +336,16 @@ def path_of(light: dict[str, Any], seed: int) -> Any:
                      seed=seed, pipeline_tick_s=SchedulerConfig().tick_ms / 1e3)
 
 
+def kairos_by_margin(setup: Any, key: tuple[int, ...], ub: float, path: Any, margin_ms: float) -> dict[float, float]:
+    """Kairos's max QPS in the simulator on `path`, by matching margin (ms): `margin_ms` and each of
+    `PATH_MARGINS_MS`."""
+    from kairosd.sim import evaluate_config
+
+    return {m: evaluate_config(replace(setup, policy="kairos", policy_params={"margin_s": m / 1e3}, path=path),
+                               key, ub).qps
+            for m in sorted({margin_ms, *PATH_MARGINS_MS})}
+
+
 def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...], ub: float, light: dict[str, Any],
             margin_ms: float, live: float, seed: int) -> dict[str, Any]:
     """The simulator on the live path measured by `light`: max QPS with the daemon's margin `margin_ms`
@@ -342,10 +353,8 @@ def on_path(setup: Any, policy: str, params: dict[str, Any], key: tuple[int, ...
     from kairosd.sim import evaluate_config
 
     path = path_of(light, seed)
-    by_margin = {}
-    for m in sorted({margin_ms, *PATH_MARGINS_MS}) if policy == "kairos" else [margin_ms]:
-        p_params = {**params, "margin_s": m / 1e3} if policy == "kairos" else params
-        by_margin[m] = evaluate_config(replace(setup, policy=policy, policy_params=p_params, path=path), key, ub).qps
+    by_margin = (kairos_by_margin(setup, key, ub, path, margin_ms) if policy == "kairos" else
+                 {margin_ms: evaluate_config(replace(setup, policy=policy, policy_params=params, path=path), key, ub).qps})
     sim_path = by_margin[margin_ms]
     best_margin = max(by_margin, key=lambda m: by_margin[m])
     print(f"  {policy}: the simulator on the live path (hop {path.hop_mean_s * 1e3:.2f} ± {path.hop_sd_s * 1e3:.2f} ms, "
@@ -374,10 +383,8 @@ def direct_step(d: Daemon, served: str, stream: Any, qos_s: float, service_mean_
     ready = [i for i in d.fleet()["instances"] if i["state"] == "ready" and i.get("http_address")]
     if not ready or service_mean_ms <= 0:
         return None
-    counts: dict[str, int] = {}
-    for i in ready:
-        counts[i["type"]] = counts.get(i["type"], 0) + 1
-    inst = next(i for i in ready if i["type"] == max(counts, key=lambda t: counts[t]))
+    [(most, _)] = Counter(i["type"] for i in ready).most_common(1)
+    inst = next(i for i in ready if i["type"] == most)
     rate = DIRECT_BUSY / (service_mean_ms / 1e3)
     n = int(min(len(stream.gaps), max(DIRECT_MIN_QUERIES, DIRECT_WALL_S * rate)))
     r = run_loadgen({"url": inst["address"], "http_url": inst["http_address"], "model": served,
@@ -416,15 +423,11 @@ def on_head_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, A
     """Kairos in the simulator on the head's share of the live path (`head_path`), at the daemon's margin
     and each of `PATH_MARGINS_MS`, the best recorded: the most the fleet serves when the head's path is
     all there is. None when the direct step is missing."""
-    from kairosd.sim import evaluate_config
-
     share = head_share(light, direct)
     if share is None:
         return None
     path = path_of(head_path(light, share), seed)
-    by_margin = {m: evaluate_config(replace(setup, policy="kairos", policy_params={"margin_s": m / 1e3}, path=path),
-                                    key, ub).qps
-                 for m in sorted({margin_ms, *PATH_MARGINS_MS})}
+    by_margin = kairos_by_margin(setup, key, ub, path, margin_ms)
     best = max(by_margin, key=lambda m: by_margin[m])
     print(f"  kairos: the simulator on the head's share ({share:.2f}) of the path: {by_margin[best]:.1f} q/s at "
           f"margin {best:g} ms ({by_margin[best] / sim_qps if sim_qps else math.nan:.3f} of the simulator)", flush=True)

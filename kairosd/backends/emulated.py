@@ -46,6 +46,7 @@ from kairosd.emulation import ServiceCells, load_cells
 from kairosd.errors import ConfigError, DeadlineExceeded, InvalidInput, KairosError, Unavailable
 from kairosd.repository import ModelSpec, load_repository
 from kairosd.server.grpc_frontend import EXTENSIONS, MAX_PENDING_RPCS, SERVICE_NAME, build_generic_handler
+from kairosd.server.http_infer import set_param
 from kairosd.server.validate import resolve_model, validate_request
 
 log = logging.getLogger(__name__)
@@ -267,15 +268,14 @@ class EmulatedInstance(Draining):
         # serialized messages concatenated merge: the id and the response parameters that tell which
         # type served the query and the service time it was given (a client can subtract it)
         tail = service_pb2.ModelInferResponse(id=request.id)
-        tail.parameters[TYPE_PARAM].string_param = self.emulate
-        tail.parameters[SERVICE_PARAM].int64_param = round(service_s * 1e6)
-        tail.parameters[ARRIVED_PARAM].int64_param = arrived_ns
-        tail.parameters[DONE_PARAM].int64_param = time.monotonic_ns()
+        for name, value in self.answer_parameters(service_s, arrived_ns, time.monotonic_ns()).items():
+            set_param(tail.parameters[name], value)
         return body + tail.SerializeToString()
 
     def answer_parameters(self, service_s: float, arrived_ns: int, done_ns: int) -> dict[str, str | int]:
-        """The response parameters of an answer, as the JSON of an HTTP answer holds them (the same
-        names and values `infer` sets in a ModelInferResponse)."""
+        """The response parameters of an answer (`infer` sets them in its ModelInferResponse, the lean
+        HTTP path in its JSON header): the emulated type, the drawn service time in µs, when the query
+        arrived and when its service ended."""
         return {TYPE_PARAM: self.emulate, SERVICE_PARAM: round(service_s * 1e6), ARRIVED_PARAM: arrived_ns,
                 DONE_PARAM: done_ns}
 

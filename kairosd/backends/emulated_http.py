@@ -73,10 +73,7 @@ def parse_request(buf: bytearray, max_body_bytes: int) -> _Request | bool | None
     end = buf.find(_CRLF2)
     if end < 0:
         return False if len(buf) > MAX_HEAD_BYTES else None
-    try:
-        lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-        return False
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")  # latin-1 decodes every byte
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
         return False
