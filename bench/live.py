@@ -45,7 +45,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +439,56 @@ def on_head_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, A
             "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()}, "direct_step": direct}
 
 
+# the thresholds the simulator sweeps (the same grid as `best_threshold`'s)
+THRESHOLD_GRID = tuple(range(50, 1001, 50))
+
+
+def thresholds_on_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, Any], tuned: int, n: int,
+                       seed: int) -> list[tuple[int, float]]:
+    """The `n` thresholds other than `tuned` that the simulator on the live path (measured by `light`) serves
+    most with, best first, with their max QPS there: the live path adds a few ms to every query, which can
+    move the best threshold away from the one tuned without it."""
+    from kairosd.sim import evaluate_config
+
+    path = path_of(light, seed)
+    by_t = {t: evaluate_config(replace(setup, policy="threshold", policy_params={"threshold": t}, path=path), key, ub).qps
+            for t in THRESHOLD_GRID if t != tuned}
+    return sorted(by_t.items(), key=lambda kv: (-kv[1], kv[0]))[:max(n, 0)]
+
+
+def screen_thresholds(start: Callable[..., Daemon], candidates: list[tuple[int, float]], live_tuned: float,
+                      repeats: int, bisect: Callable[[Daemon], tuple[float, list[dict[str, Any]]]],
+                      ) -> tuple[int | None, list[tuple[float, list[dict[str, Any]]]], list[dict[str, Any]]]:
+    """The live best threshold among `candidates` (threshold, simulated QPS on the live path): one bisection
+    each on a daemon of its own (`start(params, name=...)`); the best one, when its figure beats `live_tuned` (the
+    tuned threshold's median), is bisected `repeats` times more on a fresh daemon, and is the live best
+    threshold when the median of those beats `live_tuned` too. Returns that threshold (None: the tuned one
+    stays), its runs, and one record per candidate."""
+    records: list[dict[str, Any]] = []
+    for t, sim_path in candidates:
+        d = start({"threshold": t}, name=f"threshold-{t}")
+        try:
+            qps, steps = bisect(d)
+        finally:
+            d.stop()
+        records.append({"threshold": t, "sim_qps_on_path": sim_path, "screen_qps": qps, "screen_steps": steps})
+        print(f"  threshold {t}: simulator on the live path {sim_path:.1f} q/s, live (one bisection) {qps:.1f} q/s",
+              flush=True)
+    best = max(records, key=lambda r: r["screen_qps"], default=None)
+    if best is None or best["screen_qps"] <= live_tuned:
+        return None, [], records
+    d = start({"threshold": best["threshold"]}, name=f"threshold-{best['threshold']}-confirm")
+    try:
+        runs = [bisect(d) for _ in range(repeats)]
+    finally:
+        d.stop()
+    best["confirm_qps_runs"] = [r[0] for r in runs]
+    median = float(np.median(best["confirm_qps_runs"]))
+    print(f"  threshold {best['threshold']}: live {median:.1f} q/s (median of "
+          f"{', '.join(f'{x:.1f}' for x in best['confirm_qps_runs'])}) against {live_tuned:.1f}", flush=True)
+    return (best["threshold"], runs, records) if median > live_tuned else (None, [], records)
+
+
 def resimulate_paths(args: argparse.Namespace) -> int:
     """`--path-only`: the simulator on the live path again for every row and policy of `--out`, from the
     light steps and the margins recorded there (no daemon started)."""
@@ -529,9 +581,14 @@ def main_bench(args: argparse.Namespace) -> int:
             sub = workdir / f"{model}-{policy}"
             sub.mkdir(exist_ok=True)
             t0 = time.monotonic()
-            d = Daemon(sub, served, model, qos_s * 1e3, counts, policy, params, args.margin_ms,
-                       scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]),
-                       hosted=args.hosted)
+
+            start = partial(Daemon, sub, served, model, qos_s * 1e3, counts, policy, margin_ms=args.margin_ms,
+                            scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]),
+                            hosted=args.hosted)
+            bisect = partial(live_max, served=served, sim_qps=sim.qps, stream=setup.stream, qos_s=qos_s,
+                             rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ub,
+                             protocol=args.protocol, generator=args.generator)
+            d = start(params)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
                 path_step = direct = None
@@ -545,16 +602,27 @@ def main_bench(args: argparse.Namespace) -> int:
                     if policy == "kairos":
                         direct = direct_step(d, served, part, qos_s, float(path_step.get("service_mean_ms") or 0.0),
                                              {"protocol": args.protocol, "generator": args.generator})
-                light = 0.1 * ub
                 # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
                 # itself noisy near the limit: repeated on the same daemon, the median is what is reported
-                runs = [live_max(d, served, sim.qps, setup.stream, qos_s, args.rel_tol, args.max_steps, light,
-                                 args.protocol, args.generator)
-                        for _ in range(args.repeats if policy in args.repeat_policies.split(",") else 1)]
+                repeats = args.repeats if policy in args.repeat_policies.split(",") else 1
+                runs = [bisect(d) for _ in range(repeats)]
             finally:
                 d.stop()
             live_runs = [r[0] for r in runs]
             live = float(np.median(live_runs))
+            screened: list[dict[str, Any]] | None = None
+            if policy == "threshold" and path_step is not None and args.live_thresholds > 0:
+                # the best threshold live: the simulator on the live path proposes others, each bisected once
+                tuned = int(params["threshold"])
+                candidates = thresholds_on_path(setup, key, ub, path_step, tuned, args.live_thresholds, args.seed + 7)
+                found, found_runs, screened = screen_thresholds(
+                    start, candidates, live, repeats, bisect)
+                if found is not None:
+                    screened.append({"threshold": tuned, "tuned": True, "qps_runs": live_runs,
+                                     "steps": [x for _, run_steps in runs for x in run_steps]})
+                    params = {"threshold": found}
+                    runs, live_runs = found_runs, [r[0] for r in found_runs]
+                    live = float(np.median(live_runs))
             steps = [s for _, run_steps in runs for s in run_steps]
             median_run = min(runs, key=lambda r: abs(r[0] - live))[1]  # the CPU figures: a run at the median
             best = max((s for s in median_run if s["ok"]), key=lambda s: s["offered_qps"], default=None)
@@ -568,7 +636,7 @@ def main_bench(args: argparse.Namespace) -> int:
                     on_head = on_head_path(setup, key, ub, path_step, direct, margin_ms, live, sim.qps, args.seed + 7)
             row["policies"][policy] = {
                 "sim_qps": sim.qps, "live_qps": live, "live_over_sim": live / sim.qps if sim.qps else None,
-                "live_qps_runs": live_runs,
+                "live_qps_runs": live_runs, "params": params, "thresholds_screened": screened,
                 "on_live_path": on_live_path, "on_head_path": on_head,
                 "head_cpu_at_live": best["head_cpu"] if best else None,
                 "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
@@ -650,6 +718,11 @@ def main() -> int:
                          "margin that serves most there)")
     ap.add_argument("--path-only", action="store_true",
                     help="only the simulator on the live path again, from the light steps recorded in --out")
+    ap.add_argument("--live-thresholds", type=int, default=2,
+                    help="the threshold policy's best threshold live: after the tuned threshold's bisections, this "
+                         "many others (those the simulator on the live path serves most with) are bisected once "
+                         "each, and the best, if it beats the tuned one, --repeats times more: the figure reported "
+                         "is the better median (0: the tuned threshold only) (default: %(default)s)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
