@@ -12,8 +12,10 @@ stream the simulator evaluates) bisects for the highest rate whose
 end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
 no backlog (as the simulator judges a run); the bisection runs `--repeats` times on the same daemon and
 the median is reported (a step's p99 near the limit is noisy, and a bisection stops at its first
-failed step). The same for the best threshold policy (from
-bench/results/dispatch.json when its fleet is this one, else a sweep in the simulator) and for fcfs.
+failed step). The same for the best threshold policy and for fcfs. The threshold is the one tuned in
+the simulator (bench/results/dispatch.json when its fleet is this one, else a sweep on this stream),
+then tuned live (`--live-thresholds`): the thresholds the simulator on the live path (below) serves
+most with are bisected once each, and the best, when it beats the tuned one, `--repeats` times more.
 Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio;
 and the simulator on the live path ("sim@path", `--no-path` to skip): a light step first measures the
 path (the head's hop to the instance and back, and the client's own way to the head:
@@ -25,7 +27,8 @@ way there and back is what the instance and the generator add alone; the simulat
 head's share of the path (1 − direct / through, medians; "on_head_path"): what the fleet serves when
 only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
-the hypervisor's steal. Also: the load generator's own ceiling against a no-op instance (with the
+the hypervisor's steal; a step during which steal took more than `--max-steal` cores is measured
+again (the VM's neighbours are not what is measured). Also: the load generator's own ceiling against a no-op instance (with the
 native generator, also both generators against the C no-op target of bench/native/noop.c), the
 emulation's fidelity at low load on a 16-instance fleet (per type, direct and through kairosd; from
 h2load over gRPC and over HTTP), and the timer's precision. Writes bench/results/live.json.
@@ -587,7 +590,7 @@ def main_bench(args: argparse.Namespace) -> int:
                             hosted=args.hosted)
             bisect = partial(live_max, served=served, sim_qps=sim.qps, stream=setup.stream, qos_s=qos_s,
                              rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ub,
-                             protocol=args.protocol, generator=args.generator)
+                             protocol=args.protocol, generator=args.generator, max_steal=args.max_steal)
             d = start(params)
             try:
                 print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
@@ -718,6 +721,10 @@ def main() -> int:
                          "margin that serves most there)")
     ap.add_argument("--path-only", action="store_true",
                     help="only the simulator on the live path again, from the light steps recorded in --out")
+    ap.add_argument("--max-steal", type=float, default=0.1,
+                    help="a bisection step during which the VM lost more than this many cores to the hypervisor's "
+                         "steal is measured again (after a pause, up to 4 times in all); negative: never "
+                         "(default: %(default)s)")
     ap.add_argument("--live-thresholds", type=int, default=2,
                     help="the threshold policy's best threshold live: after the tuned threshold's bisections, this "
                          "many others (those the simulator on the live path serves most with) are bisected once "
@@ -734,6 +741,8 @@ def main() -> int:
         ap.error("--repeats must be at least 1")
     if args.generator == "native" and args.protocol != "http":
         ap.error("--generator native speaks HTTP only (--protocol http)")
+    if args.max_steal < 0:
+        args.max_steal = None
     return main_bench(args)
 
 
