@@ -111,6 +111,14 @@ def setups(sw: synth.SynthWorkload, seeds: list[int], queries: int) -> tuple[Sim
     return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix) for s in seeds)
 
 
+def plus_evaluator(sw: synth.SynthWorkload, n: int, queries: int, bound: Callable[[np.ndarray], float],
+                   workers: int) -> SeedsEvaluator:
+    """Kairos+'s evaluator: `n` streams of its own (seeds apart from the judge's), up to 3n when it adds
+    streams to tell two fleets apart."""
+    return SeedsEvaluator(setups(sw, stream_seeds(PLUS_SEED, n), queries), bound=bound, workers=workers,
+                          more=lambda i: setups(sw, stream_seeds(PLUS_SEED, 1, i), queries)[0], max_streams=3 * n)
+
+
 def candidates_of(seed: int, max_configs: int) -> tuple[synth.SynthWorkload, BoundModel, Candidates]:
     """A workload, the planner's model of it and its candidates (as `bench_workload` builds them)."""
     sw = synth.synth_workload(seed, max_configs=max_configs)
@@ -201,14 +209,14 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     t1 = time.perf_counter()
     plus_seeds = stream_seeds(PLUS_SEED, args.plus_seeds)
     plus_queries = args.plus_queries or args.queries
-    plus_ev = SeedsEvaluator(setups(sw, plus_seeds, plus_queries), bound=bound, workers=args.workers)
+    plus_ev = plus_evaluator(sw, args.plus_seeds, plus_queries, bound, args.workers)
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
     kp = select_kairos_plus(cands, plus_ev, dominates=dominance(sw))
     plus_s = kairos_s + time.perf_counter() - t1
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
-    cache.save(plus_ev, seed, plus_seeds, plus_queries)
+    cache.save(plus_ev, seed, stream_seeds(PLUS_SEED, len(plus_ev.setups)), plus_queries)
 
     judge_seeds = stream_seeds(JUDGE_SEED, args.judge_seeds)
     judge = SeedsEvaluator(setups(sw, judge_seeds, args.queries), bound=bound, workers=args.workers)
@@ -257,7 +265,8 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
         "kairos_plus": {**score(kp.config), "evaluations": kp.n_evals, "share_of_configs": kp.n_evals / len(cands),
                         "checks": kp.n_checks, "checks_share_of_configs": kp.n_checks / len(cands),
                         "configs_simulated": kp.n_configs, "simulated_share_of_configs": kp.n_configs / len(cands),
-                        "exact": kp.exact, "plan_wall_s": plus_s, "own_qps": kp.qps, "from_cache": plus_cached},
+                        "exact": kp.exact, "plan_wall_s": plus_s, "own_qps": kp.qps, "own_streams": len(plus_ev.setups),
+                        "from_cache": plus_cached},
         "judge": {"spread_median": float(np.median(spreads)), "spread_max": float(max(spreads)), "wall_s": judge_s,
                   "refined": [list(c) for c in refined],
                   "sims_above_bound": int(np.count_nonzero(sims > cands.ub_qps * (1 + 1e-9))),
@@ -305,10 +314,10 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             st = data["settings"]
             plus_seeds = [int(x) for x in st["plus_seeds"]]
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
-            plus_ev = SeedsEvaluator(setups(sw, plus_seeds, plus_queries), bound=bound_of(bm), workers=args.workers)
+            plus_ev = plus_evaluator(sw, len(plus_seeds), plus_queries, bound_of(bm), args.workers)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
-            cache.save(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
+            cache.save(plus_ev, int(r["seed"]), stream_seeds(PLUS_SEED, len(plus_ev.setups)), plus_queries)
         else:
             kp = select_kairos_plus(cands, ev, dominates=dominates)
         new = ev(k.config) / opt

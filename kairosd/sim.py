@@ -790,18 +790,33 @@ class SeedsEvaluator:
     `spread(config)` = (max − min) / mean over the streams, e.g. 100, 90 and 110 q/s → 100 q/s,
     spread 0.2. `many` evaluates every (configuration, stream) pair not cached yet in one pool of
     `workers` processes; results are cached per stream by configuration, as `SimEvaluator` does.
+
+    With `more` (stream index → its setup), `add_streams(n)` adds streams up to `max_streams` in all;
+    every configuration is then valued on them too, evaluated when next asked for (Kairos+ adds streams
+    when two fleets' per-stream values do not order them).
     """
 
     setups: tuple[SimSetup, ...]
     bound: Callable[[np.ndarray], float] | None = None
     workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
     caches: list[dict[tuple[int, ...], MaxQps]] = field(default_factory=list)
+    more: Callable[[int], SimSetup] | None = None
+    max_streams: int = 0
 
     def __post_init__(self) -> None:
         if not self.setups:
             raise ConfigError("SeedsEvaluator needs at least one setup")
         if not self.caches:
             self.caches = [{} for _ in self.setups]
+
+    def add_streams(self, n: int) -> bool:
+        """Add up to `n` streams (`more`), never beyond `max_streams`; whether any was added."""
+        if self.more is None:
+            return False
+        added = [self.more(i) for i in range(len(self.setups), min(len(self.setups) + n, self.max_streams))]
+        self.setups = (*self.setups, *added)
+        self.caches.extend({} for _ in added)
+        return bool(added)
 
     def results(self, config: np.ndarray) -> tuple[MaxQps, ...]:
         """The max-QPS search of `config` on every stream (evaluated on demand, in this process)."""

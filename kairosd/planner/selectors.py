@@ -20,6 +20,11 @@ TOP_K = 10
 QUEUE_TOLERANCE = 0.0
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
+# kairos_plus with an evaluator that can add streams: when neither of two fleets is at least as good as
+# the other on every stream and the newer one's mean is within this share of the best's, this many
+# streams are added (as often as the evaluator allows) and the means over all of them decide
+DUEL_WITHIN = 0.10
+DUEL_STREAMS = 3
 
 
 @dataclass(frozen=True)
@@ -232,7 +237,12 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     Noise: when the evaluator also offers `values(config) -> per-stream QPS` (several simulated
     streams, the same for every configuration, e.g. `kairosd.sim.SeedsEvaluator`), a configuration
     replaces the best so far only if it is at least as good on every stream and better on average;
-    otherwise the one earlier in the walk stays (pruning uses the highest mean evaluated).
+    otherwise the one earlier in the walk stays (pruning uses the highest mean known). When the
+    evaluator also offers `add_streams(n) -> bool` and the streams do not order the two (each is
+    better on some) while the newer one's mean is within `DUEL_WITHIN` of the best's, `DUEL_STREAMS`
+    streams are added at a time until they do or the evaluator has no more; if any were added, the
+    higher mean over all the streams wins. A fleet that fails QoS on some streams (a tail near the
+    1% budget) and shines on others is then judged on enough of them.
 
     Two further prunings, each under the same assumptions as the sub-configuration rule:
       * `dominates[a, b]` (bool[K, K], e.g. `type_dominance`): type a serves every batch at least as
@@ -263,11 +273,13 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     limit = len(cands) if budget_share is None else plus_limit(len(cands), budget_share)
     below = getattr(evaluator, "below", None)
     per_stream = getattr(evaluator, "values", None)
+    add_streams = getattr(evaluator, "add_streams", None)
     dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)
     alive = np.ones(len(cands), dtype=bool)
     best_qps, best_row, checks, simulated, top_qps = 0.0, -1, 0, 0, 0.0
     best_vec: np.ndarray | None = None
     evaluated: list[tuple[tuple[int, ...], float]] = []
+    known: dict[int, float] = {}  # evaluated rows: their mean QPS, over the streams they were last valued on
     for row in walk:
         if not alive[row]:
             continue
@@ -282,18 +294,41 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
                 continue
         qps = float(_evaluate_many(evaluator, x[None, :])[0])
         vec = np.asarray(per_stream(x), dtype=float) if callable(per_stream) else None
+        duelled = False
+        if vec is not None and best_vec is not None and callable(add_streams) and callable(per_stream):
+            vec, best_vec, duelled = _duel(per_stream, add_streams, x, cands.configs[best_row], vec, best_vec)
+            qps, best_qps = float(vec.mean()), float(best_vec.mean())
+            known[best_row] = best_qps
         evaluated.append((_key(x), qps))
+        known[int(row)] = qps
         # a fleet later in the walk replaces the incumbent only when it is better on every stream
         # (paired: the streams are the same for every fleet); a higher mean from some streams alone
-        # is within the evaluation's noise, and the walk's order breaks the tie
-        clearly = vec is None or best_vec is None or len(vec) != len(best_vec) or bool(np.all(vec >= best_vec))
+        # is within the evaluation's noise, and the walk's order breaks the tie, unless streams were
+        # added to tell the two apart
+        clearly = (duelled or vec is None or best_vec is None or len(vec) != len(best_vec)
+                   or bool(np.all(vec >= best_vec)))
         if best_row < 0 or (qps > best_qps and clearly):
             best_qps, best_row, best_vec = qps, int(row), vec
-        top_qps = max(top_qps, qps)
+        top_qps = max(known.values())
         alive &= cands.ub_qps > top_qps
         alive &= ~dominated_by(cands.configs, x, dom)
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
                      tuple(evaluated), checks, simulated, exact=not alive.any())
+
+
+def _duel(per_stream: Callable[[np.ndarray], np.ndarray], add_streams: Callable[[int], bool], x: np.ndarray,
+          best_x: np.ndarray, vec: np.ndarray, best_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Kairos+'s comparison of `x` with the best so far under noise (see `select_kairos_plus`): while
+    neither is at least as good on every stream and `x`'s mean is within `DUEL_WITHIN` of the best's,
+    add `DUEL_STREAMS` streams and value both on every stream. Returns both per-stream values and
+    whether streams were added."""
+    added = False
+    while (len(vec) == len(best_vec) and not (np.all(vec >= best_vec) or np.all(vec <= best_vec))
+           and vec.mean() >= (1.0 - DUEL_WITHIN) * best_vec.mean() and add_streams(DUEL_STREAMS)):
+        added = True
+        vec = np.asarray(per_stream(x), dtype=float)
+        best_vec = np.asarray(per_stream(best_x), dtype=float)
+    return vec, best_vec, added
 
 
 def homogeneous_configs(cands: Candidates) -> np.ndarray:

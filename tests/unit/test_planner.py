@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
+from kairosd import workload
 from kairosd.errors import ConfigError
 from kairosd.planner import (
     BoundModel,
@@ -847,6 +848,68 @@ def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
     assert sel.qps == pytest.approx(6.0)
     clear = PairedEvaluator({(2, 0): [5.0, 6.0, 7.0], (1, 2): [5.5, 6.0, 7.3], (0, 4): [1.0, 1.0, 1.0]})
     np.testing.assert_array_equal(select_kairos_plus(cands, clear, budget_share=None).config, [1, 2])
+
+
+def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
+    """A fleet that shines on the first streams and fails QoS on later ones (a tail near the 1% budget)
+    against a steady one: the streams do not order them, so streams are added (three at a time, up to
+    the evaluator's nine) and the higher mean over all of them wins. Without
+    more streams the walk's first fleet stays; a fleet far below the best triggers nothing."""
+    configs = np.array([[2, 0], [1, 2], [0, 4]])
+    cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([900.0, 899.0, 898.0]),
+                       np.array([9.0, 8.0, 7.0]))
+    fragile = [410.0, 300.0, 430.0, 0.0, 420.0, 400.0, 415.0, 0.0, 425.0]
+    steady = [405.0, 405.0, 400.0, 404.0, 398.0, 402.0, 401.0, 403.0, 399.0]
+
+    class StreamsEvaluator:
+        """Per-stream values from a table; `add_streams` reveals more of each row, up to nine."""
+
+        def __init__(self, table: dict[tuple[int, ...], list[float]], streams: int = 3, extensible: bool = True) -> None:
+            self.table = table
+            self.streams = streams
+            self.extensible = extensible
+            self.added = 0
+
+        def values(self, x: np.ndarray) -> np.ndarray:
+            return np.array(self.table[tuple(int(v) for v in x)][: self.streams])
+
+        def __call__(self, x: np.ndarray) -> float:
+            return float(self.values(x).mean())
+
+        def add_streams(self, n: int) -> bool:
+            if not self.extensible or self.streams >= 9:
+                return False
+            self.streams, self.added = min(self.streams + n, 9), self.added + 1
+            return True
+
+    table = {(2, 0): fragile, (1, 2): steady, (0, 4): [100.0] * 9}
+    ev = StreamsEvaluator(table)
+    sel = select_kairos_plus(cands, ev, budget_share=None)
+    np.testing.assert_array_equal(sel.config, [1, 2])
+    assert ev.streams == 9 and ev.added == 2  # still not ordered at six: all nine, and the means decide
+    assert sel.qps == pytest.approx(np.mean(steady))
+    stuck = StreamsEvaluator(table, extensible=False)
+    np.testing.assert_array_equal(select_kairos_plus(cands, stuck, budget_share=None).config, [2, 0])
+    # a later fleet whose mean is far below the best's is not worth more streams
+    far = StreamsEvaluator({(2, 0): [400.0, 410.0, 420.0] * 3, (1, 2): [200.0, 430.0, 100.0] * 3, (0, 4): [1.0] * 9})
+    np.testing.assert_array_equal(select_kairos_plus(cands, far, budget_share=None).config, [2, 0])
+    assert far.added == 0
+
+
+def test_seeds_evaluator_adds_streams_up_to_its_limit() -> None:
+    """`SeedsEvaluator.add_streams`: streams from `more`, never beyond `max_streams`; a configuration
+    valued before is valued on the new streams when next asked for."""
+    from kairosd.sim import SeedsEvaluator
+
+    wl = workload.load_kairos()
+    make = lambda i: workload.sim_setup(wl, "rm2", n_queries=300, seed=10 * i)  # noqa: E731
+    ev = SeedsEvaluator((make(0), make(1)), workers=1, more=make, max_streams=3)
+    x = np.array([1, 0, 2, 0])
+    first = ev.values(x)
+    assert len(first) == 2 and not SeedsEvaluator((make(0),), workers=1).add_streams(1)
+    assert ev.add_streams(5) and len(ev.setups) == 3 and not ev.add_streams(1)
+    again = ev.values(x)
+    assert len(again) == 3 and again[:2].tolist() == first.tolist() and again[2] > 0
 
 
 def _overflow_model() -> BoundModel:
