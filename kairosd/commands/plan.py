@@ -6,7 +6,9 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -16,13 +18,16 @@ from kairosd.errors import ConfigError
 
 if TYPE_CHECKING:
     from kairosd.planner import BoundModel, Candidates
-    from kairosd.sim import SimEvaluator, SimSetup
+    from kairosd.sim import SeedsEvaluator, SimEvaluator, SimSetup
 
 HELP = "rank instance configurations under an hourly budget (Kairos upper bound) and select one"
 
 log = logging.getLogger(__name__)
 
 SELECTOR_NAMES = ("kairos", "kairos_paper", "kairos_plus", "homogeneous", "exhaustive")
+# the i-th simulated stream is drawn from seed --seed + i·STREAM_SEED_STEP (a stream takes two seeds: its
+# batches and its arrivals)
+STREAM_SEED_STEP = 10
 
 
 class ProgressBar:
@@ -58,9 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with its latency profiles and QoS targets, instead of --catalogue and --profiles")
     parser.add_argument(
         "--selector", choices=SELECTOR_NAMES, default="kairos_plus",
-        help="kairos: highest bound among the fleets whose queue-aware estimate is within 15%% of the best, no "
-        "evaluation; kairos_paper: centre of the top 10 by bound (the paper); kairos_plus: walk the ranking evaluating "
-        "(simulator) and pruning, exact; homogeneous; exhaustive (default: %(default)s)",
+        help="kairos: the highest queue-aware estimate (ties: the higher bound), no evaluation; kairos_paper: centre "
+        "of the top 10 by the paper's bound; kairos_plus: walk kairos's order simulating and pruning, on at most 10%% "
+        "of the configurations; homogeneous; exhaustive (default: %(default)s)",
     )
     parser.add_argument("--top-k", type=int, default=10,
                         help="kairos_paper selector: size of the top cluster (default: %(default)s)")
@@ -79,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="do not simulate the chosen configuration (kairos selector)")
     parser.add_argument("--policy", default="kairos", help="dispatch policy the simulator evaluates with (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=2000, help="queries per simulated run (default: %(default)s)")
+    parser.add_argument("--streams", type=int, default=3,
+                        help="simulated streams (arrivals, batches and service noise drawn from seeds --seed, --seed + "
+                        f"{STREAM_SEED_STEP}, ...): a fleet's simulated QPS is its mean over them, every fleet is run "
+                        "on the same streams, and Kairos+ replaces its best fleet so far only with one that is better "
+                        "on every stream; with heavy tails one stream's max QPS moves 15-30%% between seeds "
+                        "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
     parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")
@@ -92,7 +103,9 @@ class PlanInputs:
     prices: np.ndarray
     qos_s: float
     bound: BoundModel
-    setup: SimSetup
+    setup: SimSetup  # the first stream
+    setups: tuple[SimSetup, ...] = ()  # every stream (`--streams`), the first included
+    stream: Callable[[int], SimSetup] | None = None  # the i-th stream's setup, for streams added later
 
 
 def resolve(args: argparse.Namespace) -> PlanInputs:
@@ -139,30 +152,36 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     else:
         raise ConfigError(f"--qos-ms is required for model {args.model!r} (no default QoS target)")
     policy_params = {"tail": tail} if args.policy == "kairos" else {}
+    if args.streams < 1:
+        raise ConfigError(f"--streams must be at least 1, got {args.streams}")
+    slots = tuple(t.slots for t in cat.types)
+
+    def stream(i: int) -> SimSetup:
+        """The i-th simulated stream's setup (seed --seed + i·STREAM_SEED_STEP)."""
+        seed = args.seed + i * STREAM_SEED_STEP
+        if wl is not None:
+            return replace(workload.sim_setup(wl, args.model, types=types, policy=args.policy,
+                                              policy_params=policy_params, n_queries=args.queries, seed=seed,
+                                              mix=args.mix), qos_s=qos_s, slots=slots)
+        batches = workload.sample_batches(args.mix, args.queries, np.random.default_rng(seed))
+        return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
+                        ServiceModel(), slots)
+
+    setups = tuple(stream(i) for i in range(args.streams))
     miss = None
     if wl is not None:
-        setup = workload.sim_setup(
-            wl, args.model, types=types, policy=args.policy, policy_params=policy_params,
-            n_queries=args.queries, seed=args.seed, mix=args.mix,
-        )
-        setup = replace(setup, qos_s=qos_s, slots=tuple(t.slots for t in cat.types))
         # the bound's per-type probability of missing QoS from the same measured samples the simulator draws
         ti = [profiles.type_index(t) for t in types]
-        relative = setup.service.relative
-        assert relative is not None  # sim_setup's default noise is "samples", which always carries them
-        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], relative[ti], qos_s,
-                                 setup.service.grid_step)
-    else:
-        rng = np.random.default_rng(args.seed)
-        stream = poisson_stream(workload.sample_batches(args.mix, args.queries, rng), args.seed + 1)
-        setup = SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, stream, ServiceModel(),
-                         tuple(t.slots for t in cat.types))
-    # the bound on the very batches the simulator evaluates, so that Kairos+ prunes soundly against its
-    # evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285 simulated
-    # fleets in the planner benchmark did)
-    pmf = batch_pmf(setup.stream.batches, profiles.max_batch)
+        service = setups[0].service
+        assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
+        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], service.relative[ti], qos_s,
+                                 service.grid_step)
+    # the bound on the very batches the simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly
+    # against its evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285
+    # simulated fleets in the planner benchmark did)
+    pmf = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss)
-    return PlanInputs(types, cat.prices(), qos_s, bound, setup)
+    return PlanInputs(types, cat.prices(), qos_s, bound, setups[0], setups, stream)
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
@@ -212,13 +231,27 @@ def plot(path: str, cands: Candidates, evaluated: dict[tuple[int, ...], float], 
     plt.close(fig)
 
 
-class _Logged:
-    """Logs each single evaluation (Kairos+ walks the ranking one configuration at a time)."""
+def _bound_of(bm: BoundModel, config: np.ndarray) -> float:
+    """The upper bound of one configuration (it seeds each max-QPS search)."""
+    from kairosd.planner import upper_bound
 
-    def __init__(self, evaluator: SimEvaluator, cands: Candidates) -> None:
+    return float(upper_bound(np.asarray(config)[None, :], bm)[0])
+
+
+class _Logged:
+    """Logs each single evaluation (Kairos+ walks the ranking one configuration at a time); offers what
+    the evaluator offers (`many`, `below`, and `values` per stream when there are several)."""
+
+    def __init__(self, evaluator: SimEvaluator | SeedsEvaluator, cands: Candidates) -> None:
+        from kairosd.sim import SeedsEvaluator
+
         self.evaluator = evaluator
         self.cands = cands
         self.count = 0
+        self.below = evaluator.below
+        if isinstance(evaluator, SeedsEvaluator):  # max QPS per stream, and more streams on demand
+            self.values = evaluator.values
+            self.add_streams = evaluator.add_streams
 
     def __call__(self, config: np.ndarray) -> float:
         t0 = time.perf_counter()
@@ -231,9 +264,19 @@ class _Logged:
         return self.evaluator.many(configs)
 
 
+def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, ...], float]:
+    """Every configuration simulated on every stream, with its (mean) max QPS."""
+    from kairosd.sim import SeedsEvaluator
+
+    if isinstance(evaluator, SeedsEvaluator):
+        keys = set.intersection(*(set(c) for c in evaluator.caches))
+        return {k: float(np.mean([c[k].qps for c in evaluator.caches])) for k in keys}
+    return {k: v.qps for k, v in evaluator.cache.items()}
+
+
 def run(args: argparse.Namespace) -> int:
-    from kairosd.planner import make_candidates, select, upper_bound
-    from kairosd.sim import SimEvaluator
+    from kairosd.planner import make_candidates, select
+    from kairosd.sim import SeedsEvaluator, SimEvaluator
 
     try:
         inp = resolve(args)
@@ -252,11 +295,13 @@ def run(args: argparse.Namespace) -> int:
                 f"QoS, {bm.types[best]}, covers {100 * bm.coverage[best]:.1f}% of queries (up to batch "
                 f"{bm.threshold_batch[best]}); at least 99% is needed. Add a faster type, or relax --qos-ms"
             )
-        evaluator = SimEvaluator(
-            inp.setup,
-            bound=lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0]),
-            progress=ProgressBar(f"simulating ({args.selector})"),
-        )
+        bound = partial(_bound_of, bm)
+        evaluator: SimEvaluator | SeedsEvaluator
+        if len(inp.setups) > 1:
+            # Kairos+ adds streams, up to three times as many, where the first ones do not order two fleets
+            evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups))
+        else:
+            evaluator = SimEvaluator(inp.setup, bound=bound, progress=ProgressBar(f"simulating ({args.selector})"))
         if args.workers > 0:
             evaluator.workers = args.workers
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)
@@ -267,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    evaluated = {k: v.qps for k, v in evaluator.cache.items()}
+    evaluated = evaluated_qps(evaluator)
     order = cands.ranked()
     print(
         f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), budget {args.budget:g} $/h, "
@@ -276,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(cands, order[: args.top], evaluated, sel.config))
     qps = f"{sel.qps:.1f}" if sel.qps is not None else "not evaluated"
+    if sel.qps is not None and len(inp.setups) > 1:
+        qps += f" (mean of {len(inp.setups)} streams of {args.queries} queries)"
     print(
         f"\n{args.selector}: {cands.label(sel.config)}  cost {float(sel.config @ cands.prices_usd_per_hour):.3f} $/h  "
         f"UB {sel.ub_qps:.1f} qps  simulated {qps} qps  evaluations {sel.n_evals} "
