@@ -533,7 +533,8 @@ def test_plan_without_a_gpu_type(capsys: pytest.CaptureFixture[str], caplog: pyt
 
 def test_plan_over_a_daemon_config(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     """`--config configs/local.toml`: the local types, prices, measured profiles and QoS targets; Kairos+
-    evaluates in the simulator and never sees a simulated rate above the bound it prunes with."""
+    evaluates in the simulator, on three streams by default, and never sees a simulated rate above the
+    bound it prunes with."""
     from kairosd.cli import main
 
     config = str(REPO / "configs" / "local.toml")
@@ -545,9 +546,12 @@ def test_plan_over_a_daemon_config(capsys: pytest.CaptureFixture[str], caplog: p
     ub = float(chosen.split("UB ")[1].split()[0])
     sim = float(chosen.split("simulated ")[1].split()[0])
     assert 0 < sim <= ub
+    assert "(mean of 3 streams of 2000 queries)" in chosen  # --streams 3, the default
     assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--catalogue",
                  "configs/instance_types.toml"]) == 2
     assert "drop --catalogue" in caplog.text
+    assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--streams", "0"]) == 2
+    assert "--streams must be at least 1" in caplog.text
 
 
 def test_queue_estimate_uses_measured_misses_for_a_heavy_tailed_base() -> None:
