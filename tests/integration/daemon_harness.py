@@ -155,8 +155,8 @@ def start_daemon(
     tls: bool = False,
 ) -> RunningDaemon:
     """`kairosd serve` on the config (with `env`, default: this process's environment); waits for gRPC
-    ServerReady, or with `wait_ready=False` only for HTTP liveness (an autoscaled fleet that may have no
-    READY instance yet), or with `tls=True` (client ports need certificates or tokens) for the admin
+    ServerReady, or with `wait_ready=False` only for HTTP liveness and the admin port (an autoscaled fleet
+    that may have no READY instance yet), or with `tls=True` (client ports need certificates or tokens) for the admin
     port's /metrics, which opens after the client ports. Its output goes to `log_path` (kept) or a
     temporary file."""
     child = ChildProcess(
@@ -170,6 +170,8 @@ def start_daemon(
             wait_ready_sync(f"127.0.0.1:{ports['grpc']}", timeout_s, child)
         else:
             wait_http_live(f"127.0.0.1:{ports['http']}", timeout_s, child)
+            # the admin port opens after the client ports: /kairos/fleet and /metrics answer from here on
+            wait_http_live(f"127.0.0.1:{ports['metrics']}", timeout_s, child, path="/metrics")
     except BaseException:
         child.stop(5)
         raise
