@@ -265,12 +265,13 @@ class _Logged:
 
 
 def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, ...], float]:
-    """Every configuration simulated on every stream, with its (mean) max QPS."""
+    """Every configuration simulated, with its max QPS: with several streams, the mean over those it was
+    simulated on (Kairos+ adds streams for the fleets it compares, the others keep the first ones)."""
     from kairosd.sim import SeedsEvaluator
 
     if isinstance(evaluator, SeedsEvaluator):
-        keys = set.intersection(*(set(c) for c in evaluator.caches))
-        return {k: float(np.mean([c[k].qps for c in evaluator.caches])) for k in keys}
+        keys = set().union(*evaluator.caches)
+        return {k: float(np.mean([c[k].qps for c in evaluator.caches if k in c])) for k in keys}
     return {k: v.qps for k, v in evaluator.cache.items()}
 
 
