@@ -321,12 +321,12 @@ def run(args: argparse.Namespace) -> int:
         f"ranked in {rank_s * 1e3:.1f} ms"
     )
     print(format_table(cands, order[: args.top], evaluated, sel.config))
-    qps = f"{sel.qps:.1f}" if sel.qps is not None else "not evaluated"
+    qps = f"{sel.qps:.1f} qps" if sel.qps is not None else "not evaluated"
     if sel.qps is not None and len(inp.setups) > 1:
         qps += f" (mean of {len(inp.setups)} streams of {args.queries} queries)"
     print(
         f"\n{args.selector}: {cands.label(sel.config)}  cost {float(sel.config @ cands.prices_usd_per_hour):.3f} $/h  "
-        f"UB {sel.ub_qps:.1f} qps  simulated {qps} qps  evaluations {sel.n_evals} "
+        f"UB {sel.ub_qps:.1f} qps  simulated {qps}  evaluations {sel.n_evals} "
         f"({100.0 * sel.n_evals / len(cands):.1f}% of {len(cands)})"
     )
     if args.plot:
