@@ -74,9 +74,14 @@ def free_port(host: str = "127.0.0.1") -> int:
             if port not in _handed_out and _bindable(host, port):
                 _handed_out.add(port)
                 return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(1000):  # the kernel's choice in the ephemeral range, never one handed out before
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise OSError(f"no free TCP port on {host} that this process has not handed out already")
 
 
 def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> bool:
