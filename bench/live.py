@@ -297,6 +297,10 @@ def plan_fleet(model: str, budget: float) -> tuple[dict[str, int], float]:
     return {t: int(c) for t, c in zip(inp.types, sel.config, strict=True)}, float(sel.ub_qps)
 
 
+# the thresholds the simulator sweeps (`best_threshold`, `thresholds_on_path`)
+THRESHOLD_GRID = tuple(range(50, 1001, 50))
+
+
 def best_threshold(wl: Any, model: str, counts: dict[str, int], setup: Any, ub: float) -> tuple[int, str]:
     from kairosd.sim import evaluate_config
 
@@ -307,7 +311,7 @@ def best_threshold(wl: Any, model: str, counts: dict[str, int], setup: Any, ub: 
                 return int(row["threshold_best"]), "bench/results/dispatch.json (tuned on other seeds)"
     key = tuple(counts[t] for t in wl.types)
     sweep = {t: evaluate_config(replace(setup, policy="threshold", policy_params={"threshold": t}), key, ub).qps
-             for t in range(50, 1001, 50)}
+             for t in THRESHOLD_GRID}
     return max(sweep, key=lambda t: sweep[t]), "simulator sweep 50..1000 step 50 on this stream"
 
 
@@ -440,10 +444,6 @@ def on_head_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, A
             "sim_qps": by_margin[best], "best_margin_ms": best, "over_sim": by_margin[best] / sim_qps if sim_qps else None,
             "live_over_it": live / by_margin[best] if by_margin[best] else None,
             "sim_qps_by_margin_ms": {f"{m:g}": q for m, q in by_margin.items()}, "direct_step": direct}
-
-
-# the thresholds the simulator sweeps (the same grid as `best_threshold`'s)
-THRESHOLD_GRID = tuple(range(50, 1001, 50))
 
 
 def thresholds_on_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[str, Any], tuned: int, n: int,
@@ -618,8 +618,7 @@ def main_bench(args: argparse.Namespace) -> int:
                 # the best threshold live: the simulator on the live path proposes others, each bisected once
                 tuned = int(params["threshold"])
                 candidates = thresholds_on_path(setup, key, ub, path_step, tuned, args.live_thresholds, args.seed + 7)
-                found, found_runs, screened = screen_thresholds(
-                    start, candidates, live, repeats, bisect)
+                found, found_runs, screened = screen_thresholds(start, candidates, live, repeats, bisect)
                 if found is not None:
                     screened.append({"threshold": tuned, "tuned": True, "qps_runs": live_runs,
                                      "steps": [x for _, run_steps in runs for x in run_steps]})
