@@ -802,6 +802,7 @@ class SeedsEvaluator:
     caches: list[dict[tuple[int, ...], MaxQps]] = field(default_factory=list)
     more: Callable[[int], SimSetup] | None = None
     max_streams: int = 0
+    progress: Callable[[int, int], None] | None = None  # (done, total) (configuration, stream) runs of a `many`
 
     def __post_init__(self) -> None:
         if not self.setups:
@@ -856,14 +857,19 @@ class SeedsEvaluator:
         n_workers = self.workers if workers is None else workers
         if tasks and (n_workers <= 1 or len(tasks) == 1):
             svc: dict[int, np.ndarray] = {}
-            for i, k, ub in tasks:
+            for done, (i, k, ub) in enumerate(tasks, 1):
                 if i not in svc:
                     svc[i] = _svc_for(self.setups[i])
                 self.caches[i][k] = evaluate_config(self.setups[i], k, ub, svc[i])
+                if self.progress:
+                    self.progress(done, len(tasks))
         elif tasks:
             with ProcessPoolExecutor(n_workers, initializer=_seeds_worker_init, initargs=(self.setups,)) as pool:
-                for (i, k, _), res in zip(tasks, pool.map(_seeds_worker_eval, tasks, chunksize=1), strict=True):
+                results = pool.map(_seeds_worker_eval, tasks, chunksize=1)
+                for done, ((i, k, _), res) in enumerate(zip(tasks, results, strict=True), 1):
                     self.caches[i][k] = res
+                    if self.progress:
+                        self.progress(done, len(tasks))
         return np.array([np.mean([c[k].qps for c in self.caches]) for k in keys])
 
 

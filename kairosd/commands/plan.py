@@ -297,12 +297,14 @@ def run(args: argparse.Namespace) -> int:
                 f"{bm.threshold_batch[best]}); at least 99% is needed. Add a faster type, or relax --qos-ms"
             )
         bound = partial(_bound_of, bm)
+        progress = ProgressBar(f"simulating ({args.selector})")
         evaluator: SimEvaluator | SeedsEvaluator
         if len(inp.setups) > 1:
             # Kairos+ adds streams, up to three times as many, where the first ones do not order two fleets
-            evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups))
+            evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups),
+                                       progress=progress)
         else:
-            evaluator = SimEvaluator(inp.setup, bound=bound, progress=ProgressBar(f"simulating ({args.selector})"))
+            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress)
         if args.workers > 0:
             evaluator.workers = args.workers
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)

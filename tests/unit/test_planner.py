@@ -902,18 +902,22 @@ def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
 
 def test_seeds_evaluator_adds_streams_up_to_its_limit() -> None:
     """`SeedsEvaluator.add_streams`: streams from `more`, never beyond `max_streams`; a configuration
-    valued before is valued on the new streams when next asked for."""
+    valued before is valued on the new streams when next asked for; `progress` hears of each run."""
     from kairosd.sim import SeedsEvaluator
 
     wl = workload.load_kairos()
     make = lambda i: workload.sim_setup(wl, "rm2", n_queries=300, seed=10 * i)  # noqa: E731
-    ev = SeedsEvaluator((make(0), make(1)), workers=1, more=make, max_streams=3)
+    calls: list[tuple[int, int]] = []
+    ev = SeedsEvaluator((make(0), make(1)), workers=1, more=make, max_streams=3,
+                        progress=lambda done, total: calls.append((done, total)))
     x = np.array([1, 0, 2, 0])
     first = ev.values(x)
     assert len(first) == 2 and not SeedsEvaluator((make(0),), workers=1).add_streams(1)
+    assert calls == [(1, 2), (2, 2)]  # one run per stream, reported as it ends
     assert ev.add_streams(5) and len(ev.setups) == 3 and not ev.add_streams(1)
     again = ev.values(x)
     assert len(again) == 3 and again[:2].tolist() == first.tolist() and again[2] > 0
+    assert calls[2:] == [(1, 1)]  # only the new stream is run
 
 
 def _overflow_model() -> BoundModel:
