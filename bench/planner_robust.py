@@ -111,12 +111,18 @@ def setups(sw: synth.SynthWorkload, seeds: list[int], queries: int) -> tuple[Sim
     return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix) for s in seeds)
 
 
-def plus_evaluator(sw: synth.SynthWorkload, n: int, queries: int, bound: Callable[[np.ndarray], float],
+def plus_seeds_of(seeds: list[int], n: int) -> list[int]:
+    """The seeds of Kairos+'s first `n` streams: `seeds`, then its family's next ones (`PLUS_SEED`)."""
+    return (seeds + stream_seeds(PLUS_SEED, n - len(seeds), len(seeds)))[:n]
+
+
+def plus_evaluator(sw: synth.SynthWorkload, seeds: list[int], queries: int, bound: Callable[[np.ndarray], float],
                    workers: int) -> SeedsEvaluator:
-    """Kairos+'s evaluator: `n` streams of its own (seeds apart from the judge's), up to 3n when it adds
-    streams to tell two fleets apart."""
-    return SeedsEvaluator(setups(sw, stream_seeds(PLUS_SEED, n), queries), bound=bound, workers=workers,
-                          more=lambda i: setups(sw, stream_seeds(PLUS_SEED, 1, i), queries)[0], max_streams=3 * n)
+    """Kairos+'s evaluator: streams of its own on `seeds` (apart from the judge's), up to three times as
+    many (`plus_seeds_of`) when it adds streams to tell two fleets apart."""
+    return SeedsEvaluator(setups(sw, seeds, queries), bound=bound, workers=workers,
+                          more=lambda i: setups(sw, plus_seeds_of(seeds, i + 1)[i:], queries)[0],
+                          max_streams=3 * len(seeds))
 
 
 def candidates_of(seed: int, max_configs: int) -> tuple[synth.SynthWorkload, BoundModel, Candidates]:
@@ -209,14 +215,14 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     t1 = time.perf_counter()
     plus_seeds = stream_seeds(PLUS_SEED, args.plus_seeds)
     plus_queries = args.plus_queries or args.queries
-    plus_ev = plus_evaluator(sw, args.plus_seeds, plus_queries, bound, args.workers)
+    plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound, args.workers)
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
     kp = select_kairos_plus(cands, plus_ev, dominates=dominance(sw))
     plus_s = kairos_s + time.perf_counter() - t1
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
-    cache.save(plus_ev, seed, stream_seeds(PLUS_SEED, len(plus_ev.setups)), plus_queries)
+    cache.save(plus_ev, seed, plus_seeds_of(plus_seeds, len(plus_ev.setups)), plus_queries)
 
     judge_seeds = stream_seeds(JUDGE_SEED, args.judge_seeds)
     judge = SeedsEvaluator(setups(sw, judge_seeds, args.queries), bound=bound, workers=args.workers)
@@ -314,10 +320,10 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             st = data["settings"]
             plus_seeds = [int(x) for x in st["plus_seeds"]]
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
-            plus_ev = plus_evaluator(sw, len(plus_seeds), plus_queries, bound_of(bm), args.workers)
+            plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound_of(bm), args.workers)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
-            cache.save(plus_ev, int(r["seed"]), stream_seeds(PLUS_SEED, len(plus_ev.setups)), plus_queries)
+            cache.save(plus_ev, int(r["seed"]), plus_seeds_of(plus_seeds, len(plus_ev.setups)), plus_queries)
         else:
             kp = select_kairos_plus(cands, ev, dominates=dominates)
         new = ev(k.config) / opt

@@ -845,6 +845,12 @@ class SeedsEvaluator:
                 return False
         return True
 
+    def known_means(self) -> dict[tuple[int, ...], float]:
+        """Every configuration simulated so far, with its mean max QPS over the streams it was simulated on
+        (streams added later are run only for the configurations asked for again)."""
+        keys = set().union(*self.caches)
+        return {k: float(np.mean([c[k].qps for c in self.caches if k in c])) for k in keys}
+
     def spread(self, config: np.ndarray) -> float:
         v = self.values(config)
         return float((v.max() - v.min()) / v.mean()) if v.mean() > 0 else 0.0

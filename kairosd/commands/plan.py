@@ -103,9 +103,13 @@ class PlanInputs:
     prices: np.ndarray
     qos_s: float
     bound: BoundModel
-    setup: SimSetup  # the first stream
-    setups: tuple[SimSetup, ...] = ()  # every stream (`--streams`), the first included
-    stream: Callable[[int], SimSetup] | None = None  # the i-th stream's setup, for streams added later
+    setups: tuple[SimSetup, ...]  # every stream (`--streams`)
+    stream: Callable[[int], SimSetup]  # the i-th stream's setup, for streams added later
+
+    @property
+    def setup(self) -> SimSetup:
+        """The first stream's setup."""
+        return self.setups[0]
 
 
 def resolve(args: argparse.Namespace) -> PlanInputs:
@@ -181,7 +185,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     # simulated fleets in the planner benchmark did)
     pmf = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss)
-    return PlanInputs(types, cat.prices(), qos_s, bound, setups[0], setups, stream)
+    return PlanInputs(types, cat.prices(), qos_s, bound, setups, stream)
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
@@ -265,13 +269,11 @@ class _Logged:
 
 
 def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, ...], float]:
-    """Every configuration simulated, with its max QPS: with several streams, the mean over those it was
-    simulated on (Kairos+ adds streams for the fleets it compares, the others keep the first ones)."""
+    """Every configuration simulated, with its (mean) max QPS."""
     from kairosd.sim import SeedsEvaluator
 
     if isinstance(evaluator, SeedsEvaluator):
-        keys = set().union(*evaluator.caches)
-        return {k: float(np.mean([c[k].qps for c in evaluator.caches if k in c])) for k in keys}
+        return evaluator.known_means()
     return {k: v.qps for k, v in evaluator.cache.items()}
 
 
