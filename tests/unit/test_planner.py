@@ -900,6 +900,65 @@ def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
     assert far.added == 0
 
 
+def test_kairos_plus_values_a_fragile_fleet_on_every_stream() -> None:
+    """A fleet whose idle dispatch already misses QoS on half the p99 target's ε or more is valued on
+    every stream the evaluator can add as soon as it is evaluated: here its first three streams are
+    its lucky ones (above the steady fleet's on each, so no duel would start) and the later ones fail
+    QoS; on all nine the steady fleet's mean is higher and wins. The same fleet not marked fragile
+    keeps its place; a share below half of ε marks nothing."""
+    configs = np.array([[2, 0], [1, 2], [0, 4]])
+    fragile = [610.0, 600.0, 605.0, 0.0, 600.0, 0.0, 590.0, 610.0, 0.0]
+    steady = [470.0] * 9
+    table = {(2, 0): fragile, (1, 2): steady, (0, 4): [100.0] * 9}
+
+    class StreamsEvaluator:
+        def __init__(self) -> None:
+            self.streams = 3
+
+        def values(self, x: np.ndarray) -> np.ndarray:
+            return np.array(table[tuple(int(v) for v in x)][: self.streams])
+
+        def __call__(self, x: np.ndarray) -> float:
+            return float(self.values(x).mean())
+
+        def add_streams(self, n: int) -> bool:
+            if self.streams >= 9:
+                return False
+            self.streams = min(self.streams + n, 9)
+            return True
+
+    def cands(idle: list[float] | None) -> Candidates:
+        return Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0),
+                          np.array([900.0, 899.0, 898.0]), np.array([9.0, 8.0, 7.0]), None,
+                          None if idle is None else np.array(idle))
+
+    marked = cands([0.0078, 0.001, 0.0])
+    assert marked.fragile(0) and not marked.fragile(1)
+    ev = StreamsEvaluator()
+    sel = select_kairos_plus(marked, ev, budget_share=None)
+    np.testing.assert_array_equal(sel.config, [1, 2])
+    assert ev.streams == 9 and sel.qps == pytest.approx(470.0)
+    for unmarked in (cands(None), cands([0.0049, 0.001, 0.0])):
+        ev = StreamsEvaluator()
+        np.testing.assert_array_equal(select_kairos_plus(unmarked, ev, budget_share=None).config, [2, 0])
+        assert ev.streams == 3
+
+
+def test_candidates_carry_the_idle_miss_share() -> None:
+    """`make_candidates` records each configuration's idle-miss share (`idle_miss`), and `rank` keeps it
+    aligned with the configurations."""
+    from kairosd.planner import rank
+
+    bm = _tailed_base_model(aux_cheaper_on_large=True)
+    c = make_candidates(bm, [1.0, 0.4], 2.0, maximal_only=False)
+    assert c.idle_miss is not None and len(c.idle_miss) == len(c) and c.idle_miss.max() > 0.0
+    np.testing.assert_allclose(c.idle_miss, idle_miss(c.configs, bm))
+    assert [c.fragile(i) for i in range(len(c))] == [bool(m >= 0.005) for m in c.idle_miss]
+    r = rank(c)
+    assert r.idle_miss is not None
+    np.testing.assert_allclose(r.idle_miss, idle_miss(r.configs, bm))
+
+
 def test_seeds_evaluator_adds_streams_up_to_its_limit() -> None:
     """`SeedsEvaluator.add_streams`: streams from `more`, never beyond `max_streams`; a configuration
     valued before is valued on the new streams when next asked for; `progress` hears of each run."""
