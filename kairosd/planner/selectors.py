@@ -254,11 +254,11 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     evaluator also offers `add_streams(n) -> bool` and the streams do not order the two (each is
     better on some) while the newer one's mean is within `DUEL_WITHIN` of the best's, `DUEL_STREAMS`
     streams are added at a time until they do or the evaluator has no more; once any were added in
-    the walk, the higher mean over all the streams wins. A fleet that fails QoS on some streams (a tail near the
-    1% budget) and shines on others is then judged on enough of them. A fleet whose idle dispatch
-    already misses QoS on half the p99 target's ε or more (`Candidates.fragile`; its first streams
-    may all be lucky ones) is valued on every stream the evaluator can add as soon as it is evaluated,
-    and so is every fleet after it.
+    the walk, the higher mean over all the streams wins. A fleet that fails QoS on some streams (a
+    tail near the 1% budget) and shines on others is then judged on enough of them. A fleet whose
+    idle dispatch already misses QoS on half the p99 target's ε or more (`Candidates.fragile`; its
+    first streams may all be lucky ones) is valued on every stream the evaluator can add as soon as
+    it is evaluated, and so is every fleet after it.
 
     Two further prunings, each under the same assumptions as the sub-configuration rule:
       * `dominates[a, b]` (bool[K, K], e.g. `type_dominance`): type a serves every batch at least as
