@@ -28,10 +28,13 @@ head's share of the path (1 − direct / through, medians; "on_head_path"): what
 only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal; a step during which steal took more than `--max-steal` cores is measured
-again (the VM's neighbours are not what is measured). Also: the load generator's own ceiling against a no-op instance (with the
-native generator, also both generators against the C no-op target of bench/native/noop.c), the
-emulation's fidelity at low load on a 16-instance fleet (per type, direct and through kairosd; from
-h2load over gRPC and over HTTP), and the timer's precision. Writes bench/results/live.json.
+again (the VM's neighbours are not what is measured). Per policy, before its daemon starts and after
+it stops, the machine's speed (`openloop.cpu_speed_ms`: a fixed Python loop, "cpu_speed_ms"): the same
+code runs up to a quarter slower in some hours than in others with no steal. Also: the load generator's
+own ceiling against a no-op instance (with the native generator, also both generators against the C
+no-op target of bench/native/noop.c), the emulation's fidelity at low load on a 16-instance fleet (per
+type, direct and through kairosd; from h2load over gRPC and over HTTP), and the timer's precision.
+Writes bench/results/live.json.
 
     python bench/live.py [--models rm2,dien,mtwnd,wnd,ncf] [--policies kairos,threshold,fcfs] [--queries 2000]
 """
@@ -65,6 +68,7 @@ from openloop import (  # noqa: E402  (bench/openloop.py)
     TYPES,
     Daemon,
     cpu_s,
+    cpu_speed_ms,
     http_request,
     live_max,
     request_body,
@@ -591,9 +595,11 @@ def main_bench(args: argparse.Namespace) -> int:
             bisect = partial(live_max, served=served, sim_qps=sim.qps, stream=setup.stream, qos_s=qos_s,
                              rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ub,
                              protocol=args.protocol, generator=args.generator, max_steal=args.max_steal)
+            speed_before = cpu_speed_ms()  # the machine idle: its speed this hour
             d = start(params)
             try:
-                print(f"  {policy}: simulator {sim.qps:.1f} q/s", flush=True)
+                print(f"  {policy}: simulator {sim.qps:.1f} q/s (the machine's speed loop: {speed_before:.2f} ms)",
+                      flush=True)
                 path_step = direct = None
                 if args.path and sim.qps > 0:
                     print("  the live path, at a light load:", flush=True)
@@ -611,6 +617,7 @@ def main_bench(args: argparse.Namespace) -> int:
                 runs = [bisect(d) for _ in range(repeats)]
             finally:
                 d.stop()
+            speed_after = cpu_speed_ms()
             live_runs = [r[0] for r in runs]
             live = float(np.median(live_runs))
             screened: list[dict[str, Any]] | None = None
@@ -644,6 +651,7 @@ def main_bench(args: argparse.Namespace) -> int:
                 "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
                 "instances_cpu_at_live": best["instances_cpu"] if best else None,
                 "steps": steps, "wall_s": time.monotonic() - t0,
+                "cpu_speed_ms": {"before": speed_before, "after": speed_after},
             }
             print(f"  {policy}: live {live:.1f} q/s (median of {', '.join(f'{x:.1f}' for x in live_runs)}), simulator "
                   f"{sim.qps:.1f} q/s, ratio {live / sim.qps if sim.qps else float('nan'):.3f}", flush=True)

@@ -76,6 +76,25 @@ def steal_jiffies() -> tuple[float, float]:
     return float(v[7] if len(v) > 7 else 0), float(sum(v))
 
 
+# the machine's speed as a fixed pure-Python loop takes it: on this VM the same code runs up to a quarter
+# slower in some hours than in others with no steal to show for it (and the loop's own time moves by
+# about 10% from one call to the next)
+SPEED_LOOP = 1_000_000
+
+
+def cpu_speed_ms(repeats: int = 5) -> float:
+    """Median wall milliseconds of `SPEED_LOOP` integer additions in a Python loop, `repeats` times: lower
+    is faster. Taken on an otherwise idle machine, it tells one hour's runs from another's."""
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(SPEED_LOOP):
+            total += i
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 def _cpu_jiffies() -> list[int]:
     """The all-cores `cpu` line of /proc/stat: user, nice, system, idle, iowait, irq, softirq, steal, ..."""
     return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
