@@ -29,11 +29,12 @@ only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal; a step during which steal took more than `--max-steal` cores is measured
 again (the VM's neighbours are not what is measured). Per policy, before its daemon starts and after
-it stops, the machine's speed (`openloop.cpu_speed_ms`: a fixed Python loop, "cpu_speed_ms"): the same
-code runs up to a quarter slower in some hours than in others with no steal. Also: the load generator's
-own ceiling against a no-op instance (with the native generator, also both generators against the C
-no-op target of bench/native/noop.c), the emulation's fidelity at low load on a 16-instance fleet (per
-type, direct and through kairosd; from h2load over gRPC and over HTTP), and the timer's precision.
+it stops, the machine's speed (`openloop.cpu_speed_ms`: a fixed Python loop, its fastest of nine
+timings, "cpu_speed_ms"): the same code runs up to a quarter slower in some hours than in others with
+no steal. Also: the load generator's own ceiling against a no-op instance (with the native generator,
+also both generators against the C no-op target of bench/native/noop.c), the emulation's fidelity at
+low load on a 16-instance fleet (per type, direct and through kairosd; from h2load over gRPC and over
+HTTP), and the timer's precision.
 Writes bench/results/live.json.
 
     python bench/live.py [--models rm2,dien,mtwnd,wnd,ncf] [--policies kairos,threshold,fcfs] [--queries 2000]

@@ -77,14 +77,14 @@ def steal_jiffies() -> tuple[float, float]:
 
 
 # the machine's speed as a fixed pure-Python loop takes it: on this VM the same code runs up to a quarter
-# slower in some hours than in others with no steal to show for it (and the loop's own time moves by
-# about 10% from one call to the next)
+# slower in some hours than in others with no steal to show for it
 SPEED_LOOP = 1_000_000
 
 
-def cpu_speed_ms(repeats: int = 5) -> float:
-    """Median wall milliseconds of `SPEED_LOOP` integer additions in a Python loop, `repeats` times: lower
-    is faster. Taken on an otherwise idle machine, it tells one hour's runs from another's."""
+def cpu_speed_ms(repeats: int = 9) -> float:
+    """Wall milliseconds of `SPEED_LOOP` integer additions in a Python loop, the fastest of `repeats`
+    (the fastest: another process's burst slows single timings, the VM's slow hours slow them all):
+    lower is faster."""
     times = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
@@ -92,7 +92,7 @@ def cpu_speed_ms(repeats: int = 5) -> float:
         for i in range(SPEED_LOOP):
             total += i
         times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return min(times)
 
 
 def _cpu_jiffies() -> list[int]:
