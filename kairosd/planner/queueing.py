@@ -89,7 +89,7 @@ def idle_miss(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
 
 
 def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS,
-                   diversion: bool = True) -> np.ndarray:
+                   diversion: bool = True, idle: np.ndarray | None = None) -> np.ndarray:
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. The base is the present
@@ -128,8 +128,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
         (a query late for its auxiliary goes to a free base).
     Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
-    (ε = 1%, the p99 target); a configuration whose idle fleet already misses more than ε (`idle_miss`)
-    gets 0. Misses: those that miss without waiting — on the base
+    (ε = 1%, the p99 target); a configuration whose idle fleet already misses more than ε (`idle_miss`,
+    or `idle` when the caller has it) gets 0. Misses: those that miss without waiting — on the base
     Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share times its rate y_k (from the
     measured samples, or 0/1 from the feasibility table) — and queries whose wait exceeds their slack,
     with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
@@ -170,7 +170,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         small_miss = np.where(share > 0, (band_small * band_miss).sum(axis=1) / share, 0.0)
     n_types = len(bm.types)
     base = base_types(configs, bm)
-    idle = idle_miss(configs, bm)
+    if idle is None:
+        idle = idle_miss(configs, bm)
     qos = bm.qos_s
     for j in range(n_types):
         rows = np.flatnonzero((base == j) & (ub > 0))

@@ -90,8 +90,8 @@ def make_candidates(
     if len(prices) != len(bm.types):
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
-    est = queue_estimate(configs, bm) if estimate and len(configs) else None
     idle = idle_miss(configs, bm) if estimate and len(configs) else None
+    est = queue_estimate(configs, bm, idle=idle) if idle is not None else None
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
                       upper_bound(configs, bm), est, proportional_bound(configs, bm), idle)
 
@@ -290,6 +290,9 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     below = getattr(evaluator, "below", None)
     per_stream = getattr(evaluator, "values", None)
     add_streams = getattr(evaluator, "add_streams", None)
+    # an evaluator that values each stream and can add streams (e.g. `SeedsEvaluator`)
+    extend: tuple[Callable[[np.ndarray], np.ndarray], Callable[[int], bool]] | None = (
+        (per_stream, add_streams) if callable(per_stream) and callable(add_streams) else None)
     dom = np.eye(len(cands.types), dtype=bool) if dominates is None else np.asarray(dominates, dtype=bool)
     alive = np.ones(len(cands), dtype=bool)
     best_qps, best_row, checks, simulated, top_qps = 0.0, -1, 0, 0, 0.0
@@ -309,16 +312,17 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
             checks += 1
             if below(x, top_qps):
                 continue
-        qps = float(_evaluate_many(evaluator, x[None, :])[0])
+        # a fragile fleet gets every stream before it is evaluated; the incumbent is run on the new
+        # streams in the same batch
+        fresh = extend is not None and cands.fragile(int(row)) and _add_every_stream(extend[1])
+        extended |= fresh
+        batch = np.stack([x, cands.configs[best_row]]) if fresh and best_row >= 0 else x[None, :]
+        qps = float(_evaluate_many(evaluator, batch)[0])
         vec = np.asarray(per_stream(x), dtype=float) if callable(per_stream) else None
-        if vec is not None and callable(per_stream) and callable(add_streams) and cands.fragile(int(row)):
-            vec, qps, added = _every_stream(per_stream, add_streams, x)
-            extended |= added
-            if best_row >= 0:
-                best_vec = np.asarray(per_stream(cands.configs[best_row]), dtype=float)
-                best_qps = known[best_row] = float(best_vec.mean())
-        if vec is not None and best_vec is not None and callable(add_streams) and callable(per_stream):
-            vec, best_vec, added = _duel(per_stream, add_streams, x, cands.configs[best_row], vec, best_vec)
+        if vec is not None and best_vec is not None and extend is not None:
+            if fresh:
+                best_vec = np.asarray(extend[0](cands.configs[best_row]), dtype=float)
+            vec, best_vec, added = _duel(*extend, x, cands.configs[best_row], vec, best_vec)
             extended |= added
             qps, best_qps = float(vec.mean()), float(best_vec.mean())
             known[best_row] = best_qps
@@ -339,15 +343,12 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
                      tuple(evaluated), checks, simulated, exact=not alive.any())
 
 
-def _every_stream(per_stream: Callable[[np.ndarray], np.ndarray], add_streams: Callable[[int], bool],
-                  x: np.ndarray) -> tuple[np.ndarray, float, bool]:
-    """`x` valued on every stream the evaluator can add (a fragile fleet, `Candidates.fragile`): its
-    per-stream values, their mean, and whether streams were added."""
+def _add_every_stream(add_streams: Callable[[int], bool]) -> bool:
+    """Add every stream the evaluator can (for a fragile fleet, `Candidates.fragile`); whether any was."""
     added = False
     while add_streams(DUEL_STREAMS):
         added = True
-    vec = np.asarray(per_stream(x), dtype=float)
-    return vec, float(vec.mean()), added
+    return added
 
 
 def _duel(per_stream: Callable[[np.ndarray], np.ndarray], add_streams: Callable[[int], bool], x: np.ndarray,
