@@ -19,10 +19,8 @@ connection are answered in order, one at a time (HTTP/1.1 pipelining waits in th
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -31,6 +29,7 @@ import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.errors import KairosError
+from kairosd.server.http_head import InferHead, parse_head, reply_bytes
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, parse_header, render_body
 from kairosd.server.validate import resolve_model, validate_header
 
@@ -49,14 +48,6 @@ def lean_http_default() -> bool:
     measures both)."""
     return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "false", "no")
 
-_INFER_PATH = re.compile(r"/v2/models/([^/?#]+)(?:/versions/([^/?#]+))?/infer")
-_CRLF2 = b"\r\n\r\n"
-MAX_HEAD_BYTES = 64 * 1024  # a longer head goes to aiohttp, which answers it
-# a request with any of these headers takes the full path
-_FULL_PATH_HEADERS = frozenset({"transfer-encoding", "content-encoding", "expect"})
-_COMPRESSED = frozenset({"gzip", "deflate"})
-
-
 class _Request:
     __slots__ = ("model", "version", "headers", "body")
 
@@ -70,41 +61,12 @@ class _Request:
 def parse_request(buf: bytearray, max_body_bytes: int) -> _Request | bool | None:
     """The first request in `buf` if the lean path serves it (its bytes removed from `buf`); False when it
     must take the full path (nothing removed); None while its head or body is incomplete."""
-    end = buf.find(_CRLF2)
-    if end < 0:
-        return False if len(buf) > MAX_HEAD_BYTES else None
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")  # latin-1 decodes every byte
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
-        return False
-    m = _INFER_PATH.fullmatch(parts[1])
-    if m is None:
-        return False
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        key = name.lower()
-        if not sep or not name or name != name.strip() or key in headers:  # a repeated header: aiohttp judges it
-            return False
-        headers[key] = value.strip()
-    length = headers.get("content-length", "")
-    if (not (length.isascii() and length.isdigit()) or int(length) > max_body_bytes
-            or not _FULL_PATH_HEADERS.isdisjoint(headers)
-            or headers.get("connection", "").lower() == "close"
-            or headers.get("accept-encoding", "").strip().lower() in _COMPRESSED):
-        return False
-    start, n = end + 4, int(length)
-    if len(buf) - start < n:
+    head = parse_head(buf, max_body_bytes)
+    if not isinstance(head, InferHead):
+        return head
+    if not head.complete(buf):
         return None
-    body = bytes(buf[start:start + n])
-    del buf[:start + n]
-    return _Request(m.group(1), m.group(2) or "", headers, body)
-
-
-def _reply(status: int, content_type: str, body: bytes, extra: str = "") -> bytes:
-    phrase = http.HTTPStatus(status).phrase
-    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            f"{extra}\r\n").encode("latin-1") + body
+    return _Request(head.model, head.version, head.headers, head.take_body(buf))
 
 
 class Answers:
@@ -222,13 +184,13 @@ class LeanHttpProtocol(asyncio.Protocol):
             names = tuple(dict.fromkeys(header.outputs))
             pb_body, service_s = await instance.serve_query(spec, batch, names)
         except KairosError as e:
-            return _reply(e.http_status, "application/json", rapidjson.dumps({"error": str(e)}).encode())
+            return reply_bytes(e.http_status, "application/json", rapidjson.dumps({"error": str(e)}).encode())
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bug fails this request, as the REST front end's
             log.exception("HTTP POST infer for model %r failed", request.model)
             message = f"kairosd internal error: {type(e).__name__}: {e}"
-            return _reply(500, "application/json", rapidjson.dumps({"error": message}).encode())
+            return reply_bytes(500, "application/json", rapidjson.dumps({"error": message}).encode())
         members: dict[str, object] = {}
         rid = header.doc.get("id")
         if rid:
@@ -237,8 +199,8 @@ class LeanHttpProtocol(asyncio.Protocol):
         tail = rapidjson.dumps(members).encode()[1:-1]
         out, header_len = self._answers.body(spec, batch, names, header.binary, pb_body, tail)
         if header_len is None:
-            return _reply(200, "application/json", out)
-        return _reply(200, "application/octet-stream", out, f"{HEADER_LENGTH}: {header_len}\r\n")
+            return reply_bytes(200, "application/json", out)
+        return reply_bytes(200, "application/octet-stream", out, f"{HEADER_LENGTH}: {header_len}\r\n")
 
 
 async def start_lean_http_server(instance: EmulatedInstance, host: str, port: int, max_body_bytes: int,

@@ -1,0 +1,95 @@
+"""The request head of a KServe v2 REST infer call, parsed for the lean HTTP paths (kairosd's client port,
+`kairosd.server.http_lean`; an emulated instance, `kairosd.backends.emulated_http`).
+
+Core rule: a lean path serves only the plain infer call, `POST /v2/models/<m>[/versions/<v>]/infer
+HTTP/1.1` with a `Content-Length` body and nothing that changes how the body or the connection is read
+(no Transfer-Encoding, Content-Encoding or Expect, no `Connection: close`, no compressed answer asked
+for, no query string or percent-escape in the path, no header repeated). Anything else takes the full
+path (aiohttp), which judges and answers it exactly as for every other request.
+"""
+
+from __future__ import annotations
+
+import http
+import math
+import re
+
+_INFER_PATH = re.compile(r"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?/infer")
+_CRLF2 = b"\r\n\r\n"
+MAX_HEAD_BYTES = 64 * 1024  # a longer head goes to the full path, which answers it
+# a request with any of these headers takes the full path
+_FULL_PATH_HEADERS = frozenset({"transfer-encoding", "content-encoding", "expect"})
+_COMPRESSED = frozenset({"gzip", "deflate"})
+
+
+class InferHead:
+    """A plain infer call's head: the model and version from its path, its headers (names lower-cased),
+    and where its body starts in the buffer and how long it is."""
+
+    __slots__ = ("model", "version", "headers", "start", "length")
+
+    def __init__(self, model: str, version: str, headers: dict[str, str], start: int, length: int) -> None:
+        self.model = model
+        self.version = version
+        self.headers = headers
+        self.start = start
+        self.length = length
+
+    def complete(self, buf: bytearray) -> bool:
+        """Whether `buf` holds the whole body."""
+        return len(buf) - self.start >= self.length
+
+    def take_body(self, buf: bytearray) -> bytes:
+        """The body, its request's bytes removed from `buf` (`complete` must hold)."""
+        end = self.start + self.length
+        if end == len(buf):
+            body = bytes(buf[self.start:])
+            buf.clear()
+        else:
+            body = bytes(buf[self.start:end])
+            del buf[:end]
+        return body
+
+
+def parse_head(buf: bytearray, max_body_bytes: int, max_head_bytes: int = MAX_HEAD_BYTES) -> InferHead | bool | None:
+    """The head of the first request in `buf` if a lean path serves it (nothing removed); False when it
+    takes the full path; None while the head is incomplete."""
+    end = buf.find(_CRLF2)
+    if end < 0:
+        return False if len(buf) > max_head_bytes else None
+    if end > max_head_bytes:
+        return False
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")  # latin-1 decodes every byte
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
+        return False
+    m = _INFER_PATH.fullmatch(parts[1])
+    if m is None:
+        return False
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        key = name.lower()
+        if not sep or not name or name != name.strip() or key in headers:  # a repeated header: aiohttp judges it
+            return False
+        headers[key] = value.strip()
+    length = headers.get("content-length", "")
+    if (not (length.isascii() and length.isdigit()) or int(length) > max_body_bytes
+            or not _FULL_PATH_HEADERS.isdisjoint(headers)
+            or headers.get("connection", "").lower() == "close"
+            or headers.get("accept-encoding", "").strip().lower() in _COMPRESSED):
+        return False
+    return InferHead(m.group(1), m.group(2) or "", headers, end + 4, int(length))
+
+
+def reply_bytes(status: int, content_type: str, body: bytes, extra: str = "") -> bytes:
+    """A complete HTTP/1.1 response: status line, Content-Type, Content-Length, `extra` header lines
+    (each ending in CRLF), the body."""
+    phrase = http.HTTPStatus(status).phrase
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}\r\n").encode("latin-1") + body
+
+
+def retry_after(seconds: float) -> int:
+    """`Retry-After` in whole seconds: the ceiling, at least 1 (e.g. 0.2 → 1, 2.1 → 3)."""
+    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
