@@ -5,7 +5,9 @@ Targets, per protocol: `bare` (bare_proxy.py → one emulated instance), and `ka
 backend transport (`http`: every query over the instance's HTTP endpoint, a gRPC query converted
 (kairosd/backends/grpc_http.py, the default); `unary`: gRPC queries as one ModelInfer call each;
 `stream`: gRPC queries on one ModelStreamInfer stream per instance; chosen with KAIROSD_BACKEND_HTTP
-and KAIROSD_BACKEND_STREAM in the daemon's environment; HTTP queries go over HTTP in all three). Each daemon serves ncf (batch
+and KAIROSD_BACKEND_STREAM in the daemon's environment; HTTP queries go over HTTP in all three; `app`:
+as `http`, with every REST request served by the aiohttp application, infer calls included
+(KAIROSD_LEAN_HTTP=0: kairosd.server.http_lean off)). Each daemon serves ncf (batch
 1) with a generous QoS and `admission = "off"` (nothing refused) from `--instances` emulated g4dn.xlarge
 of `--slots` slots each. gRPC load: h2load (`--streams` concurrent streams over `--connections`
 connections; body = the 5-byte gRPC prefix + a serialized ModelInferRequest). HTTP load: wrk (JSON body,
@@ -61,7 +63,8 @@ MODEL = "ncf"
 TRANSPORT_ENV = "KAIROSD_BACKEND_STREAM"
 HTTP_ENV = "KAIROSD_BACKEND_HTTP"
 BUSY = "kairos_dispatcher_busy_seconds_total"
-TRANSPORTS = ("http", "unary", "stream")
+LEAN_ENV = "KAIROSD_LEAN_HTTP"
+TRANSPORTS = ("http", "unary", "stream", "app")
 
 
 # ---- processes ------------------------------------------------------------------------------------
@@ -133,7 +136,7 @@ class Daemon:
             path = workdir / f"{name}.toml"
             path.write_text(config_text(workdir, self.ports, instances, slots, workers if self.workers_applied else 1))
             env = {**os.environ, TRANSPORT_ENV: "0" if transport == "unary" else "1",
-                   HTTP_ENV: "1" if transport == "http" else "0"}
+                   HTTP_ENV: "1" if transport in ("http", "app") else "0", LEAN_ENV: "0" if transport == "app" else "1"}
             self.child = ChildProcess(kairosd_argv("serve", "--config", str(path)), name=f"kairosd-{name}",
                                       env=env).start()
             try:

@@ -38,6 +38,7 @@ from kairosd.modelgen import ID_RANGES, example_inputs
 from kairosd.repository import ModelSpec, load_repository
 from kairosd.server.grpc_frontend import start_grpc_server
 from kairosd.server.http_frontend import start_http_server
+from kairosd.server.http_limits import HttpLimits
 from kairosd.server.tensors import ITEMSIZE, WIRE_NP, deserialize_bytes, element_count, serialize_bytes
 
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
@@ -243,7 +244,8 @@ class HostileServers:
 
     async def _start(self) -> None:
         self._grpc = await start_grpc_server(self.service, "127.0.0.1", self.grpc_port, MAX_BODY_BYTES)
-        self._http = await start_http_server(self.service, "127.0.0.1", 0, MAX_BODY_BYTES)
+        # with limits, as kairosd's client port: plain infer calls take the lean path (kairosd.server.http_lean)
+        self._http = await start_http_server(self.service, "127.0.0.1", 0, MAX_BODY_BYTES, limits=HttpLimits())
         self.http_port = int(self._http.addresses[0][1])
 
     async def _stop(self) -> None:

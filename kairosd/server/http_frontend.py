@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -21,7 +20,9 @@ from kairosd.backends.http_client import HttpForward, HttpReply, InstanceHttpErr
 from kairosd.errors import InvalidInput, KairosError, Overloaded, RequestTooLarge, Unauthenticated
 from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
 from kairosd.server.grpc_frontend import EXTENSIONS, SERVER_NAME
+from kairosd.server.http_head import retry_after
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, loads, parse_header, render, to_grpc
+from kairosd.server.http_lean import LeanSettings, lean_http_default
 from kairosd.server.http_limits import ConnectionGate, GuardedSite, HttpLimits, guarded_protocol
 from kairosd.server.validate import resolve_model, validate_header
 from kairosd.service import InferenceService
@@ -70,11 +71,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as e:
         log.exception("HTTP %s %s failed", request.method, request.path)
         return _error(500, f"kairosd internal error: {type(e).__name__}: {e}")
-
-
-def retry_after(seconds: float) -> int:
-    """`Retry-After` in whole seconds: the ceiling, at least 1 (e.g. 0.2 → 1, 2.1 → 3)."""
-    return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
 
 
 @web.middleware
@@ -292,14 +288,16 @@ async def start_http_server(
 
     With `limits` (the daemon's client port), connections are counted against `limits.max_connections`
     (at `gate`, whose counters /metrics reads) and headers, bodies and idle connections are timed
-    (`kairosd.server.http_limits`); without, aiohttp's defaults apply (instances behind kairosd).
+    (`kairosd.server.http_limits`) and plain infer calls take the lean path (`kairosd.server.http_lean`);
+    without, aiohttp serves every request with its defaults (instances behind kairosd).
     `ssl_context` serves HTTPS; `auth` checks bearer tokens. `reuse_port`: the port is shared with
     kairosd's other front-end processes (SO_REUSEPORT)."""
     runner = await http_runner(service, max_body_bytes, server_name, extensions, limits=limits, auth=auth)
     try:
         if limits is not None:
+            lean = LeanSettings(service, max_body_bytes, auth, limits) if lean_http_default() else None
             site: web.TCPSite = GuardedSite(runner, host, port, limits, gate or ConnectionGate(limits.max_connections),
-                                            ssl_context=ssl_context, reuse_port=reuse_port)
+                                            ssl_context=ssl_context, reuse_port=reuse_port, lean=lean)
         else:
             site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         await site.start()

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from kairosd.config import ServerConfig
+from kairosd.server.http_lean import LeanInferProtocol, LeanSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ class ConnectionGate:
 
 class GuardedProtocol(asyncio.Protocol):
     """One connection: counts it at the gate, times its request headers, and hands everything else
-    to aiohttp's RequestHandler unchanged."""
+    to its inner protocol unchanged (aiohttp's RequestHandler, or the lean infer path in front of it)."""
 
-    def __init__(self, inner: RequestHandler, gate: ConnectionGate, limits: HttpLimits) -> None:
+    def __init__(self, inner: asyncio.Protocol, gate: ConnectionGate, limits: HttpLimits) -> None:
         self._inner = inner
         self._gate = gate
         self._limits = limits
@@ -176,23 +176,30 @@ class GuardedProtocol(asyncio.Protocol):
 
 class GuardedSite(web.TCPSite):
     """`web.TCPSite` whose connections go through `GuardedProtocol` (aiohttp's own TCPSite.start, with
-    a wrapping protocol factory and the TLS handshake timeout)."""
+    a wrapping protocol factory and the TLS handshake timeout); with `lean`, infer calls are served by
+    `kairosd.server.http_lean` and the rest by the application."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: HttpLimits, gate: ConnectionGate,
-                 ssl_context: Any = None, reuse_port: bool = False) -> None:
+                 ssl_context: Any = None, reuse_port: bool = False, lean: LeanSettings | None = None) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
         self._limits = limits
         self._gate = gate
+        self._lean = lean
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        gate, limits = self._gate, self._limits
+        gate, limits, lean = self._gate, self._limits, self._lean
 
         def factory() -> GuardedProtocol:
-            return GuardedProtocol(server(), gate, limits)
+            if lean is None:
+                return GuardedProtocol(server(), gate, limits)
+            inner = LeanInferProtocol(lean, server)
+            guard = GuardedProtocol(inner, gate, limits)
+            inner.bind(guard)
+            return guard
 
         self._server = await loop.create_server(
             factory, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
