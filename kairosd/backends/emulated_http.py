@@ -29,7 +29,7 @@ import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.errors import KairosError
-from kairosd.server.http_head import InferHead, parse_head, reply_bytes
+from kairosd.server.http_head import InferHead, LeanConnection, parse_head, reply_bytes
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, parse_header, render_body
 from kairosd.server.validate import resolve_model, validate_header
 
@@ -47,27 +47,6 @@ def lean_http_default() -> bool:
     KAIROSD_EMULATED_LEAN_HTTP is 0/false/no (then aiohttp serves every request: bench/emulated_http.py
     measures both)."""
     return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "false", "no")
-
-class _Request:
-    __slots__ = ("model", "version", "headers", "body")
-
-    def __init__(self, model: str, version: str, headers: dict[str, str], body: bytes) -> None:
-        self.model = model
-        self.version = version
-        self.headers = headers
-        self.body = body
-
-
-def parse_request(buf: bytearray, max_body_bytes: int) -> _Request | bool | None:
-    """The first request in `buf` if the lean path serves it (its bytes removed from `buf`); False when it
-    must take the full path (nothing removed); None while its head or body is incomplete."""
-    head = parse_head(buf, max_body_bytes)
-    if not isinstance(head, InferHead):
-        return head
-    if not head.complete(buf):
-        return None
-    return _Request(head.model, head.version, head.headers, head.take_body(buf))
-
 
 class Answers:
     """Rendered answers of one instance: per (model, batch, outputs, binary choice), the JSON header
@@ -91,19 +70,17 @@ class Answers:
         return (header + blobs, len(header)) if blobs else (header, None)
 
 
-class LeanHttpProtocol(asyncio.Protocol):
+class LeanHttpProtocol(LeanConnection):
     """One connection of an emulated instance's HTTP endpoint (see the module's docstring)."""
 
     def __init__(self, instance: EmulatedInstance, answers: Answers, full: Callable[[], asyncio.BaseProtocol],
                  max_body_bytes: int, open_connections: set[LeanHttpProtocol]) -> None:
+        super().__init__()
         self._instance = instance
         self._answers = answers
         self._full = full
         self._max_body = max_body_bytes
         self._open = open_connections
-        self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._serving: asyncio.Task[None] | None = None
         self._eof = False  # the client half-closed: close once the query in service is answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,14 +110,14 @@ class LeanHttpProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None or not self._buf:
             return
-        request = parse_request(self._buf, self._max_body)
-        if request is None:
-            return
-        if request is False:
+        head = parse_head(self._buf, self._max_body)
+        if head is False:
             self._hand_over(transport)
             return
-        assert isinstance(request, _Request)
-        self._serving = asyncio.get_running_loop().create_task(self._serve(request))
+        if not isinstance(head, InferHead) or not head.complete(self._buf):
+            return
+        body = head.take_body(self._buf)
+        self._start(head, body)
 
     def _hand_over(self, transport: asyncio.Transport) -> None:
         """This connection and its buffered bytes go to the REST application."""
@@ -154,31 +131,16 @@ class LeanHttpProtocol(asyncio.Protocol):
             protocol.data_received(bytes(self._buf))
             self._buf.clear()
 
-    async def _serve(self, request: _Request) -> None:
-        try:
-            reply = await self._answer(request)
-        except asyncio.CancelledError:
-            return
-        finally:
-            self._serving = None
-        transport = self._transport
-        if transport is None:
-            return
-        transport.write(reply)
-        if transport.is_closing():
-            return
-        if self._buf:
-            self._next()
+    def _settled(self, transport: asyncio.Transport) -> None:
         if self._serving is None and self._eof:
             transport.close()
 
-    async def _answer(self, request: _Request) -> bytes:
+    async def _answer(self, head: InferHead, body: bytes) -> bytes:
         arrived_ns = time.monotonic_ns()
         instance = self._instance
         try:
-            spec = resolve_model(instance.repository, request.model, request.version)
-            body = request.body
-            header = parse_header(body, header_length(request.headers.get("inference-header-content-length"),
+            spec = resolve_model(instance.repository, head.model, head.version)
+            header = parse_header(body, header_length(head.headers.get("inference-header-content-length"),
                                                       len(body)))
             batch = validate_header(header.inputs, header.outputs, spec)
             names = tuple(dict.fromkeys(header.outputs))
@@ -188,7 +150,7 @@ class LeanHttpProtocol(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bug fails this request, as the REST front end's
-            log.exception("HTTP POST infer for model %r failed", request.model)
+            log.exception("HTTP POST infer for model %r failed", head.model)
             message = f"kairosd internal error: {type(e).__name__}: {e}"
             return reply_bytes(500, "application/json", rapidjson.dumps({"error": message}).encode())
         members: dict[str, object] = {}

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import rapidjson
@@ -16,12 +15,12 @@ from aiohttp.web_protocol import RequestPayloadError
 from tritonclient.grpc import service_pb2 as pb
 
 import kairosd
-from kairosd.backends.http_client import HttpForward, HttpReply, InstanceHttpError
+from kairosd.backends.http_client import HttpReply, InstanceHttpError
 from kairosd.errors import InvalidInput, KairosError, Overloaded, RequestTooLarge, Unauthenticated
 from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
 from kairosd.server.grpc_frontend import EXTENSIONS, SERVER_NAME
 from kairosd.server.http_head import retry_after
-from kairosd.server.http_infer import HEADER_LENGTH, header_length, loads, parse_header, render, to_grpc
+from kairosd.server.http_infer import HEADER_LENGTH, header_length, http_forward, loads, parse_header, render
 from kairosd.server.http_lean import LeanSettings, lean_http_default
 from kairosd.server.http_limits import ConnectionGate, GuardedSite, HttpLimits, guarded_protocol
 from kairosd.server.validate import resolve_model, validate_header
@@ -35,8 +34,6 @@ _METADATA_KEY = web.AppKey("kairosd_server_metadata", bytes)
 _AUTH_KEY = web.AppKey("kairosd_authenticator", Authenticator)
 _BODY_TIMEOUT_KEY = web.AppKey("kairosd_body_timeout_s", float)
 _JSON = "application/json"
-# request headers that describe the body, forwarded with it
-_FORWARD_HEADERS = ("Content-Type", HEADER_LENGTH)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -167,15 +164,8 @@ async def _infer(request: web.Request) -> web.Response:
     headers = request.headers
     header = parse_header(body, header_length(headers.get(HEADER_LENGTH), len(body)))
     batch = validate_header(header.inputs, header.outputs, spec)
-    version = request.match_info.get("version", "")
     coding = _response_coding(request)
-    forward_headers = {"Accept-Encoding": coding or "identity"}
-    for h in _FORWARD_HEADERS:
-        value = headers.get(h)
-        if value is not None:
-            forward_headers[h] = value
-    path = f"/v2/models/{spec.name}/versions/{version}/infer" if version else f"/v2/models/{spec.name}/infer"
-    forward = HttpForward(path, body, forward_headers, partial(to_grpc, header, body, spec, version))
+    forward = http_forward(spec, request.match_info.get("version", ""), header, body, headers.get, coding)
     try:
         result = await _service(request).infer_http(forward, spec, batch, header.timeout_s)
     except InstanceHttpError as e:

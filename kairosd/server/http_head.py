@@ -1,5 +1,6 @@
 """The request head of a KServe v2 REST infer call, parsed for the lean HTTP paths (kairosd's client port,
-`kairosd.server.http_lean`; an emulated instance, `kairosd.backends.emulated_http`).
+`kairosd.server.http_lean`; an emulated instance, `kairosd.backends.emulated_http`), and the connection
+skeleton both paths share (`LeanConnection`: one query in service at a time, answers in order).
 
 Core rule: a lean path serves only the plain infer call, `POST /v2/models/<m>[/versions/<v>]/infer
 HTTP/1.1` with a `Content-Length` body and nothing that changes how the body or the connection is read
@@ -10,6 +11,7 @@ path (aiohttp), which judges and answers it exactly as for every other request.
 
 from __future__ import annotations
 
+import asyncio
 import http
 import math
 import re
@@ -93,3 +95,48 @@ def reply_bytes(status: int, content_type: str, body: bytes, extra: str = "") ->
 def retry_after(seconds: float) -> int:
     """`Retry-After` in whole seconds: the ceiling, at least 1 (e.g. 0.2 → 1, 2.1 → 3)."""
     return max(1, math.ceil(seconds)) if math.isfinite(seconds) else 1
+
+
+class LeanConnection(asyncio.Protocol):
+    """What both lean paths' connections share: the bytes received (`_buf`), the query in service
+    (`_serving`, one at a time), and answering it: the answer written, then the next buffered request.
+    A subclass parses and starts requests (`_next`) and answers one (`_answer`); `_written` runs after
+    an answer is written, `_settled` after the next request (if any) was started."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    def _next(self) -> None:
+        raise NotImplementedError
+
+    async def _answer(self, head: InferHead, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _written(self) -> None:
+        """After an answer is written."""
+
+    def _settled(self, transport: asyncio.Transport) -> None:
+        """After an answer is written and the next buffered request started."""
+
+    def _start(self, head: InferHead, body: bytes) -> None:
+        self._serving = asyncio.get_running_loop().create_task(self._serve(head, body))
+
+    async def _serve(self, head: InferHead, body: bytes) -> None:
+        try:
+            reply = await self._answer(head, body)
+        except asyncio.CancelledError:
+            return
+        finally:
+            self._serving = None
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(reply)
+        self._written()
+        if transport.is_closing():
+            return
+        if self._buf:
+            self._next()
+        self._settled(transport)

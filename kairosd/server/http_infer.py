@@ -7,13 +7,16 @@ a JSON header of `Inference-Header-Content-Length` bytes, then each binary tenso
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import rapidjson
 from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 
+from kairosd.backends.http_client import HttpForward
 from kairosd.errors import InvalidInput
 from kairosd.repository import ModelSpec
 from kairosd.server.tensors import contents_to_raw, count_bytes, element_count, json_to_raw, raw_to_json
@@ -271,3 +274,18 @@ def render(
     if coding is not None:
         resp.enable_compression(web.ContentCoding(coding))
     return resp
+
+
+def http_forward(spec: ModelSpec, version: str, header: InferHeader, body: bytes,
+                 request_header: Callable[[str], str | None], coding: str | None) -> HttpForward:
+    """A validated infer call as it goes on to an instance: the body as received with its `Content-Type`
+    and `Inference-Header-Content-Length` (`request_header(name)`: the client's value or None), the answer
+    asked for as identity unless the client asked for `coding`; converted to a `ModelInferRequest`
+    (`to_grpc`) only when an instance without HTTP is chosen."""
+    headers = {"Accept-Encoding": coding or "identity"}
+    for name in ("Content-Type", HEADER_LENGTH):
+        value = request_header(name)
+        if value is not None:
+            headers[name] = value
+    path = f"/v2/models/{spec.name}/versions/{version}/infer" if version else f"/v2/models/{spec.name}/infer"
+    return HttpForward(path, body, headers, partial(to_grpc, header, body, spec, version))

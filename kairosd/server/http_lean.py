@@ -32,17 +32,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from functools import partial
 from typing import TYPE_CHECKING
 
 import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
-from kairosd.backends.http_client import HttpForward, HttpReply, InstanceHttpError
+from kairosd.backends.http_client import HttpReply, InstanceHttpError
 from kairosd.errors import KairosError, Overloaded, Unauthenticated
 from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
-from kairosd.server.http_head import InferHead, parse_head, reply_bytes, retry_after
-from kairosd.server.http_infer import HEADER_LENGTH, header_length, parse_header, render_body, to_grpc
+from kairosd.server.http_head import InferHead, LeanConnection, parse_head, reply_bytes, retry_after
+from kairosd.server.http_infer import HEADER_LENGTH, header_length, http_forward, parse_header, render_body
 from kairosd.server.validate import resolve_model, validate_header
 
 if TYPE_CHECKING:
@@ -107,19 +106,17 @@ def _instance_reply(reply: HttpReply) -> bytes:
     return reply_bytes(reply.status, headers.get("Content-Type", _OCTET), reply.body, extra)
 
 
-class LeanInferProtocol(asyncio.Protocol):
+class LeanInferProtocol(LeanConnection):
     """One client connection (see the module's docstring); `full` makes the application's protocol
     the connection is handed to, `bind` gives it its guard."""
 
     def __init__(self, settings: LeanSettings, full: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__()
         self._settings = settings
         self._full_factory = full
         self._full: asyncio.Protocol | None = None
         self._guard: GuardedProtocol | None = None
-        self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
         self._head: InferHead | None = None  # parsed, its body not all in yet
-        self._serving: asyncio.Task[None] | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_active = 0.0
@@ -206,26 +203,12 @@ class LeanInferProtocol(asyncio.Protocol):
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()
-        self._serving = asyncio.get_running_loop().create_task(self._serve(head, body))
+        self._start(head, body)
 
-    async def _serve(self, head: InferHead, body: bytes) -> None:
-        try:
-            reply = await self._answer(head, body)
-        except asyncio.CancelledError:
-            return
-        finally:
-            self._serving = None
-        transport = self._transport
-        if transport is None:
-            return
-        transport.write(reply)
+    def _written(self) -> None:
         self._last_active = asyncio.get_running_loop().time()
         if self._guard is not None:
             self._guard.request_ended()
-        if transport.is_closing():
-            return
-        if self._buf:
-            self._next()
 
     async def _answer(self, head: InferHead, body: bytes) -> bytes:
         s = self._settings
@@ -236,16 +219,7 @@ class LeanInferProtocol(asyncio.Protocol):
             headers = head.headers
             header = parse_header(body, header_length(headers.get("inference-header-content-length"), len(body)))
             batch = validate_header(header.inputs, header.outputs, spec)
-            forward_headers = {"Accept-Encoding": "identity"}
-            content_type = headers.get("content-type")
-            if content_type is not None:
-                forward_headers["Content-Type"] = content_type
-            header_len = headers.get("inference-header-content-length")
-            if header_len is not None:
-                forward_headers[HEADER_LENGTH] = header_len
-            path = (f"/v2/models/{spec.name}/versions/{head.version}/infer" if head.version
-                    else f"/v2/models/{spec.name}/infer")
-            forward = HttpForward(path, body, forward_headers, partial(to_grpc, header, body, spec, head.version))
+            forward = http_forward(spec, head.version, header, body, lambda name: headers.get(name.lower()), None)
             try:
                 result = await s.service.infer_http(forward, spec, batch, header.timeout_s)
             except InstanceHttpError as e:
