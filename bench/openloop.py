@@ -723,12 +723,52 @@ def step_unstolen(d: Daemon, served: str, rate: float, stream: Any, qos_s: float
         time.sleep(STEAL_PAUSE_S)
 
 
+def bracket_max(ok: Callable[[float], bool], sim_qps: float, rel_tol: float, max_steps: int,
+                light_qps: float) -> float:
+    """The highest rate `ok` passes, found from the simulator's figure: ×1.05 steps up while it passes;
+    else ×0.9, then ×0.85 steps down until one passes or the rate falls below `light_qps` (0 then); then
+    bisection to `rel_tol` × `sim_qps`. `max_steps` bounds the calls but for the way down, which takes
+    as many as it needs and leaves the bisection at least two. When `sim_qps` is 0, one probe at
+    `light_qps`. E.g. a daemon that passes up to 500 q/s, sim 1,000: 1,000, 900, 765, 650.3 and 552.8
+    fail, 469.8 passes, then 511.3 fails and 490.5 passes: 490.5."""
+    calls = 0
+
+    def probe(rate: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return ok(rate)
+
+    if sim_qps <= 0:  # the simulator finds no passing rate (fcfs on a fleet with slow types): check a light load
+        return light_qps if probe(light_qps) else 0.0
+    lo, hi = 0.0, math.inf
+    if probe(sim_qps):
+        lo = sim_qps
+        rate = sim_qps * 1.05
+        while calls < max_steps and probe(rate):
+            lo, rate = rate, rate * 1.05
+        hi = rate
+    else:
+        hi, rate = sim_qps, sim_qps * 0.9
+        while rate >= light_qps:
+            if probe(rate):
+                lo = rate
+                break
+            hi, rate = rate, rate * 0.85
+    limit = max(max_steps, calls + 2)
+    while calls < limit and hi - lo > rel_tol * sim_qps and lo > 0:
+        mid = 0.5 * (lo + hi)
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
              max_steps: int, light_qps: float, protocol: str = "grpc",
              generator: str = "python", max_steal: float | None = None) -> tuple[float, list[dict[str, Any]]]:
-    """Bracket around the simulator's figure (×1.05 up, then ×0.9 and ×0.85 steps down), then bisect to
-    `rel_tol`; when the simulator's figure is 0, one probe at `light_qps`. `generator`: "python" or
-    "native" (`run_loadgen`). `max_steal` (cores): see `step_unstolen`."""
+    """`bracket_max` of the daemon's steps (`step_unstolen`) on `stream`, and the steps. `generator`:
+    "python" or "native" (`run_loadgen`). `max_steal` (cores): see `step_unstolen`."""
     steps: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
@@ -736,33 +776,7 @@ def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, 
         steps.append(r)
         return bool(r["ok"])
 
-    lo, hi = 0.0, math.inf
-    if sim_qps <= 0:  # the simulator finds no passing rate (fcfs on a fleet with slow types): check a light load
-        ok(light_qps)
-        return (light_qps if steps[-1]["ok"] else 0.0), steps
-    if ok(sim_qps):
-        lo = sim_qps
-        rate = sim_qps * 1.05
-        while len(steps) < max_steps and ok(rate):
-            lo, rate = rate, rate * 1.05
-        hi = rate
-    else:
-        hi = sim_qps
-        rate = sim_qps * 0.9
-        while len(steps) < max_steps:
-            if ok(rate):
-                lo = rate
-                break
-            hi, rate = rate, rate * 0.85
-    while len(steps) < max_steps and hi - lo > rel_tol * sim_qps and lo > 0:
-        mid = 0.5 * (lo + hi)
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, steps
-
-
+    return bracket_max(ok, sim_qps, rel_tol, max_steps, light_qps), steps
 
 
 def main() -> int:
