@@ -11,6 +11,7 @@ the value and what is allowed.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -547,3 +548,12 @@ def resolve(config: Config) -> Resolved:
 def load_checked(path: str | Path) -> Resolved:
     """`load` then `resolve`: every check `kairosd check-config` runs (and the daemon, at start and reload)."""
     return resolve(load(path))
+
+
+OFF_WORDS = ("0", "false", "no")
+
+
+def env_switch(name: str, off: Collection[str] = OFF_WORDS) -> bool:
+    """An on-by-default switch in the environment (the `KAIROSD_*` transport and path switches): off when
+    the variable, stripped and lower-cased, is one of `off`; on when unset or anything else."""
+    return os.environ.get(name, "").strip().lower() not in off

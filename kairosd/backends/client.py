@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 
 import grpc
@@ -33,6 +32,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import service_pb2
 
 from kairosd.backends.streaming import MODEL_STREAM_INFER, stream_error_status, with_id, with_timeout
+from kairosd.config import OFF_WORDS, env_switch
 from kairosd.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, g
 def stream_default() -> bool:
     """The transport a client uses when not told: the stream (it costs the head less CPU per query), unary
     when KAIROSD_BACKEND_STREAM is 0/false/no/unary."""
-    return os.environ.get(STREAM_ENV, "").strip().lower() not in ("0", "false", "no", "unary")
+    return env_switch(STREAM_ENV, (*OFF_WORDS, "unary"))
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,9 +27,10 @@ from typing import TYPE_CHECKING
 import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
+from kairosd.config import env_switch
 from kairosd.errors import KairosError
-from kairosd.server.http_head import InferHead, LeanConnection, parse_head, reply_bytes
-from kairosd.server.http_infer import HEADER_LENGTH, header_length, parse_header, render_body
+from kairosd.server.http_head import InferHead, LeanConnection, error_reply, infer_reply, parse_head
+from kairosd.server.http_infer import header_length, parse_header, render_body
 from kairosd.server.validate import resolve_model, validate_header
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def lean_http_default() -> bool:
     """Whether emulated instances serve infer requests on the lean path (the default), not when
     KAIROSD_EMULATED_LEAN_HTTP is 0/false/no (then aiohttp serves every request: bench/emulated_http.py
     measures both)."""
-    return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "false", "no")
+    return env_switch(LEAN_ENV)
 
 class Answers:
     """Rendered answers of one instance: per (model, batch, outputs, binary choice), the JSON header
@@ -146,13 +146,13 @@ class LeanHttpProtocol(LeanConnection):
             names = tuple(dict.fromkeys(header.outputs))
             pb_body, service_s = await instance.serve_query(spec, batch, names)
         except KairosError as e:
-            return reply_bytes(e.http_status, "application/json", rapidjson.dumps({"error": str(e)}).encode())
+            return error_reply(e.http_status, str(e))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bug fails this request, as the REST front end's
             log.exception("HTTP POST infer for model %r failed", head.model)
             message = f"kairosd internal error: {type(e).__name__}: {e}"
-            return reply_bytes(500, "application/json", rapidjson.dumps({"error": message}).encode())
+            return error_reply(500, message)
         members: dict[str, object] = {}
         rid = header.doc.get("id")
         if rid:
@@ -160,9 +160,7 @@ class LeanHttpProtocol(LeanConnection):
         members["parameters"] = instance.answer_parameters(service_s, arrived_ns, time.monotonic_ns())
         tail = rapidjson.dumps(members).encode()[1:-1]
         out, header_len = self._answers.body(spec, batch, names, header.binary, pb_body, tail)
-        if header_len is None:
-            return reply_bytes(200, "application/json", out)
-        return reply_bytes(200, "application/octet-stream", out, f"{HEADER_LENGTH}: {header_len}\r\n")
+        return infer_reply(out, header_len)
 
 
 async def start_lean_http_server(instance: EmulatedInstance, host: str, port: int, max_body_bytes: int,

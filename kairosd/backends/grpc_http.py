@@ -14,7 +14,6 @@ the environment keeps gRPC queries on gRPC.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.backends.http_client import HttpBackendClient, HttpForward, HttpReply
+from kairosd.config import env_switch
 from kairosd.errors import BackendError, InvalidInput
 from kairosd.server.http_infer import HEADER_LENGTH, header_length, param_value, set_param
 from kairosd.server.tensors import json_to_raw
@@ -33,7 +33,7 @@ HTTP_ENV = "KAIROSD_BACKEND_HTTP"
 def grpc_over_http_default() -> bool:
     """Whether a gRPC query goes to an instance's HTTP endpoint when it has one (the default), not when
     KAIROSD_BACKEND_HTTP is 0/false/no."""
-    return os.environ.get(HTTP_ENV, "").strip().lower() not in ("0", "false", "no")
+    return env_switch(HTTP_ENV)
 
 
 def _params(params: Any) -> dict[str, Any]:

@@ -16,12 +16,15 @@ import http
 import math
 import re
 
+import rapidjson
+
 _INFER_PATH = re.compile(r"/v2/models/([^/?#%]+)(?:/versions/([^/?#%]+))?/infer")
 _CRLF2 = b"\r\n\r\n"
 MAX_HEAD_BYTES = 64 * 1024  # a longer head goes to the full path, which answers it
 # a request with any of these headers takes the full path
 _FULL_PATH_HEADERS = frozenset({"transfer-encoding", "content-encoding", "expect"})
 _COMPRESSED = frozenset({"gzip", "deflate"})
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class InferHead:
@@ -44,12 +47,9 @@ class InferHead:
     def take_body(self, buf: bytearray) -> bytes:
         """The body, its request's bytes removed from `buf` (`complete` must hold)."""
         end = self.start + self.length
-        if end == len(buf):
-            body = bytes(buf[self.start:])
-            buf.clear()
-        else:
-            body = bytes(buf[self.start:end])
-            del buf[:end]
+        with memoryview(buf) as view:  # one copy of the body (a bytearray slice would be a second)
+            body = bytes(view[self.start:end])
+        del buf[:end]
         return body
 
 
@@ -61,7 +61,7 @@ def parse_head(buf: bytearray, max_body_bytes: int, max_head_bytes: int = MAX_HE
         return False if len(buf) > max_head_bytes else None
     if end > max_head_bytes:
         return False
-    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")  # latin-1 decodes every byte
+    lines = buf[:end].decode("latin-1").split("\r\n")  # latin-1 decodes every byte
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
         return False
@@ -90,6 +90,19 @@ def reply_bytes(status: int, content_type: str, body: bytes, extra: str = "") ->
     phrase = http.HTTPStatus(status).phrase
     return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             f"{extra}\r\n").encode("latin-1") + body
+
+
+def error_reply(status: int, message: str, extra: str = "") -> bytes:
+    """An error answer as kairosd's REST front end gives it: `{"error": message}` as JSON."""
+    return reply_bytes(status, "application/json", rapidjson.dumps({"error": message}).encode(), extra)
+
+
+def infer_reply(body: bytes, header_len: int | None, extra: str = "") -> bytes:
+    """A 200 infer answer: a JSON-only body (`header_len` None), or a JSON header of `header_len` bytes
+    followed by binary tensors (application/octet-stream with Inference-Header-Content-Length)."""
+    if header_len is None:
+        return reply_bytes(200, "application/json", body, extra)
+    return reply_bytes(200, "application/octet-stream", body, f"{extra}{HEADER_LENGTH}: {header_len}\r\n")
 
 
 def retry_after(seconds: float) -> int:

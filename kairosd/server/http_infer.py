@@ -19,10 +19,10 @@ from tritonclient.grpc import service_pb2 as pb
 from kairosd.backends.http_client import HttpForward
 from kairosd.errors import InvalidInput
 from kairosd.repository import ModelSpec
+from kairosd.server.http_head import HEADER_LENGTH
 from kairosd.server.tensors import contents_to_raw, count_bytes, element_count, json_to_raw, raw_to_json
 from kairosd.server.validate import shorten
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON = "application/json"
 _OCTET = "application/octet-stream"
 # Parameters travel on to gRPC-only instances as InferParameter, whose integers are int64.

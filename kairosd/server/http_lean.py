@@ -27,21 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-import rapidjson
 from tritonclient.grpc import service_pb2 as pb
 
 from kairosd.backends.http_client import HttpReply, InstanceHttpError
+from kairosd.config import env_switch
 from kairosd.errors import KairosError, Overloaded, Unauthenticated
 from kairosd.server.access import WWW_AUTHENTICATE, Authenticator
-from kairosd.server.http_head import InferHead, LeanConnection, parse_head, reply_bytes, retry_after
-from kairosd.server.http_infer import HEADER_LENGTH, header_length, http_forward, parse_header, render_body
+from kairosd.server.http_head import (
+    InferHead,
+    LeanConnection,
+    error_reply,
+    infer_reply,
+    parse_head,
+    reply_bytes,
+    retry_after,
+)
+from kairosd.server.http_infer import header_length, http_forward, parse_header, render_body
 from kairosd.server.validate import resolve_model, validate_header
 
 if TYPE_CHECKING:
@@ -51,14 +58,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LEAN_ENV = "KAIROSD_LEAN_HTTP"
-_JSON = "application/json"
 _OCTET = "application/octet-stream"
 
 
 def lean_http_default() -> bool:
     """Whether the client port serves infer calls on the lean path (the default), not when
     KAIROSD_LEAN_HTTP is 0/false/no."""
-    return os.environ.get(LEAN_ENV, "").strip().lower() not in ("0", "false", "no")
+    return env_switch(LEAN_ENV)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,7 @@ def _error(e: KairosError) -> bytes:
         extra += f"WWW-Authenticate: {WWW_AUTHENTICATE}\r\n"
     elif isinstance(e, Overloaded):
         extra += f"Retry-After: {retry_after(e.retry_after_s)}\r\n"
-    return reply_bytes(e.http_status, _JSON, rapidjson.dumps({"error": str(e)}).encode(), extra)
+    return error_reply(e.http_status, str(e), extra)
 
 
 def _instance_reply(reply: HttpReply) -> bytes:
@@ -231,13 +237,11 @@ class LeanInferProtocol(LeanConnection):
         except Exception as e:  # noqa: BLE001 - a bug fails this request, as the application's middleware does
             log.exception("HTTP POST %s failed", f"/v2/models/{head.model}/infer")
             message = f"kairosd internal error: {type(e).__name__}: {e}"
-            return reply_bytes(500, _JSON, rapidjson.dumps({"error": message}).encode(), _DATE.line())
+            return error_reply(500, message, _DATE.line())
         if isinstance(result, HttpReply):
             return _instance_reply(result)
         out, out_header_len = render_body(pb.ModelInferResponse.FromString(result), spec, header.binary)
-        if out_header_len is None:
-            return reply_bytes(200, _JSON, out, _DATE.line())
-        return reply_bytes(200, _OCTET, out, f"{_DATE.line()}{HEADER_LENGTH}: {out_header_len}\r\n")
+        return infer_reply(out, out_header_len, _DATE.line())
 
     # ---- the application takes over -----------------------------------------------------------------
     def _hand_over(self, transport: asyncio.Transport) -> None:
@@ -269,8 +273,7 @@ class LeanInferProtocol(LeanConnection):
         timeout = self._settings.limits.body_timeout_s
         log.info("HTTP connection closed: request body not complete within %g s (server.body_timeout_s)", timeout)
         message = f"request body not received within {timeout:g} s (kairosd server.body_timeout_s)"
-        transport.write(reply_bytes(408, _JSON, rapidjson.dumps({"error": message}).encode(),
-                                    f"{_DATE.line()}Connection: close\r\n"))
+        transport.write(error_reply(408, message, f"{_DATE.line()}Connection: close\r\n"))
         transport.close()
 
     def _idle_check(self) -> None:

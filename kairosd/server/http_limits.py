@@ -26,6 +26,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from kairosd.config import ServerConfig
+from kairosd.server.http_head import error_reply
 from kairosd.server.http_lean import LeanInferProtocol, LeanSettings
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,6 @@ class HttpLimits:
         queued leaves the queue and is never sent."""
         return {"keepalive_timeout": self.idle_timeout_s, "max_line_size": self.max_header_bytes,
                 "max_field_size": self.max_header_bytes, "handler_cancellation": True}
-
-
-def _reply(status: str, message: str, extra: str = "") -> bytes:
-    body = f'{{"error": "{message}"}}'.encode()
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n{extra}\r\n").encode() + body
 
 
 class ConnectionGate:
@@ -99,9 +94,9 @@ class GuardedProtocol(asyncio.Protocol):
         self._transport = transport
         if not self._gate.try_open():
             log.warning("HTTP connection refused: %d connections open (server.max_connections)", self._gate.open)
-            transport.write(_reply("503 Service Unavailable",
-                                   f"kairosd has {self._gate.limit} connections open (server.max_connections); "
-                                   "retry later or reuse a keep-alive connection", "Retry-After: 1\r\n"))
+            transport.write(error_reply(503, f"kairosd has {self._gate.limit} connections open "
+                                             "(server.max_connections); retry later or reuse a keep-alive connection",
+                                        "Connection: close\r\nRetry-After: 1\r\n"))
             # lingering close: what the client sends meanwhile is read and dropped, so its request does
             # not meet a closed socket (a TCP reset that could discard the 503 before the client reads it)
             if transport.can_write_eof():
@@ -168,9 +163,8 @@ class GuardedProtocol(asyncio.Protocol):
         log.info("HTTP connection closed: request headers not complete within %g s (server.header_timeout_s)",
                  self._limits.header_timeout_s)
         if self._requests == 0:
-            transport.write(_reply("408 Request Timeout",
-                                   f"request headers not received within {self._limits.header_timeout_s:g} s "
-                                   "(kairosd server.header_timeout_s)"))
+            transport.write(error_reply(408, f"request headers not received within {self._limits.header_timeout_s:g} s "
+                                             "(kairosd server.header_timeout_s)", "Connection: close\r\n"))
         transport.close()
 
 
