@@ -12,10 +12,21 @@ stream the simulator evaluates) bisects for the highest rate whose
 end-to-end p99 at the client, over the queries after a 10% warm-up, stays within QoS, with no error and
 no backlog (as the simulator judges a run); the bisection runs `--repeats` times on the same daemon and
 the median is reported (a step's p99 near the limit is noisy, and a bisection stops at its first
-failed step). The same for the best threshold policy and for fcfs. The threshold is the one tuned in
-the simulator (bench/results/dispatch.json when its fleet is this one, else a sweep on this stream),
-then tuned live (`--live-thresholds`): the thresholds the simulator on the live path (below) serves
-most with are bisected once each, and the best, when it beats the tuned one, `--repeats` times more.
+failed step). The same for the best threshold policy and for fcfs (bisected once: `--repeat-policies`).
+The policies bisected `--repeats` times are measured side by side (`--paired`, the default): their
+daemons are all started, each followed by its light steps (below), and their bisections take turns,
+the policies forward in even rounds and backward in odd ones (Kairos, threshold, threshold, Kairos, ...),
+so that the machine's speed, which drifts over minutes and hours, weighs on each policy alike. Beside
+Kairos over threshold (the ratio of the medians), the ratio within each pair of runs is recorded (run i
+over run i, "kairos_over_threshold_live_runs"); each policy records whether its runs took turns
+("paired", "paired_with"), and each run's place in the turns and its start ("run_schedule").
+`--no-paired`: every policy alone on its daemon, one after the other. The other policies (fcfs) are
+measured alone afterwards.
+The threshold is the one tuned in the simulator (bench/results/dispatch.json when its fleet is this
+one, else a sweep on this stream), then tuned live (`--live-thresholds`, after the paired bisections,
+on daemons of their own): the thresholds the simulator on the live path (below) serves most with are
+bisected once each, and the best, when it beats the tuned one, `--repeats` times more (those runs,
+when reported, did not take turns with Kairos's).
 Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio;
 and the simulator on the live path ("sim@path", `--no-path` to skip): a light step first measures the
 path (the head's hop to the instance and back, and the client's own way to the head:
@@ -28,13 +39,14 @@ head's share of the path (1 − direct / through, medians; "on_head_path"): what
 only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal; a step during which steal took more than `--max-steal` cores is measured
-again (the VM's neighbours are not what is measured). Per policy, before its daemon starts and after
-it stops, the machine's speed (`openloop.cpu_speed_ms`: a fixed Python loop, its fastest of nine
-timings, "cpu_speed_ms"): the same code runs up to a quarter slower in some hours than in others with
-no steal. Also: the load generator's own ceiling against a no-op instance (with the native generator,
-also both generators against the C no-op target of bench/native/noop.c), the emulation's fidelity at
-low load on a 16-instance fleet (per type, direct and through kairosd; from h2load over gRPC and over
-HTTP), and the timer's precision.
+again (the VM's neighbours are not what is measured). Per group of policies measured together (or
+policy measured alone), before its daemons start and after they stop, the machine's speed
+(`openloop.cpu_speed_ms`: a fixed Python loop, its fastest of nine timings, "cpu_speed_ms"): the same
+code runs up to a quarter slower in some hours than in others with no steal. Also: the load
+generator's own ceiling against a no-op instance (with the native generator, also both generators
+against the C no-op target of bench/native/noop.c), the emulation's fidelity at low load on a
+16-instance fleet (per type, direct and through kairosd; from h2load over gRPC and over HTTP), and
+the timer's precision.
 Writes bench/results/live.json.
 
     python bench/live.py [--models rm2,dien,mtwnd,wnd,ncf] [--policies kairos,threshold,fcfs] [--queries 2000]
@@ -52,8 +64,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -187,7 +200,8 @@ def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict
         sub.mkdir(exist_ok=True)
         d = Daemon(sub, served, model, 1000.0, fleet, "round_robin", {})
         try:
-            addr, http_addr = {}, {}
+            addr: dict[str, str] = {}
+            http_addr: dict[str, str] = {}
             for i in d.fleet()["instances"]:
                 addr.setdefault(i["type"], i["address"])
                 http_addr.setdefault(i["type"], i["http_address"])
@@ -524,9 +538,330 @@ def resimulate_paths(args: argparse.Namespace) -> int:
     return 0
 
 
-def main_bench(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------------------------------
+# One model's policies: measured in groups, the bisections of a group's policies taking turns
+
+Run = tuple[float, list[dict[str, Any]]]  # one bisection: the highest passing rate (q/s) and its steps
+
+
+def measurement_groups(policies: Sequence[str], together: Sequence[str], paired: bool) -> list[tuple[str, ...]]:
+    """The groups `policies` are measured in, in order. With `paired`, the policies also in `together`
+    form one group, in the place of the first of them; every other policy is a group of its own, as is
+    every policy without `paired`. E.g. (kairos, threshold, fcfs) with (kairos, threshold) together:
+    [(kairos, threshold), (fcfs,)]."""
+    if len(set(policies)) != len(policies):
+        raise ValueError(f"a policy is listed more than once: {', '.join(policies)}")
+    joint = tuple(p for p in policies if p in together) if paired else ()
+    groups: list[tuple[str, ...]] = []
+    for p in policies:
+        if p not in joint:
+            groups.append((p,))
+        elif p == joint[0]:
+            groups.append(joint)
+    return groups
+
+
+def alternating_order(policies: Sequence[str], repeats: int) -> list[str]:
+    """The order of the bisections of policies measured together, `repeats` each: the policies forward in
+    even rounds and backward in odd ones (A B B A A B ...), so that a drift of the machine's speed over
+    the rounds weighs on each alike; with an even `repeats` every policy's mean place in the order is
+    the same (A at 0, 3; B at 1, 2). One policy: its `repeats` bisections."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
+    if not policies:
+        raise ValueError("no policy to order")
+    if len(set(policies)) != len(policies):
+        raise ValueError(f"a policy is listed more than once: {', '.join(policies)}")
+    order: list[str] = []
+    for i in range(repeats):
+        order += policies if i % 2 == 0 else list(reversed(policies))
+    return order
+
+
+def per_run_ratios(num_qps: Sequence[float], den_qps: Sequence[float]) -> list[float | None]:
+    """Run i of one policy over run i of another (None where the other's is 0): the ratio within each
+    pair of bisections that ran side by side."""
+    if len(num_qps) != len(den_qps):
+        raise ValueError(f"runs to pair differ in number: {len(num_qps)} and {len(den_qps)}")
+    return [n / d if d else None for n, d in zip(num_qps, den_qps, strict=True)]
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One bisection of a policy in its group: its place in the group's order (0: first), its start (s
+    after the group's first bisection started), its duration (s) and its result."""
+
+    order: int
+    start_s: float
+    wall_s: float
+    run: Run
+
+
+def run_in_turn(order: Sequence[str], bisect: Mapping[str, Callable[[], Run]],
+                clock: Callable[[], float] = time.monotonic) -> dict[str, list[TimedRun]]:
+    """The bisections of `order` one after the other (`bisect[policy]()` each), timed on `clock`; per
+    policy, its bisections in the order they ran."""
+    missing = sorted(set(order) - set(bisect))
+    if missing:
+        raise ValueError(f"no bisection given for {', '.join(missing)} (given: {', '.join(bisect)})")
+    totals = Counter(order)
+    done: dict[str, list[TimedRun]] = {p: [] for p in totals}
+    if len(totals) > 1:
+        print(f"  bisections in turn: {' '.join(order)}", flush=True)
+    t0 = clock()
+    for k, policy in enumerate(order):
+        runs = done[policy]
+        print(f"  [{k + 1}/{len(order)}] {policy}: bisection {len(runs) + 1} of {totals[policy]}", flush=True)
+        start = clock()
+        result = bisect[policy]()
+        runs.append(TimedRun(order=k, start_s=start - t0, wall_s=clock() - start, run=result))
+    return done
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """What every policy of one model is measured on: the fleet, the QoS, the stream and the simulator's
+    set-up, the simulator-tuned threshold."""
+
+    model: str
+    served: str
+    counts: dict[str, int]
+    key: tuple[int, ...]  # the counts in the workload's type order, as the simulator takes them
+    qos_s: float
+    ub: float
+    setup: Any  # kairosd.sim.SimSetup
+    threshold: int
+    threshold_source: str
+
+
+@dataclass
+class PolicyBench:
+    """One policy of a model under measurement: its settings and simulator figure, how its daemons start
+    and are bisected, and what its daemon measured."""
+
+    policy: str
+    params: dict[str, Any]
+    sim_qps: float
+    start: Callable[..., Daemon]  # a daemon of this policy, given its policy params (and a name)
+    bisect: Callable[[Daemon], Run]
+    path_step: dict[str, Any] | None = None  # the light step on its daemon (`--path`)
+    direct: dict[str, Any] | None = None  # Kairos's direct step beside it
+    busy_s: float = 0.0  # the time its daemon's start and light steps took
+
+
+def model_setup(args: argparse.Namespace, wl: Any, model: str) -> ModelSetup:
+    """The fleet `kairosd plan` chooses for `model` at the budget, its stream and its tuned threshold."""
     from kairosd import workload
+
+    counts, ub = plan_fleet(model, args.budget)
+    counts = {t: counts.get(t, 0) for t in wl.types}
+    setup = workload.sim_setup(wl, model, n_queries=args.queries, seed=args.seed)
+    key = tuple(counts[t] for t in wl.types)
+    threshold, source = best_threshold(wl, model, counts, setup, ub)
+    ms = ModelSetup(model=model, served="ncf" if model == "ncf" else "dlrm", counts=counts, key=key,
+                    qos_s=wl.qos_s[model], ub=ub, setup=setup, threshold=threshold, threshold_source=source)
+    print(f"{model}: {fleet_label(counts)} (QoS {ms.qos_s * 1e3:g} ms), threshold {threshold}", flush=True)
+    return ms
+
+
+def fleet_label(counts: dict[str, int]) -> str:
+    return " + ".join(f"{c}×{t}" for t, c in counts.items() if c)
+
+
+def policies_of(args: argparse.Namespace, model: str) -> list[str]:
+    """The policies measured on `model`: `--policies`, only Kairos on ncf unless `--ncf-all-policies`."""
+    return [p for p in args.policies.split(",") if p and (model != "ncf" or p == "kairos" or args.ncf_all_policies)]
+
+
+def policy_bench(args: argparse.Namespace, ms: ModelSetup, policy: str, workdir: Path) -> PolicyBench:
+    """The policy's params, the simulator's max QPS for it on the model's fleet and stream, and how its
+    daemons start (in a directory of its own under `workdir`) and are bisected."""
     from kairosd.sim import evaluate_config
+
+    params: dict[str, Any] = {"threshold": ms.threshold} if policy == "threshold" else {}
+    # the daemon reserves scheduler.margin_ms in the Kairos matching (policy param margin_s): so does the simulator
+    sim_params = {**params, "margin_s": args.margin_ms / 1e3} if policy == "kairos" else params
+    sim = evaluate_config(replace(ms.setup, policy=policy, policy_params=sim_params), ms.key, ms.ub)
+    sub = workdir / f"{ms.model}-{policy}"
+    sub.mkdir(exist_ok=True)
+    start = partial(Daemon, sub, ms.served, ms.model, ms.qos_s * 1e3, ms.counts, policy, margin_ms=args.margin_ms,
+                    scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]), hosted=args.hosted)
+    bisect = partial(live_max, served=ms.served, sim_qps=sim.qps, stream=ms.setup.stream, qos_s=ms.qos_s,
+                     rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ms.ub, protocol=args.protocol,
+                     generator=args.generator, max_steal=args.max_steal)
+    return PolicyBench(policy=policy, params=params, sim_qps=sim.qps, start=start, bisect=bisect)
+
+
+def start_policy(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, speed_before: float) -> Daemon:
+    """Start the policy's daemon, then its light steps (`light_steps`); the daemon."""
+    t0 = time.monotonic()
+    d = pb.start(pb.params)
+    print(f"  {pb.policy}: simulator {pb.sim_qps:.1f} q/s (the machine's speed loop: {speed_before:.2f} ms)", flush=True)
+    if args.path and pb.sim_qps > 0:
+        light_steps(args, ms, pb, d)
+    pb.busy_s += time.monotonic() - t0
+    return d
+
+
+def light_steps(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, d: Daemon) -> None:
+    """The light step that measures the live path (`pb.path_step`) and, for Kairos, the direct step beside
+    it (`pb.direct`)."""
+    print("  the live path, at a light load:", flush=True)
+    stream = ms.setup.stream
+    part = replace(stream, gaps=stream.gaps[:PATH_STEP_QUERIES], batches=stream.batches[:PATH_STEP_QUERIES],
+                   noise_u=stream.noise_u[:PATH_STEP_QUERIES])
+    spec = {"protocol": args.protocol, "generator": args.generator}
+    pb.path_step = step(d, ms.served, PATH_STEP_SHARE * pb.sim_qps, part, ms.qos_s, spec)
+    if pb.policy == "kairos":
+        pb.direct = direct_step(d, ms.served, part, ms.qos_s, float(pb.path_step.get("service_mean_ms") or 0.0), spec)
+
+
+def measure_group(args: argparse.Namespace, ms: ModelSetup, group: Sequence[str], repeats: int,
+                  workdir: Path) -> dict[str, dict[str, Any]]:
+    """The policies of `group` measured together: the machine's speed, every daemon started (each followed
+    by its light steps), their `repeats` bisections each in `alternating_order`, the daemons stopped, the
+    machine's speed again; then each policy's record (`policy_record`). A group of one policy is that
+    policy measured alone."""
+    benches = [policy_bench(args, ms, p, workdir) for p in group]
+    speed_before = cpu_speed_ms()  # the machine idle: its speed this hour
+    with ExitStack() as daemons:
+        bisect: dict[str, Callable[[], Run]] = {}
+        for pb in benches:
+            d = start_policy(args, ms, pb, speed_before)
+            daemons.callback(d.stop)
+            bisect[pb.policy] = partial(pb.bisect, d)
+        # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
+        # itself noisy near the limit: repeated on the same daemon, the median is what is reported
+        timed = run_in_turn(alternating_order(group, repeats), bisect)
+    speed = {"before": speed_before, "after": cpu_speed_ms()}
+    return {pb.policy: policy_record(args, ms, pb, timed[pb.policy], repeats, speed, [p for p in group if p != pb.policy])
+            for pb in benches}
+
+
+def median_qps(runs: Sequence[Run]) -> float:
+    return float(np.median([r[0] for r in runs]))
+
+
+def live_threshold(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, runs: list[Run], repeats: int,
+                   ) -> tuple[dict[str, Any], list[Run], list[dict[str, Any]] | None]:
+    """The threshold policy's best threshold live (`--live-thresholds`): the simulator on the live path
+    proposes others, each bisected on a daemon of its own (`screen_thresholds`). Returns the params and
+    runs reported (the tuned threshold's `runs` unless another beats them) and the screening's records
+    (None when there was none)."""
+    if pb.policy != "threshold" or pb.path_step is None or args.live_thresholds <= 0:
+        return pb.params, runs, None
+    tuned = int(pb.params["threshold"])
+    live = median_qps(runs)
+    candidates = thresholds_on_path(ms.setup, ms.key, ms.ub, pb.path_step, tuned, args.live_thresholds, args.seed + 7)
+    found, found_runs, screened = screen_thresholds(pb.start, candidates, live, repeats, pb.bisect)
+    if found is None:
+        return pb.params, runs, screened
+    screened.append({"threshold": tuned, "tuned": True, "qps_runs": [r[0] for r in runs],
+                     "steps": [x for _, run_steps in runs for x in run_steps]})
+    return {"threshold": found}, found_runs, screened
+
+
+def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, timed: list[TimedRun], repeats: int,
+                  speed: dict[str, float], paired_with: list[str]) -> dict[str, Any]:
+    """The policy's entry of the model's row, from its bisections (`timed`) and light steps: the threshold
+    screening, the median, the CPU figures of a run at the median, the simulator on the live path.
+    `paired`: the runs reported are the ones that took turns with those of `paired_with`; `wall_s`: the
+    time spent on this policy alone (not on the others' bisections between its own)."""
+    t0 = time.monotonic()
+    paired_runs = [t.run for t in timed]
+    params, runs, screened = live_threshold(args, ms, pb, paired_runs, repeats)
+    live_runs = [r[0] for r in runs]
+    live = median_qps(runs)
+    steps = [s for _, run_steps in runs for s in run_steps]
+    median_run = min(runs, key=lambda r: abs(r[0] - live))[1]  # the CPU figures: a run at the median
+    best = max((s for s in median_run if s["ok"]), key=lambda s: s["offered_qps"], default=None)
+    on_live_path: dict[str, Any] | None = None
+    on_head: dict[str, Any] | None = None
+    if pb.path_step is not None:
+        # the daemon's own margin where it served best (its reserve follows the measured hop)
+        margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms)) if pb.policy == "kairos" else 0.0
+        on_live_path = on_path(ms.setup, pb.policy, params, ms.key, ms.ub, pb.path_step, margin_ms, live, args.seed + 7)
+        if pb.policy == "kairos":
+            on_head = on_head_path(ms.setup, ms.key, ms.ub, pb.path_step, pb.direct, margin_ms, live, pb.sim_qps,
+                                   args.seed + 7)
+    sim = pb.sim_qps
+    print(f"  {pb.policy}: live {live:.1f} q/s (median of {', '.join(f'{x:.1f}' for x in live_runs)}), simulator "
+          f"{sim:.1f} q/s, ratio {live / sim if sim else float('nan'):.3f}", flush=True)
+    return {
+        "sim_qps": sim, "live_qps": live, "live_over_sim": live / sim if sim else None,
+        "live_qps_runs": live_runs, "params": params, "thresholds_screened": screened,
+        "on_live_path": on_live_path, "on_head_path": on_head,
+        "head_cpu_at_live": best["head_cpu"] if best else None,
+        "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
+        "instances_cpu_at_live": best["instances_cpu"] if best else None,
+        "steps": steps, "wall_s": pb.busy_s + sum(t.wall_s for t in timed) + time.monotonic() - t0,
+        "cpu_speed_ms": speed,
+        # the runs reported took turns with the others' unless the live screening replaced them
+        "paired": bool(paired_with) and params == pb.params, "paired_with": paired_with,
+        "run_schedule": [{"order": t.order, "start_s": t.start_s, "wall_s": t.wall_s, "qps": t.run[0]} for t in timed],
+    }
+
+
+def kairos_over_threshold(policies: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Kairos's live and simulated max QPS over the threshold policy's, and, when their runs took turns,
+    the ratio within each pair of runs (`kairos_over_threshold_live_runs`). Empty without both figures."""
+    k, thr = policies.get("kairos"), policies.get("threshold")
+    if k is None or thr is None or not thr["live_qps"] or not thr["sim_qps"]:
+        return {}
+    out: dict[str, Any] = {"kairos_over_threshold_live": k["live_qps"] / thr["live_qps"],
+                           "kairos_over_threshold_sim": k["sim_qps"] / thr["sim_qps"]}
+    if k["paired"] and thr["paired"] and "threshold" in k["paired_with"]:
+        out["kairos_over_threshold_live_runs"] = per_run_ratios(k["live_qps_runs"], thr["live_qps_runs"])
+    return out
+
+
+def measure_model(args: argparse.Namespace, wl: Any, model: str, workdir: Path) -> dict[str, Any]:
+    """One model's row: its fleet, then each group of policies (`measurement_groups`) measured in turn."""
+    ms = model_setup(args, wl, model)
+    row: dict[str, Any] = {"model": model, "served_as": ms.served, "fleet": fleet_label(ms.counts), "counts": ms.counts,
+                           "instances": sum(ms.counts.values()), "qos_ms": ms.qos_s * 1e3, "ub_qps": ms.ub,
+                           "threshold": ms.threshold, "threshold_source": ms.threshold_source, "policies": {}}
+    together = [p for p in args.repeat_policies.split(",") if p]
+    for group in measurement_groups(policies_of(args, model), together, args.paired):
+        repeats = args.repeats if all(p in together for p in group) else 1
+        row["policies"].update(measure_group(args, ms, group, repeats, workdir))
+    row.update(kairos_over_threshold(row["policies"]))
+    return row
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """The final table: per model and policy, the simulator's max QPS, the live one and their ratios."""
+    print(f"\nLive max QPS (p99 at the client <= QoS, {args.queries} queries per step) vs the simulator, same fleet, "
+          f"policy and stream; budget {args.budget} $/h")
+    hdr = (f"{'model':6} {'fleet':28} {'policy':10} {'sim':>8} {'live':>8} {'live/sim':>8} {'sim@path':>8} "
+           f"{'live/it':>8} {'head cpu':>8} {'loadgen':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        for p, v in r["policies"].items():
+            hc = f"{v['head_cpu_at_live']:.2f}" if v["head_cpu_at_live"] is not None else "-"
+            lc = f"{v['loadgen_cpu_at_live']:.2f}" if v["loadgen_cpu_at_live"] is not None else "-"
+            ratio = f"{v['live_over_sim']:.3f}" if v["live_over_sim"] is not None else "-"
+            op = v.get("on_live_path") or {}
+            sp = f"{op['sim_qps']:.1f}" if op else "-"
+            rp = f"{op['live_over_sim']:.3f}" if op and op.get("live_over_sim") is not None else "-"
+            print(f"{r['model']:6} {r['fleet']:28} {p:10} {v['sim_qps']:8.1f} {v['live_qps']:8.1f} {ratio:>8} {sp:>8} "
+                  f"{rp:>8} {hc:>8} {lc:>8}")
+            oh = v.get("on_head_path")
+            if oh:
+                print(f"{'':6} {'':28} {'':10} the head's share {oh['share']:.2f} of the path: simulator "
+                      f"{oh['sim_qps']:.1f} q/s ({oh['over_sim']:.3f} of the path-less one)")
+        if "kairos_over_threshold_live" in r:
+            print(f"{'':6} {'':28} K/thr: live {r['kairos_over_threshold_live']:.3f}, sim {r['kairos_over_threshold_sim']:.3f}")
+        if r.get("kairos_over_threshold_live_runs"):
+            runs = ", ".join("-" if x is None else f"{x:.3f}" for x in r["kairos_over_threshold_live_runs"])
+            print(f"{'':6} {'':28} K/thr live per pair of runs: {runs}")
+
+
+def main_bench(args: argparse.Namespace) -> int:
+    """The benchmark: the extras (unless `--skip-extras`), then each model's row (`measure_model`), the
+    results written after each; the final table."""
+    from kairosd import workload
 
     t_start = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="kairosd-live-"))
@@ -536,7 +871,7 @@ def main_bench(args: argparse.Namespace) -> int:
         "host": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0)),
                  "loadavg_start": os.getloadavg()},
         "settings": {"budget_usd_per_hour": args.budget, "queries_per_step": args.queries, "seed": args.seed,
-                     "repeats": args.repeats, "repeat_policies": args.repeat_policies,
+                     "repeats": args.repeats, "repeat_policies": args.repeat_policies, "paired": args.paired,
                      "margin_ms": args.margin_ms,
                      "criterion": "p99 at the client (after a 10% warm-up) <= QoS, no error, last answer within 2 QoS "
                                   "of the last arrival", "rel_tol": args.rel_tol, "selector": "kairos",
@@ -567,125 +902,10 @@ def main_bench(args: argparse.Namespace) -> int:
         out["fidelity"] = fidelity(workdir, args.fidelity_queries)
     rows = []
     for model in [m for m in args.models.split(",") if m]:
-        served = "ncf" if model == "ncf" else "dlrm"
-        counts, ub = plan_fleet(model, args.budget)
-        counts = {t: counts.get(t, 0) for t in wl.types}
-        key = tuple(counts[t] for t in wl.types)
-        qos_s = wl.qos_s[model]
-        setup = workload.sim_setup(wl, model, n_queries=args.queries, seed=args.seed)
-        threshold, threshold_source = best_threshold(wl, model, counts, setup, ub)
-        label = " + ".join(f"{c}×{t}" for t, c in counts.items() if c)
-        print(f"{model}: {label} (QoS {qos_s * 1e3:g} ms), threshold {threshold}", flush=True)
-        row: dict[str, Any] = {"model": model, "served_as": served, "fleet": label, "counts": counts,
-                               "instances": sum(counts.values()), "qos_ms": qos_s * 1e3, "ub_qps": ub,
-                               "threshold": threshold, "threshold_source": threshold_source, "policies": {}}
-        for policy in [p for p in args.policies.split(",") if p]:
-            if model == "ncf" and policy != "kairos" and not args.ncf_all_policies:
-                continue
-            params: dict[str, Any] = {"threshold": threshold} if policy == "threshold" else {}
-            # the daemon reserves scheduler.margin_ms in the Kairos matching (policy param margin_s): so does the simulator
-            sim_params = {**params, "margin_s": args.margin_ms / 1e3} if policy == "kairos" else params
-            sim = evaluate_config(replace(setup, policy=policy, policy_params=sim_params), key, ub)
-            sub = workdir / f"{model}-{policy}"
-            sub.mkdir(exist_ok=True)
-            t0 = time.monotonic()
-
-            start = partial(Daemon, sub, served, model, qos_s * 1e3, counts, policy, margin_ms=args.margin_ms,
-                            scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]),
-                            hosted=args.hosted)
-            bisect = partial(live_max, served=served, sim_qps=sim.qps, stream=setup.stream, qos_s=qos_s,
-                             rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ub,
-                             protocol=args.protocol, generator=args.generator, max_steal=args.max_steal)
-            speed_before = cpu_speed_ms()  # the machine idle: its speed this hour
-            d = start(params)
-            try:
-                print(f"  {policy}: simulator {sim.qps:.1f} q/s (the machine's speed loop: {speed_before:.2f} ms)",
-                      flush=True)
-                path_step = direct = None
-                if args.path and sim.qps > 0:
-                    print("  the live path, at a light load:", flush=True)
-                    part = replace(setup.stream, gaps=setup.stream.gaps[:PATH_STEP_QUERIES],
-                                   batches=setup.stream.batches[:PATH_STEP_QUERIES],
-                                   noise_u=setup.stream.noise_u[:PATH_STEP_QUERIES])
-                    path_step = step(d, served, PATH_STEP_SHARE * sim.qps, part, qos_s,
-                                     {"protocol": args.protocol, "generator": args.generator})
-                    if policy == "kairos":
-                        direct = direct_step(d, served, part, qos_s, float(path_step.get("service_mean_ms") or 0.0),
-                                             {"protocol": args.protocol, "generator": args.generator})
-                # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
-                # itself noisy near the limit: repeated on the same daemon, the median is what is reported
-                repeats = args.repeats if policy in args.repeat_policies.split(",") else 1
-                runs = [bisect(d) for _ in range(repeats)]
-            finally:
-                d.stop()
-            speed_after = cpu_speed_ms()
-            live_runs = [r[0] for r in runs]
-            live = float(np.median(live_runs))
-            screened: list[dict[str, Any]] | None = None
-            if policy == "threshold" and path_step is not None and args.live_thresholds > 0:
-                # the best threshold live: the simulator on the live path proposes others, each bisected once
-                tuned = int(params["threshold"])
-                candidates = thresholds_on_path(setup, key, ub, path_step, tuned, args.live_thresholds, args.seed + 7)
-                found, found_runs, screened = screen_thresholds(start, candidates, live, repeats, bisect)
-                if found is not None:
-                    screened.append({"threshold": tuned, "tuned": True, "qps_runs": live_runs,
-                                     "steps": [x for _, run_steps in runs for x in run_steps]})
-                    params = {"threshold": found}
-                    runs, live_runs = found_runs, [r[0] for r in found_runs]
-                    live = float(np.median(live_runs))
-            steps = [s for _, run_steps in runs for s in run_steps]
-            median_run = min(runs, key=lambda r: abs(r[0] - live))[1]  # the CPU figures: a run at the median
-            best = max((s for s in median_run if s["ok"]), key=lambda s: s["offered_qps"], default=None)
-            on_live_path: dict[str, Any] | None = None
-            on_head: dict[str, Any] | None = None
-            if path_step is not None:
-                # the daemon's own margin where it served best (its reserve follows the measured hop)
-                margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms)) if policy == "kairos" else 0.0
-                on_live_path = on_path(setup, policy, params, key, ub, path_step, margin_ms, live, args.seed + 7)
-                if policy == "kairos":
-                    on_head = on_head_path(setup, key, ub, path_step, direct, margin_ms, live, sim.qps, args.seed + 7)
-            row["policies"][policy] = {
-                "sim_qps": sim.qps, "live_qps": live, "live_over_sim": live / sim.qps if sim.qps else None,
-                "live_qps_runs": live_runs, "params": params, "thresholds_screened": screened,
-                "on_live_path": on_live_path, "on_head_path": on_head,
-                "head_cpu_at_live": best["head_cpu"] if best else None,
-                "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
-                "instances_cpu_at_live": best["instances_cpu"] if best else None,
-                "steps": steps, "wall_s": time.monotonic() - t0,
-                "cpu_speed_ms": {"before": speed_before, "after": speed_after},
-            }
-            print(f"  {policy}: live {live:.1f} q/s (median of {', '.join(f'{x:.1f}' for x in live_runs)}), simulator "
-                  f"{sim.qps:.1f} q/s, ratio {live / sim.qps if sim.qps else float('nan'):.3f}", flush=True)
-        pol = row["policies"]
-        if "kairos" in pol and "threshold" in pol and pol["threshold"]["live_qps"] and pol["threshold"]["sim_qps"]:
-            row["kairos_over_threshold_live"] = pol["kairos"]["live_qps"] / pol["threshold"]["live_qps"]
-            row["kairos_over_threshold_sim"] = pol["kairos"]["sim_qps"] / pol["threshold"]["sim_qps"]
-        rows.append(row)
+        rows.append(measure_model(args, wl, model, workdir))
         out["rows"] = rows
         write_results(out, args.out)  # after each model: a partial run keeps what it measured
-
-    print(f"\nLive max QPS (p99 at the client <= QoS, {args.queries} queries per step) vs the simulator, same fleet, "
-          f"policy and stream; budget {args.budget} $/h")
-    hdr = (f"{'model':6} {'fleet':28} {'policy':10} {'sim':>8} {'live':>8} {'live/sim':>8} {'sim@path':>8} "
-           f"{'live/it':>8} {'head cpu':>8} {'loadgen':>8}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        for p, v in r["policies"].items():
-            hc = f"{v['head_cpu_at_live']:.2f}" if v["head_cpu_at_live"] is not None else "-"
-            lc = f"{v['loadgen_cpu_at_live']:.2f}" if v["loadgen_cpu_at_live"] is not None else "-"
-            ratio = f"{v['live_over_sim']:.3f}" if v["live_over_sim"] is not None else "-"
-            op = v.get("on_live_path") or {}
-            sp = f"{op['sim_qps']:.1f}" if op else "-"
-            rp = f"{op['live_over_sim']:.3f}" if op and op.get("live_over_sim") is not None else "-"
-            print(f"{r['model']:6} {r['fleet']:28} {p:10} {v['sim_qps']:8.1f} {v['live_qps']:8.1f} {ratio:>8} {sp:>8} "
-                  f"{rp:>8} {hc:>8} {lc:>8}")
-            oh = v.get("on_head_path")
-            if oh:
-                print(f"{'':6} {'':28} {'':10} the head's share {oh['share']:.2f} of the path: simulator "
-                      f"{oh['sim_qps']:.1f} q/s ({oh['over_sim']:.3f} of the path-less one)")
-        if "kairos_over_threshold_live" in r:
-            print(f"{'':6} {'':28} K/thr: live {r['kairos_over_threshold_live']:.3f}, sim {r['kairos_over_threshold_sim']:.3f}")
+    print_table(rows, args)
     out["total_s"] = time.monotonic() - t_start
     out["host"]["loadavg_end"] = os.getloadavg()
     print(f"total {out['total_s']:.0f} s")
@@ -707,6 +927,11 @@ def main() -> int:
     ap.add_argument("--repeat-policies", default="kairos,threshold",
                     help="the policies bisected --repeats times; the others once (fcfs's steps take a minute or more "
                     "at its rates) (default: %(default)s)")
+    ap.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                    help="the --repeat-policies among --policies measured side by side: their daemons all started, "
+                    "their bisections taking turns forward and backward (A B B A A B ...), so that the machine's "
+                    "speed drifting weighs on each alike; --no-paired: each policy alone, one after the other "
+                    "(default: paired)")
     ap.add_argument("--margin-ms", type=float, default=1.0, help="scheduler.margin_ms of the daemon, and the Kairos "
                     "policy's margin in the simulator (default: the daemon's default, %(default)s)")
     ap.add_argument("--admission", default="off", choices=("off", "qos", "deadline"),
