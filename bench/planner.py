@@ -49,6 +49,7 @@ from kairosd.planner import (
     homogeneous_configs,
     make_candidates,
     miss_from_samples,
+    quantiles_from_samples,
     select_exhaustive,
     select_homogeneous,
     select_kairos,
@@ -80,11 +81,15 @@ def _mean_and_miss(wl: workload.KairosWorkload, model: str, setup: SimSetup) -> 
 def _bound_model(
     wl: workload.KairosWorkload, model: str, setup: SimSetup, tail: bool, pmf: np.ndarray | None = None
 ) -> BoundModel:
-    """The planner's inputs for the workload `setup` serves: its stream's batch mix (or `pmf`) and the
-    per-type probability of missing QoS drawn from the same measured samples as the simulator."""
-    miss = _mean_and_miss(wl, model, setup)[1]
+    """The planner's inputs for the workload `setup` serves: its stream's batch mix (or `pmf`), and the
+    per-type probability of missing QoS and service-time quantiles drawn from the same measured samples
+    as the simulator."""
+    mean_s, miss = _mean_and_miss(wl, model, setup)
+    ti = [wl.profiles.type_index(t) for t in wl.types]
+    quantiles = quantiles_from_samples(mean_s, setup.service.relative[ti], setup.service.grid_step)
     mix = batch_pmf(setup.stream.batches, wl.profiles.max_batch) if pmf is None else pmf
-    return BoundModel.from_profiles(wl.profiles, model, wl.types, mix, wl.qos_s[model], tail=tail, miss=miss)
+    return BoundModel.from_profiles(wl.profiles, model, wl.types, mix, wl.qos_s[model], tail=tail, miss=miss,
+                                    svc_quantiles=quantiles)
 
 
 def _exceed(sims: np.ndarray, bound: np.ndarray) -> dict[str, Any]:

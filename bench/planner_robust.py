@@ -72,6 +72,7 @@ from kairosd.planner import (
     homogeneous_configs,
     make_candidates,
     miss_from_samples,
+    quantiles_from_samples,
     select_homogeneous,
     select_kairos,
     select_kairos_paper,
@@ -90,8 +91,8 @@ SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
 
 
 def planner_model(sw: synth.SynthWorkload) -> BoundModel:
-    """What the planner knows: profiles, the mix's population pmf, per-type miss probabilities and
-    service-time variability from the samples."""
+    """What the planner knows: profiles, the mix's population pmf, per-type miss probabilities,
+    service-time variability and quantiles from the samples."""
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     ti = [wl.profiles.type_index(t) for t in wl.types]
@@ -99,7 +100,9 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     rel = wl.samples.relative(sw.model, wl.types)
     miss = miss_from_samples(mean, rel, sw.qos_s, workload.GRID_STEP)
     cv2 = cv2_from_samples(rel, mean.shape[1], workload.GRID_STEP)
-    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2)
+    quantiles = quantiles_from_samples(mean, rel, workload.GRID_STEP)
+    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2,
+                                    svc_quantiles=quantiles)
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:

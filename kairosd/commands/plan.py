@@ -117,7 +117,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd import config as config_mod
     from kairosd import workload
     from kairosd.catalogue import catalogue_from_config, load_catalogue
-    from kairosd.planner import BoundModel, batch_pmf, miss_from_samples
+    from kairosd.planner import BoundModel, batch_pmf, miss_from_samples, quantiles_from_samples
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -172,19 +172,22 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
                         ServiceModel(), slots)
 
     setups = tuple(stream(i) for i in range(args.streams))
-    miss = None
+    miss = quantiles = None
     if wl is not None:
         # the bound's per-type probability of missing QoS from the same measured samples the simulator draws
         ti = [profiles.type_index(t) for t in types]
         service = setups[0].service
         assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
-        miss = miss_from_samples(profiles.mean_s[profiles.model_index(args.model)][ti], service.relative[ti], qos_s,
-                                 service.grid_step)
+        mean_s = profiles.mean_s[profiles.model_index(args.model)][ti]
+        miss = miss_from_samples(mean_s, service.relative[ti], qos_s, service.grid_step)
+        # and the service time's distribution, against which the estimate weighs a wait
+        quantiles = quantiles_from_samples(mean_s, service.relative[ti], service.grid_step)
     # the bound on the very batches the simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly
     # against its evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285
     # simulated fleets in the planner benchmark did)
     pmf = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
-    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss)
+    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss,
+                                     svc_quantiles=quantiles)
     return PlanInputs(types, cat.prices(), qos_s, bound, setups, stream)
 
 

@@ -40,6 +40,7 @@ from kairosd.planner.bounds import (
     fluid_solution,
     miss_from_samples,
     proportional_bound,
+    quantiles_from_samples,
     type_dominance,
     upper_bound,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "kairos_order",
     "make_candidates",
     "miss_from_samples",
+    "quantiles_from_samples",
     "type_dominance",
     "parse_pool",
     "plan_fleet",

@@ -29,6 +29,8 @@ DUAL_LEVELS_LARGE: tuple[float, ...] = (1, 8)
 # groups (each vector is then normalised on the full mix, so it stays a valid bound): an LP's cost
 # grows with types × batches, and a mix with 1,000 distinct batch sizes would take seconds per subset.
 DUAL_LP_MAX_BATCHES = 100
+# batches per block when the waiting-tail weights are taken over service-time quantiles (memory bound)
+WAIT_MISS_CHUNK = 64
 
 
 def batch_pmf(batches: np.ndarray, max_batch: int) -> np.ndarray:
@@ -58,7 +60,9 @@ class BoundModel:
                         the waiting-tail weights `band_tail[j, g, x]` = Σ p_b·(1 − miss_j(b))·exp(−x·slack_j(b)/QoS)
                         on the grid `TAIL_GRID` of x (slack = QoS − feasibility latency where that is
                         within QoS, else QoS − mean latency, ≥ 0: a type with a heavy tail misses on
-                        the tail's share and waits against its typical latency), and the no-wait
+                        the tail's share and waits against its typical latency; with `svc_quantiles`,
+                        Σ p_b·E[1{S ≤ QoS}·exp(−x·(QoS − S)/QoS)] over the service time S's
+                        distribution, `_wait_miss_weights`), and the no-wait
                         misses `band_miss[j, g]` = Σ p_b·miss_j(b)
     within_qos          w_k = Σ_b p_b·(1 − miss_k(b)): the share of the mix type k serves within QoS
                         without waiting (= coverage when miss is the 0/1 feasibility table)
@@ -127,6 +131,7 @@ class BoundModel:
         slack: float = QOS_SLACK,
         svc_cv2: np.ndarray | None = None,
         dispatch_cost: np.ndarray | None = None,
+        svc_quantiles: np.ndarray | None = None,
     ) -> BoundModel:
         """From latency tables `[type, batch]`: `mean_s` sets the rates, `feasibility_s` (mean or p99) the
         thresholds; `miss[type, batch]` (e.g. `miss_from_samples`) the probability that a query misses
@@ -134,7 +139,10 @@ class BoundModel:
         QoS, as 0/1); `svc_cv2[type, batch]` (e.g. `cv2_from_samples`) the squared coefficient of
         variation of one query's service time, for the estimate's M/G/c second moment (default 0);
         `dispatch_cost[type, batch]` the dispatcher's cost of sending a query to an idle instance of
-        the type (Kairos: C_j·L_j(b)), for the estimate's `band_pref` (default: not modelled)."""
+        the type (Kairos: C_j·L_j(b)), for the estimate's `band_pref` (default: not modelled);
+        `svc_quantiles[type, batch, q]` (e.g. `quantiles_from_samples`) one query's service time as
+        equally likely values, for the estimate's waiting-tail weights (default: the feasibility
+        latency as every query's, see `band_tail`)."""
         mean_s = np.asarray(mean_s, dtype=float)
         feas = np.asarray(feasibility_s, dtype=float)
         nb = min(mean_s.shape[1], len(pmf))
@@ -180,7 +188,11 @@ class BoundModel:
         slack_x = np.maximum(qos_s - typical, 0.0) / qos_s  # [type, support batch], in QoS units
         # a query that misses QoS without waiting (share miss) is counted in `band_miss`, so only the
         # others carry waiting-tail weight; [type, batch, x]
-        tail_w = (p_s * (1.0 - miss_s))[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
+        if svc_quantiles is None:
+            tail_w = (p_s * (1.0 - miss_s))[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
+        else:
+            tail_w = p_s[None, :, None] * _wait_miss_weights(np.asarray(svc_quantiles, dtype=float)[:, :nb][:, support_idx],
+                                                             qos_s)
         band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
@@ -251,6 +263,7 @@ class BoundModel:
         slack: float = QOS_SLACK,
         svc_cv2: np.ndarray | None = None,
         dispatch: bool = True,
+        svc_quantiles: np.ndarray | None = None,
     ) -> BoundModel:
         """Bound inputs for `types` (in this order) from a ProfileTable; `tail` judges QoS on p99, else mean;
         with `dispatch`, the Kairos dispatcher's idle edge costs C_j·L_j(b) (`heterogeneity_coefficients`)."""
@@ -262,7 +275,31 @@ class BoundModel:
         feas = profiles.p99_s[mi][ti] if tail else mean
         cost = heterogeneity_coefficients(profiles)[mi][ti][:, None] * mean if dispatch else None
         return BoundModel.build(mean, feas, pmf, qos_s, types, tail=tail, miss=miss, slack=slack, svc_cv2=svc_cv2,
-                                dispatch_cost=cost)
+                                dispatch_cost=cost, svc_quantiles=svc_quantiles)
+
+
+def _wait_miss_weights(quantiles_s: np.ndarray, qos_s: float) -> np.ndarray:
+    """E[1{S ≤ QoS}·exp(−x·(QoS − S)/QoS)] per [type, batch, x of `TAIL_GRID`], S one query's service time
+    given as equally likely values `quantiles_s[type, batch, q]`: the share of a batch's queries that
+    meet QoS alone and miss it after an exponential wait of rate x/QoS (P(W > w) = exp(−x·w/QoS))."""
+    n_types, n_batches, n_q = quantiles_s.shape
+    out = np.zeros((n_types, n_batches, len(TAIL_GRID)))
+    slack = (qos_s - quantiles_s) / qos_s  # in QoS units
+    for lo in range(0, n_batches, WAIT_MISS_CHUNK):
+        d = slack[:, lo:lo + WAIT_MISS_CHUNK, :, None]
+        out[:, lo:lo + WAIT_MISS_CHUNK] = np.where(d >= 0, np.exp(-np.maximum(d, 0.0) * TAIL_GRID), 0.0).sum(axis=2) / n_q
+    return out
+
+
+def quantiles_from_samples(mean_s: np.ndarray, relative: np.ndarray, grid_step: int, n: int = 32) -> np.ndarray:
+    """One query's service time per [type, batch 0..B−1, q] as `n` equally likely values (the mid-quantiles of
+    the profile mean times the measured relative samples of the batch's grid cell, cell ⌈b/grid_step⌉ − 1 as
+    `miss_from_samples`). E.g. mean 4 ms, samples ×(0.5, 1.5), n = 2 → 2 ms, 6 ms."""
+    mean_s = np.asarray(mean_s, dtype=float)
+    rel = np.asarray(relative, dtype=float)
+    g = np.clip(np.ceil(np.arange(mean_s.shape[1]) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    q = np.quantile(rel, (np.arange(n) + 0.5) / n, axis=2, method="inverted_cdf")  # [q, type, grid]
+    return mean_s[:, :, None] * np.moveaxis(q, 0, 2)[:, g, :]
 
 
 def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int) -> np.ndarray:

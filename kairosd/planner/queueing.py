@@ -263,7 +263,7 @@ def _admissible(
     for k in aux:
         must &= ~((aux_n[k][:, None] > 0) & (band_small[k][None, :] > 0))
     r_must = np.where(must, r, 0.0)
-    tail_must = _wait_tail(n_b, r_must @ m1, r_must @ p_g, r_must @ m2, tail, qos)
+    tail_must = _priority_tail(n_b, r_must @ m1, work, r @ m2, tail, qos)
     # a must query that would wait past its slack goes to an auxiliary instead when one is free
     # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
     # (the dispatcher's choice among the free ones: the type of least idle cost on the band,
@@ -352,14 +352,18 @@ def _overflow_misses(
     return out
 
 
-def _wait_tail(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, second: np.ndarray, tail: np.ndarray,
-               qos: float) -> np.ndarray:
-    """Per band, Σ_b∈g p_b·(1 − miss(b))·exp(−θ·slack(b)) (`tail[g]` on `TAIL_GRID`, interpolated) with the
-    M/G/c decay θ = (c − a)/E[S]·2/(1 + C_s²) of `servers` serving `load` Erlangs at `rate` queries/s
-    (second moment Σ rate·E[S²] in `second`), per configuration: [configuration, band]."""
+def _priority_tail(servers: np.ndarray, load_high: np.ndarray, load_all: np.ndarray, second_all: np.ndarray,
+                   tail: np.ndarray, qos: float) -> np.ndarray:
+    """Per band, the waiting-tail weights (`tail[g]` on `TAIL_GRID`, interpolated) of a query of the
+    high-priority class of a non-preemptive priority queue on `servers` instances, per configuration:
+    [configuration, band]. A query that finds every instance busy waits for the first one to finish
+    (the residual of the jobs in service, of every class: E[R] = E[S²]/(2·E[S]·c) over all the jobs
+    the pool serves), then for the high-priority work queued ahead of it, which stretches the wait
+    by 1/(1 − a_high/c) (Cobham's formula); the conditional wait is taken exponential with that
+    mean: θ = (c − a_high)·2·E[S]/E[S²]. `load_*` in Erlangs (Σ rate·E[S]), `second_all` = Σ rate·E[S²]."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        cs2 = np.where(load > 0, second * rate / load**2 - 1.0, 0.0)
-    x = _decay_x(servers, load, rate, cs2, qos)
+        theta = np.where(second_all > 0, (servers - load_high) * 2.0 * load_all / second_all, np.inf)
+    x = np.clip(np.maximum(theta, 0.0) * qos, 0.0, TAIL_GRID[-1])
     return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
 
 
