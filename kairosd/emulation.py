@@ -50,8 +50,12 @@ class ServiceCells:
         return float(cell[int(rng.integers(len(cell)))])
 
     def quantile_s(self, batch: int, q: float) -> float:
-        """The `q`-quantile (0..1) of the service time at `batch` (what a measurement should find)."""
-        return float(np.quantile(self.samples_s[self.grid_index(batch)], q))
+        """The `q`-quantile (0..1) of the service time at `batch`: of the distribution `draw` samples from
+        (the cell's samples, equally likely), i.e. the smallest sample with a share ≥ q at or below it,
+        which is what a long measurement finds. E.g. 99 samples: the 0.99-quantile is the largest (98 of
+        99 at or below the second largest are 98.99%), where interpolating between the samples gives a
+        point between the two largest."""
+        return float(np.quantile(self.samples_s[self.grid_index(batch)], q, method="inverted_cdf"))
 
 
 def lognormal_sigma(mean_s: float, p99_s: float) -> float:

@@ -146,3 +146,10 @@ class ProfileTable:
         if not names:
             raise ConfigError(f"no profile CSVs in {directory}; measure them with `kairosd profile`")
         return ProfileTable.build({m: read_csv(directory / f"{m}.csv") for m in names}, max_batch=max_batch)
+
+
+def sample_cells(batches: np.ndarray, grid_step: int, n_cells: int) -> np.ndarray:
+    """The grid cell of measured samples each batch is timed at: ⌈b/grid_step⌉ − 1, clipped to the grid
+    (batch 0 and batches past the last cell take the nearest one). E.g. step 10: batches 1–10 → cell 0,
+    11–20 → cell 1, as the simulator's "samples" noise draws them."""
+    return np.clip(np.ceil(np.asarray(batches) / grid_step).astype(np.intp) - 1, 0, n_cells - 1)

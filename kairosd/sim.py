@@ -27,7 +27,7 @@ import numpy as np
 
 from kairosd.dispatch import Policy, Snapshot, make_policy
 from kairosd.errors import ConfigError
-from kairosd.profiles import ProfileTable
+from kairosd.profiles import ProfileTable, sample_cells
 
 WARMUP_FRACTION = 0.1
 PERCENTILE = 99.0
@@ -111,7 +111,7 @@ class ServiceModel:
         rel = np.asarray(self.relative)
         if rel.shape[0] != len(profiles.types):
             raise ConfigError(f"sample noise covers {rel.shape[0]} types, the profiles {len(profiles.types)}")
-        g = np.clip(np.ceil(stream.batches / self.grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+        g = sample_cells(stream.batches, self.grid_step, rel.shape[1])
         k = np.minimum((stream.noise_u * rel.shape[2]).astype(np.intp), rel.shape[2] - 1)
         return mean * rel[:, g, k].T
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from kairosd.errors import ConfigError
 from kairosd.planner.fluid_lp import FluidLp
-from kairosd.profiles import ProfileTable
+from kairosd.profiles import ProfileTable, sample_cells
 
 # θ·QoS grid on which the waiting-tail weights are tabulated (θ = decay rate of P(W > t))
 TAIL_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e4, 400)])
@@ -297,7 +297,7 @@ def quantiles_from_samples(mean_s: np.ndarray, relative: np.ndarray, grid_step: 
     `miss_from_samples`). E.g. mean 4 ms, samples ×(0.5, 1.5), n = 2 → 2 ms, 6 ms."""
     mean_s = np.asarray(mean_s, dtype=float)
     rel = np.asarray(relative, dtype=float)
-    g = np.clip(np.ceil(np.arange(mean_s.shape[1]) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    g = sample_cells(np.arange(mean_s.shape[1]), grid_step, rel.shape[1])
     q = np.quantile(rel, (np.arange(n) + 0.5) / n, axis=2, method="inverted_cdf")  # [q, type, grid]
     return mean_s[:, :, None] * np.moveaxis(q, 0, 2)[:, g, :]
 
@@ -308,7 +308,7 @@ def miss_from_samples(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, gr
     as the simulator's "samples" noise draws it. E.g. mean 4 ms, samples ×(0.5, 1.0, 1.5), QoS 5 ms → 1/3."""
     mean_s = np.asarray(mean_s, dtype=float)
     rel = np.asarray(relative, dtype=float)
-    g = np.clip(np.ceil(np.arange(mean_s.shape[1]) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    g = sample_cells(np.arange(mean_s.shape[1]), grid_step, rel.shape[1])
     return (mean_s[:, :, None] * rel[:, g, :] > qos_s).mean(axis=2)
 
 
@@ -320,7 +320,7 @@ def type_dominance(mean_s: np.ndarray, relative: np.ndarray, grid_step: int) -> 
     mean_s = np.asarray(mean_s, dtype=float)
     rel = np.sort(np.asarray(relative, dtype=float), axis=2)
     nb = mean_s.shape[1]
-    g = np.clip(np.ceil(np.arange(1, nb) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    g = sample_cells(np.arange(1, nb), grid_step, rel.shape[1])
     q = rel[:, g, :] * mean_s[:, 1:, None]  # [type, batch, quantile]
     return np.all(q[:, None] <= q[None, :] * (1.0 + 1e-12), axis=(2, 3))
 
@@ -330,7 +330,7 @@ def cv2_from_samples(relative: np.ndarray, n_batches: int, grid_step: int) -> np
     it is the profile mean times a measured relative sample (`relative[type, grid, k]`, mean 1; batch
     b uses grid cell ⌈b/grid_step⌉ − 1, as `miss_from_samples`). E.g. samples ×(0.5, 1.0, 1.5) → 1/6."""
     rel = np.asarray(relative, dtype=float)
-    g = np.clip(np.ceil(np.arange(n_batches) / grid_step).astype(np.intp) - 1, 0, rel.shape[1] - 1)
+    g = sample_cells(np.arange(n_batches), grid_step, rel.shape[1])
     return rel.var(axis=2)[:, g] / rel.mean(axis=2)[:, g] ** 2
 
 
