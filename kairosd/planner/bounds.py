@@ -184,15 +184,15 @@ class BoundModel:
         m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2 * (1.0 + cv2[j, support_idx]),
                                    minlength=n_bands) for j in range(len(mean_s))])
         feas_s, mean_sup, miss_s = feas[:, support_idx], mean_s[:, support_idx], miss[:, support_idx]
-        typical = np.where(feas_s <= qos_s, feas_s, mean_sup)
-        slack_x = np.maximum(qos_s - typical, 0.0) / qos_s  # [type, support batch], in QoS units
         # a query that misses QoS without waiting (share miss) is counted in `band_miss`, so only the
         # others carry waiting-tail weight; [type, batch, x]
         if svc_quantiles is None:
+            typical = np.where(feas_s <= qos_s, feas_s, mean_sup)
+            slack_x = np.maximum(qos_s - typical, 0.0) / qos_s  # [type, support batch], in QoS units
             tail_w = (p_s * (1.0 - miss_s))[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
-        else:
-            tail_w = p_s[None, :, None] * _wait_miss_weights(np.asarray(svc_quantiles, dtype=float)[:, :nb][:, support_idx],
-                                                             qos_s)
+        else:  # the same weight over the service time's distribution: no query misses alone but S > QoS
+            quantiles = np.asarray(svc_quantiles, dtype=float)[:, :nb][:, support_idx]
+            tail_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s)
         band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                               for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
