@@ -505,7 +505,7 @@ def screen_thresholds(start: Callable[..., Daemon], candidates: list[tuple[int, 
     finally:
         d.stop()
     best["confirm_qps_runs"] = [r[0] for r in runs]
-    median = float(np.median(best["confirm_qps_runs"]))
+    median = median_qps(runs)
     print(f"  threshold {best['threshold']}: live {median:.1f} q/s (median of "
           f"{', '.join(f'{x:.1f}' for x in best['confirm_qps_runs'])}) against {live_tuned:.1f}", flush=True)
     return (best["threshold"], runs, records) if median > live_tuned else (None, [], records)

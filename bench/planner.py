@@ -71,11 +71,15 @@ def _evaluator(setup: SimSetup, bm: BoundModel, args: argparse.Namespace) -> Sim
     return SimEvaluator(setup, bound=lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0]), workers=args.workers)
 
 
+def _relative(wl: workload.KairosWorkload, setup: SimSetup) -> np.ndarray:
+    """The simulator's relative samples [type, grid, k], types in `wl.types` order."""
+    return setup.service.relative[[wl.profiles.type_index(t) for t in wl.types]]
+
+
 def _mean_and_miss(wl: workload.KairosWorkload, model: str, setup: SimSetup) -> tuple[np.ndarray, np.ndarray]:
     """Mean latency [type, batch] (types in `wl.types` order) and P(service > QoS) from the simulator's samples."""
-    ti = [wl.profiles.type_index(t) for t in wl.types]
-    mean_s = wl.profiles.mean_s[wl.profiles.model_index(model)][ti]
-    return mean_s, miss_from_samples(mean_s, setup.service.relative[ti], wl.qos_s[model], setup.service.grid_step)
+    mean_s = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in wl.types]]
+    return mean_s, miss_from_samples(mean_s, _relative(wl, setup), wl.qos_s[model], setup.service.grid_step)
 
 
 def _bound_model(
@@ -85,8 +89,7 @@ def _bound_model(
     per-type probability of missing QoS and service-time quantiles drawn from the same measured samples
     as the simulator."""
     mean_s, miss = _mean_and_miss(wl, model, setup)
-    ti = [wl.profiles.type_index(t) for t in wl.types]
-    quantiles = quantiles_from_samples(mean_s, setup.service.relative[ti], setup.service.grid_step)
+    quantiles = quantiles_from_samples(mean_s, _relative(wl, setup), setup.service.grid_step)
     mix = batch_pmf(setup.stream.batches, wl.profiles.max_batch) if pmf is None else pmf
     return BoundModel.from_profiles(wl.profiles, model, wl.types, mix, wl.qos_s[model], tail=tail, miss=miss,
                                     svc_quantiles=quantiles)
