@@ -333,7 +333,15 @@ class KairosPolicy:
         return Assignment(r[keep], c[keep])
 
 
-class FcfsPolicy:
+class WaitBlind:
+    """A policy whose decision does not depend on how long a query has waited: the decision for a
+    query at 0 s waited holds at any wait (the scheduler reuses its cached one-query decisions)."""
+
+    def hold_s(self, model_idx: int, batch: int, qos_s: float, types: Sequence[int]) -> float:
+        return math.inf
+
+
+class FcfsPolicy(WaitBlind):
     """First come, first served: the oldest queries go to the idle instances in instance order (then
     to sendable busy ones, soonest free first)."""
 
@@ -375,7 +383,7 @@ class RoundRobinPolicy:
         return Assignment(np.arange(k), free[:k])
 
 
-class FastestFreePolicy:
+class FastestFreePolicy(WaitBlind):
     """Each query, oldest first, goes to the idle instance that serves its batch fastest (with a
     sendable busy one: where it would finish first)."""
 
@@ -394,7 +402,7 @@ class FastestFreePolicy:
         return Assignment(np.arange(k), free[cols])
 
 
-class EarliestFinishPolicy:
+class EarliestFinishPolicy(WaitBlind):
     """Each query, oldest first, claims the instance (busy ones included) on which it would finish
     first; it is sent only if that instance is free, otherwise it waits for it."""
 
@@ -413,7 +421,7 @@ class EarliestFinishPolicy:
         return Assignment(np.flatnonzero(sent), cols[sent])
 
 
-class ThresholdPolicy:
+class ThresholdPolicy(WaitBlind):
     """DeepRecSys-style: queries with batch ≤ `threshold` go to the small-query types (CPUs), larger
     ones to the large-query types (the accelerators; by default the type fastest at B_max), each side
     FCFS to the idle instance that serves it fastest (with a sendable busy one: where it would finish
@@ -432,8 +440,33 @@ class ThresholdPolicy:
             large = {profiles.type_index(t) for t in large_types}
         self.large = np.zeros(len(profiles.types), dtype=bool)
         self.large[list(large)] = True
+        self._large_l: list[bool] = self.large.tolist()
+        self._mean_l: list[list[list[float]]] = profiles.mean_s.tolist()
+
+    def _one(self, snap: Snapshot) -> Assignment:
+        """One waiting query over at most `SCALAR_MAX_COLUMNS` columns: a scalar loop over its side's
+        sendable columns, picking the first of earliest finish, as the array path's argmin does."""
+        batch = int(snap.q_batch[0])
+        side_large = batch > self.threshold
+        mean = self._mean_l[int(snap.q_model[0])]
+        b = min(batch, len(mean[0]) - 1)
+        best, best_j = math.inf, -1
+        for j, (t, t_j, free) in enumerate(zip(snap.i_type.tolist(), snap.i_busy_s.tolist(), snap.i_free.tolist(),
+                                               strict=True)):
+            if free and self._large_l[t] == side_large:
+                finish = t_j + mean[t][b]
+                if finish < best:
+                    best, best_j = finish, j
+        return EMPTY if best_j < 0 else Assignment(np.array([0], dtype=np.intp), np.array([best_j], dtype=np.intp))
 
     def __call__(self, snap: Snapshot) -> Assignment:
+        if snap.m == 1 and snap.n <= SCALAR_MAX_COLUMNS:
+            return self._one(snap)
+        return self._many(snap)
+
+    def _many(self, snap: Snapshot) -> Assignment:
+        """Every waiting query: each side's oldest queries claim, in order, its sendable column of
+        earliest finish."""
         free = np.flatnonzero(snap.i_free)
         if snap.m == 0 or len(free) == 0:
             return EMPTY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,7 @@ from tritonclient.grpc import service_pb2
 from kairosd.backends.client import BackendClient
 from kairosd.backends.process import ChildProcess, free_port, kairosd_argv, wait_ready
 from kairosd.config import SchedulerConfig
-from kairosd.dispatch import Assignment, KairosPolicy, Snapshot, make_policy
+from kairosd.dispatch import Assignment, KairosPolicy, Snapshot, ThresholdPolicy, make_policy
 from kairosd.errors import Unavailable
 from kairosd.modelgen import example_inputs
 from kairosd.profiler import build_request
@@ -165,6 +166,38 @@ async def test_a_remote_query_stamped_a_little_earlier_reuses_the_cached_decisio
     assert policy.calls == 1 and sched.stats.completed == 6
     await remote(hold * 1.5)
     assert policy.calls == 2
+
+
+class CountingThreshold(ThresholdPolicy):
+    """The threshold policy, counting its calls."""
+
+    calls = 0
+
+    def __call__(self, snap: Snapshot) -> Assignment:
+        self.calls += 1
+        return super().__call__(snap)
+
+
+async def test_a_wait_blind_policy_reuses_its_cached_decision_at_any_wait(
+        worker_instance: tuple[Registry, ProfileTable]) -> None:
+    """The threshold policy's decision does not depend on a query's wait: a remote query's one-query
+    round reuses the decision cached at 0 s waited however long it waited."""
+    registry, profiles = worker_instance
+    policy = CountingThreshold(profiles, threshold=0, large_types=["ort-1t"])  # every query to the worker
+    # admission off: a query that waited half its QoS is matched, not shed as late
+    sched = Scheduler(registry, profiles, policy, QOS, SchedulerConfig(admission="off"))
+    spec = load_repository(REPO / "model_repository")["ncf"]
+    await sched.submit(*_req_spec(0, spec))
+    assert policy.calls == 1
+    assert policy.hold_s(profiles.model_index("ncf"), 4, QOS["ncf"], [0]) == math.inf
+    loop = asyncio.get_running_loop()
+    for waited_s in (0.0005, 0.002, QOS["ncf"] / 2):
+        granted: asyncio.Future[Instance] = loop.create_future()
+        q = sched.remote_submit("ncf", 4, None, loop.time() - waited_s, 100,
+                                lambda q, inst, t: granted.set_result(inst), lambda q, exc: granted.set_exception(exc))
+        await granted
+        sched.remote_done(q, loop.time())
+    assert policy.calls == 1 and sched.stats.completed == 4
 
 
 async def test_cancelled_clients_release_their_slots(worker_instance: tuple[Registry, ProfileTable]) -> None:

@@ -415,3 +415,24 @@ def test_kairos_sure_miss_goes_to_the_cheapest_column_until_it_would_finish_beyo
     # the bound is one of the boundaries the hold stops at: the batch-500 sure miss on a free cpu
     # changes its column at bound - cpu mean waited
     assert pol.hold_s(0, 500, qos, [p.type_index("cpu")]) <= bound - cpu_mean + 1e-12
+
+
+def test_threshold_single_query_scalar_path_matches_the_array_path() -> None:
+    """The threshold policy's scalar loop for one query picks the column its array path picks (the
+    first sendable column of earliest finish on the query's side), or none, on random fleets."""
+    p = make_profiles()
+    rng = np.random.default_rng(11)
+    sent = held = 0
+    for trial in range(400):
+        n = int(rng.integers(1, 12))
+        types = list(rng.choice(["cpu", "gpu"], n))
+        busy = [0.0] * n if trial % 2 else [float(x) * (rng.random() < 0.5) for x in rng.uniform(0, 0.05, n)]
+        snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, busy_s=busy)
+        if trial % 3 == 0:  # sendable busy columns too (pipelining)
+            snap = Snapshot(snap.q_model, snap.q_batch, snap.q_waited_s, snap.q_qos_s, snap.i_type, snap.i_busy_s,
+                            rng.random(n) < 0.7)
+        pol = make_policy("threshold", p, threshold=int(rng.integers(10, 900)))
+        one, many = pol(snap).pairs(), pol._many(snap).pairs()  # type: ignore[attr-defined]
+        assert one == many
+        sent, held = sent + bool(one), held + (not one)
+    assert sent > 200 and held > 50  # both outcomes were exercised
