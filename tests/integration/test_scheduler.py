@@ -138,6 +138,16 @@ class CountingKairos(KairosPolicy):
         return super().__call__(snap)
 
 
+async def _remote_query(sched: Scheduler, waited_s: float) -> None:
+    """One ncf batch-4 query from a front-end process that stamped it `waited_s` ago: granted, then done."""
+    loop = asyncio.get_running_loop()
+    granted: asyncio.Future[Instance] = loop.create_future()
+    q = sched.remote_submit("ncf", 4, None, loop.time() - waited_s, 100,
+                            lambda q, inst, t: granted.set_result(inst), lambda q, exc: granted.set_exception(exc))
+    await granted
+    sched.remote_done(q, loop.time())
+
+
 async def test_a_remote_query_stamped_a_little_earlier_reuses_the_cached_decision(
         worker_instance: tuple[Registry, ProfileTable]) -> None:
     """A query from a front-end process carries that process's arrival stamp, a little before the
@@ -150,21 +160,13 @@ async def test_a_remote_query_stamped_a_little_earlier_reuses_the_cached_decisio
     spec = load_repository(REPO / "model_repository")["ncf"]
     await sched.submit(*_req_spec(0, spec))  # a local query, 0 s waited: its decision is cached
     assert policy.calls == 1
-    loop = asyncio.get_running_loop()
     hold = policy.hold_s(profiles.model_index("ncf"), 4, QOS["ncf"], [profiles.type_index("ort-1t")])
     assert 0.001 < hold < QOS["ncf"]
 
-    async def remote(waited_s: float) -> None:
-        granted: asyncio.Future[Instance] = loop.create_future()
-        q = sched.remote_submit("ncf", 4, None, loop.time() - waited_s, 100,
-                                lambda q, inst, t: granted.set_result(inst), lambda q, exc: granted.set_exception(exc))
-        await granted
-        sched.remote_done(q, loop.time())
-
     for _ in range(5):
-        await remote(hold / 4)
+        await _remote_query(sched, hold / 4)
     assert policy.calls == 1 and sched.stats.completed == 6
-    await remote(hold * 1.5)
+    await _remote_query(sched, hold * 1.5)
     assert policy.calls == 2
 
 
@@ -190,13 +192,8 @@ async def test_a_wait_blind_policy_reuses_its_cached_decision_at_any_wait(
     await sched.submit(*_req_spec(0, spec))
     assert policy.calls == 1
     assert policy.hold_s(profiles.model_index("ncf"), 4, QOS["ncf"], [0]) == math.inf
-    loop = asyncio.get_running_loop()
     for waited_s in (0.0005, 0.002, QOS["ncf"] / 2):
-        granted: asyncio.Future[Instance] = loop.create_future()
-        q = sched.remote_submit("ncf", 4, None, loop.time() - waited_s, 100,
-                                lambda q, inst, t: granted.set_result(inst), lambda q, exc: granted.set_exception(exc))
-        await granted
-        sched.remote_done(q, loop.time())
+        await _remote_query(sched, waited_s)
     assert policy.calls == 1 and sched.stats.completed == 4
 
 
