@@ -23,10 +23,10 @@ over run i, "kairos_over_threshold_live_runs"); each policy records whether its 
 `--no-paired`: every policy alone on its daemon, one after the other. The other policies (fcfs) are
 measured alone afterwards.
 The threshold is the one tuned in the simulator (bench/results/dispatch.json when its fleet is this
-one, else a sweep on this stream), then tuned live (`--live-thresholds`, after the paired bisections,
-on daemons of their own): the thresholds the simulator on the live path (below) serves most with are
-bisected once each, and the best, when it beats the tuned one, `--repeats` times more (those runs,
-when reported, did not take turns with Kairos's).
+one, else a sweep on this stream), then tuned live (`--live-thresholds`) before the measured
+bisections: the tuned threshold's daemon is bisected once, and so are the thresholds the simulator on
+the live path (below) serves most with, each on a daemon of its own; the one that served most is the
+threshold whose `--repeats` bisections take turns with Kairos's and are reported.
 Beside each: the simulator's max QPS for the same fleet, policy, stream and query count, and the ratio;
 and the simulator on the live path ("sim@path", `--no-path` to skip): a light step first measures the
 path (the head's hop to the instance and back, and the client's own way to the head:
@@ -478,15 +478,14 @@ def thresholds_on_path(setup: Any, key: tuple[int, ...], ub: float, light: dict[
     return sorted(by_t.items(), key=lambda kv: (-kv[1], kv[0]))[:max(n, 0)]
 
 
-def screen_thresholds(start: Callable[..., Daemon], candidates: list[tuple[int, float]], live_tuned: float,
-                      repeats: int, bisect: Callable[[Daemon], tuple[float, list[dict[str, Any]]]],
-                      ) -> tuple[int | None, list[tuple[float, list[dict[str, Any]]]], list[dict[str, Any]]]:
-    """The live best threshold among `candidates` (threshold, simulated QPS on the live path): one bisection
-    each on a daemon of its own (`start(params, name=...)`); the best one, when its figure beats `live_tuned` (the
-    tuned threshold's median), is bisected `repeats` times more on a fresh daemon, and is the live best
-    threshold when the median of those beats `live_tuned` too. Returns that threshold (None: the tuned one
-    stays), its runs, and one record per candidate."""
-    records: list[dict[str, Any]] = []
+def screen_thresholds(start: Callable[..., Daemon], tuned: tuple[int, Run], candidates: list[tuple[int, float]],
+                      bisect: Callable[[Daemon], Run]) -> tuple[int, list[dict[str, Any]]]:
+    """The live best threshold: the tuned one's bisection (`tuned` = its threshold and run) beside one
+    bisection of each of `candidates` (threshold, simulated QPS on the live path), each on a daemon of its
+    own (`start(params, name=...)`). Returns the threshold whose bisection served most (the tuned one on a
+    tie) and one record per threshold, the tuned one's first."""
+    records: list[dict[str, Any]] = [{"threshold": tuned[0], "tuned": True, "screen_qps": tuned[1][0],
+                                      "screen_steps": tuned[1][1]}]
     for t, sim_path in candidates:
         d = start({"threshold": t}, name=f"threshold-{t}")
         try:
@@ -496,19 +495,10 @@ def screen_thresholds(start: Callable[..., Daemon], candidates: list[tuple[int, 
         records.append({"threshold": t, "sim_qps_on_path": sim_path, "screen_qps": qps, "screen_steps": steps})
         print(f"  threshold {t}: simulator on the live path {sim_path:.1f} q/s, live (one bisection) {qps:.1f} q/s",
               flush=True)
-    best = max(records, key=lambda r: r["screen_qps"], default=None)
-    if best is None or best["screen_qps"] <= live_tuned:
-        return None, [], records
-    d = start({"threshold": best["threshold"]}, name=f"threshold-{best['threshold']}-confirm")
-    try:
-        runs = [bisect(d) for _ in range(repeats)]
-    finally:
-        d.stop()
-    best["confirm_qps_runs"] = [r[0] for r in runs]
-    median = median_qps(runs)
-    print(f"  threshold {best['threshold']}: live {median:.1f} q/s (median of "
-          f"{', '.join(f'{x:.1f}' for x in best['confirm_qps_runs'])}) against {live_tuned:.1f}", flush=True)
-    return (best["threshold"], runs, records) if median > live_tuned else (None, [], records)
+    best = max(records, key=lambda r: r["screen_qps"])  # the first of the highest: the tuned one on a tie
+    each = ", ".join(f"{r['threshold']} {r['screen_qps']:.1f}" for r in records)
+    print(f"  threshold {best['threshold']} measured (one bisection each: {each} q/s)", flush=True)
+    return int(best["threshold"]), records
 
 
 def resimulate_paths(args: argparse.Namespace) -> int:
@@ -724,17 +714,23 @@ def measure_group(args: argparse.Namespace, ms: ModelSetup, group: Sequence[str]
     policy measured alone."""
     benches = [policy_bench(args, ms, p, workdir) for p in group]
     speed_before = cpu_speed_ms()  # the machine idle: its speed this hour
+    screened: dict[str, list[dict[str, Any]] | None] = {}
     with ExitStack() as daemons:
         bisect: dict[str, Callable[[], Run]] = {}
         for pb in benches:
             d = start_policy(args, ms, pb, speed_before)
             daemons.callback(d.stop)
+            best, screened[pb.policy] = live_threshold(args, ms, pb, d)
+            if best is not None:
+                daemons.callback(best.stop)
+                d = best
             bisect[pb.policy] = partial(pb.bisect, d)
         # a bisection ends at the first failed step, and a step's p99 over a few thousand queries is
         # itself noisy near the limit: repeated on the same daemon, the median is what is reported
         timed = run_in_turn(alternating_order(group, repeats), bisect)
     speed = {"before": speed_before, "after": cpu_speed_ms()}
-    return {pb.policy: policy_record(args, ms, pb, timed[pb.policy], repeats, speed, [p for p in group if p != pb.policy])
+    return {pb.policy: policy_record(args, ms, pb, timed[pb.policy], speed, [p for p in group if p != pb.policy],
+                                     screened[pb.policy])
             for pb in benches}
 
 
@@ -742,34 +738,40 @@ def median_qps(runs: Sequence[Run]) -> float:
     return float(np.median([r[0] for r in runs]))
 
 
-def live_threshold(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, runs: list[Run], repeats: int,
-                   ) -> tuple[dict[str, Any], list[Run], list[dict[str, Any]] | None]:
-    """The threshold policy's best threshold live (`--live-thresholds`): the simulator on the live path
-    proposes others, each bisected on a daemon of its own (`screen_thresholds`). Returns the params and
-    runs reported (the tuned threshold's `runs` unless another beats them) and the screening's records
-    (None when there was none)."""
+def live_threshold(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, d: Daemon,
+                   ) -> tuple[Daemon | None, list[dict[str, Any]] | None]:
+    """The threshold policy's best threshold live (`--live-thresholds`), found before its measured
+    bisections: the tuned threshold's daemon `d` bisected once, and the thresholds the simulator on the live
+    path proposes, once each on a daemon of their own (`screen_thresholds`). When another threshold served
+    most, `pb.params` becomes it and its daemon is started (returned, to be measured and stopped by the
+    caller; `d` is stopped). Returns that daemon (None: `d` stays) and the screening's records (None when
+    there was none)."""
     if pb.policy != "threshold" or pb.path_step is None or args.live_thresholds <= 0:
-        return pb.params, runs, None
+        return None, None
+    t0 = time.monotonic()
     tuned = int(pb.params["threshold"])
-    live = median_qps(runs)
     candidates = thresholds_on_path(ms.setup, ms.key, ms.ub, pb.path_step, tuned, args.live_thresholds, args.seed + 7)
-    found, found_runs, screened = screen_thresholds(pb.start, candidates, live, repeats, pb.bisect)
-    if found is None:
-        return pb.params, runs, screened
-    screened.append({"threshold": tuned, "tuned": True, "qps_runs": [r[0] for r in runs],
-                     "steps": [x for _, run_steps in runs for x in run_steps]})
-    return {"threshold": found}, found_runs, screened
+    found, screened = screen_thresholds(pb.start, (tuned, pb.bisect(d)), candidates, pb.bisect)
+    best = None
+    if found != tuned:
+        d.stop()
+        pb.params = {"threshold": found}
+        best = pb.start(pb.params, name=f"threshold-{found}-measured")
+    pb.busy_s += time.monotonic() - t0
+    return best, screened
 
 
-def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, timed: list[TimedRun], repeats: int,
-                  speed: dict[str, float], paired_with: list[str]) -> dict[str, Any]:
+def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, timed: list[TimedRun],
+                  speed: dict[str, float], paired_with: list[str],
+                  screened: list[dict[str, Any]] | None) -> dict[str, Any]:
     """The policy's entry of the model's row, from its bisections (`timed`) and light steps: the threshold
-    screening, the median, the CPU figures of a run at the median, the simulator on the live path.
+    screening's records (`screened`, `live_threshold`), the median, the CPU figures of a run at the median,
+    the simulator on the live path.
     `paired`: the runs reported are the ones that took turns with those of `paired_with`; `wall_s`: the
     time spent on this policy alone (not on the others' bisections between its own)."""
     t0 = time.monotonic()
-    paired_runs = [t.run for t in timed]
-    params, runs, screened = live_threshold(args, ms, pb, paired_runs, repeats)
+    runs = [t.run for t in timed]
+    params = pb.params
     live_runs = [r[0] for r in runs]
     live = median_qps(runs)
     steps = [s for _, run_steps in runs for s in run_steps]
@@ -790,14 +792,14 @@ def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, tim
     return {
         "sim_qps": sim, "live_qps": live, "live_over_sim": live / sim if sim else None,
         "live_qps_runs": live_runs, "params": params, "thresholds_screened": screened,
+        "threshold_tuned": ms.threshold if pb.policy == "threshold" else None,
         "on_live_path": on_live_path, "on_head_path": on_head,
         "head_cpu_at_live": best["head_cpu"] if best else None,
         "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,
         "instances_cpu_at_live": best["instances_cpu"] if best else None,
         "steps": steps, "wall_s": pb.busy_s + sum(t.wall_s for t in timed) + time.monotonic() - t0,
         "cpu_speed_ms": speed,
-        # the runs reported took turns with the others' unless the live screening replaced them
-        "paired": bool(paired_with) and params == pb.params, "paired_with": paired_with,
+        "paired": bool(paired_with), "paired_with": paired_with,
         "run_schedule": [{"order": t.order, "start_s": t.start_s, "wall_s": t.wall_s, "qps": t.run[0]} for t in timed],
     }
 
@@ -922,8 +924,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rel-tol", type=float, default=0.025, help="bisection stops at this fraction of the sim's QPS")
     ap.add_argument("--max-steps", type=int, default=7)
-    ap.add_argument("--repeats", type=int, default=3, help="bisections per model and policy on the same daemon; "
-                    "live max QPS is their median (default: %(default)s)")
+    ap.add_argument("--repeats", type=int, default=4, help="bisections per model and policy on the same daemon; "
+                    "live max QPS is their median; even, the turns of paired policies are balanced (A B B A: each "
+                    "policy's mean place the same) (default: %(default)s)")
     ap.add_argument("--repeat-policies", default="kairos,threshold",
                     help="the policies bisected --repeats times; the others once (fcfs's steps take a minute or more "
                     "at its rates) (default: %(default)s)")
@@ -959,10 +962,10 @@ def main() -> int:
                          "steal is measured again (after a pause, up to 4 times in all); negative: never "
                          "(default: %(default)s)")
     ap.add_argument("--live-thresholds", type=int, default=2,
-                    help="the threshold policy's best threshold live: after the tuned threshold's bisections, this "
-                         "many others (those the simulator on the live path serves most with) are bisected once "
-                         "each, and the best, if it beats the tuned one, --repeats times more: the figure reported "
-                         "is the better median (0: the tuned threshold only) (default: %(default)s)")
+                    help="the threshold policy's best threshold live: before its measured bisections, the tuned "
+                    "threshold and this many others (those the simulator on the live path serves most with) are "
+                    "bisected once each, and the one that served most is measured (0: the tuned threshold only) "
+                    "(default: %(default)s)")
     ap.add_argument("--fidelity-queries", type=int, default=40)
     ap.add_argument("--ncf-all-policies", action="store_true", help="also threshold and fcfs on ncf (head-limited)")
     ap.add_argument("--skip-extras", action="store_true", help="no timer, load generator ceiling or fidelity runs")
