@@ -607,7 +607,7 @@ def main() -> int:
             print(f"{proto:5s} {c['target']:9s} {c['qps']:8.0f} {c['head_cpu_ms_per_query'] or 0:9.3f} "
                   f"{ratio or 0:7.2f} {c['instances_cpu_ms_per_query'] or 0:9.3f} {c['p50_ms']:7.2f} "
                   f"{c['p99_ms']:7.2f} {c['errors']:6d}")
-    meta = {"command": "python bench/head.py " + " ".join(sys.argv[1:]), "args": vars(args),
+    meta: dict[str, Any] = {"command": "python bench/head.py " + " ".join(sys.argv[1:]), "args": vars(args),
             "load_average_start": load_start, "load_average_end": os.getloadavg(),
             "workers_applied": {t: d.workers_applied for t, d in daemons.items()},
             "qps_ratio_workers": _workers_ratios(cells),

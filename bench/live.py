@@ -39,14 +39,15 @@ head's share of the path (1 − direct / through, medians; "on_head_path"): what
 only the head's path is left.
 Per step: the head's CPU (/proc/PID/stat), the instances' and the load generator's, the machine's and
 the hypervisor's steal; a step during which steal took more than `--max-steal` cores is measured
-again (the VM's neighbours are not what is measured). Per group of policies measured together (or
+again (the VM's neighbours are not what is measured), and so is a step during which processes outside the
+benchmark used more than `--max-others` cores. Per group of policies measured together (or
 policy measured alone), before its daemons start and after they stop, the machine's speed
 (`openloop.cpu_speed_ms`: a fixed Python loop, its fastest of nine timings, "cpu_speed_ms"): the same
 code runs up to a quarter slower in some hours than in others with no steal. Also: the load
 generator's own ceiling against a no-op instance (with the native generator, also both generators
 against the C no-op target of bench/native/noop.c), the emulation's fidelity at low load on a
-16-instance fleet (per type, direct and through kairosd; from h2load over gRPC and over HTTP), and
-the timer's precision.
+16-instance fleet (per type, direct and through kairosd; from h2load over gRPC and over HTTP) beside
+the emulated servers' own floor per protocol (h2load against a no-op service), and the timer's precision.
 Writes bench/results/live.json.
 
     python bench/live.py [--models rm2,dien,mtwnd,wnd,ncf] [--policies kairos,threshold,fcfs] [--queries 2000]
@@ -64,8 +65,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -142,22 +143,33 @@ def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path,
     return np.array([int(r[2]) for r in rows[1:]], dtype=float) / 1e3  # the first call opens the connection
 
 
-def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int) -> dict[str, Any]:
-    """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms."""
+def _within(got: float, profile: float) -> bool:
+    return abs(got - profile) <= max(0.05 * profile, 0.5)
+
+
+def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int, floor_ms: float | None = None) -> dict[str, Any]:
+    """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms; with
+    `floor_ms` (the same client's median call to a no-op service over the same protocol: `protocol_floor`),
+    also the service time the client measures, its latency less that floor, against the profile."""
     row: dict[str, Any] = {}
     for q in (50, 99):
         prof = cells.quantile_s(batch, q / 100) * 1e3
         got = float(np.percentile(lat_ms, q))
         row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
-        row[f"p{q}_within"] = abs(got - prof) <= max(0.05 * prof, 0.5)
+        row[f"p{q}_within"] = _within(got, prof)
+        if floor_ms is not None:
+            service = float(np.percentile(lat_ms - floor_ms, q))
+            row[f"p{q}_service_ms"], row[f"p{q}_service_within"] = service, _within(service, prof)
     return row
 
 
 def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, model: str, batch: int,
-                 budget_s: float, workdir: Path) -> list[dict[str, Any]]:
+                 budget_s: float, workdir: Path, floor: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Per type and protocol, at low load (one call at a time, the rest of the fleet idle): the client's
     p50/p99 from a native client against the profile's, with as many calls as fit in `budget_s` (at
-    least 200): gRPC over HTTP/2 (`direct_h2load`) and KServe v2 REST over HTTP/1.1 (`direct_h2load_http`)."""
+    least 200): gRPC over HTTP/2 (`direct_h2load`) and KServe v2 REST over HTTP/1.1 (`direct_h2load_http`);
+    and the service time the client measures, its latency less the protocol's median no-op call (`floor`,
+    from `protocol_floor`)."""
     from kairosd.emulation import load_cells
 
     body = request_body(served, batch)
@@ -170,15 +182,18 @@ def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, m
             n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
             if where == "direct_h2load":
                 lat = _h2load_latencies_ms(addr[t], body, n, workdir)
+                floor_ms = floor["grpc"]["p50_ms"]
             else:
                 lat = _h2load_latencies_ms(http_addr[t], http_body, n, workdir, (http_path, http_headers))
-            row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat),
-                   **_against_profile(lat, cells, batch)}
+                floor_ms = floor["http"]["p50_ms"]
+            row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat), "floor_ms": floor_ms,
+                   **_against_profile(lat, cells, batch, floor_ms)}
             rows.append(row)
             print(f"  fidelity {model} b{batch} {where:18} {t:12} p50 {row['p50_client_ms']:7.2f} (profile "
                   f"{row['p50_profile_ms']:7.2f}) p99 {row['p99_client_ms']:7.2f} (profile "
-                  f"{row['p99_profile_ms']:7.2f}) n {len(lat)} within {row['p50_within'] and row['p99_within']}",
-                  flush=True)
+                  f"{row['p99_profile_ms']:7.2f}) n {len(lat)} within {row['p50_within'] and row['p99_within']}; "
+                  f"less the floor {floor_ms:.2f} ms: p50 {row['p50_service_ms']:7.2f} p99 {row['p99_service_ms']:7.2f} "
+                  f"within {row['p50_service_within'] and row['p99_service_within']}", flush=True)
     return rows
 
 
@@ -190,11 +205,12 @@ def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict
     """At low load on a 16-instance fleet (the rm2 plan + one c5n and one t3; round robin): per type,
     client p50/p99 against the profile's and against the service times drawn for these very queries,
     from the Python gRPC client (direct and through kairosd), and from h2load (direct, one call at a
-    time: the emulation's own fidelity, without a Python client's overhead)."""
+    time: the emulation's own fidelity, without a Python client's overhead); first, what the emulated
+    servers add per protocol with no service at all (`protocol_floor`)."""
     from kairosd.emulation import load_cells
 
     fleet = {"g4dn.xlarge": 1, "c5n.2xlarge": 1, "r5n.large": 13, "t3.xlarge": 1}
-    out: dict[str, Any] = {"fleet": fleet, "instances": sum(fleet.values()), "rows": []}
+    out: dict[str, Any] = {"fleet": fleet, "instances": sum(fleet.values()), "rows": [], "protocol_floor": {}}
     for served, model, batch in (("dlrm", "rm2", 200), ("ncf", "ncf", 100)):
         sub = workdir / f"fid-{model}"
         sub.mkdir(exist_ok=True)
@@ -205,7 +221,8 @@ def fidelity(workdir: Path, queries: int, native_budget_s: float = 20.0) -> dict
             for i in d.fleet()["instances"]:
                 addr.setdefault(i["type"], i["address"])
                 http_addr.setdefault(i["type"], i["http_address"])
-            out["rows"] += _native_rows(addr, http_addr, served, model, batch, native_budget_s, sub)
+            floor = out["protocol_floor"][model] = protocol_floor(sub, served, batch)
+            out["rows"] += _native_rows(addr, http_addr, served, model, batch, native_budget_s, sub, floor)
             for where in ("direct", "kairosd"):
                 samples: list[tuple[str, float, float]] = []
                 urls = [addr[t] for t in TYPES] if where == "direct" else [d.url] * len(TYPES)
@@ -267,35 +284,60 @@ def timer_precision() -> list[dict[str, Any]]:
     return rows
 
 
-def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str,
-                    generator: str = "python") -> list[dict[str, Any]]:
-    """The load generator (`generator`: "python" or "native") against a no-op target: one emulated instance
-    whose service takes ~0 (a profile CSV of 1 ns) and 100,000 slots, sent ncf batch-100 queries (the
-    smallest) at `rates` over `protocol`."""
+@contextmanager
+def noop_instance(workdir: Path) -> Iterator[tuple[int, int, int]]:
+    """One emulated instance whose service takes ~0 (a profile CSV of 1 ns) and 100,000 slots, serving ncf
+    and dlrm as the profile model `noop`: its gRPC and HTTP ports and its pid, while the context lasts."""
     prof = workdir / "noop"
     prof.mkdir(exist_ok=True)
     (prof / "noop.csv").write_text("instance_type,batch,mean_s,p99_s\nnoop,1000,1e-9,1e-9\n")
     port, http_port = free_port(), free_port()
     child = ChildProcess(kairosd_argv("emulated", "--model-repository", str(REPO / "model_repository"), "--emulate",
-                                      "noop", "--data", str(prof), "--models", "ncf=noop", "--port", str(port),
+                                      "noop", "--data", str(prof), "--models", "ncf=noop,dlrm=noop", "--port", str(port),
                                       "--http-port", str(http_port), "--slots", "100000"), name="noop").start()
-    rows = []
     try:
         wait_ready_sync(f"127.0.0.1:{port}", 60, child)
         assert child.pid is not None
+        yield port, http_port, child.pid
+    finally:
+        child.stop(10)
+
+
+def protocol_floor(workdir: Path, served: str, batch: int, n: int = 2000) -> dict[str, dict[str, float]]:
+    """What the emulated instance's servers add to a query alone: h2load, one call at a time, against the
+    no-op instance (`noop_instance`), `served` at `batch`, over gRPC and over HTTP: p50/p99 ms per protocol."""
+    body = request_body(served, batch)
+    http_path, http_headers, http_body = http_request(served, batch)
+    out: dict[str, dict[str, float]] = {}
+    with noop_instance(workdir) as (port, http_port, _):
+        for proto in ("grpc", "http"):
+            if proto == "grpc":
+                lat = _h2load_latencies_ms(f"127.0.0.1:{port}", body, n, workdir)
+            else:
+                lat = _h2load_latencies_ms(f"127.0.0.1:{http_port}", http_body, n, workdir, (http_path, http_headers))
+            out[proto] = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "n": len(lat)}
+            print(f"  the emulated server's floor over {proto} (no-op service, h2load, {served} b{batch}): p50 "
+                  f"{out[proto]['p50_ms']:.2f} p99 {out[proto]['p99_ms']:.2f} ms", flush=True)
+    return out
+
+
+def loadgen_ceiling(workdir: Path, rates: list[float], n: int, protocol: str,
+                    generator: str = "python") -> list[dict[str, Any]]:
+    """The load generator (`generator`: "python" or "native") against a no-op target (`noop_instance`), sent
+    ncf batch-100 queries (the smallest) at `rates` over `protocol`."""
+    rows = []
+    with noop_instance(workdir) as (port, http_port, child_pid):
         for rate in rates:
-            c0, t0 = cpu_s(child.pid), time.monotonic()
+            c0, t0 = cpu_s(child_pid), time.monotonic()
             r = run_loadgen({"url": f"127.0.0.1:{port}", "http_url": f"127.0.0.1:{http_port}", "protocol": protocol,
                              "model": "ncf", "batches": [100] * n,
                              "gaps": np.random.default_rng(0).exponential(1.0, n).tolist(), "rate_qps": rate,
                              "timeout_s": 10.0, "generator": generator})
-            r["target_cpu"] = (cpu_s(child.pid) - c0) / (time.monotonic() - t0)
+            r["target_cpu"] = (cpu_s(child_pid) - c0) / (time.monotonic() - t0)
             rows.append(r)
             print(f"  {generator} loadgen vs no-op: offered {rate:7.0f} sent {r['sent_qps']:7.0f} q/s, p50 {r['p50_ms']:.2f} p99 "
                   f"{r['p99_ms']:.2f} ms, loadgen cpu {r['loadgen_cpu']:.2f}, target cpu {r['target_cpu']:.2f}, "
                   f"errors {r['errors']}", flush=True)
-    finally:
-        child.stop(10)
     return rows
 
 
@@ -678,7 +720,7 @@ def policy_bench(args: argparse.Namespace, ms: ModelSetup, policy: str, workdir:
                     scheduler_extra="\n".join([f'admission = "{args.admission}"', *args.scheduler]), hosted=args.hosted)
     bisect = partial(live_max, served=ms.served, sim_qps=sim.qps, stream=ms.setup.stream, qos_s=ms.qos_s,
                      rel_tol=args.rel_tol, max_steps=args.max_steps, light_qps=0.1 * ms.ub, protocol=args.protocol,
-                     generator=args.generator, max_steal=args.max_steal)
+                     generator=args.generator, max_steal=args.max_steal, max_others=args.max_others)
     return PolicyBench(policy=policy, params=params, sim_qps=sim.qps, start=start, bisect=bisect)
 
 
@@ -961,6 +1003,10 @@ def main() -> int:
                     help="a bisection step during which the VM lost more than this many cores to the hypervisor's "
                          "steal is measured again (after a pause, up to 4 times in all); negative: never "
                          "(default: %(default)s)")
+    ap.add_argument("--max-others", type=float, default=0.3,
+                    help="a bisection step during which processes other than the benchmark's (daemon, instances, "
+                    "load generator) used more than this many cores is measured again, like a stolen one; negative: "
+                    "never (default: %(default)s)")
     ap.add_argument("--live-thresholds", type=int, default=2,
                     help="the threshold policy's best threshold live: before its measured bisections, the tuned "
                     "threshold and this many others (those the simulator on the live path serves most with) are "
@@ -979,6 +1025,8 @@ def main() -> int:
         ap.error("--generator native speaks HTTP only (--protocol http)")
     if args.max_steal < 0:
         args.max_steal = None
+    if args.max_others < 0:
+        args.max_others = None
     return main_bench(args)
 
 

@@ -387,8 +387,8 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     first = int(n * WARMUP_FRACTION)
     measured = latency[first:]
     if outcomes:  # explicit errors have a latency too: p50/p99 stay over the answers (inf: none)
-        answered = np.array([o in ("OK", "WRONG") for o in outcome])
-        measured = np.where(answered, latency, math.inf)[first:]
+        has_answer = np.array([o in ("OK", "WRONG") for o in outcome])
+        measured = np.where(has_answer, latency, math.inf)[first:]
     wall = time.monotonic() - start
     extra: dict[str, Any] = {}
     if outcomes:
@@ -699,27 +699,43 @@ def step(d: Daemon, served: str, rate: float, stream: Any, qos_s: float,
     return r
 
 
-# a step during which the hypervisor held back more than `max_steal` cores is measured again, after this
-# pause, at most this many times in all (the last measurement stands, marked `stolen`)
+# a step during which the hypervisor held back more than `max_steal` cores, or processes outside the
+# benchmark used more than `max_others`, is measured again, after this pause, at most this many times in
+# all (the last measurement stands, marked `stolen` / `crowded`)
 STEAL_PAUSE_S = 5.0
 STEAL_ATTEMPTS = 4
 
 
+def disturbance(r: dict[str, Any], max_steal: float | None, max_others: float | None) -> str | None:
+    """Why step `r` measured more than the daemon (None: it did not): the VM lost more than `max_steal` cores
+    to the hypervisor's steal, or processes other than the benchmark's used more than `max_others` cores."""
+    if max_steal is not None and r["steal_cores"] > max_steal:
+        return f"steal {r['steal_cores']:.2f} cores > {max_steal:g}"
+    others = r.get("other_cpu")
+    if max_others is not None and others is not None and others > max_others:
+        return f"other processes {others:.2f} cores > {max_others:g}"
+    return None
+
+
 def step_unstolen(d: Daemon, served: str, rate: float, stream: Any, qos_s: float, spec_extra: dict[str, Any],
-                  max_steal: float | None) -> dict[str, Any]:
-    """`step`, measured again (up to `STEAL_ATTEMPTS` in all) while the VM lost more than `max_steal` cores to
-    steal during it: such a step measures the hypervisor's other tenants as much as the daemon. The step
-    kept records the steal of the attempts set aside (`stolen_attempts`) and whether it was stolen itself."""
-    set_aside: list[float] = []
+                  max_steal: float | None, max_others: float | None = None) -> dict[str, Any]:
+    """`step`, measured again (up to `STEAL_ATTEMPTS` in all) while the step was disturbed (`disturbance`: the
+    VM lost more than `max_steal` cores to steal, or other processes used more than `max_others`): such a step
+    measures the hypervisor's other tenants, or the machine's other work, as much as the daemon. The step
+    kept records the steal and the others' CPU of the attempts set aside (`stolen_attempts`,
+    `crowded_attempts`) and whether it was disturbed itself (`stolen`, `crowded`)."""
+    set_aside: list[dict[str, Any]] = []
     while True:
         r = step(d, served, rate, stream, qos_s, spec_extra)
-        stolen = max_steal is not None and r["steal_cores"] > max_steal
-        if not stolen or len(set_aside) + 1 >= STEAL_ATTEMPTS:
-            r["stolen"] = stolen
-            r["stolen_attempts"] = set_aside
+        why = disturbance(r, max_steal, max_others)
+        if why is None or len(set_aside) + 1 >= STEAL_ATTEMPTS:
+            r["stolen"] = max_steal is not None and r["steal_cores"] > max_steal
+            r["crowded"] = why is not None and not r["stolen"]
+            r["stolen_attempts"] = [x["steal_cores"] for x in set_aside]
+            r["crowded_attempts"] = [x.get("other_cpu") for x in set_aside]
             return r
-        set_aside.append(r["steal_cores"])
-        print(f"    (steal {r['steal_cores']:.2f} cores > {max_steal:g}: measured again)", flush=True)
+        set_aside.append(r)
+        print(f"    ({why}: measured again)", flush=True)
         time.sleep(STEAL_PAUSE_S)
 
 
@@ -766,13 +782,15 @@ def bracket_max(ok: Callable[[float], bool], sim_qps: float, rel_tol: float, max
 
 def live_max(d: Daemon, served: str, sim_qps: float, stream: Any, qos_s: float, rel_tol: float,
              max_steps: int, light_qps: float, protocol: str = "grpc",
-             generator: str = "python", max_steal: float | None = None) -> tuple[float, list[dict[str, Any]]]:
+             generator: str = "python", max_steal: float | None = None,
+             max_others: float | None = None) -> tuple[float, list[dict[str, Any]]]:
     """`bracket_max` of the daemon's steps (`step_unstolen`) on `stream`, and the steps. `generator`:
-    "python" or "native" (`run_loadgen`). `max_steal` (cores): see `step_unstolen`."""
+    "python" or "native" (`run_loadgen`). `max_steal`, `max_others` (cores): see `step_unstolen`."""
     steps: list[dict[str, Any]] = []
 
     def ok(rate: float) -> bool:
-        r = step_unstolen(d, served, rate, stream, qos_s, {"protocol": protocol, "generator": generator}, max_steal)
+        r = step_unstolen(d, served, rate, stream, qos_s, {"protocol": protocol, "generator": generator}, max_steal,
+                          max_others)
         steps.append(r)
         return bool(r["ok"])
 

@@ -44,3 +44,15 @@ def test_nothing_passes_above_the_light_rate() -> None:
 def test_a_simulator_at_zero_probes_the_light_rate_once() -> None:
     assert search(150.0, 0.0) == (100.0, [100.0])
     assert search(50.0, 0.0) == (0.0, [100.0])
+
+
+def test_a_step_is_disturbed_by_steal_or_by_other_processes() -> None:
+    from openloop import disturbance
+
+    calm = {"steal_cores": 0.01, "other_cpu": 0.05}
+    assert disturbance(calm, 0.1, 0.3) is None
+    assert "steal 0.20" in str(disturbance({**calm, "steal_cores": 0.2}, 0.1, 0.3))
+    assert "other processes 1.13" in str(disturbance({**calm, "other_cpu": 1.13}, 0.1, 0.3))
+    # None: not checked; a step without the machine's figures is not judged crowded
+    assert disturbance({**calm, "steal_cores": 0.2, "other_cpu": 1.13}, None, None) is None
+    assert disturbance({"steal_cores": 0.0, "other_cpu": None}, 0.1, 0.3) is None
