@@ -28,6 +28,9 @@ DUEL_STREAMS = 3
 # kairos_plus: a fleet whose idle dispatch already misses QoS on at least this share of the p99 target's
 # ε (`Candidates.idle_miss`) is valued on every stream its evaluator can add before it is compared
 FRAGILE_IDLE = 0.5
+# kairos: among the configurations whose estimate is within this share of the best, the fragile ones
+# (`Candidates.fragile`) rank after the others (see `kairos_order`)
+FRAGILE_TIE = 0.03
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,13 @@ class Candidates:
         more: its p99 over a finite stream then depends on how many of those rare misses the stream
         holds (e.g. 0.78% of the mix against ε = 1%: a 6,000-query stream passes at no rate about one
         time in five), so a few streams can value it far above its mean."""
-        return self.idle_miss is not None and bool(self.idle_miss[row] >= FRAGILE_IDLE * eps)
+        return bool(self.fragile_rows(eps)[row])
+
+    def fragile_rows(self, eps: float = QUEUE_EPS) -> np.ndarray:
+        """`fragile` for every row (bool; all False without `idle_miss`)."""
+        if self.idle_miss is None:
+            return np.zeros(len(self.configs), dtype=bool)
+        return np.asarray(self.idle_miss >= FRAGILE_IDLE * eps)
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -207,14 +216,27 @@ def dominated_by(configs: np.ndarray, x: np.ndarray, dominates: np.ndarray) -> n
     return np.all(np.asarray(configs, dtype=np.int64) @ u.T <= (np.asarray(x, dtype=np.int64) @ u.T)[None, :], axis=1)
 
 
-def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np.ndarray:
+def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE, fragile_tie: float = FRAGILE_TIE
+                 ) -> np.ndarray:
     """Row indices in the `kairos` selector's order: the queue-safe configurations (estimate within
     `tolerance` of the best) by upper bound high to low, then the others by estimate high to low (ties:
-    higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice."""
+    higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice.
+
+    Fragile configurations (`Candidates.fragile`: the idle fleet already misses QoS on half the p99
+    target's ε) whose estimate is within `fragile_tie` of the best rank as if it were lower by that share
+    of the best, when some configuration within it is not fragile: the estimate values a fleet over an
+    endless stream, and a fragile fleet's p99 over a finite one passes at a lower rate, or at none,
+    whenever the stream holds a few more of its rare misses; between estimates this close, the fleet
+    that does not depend on that is chosen."""
     if cands.est_qps is None:
         raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
     est = cands.est_qps
-    safe = est >= (1.0 - tolerance) * est.max()
+    top = float(est.max(initial=0.0))
+    tied = est >= (1.0 - fragile_tie) * top
+    fragile = cands.fragile_rows()
+    if np.any(tied & ~fragile):
+        est = np.where(tied & fragile, est - fragile_tie * top, est)
+    safe = est >= (1.0 - tolerance) * est.max(initial=0.0)
     first = -np.where(safe, cands.ub_qps, -np.inf)
     second = -np.where(safe, np.inf, est)
     return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))

@@ -455,6 +455,27 @@ def test_kairos_ranks_by_estimate_and_a_tolerance_admits_the_highest_bound() -> 
         select_kairos(Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub))
 
 
+def test_kairos_ranks_a_fragile_fleet_after_a_close_sturdy_one() -> None:
+    """Within FRAGILE_TIE of the best estimate, fleets whose idle dispatch misses QoS on half of ε or more
+    rank after the others; further apart, or when every close fleet is fragile, the estimate ranks."""
+    from kairosd.planner import kairos_order
+    from kairosd.planner.selectors import FRAGILE_TIE
+
+    configs = np.array([[3, 0], [2, 2], [0, 6]])
+    ub = np.array([10.0, 10.0, 10.0])
+    idle = np.array([0.008, 0.0, 0.0])  # (3, 0) fragile: 0.8% of the mix missed idle, against ε = 1%
+    close = np.array([100.0, 100.0 * (1 - FRAGILE_TIE / 2), 50.0])
+    c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, np.full(3, 3.0), ub, close, None, idle)
+    assert c.fragile(0) and not c.fragile(1)
+    assert kairos_order(c).tolist() == [1, 0, 2]
+    np.testing.assert_array_equal(select_kairos(c).config, [2, 2])
+    apart = dataclasses.replace(c, est_qps=np.array([100.0, 100.0 * (1 - 2 * FRAGILE_TIE), 50.0]))
+    assert kairos_order(apart).tolist() == [0, 1, 2]
+    all_fragile = dataclasses.replace(c, idle_miss=np.array([0.008, 0.006, 0.0]))
+    assert kairos_order(all_fragile).tolist() == [0, 1, 2]
+    assert kairos_order(dataclasses.replace(c, idle_miss=None)).tolist() == [0, 1, 2]
+
+
 def test_kairos_plus_walking_by_estimate_stays_exact() -> None:
     rng = np.random.default_rng(13)
     for _ in range(4):
