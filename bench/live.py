@@ -143,23 +143,35 @@ def _h2load_latencies_ms(url: str, body: bytes, n: int, workdir: Path,
     return np.array([int(r[2]) for r in rows[1:]], dtype=float) / 1e3  # the first call opens the connection
 
 
-def _within(got: float, profile: float) -> bool:
-    return abs(got - profile) <= max(0.05 * profile, 0.5)
+def _within(got: float, lo: float, hi: float) -> bool:
+    """Whether `got` is within 5% (or 0.5 ms) of the range [lo, hi] of profile quantiles (ms)."""
+    return lo - max(0.05 * lo, 0.5) <= got <= hi + max(0.05 * hi, 0.5)
+
+
+def profile_range_ms(cells: Any, batch: int, q: float, n: int) -> tuple[float, float]:
+    """The profile's quantiles (ms) that `n` draws can show as their q-quantile: those at q ± 2·√(q(1−q)/n),
+    two standard deviations of the share of draws at or below a point. Where one of the cell's samples
+    holds about 1 − q of the mass (99 samples: the largest, for p99), the q-quantile of a finite
+    measurement is that sample or the one below it, about as often."""
+    d = 2.0 * math.sqrt(q * (1.0 - q) / max(n, 1))
+    return cells.quantile_s(batch, max(q - d, 0.0)) * 1e3, cells.quantile_s(batch, min(q + d, 1.0)) * 1e3
 
 
 def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int, floor_ms: float | None = None) -> dict[str, Any]:
-    """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms; with
-    `floor_ms` (the same client's median call to a no-op service over the same protocol: `protocol_floor`),
-    also the service time the client measures, its latency less that floor, against the profile."""
+    """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms of the
+    profile's quantiles a sample this size can show (`profile_range_ms`); with `floor_ms` (the same client's
+    median call to a no-op service over the same protocol: `protocol_floor`), also the service time the
+    client measures, its latency less that floor, against them."""
     row: dict[str, Any] = {}
     for q in (50, 99):
         prof = cells.quantile_s(batch, q / 100) * 1e3
+        lo, hi = profile_range_ms(cells, batch, q / 100, len(lat_ms))
         got = float(np.percentile(lat_ms, q))
-        row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"] = got, prof
-        row[f"p{q}_within"] = _within(got, prof)
+        row[f"p{q}_client_ms"], row[f"p{q}_profile_ms"], row[f"p{q}_profile_range_ms"] = got, prof, [lo, hi]
+        row[f"p{q}_within"] = _within(got, lo, hi)
         if floor_ms is not None:
             service = float(np.percentile(lat_ms - floor_ms, q))
-            row[f"p{q}_service_ms"], row[f"p{q}_service_within"] = service, _within(service, prof)
+            row[f"p{q}_service_ms"], row[f"p{q}_service_within"] = service, _within(service, lo, hi)
     return row
 
 
