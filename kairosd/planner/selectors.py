@@ -29,7 +29,7 @@ DUEL_STREAMS = 3
 # ε (`Candidates.idle_miss`) is valued on every stream its evaluator can add before it is compared
 FRAGILE_IDLE = 0.5
 # kairos: among the configurations whose estimate is within this share of the best, the fragile ones
-# (`Candidates.fragile`) rank after the others (see `kairos_order`)
+# (`Candidates.fragile`) rank as if their estimate were this share of the best lower (see `kairos_order`)
 FRAGILE_TIE = 0.03
 
 
@@ -171,7 +171,8 @@ def select_kairos_paper(cands: Candidates, evaluator: Evaluator | None = None, *
 
 def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tolerance: float = QUEUE_TOLERANCE) -> Selection:
     """Kairos, queue-aware (no online exploration): the configuration with the highest queue-aware
-    estimate (`queue_estimate`; ties: higher fluid bound, cheaper). With `tolerance` > 0, every
+    estimate (`queue_estimate`; ties: higher fluid bound, cheaper; a fragile one within `FRAGILE_TIE` of
+    the best after a sturdy one there, `kairos_order`). With `tolerance` > 0, every
     configuration whose estimate is within that share of the best counts as tied with it
     ("queue-safe"), and the highest fluid bound (`upper_bound`, `ub_qps`) among them wins.
 
