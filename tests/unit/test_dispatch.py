@@ -55,6 +55,16 @@ def make_snapshot(
     )
 
 
+def random_fleet(rng: np.random.Generator, *, idle: bool, busy_share: float, busy_max_s: float
+                 ) -> tuple[list[str], list[float]]:
+    """1-11 columns of random types ("cpu", "gpu") and their busy times: all 0 when `idle`, else each busy
+    with probability `busy_share` for U(0, `busy_max_s`) seconds."""
+    n = int(rng.integers(1, 12))
+    types = [str(t) for t in rng.choice(["cpu", "gpu"], n)]
+    busy = [0.0] * n if idle else [float(x) * (rng.random() < busy_share) for x in rng.uniform(0, busy_max_s, n)]
+    return types, busy
+
+
 def test_heterogeneity_coefficient_equalises_largest_batch() -> None:
     p = make_profiles()
     c = heterogeneity_coefficients(p)
@@ -315,9 +325,7 @@ def test_single_query_scalar_path_matches_the_array_path() -> None:
     rng = np.random.default_rng(7)
     sent = held = 0
     for trial in range(600):
-        n = int(rng.integers(1, 12))
-        types = list(rng.choice(["cpu", "gpu"], n))
-        busy = [0.0] * n if trial % 2 else [float(x) * (rng.random() < 0.6) for x in rng.uniform(0, 0.08, n)]
+        types, busy = random_fleet(rng, idle=trial % 2 == 1, busy_share=0.6, busy_max_s=0.08)
         snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, waited_s=[float(rng.uniform(0, 0.12))],
                              busy_s=busy, qos_s=float(rng.uniform(0.01, 0.1)))
         for pol in policies:
@@ -424,9 +432,8 @@ def test_threshold_single_query_scalar_path_matches_the_array_path() -> None:
     rng = np.random.default_rng(11)
     sent = held = 0
     for trial in range(400):
-        n = int(rng.integers(1, 12))
-        types = list(rng.choice(["cpu", "gpu"], n))
-        busy = [0.0] * n if trial % 2 else [float(x) * (rng.random() < 0.5) for x in rng.uniform(0, 0.05, n)]
+        types, busy = random_fleet(rng, idle=trial % 2 == 1, busy_share=0.5, busy_max_s=0.05)
+        n = len(types)
         snap = make_snapshot(p, [int(rng.integers(1, 1000))], types, busy_s=busy)
         if trial % 3 == 0:  # sendable busy columns too (pipelining)
             snap = Snapshot(snap.q_model, snap.q_batch, snap.q_waited_s, snap.q_qos_s, snap.i_type, snap.i_busy_s,
