@@ -157,6 +157,15 @@ def profile_range_ms(cells: Any, batch: int, q: float, n: int) -> tuple[float, f
     return cells.quantile_s(batch, max(q - d, 0.0)) * 1e3, cells.quantile_s(batch, min(q + d, 1.0)) * 1e3
 
 
+def _h2load_one_query(protocol: str, url: str, served: str, batch: int, n: int, workdir: Path) -> np.ndarray:
+    """`_h2load_latencies_ms` for `n` calls of `served` at `batch` over `protocol` ("grpc": ModelInfer over
+    HTTP/2; "http": KServe v2 REST over HTTP/1.1) to `url`."""
+    if protocol == "grpc":
+        return _h2load_latencies_ms(url, request_body(served, batch), n, workdir)
+    path, headers, body = http_request(served, batch)
+    return _h2load_latencies_ms(url, body, n, workdir, (path, headers))
+
+
 def _against_profile(lat_ms: np.ndarray, cells: Any, batch: int, floor_ms: float | None = None) -> dict[str, Any]:
     """The client's p50 and p99 (ms) beside the profile's, and whether each is within 5% or 0.5 ms of the
     profile's quantiles a sample this size can show (`profile_range_ms`); with `floor_ms` (the same client's
@@ -184,20 +193,14 @@ def _native_rows(addr: dict[str, str], http_addr: dict[str, str], served: str, m
     from `protocol_floor`)."""
     from kairosd.emulation import load_cells
 
-    body = request_body(served, batch)
-    http_path, http_headers, http_body = http_request(served, batch)
     rows = []
-    for where in ("direct_h2load", "direct_h2load_http"):
+    for where, proto, urls in (("direct_h2load", "grpc", addr), ("direct_h2load_http", "http", http_addr)):
         for t in TYPES:
             cells = load_cells(t, "kairos", {served: model})[served]
             mean_ms = cells.quantile_s(batch, 0.5) * 1e3
             n = int(min(2000, max(200, budget_s * 1e3 / max(mean_ms, 0.05))))
-            if where == "direct_h2load":
-                lat = _h2load_latencies_ms(addr[t], body, n, workdir)
-                floor_ms = floor["grpc"]["p50_ms"]
-            else:
-                lat = _h2load_latencies_ms(http_addr[t], http_body, n, workdir, (http_path, http_headers))
-                floor_ms = floor["http"]["p50_ms"]
+            lat = _h2load_one_query(proto, urls[t], served, batch, n, workdir)
+            floor_ms = floor[proto]["p50_ms"]
             row = {"model": model, "batch": batch, "where": where, "type": t, "n": len(lat), "floor_ms": floor_ms,
                    **_against_profile(lat, cells, batch, floor_ms)}
             rows.append(row)
@@ -318,15 +321,10 @@ def noop_instance(workdir: Path) -> Iterator[tuple[int, int, int]]:
 def protocol_floor(workdir: Path, served: str, batch: int, n: int = 2000) -> dict[str, dict[str, float]]:
     """What the emulated instance's servers add to a query alone: h2load, one call at a time, against the
     no-op instance (`noop_instance`), `served` at `batch`, over gRPC and over HTTP: p50/p99 ms per protocol."""
-    body = request_body(served, batch)
-    http_path, http_headers, http_body = http_request(served, batch)
     out: dict[str, dict[str, float]] = {}
     with noop_instance(workdir) as (port, http_port, _):
-        for proto in ("grpc", "http"):
-            if proto == "grpc":
-                lat = _h2load_latencies_ms(f"127.0.0.1:{port}", body, n, workdir)
-            else:
-                lat = _h2load_latencies_ms(f"127.0.0.1:{http_port}", http_body, n, workdir, (http_path, http_headers))
+        for proto, p in (("grpc", port), ("http", http_port)):
+            lat = _h2load_one_query(proto, f"127.0.0.1:{p}", served, batch, n, workdir)
             out[proto] = {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "n": len(lat)}
             print(f"  the emulated server's floor over {proto} (no-op service, h2load, {served} b{batch}): p50 "
                   f"{out[proto]['p50_ms']:.2f} p99 {out[proto]['p99_ms']:.2f} ms", flush=True)
@@ -825,7 +823,6 @@ def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, tim
     time spent on this policy alone (not on the others' bisections between its own)."""
     t0 = time.monotonic()
     runs = [t.run for t in timed]
-    params = pb.params
     live_runs = [r[0] for r in runs]
     live = median_qps(runs)
     steps = [s for _, run_steps in runs for s in run_steps]
@@ -836,7 +833,7 @@ def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, tim
     if pb.path_step is not None:
         # the daemon's own margin where it served best (its reserve follows the measured hop)
         margin_ms = float((best or steps[-1]).get("margin_end_ms", args.margin_ms)) if pb.policy == "kairos" else 0.0
-        on_live_path = on_path(ms.setup, pb.policy, params, ms.key, ms.ub, pb.path_step, margin_ms, live, args.seed + 7)
+        on_live_path = on_path(ms.setup, pb.policy, pb.params, ms.key, ms.ub, pb.path_step, margin_ms, live, args.seed + 7)
         if pb.policy == "kairos":
             on_head = on_head_path(ms.setup, ms.key, ms.ub, pb.path_step, pb.direct, margin_ms, live, pb.sim_qps,
                                    args.seed + 7)
@@ -845,8 +842,7 @@ def policy_record(args: argparse.Namespace, ms: ModelSetup, pb: PolicyBench, tim
           f"{sim:.1f} q/s, ratio {live / sim if sim else float('nan'):.3f}", flush=True)
     return {
         "sim_qps": sim, "live_qps": live, "live_over_sim": live / sim if sim else None,
-        "live_qps_runs": live_runs, "params": params, "thresholds_screened": screened,
-        "threshold_tuned": ms.threshold if pb.policy == "threshold" else None,
+        "live_qps_runs": live_runs, "params": pb.params, "thresholds_screened": screened,
         "on_live_path": on_live_path, "on_head_path": on_head,
         "head_cpu_at_live": best["head_cpu"] if best else None,
         "loadgen_cpu_at_live": best["loadgen_cpu"] if best else None,

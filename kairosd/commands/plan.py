@@ -178,10 +178,10 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         ti = [profiles.type_index(t) for t in types]
         service = setups[0].service
         assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
-        mean_s = profiles.mean_s[profiles.model_index(args.model)][ti]
-        miss = miss_from_samples(mean_s, service.relative[ti], qos_s, service.grid_step)
+        mean_s, rel = profiles.mean_s[profiles.model_index(args.model)][ti], service.relative[ti]
+        miss = miss_from_samples(mean_s, rel, qos_s, service.grid_step)
         # and the service time's distribution, against which the estimate weighs a wait
-        quantiles = quantiles_from_samples(mean_s, service.relative[ti], service.grid_step)
+        quantiles = quantiles_from_samples(mean_s, rel, service.grid_step)
     # the bound on the very batches the simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly
     # against its evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285
     # simulated fleets in the planner benchmark did)
