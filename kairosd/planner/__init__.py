@@ -62,9 +62,11 @@ from kairosd.planner.joint import (
     plan_fleet,
 )
 from kairosd.planner.queueing import (
+    P99_WINDOW_QUERIES,
     QUEUE_BISECT_STEPS,
     QUEUE_EPS,
     erlang_c,
+    planning_eps,
     queue_estimate,
 )
 from kairosd.planner.selectors import (
@@ -108,6 +110,7 @@ __all__ = [
     "POOL_SEP",
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",
+    "P99_WINDOW_QUERIES",
     "QUEUE_EPS",
     "QUEUE_TOLERANCE",
     "SELECTORS",
@@ -138,6 +141,7 @@ __all__ = [
     "plan_fleet",
     "pool_name",
     "proportional_bound",
+    "planning_eps",
     "queue_estimate",
     "rank",
     "select",

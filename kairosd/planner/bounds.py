@@ -86,6 +86,12 @@ class BoundModel:
                         least cost, the first in type order on ties (None: not modelled)
     band_idle_cost      [type, band]: `batch_idle_cost` averaged over each band by probability (None:
                         not modelled)
+    band_lead           [j, g]: Σ p_b·lead_j(b) over the band, lead = (QoS − feasibility latency)/QoS
+                        where that is within QoS, else 0: how long the dispatcher's p99 test lets a
+                        query wait on type j, in QoS units (the order of the base's queue, `queue_estimate`)
+    band_tail_edf       [j, g, x]: the waiting-tail weights of `band_tail` measured from that lead
+                        instead of from QoS: Σ p_b·E[1{S ≤ QoS}·exp(−x·max(L99_j(b) − S, 0)/QoS)] (with
+                        `svc_quantiles`; without, Σ p_b·(1 − miss_j(b)): every query served at its p99)
     """
 
     types: tuple[str, ...]
@@ -114,6 +120,8 @@ class BoundModel:
     band_hold: np.ndarray | None = None
     band_idle_cost: np.ndarray | None = None
     batch_idle_cost: np.ndarray | None = None
+    band_lead: np.ndarray | None = None
+    band_tail_edf: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
     _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
@@ -193,8 +201,16 @@ class BoundModel:
         else:  # the same weight over the service time's distribution: no query misses alone but S > QoS
             quantiles = np.asarray(svc_quantiles, dtype=float)[:, :nb][:, support_idx]
             tail_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s)
-        band_tail = np.stack([np.stack([tail_w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
-                              for j in range(len(mean_s))])
+        # the same from the lead the p99 test leaves (`band_lead`): a query served at its feasibility
+        # latency has no slack beyond it, one served faster has the difference
+        lead = np.where(feas_s <= qos_s, qos_s - feas_s, 0.0) / qos_s
+        if svc_quantiles is None:
+            edf_w = np.repeat((p_s * (1.0 - miss_s))[:, :, None], len(TAIL_GRID), axis=2)
+        else:
+            edf_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s, start_s=np.minimum(feas_s, qos_s))
+        band_tail, band_tail_edf = (np.stack([np.stack([w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
+                                              for j in range(len(mean_s))]) for w in (tail_w, edf_w))
+        band_lead = np.stack([np.bincount(band_of, weights=p_s * lead[j], minlength=n_bands) for j in range(len(mean_s))])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
         band_pref = band_hold = idle_cost = band_idle_cost = None
@@ -248,6 +264,8 @@ class BoundModel:
             band_hold=band_hold,
             batch_idle_cost=idle_cost,
             band_idle_cost=band_idle_cost,
+            band_lead=band_lead,
+            band_tail_edf=band_tail_edf,
         )
 
     @staticmethod
@@ -278,16 +296,20 @@ class BoundModel:
                                 dispatch_cost=cost, svc_quantiles=svc_quantiles)
 
 
-def _wait_miss_weights(quantiles_s: np.ndarray, qos_s: float) -> np.ndarray:
-    """E[1{S ≤ QoS}·exp(−x·(QoS − S)/QoS)] per [type, batch, x of `TAIL_GRID`], S one query's service time
-    given as equally likely values `quantiles_s[type, batch, q]`: the share of a batch's queries that
-    meet QoS alone and miss it after an exponential wait of rate x/QoS (P(W > w) = exp(−x·w/QoS))."""
+def _wait_miss_weights(quantiles_s: np.ndarray, qos_s: float, start_s: np.ndarray | None = None) -> np.ndarray:
+    """E[1{S ≤ QoS}·exp(−x·(T − S)⁺/QoS)] per [type, batch, x of `TAIL_GRID`], S one query's service time
+    given as equally likely values `quantiles_s[type, batch, q]` and T = QoS, or `start_s[type, batch]`:
+    the share of a batch's queries that meet QoS alone and miss it after an exponential wait of rate
+    x/QoS (P(W > w) = exp(−x·w/QoS)) counted beyond T − S (with T = QoS, the wait that makes it late)."""
     n_types, n_batches, n_q = quantiles_s.shape
     out = np.zeros((n_types, n_batches, len(TAIL_GRID)))
-    slack = (qos_s - quantiles_s) / qos_s  # in QoS units
+    meets = quantiles_s <= qos_s
+    start = np.full((n_types, n_batches), qos_s) if start_s is None else np.asarray(start_s, dtype=float)
+    slack = np.maximum(start[:, :, None] - quantiles_s, 0.0) / qos_s  # in QoS units
     for lo in range(0, n_batches, WAIT_MISS_CHUNK):
         d = slack[:, lo:lo + WAIT_MISS_CHUNK, :, None]
-        out[:, lo:lo + WAIT_MISS_CHUNK] = np.where(d >= 0, np.exp(-np.maximum(d, 0.0) * TAIL_GRID), 0.0).sum(axis=2) / n_q
+        out[:, lo:lo + WAIT_MISS_CHUNK] = np.where(meets[:, lo:lo + WAIT_MISS_CHUNK, :, None],
+                                                   np.exp(-d * TAIL_GRID), 0.0).sum(axis=2) / n_q
     return out
 
 

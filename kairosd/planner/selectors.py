@@ -11,7 +11,7 @@ import numpy as np
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, proportional_bound, upper_bound
 from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
-from kairosd.planner.queueing import QUEUE_EPS, idle_miss, queue_estimate
+from kairosd.planner.queueing import P99_WINDOW_QUERIES, QUEUE_EPS, idle_miss, planning_eps, queue_estimate
 
 TOP_K = 10
 # kairos selector: configurations whose queue-aware estimate is within this share of the best
@@ -28,9 +28,6 @@ DUEL_STREAMS = 3
 # kairos_plus: a fleet whose idle dispatch already misses QoS on at least this share of the p99 target's
 # ε (`Candidates.idle_miss`) is valued on every stream its evaluator can add before it is compared
 FRAGILE_IDLE = 0.5
-# kairos: among the configurations whose estimate is within this share of the best, the fragile ones
-# (`Candidates.fragile`) rank as if their estimate were this share of the best lower (see `kairos_order`)
-FRAGILE_TIE = 0.03
 
 
 @dataclass(frozen=True)
@@ -92,15 +89,18 @@ def make_candidates(
     maximal_only: bool = True,
     max_counts: Sequence[int] | None = None,
     estimate: bool = True,
+    window_queries: int | None = P99_WINDOW_QUERIES,
 ) -> Candidates:
     """Enumerate within the budget and bound every configuration (types = `bm.types`); with `estimate`,
-    also the queue-aware estimate (`queue_estimate`) that the `kairos` selector ranks by."""
+    also the queue-aware estimate (`queue_estimate`) that the `kairos` selector ranks by, at the share of
+    misses a p99 read over windows of `window_queries` queries allows (`planning_eps`)."""
     prices = np.asarray(prices_usd_per_hour, dtype=float)
     if len(prices) != len(bm.types):
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
     idle = idle_miss(configs, bm) if estimate and len(configs) else None
-    est = queue_estimate(configs, bm, idle=idle) if idle is not None else None
+    eps = planning_eps(QUEUE_EPS, window_queries)
+    est = queue_estimate(configs, bm, eps=eps, idle=idle) if idle is not None else None
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
                       upper_bound(configs, bm), est, proportional_bound(configs, bm), idle)
 
@@ -171,8 +171,8 @@ def select_kairos_paper(cands: Candidates, evaluator: Evaluator | None = None, *
 
 def select_kairos(cands: Candidates, evaluator: Evaluator | None = None, *, tolerance: float = QUEUE_TOLERANCE) -> Selection:
     """Kairos, queue-aware (no online exploration): the configuration with the highest queue-aware
-    estimate (`queue_estimate`; ties: higher fluid bound, cheaper; a fragile one within `FRAGILE_TIE` of
-    the best after a sturdy one there, `kairos_order`). With `tolerance` > 0, every
+    estimate (`queue_estimate` at the planning share `planning_eps`; ties: higher fluid bound, cheaper;
+    `kairos_order`). With `tolerance` > 0, every
     configuration whose estimate is within that share of the best counts as tied with it
     ("queue-safe"), and the highest fluid bound (`upper_bound`, `ub_qps`) among them wins.
 
@@ -217,26 +217,13 @@ def dominated_by(configs: np.ndarray, x: np.ndarray, dominates: np.ndarray) -> n
     return np.all(np.asarray(configs, dtype=np.int64) @ u.T <= (np.asarray(x, dtype=np.int64) @ u.T)[None, :], axis=1)
 
 
-def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE, fragile_tie: float = FRAGILE_TIE
-                 ) -> np.ndarray:
+def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np.ndarray:
     """Row indices in the `kairos` selector's order: the queue-safe configurations (estimate within
     `tolerance` of the best) by upper bound high to low, then the others by estimate high to low (ties:
-    higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice.
-
-    Fragile configurations (`Candidates.fragile`: the idle fleet already misses QoS on half the p99
-    target's ε) whose estimate is within `fragile_tie` of the best rank as if it were lower by that share
-    of the best, when some configuration within it is not fragile: the estimate values a fleet over an
-    endless stream, and a fragile fleet's p99 over a finite one passes at a lower rate, or at none,
-    whenever the stream holds a few more of its rare misses; between estimates this close, the fleet
-    that does not depend on that is chosen."""
+    higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice."""
     if cands.est_qps is None:
         raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
     est = cands.est_qps
-    top = float(est.max(initial=0.0))
-    tied = est >= (1.0 - fragile_tie) * top
-    fragile = cands.fragile_rows()
-    if np.any(tied & ~fragile):
-        est = np.where(tied & fragile, est - fragile_tie * top, est)
     safe = est >= (1.0 - tolerance) * est.max(initial=0.0)
     first = -np.where(safe, cands.ub_qps, -np.inf)
     second = -np.where(safe, np.inf, est)
