@@ -87,7 +87,7 @@ from kairosd.planner.bounds import (
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
-from kairosd.planner.queueing import QUEUE_BISECT_STEPS, QUEUE_EPS, base_types, erlang_c, queue_estimate
+from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
 from kairosd.planner.selectors import QUEUE_TOLERANCE
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
@@ -280,10 +280,12 @@ class JointModel:
                 ub[rows] = (counts[rows] @ vec.T).min(axis=1)
         return ub
 
-    def estimate_qps(self, configs: np.ndarray, bound_qps: np.ndarray | None = None, *, eps: float = QUEUE_EPS,
+    def estimate_qps(self, configs: np.ndarray, bound_qps: np.ndarray | None = None, *, eps: float | None = None,
                      steps: int = QUEUE_BISECT_STEPS) -> np.ndarray:
         """Λ_est per configuration: the queue-aware estimate of the mix's total rate (module docstring),
-        the largest Λ in [0, Λ_max] that `_pooled_admissible` accepts, by bisection."""
+        the largest Λ in [0, Λ_max] that `_pooled_admissible` accepts, by bisection; at the share of
+        misses `eps` (default: the planning share, `planning_eps`)."""
+        eps = planning_eps() if eps is None else eps
         configs = _check(configs, len(self.types))
         act = self.active()
         if len(act) == 1:
@@ -516,7 +518,7 @@ def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget
     if len(configs) == 0:
         return None
     cost = configs @ _micro(prices)
-    est = {m: queue_estimate(configs, joint.models[m]) for m in range(len(rates)) if rates[m] > 0}
+    est = {m: queue_estimate(configs, joint.models[m], eps=planning_eps()) for m in range(len(rates)) if rates[m] > 0}
     budget = int(_micro(budget_usd_per_hour))
     left = caps.copy()
     fixed: dict[int, int] = {}

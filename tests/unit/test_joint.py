@@ -24,6 +24,7 @@ from kairosd.planner import (
     miss_from_samples,
     parse_pool,
     plan_fleet,
+    planning_eps,
     pool_name,
     queue_estimate,
     select_kairos,
@@ -375,7 +376,8 @@ def test_kairos_partition_and_shared_choices(wl: workload.KairosWorkload, pmf: n
     assert plan.partitioned and plan.pinned("wnd").get("g4dn.xlarge", 0) >= 1 and plan.pinned("rm2")
     parts = [np.array([plan.pinned(m).get(t, 0) for t in types]) for m in ("rm2", "wnd")]
     bms = _kairos_models(wl, pmf, ("rm2", "wnd"))
-    lam = min(float(queue_estimate(c[None, :], bm)[0]) / d.rate_qps for c, bm, d in zip(parts, bms, rm2_wnd, strict=True))
+    lam = min(float(queue_estimate(c[None, :], bm, eps=planning_eps())[0]) / d.rate_qps
+              for c, bm, d in zip(parts, bms, rm2_wnd, strict=True))
     assert plan.multiple == pytest.approx(lam)
     shared = plan_fleet(wl.profiles, types, prices, 2.5, rm2_wnd, wl.qos_s, partition=False)
     assert plan.multiple > shared.multiple and not shared.partitioned
