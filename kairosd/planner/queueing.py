@@ -142,9 +142,9 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         first come, first served: P(miss) = P(W > d̄ + L99(b) − S) instead of P(W > QoS − S)
         (`bm.band_tail_edf`, times exp(−θ·d̄)), on the bands whose p99 the base meets; a query whose
         p99 misses QoS even without waiting is left for last (the matching's penalty ranks it after
-        every feasible one) and keeps the first-come tail. With auxiliaries the first-come order is kept: a must
-        query that its lead no longer covers is then diverted to a free auxiliary rather than served
-        ahead (the diversion below), as the simulator shows it.
+        every feasible one) and keeps the first-come tail. With auxiliaries the first-come order is
+        kept: a must query that its lead no longer covers is then diverted to a free auxiliary rather
+        than served ahead (the diversion below), as the simulator shows it.
       * diversion (`diversion=True`): a must query whose wait would exceed its slack is sent to an
         auxiliary if one is free: to the type the dispatcher ranks cheapest on an idle instance for its
         band (`bm.band_idle_cost`, the band's mean of `batch_idle_cost`), the next one while every
