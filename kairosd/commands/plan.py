@@ -90,6 +90,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on the same streams, and Kairos+ replaces its best fleet so far only with one that is better "
                         "on every stream; with heavy tails one stream's max QPS moves 15-30%% between seeds "
                         "(default: %(default)s)")
+    parser.add_argument("--p99-window", type=int, default=None,
+                        help="queries over which the p99 is read: the kairos estimate allows 1%% of them over QoS less "
+                        "one binomial standard deviation of a window's share (0: an endless stream, the full 1%%) "
+                        "(default: 5000, kairosd.planner.P99_WINDOW_QUERIES)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
     parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")
@@ -281,13 +285,17 @@ def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, .
 
 
 def run(args: argparse.Namespace) -> int:
-    from kairosd.planner import make_candidates, select
+    from kairosd.planner import P99_WINDOW_QUERIES, make_candidates, select
     from kairosd.sim import SeedsEvaluator, SimEvaluator
 
     try:
         inp = resolve(args)
         t0 = time.perf_counter()
-        cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs)
+        window = P99_WINDOW_QUERIES if args.p99_window is None else args.p99_window
+        if window < 0:
+            raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
+        cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs,
+                                window_queries=window or None)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))

@@ -565,6 +565,10 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert ubs == sorted(ubs, reverse=True)
     assert "kairos:" in out and "not evaluated" in out
     assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits
+    # the p99 window: 0 plans over an endless stream, a negative one is refused
+    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--top", "1", "--p99-window", "0"]) == 0
+    capsys.readouterr()
+    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--p99-window", "-1"]) == 2
 
 
 def test_plan_without_a_gpu_type(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
