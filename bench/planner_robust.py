@@ -45,7 +45,8 @@ in FILE (every maximal configuration's per-stream values are in its rows), besid
 recorded; it also walks `kairos_plus` with the judge's recorded values as its evaluator (a proxy:
 the real Kairos+ evaluates on streams of its own) to show how far its walk goes. Seconds per file.
 With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates on its own streams
-(FILE's plus seeds and queries, through `--cache`) and its choice is scored by FILE's judge; minutes.
+(FILE's plus seeds and queries, through `--cache`) and its choice is scored by FILE's judge; minutes. It
+then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
 """
 
 from __future__ import annotations
@@ -312,7 +313,9 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
     max_configs = int(data["settings"]["max_configs"])
     rows = []
     for r in data["rows"]:
+        t0 = time.perf_counter()
         sw, bm, cands = candidates_of(int(r["seed"]), max_configs)
+        plan_s = time.perf_counter() - t0  # the candidates and their bounds and estimates: part of every plan
         ev = RecordedEvaluator(r["configs"])
         if set(ev.vals) != {_key(c) for c in cands.configs}:
             raise SystemExit(f"{path}: workload {r['seed']}: the candidates differ from the recorded ones")
@@ -325,15 +328,21 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
             plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound_of(bm), args.workers)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
+            cached = sum(len(c) for c in plus_ev.caches)
+            t0 = time.perf_counter()
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
+            # a plan's wall time, unless evaluations were read from the cache
+            plus_wall = None if cached else plan_s + time.perf_counter() - t0
             cache.save(plus_ev, int(r["seed"]), plus_seeds_of(plus_seeds, len(plus_ev.setups)), plus_queries)
         else:
             kp = select_kairos_plus(cands, ev, dominates=dominates)
+            plus_wall = None
         new = ev(k.config) / opt
         old = float(r["kairos"]["ratio"])
         row = {"seed": r["seed"], "model": r["model"], "old": old, "new": new, "config": cands.label(k.config),
                "plus_proxy": ev(kp.config) / opt, "plus_proxy_share": kp.n_configs / len(cands)}
         row["plus_recorded"] = float(r["kairos_plus"]["ratio"])
+        row["plus_wall_s"] = plus_wall
         rows.append(row)
         if abs(new - old) > 1e-9:
             print(f"  {r['seed']:5d} {r['model']:6} kairos {old:.3f} -> {new:.3f}  now {row['config']}"
@@ -357,6 +366,11 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
           f"(recorded min {out['plus_recorded'][0]:.3f} <0.95 {out['plus_recorded'][2]}), "
           f"simulated share median {100 * out['plus_proxy_share'][0]:.1f}% max {100 * out['plus_proxy_share'][1]:.1f}%",
           flush=True)
+    walls = [float(r["plus_wall_s"]) for r in rows if r["plus_wall_s"] is not None]
+    if walls:
+        out["plus_wall_s"] = (statistics.median(walls), max(walls), len(walls))
+        print(f"{'':36} kairos_plus wall time per plan (simulated afresh, {len(walls)} of {len(rows)} workloads): "
+              f"median {statistics.median(walls):.1f} s, max {max(walls):.1f} s", flush=True)
     return out
 
 
