@@ -225,7 +225,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
                              pref=bm.band_pref[j] if bm.band_pref is not None else None,
                              divert_cost=bm.band_idle_cost,
                              hold=bm.band_hold[j] if bm.band_hold is not None else None,
-                             alone=alone if bm.band_lead is not None and bm.band_tail_edf is not None else None,
+                             alone=alone,
                              lead=bm.band_lead[j] if bm.band_lead is not None else None,
                              tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None)
             lo = np.where(ok, mid, lo)
@@ -299,14 +299,16 @@ def _admissible(
     for k in aux:
         must &= ~((aux_n[k][:, None] > 0) & (band_small[k][None, :] > 0))
     r_must = np.where(must, r, 0.0)
-    tail_must = _priority_tail(n_b, r_must @ m1, work, r @ m2, tail, qos)
+    x_must = _priority_x(n_b, r_must @ m1, work, r @ m2, qos)
+    tail_must = _tail_weights(x_must, tail)
     if alone is not None and lead is not None and tail_edf is not None and np.any(alone):
-        # the queries the base's p99 test admits are served by deadline; the others (their p99 over QoS
-        # even without waiting) are left for last, as the matching's penalty ranks them
+        # the queries the base's p99 test admits are served by deadline, their weights counted from the
+        # mean lead on; the others (their p99 over QoS even without waiting) are left for last, as the
+        # matching's penalty ranks them
         timely = band_small[j] > 0
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_lead = np.where(r_must @ (p_g * timely) > 0, (r_must @ lead) / (r_must @ (p_g * timely)), 0.0)
-        by_deadline = _priority_tail(n_b, r_must @ m1, work, r @ m2, tail_edf, qos, lead=mean_lead)
+        by_deadline = np.exp(-x_must * mean_lead)[:, None] * _tail_weights(x_must, tail_edf)
         tail_must = np.where(alone[:, None] & timely[None, :], by_deadline, tail_must)
     # a must query that would wait past its slack goes to an auxiliary instead when one is free
     # there: it then misses QoS with that type's no-wait miss share of its band (1 when none is free)
@@ -397,21 +399,30 @@ def _overflow_misses(
 
 
 def _priority_tail(servers: np.ndarray, load_high: np.ndarray, load_all: np.ndarray, second_all: np.ndarray,
-                   tail: np.ndarray, qos: float, lead: np.ndarray | None = None) -> np.ndarray:
+                   tail: np.ndarray, qos: float) -> np.ndarray:
     """Per band, the waiting-tail weights (`tail[g]` on `TAIL_GRID`, interpolated) of a query of the
     high-priority class of a non-preemptive priority queue on `servers` instances, per configuration:
-    [configuration, band]. A query that finds every instance busy waits for the first one to finish
-    (the residual of the jobs in service, of every class: E[R] = E[S²]/(2·E[S]·c) over all the jobs
-    the pool serves), then for the high-priority work queued ahead of it, which stretches the wait
+    [configuration, band] (`_tail_weights` at `_priority_x`)."""
+    return _tail_weights(_priority_x(servers, load_high, load_all, second_all, qos), tail)
+
+
+def _priority_x(servers: np.ndarray, load_high: np.ndarray, load_all: np.ndarray, second_all: np.ndarray,
+                qos: float) -> np.ndarray:
+    """θ·QoS on `TAIL_GRID` for the high-priority class of a non-preemptive priority queue on `servers`
+    instances, per configuration. A query that finds every instance busy waits for the first one to
+    finish (the residual of the jobs in service, of every class: E[R] = E[S²]/(2·E[S]·c) over all the
+    jobs the pool serves), then for the high-priority work queued ahead of it, which stretches the wait
     by 1/(1 − a_high/c) (Cobham's formula); the conditional wait is taken exponential with that
-    mean: θ = (c − a_high)·2·E[S]/E[S²]. `load_*` in Erlangs (Σ rate·E[S]), `second_all` = Σ rate·E[S²].
-    With `lead` (per configuration, in QoS units) every weight is counted from that much wait on:
-    times exp(−θ·lead·QoS)."""
+    mean: θ = (c − a_high)·2·E[S]/E[S²]. `load_*` in Erlangs (Σ rate·E[S]), `second_all` = Σ rate·E[S²]."""
     with np.errstate(divide="ignore", invalid="ignore"):
         theta = np.where(second_all > 0, (servers - load_high) * 2.0 * load_all / second_all, np.inf)
-    x = np.clip(np.maximum(theta, 0.0) * qos, 0.0, TAIL_GRID[-1])
-    scale = np.exp(-x * lead) if lead is not None else np.ones_like(x)
-    return np.stack([scale * np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
+    return np.clip(np.maximum(theta, 0.0) * qos, 0.0, TAIL_GRID[-1])
+
+
+def _tail_weights(x: np.ndarray, tail: np.ndarray) -> np.ndarray:
+    """Each band's waiting-tail weights `tail[g]` interpolated at the decay `x` (θ·QoS per configuration):
+    [configuration, band]."""
+    return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
 
 
 def _decay_x(servers: np.ndarray, load: np.ndarray, rate: np.ndarray, cs2: np.ndarray, qos: float,

@@ -49,13 +49,7 @@ class Candidates:
         more: its p99 over a finite stream then depends on how many of those rare misses the stream
         holds (e.g. 0.78% of the mix against ε = 1%: a 6,000-query stream passes at no rate about one
         time in five), so a few streams can value it far above its mean."""
-        return bool(self.fragile_rows(eps)[row])
-
-    def fragile_rows(self, eps: float = QUEUE_EPS) -> np.ndarray:
-        """`fragile` for every row (bool; all False without `idle_miss`)."""
-        if self.idle_miss is None:
-            return np.zeros(len(self.configs), dtype=bool)
-        return np.asarray(self.idle_miss >= FRAGILE_IDLE * eps)
+        return self.idle_miss is not None and bool(self.idle_miss[row] >= FRAGILE_IDLE * eps)
 
     def __len__(self) -> int:
         return len(self.configs)
