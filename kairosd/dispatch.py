@@ -204,6 +204,8 @@ class KairosPolicy:
         self.hold = hold
         self.tiers = tiers and tail  # with mean-based feasibility the two tiers coincide
         self.cmean = self.coef[:, :, None] * profiles.mean_s  # C_j·L_ij, looked up per edge
+        # the three per-edge tables side by side, gathered at once: [..., 0] mean, 1 C_j·L_ij, 2 check
+        self._tables = np.stack([self.mean, self.cmean, self.check], axis=-1)
         # the same tables as nested lists, for the scalar path below
         self._cmean_l: list[list[list[float]]] = self.cmean.tolist()
         self._check_l: list[list[list[float]]] = self.check.tolist()
@@ -275,17 +277,19 @@ class KairosPolicy:
         at least that (1.5 times that: missed on the mean within the margin; twice: missed on the mean;
         three times: with the bounded sure-miss rule, finishing later than its bound)."""
         busy = snap.i_busy_s if busy_s is None else busy_s
-        return self._slot_costs(snap, rows, busy[None, :], _service(self.mean, snap, rows))
+        return self._slot_costs(snap, rows, busy[None, :], _service(self._tables, snap, rows))
 
-    def _slot_costs(self, snap: Snapshot, rows: int, busy: np.ndarray, svc_mean: np.ndarray) -> np.ndarray:
+    def _slot_costs(self, snap: Snapshot, rows: int, busy: np.ndarray, svc: np.ndarray) -> np.ndarray:
         """Edge costs over S slots per instance at once: busy (S × n) → rows × (S·n), slot-major,
-        the per-edge lookups (coefficient, service times) gathered once for all slots."""
+        the per-edge lookups (coefficient; `svc`: rows × n × 3, `_tables` gathered) made once for all
+        slots."""
         b = busy[None, :, :]
+        svc_mean = svc[:, :, 0]
         coef = self.coef[snap.q_model[:rows, None], snap.i_type[None, :]][:, None, :]
-        cost = coef * b + _service(self.cmean, snap, rows)[:, None, :]
+        cost = coef * b + svc[:, None, :, 1]
         start = snap.q_waited_s[:rows, None, None] + b
         budget = snap.q_qos_s[:rows, None, None] - self.margin_s
-        infeasible = start + _service(self.check, snap, rows)[:, None, :] > budget
+        infeasible = start + svc[:, None, :, 2] > budget
         if np.count_nonzero(infeasible):
             penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[:rows, None, None]
             cost = cost + infeasible * penalty
@@ -315,13 +319,13 @@ class KairosPolicy:
         # oldest n, so that rows < columns: an unbalanced matrix solves 5-10x faster than a square
         # one full of ties (64 x 64: ~0.4 ms; 32 x 64: ~40 us), and more rows gained nothing (bench)
         rows = min(snap.m, snap.n if self.lookahead else 2 * snap.n)
-        svc_mean = _service(self.mean, snap, rows)
+        svc = _service(self._tables, snap, rows)
         busy = snap.i_busy_s[None, :]
         if self.lookahead:
             # later slot k of instance j: free after T_j + k × (mean service of the waiting queries on j)
-            step = svc_mean.mean(axis=0)
+            step = svc[:, :, 0].sum(axis=0) / rows
             busy = busy + np.arange(self.lookahead + 1)[:, None] * step[None, :]
-        cost = self._slot_costs(snap, rows, busy, svc_mean)
+        cost = self._slot_costs(snap, rows, busy, svc)
         r, c = linear_sum_assignment(cost)
         keep = c < snap.n  # a match to a later slot means: wait
         keep[keep] = snap.i_free[c[keep]]
