@@ -121,12 +121,13 @@ def plus_seeds_of(seeds: list[int], n: int) -> list[int]:
 
 
 def plus_evaluator(sw: synth.SynthWorkload, seeds: list[int], queries: int, bound: Callable[[np.ndarray], float],
-                   workers: int) -> SeedsEvaluator:
+                   workers: int, cands: Candidates) -> SeedsEvaluator:
     """Kairos+'s evaluator: streams of its own on `seeds` (apart from the judge's), up to three times as
-    many (`plus_seeds_of`) when it adds streams to tell two fleets apart."""
+    many (`plus_seeds_of`) when it adds streams to tell two fleets apart; each search starts at the
+    candidates' estimate."""
     return SeedsEvaluator(setups(sw, seeds, queries), bound=bound, workers=workers,
                           more=lambda i: setups(sw, plus_seeds_of(seeds, i + 1)[i:], queries)[0],
-                          max_streams=3 * len(seeds))
+                          max_streams=3 * len(seeds), guess=cands.estimate)
 
 
 def candidates_of(seed: int, max_configs: int) -> tuple[synth.SynthWorkload, BoundModel, Candidates]:
@@ -219,7 +220,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     t1 = time.perf_counter()
     plus_seeds = stream_seeds(PLUS_SEED, args.plus_seeds)
     plus_queries = args.plus_queries or args.queries
-    plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound, args.workers)
+    plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound, args.workers, cands)
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
     cached = sum(len(c) for c in plus_ev.caches)
@@ -326,7 +327,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             st = data["settings"]
             plus_seeds = [int(x) for x in st["plus_seeds"]]
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
-            plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound_of(bm), args.workers)
+            plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound_of(bm), args.workers, cands)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
             cached = sum(len(c) for c in plus_ev.caches)
             t0 = time.perf_counter()

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         if len(inp.setups) > 1:
             # Kairos+ adds streams, up to three times as many, where the first ones do not order two fleets
             evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups),
-                                       progress=progress)
+                                       progress=progress, guess=cands.estimate)
         else:
             evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress)
         if args.workers > 0:

@@ -54,6 +54,15 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.configs)
 
+    def estimate(self, config: np.ndarray) -> float | None:
+        """The queue-aware estimate of `config` (counts aligned with `types`); None when it is not one of
+        the candidates or they carry no estimate (e.g. where an evaluator's search starts,
+        `SeedsEvaluator.guess`)."""
+        if self.est_qps is None:
+            return None
+        rows = np.flatnonzero(np.all(self.configs == np.asarray(config)[None, :], axis=1))
+        return float(self.est_qps[rows[0]]) if len(rows) else None
+
     def ranked(self) -> np.ndarray:
         """Row indices by upper bound, high to low (ties: cheaper first, then enumeration order)."""
         return np.lexsort((np.arange(len(self.configs)), self.cost_usd_per_hour, -self.ub_qps))
@@ -326,7 +335,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         if vec is not None and best_vec is not None and extend is not None:
             if fresh:
                 best_vec = np.asarray(extend[0](cands.configs[best_row]), dtype=float)
-            vec, best_vec, added = _duel(*extend, x, cands.configs[best_row], vec, best_vec)
+            vec, best_vec, added = _duel(*extend, lambda b: _evaluate_many(evaluator, b), x, cands.configs[best_row],
+                                         vec, best_vec)
             extended |= added
             qps, best_qps = float(vec.mean()), float(best_vec.mean())
             known[best_row] = best_qps
@@ -355,16 +365,18 @@ def _add_every_stream(add_streams: Callable[[int], bool]) -> bool:
     return added
 
 
-def _duel(per_stream: Callable[[np.ndarray], np.ndarray], add_streams: Callable[[int], bool], x: np.ndarray,
-          best_x: np.ndarray, vec: np.ndarray, best_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def _duel(per_stream: Callable[[np.ndarray], np.ndarray], add_streams: Callable[[int], bool],
+          evaluate: Callable[[np.ndarray], np.ndarray], x: np.ndarray, best_x: np.ndarray, vec: np.ndarray,
+          best_vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """Kairos+'s comparison of `x` with the best so far under noise (see `select_kairos_plus`): while
     neither is at least as good on every stream and `x`'s mean is within `DUEL_WITHIN` of the best's,
-    add `DUEL_STREAMS` streams and value both on every stream. Returns both per-stream values and
-    whether streams were added."""
+    add `DUEL_STREAMS` streams and value both on every stream (`evaluate`: both at once, in one batch).
+    Returns both per-stream values and whether streams were added."""
     added = False
     while (len(vec) == len(best_vec) and not (np.all(vec >= best_vec) or np.all(vec <= best_vec))
            and vec.mean() >= (1.0 - DUEL_WITHIN) * best_vec.mean() and add_streams(DUEL_STREAMS)):
         added = True
+        evaluate(np.stack([x, best_x]))
         vec = np.asarray(per_stream(x), dtype=float)
         best_vec = np.asarray(per_stream(best_x), dtype=float)
     return vec, best_vec, added

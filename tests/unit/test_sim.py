@@ -362,6 +362,52 @@ def test_seeds_evaluator_is_the_mean_over_streams_with_its_spread(wl: workload.K
     assert ev.spread(configs[0]) == pytest.approx((per[0].max() - per[0].min()) / per[0].mean())
 
 
+def test_a_search_started_at_a_close_guess_finds_the_rate_in_fewer_runs(wl: workload.KairosWorkload) -> None:
+    setup = workload.sim_setup(wl, "wnd", n_queries=600, seed=3)
+    config = [1, 1, 0, 1]
+    pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
+    bm = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, setup.qos_s)
+    ub = float(upper_bound(np.array([config]), bm)[0])
+    cold = evaluate_config(setup, config, ub)
+    warm = evaluate_config(setup, config, ub, guess_qps=cold.qps)
+    assert warm.probes[1][0] == pytest.approx(cold.qps)  # after the bound's probe: the guess
+    assert abs(warm.qps - cold.qps) <= 2 * setup.rel_tol * ub  # both within the search's tolerance
+    assert len(warm.probes) < len(cold.probes)
+    # a guess at or above the bound starts the search at the bound
+    assert evaluate_config(setup, config, ub, guess_qps=10 * ub).probes[1][0] == pytest.approx(ub)
+
+
+def test_seeds_evaluator_starts_the_later_streams_at_the_first_ones_mean(wl: workload.KairosWorkload) -> None:
+    """One worker, three streams: a new configuration is searched on its first stream from `guess`, then
+    on the others from that stream's result; a stream added later starts at the mean of all three."""
+    setups = tuple(workload.sim_setup(wl, "wnd", n_queries=500, seed=s) for s in (3, 13, 23, 33))
+    config = np.array([1, 1, 0, 1])
+    pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
+    bm = BoundModel.from_profiles(wl.profiles, "wnd", wl.types, pmf, setups[0].qos_s)
+    bound = lambda x: float(upper_bound(np.asarray(x)[None, :], bm)[0])
+    ev = SeedsEvaluator(setups[:3], bound=bound, workers=1, guess=lambda x: 0.5 * bound(x),
+                        more=lambda i: setups[i], max_streams=4)
+    first, *later = ev.results(config)
+    assert first.probes[1][0] == pytest.approx(0.5 * bound(config))
+    assert all(r.probes[1][0] == pytest.approx(first.qps) for r in later)
+    assert ev.add_streams(1)
+    added = ev.results(config)[3]
+    assert added.probes[1][0] == pytest.approx(np.mean([first.qps] + [r.qps for r in later]))
+    assert abs(added.qps - SimEvaluator(setups[3], bound=bound, workers=1)(config)) <= 2 * setups[3].rel_tol * bound(config)
+
+
+def test_seeds_evaluator_checks_a_rate_on_every_stream_in_parallel(wl: workload.KairosWorkload) -> None:
+    """`below` in two processes answers as in one: true only when every stream misses the target at the rate."""
+    setups = tuple(workload.sim_setup(wl, "wnd", n_queries=500, seed=s) for s in (3, 13, 23))
+    config = np.array([1, 1, 0, 1])
+    values = np.array([SimEvaluator(s, workers=1)(config) for s in setups])
+    for rate in (0.5 * values.min(), 0.5 * (values.min() + values.max()), 1.5 * values.max()):
+        one = SeedsEvaluator(setups, workers=1).below(config, rate)
+        assert SeedsEvaluator(setups, workers=2).below(config, rate) == one
+    assert SeedsEvaluator(setups, workers=2).below(config, 1.5 * values.max())
+    assert not SeedsEvaluator(setups, workers=2).below(config, 0.5 * values.min())
+
+
 def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
     from kairosd.cli import main
 
