@@ -116,6 +116,10 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     for (`bm.band_eligible`: their p99 within QoS, batch by batch, as the dispatcher tests it), the
     base the rest. The split and
     the waits follow the Kairos dispatcher, each part only when `bm` carries what it needs:
+      * a band on which no present type meets QoS on its p99 is not the base's alone: the dispatcher
+        sends it to the present type it ranks cheapest on an idle instance (`bm.band_idle_cost`, e.g. a
+        type whose mean is within QoS over a base whose mean is not), and when that is an auxiliary, the
+        band is taken as that auxiliary's (`_routing_groups`).
       * preference (`bm.band_pref`, from the dispatcher's idle edge costs): on the small queries for
         which an idle base costs less than an idle auxiliary, the base takes them whenever one of its
         instances is free, and the auxiliary gets them only while every base instance is busy
@@ -186,52 +190,94 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     ub = upper_bound(configs, bm)
     est = np.zeros(len(configs))
     band_p, band_m1, band_m2, band_tail = bm.band_p, bm.band_m1, bm.band_m2, bm.band_tail
-    band_small = bm.band_eligible if bm.band_eligible is not None else bm.band_small
+    band_small_all = bm.band_eligible if bm.band_eligible is not None else bm.band_small
     band_miss = bm.band_miss
-    if (band_p is None or band_small is None or band_m1 is None or band_m2 is None or band_tail is None
+    if (band_p is None or band_small_all is None or band_m1 is None or band_m2 is None or band_tail is None
             or band_miss is None):
         raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
+    n_types = len(bm.types)
+    base = base_types(configs, bm)
+    if idle is None:
+        idle = idle_miss(configs, bm)
+    for j in range(n_types):
+        rows_j = np.flatnonzero((base == j) & (ub > 0))
+        if len(rows_j) == 0:
+            continue
+        pref_j = bm.band_pref[j] if bm.band_pref is not None else None
+        for group, band_small, pref in _routing_groups(configs[rows_j], j, band_small_all, pref_j, bm.band_idle_cost):
+            rows = rows_j[group]
+            est[rows] = _estimate_group(configs[rows], bm, j, ub[rows], band_small, pref, eps, steps, diversion)
+    return np.where(idle > eps, 0.0, est)
+
+
+def _routing_groups(configs: np.ndarray, j: int, eligible: np.ndarray, pref: np.ndarray | None,
+                    idle_cost: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The configurations of base type `j` in groups (row indices into `configs`), each with the
+    eligibility and preference tables `queue_estimate` routes its queries by. A band on which no present
+    type meets QoS on its p99 is sent by the dispatcher to the present type it ranks cheapest on an
+    idle instance (`idle_cost`, its tiers: e.g. a type whose mean is within QoS over one whose mean is
+    not); when that is an auxiliary k, the band counts as k's (`eligible[k, g]` set, `pref[k, g]` 0: an
+    idle base does not take it first), and when it is the base, it stays a band only the base serves.
+    One group of every row, with the tables as given, without the costs."""
+    if idle_cost is None:
+        return [(np.arange(len(configs)), eligible, pref)]
+    present = configs > 0
+    nobody = (present.astype(float) @ (eligible > 0).astype(float)) == 0  # [row, band]
+    choice = np.where(present[:, :, None], idle_cost[None, :, :], np.inf).argmin(axis=1)  # [row, band]
+    owner = np.where(nobody & (choice != j), choice, -1)
+    keys, inverse = np.unique(owner, axis=0, return_inverse=True)
+    groups = []
+    for i, key in enumerate(keys):
+        e = np.array(eligible, dtype=float)
+        p = None if pref is None else np.array(pref, dtype=float)
+        for g in np.flatnonzero(key >= 0):
+            e[key[g], g] = 1.0
+            if p is not None:
+                p[key[g], g] = 0.0
+        groups.append((np.flatnonzero(inverse.ravel() == i), e, p))
+    return groups
+
+
+def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, band_small: np.ndarray,
+                    pref: np.ndarray | None, eps: float, steps: int, diversion: bool) -> np.ndarray:
+    """`queue_estimate` for configurations of base type `j` that route their queries by the same
+    eligibility `band_small` [type, band] and preference `pref` [type, band] (`_routing_groups`)."""
+    band_p, band_m1, band_tail, band_miss = bm.band_p, bm.band_m1, bm.band_tail, bm.band_miss
+    assert band_p is not None and band_m1 is not None and bm.band_m2 is not None and band_tail is not None
+    assert band_miss is not None
+    n_types = len(bm.types)
+    qos = bm.qos_s
     # what each type may take (the bands it is eligible on): its share of the mix s_k, its rate Q_k on
     # those queries (one instance) and the share of them it misses QoS on without waiting
     share = band_small @ band_p
     with np.errstate(divide="ignore", invalid="ignore"):
         small_rate = np.where(share > 0, share / (band_small * band_m1).sum(axis=1), 0.0)
         small_miss = np.where(share > 0, (band_small * band_miss).sum(axis=1) / share, 0.0)
-    n_types = len(bm.types)
-    base = base_types(configs, bm)
-    if idle is None:
-        idle = idle_miss(configs, bm)
-    qos = bm.qos_s
-    for j in range(n_types):
-        rows = np.flatnonzero((base == j) & (ub > 0))
-        if len(rows) == 0:
-            continue
-        n = configs[rows].astype(float)
-        n_b = n[:, j]
-        t = (band_small * band_m1[j][None, :]).sum(axis=1) / band_m1[j].sum()  # a base instance's time on k's share
-        aux = [k for k in np.argsort(-t, kind="stable") if k != j and share[k] > 0 and small_rate[k] > 0]
-        aux_n = {k: n[:, k] for k in aux}
-        p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
-        divert = {k: (n[:, k], band_miss_share[k]) for k in range(n_types) if k != j and diversion}
-        alone = n.sum(axis=1) == n_b  # no instance of another type: the base's queue in deadline order
-        lo, hi = np.zeros(len(rows)), ub[rows].copy()
-        for _ in range(steps):
-            mid = 0.5 * (lo + hi)
-            ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
-                             p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                             small_rate=small_rate, qos=qos, eps=eps, divert=divert,
-                             pref=bm.band_pref[j] if bm.band_pref is not None else None,
-                             divert_cost=bm.band_idle_cost,
-                             hold=bm.band_hold[j] if bm.band_hold is not None else None,
-                             alone=alone,
-                             lead=bm.band_lead[j] if bm.band_lead is not None else None,
-                             tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None)
-            lo = np.where(ok, mid, lo)
-            hi = np.where(ok, hi, mid)
-        est[rows] = lo
-    return np.where(idle > eps, 0.0, est)
+    n = configs.astype(float)
+    n_b = n[:, j]
+    t = (band_small * band_m1[j][None, :]).sum(axis=1) / band_m1[j].sum()  # a base instance's time on k's share
+    aux = [k for k in np.argsort(-t, kind="stable") if k != j and share[k] > 0 and small_rate[k] > 0]
+    aux_n = {k: n[:, k] for k in aux}
+    p_g, m1, m2, tail = band_p, band_m1[j], bm.band_m2[j], band_tail[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
+    divert = {k: (n[:, k], band_miss_share[k]) for k in range(n_types) if k != j and diversion}
+    alone = n.sum(axis=1) == n_b  # no instance of another type: the base's queue in deadline order
+    lo, hi = np.zeros(len(configs)), ub.copy()
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
+                         p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
+                         small_rate=small_rate, qos=qos, eps=eps, divert=divert,
+                         pref=pref,
+                         divert_cost=bm.band_idle_cost,
+                         hold=bm.band_hold[j] if bm.band_hold is not None else None,
+                         alone=alone,
+                         lead=bm.band_lead[j] if bm.band_lead is not None else None,
+                         tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None)
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok, hi, mid)
+    return lo
 
 
 def _admissible(

@@ -38,7 +38,17 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.planner.queueing import _decay_x, erlang_b, erlang_c, idle_miss
+from kairosd.planner.queueing import (
+    QUEUE_BISECT_STEPS,
+    QUEUE_EPS,
+    _decay_x,
+    _estimate_group,
+    _routing_groups,
+    base_types,
+    erlang_b,
+    erlang_c,
+    idle_miss,
+)
 
 QOS = 0.005
 
@@ -506,6 +516,36 @@ def test_a_fleet_of_one_type_serves_its_queue_by_deadline() -> None:
     one = _one_batch_model(0.003, 0.010)
     assert queue_estimate(np.array([[2]]), one)[0] == pytest.approx(
         queue_estimate(np.array([[2]]), dataclasses.replace(one, band_lead=None))[0], rel=1e-3)
+
+
+def test_a_band_no_type_meets_goes_where_the_idle_dispatcher_sends_it() -> None:
+    """1% of the queries are batch 100, whose p99 misses QoS on both types: the base's mean is over QoS
+    (it misses 80% of them), the auxiliary's within (20%). The dispatcher sends them to an idle
+    auxiliary, so with one in the fleet the estimate counts them there, not on the base."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0052])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0048])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.99, 0.01]
+    miss = np.zeros((2, 101))
+    miss[0, 100], miss[1, 100], miss[1, 10] = 0.8, 0.2, 0.02
+    bm = BoundModel.build(mean, mean * np.array([[1.0], [1.2]]), pmf, 0.005, ("base", "aux"), miss=miss,
+                          dispatch_cost=mean)
+    assert bm.band_eligible is not None and bm.band_pref is not None and bm.band_idle_cost is not None
+    large = int(np.argmin(bm.band_p))  # the band of batch 100
+    x = np.array([[2, 0], [2, 1], [3, 1]])
+    np.testing.assert_array_equal(base_types(x, bm), [0, 0, 0])
+    groups = _routing_groups(x, 0, bm.band_eligible, bm.band_pref[0], bm.band_idle_cost)
+    by_rows = {tuple(rows.tolist()): (e, p) for rows, e, p in groups}
+    assert set(by_rows) == {(0,), (1, 2)}
+    e, p = by_rows[(1, 2)]
+    assert e[1, large] == 1.0 and p is not None and p[1, large] == 0.0  # the auxiliary's band
+    np.testing.assert_array_equal(by_rows[(0,)][0], bm.band_eligible)  # no auxiliary: the base's
+    est = queue_estimate(x, bm)
+    as_given = _estimate_group(x, bm, 0, upper_bound(x, bm), bm.band_eligible.astype(float), bm.band_pref[0],
+                               QUEUE_EPS, QUEUE_BISECT_STEPS, True)
+    assert est[0] == pytest.approx(as_given[0])
+    assert est[1] > 2.0 * as_given[1] and est[1] > est[0]
 
 
 def test_kairos_plus_walking_by_estimate_stays_exact() -> None:
