@@ -325,7 +325,8 @@ def _admissible(
             with np.errstate(divide="ignore", invalid="ignore"):
                 y = np.where(s_k > 0, np.minimum(offered * (1.0 - over), aux_n[k] * small_rate[k]), 0.0)
                 taken = np.where(s_k > 0, y / s_k, 0.0)
-            aux_over[k] = (np.maximum(lam - used, 0.0) - taken)[:, None] * feed * p_g[None, :]
+            # only a present auxiliary turns queries away (with none, they are the base's to begin with)
+            aux_over[k] = np.where(aux_n[k] > 0, np.maximum(lam - used, 0.0) - taken, 0.0)[:, None] * feed * p_g[None, :]
             used += taken
             aux_miss += y * small_miss[k]
             r -= taken[:, None] * feed

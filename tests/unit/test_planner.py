@@ -548,6 +548,34 @@ def test_a_band_no_type_meets_goes_where_the_idle_dispatcher_sends_it() -> None:
     assert est[1] > 2.0 * as_given[1] and est[1] > est[0]
 
 
+def test_a_type_with_no_instance_leaves_the_estimate_as_it_is() -> None:
+    """Batch 100 (10%) misses the base's p99 (the base misses 30% of it) and meets "a"'s and "b"'s, which
+    the dispatcher ranks cheaper there. With no "b" in the fleet, the estimate is the one of a model
+    without "b": an absent auxiliary turns no query away to the others."""
+    mean = np.zeros((3, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0045])
+    mean[1] = mean[2] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0040])
+    p99 = mean * np.array([[1.2], [1.1], [1.1]])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.9, 0.1]
+    miss = np.zeros((3, 101))
+    miss[0, 100], miss[1:, 100], miss[1:, 10] = 0.3, 0.01, 0.05
+    cost = mean.copy()
+    cost[1:, 10] *= 3.0
+    cost[2, 100] *= 1.5
+
+    def model(n: int) -> BoundModel:
+        return BoundModel.build(mean[:n], p99[:n], pmf, QOS, ("base", "a", "b")[:n], miss=miss[:n],
+                                dispatch_cost=cost[:n])
+
+    x = np.array([[1, 1], [2, 1], [3, 2]])
+    with_b = np.hstack([x, np.zeros((3, 1), dtype=np.int64)])
+    np.testing.assert_array_equal(base_types(with_b, model(3)), [0, 0, 0])
+    est = queue_estimate(with_b, model(3))
+    assert np.all(est > 0)
+    np.testing.assert_allclose(est, queue_estimate(x, model(2)), rtol=1e-9)
+
+
 def test_kairos_plus_walking_by_estimate_stays_exact() -> None:
     rng = np.random.default_rng(13)
     for _ in range(4):
