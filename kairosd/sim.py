@@ -703,9 +703,9 @@ def _worker_init(setup: SimSetup) -> None:
     _WORKER["svc"] = _svc_for(setup)
 
 
-def _worker_eval(task: tuple[tuple[int, ...], float | None]) -> MaxQps:
-    config, ub = task
-    return evaluate_config(_WORKER["setup"], config, ub, _WORKER["svc"])
+def _worker_eval(task: tuple[tuple[int, ...], float | None, float | None]) -> MaxQps:
+    config, ub, guess = task
+    return evaluate_config(_WORKER["setup"], config, ub, _WORKER["svc"], guess)
 
 
 @dataclass
@@ -721,17 +721,22 @@ class SimEvaluator:
     workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
     progress: Callable[[int, int], None] | None = None
     cache: dict[tuple[int, ...], MaxQps] = field(default_factory=dict)
+    guess: Callable[[np.ndarray], float | None] | None = None  # where each search starts (`evaluate_config`)
     _svc: np.ndarray | None = field(default=None, repr=False)
 
     def _ub(self, config: np.ndarray) -> float | None:
         return float(self.bound(config)) if self.bound is not None else None
+
+    def _guess(self, config: np.ndarray) -> float | None:
+        return self.guess(config) if self.guess is not None else None
 
     def result(self, config: np.ndarray) -> MaxQps:
         key = tuple(int(x) for x in config)
         if key not in self.cache:
             if self._svc is None:
                 self._svc = _svc_for(self.setup)
-            self.cache[key] = evaluate_config(self.setup, key, self._ub(np.asarray(key)), self._svc)
+            x = np.asarray(key)
+            self.cache[key] = evaluate_config(self.setup, key, self._ub(x), self._svc, self._guess(x))
         return self.cache[key]
 
     def __call__(self, config: np.ndarray) -> float:
@@ -758,7 +763,7 @@ class SimEvaluator:
                 if self.progress:
                     self.progress(done, total)
         elif todo:
-            tasks = [(k, self._ub(np.asarray(k))) for k in todo]
+            tasks = [(k, self._ub(np.asarray(k)), self._guess(np.asarray(k))) for k in todo]
             with ProcessPoolExecutor(self.workers, initializer=_worker_init, initargs=(self.setup,)) as pool:
                 for k, res in zip(todo, pool.map(_worker_eval, tasks, chunksize=1), strict=True):
                     self.cache[k] = res
@@ -812,7 +817,8 @@ class SeedsEvaluator:
 
     A configuration's search on a stream starts at its mean max QPS over the streams it already has
     results on, or else at `guess(config)` when given (e.g. the planner's estimate; see
-    `evaluate_config`): the searches of a batch run at once, so they all start from the same guess.
+    `evaluate_config`). A configuration with no result yet is searched on one stream per worker first,
+    and on its other streams from their mean (`many`).
     """
 
     setups: tuple[SimSetup, ...]

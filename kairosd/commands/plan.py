@@ -317,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
             evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups),
                                        progress=progress, guess=cands.estimate)
         else:
-            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress)
+            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress, guess=cands.estimate)
         if args.workers > 0:
             evaluator.workers = args.workers
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)

@@ -218,7 +218,7 @@ def _routing_groups(configs: np.ndarray, j: int, eligible: np.ndarray, pref: np.
     idle instance (`idle_cost`, its tiers: e.g. a type whose mean is within QoS over one whose mean is
     not); when that is an auxiliary k, the band counts as k's (`eligible[k, g]` set, `pref[k, g]` 0: an
     idle base does not take it first), and when it is the base, it stays a band only the base serves.
-    One group of every row, with the tables as given, without the costs."""
+    Without the costs (`idle_cost` None): one group of every row, with the tables as given."""
     if idle_cost is None:
         return [(np.arange(len(configs)), eligible, pref)]
     present = configs > 0
@@ -268,12 +268,9 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
         mid = 0.5 * (lo + hi)
         ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
                          p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                         small_rate=small_rate, qos=qos, eps=eps, divert=divert,
-                         pref=pref,
-                         divert_cost=bm.band_idle_cost,
-                         hold=bm.band_hold[j] if bm.band_hold is not None else None,
-                         alone=alone,
-                         lead=bm.band_lead[j] if bm.band_lead is not None else None,
+                         small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
+                         divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
+                         alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
                          tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None)
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)

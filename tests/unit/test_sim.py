@@ -375,6 +375,8 @@ def test_a_search_started_at_a_close_guess_finds_the_rate_in_fewer_runs(wl: work
     assert len(warm.probes) < len(cold.probes)
     # a guess at or above the bound starts the search at the bound
     assert evaluate_config(setup, config, ub, guess_qps=10 * ub).probes[1][0] == pytest.approx(ub)
+    guessed = SimEvaluator(setup, bound=lambda x: ub, workers=1, guess=lambda x: cold.qps)
+    assert guessed.result(np.array(config)).probes == warm.probes
 
 
 def test_seeds_evaluator_starts_the_later_streams_at_the_first_ones_mean(wl: workload.KairosWorkload) -> None:
