@@ -130,6 +130,11 @@ def plus_evaluator(sw: synth.SynthWorkload, seeds: list[int], queries: int, boun
                           max_streams=3 * len(seeds), guess=cands.estimate)
 
 
+def cached_runs(ev: SeedsEvaluator) -> int:
+    """How many (configuration, stream) results `ev` holds (e.g. read from the cache before a plan)."""
+    return sum(len(c) for c in ev.caches)
+
+
 def candidates_of(seed: int, max_configs: int) -> tuple[synth.SynthWorkload, BoundModel, Candidates]:
     """A workload, the planner's model of it and its candidates (as `bench_workload` builds them)."""
     sw = synth.synth_workload(seed, max_configs=max_configs)
@@ -223,7 +228,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound, args.workers, cands)
     if not args.plus_fresh:
         cache.fill(plus_ev, seed, plus_seeds, plus_queries)
-    cached = sum(len(c) for c in plus_ev.caches)
+    cached = cached_runs(plus_ev)
     kp = select_kairos_plus(cands, plus_ev, dominates=dominance(sw))
     plus_s = kairos_s + time.perf_counter() - t1
     plus_cached = cached > 0  # wall time of a resumed run is not a plan's
@@ -329,7 +334,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
             plus_queries = int(st.get("plus_queries_per_run", st["queries_per_run"]))
             plus_ev = plus_evaluator(sw, plus_seeds, plus_queries, bound_of(bm), args.workers, cands)
             cache.fill(plus_ev, int(r["seed"]), plus_seeds, plus_queries)
-            cached = sum(len(c) for c in plus_ev.caches)
+            cached = cached_runs(plus_ev)
             t0 = time.perf_counter()
             kp = select_kairos_plus(cands, plus_ev, dominates=dominates)
             # a plan's wall time, unless evaluations were read from the cache

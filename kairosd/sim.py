@@ -785,20 +785,24 @@ def _seeds_worker_init(setups: tuple[SimSetup, ...]) -> None:
     _SEEDS_WORKER["svc"] = [None] * len(setups)
 
 
-def _seeds_worker_eval(task: tuple[int, tuple[int, ...], float | None, float | None]) -> MaxQps:
-    i, config, ub, guess = task
+def _seeds_worker_stream(i: int) -> tuple[SimSetup, np.ndarray]:
+    """Stream i's setup and service times in this worker (the times drawn on first use)."""
     svc = _SEEDS_WORKER["svc"]
     if svc[i] is None:
         svc[i] = _svc_for(_SEEDS_WORKER["setups"][i])
-    return evaluate_config(_SEEDS_WORKER["setups"][i], config, ub, svc[i], guess)
+    return _SEEDS_WORKER["setups"][i], svc[i]
+
+
+def _seeds_worker_eval(task: tuple[int, tuple[int, ...], float | None, float | None]) -> MaxQps:
+    i, config, ub, guess = task
+    setup, svc = _seeds_worker_stream(i)
+    return evaluate_config(setup, config, ub, svc, guess)
 
 
 def _seeds_worker_fails(task: tuple[int, tuple[int, ...], float]) -> bool:
     i, config, rate = task
-    svc = _SEEDS_WORKER["svc"]
-    if svc[i] is None:
-        svc[i] = _svc_for(_SEEDS_WORKER["setups"][i])
-    return fails_at(_SEEDS_WORKER["setups"][i], config, rate, svc[i])
+    setup, svc = _seeds_worker_stream(i)
+    return fails_at(setup, config, rate, svc)
 
 
 @dataclass

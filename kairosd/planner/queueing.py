@@ -189,12 +189,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
     ub = upper_bound(configs, bm)
     est = np.zeros(len(configs))
-    band_p, band_m1, band_m2, band_tail = bm.band_p, bm.band_m1, bm.band_m2, bm.band_tail
-    band_small_all = bm.band_eligible if bm.band_eligible is not None else bm.band_small
-    band_miss = bm.band_miss
-    if (band_p is None or band_small_all is None or band_m1 is None or band_m2 is None or band_tail is None
-            or band_miss is None):
-        raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
+    band_small_all = _band_tables(bm)[5]
     n_types = len(bm.types)
     base = base_types(configs, bm)
     if idle is None:
@@ -208,6 +203,16 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
             rows = rows_j[group]
             est[rows] = _estimate_group(configs[rows], bm, j, ub[rows], band_small, pref, eps, steps, diversion)
     return np.where(idle > eps, 0.0, est)
+
+
+def _band_tables(bm: BoundModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`bm`'s band tables the estimate needs: (band_p, band_m1, band_m2, band_tail, band_miss, eligibility
+    [type, band]: `band_eligible`, else `band_small`); refused when `bm` was not made by `BoundModel.build`."""
+    eligible = bm.band_eligible if bm.band_eligible is not None else bm.band_small
+    if (bm.band_p is None or bm.band_m1 is None or bm.band_m2 is None or bm.band_tail is None or bm.band_miss is None
+            or eligible is None):
+        raise ConfigError("queue_estimate needs a BoundModel made by BoundModel.build (band tables)")
+    return bm.band_p, bm.band_m1, bm.band_m2, bm.band_tail, bm.band_miss, eligible
 
 
 def _routing_groups(configs: np.ndarray, j: int, eligible: np.ndarray, pref: np.ndarray | None,
@@ -242,9 +247,7 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
                     pref: np.ndarray | None, eps: float, steps: int, diversion: bool) -> np.ndarray:
     """`queue_estimate` for configurations of base type `j` that route their queries by the same
     eligibility `band_small` [type, band] and preference `pref` [type, band] (`_routing_groups`)."""
-    band_p, band_m1, band_tail, band_miss = bm.band_p, bm.band_m1, bm.band_tail, bm.band_miss
-    assert band_p is not None and band_m1 is not None and bm.band_m2 is not None and band_tail is not None
-    assert band_miss is not None
+    band_p, band_m1, band_m2, band_tail, band_miss, _ = _band_tables(bm)
     n_types = len(bm.types)
     qos = bm.qos_s
     # what each type may take (the bands it is eligible on): its share of the mix s_k, its rate Q_k on
@@ -258,7 +261,7 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
     t = (band_small * band_m1[j][None, :]).sum(axis=1) / band_m1[j].sum()  # a base instance's time on k's share
     aux = [k for k in np.argsort(-t, kind="stable") if k != j and share[k] > 0 and small_rate[k] > 0]
     aux_n = {k: n[:, k] for k in aux}
-    p_g, m1, m2, tail = band_p, band_m1[j], bm.band_m2[j], band_tail[j]
+    p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
     with np.errstate(divide="ignore", invalid="ignore"):
         band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
     divert = {k: (n[:, k], band_miss_share[k]) for k in range(n_types) if k != j and diversion}
@@ -440,14 +443,6 @@ def _overflow_misses(
             expected += none_free * base_share[g]
             out += over[:, g] * (expected - base_share[g])
     return out
-
-
-def _priority_tail(servers: np.ndarray, load_high: np.ndarray, load_all: np.ndarray, second_all: np.ndarray,
-                   tail: np.ndarray, qos: float) -> np.ndarray:
-    """Per band, the waiting-tail weights (`tail[g]` on `TAIL_GRID`, interpolated) of a query of the
-    high-priority class of a non-preemptive priority queue on `servers` instances, per configuration:
-    [configuration, band] (`_tail_weights` at `_priority_x`)."""
-    return _tail_weights(_priority_x(servers, load_high, load_all, second_all, qos), tail)
 
 
 def _priority_x(servers: np.ndarray, load_high: np.ndarray, load_all: np.ndarray, second_all: np.ndarray,

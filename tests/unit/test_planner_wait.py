@@ -1,6 +1,6 @@
 """The queue-aware estimate's waits: the miss share after a wait taken over the service time's measured
 distribution (`quantiles_from_samples`, `BoundModel.build(svc_quantiles=...)`), and the priority
-queue the large ("must") queries see on a base that also serves small ones (`_priority_tail`)."""
+queue the large ("must") queries see on a base that also serves small ones (`_priority_x`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from kairosd.planner import BoundModel, quantiles_from_samples, queue_estimate
 from kairosd.planner.bounds import TAIL_GRID, _wait_miss_weights
-from kairosd.planner.queueing import _decay_x, _priority_tail
+from kairosd.planner.queueing import _decay_x, _priority_x, _tail_weights
 
 
 def _one_batch(lat_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -72,9 +72,9 @@ def test_priority_tail_waits_on_the_residual_of_every_job_in_service() -> None:
     qos, slack = 0.05, 0.5  # the band's slack: half of QoS
     tail = np.exp(-TAIL_GRID * slack)[None, :]
     one = np.array([1.0])
-    got = _priority_tail(one, np.array([0.3]), np.array([0.8]), np.array([30 * 1e-4 + 500 * 1e-6]), tail, qos)
+    got = _tail_weights(_priority_x(one, np.array([0.3]), np.array([0.8]), np.array([30 * 1e-4 + 500 * 1e-6]), qos), tail)
     assert got[0, 0] == pytest.approx(np.exp(-320 * qos * slack), rel=0.02)  # interpolated on TAIL_GRID
-    alone = _priority_tail(one, np.array([0.3]), np.array([0.3]), np.array([30 * 1e-4]), tail, qos)
+    alone = _tail_weights(_priority_x(one, np.array([0.3]), np.array([0.3]), np.array([30 * 1e-4]), qos), tail)
     assert alone[0, 0] == pytest.approx(np.exp(-140 * qos * slack), rel=0.02)
     x = _decay_x(one, np.array([0.3]), np.array([30.0]), np.array([0.0]), qos)  # 10 ms jobs, C_s² = 0
     assert x[0] == pytest.approx(140 * qos)
