@@ -348,6 +348,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         row = {"seed": r["seed"], "model": r["model"], "old": old, "new": new, "config": cands.label(k.config),
                "plus_proxy": ev(kp.config) / opt, "plus_proxy_share": kp.n_configs / len(cands)}
         row["plus_recorded"] = float(r["kairos_plus"]["ratio"])
+        row["plus_within"] = ev(kp.config) >= float(np.min(r["optimum"]["per_stream"])) - 1e-9
         row["plus_wall_s"] = plus_wall
         rows.append(row)
         if abs(new - old) > 1e-9:
@@ -364,12 +365,14 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
     out = {"file": str(path), "n": len(rows), "recorded": summ("old"), "now": summ("new"),
            "plus_proxy": summ("plus_proxy"), "plus_recorded": summ("plus_recorded"),
            "plus_proxy_share": (statistics.median(r["plus_proxy_share"] for r in rows),
-                                max(r["plus_proxy_share"] for r in rows))}
+                                max(r["plus_proxy_share"] for r in rows)),
+           "plus_not_within": [int(r["seed"]) for r in rows if not r["plus_within"]]}
     print(f"{path.name:36} n={len(rows)}  kairos recorded min {out['recorded'][0]:.3f} median {out['recorded'][1]:.3f} "
           f"<0.95 {out['recorded'][2]}  |  now min {out['now'][0]:.3f} median {out['now'][1]:.3f} <0.95 {out['now'][2]}"
           f"  |  kairos_plus ({'simulated on its streams' if args.plus_simulate else 'proxy, judge values'}) "
           f"min {out['plus_proxy'][0]:.3f} median {out['plus_proxy'][1]:.3f} <0.95 {out['plus_proxy'][2]} "
           f"(recorded min {out['plus_recorded'][0]:.3f} <0.95 {out['plus_recorded'][2]}), "
+          f"not within the optimum's spread {len(out['plus_not_within'])} {out['plus_not_within']}, "
           f"simulated share median {100 * out['plus_proxy_share'][0]:.1f}% max {100 * out['plus_proxy_share'][1]:.1f}%",
           flush=True)
     walls = [float(r["plus_wall_s"]) for r in rows if r["plus_wall_s"] is not None]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -233,6 +233,21 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np
     return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
 
 
+def plus_stretch(n_configs: int, budget_share: float) -> int:
+    """How many configurations Kairos+ may simulate out of `n_configs` when its estimate proves unreliable
+    on the workload (see `select_kairos_plus`): ⌊2·share·N⌋, and never fewer than `plus_limit`. E.g. share
+    0.1: N = 9 → 1, N = 22 → 4, N = 29 → 5."""
+    return max(plus_limit(n_configs, budget_share), int(np.floor(2.0 * budget_share * n_configs + 1e-9)))
+
+
+def estimate_error(known: Mapping[int, float], est: np.ndarray) -> float:
+    """The largest relative error, |QPS/estimate − 1|, of the queue-aware estimate `est` over the evaluated
+    rows `known` (row → evaluated QPS) with a positive estimate; 0 when there is none. E.g. a fleet
+    estimated at 1,895 q/s that serves 1,755 and one estimated at 1,734 that serves 1,712: 0.074."""
+    errs = [abs(q / float(est[r]) - 1.0) for r, q in known.items() if est[r] > 0]
+    return max(errs, default=0.0)
+
+
 def plus_limit(n_configs: int, budget_share: float) -> int:
     """How many configurations Kairos+ may simulate out of `n_configs`: ⌊share·N⌋, at least one, and at
     least two while two stay within twice the share (N ≥ 10 at 10 %): one evaluation alone cannot
@@ -248,7 +263,13 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
-    simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit).
+    simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit), and up to
+    twice that (`plus_stretch`) when the estimate proves unreliable on the workload: with the order
+    `kairos` or `estimate`, past its budget the walk goes on to the next fleet while that fleet's
+    estimate, raised by the largest relative error the estimate made on the fleets evaluated so far
+    (`estimate_error`), reaches the best QPS so far. E.g. a first fleet estimated at 1,895 q/s that
+    serves 1,755 puts the estimate 7.4% off, and a fleet estimated at 1,680 may still serve more than
+    1,755; where the estimate was right on the fleets it was checked on, the walk stops at its budget.
 
     Exactness: the pruning rules are exact if the bound really bounds the evaluator and adding
     instances never lowers QPS (`upper_bound` bounds the fluid model of every dispatcher). When the
@@ -300,6 +321,10 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     else:
         walk = cands.ranked()
     limit = len(cands) if budget_share is None else plus_limit(len(cands), budget_share)
+    # past `limit`, the walk goes on (up to `stretch`) while the estimate's own error says the next
+    # fleet may beat the best so far
+    est = cands.est_qps if order != "bound" else None
+    stretch = limit if budget_share is None or est is None else plus_stretch(len(cands), budget_share)
     below = getattr(evaluator, "below", None)
     per_stream = getattr(evaluator, "values", None)
     add_streams = getattr(evaluator, "add_streams", None)
@@ -316,7 +341,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     for row in walk:
         if not alive[row]:
             continue
-        if simulated >= limit and best_qps > 0:
+        if simulated >= limit and best_qps > 0 and (
+                simulated >= stretch or est is None or est[row] * (1.0 + estimate_error(known, est)) < top_qps):
             break
         simulated += 1
         x = cands.configs[row]

@@ -22,11 +22,13 @@ from kairosd.planner import (
     config_cost,
     dominated_by,
     enumerate_configs,
+    estimate_error,
     fluid_bound,
     homogeneous_configs,
     make_candidates,
     planning_eps,
     plus_limit,
+    plus_stretch,
     proportional_bound,
     queue_estimate,
     select,
@@ -933,10 +935,11 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
         ev = CountingEvaluator(bm)
         kp = select_kairos_plus(c, ev, budget_share=0.1)
         assert ev.calls[0] == tuple(int(x) for x in select_kairos(c).config)
-        assert kp.n_configs == len(ev.calls) <= plus_limit(len(c), 0.1)
+        assert plus_limit(len(c), 0.1) <= plus_stretch(len(c), 0.1) <= max(plus_limit(len(c), 0.1), 0.2 * len(c))
+        assert kp.n_configs == len(ev.calls) <= plus_stretch(len(c), 0.1)
         assert kp.qps == max(ev(np.array(x)) for x in set(ev.calls))
         full = select_kairos_plus(c, CountingEvaluator(bm), budget_share=None)
-        assert full.exact and (kp.exact or kp.n_configs == plus_limit(len(c), 0.1))
+        assert full.exact and (kp.exact or kp.n_configs >= plus_limit(len(c), 0.1))
     configs = np.array([[2, 0], [1, 2], [0, 4]])
     cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([10.0, 9.0, 8.0]),
                        np.array([9.0, 8.0, 7.0]))
@@ -952,6 +955,49 @@ def test_plus_limit_lets_a_second_fleet_check_the_first() -> None:
     """⌊share·N⌋ and at least one; two while two stay within twice the share."""
     assert [plus_limit(n, 0.1) for n in (1, 5, 9, 10, 18, 29, 30, 45)] == [1, 1, 1, 2, 2, 2, 3, 4]
     assert plus_limit(18, 0.2) == 3 and plus_limit(4, 1.0) == 4
+    assert [plus_stretch(n, 0.1) for n in (1, 5, 9, 10, 22, 29, 30, 45)] == [1, 1, 1, 2, 4, 5, 6, 9]
+
+
+def test_estimate_error_is_the_largest_relative_miss_of_the_estimate() -> None:
+    est = np.array([1895.0, 1734.0, 0.0])
+    assert estimate_error({0: 1755.0, 1: 1712.0}, est) == pytest.approx(140.0 / 1895.0)
+    assert estimate_error({1: 1900.0, 2: 50.0}, est) == pytest.approx(166.0 / 1734.0)  # no estimate: not counted
+    assert estimate_error({}, est) == 0.0
+
+
+def _walk_cands(est: list[float]) -> Candidates:
+    """Twenty two-type fleets of 20 instances (none a sub-configuration of another), a loose bound."""
+    configs = np.array([[k, 20 - k] for k in range(20)])
+    return Candidates(("a", "b"), np.array([1.0, 1.0]), 20.0, configs, np.full(20, 20.0), np.full(20, 1e6),
+                      np.asarray(est, dtype=float))
+
+
+def test_kairos_plus_walks_past_its_budget_while_the_estimate_errs_enough() -> None:
+    """Budget 10% of 20 fleets: two, and up to four while the next fleet's estimate, raised by the largest
+    error the estimate made on the fleets evaluated, reaches the best QPS so far. Here the estimate
+    overrates the first two (100 → 90, 95 → 80: 15.8% off) and underrates the third (85 → 95, found
+    only past the budget); the fourth, at 60·1.158 < 95, is not simulated."""
+    est = [100.0, 95.0, 85.0, 60.0] + [50.0 - k for k in range(16)]
+    value = dict(zip(range(20), [90.0, 80.0, 95.0, 70.0] + [40.0] * 16, strict=True))
+    calls: list[int] = []
+
+    def evaluate(x: np.ndarray) -> float:
+        calls.append(int(x[0]))
+        return value[int(x[0])]
+
+    sel = select_kairos_plus(_walk_cands(est), evaluate, budget_share=0.1)
+    assert calls == [0, 1, 2] and sel.n_configs == 3 and not sel.exact
+    np.testing.assert_array_equal(sel.config, [2, 18])
+    # an estimate right on the fleets it was checked on: the walk stops at its budget
+    calls.clear()
+    value = dict(enumerate(est))
+    sel = select_kairos_plus(_walk_cands(est), evaluate, budget_share=0.1)
+    assert calls == [0, 1] and sel.qps == 100.0
+    # the paper's walk by bound keeps its budget
+    calls.clear()
+    value = dict(zip(range(20), [90.0, 80.0, 95.0, 70.0] + [40.0] * 16, strict=True))
+    select_kairos_plus(_walk_cands(est), evaluate, budget_share=0.1, order="bound")
+    assert len(calls) == 2
 
 
 def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
