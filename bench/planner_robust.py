@@ -377,9 +377,10 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
           flush=True)
     walls = [float(r["plus_wall_s"]) for r in rows if r["plus_wall_s"] is not None]
     if walls:
+        slowest = max((r for r in rows if r["plus_wall_s"] is not None), key=lambda r: float(r["plus_wall_s"]))
         out["plus_wall_s"] = (statistics.median(walls), max(walls), len(walls))
         print(f"{'':36} kairos_plus wall time per plan (simulated afresh, {len(walls)} of {len(rows)} workloads): "
-              f"median {statistics.median(walls):.1f} s, max {max(walls):.1f} s", flush=True)
+              f"median {statistics.median(walls):.1f} s, max {max(walls):.1f} s (workload {slowest['seed']})", flush=True)
     return out
 
 

@@ -71,6 +71,7 @@ from kairosd.planner.queueing import (
 )
 from kairosd.planner.selectors import (
     PLUS_BUDGET_SHARE,
+    PLUS_STRETCH,
     QUEUE_TOLERANCE,
     SELECTORS,
     TOP_K,
@@ -110,6 +111,7 @@ __all__ = [
     "P99_WINDOW_QUERIES",
     "PLAN_OBJECTIVES",
     "PLUS_BUDGET_SHARE",
+    "PLUS_STRETCH",
     "POOL_SEP",
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",

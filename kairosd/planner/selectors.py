@@ -20,6 +20,9 @@ TOP_K = 10
 QUEUE_TOLERANCE = 0.0
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
+# kairos_plus: past its budget, at most this many more configurations while its estimate proves
+# unreliable on the workload (`plus_stretch`)
+PLUS_STRETCH = 2
 # kairos_plus with an evaluator that can add streams: when neither of two fleets is at least as good as
 # the other on every stream and the newer one's mean is within this share of the best's, this many
 # streams are added (as often as the evaluator allows) and the means over all of them decide
@@ -233,11 +236,13 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE) -> np
     return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
 
 
-def plus_stretch(n_configs: int, budget_share: float) -> int:
+def plus_stretch(n_configs: int, budget_share: float, extra: int = PLUS_STRETCH) -> int:
     """How many configurations Kairos+ may simulate out of `n_configs` when its estimate proves unreliable
-    on the workload (see `select_kairos_plus`): ⌊2·share·N⌋, and never fewer than `plus_limit`. E.g. share
-    0.1: N = 9 → 1, N = 22 → 4, N = 29 → 5."""
-    return max(plus_limit(n_configs, budget_share), int(np.floor(2.0 * budget_share * n_configs + 1e-9)))
+    on the workload (see `select_kairos_plus`): `plus_limit` and up to `extra` more, within twice the
+    share (⌊2·share·N⌋). Each one more is a max-QPS search, so `extra` bounds what the stretch adds to
+    a plan's wall time. E.g. share 0.1: N = 9 → 1, N = 22 → 4, N = 30 → 5, N = 65 → 8."""
+    limit = plus_limit(n_configs, budget_share)
+    return max(limit, min(int(np.floor(2.0 * budget_share * n_configs + 1e-9)), limit + extra))
 
 
 def estimate_error(known: Mapping[int, float], est: np.ndarray) -> float:
@@ -263,8 +268,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
-    simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit), and up to
-    twice that (`plus_stretch`) when the estimate proves unreliable on the workload: with the order
+    simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit), and a few
+    more within twice that (`plus_stretch`) when the estimate proves unreliable on the workload: with the order
     `kairos` or `estimate`, past its budget the walk goes on to the next fleet while that fleet's
     estimate, raised by the largest relative error the estimate made on the fleets evaluated so far
     (`estimate_error`), reaches the best QPS so far. E.g. a first fleet estimated at 1,895 q/s that

@@ -955,7 +955,8 @@ def test_plus_limit_lets_a_second_fleet_check_the_first() -> None:
     """⌊share·N⌋ and at least one; two while two stay within twice the share."""
     assert [plus_limit(n, 0.1) for n in (1, 5, 9, 10, 18, 29, 30, 45)] == [1, 1, 1, 2, 2, 2, 3, 4]
     assert plus_limit(18, 0.2) == 3 and plus_limit(4, 1.0) == 4
-    assert [plus_stretch(n, 0.1) for n in (1, 5, 9, 10, 22, 29, 30, 45)] == [1, 1, 1, 2, 4, 5, 6, 9]
+    assert [plus_stretch(n, 0.1) for n in (1, 5, 9, 10, 22, 29, 30, 45, 65)] == [1, 1, 1, 2, 4, 4, 5, 6, 8]
+    assert plus_stretch(65, 0.1, extra=0) == plus_limit(65, 0.1) and plus_stretch(65, 0.1, extra=20) == 13
 
 
 def test_estimate_error_is_the_largest_relative_miss_of_the_estimate() -> None:
