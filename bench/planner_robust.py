@@ -14,7 +14,10 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     selector's choice, is simulated on `--refine-seeds` (7) more streams, and a fleet's judged value
     is its mean over all its streams: the best of some 30 fleets each valued on 3 streams is biased
     upwards (the winner's curse), and two close fleets swap places between stream sets; the extra
-    streams go where that decides a ratio. The optimum is the fleet of highest judged value;
+    streams go where that decides a ratio. When one of those fleets fails QoS at every rate on some of
+    its streams and serves on others (a tail whose no-wait misses alone sit near the 1% budget), they
+    all get `--fragile-seeds` (50) more: such a fleet's value is a mixture that ten streams fix only to
+    within some 12%. The optimum is the fleet of highest judged value;
   * the selectors: `kairos` (one shot, no evaluation), `kairos_paper`, `homogeneous` (the best
     single-type fleet by the judge) and `kairos_plus`, which evaluates on streams of its own (seeds
     apart from the judge's, `--plus-seeds` of them, `--queries` each, the same streams for every
@@ -36,7 +39,8 @@ simulates afresh while the judge reads the cache).
     python bench/planner_robust.py --refine bench/results/planner_robust_3000.json [more.json ...]
 
 `--refine FILE...` brings a file judged on its first streams only up to the refined judge: each workload's
-contenders (as above, with the choice `kairos` makes now) are simulated on the extra streams, their
+contenders (as above, with the choice `kairos` makes now) are simulated on the extra streams (and the
+fragile ones' streams where one of them fails at every rate on a stream), their
 recorded values extended, the optimum, every ratio and the summary recomputed, and the file rewritten.
 
 `--rescore FILE...` simulates nothing: it rebuilds each recorded workload's candidates with the
@@ -88,6 +92,7 @@ PLUS_SEED = 500  # Kairos+'s own streams: PLUS_SEED + 10·s
 PLANNER_MIX_SEED = 7  # the planner's population pmf of the batch mix
 REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extra streams
 REFINE_SEEDS = 7
+FRAGILE_SEEDS = 50  # more streams for every contender when one of them fails QoS at every rate on some stream
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
 
 
@@ -158,6 +163,24 @@ def extra_values(sw: synth.SynthWorkload, seed: int, configs: list[tuple[int, ..
     ev.many(np.array(configs))
     cache.save(ev, seed, seeds, queries)
     return {c: np.array([cc[c].qps for cc in ev.caches]) for c in configs}
+
+
+def fragile_values(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...], np.ndarray], want: list[tuple[int, ...]],
+                   n_before: int, queries: int, args: argparse.Namespace, bound: Callable[[np.ndarray], float],
+                   cache: Cache) -> bool:
+    """The judge's last refinement, in place on `vals`: when a contender in `want` fails QoS at every rate on
+    some of its first `n_before` streams and serves on others, every contender gets `args.fragile_seeds`
+    more streams. Such a fleet's value is a mixture (0 with the chance that a stream's no-wait misses
+    alone exceed the p99 target's 1%), whose mean ten streams fix only to within some 12%; the same
+    streams for every contender keep the comparison paired. Returns whether streams were added."""
+    if args.fragile_seeds <= 0 or not any(np.any(vals[c][:n_before] == 0) and vals[c][:n_before].mean() > 0 for c in want):
+        return False
+    seeds = stream_seeds(JUDGE_SEED, args.fragile_seeds, n_before)
+    todo = [c for c in want if len(vals[c]) < n_before + len(seeds)]
+    extra = extra_values(sw, seed, todo, seeds, queries, bound, args.workers, cache)
+    for c, v in extra.items():
+        vals[c] = np.concatenate([vals[c][:n_before], v])
+    return True
 
 
 class Cache:
@@ -252,6 +275,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
                          bound, args.workers, cache)
     for c, v in extra.items():
         vals[c] = np.concatenate([vals[c], v])
+    fragile = fragile_values(sw, seed, vals, refined, args.judge_seeds + args.refine_seeds, args.queries, args, bound, cache)
     judge_s += time.perf_counter() - t3
     means = np.array([vals[_key(c)].mean() for c in cands.configs])
     best = int(np.argmax(means))
@@ -284,7 +308,7 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
                         "exact": kp.exact, "plan_wall_s": plus_s, "own_qps": kp.qps, "own_streams": len(plus_ev.setups),
                         "from_cache": plus_cached},
         "judge": {"spread_median": float(np.median(spreads)), "spread_max": float(max(spreads)), "wall_s": judge_s,
-                  "refined": [list(c) for c in refined],
+                  "refined": [list(c) for c in refined], "fragile": fragile,
                   "sims_above_bound": int(np.count_nonzero(sims > cands.ub_qps * (1 + 1e-9))),
                   "ub_over_sim_median": float(np.median(ub_over_sim)) if len(ub_over_sim) else float("nan")},
         "configs": [{"counts": c.tolist(), "ub_qps": float(u), "est_qps": float(e), "qps": float(q),
@@ -470,6 +494,8 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
         extra = extra_values(sw, int(r["seed"]), todo, seeds, queries, bound_of(bm), args.workers, cache)
         for c, v in extra.items():
             vals[c] = np.concatenate([vals[c][:n_first], v])
+        r["judge"]["fragile"] = fragile_values(sw, int(r["seed"]), vals, want, n_first + len(seeds), queries, args,
+                                               bound_of(bm), cache)
         for c in r["configs"]:
             v = vals[tuple(c["counts"])]
             c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
@@ -483,6 +509,7 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
               f" {r['optimum']['qps']:.1f}; kairos {r['kairos']['ratio']:.3f}, kairos_plus {r['kairos_plus']['ratio']:.3f}",
               flush=True)
     st["refine"] = {"seeds": seeds, "within": args.refine_within}
+    st["fragile"] = {"seeds": stream_seeds(JUDGE_SEED, args.fragile_seeds, n_first + len(seeds))}
     data["summary"] = summarize(data["rows"])
     print(path.name)
     print_summary(data["summary"], len(data["rows"]), args.workers)
@@ -498,6 +525,9 @@ def main() -> int:
     ap.add_argument("--refine-seeds", type=int, default=REFINE_SEEDS,
                     help="extra judge streams for the fleets within --refine-within of the best and the choices")
     ap.add_argument("--refine-within", type=float, default=REFINE_WITHIN)
+    ap.add_argument("--fragile-seeds", type=int, default=FRAGILE_SEEDS,
+                    help="more judge streams for every contender of a workload where one fails QoS at every rate on "
+                         "some stream (0: none)")
     ap.add_argument("--refine", nargs="+", default=None, metavar="FILE",
                     help="bring FILE's judge up to the refined one (extra streams for its contenders); rewrites FILE")
     ap.add_argument("--queries", type=int, default=4000)
@@ -569,7 +599,9 @@ def main() -> int:
                      "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
                      "quick": args.quick,
                      "refine": {"seeds": stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds),
-                                "within": args.refine_within}},
+                                "within": args.refine_within},
+                     "fragile": {"seeds": stream_seeds(JUDGE_SEED, args.fragile_seeds,
+                                                       args.judge_seeds + args.refine_seeds)}},
         "rows": rows, "degenerate": degenerate, "summary": summary, "total_s": total,
     }, out)
     return 0
