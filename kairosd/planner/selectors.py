@@ -269,10 +269,10 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
     simulates at most `budget_share` of the configurations (`plus_limit`; `None`: no limit), and a few
-    more within twice that (`plus_stretch`) when the estimate proves unreliable on the workload: with the order
-    `kairos` or `estimate`, past its budget the walk goes on to the next fleet while that fleet's
-    estimate, raised by the largest relative error the estimate made on the fleets evaluated so far
-    (`estimate_error`), reaches the best QPS so far. E.g. a first fleet estimated at 1,895 q/s that
+    more within twice that (`plus_stretch`) when the estimate proves unreliable on the workload: in the
+    orders `kairos` and `estimate`, past its budget the walk goes on to the next fleet while that
+    fleet's estimate, raised by the largest relative error the estimate made on the fleets evaluated
+    so far (`estimate_error`), reaches the best QPS so far. E.g. a first fleet estimated at 1,895 q/s that
     serves 1,755 puts the estimate 7.4% off, and a fleet estimated at 1,680 may still serve more than
     1,755; where the estimate was right on the fleets it was checked on, the walk stops at its budget.
 

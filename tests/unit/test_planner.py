@@ -922,9 +922,9 @@ def test_idle_miss_follows_the_dispatchers_choice_on_an_idle_fleet() -> None:
 
 
 def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
-    """With a budget the walk starts at `select_kairos`'s choice, simulates at most `plus_limit`
-    configurations, keeps the best evaluated, and says whether it was exact; it walks
-    on past the budget while nothing evaluated serves any rate."""
+    """With a budget the walk starts at `select_kairos`'s choice, simulates at least `plus_limit`
+    configurations unless it ends by pruning and at most `plus_stretch`, keeps the best evaluated, and
+    says whether it was exact; it walks on past the budget while nothing evaluated serves any rate."""
     from kairosd.planner import kairos_order
 
     rng = np.random.default_rng(23)
@@ -955,6 +955,10 @@ def test_plus_limit_lets_a_second_fleet_check_the_first() -> None:
     """⌊share·N⌋ and at least one; two while two stay within twice the share."""
     assert [plus_limit(n, 0.1) for n in (1, 5, 9, 10, 18, 29, 30, 45)] == [1, 1, 1, 2, 2, 2, 3, 4]
     assert plus_limit(18, 0.2) == 3 and plus_limit(4, 1.0) == 4
+
+
+def test_plus_stretch_adds_at_most_two_within_twice_the_share() -> None:
+    """`plus_limit` and up to `PLUS_STRETCH` (2) more, within ⌊2·share·N⌋."""
     assert [plus_stretch(n, 0.1) for n in (1, 5, 9, 10, 22, 29, 30, 45, 65)] == [1, 1, 1, 2, 4, 4, 5, 6, 8]
     assert plus_stretch(65, 0.1, extra=0) == plus_limit(65, 0.1) and plus_stretch(65, 0.1, extra=20) == 13
 
