@@ -372,7 +372,8 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         row = {"seed": r["seed"], "model": r["model"], "old": old, "new": new, "config": cands.label(k.config),
                "plus_proxy": ev(kp.config) / opt, "plus_proxy_share": kp.n_configs / len(cands)}
         row["plus_recorded"] = float(r["kairos_plus"]["ratio"])
-        row["plus_within"] = ev(kp.config) >= float(np.min(r["optimum"]["per_stream"])) - 1e-9
+        row["plus_within"] = judged(kp.config.tolist(), ev.values(kp.config),
+                                    np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"]
         row["plus_wall_s"] = plus_wall
         rows.append(row)
         if abs(new - old) > 1e-9:
@@ -399,9 +400,10 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
           f"not within the optimum's spread {len(out['plus_not_within'])} {out['plus_not_within']}, "
           f"simulated share median {100 * out['plus_proxy_share'][0]:.1f}% max {100 * out['plus_proxy_share'][1]:.1f}%",
           flush=True)
-    walls = [float(r["plus_wall_s"]) for r in rows if r["plus_wall_s"] is not None]
+    timed = [r for r in rows if r["plus_wall_s"] is not None]
+    walls = [float(r["plus_wall_s"]) for r in timed]
     if walls:
-        slowest = max((r for r in rows if r["plus_wall_s"] is not None), key=lambda r: float(r["plus_wall_s"]))
+        slowest = timed[int(np.argmax(walls))]
         out["plus_wall_s"] = (statistics.median(walls), max(walls), len(walls))
         print(f"{'':36} kairos_plus wall time per plan (simulated afresh, {len(walls)} of {len(rows)} workloads): "
               f"median {statistics.median(walls):.1f} s, max {max(walls):.1f} s (workload {slowest['seed']})", flush=True)

@@ -242,7 +242,7 @@ def plus_stretch(n_configs: int, budget_share: float, extra: int = PLUS_STRETCH)
     share (⌊2·share·N⌋). Each one more is a max-QPS search, so `extra` bounds what the stretch adds to
     a plan's wall time. E.g. share 0.1: N = 9 → 1, N = 22 → 4, N = 30 → 5, N = 65 → 8."""
     limit = plus_limit(n_configs, budget_share)
-    return max(limit, min(int(np.floor(2.0 * budget_share * n_configs + 1e-9)), limit + extra))
+    return max(limit, min(_configs_in_share(n_configs, 2.0 * budget_share), limit + extra))
 
 
 def estimate_error(known: Mapping[int, float], est: np.ndarray) -> float:
@@ -258,8 +258,12 @@ def plus_limit(n_configs: int, budget_share: float) -> int:
     least two while two stay within twice the share (N ≥ 10 at 10 %): one evaluation alone cannot
     overrule the one-shot choice, the second fleet in the walk is its only check. E.g. share 0.1:
     N = 9 → 1, N = 18 → 2, N = 29 → 2, N = 30 → 3."""
-    share = int(np.floor(budget_share * n_configs + 1e-9))
-    return max(1, share, min(2, int(np.floor(2.0 * budget_share * n_configs + 1e-9))))
+    return max(1, _configs_in_share(n_configs, budget_share), min(2, _configs_in_share(n_configs, 2.0 * budget_share)))
+
+
+def _configs_in_share(n_configs: int, share: float) -> int:
+    """⌊share·N⌋, robust to the rounding of share·N (0.1·30 = 3)."""
+    return int(np.floor(share * n_configs + 1e-9))
 
 
 def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
