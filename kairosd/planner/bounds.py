@@ -92,6 +92,11 @@ class BoundModel:
     band_tail_edf       [j, g, x]: the waiting-tail weights of `band_tail` measured from that lead
                         instead of from QoS: Σ p_b·E[1{S ≤ QoS}·exp(−x·max(L99_j(b) − S, 0)/QoS)] (with
                         `svc_quantiles`; without, Σ p_b·(1 − miss_j(b)): every query served at its p99)
+    band_tail_div       [j, k, g, x]: the waiting-tail weights of `band_tail` (base j) times type k's no-wait
+                        miss probability, batch by batch: Σ p_b·w_j(b, x)·miss_k(b). The queries that wait
+                        past their slack on j are the batches of least slack, which are also the ones
+                        another type misses most often, so the misses of the queries the dispatcher
+                        diverts from j to k are this, not the band's tail weight times k's band average
     """
 
     types: tuple[str, ...]
@@ -122,6 +127,7 @@ class BoundModel:
     batch_idle_cost: np.ndarray | None = None
     band_lead: np.ndarray | None = None
     band_tail_edf: np.ndarray | None = None
+    band_tail_div: np.ndarray | None = None
     # dual vectors of `upper_bound`, by subset mask of present types; filled on first use (a cache:
     # the vectors are a function of the fields above, so the model stays a value)
     _duals: dict[int, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
@@ -211,6 +217,9 @@ class BoundModel:
         band_tail, band_tail_edf = (np.stack([np.stack([w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                                               for j in range(len(mean_s))]) for w in (tail_w, edf_w))
         band_lead = np.stack([np.bincount(band_of, weights=p_s * lead[j], minlength=n_bands) for j in range(len(mean_s))])
+        in_band = [band_of == g for g in range(n_bands)]
+        band_tail_div = np.stack([np.stack([np.stack([(tail_w[j, m] * miss_s[k, m][:, None]).sum(axis=0) for m in in_band])
+                                            for k in range(n_types)]) for j in range(n_types)])
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
         band_pref = band_hold = idle_cost = band_idle_cost = None
@@ -266,6 +275,7 @@ class BoundModel:
             band_idle_cost=band_idle_cost,
             band_lead=band_lead,
             band_tail_edf=band_tail_edf,
+            band_tail_div=band_tail_div,
         )
 
     @staticmethod

@@ -153,9 +153,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
         auxiliary if one is free: to the type the dispatcher ranks cheapest on an idle instance for its
         band (`bm.band_idle_cost`, the band's mean of `batch_idle_cost`), the next one while every
         instance of that type is busy (Erlang C of its load y_k/Q_k), and so on (without the costs:
-        the type of fewest misses). It then misses QoS with that type's no-wait miss share of its
-        band (1 where it cannot meet QoS there even on the mean), and with probability 1 when every
-        instance of every other type is busy.
+        the type of fewest misses). It then misses QoS with that type's no-wait miss probability,
+        batch by batch (`bm.band_tail_div`: the queries that wait past their slack are the batches of
+        least slack, the largest, which the other type misses most often; without it, the type's
+        miss share of the band), and with probability 1 when every instance of every other type is
+        busy.
       * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
         can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
@@ -274,7 +276,8 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
                          small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
                          divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
                          alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
-                         tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None)
+                         tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None,
+                         tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None)
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
     return lo
@@ -287,7 +290,7 @@ def _admissible(
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
     divert_cost: np.ndarray | None = None, alone: np.ndarray | None = None, lead: np.ndarray | None = None,
-    tail_edf: np.ndarray | None = None,
+    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -295,7 +298,8 @@ def _admissible(
     `aux_n[k]` the instances of auxiliary k per configuration, `hold[k, g]` how long the dispatcher
     lets a band-g query wait for a busy k rather than take an idle base; `alone` marks the
     configurations of the base type only, whose queue is served in deadline order with the leads
-    `lead[g]` and tail weights `tail_edf[g]`, `bm.band_lead` and `bm.band_tail_edf` of type j)."""
+    `lead[g]` and tail weights `tail_edf[g]`, `bm.band_lead` and `bm.band_tail_edf` of type j;
+    `tail_div[k, g]` the tail weights of type j's band-g queries times k's miss, `bm.band_tail_div` of j)."""
     # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g. An auxiliary takes
     # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
@@ -369,8 +373,17 @@ def _admissible(
                 for k, (n_k, _) in divert.items()}
         for g in range(r.shape[1]):
             order = sorted(divert, key=lambda k: float(divert_cost[k, g]))
-            missed, none_free = _first_free(order, busy, {k: divert[k][1][g] for k in order}, len(lam))
-            late[:, g] = missed + none_free
+            if tail_div is None:
+                missed, none_free = _first_free(order, busy, {k: divert[k][1][g] for k in order}, len(lam))
+                late[:, g] = missed + none_free
+                continue
+            # batch by batch: the late queries are the batches of least slack, which the type they are
+            # diverted to misses most often (`bm.band_tail_div`); `late` as a share of the tail weight
+            late_w, none_free = _first_free(order, busy, {k: np.interp(x_must, TAIL_GRID, tail_div[k, g]) for k in order},
+                                            len(lam))
+            base_w = tail_must[:, g]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                late[:, g] = np.where(base_w > 0, late_w / base_w + none_free, 1.0)
     else:
         for k, (n_k, share_k) in (divert or {}).items():
             busy_k = erlang_c(n_k, aux_load.get(k, np.zeros(len(lam))))
@@ -401,11 +414,12 @@ def _admissible(
     return (work < n_b) & (violating <= eps * lam)
 
 
-def _first_free(order: Sequence[int], busy: Mapping[int, np.ndarray], miss: Mapping[int, float],
+def _first_free(order: Sequence[int], busy: Mapping[int, np.ndarray], miss: Mapping[int, float | np.ndarray],
                 n: int) -> tuple[np.ndarray, np.ndarray]:
     """A query sent to the first type of `order` with a free instance (`busy[t]`: the probability that
-    every instance of t is busy, per configuration) and missing QoS there with `miss[t]`: its expected
-    miss share over those types, and the probability that every instance of every one is busy."""
+    every instance of t is busy, per configuration) and missing QoS there with `miss[t]` (a share, or
+    one per configuration): its expected miss share over those types, and the probability that every
+    instance of every one is busy."""
     missed = np.zeros(n)
     none_free = np.ones(n)
     for t in order:

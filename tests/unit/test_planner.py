@@ -40,6 +40,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
+from kairosd.planner.bounds import TAIL_GRID
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
     QUEUE_EPS,
@@ -868,6 +869,47 @@ def test_queue_estimate_counts_large_queries_diverted_to_auxiliaries() -> None:
     off = queue_estimate(configs, _large_and_small_model(0.2, prefer_base=False), diversion=False)[0]
     assert off == pytest.approx(rates[1.0])
     assert rates[0.2] <= upper_bound(configs, _large_and_small_model(0.2, prefer_base=False))[0]
+
+
+def _late_batches_model(aux_miss: tuple[float, float]) -> BoundModel:
+    """One base meeting QoS (5 ms) on every batch and an auxiliary whose p99 misses it on batches 90
+    and 100 (one must band of the two), missing `aux_miss` of those without waiting; 80% of the queries
+    batch 10, which both serve within QoS. On the base batch 100 has the least slack (1.5 ms against
+    2.4 ms for batch 90), so the queries that wait past their slack are mostly batch 100."""
+    mean = np.zeros((2, 101))
+    mean[:, 10] = 0.0010
+    mean[0, [90, 100]] = [0.0026, 0.0035]
+    mean[1, [90, 100]] = [0.0040, 0.0048]
+    p99 = mean.copy()
+    p99[1, [90, 100]] = 0.0060
+    pmf = np.zeros(101)
+    pmf[[10, 90, 100]] = [0.8, 0.1, 0.1]
+    miss = np.zeros((2, 101))
+    miss[1, [90, 100]] = aux_miss
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=mean * np.array([[2.0], [1.0]]))
+
+
+def test_diverted_queries_miss_batch_by_batch() -> None:
+    """`band_tail_div` weighs each batch's waiting tail on the base by the auxiliary's miss on that
+    batch; the estimate then counts the misses of the queries diverted to the auxiliary on the batches
+    that wait past their slack (the largest), not on the band's average: with the auxiliary missing 90%
+    of batch 100 and 10% of batch 90 it rates lower than with the band's average miss, and the two agree
+    when the auxiliary misses both alike."""
+    bm = _late_batches_model((0.1, 0.9))
+    assert bm.band_tail_div is not None and bm.band_tail is not None and bm.band_p is not None
+    must = int(np.flatnonzero(np.isclose(bm.band_p, 0.2))[0])
+    x = 8  # a point of TAIL_GRID
+    slack = np.array([QOS - 0.0026, QOS - 0.0035]) / QOS
+    weights = 0.1 * np.exp(-TAIL_GRID[x] * slack)
+    assert bm.band_tail[0, must, x] == pytest.approx(weights.sum())
+    assert bm.band_tail_div[0, 1, must, x] == pytest.approx(weights @ np.array([0.1, 0.9]))
+    configs = np.array([[1, 6]])
+    by_batch = queue_estimate(configs, bm)[0]
+    by_band = queue_estimate(configs, dataclasses.replace(bm, band_tail_div=None))[0]
+    assert 0 < by_batch < by_band
+    flat = _late_batches_model((0.5, 0.5))
+    flat_by_band = queue_estimate(configs, dataclasses.replace(flat, band_tail_div=None))[0]
+    assert queue_estimate(configs, flat)[0] == pytest.approx(flat_by_band)
 
 
 def test_queue_estimate_loads_a_base_the_dispatcher_prefers() -> None:
