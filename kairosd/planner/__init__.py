@@ -11,7 +11,8 @@ ends by pruning is exact; `proportional_bound` is the paper's per-type-threshold
 for dispatchers that feed auxiliaries their small queries in mix proportion: it ranks `kairos_paper`.
 Beyond the paper: a queue-aware estimate (`queue_estimate`: the proportional split, corrected for the
 Kairos dispatcher's routing, plus an M/G/c waiting tail on the base pool) ranks fleets for the
-one-shot `kairos` selector (highest estimate; the bound breaks ties) and orders Kairos+'s walk
+one-shot `kairos` selector (highest estimate with a quarter of its queueing discount given back,
+`kairos_score`) and orders Kairos+'s walk
 (`kairos_order`: `kairos`'s choice first); pruning stays on the true bound.
 The evaluator is any callable config → QPS: the simulator (`kairosd.sim.SimEvaluator`) or a live
 measurement; this package never runs one by itself.
@@ -72,6 +73,7 @@ from kairosd.planner.queueing import (
 from kairosd.planner.selectors import (
     PLUS_BUDGET_SHARE,
     PLUS_STRETCH,
+    QUEUE_SHRINK,
     QUEUE_TOLERANCE,
     SELECTORS,
     TOP_K,
@@ -82,6 +84,7 @@ from kairosd.planner.selectors import (
     estimate_error,
     homogeneous_configs,
     kairos_order,
+    kairos_score,
     make_candidates,
     plus_limit,
     plus_stretch,
@@ -116,6 +119,7 @@ __all__ = [
     "QOS_SLACK",
     "QUEUE_BISECT_STEPS",
     "QUEUE_EPS",
+    "QUEUE_SHRINK",
     "QUEUE_TOLERANCE",
     "SELECTORS",
     "Selection",
@@ -139,6 +143,7 @@ __all__ = [
     "joint_queue_estimate",
     "joint_upper_bound",
     "kairos_order",
+    "kairos_score",
     "make_candidates",
     "miss_from_samples",
     "parse_pool",

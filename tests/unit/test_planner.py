@@ -15,6 +15,7 @@ from scipy.optimize import linprog
 from kairosd import workload
 from kairosd.errors import ConfigError
 from kairosd.planner import (
+    QUEUE_SHRINK,
     BoundModel,
     Candidates,
     authors_upper_bound,
@@ -25,6 +26,7 @@ from kairosd.planner import (
     estimate_error,
     fluid_bound,
     homogeneous_configs,
+    kairos_score,
     make_candidates,
     planning_eps,
     plus_limit,
@@ -451,20 +453,32 @@ def test_kairos_paper_picks_the_top10_member_nearest_their_centre() -> None:
     np.testing.assert_array_equal(select_kairos_paper(cp, top_k=2).config, [0, 9])
 
 
-def test_kairos_ranks_by_estimate_and_a_tolerance_admits_the_highest_bound() -> None:
+def test_kairos_score_gives_back_a_share_of_the_queueing_discount() -> None:
+    """est^(1 − s)·ub^s: 100 q/s estimated under a 160 q/s bound scores 100·1.6^0.25 = 112.47 at s = 0.25;
+    s = 0 is the estimate, s = 1 the bound, and an estimate of 0 stays 0."""
+    est, ub = np.array([100.0, 0.0, 50.0]), np.array([160.0, 90.0, 50.0])
+    np.testing.assert_allclose(kairos_score(est, ub, 0.25), [100.0 * 1.6**0.25, 0.0, 50.0])
+    np.testing.assert_allclose(kairos_score(est, ub, 0.0), est)
+    np.testing.assert_allclose(kairos_score(est, ub, 1.0), [160.0, 0.0, 50.0])
+    assert QUEUE_SHRINK == 0.25
+
+
+def test_kairos_ranks_by_score_and_a_tolerance_admits_the_highest_bound() -> None:
     configs = np.array([[1, 6], [2, 3], [2, 2], [1, 5]])
     ub = np.array([10.0, 9.0, 8.0, 9.5])
     est = np.array([5.0, 8.5, 8.6, 4.0])  # (1, 6) has the best bound but queues: estimate half of it
     c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub, est)
-    # by default the estimate ranks alone
-    np.testing.assert_array_equal(select_kairos(c).config, [2, 2])
-    # tolerance 5%: estimate >= 0.95·8.6 = 8.17 → (2, 3) and (2, 2) are tied; the higher bound wins
-    np.testing.assert_array_equal(select_kairos(c, tolerance=0.05).config, [2, 3])
+    # the estimate alone (shrink 0) ranks (2, 2) first
+    np.testing.assert_array_equal(select_kairos(c, shrink=0.0).config, [2, 2])
+    # by default the score: (2, 3) 8.5·(9/8.5)^0.25 = 8.62 over (2, 2) 8.6·(8/8.6)^0.25 = 8.45; (1, 6) 5.95
+    np.testing.assert_array_equal(select_kairos(c).config, [2, 3])
+    # tolerance 5% on the estimate: >= 0.95·8.6 = 8.17 → (2, 3) and (2, 2) are tied; the higher bound wins
+    np.testing.assert_array_equal(select_kairos(c, tolerance=0.05, shrink=0.0).config, [2, 3])
     # a loose tolerance admits (1, 6) again
     np.testing.assert_array_equal(select_kairos(c, tolerance=0.5).config, [1, 6])
     # equal estimates: the higher bound breaks the tie
     tied = dataclasses.replace(c, est_qps=np.array([5.0, 8.6, 8.6, 4.0]))
-    np.testing.assert_array_equal(select_kairos(tied).config, [2, 3])
+    np.testing.assert_array_equal(select_kairos(tied, shrink=0.0).config, [2, 3])
     with pytest.raises(ConfigError, match="estimate"):
         select_kairos(Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub))
 
@@ -499,8 +513,9 @@ def test_kairos_plans_a_sturdy_fleet_over_one_resting_on_a_thin_margin() -> None
     bm = BoundModel.build(mean, mean, pmf, 0.010, ("tailed", "steady"), miss=miss)
     endless = make_candidates(bm, [1.0, 1.0], 3.0, window_queries=None)
     windowed = make_candidates(bm, [1.0, 1.0], 3.0)
-    np.testing.assert_array_equal(select_kairos(endless).config, [3, 0])
-    np.testing.assert_array_equal(select_kairos(windowed).config, [0, 3])
+    # the estimates alone (shrink 0); the score gives back a quarter of the thin margin's discount too
+    np.testing.assert_array_equal(select_kairos(endless, shrink=0.0).config, [3, 0])
+    np.testing.assert_array_equal(select_kairos(windowed, shrink=0.0).config, [0, 3])
     fleets = np.array([[3, 0], [0, 3]])
     np.testing.assert_allclose(windowed.est_qps[[3, 0]], queue_estimate(fleets, bm, eps=planning_eps()))
 
