@@ -153,16 +153,21 @@ def contenders(vals: dict[tuple[int, ...], np.ndarray], within: float) -> list[t
     return [c for c, v in vals.items() if float(v.mean()) >= (1.0 - within) * best]
 
 
-def extra_values(sw: synth.SynthWorkload, seed: int, configs: list[tuple[int, ...]], seeds: list[int], queries: int,
-                 bound: Callable[[np.ndarray], float], workers: int, cache: Cache) -> dict[tuple[int, ...], np.ndarray]:
-    """Each configuration's max QPS on the refined judge's extra streams `seeds`."""
-    if not configs or not seeds:
-        return {c: np.zeros(0) for c in configs}
+def add_streams(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...], np.ndarray], configs: list[tuple[int, ...]],
+                seeds: list[int], n_before: int, queries: int, bound: Callable[[np.ndarray], float], workers: int,
+                cache: Cache) -> int:
+    """In place on `vals`: each of `configs` valued on its first `n_before` streams and then on `seeds`
+    (max QPS per stream), simulating only the configurations that lack them; returns how many those were."""
+    todo = [c for c in configs if len(vals[c]) < n_before + len(seeds)]
+    if not todo or not seeds:
+        return 0
     ev = SeedsEvaluator(setups(sw, seeds, queries), bound=bound, workers=workers)
     cache.fill(ev, seed, seeds, queries)
-    ev.many(np.array(configs))
+    ev.many(np.array(todo))
     cache.save(ev, seed, seeds, queries)
-    return {c: np.array([cc[c].qps for cc in ev.caches]) for c in configs}
+    for c in todo:
+        vals[c] = np.concatenate([vals[c][:n_before], [cc[c].qps for cc in ev.caches]])
+    return len(todo)
 
 
 def fragile_values(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...], np.ndarray], want: list[tuple[int, ...]],
@@ -175,11 +180,8 @@ def fragile_values(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...
     streams for every contender keep the comparison paired. Returns whether streams were added."""
     if args.fragile_seeds <= 0 or not any(np.any(vals[c][:n_before] == 0) and vals[c][:n_before].mean() > 0 for c in want):
         return False
-    seeds = stream_seeds(JUDGE_SEED, args.fragile_seeds, n_before)
-    todo = [c for c in want if len(vals[c]) < n_before + len(seeds)]
-    extra = extra_values(sw, seed, todo, seeds, queries, bound, args.workers, cache)
-    for c, v in extra.items():
-        vals[c] = np.concatenate([vals[c][:n_before], v])
+    add_streams(sw, seed, vals, want, stream_seeds(JUDGE_SEED, args.fragile_seeds, n_before), n_before, queries, bound,
+                args.workers, cache)
     return True
 
 
@@ -271,10 +273,8 @@ def bench_workload(seed: int, args: argparse.Namespace, cache: Cache) -> dict[st
     vals = {(_key(c)): np.array([cc[_key(c)].qps for cc in judge.caches]) for c in everything}
     t3 = time.perf_counter()
     refined = list(dict.fromkeys(contenders(vals, args.refine_within) + [_key(x.config) for x in (k, paper, ho, kp)]))
-    extra = extra_values(sw, seed, refined, stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds), args.queries,
-                         bound, args.workers, cache)
-    for c, v in extra.items():
-        vals[c] = np.concatenate([vals[c], v])
+    add_streams(sw, seed, vals, refined, stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds), args.judge_seeds,
+                args.queries, bound, args.workers, cache)
     fragile = fragile_values(sw, seed, vals, refined, args.judge_seeds + args.refine_seeds, args.queries, args, bound, cache)
     judge_s += time.perf_counter() - t3
     means = np.array([vals[_key(c)].mean() for c in cands.configs])
@@ -492,10 +492,7 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
         first = {c: v[:n_first] for c, v in vals.items()}
         want = list(dict.fromkeys(contenders(first, args.refine_within) + [tuple(r[n]["counts"]) for n in SELECTORS]
                                   + [_key(select_kairos(cands).config)]))
-        todo = [c for c in want if len(vals[c]) < n_first + len(seeds)]
-        extra = extra_values(sw, int(r["seed"]), todo, seeds, queries, bound_of(bm), args.workers, cache)
-        for c, v in extra.items():
-            vals[c] = np.concatenate([vals[c][:n_first], v])
+        added = add_streams(sw, int(r["seed"]), vals, want, seeds, n_first, queries, bound_of(bm), args.workers, cache)
         r["judge"]["fragile"] = fragile_values(sw, int(r["seed"]), vals, want, n_first + len(seeds), queries, args,
                                                bound_of(bm), cache)
         for c in r["configs"]:
@@ -507,7 +504,7 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
         for name in SELECTORS:
             r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
         r["judge"]["refined"] = [list(c) for c in want]
-        print(f"{r['seed']:5d} {r['model']:6} refined {len(todo):2d} fleets; optimum {r['optimum']['config']}"
+        print(f"{r['seed']:5d} {r['model']:6} refined {added:2d} fleets; optimum {r['optimum']['config']}"
               f" {r['optimum']['qps']:.1f}; kairos {r['kairos']['ratio']:.3f}, kairos_plus {r['kairos_plus']['ratio']:.3f}",
               flush=True)
     st["refine"] = {"seeds": seeds, "within": args.refine_within}

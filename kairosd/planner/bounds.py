@@ -217,9 +217,8 @@ class BoundModel:
         band_tail, band_tail_edf = (np.stack([np.stack([w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                                               for j in range(len(mean_s))]) for w in (tail_w, edf_w))
         band_lead = np.stack([np.bincount(band_of, weights=p_s * lead[j], minlength=n_bands) for j in range(len(mean_s))])
-        in_band = [band_of == g for g in range(n_bands)]
-        band_tail_div = np.stack([np.stack([np.stack([(tail_w[j, m] * miss_s[k, m][:, None]).sum(axis=0) for m in in_band])
-                                            for k in range(n_types)]) for j in range(n_types)])
+        in_band = (band_of[:, None] == np.arange(n_bands)[None, :]).astype(float)  # [support batch, band]
+        band_tail_div = np.einsum("jbx,kb,bg->jkgx", tail_w, miss_s, in_band, optimize=True)
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
         band_pref = band_hold = idle_cost = band_idle_cost = None

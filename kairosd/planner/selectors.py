@@ -260,7 +260,7 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE, shrin
     safe = score >= (1.0 - tolerance) * score.max(initial=0.0)
     first = -np.where(safe, cands.ub_qps, -np.inf)
     second = -np.where(safe, np.inf, score)
-    return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, -score, second, first))
+    return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
 
 
 def plus_stretch(n_configs: int, budget_share: float, extra: int = PLUS_STRETCH) -> int:
