@@ -111,11 +111,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. The base is the present
-    type serving the largest share of the mix within QoS (`base_types`); auxiliaries, the one taking most
-    of a base instance's work first, take the queries offered to them among those they are eligible
-    for (`bm.band_eligible`: their p99 within QoS, batch by batch, as the dispatcher tests it), the
-    base the rest. The split and
-    the waits follow the Kairos dispatcher, each part only when `bm` carries what it needs:
+    type serving the largest share of the mix within QoS (`base_types`); auxiliaries take the queries
+    offered to them among those they are eligible for (`bm.band_eligible`: their p99 within QoS, batch
+    by batch, as the dispatcher tests it), a band that several of them can take split among them in
+    proportion to their capacity (`_capacity_split`), and the base the rest. The split and the waits
+    follow the Kairos dispatcher, each part only when `bm` carries what it needs:
       * a band on which no present type meets QoS on its p99 is not the base's alone: the dispatcher
         sends it to the present type it ranks cheapest on an idle instance (`bm.band_idle_cost`, e.g. a
         type whose mean is within QoS over a base whose mean is not), and when that is an auxiliary, the
@@ -260,8 +260,7 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
         small_miss = np.where(share > 0, (band_small * band_miss).sum(axis=1) / share, 0.0)
     n = configs.astype(float)
     n_b = n[:, j]
-    t = (band_small * band_m1[j][None, :]).sum(axis=1) / band_m1[j].sum()  # a base instance's time on k's share
-    aux = [k for k in np.argsort(-t, kind="stable") if k != j and share[k] > 0 and small_rate[k] > 0]
+    aux = [k for k in range(n_types) if k != j and share[k] > 0 and small_rate[k] > 0]
     aux_n = {k: n[:, k] for k in aux}
     p_g, m1, m2, tail = band_p, band_m1[j], band_m2[j], band_tail[j]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -305,18 +304,18 @@ def _admissible(
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
     # depends on what the auxiliaries leave, so the split is iterated from "auxiliaries take all"
     busy_b = np.ones(len(lam))
+    split = _capacity_split(aux, aux_n, band_small, small_rate, len(lam))
     for _ in range(max(1, rounds) if pref is not None else 1):
         r = np.repeat(lam[:, None], len(p_g), axis=1)
-        used = np.zeros(len(lam))
         aux_miss = np.zeros(len(lam))
         aux_rate: dict[int, np.ndarray] = {}  # y_k, queries/s
         aux_load: dict[int, np.ndarray] = {}  # y_k/Q_k, Erlangs
         aux_mult: dict[int, np.ndarray] = {}  # per-band rate multipliers, like r
         aux_over: dict[int, np.ndarray] = {}  # what k is offered and does not take, queries/s per band
         for k in aux:
-            feed = band_small[k][None, :] * (1.0 if pref is None else 1.0 - pref[k][None, :] * (1.0 - busy_b[:, None]))
+            feed = split[k] * (1.0 if pref is None else 1.0 - pref[k][None, :] * (1.0 - busy_b[:, None]))
             s_k = feed @ p_g  # the share of the mix the auxiliary is offered
-            offered = s_k * np.maximum(lam - used, 0.0)
+            offered = s_k * lam
             a_k = offered / small_rate[k]
             # what finds every instance of k busy goes to a free base (Erlang B, times the chance that
             # a base instance is free), unless the dispatcher holds it for k: then only what would wait
@@ -330,8 +329,7 @@ def _admissible(
                 y = np.where(s_k > 0, np.minimum(offered * (1.0 - over), aux_n[k] * small_rate[k]), 0.0)
                 taken = np.where(s_k > 0, y / s_k, 0.0)
             # only a present auxiliary turns queries away (with none, they are the base's to begin with)
-            aux_over[k] = np.where(aux_n[k] > 0, np.maximum(lam - used, 0.0) - taken, 0.0)[:, None] * feed * p_g[None, :]
-            used += taken
+            aux_over[k] = np.where(aux_n[k] > 0, lam - taken, 0.0)[:, None] * feed * p_g[None, :]
             aux_miss += y * small_miss[k]
             r -= taken[:, None] * feed
             aux_rate[k], aux_load[k], aux_mult[k] = y, y / small_rate[k], taken[:, None] * feed
@@ -412,6 +410,19 @@ def _admissible(
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
             violating = violating + shared[:, g] * wait_g
     return (work < n_b) & (violating <= eps * lam)
+
+
+def _capacity_split(aux: Sequence[int], aux_n: Mapping[int, np.ndarray], band_small: np.ndarray,
+                    small_rate: np.ndarray, n: int) -> dict[int, np.ndarray]:
+    """Each auxiliary's share of every band it is eligible on [configuration, band]: a band that several
+    present auxiliaries can take is split among them in proportion to their capacity n_k·Q_k (the
+    instances that free first take the next query, and a type's instances free at its rate); a band
+    with one eligible auxiliary is offered to it whole. E.g. 1 instance at 20/s and 2 at 15/s on the
+    same band: 0.4 and 0.6 of it."""
+    cap = {k: (aux_n[k] * small_rate[k])[:, None] * (band_small[k][None, :] > 0) for k in aux}
+    total = sum(cap.values(), np.zeros((n, band_small.shape[1])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {k: band_small[k][None, :] * np.where(total > 0, cap[k] / total, 1.0) for k in aux}
 
 
 def _first_free(order: Sequence[int], busy: Mapping[int, np.ndarray], miss: Mapping[int, float | np.ndarray],

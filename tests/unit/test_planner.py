@@ -46,6 +46,7 @@ from kairosd.planner.bounds import TAIL_GRID
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
     QUEUE_EPS,
+    _capacity_split,
     _decay_x,
     _estimate_group,
     _routing_groups,
@@ -323,7 +324,7 @@ def test_queue_estimate_falls_as_the_slack_shrinks_and_stays_below_the_bound() -
     for _ in range(3):
         bm = _random_model(rng, n_types=4)
         configs = rng.integers(0, 8, (300, 4))
-        est, ub = queue_estimate(configs, bm), proportional_bound(configs, bm)
+        est, ub = queue_estimate(configs, bm), upper_bound(configs, bm)
         assert np.all(est <= ub * (1 + 1e-12)) and np.all(est >= 0)
         assert np.all(est[ub == 0] == 0) and np.all(est[ub > 0] > 0)
 
@@ -830,7 +831,8 @@ def _two_fallbacks_model(cheap_misses: bool) -> BoundModel:
 def test_a_diverted_query_goes_where_the_dispatcher_ranks_it_cheapest() -> None:
     """A large query late for the one base goes to the free fallback the dispatcher ranks cheapest,
     not to the one that misses least: when that is the type missing 80%, the estimate is lower; with
-    no costs in the model it takes the type of fewest misses."""
+    no costs in the model it takes the type of fewest misses (and counts a query that finds every
+    instance of it busy as late, where the costs send it on to the other type: within 2%)."""
     configs = np.array([[1, 6, 6]])  # enough auxiliaries that one of each type is mostly free
     bm = _two_fallbacks_model(True)
     assert bm.band_idle_cost is not None
@@ -838,7 +840,7 @@ def test_a_diverted_query_goes_where_the_dispatcher_ranks_it_cheapest() -> None:
     better = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[0, 2, 1]]))[0]
     fewest = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=None))[0]
     assert 0 < worse < 0.95 * better
-    assert fewest == pytest.approx(better, rel=1e-3)
+    assert 0.95 * fewest > worse and fewest == pytest.approx(better, rel=0.02)
 
 
 def test_auxiliaries_take_every_batch_their_p99_serves_within_qos() -> None:
@@ -859,6 +861,17 @@ def test_auxiliaries_take_every_batch_their_p99_serves_within_qos() -> None:
     configs = np.array([[1, 2]])
     by_threshold = queue_estimate(configs, dataclasses.replace(bm, band_eligible=None))[0]
     assert queue_estimate(configs, bm)[0] > by_threshold > 0
+
+
+def test_auxiliaries_share_a_band_in_proportion_to_their_capacity() -> None:
+    """The docstring's case: 1 instance at 20/s and 2 at 15/s on the same band take 0.4 and 0.6 of it;
+    a band only one of them can take is offered to it whole, and an absent type takes nothing where a
+    present one can."""
+    eligible = np.array([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # [type, band]; type 0 the base
+    rate = np.array([50.0, 20.0, 15.0])
+    split = _capacity_split([1, 2], {1: np.array([1.0, 1.0]), 2: np.array([2.0, 0.0])}, eligible, rate, 2)
+    assert split[1][0] == pytest.approx([0.4, 1.0, 0.0]) and split[2][0] == pytest.approx([0.6, 0.0, 0.0])
+    assert split[1][1] == pytest.approx([1.0, 1.0, 0.0]) and split[2][1] == pytest.approx([0.0, 0.0, 0.0])
 
 
 def test_a_mixed_pool_drains_at_its_instances_summed_rates() -> None:
