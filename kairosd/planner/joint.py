@@ -57,7 +57,7 @@ Worked example (the two-type example above, fluid numbers): at 1.5 $/h the best 
 small instance and B to the big one, serves min(500/0.75, 250/0.25) = 666.7/s of the 3:1 mix; the
 shared 1 big + 1 small 857.1/s. Pinning wins where pooling puts a model with little slack behind
 another model's long services (unit tests: a 1 ms model with a 3 ms QoS beside a 50 ms one).
-The plan is partitioned when its λ estimate is higher than the best shared configuration's
+The plan is partitioned when its λ estimate is higher than the chosen shared configuration's
 ("max_throughput"), or when it covers the headroom at a lower cost ("min_cost"). Sharing is a
 relaxation of partitioning in the fluid model (every partition's flows are feasible for the joint LP),
 so the joint bound never prefers a partition: the choice rests on the estimates, where pooling a
@@ -88,7 +88,7 @@ from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
-from kairosd.planner.selectors import QUEUE_TOLERANCE
+from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_score
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
@@ -632,6 +632,7 @@ def plan_fleet(
     miss: Mapping[str, np.ndarray] | None = None,
     tail: bool = True,
     tolerance: float = QUEUE_TOLERANCE,
+    shrink: float = QUEUE_SHRINK,
     keep_warm: bool = True,
     joint: JointModel | None = None,
     partition: bool = True,
@@ -639,8 +640,9 @@ def plan_fleet(
     """Choose one fleet (counts of `types` at `prices_usd_per_hour`, cost ≤ the budget) for the observed
     `demand` of every model, each judged against its `qos_s[model]`; no online exploration.
 
-    objective "max_throughput" (Kairos for the mix): among the maximal configurations, those whose joint
-        queue-aware estimate is within `tolerance` of the best (default 0: the best alone) are
+    objective "max_throughput" (Kairos for the mix): among the maximal configurations, those whose score
+        (`kairos_score`: the joint queue-aware estimate with a share `shrink` of its discount from the
+        joint bound given back) is within `tolerance` of the best (default 0: the best alone) are
         queue-safe; the one with the highest joint bound wins (ties: higher estimate, cheaper,
         enumeration order). With one model this is `select_kairos` on `make_candidates` of that model.
     objective "min_cost": the cheapest configuration (maximal or not) whose estimate serves the observed
@@ -755,24 +757,26 @@ def plan_fleet(
         maximal_rows = _maximal(configs[pool], prices, budget_usd_per_hour, caps)
         pool = pool[maximal_rows]
         note = f"; no configuration within {budget_usd_per_hour} $/h serves {headroom:g}× the observed rates" + note
-    best = est[pool].max()
-    safe = est[pool] >= (1.0 - tolerance) * best
-    order = np.lexsort((pool, cost_micro[pool], -est[pool], -np.where(safe, ub[pool], -np.inf)))
+    score = kairos_score(est[pool], ub[pool], shrink)
+    safe = score >= (1.0 - tolerance) * score.max()
+    order = np.lexsort((pool, cost_micro[pool], -ub[pool], -est[pool], -np.where(safe, np.inf, score),
+                        -np.where(safe, ub[pool], -np.inf)))
     row = int(pool[order[0]])
     why = ""
     if space is not None and total > 0:
         part = _max_partition(space, rates)
-        shared_best = float(best / total)
+        shared_best = float(est[row] / total)
         if part is None:
             why = "; shared: no partition serves every model within the budget"
         else:
             part_lam = min(float(space.est_qps[m][r] / rates[m]) for m, r in part.items())
             if part_lam > shared_best:
                 return partitioned(part, f"max_throughput: partitioned (each instance pinned to one model): estimate "
-                                         f"λ {part_lam:.4g} above the best shared configuration's {shared_best:.4g}{note}")
-            why = f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the best shared {shared_best:.4g}"
-    how = (f"the highest joint bound among {int(safe.sum())} queue-safe configurations (estimate within "
-           f"{tolerance:.0%} of the best)" if tolerance > 0 else "the highest joint estimate")
+                                         f"λ {part_lam:.4g} above the chosen shared configuration's {shared_best:.4g}{note}")
+            why = (f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the chosen shared"
+                   f" one's {shared_best:.4g}")
+    how = (f"the highest joint bound among {int(safe.sum())} queue-safe configurations (score within "
+           f"{tolerance:.0%} of the best)" if tolerance > 0 else "the highest score (joint estimate, kairos_score)")
     return plan(row, f"max_throughput: {how}: {_label(types, configs[row])}{note}{why}")
 
 

@@ -11,6 +11,7 @@ from kairosd.dispatch import FcfsPolicy, make_policy
 from kairosd.errors import ConfigError
 from kairosd.planner import (
     POOL_SEP,
+    QUEUE_SHRINK,
     BoundModel,
     FleetPlan,
     JointModel,
@@ -158,13 +159,23 @@ def test_joint_bound_holds_in_simulation(wl: workload.KairosWorkload) -> None:
 
 
 def test_max_throughput_with_one_model_is_select_kairos(wl: workload.KairosWorkload, pmf: np.ndarray) -> None:
-    for model, budget in (("wnd", 2.5), ("mtwnd", 2.5), ("ncf", 1.5), ("dien", 3.5)):
+    """The same choice as `select_kairos` at the default share of the discount given back, at none (the
+    estimate alone) and at all of it (the bound alone), which differ on some of these."""
+    by_shrink: dict[float, list[list[int]]] = {}
+    for model, budget in (("wnd", 2.5), ("mtwnd", 2.5), ("ncf", 1.5), ("dien", 3.5), ("ncf", 2.5), ("mtwnd", 1.5)):
         bm = BoundModel.from_profiles(wl.profiles, model, wl.types, pmf, wl.qos_s[model])
-        want = select_kairos(make_candidates(bm, wl.prices_usd_per_hour, budget)).config
-        plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, [ModelDemand(model, 100.0, pmf)], wl.qos_s)
-        assert [plan.counts[t] for t in wl.types] == want.tolist(), model
-        assert plan.objective == "max_throughput" and plan.cost_usd_per_hour <= budget
-        assert 0 < plan.multiple <= plan.bound_multiple
+        cands = make_candidates(bm, wl.prices_usd_per_hour, budget)
+        for shrink in (QUEUE_SHRINK, 0.0, 1.0):
+            want = select_kairos(cands, shrink=shrink).config
+            plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, [ModelDemand(model, 100.0, pmf)],
+                              wl.qos_s, shrink=shrink)
+            assert [plan.counts[t] for t in wl.types] == want.tolist(), (model, shrink)
+            assert plan.objective == "max_throughput" and plan.cost_usd_per_hour <= budget
+            assert 0 < plan.multiple <= plan.bound_multiple
+            by_shrink.setdefault(shrink, []).append(want.tolist())
+    # ncf at 2.5 $/h: 1 × g4dn + 1 × c5n + 10 × r5n by the estimate alone, 1 × g4dn + 13 × r5n by the score;
+    # mtwnd at 1.5 $/h: 2 × g4dn + 3 × r5n by the score, 1 × g4dn + 6 × r5n by the bound alone
+    assert by_shrink[0.0] != by_shrink[QUEUE_SHRINK] != by_shrink[1.0]
 
 
 def test_min_cost_scales_with_the_rate_and_respects_budget_and_availability(wl: workload.KairosWorkload,
