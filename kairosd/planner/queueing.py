@@ -174,7 +174,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     1/μ = E[S] their mean service time; in a shared pool a slow auxiliary adds its own rate, not the
     pool's mean), a the pool's load in Erlangs,
     C_s² the squared coefficient of variation of that service time (across batches, and within a batch
-    when `bm` has the samples' `svc_cv2`), t = QoS − L_b(b) per batch (the feasibility latency where it
+    when `bm` has the samples' `svc_cv2`; in a shared pool, over every query its instances serve, each on
+    the type that serves it), t = QoS − L_b(b) per batch (the feasibility latency where it
     meets QoS, else the mean), counted on the queries that do not miss anyway. With the 0/1 table, a
     base covering 99.1% of the mix leaves 0.1% for waits. The estimate is the largest such λ in
     [0, UB] (`upper_bound`), by bisection (vectorised over configurations; the exp-sums are tabulated
@@ -276,7 +277,8 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
                          divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
                          alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
                          tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None,
-                         tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None)
+                         tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None,
+                         m1_all=band_m1, m2_all=band_m2)
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
     return lo
@@ -289,7 +291,8 @@ def _admissible(
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
     divert_cost: np.ndarray | None = None, alone: np.ndarray | None = None, lead: np.ndarray | None = None,
-    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None,
+    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None, m1_all: np.ndarray | None = None,
+    m2_all: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -298,7 +301,9 @@ def _admissible(
     lets a band-g query wait for a busy k rather than take an idle base; `alone` marks the
     configurations of the base type only, whose queue is served in deadline order with the leads
     `lead[g]` and tail weights `tail_edf[g]`, `bm.band_lead` and `bm.band_tail_edf` of type j;
-    `tail_div[k, g]` the tail weights of type j's band-g queries times k's miss, `bm.band_tail_div` of j)."""
+    `tail_div[k, g]` the tail weights of type j's band-g queries times k's miss, `bm.band_tail_div` of j;
+    `m1_all`, `m2_all` [type, band] every type's `band_m1`, `band_m2`: a shared pool's service variability
+    over the queries each of its types serves, the base's alone without them)."""
     # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g. An auxiliary takes
     # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
@@ -404,7 +409,15 @@ def _admissible(
         a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
         rate_p = lam_b + sum((aux_rate[k] for k in eligible), np.zeros(len(lam)))
         drain_p = n_b * base_rate + sum((aux_n[k] * small_rate[k] for k in eligible), np.zeros(len(lam)))
-        x = _decay_x(c_p, a_p, rate_p, cs2, qos, capacity=drain_p)
+        cs2_p = cs2
+        if m1_all is not None and m2_all is not None:
+            # the pool's service variability: every query its instances serve, each on its own type (a
+            # heavy-tailed or slow auxiliary lengthens the pool's waits as its services do)
+            first = work + sum((aux_mult[k] @ m1_all[k] for k in eligible), np.zeros(len(lam)))
+            second = r @ m2 + sum((aux_mult[k] @ m2_all[k] for k in eligible), np.zeros(len(lam)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cs2_p = np.where(first > 0, second * rate_p / first**2 - 1.0, cs2)
+        x = _decay_x(c_p, a_p, rate_p, cs2_p, qos, capacity=drain_p)
         busy_p = erlang_c(c_p, a_p)
         for g in bands:
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])

@@ -874,6 +874,23 @@ def test_auxiliaries_share_a_band_in_proportion_to_their_capacity() -> None:
     assert split[1][1] == pytest.approx([1.0, 1.0, 0.0]) and split[2][1] == pytest.approx([0.0, 0.0, 0.0])
 
 
+def test_a_shared_pool_waits_with_the_variability_of_every_type_it_holds() -> None:
+    """1 base (1 ms) + 2 auxiliaries (2 ms) sharing every query (QoS 6 ms, p99 = 1.2 × mean): the pool's
+    waiting tail takes its C_s² over the services of both types, so the auxiliary's within-batch
+    variability (`svc_cv2`) lowers the estimate although the base's services are unchanged."""
+    def model(cv2_aux: float) -> BoundModel:
+        mean = np.zeros((2, 11))
+        mean[0, 10], mean[1, 10] = 0.001, 0.002
+        pmf = np.zeros(11)
+        pmf[10] = 1.0
+        cv2 = np.zeros((2, 11))
+        cv2[1, 10] = cv2_aux
+        return BoundModel.build(mean, mean * 1.2, pmf, 0.006, ("base", "aux"), svc_cv2=cv2)
+
+    est = [queue_estimate(np.array([[1, 2]]), model(v))[0] for v in (0.0, 1.0, 4.0)]
+    assert est[0] > 1.2 * est[1] > 1.2 * 1.5 * est[2] > 0
+
+
 def test_a_mixed_pool_drains_at_its_instances_summed_rates() -> None:
     """θ·QoS of the waiting tail: c/E[S] − λ for identical instances (2 instances, E[S] = 0.1 s at
     10 queries/s: 2·(20 − 10) = 20 with C_s² = 0, QoS 1 s); a pool of a 25/s and an 8/s instance
