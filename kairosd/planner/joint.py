@@ -37,8 +37,8 @@ tail (θ from the pooled moments) plus those no present type serves within QoS a
 Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (the
-highest joint estimate, the joint bound breaking ties; with a `tolerance`, the highest joint bound
-among the configurations whose estimate is within it of the best);
+highest `kairos_score` of the joint estimate and bound, the joint bound breaking ties; with a
+`tolerance`, the highest joint bound among the configurations whose score is within it of the best);
 "min_cost" the cheapest configuration whose estimate covers the observed rates times `headroom`.
 
 Partitioned fleets. With two or more models with demand, `plan_fleet` also plans a partitioned fleet:

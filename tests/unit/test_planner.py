@@ -888,7 +888,7 @@ def test_a_shared_pool_waits_with_the_variability_of_every_type_it_holds() -> No
         return BoundModel.build(mean, mean * 1.2, pmf, 0.006, ("base", "aux"), svc_cv2=cv2)
 
     est = [queue_estimate(np.array([[1, 2]]), model(v))[0] for v in (0.0, 1.0, 4.0)]
-    assert est[0] > 1.2 * est[1] > 1.2 * 1.5 * est[2] > 0
+    assert est[0] > 1.2 * est[1] and est[1] > 1.5 * est[2] > 0  # 1,519, 1,163 and 607 q/s
 
 
 def test_a_mixed_pool_drains_at_its_instances_summed_rates() -> None:
