@@ -88,7 +88,7 @@ from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
-from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_score
+from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
@@ -757,11 +757,7 @@ def plan_fleet(
         maximal_rows = _maximal(configs[pool], prices, budget_usd_per_hour, caps)
         pool = pool[maximal_rows]
         note = f"; no configuration within {budget_usd_per_hour} $/h serves {headroom:g}× the observed rates" + note
-    score = kairos_score(est[pool], ub[pool], shrink)
-    safe = score >= (1.0 - tolerance) * score.max()
-    order = np.lexsort((pool, cost_micro[pool], -ub[pool], -est[pool], -np.where(safe, np.inf, score),
-                        -np.where(safe, ub[pool], -np.inf)))
-    row = int(pool[order[0]])
+    row = int(pool[kairos_rank(est[pool], ub[pool], cost_micro[pool], tolerance=tolerance, shrink=shrink)[0]])
     why = ""
     if space is not None and total > 0:
         part = _max_partition(space, rates)
@@ -775,7 +771,8 @@ def plan_fleet(
                                          f"λ {part_lam:.4g} above the chosen shared configuration's {shared_best:.4g}{note}")
             why = (f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the chosen shared"
                    f" one's {shared_best:.4g}")
-    how = (f"the highest joint bound among {int(safe.sum())} queue-safe configurations (score within "
+    n_safe = int(queue_safe(kairos_score(est[pool], ub[pool], shrink), tolerance).sum())
+    how = (f"the highest joint bound among {n_safe} queue-safe configurations (score within "
            f"{tolerance:.0%} of the best)" if tolerance > 0 else "the highest score (joint estimate, kairos_score)")
     return plan(row, f"max_throughput: {how}: {_label(types, configs[row])}{note}{why}")
 

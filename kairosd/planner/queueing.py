@@ -287,12 +287,11 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
 def _admissible(
     lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], aux_n: Mapping[int, np.ndarray],
     band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
-    small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float,
+    small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float, m1_all: np.ndarray, m2_all: np.ndarray,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
     divert_cost: np.ndarray | None = None, alone: np.ndarray | None = None, lead: np.ndarray | None = None,
-    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None, m1_all: np.ndarray | None = None,
-    m2_all: np.ndarray | None = None,
+    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -303,7 +302,7 @@ def _admissible(
     `lead[g]` and tail weights `tail_edf[g]`, `bm.band_lead` and `bm.band_tail_edf` of type j;
     `tail_div[k, g]` the tail weights of type j's band-g queries times k's miss, `bm.band_tail_div` of j;
     `m1_all`, `m2_all` [type, band] every type's `band_m1`, `band_m2`: a shared pool's service variability
-    over the queries each of its types serves, the base's alone without them)."""
+    over the queries each of its types serves)."""
     # per-band rate multiplier r_g: the base serves p_g·r_g queries/s of band g. An auxiliary takes
     # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
@@ -409,14 +408,12 @@ def _admissible(
         a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
         rate_p = lam_b + sum((aux_rate[k] for k in eligible), np.zeros(len(lam)))
         drain_p = n_b * base_rate + sum((aux_n[k] * small_rate[k] for k in eligible), np.zeros(len(lam)))
-        cs2_p = cs2
-        if m1_all is not None and m2_all is not None:
-            # the pool's service variability: every query its instances serve, each on its own type (a
-            # heavy-tailed or slow auxiliary lengthens the pool's waits as its services do)
-            first = work + sum((aux_mult[k] @ m1_all[k] for k in eligible), np.zeros(len(lam)))
-            second = r @ m2 + sum((aux_mult[k] @ m2_all[k] for k in eligible), np.zeros(len(lam)))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cs2_p = np.where(first > 0, second * rate_p / first**2 - 1.0, cs2)
+        # the pool's service variability: every query its instances serve, each on its own type (a
+        # heavy-tailed or slow auxiliary lengthens the pool's waits as its services do)
+        first = work + sum((aux_mult[k] @ m1_all[k] for k in eligible), np.zeros(len(lam)))
+        second = r @ m2 + sum((aux_mult[k] @ m2_all[k] for k in eligible), np.zeros(len(lam)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cs2_p = np.where(first > 0, second * rate_p / first**2 - 1.0, cs2)
         x = _decay_x(c_p, a_p, rate_p, cs2_p, qos, capacity=drain_p)
         busy_p = erlang_c(c_p, a_p)
         for g in bands:

@@ -255,12 +255,24 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE, shrin
     higher estimate, higher bound, cheaper, enumeration order). Its first row is `select_kairos`'s choice."""
     if cands.est_qps is None:
         raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
-    est = cands.est_qps
-    score = kairos_score(est, cands.ub_qps, shrink)
-    safe = score >= (1.0 - tolerance) * score.max(initial=0.0)
-    first = -np.where(safe, cands.ub_qps, -np.inf)
+    return kairos_rank(cands.est_qps, cands.ub_qps, cands.cost_usd_per_hour, tolerance=tolerance, shrink=shrink)
+
+
+def queue_safe(score: np.ndarray, tolerance: float) -> np.ndarray:
+    """Which rows' score (`kairos_score`) is within `tolerance` of the best: the queue-safe ones."""
+    return score >= (1.0 - tolerance) * score.max(initial=0.0)
+
+
+def kairos_rank(est: np.ndarray, ub: np.ndarray, cost: np.ndarray, *, tolerance: float = QUEUE_TOLERANCE,
+                shrink: float = QUEUE_SHRINK) -> np.ndarray:
+    """`kairos_order` on bare arrays (estimate, bound and cost per row): the queue-safe rows by bound high
+    to low, then the others by score high to low; ties: higher estimate, higher bound, cheaper, row order.
+    The joint planner ranks by it too (`plan_fleet`)."""
+    score = kairos_score(est, ub, shrink)
+    safe = queue_safe(score, tolerance)
+    first = -np.where(safe, ub, -np.inf)
     second = -np.where(safe, np.inf, score)
-    return np.lexsort((np.arange(len(cands)), cands.cost_usd_per_hour, -cands.ub_qps, -est, second, first))
+    return np.lexsort((np.arange(len(est)), cost, -ub, -est, second, first))
 
 
 def plus_stretch(n_configs: int, budget_share: float, extra: int = PLUS_STRETCH) -> int:
