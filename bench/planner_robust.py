@@ -129,10 +129,10 @@ def plus_evaluator(sw: synth.SynthWorkload, seeds: list[int], queries: int, boun
                    workers: int, cands: Candidates) -> SeedsEvaluator:
     """Kairos+'s evaluator: streams of its own on `seeds` (apart from the judge's), up to three times as
     many (`plus_seeds_of`) when it adds streams to tell two fleets apart; each search starts at the
-    candidates' estimate."""
+    candidates' `kairos_score` (`Candidates.search_start`)."""
     return SeedsEvaluator(setups(sw, seeds, queries), bound=bound, workers=workers,
                           more=lambda i: setups(sw, plus_seeds_of(seeds, i + 1)[i:], queries)[0],
-                          max_streams=3 * len(seeds), guess=cands.estimate)
+                          max_streams=3 * len(seeds), guess=cands.search_start)
 
 
 def cached_runs(ev: SeedsEvaluator) -> int:

@@ -315,9 +315,9 @@ def run(args: argparse.Namespace) -> int:
         if len(inp.setups) > 1:
             # Kairos+ adds streams, up to three times as many, where the first ones do not order two fleets
             evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups),
-                                       progress=progress, guess=cands.estimate)
+                                       progress=progress, guess=cands.search_start)
         else:
-            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress, guess=cands.estimate)
+            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress, guess=cands.search_start)
         if args.workers > 0:
             evaluator.workers = args.workers
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)

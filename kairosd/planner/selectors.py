@@ -61,14 +61,17 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.configs)
 
-    def estimate(self, config: np.ndarray) -> float | None:
-        """The queue-aware estimate of `config` (counts aligned with `types`); None when it is not one of
-        the candidates or they carry no estimate (e.g. where an evaluator's search starts,
-        `SeedsEvaluator.guess`)."""
+    def search_start(self, config: np.ndarray) -> float | None:
+        """Where an evaluator's max-QPS search of `config` (counts aligned with `types`) starts
+        (`SeedsEvaluator.guess`): its `kairos_score`, the rate `kairos` ranks it at. The score sits closer
+        to simulated rates than the estimate, which is biased low, so the search brackets the answer in
+        fewer runs. None when `config` is not one of the candidates or they carry no estimate."""
         if self.est_qps is None:
             return None
         rows = np.flatnonzero(np.all(self.configs == np.asarray(config)[None, :], axis=1))
-        return float(self.est_qps[rows[0]]) if len(rows) else None
+        if not len(rows):
+            return None
+        return float(kairos_score(self.est_qps[rows[:1]], self.ub_qps[rows[:1]])[0])
 
     def ranked(self) -> np.ndarray:
         """Row indices by upper bound, high to low (ties: cheaper first, then enumeration order)."""

@@ -1222,6 +1222,23 @@ def test_candidates_carry_the_idle_miss_share() -> None:
     np.testing.assert_allclose(r.idle_miss, idle_miss(r.configs, bm))
 
 
+def test_a_search_starts_at_the_rate_kairos_ranks_the_fleet_at() -> None:
+    """`Candidates.search_start` (where Kairos+'s max-QPS searches start): each candidate's `kairos_score`,
+    between its estimate and its bound; None for a configuration that is not a candidate."""
+    from kairosd.planner.selectors import kairos_score
+
+    bm = _tailed_base_model(aux_cheaper_on_large=True)
+    c = make_candidates(bm, [1.0, 0.4], 2.0, maximal_only=False)
+    assert c.est_qps is not None
+    starts = np.array([c.search_start(x) for x in c.configs], dtype=float)
+    np.testing.assert_allclose(starts, kairos_score(c.est_qps, c.ub_qps))
+    live = c.est_qps > 0
+    assert live.any() and np.any(starts[live] > c.est_qps[live])
+    assert np.all(starts >= c.est_qps) and np.all(starts <= c.ub_qps * (1 + 1e-12))
+    assert c.search_start(np.array([99, 99])) is None
+    assert dataclasses.replace(c, est_qps=None).search_start(c.configs[0]) is None
+
+
 def test_seeds_evaluator_adds_streams_up_to_its_limit() -> None:
     """`SeedsEvaluator.add_streams`: streams from `more`, never beyond `max_streams`; a configuration
     valued before is valued on the new streams when next asked for; `progress` hears of each run."""
