@@ -161,7 +161,10 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
       * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
         can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
-        (a query late for its auxiliary goes to a free base).
+        (a query late for its auxiliary goes to a free base). With a queue the matching routes the
+        waiting queries as the fluid bound routes the mix, so a pool of every present instance drains
+        at `upper_bound` (less the must load) where that beats the split's rates, except for the
+        queries the dispatcher holds for a busy auxiliary (`_matched_pool`).
     Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
     (ε = 1%, the p99 target); a configuration whose idle fleet already misses more than ε (`idle_miss`,
     or `idle` when the caller has it) gets 0. Misses: those that miss without waiting — on the base
@@ -172,7 +175,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     λ the pool's arrival rate, Σ_i μ_i the rate at which its instances drain the queue while all are
     busy (each instance's service rate on the queries it serves: c·μ for c base instances with
     1/μ = E[S] their mean service time; in a shared pool a slow auxiliary adds its own rate, not the
-    pool's mean), a the pool's load in Erlangs,
+    pool's mean; a pool of every present instance, the fluid rate of `_matched_pool`), a the pool's load in
+    Erlangs,
     C_s² the squared coefficient of variation of that service time (across batches, and within a batch
     when `bm` has the samples' `svc_cv2`; in a shared pool, over every query its instances serve, each on
     the type that serves it), t = QoS − L_b(b) per batch (the feasibility latency where it
@@ -278,7 +282,7 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
                          alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
                          tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None,
                          tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None,
-                         m1_all=band_m1, m2_all=band_m2)
+                         m1_all=band_m1, m2_all=band_m2, fluid=ub)
         lo = np.where(ok, mid, lo)
         hi = np.where(ok, hi, mid)
     return lo
@@ -291,7 +295,7 @@ def _admissible(
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
     divert_cost: np.ndarray | None = None, alone: np.ndarray | None = None, lead: np.ndarray | None = None,
-    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None,
+    tail_edf: np.ndarray | None = None, tail_div: np.ndarray | None = None, fluid: np.ndarray | None = None,
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
@@ -414,12 +418,46 @@ def _admissible(
         second = r @ m2 + sum((aux_mult[k] @ m2_all[k] for k in eligible), np.zeros(len(lam)))
         with np.errstate(divide="ignore", invalid="ignore"):
             cs2_p = np.where(first > 0, second * rate_p / first**2 - 1.0, cs2)
+        if fluid is not None:
+            every = c_p >= n_b + sum((aux_n[k] for k in aux), np.zeros(len(lam)))
+            drain_p, a_p = _matched_pool(every, c_p, a_p, rate_p, drain_p, cs2_p, qos, fluid - r_must @ p_g,
+                                         [(aux_mult[k][:, bands], hold[k][bands]) for k in eligible]
+                                         if hold is not None else [])
         x = _decay_x(c_p, a_p, rate_p, cs2_p, qos, capacity=drain_p)
         busy_p = erlang_c(c_p, a_p)
         for g in bands:
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
             violating = violating + shared[:, g] * wait_g
     return (work < n_b) & (violating <= eps * lam)
+
+
+def _matched_pool(every: np.ndarray, servers: np.ndarray, load: np.ndarray, rate: np.ndarray, drain: np.ndarray,
+                  cs2: np.ndarray, qos: float, fluid: np.ndarray,
+                  held: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """A shared pool's drain rate and load (Erlangs) while a queue waits, per configuration.
+
+    With a queue, the matching gives each instance that frees the waiting query it serves cheapest,
+    not the query the split would have sent it; the queue is then routed as the fluid bound routes the
+    mix, so a pool of every present instance (`every`) drains it at `fluid` (`upper_bound` less the
+    must queries the base serves first) where that is above the split's summed rates `drain`, and
+    holds λ·c/fluid Erlangs rather than the split's `load`. A query the dispatcher holds for a busy
+    auxiliary (`held`: per auxiliary, its rate per band in the pool and the hold per band) waits for
+    that type and joins the matched queue only once its hold is over: with probability exp(−θ·hold)
+    under the matched queue's waiting tail (θ from `_decay_x`). Drain and load are those of the matched
+    queue in that share of the pool's held queries (all of them when none is held), and the split's in
+    the rest. E.g. 2 instances of 100/s each on the split, fluid 250/s, nothing held, λ 150/s: drain
+    250/s and load 1.2 Erlangs instead of 200/s and 1.5."""
+    drain_f = np.where(every, np.maximum(drain, fluid), drain)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        load_f = np.where(every & (drain_f > 0), np.minimum(load, servers * rate / drain_f), load)
+    held_rate = sum((h_rate.sum(axis=1) for h_rate, _ in held), np.zeros(len(rate)))
+    if not held or not np.any(held_rate > 0):
+        return drain_f, load_f
+    theta = (_decay_x(servers, load_f, rate, cs2, qos, capacity=drain_f) / qos)[:, None]
+    released = sum(((h_rate * np.exp(-theta * hold[None, :])).sum(axis=1) for h_rate, hold in held), np.zeros(len(rate)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(held_rate > 0, released / held_rate, 1.0)
+    return w * drain_f + (1.0 - w) * drain, w * load_f + (1.0 - w) * load
 
 
 def _capacity_split(aux: Sequence[int], aux_n: Mapping[int, np.ndarray], band_small: np.ndarray,

@@ -49,6 +49,7 @@ from kairosd.planner.queueing import (
     _capacity_split,
     _decay_x,
     _estimate_group,
+    _matched_pool,
     _routing_groups,
     base_types,
     erlang_b,
@@ -902,6 +903,28 @@ def test_a_mixed_pool_drains_at_its_instances_summed_rates() -> None:
     pooled = _decay_x(2 * one, load, 13.5 * one, 0 * one, 1.0)[0]
     assert pooled == pytest.approx(2 * (2 * 13.5 / load[0] - 13.5))
     assert _decay_x(2 * one, load, 13.5 * one, 0 * one, 1.0, capacity=33 * one)[0] == pytest.approx(2 * (33 - 13.5))
+
+
+def test_a_matched_queue_drains_at_the_fluid_rate_unless_its_queries_are_held() -> None:
+    """`_matched_pool`: a pool of every present instance drains a queue at the fluid rate (2 instances of
+    100/s on the split, fluid 250/s, λ 150/s: 250/s and 1.2 Erlangs instead of 200/s and 1.5); a pool of
+    some of them keeps the split's rates; queries held for their auxiliary join the matched queue in
+    the share exp(−θ·hold), so a long hold leaves the split's rates and a short one the matched ones."""
+    one = np.ones(1)
+    args = (2 * one, 1.5 * one, 150 * one, 200 * one, 0 * one, 0.05)
+    drain, load = _matched_pool(np.array([True]), *args, 250 * one, [])
+    assert (drain[0], load[0]) == pytest.approx((250.0, 1.2))
+    drain, load = _matched_pool(np.array([False]), *args, 250 * one, [])
+    assert (drain[0], load[0]) == pytest.approx((200.0, 1.5))
+    # a fluid rate below the split's summed rates changes nothing
+    assert _matched_pool(np.array([True]), *args, 180 * one, [])[0][0] == pytest.approx(200.0)
+    theta = _decay_x(2 * one, 1.2 * one, 150 * one, 0 * one, 0.05, capacity=250 * one)[0] / 0.05  # 200/s
+    held = 60 * one[:, None]  # 60 of the 150 queries/s held for their auxiliary, on one band
+    for hold, share in ((0.0, 1.0), (0.005, np.exp(-theta * 0.005)), (0.05, np.exp(-theta * 0.05))):
+        drain, load = _matched_pool(np.array([True]), *args, 250 * one, [(held, np.array([hold]))])
+        assert drain[0] == pytest.approx(200.0 + share * 50.0)
+        assert load[0] == pytest.approx(1.5 - share * 0.3)
+    assert _matched_pool(np.array([True]), *args, 250 * one, [(held, np.array([1.0]))])[0][0] == pytest.approx(200.0)
 
 
 def test_queue_estimate_counts_large_queries_diverted_to_auxiliaries() -> None:
