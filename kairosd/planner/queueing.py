@@ -443,10 +443,10 @@ def _matched_pool(every: np.ndarray, servers: np.ndarray, load: np.ndarray, rate
     holds λ·c/fluid Erlangs rather than the split's `load`. A query the dispatcher holds for a busy
     auxiliary (`held`: per auxiliary, its rate per band in the pool and the hold per band) waits for
     that type and joins the matched queue only once its hold is over: with probability exp(−θ·hold)
-    under the matched queue's waiting tail (θ from `_decay_x`). Drain and load are those of the matched
-    queue in that share of the pool's held queries (all of them when none is held), and the split's in
-    the rest. E.g. 2 instances of 100/s each on the split, fluid 250/s, nothing held, λ 150/s: drain
-    250/s and load 1.2 Erlangs instead of 200/s and 1.5."""
+    under the matched queue's waiting tail (θ from `_decay_x`). The pool's drain and load are the
+    matched ones weighted by the share w of its auxiliaries' queries so released (w = 1 when nothing is
+    held), and the split's weighted by 1 − w. E.g. 2 instances of 100/s each on the split, fluid
+    250/s, nothing held, λ 150/s: drain 250/s and load 1.2 Erlangs instead of 200/s and 1.5."""
     drain_f = np.where(every, np.maximum(drain, fluid), drain)
     with np.errstate(divide="ignore", invalid="ignore"):
         load_f = np.where(every & (drain_f > 0), np.minimum(load, servers * rate / drain_f), load)
