@@ -51,6 +51,8 @@ the real Kairos+ evaluates on streams of its own) to show how far its walk goes.
 With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates on its own streams
 (FILE's plus seeds and queries, through `--cache`) and its choice is scored by FILE's judge; minutes. It
 then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
+With `--out`, the rescore writes every file's summary and per-workload rows there (choices, ratios, Kairos+'s
+share and wall time per plan, `plus_wall_s` null where it read the cache).
 """
 
 from __future__ import annotations
@@ -372,8 +374,9 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         row = {"seed": r["seed"], "model": r["model"], "old": old, "new": new, "config": cands.label(k.config),
                "plus_proxy": ev(kp.config) / opt, "plus_proxy_share": kp.n_configs / len(cands)}
         row["plus_recorded"] = float(r["kairos_plus"]["ratio"])
-        row["plus_within"] = judged(kp.config.tolist(), ev.values(kp.config),
-                                    np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"]
+        row["plus_config"] = cands.label(kp.config)
+        row["plus_within"] = bool(judged(kp.config.tolist(), ev.values(kp.config),
+                                         np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"])
         row["plus_wall_s"] = plus_wall
         rows.append(row)
         if abs(new - old) > 1e-9:
@@ -391,7 +394,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
            "plus_proxy": summ("plus_proxy"), "plus_recorded": summ("plus_recorded"),
            "plus_proxy_share": (statistics.median(r["plus_proxy_share"] for r in rows),
                                 max(r["plus_proxy_share"] for r in rows)),
-           "plus_not_within": [int(r["seed"]) for r in rows if not r["plus_within"]]}
+           "plus_not_within": [int(r["seed"]) for r in rows if not r["plus_within"]], "rows": rows}
     print(f"{path.name:36} n={len(rows)}  kairos recorded min {out['recorded'][0]:.3f} median {out['recorded'][1]:.3f} "
           f"<0.95 {out['recorded'][2]}  |  now min {out['now'][0]:.3f} median {out['now'][1]:.3f} <0.95 {out['now'][2]}"
           f"  |  kairos_plus ({'simulated on its streams' if args.plus_simulate else 'proxy, judge values'}) "
@@ -539,7 +542,9 @@ def main() -> int:
                     help="Kairos+ simulates afresh (its wall time is then a plan's), the judge still reads the cache")
     ap.add_argument("--quick", action="store_true",
                     help="2 workloads of ≤ 20 configurations, 2 streams × 1,000 queries, 1 process (out: /tmp)")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None,
+                    help="results file (with --rescore: every file's summary and rows, Kairos+'s wall time per plan "
+                         "where it simulated afresh; none written without it)")
     ap.add_argument("--rescore", nargs="+", default=None, metavar="FILE",
                     help="simulate nothing: choose again on FILE's workloads and score by its judged values")
     ap.add_argument("--plus-simulate", action="store_true",
@@ -552,8 +557,11 @@ def main() -> int:
         return 0
     if args.rescore:
         rescore_cache = Cache(Path(args.cache) if args.cache else None)
-        for f in args.rescore:
-            rescore_file(Path(f), args, rescore_cache)
+        files = [rescore_file(Path(f), args, rescore_cache) for f in args.rescore]
+        if args.out:
+            Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
+                                                  "files": files}, indent=1) + "\n")
+            print(f"wrote {args.out}")
         return 0
     if args.quick:
         args.workloads, args.judge_seeds, args.queries, args.max_configs, args.workers = 2, 2, 1000, 20, 1
