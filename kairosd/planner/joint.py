@@ -771,9 +771,11 @@ def plan_fleet(
                                          f"λ {part_lam:.4g} above the chosen shared configuration's {shared_best:.4g}{note}")
             why = (f"; shared: the best partition's estimate λ {part_lam:.4g} is not above the chosen shared"
                    f" one's {shared_best:.4g}")
-    n_safe = int(queue_safe(kairos_score(est[pool], ub[pool], shrink), tolerance).sum())
-    how = (f"the highest joint bound among {n_safe} queue-safe configurations (score within "
-           f"{tolerance:.0%} of the best)" if tolerance > 0 else "the highest score (joint estimate, kairos_score)")
+    if tolerance > 0:
+        n_safe = int(queue_safe(kairos_score(est[pool], ub[pool], shrink), tolerance).sum())
+        how = f"the highest joint bound among {n_safe} queue-safe configurations (score within {tolerance:.0%} of the best)"
+    else:
+        how = "the highest score (joint estimate, kairos_score)"
     return plan(row, f"max_throughput: {how}: {_label(types, configs[row])}{note}{why}")
 
 

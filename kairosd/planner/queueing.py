@@ -407,6 +407,8 @@ def _admissible(
     pools: dict[tuple[int, ...], list[int]] = {}  # bands by the auxiliaries eligible on them
     for g in np.flatnonzero(np.any(shared > 0, axis=0)):
         pools.setdefault(tuple(k for k in aux if band_small[k][g] > 0), []).append(int(g))
+    n_all = n_b + sum((aux_n[k] for k in aux), np.zeros(len(lam)))  # every present instance
+    fluid_left = fluid - r_must @ p_g if fluid is not None else None  # what the must queries leave of it
     for eligible, bands in pools.items():
         c_p = n_b + sum((aux_n[k] for k in eligible), np.zeros(len(lam)))
         a_p = work + sum((aux_load[k] for k in eligible), np.zeros(len(lam)))
@@ -418,9 +420,8 @@ def _admissible(
         second = r @ m2 + sum((aux_mult[k] @ m2_all[k] for k in eligible), np.zeros(len(lam)))
         with np.errstate(divide="ignore", invalid="ignore"):
             cs2_p = np.where(first > 0, second * rate_p / first**2 - 1.0, cs2)
-        if fluid is not None:
-            every = c_p >= n_b + sum((aux_n[k] for k in aux), np.zeros(len(lam)))
-            drain_p, a_p = _matched_pool(every, c_p, a_p, rate_p, drain_p, cs2_p, qos, fluid - r_must @ p_g,
+        if fluid_left is not None:
+            drain_p, a_p = _matched_pool(c_p >= n_all, c_p, a_p, rate_p, drain_p, cs2_p, qos, fluid_left,
                                          [(aux_mult[k][:, bands], hold[k][bands]) for k in eligible]
                                          if hold is not None else [])
         x = _decay_x(c_p, a_p, rate_p, cs2_p, qos, capacity=drain_p)
@@ -451,7 +452,7 @@ def _matched_pool(every: np.ndarray, servers: np.ndarray, load: np.ndarray, rate
     with np.errstate(divide="ignore", invalid="ignore"):
         load_f = np.where(every & (drain_f > 0), np.minimum(load, servers * rate / drain_f), load)
     held_rate = sum((h_rate.sum(axis=1) for h_rate, _ in held), np.zeros(len(rate)))
-    if not held or not np.any(held_rate > 0):
+    if not np.any(held_rate > 0):
         return drain_f, load_f
     theta = (_decay_x(servers, load_f, rate, cs2, qos, capacity=drain_f) / qos)[:, None]
     released = sum(((h_rate * np.exp(-theta * hold[None, :])).sum(axis=1) for h_rate, hold in held), np.zeros(len(rate)))
