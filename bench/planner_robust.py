@@ -53,6 +53,12 @@ With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates
 then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
 With `--out`, the rescore writes every file's summary and per-workload rows there (choices, ratios, Kairos+'s
 share and wall time per plan, `plus_wall_s` null where it read the cache).
+
+`--dispatch paper` simulates the Kairos paper's dispatch rule alone (the oldest 2n queries over the
+instances, no later slots, no holds, no tiers, QoS feasibility on the mean latency) for the judge and
+Kairos+ alike, and the planner judges feasibility on the mean as `kairosd plan --feasibility mean` does:
+the selectors measured on a dispatcher the queue-aware estimate does not model. A results file records
+its rule; `--rescore` and `--refine` use the file's.
 """
 
 from __future__ import annotations
@@ -96,11 +102,20 @@ REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extr
 REFINE_SEEDS = 7
 FRAGILE_SEEDS = 50  # more streams for every contender when one of them fails QoS at every rate on some stream
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
+# the simulator's dispatch rule, by `--dispatch` name: kairosd's Kairos matching as the daemon runs it,
+# or the paper's rule alone (the oldest 2n queries, no later slots, no holds, no tiers, feasibility on
+# the mean latency), a dispatcher the queue-aware estimate does not model
+DISPATCH_RULES: dict[str, dict[str, object]] = {
+    "kairos": {},
+    "paper": {"lookahead": 0, "hold": False, "tiers": False, "tail": False},
+}
+DISPATCH = "kairos"  # set once from `--dispatch` (`main`), read by `setups`
 
 
 def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     """What the planner knows: profiles, the mix's population pmf, per-type miss probabilities,
-    service-time variability and quantiles from the samples."""
+    service-time variability and quantiles from the samples; QoS feasibility judged on p99 or on the mean
+    as the simulated dispatch rule judges it (`DISPATCH`, as `kairosd plan --feasibility` is told)."""
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     ti = [wl.profiles.type_index(t) for t in wl.types]
@@ -110,7 +125,7 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     cv2 = cv2_from_samples(rel, mean.shape[1], workload.GRID_STEP)
     quantiles = quantiles_from_samples(mean, rel, workload.GRID_STEP)
     return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2,
-                                    svc_quantiles=quantiles)
+                                    svc_quantiles=quantiles, tail=bool(DISPATCH_RULES[DISPATCH].get("tail", True)))
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
@@ -119,7 +134,9 @@ def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
 
 
 def setups(sw: synth.SynthWorkload, seeds: list[int], queries: int) -> tuple[SimSetup, ...]:
-    return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix) for s in seeds)
+    """The simulated streams `seeds`, dispatched by the rule `--dispatch` names (`DISPATCH`)."""
+    return tuple(workload.sim_setup(sw.workload, sw.model, n_queries=queries, seed=s, mix=sw.mix,
+                                    policy_params=DISPATCH_RULES[DISPATCH]) for s in seeds)
 
 
 def plus_seeds_of(seeds: list[int], n: int) -> list[int]:
@@ -188,20 +205,23 @@ def fragile_values(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...
 
 
 class Cache:
-    """Judge results on disk, one JSON line per (workload seed, stream seed, queries, configuration)."""
+    """Judge results on disk, one JSON line per (dispatch rule, workload seed, stream seed, queries,
+    configuration); `fill` and `save` use the rule the run simulates (`DISPATCH`; a line without "d" is
+    the default rule's)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.rows: dict[tuple[int, int, int, tuple[int, ...]], MaxQps] = {}
+        self.rows: dict[tuple[str, int, int, int, tuple[int, ...]], MaxQps] = {}
         if path is not None and path.is_file():
             for line in path.read_text().splitlines():
                 r = json.loads(line)
-                self.rows[(r["w"], r["s"], r["q"], tuple(r["c"]))] = MaxQps(r["qps"], (), bool(r["x"]), r["t"])
+                key = (r.get("d", "kairos"), r["w"], r["s"], r["q"], tuple(r["c"]))
+                self.rows[key] = MaxQps(r["qps"], (), bool(r["x"]), r["t"])
 
     def fill(self, ev: SeedsEvaluator, w: int, seeds: list[int], queries: int) -> None:
         for cache, s in zip(ev.caches, seeds, strict=True):
-            for (w2, s2, q2, c), res in self.rows.items():
-                if (w2, s2, q2) == (w, s, queries):
+            for (d2, w2, s2, q2, c), res in self.rows.items():
+                if (d2, w2, s2, q2) == (DISPATCH, w, s, queries):
                     cache[c] = res
 
     def save(self, ev: SeedsEvaluator, w: int, seeds: list[int], queries: int) -> None:
@@ -210,11 +230,11 @@ class Cache:
         new = []
         for cache, s in zip(ev.caches, seeds, strict=True):
             for c, res in cache.items():
-                key = (w, s, queries, c)
+                key = (DISPATCH, w, s, queries, c)
                 if key not in self.rows:
                     self.rows[key] = res
                     new.append({"w": w, "s": s, "q": queries, "c": list(c), "qps": res.qps, "x": res.exceeds_bound,
-                                "t": res.wall_s})
+                                "t": res.wall_s, **({} if DISPATCH == "kairos" else {"d": DISPATCH})})
         if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
@@ -337,11 +357,21 @@ class RecordedEvaluator:
         return self.vals[_key(config)]
 
 
+def use_dispatch(data: dict[str, Any]) -> None:
+    """Simulate and plan under the dispatch rule a results file was judged with (its settings' "dispatch")."""
+    global DISPATCH
+    rule = str(data["settings"].get("dispatch", "kairos"))
+    DISPATCH = "kairos" if rule.startswith("kairos") else rule
+    if DISPATCH not in DISPATCH_RULES:
+        raise SystemExit(f"unknown dispatch rule {rule!r} in the results file; known: {sorted(DISPATCH_RULES)}")
+
+
 def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str, Any]:
     """`kairos` (and the proxy `kairos_plus` walk) chosen again on every workload of a results file,
     scored by its recorded judged values; prints one line per workload whose choice or ratio changed
     and a summary line (see the module docstring)."""
     data = json.loads(path.read_text())
+    use_dispatch(data)
     max_configs = int(data["settings"]["max_configs"])
     rows = []
     for r in data["rows"]:
@@ -483,6 +513,7 @@ def judged(counts: list[int], v: np.ndarray, opt: np.ndarray) -> dict[str, Any]:
 def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     """`--refine`: the refined judge on a file's workloads (see the module docstring); rewrites the file."""
     data = json.loads(path.read_text())
+    use_dispatch(data)
     st = data["settings"]
     n_first, queries = len(st["judge_seeds"]), int(st["queries_per_run"])
     seeds = stream_seeds(JUDGE_SEED, args.refine_seeds, n_first)
@@ -547,9 +578,16 @@ def main() -> int:
                          "where it simulated afresh; none written without it)")
     ap.add_argument("--rescore", nargs="+", default=None, metavar="FILE",
                     help="simulate nothing: choose again on FILE's workloads and score by its judged values")
+    ap.add_argument("--dispatch", choices=sorted(DISPATCH_RULES), default="kairos",
+                    help="the simulator's dispatch rule, for the judge and Kairos+ alike (paper: the Kairos paper's rule "
+                         "alone, which the planner's estimate does not model; the planner then judges QoS "
+                         "feasibility on the mean, as it does for that rule); a file records it, and --rescore "
+                         "and --refine use the file's")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     args = ap.parse_args()
+    global DISPATCH
+    DISPATCH = args.dispatch
     if args.refine:
         refine_cache = Cache(Path(args.cache) if args.cache else None)
         for f in args.refine:
@@ -603,7 +641,9 @@ def main() -> int:
                      "plus_seeds": stream_seeds(PLUS_SEED, args.plus_seeds), "queries_per_run": args.queries,
                      "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
-                     "noise": "measured (synthetic) samples", "dispatch": "kairos (tail=True)", "criterion": "p99 <= QoS",
+                     "noise": "measured (synthetic) samples", "criterion": "p99 <= QoS",
+                     "dispatch": "kairos (tail=True)" if args.dispatch == "kairos" else args.dispatch,
+                     "dispatch_params": DISPATCH_RULES[args.dispatch],
                      "quick": args.quick,
                      "refine": {"seeds": stream_seeds(JUDGE_SEED, args.refine_seeds, args.judge_seeds),
                                 "within": args.refine_within},
