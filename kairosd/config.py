@@ -284,6 +284,10 @@ def _check_scheduler(c: SchedulerConfig) -> None:
         raise ConfigError(f"scheduler.backend_timeout_p99 = {c.backend_timeout_p99}: must be ≥ 1 (a multiple of "
                           "the type's profiled p99)")
     _positive("scheduler.backend_timeout_min_ms", c.backend_timeout_min_ms, "> 0 (ms)")
+    tail = c.policy_params.get("tail", True)
+    if c.policy == "kairos" and not isinstance(tail, bool):
+        raise ConfigError(f"scheduler.policy_params.tail = {tail!r}: must be true (feasibility on the p99 latency) "
+                          "or false (on the mean)")
 
 
 def _endpoint(ep: Any, i: int, types: Mapping[str, InstanceTypeConfig]) -> EndpointConfig:
@@ -508,6 +512,15 @@ def load_profiles(config: Config) -> ProfileTable:
             f"{list(profiles.types)}); measure them with `kairosd profile --config {config.path}` or remove them"
         )
     return profiles
+
+
+def planning_tail(config: Config) -> bool:
+    """Whether the planner judges QoS feasibility per batch on the p99 latency (True) or on the mean, as the
+    configured dispatcher tests it: the kairos policy's `tail` parameter (default p99). A plan made on the
+    other test than the dispatcher's can pick a fleet the dispatcher cannot run within QoS (a type whose
+    mean meets QoS and whose tail does not takes queries under a mean test). Policies that test no
+    feasibility (fcfs, round_robin, threshold) are planned on p99."""
+    return config.scheduler.policy != "kairos" or bool(config.scheduler.policy_params.get("tail", True))
 
 
 def build_policy(config: Config, profiles: ProfileTable) -> Policy:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kairosd.autoscale.load import LoadWindow
-from kairosd.config import Config
+from kairosd.config import Config, planning_tail
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
 from kairosd.profiles import ProfileTable
@@ -129,15 +129,17 @@ class PlannerTarget:
 
 
 def config_planner(config: Config, profiles: ProfileTable) -> Planner:
-    """plan_fleet over the config's types (those with profiles), prices, QoS, budget and objective."""
+    """plan_fleet over the config's types (those with profiles), prices, QoS, budget and objective, judging
+    QoS feasibility as the configured dispatcher does (`planning_tail`)."""
     a = config.autoscaler
+    tail = planning_tail(config)
     types = [t for t in config.types if t in profiles.types]
     prices = [config.types[t].price_usd_per_hour for t in types]
     qos = dict(config.qos_s)
 
     def plan(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> FleetPlan:
         return plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, qos, objective=a.objective,
-                          headroom=a.headroom, unavailable=unavailable)
+                          headroom=a.headroom, unavailable=unavailable, tail=tail)
 
     return plan
 

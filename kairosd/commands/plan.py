@@ -76,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
     parser.add_argument("--mix", choices=("kairos", "lognormal"), default="kairos", help="batch-size mix (default: %(default)s)")
     parser.add_argument(
-        "--feasibility", choices=("p99", "mean"), default="p99",
-        help="judge QoS per batch on the p99 (default) or the mean latency, in the bound and the dispatcher",
+        "--feasibility", choices=("p99", "mean"), default=None,
+        help="judge QoS per batch on the p99 or the mean latency, in the bound and the dispatcher (default: as "
+        "--config's dispatcher does, scheduler.policy_params.tail; without --config, p99)",
     )
     parser.add_argument("--all-configs", action="store_true", help="keep non-maximal configurations too")
     parser.add_argument("--top", type=int, default=15, help="rows of the ranked table (default: %(default)s)")
@@ -125,13 +126,14 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
-    tail = args.feasibility == "p99"
     config_qos_s: dict[str, float] = {}
     wl = None
     if args.config:
         if args.catalogue or args.profiles:
             raise ConfigError("--config brings its own instance types and profiles: drop --catalogue and --profiles")
         cfg = config_mod.load(args.config)
+        if args.feasibility is None:
+            args.feasibility = "p99" if config_mod.planning_tail(cfg) else "mean"
         catalogue, config_qos_s = catalogue_from_config(cfg), dict(cfg.qos_s)
         profiles = ProfileTable.load_dir(cfg.profiles_dir)
     elif args.profiles:
@@ -141,6 +143,9 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         catalogue = load_catalogue(args.catalogue)
         wl = workload.load_kairos(args.data)
         profiles = wl.profiles
+    if args.feasibility is None:
+        args.feasibility = "p99"
+    tail = args.feasibility == "p99"
     profiles.model_index(args.model)
     if args.types:
         types = tuple(t.strip() for t in args.types.split(",") if t.strip())

@@ -43,6 +43,7 @@ a = 1
         ("[types.b]\nbackend = 'tpu'", "types.b.backend.*allowed"),
         ("[types.c]\nthreads = 2", "types.c.backend is required"),
         ("[[fleet.endpoints]]\ntype = 'zz'\naddress = 'h:1'", r"fleet.endpoints\[0\].type.*unknown"),
+        ("[scheduler.policy_params]\ntail = 'no'", r"scheduler.policy_params.tail = 'no': must be true.*or false"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, extra: str, match: str) -> None:

@@ -1313,3 +1313,23 @@ def test_what_an_auxiliary_leaves_goes_to_the_cheapest_free_column_of_the_best_t
     costly_t = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[2, 1, 0]]))[0]
     assert 0 < cheap_t < 0.9 * costly_t
     assert cheap_t < 0.9 * queue_estimate(np.array([[2, 1, 0]]), bm)[0]
+
+
+def test_plan_over_a_daemon_config_judges_qos_as_its_dispatcher_does(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
+    """`--config` whose dispatcher judges feasibility on the mean (`tail = false`): the plan does too, unless
+    `--feasibility` says otherwise; configs/local.toml's dispatcher tests the p99."""
+    from kairosd.cli import main
+
+    text = (REPO / "configs" / "local.toml").read_text()
+    text = text.replace('repository = "model_repository"', f'repository = "{REPO / "model_repository"}"')
+    text = text.replace('profiles = "profiles/local"', f'profiles = "{REPO / "profiles" / "local"}"')
+    mean_config = tmp_path / "mean.toml"
+    mean_config.write_text(text + "\n[scheduler.policy_params]\ntail = false\n")
+    plan = ["plan", "--budget", "0.5", "--model", "dlrm", "--selector", "kairos", "--no-eval", "--top", "1"]
+    assert main([*plan, "--config", str(mean_config)]) == 0
+    assert "(judged on mean)" in capsys.readouterr().out
+    assert main([*plan, "--config", str(mean_config), "--feasibility", "p99"]) == 0
+    assert "(judged on p99)" in capsys.readouterr().out
+    assert main([*plan, "--config", str(REPO / "configs" / "local.toml")]) == 0
+    assert "(judged on p99)" in capsys.readouterr().out

@@ -83,3 +83,27 @@ def test_a_short_rise_is_planned_for_at_once_with_rise_window() -> None:
         feed(w, 0, 400.0, 17.0, 20.0)  # the last 3 s at 400 q/s
     c1.now = c2.now = 20.0
     assert total(fast(20.0, frozenset())) > total(slow(20.0, frozenset()))
+
+
+def test_the_autoscaler_plans_on_the_feasibility_its_dispatcher_tests() -> None:
+    """`[scheduler.policy_params] tail = false` (the dispatcher judges QoS on the mean latency): the
+    autoscaler's plan is `plan_fleet`'s with feasibility on the mean, not the p99 plan."""
+    import dataclasses
+
+    from kairosd.planner.demand import ModelDemand
+    from kairosd.planner.joint import plan_fleet
+
+    cfg = config.load(REPO / "configs" / "autoscale.toml")
+    profiles = load_profiles(cfg)
+    pmf = lognormal_pmf(256.0, 0.75, profiles.max_batch)
+    demand = [ModelDemand(m, 200.0, pmf) for m in profiles.models]
+    mean_cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, policy_params={"tail": False}))
+    assert config.planning_tail(cfg) and not config.planning_tail(mean_cfg)
+    on_mean = config_planner(mean_cfg, profiles)(demand, frozenset())
+    on_p99 = config_planner(cfg, profiles)(demand, frozenset())
+    types = [t for t in cfg.types if t in profiles.types]
+    prices = [cfg.types[t].price_usd_per_hour for t in types]
+    a = cfg.autoscaler
+    assert on_mean == plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, dict(cfg.qos_s),
+                                 objective=a.objective, headroom=a.headroom, tail=False)
+    assert on_mean.multiple != on_p99.multiple  # the two tests give this load different estimates
