@@ -518,8 +518,8 @@ def planning_tail(config: Config) -> bool:
     """Whether the planner judges QoS feasibility per batch on the p99 latency (True) or on the mean, as the
     configured dispatcher tests it: the kairos policy's `tail` parameter (default p99). A plan made on the
     other test than the dispatcher's can pick a fleet the dispatcher cannot run within QoS (a type whose
-    mean meets QoS and whose tail does not takes queries under a mean test). Policies that test no
-    feasibility (fcfs, round_robin, threshold) are planned on p99."""
+    mean meets QoS and whose tail does not takes queries under a mean test). The other policies (the
+    baselines) are planned on p99, the planner's default."""
     return config.scheduler.policy != "kairos" or bool(config.scheduler.policy_params.get("tail", True))
 
 
