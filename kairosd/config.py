@@ -523,13 +523,20 @@ def planning_tail(config: Config) -> bool:
     return config.scheduler.policy != "kairos" or bool(config.scheduler.policy_params.get("tail", True))
 
 
-def build_policy(config: Config, profiles: ProfileTable) -> Policy:
-    """The dispatch policy `[scheduler]` names, with its parameters (kairos: margin_s from margin_ms)."""
-    from kairosd.dispatch import make_policy
-
+def dispatch_params(config: Config) -> dict[str, Any]:
+    """The parameters `[scheduler]` gives its dispatch policy (`scheduler.policy_params`; kairos: margin_s
+    from margin_ms), as `build_policy` and the planner's simulator pass them."""
     params = dict(config.scheduler.policy_params)
     if config.scheduler.policy == "kairos":
         params.setdefault("margin_s", config.scheduler.margin_ms / 1e3)
+    return params
+
+
+def build_policy(config: Config, profiles: ProfileTable) -> Policy:
+    """The dispatch policy `[scheduler]` names, with its parameters (`dispatch_params`)."""
+    from kairosd.dispatch import make_policy
+
+    params = dispatch_params(config)
     try:
         return make_policy(config.scheduler.policy, profiles, **params)
     except ConfigError as exc:

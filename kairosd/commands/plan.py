@@ -83,7 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-configs", action="store_true", help="keep non-maximal configurations too")
     parser.add_argument("--top", type=int, default=15, help="rows of the ranked table (default: %(default)s)")
     parser.add_argument("--no-eval", action="store_true", help="do not simulate the chosen configuration (kairos selector)")
-    parser.add_argument("--policy", default="kairos", help="dispatch policy the simulator evaluates with (default: %(default)s)")
+    parser.add_argument("--policy", default=None,
+                        help="dispatch policy the simulator evaluates with (default: --config's scheduler.policy with its "
+                        "policy_params, --feasibility setting kairos's tail; without --config, kairos)")
     parser.add_argument("--queries", type=int, default=2000, help="queries per simulated run (default: %(default)s)")
     parser.add_argument("--streams", type=int, default=3,
                         help="simulated streams (arrivals, batches and service noise drawn from seeds --seed, --seed + "
@@ -127,6 +129,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
     config_qos_s: dict[str, float] = {}
+    config_params: dict[str, object] = {}
     wl = None
     if args.config:
         if args.catalogue or args.profiles:
@@ -134,6 +137,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         cfg = config_mod.load(args.config)
         if args.feasibility is None:
             args.feasibility = "p99" if config_mod.planning_tail(cfg) else "mean"
+        if args.policy is None or args.policy == cfg.scheduler.policy:
+            args.policy, config_params = cfg.scheduler.policy, config_mod.dispatch_params(cfg)
         catalogue, config_qos_s = catalogue_from_config(cfg), dict(cfg.qos_s)
         profiles = ProfileTable.load_dir(cfg.profiles_dir)
     elif args.profiles:
@@ -145,6 +150,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         profiles = wl.profiles
     if args.feasibility is None:
         args.feasibility = "p99"
+    if args.policy is None:
+        args.policy = "kairos"
     tail = args.feasibility == "p99"
     profiles.model_index(args.model)
     if args.types:
@@ -164,7 +171,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         qos_s = workload.QOS_MS[args.model] / 1e3
     else:
         raise ConfigError(f"--qos-ms is required for model {args.model!r} (no default QoS target)")
-    policy_params = {"tail": tail} if args.policy == "kairos" else {}
+    # the config's dispatcher as it runs (its policy_params), with the feasibility the plan judges QoS on
+    policy_params = {**config_params, "tail": tail} if args.policy == "kairos" else dict(config_params)
     if args.streams < 1:
         raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     slots = tuple(t.slots for t in cat.types)

@@ -1333,3 +1333,17 @@ def test_plan_over_a_daemon_config_judges_qos_as_its_dispatcher_does(capsys: pyt
     assert "(judged on p99)" in capsys.readouterr().out
     assert main([*plan, "--config", str(REPO / "configs" / "local.toml")]) == 0
     assert "(judged on p99)" in capsys.readouterr().out
+    # Kairos+'s simulator dispatches as the config does: its policy_params and margin, tail as judged
+    import argparse
+
+    from kairosd.commands import plan as plan_cmd
+
+    parser = argparse.ArgumentParser()
+    plan_cmd.add_arguments(parser)
+    inputs = plan_cmd.resolve(parser.parse_args([*plan[1:], "--config", str(mean_config)]))
+    assert inputs.setups[0].policy == "kairos"
+    assert dict(inputs.setups[0].policy_params) == {"tail": False, "margin_s": 0.001}  # local.toml: margin_ms = 1
+    inputs = plan_cmd.resolve(parser.parse_args([*plan[1:], "--config", str(mean_config), "--feasibility", "p99"]))
+    assert dict(inputs.setups[0].policy_params) == {"tail": True, "margin_s": 0.001}
+    inputs = plan_cmd.resolve(parser.parse_args([*plan[1:], "--config", str(mean_config), "--policy", "fcfs"]))
+    assert inputs.setups[0].policy == "fcfs" and dict(inputs.setups[0].policy_params) == {}
