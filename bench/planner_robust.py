@@ -78,6 +78,7 @@ import numpy as np
 from results_file import RESULTS, write_results  # bench/results_file.py
 
 from kairosd import synth, workload
+from kairosd.dispatch import feasibility_on_p99
 from kairosd.planner import (
     BoundModel,
     Candidates,
@@ -125,7 +126,7 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     cv2 = cv2_from_samples(rel, mean.shape[1], workload.GRID_STEP)
     quantiles = quantiles_from_samples(mean, rel, workload.GRID_STEP)
     return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2,
-                                    svc_quantiles=quantiles, tail=bool(DISPATCH_RULES[DISPATCH].get("tail", True)))
+                                    svc_quantiles=quantiles, tail=feasibility_on_p99("kairos", DISPATCH_RULES[DISPATCH]))
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:

@@ -518,9 +518,11 @@ def planning_tail(config: Config) -> bool:
     """Whether the planner judges QoS feasibility per batch on the p99 latency (True) or on the mean, as the
     configured dispatcher tests it: the kairos policy's `tail` parameter (default p99). A plan made on the
     other test than the dispatcher's can pick a fleet the dispatcher cannot run within QoS (a type whose
-    mean meets QoS and whose tail does not takes queries under a mean test). The other policies (the
-    baselines) are planned on p99, the planner's default."""
-    return config.scheduler.policy != "kairos" or bool(config.scheduler.policy_params.get("tail", True))
+    mean meets QoS and whose tail does not takes queries under a mean test). `feasibility_on_p99` of the
+    `[scheduler]` policy."""
+    from kairosd.dispatch import feasibility_on_p99
+
+    return feasibility_on_p99(config.scheduler.policy, config.scheduler.policy_params)
 
 
 def dispatch_params(config: Config) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def read_trace(path: str) -> tuple[np.ndarray, np.ndarray]:
 def run(args: argparse.Namespace) -> int:
     from kairosd import workload
     from kairosd.catalogue import load_catalogue
-    from kairosd.dispatch import make_policy
+    from kairosd.dispatch import feasibility_on_p99, make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
     from kairosd.profiles import ProfileTable
     from kairosd.sim import (
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         factory = lambda: make_policy(args.policy, profiles, **params)
         factory()  # refuse unknown policies and parameters before simulating
         pmf = batch_pmf(stream.batches, profiles.max_batch)
-        bm = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=bool(params.get("tail", True)))
+        bm = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=feasibility_on_p99(args.policy, params))
         ub = float(upper_bound(np.array([counts]), bm)[0])
         svc = service.times(profiles, args.model, stream)
         rate = args.rate if args.rate is not None else native_rate
