@@ -31,6 +31,8 @@ from kairosd.profiles import ProfileTable, sample_cells
 
 WARMUP_FRACTION = 0.1
 PERCENTILE = 99.0
+# `max_qps`'s light load, as a share of the fleet's raw capacity: a fleet must meet the target there too
+LIGHT_LOAD_SHARE = 0.05
 LAG_QOS = 2.0  # a run fails if its last completion is more than this many QoS after the last arrival
 NOISES = ("none", "samples", "lognormal")
 
@@ -537,7 +539,8 @@ def simulate(
 @dataclass(frozen=True)
 class MaxQps:
     """The highest passing rate found, the probes made ((rate, ok) in order) and whether the rate at
-    the upper bound itself passed (which would mean the bound does not bound this fleet)."""
+    the upper bound itself passed (which would mean the bound does not bound this fleet). `qps` is 0
+    when the fleet misses the target at a light load (`LIGHT_LOAD_SHARE`), whatever it passes above."""
 
     qps: float
     probes: tuple[tuple[float, bool], ...]
@@ -563,9 +566,16 @@ def max_qps(
     first_guess: float = 0.9,
     path: PathModel | None = None,
 ) -> MaxQps:
-    """Bisect for the highest offered rate whose p99 latency is within QoS.
+    """Bisect for the highest offered rate whose p99 latency is within QoS, for a fleet that also meets
+    it at a light load.
 
-    The search starts at the upper bound: a probe just above it (UB·(1 + rel_tol)) checks the
+    A fleet that misses the target at a light load (`LIGHT_LOAD_SHARE` of its raw capacity) has no
+    such rate (0), whatever rates above pass. That happens where the dispatcher sends some queries,
+    while the fleet is idle, to a cheap type that misses QoS on more than 1% of the mix, and sends
+    them elsewhere only while that type is busy: the misses then fall as the load grows, and a search
+    from the bound down would find a rate the fleet keeps only under heavy load, while a service
+    below it misses its target. The light run comes first (one run; it ends the search early).
+    Then the search starts at the upper bound: a probe just above it (UB·(1 + rel_tol)) checks the
     bound (it normally fails within a few hundred queries, thanks to the early abort); then
     `first_guess`·UB (simulated throughput is typically 85-100% of the bound), stepping up or
     down by 2·rel_tol·UB, doubling the step each time, until the answer is bracketed; then
@@ -590,11 +600,13 @@ def max_qps(
     hop = path.hop_mean_s if path is not None and path.pipeline_tick_s is None else 0.0
     capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))
     broken = False  # set when a rate at or above the bound passes
+    light = LIGHT_LOAD_SHARE * capacity
+    if not ok(light):
+        return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
     if ub_qps is not None and ub_qps <= 0:
-        # the bound says no rate meets QoS (no present type covers the mix): check it at a light load
-        if not ok(0.05 * capacity):
-            return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
-        broken, ub_qps = True, None  # search from the fleet's raw capacity instead
+        # the bound says no rate meets QoS (no present type covers the mix), yet the light load passed:
+        # the bound does not bound this fleet; search from its raw capacity instead
+        broken, ub_qps = True, None
     scale = float(ub_qps) if ub_qps is not None else capacity
     hi = scale * (1.0 + rel_tol)
     lo = 0.0
@@ -622,12 +634,9 @@ def max_qps(
         else:
             hi = x
             while True:
-                if hi - step <= scale / 256:
-                    # the steps ran out of room: a light load decides between no rate at all and
-                    # bisecting below the lowest failing rate
-                    if not ok(scale / 256):
-                        return MaxQps(0.0, tuple(probes), broken, time.perf_counter() - t0)
-                    lo = scale / 256
+                if hi - step <= light:
+                    # the steps ran out of room above the light load, which passed: bisect between them
+                    lo = light if light < hi else 0.0
                     break
                 if ok(hi - step):
                     lo = hi - step

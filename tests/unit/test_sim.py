@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kairosd import workload
+from kairosd import synth, workload
 from kairosd.dispatch import Assignment, FcfsPolicy, Snapshot, make_policy
 from kairosd.errors import ConfigError
 from kairosd.planner import BoundModel, upper_bound
@@ -20,6 +20,7 @@ from kairosd.sim import (
     ServiceModel,
     SimEvaluator,
     evaluate_config,
+    fails_at,
     fleet_columns,
     max_qps,
     poisson_stream,
@@ -316,21 +317,39 @@ def test_max_qps_without_a_bound_finds_the_single_server_limit() -> None:
 
 def test_max_qps_bisects_below_its_last_failing_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """When every step down from the first guess fails (a fleet far below its bound), the search does
-    not give up at 0: a light load decides, then bisection below the lowest failing rate."""
+    not give up at 0: the light load it passed first bounds the bisection below the lowest failing rate."""
     import kairosd.sim as sim_mod
 
     class _Result:
         def __init__(self, ok: bool) -> None:
             self.ok = ok
 
-    monkeypatch.setattr(sim_mod, "simulate", lambda *a, **k: _Result(a[4] <= 12.0))
+    monkeypatch.setattr(sim_mod, "simulate", lambda *a, **k: _Result(a[4] <= 30.0))
     table = flat_table()
     stream = poisson_stream(np.full(100, 10), seed=5)
     cols = fleet_columns(table, ["fast"], [1])
     res = max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=1.0, stream=stream, ub_qps=60.0)
-    assert res.qps == pytest.approx(12.0, abs=0.6)
+    assert res.probes[0] == (pytest.approx(sim_mod.LIGHT_LOAD_SHARE / SERVICE_S), True)  # 25/s: 5% of 500/s
+    assert res.qps == pytest.approx(30.0, abs=0.6)
     monkeypatch.setattr(sim_mod, "simulate", lambda *a, **k: _Result(False))
     assert max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=1.0, stream=stream, ub_qps=60.0).qps == 0.0
+
+
+def test_a_fleet_that_misses_qos_at_a_light_load_has_no_max_qps() -> None:
+    """Under the Kairos paper's rule alone (feasibility on the mean, no tiers), an idle fleet sends some
+    large batches to its cheap, heavy-tailed type, which misses QoS on more than 1% of the mix; under
+    heavy load that type is busy and they go to the GPU-like type. The fleet passes at 400/s but not
+    at a light load, so it has no rate at which a service keeps its target: max QPS 0, after one run."""
+    sw = synth.synth_workload(3003, max_configs=30)
+    paper = {"lookahead": 0, "hold": False, "tiers": False, "tail": False}
+    setup = workload.sim_setup(sw.workload, sw.model, n_queries=2000, seed=100, mix=sw.mix, policy_params=paper)
+    fleet = [3, 1, 0, 0, 0]  # 3 × gpu0 + 1 × cpu1
+    assert not fails_at(setup, fleet, 400.0)
+    res = evaluate_config(setup, fleet, None)
+    assert res.qps == 0.0 and len(res.probes) == 1 and not res.probes[0][1]
+    # kairosd's own matching (p99 feasibility, tiers) keeps that type's tail off the large batches
+    kairos = workload.sim_setup(sw.workload, sw.model, n_queries=2000, seed=100, mix=sw.mix)
+    assert evaluate_config(kairos, fleet, None).qps > 400.0
 
 
 def test_parallel_evaluator_matches_sequential(wl: workload.KairosWorkload) -> None:
@@ -370,18 +389,19 @@ def test_a_search_started_at_a_close_guess_finds_the_rate_in_fewer_runs(wl: work
     ub = float(upper_bound(np.array([config]), bm)[0])
     cold = evaluate_config(setup, config, ub)
     warm = evaluate_config(setup, config, ub, guess_qps=cold.qps)
-    assert warm.probes[1][0] == pytest.approx(cold.qps)  # after the bound's probe: the guess
+    assert warm.probes[2][0] == pytest.approx(cold.qps)  # after the light load's and the bound's probes: the guess
     assert abs(warm.qps - cold.qps) <= 2 * setup.rel_tol * ub  # both within the search's tolerance
     assert len(warm.probes) < len(cold.probes)
     # a guess at or above the bound starts the search at the bound
-    assert evaluate_config(setup, config, ub, guess_qps=10 * ub).probes[1][0] == pytest.approx(ub)
+    assert evaluate_config(setup, config, ub, guess_qps=10 * ub).probes[2][0] == pytest.approx(ub)
     guessed = SimEvaluator(setup, bound=lambda x: ub, workers=1, guess=lambda x: cold.qps)
     assert guessed.result(np.array(config)).probes == warm.probes
 
 
 def test_seeds_evaluator_starts_the_later_streams_at_the_first_ones_mean(wl: workload.KairosWorkload) -> None:
     """One worker, three streams: a new configuration is searched on its first stream from `guess`, then
-    on the others from that stream's result; a stream added later starts at the mean of all three."""
+    on the others from that stream's result; a stream added later starts at the mean of all three (each
+    search after its light-load run and the bound's probe)."""
     setups = tuple(workload.sim_setup(wl, "wnd", n_queries=500, seed=s) for s in (3, 13, 23, 33))
     config = np.array([1, 1, 0, 1])
     pmf = workload.mix_pmf("kairos", wl.profiles.max_batch, n=100_000)
@@ -390,11 +410,11 @@ def test_seeds_evaluator_starts_the_later_streams_at_the_first_ones_mean(wl: wor
     ev = SeedsEvaluator(setups[:3], bound=bound, workers=1, guess=lambda x: 0.5 * bound(x),
                         more=lambda i: setups[i], max_streams=4)
     first, *later = ev.results(config)
-    assert first.probes[1][0] == pytest.approx(0.5 * bound(config))
-    assert all(r.probes[1][0] == pytest.approx(first.qps) for r in later)
+    assert first.probes[2][0] == pytest.approx(0.5 * bound(config))
+    assert all(r.probes[2][0] == pytest.approx(first.qps) for r in later)
     assert ev.add_streams(1)
     added = ev.results(config)[3]
-    assert added.probes[1][0] == pytest.approx(np.mean([first.qps] + [r.qps for r in later]))
+    assert added.probes[2][0] == pytest.approx(np.mean([first.qps] + [r.qps for r in later]))
     assert abs(added.qps - SimEvaluator(setups[3], bound=bound, workers=1)(config)) <= 2 * setups[3].rel_tol * bound(config)
 
 
