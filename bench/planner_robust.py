@@ -71,6 +71,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.sim import MaxQps, SeedsEvaluator, SimSetup
+from kairosd.sim import LIGHT_LOAD_SHARE, MaxQps, SeedsEvaluator, SimSetup, fails_at, fleet_columns
 
 JUDGE_SEED = 100  # judge stream s uses seed JUDGE_SEED + 10·s
 PLUS_SEED = 500  # Kairos+'s own streams: PLUS_SEED + 10·s
@@ -103,6 +104,7 @@ REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extr
 REFINE_SEEDS = 7
 FRAGILE_SEEDS = 50  # more streams for every contender when one of them fails QoS at every rate on some stream
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
+CACHE_VERSION = 2  # `max_qps`'s search: 2 with its light-load run first
 # the simulator's dispatch rule, by `--dispatch` name: kairosd's Kairos matching as the daemon runs it,
 # or the paper's rule alone (the oldest 2n queries, no later slots, no holds, no tiers, feasibility on
 # the mean latency), a dispatcher the queue-aware estimate does not model
@@ -208,16 +210,24 @@ def fragile_values(sw: synth.SynthWorkload, seed: int, vals: dict[tuple[int, ...
 class Cache:
     """Judge results on disk, one JSON line per (dispatch rule, workload seed, stream seed, queries,
     configuration); `fill` and `save` use the rule the run simulates (`DISPATCH`; a line without "d" is
-    the default rule's)."""
+    the default rule's). A line carries the search's version "v" (`CACHE_VERSION`); lines of another
+    version are not read (a search without the light-load run can value a fleet above 0 that `max_qps`
+    now values 0)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.rows: dict[tuple[str, int, int, int, tuple[int, ...]], MaxQps] = {}
         if path is not None and path.is_file():
+            stale = 0
             for line in path.read_text().splitlines():
                 r = json.loads(line)
+                if r.get("v", 1) != CACHE_VERSION:
+                    stale += 1
+                    continue
                 key = (r.get("d", "kairos"), r["w"], r["s"], r["q"], tuple(r["c"]))
                 self.rows[key] = MaxQps(r["qps"], (), bool(r["x"]), r["t"])
+            if stale:
+                print(f"{path}: {stale} results of an earlier max-QPS search not read", file=sys.stderr)
 
     def fill(self, ev: SeedsEvaluator, w: int, seeds: list[int], queries: int) -> None:
         for cache, s in zip(ev.caches, seeds, strict=True):
@@ -235,7 +245,7 @@ class Cache:
                 if key not in self.rows:
                     self.rows[key] = res
                     new.append({"w": w, "s": s, "q": queries, "c": list(c), "qps": res.qps, "x": res.exceeds_bound,
-                                "t": res.wall_s, **({} if DISPATCH == "kairos" else {"d": DISPATCH})})
+                                "t": res.wall_s, "v": CACHE_VERSION, **({} if DISPATCH == "kairos" else {"d": DISPATCH})})
         if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
@@ -550,6 +560,89 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     write_results(data, path)
 
 
+def _light_fails(task: tuple[str, int, int, int, int, list[tuple[int, ...]]]) -> list[bool]:
+    """One stream of one workload (dispatch rule, workload seed, max configurations, stream seed, queries)
+    and fleets: whether each misses the p99 target at `max_qps`'s light load on it (a worker's job)."""
+    global DISPATCH
+    rule, seed, max_configs, stream_seed, queries, fleets = task
+    DISPATCH = rule
+    sw = synth.synth_workload(seed, max_configs=max_configs)
+    setup = setups(sw, [stream_seed], queries)[0]
+    svc = setup.service.times(setup.profiles, setup.model, setup.stream)
+    out = []
+    for c in fleets:
+        cols = fleet_columns(setup.profiles, setup.types, c, setup.slots)
+        capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))
+        out.append(fails_at(setup, c, LIGHT_LOAD_SHARE * capacity, svc))
+    return out
+
+
+def light_check_file(path: Path, args: argparse.Namespace) -> None:
+    """`--light-check`: a file judged by a max-QPS search without the light-load run brought up to
+    `max_qps` as it is: every recorded (fleet, stream) value above 0 gets one run at the light load on
+    its stream, a fleet that misses the p99 target there is valued 0 on that stream, and the optimum,
+    every ratio and the summary are recomputed; rewrites the file. The values above 0 that pass are
+    what the search with the light run finds too (its later runs are the same)."""
+    data = json.loads(path.read_text())
+    use_dispatch(data)
+    st = data["settings"]
+    if st.get("light_check"):
+        print(f"{path.name}: already light-checked")
+        return
+    queries, max_configs = int(st["queries_per_run"]), int(st["max_configs"])
+    tasks, where = [], []
+    for ri, r in enumerate(data["rows"]):
+        fleets = {tuple(c["counts"]): c["per_stream"] for c in r["configs"]}
+        for name in SELECTORS:
+            fleets.setdefault(tuple(r[name]["counts"]), r[name]["per_stream"])
+        n_streams = max(len(v) for v in fleets.values())
+        for i, stream_seed in enumerate(stream_seeds(JUDGE_SEED, n_streams)):
+            todo = [c for c, v in fleets.items() if i < len(v) and v[i] > 0]
+            if todo:
+                tasks.append((DISPATCH, int(r["seed"]), max_configs, stream_seed, queries, todo))
+                where.append((ri, i))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max(1, args.workers)) as pool:
+        results = list(pool.map(_light_fails, tasks, chunksize=4))
+    failed: dict[int, list[tuple[tuple[int, ...], int]]] = {}
+    for (ri, i), task, fails in zip(where, tasks, results, strict=True):
+        failed.setdefault(ri, []).extend((c, i) for c, f in zip(task[5], fails, strict=True) if f)
+    runs = sum(len(t[5]) for t in tasks)
+    for ri, r in enumerate(data["rows"]):
+        zeroed = failed.get(ri, [])
+        vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
+        for name in SELECTORS:
+            vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
+        for c, i in zeroed:
+            vals[c][i] = 0.0
+        old_opt = r["optimum"]["config"]
+        for c in r["configs"]:
+            v = vals[tuple(c["counts"])]
+            c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
+        best = max(r["configs"], key=lambda c: c["qps"])
+        opt = vals[tuple(best["counts"])]
+        label = r["optimum"]["config"] if tuple(best["counts"]) == tuple(r["optimum"]["counts"]) else None
+        if label is None:
+            _, _, cands = candidates_of(int(r["seed"]), max_configs)
+            label = cands.label(np.array(best["counts"]))
+        r["optimum"] = optimum_entry(label, best["counts"], opt)
+        for name in SELECTORS:
+            r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
+        r["judge"]["light_failed"] = [[list(c), i] for c, i in zeroed]
+        if zeroed:
+            fleets_hit = sorted({c for c, _ in zeroed})
+            print(f"{r['seed']:5d} {r['model']:6} {len(zeroed)} (fleet, stream) values to 0 on {len(fleets_hit)} fleets;"
+                  f" optimum {old_opt} -> {r['optimum']['config']}; kairos {r['kairos']['ratio']:.3f},"
+                  f" kairos_plus {r['kairos_plus']['ratio']:.3f}", flush=True)
+    st["light_check"] = {"share_of_capacity": LIGHT_LOAD_SHARE, "runs": runs,
+                         "values_to_zero": sum(len(v) for v in failed.values()), "wall_s": time.perf_counter() - t0}
+    data["summary"] = summarize(data["rows"])
+    print(f"{path.name}: {runs} light-load runs, {st['light_check']['values_to_zero']} values to 0,"
+          f" {st['light_check']['wall_s']:.0f} s")
+    print_summary(data["summary"], len(data["rows"]), args.workers)
+    write_results(data, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", type=int, default=30)
@@ -586,9 +679,16 @@ def main() -> int:
                          "and --refine use the file's")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
+    ap.add_argument("--light-check", nargs="+", default=None, metavar="FILE",
+                    help="value 0 every recorded (fleet, stream) that misses the p99 target at max_qps's light load "
+                         "(FILE judged by a search without that run); rewrites FILE")
     args = ap.parse_args()
     global DISPATCH
     DISPATCH = args.dispatch
+    if args.light_check:
+        for f in args.light_check:
+            light_check_file(Path(f), args)
+        return 0
     if args.refine:
         refine_cache = Cache(Path(args.cache) if args.cache else None)
         for f in args.refine:
