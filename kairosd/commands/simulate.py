@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
             found = max_qps(profiles, args.model, cols, factory, qos_s=qos_s, stream=stream, svc=svc, ub_qps=ub, path=path)
             rate = found.qps
             if rate <= 0:
-                print(f"no rate meets p99 <= {qos_s * 1e3:g} ms with this fleet and policy (upper bound {ub:.1f} qps)")
+                light_qps, light_ok = found.probes[0]
+                why = "" if light_ok else f": it misses it already at a light load, {light_qps:.1f} qps"
+                print(f"no rate meets p99 <= {qos_s * 1e3:g} ms with this fleet and policy{why} (upper bound {ub:.1f} qps)")
                 return 1
         res = simulate(profiles, args.model, cols, factory(), rate, qos_s=qos_s, stream=stream, svc=svc, abort=False,
                        path=path)

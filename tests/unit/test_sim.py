@@ -455,3 +455,6 @@ def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not pipelined" in out
     assert float(out.split("max QPS with p99 <= QoS: ")[1].split()[0]) <= pipelined < bare
     assert main(args + ["--hop-ms", "-1"]) == 2
+    # a fleet that misses QoS at a light load has no max QPS, and says so
+    assert main(["simulate", "--model", "wnd", "--config", "r5n.large=2", "--queries", "800", "--mix", "kairos"]) == 1
+    assert "it misses it already at a light load" in capsys.readouterr().out
