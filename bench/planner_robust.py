@@ -8,9 +8,9 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     and each type's probability of missing QoS from the samples (`miss_from_samples`);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise,
-    Kairos dispatch), max QPS at p99 ≤ QoS by `max_qps`; a fleet's judged value is the mean over the
-    streams, its spread (max − min)/mean; the streams are the same for every fleet (common random
-    numbers). Then every fleet judged within `--refine-within` (10%) of the best, and every
+    Kairos dispatch), max QPS at p99 ≤ QoS by `max_qps` (0 for a fleet that misses it at a light
+    load); a fleet's judged value is the mean over the streams, its spread (max − min)/mean; the
+    streams are the same for every fleet (common random numbers). Then every fleet judged within `--refine-within` (10%) of the best, and every
     selector's choice, is simulated on `--refine-seeds` (7) more streams, and a fleet's judged value
     is its mean over all its streams: the best of some 30 fleets each valued on 3 streams is biased
     upwards (the winner's curse), and two close fleets swap places between stream sets; the extra
@@ -53,6 +53,13 @@ With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates
 then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
 With `--out`, the rescore writes every file's summary and per-workload rows there (choices, ratios, Kairos+'s
 share and wall time per plan, `plus_wall_s` null where it read the cache).
+
+`--light-check FILE...` brings a file judged by a max-QPS search without its light-load run up to
+`max_qps` as it is: every recorded (fleet, stream) value above 0 gets one run at the light load on its
+stream, a fleet that misses QoS there is valued 0 on that stream, and the optimum, every ratio and the
+summary are recomputed; the file is rewritten with the (fleet, stream) pairs so valued (a workload's
+`judge.light_failed`). The recorded choices stay as they were: `--rescore --plus-simulate` runs Kairos+
+again with the search as it is.
 
 `--dispatch paper` simulates the Kairos paper's dispatch rule alone (the oldest 2n queries over the
 instances, no later slots, no holds, no tiers, QoS feasibility on the mean latency) for the judge and
