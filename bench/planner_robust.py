@@ -7,17 +7,17 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
   * the planner's inputs: the batch mix's population pmf (drawn apart from every simulated stream)
     and each type's probability of missing QoS from the samples (`miss_from_samples`);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
-    streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise,
-    Kairos dispatch), max QPS at p99 ≤ QoS by `max_qps` (0 for a fleet that misses it at a light
-    load); a fleet's judged value is the mean over the streams, its spread (max − min)/mean; the
-    streams are the same for every fleet (common random numbers). Then every fleet judged within `--refine-within` (10%) of the best, and every
-    selector's choice, is simulated on `--refine-seeds` (7) more streams, and a fleet's judged value
-    is its mean over all its streams: the best of some 30 fleets each valued on 3 streams is biased
-    upwards (the winner's curse), and two close fleets swap places between stream sets; the extra
-    streams go where that decides a ratio. When one of those fleets fails QoS at every rate on some of
-    its streams and serves on others (a tail whose no-wait misses alone sit near the 1% budget), they
-    all get `--fragile-seeds` (50) more: such a fleet's value is a mixture that ten streams fix only to
-    within some 12%. The optimum is the fleet of highest judged value;
+    streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise, Kairos
+    dispatch), max QPS at p99 ≤ QoS by `max_qps` (0 for a fleet that misses it at a light load); a
+    fleet's judged value is the mean over the streams, its spread (max − min)/mean; the streams are the
+    same for every fleet (common random numbers). Then every fleet judged within `--refine-within` (10%)
+    of the best, and every selector's choice, is simulated on `--refine-seeds` (7) more streams, and a
+    fleet's judged value is its mean over all its streams: the best of some 30 fleets each valued on 3
+    streams is biased upwards (the winner's curse), and two close fleets swap places between stream
+    sets; the extra streams go where that decides a ratio. When one of those fleets fails QoS at every
+    rate on some of its streams and serves on others (a tail whose no-wait misses alone sit near the 1%
+    budget), they all get `--fragile-seeds` (50) more: such a fleet's value is a mixture that ten
+    streams fix only to within some 12%. The optimum is the fleet of highest judged value;
   * the selectors: `kairos` (one shot, no evaluation), `kairos_paper`, `homogeneous` (the best
     single-type fleet by the judge) and `kairos_plus`, which evaluates on streams of its own (seeds
     apart from the judge's, `--plus-seeds` of them, `--queries` each, the same streams for every
