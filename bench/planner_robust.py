@@ -56,10 +56,10 @@ share and wall time per plan, `plus_wall_s` null where it read the cache).
 
 `--light-check FILE...` brings a file judged by a max-QPS search without its light-load run up to
 `max_qps` as it is: every recorded (fleet, stream) value above 0 gets one run at the light load on its
-stream, a fleet that misses QoS there is valued 0 on that stream, and the optimum, every ratio and the
-summary are recomputed; the file is rewritten with the (fleet, stream) pairs so valued (a workload's
-`judge.light_failed`). The recorded choices stay as they were: `--rescore --plus-simulate` runs Kairos+
-again with the search as it is.
+stream, a fleet that misses QoS there is valued on that stream by `max_qps` (below the light load,
+typically 0), and the optimum, every ratio and the summary are recomputed; the file is rewritten with
+the (fleet, stream) pairs so valued and their values (a workload's `judge.light_failed`). The recorded
+choices stay as they were: `--rescore --plus-simulate` runs Kairos+ again with the search as it is.
 
 `--dispatch paper` simulates the Kairos paper's dispatch rule alone (the oldest 2n queries over the
 instances, no later slots, no holds, no tiers, QoS feasibility on the mean latency) for the judge and
@@ -102,7 +102,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.sim import LIGHT_LOAD_SHARE, MaxQps, SeedsEvaluator, SimSetup, fails_at, fleet_columns
+from kairosd.sim import LIGHT_LOAD_SHARE, MaxQps, SeedsEvaluator, SimSetup, evaluate_config, fails_at, fleet_columns
 
 JUDGE_SEED = 100  # judge stream s uses seed JUDGE_SEED + 10·s
 PLUS_SEED = 500  # Kairos+'s own streams: PLUS_SEED + 10·s
@@ -567,29 +567,32 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     write_results(data, path)
 
 
-def _light_fails(task: tuple[str, int, int, int, int, list[tuple[int, ...]]]) -> list[bool]:
+def _light_values(task: tuple[str, int, int, int, int, list[tuple[int, ...]]]) -> list[float | None]:
     """One stream of one workload (dispatch rule, workload seed, max configurations, stream seed, queries)
-    and fleets: whether each misses the p99 target at `max_qps`'s light load on it (a worker's job)."""
+    and fleets: for each, None when it meets the p99 target at `max_qps`'s light load on that stream,
+    else its max QPS there (`max_qps` then searches below the light load only). A worker's job."""
     global DISPATCH
     rule, seed, max_configs, stream_seed, queries, fleets = task
     DISPATCH = rule
     sw = synth.synth_workload(seed, max_configs=max_configs)
     setup = setups(sw, [stream_seed], queries)[0]
     svc = setup.service.times(setup.profiles, setup.model, setup.stream)
-    out = []
+    out: list[float | None] = []
     for c in fleets:
         cols = fleet_columns(setup.profiles, setup.types, c, setup.slots)
         capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))
-        out.append(fails_at(setup, c, LIGHT_LOAD_SHARE * capacity, svc))
+        fails = fails_at(setup, c, LIGHT_LOAD_SHARE * capacity, svc)
+        out.append(evaluate_config(setup, c, None, svc).qps if fails else None)
     return out
 
 
 def light_check_file(path: Path, args: argparse.Namespace) -> None:
     """`--light-check`: a file judged by a max-QPS search without the light-load run brought up to
     `max_qps` as it is: every recorded (fleet, stream) value above 0 gets one run at the light load on
-    its stream, a fleet that misses the p99 target there is valued 0 on that stream, and the optimum,
-    every ratio and the summary are recomputed; rewrites the file. The values above 0 that pass are
-    what the search with the light run finds too (its later runs are the same)."""
+    its stream; a fleet that misses the p99 target there is valued on that stream by `max_qps` (which
+    then searches below the light load only, typically 0), and the optimum, every ratio and the summary
+    are recomputed; rewrites the file. The values of fleets that pass are what the search with the
+    light run finds too (its later runs are the same)."""
     data = json.loads(path.read_text())
     use_dispatch(data)
     st = data["settings"]
@@ -610,18 +613,18 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
                 where.append((ri, i))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max(1, args.workers)) as pool:
-        results = list(pool.map(_light_fails, tasks, chunksize=4))
-    failed: dict[int, list[tuple[tuple[int, ...], int]]] = {}
-    for (ri, i), task, fails in zip(where, tasks, results, strict=True):
-        failed.setdefault(ri, []).extend((c, i) for c, f in zip(task[5], fails, strict=True) if f)
+        results = list(pool.map(_light_values, tasks, chunksize=4))
+    failed: dict[int, list[tuple[tuple[int, ...], int, float]]] = {}
+    for (ri, i), task, values in zip(where, tasks, results, strict=True):
+        failed.setdefault(ri, []).extend((c, i, v) for c, v in zip(task[5], values, strict=True) if v is not None)
     runs = sum(len(t[5]) for t in tasks)
     for ri, r in enumerate(data["rows"]):
         zeroed = failed.get(ri, [])
         vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
         for name in SELECTORS:
             vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
-        for c, i in zeroed:
-            vals[c][i] = 0.0
+        for c, i, v in zeroed:
+            vals[c][i] = v
         old_opt = r["optimum"]["config"]
         for c in r["configs"]:
             v = vals[tuple(c["counts"])]
@@ -635,17 +638,19 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
         r["optimum"] = optimum_entry(label, best["counts"], opt)
         for name in SELECTORS:
             r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
-        r["judge"]["light_failed"] = [[list(c), i] for c, i in zeroed]
+        r["judge"]["light_failed"] = [[list(c), i, v] for c, i, v in zeroed]
         if zeroed:
-            fleets_hit = sorted({c for c, _ in zeroed})
-            print(f"{r['seed']:5d} {r['model']:6} {len(zeroed)} (fleet, stream) values to 0 on {len(fleets_hit)} fleets;"
+            fleets_hit = sorted({c for c, _, _ in zeroed})
+            print(f"{r['seed']:5d} {r['model']:6} {len(zeroed)} (fleet, stream) values failed the light load on"
+                  f" {len(fleets_hit)} fleets;"
                   f" optimum {old_opt} -> {r['optimum']['config']}; kairos {r['kairos']['ratio']:.3f},"
                   f" kairos_plus {r['kairos_plus']['ratio']:.3f}", flush=True)
-    st["light_check"] = {"share_of_capacity": LIGHT_LOAD_SHARE, "runs": runs,
-                         "values_to_zero": sum(len(v) for v in failed.values()), "wall_s": time.perf_counter() - t0}
+    changed = [v for f in failed.values() for _, _, v in f]
+    st["light_check"] = {"share_of_capacity": LIGHT_LOAD_SHARE, "runs": runs, "values_failed": len(changed),
+                         "values_to_zero": sum(v == 0 for v in changed), "wall_s": time.perf_counter() - t0}
     data["summary"] = summarize(data["rows"])
-    print(f"{path.name}: {runs} light-load runs, {st['light_check']['values_to_zero']} values to 0,"
-          f" {st['light_check']['wall_s']:.0f} s")
+    print(f"{path.name}: {runs} light-load runs, {len(changed)} values failed the light load"
+          f" ({st['light_check']['values_to_zero']} now 0), {st['light_check']['wall_s']:.0f} s")
     print_summary(data["summary"], len(data["rows"]), args.workers)
     write_results(data, path)
 

@@ -539,8 +539,9 @@ def simulate(
 @dataclass(frozen=True)
 class MaxQps:
     """The highest passing rate found, the probes made ((rate, ok) in order) and whether the rate at
-    the upper bound itself passed (which would mean the bound does not bound this fleet). `qps` is 0
-    when the fleet misses the target at a light load (`LIGHT_LOAD_SHARE`), whatever it passes above."""
+    the upper bound itself passed (which would mean the bound does not bound this fleet). A fleet that
+    misses the target at the light load (`LIGHT_LOAD_SHARE`) gets a `qps` below it, typically 0,
+    whatever it passes above."""
 
     qps: float
     probes: tuple[tuple[float, bool], ...]
@@ -566,21 +567,21 @@ def max_qps(
     first_guess: float = 0.9,
     path: PathModel | None = None,
 ) -> MaxQps:
-    """Bisect for the highest offered rate whose p99 latency is within QoS, for a fleet that also meets
-    it at a light load.
+    """Bisect for the highest offered rate whose p99 latency is within QoS and within it at every lighter
+    load the search tries.
 
-    A fleet that misses the target at a light load (`LIGHT_LOAD_SHARE` of its raw capacity) has no
-    such rate (0), whatever rates above pass. That happens where the dispatcher sends some queries,
-    while the fleet is idle, to a cheap type that misses QoS on more than 1% of the mix, and sends
-    them elsewhere only while that type is busy: the misses then fall as the load grows, and a search
-    from the bound down would find a rate the fleet keeps only under heavy load, while a service
-    below it misses its target. The light run comes first (one run; it ends the search early).
-    Then the search starts at the upper bound: a probe just above it (UB·(1 + rel_tol)) checks the
-    bound (it normally fails within a few hundred queries, thanks to the early abort); then
-    `first_guess`·UB (simulated throughput is typically 85-100% of the bound), stepping up or
-    down by 2·rel_tol·UB, doubling the step each time, until the answer is bracketed; then
-    bisection until the bracket is narrower than `rel_tol`·UB. Without a bound the fleet's raw capacity
-    on the stream starts the search.
+    The first run is at a light load, `LIGHT_LOAD_SHARE` of the fleet's raw capacity. A fleet that
+    misses the target there is searched below it only (bisection from 0), whatever rates above pass:
+    typically 0. That happens where the dispatcher sends some queries, while the fleet is idle, to a
+    cheap type that misses QoS on more than 1% of the mix, and sends them elsewhere only while that
+    type is busy: the misses then fall as the load grows, and a search from the bound down would find
+    a rate the fleet keeps only under heavy load, while a service below it misses its target.
+    A fleet that meets the target at the light load is searched from the upper bound: a probe just
+    above it (UB·(1 + rel_tol)) checks the bound (it normally fails within a few hundred queries,
+    thanks to the early abort); then `first_guess`·UB (simulated throughput is typically 85-100% of
+    the bound), stepping up or down by 2·rel_tol·UB, doubling the step each time, until the answer is
+    bracketed (never below the light load); then bisection until the bracket is narrower than
+    `rel_tol`·UB. Without a bound the fleet's raw capacity on the stream starts the search.
     A fresh policy is built for every run (policies such as round robin keep state). `path`: as in
     `simulate`.
     """
@@ -602,7 +603,17 @@ def max_qps(
     broken = False  # set when a rate at or above the bound passes
     light = LIGHT_LOAD_SHARE * capacity
     if not ok(light):
-        return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
+        if ub_qps is not None and ub_qps <= 0:  # the bound agrees: no rate meets QoS
+            return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
+        # rates above a light load the fleet misses do not count: its answer, if any, lies below it
+        lo, hi = 0.0, light
+        while hi - lo > rel_tol * light:
+            mid = 0.5 * (lo + hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return MaxQps(lo, tuple(probes), False, time.perf_counter() - t0)
     if ub_qps is not None and ub_qps <= 0:
         # the bound says no rate meets QoS (no present type covers the mix), yet the light load passed:
         # the bound does not bound this fleet; search from its raw capacity instead
