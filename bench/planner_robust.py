@@ -8,7 +8,7 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     and each type's probability of missing QoS from the samples (`miss_from_samples`);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise, Kairos
-    dispatch), max QPS at p99 ≤ QoS by `max_qps` (0 for a fleet that misses it at a light load); a
+    dispatch), max QPS at p99 ≤ QoS by `max_qps` (below a light load it misses, typically 0); a
     fleet's judged value is the mean over the streams, its spread (max − min)/mean; the streams are the
     same for every fleet (common random numbers). Then every fleet judged within `--refine-within` (10%)
     of the best, and every selector's choice, is simulated on `--refine-seeds` (7) more streams, and a
@@ -218,8 +218,8 @@ class Cache:
     """Judge results on disk, one JSON line per (dispatch rule, workload seed, stream seed, queries,
     configuration); `fill` and `save` use the rule the run simulates (`DISPATCH`; a line without "d" is
     the default rule's). A line carries the search's version "v" (`CACHE_VERSION`); lines of another
-    version are not read (a search without the light-load run can value a fleet above 0 that `max_qps`
-    now values 0)."""
+    version are not read (a search without the light-load run can value a fleet that misses QoS at a
+    light load at a rate it keeps only under heavy load)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -619,11 +619,11 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
         failed.setdefault(ri, []).extend((c, i, v) for c, v in zip(task[5], values, strict=True) if v is not None)
     runs = sum(len(t[5]) for t in tasks)
     for ri, r in enumerate(data["rows"]):
-        zeroed = failed.get(ri, [])
+        light_failed = failed.get(ri, [])
         vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
         for name in SELECTORS:
             vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
-        for c, i, v in zeroed:
+        for c, i, v in light_failed:
             vals[c][i] = v
         old_opt = r["optimum"]["config"]
         for c in r["configs"]:
@@ -638,10 +638,10 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
         r["optimum"] = optimum_entry(label, best["counts"], opt)
         for name in SELECTORS:
             r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
-        r["judge"]["light_failed"] = [[list(c), i, v] for c, i, v in zeroed]
-        if zeroed:
-            fleets_hit = sorted({c for c, _, _ in zeroed})
-            print(f"{r['seed']:5d} {r['model']:6} {len(zeroed)} (fleet, stream) values failed the light load on"
+        r["judge"]["light_failed"] = [[list(c), i, v] for c, i, v in light_failed]
+        if light_failed:
+            fleets_hit = sorted({c for c, _, _ in light_failed})
+            print(f"{r['seed']:5d} {r['model']:6} {len(light_failed)} (fleet, stream) values failed the light load on"
                   f" {len(fleets_hit)} fleets;"
                   f" optimum {old_opt} -> {r['optimum']['config']}; kairos {r['kairos']['ratio']:.3f},"
                   f" kairos_plus {r['kairos_plus']['ratio']:.3f}", flush=True)

@@ -597,6 +597,16 @@ def max_qps(
         probes.append((rate, r))
         return r
 
+    def bisect(lo: float, hi: float, tol: float) -> float:
+        """The highest passing rate in [lo, hi] (lo passes or is 0, hi fails), to within `tol`."""
+        while hi - lo > tol:
+            mid = 0.5 * (lo + hi)
+            if ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     # every instance busy all the time (the hop holds it unless the head pipelines)
     hop = path.hop_mean_s if path is not None and path.pipeline_tick_s is None else 0.0
     capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))
@@ -606,13 +616,7 @@ def max_qps(
         if ub_qps is not None and ub_qps <= 0:  # the bound agrees: no rate meets QoS
             return MaxQps(0.0, tuple(probes), False, time.perf_counter() - t0)
         # rates above a light load the fleet misses do not count: its answer, if any, lies below it
-        lo, hi = 0.0, light
-        while hi - lo > rel_tol * light:
-            mid = 0.5 * (lo + hi)
-            if ok(mid):
-                lo = mid
-            else:
-                hi = mid
+        lo = bisect(0.0, light, rel_tol * light)
         return MaxQps(lo, tuple(probes), False, time.perf_counter() - t0)
     if ub_qps is not None and ub_qps <= 0:
         # the bound says no rate meets QoS (no present type covers the mix), yet the light load passed:
@@ -653,13 +657,7 @@ def max_qps(
                     lo = hi - step
                     break
                 hi, step = hi - step, 2.0 * step
-    while hi - lo > rel_tol * scale:
-        mid = 0.5 * (lo + hi)
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return MaxQps(lo, tuple(probes), broken, time.perf_counter() - t0)
+    return MaxQps(bisect(lo, hi, rel_tol * scale), tuple(probes), broken, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------------------------------
