@@ -102,7 +102,16 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.sim import LIGHT_LOAD_SHARE, MaxQps, SeedsEvaluator, SimSetup, evaluate_config, fails_at, fleet_columns
+from kairosd.sim import (
+    LIGHT_LOAD_SHARE,
+    MaxQps,
+    SeedsEvaluator,
+    SimSetup,
+    evaluate_config,
+    fails_at,
+    fleet_columns,
+    raw_capacity,
+)
 
 JUDGE_SEED = 100  # judge stream s uses seed JUDGE_SEED + 10·s
 PLUS_SEED = 500  # Kairos+'s own streams: PLUS_SEED + 10·s
@@ -528,6 +537,27 @@ def judged(counts: list[int], v: np.ndarray, opt: np.ndarray) -> dict[str, Any]:
             "within_spread": bool(v.mean() >= opt.min()), "per_stream": v.tolist()}
 
 
+def recorded_values(r: dict[str, Any]) -> dict[tuple[int, ...], np.ndarray]:
+    """A results row's per-stream values of every fleet it records: its configurations and the selectors' choices."""
+    vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
+    for name in SELECTORS:
+        vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
+    return vals
+
+
+def apply_values(r: dict[str, Any], vals: dict[tuple[int, ...], np.ndarray], cands: Candidates) -> None:
+    """In place on a results row: every configuration's per-stream values and mean from `vals`, then the
+    optimum and every selector's judged entry recomputed from them."""
+    for c in r["configs"]:
+        v = vals[tuple(c["counts"])]
+        c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
+    best = max(r["configs"], key=lambda c: c["qps"])
+    opt = vals[tuple(best["counts"])]
+    r["optimum"] = optimum_entry(cands.label(np.array(best["counts"])), best["counts"], opt)
+    for name in SELECTORS:
+        r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
+
+
 def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     """`--refine`: the refined judge on a file's workloads (see the module docstring); rewrites the file."""
     data = json.loads(path.read_text())
@@ -538,23 +568,14 @@ def refine_file(path: Path, args: argparse.Namespace, cache: Cache) -> None:
     max_configs = int(st["max_configs"])
     for r in data["rows"]:
         sw, bm, cands = candidates_of(int(r["seed"]), max_configs)
-        vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
-        for name in SELECTORS:
-            vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
+        vals = recorded_values(r)
         first = {c: v[:n_first] for c, v in vals.items()}
         want = list(dict.fromkeys(contenders(first, args.refine_within) + [tuple(r[n]["counts"]) for n in SELECTORS]
                                   + [_key(select_kairos(cands).config)]))
         added = add_streams(sw, int(r["seed"]), vals, want, seeds, n_first, queries, bound_of(bm), args.workers, cache)
         r["judge"]["fragile"] = fragile_values(sw, int(r["seed"]), vals, want, n_first + len(seeds), queries, args,
                                                bound_of(bm), cache)
-        for c in r["configs"]:
-            v = vals[tuple(c["counts"])]
-            c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
-        best = max(r["configs"], key=lambda c: c["qps"])
-        opt = vals[tuple(best["counts"])]
-        r["optimum"] = optimum_entry(cands.label(np.array(best["counts"])), best["counts"], opt)
-        for name in SELECTORS:
-            r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
+        apply_values(r, vals, cands)
         r["judge"]["refined"] = [list(c) for c in want]
         print(f"{r['seed']:5d} {r['model']:6} refined {added:2d} fleets; optimum {r['optimum']['config']}"
               f" {r['optimum']['qps']:.1f}; kairos {r['kairos']['ratio']:.3f}, kairos_plus {r['kairos_plus']['ratio']:.3f}",
@@ -580,8 +601,7 @@ def _light_values(task: tuple[str, int, int, int, int, list[tuple[int, ...]]]) -
     out: list[float | None] = []
     for c in fleets:
         cols = fleet_columns(setup.profiles, setup.types, c, setup.slots)
-        capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))
-        fails = fails_at(setup, c, LIGHT_LOAD_SHARE * capacity, svc)
+        fails = fails_at(setup, c, LIGHT_LOAD_SHARE * raw_capacity(svc, cols, setup.path), svc)
         out.append(evaluate_config(setup, c, None, svc).qps if fails else None)
     return out
 
@@ -602,9 +622,7 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
     queries, max_configs = int(st["queries_per_run"]), int(st["max_configs"])
     tasks, where = [], []
     for ri, r in enumerate(data["rows"]):
-        fleets = {tuple(c["counts"]): c["per_stream"] for c in r["configs"]}
-        for name in SELECTORS:
-            fleets.setdefault(tuple(r[name]["counts"]), r[name]["per_stream"])
+        fleets = recorded_values(r)
         n_streams = max(len(v) for v in fleets.values())
         for i, stream_seed in enumerate(stream_seeds(JUDGE_SEED, n_streams)):
             todo = [c for c, v in fleets.items() if i < len(v) and v[i] > 0]
@@ -620,24 +638,11 @@ def light_check_file(path: Path, args: argparse.Namespace) -> None:
     runs = sum(len(t[5]) for t in tasks)
     for ri, r in enumerate(data["rows"]):
         light_failed = failed.get(ri, [])
-        vals = {tuple(c["counts"]): np.asarray(c["per_stream"], dtype=float) for c in r["configs"]}
-        for name in SELECTORS:
-            vals.setdefault(tuple(r[name]["counts"]), np.asarray(r[name]["per_stream"], dtype=float))
+        vals = recorded_values(r)
         for c, i, v in light_failed:
             vals[c][i] = v
         old_opt = r["optimum"]["config"]
-        for c in r["configs"]:
-            v = vals[tuple(c["counts"])]
-            c["per_stream"], c["qps"] = v.tolist(), float(v.mean())
-        best = max(r["configs"], key=lambda c: c["qps"])
-        opt = vals[tuple(best["counts"])]
-        label = r["optimum"]["config"] if tuple(best["counts"]) == tuple(r["optimum"]["counts"]) else None
-        if label is None:
-            _, _, cands = candidates_of(int(r["seed"]), max_configs)
-            label = cands.label(np.array(best["counts"]))
-        r["optimum"] = optimum_entry(label, best["counts"], opt)
-        for name in SELECTORS:
-            r[name].update(judged(r[name]["counts"], vals[tuple(r[name]["counts"])], opt))
+        apply_values(r, vals, candidates_of(int(r["seed"]), max_configs)[2])
         r["judge"]["light_failed"] = [[list(c), i, v] for c, i, v in light_failed]
         if light_failed:
             fleets_hit = sorted({c for c, _, _ in light_failed})

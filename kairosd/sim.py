@@ -536,6 +536,14 @@ def simulate(
 # Max QPS
 
 
+def raw_capacity(svc: np.ndarray, cols: np.ndarray, path: PathModel | None = None) -> float:
+    """The fleet's rate with every instance busy all the time on the stream's service times `svc`
+    (the hop holds an instance unless the head pipelines); `max_qps`'s light load is
+    `LIGHT_LOAD_SHARE` of it."""
+    hop = path.hop_mean_s if path is not None and path.pipeline_tick_s is None else 0.0
+    return float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))
+
+
 @dataclass(frozen=True)
 class MaxQps:
     """The highest passing rate found, the probes made ((rate, ok) in order) and whether the rate at
@@ -607,9 +615,7 @@ def max_qps(
                 hi = mid
         return lo
 
-    # every instance busy all the time (the hop holds it unless the head pipelines)
-    hop = path.hop_mean_s if path is not None and path.pipeline_tick_s is None else 0.0
-    capacity = float(np.sum(1.0 / (svc[:, cols].mean(axis=0) + hop)))
+    capacity = raw_capacity(svc, cols, path)
     broken = False  # set when a rate at or above the bound passes
     light = LIGHT_LOAD_SHARE * capacity
     if not ok(light):
