@@ -885,26 +885,29 @@ class SeedsEvaluator:
     def __call__(self, config: np.ndarray) -> float:
         return float(self.values(config).mean())
 
-    def below(self, config: np.ndarray, rate_qps: float) -> bool:
-        """Whether `config`'s mean max QPS is below `rate_qps`, shown by one run at that rate per stream
-        (no search): true when every stream misses the target at it (cached results are used as they
-        are). The runs go `workers` streams at a time, in that many processes; the first stream that
-        meets the target settles it."""
-        if rate_qps <= 0:  # every max QPS is ≥ 0
+    def below(self, config: np.ndarray, rate_qps: float | Sequence[float]) -> bool:
+        """Whether `config`'s max QPS is below `rate_qps` on every stream, shown by one run at that rate per
+        stream (no search): true when every stream misses the target at it (cached results are used as
+        they are), and then its mean is below the rate too. `rate_qps` may also give one rate per stream
+        (e.g. another fleet's value on each, so that the test is paired like the streams); a stream
+        whose rate is 0 or less shows nothing, and then the answer is false. The runs go `workers`
+        streams at a time, in that many processes; the first stream that meets the target settles it."""
+        rates = np.broadcast_to(np.asarray(rate_qps, dtype=float), (len(self.setups),))
+        if np.any(rates <= 0):  # every max QPS is ≥ 0
             return False
         key = tuple(int(x) for x in config)
         todo = []
         for i, cache in enumerate(self.caches):
             if key not in cache:
                 todo.append(i)
-            elif cache[key].qps >= rate_qps:
+            elif cache[key].qps >= rates[i]:
                 return False
         n_workers = max(1, self.workers)
         if n_workers == 1 or len(todo) <= 1:
-            return all(fails_at(self.setups[i], key, rate_qps) for i in todo)
+            return all(fails_at(self.setups[i], key, float(rates[i])) for i in todo)
         with ProcessPoolExecutor(n_workers, initializer=_seeds_worker_init, initargs=(self.setups,)) as pool:
             for start in range(0, len(todo), n_workers):
-                tasks = [(i, key, rate_qps) for i in todo[start : start + n_workers]]
+                tasks = [(i, key, float(rates[i])) for i in todo[start : start + n_workers]]
                 if not all(pool.map(_seeds_worker_fails, tasks)):
                     return False
         return True

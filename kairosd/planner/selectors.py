@@ -353,6 +353,11 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         search), a configuration is first tested at the best QPS so far: if it misses the p99 target
         there, its QPS is below the best and it is dropped without a search (`Selection.n_checks`
         counts these tests; a tested configuration counts against the budget like a searched one).
+        With per-stream values (`values`), the test is paired: stream by stream at the incumbent's
+        value on that stream (`below` then takes one rate per stream). A configuration that misses the
+        target on every stream at the incumbent's value is below it on every stream, so it could
+        neither replace it nor raise the best mean; the streams' own differences (one stream lets
+        every fleet serve 10% more than another) then do not hide a fleet that is a few percent worse.
 
     `order="bound"` walks by upper bound (the paper's walk, with `budget_share=None` exactly its
     Algorithm 1), `order="estimate"` by the queue-aware estimate; pruning uses only the true bound
@@ -400,7 +405,9 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         alive[row] = False
         if best_row >= 0 and top_qps > 0 and callable(below):
             checks += 1
-            if below(x, top_qps):
+            # with per-stream values, paired with the incumbent stream by stream; else at the best mean
+            rate = np.asarray(per_stream(cands.configs[best_row]), dtype=float) if callable(per_stream) else top_qps
+            if below(x, rate):
                 continue
         # a fragile fleet gets every stream before it is evaluated; the incumbent is run on the new
         # streams in the same batch

@@ -1140,6 +1140,40 @@ def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
     np.testing.assert_array_equal(select_kairos_plus(cands, clear, budget_share=None).config, [1, 2])
 
 
+
+def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> None:
+    """With per-stream values, the one-rate check before a search is paired: each stream at the
+    incumbent's value on it. A fleet a little below the incumbent on every stream is dropped without
+    a search, though on an easy stream it serves more than the incumbent's mean; a fleet above it on
+    one stream is searched."""
+    configs = np.array([[2, 0], [1, 2], [0, 4]])
+    cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([900.0, 899.0, 898.0]),
+                       np.array([9.0, 8.0, 7.0]))
+
+    class PairedCheckingEvaluator:
+        def __init__(self, table: dict[tuple[int, ...], list[float]]) -> None:
+            self.table = table
+            self.searched: list[tuple[int, ...]] = []
+            self.rates: list[np.ndarray] = []
+
+        def values(self, x: np.ndarray) -> np.ndarray:
+            return np.array(self.table[tuple(int(v) for v in x)])
+
+        def __call__(self, x: np.ndarray) -> float:
+            self.searched.append(tuple(int(v) for v in x))
+            return float(self.values(x).mean())
+
+        def below(self, x: np.ndarray, rate: np.ndarray) -> bool:
+            self.rates.append(np.asarray(rate, dtype=float))
+            return bool(np.all(self.values(x) < rate))
+
+    incumbent = [300.0, 400.0, 500.0]
+    ev = PairedCheckingEvaluator({(2, 0): incumbent, (1, 2): [290.0, 390.0, 490.0], (0, 4): [310.0, 100.0, 100.0]})
+    sel = select_kairos_plus(cands, ev, budget_share=None)
+    np.testing.assert_array_equal(sel.config, [2, 0])
+    assert ev.searched == [(2, 0), (0, 4)] and sel.n_checks == 2
+    np.testing.assert_array_equal(ev.rates[0], incumbent)
+
 def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
     """A fleet that shines on the first streams and fails QoS on later ones (a tail near the 1% budget)
     against a steady one: the streams do not order them, so streams are added (three at a time, up to

@@ -432,6 +432,24 @@ def test_seeds_evaluator_checks_a_rate_on_every_stream_in_parallel(wl: workload.
     assert not SeedsEvaluator(setups, workers=2).below(config, 0.5 * values.min())
 
 
+
+def test_seeds_evaluator_checks_one_rate_per_stream(wl: workload.KairosWorkload) -> None:
+    """`below` with one rate per stream: true only when every stream misses the target at its own rate;
+    a stream whose rate is 0 shows nothing."""
+    setups = tuple(workload.sim_setup(wl, "wnd", n_queries=500, seed=s) for s in (3, 13, 23))
+    config = np.array([1, 1, 0, 1])
+    values = np.array([SimEvaluator(s, workers=1)(config) for s in setups])
+    assert values.min() > 0
+    for workers in (1, 2):
+        assert SeedsEvaluator(setups, workers=workers).below(config, 1.2 * values)
+        # one stream at half its value meets the target there
+        assert not SeedsEvaluator(setups, workers=workers).below(config, 1.2 * values * np.array([1.0, 0.5 / 1.2, 1.0]))
+        assert not SeedsEvaluator(setups, workers=workers).below(config, 1.2 * values * np.array([1.0, 0.0, 1.0]))
+    # the results a search left are used as they are, stream by stream
+    ev = SeedsEvaluator(setups, workers=1)
+    searched = ev.values(config)
+    assert ev.below(config, searched + 1e-6) and not ev.below(config, searched)
+
 def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
     from kairosd.cli import main
 
