@@ -1143,9 +1143,10 @@ def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
 
 def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> None:
     """With per-stream values, the one-rate check before a search is paired: each stream at the
-    incumbent's value on it. A fleet a little below the incumbent on every stream is dropped without
-    a search, though on an easy stream it serves more than the incumbent's mean; a fleet above it on
-    one stream is searched."""
+    incumbent's value on it, moved a tenth of the way to the incumbent's mean (`_check_rates`). A fleet
+    a little below the incumbent on the streams that count is dropped without a search, though on an
+    easy stream it serves more than the incumbent's mean, and on the stream where every fleet does
+    badly a little more than the incumbent; a fleet above it on one stream is searched."""
     configs = np.array([[2, 0], [1, 2], [0, 4]])
     cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([900.0, 899.0, 898.0]),
                        np.array([9.0, 8.0, 7.0]))
@@ -1167,12 +1168,13 @@ def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> 
             self.rates.append(np.asarray(rate, dtype=float))
             return bool(np.all(self.values(x) < rate))
 
-    incumbent = [300.0, 400.0, 500.0]
-    ev = PairedCheckingEvaluator({(2, 0): incumbent, (1, 2): [290.0, 390.0, 490.0], (0, 4): [310.0, 100.0, 100.0]})
+    incumbent = [400.0, 420.0, 30.0]  # mean 283.3
+    ev = PairedCheckingEvaluator({(2, 0): incumbent, (1, 2): [380.0, 400.0, 32.0], (0, 4): [410.0, 100.0, 100.0]})
     sel = select_kairos_plus(cands, ev, budget_share=None)
     np.testing.assert_array_equal(sel.config, [2, 0])
     assert ev.searched == [(2, 0), (0, 4)] and sel.n_checks == 2
-    np.testing.assert_array_equal(ev.rates[0], incumbent)
+    np.testing.assert_allclose(ev.rates[0], [388.333, 406.333, 55.333], atol=1e-3)
+    assert ev.rates[0].mean() == pytest.approx(np.mean(incumbent))
 
 def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
     """A fleet that shines on the first streams and fails QoS on later ones (a tail near the 1% budget)
