@@ -722,7 +722,6 @@ def fails_at(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.nd
                         svc=svc, expected=expected, path=setup.path).ok
 
 
-
 def below_max_qps(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.ndarray | None = None) -> bool:
     """Whether one configuration's max QPS on this stream (`max_qps`) is below `rate_qps`, without the
     search: one run at that rate, and when it meets the target there and the rate is above the light
@@ -733,6 +732,7 @@ def below_max_qps(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: 
         return True
     light = LIGHT_LOAD_SHARE * raw_capacity(svc, fleet_columns(setup.profiles, setup.types, config, setup.slots), setup.path)
     return rate_qps > light and fails_at(setup, config, light, svc)
+
 
 def _worker_init(setup: SimSetup) -> None:
     _WORKER["setup"] = setup

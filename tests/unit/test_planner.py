@@ -1140,7 +1140,6 @@ def test_kairos_plus_switches_only_on_a_fleet_better_on_every_stream() -> None:
     np.testing.assert_array_equal(select_kairos_plus(cands, clear, budget_share=None).config, [1, 2])
 
 
-
 def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> None:
     """With per-stream values, the one-rate check before a search is paired: each stream at the
     incumbent's value on it, moved a tenth of the way to the incumbent's mean (`_check_rates`). A fleet
@@ -1175,6 +1174,7 @@ def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> 
     assert ev.searched == [(2, 0), (0, 4)] and sel.n_checks == 2
     np.testing.assert_allclose(ev.rates[0], [388.333, 406.333, 55.333], atol=1e-3)
     assert ev.rates[0].mean() == pytest.approx(np.mean(incumbent))
+
 
 def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
     """A fleet that shines on the first streams and fails QoS on later ones (a tail near the 1% budget)

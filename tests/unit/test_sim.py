@@ -435,7 +435,6 @@ def test_seeds_evaluator_checks_a_rate_on_every_stream_in_parallel(wl: workload.
     assert not SeedsEvaluator(setups, workers=2).below(config, 0.5 * values.min())
 
 
-
 def test_seeds_evaluator_checks_one_rate_per_stream(wl: workload.KairosWorkload) -> None:
     """`below` with one rate per stream: true only when every stream misses the target at its own rate;
     a stream whose rate is 0 shows nothing."""
@@ -452,6 +451,7 @@ def test_seeds_evaluator_checks_one_rate_per_stream(wl: workload.KairosWorkload)
     ev = SeedsEvaluator(setups, workers=1)
     searched = ev.values(config)
     assert ev.below(config, searched + 1e-6) and not ev.below(config, searched)
+
 
 def test_simulate_command(capsys: pytest.CaptureFixture[str]) -> None:
     from kairosd.cli import main
