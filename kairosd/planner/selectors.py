@@ -35,6 +35,8 @@ DUEL_STREAMS = 3
 # kairos_plus: its one-run check before a search tests each stream at the incumbent's value there moved
 # this share of the way to the incumbent's mean (`_check_rates`)
 CHECK_SHRINK = 0.1
+# kairos_plus: when that check does not rule a fleet out, a second one this share of the way
+CHECK_SHRINK_WIDE = 0.7
 # kairos_plus: a fleet whose idle dispatch already misses QoS on at least this share of the p99 target's
 # ε (`Candidates.idle_miss`) is valued on every stream its evaluator can add before it is compared
 FRAGILE_IDLE = 0.5
@@ -358,10 +360,11 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         counts these tests; a tested configuration counts against the budget like a searched one).
         With per-stream values (`values`), the test is paired: stream by stream at about the
         incumbent's value on that stream (`_check_rates`; `below` then takes one rate per stream), at
-        rates whose mean is the incumbent's. A configuration that misses the target on every stream
-        at those rates is below the incumbent on average, so it could neither replace it nor raise
-        the best mean; the streams' own differences (one stream lets every fleet serve 10% more than
-        another) then do not hide a fleet that is a few percent worse.
+        rates whose mean is the incumbent's, and when that does not rule it out, at rates nearer the
+        incumbent's mean. A configuration that misses the target on every stream at such rates is
+        below the incumbent on average, so it could neither replace it nor raise the best mean; the
+        streams' own differences (one stream lets every fleet serve 10% more than another) then do
+        not hide a fleet that is a few percent worse.
 
     `order="bound"` walks by upper bound (the paper's walk, with `budget_share=None` exactly its
     Algorithm 1), `order="estimate"` by the queue-aware estimate; pruning uses only the true bound
@@ -409,7 +412,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         alive[row] = False
         if best_row >= 0 and top_qps > 0 and callable(below):
             checks += 1
-            if below(x, _check_rates(per_stream(cands.configs[best_row]) if callable(per_stream) else None, top_qps)):
+            incumbent = per_stream(cands.configs[best_row]) if callable(per_stream) else None
+            if any(below(x, rate) for rate in _check_rates(incumbent, top_qps)):
                 continue
         # a fragile fleet gets every stream before it is evaluated; the incumbent is run on the new
         # streams in the same batch
@@ -443,17 +447,22 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
                      tuple(evaluated), checks, simulated, exact=not alive.any())
 
 
-def _check_rates(incumbent: np.ndarray | None, top_qps: float) -> float | np.ndarray:
-    """The rates Kairos+ tests a fleet at before it searches it (`select_kairos_plus`): without per-stream
-    values the best mean so far; with them, the incumbent's value on each stream moved `CHECK_SHRINK` of
-    the way to its mean. The rates' mean is the incumbent's, so a fleet below them on every stream is
-    below the incumbent on average; the shrink keeps one stream on which every fleet does badly (a heavy
-    tail that stream draws often) from deciding the test, where a fleet as bad as the incumbent, within
-    the search's tolerance, would pass. E.g. 244, 247 and 21 q/s (mean 170.7): 236.7, 239.4 and 36.0."""
+def _check_rates(incumbent: np.ndarray | None, top_qps: float) -> list[float | np.ndarray]:
+    """The rates Kairos+ tests a fleet at before it searches it, one test after the other until one
+    shows it below (`select_kairos_plus`): without per-stream values the best mean so far; with them,
+    the incumbent's value on each stream moved `CHECK_SHRINK` of the way to its mean, then
+    `CHECK_SHRINK_WIDE` of the way. The rates' mean is the incumbent's each time, so a fleet below
+    them on every stream is below the incumbent on average. The first test is close to paired: it
+    drops a fleet a few percent below the incumbent on every stream, which a test at the mean misses
+    on a stream that lets every fleet serve more; the shrink keeps one stream on which every fleet
+    does badly (a heavy tail that stream draws often) from deciding it, where a fleet as bad as the
+    incumbent, within the search's tolerance, would pass. The second drops a fleet far below the
+    incumbent on most streams and far above it on the one the incumbent fails on. E.g. 244, 247 and
+    21 q/s (mean 170.7): 236.7, 239.4 and 36.0, then 192.7, 193.6 and 125.8."""
     if incumbent is None:
-        return top_qps
+        return [top_qps]
     v = np.asarray(incumbent, dtype=float)
-    return v + CHECK_SHRINK * (float(v.mean()) - v)
+    return [v + share * (float(v.mean()) - v) for share in (CHECK_SHRINK, CHECK_SHRINK_WIDE)]
 
 
 def _add_every_stream(add_streams: Callable[[int], bool]) -> bool:
