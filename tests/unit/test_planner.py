@@ -1145,7 +1145,8 @@ def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> 
     incumbent's value on it, moved a tenth of the way to the incumbent's mean (`_check_rates`). A fleet
     a little below the incumbent on the streams that count is dropped without a search, though on an
     easy stream it serves more than the incumbent's mean, and on the stream where every fleet does
-    badly a little more than the incumbent; a fleet above it on one stream is searched."""
+    badly a little more than the incumbent; then at 0.7 of the way, which rules out a fleet far below
+    the incumbent on most streams; a fleet above it on one stream is searched."""
     configs = np.array([[2, 0], [1, 2], [0, 4]])
     cands = Candidates(("a", "b"), np.array([1.0, 0.5]), 2.0, configs, np.full(3, 2.0), np.array([900.0, 899.0, 898.0]),
                        np.array([9.0, 8.0, 7.0]))
@@ -1174,6 +1175,13 @@ def test_kairos_plus_checks_a_fleet_stream_by_stream_against_the_incumbent() -> 
     assert ev.searched == [(2, 0), (0, 4)] and sel.n_checks == 2
     np.testing.assert_allclose(ev.rates[0], [388.333, 406.333, 55.333], atol=1e-3)
     assert ev.rates[0].mean() == pytest.approx(np.mean(incumbent))
+    # far below on two streams and far above on the one the incumbent fails on: the first check passes it,
+    # the second (0.7 of the way to the incumbent's mean) rules it out; the fleet above on one stream
+    # passes both and is searched
+    ev = PairedCheckingEvaluator({(2, 0): incumbent, (1, 2): [300.0, 310.0, 150.0], (0, 4): [410.0, 100.0, 100.0]})
+    np.testing.assert_array_equal(select_kairos_plus(cands, ev, budget_share=None).config, [2, 0])
+    assert ev.searched == [(2, 0), (0, 4)] and len(ev.rates) == 4
+    np.testing.assert_allclose(ev.rates[1], [318.333, 324.333, 207.333], atol=1e-3)
 
 
 def test_kairos_plus_adds_streams_when_they_do_not_order_two_fleets() -> None:
