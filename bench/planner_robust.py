@@ -109,8 +109,7 @@ from kairosd.sim import (
     SimSetup,
     evaluate_config,
     fails_at,
-    fleet_columns,
-    raw_capacity,
+    light_load,
 )
 
 JUDGE_SEED = 100  # judge stream s uses seed JUDGE_SEED + 10·s
@@ -600,8 +599,7 @@ def _light_values(task: tuple[str, int, int, int, int, list[tuple[int, ...]]]) -
     svc = setup.service.times(setup.profiles, setup.model, setup.stream)
     out: list[float | None] = []
     for c in fleets:
-        cols = fleet_columns(setup.profiles, setup.types, c, setup.slots)
-        fails = fails_at(setup, c, LIGHT_LOAD_SHARE * raw_capacity(svc, cols, setup.path), svc)
+        fails = fails_at(setup, c, light_load(setup, c, svc), svc)
         out.append(evaluate_config(setup, c, None, svc).qps if fails else None)
     return out
 

@@ -722,6 +722,12 @@ def fails_at(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.nd
                         svc=svc, expected=expected, path=setup.path).ok
 
 
+def light_load(setup: SimSetup, config: Sequence[int], svc: np.ndarray | None = None) -> float:
+    """`max_qps`'s first rate for one configuration under `setup`: `LIGHT_LOAD_SHARE` of its raw capacity
+    on the stream (`raw_capacity`)."""
+    svc = svc if svc is not None else _svc_for(setup)
+    return LIGHT_LOAD_SHARE * raw_capacity(svc, fleet_columns(setup.profiles, setup.types, config, setup.slots), setup.path)
+
 def below_max_qps(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: np.ndarray | None = None) -> bool:
     """Whether one configuration's max QPS on this stream (`max_qps`) is below `rate_qps`, without the
     search: one run at that rate, and when it meets the target there and the rate is above the light
@@ -730,7 +736,7 @@ def below_max_qps(setup: SimSetup, config: Sequence[int], rate_qps: float, svc: 
     svc = svc if svc is not None else _svc_for(setup)
     if fails_at(setup, config, rate_qps, svc):
         return True
-    light = LIGHT_LOAD_SHARE * raw_capacity(svc, fleet_columns(setup.profiles, setup.types, config, setup.slots), setup.path)
+    light = light_load(setup, config, svc)
     return rate_qps > light and fails_at(setup, config, light, svc)
 
 
