@@ -119,7 +119,7 @@ REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extr
 REFINE_SEEDS = 7
 FRAGILE_SEEDS = 50  # more streams for every contender when one of them fails QoS at every rate on some stream
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
-CACHE_VERSION = 2  # `max_qps`'s search: 2 with its light-load run first
+CACHE_VERSION = 3  # `max_qps`'s search: 2 with its light-load run first, 3 with the backlog read on dispatch times
 # the simulator's dispatch rule, by `--dispatch` name: kairosd's Kairos matching as the daemon runs it,
 # or the paper's rule alone (the oldest 2n queries, no later slots, no holds, no tiers, feasibility on
 # the mean latency), a dispatcher the queue-aware estimate does not model

@@ -4,7 +4,8 @@ Core rule: queries arrive (Poisson or a trace, scaled to the offered rate) with 
 and service-time noise; whenever a query waits and an instance is free, the dispatch policy — the
 very function the daemon runs — sees a `Snapshot` and its `Assignment` is carried out. A rate
 passes when the p99 latency (wait + service) of the measured queries (after a warm-up) is within
-QoS and the fleet keeps up (completion does not lag the last arrival by more than 2 QoS).
+QoS and the fleet keeps up (the service handed out fits the instances' time, and no query still waits
+for an instance 2 QoS after the last arrival).
 `max_qps` bisects for the highest passing rate, below the planner's upper bound.
 
 Every random draw is made once per `Stream` (seeded) and reused at every rate and for every
@@ -33,7 +34,7 @@ WARMUP_FRACTION = 0.1
 PERCENTILE = 99.0
 # `max_qps`'s light load, as a share of the fleet's raw capacity: a fleet must meet the target there too
 LIGHT_LOAD_SHARE = 0.05
-LAG_QOS = 2.0  # a run fails if its last completion is more than this many QoS after the last arrival
+LAG_QOS = 2.0  # a run fails if a query still waits for an instance this many QoS after the last arrival
 NOISES = ("none", "samples", "lognormal")
 
 
@@ -217,6 +218,8 @@ class SimResult:
     lagging: bool
     policy_calls: int
     wall_s: float
+    drain_s: float = 0.0  # the last query handed to an instance, after the last arrival (inf if one never was)
+    end_s: float = 0.0  # the last completion, after the last arrival (inf if a query never finished)
 
 
 def _late_in_queue(arr_l: list[float], queue: list[int], now: float, deadline_s: float, measure_from: int) -> int:
@@ -247,9 +250,9 @@ def _run(
     measure_from: int,
     max_violations: int,
     deadline_s: float,
-) -> tuple[np.ndarray, bool, int, float]:
-    """The event loop. Returns (finish time per query, inf if never served; aborted; policy calls;
-    instance-seconds of service handed out).
+) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """The event loop. Returns (finish time per query, inf if never served; the time each was handed to
+    an instance, inf if never; aborted; policy calls; instance-seconds of service handed out).
 
     Events are arrivals (pre-sorted) and completions (a heap). The policy is called only when a
     query waits and an instance is free, with the snapshot the daemon's scheduler builds: the
@@ -269,6 +272,7 @@ def _run(
     heap: list[tuple[float, int]] = []
     queue: list[int] = []
     finish = np.full(n_q, np.inf)
+    start = np.full(n_q, np.inf)  # when each query was handed to an instance
     q_model = np.full(window, model_idx, dtype=np.intp)
     q_qos = np.full(window, qos_s)
     viol = 0
@@ -289,7 +293,7 @@ def _run(
             i += 1
             if (now - arr_l[queue[0]] > deadline_s and i > measure_from
                     and viol + _late_in_queue(arr_l, queue, now, deadline_s, measure_from) > max_violations):
-                return finish, True, calls, work
+                return finish, start, True, calls, work
         else:
             break
         if not queue or n_free == 0:
@@ -318,13 +322,14 @@ def _run(
             expect_at[c] = now + expected[q, t]
             heapq.heappush(heap, (f, c))
             finish[q] = f
+            start[q] = now
             if f - arr_l[q] > deadline_s and q >= measure_from:
                 viol += 1
         n_free -= len(rows)
         queue = _without(queue, rows)
         if viol > max_violations:
-            return finish, True, calls, work
-    return finish, False, calls, work
+            return finish, start, True, calls, work
+    return finish, start, False, calls, work
 
 
 def _run_pipelined(
@@ -342,7 +347,7 @@ def _run_pipelined(
     deadline_s: float,
     window_s: float,
     tick_s: float,
-) -> tuple[np.ndarray, bool, int, float]:
+) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
     """`_run` with the live path and the daemon's pipelining: a query granted at t reaches its
     instance at t + hop/2, starts when the instance has finished the query ahead of it, and its answer
     reaches the head hop/2 after its service. The head counts a column busy until the answer arrives;
@@ -350,7 +355,7 @@ def _run_pipelined(
     within `window_s`, with that expected residual as its busy time (at least 1 µs), as
     `Scheduler._columns` does. Rounds run on arrivals, answers and, while queries wait after a round,
     a tick `tick_s` later (the daemon's `tick_ms`). Returns what `_run` returns; finish times are the
-    answers' arrivals."""
+    answers' arrivals, and a query is handed out when the head grants it."""
     n_q, n_i = len(arr), len(cols)
     window = 2 * n_i
     arr_l: list[float] = arr.tolist()
@@ -364,6 +369,7 @@ def _run_pipelined(
     heap: list[tuple[float, int]] = []
     queue: list[int] = []
     finish = np.full(n_q, np.inf)
+    start = np.full(n_q, np.inf)  # when each query was handed to an instance
     q_model = np.full(window, model_idx, dtype=np.intp)
     q_qos = np.full(window, qos_s)
     viol = 0
@@ -389,7 +395,7 @@ def _run_pipelined(
             i += 1
             if (now - arr_l[queue[0]] > deadline_s and i > measure_from
                     and viol + _late_in_queue(arr_l, queue, now, deadline_s, measure_from) > max_violations):
-                return finish, True, calls, work
+                return finish, start, True, calls, work
         else:
             break
         if not queue:
@@ -430,12 +436,13 @@ def _run_pipelined(
             n_in[c] += 1
             heapq.heappush(heap, (f, c))
             finish[q] = f
+            start[q] = now
             if f - arr_l[q] > deadline_s and q >= measure_from:
                 viol += 1
         queue = _without(queue, rows)
         if viol > max_violations:
-            return finish, True, calls, work
-    return finish, False, calls, work
+            return finish, start, True, calls, work
+    return finish, start, False, calls, work
 
 
 def simulate(
@@ -488,12 +495,12 @@ def simulate(
         assert path is not None and path.pipeline_tick_s is not None
         if len(hops) == 0:
             hops = np.zeros(len(stream))
-        finish, aborted, calls, work = _run_pipelined(
+        finish, start, aborted, calls, work = _run_pipelined(
             arr, svc, hops, expected, stream.batches, cols, policy, profiles.model_index(model), qos_s, measure_from,
             max_viol, qos_s - client_s, path.hop_mean_s + path.pipeline_tick_s if policy.pipelines else 0.0,
             path.pipeline_tick_s)
     else:
-        finish, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy,
+        finish, start, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy,
                                             profiles.model_index(model), qos_s, measure_from, max_viol, qos_s - client_s)
     lat = finish[measure_from:] - arr[measure_from:] + client_s
     served = np.isfinite(lat)
@@ -503,9 +510,13 @@ def simulate(
     served_qps = float(len(done) / span) if span > 0 else 0.0
     # the queue grows without bound if the service handed out exceeds what the instances can give
     # while queries arrive; a finite run can still end within QoS when QoS is long against service
-    # times, so this is checked on its own (utilisation > 1), besides the final backlog
+    # times, so this is checked on its own (utilisation > 1), besides the final backlog: queries still
+    # waiting for an instance `LAG_QOS` × QoS after the last arrival. The backlog is read on when the
+    # last query was handed out, not on when it finished: one slow query near the end of the stream is
+    # a single miss, which the p99 counts, not a queue that fails to drain.
     overloaded = work > len(cols) * (arr[-1] - arr[0])
-    lagging = bool(overloaded or (np.isfinite(finish).all() and finish.max() - arr[-1] > LAG_QOS * qos_s))
+    drain_s = float(start.max() - arr[-1])
+    lagging = bool(overloaded or (math.isfinite(drain_s) and drain_s > LAG_QOS * qos_s))
     if aborted:
         pct = [math.inf, math.inf, math.inf]
         mean = math.inf
@@ -529,6 +540,8 @@ def simulate(
         lagging=lagging,
         policy_calls=calls,
         wall_s=time.perf_counter() - t0,
+        drain_s=drain_s,
+        end_s=float(finish.max() - arr[-1]),
     )
 
 
@@ -574,6 +587,7 @@ def max_qps(
     rel_tol: float = 0.01,
     first_guess: float = 0.9,
     path: PathModel | None = None,
+    observe: Callable[[SimResult], None] | None = None,
 ) -> MaxQps:
     """Bisect for the highest offered rate whose p99 latency is within QoS and within it at every lighter
     load the search tries.
@@ -591,7 +605,7 @@ def max_qps(
     bracketed (never below the light load); then bisection until the bracket is narrower than
     `rel_tol`·UB. Without a bound the fleet's raw capacity on the stream starts the search.
     A fresh policy is built for every run (policies such as round robin keep state). `path`: as in
-    `simulate`.
+    `simulate`. `observe`, if given, sees every run's result.
     """
     t0 = time.perf_counter()
     if svc is None:
@@ -600,10 +614,12 @@ def max_qps(
     expected = ServiceModel().times(profiles, model, stream)
 
     def ok(rate: float) -> bool:
-        r = simulate(profiles, model, cols, policy_factory(), rate, qos_s=qos_s, stream=stream, svc=svc, expected=expected,
-                     path=path).ok
-        probes.append((rate, r))
-        return r
+        run = simulate(profiles, model, cols, policy_factory(), rate, qos_s=qos_s, stream=stream, svc=svc,
+                       expected=expected, path=path)
+        if observe is not None:
+            observe(run)
+        probes.append((rate, run.ok))
+        return run.ok
 
     def bisect(lo: float, hi: float, tol: float) -> float:
         """The highest passing rate in [lo, hi] (lo passes or is 0, hi fails), to within `tol`."""
@@ -695,10 +711,10 @@ def _svc_for(setup: SimSetup) -> np.ndarray:
 
 
 def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None, svc: np.ndarray | None = None,
-                    guess_qps: float | None = None) -> MaxQps:
+                    guess_qps: float | None = None, observe: Callable[[SimResult], None] | None = None) -> MaxQps:
     """Max QPS of one configuration under `setup`. `guess_qps` (e.g. its max QPS on other streams, or
     the planner's estimate) starts the search there instead of at 0.9 × the bound: the same answer
-    within the search's tolerance, in fewer runs when the guess is close."""
+    within the search's tolerance, in fewer runs when the guess is close. `observe`: as in `max_qps`."""
     cols = fleet_columns(setup.profiles, setup.types, config, setup.slots)
     factory = lambda: make_policy(setup.policy, setup.profiles, **dict(setup.policy_params))
     first = 0.9
@@ -707,7 +723,7 @@ def evaluate_config(setup: SimSetup, config: Sequence[int], ub_qps: float | None
     return max_qps(
         setup.profiles, setup.model, cols, factory, qos_s=setup.qos_s, stream=setup.stream,
         svc=svc if svc is not None else _svc_for(setup), ub_qps=ub_qps, rel_tol=setup.rel_tol, first_guess=first,
-        path=setup.path,
+        path=setup.path, observe=observe,
     )
 
 
@@ -1095,7 +1111,7 @@ def _run_mix(
     group_qos_s: np.ndarray,
     measure_from: int,
     max_violations: np.ndarray,
-) -> tuple[np.ndarray, bool, int, float]:
+) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
     """`_run` with a group per query (`group[q]`), each group its model (`group_model[g]`, a ProfileTable
     index) and QoS (`group_qos_s[g]`), and misses counted, and the run aborted, per group
     (`max_violations[g]`)."""
@@ -1116,6 +1132,7 @@ def _run_mix(
     queue: list[int] = []
     waiting: list[list[int]] = [[] for _ in range(n_groups)]  # each group's queued queries, in order
     finish = np.full(n_q, np.inf)
+    start = np.full(n_q, np.inf)  # when each query was handed to an instance
     viol = [0] * n_groups
     cap: list[int] = [int(x) for x in max_violations]
     calls = 0
@@ -1140,7 +1157,7 @@ def _run_mix(
                     cutoff = bisect.bisect_left(arr_l, now - group_qos[g])
                     late = bisect.bisect_left(waiting[g], cutoff) - bisect.bisect_left(waiting[g], measure_from)
                     if viol[g] + max(late, 0) > cap[g]:
-                        return finish, True, calls, work
+                        return finish, start, True, calls, work
         else:
             break
         if not queue or n_free == 0:
@@ -1169,15 +1186,16 @@ def _run_mix(
             expect_at[c] = now + expected[q, t]
             heapq.heappush(heap, (f, c))
             finish[q] = f
+            start[q] = now
             g = group_l[q]
             waiting[g].remove(q)
             if f - arr_l[q] > group_qos[g] and q >= measure_from:
                 viol[g] += 1
                 if viol[g] > cap[g]:
-                    return finish, True, calls, work
+                    return finish, start, True, calls, work
         n_free -= len(rows)
         queue = _without(queue, rows)
-    return finish, False, calls, work
+    return finish, start, False, calls, work
 
 
 def simulate_mix(
@@ -1199,8 +1217,8 @@ def simulate_mix(
     """Run `stream` at `multiple` × its demand vector on the fleet `cols`: group g's queries are for
     `models[g]` with QoS `qos_s[g]`. Passes when every group's p99 (nearest rank at or above, over its
     measured queries) is within its QoS, and the fleet keeps up: the service handed out fits the
-    instances' time, and no group's last completion lags the last arrival by more than `LAG_QOS` × its
-    QoS. `svc`/`expected` as in `simulate` (default: `mix_service_times` with `services` / no noise);
+    instances' time, and no group's last query is handed to an instance more than `LAG_QOS` × its QoS
+    after the last arrival. `svc`/`expected` as in `simulate` (default: `mix_service_times` with `services` / no noise);
     with `abort`, the run stops once any group has more misses than its percentile allows."""
     if multiple <= 0:
         raise ConfigError(f"multiple must be > 0, got {multiple}")
@@ -1222,14 +1240,14 @@ def simulate_mix(
     max_viol = np.floor(allowed).astype(np.int64) + 1 if abort else np.full(n_groups, n + 1)
     model_idx = np.array([profiles.model_index(m) for m in models], dtype=np.intp)
     qos = np.asarray(qos_s, dtype=float)
-    finish, aborted, calls, work = _run_mix(arr, svc, expected, stream.stream.batches, cols, policy, group, model_idx, qos,
+    finish, start, aborted, calls, work = _run_mix(arr, svc, expected, stream.stream.batches, cols, policy, group, model_idx, qos,
                                             measure_from, max_viol)
     lat = finish[measure_from:] - arr[measure_from:]
     violations = tuple(int(np.count_nonzero(lat[measured == g] > qos[g])) for g in range(n_groups))
     overloaded = work > len(cols) * (arr[-1] - arr[0])
     lag = False
-    if np.isfinite(finish).all():
-        lag = any(finish[group == g].max() - arr[-1] > LAG_QOS * qos[g] for g in range(n_groups) if np.any(group == g))
+    if np.isfinite(start).all():  # the backlog, as `simulate` reads it
+        lag = any(start[group == g].max() - arr[-1] > LAG_QOS * qos[g] for g in range(n_groups) if np.any(group == g))
     lagging = bool(overloaded or lag)
     p99 = tuple(
         math.inf if aborted or n_measured[g] == 0 else float(np.percentile(lat[measured == g], percentile, method="higher"))

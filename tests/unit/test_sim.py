@@ -223,6 +223,27 @@ def test_a_rate_above_capacity_fails_even_when_the_run_ends_within_qos() -> None
     assert under.ok and not under.lagging
 
 
+def test_one_slow_query_at_the_end_is_a_miss_but_a_backlog_at_the_end_fails_the_run() -> None:
+    """One server, QoS 1 s, 2,000 queries of 2 ms. When the last query is a batch of 1,000 (3 s), it
+    ends 3 s after the last arrival, past `LAG_QOS` × QoS: a single miss, and the run passes. When the
+    last 12 queries (0.3 s each) arrive at once, the last of them waits 3.3 s for the server: a queue
+    that has not drained 2 QoS after the last arrival, and the run fails, though its 9 misses keep the
+    p99 within QoS."""
+    table = ProfileTable.build({"m": [ProfilePoint("fast", 1, SERVICE_S, SERVICE_S), ProfilePoint("fast", 1000, 3.0, 3.0)]})
+    cols = fleet_columns(table, ["fast"], [1])
+    batches = np.ones(2000, dtype=np.int64)
+    batches[-1] = 1000
+    slow_last = simulate(table, "m", cols, FcfsPolicy(table), 100.0, qos_s=1.0, stream=poisson_stream(batches, seed=5),
+                         abort=False)
+    assert slow_last.violations == 1 and slow_last.ok and not slow_last.lagging
+    times = np.arange(2000) * 0.01
+    times[-12:] = times[-13]
+    batches = np.ones(2000, dtype=np.int64)
+    batches[-12:] = 100
+    burst = simulate(table, "m", cols, FcfsPolicy(table), 100.0, qos_s=1.0, stream=trace_stream(times, batches), abort=False)
+    assert burst.violations == 9 and burst.p99_s <= 1.0 and burst.lagging and not burst.ok
+
+
 def test_the_live_path_holds_the_instance_and_adds_to_the_latency() -> None:
     """M/D/1 again, with a fixed 1 ms hop (it holds the server: service 2 + 1 ms) and a 0.5 ms client
     way (latency only): at ρ = 0.5 of the 3 ms server the mean latency is the M/D/1 sojourn of a
@@ -258,7 +279,7 @@ def test_a_pipelining_head_sends_ahead_within_hop_plus_tick_and_the_instance_que
     svc = np.full((2, 2), 0.010)
 
     def run(window_s: float, tick_s: float) -> list[float]:
-        finish, aborted, calls, work = _run_pipelined(
+        finish, _, aborted, calls, work = _run_pipelined(
             np.array([0.0, 0.001]), svc, np.full(2, 0.002), svc, np.array([1, 1]), cols, FcfsPolicy(table), 0, 1.0, 0,
             10, 1.0, window_s, tick_s)
         assert not aborted and work == pytest.approx(0.020)
