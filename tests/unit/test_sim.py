@@ -19,6 +19,7 @@ from kairosd.sim import (
     SeedsEvaluator,
     ServiceModel,
     SimEvaluator,
+    SimResult,
     below_max_qps,
     evaluate_config,
     fails_at,
@@ -236,6 +237,12 @@ def test_one_slow_query_at_the_end_is_a_miss_but_a_backlog_at_the_end_fails_the_
     slow_last = simulate(table, "m", cols, FcfsPolicy(table), 100.0, qos_s=1.0, stream=poisson_stream(batches, seed=5),
                          abort=False)
     assert slow_last.violations == 1 and slow_last.ok and not slow_last.lagging
+    assert slow_last.drain_s <= 1.0 < 2.0 < slow_last.end_s  # handed out at once, ends 3 s on
+    runs: list[SimResult] = []
+    found = max_qps(table, "m", cols, lambda: FcfsPolicy(table), qos_s=1.0, stream=poisson_stream(batches, seed=5),
+                    ub_qps=400.0, observe=runs.append)
+    assert [(r.offered_qps, r.ok) for r in runs] == list(found.probes) and found.qps > 100.0
+    assert any(r.ok and r.end_s > 2.0 for r in runs)  # passing runs that the last completion alone would fail
     times = np.arange(2000) * 0.01
     times[-12:] = times[-13]
     batches = np.ones(2000, dtype=np.int64)
