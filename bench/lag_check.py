@@ -50,15 +50,15 @@ WAIT_QOS = 1.0  # the screen's allowance for the slow query's own wait, in QoS
 Pair = tuple[tuple[int, ...], float]  # a fleet and where its search starts
 
 
-def screen(setup: SimSetup, svc: np.ndarray, config: tuple[int, ...], ub_qps: float) -> bool:
+def screen(setup: SimSetup, svc: np.ndarray, to_last: np.ndarray, config: tuple[int, ...], ub_qps: float) -> bool:
     """Whether the old backlog check could have failed `config` on this stream where the new one passes:
     a type of the fleet on which some query takes longer than (`LAG_QOS` − `WAIT_QOS`) × QoS plus the
-    time from its arrival to the last one at `ub_qps` (the highest rate a search tries)."""
+    time from its arrival to the last one at `ub_qps` (the highest rate a search tries; `to_last`: that
+    time at 1 q/s, per query)."""
     types = [t for t, n in enumerate(config) if n > 0]
     if not types or ub_qps <= 0:
         return False
-    to_last = (np.cumsum(setup.stream.gaps[::-1])[::-1] - setup.stream.gaps) / ub_qps
-    threshold = (LAG_QOS - WAIT_QOS) * setup.qos_s + to_last
+    threshold = (LAG_QOS - WAIT_QOS) * setup.qos_s + to_last / ub_qps
     return bool(np.any(svc[:, types] > threshold[:, None]))
 
 
@@ -83,10 +83,12 @@ def _values(task: tuple[str, int, int, int, int, list[Pair]]) -> list[tuple[bool
     bound = pr.bound_of(pr.planner_model(sw))
     setup = pr.setups(sw, [stream_seed], queries)[0]
     svc = setup.service.times(setup.profiles, setup.model, setup.stream)
+    gaps = setup.stream.gaps
+    to_last = np.cumsum(gaps[::-1])[::-1] - gaps
     out: list[tuple[bool, float | None]] = []
     for c, start in fleets:
         ub = float(bound(np.array(c)))
-        flagged = screen(setup, svc, c, ub)
+        flagged = screen(setup, svc, to_last, c, ub)
         out.append((flagged, search(setup, svc, c, ub, start) if flagged else None))
     return out
 
@@ -122,13 +124,13 @@ def check_file(path: Path, workers: int, within: float) -> None:
         results = list(pool.map(_values, tasks, chunksize=2))
     searched = sum(flagged for values in results for flagged, _ in values)
     changed: dict[int, list[tuple[tuple[int, ...], int, float, float]]] = {}
+    recorded = [pr.recorded_values(r) for r in data["rows"]]
     for (ri, i), task, values in zip(where, tasks, results, strict=True):
-        old = pr.recorded_values(data["rows"][ri])
         for (c, _), (_, v) in zip(task[5], values, strict=True):
-            if v is not None and v != old[c][i]:
-                changed.setdefault(ri, []).append((c, i, float(old[c][i]), v))
+            if v is not None and v != recorded[ri][c][i]:
+                changed.setdefault(ri, []).append((c, i, float(recorded[ri][c][i]), v))
     for ri, r in enumerate(data["rows"]):
-        vals = pr.recorded_values(r)
+        vals = recorded[ri]
         for c, i, _, v in changed.get(ri, []):
             vals[c][i] = v
         old_opt, old_k = r["optimum"]["config"], r["kairos"]["ratio"]
