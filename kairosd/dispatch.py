@@ -217,42 +217,51 @@ class KairosPolicy:
     def _one(self, snap: Snapshot) -> Assignment:
         """One waiting query: the matching is its cheapest column, sent now if that column is free.
 
-        Up to `SCALAR_MAX_COLUMNS` columns a scalar loop is cheaper than numpy's per-call overhead,
-        otherwise the one-row cost matrix. The loop costs an edge as the matrix does, except that its
-        tiers' finish times leave out the query's wait W_i: every column shares it, and it is far below
-        the gap between tiers (half a penalty, INFEASIBLE_PENALTY_QOS·QoS/2), so the order of the
-        columns is the same. Both pick the first column of least cost, as argmin does."""
-        mi, b = int(snap.q_model[0]), min(int(snap.q_batch[0]), self.mean.shape[2] - 1)
+        Up to `SCALAR_MAX_COLUMNS` columns a scalar loop (`one_column`), which is cheaper than numpy's
+        per-call overhead; otherwise the one-row cost matrix. Both pick the first column of least cost,
+        as argmin does."""
         if snap.n <= SCALAR_MAX_COLUMNS:
-            qos, waited = float(snap.q_qos_s[0]), float(snap.q_waited_s[0])
-            budget = qos - self.margin_s - waited
-            on_time = budget + self.margin_s  # a mean within this misses only because of the margin
-            beyond = self.sure_miss_bound * qos - waited  # a mean over this finishes beyond the sure-miss bound
-            penalty = INFEASIBLE_PENALTY_QOS * qos
-            cm, ck, mn, coef = self._cmean_l[mi], self._check_l[mi], self._mean_l[mi], self._coef_l[mi]
-            tiers = self.tiers
-            best, best_j = math.inf, 0
-            # t_j: until the column can start it
-            for j, (t, t_j) in enumerate(zip(snap.i_type.tolist(), snap.i_busy_s.tolist(), strict=True)):
-                c = coef[t] * t_j + cm[t][b]
-                if t_j + ck[t][b] > budget:
-                    c += penalty
-                    finish = t_j + mn[t][b]
-                    if tiers and finish > budget:
-                        if finish <= on_time:
-                            c = 1.5 * penalty + finish
-                        elif self.sure_miss_by_finish:
-                            c = 2.0 * penalty + finish
-                        elif finish > beyond:
-                            c = 3.0 * penalty + finish
-                        else:
-                            c += penalty
-                if c < best:
-                    best, best_j = c, j
-            j = best_j
+            j = self.one_column(int(snap.q_model[0]), int(snap.q_batch[0]), float(snap.q_waited_s[0]),
+                                float(snap.q_qos_s[0]), snap.i_type.tolist(), snap.i_busy_s.tolist())
         else:
             j = int(np.argmin(self.cost_matrix(snap, 1)[0]))
         return Assignment(np.array([0]), np.array([j])) if snap.i_free[j] else EMPTY
+
+    def one_column(self, model_idx: int, batch: int, waited_s: float, qos_s: float, types: Sequence[int],
+                   busy_s: Sequence[float]) -> int:
+        """The first column of least cost for a single waiting query (`types`, `busy_s`: the columns' type
+        indices and busy times T_j), by a scalar loop: the matching of a snapshot with one row. The query
+        is sent there if that column is free, and waits otherwise.
+
+        It costs an edge as `cost_matrix` does, except that its tiers' finish times leave out the query's
+        wait W_i: every column shares it, and it is far below the gap between tiers (half a penalty,
+        INFEASIBLE_PENALTY_QOS·QoS/2), so the order of the columns is the same."""
+        b = min(batch, self.mean.shape[2] - 1)
+        budget = qos_s - self.margin_s - waited_s
+        on_time = budget + self.margin_s  # a mean within this misses only because of the margin
+        beyond = self.sure_miss_bound * qos_s - waited_s  # a mean over this finishes beyond the sure-miss bound
+        penalty = INFEASIBLE_PENALTY_QOS * qos_s
+        cm, ck, mn, coef = self._cmean_l[model_idx], self._check_l[model_idx], self._mean_l[model_idx], self._coef_l[model_idx]
+        tiers = self.tiers
+        best, best_j = math.inf, 0
+        # t_j: until the column can start it
+        for j, (t, t_j) in enumerate(zip(types, busy_s, strict=True)):
+            c = coef[t] * t_j + cm[t][b]
+            if t_j + ck[t][b] > budget:
+                c += penalty
+                finish = t_j + mn[t][b]
+                if tiers and finish > budget:
+                    if finish <= on_time:
+                        c = 1.5 * penalty + finish
+                    elif self.sure_miss_by_finish:
+                        c = 2.0 * penalty + finish
+                    elif finish > beyond:
+                        c = 3.0 * penalty + finish
+                    else:
+                        c += penalty
+            if c < best:
+                best, best_j = c, j
+        return best_j
 
     def hold_s(self, model_idx: int, batch: int, qos_s: float, types: Sequence[int]) -> float:
         """A query that waited less than this gets the decision it gets at 0 s waited against free

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from kairosd.dispatch import Policy, Snapshot, make_policy
+from kairosd import simkernel
+from kairosd.dispatch import SCALAR_MAX_COLUMNS, Policy, Snapshot, make_policy
 from kairosd.errors import ConfigError
 from kairosd.profiles import ProfileTable, sample_cells
 
@@ -266,8 +267,13 @@ def _run(
     window = 2 * n_i
     arr_l: list[float] = arr.tolist()
     cols_l: list[int] = cols.tolist()
-    free_at = np.zeros(n_i)  # true finish of each column's current query
-    expect_at = np.zeros(n_i)  # its expected finish, as the daemon knows it
+    svc_l: list[list[float]] = svc.tolist()
+    expected_l: list[list[float]] = expected.tolist()
+    batches_l: list[int] = batches.tolist()
+    free_at = [0.0] * n_i  # true finish of each column's current query
+    expect_at = [0.0] * n_i  # its expected finish, as the daemon knows it
+    # a lone waiting query goes through the policy's scalar path when it has one (the same decision)
+    one = getattr(policy, "one_column", None) if n_i <= SCALAR_MAX_COLUMNS else None
     n_free = n_i
     heap: list[tuple[float, int]] = []
     queue: list[int] = []
@@ -298,28 +304,34 @@ def _run(
             break
         if not queue or n_free == 0:
             continue
-        m = min(window, len(queue))
-        qi = np.array(queue[:m], dtype=np.intp)
-        free = free_at <= now
-        busy = np.where(free, 0.0, np.maximum(expect_at - now, 1e-6))
-        snap = Snapshot(q_model[:m], batches[qi], now - arr[qi], q_qos[:m], cols, busy, free)
-        a = policy(snap)
         calls += 1
-        if len(a) == 0:
+        if one is not None and len(queue) == 1:
+            q = queue[0]
+            busy_l = [0.0 if f <= now else max(e - now, 1e-6) for f, e in zip(free_at, expect_at, strict=True)]
+            c = one(model_idx, batches_l[q], now - arr_l[q], qos_s, cols_l, busy_l)
+            rows, insts = ([0], [c]) if free_at[c] <= now else ([], [])
+        else:
+            m = min(window, len(queue))
+            qi = np.array(queue[:m], dtype=np.intp)
+            free_np = np.array(free_at)
+            free = free_np <= now
+            busy = np.where(free, 0.0, np.maximum(np.array(expect_at) - now, 1e-6))
+            a = policy(Snapshot(q_model[:m], batches[qi], now - arr[qi], q_qos[:m], cols, busy, free))
+            rows, insts = a.queries.tolist(), a.instances.tolist()
+        if not rows:
             if not heap and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
             continue
-        rows: list[int] = a.queries.tolist()
-        for r, c in zip(rows, a.instances.tolist(), strict=True):
+        for r, c in zip(rows, insts, strict=True):
             if free_at[c] > now:
                 raise RuntimeError(f"policy {policy.name!r} assigned a query to busy instance {c}")
             q = queue[r]
             t = cols_l[c]
-            s_qt = svc[q, t]
+            s_qt = svc_l[q][t]
             work += s_qt
             f = now + s_qt
             free_at[c] = f
-            expect_at[c] = now + expected[q, t]
+            expect_at[c] = now + expected_l[q][t]
             heapq.heappush(heap, (f, c))
             finish[q] = f
             start[q] = now
@@ -500,8 +512,14 @@ def simulate(
             max_viol, qos_s - client_s, path.hop_mean_s + path.pipeline_tick_s if policy.pipelines else 0.0,
             path.pipeline_tick_s)
     else:
-        finish, start, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy,
-                                            profiles.model_index(model), qos_s, measure_from, max_viol, qos_s - client_s)
+        model_idx = profiles.model_index(model)
+        rule = simkernel.rule_for(policy, model_idx)
+        if rule is not None:
+            finish, start, aborted, calls, work = simkernel.run(arr, svc, expected, stream.batches, cols, rule, qos_s,
+                                                                measure_from, max_viol, qos_s - client_s)
+        else:
+            finish, start, aborted, calls, work = _run(arr, svc, expected, stream.batches, cols, policy, model_idx,
+                                                       qos_s, measure_from, max_viol, qos_s - client_s)
     lat = finish[measure_from:] - arr[measure_from:] + client_s
     served = np.isfinite(lat)
     violations = int(np.count_nonzero(lat > qos_s))

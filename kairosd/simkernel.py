@@ -1,0 +1,413 @@
+"""The simulator's event loop with kairosd's Kairos matching, compiled: `sim._run` driving a
+`KairosPolicy` with later slots (`lookahead` >= 1, the daemon's rule), decision for decision the same.
+
+`sim._run` calls the policy through a `Snapshot` once per round; with the small matrices of a
+round (a few queries over a few dozen slots) numpy's per-call overhead, not arithmetic, is most of
+a simulated run, and the planner's Kairos+ spends most of its time in such runs. This module runs the
+same loop and the same rule in compiled code (numba), with every floating-point operation in the order
+`_run`, `KairosPolicy` and scipy's `linear_sum_assignment` perform it, so that a run gives the same
+finish times, the same number of policy calls and the same verdict (tests/unit/test_simkernel.py
+compares them). Other policies and rules (the paper's: no later slots, rows may outnumber columns)
+run in `sim._run`.
+
+`_lsap` is the shortest augmenting path algorithm for the rectangular assignment problem (Crouse,
+"On implementing 2D rectangular assignment algorithms", IEEE TAES 52(4), 2016) as scipy implements
+it, with its tie-breaking (columns scanned from the last, a free column preferred among equal
+reduced costs), for at most as many rows as columns.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import numpy as np
+
+from kairosd.dispatch import INFEASIBLE_PENALTY_QOS, SCALAR_MAX_COLUMNS, KairosPolicy, Policy
+
+_njit: Callable[..., Any] | None
+try:
+    from numba import njit as _njit
+except ImportError:  # numba is a dependency; without it `sim._run` runs every simulation
+    _njit = None
+
+# set KAIROSD_SIM_KERNEL=0 to run every simulation in the Python event loop (`sim._run`)
+ENABLED = os.environ.get("KAIROSD_SIM_KERNEL", "1") != "0" and _njit is not None
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class KairosRule:
+    """A `KairosPolicy`'s tables and switches for one model, as the compiled loop takes them."""
+
+    mean: np.ndarray  # [type, batch] profile mean
+    cmean: np.ndarray  # [type, batch] C_type · mean
+    check: np.ndarray  # [type, batch] the latency feasibility is judged on (p99 or mean)
+    coef: np.ndarray  # [type] heterogeneity coefficient C_type
+    margin_s: float
+    lookahead: int
+    hold: bool
+    tiers: bool
+    sure_miss_by_finish: bool
+    sure_miss_bound: float
+
+
+def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
+    """The compiled loop's form of `policy`, or None when `sim._run` must run it (another policy, a
+    subclass, no later slots, or the kernel switched off or unavailable)."""
+    if not ENABLED or type(policy) is not KairosPolicy or policy.lookahead < 1:
+        return None
+    return KairosRule(
+        mean=np.ascontiguousarray(policy.mean[model_idx]), cmean=np.ascontiguousarray(policy.cmean[model_idx]),
+        check=np.ascontiguousarray(policy.check[model_idx]), coef=np.ascontiguousarray(policy.coef[model_idx]),
+        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
+        sure_miss_by_finish=bool(policy.sure_miss_by_finish), sure_miss_bound=float(policy.sure_miss_bound))
+
+
+def run(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
+        rule: KairosRule, qos_s: float, measure_from: int, max_violations: int,
+        deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run` for `rule`: the same arguments (the policy as its `KairosRule`) and the same result
+    (finish times, hand-out times, aborted, policy calls, instance-seconds handed out)."""
+    finish, start, aborted, calls, work = _run_kairos(
+        np.ascontiguousarray(arr, dtype=np.float64), np.ascontiguousarray(svc, dtype=np.float64),
+        np.ascontiguousarray(expected, dtype=np.float64), np.ascontiguousarray(batches, dtype=np.int64),
+        np.ascontiguousarray(cols, dtype=np.int64), rule.mean, rule.cmean, rule.check, rule.coef,
+        float(qos_s), rule.margin_s, int(rule.lookahead), rule.hold, rule.tiers, rule.sure_miss_by_finish,
+        rule.sure_miss_bound, int(measure_from), int(max_violations), float(deadline_s))
+    return finish, start, bool(aborted), int(calls), float(work)
+
+
+def _jit(fn: _F) -> _F:
+    """`fn` compiled in nopython mode, cached on disk beside this module (or left as Python without numba)."""
+    return fn if _njit is None else cast(_F, _njit(cache=True, nogil=True)(fn))
+
+
+@_jit
+def _lsap(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray) -> bool:
+    """Minimum-cost assignment of rows 0..nr-1 of `cost` (nr <= nc) to distinct columns of 0..nc-1,
+    into `col4row`; False if the matrix is infeasible (scipy's `linear_sum_assignment`)."""
+    u = np.zeros(nr)
+    v = np.zeros(nc)
+    spc = np.empty(nc)
+    path = np.full(nc, -1, dtype=np.int64)
+    row4col = np.full(nc, -1, dtype=np.int64)
+    sr = np.zeros(nr, dtype=np.bool_)
+    sc = np.zeros(nc, dtype=np.bool_)
+    remaining = np.empty(nc, dtype=np.int64)
+    for i in range(nr):
+        col4row[i] = -1
+    for cur in range(nr):
+        min_val = 0.0
+        n_rem = nc
+        for it in range(nc):
+            remaining[it] = nc - it - 1
+        sr[:] = False
+        sc[:] = False
+        spc[:] = math.inf
+        sink = -1
+        i = cur
+        while sink == -1:
+            index = -1
+            lowest = math.inf
+            sr[i] = True
+            for it in range(n_rem):
+                j = remaining[it]
+                r = min_val + cost[i, j] - u[i] - v[j]
+                if r < spc[j]:
+                    path[j] = i
+                    spc[j] = r
+                if spc[j] < lowest or (spc[j] == lowest and row4col[j] == -1):
+                    lowest = spc[j]
+                    index = it
+            min_val = lowest
+            if index < 0 or min_val == math.inf:
+                return False
+            j = remaining[index]
+            if row4col[j] == -1:
+                sink = j
+            else:
+                i = row4col[j]
+            sc[j] = True
+            n_rem -= 1
+            remaining[index] = remaining[n_rem]
+        u[cur] += min_val
+        for i in range(nr):
+            if sr[i] and i != cur:
+                u[i] += min_val - spc[col4row[i]]
+        for j in range(nc):
+            if sc[j]:
+                v[j] -= min_val - spc[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            prev = col4row[i]
+            col4row[i] = j
+            j = prev
+            if i == cur:
+                break
+    return True
+
+
+@_jit
+def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray, qos_s: float,
+           margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray, tiers: bool,
+           by_finish: bool, bound: float) -> None:
+    """`KairosPolicy._slot_costs` into cost[:rows, :slots·n] (slot-major): the edge of row r and slot k
+    of column j at busy time slot_busy[k, j]; `smean`, `scm`, `sck` [row, column] the row's mean,
+    C·mean and check latency on the column's type, `scoef` [column] its coefficient."""
+    budget = qos_s - margin_s
+    any_infeasible = False
+    for r in range(rows):
+        for k in range(slots):
+            for j in range(n):
+                b = slot_busy[k, j]
+                cost[r, k * n + j] = scoef[j] * b + scm[r, j]
+                if waited[r] + b + sck[r, j] > budget:
+                    any_infeasible = True
+    if not any_infeasible:
+        return
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
+    for r in range(rows):
+        for k in range(slots):
+            for j in range(n):
+                b = slot_busy[k, j]
+                start = waited[r] + b
+                x = cost[r, k * n + j]
+                if start + sck[r, j] > budget:
+                    x = x + penalty
+                else:
+                    x = x + 0.0
+                if tiers:
+                    finish = start + smean[r, j]
+                    late = finish > budget
+                    if by_finish:
+                        sure = 2.0 * penalty + finish if late else x
+                    else:
+                        sure = x + penalty if late else x + 0.0
+                        if bound < math.inf and finish > bound * qos_s:
+                            sure = 3.0 * penalty + finish
+                    x = 1.5 * penalty + finish if late and finish <= qos_s else sure
+                cost[r, k * n + j] = x
+
+
+@_jit
+def _one_column(b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
+                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, tiers: bool, by_finish: bool,
+                bound: float) -> int:
+    """`KairosPolicy.one_column`: the first column of least cost for a single query of batch `b`."""
+    budget = qos_s - margin_s - waited
+    on_time = budget + margin_s
+    beyond = bound * qos_s - waited
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
+    best = math.inf
+    best_j = 0
+    for j in range(len(cols)):
+        t = cols[j]
+        t_j = busy[j]
+        c = coef[t] * t_j + cmean[t, b]
+        if t_j + check[t, b] > budget:
+            c += penalty
+            finish = t_j + mean[t, b]
+            if tiers and finish > budget:
+                if finish <= on_time:
+                    c = 1.5 * penalty + finish
+                elif by_finish:
+                    c = 2.0 * penalty + finish
+                elif finish > beyond:
+                    c = 3.0 * penalty + finish
+                else:
+                    c += penalty
+        if c < best:
+            best = c
+            best_j = j
+    return best_j
+
+
+@_jit
+def _late_in_queue(arr: np.ndarray, queue: np.ndarray, qhead: int, qlen: int, now: float, deadline_s: float,
+                   measure_from: int) -> int:
+    """`sim._late_in_queue` on queue[qhead:qhead + qlen]."""
+    cutoff = np.searchsorted(arr, now - deadline_s)
+    waiting = queue[qhead:qhead + qlen]
+    late = int(np.searchsorted(waiting, cutoff) - np.searchsorted(waiting, measure_from))
+    return late if late > 0 else 0
+
+
+@_jit
+def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
+                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
+                lookahead: int, hold: bool, tiers: bool, by_finish: bool, bound: float, measure_from: int,
+                max_violations: int, deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run` with `KairosPolicy.__call__` inlined (see the module docstring); `run` calls it."""
+    n_q = arr.shape[0]
+    n_i = cols.shape[0]
+    window = 2 * n_i
+    n_b = mean.shape[1]
+    slots = lookahead + 1
+    free_at = np.zeros(n_i)
+    expect_at = np.zeros(n_i)
+    pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run's heap)
+    free = np.zeros(n_i, dtype=np.bool_)
+    busy = np.zeros(n_i)
+    queue = np.empty(n_q, dtype=np.int64)  # the waiting queries are queue[qhead:qhead + qlen]
+    qhead = 0
+    qlen = 0
+    finish = np.full(n_q, math.inf)
+    start = np.full(n_q, math.inf)
+    smean = np.empty((n_i, n_i))
+    scm = np.empty((n_i, n_i))
+    sck = np.empty((n_i, n_i))
+    scoef = np.empty(n_i)
+    for j in range(n_i):
+        scoef[j] = coef[cols[j]]
+    waited = np.empty(n_i)
+    slot_busy = np.empty((slots, n_i))
+    cost = np.empty((n_i, slots * n_i))
+    col4row = np.empty(n_i, dtype=np.int64)
+    take_r = np.empty(n_i, dtype=np.int64)
+    take_c = np.empty(n_i, dtype=np.int64)
+    removed = np.zeros(window, dtype=np.bool_)
+    viol = 0
+    calls = 0
+    work = 0.0
+    i = 0
+    while True:
+        t_arr = arr[i] if i < n_q else math.inf
+        t_done = math.inf
+        any_pending = False
+        for c in range(n_i):
+            if pending[c]:
+                any_pending = True
+                if free_at[c] < t_done:
+                    t_done = free_at[c]
+        if any_pending and t_done <= t_arr:
+            now = t_done
+            for c in range(n_i):
+                if pending[c] and free_at[c] <= now:
+                    pending[c] = False
+        elif i < n_q:
+            now = t_arr
+            queue[qhead + qlen] = i
+            qlen += 1
+            i += 1
+            if (now - arr[queue[qhead]] > deadline_s and i > measure_from
+                    and viol + _late_in_queue(arr, queue, qhead, qlen, now, deadline_s, measure_from)
+                    > max_violations):
+                return finish, start, True, calls, work
+        else:
+            break
+        n_free = 0
+        for c in range(n_i):
+            if not pending[c]:
+                n_free += 1
+        if qlen == 0 or n_free == 0:
+            continue
+        calls += 1
+        for c in range(n_i):
+            free[c] = free_at[c] <= now
+            busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
+        m = min(window, qlen)
+        n_take = 0
+        if m == 1:
+            q = queue[qhead]
+            b = min(batches[q], n_b - 1)
+            if n_i <= SCALAR_MAX_COLUMNS:
+                j = _one_column(b, now - arr[q], qos_s, margin_s, cols, busy, mean, cmean, check, coef, tiers,
+                                by_finish, bound)
+            else:
+                waited[0] = now - arr[q]
+                for jj in range(n_i):
+                    t = cols[jj]
+                    smean[0, jj] = mean[t, b]
+                    scm[0, jj] = cmean[t, b]
+                    sck[0, jj] = check[t, b]
+                    slot_busy[0, jj] = busy[jj]
+                _cells(cost, 1, 1, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
+                       by_finish, bound)
+                j = 0
+                for jj in range(1, n_i):
+                    if cost[0, jj] < cost[0, j]:
+                        j = jj
+            if free[j]:
+                take_r[0] = 0
+                take_c[0] = j
+                n_take = 1
+        else:
+            rows = min(m, n_i)
+            for r in range(rows):
+                q = queue[qhead + r]
+                b = min(batches[q], n_b - 1)
+                waited[r] = now - arr[q]
+                for j in range(n_i):
+                    t = cols[j]
+                    smean[r, j] = mean[t, b]
+                    scm[r, j] = cmean[t, b]
+                    sck[r, j] = check[t, b]
+            for j in range(n_i):
+                total = 0.0
+                for r in range(rows):
+                    total += smean[r, j]
+                step = total / rows
+                for k in range(slots):
+                    slot_busy[k, j] = busy[j] + k * step
+            _cells(cost, rows, slots, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
+                   by_finish, bound)
+            n_cols = slots * n_i
+            _lsap(cost[:rows, :n_cols], rows, n_cols, col4row)
+            penalty = INFEASIBLE_PENALTY_QOS * qos_s
+            for r in range(rows):
+                c = col4row[r]
+                if c >= n_i or not free[c]:
+                    continue
+                if hold and cost[r, c] >= penalty:
+                    low = math.inf
+                    for jj in range(n_cols):
+                        if cost[r, jj] < low:
+                            low = cost[r, jj]
+                    if low < penalty:
+                        continue
+                take_r[n_take] = r
+                take_c[n_take] = c
+                n_take += 1
+        if n_take == 0:
+            if n_free == n_i and i >= n_q:
+                break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
+            continue
+        last = 0
+        for k in range(n_take):
+            r = take_r[k]
+            c = take_c[k]
+            q = queue[qhead + r]
+            t = cols[c]
+            s_qt = svc[q, t]
+            work += s_qt
+            f = now + s_qt
+            free_at[c] = f
+            expect_at[c] = now + expected[q, t]
+            pending[c] = True
+            finish[q] = f
+            start[q] = now
+            if f - arr[q] > deadline_s and q >= measure_from:
+                viol += 1
+            removed[r] = True
+            last = r
+        # drop the taken rows, keeping the queue's order: the kept ones among the first `last` + 1
+        # move up against the rest, and the head advances past the gap
+        w = last
+        for k in range(last, -1, -1):
+            if removed[k]:
+                removed[k] = False
+            else:
+                queue[qhead + w] = queue[qhead + k]
+                w -= 1
+        qhead += n_take
+        qlen -= n_take
+        if viol > max_violations:
+            return finish, start, True, calls, work
+    return finish, start, False, calls, work

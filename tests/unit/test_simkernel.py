@@ -1,0 +1,108 @@
+"""The compiled simulator loop (`kairosd.simkernel`) against the Python one (`sim._run` with a real
+`KairosPolicy`) and its assignment solver against scipy's: the same decisions, bit for bit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from kairosd import sim, simkernel, synth, workload
+from kairosd.dispatch import FcfsPolicy, KairosPolicy, make_policy
+
+pytestmark = pytest.mark.skipif(not simkernel.ENABLED, reason="compiled loop switched off (KAIROSD_SIM_KERNEL=0)")
+
+
+def _solve(cost: np.ndarray) -> np.ndarray:
+    col4row = np.empty(cost.shape[0], dtype=np.int64)
+    assert simkernel._lsap(np.ascontiguousarray(cost), cost.shape[0], cost.shape[1], col4row)
+    return col4row
+
+
+def test_assignment_matches_scipy_with_ties() -> None:
+    rng = np.random.default_rng(7)
+    for k in range(400):
+        nr = int(rng.integers(1, 9))
+        nc = nr + int(rng.integers(0, 9))
+        if k % 3 == 0:  # small integers: many ties, where the choice among equal matchings shows
+            cost = rng.integers(0, 4, size=(nr, nc)).astype(float)
+        elif k % 3 == 1:  # rows repeated (queries of one batch) and penalty-sized entries
+            cost = np.repeat(rng.random((1, nc)), nr, axis=0) + 1e3 * (rng.random((nr, nc)) < 0.3)
+        else:
+            cost = rng.random((nr, nc)) * 10.0 ** rng.integers(-3, 4)
+        _, cols = linear_sum_assignment(cost)
+        np.testing.assert_array_equal(_solve(cost), cols)
+
+
+@pytest.fixture(scope="module")
+def setup() -> sim.SimSetup:
+    sw = synth.synth_workload(3003, max_configs=30)
+    return workload.sim_setup(sw.workload, sw.model, n_queries=1500, seed=11, mix=sw.mix)
+
+
+FLEETS = ([1, 1, 0, 1, 0], [2, 0, 3, 4, 1], [1, 0, 18, 16, 0])  # 3, 10 and 35 columns (beyond the scalar path)
+RULES: tuple[dict[str, Any], ...] = (
+    {},
+    {"margin_s": 0.004, "lookahead": 2},
+    {"sure_miss": "finish"},
+    {"sure_miss": "cheapest", "hold": False},
+    {"tiers": False},
+    {"tail": False},
+)
+
+
+def _both(setup: sim.SimSetup, fleet: list[int], params: dict[str, Any], load: float,
+          abort: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    profiles = setup.profiles
+    cols = sim.fleet_columns(profiles, setup.types, fleet, setup.slots)
+    svc = sim._svc_for(setup)
+    expected = sim.ServiceModel().times(profiles, setup.model, setup.stream)
+    arr = setup.stream.arrivals(load * sim.raw_capacity(svc, cols))
+    mi = profiles.model_index(setup.model)
+    n = len(arr)
+    measure_from = n // 10
+    max_viol = 14 if abort else n + 1
+    policy = KairosPolicy(profiles, **params)
+    rule = simkernel.rule_for(policy, mi)
+    assert rule is not None
+    args = (setup.qos_s, measure_from, max_viol, setup.qos_s)
+    ref = sim._run(arr, svc, expected, setup.stream.batches, cols, policy, mi, *args)
+    got = simkernel.run(arr, svc, expected, setup.stream.batches, cols, rule, *args)
+    return ref, got
+
+
+@pytest.mark.parametrize("params", RULES, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()) or "default")
+def test_compiled_loop_makes_the_python_loops_decisions(setup: sim.SimSetup, params: dict[str, Any]) -> None:
+    """Every finish and hand-out time, the abort, the number of policy calls and the work handed out
+    are equal, at a light load, near capacity and in overload (with and without the early abort)."""
+    aborted = 0
+    for fleet in FLEETS:
+        for load, abort in ((0.05, True), (0.85, True), (1.4, True), (1.4, False)):
+            (f1, s1, a1, c1, w1), (f2, s2, a2, c2, w2) = _both(setup, fleet, params, load, abort)
+            np.testing.assert_array_equal(f1, f2)
+            np.testing.assert_array_equal(s1, s2)
+            assert (a1, c1, w1) == (a2, c2, w2)
+            assert c1 > 0
+            aborted += a1
+    assert aborted > 0  # the abort path was taken somewhere
+
+
+def test_simulate_compiles_only_the_rules_it_implements(setup: sim.SimSetup) -> None:
+    profiles = setup.profiles
+    assert simkernel.rule_for(make_policy("kairos", profiles), 0) is not None
+    assert simkernel.rule_for(make_policy("kairos", profiles, lookahead=0), 0) is None  # rows may outnumber slots
+    assert simkernel.rule_for(FcfsPolicy(profiles), 0) is None
+
+    class Tweaked(KairosPolicy):
+        pass
+
+    assert simkernel.rule_for(Tweaked(profiles), 0) is None
+    # and `simulate` gives the same result either way
+    cols = sim.fleet_columns(profiles, setup.types, FLEETS[1], setup.slots)
+    kw: dict[str, Any] = {"qos_s": setup.qos_s, "stream": setup.stream, "svc": sim._svc_for(setup)}
+    compiled = sim.simulate(profiles, setup.model, cols, make_policy("kairos", profiles), 300.0, **kw)
+    python = sim.simulate(profiles, setup.model, cols, Tweaked(profiles), 300.0, **kw)
+    assert (compiled.p99_s, compiled.violations, compiled.ok, compiled.policy_calls) == (
+        python.p99_s, python.violations, python.ok, python.policy_calls)
