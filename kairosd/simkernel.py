@@ -1,5 +1,5 @@
 """The simulator's event loop with kairosd's Kairos matching, compiled: `sim._run` driving a
-`KairosPolicy` with later slots (`lookahead` >= 1, the daemon's rule), decision for decision the same.
+`KairosPolicy` (the daemon's rule, or the paper's), decision for decision the same.
 
 `sim._run` calls the policy through a `Snapshot` once per round; with the small matrices of a
 round (a few queries over a few dozen slots) numpy's per-call overhead, not arithmetic, is most of
@@ -7,13 +7,13 @@ a simulated run, and the planner's Kairos+ spends most of its time in such runs.
 same loop and the same rule in compiled code (numba), with every floating-point operation in the order
 `_run`, `KairosPolicy` and scipy's `linear_sum_assignment` perform it, so that a run gives the same
 finish times, the same number of policy calls and the same verdict (tests/unit/test_simkernel.py
-compares them). Other policies and rules (the paper's: no later slots, rows may outnumber columns)
-run in `sim._run`.
+compares them). Other policies run in `sim._run`.
 
 `_lsap` is the shortest augmenting path algorithm for the rectangular assignment problem (Crouse,
 "On implementing 2D rectangular assignment algorithms", IEEE TAES 52(4), 2016) as scipy implements
 it, with its tie-breaking (columns scanned from the last, a free column preferred among equal
-reduced costs), for at most as many rows as columns.
+reduced costs); `_assign` solves a matrix with more rows than columns transposed and returns the
+matched rows in order, as scipy's `linear_sum_assignment` does.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class KairosRule:
 
 def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
     """The compiled loop's form of `policy`, or None when `sim._run` must run it (another policy, a
-    subclass, no later slots, or the kernel switched off or unavailable)."""
-    if not ENABLED or type(policy) is not KairosPolicy or policy.lookahead < 1:
+    subclass, or the kernel switched off or unavailable)."""
+    if not ENABLED or type(policy) is not KairosPolicy:
         return None
     return KairosRule(
         mean=np.ascontiguousarray(policy.mean[model_idx]), cmean=np.ascontiguousarray(policy.cmean[model_idx]),
@@ -153,6 +153,31 @@ def _lsap(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray) -> bool:
                 break
     return True
 
+
+
+@_jit
+def _assign(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray, out_rows: np.ndarray,
+            out_cols: np.ndarray) -> int:
+    """scipy's `linear_sum_assignment` on cost[:nr, :nc]: the matched rows in increasing order and their
+    columns into `out_rows`, `out_cols`; returns how many (min(nr, nc)). A matrix with more rows than
+    columns is solved transposed, as scipy does."""
+    if nr <= nc:
+        _lsap(cost, nr, nc, col4row)
+        for i in range(nr):
+            out_rows[i] = i
+            out_cols[i] = col4row[i]
+        return nr
+    tall = np.empty((nc, nr))
+    for i in range(nr):
+        for j in range(nc):
+            tall[j, i] = cost[i, j]
+    row4col = np.empty(nc, dtype=np.int64)
+    _lsap(tall, nc, nr, row4col)
+    order = np.argsort(row4col)
+    for k in range(nc):
+        out_rows[k] = row4col[order[k]]
+        out_cols[k] = order[k]
+    return nc
 
 @_jit
 def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray, qos_s: float,
@@ -260,16 +285,19 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     qlen = 0
     finish = np.full(n_q, math.inf)
     start = np.full(n_q, math.inf)
-    smean = np.empty((n_i, n_i))
-    scm = np.empty((n_i, n_i))
-    sck = np.empty((n_i, n_i))
+    max_rows = n_i if lookahead else window  # the matching's rows (`KairosPolicy.__call__`)
+    smean = np.empty((max_rows, n_i))
+    scm = np.empty((max_rows, n_i))
+    sck = np.empty((max_rows, n_i))
     scoef = np.empty(n_i)
     for j in range(n_i):
         scoef[j] = coef[cols[j]]
-    waited = np.empty(n_i)
+    waited = np.empty(max_rows)
     slot_busy = np.empty((slots, n_i))
-    cost = np.empty((n_i, slots * n_i))
-    col4row = np.empty(n_i, dtype=np.int64)
+    cost = np.empty((max_rows, slots * n_i))
+    col4row = np.empty(max_rows, dtype=np.int64)
+    match_r = np.empty(max_rows, dtype=np.int64)
+    match_c = np.empty(max_rows, dtype=np.int64)
     take_r = np.empty(n_i, dtype=np.int64)
     take_c = np.empty(n_i, dtype=np.int64)
     removed = np.zeros(window, dtype=np.bool_)
@@ -339,7 +367,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 take_c[0] = j
                 n_take = 1
         else:
-            rows = min(m, n_i)
+            rows = min(m, max_rows)
             for r in range(rows):
                 q = queue[qhead + r]
                 b = min(batches[q], n_b - 1)
@@ -350,19 +378,22 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                     scm[r, j] = cmean[t, b]
                     sck[r, j] = check[t, b]
             for j in range(n_i):
-                total = 0.0
-                for r in range(rows):
-                    total += smean[r, j]
-                step = total / rows
-                for k in range(slots):
-                    slot_busy[k, j] = busy[j] + k * step
+                slot_busy[0, j] = busy[j]
+                if lookahead:
+                    total = 0.0
+                    for r in range(rows):
+                        total += smean[r, j]
+                    step = total / rows
+                    for k in range(slots):
+                        slot_busy[k, j] = busy[j] + k * step
             _cells(cost, rows, slots, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
                    by_finish, bound)
             n_cols = slots * n_i
-            _lsap(cost[:rows, :n_cols], rows, n_cols, col4row)
+            n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
             penalty = INFEASIBLE_PENALTY_QOS * qos_s
-            for r in range(rows):
-                c = col4row[r]
+            for k in range(n_match):
+                r = match_r[k]
+                c = match_c[k]
                 if c >= n_i or not free[c]:
                     continue
                 if hold and cost[r, c] >= penalty:
