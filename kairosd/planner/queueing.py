@@ -161,7 +161,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
       * shared queue: every other query (the auxiliaries', and the base's share of bands an auxiliary
         can take) waits in the queue of all present instances eligible on its band — c = n_b + Σ n_k,
         load = the base's plus those auxiliaries' — and misses when that wait exceeds the base's slack
-        (a query late for its auxiliary goes to a free base). With a queue the matching routes the
+        (a query late for its auxiliary goes to a free base), unless it is diverted as a must query is
+        (with `diversion`): to a free instance of a type outside the pool, the one the dispatcher ranks
+        cheapest on an idle instance for its band first, missing there with that type's no-wait miss
+        share of the band (e.g. a cheap type whose p99 misses QoS on the band and whose mean meets it, so
+        that it misses a few percent of those queries). With a queue the matching routes the
         waiting queries as the fluid bound routes the mix, so a pool of every present instance drains
         at `upper_bound` (less the must load) where that beats the split's rates, except for the
         queries the dispatcher holds for a busy auxiliary (`_matched_pool`).
@@ -428,6 +432,14 @@ def _admissible(
         busy_p = erlang_c(c_p, a_p)
         for g in bands:
             wait_g = np.where(a_p < c_p, busy_p * np.interp(x, TAIL_GRID, tail[g]), p_g[g])
+            if divert and divert_cost is not None:
+                # a query that would wait past its slack for the pool goes to a free instance of another
+                # type, as a must query does: the one the dispatcher ranks cheapest on an idle instance
+                # for its band, the next one while every instance of that type is busy; it misses there
+                # with that type's no-wait miss share of the band, and for certain when none is free
+                order = sorted((k for k in divert if k not in eligible), key=lambda k: float(divert_cost[k, g]))
+                missed, none_free = _first_free(order, busy, {k: divert[k][1][g] for k in order}, len(lam))
+                wait_g = wait_g * (missed + none_free)
             violating = violating + shared[:, g] * wait_g
     return (work < n_b) & (violating <= eps * lam)
 

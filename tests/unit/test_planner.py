@@ -1391,3 +1391,32 @@ def test_plan_over_a_daemon_config_judges_qos_as_its_dispatcher_does(capsys: pyt
     assert dict(inputs.setups[0].policy_params) == {"tail": True, "margin_s": 0.001}
     inputs = plan_cmd.resolve(parser.parse_args([*plan[1:], "--config", str(mean_config), "--policy", "fcfs"]))
     assert inputs.setups[0].policy == "fcfs" and dict(inputs.setups[0].policy_params) == {}
+
+
+def _pool_and_fallback_model(fallback_miss: float) -> BoundModel:
+    """A base and an auxiliary "a" that both meet QoS (5 ms) on their p99 for every batch, and a cheap
+    type "b" whose p99 misses QoS on batch 100 (its mean 4.6 ms meets it) and which misses a share
+    `fallback_miss` of those queries without waiting; half the queries batch 10, which all three serve
+    within QoS. Batch 100 waits in the pool of the base and "a" (0.8 to 1 ms of slack)."""
+    mean = np.zeros((3, 101))
+    mean[:, 10] = [0.0008, 0.0009, 0.0010]
+    mean[:, 100] = [0.0040, 0.0042, 0.0046]
+    p99 = mean * np.array([[1.0], [1.0], [1.2]])
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.5, 0.5]
+    miss = np.zeros((3, 101))
+    miss[2, 100] = fallback_miss
+    return BoundModel.build(mean, p99, pmf, QOS, ("base", "a", "b"), miss=miss, dispatch_cost=mean)
+
+
+def test_a_pool_query_late_for_its_pool_goes_to_a_free_instance_of_another_type() -> None:
+    """Batch 100 waits for the base and "a" only; a query that would wait past its slack there goes,
+    as a must query does, to a free "b", where it misses only on b's no-wait miss share: the fewer
+    those misses, the higher the estimate, and when "b" misses every such query the estimate is the
+    one without diversion."""
+    configs = np.array([[1, 1, 6]])
+    rates = {m: queue_estimate(configs, _pool_and_fallback_model(m))[0] for m in (0.05, 0.5, 1.0)}
+    assert rates[0.05] > rates[0.5] > rates[1.0] > 0
+    off = queue_estimate(configs, _pool_and_fallback_model(0.05), diversion=False)[0]
+    assert off == pytest.approx(rates[1.0])
+    assert rates[0.05] <= upper_bound(configs, _pool_and_fallback_model(0.05))[0]
