@@ -175,6 +175,9 @@ class KairosPolicy:
     late once every column is that late; "cheapest" without the bound — on a small fleet the cheapest
     column can be a slow instance that collects sure misses, and the queries behind them there become
     late too; "finish" the penalty twice plus its expected finish T_j + L_ij everywhere.
+
+    The simulator runs a compiled copy of this rule (`kairosd/simkernel.py`): a change here is a change
+    there, and tests/unit/test_simkernel.py holds the two to the same decisions.
     """
 
     name = "kairos"
