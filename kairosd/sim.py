@@ -7,6 +7,9 @@ passes when the p99 latency (wait + service) of the measured queries (after a wa
 QoS and the fleet keeps up (the service handed out fits the instances' time, and no query still waits
 for an instance 2 QoS after the last arrival).
 `max_qps` bisects for the highest passing rate, below the planner's upper bound.
+With `KairosPolicy` a run without the head's pipelining goes through `kairosd.simkernel`, a compiled
+copy of `_run` and that policy which makes the same decisions; every other run through `_run` (or
+`_run_pipelined`).
 
 Every random draw is made once per `Stream` (seeded) and reused at every rate and for every
 configuration (common random numbers), so evaluations are deterministic and comparable.
