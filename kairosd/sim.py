@@ -316,8 +316,7 @@ def _run(
         else:
             m = min(window, len(queue))
             qi = np.array(queue[:m], dtype=np.intp)
-            free_np = np.array(free_at)
-            free = free_np <= now
+            free = np.array(free_at) <= now
             busy = np.where(free, 0.0, np.maximum(np.array(expect_at) - now, 1e-6))
             a = policy(Snapshot(q_model[:m], batches[qi], now - arr[qi], q_qos[:m], cols, busy, free))
             rows, insts = a.queries.tolist(), a.instances.tolist()

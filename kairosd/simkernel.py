@@ -265,6 +265,21 @@ def _late_in_queue(arr: np.ndarray, queue: np.ndarray, qhead: int, qlen: int, no
 
 
 @_jit
+def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, cols: np.ndarray, mean: np.ndarray,
+                cmean: np.ndarray, check: np.ndarray, waited: np.ndarray, smean: np.ndarray, scm: np.ndarray,
+                sck: np.ndarray) -> None:
+    """Row `r` of the matching for query `q`: its wait, and its mean, C·mean and check latency on every
+    column's type (`_service`'s lookups, the batch clamped to the tables)."""
+    b = min(batches[q], mean.shape[1] - 1)
+    waited[r] = now - arr[q]
+    for j in range(cols.shape[0]):
+        t = cols[j]
+        smean[r, j] = mean[t, b]
+        scm[r, j] = cmean[t, b]
+        sck[r, j] = check[t, b]
+
+
+@_jit
 def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
                 lookahead: int, hold: bool, tiers: bool, by_finish: bool, bound: float, measure_from: int,
@@ -278,6 +293,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     free_at = np.zeros(n_i)
     expect_at = np.zeros(n_i)
     pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run's heap)
+    n_busy = 0  # columns pending (len of sim._run's heap)
     free = np.zeros(n_i, dtype=np.bool_)
     busy = np.zeros(n_i)
     queue = np.empty(n_q, dtype=np.int64)  # the waiting queries are queue[qhead:qhead + qlen]
@@ -308,17 +324,15 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     while True:
         t_arr = arr[i] if i < n_q else math.inf
         t_done = math.inf
-        any_pending = False
         for c in range(n_i):
-            if pending[c]:
-                any_pending = True
-                if free_at[c] < t_done:
-                    t_done = free_at[c]
-        if any_pending and t_done <= t_arr:
+            if pending[c] and free_at[c] < t_done:
+                t_done = free_at[c]
+        if n_busy and t_done <= t_arr:
             now = t_done
             for c in range(n_i):
                 if pending[c] and free_at[c] <= now:
                     pending[c] = False
+                    n_busy -= 1
         elif i < n_q:
             now = t_arr
             queue[qhead + qlen] = i
@@ -330,11 +344,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 return finish, start, True, calls, work
         else:
             break
-        n_free = 0
-        for c in range(n_i):
-            if not pending[c]:
-                n_free += 1
-        if qlen == 0 or n_free == 0:
+        if qlen == 0 or n_busy == n_i:
             continue
         calls += 1
         for c in range(n_i):
@@ -349,12 +359,8 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 j = _one_column(b, now - arr[q], qos_s, margin_s, cols, busy, mean, cmean, check, coef, tiers,
                                 by_finish, bound)
             else:
-                waited[0] = now - arr[q]
+                _gather_row(0, q, now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
                 for jj in range(n_i):
-                    t = cols[jj]
-                    smean[0, jj] = mean[t, b]
-                    scm[0, jj] = cmean[t, b]
-                    sck[0, jj] = check[t, b]
                     slot_busy[0, jj] = busy[jj]
                 _cells(cost, 1, 1, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
                        by_finish, bound)
@@ -369,14 +375,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
         else:
             rows = min(m, max_rows)
             for r in range(rows):
-                q = queue[qhead + r]
-                b = min(batches[q], n_b - 1)
-                waited[r] = now - arr[q]
-                for j in range(n_i):
-                    t = cols[j]
-                    smean[r, j] = mean[t, b]
-                    scm[r, j] = cmean[t, b]
-                    sck[r, j] = check[t, b]
+                _gather_row(r, queue[qhead + r], now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
             for j in range(n_i):
                 slot_busy[0, j] = busy[j]
                 if lookahead:
@@ -407,7 +406,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 take_c[n_take] = c
                 n_take += 1
         if n_take == 0:
-            if n_free == n_i and i >= n_q:
+            if n_busy == 0 and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
             continue
         last = 0
@@ -422,6 +421,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
             free_at[c] = f
             expect_at[c] = now + expected[q, t]
             pending[c] = True
+            n_busy += 1
             finish[q] = f
             start[q] = now
             if f - arr[q] > deadline_s and q >= measure_from:
