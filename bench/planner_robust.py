@@ -392,6 +392,39 @@ def use_dispatch(data: dict[str, Any]) -> None:
         raise SystemExit(f"unknown dispatch rule {rule!r} in the results file; known: {sorted(DISPATCH_RULES)}")
 
 
+def estimate_errors(cands: Candidates, ev: RecordedEvaluator, opt: float, within: float = 0.2) -> list[float]:
+    """log(estimate/judged) of the fleets judged within `within` of the optimum `opt` (the estimate and the
+    judged value both above 0): how far the queue-aware estimate is off where the choice is made."""
+    est = np.asarray(cands.est_qps, dtype=float)
+    out = []
+    for i, c in enumerate(cands.configs):
+        v = float(ev(c))
+        if v > 0 and est[i] > 0 and v >= (1.0 - within) * opt:
+            out.append(float(np.log(est[i] / v)))
+    return out
+
+
+def per_seed_summary(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """`kairos`'s ratio per distinct workload over rescored files (`rescore_file`'s results), a seed scored by
+    the last file given that holds it: how many, min, median, mean, how many below 0.98, which below 0.95
+    ([seed, ratio], lowest first), and the estimate's errors over those workloads' fleets within 20% of
+    their optimum (`estimate_errors`: how many, median, 5th and 95th percentiles)."""
+    by_seed: dict[int, dict[str, Any]] = {}
+    for f in files:
+        for r in f["rows"]:
+            by_seed[int(r["seed"])] = r
+    if not by_seed:
+        raise SystemExit("no workload to summarise")
+    ratios = {s: float(r["new"]) for s, r in by_seed.items()}
+    errs = np.array([e for r in by_seed.values() for e in r.get("est_log_err", [])])
+    v = list(ratios.values())
+    return {"n": len(v), "min": min(v), "median": statistics.median(v), "mean": statistics.mean(v),
+            "below_0.98": sum(x < 0.98 for x in v),
+            "below_0.95": [[s, x] for x, s in sorted((x, s) for s, x in ratios.items() if x < 0.95)],
+            "est_log_err": ([len(errs), float(np.median(errs)), float(np.percentile(errs, 5)), float(np.percentile(errs, 95))]
+                            if len(errs) else [0, None, None, None])}
+
+
 def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str, Any]:
     """`kairos` (and the proxy `kairos_plus` walk) chosen again on every workload of a results file,
     scored by its recorded judged values; prints one line per workload whose choice or ratio changed
@@ -434,6 +467,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         row["plus_within"] = bool(judged(kp.config.tolist(), ev.values(kp.config),
                                          np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"])
         row["plus_wall_s"] = plus_wall
+        row["est_log_err"] = estimate_errors(cands, ev, opt)
         rows.append(row)
         if abs(new - old) > 1e-9:
             print(f"  {r['seed']:5d} {r['model']:6} kairos {old:.3f} -> {new:.3f}  now {row['config']}"
@@ -712,9 +746,18 @@ def main() -> int:
     if args.rescore:
         rescore_cache = Cache(Path(args.cache) if args.cache else None)
         files = [rescore_file(Path(f), args, rescore_cache) for f in args.rescore]
+        summary = per_seed_summary(files)
+        err = summary["est_log_err"]
+        print(f"per seed over the {len(files)} file(s) (a seed scored by the last file given that holds it): "
+              f"{summary['n']} workloads, kairos now min {summary['min']:.3f} median {summary['median']:.3f} "
+              f"mean {summary['mean']:.4f}, below 0.98 on {summary['below_0.98']}, below 0.95 on "
+              f"{len(summary['below_0.95'])}: " + ", ".join(f"{s} {x:.3f}" for s, x in summary["below_0.95"]))
+        if err[0]:
+            print(f"log(estimate/judged) over the {err[0]} fleets judged within 20% of their optimum: median "
+                  f"{err[1]:+.3f}, 5th-95th percentiles {err[2]:+.3f} to {err[3]:+.3f}")
         if args.out:
             Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
-                                                  "files": files}, indent=1) + "\n")
+                                                  "per_seed": summary, "files": files}, indent=1) + "\n")
             print(f"wrote {args.out}")
         return 0
     if args.quick:
