@@ -51,8 +51,12 @@ the real Kairos+ evaluates on streams of its own) to show how far its walk goes.
 With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates on its own streams
 (FILE's plus seeds and queries, through `--cache`) and its choice is scored by FILE's judge; minutes. It
 then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
-With `--out`, the rescore writes every file's summary and per-workload rows there (choices, ratios, Kairos+'s
-share and wall time per plan, `plus_wall_s` null where it read the cache).
+It ends with a summary per distinct seed over all the files (a seed scored by the last file given that
+holds it: `kairos`'s min / median / mean, how many below 0.98 and which below 0.95) and of the queue-aware
+estimate's error, log(estimate/judged) over the fleets judged within 20% of their optimum.
+With `--out`, the rescore writes that summary (`per_seed`) and every file's summary and per-workload rows
+there (choices, ratios, the estimate's errors, Kairos+'s share and wall time per plan, `plus_wall_s` null
+where it read the cache).
 
 `--light-check FILE...` brings a file judged by a max-QPS search without its light-load run up to
 `max_qps` as it is: every recorded (fleet, stream) value above 0 gets one run at the light load on its
