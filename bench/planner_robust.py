@@ -484,11 +484,12 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         x = [row[key] for row in rows]
         return min(x), statistics.median(x), sum(v < 0.95 for v in x)
 
-    out = {"file": str(path), "n": len(rows), "recorded": summ("old"), "now": summ("new"),
-           "plus_proxy": summ("plus_proxy"), "plus_recorded": summ("plus_recorded"),
-           "plus_proxy_share": (statistics.median(r["plus_proxy_share"] for r in rows),
-                                max(r["plus_proxy_share"] for r in rows)),
-           "plus_not_within": [int(r["seed"]) for r in rows if not r["plus_within"]], "rows": rows}
+    out: dict[str, Any] = {
+        "file": str(path), "n": len(rows), "recorded": summ("old"), "now": summ("new"),
+        "plus_proxy": summ("plus_proxy"), "plus_recorded": summ("plus_recorded"),
+        "plus_proxy_share": (statistics.median(r["plus_proxy_share"] for r in rows), max(r["plus_proxy_share"] for r in rows)),
+        "plus_not_within": [int(r["seed"]) for r in rows if not r["plus_within"]], "rows": rows,
+    }
     print(f"{path.name:36} n={len(rows)}  kairos recorded min {out['recorded'][0]:.3f} median {out['recorded'][1]:.3f} "
           f"<0.95 {out['recorded'][2]}  |  now min {out['now'][0]:.3f} median {out['now'][1]:.3f} <0.95 {out['now'][2]}"
           f"  |  kairos_plus ({'simulated on its streams' if args.plus_simulate else 'proxy, judge values'}) "
