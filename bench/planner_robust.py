@@ -399,7 +399,7 @@ def use_dispatch(data: dict[str, Any]) -> None:
 def estimate_errors(cands: Candidates, ev: RecordedEvaluator, opt: float, within: float = 0.2) -> list[float]:
     """log(estimate/judged) of the fleets judged within `within` of the optimum `opt` (the estimate and the
     judged value both above 0): how far the queue-aware estimate is off where the choice is made."""
-    est = np.asarray(cands.est_qps, dtype=float)
+    est = _est(cands)
     out = []
     for i, c in enumerate(cands.configs):
         v = float(ev(c))

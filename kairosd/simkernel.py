@@ -154,7 +154,6 @@ def _lsap(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray) -> bool:
     return True
 
 
-
 @_jit
 def _assign(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray, out_rows: np.ndarray,
             out_cols: np.ndarray) -> int:
@@ -178,6 +177,7 @@ def _assign(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray, out_rows: n
         out_rows[k] = row4col[order[k]]
         out_cols[k] = order[k]
     return nc
+
 
 @_jit
 def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray, qos_s: float,
@@ -317,6 +317,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     take_r = np.empty(n_i, dtype=np.int64)
     take_c = np.empty(n_i, dtype=np.int64)
     removed = np.zeros(window, dtype=np.bool_)
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
     viol = 0
     calls = 0
     work = 0.0
@@ -389,7 +390,6 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                    by_finish, bound)
             n_cols = slots * n_i
             n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
-            penalty = INFEASIBLE_PENALTY_QOS * qos_s
             for k in range(n_match):
                 r = match_r[k]
                 c = match_c[k]
