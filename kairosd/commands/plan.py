@@ -209,19 +209,19 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
-    """The ranked table: rank, counts per type, $/h, upper bound, evaluated QPS (when known)."""
+    """The ranked table: rank, counts per type, $/h, upper bound, queue-aware estimate (when computed),
+    evaluated QPS (when known)."""
     types = cands.types
-    head = ["rank"] + list(types) + ["$/h", "UB qps", "sim qps", ""]
+    est = cands.est_qps
+    head = ["rank"] + list(types) + ["$/h", "UB qps"] + (["est qps"] if est is not None else []) + ["sim qps", ""]
     lines = []
     for rank, r in enumerate(rows, 1):
         cfg = cands.configs[r]
         key = tuple(int(x) for x in cfg)
         q = evaluated.get(key)
         mark = "<- chosen" if chosen is not None and np.array_equal(cfg, chosen) else ""
-        lines.append([str(rank)] + [str(int(c)) for c in cfg] + [
-            f"{cands.cost_usd_per_hour[r]:.3f}", f"{cands.ub_qps[r]:.1f}",
-            f"{q:.1f}" if q is not None else "-", mark,
-        ])
+        lines.append([str(rank)] + [str(int(c)) for c in cfg] + [f"{cands.cost_usd_per_hour[r]:.3f}", f"{cands.ub_qps[r]:.1f}"]
+                     + ([f"{est[r]:.1f}"] if est is not None else []) + [f"{q:.1f}" if q is not None else "-", mark])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return "\n".join([fmt(head)] + [fmt(line) for line in lines])
@@ -298,7 +298,15 @@ def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, .
 
 
 def run(args: argparse.Namespace) -> int:
-    from kairosd.planner import P99_WINDOW_QUERIES, make_candidates, select
+    from kairosd.planner import (
+        CLOSE_SCORE,
+        P99_WINDOW_QUERIES,
+        QUEUE_SHRINK,
+        close_contenders,
+        kairos_order,
+        make_candidates,
+        select,
+    )
     from kairosd.sim import SeedsEvaluator, SimEvaluator
 
     try:
@@ -342,11 +350,13 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     evaluated = evaluated_qps(evaluator)
-    order = cands.ranked()
+    by_score = args.selector in ("kairos", "kairos_plus") and cands.est_qps is not None
+    order = kairos_order(cands) if by_score else cands.ranked()
     print(
         f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), budget {args.budget:g} $/h, "
         f"{len(cands)} {'configurations' if args.all_configs else 'maximal configurations'} "
-        f"ranked in {rank_s * 1e3:.1f} ms"
+        f"ranked in {rank_s * 1e3:.1f} ms "
+        f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'})"
     )
     print(format_table(cands, order[: args.top], evaluated, sel.config))
     qps = f"{sel.qps:.1f} qps" if sel.qps is not None else "not evaluated"
@@ -357,6 +367,13 @@ def run(args: argparse.Namespace) -> int:
         f"UB {sel.ub_qps:.1f} qps  simulated {qps}  evaluations {sel.n_evals} "
         f"({100.0 * sel.n_evals / len(cands):.1f}% of {len(cands)})"
     )
+    if args.selector == "kairos" and cands.est_qps is not None:
+        close = close_contenders(cands, int(np.flatnonzero((cands.configs == sel.config).all(axis=1))[0]))
+        if len(close):
+            shown = "; ".join(cands.label(int(r)) for r in close[:3]) + ("; ..." if len(close) > 3 else "")
+            print(f"{len(close)} other fleet(s) score within {CLOSE_SCORE:.0%} of this choice ({shown}): the estimate "
+                  f"errs by about that much between close fleets, so `--selector kairos_plus`, which simulates "
+                  f"them, may choose better")
     if args.plot:
         try:
             plot(args.plot, cands, evaluated, sel.config, f"{args.model}: {args.selector} under {args.budget:g} $/h")

@@ -71,6 +71,7 @@ from kairosd.planner.queueing import (
     queue_estimate,
 )
 from kairosd.planner.selectors import (
+    CLOSE_SCORE,
     PLUS_BUDGET_SHARE,
     PLUS_STRETCH,
     QUEUE_SHRINK,
@@ -80,6 +81,7 @@ from kairosd.planner.selectors import (
     Candidates,
     Evaluator,
     Selection,
+    close_contenders,
     dominated_by,
     estimate_error,
     homogeneous_configs,
@@ -100,6 +102,7 @@ from kairosd.pools import POOL_SEP, parse_pool, pool_name  # noqa: I001 - re-exp
 
 __all__ = [
     "BoundModel",
+    "CLOSE_SCORE",
     "Candidates",
     "DEFAULT_HEADROOM",
     "DUAL_LEVELS",
@@ -127,6 +130,7 @@ __all__ = [
     "TOP_K",
     "authors_upper_bound",
     "batch_pmf",
+    "close_contenders",
     "config_cost",
     "config_from_mapping",
     "cv2_from_samples",

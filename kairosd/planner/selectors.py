@@ -22,6 +22,10 @@ QUEUE_TOLERANCE = 0.0
 # its ranking gives back, `kairos_score`. Chosen on the 90 workloads of the tuning sets (seeds 0–29,
 # 1000–1031, 2000–2029): the estimate's error grows with that discount (see `kairos_score`)
 QUEUE_SHRINK = 0.25
+# kairos selector: fleets whose score is within this share of the chosen one's are its close contenders
+# (`close_contenders`); the estimate's error between fleets of one workload is of this order
+# (docs/planner_log.md), so among them the one-shot choice is not reliably the best
+CLOSE_SCORE = 0.05
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
 # kairos_plus: past its budget, at most this many more configurations while its estimate proves
@@ -264,6 +268,19 @@ def kairos_order(cands: Candidates, *, tolerance: float = QUEUE_TOLERANCE, shrin
     if cands.est_qps is None:
         raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
     return kairos_rank(cands.est_qps, cands.ub_qps, cands.cost_usd_per_hour, tolerance=tolerance, shrink=shrink)
+
+
+def close_contenders(cands: Candidates, row: int, within: float = CLOSE_SCORE, *,
+                     shrink: float = QUEUE_SHRINK) -> np.ndarray:
+    """The rows other than `row` whose `kairos_score` is at least (1 − `within`) times `row`'s, in the
+    `kairos` selector's order: the fleets a one-shot choice of `row` cannot tell from it, given the
+    estimate's error (`CLOSE_SCORE`). E.g. scores 100 (`row`), 97 and 94, within 0.05: the 97 one."""
+    if cands.est_qps is None:
+        raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
+    score = kairos_score(cands.est_qps, cands.ub_qps, shrink)
+    order = kairos_order(cands, shrink=shrink)
+    close = (score[order] >= (1.0 - within) * score[row]) & (order != row) & (score[order] > 0)
+    return order[close]
 
 
 def queue_safe(score: np.ndarray, tolerance: float) -> np.ndarray:

@@ -15,11 +15,13 @@ from scipy.optimize import linprog
 from kairosd import workload
 from kairosd.errors import ConfigError
 from kairosd.planner import (
+    CLOSE_SCORE,
     QUEUE_SHRINK,
     BoundModel,
     Candidates,
     authors_upper_bound,
     batch_pmf,
+    close_contenders,
     config_cost,
     dominated_by,
     enumerate_configs,
@@ -485,6 +487,20 @@ def test_kairos_ranks_by_score_and_a_tolerance_admits_the_highest_bound() -> Non
         select_kairos(Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), ub))
 
 
+def test_close_contenders_are_the_fleets_scoring_within_the_share_of_the_choice() -> None:
+    """Scores (shrink 0: the estimates) 100, 97, 94 and 96.5 with the choice at 100: within 5% are the 97
+    and the 96.5, in the selector's order; within 2% none; a contender of a lower choice may score above it."""
+    configs = np.array([[1, 0], [0, 2], [1, 1], [0, 3]])
+    est = np.array([100.0, 97.0, 94.0, 96.5])
+    c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), est.copy(), est)
+    np.testing.assert_array_equal(close_contenders(c, 0, 0.05, shrink=0.0), [1, 3])
+    assert len(close_contenders(c, 0, 0.02, shrink=0.0)) == 0
+    np.testing.assert_array_equal(close_contenders(c, 2, 0.05, shrink=0.0), [0, 1, 3])
+    # by default the score with its shrink, and CLOSE_SCORE as the share
+    np.testing.assert_array_equal(close_contenders(c, 0), close_contenders(c, 0, CLOSE_SCORE, shrink=QUEUE_SHRINK))
+    with pytest.raises(ConfigError, match="estimate"):
+        close_contenders(dataclasses.replace(c, est_qps=None), 0)
+
 def _two_batch_means(slower: float) -> tuple[np.ndarray, np.ndarray]:
     """Two types over batches 0..100 (type 0 from 0.5 to 6 ms, type 1 `slower` times that), and a mix of
     70% batch 10 and 30% batch 100."""
@@ -647,11 +663,23 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert main(["plan", "--budget", "2.5", "--model", "wnd", "--selector", "kairos", "--no-eval", "--top", "5"]) == 0
     out = capsys.readouterr().out
     assert "125 maximal configurations" in out
-    lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
-    assert len(lines) == 5
-    ubs = [float(line.split()[6]) for line in lines]
-    assert ubs == sorted(ubs, reverse=True)
+    assert "by the kairos score, est^0.75 x UB^0.25" in out
+    rows = lambda text: [line for line in text.splitlines() if line.split()[:2] and all(w.isdigit() for w in line.split()[:2])]
+    lines = rows(out)
+    assert len(lines) == 5 and lines[0].endswith("<- chosen")
+    # rows in the selector's order: the score est^0.75·UB^0.25 from high to low (values printed to 0.1 q/s)
+    scores = [float(line.split()[7]) ** 0.75 * float(line.split()[6]) ** 0.25 for line in lines]
+    assert all(a >= b * (1 - 1e-3) for a, b in zip(scores, scores[1:], strict=False)), scores
     assert "kairos:" in out and "not evaluated" in out
+    # the fleets whose score is within 5% of the choice are named, the one-shot choice among them being unsure
+    close = [line for line in lines[1:] if float(line.split()[7]) ** 0.75 * float(line.split()[6]) ** 0.25 >= 0.95 * scores[0]]
+    assert close and f"{len(close)} other fleet(s) score within 5% of this choice" in out
+    # any other selector's table is in upper-bound order
+    assert main(["plan", "--budget", "2.5", "--model", "wnd", "--selector", "kairos_paper", "--no-eval", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    ubs = [float(line.split()[6]) for line in rows(out)]
+    assert "(by upper bound)" in out and len(ubs) == 5 and ubs == sorted(ubs, reverse=True)
+    assert "score within" not in out
     assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits
     # the p99 window: 0 plans over an endless stream, a negative one is refused
     assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--top", "1", "--p99-window", "0"]) == 0
