@@ -488,8 +488,9 @@ def test_kairos_ranks_by_score_and_a_tolerance_admits_the_highest_bound() -> Non
 
 
 def test_close_contenders_are_the_fleets_scoring_within_the_share_of_the_choice() -> None:
-    """Scores (shrink 0: the estimates) 100, 97, 94 and 96.5 with the choice at 100: within 5% are the 97
-    and the 96.5, in the selector's order; within 2% none; a contender of a lower choice may score above it."""
+    """Scores 100, 97, 94 and 96.5 (each bound equal to its estimate: the score is the estimate at any shrink)
+    with the choice at 100: within 5% are the 97 and the 96.5, in the selector's order; within 2% none; the
+    contenders of a lower choice include fleets that score above it."""
     configs = np.array([[1, 0], [0, 2], [1, 1], [0, 3]])
     est = np.array([100.0, 97.0, 94.0, 96.5])
     c = Candidates(("g", "r"), np.array([1.0, 1.0]), 10.0, configs, configs.sum(axis=1).astype(float), est.copy(), est)
