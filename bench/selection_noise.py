@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import planner_robust  # bench/planner_robust.py
 
 SIGMAS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08)
 SPLIT_STREAMS = 10  # fleets judged on at least this many streams take part in the split-half baseline
@@ -67,13 +68,11 @@ def split_half(rows: list[dict[str, Any]]) -> list[float]:
 
 def recorded_share(path: str, seeds: set[int]) -> tuple[int, int]:
     """(how many below 0.95, how many) of `kairos`'s ratios with the current planner over `seeds`, from a
-    `planner_robust.py --rescore --out` file (a seed from the last file that holds it)."""
-    by_seed: dict[int, float] = {}
-    for f in json.loads(Path(path).read_text())["files"]:
-        for r in f["rows"]:
-            by_seed[int(r["seed"])] = float(r["new"])
-    ratios = [v for s, v in by_seed.items() if s in seeds]
-    return sum(v < 0.95 for v in ratios), len(ratios)
+    `planner_robust.py --rescore --out` file (`planner_robust.per_seed_summary` of its files' rows)."""
+    files = [{"rows": [r for r in f["rows"] if int(r["seed"]) in seeds]}
+             for f in json.loads(Path(path).read_text())["files"]]
+    summary = planner_robust.per_seed_summary(files)
+    return len(summary["below_0.95"]), int(summary["n"])
 
 
 def main() -> int:

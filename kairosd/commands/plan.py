@@ -242,7 +242,8 @@ def plot(path: str, cands: Candidates, evaluated: dict[tuple[int, ...], float], 
         keys = np.array(list(evaluated.keys()))
         cost = keys @ cands.prices_usd_per_hour
         ax.scatter(cost, list(evaluated.values()), s=14, c="tab:blue", label="simulated max QPS (p99 ≤ QoS)")
-    i = int(np.flatnonzero((cands.configs == chosen).all(axis=1))[0])
+    i = cands.row_of(chosen)
+    assert i is not None  # the choice is one of the candidates
     ax.scatter([cands.cost_usd_per_hour[i]], [evaluated.get(tuple(int(x) for x in chosen), cands.ub_qps[i])],
                marker="*", s=220, c="tab:red", label="chosen: " + cands.label(i), zorder=5)
     ax.set_xlabel("cost ($/h)")
@@ -368,7 +369,9 @@ def run(args: argparse.Namespace) -> int:
         f"({100.0 * sel.n_evals / len(cands):.1f}% of {len(cands)})"
     )
     if args.selector == "kairos" and cands.est_qps is not None:
-        close = close_contenders(cands, int(np.flatnonzero((cands.configs == sel.config).all(axis=1))[0]))
+        row = cands.row_of(sel.config)
+        assert row is not None  # the choice is one of the candidates
+        close = close_contenders(cands, row)
         if len(close):
             shown = "; ".join(cands.label(int(r)) for r in close[:3]) + ("; ..." if len(close) > 3 else "")
             print(f"{len(close)} other fleet(s) score within {CLOSE_SCORE:.0%} of this choice ({shown}): the estimate "

@@ -70,17 +70,20 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.configs)
 
+    def row_of(self, config: np.ndarray) -> int | None:
+        """The row of `config` (counts aligned with `types`) among the candidates; None when it is not one."""
+        rows = np.flatnonzero(np.all(self.configs == np.asarray(config)[None, :], axis=1))
+        return int(rows[0]) if len(rows) else None
+
     def search_start(self, config: np.ndarray) -> float | None:
         """Where an evaluator's max-QPS search of `config` (counts aligned with `types`) starts
         (`SeedsEvaluator.guess`): its `kairos_score`, the rate `kairos` ranks it at. The score sits closer
         to simulated rates than the estimate, which is biased low, so the search brackets the answer in
         fewer runs. None when `config` is not one of the candidates or they carry no estimate."""
-        if self.est_qps is None:
+        row = self.row_of(config)
+        if self.est_qps is None or row is None:
             return None
-        rows = np.flatnonzero(np.all(self.configs == np.asarray(config)[None, :], axis=1))
-        if not len(rows):
-            return None
-        return float(kairos_score(self.est_qps[rows[:1]], self.ub_qps[rows[:1]])[0])
+        return float(kairos_score(self.est_qps[row:row + 1], self.ub_qps[row:row + 1])[0])
 
     def ranked(self) -> np.ndarray:
         """Row indices by upper bound, high to low (ties: cheaper first, then enumeration order)."""
@@ -275,10 +278,9 @@ def close_contenders(cands: Candidates, row: int, within: float = CLOSE_SCORE, *
     """The rows other than `row` whose `kairos_score` is at least (1 − `within`) times `row`'s, in the
     `kairos` selector's order: the fleets a one-shot choice of `row` cannot tell from it, given the
     estimate's error (`CLOSE_SCORE`). E.g. scores 100 (`row`), 97 and 94, within 0.05: the 97 one."""
-    if cands.est_qps is None:
-        raise ConfigError("these candidates carry no queue-aware estimate (make_candidates(..., estimate=True))")
+    order = kairos_order(cands, shrink=shrink)  # refuses candidates without the estimate
+    assert cands.est_qps is not None
     score = kairos_score(cands.est_qps, cands.ub_qps, shrink)
-    order = kairos_order(cands, shrink=shrink)
     close = (score[order] >= (1.0 - within) * score[row]) & (order != row) & (score[order] > 0)
     return order[close]
 
