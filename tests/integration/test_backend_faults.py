@@ -29,6 +29,8 @@ from kairosd.backends.process import free_port
 from kairosd.modelgen import example_inputs
 from tests.integration.daemon_harness import REPO, RunningDaemon, children, start_daemon, workers_toml
 
+pytestmark = pytest.mark.alone  # latencies and deadlines under load: see tests/conftest.py
+
 QOS_MS = 100.0
 CLIENT_TIMEOUT_S = 3.0
 

@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import chaos  # noqa: E402  (bench/chaos.py)
 
+pytestmark = pytest.mark.alone  # latencies and deadlines under load: see tests/conftest.py
+
 FLEET = {"g4dn.xlarge": 1, "r5n.large": 3}
 # rm2 at these batches: p99 ≤ 23 ms on every type of the fleet, so the backend deadline (a multiple of the
 # type's p99, at least backend_timeout_min_ms) is far shorter than the freeze
@@ -36,15 +38,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 def test_stop_and_kill_lose_nothing(daemon: Any) -> None:
     exp = chaos.Expected("dlrm", BATCHES, real=False)
-    # a stop at ~3 s (SIGCONT ~2.5 s later), a kill ~3 s after that, a third event if the 14 s leave time
-    res = chaos.drill(daemon, exp, BATCHES, calm_s=0, duration_s=14.0, concurrency=4, rate_qps=0,
+    # seed 3: a stop at 2.5 s (SIGCONT 2.5 s later), a kill ~2.8 s after the thawed instance serves again
+    # (~8 s), and the 3 s the drill leaves an action to be seen (bench/chaos.py's SETTLE_S)
+    res = chaos.drill(daemon, exp, BATCHES, calm_s=0, duration_s=12.0, concurrency=4, rate_qps=0,
                       deadline_s=DEADLINE_S, grace_s=1.0, actions=("stop", "kill"), interval_s=3.0, stop_s=STOP_S,
-                      seed=3, max_events=3)
+                      seed=3, max_events=2)
     chaos.print_table(res)  # shown when an assertion fails
     s = res.chaos
     events = [(e.action, e.instance, e.recovered_s, e.note) for e in res.events]
     assert not res.chaos_errors, res.chaos_errors
-    assert [e.action for e in res.events][:2] == ["stop", "kill"], events
+    assert [e.action for e in res.events] == ["stop", "kill"], events
     assert s["sent"] > 100, s
     assert s["lost"] == 0 and s["wrong"] == 0, (s, events)
     # every query ended (answer or explicit error) well before the freeze was over: the frozen instance's

@@ -220,6 +220,7 @@ def _check_fidelity(urls: list[str], where: str, excess_ms: dict[int, float]) ->
     raise AssertionError("; ".join(failures))
 
 
+@pytest.mark.alone  # latencies measured to a few ms: see tests/conftest.py
 def test_fidelity_direct_and_through_kairosd(daemon: RunningDaemon) -> None:
     with urllib.request.urlopen(f"http://{daemon.metrics_url}/kairos/fleet", timeout=5) as r:
         fleet = json.loads(r.read())

@@ -1,0 +1,78 @@
+"""The suite runs its test files on several processes (pytest-xdist; `-n auto --dist loadfile` in
+pyproject.toml's addopts: one process per core, at most `MAX_WORKERS`; `-n 0` runs it in this process).
+
+A test marked `alone` (e.g. a file's `pytestmark = pytest.mark.alone`) runs with no other test beside it:
+its assertions hold latencies or deadlines under load, which a daemon, a Triton or a simulation started
+by another process on the same cores would stretch. The other tests run side by side. Each test, with
+the setup and teardown of the fixtures it starts or ends, holds a lock shared between the processes:
+shared, or exclusive for an `alone` test. A test that waits for the exclusive lock holds a gate that
+keeps new holders out, so it waits only for the tests already running."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+# each process may run a daemon with its fleet (and a Triton): more processes than cores only contend
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
+class FileLock:
+    """A readers-writer lock between processes on the files `<directory>/gate` and `<directory>/rw`:
+    `hold(exclusive)` takes `flock` on `rw`, shared or exclusive, after passing `gate`, which a writer
+    holds while it waits for the readers to finish (so readers arriving then queue behind it)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._gate = os.open(directory / "gate", os.O_CREAT | os.O_RDWR, 0o600)
+        self._rw = os.open(directory / "rw", os.O_CREAT | os.O_RDWR, 0o600)
+
+    def hold(self, exclusive: bool) -> None:
+        fcntl.flock(self._gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._rw, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(self._gate, fcntl.LOCK_UN)
+
+    def release(self) -> None:
+        fcntl.flock(self._rw, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._gate)
+        os.close(self._rw)
+
+
+_RUN_LOCK = pytest.StashKey[FileLock]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in the worker processes of pytest-xdist only
+    if run is not None:
+        config.stash[_RUN_LOCK] = FileLock(Path(tempfile.gettempdir()) / f"kairosd-tests-{run}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lock = config.stash.get(_RUN_LOCK, None)
+    if lock is not None:
+        lock.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    lock = item.config.stash.get(_RUN_LOCK, None)
+    if lock is None:
+        return (yield)
+    lock.hold(exclusive=item.get_closest_marker("alone") is not None)
+    try:
+        return (yield)
+    finally:
+        lock.release()
