@@ -56,8 +56,12 @@ _RUN_LOCK = pytest.StashKey[FileLock]()
 
 def pytest_configure(config: pytest.Config) -> None:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in the worker processes of pytest-xdist only
-    if run is not None:
-        config.stash[_RUN_LOCK] = FileLock(Path(tempfile.gettempdir()) / f"kairosd-tests-{run}")
+    if run is None:
+        return
+    # a worker's basetemp is <the run's basetemp>/popen-gwN, which pytest removes after a few runs
+    base = config.option.basetemp
+    directory = Path(base).parent if base else Path(tempfile.gettempdir()) / f"kairosd-tests-{run}"
+    config.stash[_RUN_LOCK] = FileLock(directory / "run-lock")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
