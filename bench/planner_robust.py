@@ -81,7 +81,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -408,15 +408,18 @@ def estimate_errors(cands: Candidates, ev: RecordedEvaluator, opt: float, within
     return out
 
 
+def rows_by_seed(files: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The rows of results files (or of `rescore_file`'s results) by seed, a seed taken from the last file
+    that holds it."""
+    return {int(r["seed"]): r for f in files for r in f["rows"]}
+
+
 def per_seed_summary(files: list[dict[str, Any]]) -> dict[str, Any]:
     """`kairos`'s ratio per distinct workload over rescored files (`rescore_file`'s results), a seed scored by
     the last file given that holds it: how many, min, median, mean, how many below 0.98, which below 0.95
     ([seed, ratio], lowest first), and the estimate's errors over those workloads' fleets within 20% of
     their optimum (`estimate_errors`: how many, median, 5th and 95th percentiles)."""
-    by_seed: dict[int, dict[str, Any]] = {}
-    for f in files:
-        for r in f["rows"]:
-            by_seed[int(r["seed"])] = r
+    by_seed = rows_by_seed(files)
     if not by_seed:
         raise SystemExit("no workload to summarise")
     ratios = {s: float(r["new"]) for s, r in by_seed.items()}

@@ -32,10 +32,7 @@ SPLIT_STREAMS = 10  # fleets judged on at least this many streams take part in t
 
 def workloads(paths: list[str]) -> dict[int, dict[str, Any]]:
     """The results rows by seed, the last file given winning; workloads no fleet can serve left out."""
-    rows: dict[int, dict[str, Any]] = {}
-    for p in paths:
-        for r in json.loads(Path(p).read_text())["rows"]:
-            rows[int(r["seed"])] = r
+    rows = planner_robust.rows_by_seed(json.loads(Path(p).read_text()) for p in paths)
     return {s: r for s, r in rows.items() if max(c["qps"] for c in r["configs"]) > 0}
 
 

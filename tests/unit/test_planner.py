@@ -502,6 +502,7 @@ def test_close_contenders_are_the_fleets_scoring_within_the_share_of_the_choice(
     with pytest.raises(ConfigError, match="estimate"):
         close_contenders(dataclasses.replace(c, est_qps=None), 0)
 
+
 def _two_batch_means(slower: float) -> tuple[np.ndarray, np.ndarray]:
     """Two types over batches 0..100 (type 0 from 0.5 to 6 ms, type 1 `slower` times that), and a mix of
     70% batch 10 and 30% batch 100."""
