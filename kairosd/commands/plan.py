@@ -209,8 +209,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
-    """The ranked table: rank, counts per type, $/h, upper bound, queue-aware estimate (when computed),
-    evaluated QPS (when known)."""
+    """The ranked table: rank, counts per type, $/h, upper bound, queue-aware estimate (when computed; "-"
+    where `kairos` did not need it), evaluated QPS (when known)."""
     types = cands.types
     est = cands.est_qps
     head = ["rank"] + list(types) + ["$/h", "UB qps"] + (["est qps"] if est is not None else []) + ["sim qps", ""]
@@ -221,7 +221,8 @@ def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int,
         q = evaluated.get(key)
         mark = "<- chosen" if chosen is not None and np.array_equal(cfg, chosen) else ""
         lines.append([str(rank)] + [str(int(c)) for c in cfg] + [f"{cands.cost_usd_per_hour[r]:.3f}", f"{cands.ub_qps[r]:.1f}"]
-                     + ([f"{est[r]:.1f}"] if est is not None else []) + [f"{q:.1f}" if q is not None else "-", mark])
+                     + ([f"{est[r]:.1f}" if np.isfinite(est[r]) else "-"] if est is not None else [])
+                     + [f"{q:.1f}" if q is not None else "-", mark])
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
     return "\n".join([fmt(head)] + [fmt(line) for line in lines])
@@ -316,8 +317,10 @@ def run(args: argparse.Namespace) -> int:
         window = P99_WINDOW_QUERIES if args.p99_window is None else args.p99_window
         if window < 0:
             raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
+        # kairos needs the estimate only where the bound reaches the close contenders' scores
         cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs,
-                                window_queries=window or None)
+                                window_queries=window or None,
+                                prune_within=CLOSE_SCORE if args.selector == "kairos" else None)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))

@@ -87,6 +87,7 @@ from kairosd.planner.bounds import (
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
+from kairosd.planner.pruning import cheapest_cover_estimates, kairos_estimates
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
 from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
 from kairosd.pools import parse_pool, pool_name
@@ -709,7 +710,15 @@ def plan_fleet(
     pool = np.flatnonzero(serve_all) if serve_all.any() else np.arange(len(configs))
     cost_micro = configs @ _micro(prices)
     ub = joint.bound_qps(configs)
-    est = joint.estimate_qps(configs, ub)
+    # the estimate where it can decide the plan (`kairosd.planner.pruning`), NaN elsewhere
+    estimate = lambda rows: joint.estimate_qps(configs[rows], ub[rows])
+    score_of = lambda e, u: kairos_score(e, u, shrink)
+    if objective == "min_cost" and total > 0:
+        est = cheapest_cover_estimates(cost_micro, ub, estimate, headroom * total, pool)
+    else:
+        est = np.full(len(configs), np.nan)
+    if objective == "max_throughput":
+        est[pool] = kairos_estimates(ub[pool], lambda rows: estimate(pool[rows]), score_of, within=tolerance)
     space = (_part_space(joint, rates, prices, budget_usd_per_hour, caps)
              if partition and np.count_nonzero(rates > 0) >= 2 else None)
 
@@ -756,6 +765,8 @@ def plan_fleet(
         # none covers: the best the budget buys, among the maximal configurations
         maximal_rows = _maximal(configs[pool], prices, budget_usd_per_hour, caps)
         pool = pool[maximal_rows]
+        est[pool] = kairos_estimates(ub[pool], lambda rows: estimate(pool[rows]), score_of, within=tolerance,
+                                     known=est[pool])
         note = f"; no configuration within {budget_usd_per_hour} $/h serves {headroom:g}× the observed rates" + note
     row = int(pool[kairos_rank(est[pool], ub[pool], cost_micro[pool], tolerance=tolerance, shrink=shrink)[0]])
     why = ""

@@ -11,6 +11,7 @@ import numpy as np
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, proportional_bound, upper_bound
 from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
+from kairosd.planner.pruning import kairos_estimates
 from kairosd.planner.queueing import P99_WINDOW_QUERIES, QUEUE_EPS, idle_miss, planning_eps, queue_estimate
 
 TOP_K = 10
@@ -56,7 +57,7 @@ class Candidates:
     configs: np.ndarray
     cost_usd_per_hour: np.ndarray
     ub_qps: np.ndarray  # `upper_bound`: ranks, and prunes Kairos+
-    est_qps: np.ndarray | None = None  # queue-aware estimate (`queue_estimate`), when computed
+    est_qps: np.ndarray | None = None  # queue-aware estimate (`queue_estimate`), when computed; NaN: not estimated
     paper_qps: np.ndarray | None = None  # `proportional_bound` (the paper's formula), ranks `kairos_paper`
     idle_miss: np.ndarray | None = None  # `idle_miss`: the share the idle fleet misses QoS on, when computed
 
@@ -79,9 +80,9 @@ class Candidates:
         """Where an evaluator's max-QPS search of `config` (counts aligned with `types`) starts
         (`SeedsEvaluator.guess`): its `kairos_score`, the rate `kairos` ranks it at. The score sits closer
         to simulated rates than the estimate, which is biased low, so the search brackets the answer in
-        fewer runs. None when `config` is not one of the candidates or they carry no estimate."""
+        fewer runs. None when `config` is not one of the candidates or has no estimate."""
         row = self.row_of(config)
-        if self.est_qps is None or row is None:
+        if self.est_qps is None or row is None or not np.isfinite(self.est_qps[row]):
             return None
         return float(kairos_score(self.est_qps[row:row + 1], self.ub_qps[row:row + 1])[0])
 
@@ -115,19 +116,31 @@ def make_candidates(
     max_counts: Sequence[int] | None = None,
     estimate: bool = True,
     window_queries: int | None = P99_WINDOW_QUERIES,
+    prune_within: float | None = None,
 ) -> Candidates:
     """Enumerate within the budget and bound every configuration (types = `bm.types`); with `estimate`,
     also the queue-aware estimate (`queue_estimate`) that the `kairos` selector ranks by, at the share of
-    misses a p99 read over windows of `window_queries` queries allows (`planning_eps`)."""
+    misses a p99 read over windows of `window_queries` queries allows (`planning_eps`). With
+    `prune_within`, only the configurations whose bound reaches (1 − prune_within) times the best
+    `kairos_score` are estimated (`kairos_estimates`), the others NaN: enough for `select_kairos` at a
+    tolerance ≤ prune_within and for `close_contenders` within it, not for Kairos+'s walk, which orders
+    every configuration by its estimate."""
     prices = np.asarray(prices_usd_per_hour, dtype=float)
     if len(prices) != len(bm.types):
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
+    ub = upper_bound(configs, bm)
     idle = idle_miss(configs, bm) if estimate and len(configs) else None
     eps = planning_eps(QUEUE_EPS, window_queries)
-    est = queue_estimate(configs, bm, eps=eps, idle=idle) if idle is not None else None
+    est = None
+    if idle is not None:
+        if prune_within is None:
+            est = queue_estimate(configs, bm, eps=eps, idle=idle)
+        else:
+            est = kairos_estimates(ub, lambda rows: queue_estimate(configs[rows], bm, eps=eps, idle=idle[rows]),
+                                   kairos_score, within=prune_within)
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
-                      upper_bound(configs, bm), est, proportional_bound(configs, bm), idle)
+                      ub, est, proportional_bound(configs, bm), idle)
 
 
 def rank(cands: Candidates) -> Candidates:
