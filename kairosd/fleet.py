@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from kairosd.autoscale.decide import committed_usd_per_hour, decide, unavailable_types
 from kairosd.autoscale.types import (
@@ -56,6 +57,15 @@ SUSPECT_POLL_S = 0.5  # how often a suspect one is
 
 # target(now_s, unavailable types) → instance type → count
 TargetFn = Callable[[float, frozenset[str]], Mapping[str, int]]
+
+
+@runtime_checkable
+class PreparedTarget(Protocol):
+    """A target whose work splits in two: `prepare` reads what the event loop owns (the observed load)
+    and returns the rest, which may take long (planning a fleet), for the reconcile to run off the event
+    loop, so that dispatch does not stall while it runs."""
+
+    def prepare(self, now_s: float, unavailable: frozenset[str]) -> Callable[[], Mapping[str, int]]: ...
 
 _MEMBER_STATE = {
     InstanceState.LAUNCHING: MemberState.LAUNCHING,
@@ -198,7 +208,10 @@ class Fleet:
             self._record(members)
             unavailable = frozenset(parse_pool(t)[0] for t in unavailable_types(self.state, now))
             try:
-                target = dict(self.target_fn(now, unavailable))
+                if isinstance(self.target_fn, PreparedTarget):
+                    target = dict(await asyncio.to_thread(self.target_fn.prepare(now, unavailable)))
+                else:
+                    target = dict(self.target_fn(now, unavailable))
             except Exception:  # noqa: BLE001 - keep the current target rather than act on a failed plan
                 log.exception("planning the target failed; keeping the current target")
                 target = dict(self.state.acted_target)

@@ -6,7 +6,9 @@ model's rate is the larger of the window's and the last `rise_window_s`'s, so a 
 within seconds while a fall waits until the whole window forgets the peak. A plan is reused while the
 demand stays close to the one it was made for (every rate within `rate_tolerance` of it, relatively,
 or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total variation) and the
-unavailable set is the same: planning runs only when the load moved.
+unavailable set is the same: planning runs only when the load moved. The fleet's reconcile reads the
+window on the scheduler's event loop and plans on another thread (`PlannerTarget.prepare`), so that a
+long plan does not hold up dispatch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,12 +86,21 @@ class PlannerTarget:
     plans_made: int = 0
     _unavailable: frozenset[str] = frozenset()
 
-    def __call__(self, _now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
+    def __call__(self, now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
+        return self.prepare(now_s, unavailable)()
+
+    def prepare(self, _now_s: float, unavailable: frozenset[str]) -> Callable[[], dict[str, int]]:
+        """Read the window's demand now (on the scheduler's event loop, which records into it) and return
+        what makes the target from it: the plan, made afresh only when the demand moved (the reconcile
+        runs it off the event loop, `kairosd.fleet.PreparedTarget`)."""
         now = self.clock()
         demand = self.window.demand(now)
         if self.rise_window_s > 0:
             recent = self.window.recent_rates(now, self.rise_window_s)
             demand = [replace(d, rate_qps=max(d.rate_qps, float(r))) for d, r in zip(demand, recent, strict=True)]
+        return partial(self._target, demand, unavailable)
+
+    def _target(self, demand: list[ModelDemand], unavailable: frozenset[str]) -> dict[str, int]:
         plan = self.last_plan
         if (plan is None or unavailable != self._unavailable
                 or not _close(demand, self.last_demand, self.rate_tolerance, self.pmf_tolerance, self.min_rate_qps)):

@@ -1,18 +1,22 @@
 """The fleet reconciler over the real local provider: pinned pools become instances that serve only their
-model; a worker killed behind the fleet's back is replaced with a new id; stop leaves no process."""
+model; a worker killed behind the fleet's back is replaced with a new id; stop leaves no process; a long
+plan runs off the event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import threading
+import time
+from collections.abc import Callable
 
 from tritonclient.grpc import service_pb2
 
 from kairosd.autoscale.types import AutoscaleParams
 from kairosd.config import InstanceTypeConfig, SchedulerConfig
 from kairosd.dispatch import KairosPolicy
-from kairosd.fleet import Fleet, static_target
+from kairosd.fleet import Fleet, PreparedTarget, static_target
 from kairosd.modelgen import example_inputs
 from kairosd.profiler import build_request
 from kairosd.profiles import ProfileTable
@@ -90,3 +94,55 @@ async def test_an_instance_dying_during_start_up_is_replaced() -> None:
         children = [local.child for local in provider._instances.values()]
         await fleet.stop()
     assert not any(c.running for c in children)
+
+
+class SlowTarget:
+    """A `PreparedTarget` whose work (as planning a large fleet can) takes `work_s` of the thread it runs
+    on, and which records the threads its two halves ran on."""
+
+    def __init__(self, work_s: float) -> None:
+        self.work_s = work_s
+        self.prepared_on: int | None = None
+        self.worked_on: int | None = None
+
+    def prepare(self, now_s: float, unavailable: frozenset[str]) -> Callable[[], dict[str, int]]:
+        self.prepared_on = threading.get_ident()
+
+        def work() -> dict[str, int]:
+            self.worked_on = threading.get_ident()
+            time.sleep(self.work_s)
+            return {}
+
+        return work
+
+    def __call__(self, now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
+        return self.prepare(now_s, unavailable)()
+
+
+async def test_a_long_plan_does_not_stall_the_event_loop() -> None:
+    """The reconcile reads the load on the event loop and plans on another thread: a task ticking every
+    10 ms keeps ticking while a 0.6 s plan runs (the scheduler's dispatch runs on that loop too)."""
+    profiles = ProfileTable.load_dir(REPO / "profiles" / "local", models=sorted(QOS))
+    target = SlowTarget(0.6)
+    assert isinstance(target, PreparedTarget) and not isinstance(static_target({}), PreparedTarget)
+    provider = LocalProvider({"ort-1t": ORT}, str(REPO / "model_repository"), fleet_name="t")
+    fleet = Fleet(Registry(), profiles, [provider], target, 0.10, AutoscaleParams(), models=sorted(QOS), fleet_name="t")
+    gaps: list[float] = []
+    done = False
+
+    async def heartbeat() -> None:
+        while not done:
+            t0 = time.monotonic()
+            await asyncio.sleep(0.01)
+            gaps.append(time.monotonic() - t0)
+
+    beat = asyncio.ensure_future(heartbeat())
+    t0 = time.monotonic()
+    await fleet.reconcile_once()
+    took = time.monotonic() - t0
+    done = True
+    await beat
+    assert took >= 0.6 and fleet.stats.target == {}
+    assert target.prepared_on == threading.get_ident() and target.worked_on != threading.get_ident()
+    assert len(gaps) >= 20 and max(gaps) < 0.3, max(gaps)
+    await fleet.stop()

@@ -11,6 +11,7 @@ from kairosd import config
 from kairosd.autoscale.load import LoadWindow
 from kairosd.autoscale.target import PlannerTarget, config_planner, lognormal_pmf
 from kairosd.daemon import load_profiles
+from kairosd.fleet import PreparedTarget
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,8 @@ def total(counts: dict[str, int]) -> int:
 
 def test_idle_keeps_one_cheap_instance_and_more_load_wants_more() -> None:
     target, window, clock = make_target()
-    idle = target(0.0, frozenset())
+    assert isinstance(target, PreparedTarget)  # the reconcile plans off the event loop
+    idle = target.prepare(0.0, frozenset())()
     assert idle == {"ort-1t": 1}  # min_cost with no load: the cheapest fleet that serves every model
     feed(window, 0, 300.0, 0.0, 20.0)  # dlrm is model 0 (sorted)
     clock.now = 20.0
