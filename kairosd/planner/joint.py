@@ -67,8 +67,9 @@ model's short slack behind another model's long services can make the shared fle
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import highspy
 import numpy as np
@@ -87,7 +88,7 @@ from kairosd.planner.bounds import (
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
-from kairosd.planner.pruning import cheapest_cover_estimates, kairos_estimates
+from kairosd.planner.pruning import cheapest_cover_estimates, frontier_estimates, kairos_estimates
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
 from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
 from kairosd.pools import parse_pool, pool_name
@@ -487,8 +488,10 @@ class _Frontier:
 
     @staticmethod
     def build(est_qps: np.ndarray, cost_micro: np.ndarray) -> _Frontier:
+        """From every configuration's estimate (NaN: not estimated, as `frontier_estimates` leaves the rows
+        that cannot raise the running maximum) and cost."""
         order = np.lexsort((np.arange(len(est_qps)), -est_qps, cost_micro))
-        return _Frontier(order, cost_micro[order], np.maximum.accumulate(est_qps[order]))
+        return _Frontier(order, cost_micro[order], np.fmax.accumulate(est_qps[order]))
 
     def cheapest(self, target_qps: np.ndarray) -> np.ndarray:
         """Row of the cheapest configuration whose estimate is ≥ each target (> 0), −1 when none is."""
@@ -510,16 +513,34 @@ class _PartSpace:
     unserved: tuple[int, ...]  # models without demand that no configuration can serve
     budget_micro: int
     caps: np.ndarray
+    ub_qps: dict[int, np.ndarray] = field(default_factory=dict)  # each model's `upper_bound` of every configuration
+    estimate: dict[int, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)  # rows → their estimates
+
+    def estimated(self, m: int, rows: np.ndarray, above: float) -> np.ndarray:
+        """Model m's estimates of `rows`, each one not yet made asked now where its bound is above `above`
+        (NaN where it is not: its estimate cannot be above `above`)."""
+        est = self.est_qps[m]
+        todo = rows[np.isnan(est[rows]) & (self.ub_qps[m][rows] > above)] if m in self.estimate else rows[:0]
+        if len(todo):
+            est[todo] = self.estimate[m](todo)
+        return est[rows]
 
 
 def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float,
-                caps: np.ndarray) -> _PartSpace | None:
+                caps: np.ndarray, *, prune: bool = True) -> _PartSpace | None:
     """The partition search's inputs (None when no configuration fits the budget and caps)."""
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=False, max_counts=caps.tolist())
     if len(configs) == 0:
         return None
     cost = configs @ _micro(prices)
-    est = {m: queue_estimate(configs, joint.models[m], eps=planning_eps()) for m in range(len(rates)) if rates[m] > 0}
+    act = [m for m in range(len(rates)) if rates[m] > 0]
+    ub = {m: upper_bound(configs, joint.models[m]) for m in act}
+    estimate: dict[int, Callable[[np.ndarray], np.ndarray]] = {m: partial(_estimate_rows, configs, joint.models[m])
+                                                             for m in act}
+    # the estimate where it can raise the frontier (`frontier_estimates`), NaN elsewhere; `_max_partition`
+    # asks more where the budget left over needs them
+    est = {m: (frontier_estimates(cost, ub[m], estimate[m]) if prune else estimate[m](np.arange(len(configs))))
+           for m in act}
     budget = int(_micro(budget_usd_per_hour))
     left = caps.copy()
     fixed: dict[int, int] = {}
@@ -537,7 +558,12 @@ def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget
             budget -= int(cost[row])
             left = left - configs[row]
     frontiers = {m: _Frontier.build(e, cost) for m, e in est.items()}
-    return _PartSpace(configs, cost, est, frontiers, fixed, tuple(unserved), budget, left)
+    return _PartSpace(configs, cost, est, frontiers, fixed, tuple(unserved), budget, left, ub, estimate)
+
+
+def _estimate_rows(configs: np.ndarray, bm: BoundModel, rows: np.ndarray) -> np.ndarray:
+    """The single-model estimate (`queue_estimate` at the planning share) of `configs[rows]`."""
+    return queue_estimate(configs[rows], bm, eps=planning_eps())
 
 
 def _fits(space: _PartSpace, rows: np.ndarray) -> np.ndarray:
@@ -572,7 +598,7 @@ def _max_partition(space: _PartSpace, rates: np.ndarray) -> dict[int, int] | Non
         others = used - space.configs[cur]
         room = budget_left + int(space.cost_micro[cur])
         fit = np.flatnonzero((space.cost_micro <= room) & (space.configs <= (space.caps - others)[None, :]).all(axis=1))
-        est = space.est_qps[m][fit]
+        est = space.estimated(m, fit, float(space.est_qps[m][cur]))
         best = int(fit[np.lexsort((fit, space.cost_micro[fit], -est))[0]])
         if space.est_qps[m][best] > space.est_qps[m][cur]:
             chosen[m] = best

@@ -8,7 +8,10 @@ estimate of few configurations:
     scores below that, so it cannot be the choice, be queue-safe at a tolerance ≤ within, or score within
     `within` of the choice;
   * the cheapest configuration whose estimate reaches a rate (`cheapest_cover_estimates`): only those
-    whose bound reaches it can, estimated from the cheapest up until the first cost at which one does.
+    whose bound reaches it can, estimated from the cheapest up until the first cost at which one does;
+  * the running maximum of the estimate along the configurations by cost, for every rate at once (the
+    partitioned plan's frontier, `frontier_estimates`): a configuration whose bound is below the best
+    estimate among the cheaper ones cannot raise it.
 A budget that buys large fleets has tens of thousands of maximal configurations, and only a small share of
 them has a bound that high. Rows left out are NaN ("not estimated"); NaN compares false, so a NaN row
 neither scores above 0 (`kairos_score`) nor covers a rate.
@@ -86,6 +89,31 @@ def cheapest_cover_estimates(cost: np.ndarray, ub: np.ndarray, estimate: Estimat
         hit = part[est[part] >= target]
         if found is None and len(hit):
             found = float(cost[hit].min())
+        i += chunk
+        chunk *= 2
+    return est
+
+
+def frontier_estimates(cost: np.ndarray, ub: np.ndarray, estimate: Estimate, *, chunk: int = PRUNE_CHUNK) -> np.ndarray:
+    """The estimate of every row that can raise the running maximum of the estimate along the rows by
+    `cost` (low to high, then row order), NaN for the others: rows are asked in that order (`chunk` rows
+    first, then twice as many each time), and a row is skipped when its bound is below the largest
+    estimate among the rows asked before it (all of them no dearer). A skipped row's estimate is below
+    that running maximum, so the cheapest row whose estimate reaches any rate is an estimated one, with
+    its full estimate. E.g. costs (1, 2, 3), bounds (5, 3, 9), estimates (4, 2, 6), chunk 1: row 1's bound
+    3 is below 4, so rows 0 and 2 are asked."""
+    cost = np.asarray(cost)
+    ub = np.asarray(ub, dtype=float)
+    est = np.full(len(ub), np.nan)
+    order = np.lexsort((np.arange(len(ub)), cost))
+    best = -np.inf
+    i = 0
+    while i < len(order):
+        part = order[i:i + chunk]
+        part = part[ub[part] >= best]
+        if len(part):
+            est[part] = estimate(part)
+            best = max(best, float(np.max(est[part])))
         i += chunk
         chunk *= 2
     return est

@@ -1,6 +1,6 @@
 """Estimates only where they decide (`kairosd.planner.pruning`): the worked examples, and on the Kairos
-authors' profiles the same choices, close contenders and cheapest covers as with every configuration
-estimated, from fewer estimates."""
+authors' profiles the same choices, close contenders, cheapest covers and partitions as with every
+configuration estimated, from fewer estimates."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from kairosd.planner import (
 )
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import _micro, enumerate_configs
-from kairosd.planner.joint import plan_fleet
-from kairosd.planner.pruning import PRUNE_CHUNK, cheapest_cover_estimates, kairos_estimates
+from kairosd.planner.joint import JointModel, _max_partition, _min_cost_partition, _part_space, plan_fleet
+from kairosd.planner.pruning import PRUNE_CHUNK, cheapest_cover_estimates, frontier_estimates, kairos_estimates
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,34 @@ def test_plan_fleet_min_cost_is_the_cheapest_cover_of_the_full_estimate(wl: work
         want = cheapest[np.argmax(est[cheapest])]
         assert [plan.counts[t] for t in wl.types] == configs[want].tolist(), rate
         assert plan.multiple == pytest.approx(est[want] / rate)
+
+
+def test_frontier_estimates_worked_example() -> None:
+    est = Counted(np.array([4.0, 2.0, 6.0]))
+    got = frontier_estimates(np.array([1, 2, 3]), np.array([5.0, 3.0, 9.0]), est, chunk=1)
+    assert got[0] == 4.0 and np.isnan(got[1]) and got[2] == 6.0 and est.asked == [0, 2]
+
+
+@pytest.mark.parametrize(("budget", "rates"), [(2.5, (100.0, 2000.0)), (3.5, (40.0, 5000.0)), (3.5, (150.0, 500.0))])
+def test_partitions_from_the_frontier_estimates_are_those_of_every_estimate(
+        wl: workload.KairosWorkload, pmf: np.ndarray, budget: float, rates: tuple[float, float]) -> None:
+    """The partitioned plan's search (the largest λ, the budget left over, the cheapest cover) finds the
+    same parts, with the same estimates, when only the rows that can raise a frontier are estimated."""
+    demand = [ModelDemand("rm2", rates[0], pmf), ModelDemand("ncf", rates[1], pmf)]
+    models = [BoundModel.from_profiles(wl.profiles, d.model, wl.types, pmf, wl.qos_s[d.model]) for d in demand]
+    joint = JointModel.build(models, demand)
+    r, prices = np.array(rates), np.asarray(wl.prices_usd_per_hour)
+    caps = np.full(len(wl.types), np.iinfo(np.int64).max, dtype=np.int64)
+    full = _part_space(joint, r, prices, budget, caps, prune=False)
+    pruned = _part_space(joint, r, prices, budget, caps)
+    assert full is not None and pruned is not None
+    if len(full.configs) > 2 * PRUNE_CHUNK:  # below that every row is asked in the first two calls
+        assert all(np.isnan(pruned.est_qps[m]).any() for m in (0, 1))
+    for m in (0, 1):
+        done = np.isfinite(pruned.est_qps[m])
+        assert np.array_equal(pruned.est_qps[m][done], full.est_qps[m][done])
+    best = _max_partition(full, r)
+    assert best is not None and _max_partition(pruned, r) == best
+    assert all(pruned.est_qps[m][row] == full.est_qps[m][row] for m, row in best.items())
+    for headroom in (0.5, 1.0, 1.2):
+        assert _min_cost_partition(pruned, r, headroom) == _min_cost_partition(full, r, headroom)
