@@ -8,9 +8,14 @@ QoS targets and the authors' batch mix, at hourly budgets from a few dollars (hu
 configurations) to tens (hundreds of thousands). The time is `make_candidates` alone (enumeration,
 bounds, estimates), as `kairosd plan --selector kairos` spends it before choosing.
 
-    python bench/plan_scale.py [--models ncf,rm2] [--budgets 2.5,5,10,20,40] [--repeats 3]
+A second table does the same for the autoscaler's plan (`plan_fleet`, `prune` on and off) for two models
+at once (rm2 at 100 q/s and ncf at 2,000 q/s, the authors' mix), both objectives: the shared fleet and
+the partitioned one (each instance pinned to a model) are both planned, the latter over every
+configuration within the budget, maximal or not. Both ways must give the same plan.
 
-Prints the table and the median ratio (full time / pruned time) over the rows, writes
+    python bench/plan_scale.py [--models ncf,rm2] [--budgets 2.5,5,10,20,40] [--joint-budgets 2.5,5,10] [--repeats 3]
+
+Prints the tables and the median ratio (full time / pruned time) over each table's rows, writes
 bench/results/plan_scale.json.
 """
 
@@ -28,6 +33,8 @@ from results_file import RESULTS, write_results  # bench/results_file.py
 
 from kairosd import workload
 from kairosd.planner import CLOSE_SCORE, BoundModel, Candidates, close_contenders, make_candidates, select_kairos
+from kairosd.planner.demand import ModelDemand
+from kairosd.planner.joint import FleetPlan, plan_fleet
 
 
 def timed(bm: BoundModel, prices: np.ndarray, budget: float, prune: float | None, repeats: int) -> tuple[float, Candidates]:
@@ -48,10 +55,33 @@ def choice(cands: Candidates) -> tuple[list[int], list[int]]:
     return config.tolist(), sorted(close_contenders(cands, row).tolist())
 
 
+def joint_rows(wl: workload.KairosWorkload, pmf: np.ndarray, budgets: list[float]) -> list[dict[str, Any]]:
+    """The plan_fleet table: per budget and objective, each way's wall time, and whether the plans agree."""
+    demand = [ModelDemand("rm2", 100.0, pmf), ModelDemand("ncf", 2000.0, pmf)]
+    rows: list[dict[str, Any]] = []
+    print(f"\n{'objective':14} {'$/h':>5} {'full s':>8} {'pruned s':>8} {'ratio':>6}  same  plan")
+    for budget in budgets:
+        for objective in ("max_throughput", "min_cost"):
+            plans: list[FleetPlan] = []
+            times = []
+            for prune in (True, False):
+                t0 = time.perf_counter()
+                plans.append(plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, demand, wl.qos_s,
+                                        objective=objective, prune=prune))
+                times.append(time.perf_counter() - t0)
+            same = plans[0] == plans[1]
+            rows.append({"objective": objective, "budget_usd_per_hour": budget, "full_s": times[1], "pruned_s": times[0],
+                         "ratio": times[1] / times[0], "same_plan": same, "pools": plans[0].pools})
+            print(f"{objective:14} {budget:5g} {times[1]:8.2f} {times[0]:8.2f} {times[1] / times[0]:6.1f}  "
+                  f"{'yes' if same else 'NO':4}  {plans[0].pools}", flush=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="ncf,rm2")
     ap.add_argument("--budgets", default="2.5,5,10,20,40")
+    ap.add_argument("--joint-budgets", default="2.5,5,10")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per way (the full one once above 10,000 configurations)")
     ap.add_argument("--out", default=str(RESULTS / "plan_scale.json"))
     args = ap.parse_args()
@@ -73,12 +103,16 @@ def main() -> int:
                          "choice": choice(pruned)[0]})
             print(f"{model:6} {budget:5g} {len(full):8d} {estimated:9d} {t_f:8.2f} {t_p:8.2f} {t_f / t_p:6.1f}  "
                   f"{'yes' if same else 'NO'}", flush=True)
+    joint = joint_rows(wl, pmf, [float(b) for b in args.joint_budgets.split(",")])
     ratio = statistics.median(r["ratio"] for r in rows)
-    same_all = all(r["same_choice"] for r in rows)
-    print(f"\npruned estimate: median {ratio:.1f}x faster than every configuration estimated over {len(rows)} rows; "
-          f"same choice and close contenders: {'all' if same_all else 'NOT all'}")
-    write_results({"settings": vars(args), "machine": platform.platform(), "rows": rows,
-                   "summary": {"median_ratio": ratio, "same_choice": same_all}}, Path(args.out))
+    joint_ratio = statistics.median(r["ratio"] for r in joint)
+    same_all = all(r["same_choice"] for r in rows) and all(r["same_plan"] for r in joint)
+    print(f"\npruned estimate: median {ratio:.1f}x faster than every configuration estimated over {len(rows)} kairos "
+          f"rows, {joint_ratio:.1f}x over {len(joint)} plan_fleet rows; same choices, contenders and plans: "
+          f"{'all' if same_all else 'NOT all'}")
+    write_results({"settings": vars(args), "machine": platform.platform(), "rows": rows, "joint_rows": joint,
+                   "summary": {"median_ratio": ratio, "joint_median_ratio": joint_ratio, "same": same_all}},
+                  Path(args.out))
     return 0 if same_all else 1
 
 

@@ -663,6 +663,7 @@ def plan_fleet(
     keep_warm: bool = True,
     joint: JointModel | None = None,
     partition: bool = True,
+    prune: bool = True,
 ) -> FleetPlan:
     """Choose one fleet (counts of `types` at `prices_usd_per_hour`, cost ≤ the budget) for the observed
     `demand` of every model, each judged against its `qos_s[model]`; no online exploration.
@@ -691,6 +692,10 @@ def plan_fleet(
     that of every shared configuration considered; "min_cost": it covers the headroom and costs less
     than the cheapest shared configuration that does (or none does). When neither kind covers the
     headroom, the "max_throughput" choice between the two. The reason names the kind and both estimates.
+
+    With `prune` (default) only the configurations that can decide the plan are estimated
+    (`kairosd.planner.pruning`); the plan is the one of every configuration estimated (`prune=False`,
+    the baseline of bench/plan_scale.py).
     """
     if objective not in PLAN_OBJECTIVES:
         raise ConfigError(f"unknown plan objective {objective!r}; allowed: {list(PLAN_OBJECTIVES)}")
@@ -739,13 +744,15 @@ def plan_fleet(
     # the estimate where it can decide the plan (`kairosd.planner.pruning`), NaN elsewhere
     estimate = lambda rows: joint.estimate_qps(configs[rows], ub[rows])
     score_of = lambda e, u: kairos_score(e, u, shrink)
-    if objective == "min_cost" and total > 0:
+    if not prune:
+        est = estimate(np.arange(len(configs)))
+    elif objective == "min_cost" and total > 0:
         est = cheapest_cover_estimates(cost_micro, ub, estimate, headroom * total, pool)
     else:
         est = np.full(len(configs), np.nan)
-    if objective == "max_throughput":
+    if prune and objective == "max_throughput":
         est[pool] = kairos_estimates(ub[pool], lambda rows: estimate(pool[rows]), score_of, within=tolerance)
-    space = (_part_space(joint, rates, prices, budget_usd_per_hour, caps)
+    space = (_part_space(joint, rates, prices, budget_usd_per_hour, caps, prune=prune)
              if partition and np.count_nonzero(rates > 0) >= 2 else None)
 
     def plan(row: int, reason: str) -> FleetPlan:
