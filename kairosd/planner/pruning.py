@@ -1,7 +1,7 @@
 """Queue-aware estimates only for the configurations that can decide a choice.
 
 The estimate is at most the bound (`queue_estimate` and `JointModel.estimate_qps` bisect in [0, bound]),
-so what `kairos` ranks by, est^(1 − shrink)·ub^shrink, is at most the bound too. Two choices need the
+so what `kairos` ranks by, est^(1 − shrink)·ub^shrink, is at most the bound too. Three uses need the
 estimate of few configurations:
   * the highest score (`kairos_estimates`): estimated in order of bound, high to low, a chunk at a time,
     every configuration after the first whose bound is below (1 − within) times the best score so far
@@ -35,12 +35,11 @@ def kairos_estimates(ub: np.ndarray, estimate: Estimate, score: Callable[[np.nda
                      within: float, known: np.ndarray | None = None, chunk: int = PRUNE_CHUNK) -> np.ndarray:
     """The estimate of every row whose bound `ub` is at least (1 − `within`) times the best `score(est, ub)`
     among them (and of the rows below that asked in the same call), NaN for the others: rows are asked in
-    the order of bound, high to low, then row order, for as long as the next one's bound reaches (1 −
-    `within`) times the best score so far.
-    `known`: estimates already made (NaN: not yet), reused and not asked again. `chunk` rows are asked
-    first, then twice as many each time. E.g. bounds (10, 9, 5),
-    estimates (6, 8, 5), score = est, within 0.05: rows 0 and 1 are estimated (best 8), and row 2, whose
-    bound 5 is below 0.95 × 8, is not."""
+    the order of bound, high to low, then row order, `chunk` first, then twice as many each time, for as
+    long as the next one's bound reaches (1 − `within`) times the best score so far. `known`: estimates
+    already made (NaN: not yet), reused and not asked again. E.g. bounds (10, 9, 5), estimates (6, 8, 5),
+    score = est, within 0.05, chunk 1: rows 0 and 1 are asked (best 8), and row 2, whose bound 5 is below
+    0.95 × 8, is not."""
     if not 0.0 <= within < 1.0:
         raise ValueError(f"within must be in [0, 1), got {within}")
     ub = np.asarray(ub, dtype=float)

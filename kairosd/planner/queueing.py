@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy.special import gammaincc, gammaln
 
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import TAIL_GRID, BoundModel, upper_bound
@@ -20,6 +21,8 @@ QUEUE_BISECT_STEPS = 24
 PREF_ROUNDS = 6
 # the p99 target is judged over windows of this many queries (`planning_eps`)
 P99_WINDOW_QUERIES = 5_000
+# `erlang_b` takes the closed form while P(N ≤ c) is above this (far from underflow), else the recurrence
+ERLANG_B_MIN_CDF = 1e-250
 
 
 def planning_eps(eps: float = QUEUE_EPS, window_queries: int | None = P99_WINDOW_QUERIES) -> float:
@@ -39,14 +42,25 @@ def planning_eps(eps: float = QUEUE_EPS, window_queries: int | None = P99_WINDOW
 
 
 def erlang_b(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """P(all busy) seen by an arrival in M/M/c/c (c = `servers`, a = `load` Erlangs), vectorised: the
-    share of an offered stream that overflows a pool with no queue. B_0 = 1, B_k = a·B_{k−1}/(k + a·B_{k−1}).
+    """P(all busy) seen by an arrival in M/M/c/c (c = `servers`, whole instances, a = `load` Erlangs),
+    vectorised: the share of an offered stream that overflows a pool with no queue. B = P(N = c)/P(N ≤ c)
+    for N Poisson of mean a (the pmf from log-gamma, the cdf the regularised incomplete gamma Q(c + 1, a));
+    where that cdf underflows (a far above c), the recurrence B_0 = 1, B_k = a·B_{k−1}/(k + a·B_{k−1}).
     E.g. c = 1: B = a/(1 + a); c = 2, a = 1: B = 0.2."""
-    c = np.asarray(servers, dtype=float)
-    a = np.asarray(load, dtype=float)
-    b = np.ones(np.broadcast(c, a).shape)
-    for k in range(1, int(np.max(c, initial=0)) + 1):
-        b = np.where(k <= c, a * b / (k + a * b), b)
+    c, a = np.broadcast_arrays(np.floor(np.asarray(servers, dtype=float)), np.asarray(load, dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        log_pmf = np.where(c > 0, c * np.log(a) - a - gammaln(c + 1.0), -a)
+        cdf = gammaincc(c + 1.0, a)
+        b = np.where(cdf > ERLANG_B_MIN_CDF, np.exp(log_pmf) / cdf, 1.0)
+    far = np.flatnonzero(cdf.ravel() <= ERLANG_B_MIN_CDF)
+    if len(far):
+        cf, af = c.ravel()[far], a.ravel()[far]
+        bf = np.ones(len(far))
+        for k in range(1, int(np.max(cf, initial=0)) + 1):
+            bf = np.where(k <= cf, af * bf / (k + af * bf), bf)
+        b = b.ravel().copy()
+        b[far] = bf
+        b = b.reshape(c.shape)
     return b
 
 

@@ -357,6 +357,20 @@ def test_erlang_b_and_c_worked_values() -> None:
     assert erlang_c(np.array([3.0]), np.array([3.5]))[0] == 1.0  # saturated
 
 
+def test_erlang_b_closed_form_is_the_recurrence() -> None:
+    """The closed form (Poisson pmf over cdf) against B_k = a·B_{k−1}/(k + a·B_{k−1}) on a grid of whole
+    servers and loads, from idle to far beyond the servers (where the cdf underflows and the recurrence
+    is used), in any array shape."""
+    c, a = np.meshgrid(np.arange(0.0, 301.0, 7.0), np.concatenate([[0.0], np.geomspace(1e-3, 5e3, 60)]))
+    want = np.ones(c.shape)
+    for k in range(1, 301):
+        want = np.where(k <= c, a * want / (k + a * want), want)
+    got = erlang_b(c, a)
+    assert got.shape == c.shape and np.isfinite(got).all()
+    assert np.allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert (got[0] == np.where(c[0] > 0, 0.0, 1.0)).all()  # no load: every server free, but for c = 0
+
+
 def test_hold_is_the_wait_at_which_a_busy_auxiliary_stops_being_cheaper() -> None:
     """Kairos sends a query to a busy auxiliary k rather than an idle base j while C_k·(T + L_k) ≤ C_j·L_j:
     the hold T = (C_j·L_j − C_k·L_k)/C_k, at most k's slack (QoS − its p99), 0 where k costs more."""
