@@ -46,16 +46,6 @@ from kairosd.sim import (
 )
 
 
-@pytest.fixture(scope="module")
-def wl() -> workload.KairosWorkload:
-    return workload.load_kairos()
-
-
-@pytest.fixture(scope="module")
-def pmf(wl: workload.KairosWorkload) -> np.ndarray:
-    return workload.mix_pmf("kairos", wl.profiles.max_batch, n=200_000)
-
-
 def one_batch(lat_s: tuple[float, float], qos_s: float) -> tuple[BoundModel, np.ndarray]:
     """A model whose every query is batch 10, on types (big, small) with the given latencies; ε = 0."""
     lat = np.zeros((2, 11))

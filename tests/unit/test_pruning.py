@@ -24,16 +24,6 @@ from kairosd.planner.joint import JointModel, _max_partition, _min_cost_partitio
 from kairosd.planner.pruning import PRUNE_CHUNK, cheapest_cover_estimates, frontier_estimates, kairos_estimates
 
 
-@pytest.fixture(scope="module")
-def wl() -> workload.KairosWorkload:
-    return workload.load_kairos()
-
-
-@pytest.fixture(scope="module")
-def pmf(wl: workload.KairosWorkload) -> np.ndarray:
-    return workload.mix_pmf("kairos", wl.profiles.max_batch, n=200_000)
-
-
 class Counted:
     """An estimate from a table of values that records which rows it was asked for."""
 

@@ -39,11 +39,6 @@ def flat_table(service_s: float = SERVICE_S) -> ProfileTable:
     return ProfileTable.build({"m": pts})
 
 
-@pytest.fixture(scope="module")
-def wl() -> workload.KairosWorkload:
-    return workload.load_kairos()
-
-
 def test_single_server_mean_latency_matches_pollaczek_khinchine() -> None:
     """M/D/1: mean wait W = ρ·s / (2(1 − ρ)); sojourn = W + s."""
     table = flat_table()

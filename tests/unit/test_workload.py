@@ -17,11 +17,6 @@ from kairosd.planner import BoundModel, batch_pmf
 DATA = workload.default_data_dir()
 
 
-@pytest.fixture(scope="module")
-def wl() -> workload.KairosWorkload:
-    return workload.load_kairos()
-
-
 def _summary_rows() -> list[dict[str, str]]:
     with (DATA / workload.SUMMARY_FILE).open(newline="") as f:
         return list(csv.DictReader(f))
