@@ -362,6 +362,10 @@ def run(args: argparse.Namespace) -> int:
         f"ranked in {rank_s * 1e3:.1f} ms "
         f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'})"
     )
+    if cands.est_qps is not None and np.isnan(cands.est_qps).any():
+        asked = int(np.count_nonzero(np.isfinite(cands.est_qps) & (cands.ub_qps > 0)))
+        print(f"estimated {asked} of them: the others serve nothing or have an upper bound (which no estimate or "
+              f"score exceeds) below {1 - CLOSE_SCORE:.0%} of the best score")
     print(format_table(cands, order[: args.top], evaluated, sel.config))
     qps = f"{sel.qps:.1f} qps" if sel.qps is not None else "not evaluated"
     if sel.qps is not None and len(inp.setups) > 1:

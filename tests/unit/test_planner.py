@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
@@ -697,6 +698,19 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert "(by upper bound)" in out and len(ubs) == 5 and ubs == sorted(ubs, reverse=True)
     assert "score within" not in out
     assert main(["plan", "--budget", "0.1", "--model", "wnd", "--selector", "kairos", "--no-eval"]) == 2  # nothing fits
+    # at 10 $/h only the configurations whose bound reaches 95% of the best score are estimated; the
+    # others come last in the table, with "-" for the estimate
+    assert main(["plan", "--budget", "10", "--model", "wnd", "--selector", "kairos", "--no-eval", "--top", "6000"]) == 0
+    out = capsys.readouterr().out
+    assert "5188 maximal configurations" in out
+    asked = re.search(r"estimated (\d+) of them: the others serve nothing or have an upper bound", out)
+    assert asked is not None and 0 < int(asked.group(1)) < 5188
+    est_col = [line.split()[7] for line in rows(out)]
+    assert len(est_col) == 5188 and "-" in est_col
+    first_unasked = est_col.index("-")
+    assert all(e == "-" for e in est_col[first_unasked:])
+    best = [float(line.split()[7]) ** 0.75 * float(line.split()[6]) ** 0.25 for line in rows(out)[:1]][0]
+    assert all(float(line.split()[6]) < 0.95 * best for line in rows(out)[first_unasked:] if float(line.split()[6]) > 0)
     # the p99 window: 0 plans over an endless stream, a negative one is refused
     assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--top", "1", "--p99-window", "0"]) == 0
     capsys.readouterr()
