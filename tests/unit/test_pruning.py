@@ -67,7 +67,7 @@ def test_cheapest_cover_estimates_worked_example() -> None:
     assert sorted(est.asked) == [1, 3] and np.isnan(got[[0, 2]]).all()
 
 
-@pytest.mark.parametrize(("model", "budget"), [("ncf", 9.0), ("rm2", 8.0)])
+@pytest.mark.parametrize(("model", "budget"), [("ncf", 8.0), ("rm2", 8.0)])
 def test_pruned_candidates_choose_as_the_full_ones(wl: workload.KairosWorkload, pmf: np.ndarray, model: str,
                                                    budget: float) -> None:
     """Same choice and close contenders; every estimate made is the full one's, and every row left out
@@ -115,7 +115,7 @@ def test_frontier_estimates_worked_example() -> None:
     assert got[0] == 4.0 and np.isnan(got[1]) and got[2] == 6.0 and est.asked == [0, 2]
 
 
-@pytest.mark.parametrize(("budget", "rates"), [(2.5, (100.0, 2000.0)), (3.5, (40.0, 5000.0)), (3.5, (150.0, 500.0))])
+@pytest.mark.parametrize(("budget", "rates"), [(2.5, (100.0, 2000.0)), (3.5, (40.0, 5000.0))])
 def test_partitions_from_the_frontier_estimates_are_those_of_every_estimate(
         wl: workload.KairosWorkload, pmf: np.ndarray, budget: float, rates: tuple[float, float]) -> None:
     """The partitioned plan's search (the largest λ, the budget left over, the cheapest cover) finds the
