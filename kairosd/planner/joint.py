@@ -513,14 +513,14 @@ class _PartSpace:
     unserved: tuple[int, ...]  # models without demand that no configuration can serve
     budget_micro: int
     caps: np.ndarray
-    ub_qps: dict[int, np.ndarray] = field(default_factory=dict)  # each model's `upper_bound` of every configuration
-    estimate: dict[int, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)  # rows → their estimates
+    ub_qps: dict[int, np.ndarray]  # each model's `upper_bound` of every configuration
+    estimate: dict[int, Callable[[np.ndarray], np.ndarray]]  # each model's: rows → their estimates
 
     def estimated(self, m: int, rows: np.ndarray, above: float) -> np.ndarray:
         """Model m's estimates of `rows`, each one not yet made asked now where its bound is above `above`
         (NaN where it is not: its estimate cannot be above `above`)."""
         est = self.est_qps[m]
-        todo = rows[np.isnan(est[rows]) & (self.ub_qps[m][rows] > above)] if m in self.estimate else rows[:0]
+        todo = rows[np.isnan(est[rows]) & (self.ub_qps[m][rows] > above)]
         if len(todo):
             est[todo] = self.estimate[m](todo)
         return est[rows]
@@ -744,14 +744,13 @@ def plan_fleet(
     # the estimate where it can decide the plan (`kairosd.planner.pruning`), NaN elsewhere
     estimate = lambda rows: joint.estimate_qps(configs[rows], ub[rows])
     score_of = lambda e, u: kairos_score(e, u, shrink)
+    est = np.full(len(configs), np.nan)
     if not prune:
         est = estimate(np.arange(len(configs)))
-    elif objective == "min_cost" and total > 0:
-        est = cheapest_cover_estimates(cost_micro, ub, estimate, headroom * total, pool)
-    else:
-        est = np.full(len(configs), np.nan)
-    if prune and objective == "max_throughput":
+    elif objective == "max_throughput":
         est[pool] = kairos_estimates(ub[pool], lambda rows: estimate(pool[rows]), score_of, within=tolerance)
+    elif total > 0:  # min_cost with no demand needs no estimate
+        est = cheapest_cover_estimates(cost_micro, ub, estimate, headroom * total, pool)
     space = (_part_space(joint, rates, prices, budget_usd_per_hour, caps, prune=prune)
              if partition and np.count_nonzero(rates > 0) >= 2 else None)
 

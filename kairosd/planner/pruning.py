@@ -44,9 +44,9 @@ def kairos_estimates(ub: np.ndarray, estimate: Estimate, score: Callable[[np.nda
         raise ValueError(f"within must be in [0, 1), got {within}")
     ub = np.asarray(ub, dtype=float)
     est = np.full(len(ub), np.nan) if known is None else np.array(known, dtype=float)
+    est[ub <= 0] = 0.0  # a row of bound 0 serves nothing: its estimate is 0 and its score too
     order = np.argsort(-ub, kind="stable")
-    order = order[ub[order] > 0]  # a row of bound 0 serves nothing: its estimate is 0 and its score too
-    est[np.setdiff1d(np.arange(len(ub)), order)] = 0.0
+    order = order[ub[order] > 0]
     best = 0.0
     done = ~np.isnan(est[order])
     if done.any():

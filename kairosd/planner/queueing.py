@@ -52,15 +52,13 @@ def erlang_b(servers: np.ndarray, load: np.ndarray) -> np.ndarray:
         log_pmf = np.where(c > 0, c * np.log(a) - a - gammaln(c + 1.0), -a)
         cdf = gammaincc(c + 1.0, a)
         b = np.where(cdf > ERLANG_B_MIN_CDF, np.exp(log_pmf) / cdf, 1.0)
-    far = np.flatnonzero(cdf.ravel() <= ERLANG_B_MIN_CDF)
-    if len(far):
-        cf, af = c.ravel()[far], a.ravel()[far]
-        bf = np.ones(len(far))
-        for k in range(1, int(np.max(cf, initial=0)) + 1):
+    far = cdf <= ERLANG_B_MIN_CDF
+    if far.any():
+        cf, af = c[far], a[far]
+        bf = np.ones(len(cf))
+        for k in range(1, int(np.max(cf)) + 1):
             bf = np.where(k <= cf, af * bf / (k + af * bf), bf)
-        b = b.ravel().copy()
         b[far] = bf
-        b = b.reshape(c.shape)
     return b
 
 
