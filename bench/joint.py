@@ -50,11 +50,11 @@ from kairosd.planner import (
     batch_pmf,
     enumerate_configs,
     make_candidates,
-    miss_from_samples,
     plan_fleet,
     select_kairos,
     upper_bound,
 )
+from kairosd.planner.tails import Tails, tails_from_relative
 from kairosd.sim import (
     MixStream,
     ServiceModel,
@@ -81,7 +81,7 @@ class PairInputs:
     stream: MixStream
     services: tuple[ServiceModel, ServiceModel]
     demand: tuple[ModelDemand, ModelDemand]
-    miss: dict[str, np.ndarray]
+    tails: dict[str, Tails]
     bound_models: tuple[BoundModel, BoundModel]
 
 
@@ -99,14 +99,17 @@ def pair_inputs(models: tuple[str, str], ratio: float, n_queries: int, seed: int
     stream = poisson_mix_stream(batches, rates, seed + 1)
     services = tuple(ServiceModel("samples", wl.samples.relative(m, wl.profiles.types), workload.GRID_STEP) for m in models)
     ti = [wl.profiles.type_index(t) for t in wl.types]
-    demand, miss, bms = [], {}, []
+    demand: list[ModelDemand] = []
+    tails: dict[str, Tails] = {}
+    bms: list[BoundModel] = []
     for g, m in enumerate(models):
         pmf = batch_pmf(stream.part(g).batches, wl.profiles.max_batch)
         mean_s = wl.profiles.mean_s[wl.profiles.model_index(m)][ti]
-        miss[m] = miss_from_samples(mean_s, wl.samples.relative(m, wl.types), wl.qos_s[m], workload.GRID_STEP)
+        tails[m] = tails_from_relative(mean_s, wl.samples.relative(m, wl.types), wl.qos_s[m], workload.GRID_STEP)
         demand.append(ModelDemand(m, rates[g], pmf))
-        bms.append(BoundModel.from_profiles(wl.profiles, m, wl.types, pmf, wl.qos_s[m], miss=miss[m]))
-    return PairInputs(models, rates, stream, (services[0], services[1]), (demand[0], demand[1]), miss, (bms[0], bms[1]))
+        bms.append(BoundModel.from_profiles(wl.profiles, m, wl.types, pmf, wl.qos_s[m], miss=tails[m].miss,
+                                            svc_cv2=tails[m].cv2, svc_quantiles=tails[m].quantiles))
+    return PairInputs(models, rates, stream, (services[0], services[1]), (demand[0], demand[1]), tails, (bms[0], bms[1]))
 
 
 def _label(types: tuple[str, ...], counts: tuple[int, ...]) -> str:
@@ -124,7 +127,7 @@ def joint_task(models: tuple[str, str], ratio: float, n_queries: int, seed: int,
     wl = _wl()
     inp = pair_inputs(models, ratio, n_queries, seed)
     t0 = time.perf_counter()
-    plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, list(inp.demand), wl.qos_s, miss=inp.miss,
+    plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, list(inp.demand), wl.qos_s, tails=inp.tails,
                       partition=partition)
     plan_s = time.perf_counter() - t0
     counts = tuple(plan.counts[t] for t in wl.types)

@@ -91,13 +91,16 @@ class ServiceModel:
 
     kind "none": the mean; "samples": the measured per-query samples of the cell the batch rounds up
     to (`relative[type, grid, k]`: samples / cell mean, types in ProfileTable order, grid batches
-    `grid_step`, 2·`grid_step`, …); "lognormal": a log-normal factor with coefficient of variation `cv`.
+    `grid_step`, 2·`grid_step`, …); "lognormal": a log-normal factor with coefficient of variation `cv`,
+    or, when `sigma[type, batch]` is given (e.g. `kairosd.planner.tails.profile_sigma`, the log-normal of
+    each batch's profiled mean and p99), with that σ per type and batch.
     """
 
     kind: str = "none"
     relative: np.ndarray | None = None
     grid_step: int = 10
     cv: float = 0.0
+    sigma: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NOISES:
@@ -114,7 +117,14 @@ class ServiceModel:
             return np.ascontiguousarray(mean)
         if self.kind == "lognormal":
             z = _norm_ppf(np.clip(stream.noise_u, 1e-9, 1 - 1e-9))
-            return mean * _lognormal_factor(self.cv, z)[:, None]
+            if self.sigma is None:
+                return mean * _lognormal_factor(self.cv, z)[:, None]
+            sig = np.asarray(self.sigma)
+            if sig.shape != profiles.mean_s.shape[1:]:
+                raise ConfigError(f"the log-normal σ table is {sig.shape}, the profiles' [type, batch] "
+                                  f"{profiles.mean_s.shape[1:]}: build it from the same profiles (profile_sigma)")
+            sig = sig[:, b].T  # [query, type]
+            return mean * np.exp(sig * z[:, None] - 0.5 * sig**2)
         rel = np.asarray(self.relative)
         if rel.shape[0] != len(profiles.types):
             raise ConfigError(f"sample noise covers {rel.shape[0]} types, the profiles {len(profiles.types)}")

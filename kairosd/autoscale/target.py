@@ -27,6 +27,7 @@ from kairosd.autoscale.load import LoadWindow
 from kairosd.config import Config, planning_tail
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
+from kairosd.planner.tails import profile_tails
 from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
@@ -148,10 +149,12 @@ def config_planner(config: Config, profiles: ProfileTable) -> Planner:
     types = [t for t in config.types if t in profiles.types]
     prices = [config.types[t].price_usd_per_hour for t in types]
     qos = dict(config.qos_s)
+    # each type's tail from its profile's mean and p99, per model with a QoS target
+    tails = {m: profile_tails(profiles, m, types, q) for m, q in qos.items() if m in profiles.models}
 
     def plan(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> FleetPlan:
         return plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, qos, objective=a.objective,
-                          headroom=a.headroom, unavailable=unavailable, tail=tail)
+                          headroom=a.headroom, unavailable=unavailable, tail=tail, tails=tails)
 
     return plan
 

@@ -28,6 +28,8 @@ SELECTOR_NAMES = ("kairos", "kairos_paper", "kairos_plus", "homogeneous", "exhau
 # the i-th simulated stream is drawn from seed --seed + i·STREAM_SEED_STEP (a stream takes two seeds: its
 # batches and its arrivals)
 STREAM_SEED_STEP = 10
+# draws of the batch mix the estimate is taken on (`workload.mix_pmf`)
+MIX_DRAWS = 200_000
 
 
 class ProgressBar:
@@ -109,7 +111,8 @@ class PlanInputs:
     types: tuple[str, ...]
     prices: np.ndarray
     qos_s: float
-    bound: BoundModel
+    model: BoundModel  # on the population mix (`--mix`): what `kairos` ranks by
+    bound: BoundModel  # on the simulated streams' batches: what Kairos+ prunes by
     setups: tuple[SimSetup, ...]  # every stream (`--streams`)
     stream: Callable[[int], SimSetup]  # the i-th stream's setup, for streams added later
 
@@ -124,7 +127,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd import config as config_mod
     from kairosd import workload
     from kairosd.catalogue import catalogue_from_config, load_catalogue
-    from kairosd.planner import BoundModel, batch_pmf, miss_from_samples, quantiles_from_samples
+    from kairosd.planner import BoundModel, batch_pmf
+    from kairosd.planner.tails import lognormal_tails, profile_sigma, tails_from_relative
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -186,26 +190,35 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
                                               mix=args.mix), qos_s=qos_s, slots=slots)
         batches = workload.sample_batches(args.mix, args.queries, np.random.default_rng(seed))
         return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
-                        ServiceModel(), slots)
+                        profile_service, slots)
+
+    # without measured samples, every query's service time is drawn from its batch's log-normal of the
+    # profile's mean and p99 (`profile_sigma`), in the simulator as in the estimate
+    mi = profiles.model_index(args.model)
+    sigma = profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi])
+    profile_service = ServiceModel("lognormal", sigma=sigma)
 
     setups = tuple(stream(i) for i in range(args.streams))
-    miss = quantiles = None
-    if wl is not None:
-        # the bound's per-type probability of missing QoS from the same measured samples the simulator draws
-        ti = [profiles.type_index(t) for t in types]
-        service = setups[0].service
+    # each type's tail as the simulator draws it (the measured samples, or the profile's log-normals):
+    # its probability of missing QoS without waiting, its service variability and distribution
+    ti = [profiles.type_index(t) for t in types]
+    service = setups[0].service
+    if wl is None:
+        tails = lognormal_tails(profiles.mean_s[mi][ti], sigma[ti], qos_s)
+    else:
         assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
-        mean_s, rel = profiles.mean_s[profiles.model_index(args.model)][ti], service.relative[ti]
-        miss = miss_from_samples(mean_s, rel, qos_s, service.grid_step)
-        # and the service time's distribution, against which the estimate weighs a wait
-        quantiles = quantiles_from_samples(mean_s, rel, service.grid_step)
-    # the bound on the very batches the simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly
-    # against its evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285
-    # simulated fleets in the planner benchmark did)
-    pmf = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
-    bound = BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=miss,
-                                     svc_quantiles=quantiles)
-    return PlanInputs(types, cat.prices(), qos_s, bound, setups, stream)
+        tails = tails_from_relative(profiles.mean_s[mi][ti], service.relative[ti], qos_s, service.grid_step)
+    # the estimate and score on the mix itself (the planner's input); the bound also on the very batches the
+    # simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly against its
+    # evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285 simulated fleets in
+    # the planner benchmark did)
+    def model_on(pmf: np.ndarray) -> BoundModel:
+        return BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=tails.miss,
+                                        svc_cv2=tails.cv2, svc_quantiles=tails.quantiles)
+
+    population = workload.mix_pmf(args.mix, profiles.max_batch, n=MIX_DRAWS, seed=args.seed)
+    streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
+    return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream)
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
@@ -318,15 +331,16 @@ def run(args: argparse.Namespace) -> int:
         if window < 0:
             raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
         # kairos needs the estimate only where the bound reaches the close contenders' scores
-        cands = make_candidates(inp.bound, inp.prices, args.budget, maximal_only=not args.all_configs,
+        cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs,
                                 window_queries=window or None,
-                                prune_within=CLOSE_SCORE if args.selector == "kairos" else None)
+                                prune_within=CLOSE_SCORE if args.selector == "kairos" else None,
+                                evaluated_on=inp.bound)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))
             raise ConfigError(f"no configuration of {list(inp.types)} fits a budget of {args.budget} $/h; the cheapest "
                               f"type, {inp.types[cheapest]}, costs {inp.prices[cheapest]} $/h: raise --budget")
-        bm = inp.bound
+        bm = inp.model
         if not (cands.ub_qps > 0).any():
             best = int(np.argmax(bm.coverage))
             raise ConfigError(
@@ -334,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
                 f"QoS, {bm.types[best]}, covers {100 * bm.coverage[best]:.1f}% of queries (up to batch "
                 f"{bm.threshold_batch[best]}); at least 99% is needed. Add a faster type, or relax --qos-ms"
             )
-        bound = partial(_bound_of, bm)
+        bound = partial(_bound_of, inp.bound)
         progress = ProgressBar(f"simulating ({args.selector})")
         evaluator: SimEvaluator | SeedsEvaluator
         if len(inp.setups) > 1:

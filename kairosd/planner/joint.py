@@ -91,6 +91,7 @@ from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.pruning import cheapest_cover_estimates, frontier_estimates, kairos_estimates
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
 from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
+from kairosd.planner.tails import Tails
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
@@ -644,6 +645,15 @@ def _label(types: Sequence[str], config: np.ndarray) -> str:
     return " + ".join(f"{int(c)}×{t}" for c, t in zip(config, types, strict=True) if c) or "(empty)"
 
 
+def _model_of(profiles: ProfileTable, types: tuple[str, ...], d: ModelDemand, qos_s: float, tail: bool,
+              t: Tails | None) -> BoundModel:
+    """One model's BoundModel over `types`, with its `Tails` when given (else no tail is modelled)."""
+    if t is None:
+        return BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s, tail=tail)
+    return BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s, tail=tail, miss=t.miss, svc_cv2=t.cv2,
+                                    svc_quantiles=t.quantiles)
+
+
 def plan_fleet(
     profiles: ProfileTable,
     types: Sequence[str],
@@ -656,7 +666,7 @@ def plan_fleet(
     headroom: float = DEFAULT_HEADROOM,
     unavailable: Collection[str] = (),
     max_counts: Sequence[int] | None = None,
-    miss: Mapping[str, np.ndarray] | None = None,
+    tails: Mapping[str, Tails] | None = None,
     tail: bool = True,
     tolerance: float = QUEUE_TOLERANCE,
     shrink: float = QUEUE_SHRINK,
@@ -681,9 +691,10 @@ def plan_fleet(
         empty fleet when `keep_warm` is False.
     Both objectives consider only configurations that can serve every listed model at some rate (a model
     with zero rate included), when any can. Types in `unavailable` get count 0 (names not in `types` are
-    ignored); `max_counts` caps each type. `miss[model]` ([type, batch], types as `types`): each type's
-    probability of missing QoS without waiting (e.g. `miss_from_samples`); default: the p99 (`tail`) or
-    mean table against QoS. `joint`: a JointModel of these models and demand to reuse (its cached duals);
+    ignored); `max_counts` caps each type. `tails[model]` (`kairosd.planner.tails`, types as `types`): each type's
+    probability of missing QoS without waiting, service variability and distribution, from measured
+    samples or from the profile's mean and p99 (`profile_tails`); default: the p99 (`tail`) or mean table
+    against QoS, every query at its mean. `joint`: a JointModel of these models and demand to reuse (its cached duals);
     by default one is built. Unknown objectives are refused with the allowed ones.
 
     With `partition` and two or more models with demand, the best partitioned fleet (module docstring:
@@ -720,8 +731,8 @@ def plan_fleet(
     off = [k for k, t in enumerate(types) if t in set(unavailable)]
     caps[off] = 0
     if joint is None:
-        models = [BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s[d.model], tail=tail,
-                                           miss=None if miss is None else miss.get(d.model)) for d in demand]
+        given = {} if tails is None else tails
+        models = [_model_of(profiles, types, d, qos_s[d.model], tail, given.get(d.model)) for d in demand]
         joint = JointModel.build(models, demand)
     elif joint.types != types or len(joint.models) != len(demand):
         raise ConfigError("the joint model given does not match these types and models")

@@ -56,10 +56,18 @@ class Candidates:
     budget_usd_per_hour: float
     configs: np.ndarray
     cost_usd_per_hour: np.ndarray
-    ub_qps: np.ndarray  # `upper_bound`: ranks, and prunes Kairos+
+    ub_qps: np.ndarray  # `upper_bound`: ranks, and prunes Kairos+ (unless `prune_ub_qps` is given)
     est_qps: np.ndarray | None = None  # queue-aware estimate (`queue_estimate`), when computed; NaN: not estimated
     paper_qps: np.ndarray | None = None  # `proportional_bound` (the paper's formula), ranks `kairos_paper`
     idle_miss: np.ndarray | None = None  # `idle_miss`: the share the idle fleet misses QoS on, when computed
+    # `upper_bound` on the evaluator's own batches where they are not the mix `ub_qps` is taken on (a few
+    # simulated streams against the population mix): Kairos+ prunes by it, so that it bounds what it prunes
+    prune_ub_qps: np.ndarray | None = None
+
+    @property
+    def pruning_bound(self) -> np.ndarray:
+        """The bound Kairos+ prunes by: `prune_ub_qps` when given, else `ub_qps`."""
+        return self.ub_qps if self.prune_ub_qps is None else self.prune_ub_qps
 
     def fragile(self, row: int, eps: float = QUEUE_EPS) -> bool:
         """Whether the fleet's idle dispatch already misses QoS on `FRAGILE_IDLE` of the p99 target's ε or
@@ -117,6 +125,7 @@ def make_candidates(
     estimate: bool = True,
     window_queries: int | None = P99_WINDOW_QUERIES,
     prune_within: float | None = None,
+    evaluated_on: BoundModel | None = None,
 ) -> Candidates:
     """Enumerate within the budget and bound every configuration (types = `bm.types`); with `estimate`,
     also the queue-aware estimate (`queue_estimate`) that the `kairos` selector ranks by, at the share of
@@ -124,7 +133,8 @@ def make_candidates(
     `prune_within`, only the configurations whose bound reaches (1 − prune_within) times the best
     `kairos_score` are estimated (`kairos_estimates`), the others NaN: enough for `select_kairos` at a
     tolerance ≤ prune_within and for `close_contenders` within it, not for Kairos+'s walk, which orders
-    every configuration by its estimate."""
+    every configuration by its estimate. `evaluated_on`: the same model on the batches an evaluator
+    runs (e.g. the simulated streams' own mix), whose bound Kairos+ prunes by (`prune_ub_qps`)."""
     prices = np.asarray(prices_usd_per_hour, dtype=float)
     if len(prices) != len(bm.types):
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
@@ -139,8 +149,9 @@ def make_candidates(
         else:
             est = kairos_estimates(ub, lambda rows: queue_estimate(configs[rows], bm, eps=eps, idle=idle[rows]),
                                    kairos_score, within=prune_within)
+    prune_ub = upper_bound(configs, evaluated_on) if evaluated_on is not None else None
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
-                      ub, est, proportional_bound(configs, bm), idle)
+                      ub, est, proportional_bound(configs, bm), idle, prune_ub)
 
 
 def rank(cands: Candidates) -> Candidates:
@@ -150,7 +161,8 @@ def rank(cands: Candidates) -> Candidates:
                       cands.cost_usd_per_hour[order], cands.ub_qps[order],
                       cands.est_qps[order] if cands.est_qps is not None else None,
                       cands.paper_qps[order] if cands.paper_qps is not None else None,
-                      cands.idle_miss[order] if cands.idle_miss is not None else None)
+                      cands.idle_miss[order] if cands.idle_miss is not None else None,
+                      cands.prune_ub_qps[order] if cands.prune_ub_qps is not None else None)
 
 
 class Evaluator(Protocol):
@@ -400,7 +412,8 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
 
     `order="bound"` walks by upper bound (the paper's walk, with `budget_share=None` exactly its
     Algorithm 1), `order="estimate"` by the queue-aware estimate; pruning uses only the true bound
-    in every order."""
+    in every order: `Candidates.pruning_bound`, the bound on the evaluator's own batches when the
+    candidates carry it."""
     if evaluator is None:
         raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
     if len(cands) == 0:
@@ -473,7 +486,7 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         if best_row < 0 or (qps > best_qps and clearly):
             best_qps, best_row, best_vec = qps, int(row), vec
         top_qps = max(known.values())
-        alive &= cands.ub_qps > top_qps
+        alive &= cands.pruning_bound > top_qps
         alive &= ~dominated_by(cands.configs, x, dom)
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
                      tuple(evaluated), checks, simulated, exact=not alive.any())

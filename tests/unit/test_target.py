@@ -94,10 +94,13 @@ def test_the_autoscaler_plans_on_the_feasibility_its_dispatcher_tests() -> None:
 
     from kairosd.planner.demand import ModelDemand
     from kairosd.planner.joint import plan_fleet
+    from kairosd.planner.tails import profile_tails
 
     cfg = config.load(REPO / "configs" / "autoscale.toml")
+    # an ncf target between its CPU types' mean and p99 latencies on this mix, where the two tests differ
+    cfg = dataclasses.replace(cfg, qos_s={**cfg.qos_s, "ncf": 0.005})
     profiles = load_profiles(cfg)
-    pmf = lognormal_pmf(256.0, 0.75, profiles.max_batch)
+    pmf = lognormal_pmf(64.0, 0.75, profiles.max_batch)
     demand = [ModelDemand(m, 200.0, pmf) for m in profiles.models]
     mean_cfg = dataclasses.replace(cfg, scheduler=dataclasses.replace(cfg.scheduler, policy_params={"tail": False}))
     assert config.planning_tail(cfg) and not config.planning_tail(mean_cfg)
@@ -106,6 +109,7 @@ def test_the_autoscaler_plans_on_the_feasibility_its_dispatcher_tests() -> None:
     types = [t for t in cfg.types if t in profiles.types]
     prices = [cfg.types[t].price_usd_per_hour for t in types]
     a = cfg.autoscaler
+    tails = {m: profile_tails(profiles, m, types, q) for m, q in cfg.qos_s.items() if m in profiles.models}
     assert on_mean == plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, dict(cfg.qos_s),
-                                 objective=a.objective, headroom=a.headroom, tail=False)
+                                 objective=a.objective, headroom=a.headroom, tail=False, tails=tails)
     assert on_mean.multiple != on_p99.multiple  # the two tests give this load different estimates

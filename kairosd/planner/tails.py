@@ -1,0 +1,90 @@
+"""Service-time tails for planning: what the queue-aware estimate needs of each type's latency
+distribution, from measured per-query samples or, without them, from a profile's mean and p99.
+
+The estimate reads three tables per [type, batch] (`BoundModel.from_profiles`): the probability of
+missing QoS without waiting (`miss`), the squared coefficient of variation of one query's service
+time (`cv2`), and the service time as equally likely values (`quantiles`), against which it weighs a
+wait. The Kairos authors' data carries 99 samples per (type, model, cell of 10 batches); a profile
+measured with `kairosd profile` carries a mean and a p99 per batch. For the latter, `profile_sigma`
+gives each batch the log-normal whose mean and p99 are the profile's (the simulator draws the same,
+`ServiceModel("lognormal", sigma=...)`), and `lognormal_tails` its tables: it keeps what the p99 says of a
+heavy tail (a type whose p99 is three times its mean misses a tight QoS target far more often than
+one whose p99 is near its mean), where planning on the mean and p99 alone would count a batch as
+always met or always missed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from kairosd.errors import ConfigError
+from kairosd.planner.bounds import cv2_from_samples, miss_from_samples, quantiles_from_samples
+from kairosd.profiles import ProfileTable
+
+# a service time's equally likely values in `Tails.quantiles` (as `quantiles_from_samples`)
+QUANTILES = 32
+Z99 = float(ndtri(0.99))
+# the largest p99/mean a log-normal reaches (its p99/mean peaks at σ = z99): exp(z99²/2) ≈ 15
+MAX_P99_RATIO = math.exp(Z99**2 / 2)
+
+
+@dataclass(frozen=True)
+class Tails:
+    """Per [type, batch 0..B]: `miss` P(service > QoS), `cv2` the service time's squared coefficient
+    of variation, `quantiles[type, batch, q]` the service time as equally likely values (seconds)."""
+
+    miss: np.ndarray
+    cv2: np.ndarray
+    quantiles: np.ndarray
+
+
+def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int) -> Tails:
+    """The tables from relative samples (`relative[type, grid cell, k]`, mean 1; batch b uses cell
+    ⌈b/grid_step⌉ − 1, as the simulator's "samples" noise draws them) around the profile means
+    `mean_s[type, batch]`."""
+    mean_s = np.asarray(mean_s, dtype=float)
+    return Tails(miss_from_samples(mean_s, relative, qos_s, grid_step),
+                 cv2_from_samples(relative, mean_s.shape[1], grid_step),
+                 quantiles_from_samples(mean_s, relative, grid_step))
+
+
+def profile_sigma(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:
+    """σ[type, batch] of the log-normal whose p99/mean is the profile's at each batch (`mean_s`, `p99_s`:
+    [type, batch]): exp(σ·z99 − σ²/2) = p99/mean gives σ = z99 − √(z99² − 2·ln(p99/mean)). A p99 at or
+    below the mean gives σ = 0 (every query at the mean), a ratio past `MAX_P99_RATIO` the σ of that
+    ratio. E.g. p99 = 2 × mean: σ = 0.32, and 2.3% of the queries take more than 1.8 × the mean."""
+    mean = np.asarray(mean_s, dtype=float)
+    p99 = np.asarray(p99_s, dtype=float)
+    if mean.shape != p99.shape:
+        raise ConfigError(f"the mean and p99 tables differ in shape: {mean.shape} and {p99.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(mean > 0, p99 / mean, 1.0)
+    ratio = np.clip(np.nan_to_num(ratio, nan=1.0), 1.0, MAX_P99_RATIO)
+    return Z99 - np.sqrt(np.maximum(Z99**2 - 2.0 * np.log(ratio), 0.0))
+
+
+def lognormal_tails(mean_s: np.ndarray, sigma: np.ndarray, qos_s: float, n: int = QUANTILES) -> Tails:
+    """The tables of log-normal service times with means `mean_s[type, batch]` and σ `sigma[type, batch]`,
+    in closed form: miss = P(S > QoS), cv² = exp(σ²) − 1, and `n` mid-quantiles (as `quantiles_from_samples`)."""
+    mean = np.asarray(mean_s, dtype=float)
+    sig = np.asarray(sigma, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # ln S = ln mean − σ²/2 + σ·Z: S > QoS ⇔ Z > (ln(QoS/mean) + σ²/2)/σ
+        z_qos = (np.log(qos_s / np.maximum(mean, 1e-300)) + 0.5 * sig**2) / sig
+    miss = np.where(sig > 0, ndtr(-np.nan_to_num(z_qos, nan=np.inf)), (mean > qos_s).astype(float))
+    z = ndtri((np.arange(n) + 0.5) / n)
+    quantiles = mean[:, :, None] * np.exp(sig[:, :, None] * z[None, None, :] - 0.5 * sig[:, :, None] ** 2)
+    return Tails(miss, np.expm1(sig**2), quantiles)
+
+
+def profile_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float) -> Tails:
+    """`Tails` for `types` (in this order) of `model` from the profile's mean and p99 (`profile_sigma`)."""
+    mi = profiles.model_index(model)
+    ti = [profiles.type_index(t) for t in types]
+    mean, p99 = profiles.mean_s[mi][ti], profiles.p99_s[mi][ti]
+    return lognormal_tails(mean, profile_sigma(mean, p99), qos_s)
