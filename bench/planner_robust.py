@@ -5,7 +5,10 @@ Workloads: `kairosd.synth.synth_workload(seed)` for the held-out seeds 1000, 100
 the authors' measured samples by scale factors, batch tilt and heavy tails; perturbed prices; fleets
 with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
   * the planner's inputs: the batch mix's population pmf (drawn apart from every simulated stream)
-    and each type's probability of missing QoS from the samples (`miss_from_samples`);
+    and each type's tail from the samples (`kairosd.planner.tails.tails_from_relative`: its probability
+    of missing QoS, service variability and distribution); `--planner-tails profile` gives the planner
+    only the profile's mean and p99 (each batch's log-normal of them, `profile_tails`, as `kairosd
+    plan --profiles` and the autoscaler plan), `none` neither (the tables alone);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise, Kairos
     dispatch), max QPS at p99 ≤ QoS by `max_qps` (below a light load it misses, typically 0); a
@@ -94,11 +97,8 @@ from kairosd.dispatch import feasibility_on_p99
 from kairosd.planner import (
     BoundModel,
     Candidates,
-    cv2_from_samples,
     homogeneous_configs,
     make_candidates,
-    miss_from_samples,
-    quantiles_from_samples,
     select_homogeneous,
     select_kairos,
     select_kairos_paper,
@@ -106,6 +106,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
+from kairosd.planner.tails import profile_tails, tails_from_relative
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
     MaxQps,
@@ -132,6 +133,11 @@ DISPATCH_RULES: dict[str, dict[str, object]] = {
     "paper": {"lookahead": 0, "hold": False, "tiers": False, "tail": False},
 }
 DISPATCH = "kairos"  # set once from `--dispatch` (`main`), read by `setups`
+# what the planner knows of each type's service-time tail (`--planner-tails`): the measured samples (the
+# authors' layout), the log-normals of the profile's mean and p99 alone (what `kairosd profile` measures,
+# `kairosd.planner.tails.profile_tails`), or nothing (the mean and p99 tables alone)
+PLANNER_TAILS = ("samples", "profile", "none")
+TAILS = "samples"  # set once from `--planner-tails` (`main`), read by `planner_model`
 
 
 def planner_model(sw: synth.SynthWorkload) -> BoundModel:
@@ -140,14 +146,17 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     as the simulated dispatch rule judges it (`DISPATCH`, as `kairosd plan --feasibility` is told)."""
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
-    ti = [wl.profiles.type_index(t) for t in wl.types]
-    mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
-    rel = wl.samples.relative(sw.model, wl.types)
-    miss = miss_from_samples(mean, rel, sw.qos_s, workload.GRID_STEP)
-    cv2 = cv2_from_samples(rel, mean.shape[1], workload.GRID_STEP)
-    quantiles = quantiles_from_samples(mean, rel, workload.GRID_STEP)
-    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=miss, svc_cv2=cv2,
-                                    svc_quantiles=quantiles, tail=feasibility_on_p99("kairos", DISPATCH_RULES[DISPATCH]))
+    tail = feasibility_on_p99("kairos", DISPATCH_RULES[DISPATCH])
+    if TAILS == "none":
+        return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, tail=tail)
+    if TAILS == "profile":
+        t = profile_tails(wl.profiles, sw.model, wl.types, sw.qos_s)
+    else:
+        ti = [wl.profiles.type_index(t) for t in wl.types]
+        mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
+        t = tails_from_relative(mean, wl.samples.relative(sw.model, wl.types), sw.qos_s, workload.GRID_STEP)
+    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=t.miss, svc_cv2=t.cv2,
+                                    svc_quantiles=t.quantiles, tail=tail)
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
@@ -734,14 +743,17 @@ def main() -> int:
                          "alone, which the planner's estimate does not model; the planner then judges QoS "
                          "feasibility on the mean, as it does for that rule); a file records it, and --rescore "
                          "and --refine use the file's")
+    ap.add_argument("--planner-tails", choices=PLANNER_TAILS, default="samples",
+                    help="what the planner knows of each type's tail: the measured samples (default), the log-normals "
+                         "of the profile's mean and p99 alone (what `kairosd profile` measures), or nothing")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     ap.add_argument("--light-check", nargs="+", default=None, metavar="FILE",
                     help="value 0 every recorded (fleet, stream) that misses the p99 target at max_qps's light load "
                          "(FILE judged by a search without that run); rewrites FILE")
     args = ap.parse_args()
-    global DISPATCH
-    DISPATCH = args.dispatch
+    global DISPATCH, TAILS
+    DISPATCH, TAILS = args.dispatch, args.planner_tails
     if args.light_check:
         for f in args.light_check:
             light_check_file(Path(f), args)

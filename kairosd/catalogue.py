@@ -105,6 +105,18 @@ def catalogue_from_config(cfg: Config) -> Catalogue:
     return Catalogue(tuple(types))
 
 
+def catalogue_of_prices(names: Sequence[str], prices_usd_per_hour: Sequence[float], source: str) -> Catalogue:
+    """Types known by name and price alone (e.g. the authors' `instance.json`, which a workload in their
+    layout carries): what planning needs. Each serves one query at a time on the onnxruntime backend."""
+    if len(names) != len(prices_usd_per_hour):
+        raise ConfigError(f"{source}: {len(prices_usd_per_hour)} prices for {len(names)} instance types")
+    bad = [n for n, p in zip(names, prices_usd_per_hour, strict=True) if not p > 0]
+    if bad:
+        raise ConfigError(f"{source}: instance types {bad} need a price > 0 to plan with them")
+    return Catalogue(tuple(InstanceType(n, float(p), False, "onnxruntime", 1)
+                           for n, p in zip(names, prices_usd_per_hour, strict=True)))
+
+
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
     """Load `configs/instance_types.toml` (or `path`); every error names the file and the key."""
     path = Path(path) if path is not None else DEFAULT_PATH

@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=10,
                         help="kairos_paper selector: size of the top cluster (default: %(default)s)")
-    parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml)")
+    parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml; with "
+                        "--data whose types it does not list, the data's instance.json names and prices)")
     parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA, else the "
                         "repository's data/kairos_profiles, else ../shared/data/kairos_profiles)")
@@ -126,7 +127,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     """Load catalogue, profiles and workload as the arguments say (shared with the benchmarks' style)."""
     from kairosd import config as config_mod
     from kairosd import workload
-    from kairosd.catalogue import catalogue_from_config, load_catalogue
+    from kairosd.catalogue import catalogue_from_config, catalogue_of_prices, load_catalogue
     from kairosd.planner import BoundModel, batch_pmf
     from kairosd.planner.tails import lognormal_tails, profile_sigma, tails_from_relative
     from kairosd.profiles import ProfileTable
@@ -152,6 +153,9 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         catalogue = load_catalogue(args.catalogue)
         wl = workload.load_kairos(args.data)
         profiles = wl.profiles
+        if args.catalogue is None and not set(catalogue.names) & set(wl.types):
+            # a workload of types of its own: plan over them at the prices its instance.json gives
+            catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data or 'the data'}/instance.json")
     if args.feasibility is None:
         args.feasibility = "p99"
     if args.policy is None:

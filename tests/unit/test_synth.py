@@ -85,3 +85,29 @@ def test_written_files_load_with_load_kairos(tmp_path: Path) -> None:
     back = synth.load_workload(out)
     assert back.types == sw.types and back.qos_s == sw.qos_s and back.mix == sw.mix
     assert back.workload.qos_s == {sw.model: sw.qos_s}
+
+
+def test_plan_over_a_workload_in_the_authors_layout_uses_its_types_prices_and_tails(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kairosd plan --data DIR` on a workload of types of its own (not in the catalogue): it plans over
+    its instance.json's types at their prices, with each type's tail from its samples, on the population
+    mix, and chooses what the planner library chooses from the same inputs."""
+    from kairosd.cli import main
+    from kairosd.planner import make_candidates, select_kairos
+    from kairosd.planner.tails import tails_from_relative
+
+    sw = synth.synth_workload(1003, max_configs=20)
+    out = synth.write_workload(sw, tmp_path / "w")
+    assert main(["plan", "--data", str(out), "--model", sw.model, "--qos-ms", str(sw.qos_s * 1e3), "--mix", sw.mix,
+                 "--budget", str(sw.budget_usd_per_hour), "--selector", "kairos", "--no-eval", "--top", "1"]) == 0
+    text = capsys.readouterr().out
+    wl = load_kairos(out)
+    ti = [wl.profiles.type_index(t) for t in wl.types]
+    mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
+    t = tails_from_relative(mean, wl.samples.relative(sw.model, wl.types), sw.qos_s, GRID_STEP)
+    bm = BoundModel.from_profiles(wl.profiles, sw.model, wl.types, mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000),
+                                  sw.qos_s, miss=t.miss, svc_cv2=t.cv2, svc_quantiles=t.quantiles)
+    cands = make_candidates(bm, wl.prices_usd_per_hour, sw.budget_usd_per_hour)
+    chosen = select_kairos(cands).config
+    assert f"\nkairos: {cands.label(chosen)}  cost {float(chosen @ cands.prices_usd_per_hour):.3f} $/h" in text, text
+    assert f"{len(cands)} maximal configurations" in text
