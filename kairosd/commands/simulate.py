@@ -28,8 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mix", choices=("kairos", "lognormal"), default="lognormal",
                         help="batch-size distribution (default: %(default)s)")
     parser.add_argument("--trace", help="CSV with columns arrival_s,batch to replay instead of Poisson arrivals and --mix")
-    parser.add_argument("--noise", choices=("samples", "none", "lognormal"), default="samples",
-                        help="service-time noise (default: measured samples; 'samples' needs the Kairos data)")
+    parser.add_argument("--noise", choices=("samples", "profile", "none", "lognormal"), default=None,
+                        help="service-time noise: the measured samples (the Kairos data's), each batch's log-normal "
+                             "of the profile's mean and p99 (profile), none, or one log-normal of --cv for all "
+                             "(default: samples with the Kairos data, profile with --profiles)")
     parser.add_argument("--cv", type=float, default=0.1, help="coefficient of variation of --noise lognormal")
     parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the Kairos target of the model)")
     parser.add_argument("--data", help="Kairos profile data directory")
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.catalogue import load_catalogue
     from kairosd.dispatch import feasibility_on_p99, make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
+    from kairosd.planner.tails import profile_sigma
     from kairosd.profiles import ProfileTable
     from kairosd.sim import (
         PathModel,
@@ -147,12 +150,17 @@ def run(args: argparse.Namespace) -> int:
         else:
             stream = poisson_stream(workload.sample_batches(args.mix, args.queries, rng), args.seed + 1)
             native_rate = None
-        if args.noise == "samples":
+        noise = args.noise or ("samples" if samples is not None else "profile")
+        if noise == "samples":
             if samples is None:
-                raise ConfigError("--noise samples needs the Kairos data; use --noise none or lognormal with --profiles")
+                raise ConfigError("--noise samples needs the Kairos data; with --profiles use --noise profile, none "
+                                  "or lognormal")
             service = ServiceModel("samples", samples.relative(args.model, profiles.types), workload.GRID_STEP)
+        elif noise == "profile":
+            mi = profiles.model_index(args.model)
+            service = ServiceModel("lognormal", sigma=profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]))
         else:
-            service = ServiceModel(args.noise, cv=args.cv)
+            service = ServiceModel(noise, cv=args.cv)
         factory = lambda: make_policy(args.policy, profiles, **params)
         factory()  # refuse unknown policies and parameters before simulating
         pmf = batch_pmf(stream.batches, profiles.max_batch)

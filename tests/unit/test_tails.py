@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,36 @@ def test_with_the_tails_the_estimate_follows_the_simulator_on_a_heavy_tail() -> 
     assert plain[1] < 0.6 * sim[1]  # the heavy fleet, every query at its p99
 
 
-def test_plan_over_profiles_plans_and_simulates_with_their_tails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`kairosd plan --profiles`: `kairos` ranks the steady type's fleet first (the tables alone tie
-    them), and Kairos+ simulates each query's service from its batch's fitted log-normal."""
+def _write_profiles(directory: Path) -> None:
+    write_csv(directory / "m.csv",
+              [ProfilePoint(t, b, 0.002, r * 0.002) for t, r in (("steady", 1.2), ("heavy", 3.0)) for b in (1, 64)])
+
+
+def test_simulate_over_profiles_draws_each_batch_from_its_profile(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`kairosd simulate --profiles`: by default every service from its batch's log-normal of the
+    profile's mean and p99, so a lightly loaded fleet's p99 is about the profile's; `--noise none`
+    serves every query at its mean."""
     from kairosd.cli import main
 
-    write_csv(tmp_path / "profiles" / "m.csv",
-              [ProfilePoint(t, b, 0.002, r * 0.002) for t, r in (("steady", 1.2), ("heavy", 3.0)) for b in (1, 64)])
+    _write_profiles(tmp_path)
+    args = ["simulate", "--profiles", str(tmp_path), "--model", "m", "--config", "heavy=3", "--qos-ms", "20",
+            "--rate", "50", "--queries", "4000", "--mix", "kairos"]
+    p99 = {}
+    for noise in ("profile", "none"):
+        assert main([*args, *(["--noise", noise] if noise == "none" else [])]) == 0
+        found = re.search(r"p99 ([0-9.]+) ms", capsys.readouterr().out)
+        assert found is not None
+        p99[noise] = float(found.group(1))
+    assert p99["profile"] == pytest.approx(6.0, rel=0.15) and p99["none"] == pytest.approx(2.0, rel=0.05), p99
+
+
+def test_plan_over_profiles_plans_and_simulates_with_their_tails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kairosd plan --profiles`: `kairos` ranks the steady type's fleet first and each heavy instance
+    for a steady one lower, and Kairos+ simulates each query's service from its batch's fitted log-normal."""
+    from kairosd.cli import main
+
+    _write_profiles(tmp_path / "profiles")
     (tmp_path / "types.toml").write_text(
         "".join(f'[types.{t}]\nprice_usd_per_hour = 0.1\ngpu = false\nbackend = "onnxruntime"\nslots = 1\n\n'
                 for t in ("steady", "heavy")))
