@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +34,10 @@ DUAL_LEVELS_LARGE: tuple[float, ...] = (1, 8)
 DUAL_LP_MAX_BATCHES = 100
 # batches per block when the waiting-tail weights are taken over service-time quantiles (memory bound)
 WAIT_MISS_CHUNK = 64
+# `_wait_miss_weights` results kept, most recently used last (a model's tables and its deadline-order ones)
+WAIT_MISS_CACHE = 4
+_WAIT_MISS_SEEN: OrderedDict[tuple[tuple[int, ...], float, bool, bytes], np.ndarray] = OrderedDict()
+_WAIT_MISS_LOCK = threading.Lock()
 
 
 def batch_pmf(batches: np.ndarray, max_batch: int) -> np.ndarray:
@@ -205,15 +212,15 @@ class BoundModel:
             slack_x = np.maximum(qos_s - typical, 0.0) / qos_s  # [type, support batch], in QoS units
             tail_w = (p_s * (1.0 - miss_s))[:, :, None] * np.exp(-slack_x[:, :, None] * TAIL_GRID[None, None, :])
         else:  # the same weight over the service time's distribution: no query misses alone but S > QoS
-            quantiles = np.asarray(svc_quantiles, dtype=float)[:, :nb][:, support_idx]
-            tail_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s)
+            quantiles = np.asarray(svc_quantiles, dtype=float)[:, :nb]
+            tail_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s)[:, support_idx]
         # the same from the lead the p99 test leaves (`band_lead`): a query served at its feasibility
         # latency has no slack beyond it, one served faster has the difference
         lead = np.where(feas_s <= qos_s, qos_s - feas_s, 0.0) / qos_s
         if svc_quantiles is None:
             edf_w = np.repeat((p_s * (1.0 - miss_s))[:, :, None], len(TAIL_GRID), axis=2)
         else:
-            edf_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s, start_s=np.minimum(feas_s, qos_s))
+            edf_w = p_s[None, :, None] * _wait_miss_weights(quantiles, qos_s, start_s=np.minimum(feas, qos_s))[:, support_idx]
         band_tail, band_tail_edf = (np.stack([np.stack([w[j, band_of == g].sum(axis=0) for g in range(n_bands)])
                                               for j in range(len(mean_s))]) for w in (tail_w, edf_w))
         band_lead = np.stack([np.bincount(band_of, weights=p_s * lead[j], minlength=n_bands) for j in range(len(mean_s))])
@@ -309,7 +316,31 @@ def _wait_miss_weights(quantiles_s: np.ndarray, qos_s: float, start_s: np.ndarra
     """E[1{S ≤ QoS}·exp(−x·(T − S)⁺/QoS)] per [type, batch, x of `TAIL_GRID`], S one query's service time
     given as equally likely values `quantiles_s[type, batch, q]` and T = QoS, or `start_s[type, batch]`:
     the share of a batch's queries that meet QoS alone and miss it after an exponential wait of rate
-    x/QoS (P(W > w) = exp(−x·w/QoS)) counted beyond T − S (with T = QoS, the wait that makes it late)."""
+    x/QoS (P(W > w) = exp(−x·w/QoS)) counted beyond T − S (with T = QoS, the wait that makes it late).
+    The last few results are kept (`WAIT_MISS_CACHE`, by the inputs' contents): a planner that rebuilds
+    its models for each new load (the autoscaler) asks for the same tables each time."""
+    start = None if start_s is None else np.ascontiguousarray(start_s, dtype=float)
+    q = np.ascontiguousarray(quantiles_s, dtype=float)
+    digest = hashlib.blake2b(q.tobytes(), digest_size=16)
+    if start is not None:
+        digest.update(start.tobytes())
+    key = (q.shape, float(qos_s), start is None, digest.digest())
+    with _WAIT_MISS_LOCK:  # the autoscaler plans on a worker thread
+        hit = _WAIT_MISS_SEEN.get(key)
+        if hit is not None:
+            _WAIT_MISS_SEEN.move_to_end(key)
+            return hit
+    table = _wait_miss_table(q, float(qos_s), start)
+    table.setflags(write=False)
+    with _WAIT_MISS_LOCK:
+        _WAIT_MISS_SEEN[key] = table
+        while len(_WAIT_MISS_SEEN) > WAIT_MISS_CACHE:
+            _WAIT_MISS_SEEN.popitem(last=False)
+    return table
+
+
+def _wait_miss_table(quantiles_s: np.ndarray, qos_s: float, start_s: np.ndarray | None) -> np.ndarray:
+    """`_wait_miss_weights`, computed."""
     n_types, n_batches, n_q = quantiles_s.shape
     out = np.zeros((n_types, n_batches, len(TAIL_GRID)))
     meets = quantiles_s <= qos_s
