@@ -15,7 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/local.toml")
     p.add_argument("--out", default=None, help="output directory (default: the config's models.profiles)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32,...,1024)")
-    p.add_argument("--reps", type=int, default=30, help="queries per (model, type, batch)")
+    p.add_argument("--reps", type=int, default=100,
+                   help="queries per (model, type, batch) (default: %(default)s; the planner reads each batch's tail "
+                        "from its mean and p99, and the p99 of a few dozen queries is about their slowest)")
     p.add_argument("--types", default=None, help="comma-separated instance types (default: all in [types])")
 
 
