@@ -116,6 +116,7 @@ class PlanInputs:
     bound: BoundModel  # on the simulated streams' batches: what Kairos+ prunes by
     setups: tuple[SimSetup, ...]  # every stream (`--streams`)
     stream: Callable[[int], SimSetup]  # the i-th stream's setup, for streams added later
+    tails: str  # where each type's tail comes from, as the header says it
 
     @property
     def setup(self) -> SimSetup:
@@ -222,7 +223,9 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
 
     population = workload.mix_pmf(args.mix, profiles.max_batch, n=MIX_DRAWS, seed=args.seed)
     streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
-    return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream)
+    source = ("the measured samples" if wl is not None
+              else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
+    return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream, source)
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
@@ -378,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
         f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), budget {args.budget:g} $/h, "
         f"{len(cands)} {'configurations' if args.all_configs else 'maximal configurations'} "
         f"ranked in {rank_s * 1e3:.1f} ms "
-        f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'})"
+        f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'}); "
+        f"service-time tails: {inp.tails}"
     )
     if cands.est_qps is not None and np.isnan(cands.est_qps).any():
         asked = int(np.count_nonzero(np.isfinite(cands.est_qps) & (cands.ub_qps > 0)))

@@ -136,6 +136,7 @@ def test_plan_over_profiles_plans_and_simulates_with_their_tails(tmp_path: Path,
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
     steady, heavy = int(rows[0][1]), int(rows[0][2])  # columns: rank, then the types in the catalogue's order
+    assert "service-time tails: each batch's log-normal of the profile's mean and p99" in out.splitlines()[0]
     assert (steady, heavy) == (3, 0) and out.splitlines()[2].endswith("<- chosen"), out
     assert [int(r[2]) for r in rows] == [0, 1, 2, 3]  # each heavy instance for a steady one ranks lower
     assert main([*base, "--selector", "kairos_plus", "--queries", "1000", "--workers", "1"]) == 0
