@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -77,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA, else the "
                         "repository's data/kairos_profiles, else ../shared/data/kairos_profiles)")
     parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
-    parser.add_argument("--mix", choices=("kairos", "lognormal"), default="kairos", help="batch-size mix (default: %(default)s)")
+    parser.add_argument("--mix", choices=("kairos", "lognormal"), default=None,
+                        help="batch-size mix (default: the one a --data workload's synth.json names, else kairos)")
     parser.add_argument(
         "--feasibility", choices=("p99", "mean"), default=None,
         help="judge QoS per batch on the p99 or the mean latency, in the bound and the dispatcher (default: as "
@@ -157,6 +159,12 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         if args.catalogue is None and not set(catalogue.names) & set(wl.types):
             # a workload of types of its own: plan over them at the prices its instance.json gives
             catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data or 'the data'}/instance.json")
+        if args.data is not None:
+            # a workload that describes itself (`kairosd.synth.write_workload`): its QoS target and mix
+            config_qos_s, described_mix = _described(Path(args.data))
+            args.mix = args.mix or described_mix
+    if args.mix is None:
+        args.mix = "kairos"
     if args.feasibility is None:
         args.feasibility = "p99"
     if args.policy is None:
@@ -226,6 +234,24 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     source = ("the measured samples" if wl is not None
               else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
     return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream, source)
+
+
+def _described(directory: Path) -> tuple[dict[str, float], str | None]:
+    """The QoS target ({model: seconds}) and batch mix a workload directory's `synth.json` gives, if it has one."""
+    from kairosd.synth import META_FILE
+
+    path = directory / META_FILE
+    if not path.is_file():
+        return {}, None
+    try:
+        meta = json.loads(path.read_text())
+        qos = {str(meta["model"]): float(meta["qos_ms"]) / 1e3}
+        mix = str(meta["mix"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a workload's description ({exc}); remove it or fix it") from None
+    if mix not in ("kairos", "lognormal"):
+        raise ConfigError(f"{path}: unknown batch mix {mix!r}; allowed: kairos, lognormal")
+    return qos, mix
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:

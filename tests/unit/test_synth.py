@@ -98,9 +98,12 @@ def test_plan_over_a_workload_in_the_authors_layout_uses_its_types_prices_and_ta
 
     sw = synth.synth_workload(1003, max_configs=20)
     out = synth.write_workload(sw, tmp_path / "w")
-    assert main(["plan", "--data", str(out), "--model", sw.model, "--qos-ms", str(sw.qos_s * 1e3), "--mix", sw.mix,
-                 "--budget", str(sw.budget_usd_per_hour), "--selector", "kairos", "--no-eval", "--top", "1"]) == 0
+    # the QoS target and the mix from the workload's own synth.json
+    args = ["plan", "--data", str(out), "--model", sw.model, "--budget", str(sw.budget_usd_per_hour), "--selector",
+            "kairos", "--no-eval", "--top", "1"]
+    assert main(args) == 0
     text = capsys.readouterr().out
+    assert f"QoS {sw.qos_s * 1e3:g} ms" in text
     wl = load_kairos(out)
     ti = [wl.profiles.type_index(t) for t in wl.types]
     mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
@@ -111,3 +114,5 @@ def test_plan_over_a_workload_in_the_authors_layout_uses_its_types_prices_and_ta
     chosen = select_kairos(cands).config
     assert f"\nkairos: {cands.label(chosen)}  cost {float(chosen @ cands.prices_usd_per_hour):.3f} $/h" in text, text
     assert f"{len(cands)} maximal configurations" in text and "service-time tails: the measured samples" in text
+    (out / synth.META_FILE).write_text("{}")
+    assert main(args) == 2  # a description without its fields is refused, naming the file
