@@ -91,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", default=None,
                         help="dispatch policy the simulator evaluates with (default: --config's scheduler.policy with its "
                         "policy_params, --feasibility setting kairos's tail; without --config, kairos)")
-    parser.add_argument("--queries", type=int, default=2000, help="queries per simulated run (default: %(default)s)")
+    parser.add_argument("--queries", type=int, default=6000,
+                        help="queries per simulated run (default: %(default)s, as the planner benchmark validates Kairos+)")
     parser.add_argument("--streams", type=int, default=3,
                         help="simulated streams (arrivals, batches and service noise drawn from seeds --seed, --seed + "
                         f"{STREAM_SEED_STEP}, ...): a fleet's simulated QPS is its mean over them, every fleet is run "

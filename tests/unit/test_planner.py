@@ -749,7 +749,7 @@ def test_plan_over_a_daemon_config(capsys: pytest.CaptureFixture[str], caplog: p
     ub = float(chosen.split("UB ")[1].split()[0])
     sim = float(chosen.split("simulated ")[1].split()[0])
     assert 0 < sim <= ub
-    assert "(mean of 3 streams of 2000 queries)" in chosen  # --streams 3, the default
+    assert "(mean of 3 streams of 6000 queries)" in chosen  # --streams 3 and --queries 6000, the defaults
     assert main(["plan", "--budget", "0.5", "--model", "dlrm", "--config", config, "--catalogue",
                  "configs/instance_types.toml"]) == 2
     assert "drop --catalogue" in caplog.text
