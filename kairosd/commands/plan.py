@@ -195,6 +195,12 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     slots = tuple(t.slots for t in cat.types)
 
+    # without measured samples, every query's service time is drawn from its batch's log-normal of the
+    # profile's mean and p99 (`profile_sigma`), in the simulator as in the estimate
+    mi = profiles.model_index(args.model)
+    sigma = profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]) if wl is None else None
+    profile_service = ServiceModel("lognormal", sigma=sigma)
+
     def stream(i: int) -> SimSetup:
         """The i-th simulated stream's setup (seed --seed + i·STREAM_SEED_STEP)."""
         seed = args.seed + i * STREAM_SEED_STEP
@@ -206,18 +212,12 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
                         profile_service, slots)
 
-    # without measured samples, every query's service time is drawn from its batch's log-normal of the
-    # profile's mean and p99 (`profile_sigma`), in the simulator as in the estimate
-    mi = profiles.model_index(args.model)
-    sigma = profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi])
-    profile_service = ServiceModel("lognormal", sigma=sigma)
-
     setups = tuple(stream(i) for i in range(args.streams))
     # each type's tail as the simulator draws it (the measured samples, or the profile's log-normals):
     # its probability of missing QoS without waiting, its service variability and distribution
     ti = [profiles.type_index(t) for t in types]
     service = setups[0].service
-    if wl is None:
+    if sigma is not None:
         tails = lognormal_tails(profiles.mean_s[mi][ti], sigma[ti], qos_s)
     else:
         assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them

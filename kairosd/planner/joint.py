@@ -694,7 +694,7 @@ def plan_fleet(
     ignored); `max_counts` caps each type. `tails[model]` (`kairosd.planner.tails`, types as `types`): each type's
     probability of missing QoS without waiting, service variability and distribution, from measured
     samples or from the profile's mean and p99 (`profile_tails`); default: the p99 (`tail`) or mean table
-    against QoS, every query at its mean. `joint`: a JointModel of these models and demand to reuse (its cached duals);
+    against QoS, every query served at that latency. `joint`: a JointModel of these models and demand to reuse (its cached duals);
     by default one is built. Unknown objectives are refused with the allowed ones.
 
     With `partition` and two or more models with demand, the best partitioned fleet (module docstring:

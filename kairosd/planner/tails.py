@@ -9,8 +9,8 @@ measured with `kairosd profile` carries a mean and a p99 per batch. For the latt
 gives each batch the log-normal whose mean and p99 are the profile's (the simulator draws the same,
 `ServiceModel("lognormal", sigma=...)`), and `lognormal_tails` its tables: it keeps what the p99 says of a
 heavy tail (a type whose p99 is three times its mean misses a tight QoS target far more often than
-one whose p99 is near its mean), where planning on the mean and p99 alone would count a batch as
-always met or always missed.
+one whose p99 is near its mean), where the mean and p99 tables alone count a batch as always met or
+always missed and weigh every wait against the p99, as though every query took that long.
 """
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, 
 def profile_sigma(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:
     """σ[type, batch] of the log-normal whose p99/mean is the profile's at each batch (`mean_s`, `p99_s`:
     [type, batch]): exp(σ·z99 − σ²/2) = p99/mean gives σ = z99 − √(z99² − 2·ln(p99/mean)). A p99 at or
-    below the mean gives σ = 0 (every query at the mean), a ratio past `MAX_P99_RATIO` the σ of that
-    ratio. E.g. p99 = 2 × mean: σ = 0.32, and 2.3% of the queries take more than 1.8 × the mean."""
+    below the mean gives σ = 0 (every query at the mean), a ratio past `MAX_P99_RATIO`, which no
+    log-normal reaches, σ = z99 (the widest p99). E.g. p99 = 2 × mean: σ = 0.32, and 2.3% of the queries
+    take more than 1.8 × the mean."""
     mean = np.asarray(mean_s, dtype=float)
     p99 = np.asarray(p99_s, dtype=float)
     if mean.shape != p99.shape:
