@@ -54,7 +54,7 @@ from kairosd.planner import (
     select_kairos,
     upper_bound,
 )
-from kairosd.planner.tails import Tails, tails_from_relative
+from kairosd.planner.tails import Tails, tailed_model, tails_from_relative
 from kairosd.sim import (
     MixStream,
     ServiceModel,
@@ -107,8 +107,7 @@ def pair_inputs(models: tuple[str, str], ratio: float, n_queries: int, seed: int
         mean_s = wl.profiles.mean_s[wl.profiles.model_index(m)][ti]
         tails[m] = tails_from_relative(mean_s, wl.samples.relative(m, wl.types), wl.qos_s[m], workload.GRID_STEP)
         demand.append(ModelDemand(m, rates[g], pmf))
-        bms.append(BoundModel.from_profiles(wl.profiles, m, wl.types, pmf, wl.qos_s[m], miss=tails[m].miss,
-                                            svc_cv2=tails[m].cv2, svc_quantiles=tails[m].quantiles))
+        bms.append(tailed_model(wl.profiles, m, wl.types, pmf, wl.qos_s[m], tails[m]))
     return PairInputs(models, rates, stream, (services[0], services[1]), (demand[0], demand[1]), tails, (bms[0], bms[1]))
 
 

@@ -106,7 +106,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.planner.tails import profile_tails, tails_from_relative
+from kairosd.planner.tails import Tails, profile_tails, tailed_model, tails_from_relative
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
     MaxQps,
@@ -147,16 +147,14 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     tail = feasibility_on_p99("kairos", DISPATCH_RULES[DISPATCH])
-    if TAILS == "none":
-        return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, tail=tail)
+    t: Tails | None = None
     if TAILS == "profile":
         t = profile_tails(wl.profiles, sw.model, wl.types, sw.qos_s)
-    else:
+    elif TAILS == "samples":
         ti = [wl.profiles.type_index(t) for t in wl.types]
         mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
         t = tails_from_relative(mean, wl.samples.relative(sw.model, wl.types), sw.qos_s, workload.GRID_STEP)
-    return BoundModel.from_profiles(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, miss=t.miss, svc_cv2=t.cv2,
-                                    svc_quantiles=t.quantiles, tail=tail)
+    return tailed_model(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, t, tail=tail)
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:

@@ -37,6 +37,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,19 +267,48 @@ def write_workload(sw: SynthWorkload, directory: str | Path) -> Path:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """What a workload directory's `synth.json` says of it: its model, QoS target and batch mix, and the
+    rest of the file (seed, budget, types) as read."""
+
+    model: str
+    qos_s: float
+    mix: str
+    meta: dict[str, Any]
+
+
+def describe(directory: str | Path) -> Description | None:
+    """The description `write_workload` leaves in `directory` (`synth.json`), None when it has none; a file
+    without a model, QoS target and known mix is refused, naming it."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        out = Description(str(meta["model"]), float(meta["qos_ms"]) / 1e3, str(meta["mix"]), meta)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a synthetic workload's description ({exc}); remove it or fix it") from None
+    if out.mix not in MIXES:
+        raise ConfigError(f"{path}: unknown batch mix {out.mix!r}; allowed: {', '.join(MIXES)}")
+    return out
+
+
 def load_workload(directory: str | Path) -> SynthWorkload:
     """A workload written by `write_workload`: `load_kairos(directory)` with the drawn QoS from `synth.json`."""
     directory = Path(directory)
+    d = describe(directory)
+    if d is None:
+        raise ConfigError(f"{directory / META_FILE}: no synthetic workload's description there")
+    meta, model, qos_s = d.meta, d.model, d.qos_s
     try:
-        meta = json.loads((directory / META_FILE).read_text())
         types = tuple(SynthType(**t) for t in meta["types"])
-        model, qos_s = str(meta["model"]), float(meta["qos_ms"]) / 1e3
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{directory / META_FILE}: not a synthetic workload's description ({exc})") from None
     wl = load_kairos(directory)
     wl = dataclasses.replace(wl, qos_s={model: qos_s})
     inf, load = _read_pairs(directory / SAMPLES_FILE, model, tuple(t.name for t in types))
-    return SynthWorkload(int(meta["seed"]), model, qos_s, float(meta["budget_usd_per_hour"]), str(meta["mix"]), types, wl,
+    return SynthWorkload(int(meta["seed"]), model, qos_s, float(meta["budget_usd_per_hour"]), d.mix, types, wl,
                          inf, load)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -130,10 +129,10 @@ class PlanInputs:
 def resolve(args: argparse.Namespace) -> PlanInputs:
     """Load catalogue, profiles and workload as the arguments say (shared with the benchmarks' style)."""
     from kairosd import config as config_mod
-    from kairosd import workload
+    from kairosd import synth, workload
     from kairosd.catalogue import catalogue_from_config, catalogue_of_prices, load_catalogue
-    from kairosd.planner import BoundModel, batch_pmf
-    from kairosd.planner.tails import lognormal_tails, profile_sigma, tails_from_relative
+    from kairosd.planner import batch_pmf
+    from kairosd.planner.tails import lognormal_tails, profile_sigma, tailed_model, tails_from_relative
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -160,10 +159,11 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         if args.catalogue is None and not set(catalogue.names) & set(wl.types):
             # a workload of types of its own: plan over them at the prices its instance.json gives
             catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data or 'the data'}/instance.json")
-        if args.data is not None:
+        described = synth.describe(args.data) if args.data is not None else None
+        if described is not None:
             # a workload that describes itself (`kairosd.synth.write_workload`): its QoS target and mix
-            config_qos_s, described_mix = _described(Path(args.data))
-            args.mix = args.mix or described_mix
+            config_qos_s = {described.model: described.qos_s}
+            args.mix = args.mix or described.mix
     if args.mix is None:
         args.mix = "kairos"
     if args.feasibility is None:
@@ -216,10 +216,10 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     # each type's tail as the simulator draws it (the measured samples, or the profile's log-normals):
     # its probability of missing QoS without waiting, its service variability and distribution
     ti = [profiles.type_index(t) for t in types]
-    service = setups[0].service
     if sigma is not None:
         tails = lognormal_tails(profiles.mean_s[mi][ti], sigma[ti], qos_s)
     else:
+        service = setups[0].service
         assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
         tails = tails_from_relative(profiles.mean_s[mi][ti], service.relative[ti], qos_s, service.grid_step)
     # the estimate and score on the mix itself (the planner's input); the bound also on the very batches the
@@ -227,32 +227,13 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     # evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285 simulated fleets in
     # the planner benchmark did)
     def model_on(pmf: np.ndarray) -> BoundModel:
-        return BoundModel.from_profiles(profiles, args.model, types, pmf, qos_s, tail=tail, miss=tails.miss,
-                                        svc_cv2=tails.cv2, svc_quantiles=tails.quantiles)
+        return tailed_model(profiles, args.model, types, pmf, qos_s, tails, tail=tail)
 
     population = workload.mix_pmf(args.mix, profiles.max_batch, n=MIX_DRAWS, seed=args.seed)
     streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     source = ("the measured samples" if wl is not None
               else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
     return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream, source)
-
-
-def _described(directory: Path) -> tuple[dict[str, float], str | None]:
-    """The QoS target ({model: seconds}) and batch mix a workload directory's `synth.json` gives, if it has one."""
-    from kairosd.synth import META_FILE
-
-    path = directory / META_FILE
-    if not path.is_file():
-        return {}, None
-    try:
-        meta = json.loads(path.read_text())
-        qos = {str(meta["model"]): float(meta["qos_ms"]) / 1e3}
-        mix = str(meta["mix"])
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a workload's description ({exc}); remove it or fix it") from None
-    if mix not in ("kairos", "lognormal"):
-        raise ConfigError(f"{path}: unknown batch mix {mix!r}; allowed: kairos, lognormal")
-    return qos, mix
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:

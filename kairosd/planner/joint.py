@@ -91,7 +91,7 @@ from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.pruning import cheapest_cover_estimates, frontier_estimates, kairos_estimates
 from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
 from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
-from kairosd.planner.tails import Tails
+from kairosd.planner.tails import Tails, tailed_model
 from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
@@ -645,15 +645,6 @@ def _label(types: Sequence[str], config: np.ndarray) -> str:
     return " + ".join(f"{int(c)}×{t}" for c, t in zip(config, types, strict=True) if c) or "(empty)"
 
 
-def _model_of(profiles: ProfileTable, types: tuple[str, ...], d: ModelDemand, qos_s: float, tail: bool,
-              t: Tails | None) -> BoundModel:
-    """One model's BoundModel over `types`, with its `Tails` when given (else no tail is modelled)."""
-    if t is None:
-        return BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s, tail=tail)
-    return BoundModel.from_profiles(profiles, d.model, types, d.batch_pmf, qos_s, tail=tail, miss=t.miss, svc_cv2=t.cv2,
-                                    svc_quantiles=t.quantiles)
-
-
 def plan_fleet(
     profiles: ProfileTable,
     types: Sequence[str],
@@ -732,7 +723,8 @@ def plan_fleet(
     caps[off] = 0
     if joint is None:
         given = {} if tails is None else tails
-        models = [_model_of(profiles, types, d, qos_s[d.model], tail, given.get(d.model)) for d in demand]
+        models = [tailed_model(profiles, d.model, types, d.batch_pmf, qos_s[d.model], given.get(d.model), tail=tail)
+                  for d in demand]
         joint = JointModel.build(models, demand)
     elif joint.types != types or len(joint.models) != len(demand):
         raise ConfigError("the joint model given does not match these types and models")

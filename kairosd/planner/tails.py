@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from kairosd.errors import ConfigError
-from kairosd.planner.bounds import cv2_from_samples, miss_from_samples, quantiles_from_samples
+from kairosd.planner.bounds import BoundModel, cv2_from_samples, miss_from_samples, quantiles_from_samples
 from kairosd.profiles import ProfileTable
 
 # a service time's equally likely values in `Tails.quantiles` (as `quantiles_from_samples`)
@@ -89,3 +89,13 @@ def profile_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_
     ti = [profiles.type_index(t) for t in types]
     mean, p99 = profiles.mean_s[mi][ti], profiles.p99_s[mi][ti]
     return lognormal_tails(mean, profile_sigma(mean, p99), qos_s)
+
+
+def tailed_model(profiles: ProfileTable, model: str, types: Sequence[str], pmf: np.ndarray, qos_s: float,
+                 tails: Tails | None, *, tail: bool = True) -> BoundModel:
+    """`BoundModel.from_profiles` of `model` over `types` with each type's `tails` (None: no tail modelled,
+    the tables alone)."""
+    if tails is None:
+        return BoundModel.from_profiles(profiles, model, types, pmf, qos_s, tail=tail)
+    return BoundModel.from_profiles(profiles, model, types, pmf, qos_s, tail=tail, miss=tails.miss, svc_cv2=tails.cv2,
+                                    svc_quantiles=tails.quantiles)
