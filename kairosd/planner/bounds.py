@@ -402,11 +402,10 @@ def proportional_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
 
     What it bounds: fleets whose dispatcher gives auxiliary k a sample of the queries b ≤ B_k in
     their mix proportions (the paper's model). It does NOT bound the Kairos dispatcher, which lets a
-    type specialise in the batches it serves best: on the planner benchmark the simulation exceeds it
-    on 378 of 2,285 fleets (up to 1.43×, ncf 3.5 $/h 3×g4dn + 2×r5n + 9×t3.xlarge). There the exact
-    LP's split has the base concentrate on the large batches (mean batch 485 served vs 240 under
-    proportional feeding) while the auxiliaries take the medium ones they still serve within QoS,
-    which proportional feeding forbids. The bound that ranks and prunes is `upper_bound`; this one
+    type specialise in the batches it serves best: the simulated rate can exceed it (the planner
+    benchmark, bench/results/planner.json, counts how often). There the exact LP's split has the base
+    concentrate on the large batches while the auxiliaries take the medium ones they still serve
+    within QoS, which proportional feeding forbids. The bound that ranks and prunes is `upper_bound`; this one
     is kept as the formula of the paper's item.
 
     Derivation (fluid model: queueing ignored, a stable fleet must fit the offered work into its
@@ -605,9 +604,9 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     set: the LP's optimal duals (HiGHS) at a grid of capacity-share directions of S (`DUAL_LEVELS`),
     computed once per subset (`dual_vectors`). A subset whose best type per batch meets QoS on less
     than 1 − ε of the mix gets 0 (no rate meets the target). The bound is exact w.r.t. the fluid
-    model, not w.r.t. queueing. Planner benchmark (2,285 fleets, 5 models × 3 budgets): no simulated
-    rate above it (min bound/sim 1.015), and within 0.03% of the exact LP at the median (p95 0.8%,
-    max 6.9%); the vectors cost 0.1-0.2 s per model for 4 types, ~1 s for 6 types, once (HiGHS re-solves, `planner.fluid_lp`).
+    model, not w.r.t. queueing; how close it comes to the exact LP, and whether a simulated rate ever
+    exceeds it, is measured by the planner benchmark (bench/planner.py, README). The vectors are
+    computed once per model (HiGHS re-solves, `planner.fluid_lp`).
 
     Worked example (unit tests). Mix: half batch 10, half batch 100; QoS 5 ms; base L = 1 ms, 3 ms;
     auxiliary L = 2 ms, 10 ms (misses QoS at 100). With ε = 0 (no slack):
