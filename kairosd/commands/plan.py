@@ -17,7 +17,7 @@ import numpy as np
 from kairosd.errors import ConfigError
 
 if TYPE_CHECKING:
-    from kairosd.planner import BoundModel, Candidates
+    from kairosd.planner import BoundModel, Candidates, Selection
     from kairosd.sim import SeedsEvaluator, SimEvaluator, SimSetup
 
 HELP = "rank instance configurations under an hourly budget (Kairos upper bound) and select one"
@@ -30,6 +30,9 @@ SELECTOR_NAMES = ("kairos", "kairos_paper", "kairos_plus", "homogeneous", "exhau
 STREAM_SEED_STEP = 10
 # draws of the batch mix the estimate is taken on (`workload.mix_pmf`)
 MIX_DRAWS = 200_000
+# kairos_plus: seconds of walking after which it simulates no further fleet (`--time-limit`); a plan then
+# takes about this long plus the evaluation under way
+PLUS_TIME_LIMIT_S = 60.0
 
 
 class ProgressBar:
@@ -102,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="queries over which the p99 is read: the kairos estimate allows 1%% of them over QoS less "
                         "one binomial standard deviation of a window's share (0: an endless stream, the full 1%%) "
                         "(default: 5000, kairosd.planner.P99_WINDOW_QUERIES)")
+    parser.add_argument("--time-limit", type=float, default=PLUS_TIME_LIMIT_S,
+                        help="kairos_plus: simulate no further fleet after this many seconds of walking, and choose the "
+                        "best simulated so far (the one in progress finishes; 0: no limit) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
     parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")
@@ -318,6 +324,17 @@ class _Logged:
         return self.evaluator.many(configs)
 
 
+def plus_outcome(sel: Selection, time_limit_s: float) -> str:
+    """How Kairos+'s walk ended, in one line: every other fleet pruned, its simulation budget spent, or
+    its time limit reached."""
+    if sel.exact:
+        return "kairos_plus: exact: every other fleet was pruned by its bound or by a simulated one"
+    if sel.timed_out:
+        return (f"kairos_plus: stopped at --time-limit {time_limit_s:g} s with fleets left to simulate: the best "
+                f"simulated so far (its walk puts the likeliest best first); raise --time-limit to walk further")
+    return "kairos_plus: its simulation budget spent; the fleets left are the less likely to be best (kairos order)"
+
+
 def evaluated_qps(evaluator: SimEvaluator | SeedsEvaluator) -> dict[tuple[int, ...], float]:
     """Every configuration simulated, with its (mean) max QPS."""
     from kairosd.sim import SeedsEvaluator
@@ -378,6 +395,10 @@ def run(args: argparse.Namespace) -> int:
         params: dict[str, object] = {"bm": bm} if args.selector == "homogeneous" else {}
         if args.selector == "kairos_paper":
             params["top_k"] = args.top_k
+        if args.selector == "kairos_plus":
+            if args.time_limit < 0:
+                raise ConfigError(f"--time-limit must be >= 0 seconds (0: no limit), got {args.time_limit}")
+            params["time_limit_s"] = args.time_limit or None
         sel = select(args.selector, cands, _Logged(evaluator, cands) if use_eval else None, **params)
     except ConfigError as exc:
         log.error("%s", exc)
@@ -405,6 +426,8 @@ def run(args: argparse.Namespace) -> int:
         f"UB {sel.ub_qps:.1f} qps  simulated {qps}  evaluations {sel.n_evals} "
         f"({100.0 * sel.n_evals / len(cands):.1f}% of {len(cands)})"
     )
+    if sel.selector == "kairos_plus":
+        print(plus_outcome(sel, args.time_limit))
     if args.selector == "kairos" and cands.est_qps is not None:
         row = cands.row_of(sel.config)
         assert row is not None  # the choice is one of the candidates

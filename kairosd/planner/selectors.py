@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -186,6 +187,7 @@ class Selection:
     n_checks: int = 0  # Kairos+: single-rate tests (each before a search, or ruling one out instead)
     n_configs: int = 0  # Kairos+: distinct configurations simulated (searched, tested, or both)
     exact: bool = True  # Kairos+: the walk ended with every other configuration pruned (not by its budget)
+    timed_out: bool = False  # Kairos+: the walk stopped at its time limit, with configurations left to try
 
 
 def _key(config: np.ndarray) -> tuple[int, ...]:
@@ -359,7 +361,8 @@ def _configs_in_share(n_configs: int, share: float) -> int:
 
 def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
                        dominates: np.ndarray | None = None, budget_share: float | None = PLUS_BUDGET_SHARE,
-                       tolerance: float = QUEUE_TOLERANCE) -> Selection:
+                       tolerance: float = QUEUE_TOLERANCE, time_limit_s: float | None = None,
+                       clock: Callable[[], float] = time.monotonic) -> Selection:
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
@@ -413,7 +416,13 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     `order="bound"` walks by upper bound (the paper's walk, with `budget_share=None` exactly its
     Algorithm 1), `order="estimate"` by the queue-aware estimate; pruning uses only the true bound
     in every order: `Candidates.pruning_bound`, the bound on the evaluator's own batches when the
-    candidates carry it."""
+    candidates carry it.
+
+    `time_limit_s`: the walk evaluates no further configuration once that long (by `clock`) has passed
+    since it began, and returns the best so far with `Selection.timed_out` set (and `exact` false); the
+    first configuration is always evaluated, and an evaluation under way when the limit passes
+    finishes. Large fleets take long to simulate: the walk's order puts the likeliest best first, so
+    what a limit cuts is the least likely to win."""
     if evaluator is None:
         raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
     if len(cands) == 0:
@@ -422,6 +431,9 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         raise ConfigError(f"kairos_plus order must be 'kairos', 'estimate' or 'bound', got {order!r}")
     if budget_share is not None and not 0.0 < budget_share <= 1.0:
         raise ConfigError(f"kairos_plus budget_share must be in (0, 1] or None, got {budget_share}")
+    if time_limit_s is not None and not time_limit_s > 0.0:
+        raise ConfigError(f"kairos_plus time_limit_s must be > 0 or None, got {time_limit_s}")
+    started = clock()
     if order == "kairos" and cands.est_qps is not None:
         walk = kairos_order(cands, tolerance=tolerance)
     elif order == "estimate" and cands.est_qps is not None:
@@ -446,11 +458,15 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     extended = False  # streams were added during the walk
     evaluated: list[tuple[tuple[int, ...], float]] = []
     known: dict[int, float] = {}  # evaluated rows: their mean QPS, over the streams they were last valued on
+    timed_out = False
     for row in walk:
         if not alive[row]:
             continue
         if simulated >= limit and best_qps > 0 and (
                 simulated >= stretch or est is None or est[row] * (1.0 + estimate_error(known, est)) < top_qps):
+            break
+        if best_row >= 0 and time_limit_s is not None and clock() - started >= time_limit_s:
+            timed_out = True
             break
         simulated += 1
         x = cands.configs[row]
@@ -489,7 +505,7 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
         alive &= cands.pruning_bound > top_qps
         alive &= ~dominated_by(cands.configs, x, dom)
     return Selection("kairos_plus", cands.configs[best_row], float(cands.ub_qps[best_row]), best_qps, len(evaluated),
-                     tuple(evaluated), checks, simulated, exact=not alive.any())
+                     tuple(evaluated), checks, simulated, exact=not alive.any(), timed_out=timed_out)
 
 
 def _check_rates(incumbent: np.ndarray | None, top_qps: float) -> list[float | np.ndarray]:

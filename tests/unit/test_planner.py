@@ -717,6 +717,26 @@ def test_plan_command_ranks_the_kairos_data(capsys: pytest.CaptureFixture[str], 
     assert main(["plan", "--budget", "2.5", "--model", "wnd", "--no-eval", "--p99-window", "-1"]) == 2
 
 
+def test_plan_command_kairos_plus_says_how_its_walk_ended(capsys: pytest.CaptureFixture[str]) -> None:
+    """`kairosd plan --selector kairos_plus` says whether its walk was exact, spent its simulation budget
+    or stopped at `--time-limit`; a limit the first simulation passes leaves that one fleet."""
+    from kairosd.cli import main
+
+    base = ["plan", "--budget", "2.5", "--model", "wnd", "--selector", "kairos_plus", "--queries", "1000",
+            "--streams", "1", "--workers", "1", "--top", "1"]
+    assert main(base) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"kairos_plus: (.+?)  cost .* evaluations (\d+) ", out)
+    assert found is not None and int(found.group(2)) >= 2, out
+    assert "kairos_plus: exact" in out or "kairos_plus: its simulation budget spent" in out, out
+    assert main([*base, "--time-limit", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    first = re.search(r"kairos_plus: (.+?)  cost .* evaluations 1 ", out)
+    assert first is not None, out
+    assert "kairos_plus: stopped at --time-limit 1e-06 s with fleets left to simulate" in out, out
+    assert main([*base, "--time-limit", "-1"]) == 2
+
+
 def test_plan_without_a_gpu_type(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
     from kairosd.cli import main
 
@@ -1117,6 +1137,40 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
     assert sel.n_configs == 3 and sel.exact
     with pytest.raises(ConfigError, match="budget_share"):
         select_kairos_plus(cands, lambda x: 1.0, budget_share=0.0)
+
+
+def test_kairos_plus_stops_at_its_time_limit_with_the_best_so_far() -> None:
+    """Past `time_limit_s` the walk simulates no further fleet: it returns the best of those it
+    simulated, says it timed out (not exact), and always simulates the first; without the limit the
+    same walk goes on."""
+    rng = np.random.default_rng(29)
+    bm = _random_model(rng, n_types=4)
+    c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
+    full_eval = CountingEvaluator(bm)
+    full = select_kairos_plus(c, full_eval, budget_share=None)
+    assert full.exact and not full.timed_out and len(full_eval.calls) >= 3
+
+    class StepClock:
+        """Seconds that pass only when an evaluation runs: one per evaluation."""
+
+        def __init__(self, evaluator: CountingEvaluator) -> None:
+            self.evaluator = evaluator
+
+        def __call__(self) -> float:
+            return float(len(self.evaluator.calls))
+
+    for limit in (1.0, 2.0):
+        ev = CountingEvaluator(bm)
+        kp = select_kairos_plus(c, ev, budget_share=None, time_limit_s=limit, clock=StepClock(ev))
+        assert ev.calls == full_eval.calls[: int(limit)]
+        assert kp.timed_out and not kp.exact and kp.n_evals == int(limit)
+        assert kp.qps == max(CountingEvaluator(bm)(np.array(x)) for x in ev.calls)
+    # a limit the walk never reaches changes nothing
+    ev = CountingEvaluator(bm)
+    kp = select_kairos_plus(c, ev, budget_share=None, time_limit_s=1e9, clock=StepClock(ev))
+    assert ev.calls == full_eval.calls and kp.exact and not kp.timed_out
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        select_kairos_plus(c, CountingEvaluator(bm), time_limit_s=0.0)
 
 
 def test_plus_limit_lets_a_second_fleet_check_the_first() -> None:
