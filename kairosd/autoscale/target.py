@@ -25,9 +25,10 @@ import numpy as np
 
 from kairosd.autoscale.load import LoadWindow
 from kairosd.config import Config, planning_tail
+from kairosd.emulation import ServiceCells, load_cells
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
-from kairosd.planner.tails import profile_tails
+from kairosd.planner.tails import Tails, profile_tails, tails_from_cells
 from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
@@ -149,14 +150,37 @@ def config_planner(config: Config, profiles: ProfileTable) -> Planner:
     types = [t for t in config.types if t in profiles.types]
     prices = [config.types[t].price_usd_per_hour for t in types]
     qos = dict(config.qos_s)
-    # each type's tail from its profile's mean and p99, per model with a QoS target
-    tails = {m: profile_tails(profiles, m, types, q) for m, q in qos.items() if m in profiles.models}
+    # each type's tail per model with a QoS target: what its instances draw when emulated, else from
+    # its profile's mean and p99
+    cells = emulated_cells(config, types)
+    tails = {m: config_tails(profiles, m, types, q, cells) for m, q in qos.items() if m in profiles.models}
 
     def plan(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> FleetPlan:
         return plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, qos, objective=a.objective,
                           headroom=a.headroom, unavailable=unavailable, tail=tail, tails=tails)
 
     return plan
+
+
+def emulated_cells(config: Config, types: Sequence[str]) -> dict[str, dict[str, ServiceCells]]:
+    """The service cells each emulated type among `types` draws from, per served model (`load_cells` with
+    the type's `emulate`, `emulate_data` and `emulate_models`, as its instances load them)."""
+    return {t: load_cells(config.types[t].emulate, config.types[t].emulate_data or "kairos", config.types[t].emulate_models)
+            for t in types if config.types[t].backend == "emulated"}
+
+
+def config_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float,
+                 cells: Mapping[str, Mapping[str, ServiceCells]]) -> Tails:
+    """Each type's tail for `model`: from the cells an emulated type's instances draw its service times
+    from (`cells[type][model]`, `tails_from_cells`), else from the profile's mean and p99 (`profile_tails`)."""
+    tails = profile_tails(profiles, model, types, qos_s)
+    rows = [k for k, t in enumerate(types) if model in cells.get(t, {})]
+    if not rows:
+        return tails
+    drawn = tails_from_cells([cells[types[k]][model] for k in rows], tails.miss.shape[1], qos_s)
+    miss, cv2, quantiles = tails.miss.copy(), tails.cv2.copy(), tails.quantiles.copy()
+    miss[rows], cv2[rows], quantiles[rows] = drawn.miss, drawn.cv2, drawn.quantiles
+    return Tails(miss, cv2, quantiles)
 
 
 def _fmt(counts: Mapping[str, int]) -> str:

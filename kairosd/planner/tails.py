@@ -4,7 +4,8 @@ distribution, from measured per-query samples or, without them, from a profile's
 The estimate reads three tables per [type, batch] (`BoundModel.from_profiles`): the probability of
 missing QoS without waiting (`miss`), the squared coefficient of variation of one query's service
 time (`cv2`), and the service time as equally likely values (`quantiles`), against which it weighs a
-wait. The Kairos authors' data carries 99 samples per (type, model, cell of 10 batches); a profile
+wait. The Kairos authors' data carries 99 samples per (type, model, cell of 10 batches), and an
+emulated instance draws its service times from such cells (`tails_from_cells`); a profile
 measured with `kairosd profile` carries a mean and a p99 per batch. For the latter, `profile_sigma`
 gives each batch the log-normal whose mean and p99 are the profile's (the simulator draws the same,
 `ServiceModel("lognormal", sigma=...)`), and `lognormal_tails` its tables: it keeps what the p99 says of a
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from kairosd.emulation import ServiceCells
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, cv2_from_samples, miss_from_samples, quantiles_from_samples
 from kairosd.profiles import ProfileTable
@@ -51,6 +53,24 @@ def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, 
     return Tails(miss_from_samples(mean_s, relative, qos_s, grid_step),
                  cv2_from_samples(relative, mean_s.shape[1], grid_step),
                  quantiles_from_samples(mean_s, relative, grid_step))
+
+
+def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float) -> Tails:
+    """The tables of the service times emulated instances draw (`emulation.ServiceCells`, one per type in
+    this order): batch b (0..n_batches−1) is timed at its cell (`ServiceCells.grid_index`), one of whose
+    samples, equally likely, is a query's service time; the quantiles are the cell's `QUANTILES`
+    mid-quantiles. E.g. a cell (2, 4, 6, 8 ms), QoS 5 ms: miss 0.5, cv² 0.2."""
+    mids = (np.arange(QUANTILES) + 0.5) / QUANTILES
+    miss = np.empty((len(cells), n_batches))
+    cv2 = np.empty((len(cells), n_batches))
+    quantiles = np.empty((len(cells), n_batches, QUANTILES))
+    for k, c in enumerate(cells):
+        samples = np.asarray(c.samples_s, dtype=float)
+        cell = np.minimum(np.searchsorted(c.batches, np.arange(n_batches), side="left"), len(c.batches) - 1)
+        miss[k] = (samples > qos_s).mean(axis=1)[cell]
+        cv2[k] = (samples.var(axis=1) / samples.mean(axis=1) ** 2)[cell]
+        quantiles[k] = np.quantile(samples, mids, axis=1, method="inverted_cdf").T[cell]
+    return Tails(miss, cv2, quantiles)
 
 
 def profile_sigma(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:

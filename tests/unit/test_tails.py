@@ -142,3 +142,18 @@ def test_plan_over_profiles_plans_and_simulates_with_their_tails(tmp_path: Path,
     assert main([*base, "--selector", "kairos_plus", "--queries", "1000", "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "kairos_plus: 3×steady" in out, out
+
+
+def test_tails_from_cells_are_the_cells_an_emulated_instance_draws() -> None:
+    """Each batch takes its cell's samples (the smallest measured batch at or above it, else the
+    largest), equally likely: P(> QoS), cv², and the mid-quantiles."""
+    from kairosd.emulation import ServiceCells
+    from kairosd.planner.tails import QUANTILES, tails_from_cells
+
+    cell = ServiceCells("m", np.array([10, 20]), np.array([[0.002, 0.004, 0.006, 0.008], [0.010, 0.010, 0.010, 0.010]]))
+    t = tails_from_cells([cell], 25, 0.005)
+    np.testing.assert_allclose(t.miss[0, [1, 10, 11, 20, 24]], [0.5, 0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(t.cv2[0, [1, 10, 15]], [0.2, 0.2, 0.0], atol=1e-12)
+    assert t.quantiles.shape == (1, 25, QUANTILES)
+    np.testing.assert_allclose(t.quantiles[0, 5, [0, QUANTILES - 1]], [0.002, 0.008])
+    assert (t.quantiles[0, 5] == 0.002).sum() == QUANTILES // 4

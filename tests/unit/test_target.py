@@ -113,3 +113,46 @@ def test_the_autoscaler_plans_on_the_feasibility_its_dispatcher_tests() -> None:
     assert on_mean == plan_fleet(profiles, types, prices, a.budget_usd_per_hour, demand, dict(cfg.qos_s),
                                  objective=a.objective, headroom=a.headroom, tail=False, tails=tails)
     assert on_mean.multiple != on_p99.multiple  # the two tests give this load different estimates
+
+
+def test_an_emulated_fleet_is_planned_with_the_service_times_its_instances_draw() -> None:
+    """An emulated type's tail is its instances' own cells (the authors' samples for `emulate_data =
+    "kairos"`), which on the Kairos mix's batches are the samples' tails the planner benchmark gives the
+    planner, not the log-normal through the profile's mean and p99 that a profiled type gets."""
+    import dataclasses
+
+    from kairosd import workload
+    from kairosd.autoscale.target import config_tails, emulated_cells
+    from kairosd.planner.demand import ModelDemand
+    from kairosd.planner.tails import profile_tails, tails_from_relative
+
+    cfg = config.load(REPO / "configs" / "emulated.toml")
+    profiles = load_profiles(cfg)
+    types = [t for t in cfg.types if t in profiles.types]
+    cells = emulated_cells(cfg, types)
+    assert sorted(cells) == sorted(types)
+    wl = workload.load_kairos()
+    grid = np.arange(10, profiles.max_batch + 1, 10)  # the batches the Kairos mix draws
+    for served, profile_model in cfg.types[types[0]].emulate_models.items():
+        qos = cfg.qos_s[served]
+        drawn = config_tails(profiles, served, types, qos, cells)
+        mi = wl.profiles.model_index(profile_model)
+        mean = wl.profiles.mean_s[mi][[wl.profiles.type_index(t) for t in types]]
+        samples = tails_from_relative(mean, wl.samples.relative(profile_model, types), qos, workload.GRID_STEP)
+        np.testing.assert_allclose(drawn.quantiles[:, grid], samples.quantiles[:, grid], rtol=1e-3)
+        np.testing.assert_allclose(drawn.cv2[:, grid], samples.cv2[:, grid], atol=1e-12)
+        assert np.abs(drawn.miss[:, grid] - samples.miss[:, grid]).max() <= 1.5 / 99  # a sample at QoS's edge
+        lognormal = profile_tails(profiles, served, types, qos)
+        assert np.abs(lognormal.miss[:, grid] - samples.miss[:, grid]).max() > 0.1
+    # a config without emulated types keeps every type's profile log-normal
+    local = config.load(REPO / "configs" / "autoscale.toml")
+    local_profiles = load_profiles(local)
+    local_types = [t for t in local.types if t in local_profiles.types]
+    assert emulated_cells(local, local_types) == {}
+    kept = config_tails(local_profiles, "ncf", local_types, local.qos_s["ncf"], {})
+    np.testing.assert_array_equal(kept.miss, profile_tails(local_profiles, "ncf", local_types, local.qos_s["ncf"]).miss)
+    # and the autoscaler plans the emulated fleet: rm2 (served as dlrm) at 2.5 $/h, the paper's fleet
+    cfg = dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=2.5))
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    plan = config_planner(cfg, profiles)([ModelDemand("dlrm", 50.0, pmf)], frozenset())
+    assert {t: n for t, n in plan.counts.items() if n} == {"g4dn.xlarge": 1, "r5n.large": 13}
