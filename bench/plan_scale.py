@@ -6,12 +6,14 @@ contenders; the table gives the configurations, the rows estimated, each way's w
 Workloads: the Kairos authors' profiles and AWS prices (the four types of `kairosd plan`), the models'
 QoS targets and the authors' batch mix, at hourly budgets from a few dollars (hundreds of maximal
 configurations) to tens (hundreds of thousands). The time is `make_candidates` alone (enumeration,
-bounds, estimates), as `kairosd plan --selector kairos` spends it before choosing.
+bounds, estimates), as `kairosd plan --selector kairos` spends it before choosing, with each type's tail
+from the authors' samples as `kairosd plan` gives it.
 
 A second table does the same for the autoscaler's plan (`plan_fleet`, `prune` on and off) for two models
 at once (rm2 at 100 q/s and ncf at 2,000 q/s, the authors' mix), both objectives: the shared fleet and
 the partitioned one (each instance pinned to a model) are both planned, the latter over every
-configuration within the budget, maximal or not. Both ways must give the same plan.
+configuration within the budget, maximal or not, with each type's tail from the profile's mean and p99
+(`profile_tails`) as the autoscaler gives it. Both ways must give the same plan.
 
     python bench/plan_scale.py [--models ncf,rm2] [--budgets 2.5,5,10,20,40] [--joint-budgets 2.5,5,10] [--repeats 3]
 
@@ -35,6 +37,7 @@ from kairosd import workload
 from kairosd.planner import CLOSE_SCORE, BoundModel, Candidates, close_contenders, make_candidates, select_kairos
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
+from kairosd.planner.tails import profile_tails, tailed_model, tails_from_relative
 
 
 def timed(bm: BoundModel, prices: np.ndarray, budget: float, prune: float | None, repeats: int) -> tuple[float, Candidates]:
@@ -58,6 +61,7 @@ def choice(cands: Candidates) -> tuple[list[int], list[int]]:
 def joint_rows(wl: workload.KairosWorkload, pmf: np.ndarray, budgets: list[float]) -> list[dict[str, Any]]:
     """The plan_fleet table: per budget and objective, each way's wall time, and whether the plans agree."""
     demand = [ModelDemand("rm2", 100.0, pmf), ModelDemand("ncf", 2000.0, pmf)]
+    tails = {d.model: profile_tails(wl.profiles, d.model, wl.types, wl.qos_s[d.model]) for d in demand}
     rows: list[dict[str, Any]] = []
     print(f"\n{'objective':14} {'$/h':>5} {'full s':>8} {'pruned s':>8} {'ratio':>6}  same  plan")
     for budget in budgets:
@@ -67,7 +71,7 @@ def joint_rows(wl: workload.KairosWorkload, pmf: np.ndarray, budgets: list[float
             for prune in (True, False):
                 t0 = time.perf_counter()
                 plans.append(plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, budget, demand, wl.qos_s,
-                                        objective=objective, prune=prune))
+                                        objective=objective, prune=prune, tails=tails))
                 times.append(time.perf_counter() - t0)
             same = plans[0] == plans[1]
             rows.append({"objective": objective, "budget_usd_per_hour": budget, "full_s": times[1], "pruned_s": times[0],
@@ -91,7 +95,9 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     print(f"{'model':6} {'$/h':>5} {'configs':>8} {'estimated':>9} {'full s':>8} {'pruned s':>8} {'ratio':>6}  same")
     for model in args.models.split(","):
-        bm = BoundModel.from_profiles(wl.profiles, model, wl.types, pmf, wl.qos_s[model])
+        mean_s = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in wl.types]]
+        tails = tails_from_relative(mean_s, wl.samples.relative(model, wl.types), wl.qos_s[model], workload.GRID_STEP)
+        bm = tailed_model(wl.profiles, model, wl.types, pmf, wl.qos_s[model], tails)
         for budget in (float(b) for b in args.budgets.split(",")):
             t_p, pruned = timed(bm, prices, budget, CLOSE_SCORE, args.repeats)
             t_f, full = timed(bm, prices, budget, None, args.repeats if len(pruned) <= 10_000 else 1)
