@@ -1,8 +1,10 @@
 """Service-time tables for emulated instances: what one instance of a measured type takes per query.
 
-Core rule: a query of batch `b` for a served model is timed as its profile model on the emulated type;
-`b` is rounded up to the data's batch grid (clamped to its largest batch), and the service time is one
-of that cell's samples drawn uniformly at random.
+Core rule: a query of batch `b` for a served model is timed as its profile model on the emulated type:
+one of the samples of `b`'s cell (the smallest measured batch ≥ `b`, else the largest), drawn uniformly
+at random, times the cells' mean interpolated at `b` over that cell's mean (`ServiceCells.scale`: 1 on
+a measured batch and outside the measured range). So an emulated instance serves every batch as the
+simulator draws it: the profile's interpolated mean times a relative sample of the batch's cell.
 
 Two sources of samples (`emulate_data`):
 - `"kairos"`: the Kairos authors' raw measurements (`kairosd.workload.load_samples`: total = inference +
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,23 +41,44 @@ class ServiceCells:
     profile_model: str
     batches: np.ndarray  # int, ascending
     samples_s: np.ndarray  # float[len(batches), k]
+    scale: np.ndarray = field(init=False, repr=False, compare=False)  # [batch 0..batches[-1]], see `scales`
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", scales(self.batches, self.samples_s))
 
     def grid_index(self, batch: int) -> int:
         """The cell a query of `batch` is timed at: the smallest measured batch ≥ `batch`, else the largest."""
         return min(int(np.searchsorted(self.batches, batch, side="left")), len(self.batches) - 1)
 
+    def scale_at(self, batch: int) -> float:
+        """What the cell's samples are multiplied by at `batch` (`scales`)."""
+        return float(self.scale[min(max(int(batch), 0), len(self.scale) - 1)])
+
     def draw(self, batch: int, rng: np.random.Generator) -> float:
         """One service time (seconds) for a query of `batch`."""
         cell = self.samples_s[self.grid_index(batch)]
-        return float(cell[int(rng.integers(len(cell)))])
+        return float(cell[int(rng.integers(len(cell)))]) * self.scale_at(batch)
 
     def quantile_s(self, batch: int, q: float) -> float:
         """The `q`-quantile (0..1) of the service time at `batch`: of the distribution `draw` samples from
-        (the cell's samples, equally likely), i.e. the smallest sample with a share ≥ q at or below it,
-        which is what a long measurement finds. E.g. 99 samples: the 0.99-quantile is the largest (98 of
-        99 at or below the second largest are 98.99%), where interpolating between the samples gives a
+        (the cell's samples, equally likely, scaled), i.e. the smallest sample with a share ≥ q at or below
+        it, which is what a long measurement finds. E.g. 99 samples: the 0.99-quantile is the largest (98
+        of 99 at or below the second largest are 98.99%), where interpolating between the samples gives a
         point between the two largest."""
-        return float(np.quantile(self.samples_s[self.grid_index(batch)], q, method="inverted_cdf"))
+        cell = self.samples_s[self.grid_index(batch)]
+        return float(np.quantile(cell, q, method="inverted_cdf")) * self.scale_at(batch)
+
+
+def scales(batches: np.ndarray, samples_s: np.ndarray) -> np.ndarray:
+    """Per batch 0..batches[-1]: the cells' means interpolated linearly at the batch (clamped outside the
+    measured range, as `profiles` interpolates a profile) over the mean of the batch's cell. E.g. cells at
+    batches 10 and 20 with means 5 and 10 ms: batch 15 is timed from the batch-20 cell × 0.75 (7.5 ms on
+    average), batch 20 × 1, batch 5 from the batch-10 cell × 1."""
+    batches = np.asarray(batches, dtype=np.int64)
+    means = np.asarray(samples_s, dtype=float).mean(axis=1)
+    b = np.arange(int(batches[-1]) + 1)
+    cell = np.minimum(np.searchsorted(batches, b, side="left"), len(batches) - 1)
+    return np.interp(b, batches, means) / means[cell]
 
 
 def lognormal_sigma(mean_s: float, p99_s: float) -> float:

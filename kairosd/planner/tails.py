@@ -57,19 +57,22 @@ def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, 
 
 def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float) -> Tails:
     """The tables of the service times emulated instances draw (`emulation.ServiceCells`, one per type in
-    this order): batch b (0..n_batches−1) is timed at its cell (`ServiceCells.grid_index`), one of whose
-    samples, equally likely, is a query's service time; the quantiles are the cell's `QUANTILES`
-    mid-quantiles. E.g. a cell (2, 4, 6, 8 ms), QoS 5 ms: miss 0.5, cv² 0.2."""
+    this order): a query of batch b (0..n_batches−1) takes one of its cell's samples
+    (`ServiceCells.grid_index`), equally likely, times the cell's scale at b (`ServiceCells.scale`); the
+    quantiles are the cell's `QUANTILES` mid-quantiles, scaled. E.g. a cell (2, 4, 6, 8 ms) at scale 1,
+    QoS 5 ms: miss 0.5, cv² 0.2."""
     mids = (np.arange(QUANTILES) + 0.5) / QUANTILES
+    batches = np.arange(n_batches)
     miss = np.empty((len(cells), n_batches))
     cv2 = np.empty((len(cells), n_batches))
     quantiles = np.empty((len(cells), n_batches, QUANTILES))
     for k, c in enumerate(cells):
         samples = np.asarray(c.samples_s, dtype=float)
-        cell = np.minimum(np.searchsorted(c.batches, np.arange(n_batches), side="left"), len(c.batches) - 1)
-        miss[k] = (samples > qos_s).mean(axis=1)[cell]
+        cell = np.minimum(np.searchsorted(c.batches, batches, side="left"), len(c.batches) - 1)
+        scale = c.scale[np.minimum(batches, len(c.scale) - 1)][:, None]
+        miss[k] = (samples[cell] * scale > qos_s).mean(axis=1)
         cv2[k] = (samples.var(axis=1) / samples.mean(axis=1) ** 2)[cell]
-        quantiles[k] = np.quantile(samples, mids, axis=1, method="inverted_cdf").T[cell]
+        quantiles[k] = np.quantile(samples, mids, axis=1, method="inverted_cdf").T[cell] * scale
     return Tails(miss, cv2, quantiles)
 
 

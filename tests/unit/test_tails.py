@@ -146,7 +146,8 @@ def test_plan_over_profiles_plans_and_simulates_with_their_tails(tmp_path: Path,
 
 def test_tails_from_cells_are_the_cells_an_emulated_instance_draws() -> None:
     """Each batch takes its cell's samples (the smallest measured batch at or above it, else the
-    largest), equally likely: P(> QoS), cv², and the mid-quantiles."""
+    largest), equally likely, times the cells' means interpolated at the batch over its cell's mean:
+    P(> QoS), cv², and the mid-quantiles."""
     from kairosd.emulation import ServiceCells
     from kairosd.planner.tails import QUANTILES, tails_from_cells
 
@@ -157,3 +158,7 @@ def test_tails_from_cells_are_the_cells_an_emulated_instance_draws() -> None:
     assert t.quantiles.shape == (1, 25, QUANTILES)
     np.testing.assert_allclose(t.quantiles[0, 5, [0, QUANTILES - 1]], [0.002, 0.008])
     assert (t.quantiles[0, 5] == 0.002).sum() == QUANTILES // 4
+    # batch 15: the batch-20 cell (10 ms) at the means' interpolation, 7.5 ms; batch 20: 10 ms
+    np.testing.assert_allclose(t.quantiles[0, [15, 20]], [[0.0075] * QUANTILES, [0.010] * QUANTILES])
+    assert cell.scale_at(15) == pytest.approx(0.75) and cell.quantile_s(15, 0.5) == pytest.approx(0.0075)
+    assert cell.scale_at(5) == cell.scale_at(10) == cell.scale_at(20) == cell.scale_at(500) == 1.0

@@ -117,8 +117,9 @@ def test_the_autoscaler_plans_on_the_feasibility_its_dispatcher_tests() -> None:
 
 def test_an_emulated_fleet_is_planned_with_the_service_times_its_instances_draw() -> None:
     """An emulated type's tail is its instances' own cells (the authors' samples for `emulate_data =
-    "kairos"`), which on the Kairos mix's batches are the samples' tails the planner benchmark gives the
-    planner, not the log-normal through the profile's mean and p99 that a profiled type gets."""
+    "kairos"`), which at every batch are the samples' tails the planner benchmark gives the planner and
+    the simulator draws from, not the log-normal through the profile's mean and p99 that a profiled type
+    gets."""
     import dataclasses
 
     from kairosd import workload
@@ -132,18 +133,18 @@ def test_an_emulated_fleet_is_planned_with_the_service_times_its_instances_draw(
     cells = emulated_cells(cfg, types)
     assert sorted(cells) == sorted(types)
     wl = workload.load_kairos()
-    grid = np.arange(10, profiles.max_batch + 1, 10)  # the batches the Kairos mix draws
+    batches = np.arange(1, profiles.max_batch + 1)
     for served, profile_model in cfg.types[types[0]].emulate_models.items():
         qos = cfg.qos_s[served]
         drawn = config_tails(profiles, served, types, qos, cells)
         mi = wl.profiles.model_index(profile_model)
         mean = wl.profiles.mean_s[mi][[wl.profiles.type_index(t) for t in types]]
         samples = tails_from_relative(mean, wl.samples.relative(profile_model, types), qos, workload.GRID_STEP)
-        np.testing.assert_allclose(drawn.quantiles[:, grid], samples.quantiles[:, grid], rtol=1e-3)
-        np.testing.assert_allclose(drawn.cv2[:, grid], samples.cv2[:, grid], atol=1e-12)
-        assert np.abs(drawn.miss[:, grid] - samples.miss[:, grid]).max() <= 1.5 / 99  # a sample at QoS's edge
+        np.testing.assert_allclose(drawn.quantiles[:, batches], samples.quantiles[:, batches], rtol=1e-3)
+        np.testing.assert_allclose(drawn.cv2[:, batches], samples.cv2[:, batches], atol=1e-12)
+        assert np.abs(drawn.miss[:, batches] - samples.miss[:, batches]).max() <= 1.5 / 99  # a sample at QoS's edge
         lognormal = profile_tails(profiles, served, types, qos)
-        assert np.abs(lognormal.miss[:, grid] - samples.miss[:, grid]).max() > 0.1
+        assert np.abs(lognormal.miss[:, batches] - samples.miss[:, batches]).max() > 0.1
     # a config without emulated types keeps every type's profile log-normal
     local = config.load(REPO / "configs" / "autoscale.toml")
     local_profiles = load_profiles(local)
