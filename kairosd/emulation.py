@@ -31,7 +31,6 @@ from kairosd.errors import ConfigError
 
 KAIROS_DATA = "kairos"
 LOGNORMAL_POINTS = 200  # samples per cell fitted to a profile CSV's mean and p99
-_Z99 = 2.3263478740408408  # Φ⁻¹(0.99)
 
 
 @dataclass(frozen=True)
@@ -81,20 +80,16 @@ def scales(batches: np.ndarray, samples_s: np.ndarray) -> np.ndarray:
     return np.interp(b, batches, means) / means[cell]
 
 
-def lognormal_sigma(mean_s: float, p99_s: float) -> float:
-    """σ of the log-normal with this mean and 99th percentile (see the module docstring)."""
-    if mean_s <= 0:
-        raise ConfigError(f"a profile mean must be > 0 to fit a service distribution, got {mean_s}")
-    r = math.log(p99_s / mean_s) if p99_s > mean_s else 0.0
-    disc = _Z99 * _Z99 - 2.0 * r
-    return _Z99 - math.sqrt(disc) if disc > 0 else _Z99
-
-
 def lognormal_cell(mean_s: float, p99_s: float, points: int = LOGNORMAL_POINTS) -> np.ndarray:
-    """`points` evenly spaced quantiles ((k + ½) / points) of the fitted log-normal, ascending."""
+    """`points` evenly spaced quantiles ((k + ½) / points) of the log-normal with this mean and 99th
+    percentile (σ: `planner.tails.profile_sigma`, the one the planner and the simulator fit), ascending."""
     from scipy.special import ndtri
 
-    sigma = lognormal_sigma(mean_s, p99_s)
+    from kairosd.planner.tails import profile_sigma  # here: the planner's tails import this module
+
+    if mean_s <= 0:
+        raise ConfigError(f"a profile mean must be > 0 to fit a service distribution, got {mean_s}")
+    sigma = float(profile_sigma(np.array([mean_s]), np.array([p99_s]))[0])
     mu = math.log(mean_s) - sigma * sigma / 2.0
     z = ndtri((np.arange(points) + 0.5) / points)
     return np.exp(mu + sigma * z)
