@@ -30,8 +30,9 @@ SELECTOR_NAMES = ("kairos", "kairos_paper", "kairos_plus", "homogeneous", "exhau
 STREAM_SEED_STEP = 10
 # draws of the batch mix the estimate is taken on (`workload.mix_pmf`)
 MIX_DRAWS = 200_000
-# kairos_plus: seconds of walking after which it simulates no further fleet (`--time-limit`); a plan then
-# takes about this long plus the evaluation under way
+# kairos_plus: seconds of walking within which it simulates (`--time-limit`): no fleet whose simulation,
+# as long as the longest so far, would end past it; a plan then takes about this long, or as long as its
+# first fleet's simulation when that alone is longer
 PLUS_TIME_LIMIT_S = 60.0
 
 
@@ -106,8 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "one binomial standard deviation of a window's share (0: an endless stream, the full 1%%) "
                         "(default: 5000, kairosd.planner.P99_WINDOW_QUERIES)")
     parser.add_argument("--time-limit", type=float, default=PLUS_TIME_LIMIT_S,
-                        help="kairos_plus: simulate no further fleet after this many seconds of walking, and choose the "
-                        "best simulated so far (the one in progress finishes; 0: no limit) (default: %(default)s)")
+                        help="kairos_plus: simulate no fleet whose simulation (as long as the longest so far) would end "
+                        "past this many seconds of walking, and choose the best simulated so far; the first fleet is "
+                        "always simulated (0: no limit) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
     parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")

@@ -418,10 +418,10 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     in every order: `Candidates.pruning_bound`, the bound on the evaluator's own batches when the
     candidates carry it.
 
-    `time_limit_s`: the walk evaluates no further configuration once that long (by `clock`) has passed
-    since it began, and returns the best so far with `Selection.timed_out` set (and `exact` false); the
-    first configuration is always evaluated, and an evaluation under way when the limit passes
-    finishes. Large fleets take long to simulate: the walk's order puts the likeliest best first, so
+    `time_limit_s`: the walk simulates no further configuration once the time since it began (by
+    `clock`) plus the longest any configuration has taken so far would pass the limit, and returns the
+    best so far with `Selection.timed_out` set (and `exact` false); the first configuration is always
+    simulated. Large fleets take long to simulate: the walk's order puts the likeliest best first, so
     what a limit cuts is the least likely to win."""
     if evaluator is None:
         raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
@@ -459,15 +459,21 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     evaluated: list[tuple[tuple[int, ...], float]] = []
     known: dict[int, float] = {}  # evaluated rows: their mean QPS, over the streams they were last valued on
     timed_out = False
+    longest = 0.0  # the longest a configuration has taken to simulate (test and search) so far
+    previous: float | None = None  # when the last simulated configuration began
     for row in walk:
         if not alive[row]:
             continue
         if simulated >= limit and best_qps > 0 and (
                 simulated >= stretch or est is None or est[row] * (1.0 + estimate_error(known, est)) < top_qps):
             break
-        if best_row >= 0 and time_limit_s is not None and clock() - started >= time_limit_s:
+        now = clock()
+        if previous is not None:
+            longest = max(longest, now - previous)
+        if best_row >= 0 and time_limit_s is not None and now - started + longest > time_limit_s:
             timed_out = True
             break
+        previous = now
         simulated += 1
         x = cands.configs[row]
         alive[row] = False

@@ -1140,9 +1140,9 @@ def test_kairos_plus_budget_starts_from_the_kairos_choice() -> None:
 
 
 def test_kairos_plus_stops_at_its_time_limit_with_the_best_so_far() -> None:
-    """Past `time_limit_s` the walk simulates no further fleet: it returns the best of those it
-    simulated, says it timed out (not exact), and always simulates the first; without the limit the
-    same walk goes on."""
+    """The walk simulates no further fleet once the time so far plus the longest a fleet has taken
+    would pass `time_limit_s`: it returns the best of those it simulated, says it timed out (not
+    exact), and always simulates the first; without the limit the same walk goes on."""
     rng = np.random.default_rng(29)
     bm = _random_model(rng, n_types=4)
     c = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 2.5)
@@ -1159,11 +1159,12 @@ def test_kairos_plus_stops_at_its_time_limit_with_the_best_so_far() -> None:
         def __call__(self) -> float:
             return float(len(self.evaluator.calls))
 
-    for limit in (1.0, 2.0):
+    # one second a fleet: a limit of 2.9 s leaves room for two (the third would end at 3 s), 2 s for two
+    for limit, fleets in ((0.5, 1), (1.0, 1), (1.5, 1), (2.0, 2), (2.9, 2)):
         ev = CountingEvaluator(bm)
         kp = select_kairos_plus(c, ev, budget_share=None, time_limit_s=limit, clock=StepClock(ev))
-        assert ev.calls == full_eval.calls[: int(limit)]
-        assert kp.timed_out and not kp.exact and kp.n_evals == int(limit)
+        assert ev.calls == full_eval.calls[:fleets], limit
+        assert kp.timed_out and not kp.exact and kp.n_evals == fleets
         assert kp.qps == max(CountingEvaluator(bm)(np.array(x)) for x in ev.calls)
     # a limit the walk never reaches changes nothing
     ev = CountingEvaluator(bm)
