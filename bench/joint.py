@@ -54,7 +54,7 @@ from kairosd.planner import (
     select_kairos,
     upper_bound,
 )
-from kairosd.planner.tails import Tails, tailed_model, tails_from_relative
+from kairosd.planner.tails import Tails, tailed_model, workload_tails
 from kairosd.sim import (
     MixStream,
     ServiceModel,
@@ -98,14 +98,12 @@ def pair_inputs(models: tuple[str, str], ratio: float, n_queries: int, seed: int
     batches = workload.kairos_batch_mix(n_queries, np.random.default_rng(seed))
     stream = poisson_mix_stream(batches, rates, seed + 1)
     services = tuple(ServiceModel("samples", wl.samples.relative(m, wl.profiles.types), workload.GRID_STEP) for m in models)
-    ti = [wl.profiles.type_index(t) for t in wl.types]
     demand: list[ModelDemand] = []
     tails: dict[str, Tails] = {}
     bms: list[BoundModel] = []
     for g, m in enumerate(models):
         pmf = batch_pmf(stream.part(g).batches, wl.profiles.max_batch)
-        mean_s = wl.profiles.mean_s[wl.profiles.model_index(m)][ti]
-        tails[m] = tails_from_relative(mean_s, wl.samples.relative(m, wl.types), wl.qos_s[m], workload.GRID_STEP)
+        tails[m] = workload_tails(wl, m, wl.types, wl.qos_s[m])
         demand.append(ModelDemand(m, rates[g], pmf))
         bms.append(tailed_model(wl.profiles, m, wl.types, pmf, wl.qos_s[m], tails[m]))
     return PairInputs(models, rates, stream, (services[0], services[1]), (demand[0], demand[1]), tails, (bms[0], bms[1]))

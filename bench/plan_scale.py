@@ -37,7 +37,7 @@ from kairosd import workload
 from kairosd.planner import CLOSE_SCORE, BoundModel, Candidates, close_contenders, make_candidates, select_kairos
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
-from kairosd.planner.tails import profile_tails, tailed_model, tails_from_relative
+from kairosd.planner.tails import profile_tails, tailed_model, workload_tails
 
 
 def timed(bm: BoundModel, prices: np.ndarray, budget: float, prune: float | None, repeats: int) -> tuple[float, Candidates]:
@@ -95,8 +95,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     print(f"{'model':6} {'$/h':>5} {'configs':>8} {'estimated':>9} {'full s':>8} {'pruned s':>8} {'ratio':>6}  same")
     for model in args.models.split(","):
-        mean_s = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in wl.types]]
-        tails = tails_from_relative(mean_s, wl.samples.relative(model, wl.types), wl.qos_s[model], workload.GRID_STEP)
+        tails = workload_tails(wl, model, wl.types, wl.qos_s[model])
         bm = tailed_model(wl.profiles, model, wl.types, pmf, wl.qos_s[model], tails)
         for budget in (float(b) for b in args.budgets.split(",")):
             t_p, pruned = timed(bm, prices, budget, CLOSE_SCORE, args.repeats)

@@ -106,7 +106,7 @@ from kairosd.planner import (
     type_dominance,
     upper_bound,
 )
-from kairosd.planner.tails import Tails, profile_tails, tailed_model, tails_from_relative
+from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
     MaxQps,
@@ -151,9 +151,7 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     if TAILS == "profile":
         t = profile_tails(wl.profiles, sw.model, wl.types, sw.qos_s)
     elif TAILS == "samples":
-        ti = [wl.profiles.type_index(t) for t in wl.types]
-        mean = wl.profiles.mean_s[wl.profiles.model_index(sw.model)][ti]
-        t = tails_from_relative(mean, wl.samples.relative(sw.model, wl.types), sw.qos_s, workload.GRID_STEP)
+        t = workload_tails(wl, sw.model, wl.types, sw.qos_s)
     return tailed_model(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, t, tail=tail)
 
 

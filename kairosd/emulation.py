@@ -49,9 +49,17 @@ class ServiceCells:
         """The cell a query of `batch` is timed at: the smallest measured batch ≥ `batch`, else the largest."""
         return min(int(np.searchsorted(self.batches, batch, side="left")), len(self.batches) - 1)
 
+    def grid_indices(self, batches: np.ndarray) -> np.ndarray:
+        """`grid_index` of every one of `batches`."""
+        return _cells_of(self.batches, batches)
+
     def scale_at(self, batch: int) -> float:
         """What the cell's samples are multiplied by at `batch` (`scales`)."""
         return float(self.scale[min(max(int(batch), 0), len(self.scale) - 1)])
+
+    def scales_at(self, batches: np.ndarray) -> np.ndarray:
+        """`scale_at` of every one of `batches`."""
+        return self.scale[np.clip(np.asarray(batches, dtype=np.int64), 0, len(self.scale) - 1)]
 
     def draw(self, batch: int, rng: np.random.Generator) -> float:
         """One service time (seconds) for a query of `batch`."""
@@ -76,8 +84,13 @@ def scales(batches: np.ndarray, samples_s: np.ndarray) -> np.ndarray:
     batches = np.asarray(batches, dtype=np.int64)
     means = np.asarray(samples_s, dtype=float).mean(axis=1)
     b = np.arange(int(batches[-1]) + 1)
-    cell = np.minimum(np.searchsorted(batches, b, side="left"), len(batches) - 1)
-    return np.interp(b, batches, means) / means[cell]
+    return np.interp(b, batches, means) / means[_cells_of(batches, b)]
+
+
+def _cells_of(grid: np.ndarray, batches: np.ndarray) -> np.ndarray:
+    """The cell of each of `batches` on the measured batches `grid` (ascending): the smallest measured
+    batch ≥ it, else the largest."""
+    return np.minimum(np.searchsorted(grid, batches, side="left"), len(grid) - 1)
 
 
 def lognormal_cell(mean_s: float, p99_s: float, points: int = LOGNORMAL_POINTS) -> np.ndarray:

@@ -165,7 +165,7 @@ def config_planner(config: Config, profiles: ProfileTable) -> Planner:
 def emulated_cells(config: Config, types: Sequence[str]) -> dict[str, dict[str, ServiceCells]]:
     """The service cells each emulated type among `types` draws from, per served model (`load_cells` with
     the type's `emulate`, `emulate_data` and `emulate_models`, as its instances load them)."""
-    return {t: load_cells(config.types[t].emulate, config.types[t].emulate_data or "kairos", config.types[t].emulate_models)
+    return {t: load_cells(config.types[t].emulate, config.types[t].emulate_data, config.types[t].emulate_models)
             for t in types if config.types[t].backend == "emulated"}
 
 

@@ -140,7 +140,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd import synth, workload
     from kairosd.catalogue import catalogue_from_config, catalogue_of_prices, load_catalogue
     from kairosd.planner import batch_pmf
-    from kairosd.planner.tails import lognormal_tails, profile_sigma, tailed_model, tails_from_relative
+    from kairosd.planner.tails import profile_sigma, profile_tails, tailed_model, workload_tails
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -223,17 +223,10 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     setups = tuple(stream(i) for i in range(args.streams))
     # each type's tail as the simulator draws it (the measured samples, or the profile's log-normals):
     # its probability of missing QoS without waiting, its service variability and distribution
-    ti = [profiles.type_index(t) for t in types]
-    if sigma is not None:
-        tails = lognormal_tails(profiles.mean_s[mi][ti], sigma[ti], qos_s)
-    else:
-        service = setups[0].service
-        assert service.relative is not None  # sim_setup's default noise is "samples", which always carries them
-        tails = tails_from_relative(profiles.mean_s[mi][ti], service.relative[ti], qos_s, service.grid_step)
+    tails = workload_tails(wl, args.model, types, qos_s) if wl is not None else profile_tails(profiles, args.model, types, qos_s)
     # the estimate and score on the mix itself (the planner's input); the bound also on the very batches the
     # simulator evaluates (the first --streams streams), so that Kairos+ prunes soundly against its
-    # evaluator: on the population mix a 2,000-query sample can run above it (68 of 2,285 simulated fleets in
-    # the planner benchmark did)
+    # evaluator: a short stream's batches can let a fleet run above the population mix's bound
     def model_on(pmf: np.ndarray) -> BoundModel:
         return tailed_model(profiles, args.model, types, pmf, qos_s, tails, tail=tail)
 

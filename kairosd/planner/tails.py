@@ -27,6 +27,7 @@ from kairosd.emulation import ServiceCells
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, cv2_from_samples, miss_from_samples, quantiles_from_samples
 from kairosd.profiles import ProfileTable
+from kairosd.workload import GRID_STEP, KairosWorkload
 
 # a service time's equally likely values in `Tails.quantiles` (as `quantiles_from_samples`)
 QUANTILES = 32
@@ -55,6 +56,14 @@ def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, 
                  quantiles_from_samples(mean_s, relative, grid_step))
 
 
+def workload_tails(wl: KairosWorkload, model: str, types: Sequence[str], qos_s: float) -> Tails:
+    """`Tails` for `types` (in this order) of `model` from a workload in the authors' layout: its measured
+    samples around its profile means (`tails_from_relative`), as the simulator's "samples" noise draws them."""
+    ti = [wl.profiles.type_index(t) for t in types]
+    mean = wl.profiles.mean_s[wl.profiles.model_index(model)][ti]
+    return tails_from_relative(mean, wl.samples.relative(model, types), qos_s, GRID_STEP)
+
+
 def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float) -> Tails:
     """The tables of the service times emulated instances draw (`emulation.ServiceCells`, one per type in
     this order): a query of batch b (0..n_batches−1) takes one of its cell's samples
@@ -68,8 +77,8 @@ def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float
     quantiles = np.empty((len(cells), n_batches, QUANTILES))
     for k, c in enumerate(cells):
         samples = np.asarray(c.samples_s, dtype=float)
-        cell = np.minimum(np.searchsorted(c.batches, batches, side="left"), len(c.batches) - 1)
-        scale = c.scale[np.minimum(batches, len(c.scale) - 1)][:, None]
+        cell = c.grid_indices(batches)
+        scale = c.scales_at(batches)[:, None]
         miss[k] = (samples[cell] * scale > qos_s).mean(axis=1)
         cv2[k] = (samples.var(axis=1) / samples.mean(axis=1) ** 2)[cell]
         quantiles[k] = np.quantile(samples, mids, axis=1, method="inverted_cdf").T[cell] * scale
