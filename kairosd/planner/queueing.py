@@ -119,11 +119,14 @@ def idle_miss(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
 
 
 def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EPS, steps: int = QUEUE_BISECT_STEPS,
-                   diversion: bool = True, idle: np.ndarray | None = None) -> np.ndarray:
+                   diversion: bool = True, idle: np.ndarray | None = None, other_bases: bool = True) -> np.ndarray:
     """A queue-aware estimate of each configuration's QPS at p99 ≤ QoS (≤ `upper_bound`), vectorised.
 
     Not a bound (never prune with it): a ranking signal for one-shot selection. The base is the present
-    type serving the largest share of the mix within QoS (`base_types`); auxiliaries take the queries
+    type serving the largest share of the mix within QoS (`base_types`), or, where the estimate is higher
+    with it, any other present type that alone serves all but `eps` of the mix within QoS without
+    waiting (`sufficient_types`: the estimate is the best of those routings; `other_bases=False`: the
+    `base_types` one alone); auxiliaries take the queries
     offered to them among those they are eligible for (`bm.band_eligible`: their p99 within QoS, batch
     by batch, as the dispatcher tests it), a band that several of them can take split among them in
     proportion to their capacity (`_capacity_split`), and the base the rest. The split and the waits
@@ -211,21 +214,48 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     """
     configs = np.atleast_2d(np.asarray(configs, dtype=np.int64))
     ub = upper_bound(configs, bm)
-    est = np.zeros(len(configs))
-    band_small_all = _band_tables(bm)[5]
-    n_types = len(bm.types)
     base = base_types(configs, bm)
+    est = _estimate_by_base(configs, bm, base, ub, eps, steps, diversion)
+    for t in sufficient_types(bm, eps) if other_bases else ():
+        rows = np.flatnonzero((configs[:, t] > 0) & (base != t))
+        if len(rows):
+            alt = _estimate_by_base(configs[rows], bm, np.full(len(rows), t), ub[rows], eps, steps, diversion)
+            est[rows] = np.maximum(est[rows], alt)
     if idle is None:
         idle = idle_miss(configs, bm)
-    for j in range(n_types):
+    return np.where(idle > eps, 0.0, est)
+
+
+def sufficient_types(bm: BoundModel, eps: float) -> np.ndarray:
+    """The types that could serve the whole mix alone within the share `eps` of misses without waiting
+    (`bm.within_qos`, else `coverage`, at least 1 − eps): each one present is a base `queue_estimate`
+    tries beside the one `base_types` picks.
+
+    Why: the base is the estimate's device, not the dispatcher's; the matching serves the waiting queries
+    on whichever free instance costs it least, so a fleet of two such types is served at least as well as
+    the better of the two routings that take either one as the base. A fleet's choice of base by the
+    largest share within QoS turns on differences far below ε (e.g. one type whose rare far tail leaves
+    0.03% of the mix over QoS), and taking the smaller type as the base makes five instances of the other
+    its auxiliaries. A type that misses more than ε alone is left out: as the base it leans on routing the
+    estimate models only roughly, and it overrates such fleets."""
+    share = bm.within_qos if bm.within_qos is not None else bm.coverage
+    return np.flatnonzero(np.asarray(share) >= 1.0 - eps)
+
+
+def _estimate_by_base(configs: np.ndarray, bm: BoundModel, base: np.ndarray, ub: np.ndarray, eps: float, steps: int,
+                      diversion: bool) -> np.ndarray:
+    """`queue_estimate` before the idle test, each configuration taken with the base type `base[i]`."""
+    est = np.zeros(len(configs))
+    band_small_all = _band_tables(bm)[5]
+    for j in np.unique(base):
         rows_j = np.flatnonzero((base == j) & (ub > 0))
         if len(rows_j) == 0:
             continue
         pref_j = bm.band_pref[j] if bm.band_pref is not None else None
-        for group, band_small, pref in _routing_groups(configs[rows_j], j, band_small_all, pref_j, bm.band_idle_cost):
+        for group, band_small, pref in _routing_groups(configs[rows_j], int(j), band_small_all, pref_j, bm.band_idle_cost):
             rows = rows_j[group]
-            est[rows] = _estimate_group(configs[rows], bm, j, ub[rows], band_small, pref, eps, steps, diversion)
-    return np.where(idle > eps, 0.0, est)
+            est[rows] = _estimate_group(configs[rows], bm, int(j), ub[rows], band_small, pref, eps, steps, diversion)
+    return est
 
 
 def _band_tables(bm: BoundModel) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -58,6 +58,7 @@ from kairosd.planner.queueing import (
     erlang_b,
     erlang_c,
     idle_miss,
+    sufficient_types,
 )
 
 QOS = 0.005
@@ -541,18 +542,53 @@ def test_planning_eps_is_the_target_less_a_windows_spread() -> None:
 def test_kairos_plans_a_sturdy_fleet_over_one_resting_on_a_thin_margin() -> None:
     """Type 0 misses QoS on 0.8% of its queries even idle (a heavy tail) against ε = 1%; type 1 is 20%
     slower and never misses alone. Over an endless stream three of type 0 serve more; at the share a
-    5,000-query window allows (0.859%) the margin is too thin and three of type 1 serve more."""
+    5,000-query window allows (0.859%) the margin is too thin and three of type 1 serve more (and the
+    one-shot choice is neither fleet of one type)."""
     mean, pmf = _two_batch_means(1.2)
     miss = np.zeros((2, 101))
     miss[0] = 0.008
     bm = BoundModel.build(mean, mean, pmf, 0.010, ("tailed", "steady"), miss=miss)
     endless = make_candidates(bm, [1.0, 1.0], 3.0, window_queries=None)
     windowed = make_candidates(bm, [1.0, 1.0], 3.0)
-    # the estimates alone (shrink 0); the score gives back a quarter of the thin margin's discount too
+    tailed, steady = endless.row_of(np.array([3, 0])), endless.row_of(np.array([0, 3]))
+    assert tailed is not None and steady is not None and windowed.row_of(np.array([3, 0])) == tailed
+    assert endless.est_qps is not None and windowed.est_qps is not None
+    assert endless.est_qps[tailed] > endless.est_qps[steady] > 0
+    assert windowed.est_qps[steady] > windowed.est_qps[tailed] > 0
     np.testing.assert_array_equal(select_kairos(endless, shrink=0.0).config, [3, 0])
-    np.testing.assert_array_equal(select_kairos(windowed, shrink=0.0).config, [0, 3])
+    assert select_kairos(windowed, shrink=0.0).config.tolist() != [3, 0]
     fleets = np.array([[3, 0], [0, 3]])
     np.testing.assert_allclose(windowed.est_qps[[3, 0]], queue_estimate(fleets, bm, eps=planning_eps()))
+
+
+def test_a_type_that_alone_meets_the_target_is_tried_as_the_base() -> None:
+    """Type "fast" misses QoS on 0.03% of the mix without waiting (a far tail on batch 100), "clean" is
+    30% slower and never misses. `base_types` makes the one clean instance of 5 × fast + 1 × clean the
+    base and the five fast ones its auxiliaries; both types alone serve all but ε of the mix, so the
+    estimate also takes fast as the base and keeps the higher of the two. A fast type missing 1.5% of
+    the mix is not tried: fleets with it estimate as before (here 0: the idle fleet misses too much)."""
+    mean, pmf = _two_batch_means(1.3)
+    eps = planning_eps()
+    fleets = np.array([[5, 1], [6, 0], [0, 6]])
+
+    def model(fast_miss: float) -> BoundModel:
+        miss = np.zeros((2, 101))
+        miss[0, 100] = fast_miss
+        return BoundModel.build(mean, mean, pmf, 0.012, ("fast", "clean"), miss=miss)
+
+    rare = model(0.001)
+    assert rare.within_qos is not None and rare.within_qos[0] == pytest.approx(0.9997)
+    np.testing.assert_array_equal(sufficient_types(rare, eps), [0, 1])
+    assert base_types(fleets[:1], rare)[0] == 1
+    both = queue_estimate(fleets, rare, eps=eps)
+    one = queue_estimate(fleets, rare, eps=eps, other_bases=False)
+    assert both[0] > 1.04 * one[0] > 0 and both[0] <= upper_bound(fleets[:1], rare)[0]
+    np.testing.assert_array_equal(both[1:], one[1:])  # a fleet of one type has one base
+    assert one[1] > both[0] > one[2]
+    frequent = model(0.05)
+    np.testing.assert_array_equal(sufficient_types(frequent, eps), [1])
+    np.testing.assert_array_equal(queue_estimate(fleets, frequent, eps=eps),
+                                  queue_estimate(fleets, frequent, eps=eps, other_bases=False))
 
 
 def test_a_fleet_of_one_type_serves_its_queue_by_deadline() -> None:
@@ -915,9 +951,10 @@ def test_a_diverted_query_goes_where_the_dispatcher_ranks_it_cheapest() -> None:
     configs = np.array([[1, 6, 6]])  # enough auxiliaries that one of each type is mostly free
     bm = _two_fallbacks_model(True)
     assert bm.band_idle_cost is not None
-    worse = queue_estimate(configs, bm)[0]
-    better = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[0, 2, 1]]))[0]
-    fewest = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=None))[0]
+    worse = queue_estimate(configs, bm, other_bases=False)[0]
+    better = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=bm.band_idle_cost[[0, 2, 1]]),
+                            other_bases=False)[0]
+    fewest = queue_estimate(configs, dataclasses.replace(bm, band_idle_cost=None), other_bases=False)[0]
     assert 0 < worse < 0.95 * better
     assert 0.95 * fewest > worse and fewest == pytest.approx(better, rel=0.02)
 
@@ -966,7 +1003,7 @@ def test_a_shared_pool_waits_with_the_variability_of_every_type_it_holds() -> No
         cv2[1, 10] = cv2_aux
         return BoundModel.build(mean, mean * 1.2, pmf, 0.006, ("base", "aux"), svc_cv2=cv2)
 
-    est = [queue_estimate(np.array([[1, 2]]), model(v))[0] for v in (0.0, 1.0, 4.0)]
+    est = [queue_estimate(np.array([[1, 2]]), model(v), other_bases=False)[0] for v in (0.0, 1.0, 4.0)]
     assert est[0] > 1.2 * est[1] and est[1] > 1.5 * est[2] > 0  # 1,519, 1,163 and 607 q/s
 
 
