@@ -80,8 +80,9 @@ class BoundModel:
                         without waiting (0/1 from the feasibility table unless measured samples give it)
     slack               ε, the share of queries allowed to miss QoS (1% for a p99 target)
     band_pref           [j, k, g]: the share of band g (by probability) on which an idle type-j instance
-                        costs the dispatcher no more than an idle type-k one (`dispatch_cost`), so that
-                        it takes those queries whenever it is free (None: not modelled)
+                        costs the dispatcher no more than an idle type-k one (`batch_idle_cost`: its
+                        tiers, then `dispatch_cost`), so that it takes those queries whenever it is
+                        free (None: not modelled)
     band_hold           [j, k, g]: how long the dispatcher lets a band-g query wait for a busy type-k
                         instance rather than send it to an idle type-j one (C_k·(T + L_k) ≤ C_j·L_j, at
                         most k's slack QoS − its feasibility latency; 0 where k costs more), averaged
@@ -241,7 +242,9 @@ class BoundModel:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     return np.where(band_p > 0, sums / band_p, 0.0)
 
-            band_pref = band_mean(dc[:, None, :] <= dc[None, :, :] * (1.0 + 1e-9))
+            # by the dispatcher's ranking, tiers included: an idle type whose p99 misses QoS on a batch is not
+            # its first choice over one whose p99 meets it, however cheap
+            band_pref = band_mean(idle_cost[:, None, :] <= idle_cost[None, :, :] * (1.0 + 1e-9))
             band_idle_cost = band_mean(idle_cost[None])[0]
             # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
             # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no

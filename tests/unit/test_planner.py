@@ -1111,6 +1111,31 @@ def test_queue_estimate_loads_a_base_the_dispatcher_prefers() -> None:
     assert plain.band_pref is None
 
 
+def test_an_idle_base_that_misses_the_p99_test_is_not_preferred() -> None:
+    """The base costs the dispatcher less than the auxiliary on every batch (C·L), but its p99 misses QoS
+    on batch 100 (30% of the queries), where it misses 2% without waiting; the auxiliary's p99 meets
+    QoS there. The dispatcher ranks an idle instance by its QoS tiers first, so it sends batch 100 to a
+    free auxiliary: the base is preferred on batch 10 only, and the estimate is far higher than if the
+    base took batch 100 whenever it is free."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0030])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0015, 0.0040])
+    p99 = mean.copy()
+    p99[0, 100] = 0.006
+    pmf = np.zeros(101)
+    pmf[[10, 100]] = [0.7, 0.3]
+    miss = np.zeros((2, 101))
+    miss[0, 100], miss[1, 10] = 0.02, 0.03  # the auxiliary serves less of the mix within QoS: type 0 is the base
+    bm = BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=mean * np.array([[1.0], [2.0]]))
+    assert bm.band_pref is not None and bm.band_p is not None
+    np.testing.assert_array_equal(bm.band_p, [0.3, 0.7])  # bands: batch 100, batch 10
+    np.testing.assert_array_equal(bm.band_pref[0][1], [0.0, 1.0])
+    fleet = np.array([[1, 2]])
+    assert base_types(fleet, bm)[0] == 0
+    by_raw_cost = queue_estimate(fleet, dataclasses.replace(bm, band_pref=np.ones_like(bm.band_pref)))[0]
+    assert queue_estimate(fleet, bm)[0] > 1.5 * by_raw_cost > 0
+
+
 def _tailed_base_model(aux_cheaper_on_large: bool) -> BoundModel:
     """A base whose p99 misses QoS on batch 100 (a 0.5% tail; 3 ms mean, 5 ms QoS) and a cheaper
     auxiliary that meets QoS there on the mean (4.5 ms) but misses on 30% of those queries; 90% of the
