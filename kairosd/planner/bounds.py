@@ -84,9 +84,10 @@ class BoundModel:
                         tiers, then `dispatch_cost`), so that it takes those queries whenever it is
                         free (None: not modelled)
     band_hold           [j, k, g]: how long the dispatcher lets a band-g query wait for a busy type-k
-                        instance rather than send it to an idle type-j one (C_k·(T + L_k) ≤ C_j·L_j, at
-                        most k's slack QoS − its feasibility latency; 0 where k costs more), averaged
-                        over the band by probability (None: not modelled)
+                        instance rather than send it to an idle type-j one (C_k·(T + L_k) ≤ C_j·L_j on
+                        `batch_idle_cost`, tiers included, at most k's slack QoS − its feasibility
+                        latency; 0 where k costs more), averaged over the band by probability (None:
+                        not modelled)
     batch_idle_cost     [type, support batch]: the dispatcher's cost of sending a query of that batch to
                         an idle instance of the type, as it ranks them (Kairos tiers: +1 per QoS test
                         failed without waiting, on p99 then on the mean, times a penalty above every
@@ -247,11 +248,12 @@ class BoundModel:
             band_pref = band_mean(idle_cost[:, None, :] <= idle_cost[None, :, :] * (1.0 + 1e-9))
             band_idle_cost = band_mean(idle_cost[None])[0]
             # how long the dispatcher lets a query wait for a busy type-k instance rather than take an
-            # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), and no
+            # idle type-j one: C_k·(T + L_k) ≤ C_j·L_j, i.e. T ≤ (C_j·L_j − C_k·L_k)·L_k/(C_k·L_k), with
+            # each side's tiers (an idle j whose p99 misses QoS costs more than any k within it), and no
             # longer than k's slack (QoS − its feasibility latency)
             with np.errstate(divide="ignore", invalid="ignore"):
-                gap = (dc[:, None, :] - dc[None, :, :]) * mean_sup[None, :, :]  # [j, k, support batch]
-                hold = np.where(dc[None, :, :] > 0, gap / dc[None, :, :], 0.0)
+                gap = (idle_cost[:, None, :] - idle_cost[None, :, :]) * mean_sup[None, :, :]  # [j, k, support batch]
+                hold = np.where(idle_cost[None, :, :] > 0, gap / idle_cost[None, :, :], 0.0)
             band_hold = band_mean(np.clip(hold, 0.0, np.maximum(qos_s - feas_s, 0.0)[None, :, :]))
         with np.errstate(divide="ignore", invalid="ignore"):
             small_miss = np.where(coverage > 0, (miss * small * pmf).sum(axis=1) / coverage, 0.0)

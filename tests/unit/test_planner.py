@@ -1130,6 +1130,10 @@ def test_an_idle_base_that_misses_the_p99_test_is_not_preferred() -> None:
     assert bm.band_pref is not None and bm.band_p is not None
     np.testing.assert_array_equal(bm.band_p, [0.3, 0.7])  # bands: batch 100, batch 10
     np.testing.assert_array_equal(bm.band_pref[0][1], [0.0, 1.0])
+    # and it holds a batch-100 query for a busy auxiliary as long as that one's p99 stays within QoS
+    # (QoS 5 ms less its 4 ms), not only while C·L prefers it (never, here)
+    assert bm.band_hold is not None
+    np.testing.assert_allclose(bm.band_hold[0][1], [0.001, 0.0], atol=1e-12)
     fleet = np.array([[1, 2]])
     assert base_types(fleet, bm)[0] == 0
     by_raw_cost = queue_estimate(fleet, dataclasses.replace(bm, band_pref=np.ones_like(bm.band_pref)))[0]
