@@ -78,7 +78,8 @@ def test_pruned_candidates_choose_as_the_full_ones(wl: workload.KairosWorkload, 
     assert full.est_qps is not None and pruned.est_qps is not None
     done = np.isfinite(pruned.est_qps)
     assert len(full) > 2 * PRUNE_CHUNK and 0 < done.sum() < len(full)
-    assert np.array_equal(pruned.est_qps[done], full.est_qps[done])
+    # the same estimates, up to the last bit numpy's vectorised loops may round differently by position
+    np.testing.assert_allclose(pruned.est_qps[done], full.est_qps[done], rtol=1e-12)
     best = kairos_score(full.est_qps, full.ub_qps).max()
     assert (pruned.ub_qps[~done] < (1.0 - CLOSE_SCORE) * best).all()
     chosen = select_kairos(pruned).config
@@ -132,7 +133,7 @@ def test_partitions_from_the_frontier_estimates_are_those_of_every_estimate(
         assert all(np.isnan(pruned.est_qps[m]).any() for m in (0, 1))
     for m in (0, 1):
         done = np.isfinite(pruned.est_qps[m])
-        assert np.array_equal(pruned.est_qps[m][done], full.est_qps[m][done])
+        np.testing.assert_allclose(pruned.est_qps[m][done], full.est_qps[m][done], rtol=1e-12)
     best = _max_partition(full, r)
     assert best is not None and _max_partition(pruned, r) == best
     assert all(pruned.est_qps[m][row] == full.est_qps[m][row] for m, row in best.items())
