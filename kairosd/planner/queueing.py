@@ -126,11 +126,11 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     type serving the largest share of the mix within QoS (`base_types`), or, where the estimate is higher
     with it, any other present type that alone serves all but `eps` of the mix within QoS without
     waiting (`sufficient_types`: the estimate is the best of those routings; `other_bases=False`: the
-    `base_types` one alone); auxiliaries take the queries
-    offered to them among those they are eligible for (`bm.band_eligible`: their p99 within QoS, batch
-    by batch, as the dispatcher tests it), a band that several of them can take split among them in
-    proportion to their capacity (`_capacity_split`), and the base the rest. The split and the waits
-    follow the Kairos dispatcher, each part only when `bm` carries what it needs:
+    `base_types` one alone). Auxiliaries take the queries offered to them among those they are eligible
+    for (`bm.band_eligible`: their p99 within QoS, batch by batch, as the dispatcher tests it), a band
+    that several of them can take split among them in proportion to their capacity (`_capacity_split`),
+    and the base the rest. The split and the waits follow the Kairos dispatcher, each part only when
+    `bm` carries what it needs:
       * a band on which no present type meets QoS on its p99 is not the base's alone: the dispatcher
         sends it to the present type it ranks cheapest on an idle instance (`bm.band_idle_cost`, e.g. a
         type whose mean is within QoS over a base whose mean is not), and when that is an auxiliary, the
