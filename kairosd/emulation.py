@@ -40,31 +40,42 @@ class ServiceCells:
     profile_model: str
     batches: np.ndarray  # int, ascending
     samples_s: np.ndarray  # float[len(batches), k]
-    scale: np.ndarray = field(init=False, repr=False, compare=False)  # [batch 0..batches[-1]], see `scales`
+    # per batch 0..batches[-1] (a batch beyond it as the last): its cell (`grid_index`) and the scale of
+    # that cell's samples there (`scales`), so that a query's draw is two lookups
+    cell: np.ndarray = field(init=False, repr=False, compare=False)
+    scale: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "cell", _cells_of(self.batches, np.arange(int(self.batches[-1]) + 1)))
         object.__setattr__(self, "scale", scales(self.batches, self.samples_s))
+
+    def _row(self, batch: int) -> int:
+        return min(max(int(batch), 0), len(self.cell) - 1)
+
+    def _rows(self, batches: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(batches, dtype=np.int64), 0, len(self.cell) - 1)
 
     def grid_index(self, batch: int) -> int:
         """The cell a query of `batch` is timed at: the smallest measured batch ≥ `batch`, else the largest."""
-        return min(int(np.searchsorted(self.batches, batch, side="left")), len(self.batches) - 1)
+        return int(self.cell[self._row(batch)])
 
     def grid_indices(self, batches: np.ndarray) -> np.ndarray:
         """`grid_index` of every one of `batches`."""
-        return _cells_of(self.batches, batches)
+        return self.cell[self._rows(batches)]
 
     def scale_at(self, batch: int) -> float:
         """What the cell's samples are multiplied by at `batch` (`scales`)."""
-        return float(self.scale[min(max(int(batch), 0), len(self.scale) - 1)])
+        return float(self.scale[self._row(batch)])
 
     def scales_at(self, batches: np.ndarray) -> np.ndarray:
         """`scale_at` of every one of `batches`."""
-        return self.scale[np.clip(np.asarray(batches, dtype=np.int64), 0, len(self.scale) - 1)]
+        return self.scale[self._rows(batches)]
 
     def draw(self, batch: int, rng: np.random.Generator) -> float:
         """One service time (seconds) for a query of `batch`."""
-        cell = self.samples_s[self.grid_index(batch)]
-        return float(cell[int(rng.integers(len(cell)))]) * self.scale_at(batch)
+        row = self._row(batch)
+        cell = self.samples_s[self.cell[row]]
+        return float(cell[int(rng.integers(len(cell)))]) * float(self.scale[row])
 
     def quantile_s(self, batch: int, q: float) -> float:
         """The `q`-quantile (0..1) of the service time at `batch`: of the distribution `draw` samples from
