@@ -5,7 +5,7 @@ the Kairos+ walk."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy.special import gammaincc, gammaln
@@ -219,8 +219,8 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     for t in sufficient_types(bm, eps) if other_bases else ():
         rows = np.flatnonzero((configs[:, t] > 0) & (base != t))
         if len(rows):
-            alt = _estimate_by_base(configs[rows], bm, np.full(len(rows), t), ub[rows], eps, steps, diversion)
-            est[rows] = np.maximum(est[rows], alt)
+            est[rows] = _estimate_by_base(configs[rows], bm, np.full(len(rows), t), ub[rows], eps, steps, diversion,
+                                          floor=est[rows])
     if idle is None:
         idle = idle_miss(configs, bm)
     return np.where(idle > eps, 0.0, est)
@@ -243,9 +243,10 @@ def sufficient_types(bm: BoundModel, eps: float) -> np.ndarray:
 
 
 def _estimate_by_base(configs: np.ndarray, bm: BoundModel, base: np.ndarray, ub: np.ndarray, eps: float, steps: int,
-                      diversion: bool) -> np.ndarray:
-    """`queue_estimate` before the idle test, each configuration taken with the base type `base[i]`."""
-    est = np.zeros(len(configs))
+                      diversion: bool, floor: np.ndarray | None = None) -> np.ndarray:
+    """`queue_estimate` before the idle test, each configuration taken with the base type `base[i]`; with
+    `floor`, the larger of that and `floor[i]` (`_estimate_group`)."""
+    est = np.zeros(len(configs)) if floor is None else np.array(floor, dtype=float)
     band_small_all = _band_tables(bm)[5]
     for j in np.unique(base):
         rows_j = np.flatnonzero((base == j) & (ub > 0))
@@ -254,7 +255,8 @@ def _estimate_by_base(configs: np.ndarray, bm: BoundModel, base: np.ndarray, ub:
         pref_j = bm.band_pref[j] if bm.band_pref is not None else None
         for group, band_small, pref in _routing_groups(configs[rows_j], int(j), band_small_all, pref_j, bm.band_idle_cost):
             rows = rows_j[group]
-            est[rows] = _estimate_group(configs[rows], bm, int(j), ub[rows], band_small, pref, eps, steps, diversion)
+            est[rows] = _estimate_group(configs[rows], bm, int(j), ub[rows], band_small, pref, eps, steps, diversion,
+                                        floor=None if floor is None else est[rows])
     return est
 
 
@@ -297,9 +299,44 @@ def _routing_groups(configs: np.ndarray, j: int, eligible: np.ndarray, pref: np.
 
 
 def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, band_small: np.ndarray,
-                    pref: np.ndarray | None, eps: float, steps: int, diversion: bool) -> np.ndarray:
+                    pref: np.ndarray | None, eps: float, steps: int, diversion: bool,
+                    floor: np.ndarray | None = None) -> np.ndarray:
     """`queue_estimate` for configurations of base type `j` that route their queries by the same
-    eligibility `band_small` [type, band] and preference `pref` [type, band] (`_routing_groups`)."""
+    eligibility `band_small` [type, band] and preference `pref` [type, band] (`_routing_groups`).
+
+    With `floor` (an estimate the caller already has for each configuration, e.g. with another base),
+    the larger of the two: a configuration whose test fails at its floor keeps the floor after that one
+    test, and the others are bisected on [floor, ub] alone, so that a second base costs one test where it
+    does not raise the estimate. Where the test is monotone in the rate, the same as the larger of the
+    two bisections from 0; where it is not, the highest admitted rate the halving finds above the floor."""
+    if floor is not None:
+        floor = np.minimum(np.asarray(floor, dtype=float), ub)
+        above = _group_test(configs, bm, j, ub, band_small, pref, eps, diversion)(floor)
+        out = floor.copy()
+        rows = np.flatnonzero(above)
+        if len(rows):
+            test = _group_test(configs[rows], bm, j, ub[rows], band_small, pref, eps, diversion)
+            out[rows] = _bisect(test, floor[rows], ub[rows].copy(), steps)
+        return out
+    return _bisect(_group_test(configs, bm, j, ub, band_small, pref, eps, diversion), np.zeros(len(configs)),
+                   ub.copy(), steps)
+
+
+def _bisect(test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
+    """The largest rate in [lo, hi] that `test` admits, per configuration, by `steps` halvings (`lo`
+    taken as admitted)."""
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        ok = test(mid)
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok, hi, mid)
+    return lo
+
+
+def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, band_small: np.ndarray,
+                pref: np.ndarray | None, eps: float, diversion: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """`_admissible` for these configurations of base type `j` and routing tables, as a function of the
+    rate alone (one rate per configuration)."""
     band_p, band_m1, band_m2, band_tail, band_miss, _ = _band_tables(bm)
     n_types = len(bm.types)
     qos = bm.qos_s
@@ -318,20 +355,17 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
         band_miss_share = np.where(band_p > 0, band_miss / band_p, 1.0)  # [type, band]
     divert = {k: (n[:, k], band_miss_share[k]) for k in range(n_types) if k != j and diversion}
     alone = n.sum(axis=1) == n_b  # no instance of another type: the base's queue in deadline order
-    lo, hi = np.zeros(len(configs)), ub.copy()
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        ok = _admissible(mid, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
-                         p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
-                         small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
-                         divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
-                         alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
-                         tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None,
-                         tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None,
-                         m1_all=band_m1, m2_all=band_m2, fluid=ub)
-        lo = np.where(ok, mid, lo)
-        hi = np.where(ok, hi, mid)
-    return lo
+
+    def test(lam: np.ndarray) -> np.ndarray:
+        return _admissible(lam, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
+                           p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
+                           small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
+                           divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
+                           alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
+                           tail_edf=bm.band_tail_edf[j] if bm.band_tail_edf is not None else None,
+                           tail_div=bm.band_tail_div[j] if bm.band_tail_div is not None else None,
+                           m1_all=band_m1, m2_all=band_m2, fluid=ub)
+    return test
 
 
 def _admissible(

@@ -310,6 +310,21 @@ def _one_batch_model(lat_s: float, qos_s: float) -> BoundModel:
     return BoundModel.build(mean, mean, pmf, qos_s, ("base",))
 
 
+def test_an_estimate_with_a_floor_is_the_larger_of_the_floor_and_its_own() -> None:
+    """`_estimate_group` with the estimate another base gave: a floor above the group's own estimate is
+    kept (one test), one below it is bisected from there up to the same value."""
+    bm = _one_batch_model(0.003, 0.010)
+    x = np.array([[1], [1], [2]])
+    ub = upper_bound(x, bm)
+    args = (bm, 0, ub, bm.band_eligible.astype(float), None, QUEUE_EPS, QUEUE_BISECT_STEPS, True)
+    own = _estimate_group(x, *args)
+    assert own[0] == pytest.approx(94.4, rel=0.01) and own[2] > own[0]
+    floor = np.array([150.0, 10.0, 0.0])
+    got = _estimate_group(x, *args, floor=floor)
+    assert got[0] == 150.0
+    assert got[1] == pytest.approx(own[1], rel=1e-6) and got[2] == pytest.approx(own[2], rel=1e-6)
+
+
 def test_queue_estimate_worked_example() -> None:
     """The docstring's case: L = 3 ms, C_s² = 0, 1 instance: ρ·exp(−2(μ − λ)·t) = 0.01 at the cap."""
     for qos, want in ((0.005, 12.0), (0.010, 94.4), (0.020, 211.2)):
