@@ -59,7 +59,10 @@ class BoundModel:
     small_rate_qps[k]   Q_k = 1/E[L_k(b) | b ≤ B_k] (one instance, only the queries it can take)
     time_share[j, k]    t_jk: the share of a type-j instance's busy time spent on queries b ≤ B_k
     band_*              inputs of `queue_estimate` (see there): the mix's batches grouped into bands of
-                        equal eligibility (which types meet QoS on them), per band its probability
+                        equal eligibility (which types meet QoS on them) and, with `dispatch_cost`, of
+                        equal order of the types by the dispatcher's cost on an idle instance
+                        (`batch_idle_cost`), so that among any present types a band has one idle
+                        choice, as each of its batches has; per band its probability
                         `band_p[g]`, membership `band_small[k, g]` (b ≤ B_k) and `band_eligible[k, g]`
                         (L_k(b) at p99 within QoS, batch by batch, as the dispatcher tests it: it also
                         holds batches above B_k where the p99 table is not monotone), and per base type j the
@@ -193,9 +196,19 @@ class BoundModel:
         # the dispatcher's own test, batch by batch: p99 within QoS without waiting. It differs from
         # b ≤ B_k where a p99 table drawn from heavy-tailed samples is not monotone in the batch
         eligible = feas <= qos_s  # [k, b]
-        # bands: support batches with the same pattern across types, of both `small` and `eligible`
+        # bands: support batches with the same pattern across types, of both `small` and `eligible`, and
+        # with the dispatcher's costs the same order of the types on an idle instance: two batches that
+        # pass the same tests but go to different types on an idle fleet (e.g. where a heavy tail puts a
+        # p99 over QoS on one batch and not on its neighbour) are routed apart
         n_types = len(mean_s)
         pattern = np.concatenate([small[:, support_idx], eligible[:, support_idx]]).T  # [support batch, 2·type]
+        idle_cost = None  # [type, support batch], the Kairos tiers included
+        if dispatch_cost is not None:
+            dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
+            tier = (feas[:, support_idx] > qos_s).astype(np.int64) + (mean_s[:, support_idx] > qos_s)
+            idle_cost = dc + tier * (2.0 * float(np.max(np.abs(dc), initial=0.0)) + 1.0)
+            rank = np.argsort(np.argsort(idle_cost, axis=0, kind="stable"), axis=0, kind="stable")  # [type, batch]
+            pattern = np.concatenate([pattern.astype(np.int64), rank.T], axis=1)
         keys, band_of = np.unique(pattern, axis=0, return_inverse=True)
         band_of = band_of.ravel()
         n_bands = len(keys)
@@ -230,11 +243,8 @@ class BoundModel:
         band_tail_div = np.einsum("jbx,kb,bg->jkgx", tail_w, miss_s, in_band, optimize=True)
         band_miss = np.stack([np.bincount(band_of, weights=p_s * miss_s[j], minlength=n_bands) for j in range(len(mean_s))])
         within = (1.0 - miss_s) @ p_s
-        band_pref = band_hold = idle_cost = band_idle_cost = None
-        if dispatch_cost is not None:
-            dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
-            tier = (feas_s > qos_s).astype(np.int64) + (mean_sup > qos_s)
-            idle_cost = dc + tier * (2.0 * float(np.max(np.abs(dc), initial=0.0)) + 1.0)
+        band_pref = band_hold = band_idle_cost = None
+        if idle_cost is not None:
 
             def band_mean(x: np.ndarray) -> np.ndarray:
                 """[j, k, support batch] → [j, k, band]: the probability-weighted mean over each band."""
@@ -267,8 +277,8 @@ class BoundModel:
             small_rate_qps=small_rate,
             time_share=small_work / e_all[:, None],
             band_p=band_p,
-            band_small=keys[:, :n_types].T.copy(),
-            band_eligible=keys[:, n_types:].T.copy(),
+            band_small=keys[:, :n_types].T.copy().astype(bool),
+            band_eligible=keys[:, n_types:2 * n_types].T.copy().astype(bool),
             band_m1=m1,
             band_m2=m2,
             band_tail=band_tail,

@@ -187,7 +187,7 @@ def queue_estimate(configs: np.ndarray, bm: BoundModel, *, eps: float = QUEUE_EP
     Rule: λ is admissible when the base pool is stable and the queries that miss QoS are ≤ ε·λ
     (ε = 1%, the p99 target); a configuration whose idle fleet already misses more than ε (`idle_miss`,
     or `idle` when the caller has it) gets 0. Misses: those that miss without waiting — on the base
-    Σ_b λ_b(b)·miss_b(b), on auxiliary k its small-query miss share times its rate y_k (from the
+    Σ_b λ_b(b)·miss_b(b), on auxiliary k the same over the queries it takes, band by band (from the
     measured samples, or 0/1 from the feasibility table) — and queries whose wait exceeds their slack,
     with the M/G/c waiting tail (Erlang C, Allen–Cunneen scaled)
         P(W > t) ≈ C(c, a)·exp(−θ·t),   θ = (Σ_i μ_i − λ)·2/(1 + C_s²),
@@ -340,12 +340,11 @@ def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, ban
     band_p, band_m1, band_m2, band_tail, band_miss, _ = _band_tables(bm)
     n_types = len(bm.types)
     qos = bm.qos_s
-    # what each type may take (the bands it is eligible on): its share of the mix s_k, its rate Q_k on
-    # those queries (one instance) and the share of them it misses QoS on without waiting
+    # what each type may take (the bands it is eligible on): its share of the mix s_k and its rate Q_k on
+    # those queries (one instance)
     share = band_small @ band_p
     with np.errstate(divide="ignore", invalid="ignore"):
         small_rate = np.where(share > 0, share / (band_small * band_m1).sum(axis=1), 0.0)
-        small_miss = np.where(share > 0, (band_small * band_miss).sum(axis=1) / share, 0.0)
     n = configs.astype(float)
     n_b = n[:, j]
     aux = [k for k in range(n_types) if k != j and share[k] > 0 and small_rate[k] > 0]
@@ -358,7 +357,7 @@ def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, ban
 
     def test(lam: np.ndarray) -> np.ndarray:
         return _admissible(lam, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
-                           p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], small_miss=small_miss,
+                           p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], miss_all=band_miss,
                            small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
                            divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
                            alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
@@ -371,7 +370,7 @@ def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, ban
 def _admissible(
     lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], aux_n: Mapping[int, np.ndarray],
     band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
-    small_miss: np.ndarray, small_rate: np.ndarray, qos: float, eps: float, m1_all: np.ndarray, m2_all: np.ndarray,
+    miss_all: np.ndarray, small_rate: np.ndarray, qos: float, eps: float, m1_all: np.ndarray, m2_all: np.ndarray,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
     divert_cost: np.ndarray | None = None, alone: np.ndarray | None = None, lead: np.ndarray | None = None,
@@ -379,7 +378,8 @@ def _admissible(
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
-    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `small_miss[k]` the share of k's small queries it misses,
+    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `miss_all[k, g]` the same for every type (`bm.band_miss`: what an
+    auxiliary misses without waiting is counted band by band on the queries it takes),
     `aux_n[k]` the instances of auxiliary k per configuration, `hold[k, g]` how long the dispatcher
     lets a band-g query wait for a busy k rather than take an idle base; `alone` marks the
     configurations of the base type only, whose queue is served in deadline order with the leads
@@ -418,7 +418,7 @@ def _admissible(
                 taken = np.where(s_k > 0, y / s_k, 0.0)
             # only a present auxiliary turns queries away (with none, they are the base's to begin with)
             aux_over[k] = np.where(aux_n[k] > 0, lam - taken, 0.0)[:, None] * feed * p_g[None, :]
-            aux_miss += y * small_miss[k]
+            aux_miss += (taken[:, None] * feed * miss_all[k][None, :]).sum(axis=1)  # band by band, on what k takes
             r -= taken[:, None] * feed
             aux_rate[k], aux_load[k], aux_mult[k] = y, y / small_rate[k], taken[:, None] * feed
         r = np.maximum(r, 0.0)

@@ -652,6 +652,59 @@ def test_a_band_no_type_meets_goes_where_the_idle_dispatcher_sends_it() -> None:
     assert est[1] > 2.0 * as_given[1] and est[1] > est[0]
 
 
+def test_batches_the_idle_dispatcher_sends_to_different_types_are_different_bands() -> None:
+    """Batches 60 and 100 (5% each) miss QoS on their p99 on both types, so they pass the same tests; an
+    idle base is the dispatcher's cheaper choice on batch 60 and an idle auxiliary on batch 100. They
+    are two bands, and the estimate counts batch 100 on the auxiliary while batch 60 stays the base's."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0040])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0020, 0.0042])
+    pmf = np.zeros(101)
+    pmf[[10, 60, 100]] = [0.9, 0.05, 0.05]
+    p99 = mean * 1.1
+    p99[:, [60, 100]] = 0.006  # over the 5 ms target on both types
+    miss = np.zeros((2, 101))
+    miss[:, [60, 100]] = 0.02
+    cost = mean.copy()
+    cost[1, 60] *= 3.0  # the auxiliary costs more than the base on batch 60, less on batch 100
+    cost[0, 100] *= 3.0
+    bm = BoundModel.build(mean, p99, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
+    assert bm.band_p is not None and bm.band_eligible is not None and bm.band_pref is not None
+    assert bm.band_idle_cost is not None and bm.band_m1 is not None
+    np.testing.assert_allclose(np.sort(bm.band_p), [0.05, 0.05, 0.9])
+    at_60, at_100 = (int(np.argmin(np.abs(bm.band_m1[0] / bm.band_p - mean[0, b]))) for b in (60, 100))
+    assert at_60 != at_100 and not bm.band_eligible[:, [at_60, at_100]].any()
+    groups = _routing_groups(np.array([[2, 1]]), 0, bm.band_eligible, bm.band_pref[0], bm.band_idle_cost)
+    [(rows, e, pref)] = groups
+    assert e[1, at_100] == 1.0 and pref is not None and pref[1, at_100] == 0.0  # the auxiliary's
+    assert e[1, at_60] == 0.0  # the base's alone
+    # one band of both batches would go wherever the band's mean cost points, for both batches
+    assert queue_estimate(np.array([[2, 1]]), bm)[0] > queue_estimate(np.array([[2, 0]]), bm)[0]
+
+
+def test_an_auxiliarys_misses_are_counted_on_the_queries_it_takes() -> None:
+    """The auxiliary meets QoS on its p99 on batches 10 (90%) and 50 (10%) and costs the dispatcher less
+    than the base on batch 10, more on batch 50: it takes batch 10 whenever one is free and batch 50 only
+    while every base instance is busy. Its misses without waiting (0.5% of what it could take, either way)
+    cost the fleet less on batch 50, which it seldom serves, than on batch 10, which it serves most."""
+    mean = np.zeros((2, 101))
+    mean[0] = np.interp(np.arange(101), [10, 100], [0.0010, 0.0030])
+    mean[1] = np.interp(np.arange(101), [10, 100], [0.0015, 0.0040])
+    pmf = np.zeros(101)
+    pmf[[10, 50]] = [0.9, 0.1]
+    cost = mean * np.array([[1.0], [0.5]])
+    cost[1, 50] = 3.0 * mean[0, 50]
+
+    def estimate(miss_at: int) -> float:
+        miss = np.zeros((2, 101))
+        miss[1, miss_at] = 0.05 if miss_at == 50 else 0.05 * 0.1 / 0.9
+        bm = BoundModel.build(mean, mean * 1.2, pmf, QOS, ("base", "aux"), miss=miss, dispatch_cost=cost)
+        assert bm.band_pref is not None
+        return float(queue_estimate(np.array([[1, 2]]), bm)[0])
+
+    assert estimate(50) > 1.01 * estimate(10)
+
+
 def test_a_type_with_no_instance_leaves_the_estimate_as_it_is() -> None:
     """Batch 100 (10%) misses the base's p99 (the base misses 30% of it) and meets "a"'s and "b"'s, which
     the dispatcher ranks cheaper there. With no "b" in the fleet, the estimate is the one of a model
