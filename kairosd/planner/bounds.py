@@ -201,11 +201,12 @@ class BoundModel:
         # pass the same tests but go to different types on an idle fleet (e.g. where a heavy tail puts a
         # p99 over QoS on one batch and not on its neighbour) are routed apart
         n_types = len(mean_s)
+        feas_s, mean_sup, miss_s = feas[:, support_idx], mean_s[:, support_idx], miss[:, support_idx]
         pattern = np.concatenate([small[:, support_idx], eligible[:, support_idx]]).T  # [support batch, 2·type]
         idle_cost = None  # [type, support batch], the Kairos tiers included
         if dispatch_cost is not None:
             dc = np.asarray(dispatch_cost, dtype=float)[:, :nb][:, support_idx]
-            tier = (feas[:, support_idx] > qos_s).astype(np.int64) + (mean_s[:, support_idx] > qos_s)
+            tier = (feas_s > qos_s).astype(np.int64) + (mean_sup > qos_s)
             idle_cost = dc + tier * (2.0 * float(np.max(np.abs(dc), initial=0.0)) + 1.0)
             rank = np.argsort(np.argsort(idle_cost, axis=0, kind="stable"), axis=0, kind="stable")  # [type, batch]
             pattern = np.concatenate([pattern.astype(np.int64), rank.T], axis=1)
@@ -219,7 +220,6 @@ class BoundModel:
         cv2 = np.zeros_like(mean_s) if svc_cv2 is None else np.maximum(np.asarray(svc_cv2, dtype=float)[:, :nb], 0.0)
         m2 = np.stack([np.bincount(band_of, weights=p_s * mean_s[j, support_idx] ** 2 * (1.0 + cv2[j, support_idx]),
                                    minlength=n_bands) for j in range(len(mean_s))])
-        feas_s, mean_sup, miss_s = feas[:, support_idx], mean_s[:, support_idx], miss[:, support_idx]
         # a query that misses QoS without waiting (share miss) is counted in `band_miss`, so only the
         # others carry waiting-tail weight; [type, batch, x]
         if svc_quantiles is None:

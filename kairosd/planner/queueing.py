@@ -310,9 +310,8 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
     does not raise the estimate. Where the test is monotone in the rate, the same as the larger of the
     two bisections from 0; where it is not, the highest admitted rate the halving finds above the floor."""
     if floor is not None:
-        floor = np.minimum(np.asarray(floor, dtype=float), ub)
         above = _group_test(configs, bm, j, ub, band_small, pref, eps, diversion)(floor)
-        out = floor.copy()
+        out = np.array(floor, dtype=float)
         rows = np.flatnonzero(above)
         if len(rows):
             test = _group_test(configs[rows], bm, j, ub[rows], band_small, pref, eps, diversion)
