@@ -66,6 +66,7 @@ model's short slack behind another model's long services can make the shared fle
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,14 @@ from kairosd.planner.demand import ModelDemand
 from kairosd.planner.enumeration import MICRO_USD, _micro, config_cost, enumerate_configs
 from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.pruning import cheapest_cover_estimates, frontier_estimates, kairos_estimates
-from kairosd.planner.queueing import QUEUE_BISECT_STEPS, base_types, erlang_c, planning_eps, queue_estimate
+from kairosd.planner.queueing import (
+    QUEUE_BISECT_STEPS,
+    base_types,
+    erlang_c,
+    largest_admitted,
+    planning_eps,
+    queue_estimate,
+)
 from kairosd.planner.selectors import QUEUE_SHRINK, QUEUE_TOLERANCE, kairos_rank, kairos_score, queue_safe
 from kairosd.planner.tails import Tails, tailed_model
 from kairosd.pools import parse_pool, pool_name
@@ -304,13 +312,8 @@ class JointModel:
             if len(rows) == 0:
                 continue
             n = configs[rows].astype(float)
-            lo, hi = np.zeros(len(rows)), ub[rows].copy()
-            for _ in range(steps):
-                mid = 0.5 * (lo + hi)
-                ok = _pooled_admissible(mid, n, bms, w, [int(j) for j in combo], eps)
-                lo = np.where(ok, mid, lo)
-                hi = np.where(ok, hi, mid)
-            est[rows] = lo
+            test = functools.partial(_pooled_admissible, n=n, bms=bms, shares=w, base=[int(j) for j in combo], eps=eps)
+            est[rows] = largest_admitted(test, np.zeros(len(rows)), ub[rows].copy(), steps)
         return est
 
 
@@ -326,7 +329,8 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
     capacity; the models whose base is type j share one M/G/c pool of n_j servers (their base loads,
     rates and second moments added); the pool is stable, and each model's violations — waits beyond
     its own slack on the pool's waiting tail, plus the queries its base and auxiliaries miss QoS on
-    without waiting (`band_miss`, `small_miss`, as in `queue_estimate`) — stay within eps of its rate."""
+    without waiting (the base's band by band, `band_miss`; an auxiliary's at its `small_miss` share of what
+    it takes) — stay within eps of its rate."""
     loads: dict[int, list[np.ndarray]] = {}
     per_model = []
     for bm, w_m, j in zip(bms, shares, base, strict=True):

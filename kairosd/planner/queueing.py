@@ -315,13 +315,14 @@ def _estimate_group(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray,
         rows = np.flatnonzero(above)
         if len(rows):
             test = _group_test(configs[rows], bm, j, ub[rows], band_small, pref, eps, diversion)
-            out[rows] = _bisect(test, floor[rows], ub[rows].copy(), steps)
+            out[rows] = largest_admitted(test, floor[rows], ub[rows].copy(), steps)
         return out
-    return _bisect(_group_test(configs, bm, j, ub, band_small, pref, eps, diversion), np.zeros(len(configs)),
-                   ub.copy(), steps)
+    return largest_admitted(_group_test(configs, bm, j, ub, band_small, pref, eps, diversion),
+                            np.zeros(len(configs)), ub.copy(), steps)
 
 
-def _bisect(test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
+def largest_admitted(test: Callable[[np.ndarray], np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                     steps: int) -> np.ndarray:
     """The largest rate in [lo, hi] that `test` admits, per configuration, by `steps` halvings (`lo`
     taken as admitted)."""
     for _ in range(steps):
@@ -356,7 +357,7 @@ def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, ban
 
     def test(lam: np.ndarray) -> np.ndarray:
         return _admissible(lam, j=j, n_b=n_b, aux=aux, aux_n=aux_n, band_small=band_small,
-                           p_g=p_g, m1=m1, m2=m2, tail=tail, miss_g=band_miss[j], miss_all=band_miss,
+                           p_g=p_g, m1=m1, m2=m2, tail=tail, miss_all=band_miss,
                            small_rate=small_rate, qos=qos, eps=eps, divert=divert, pref=pref,
                            divert_cost=bm.band_idle_cost, hold=bm.band_hold[j] if bm.band_hold is not None else None,
                            alone=alone, lead=bm.band_lead[j] if bm.band_lead is not None else None,
@@ -368,7 +369,7 @@ def _group_test(configs: np.ndarray, bm: BoundModel, j: int, ub: np.ndarray, ban
 
 def _admissible(
     lam: np.ndarray, *, j: int, n_b: np.ndarray, aux: Sequence[int], aux_n: Mapping[int, np.ndarray],
-    band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray, miss_g: np.ndarray,
+    band_small: np.ndarray, p_g: np.ndarray, m1: np.ndarray, m2: np.ndarray, tail: np.ndarray,
     miss_all: np.ndarray, small_rate: np.ndarray, qos: float, eps: float, m1_all: np.ndarray, m2_all: np.ndarray,
     divert: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     pref: np.ndarray | None = None, hold: np.ndarray | None = None, rounds: int = PREF_ROUNDS,
@@ -377,8 +378,8 @@ def _admissible(
 ) -> np.ndarray:
     """`queue_estimate`'s test for the configurations whose base type is `j`: whether each rate in `lam`
     keeps the base below saturation and the misses within eps·lam (names as in `queue_estimate`;
-    `miss_g[g]` = Σ_b∈g p_b·miss_j(b), `miss_all[k, g]` the same for every type (`bm.band_miss`: what an
-    auxiliary misses without waiting is counted band by band on the queries it takes),
+    `miss_all[k, g]` = Σ_b∈g p_b·miss_k(b) for every type k (`bm.band_miss`; what an auxiliary misses
+    without waiting is counted band by band on the queries it takes, and `miss_all[j]` is the base's),
     `aux_n[k]` the instances of auxiliary k per configuration, `hold[k, g]` how long the dispatcher
     lets a band-g query wait for a busy k rather than take an idle base; `alone` marks the
     configurations of the base type only, whose queue is served in deadline order with the leads
@@ -390,6 +391,7 @@ def _admissible(
     # the small queries of a band on which an idle base costs the dispatcher more (1 − pref), and the
     # others only while every base instance is busy; that probability (Erlang C of the base's load)
     # depends on what the auxiliaries leave, so the split is iterated from "auxiliaries take all"
+    miss_g = miss_all[j]
     busy_b = np.ones(len(lam))
     split = _capacity_split(aux, aux_n, band_small, small_rate, len(lam))
     for _ in range(max(1, rounds) if pref is not None else 1):
@@ -417,9 +419,10 @@ def _admissible(
                 taken = np.where(s_k > 0, y / s_k, 0.0)
             # only a present auxiliary turns queries away (with none, they are the base's to begin with)
             aux_over[k] = np.where(aux_n[k] > 0, lam - taken, 0.0)[:, None] * feed * p_g[None, :]
-            aux_miss += (taken[:, None] * feed * miss_all[k][None, :]).sum(axis=1)  # band by band, on what k takes
-            r -= taken[:, None] * feed
-            aux_rate[k], aux_load[k], aux_mult[k] = y, y / small_rate[k], taken[:, None] * feed
+            mult = taken[:, None] * feed
+            aux_miss += mult @ miss_all[k]  # band by band, on what k takes
+            r -= mult
+            aux_rate[k], aux_load[k], aux_mult[k] = y, y / small_rate[k], mult
         r = np.maximum(r, 0.0)
         work = r @ m1  # offered load a (Erlangs)
         busy_b = 0.5 * (busy_b + erlang_c(n_b, work))  # damped: the undamped split can alternate
