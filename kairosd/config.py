@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 BACKENDS = ("onnxruntime", "triton", "emulated")
 PROVIDERS = ("local", "ec2")
 OBJECTIVES = ("max_throughput", "min_cost")
+SELECTORS = ("kairos", "kairos_plus")  # the autoscaler's, for one model under max_throughput
 ADMISSION_MODES = ("qos", "deadline", "off")
 
 
@@ -149,6 +150,10 @@ class AutoscalerConfig:
     budget_usd_per_hour: float = 0.0  # committed cost (every billed instance) never exceeds it; required
     objective: str = "max_throughput"  # or "min_cost": the cheapest fleet covering the load × headroom
     headroom: float = 1.2  # min_cost: plan for this multiple of the observed rate
+    # max_throughput for one model: "kairos_plus" refines the one-shot plan by simulation in a child
+    # process (kairosd.autoscale.refine), "kairos" keeps it
+    selector: str = "kairos_plus"
+    plus_time_limit_s: float = 30.0  # kairos_plus: seconds of walking; past them the best simulated wins
     period_s: float = 5.0  # one reconcile (list, plan, decide, act) per period
     window_s: float = 60.0  # observed load: arrival rate and batch mix over this sliding window
     rise_window_s: float = 5.0  # a rate over this short window also counts when higher (scale out fast); 0: off
@@ -449,6 +454,11 @@ def _autoscaler(raw: Mapping[str, Any], types: Mapping[str, InstanceTypeConfig])
         raise ConfigError(f"autoscaler.provider = {a.provider!r}; allowed: {list(PROVIDERS)}")
     if a.objective not in OBJECTIVES:
         raise ConfigError(f"autoscaler.objective = {a.objective!r}; allowed: {list(OBJECTIVES)}")
+    if a.selector not in SELECTORS:
+        raise ConfigError(f"autoscaler.selector = {a.selector!r}; allowed: {list(SELECTORS)}")
+    if not a.plus_time_limit_s > 0:
+        raise ConfigError(f"autoscaler.plus_time_limit_s = {a.plus_time_limit_s}: must be > 0 (seconds of the "
+                          "Kairos+ walk)")
     if a.enabled and a.budget_usd_per_hour <= 0:
         raise ConfigError(f"autoscaler.budget_usd_per_hour = {a.budget_usd_per_hour}: must be > 0 when the autoscaler "
                           "is enabled (the committed $/h of the fleet never exceeds it)")

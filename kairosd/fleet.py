@@ -428,10 +428,14 @@ class Fleet:
     # ---- stop -----------------------------------------------------------------------------------
     async def stop(self, drain_timeout_s: float = 10.0) -> None:
         """Stop reconciling; drain every managed instance (wait for in-flight queries), close clients;
-        terminate the managed provider's instances when `terminate_on_stop` (local ones always stop)."""
+        terminate the managed provider's instances when `terminate_on_stop` (local ones always stop), and
+        stop the target's background work (a planner's Kairos+ walk) if it has a `close`."""
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
+        close = getattr(self.target_fn, "close", None)
+        if callable(close):
+            close()
         async with self._lock:
             for inst in list(self.registry):
                 if inst.state in (InstanceState.READY, InstanceState.SUSPECT, InstanceState.LAUNCHING):

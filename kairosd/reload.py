@@ -33,6 +33,8 @@ RELOADABLE: tuple[str, ...] = (
     "autoscaler.budget_usd_per_hour",
     "autoscaler.objective",
     "autoscaler.headroom",
+    "autoscaler.selector",
+    "autoscaler.plus_time_limit_s",
     "autoscaler.period_s",
     "autoscaler.rise_window_s",
     "autoscaler.up_periods",

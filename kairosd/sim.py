@@ -39,7 +39,7 @@ PERCENTILE = 99.0
 # `max_qps`'s light load, as a share of the fleet's raw capacity: a fleet must meet the target there too
 LIGHT_LOAD_SHARE = 0.05
 LAG_QOS = 2.0  # a run fails if a query still waits for an instance this many QoS after the last arrival
-NOISES = ("none", "samples", "lognormal")
+NOISES = ("none", "samples", "lognormal", "quantiles")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,7 +93,10 @@ class ServiceModel:
     to (`relative[type, grid, k]`: samples / cell mean, types in ProfileTable order, grid batches
     `grid_step`, 2·`grid_step`, …); "lognormal": a log-normal factor with coefficient of variation `cv`,
     or, when `sigma[type, batch]` is given (e.g. `kairosd.planner.tails.profile_sigma`, the log-normal of
-    each batch's profiled mean and p99), with that σ per type and batch.
+    each batch's profiled mean and p99), with that σ per type and batch; "quantiles": one of the equally
+    likely values `quantiles[type, batch, q]` (seconds, types in ProfileTable order; e.g.
+    `kairosd.planner.tails.Tails.quantiles`, the service times the planner's estimate weighs), the
+    query's noise draw picking q, the same q on every type. The quantiles replace the profile mean.
     """
 
     kind: str = "none"
@@ -101,17 +104,28 @@ class ServiceModel:
     grid_step: int = 10
     cv: float = 0.0
     sigma: np.ndarray | None = None
+    quantiles: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in NOISES:
             raise ConfigError(f"unknown service noise {self.kind!r}; allowed: {list(NOISES)}")
         if self.kind == "samples" and self.relative is None:
             raise ConfigError("service noise 'samples' needs the measured samples (workload.load_samples)")
+        if self.kind == "quantiles" and (self.quantiles is None or np.ndim(self.quantiles) != 3):
+            raise ConfigError("service noise 'quantiles' needs a [type, batch, q] table of service times "
+                              "(kairosd.planner.tails.Tails.quantiles)")
 
     def times(self, profiles: ProfileTable, model: str, stream: Stream) -> np.ndarray:
         """Service seconds of every query on every profiled type: float[n_queries, n_types]."""
         mi = profiles.model_index(model)
         b = np.minimum(stream.batches, profiles.max_batch)
+        if self.kind == "quantiles":
+            table = np.asarray(self.quantiles)
+            if table.shape[:2] != profiles.mean_s.shape[1:]:
+                raise ConfigError(f"the service quantile table is {table.shape[:2]} [type, batch], the profiles' "
+                                  f"{profiles.mean_s.shape[1:]}: build it over the same profiles")
+            q = np.minimum((stream.noise_u * table.shape[2]).astype(np.intp), table.shape[2] - 1)
+            return np.ascontiguousarray(table[:, b, q].T)
         mean = profiles.mean_s[mi][:, b].T  # [query, type]
         if self.kind == "none":
             return np.ascontiguousarray(mean)

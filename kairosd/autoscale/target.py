@@ -8,7 +8,9 @@ demand stays close to the one it was made for (every rate within `rate_tolerance
 or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total variation) and the
 unavailable set is the same: planning runs only when the load moved. The fleet's reconcile reads the
 window on the scheduler's event loop and plans on another thread (`PlannerTarget.prepare`), so that a
-long plan does not hold up dispatch.
+long plan does not hold up dispatch. With `autoscaler.selector = "kairos_plus"`, each new single-model
+"max_throughput" plan is refined by Kairos+ in the background (`kairosd.autoscale.refine`): the target
+is the one-shot plan until the walk ends, then the refined one, which is reused as the plan was.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kairosd.autoscale.load import LoadWindow
+from kairosd.autoscale.refine import BackgroundRefiner, RefineJob
 from kairosd.config import Config, planning_tail
 from kairosd.emulation import ServiceCells, load_cells
 from kairosd.planner.demand import ModelDemand
@@ -40,6 +43,7 @@ PRIOR_SIGMA = 0.75  # the prior batch mix: log-normal with the configured median
 RATE_TOLERANCE = 0.1
 PMF_TOLERANCE = 0.05
 MIN_RATE_QPS = 0.5
+UNCAPPED = int(np.iinfo(np.int64).max)  # an available type's count in a Kairos+ job: no cap but the budget
 
 Planner = Callable[[Sequence[ModelDemand], frozenset[str]], FleetPlan]
 
@@ -86,6 +90,8 @@ class PlannerTarget:
     last_plan: FleetPlan | None = None
     last_demand: list[ModelDemand] = field(default_factory=list)
     plans_made: int = 0
+    refiner: BackgroundRefiner | None = None  # Kairos+ after each new plan (`kairosd.autoscale.refine`)
+    plans_refined: int = 0
     _unavailable: frozenset[str] = frozenset()
 
     def __call__(self, now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
@@ -113,6 +119,13 @@ class PlannerTarget:
             log.info("plan target=%s cost=%.4f$/h multiple=%.2f rates=%s took=%.0fms reason=%s",
                      _fmt(plan.counts), plan.cost_usd_per_hour, plan.multiple,
                      ",".join(f"{d.model}:{d.rate_qps:.1f}" for d in demand), (time.perf_counter() - t0) * 1e3, plan.reason)
+            if self.refiner is not None:
+                self.refiner.start(demand, unavailable, plan)
+        elif self.refiner is not None and (refined := self.refiner.take()) is not None:
+            plan = self.last_plan = refined
+            self.plans_refined += 1
+            log.info("plan refined target=%s cost=%.4f$/h multiple=%.2f reason=%s", _fmt(plan.counts),
+                     plan.cost_usd_per_hour, plan.multiple, plan.reason)
         pools = getattr(plan, "pools", None)  # pinned pools (`kairosd.pools`) when the plan partitions the fleet
         counts = {t: n for t, n in (pools if pools is not None else plan.counts).items() if n}
         for t, n in self.extra.items():
@@ -132,14 +145,22 @@ class PlannerTarget:
             scheduler.load = window
             clock = scheduler.clock
         planner = config_planner(config, profiles)
-        return PlannerTarget(window, planner, clock, dict(extra or {}), rise_window_s=a.rise_window_s)
+        return PlannerTarget(window, planner, clock, dict(extra or {}), rise_window_s=a.rise_window_s,
+                             refiner=config_refiner(config, profiles))
 
 
     def reconfigured(self, config: Config, profiles: ProfileTable) -> PlannerTarget:
         """A target planning with `config`'s types, prices, QoS, budget and objective, over the same load
-        window (the observed history is kept); no plan is reused from before (the next call plans)."""
+        window (the observed history is kept); no plan is reused from before (the next call plans), and a
+        Kairos+ walk still running for the old config is killed."""
+        self.close()
         return replace(self, planner=config_planner(config, profiles), rise_window_s=config.autoscaler.rise_window_s,
-                       last_plan=None, last_demand=[], _unavailable=frozenset())
+                       refiner=config_refiner(config, profiles), last_plan=None, last_demand=[], _unavailable=frozenset())
+
+    def close(self) -> None:
+        """Kill a Kairos+ walk still running (the daemon stops, or the config changed)."""
+        if self.refiner is not None:
+            self.refiner.close()
 
 
 def config_planner(config: Config, profiles: ProfileTable) -> Planner:
@@ -160,6 +181,39 @@ def config_planner(config: Config, profiles: ProfileTable) -> Planner:
                           headroom=a.headroom, unavailable=unavailable, tail=tail, tails=tails)
 
     return plan
+
+
+def config_refiner(config: Config, profiles: ProfileTable) -> BackgroundRefiner | None:
+    """The Kairos+ refiner of the config's plans (`autoscaler.selector = "kairos_plus"`), else None."""
+    if config.autoscaler.selector != "kairos_plus":
+        return None
+    types = [t for t in config.types if t in profiles.types]
+    prices = {t: config.types[t].price_usd_per_hour for t in types}
+    return BackgroundRefiner(refine_jobs(config, profiles, types), prices, config.autoscaler.objective)
+
+
+def refine_jobs(config: Config, profiles: ProfileTable,
+                types: Sequence[str]) -> Callable[[str, np.ndarray, frozenset[str]], RefineJob]:
+    """What makes the Kairos+ job for one model's observed batch mix: the config's types, prices, budget
+    and dispatcher, every profiled type's service tables for the model (`config_tails`: the simulator
+    draws from them), and the unavailable types capped at 0."""
+    from kairosd.config import dispatch_params
+
+    a = config.autoscaler
+    tail = planning_tail(config)
+    prices = tuple(config.types[t].price_usd_per_hour for t in types)
+    slots = tuple(config.types[t].slots for t in types)
+    cells = emulated_cells(config, types)
+    every = {m: config_tails(profiles, m, profiles.types, q, cells)
+             for m, q in config.qos_s.items() if m in profiles.models}
+
+    def job(model: str, pmf: np.ndarray, unavailable: frozenset[str]) -> RefineJob:
+        caps = tuple(0 if t in unavailable else UNCAPPED for t in types) if unavailable & set(types) else None
+        return RefineJob(profiles, model, tuple(types), prices, caps, a.budget_usd_per_hour, config.qos_s[model],
+                         np.asarray(pmf, dtype=float), every[model], tail, config.scheduler.policy,
+                         dispatch_params(config), slots, time_limit_s=a.plus_time_limit_s)
+
+    return job
 
 
 def emulated_cells(config: Config, types: Sequence[str]) -> dict[str, dict[str, ServiceCells]]:

@@ -1,0 +1,321 @@
+"""Kairos+ for the autoscaler: a single-model "max_throughput" plan refined by simulation.
+
+The autoscaler's plan (`kairosd.planner.plan_fleet`) is one-shot: for one model it is `select_kairos`,
+the fleet of best queue-aware estimate, and that estimate errs by a few percent between close fleets.
+With `autoscaler.selector = "kairos_plus"` (the default), a plan for one model with demand under
+"max_throughput" is then refined as `kairosd plan` chooses by default: Kairos+ walks the
+configurations in the `kairos` order, simulating each one still alive over `PLUS_STREAMS` streams of
+the observed batch mix and pruning by bound (`kairosd.planner.select_kairos_plus`), so that its choice
+is never below the one-shot fleet on its own simulation.
+
+The simulator draws each query's service time from the tables the estimate weighs (`Tails`
+quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
+with the configured policy. The walk runs in a child interpreter (`refine_isolated`), on one core at
+most, so that the daemon's event loop keeps its interpreter lock, and in the background
+(`BackgroundRefiner`): the reconcile acts on the one-shot plan at once and on the refined one when the
+walk ends, and a newer plan kills a walk made stale. A walk that fails or runs past its deadline
+leaves the one-shot plan (logged). Plans for several models, "min_cost" plans and plans for no
+observed demand stay one-shot.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from kairosd.errors import ConfigError, KairosError
+from kairosd.planner.demand import ModelDemand
+from kairosd.planner.joint import FleetPlan
+from kairosd.planner.tails import Tails
+from kairosd.profiles import ProfileTable
+
+log = logging.getLogger(__name__)
+
+PLUS_QUERIES = 6000  # queries per simulated stream, as `kairosd plan` and bench/planner_robust.py run Kairos+
+PLUS_STREAMS = 3  # streams each fleet is simulated on (common random numbers across fleets); up to 3× on duels
+PLUS_TIME_LIMIT_S = 30.0  # seconds of walking: no fleet is simulated past them (the first always is)
+STREAM_SEED_STEP = 10  # the i-th stream draws from seed + i·STREAM_SEED_STEP (its batches and its arrivals)
+START_GRACE_S = 30.0  # on top of the time limit: the child's start (imports) and its last simulation
+PARENT_POLL_S = 0.5  # how often the child checks that the daemon that started it is alive
+
+
+class RefineError(KairosError):
+    """The Kairos+ walk gave no choice (it failed, or ran past its deadline): the one-shot plan stands."""
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    """What the walk needs (picklable: it is sent to the child process).
+
+    `tails`: every profiled type's tables for `model` (types in `profiles.types` order), the service
+    times the simulator draws; `types`, `prices`, `max_counts`: the planned types (0 for an unavailable
+    one); `pmf`: the observed batch mix; `policy`, `policy_params`, `slots`: the dispatcher as configured."""
+
+    profiles: ProfileTable
+    model: str
+    types: tuple[str, ...]
+    prices: tuple[float, ...]
+    max_counts: tuple[int, ...] | None  # None: every type available
+    budget_usd_per_hour: float
+    qos_s: float
+    pmf: np.ndarray
+    tails: Tails
+    tail: bool
+    policy: str
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
+    slots: tuple[int, ...] | None = None
+    queries: int = PLUS_QUERIES
+    streams: int = PLUS_STREAMS
+    seed: int = 0
+    time_limit_s: float = PLUS_TIME_LIMIT_S
+
+
+@dataclass(frozen=True)
+class Refined:
+    """Kairos+'s choice: counts per planned type, its simulated max QPS (mean over the streams), its
+    bound, the configurations simulated out of all, whether the walk proved it the optimum (`exact`),
+    and the walk's seconds."""
+
+    counts: dict[str, int]
+    qps: float
+    ub_qps: float
+    n_evals: int
+    n_configs: int
+    exact: bool
+    seconds: float
+
+
+def refine(job: RefineJob) -> Refined:
+    """Kairos+ over `job`'s configurations, in this process (`refine_isolated` runs it in a child)."""
+    from kairosd.planner import batch_pmf, make_candidates, select_kairos_plus, upper_bound
+    from kairosd.planner.bounds import BoundModel
+    from kairosd.planner.tails import tailed_model
+    from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
+
+    t0 = time.perf_counter()
+    rows = [job.profiles.type_index(t) for t in job.types]
+    planned = Tails(job.tails.miss[rows], job.tails.cv2[rows], job.tails.quantiles[rows])
+    pmf = np.asarray(job.pmf, dtype=float)
+    service = ServiceModel("quantiles", quantiles=job.tails.quantiles)
+
+    def stream(i: int) -> SimSetup:
+        seed = job.seed + i * STREAM_SEED_STEP
+        batches = np.random.default_rng(seed).choice(len(pmf), size=job.queries, p=pmf / pmf.sum())
+        return SimSetup(job.profiles, job.model, job.types, job.policy, dict(job.policy_params), job.qos_s,
+                        poisson_stream(np.maximum(batches, 1), seed + 1), service, job.slots)
+
+    setups = tuple(stream(i) for i in range(job.streams))
+
+    def model_on(p: np.ndarray) -> BoundModel:
+        return tailed_model(job.profiles, job.model, job.types, p, job.qos_s, planned, tail=job.tail)
+
+    on_streams = model_on(batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
+    cands = make_candidates(model_on(pmf), job.prices, job.budget_usd_per_hour,
+                            max_counts=None if job.max_counts is None else list(job.max_counts),
+                            evaluated_on=on_streams)
+    if len(cands) == 0:
+        raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
+    bound = partial(_bound_of, on_streams, upper_bound)
+    evaluator = SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
+                               guess=cands.search_start)
+    sel = select_kairos_plus(cands, evaluator, time_limit_s=job.time_limit_s or None)
+    if sel.qps is None:
+        raise RefineError("Kairos+ simulated no configuration")
+    counts = {t: int(n) for t, n in zip(job.types, sel.config, strict=True)}
+    return Refined(counts, float(sel.qps), float(sel.ub_qps), sel.n_evals, len(cands), sel.exact,
+                   time.perf_counter() - t0)
+
+
+def _bound_of(bm: Any, upper_bound: Any, config: np.ndarray) -> float:
+    return float(upper_bound(np.asarray(config)[None, :], bm)[0])
+
+
+def refine_isolated(job: RefineJob, timeout_s: float | None = None,
+                    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Refined:
+    """`refine(job)` in a child interpreter (`python -m kairosd.autoscale.refine`: the job pickled on its
+    stdin, the choice on its stdout; nothing of the daemon's threads, sockets or main module is
+    inherited), killed after `timeout_s` (default: the job's time limit plus `START_GRACE_S`). `on_start`
+    is given the child as soon as it runs (e.g. to kill a walk made stale). Raises RefineError when the
+    child fails, dies (killed included) or runs past the deadline. The child also exits when its parent
+    dies."""
+    limit = job.time_limit_s + START_GRACE_S if timeout_s is None else timeout_s
+    proc = subprocess.Popen([sys.executable, "-m", "kairosd.autoscale.refine", str(os.getpid())],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if on_start is not None:
+        on_start(proc)
+    try:
+        out, err = proc.communicate(pickle.dumps(job), timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RefineError(f"the Kairos+ walk ran past {limit:g} s and was stopped") from None
+    finally:
+        if proc.poll() is None:  # interrupted while waiting: leave no walk behind
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+        raise RefineError(f"the Kairos+ walk failed: {tail[0]}")
+    refined = pickle.loads(out)
+    if not isinstance(refined, Refined):
+        raise RefineError(f"the Kairos+ process answered {type(refined).__name__}, not a choice")
+    return refined
+
+
+class BackgroundRefiner:
+    """Kairos+ walks for the autoscaler's target, one at a time, each in a child interpreter waited on by
+    a thread of its own, so that the reconcile goes on with the one-shot plan meanwhile.
+
+    `start(demand, unavailable, plan)` begins the walk for a new one-shot `plan` (a "max_throughput" plan
+    for one model with demand; others are left as they are) and kills a walk still running for an
+    older one; `take()` returns the refined plan once, when the walk for the newest plan has ended
+    with a choice (None before that, after a failure, and after it was taken); `close()` kills a
+    running walk. A failed walk is logged and the one-shot plan stands."""
+
+    def __init__(self, make_job: Callable[[str, np.ndarray, frozenset[str]], RefineJob],
+                 prices: Mapping[str, float], objective: str) -> None:
+        self.make_job = make_job
+        self.prices = dict(prices)
+        self.objective = objective
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._done: FleetPlan | None = None
+        self._active = False  # a walk for the newest plan is under way (from `start` until its result is in)
+        self.walks = 0  # walks started
+        self.failures = 0  # walks that gave no choice (killed ones not counted)
+
+    def applies(self, demand: Sequence[ModelDemand], plan: FleetPlan) -> bool:
+        """Whether Kairos+ refines this plan: "max_throughput", one model with demand, a non-empty fleet."""
+        return (self.objective == "max_throughput" and len(demand) == 1 and demand[0].rate_qps > 0
+                and plan.cost_usd_per_hour > 0 and not plan.partitioned)
+
+    def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> bool:
+        """Begin the walk for `plan` (whether one was begun); any older walk is killed, its result dropped."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._done = None
+            self._kill_locked()
+        if not self.applies(demand, plan):
+            return False
+        d = demand[0]
+        job = self.make_job(d.model, d.batch_pmf, unavailable)
+        with self._lock:
+            if generation != self._generation:
+                return False
+            self._active = True
+        self.walks += 1
+        threading.Thread(target=self._walk, args=(generation, job, plan, d.rate_qps), name="kairosd-plan-refine",
+                         daemon=True).start()
+        return True
+
+    def _walk(self, generation: int, job: RefineJob, plan: FleetPlan, rate_qps: float) -> None:
+        def started(proc: subprocess.Popen[bytes]) -> None:
+            with self._lock:
+                if generation == self._generation:
+                    self._proc = proc
+                else:  # a newer plan came while this one started
+                    proc.kill()
+
+        try:
+            refined = refined_plan(plan, refine_isolated(job, on_start=started), rate_qps, self.prices)
+        except (RefineError, ConfigError) as exc:
+            with self._lock:
+                current = generation == self._generation
+                if current:
+                    self._proc, self._active = None, False
+            if current:
+                self.failures += 1
+                log.warning("plan: %s; the one-shot kairos plan stands", exc)
+            return
+        with self._lock:
+            if generation == self._generation:
+                self._proc, self._done, self._active = None, refined, False
+
+    def take(self) -> FleetPlan | None:
+        """The refined plan for the newest one-shot plan, once it is ready (then None again)."""
+        with self._lock:
+            done, self._done = self._done, None
+        return done
+
+    @property
+    def running(self) -> bool:
+        """Whether a walk for the newest plan is under way (its result not in yet)."""
+        with self._lock:
+            return self._active
+
+    def close(self) -> None:
+        """Kill a running walk; its result is dropped."""
+        with self._lock:
+            self._generation += 1
+            self._done = None
+            self._kill_locked()
+
+    def _kill_locked(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+        self._proc, self._active = None, False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit this child as soon as the process that started it is gone (its walk is then no one's)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(3)
+
+
+def _main() -> int:
+    """The child: a pickled RefineJob on stdin, the pickled Refined on stdout (errors on stderr, exit 1);
+    argv[1], when given, the parent's pid, whose exit ends the child too."""
+    if len(sys.argv) > 1:
+        threading.Thread(target=_watch_parent, args=(int(sys.argv[1]),), daemon=True).start()
+    job = pickle.load(sys.stdin.buffer)
+    try:
+        refined = refine(job)
+    except KairosError as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(pickle.dumps(refined))
+    return 0
+
+
+def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Mapping[str, float]) -> FleetPlan:
+    """The one-shot `plan` with Kairos+'s fleet: counts (every type of the plan, 0 where unchosen), cost,
+    its simulated max QPS and bound as multiples of the observed rate, and why."""
+    counts = {t: refined.counts.get(t, 0) for t in plan.counts}
+    unknown = set(refined.counts) - set(plan.counts)
+    if unknown:
+        raise ConfigError(f"Kairos+ chose types the plan does not have: {sorted(unknown)}")
+    cost = float(sum(n * prices[t] for t, n in counts.items()))
+    same = counts == plan.counts
+    how = "exact: every other fleet pruned" if refined.exact else "best of those simulated"
+    reason = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations simulated "
+              f"in {refined.seconds:.1f} s): {_label(counts)} at {refined.qps:.1f} q/s simulated; "
+              + ("the same as the one-shot choice" if same else f"the one-shot choice was {_label(plan.counts)}"))
+    multiple = refined.qps / rate_qps if rate_qps > 0 else plan.multiple
+    bound = refined.ub_qps / rate_qps if rate_qps > 0 else plan.bound_multiple
+    return replace(plan, counts=counts, cost_usd_per_hour=cost, multiple=multiple, bound_multiple=bound,
+                   reason=reason, pools={})
+
+
+def _label(counts: Mapping[str, int]) -> str:
+    return " + ".join(f"{n} × {t}" for t, n in counts.items() if n) or "no instance"
+
+
+if __name__ == "__main__":
+    # run as the module's own name, so that what is pickled names kairosd.autoscale.refine, not __main__
+    from kairosd.autoscale.refine import _main as main
+
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Kairos+ for the autoscaler (`kairosd.autoscale.refine`): the walk over the observed mix in a child
+interpreter, the simulator drawing the service tables the estimate weighs, and the target handing the
+refined plan over once the walk ends."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kairosd import config, synth, workload
+from kairosd.autoscale.load import LoadWindow
+from kairosd.autoscale.refine import BackgroundRefiner, RefineError, RefineJob, refine, refine_isolated
+from kairosd.autoscale.target import PlannerTarget, config_planner, config_refiner
+from kairosd.daemon import load_profiles
+from kairosd.errors import ConfigError
+from kairosd.planner import make_candidates, select_kairos
+from kairosd.planner.tails import tailed_model, workload_tails
+from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
+
+REPO = Path(__file__).resolve().parents[2]
+# a held-out workload on which the one-shot kairos choice is 0.855 of the judged optimum
+# (bench/results/planner_robust_8664.json)
+SEED = 8671
+PLANNER_MIX_SEED = 12345
+
+
+def synth_job(seed: int, time_limit_s: float = 30.0) -> tuple[RefineJob, synth.SynthWorkload]:
+    """The job the autoscaler makes for one synthetic workload: its types, prices, budget and QoS, the
+    planner's population mix, the samples' tables for every type, the Kairos dispatcher."""
+    sw = synth.synth_workload(seed)
+    wl = sw.workload
+    pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
+    tails = workload_tails(wl, sw.model, wl.profiles.types, sw.qos_s)
+    job = RefineJob(wl.profiles, sw.model, tuple(wl.types), tuple(wl.prices_usd_per_hour), None,
+                    sw.budget_usd_per_hour, sw.qos_s, pmf, tails, True, "kairos", {}, time_limit_s=time_limit_s)
+    return job, sw
+
+
+def test_quantile_service_draws_the_tables_value_picked_by_the_querys_noise() -> None:
+    wl = workload.load_kairos()
+    profiles = wl.profiles
+    n_types, n_batches = profiles.mean_s.shape[1:]
+    q = np.arange(4, dtype=float)
+    table = (1.0 + np.arange(n_types)[:, None, None] + 10.0 * np.arange(n_batches)[None, :, None]) * (1.0 + q)
+    stream = poisson_stream(np.array([1, 5, 5, 900]), seed=3)
+    svc = ServiceModel("quantiles", quantiles=table).times(profiles, "ncf", stream)
+    pick = np.minimum((stream.noise_u * 4).astype(int), 3)
+    for i, b in enumerate(stream.batches):
+        np.testing.assert_array_equal(svc[i], table[:, b, pick[i]])
+    with pytest.raises(ConfigError, match="quantile table"):
+        ServiceModel("quantiles", quantiles=table[:, :10]).times(profiles, "ncf", stream)
+    with pytest.raises(ConfigError, match="needs a"):
+        ServiceModel("quantiles")
+
+
+def test_kairos_plus_refines_a_one_shot_choice_the_judge_puts_below_0_95() -> None:
+    """On 8671 the one-shot choice (a GPU, a cpu1 and four cpu4) is 0.855 of the optimum by the planner
+    benchmark's judge (other streams, the measured samples); the walk, on its own streams of the
+    samples' quantile tables, chooses a fleet the judge puts within 0.95, and on those streams it serves
+    at least as much as the one-shot fleet."""
+    job, sw = synth_job(SEED)
+    wl = sw.workload
+    bm = tailed_model(wl.profiles, sw.model, wl.types, job.pmf, sw.qos_s, workload_tails(wl, sw.model, wl.types, sw.qos_s))
+    one_shot = select_kairos(make_candidates(bm, wl.prices_usd_per_hour, sw.budget_usd_per_hour)).config
+    refined = refine(job)
+    chosen = np.array([refined.counts[t] for t in wl.types])
+    assert not np.array_equal(chosen, one_shot)
+    assert refined.n_evals <= max(1, int(0.2 * refined.n_configs))
+
+    rows = json.loads((REPO / "bench" / "results" / "planner_robust_8664.json").read_text())["rows"]
+    row = next(r for r in rows if r["seed"] == SEED)
+    judged = {tuple(c["counts"]): float(np.mean(c["per_stream"])) for c in row["configs"]}
+    best = max(judged.values())
+    assert judged[tuple(int(x) for x in one_shot)] < 0.95 * best
+    assert judged[tuple(int(x) for x in chosen)] >= 0.95 * best
+
+    service = ServiceModel("quantiles", quantiles=job.tails.quantiles)
+    rng = np.random.default_rng(0)
+    setups = tuple(SimSetup(wl.profiles, sw.model, job.types, "kairos", {}, sw.qos_s,
+                            poisson_stream(rng.choice(len(job.pmf), size=job.queries, p=job.pmf), seed), service)
+                   for seed in (0, 10, 20))
+    ev = SeedsEvaluator(setups, workers=1)
+    assert ev(chosen) >= ev(one_shot)
+
+
+def test_a_walk_that_fails_or_overruns_raises_and_leaves_no_child() -> None:
+    job, _ = synth_job(SEED)
+    procs: list[subprocess.Popen[bytes]] = []
+    with pytest.raises(RefineError, match="failed: ConfigError: .*no-such-model"):
+        refine_isolated(dataclasses.replace(job, model="no-such-model"), on_start=procs.append)
+    with pytest.raises(RefineError, match="ran past 0.3 s"):
+        refine_isolated(job, timeout_s=0.3, on_start=procs.append)
+    assert len(procs) == 2 and all(p.poll() is not None for p in procs)
+
+
+def _emulated_config() -> config.Config:
+    """configs/emulated.toml (the authors' four types, emulated) planned by the autoscaler for max
+    throughput at 2.5 $/h with Kairos+."""
+    cfg = config.load(REPO / "configs" / "emulated.toml")
+    a = dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=2.5, objective="max_throughput", selector="kairos_plus",
+                            plus_time_limit_s=20.0)
+    return dataclasses.replace(cfg, autoscaler=a)
+
+
+def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_one() -> None:
+    cfg = _emulated_config()
+    profiles = load_profiles(cfg)
+    refiner = config_refiner(cfg, profiles)
+    assert isinstance(refiner, BackgroundRefiner)
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    window = LoadWindow(profiles.models, profiles.max_batch, window_s=20.0, prior_pmf={m: pmf for m in profiles.models},
+                        min_queries=10**9, start_s=0.0)
+    now = [0.0]
+    target = PlannerTarget(window, config_planner(cfg, profiles), lambda: now[0], refiner=refiner)
+    dlrm = profiles.models.index("dlrm")
+    for t in np.arange(0.0, 20.0, 0.02):  # 50 q/s of dlrm; the mix is the prior's (min_queries not reached)
+        window.record(dlrm, 180, float(t))
+    now[0] = 20.0
+    # two models are configured, so the demand lists both: a joint plan, which stays one-shot
+    first = target(now[0], frozenset())
+    assert target.plans_made == 1 and refiner.walks == 0 and first
+
+    one_model = dataclasses.replace(cfg, qos_s={"dlrm": cfg.qos_s["dlrm"]})
+    profiles_one = dataclasses.replace(profiles, models=("dlrm",), mean_s=profiles.mean_s[[dlrm]],
+                                       p99_s=profiles.p99_s[[dlrm]])
+    refiner = config_refiner(one_model, profiles_one)
+    assert refiner is not None
+    window = LoadWindow(("dlrm",), profiles.max_batch, window_s=20.0, prior_pmf={"dlrm": pmf}, min_queries=10**9,
+                        start_s=0.0)
+    for t in np.arange(0.0, 20.0, 0.02):
+        window.record(0, 180, float(t))
+    target = PlannerTarget(window, config_planner(one_model, profiles_one), lambda: now[0], refiner=refiner)
+    one_shot = target(now[0], frozenset())
+    assert refiner.walks == 1 and target.last_plan is not None and "kairos_plus" not in target.last_plan.reason
+    deadline = time.monotonic() + 60.0
+    while refiner.running and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refined = target(now[0], frozenset())
+    assert target.plans_refined == 1 and target.plans_made == 1 and refiner.failures == 0
+    assert target.last_plan is not None and target.last_plan.reason.startswith("max_throughput: kairos_plus")
+    # the paper's fleet for rm2 at 2.5 $/h, which the one-shot plan also chooses: the walk proves it
+    assert refined == one_shot == {"g4dn.xlarge": 1, "r5n.large": 13}
+    assert "exact" in target.last_plan.reason and target.last_plan.multiple > 1.0
+    assert target(now[0], frozenset()) == refined and target.plans_refined == 1  # handed over once, then reused
+
+
+def test_a_newer_plan_kills_the_walk_made_stale() -> None:
+    job, _ = synth_job(SEED, time_limit_s=60.0)
+    prices = dict(zip(job.types, job.prices, strict=True))
+    refiner = BackgroundRefiner(lambda model, pmf, unavailable: job, prices, "max_throughput")
+    from kairosd.planner.demand import ModelDemand
+    from kairosd.planner.joint import FleetPlan
+
+    demand = [ModelDemand(job.model, 100.0, job.pmf)]
+    plan = FleetPlan({t: 1 for t in job.types}, sum(job.prices), 1.0, 2.0, "max_throughput", "one-shot")
+    assert refiner.start(demand, frozenset(), plan)
+    deadline = time.monotonic() + 10.0
+    while refiner._proc is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first = refiner._proc
+    assert first is not None
+    assert refiner.start(demand, frozenset(), plan)  # a newer plan: the first walk is killed
+    assert first.wait(timeout=5.0) != 0
+    refiner.close()
+    assert refiner.take() is None and not refiner.running
+    # a plan it does not refine: min_cost, several models, no demand
+    assert not BackgroundRefiner(lambda *a: job, prices, "min_cost").start(demand, frozenset(), plan)
+    assert not refiner.start([ModelDemand(job.model, 0.0, job.pmf)], frozenset(), plan)
+    assert not refiner.start(demand * 2, frozenset(), plan)
+
+
+def test_selector_is_checked_and_reloadable() -> None:
+    import tomllib
+
+    from kairosd.reload import plan_reload
+
+    base = (REPO / "configs" / "autoscale.toml").read_text()
+
+    def parsed(extra: str) -> config.Config:
+        return config.parse(tomllib.loads(base.replace('objective = "min_cost"', f'objective = "min_cost"\n{extra}')), REPO)
+
+    with pytest.raises(ConfigError, match="autoscaler.selector = 'plus'; allowed"):
+        parsed('selector = "plus"')
+    with pytest.raises(ConfigError, match="plus_time_limit_s"):
+        parsed("plus_time_limit_s = 0")
+    old, new = parsed(""), parsed('selector = "kairos"')
+    assert old.autoscaler.selector == "kairos_plus" and new.autoscaler.selector == "kairos"
+    plan = plan_reload(old, new)
+    assert plan.applies and plan.changed_keys == ["autoscaler.selector"]
