@@ -300,6 +300,14 @@ class FleetCollector(Collector):
             return
         yield CounterMetricFamily("kairos_planner_plans", "Plans made (the load moved or the available types changed)",
                                   value=plans_made)
+        refiner = getattr(self.fleet.target_fn, "refiner", None)
+        if refiner is not None:  # Kairos+ refines the single-model max_throughput plans
+            yield CounterMetricFamily("kairos_planner_plans_refined", "Plans replaced by the Kairos+ walk's choice",
+                                      value=getattr(self.fleet.target_fn, "plans_refined", 0))
+            yield CounterMetricFamily("kairos_planner_refine_walks", "Kairos+ walks started", value=refiner.walks)
+            yield CounterMetricFamily("kairos_planner_refine_failures",
+                                      "Kairos+ walks that gave no choice (failed or past their deadline)",
+                                      value=refiner.failures)
         plan = getattr(self.fleet.target_fn, "last_plan", None)
         if plan is None:
             return

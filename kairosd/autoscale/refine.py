@@ -1,12 +1,16 @@
-"""Kairos+ for the autoscaler: a single-model "max_throughput" plan refined by simulation.
+"""Kairos+ for the autoscaler: a "max_throughput" plan refined by simulation.
 
-The autoscaler's plan (`kairosd.planner.plan_fleet`) is one-shot: for one model it is `select_kairos`,
-the fleet of best queue-aware estimate, and that estimate errs by a few percent between close fleets.
-With `autoscaler.selector = "kairos_plus"` (the default), a plan for one model with demand under
-"max_throughput" is then refined as `kairosd plan` chooses by default: Kairos+ walks the
-configurations in the `kairos` order, simulating each one still alive over `PLUS_STREAMS` streams of
-the observed batch mix and pruning by bound (`kairosd.planner.select_kairos_plus`), so that its choice
-is never below the one-shot fleet on its own simulation.
+The autoscaler's plan (`kairosd.planner.plan_fleet`) is one-shot: the fleet of best queue-aware
+estimate (for one model, `select_kairos`), and that estimate errs by a few percent between close
+fleets. With `autoscaler.selector = "kairos_plus"` (the default), a "max_throughput" plan for observed
+demand is then refined as `kairosd plan` chooses by default: Kairos+ walks the configurations in the
+`kairos` order from the one-shot choice, simulating each one still alive on `PLUS_STREAMS` streams of
+the observed load and pruning by bound (`kairosd.planner.select_kairos_plus`), so that its choice is
+never below the one-shot fleet on its own simulation. For one model the walk is `kairosd plan`'s; for
+several, it walks the shared fleets that serve every model, ranked as `plan_fleet` ranks them, each
+valued at the largest multiple of the observed rates at which every model keeps its QoS
+(`MixEvaluator`). A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan
+for no observed demand stay one-shot.
 
 The simulator draws each query's service time from the tables the estimate weighs (`Tails`
 quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
@@ -14,8 +18,7 @@ with the configured policy. The walk runs in a child interpreter (`refine_isolat
 most, so that the daemon's event loop keeps its interpreter lock, and in the background
 (`BackgroundRefiner`): the reconcile acts on the one-shot plan at once and on the refined one when the
 walk ends, and a newer plan kills a walk made stale. A walk that fails or runs past its deadline
-leaves the one-shot plan (logged). Plans for several models, "min_cost" plans and plans for no
-observed demand stay one-shot.
+leaves the one-shot plan (logged).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +42,10 @@ from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan
 from kairosd.planner.tails import Tails
 from kairosd.profiles import ProfileTable
+
+if TYPE_CHECKING:
+    from kairosd.planner import Candidates
+    from kairosd.planner.selectors import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +65,19 @@ class RefineError(KairosError):
 class RefineJob:
     """What the walk needs (picklable: it is sent to the child process).
 
-    `tails`: every profiled type's tables for `model` (types in `profiles.types` order), the service
-    times the simulator draws; `types`, `prices`, `max_counts`: the planned types (0 for an unavailable
-    one); `pmf`: the observed batch mix; `policy`, `policy_params`, `slots`: the dispatcher as configured."""
+    `demand`: every served model's observed rate and batch mix, as the one-shot plan was made for;
+    `qos_s` and `tails` per model in that order, `tails` over every profiled type (`profiles.types`
+    order): the service times the simulator draws; `types`, `prices`, `max_counts`: the planned types
+    (0 for an unavailable one); `policy`, `policy_params`, `slots`: the dispatcher as configured."""
 
     profiles: ProfileTable
-    model: str
+    demand: tuple[ModelDemand, ...]
+    qos_s: tuple[float, ...]
+    tails: tuple[Tails, ...]
     types: tuple[str, ...]
     prices: tuple[float, ...]
     max_counts: tuple[int, ...] | None  # None: every type available
     budget_usd_per_hour: float
-    qos_s: float
-    pmf: np.ndarray
-    tails: Tails
     tail: bool
     policy: str
     policy_params: Mapping[str, Any] = field(default_factory=dict)
@@ -80,12 +87,23 @@ class RefineJob:
     seed: int = 0
     time_limit_s: float = PLUS_TIME_LIMIT_S
 
+    @property
+    def total_rate_qps(self) -> float:
+        return float(sum(d.rate_qps for d in self.demand))
+
+    def planned_tails(self, g: int) -> Tails:
+        """Model g's tables on the planned types."""
+        rows = [self.profiles.type_index(t) for t in self.types]
+        t = self.tails[g]
+        return Tails(t.miss[rows], t.cv2[rows], t.quantiles[rows])
+
 
 @dataclass(frozen=True)
 class Refined:
-    """Kairos+'s choice: counts per planned type, its simulated max QPS (mean over the streams), its
-    bound, the configurations simulated out of all, whether the walk proved it the optimum (`exact`),
-    and the walk's seconds."""
+    """Kairos+'s choice: counts per planned type, its simulated max QPS (mean over the streams; the total
+    over the models at the largest multiple of their observed rates it serves), its bound, the
+    configurations simulated out of all, whether the walk proved it the optimum (`exact`), and the
+    walk's seconds."""
 
     counts: dict[str, int]
     qps: float
@@ -97,44 +115,121 @@ class Refined:
 
 
 def refine(job: RefineJob) -> Refined:
-    """Kairos+ over `job`'s configurations, in this process (`refine_isolated` runs it in a child)."""
-    from kairosd.planner import batch_pmf, make_candidates, select_kairos_plus, upper_bound
-    from kairosd.planner.bounds import BoundModel
-    from kairosd.planner.tails import tailed_model
-    from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
+    """Kairos+ over `job`'s configurations, in this process (`refine_isolated` runs it in a child): for one
+    model on `make_candidates` and `SeedsEvaluator`, as `kairosd plan` walks; for several, on the
+    shared configurations that can serve every model, ranked as `plan_fleet` ranks them (the joint
+    estimate and bound), each valued by the simulator's max multiple of the observed rates (`MixEvaluator`)."""
+    from kairosd.planner import select_kairos_plus
 
     t0 = time.perf_counter()
-    rows = [job.profiles.type_index(t) for t in job.types]
-    planned = Tails(job.tails.miss[rows], job.tails.cv2[rows], job.tails.quantiles[rows])
-    pmf = np.asarray(job.pmf, dtype=float)
-    service = ServiceModel("quantiles", quantiles=job.tails.quantiles)
-
-    def stream(i: int) -> SimSetup:
-        seed = job.seed + i * STREAM_SEED_STEP
-        batches = np.random.default_rng(seed).choice(len(pmf), size=job.queries, p=pmf / pmf.sum())
-        return SimSetup(job.profiles, job.model, job.types, job.policy, dict(job.policy_params), job.qos_s,
-                        poisson_stream(np.maximum(batches, 1), seed + 1), service, job.slots)
-
-    setups = tuple(stream(i) for i in range(job.streams))
-
-    def model_on(p: np.ndarray) -> BoundModel:
-        return tailed_model(job.profiles, job.model, job.types, p, job.qos_s, planned, tail=job.tail)
-
-    on_streams = model_on(batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
-    cands = make_candidates(model_on(pmf), job.prices, job.budget_usd_per_hour,
-                            max_counts=None if job.max_counts is None else list(job.max_counts),
-                            evaluated_on=on_streams)
+    cands, evaluator = _one_model(job) if len(job.demand) == 1 else _several_models(job)
     if len(cands) == 0:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
-    bound = partial(_bound_of, on_streams, upper_bound)
-    evaluator = SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
-                               guess=cands.search_start)
     sel = select_kairos_plus(cands, evaluator, time_limit_s=job.time_limit_s or None)
     if sel.qps is None:
         raise RefineError("Kairos+ simulated no configuration")
     counts = {t: int(n) for t, n in zip(job.types, sel.config, strict=True)}
     return Refined(counts, float(sel.qps), float(sel.ub_qps), sel.n_evals, len(cands), sel.exact,
                    time.perf_counter() - t0)
+
+
+def _batches(pmf: np.ndarray, n: int, seed: int) -> np.ndarray:
+    p = np.asarray(pmf, dtype=float)
+    return np.maximum(np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()), 1)
+
+
+def _one_model(job: RefineJob) -> tuple[Candidates, Evaluator]:
+    from kairosd.planner import batch_pmf, make_candidates, upper_bound
+    from kairosd.planner.bounds import BoundModel
+    from kairosd.planner.tails import tailed_model
+    from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
+
+    d, qos = job.demand[0], job.qos_s[0]
+    planned = job.planned_tails(0)
+    service = ServiceModel("quantiles", quantiles=job.tails[0].quantiles)
+
+    def stream(i: int) -> SimSetup:
+        seed = job.seed + i * STREAM_SEED_STEP
+        return SimSetup(job.profiles, d.model, job.types, job.policy, dict(job.policy_params), qos,
+                        poisson_stream(_batches(d.batch_pmf, job.queries, seed), seed + 1), service, job.slots)
+
+    setups = tuple(stream(i) for i in range(job.streams))
+
+    def model_on(p: np.ndarray) -> BoundModel:
+        return tailed_model(job.profiles, d.model, job.types, p, qos, planned, tail=job.tail)
+
+    on_streams = model_on(batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
+    cands = make_candidates(model_on(d.batch_pmf), job.prices, job.budget_usd_per_hour,
+                            max_counts=None if job.max_counts is None else list(job.max_counts),
+                            evaluated_on=on_streams)
+    bound = partial(_bound_of, on_streams, upper_bound)
+    return cands, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
+                                 guess=cands.search_start)
+
+
+def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
+    from kairosd.planner import Candidates, config_cost, enumerate_configs
+    from kairosd.planner.joint import JointModel
+    from kairosd.planner.tails import tailed_model
+    from kairosd.sim import ServiceModel, poisson_mix_stream
+
+    models = [tailed_model(job.profiles, d.model, job.types, d.batch_pmf, q, job.planned_tails(g), tail=job.tail)
+              for g, (d, q) in enumerate(zip(job.demand, job.qos_s, strict=True))]
+    joint = JointModel.build(models, list(job.demand))
+    prices = np.asarray(job.prices, dtype=float)
+    configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=True,
+                                max_counts=None if job.max_counts is None else list(job.max_counts))
+    if len(configs):
+        serve_all = joint.servable(configs).all(axis=1)
+        configs = configs[serve_all] if serve_all.any() else configs
+    ub = joint.bound_qps(configs)
+    est = joint.estimate_qps(configs, ub)
+    cands = Candidates(job.types, prices, job.budget_usd_per_hour, configs, config_cost(configs, prices), ub, est)
+    live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]  # a model without demand sends no query
+    services = [ServiceModel("quantiles", quantiles=job.tails[g].quantiles) for g in live]
+    streams = [poisson_mix_stream([_batches(job.demand[g].batch_pmf, job.queries, job.seed + i * STREAM_SEED_STEP + g)
+                                   for g in live], [job.demand[g].rate_qps for g in live],
+                                  job.seed + i * STREAM_SEED_STEP + len(job.demand))
+               for i in range(job.streams)]
+    bound = lambda config: float(joint.bound_qps(np.asarray(config)[None, :])[0])
+    evaluator = MixEvaluator(job, [job.demand[g].model for g in live], [job.qos_s[g] for g in live], services,
+                             streams, bound)
+    return cands, evaluator
+
+
+class MixEvaluator:
+    """config → its max QPS over several models: the observed rates' total times the largest multiple of
+    them at which every model's p99 is within its QoS (`kairosd.sim.max_multiple`), the mean over the
+    streams (each the same for every configuration); `values(config)` per stream, for Kairos+'s noise rule."""
+
+    def __init__(self, job: RefineJob, models: Sequence[str], qos_s: Sequence[float], services: Sequence[Any],
+                 streams: Sequence[Any], bound: Callable[[np.ndarray], float]) -> None:
+        from kairosd.sim import mix_service_times
+
+        self.job, self.models, self.qos_s, self.streams, self.bound = job, list(models), list(qos_s), list(streams), bound
+        self.svc = [mix_service_times(job.profiles, self.models, list(services), s) for s in self.streams]
+        self.cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def values(self, config: np.ndarray) -> np.ndarray:
+        from kairosd.dispatch import make_policy
+        from kairosd.sim import fleet_columns, max_multiple
+
+        key = tuple(int(x) for x in config)
+        if key not in self.cache:
+            job = self.job
+            cols = fleet_columns(job.profiles, job.types, key, job.slots)
+            factory = lambda: make_policy(job.policy, job.profiles, **dict(job.policy_params))
+            out = []
+            for stream, svc in zip(self.streams, self.svc, strict=True):
+                total = float(stream.total_rate_qps)
+                res = max_multiple(job.profiles, self.models, cols, factory, qos_s=self.qos_s, stream=stream, svc=svc,
+                                   ub_multiple=self.bound(np.asarray(key)) / total)
+                out.append(res.multiple * total)
+            self.cache[key] = np.array(out)
+        return self.cache[key]
+
+    def __call__(self, config: np.ndarray) -> float:
+        return float(self.values(config).mean())
 
 
 def _bound_of(bm: Any, upper_bound: Any, config: np.ndarray) -> float:
@@ -183,7 +278,7 @@ class BackgroundRefiner:
     with a choice (None before that, after a failure, and after it was taken); `close()` kills a
     running walk. A failed walk is logged and the one-shot plan stands."""
 
-    def __init__(self, make_job: Callable[[str, np.ndarray, frozenset[str]], RefineJob],
+    def __init__(self, make_job: Callable[[Sequence[ModelDemand], frozenset[str]], RefineJob],
                  prices: Mapping[str, float], objective: str) -> None:
         self.make_job = make_job
         self.prices = dict(prices)
@@ -197,8 +292,9 @@ class BackgroundRefiner:
         self.failures = 0  # walks that gave no choice (killed ones not counted)
 
     def applies(self, demand: Sequence[ModelDemand], plan: FleetPlan) -> bool:
-        """Whether Kairos+ refines this plan: "max_throughput", one model with demand, a non-empty fleet."""
-        return (self.objective == "max_throughput" and len(demand) == 1 and demand[0].rate_qps > 0
+        """Whether Kairos+ refines this plan: "max_throughput", some observed demand, a non-empty shared fleet
+        (a partitioned plan, each instance pinned to one model, stays as it is)."""
+        return (self.objective == "max_throughput" and sum(d.rate_qps for d in demand) > 0
                 and plan.cost_usd_per_hour > 0 and not plan.partitioned)
 
     def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> bool:
@@ -210,14 +306,13 @@ class BackgroundRefiner:
             self._kill_locked()
         if not self.applies(demand, plan):
             return False
-        d = demand[0]
-        job = self.make_job(d.model, d.batch_pmf, unavailable)
+        job = self.make_job(demand, unavailable)
         with self._lock:
             if generation != self._generation:
                 return False
             self._active = True
         self.walks += 1
-        threading.Thread(target=self._walk, args=(generation, job, plan, d.rate_qps), name="kairosd-plan-refine",
+        threading.Thread(target=self._walk, args=(generation, job, plan, job.total_rate_qps), name="kairosd-plan-refine",
                          daemon=True).start()
         return True
 

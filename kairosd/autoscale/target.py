@@ -8,9 +8,10 @@ demand stays close to the one it was made for (every rate within `rate_tolerance
 or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total variation) and the
 unavailable set is the same: planning runs only when the load moved. The fleet's reconcile reads the
 window on the scheduler's event loop and plans on another thread (`PlannerTarget.prepare`), so that a
-long plan does not hold up dispatch. With `autoscaler.selector = "kairos_plus"`, each new single-model
-"max_throughput" plan is refined by Kairos+ in the background (`kairosd.autoscale.refine`): the target
-is the one-shot plan until the walk ends, then the refined one, which is reused as the plan was.
+long plan does not hold up dispatch. With `autoscaler.selector = "kairos_plus"`, each new
+"max_throughput" plan of a shared fleet is refined by Kairos+ in the background
+(`kairosd.autoscale.refine`): the target is the one-shot plan until the walk ends, then the refined
+one, which is reused as the plan was.
 """
 
 from __future__ import annotations
@@ -193,10 +194,10 @@ def config_refiner(config: Config, profiles: ProfileTable) -> BackgroundRefiner 
 
 
 def refine_jobs(config: Config, profiles: ProfileTable,
-                types: Sequence[str]) -> Callable[[str, np.ndarray, frozenset[str]], RefineJob]:
-    """What makes the Kairos+ job for one model's observed batch mix: the config's types, prices, budget
-    and dispatcher, every profiled type's service tables for the model (`config_tails`: the simulator
-    draws from them), and the unavailable types capped at 0."""
+                types: Sequence[str]) -> Callable[[Sequence[ModelDemand], frozenset[str]], RefineJob]:
+    """What makes the Kairos+ job for the observed demand: the config's types, prices, budget and
+    dispatcher, every profiled type's service tables per model (`config_tails`: the simulator draws
+    from them), and the unavailable types capped at 0."""
     from kairosd.config import dispatch_params
 
     a = config.autoscaler
@@ -207,11 +208,12 @@ def refine_jobs(config: Config, profiles: ProfileTable,
     every = {m: config_tails(profiles, m, profiles.types, q, cells)
              for m, q in config.qos_s.items() if m in profiles.models}
 
-    def job(model: str, pmf: np.ndarray, unavailable: frozenset[str]) -> RefineJob:
+    def job(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> RefineJob:
         caps = tuple(0 if t in unavailable else UNCAPPED for t in types) if unavailable & set(types) else None
-        return RefineJob(profiles, model, tuple(types), prices, caps, a.budget_usd_per_hour, config.qos_s[model],
-                         np.asarray(pmf, dtype=float), every[model], tail, config.scheduler.policy,
-                         dispatch_params(config), slots, time_limit_s=a.plus_time_limit_s)
+        return RefineJob(profiles, tuple(demand), tuple(config.qos_s[d.model] for d in demand),
+                         tuple(every[d.model] for d in demand), tuple(types), prices, caps, a.budget_usd_per_hour,
+                         tail, config.scheduler.policy, dispatch_params(config), slots,
+                         time_limit_s=a.plus_time_limit_s)
 
     return job
 

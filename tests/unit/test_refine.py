@@ -15,11 +15,13 @@ import pytest
 
 from kairosd import config, synth, workload
 from kairosd.autoscale.load import LoadWindow
-from kairosd.autoscale.refine import BackgroundRefiner, RefineError, RefineJob, refine, refine_isolated
+from kairosd.autoscale.refine import BackgroundRefiner, RefineError, RefineJob, refine, refine_isolated, refined_plan
 from kairosd.autoscale.target import PlannerTarget, config_planner, config_refiner
 from kairosd.daemon import load_profiles
 from kairosd.errors import ConfigError
 from kairosd.planner import make_candidates, select_kairos
+from kairosd.planner.demand import ModelDemand
+from kairosd.planner.joint import FleetPlan
 from kairosd.planner.tails import tailed_model, workload_tails
 from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
 
@@ -32,13 +34,14 @@ PLANNER_MIX_SEED = 12345
 
 def synth_job(seed: int, time_limit_s: float = 30.0) -> tuple[RefineJob, synth.SynthWorkload]:
     """The job the autoscaler makes for one synthetic workload: its types, prices, budget and QoS, the
-    planner's population mix, the samples' tables for every type, the Kairos dispatcher."""
+    planner's population mix at 100 q/s, the samples' tables for every type, the Kairos dispatcher."""
     sw = synth.synth_workload(seed)
     wl = sw.workload
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     tails = workload_tails(wl, sw.model, wl.profiles.types, sw.qos_s)
-    job = RefineJob(wl.profiles, sw.model, tuple(wl.types), tuple(wl.prices_usd_per_hour), None,
-                    sw.budget_usd_per_hour, sw.qos_s, pmf, tails, True, "kairos", {}, time_limit_s=time_limit_s)
+    job = RefineJob(wl.profiles, (ModelDemand(sw.model, 100.0, pmf),), (sw.qos_s,), (tails,), tuple(wl.types),
+                    tuple(wl.prices_usd_per_hour), None, sw.budget_usd_per_hour, True, "kairos", {},
+                    time_limit_s=time_limit_s)
     return job, sw
 
 
@@ -66,7 +69,8 @@ def test_kairos_plus_refines_a_one_shot_choice_the_judge_puts_below_0_95() -> No
     at least as much as the one-shot fleet."""
     job, sw = synth_job(SEED)
     wl = sw.workload
-    bm = tailed_model(wl.profiles, sw.model, wl.types, job.pmf, sw.qos_s, workload_tails(wl, sw.model, wl.types, sw.qos_s))
+    pmf = job.demand[0].batch_pmf
+    bm = tailed_model(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, workload_tails(wl, sw.model, wl.types, sw.qos_s))
     one_shot = select_kairos(make_candidates(bm, wl.prices_usd_per_hour, sw.budget_usd_per_hour)).config
     refined = refine(job)
     chosen = np.array([refined.counts[t] for t in wl.types])
@@ -80,10 +84,10 @@ def test_kairos_plus_refines_a_one_shot_choice_the_judge_puts_below_0_95() -> No
     assert judged[tuple(int(x) for x in one_shot)] < 0.95 * best
     assert judged[tuple(int(x) for x in chosen)] >= 0.95 * best
 
-    service = ServiceModel("quantiles", quantiles=job.tails.quantiles)
+    service = ServiceModel("quantiles", quantiles=job.tails[0].quantiles)
     rng = np.random.default_rng(0)
     setups = tuple(SimSetup(wl.profiles, sw.model, job.types, "kairos", {}, sw.qos_s,
-                            poisson_stream(rng.choice(len(job.pmf), size=job.queries, p=job.pmf), seed), service)
+                            poisson_stream(rng.choice(len(pmf), size=job.queries, p=pmf), seed), service)
                    for seed in (0, 10, 20))
     ev = SeedsEvaluator(setups, workers=1)
     assert ev(chosen) >= ev(one_shot)
@@ -93,7 +97,8 @@ def test_a_walk_that_fails_or_overruns_raises_and_leaves_no_child() -> None:
     job, _ = synth_job(SEED)
     procs: list[subprocess.Popen[bytes]] = []
     with pytest.raises(RefineError, match="failed: ConfigError: .*no-such-model"):
-        refine_isolated(dataclasses.replace(job, model="no-such-model"), on_start=procs.append)
+        refine_isolated(dataclasses.replace(job, demand=(dataclasses.replace(job.demand[0], model="no-such-model"),)),
+                        on_start=procs.append)
     with pytest.raises(RefineError, match="ran past 0.3 s"):
         refine_isolated(job, timeout_s=0.3, on_start=procs.append)
     assert len(procs) == 2 and all(p.poll() is not None for p in procs)
@@ -109,23 +114,16 @@ def _emulated_config() -> config.Config:
 
 
 def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_one() -> None:
+    """dlrm served alone at 50 q/s: the target is the one-shot plan at once, the walk's choice once the walk
+    has ended (handed over once, then reused like any plan)."""
     cfg = _emulated_config()
     profiles = load_profiles(cfg)
-    refiner = config_refiner(cfg, profiles)
-    assert isinstance(refiner, BackgroundRefiner)
+    assert isinstance(config_refiner(cfg, profiles), BackgroundRefiner)
+    assert config_refiner(dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, selector="kairos")),
+                          profiles) is None
     pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
-    window = LoadWindow(profiles.models, profiles.max_batch, window_s=20.0, prior_pmf={m: pmf for m in profiles.models},
-                        min_queries=10**9, start_s=0.0)
-    now = [0.0]
-    target = PlannerTarget(window, config_planner(cfg, profiles), lambda: now[0], refiner=refiner)
     dlrm = profiles.models.index("dlrm")
-    for t in np.arange(0.0, 20.0, 0.02):  # 50 q/s of dlrm; the mix is the prior's (min_queries not reached)
-        window.record(dlrm, 180, float(t))
-    now[0] = 20.0
-    # two models are configured, so the demand lists both: a joint plan, which stays one-shot
-    first = target(now[0], frozenset())
-    assert target.plans_made == 1 and refiner.walks == 0 and first
-
+    now = [20.0]
     one_model = dataclasses.replace(cfg, qos_s={"dlrm": cfg.qos_s["dlrm"]})
     profiles_one = dataclasses.replace(profiles, models=("dlrm",), mean_s=profiles.mean_s[[dlrm]],
                                        p99_s=profiles.p99_s[[dlrm]])
@@ -153,11 +151,8 @@ def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_on
 def test_a_newer_plan_kills_the_walk_made_stale() -> None:
     job, _ = synth_job(SEED, time_limit_s=60.0)
     prices = dict(zip(job.types, job.prices, strict=True))
-    refiner = BackgroundRefiner(lambda model, pmf, unavailable: job, prices, "max_throughput")
-    from kairosd.planner.demand import ModelDemand
-    from kairosd.planner.joint import FleetPlan
-
-    demand = [ModelDemand(job.model, 100.0, job.pmf)]
+    refiner = BackgroundRefiner(lambda demand, unavailable: job, prices, "max_throughput")
+    demand = list(job.demand)
     plan = FleetPlan({t: 1 for t in job.types}, sum(job.prices), 1.0, 2.0, "max_throughput", "one-shot")
     assert refiner.start(demand, frozenset(), plan)
     deadline = time.monotonic() + 10.0
@@ -169,10 +164,12 @@ def test_a_newer_plan_kills_the_walk_made_stale() -> None:
     assert first.wait(timeout=5.0) != 0
     refiner.close()
     assert refiner.take() is None and not refiner.running
-    # a plan it does not refine: min_cost, several models, no demand
+    # plans it does not refine: min_cost, no demand, a partitioned fleet
     assert not BackgroundRefiner(lambda *a: job, prices, "min_cost").start(demand, frozenset(), plan)
-    assert not refiner.start([ModelDemand(job.model, 0.0, job.pmf)], frozenset(), plan)
-    assert not refiner.start(demand * 2, frozenset(), plan)
+    assert not refiner.start([dataclasses.replace(demand[0], rate_qps=0.0)], frozenset(), plan)
+    pinned = dataclasses.replace(plan, pools={f"{job.types[0]}@{demand[0].model}": 1}, partitioned=True,
+                                 counts={t: int(t == job.types[0]) for t in job.types})
+    assert not refiner.start(demand, frozenset(), pinned)
 
 
 def test_selector_is_checked_and_reloadable() -> None:
@@ -193,3 +190,30 @@ def test_selector_is_checked_and_reloadable() -> None:
     assert old.autoscaler.selector == "kairos_plus" and new.autoscaler.selector == "kairos"
     plan = plan_reload(old, new)
     assert plan.applies and plan.changed_keys == ["autoscaler.selector"]
+
+
+def test_several_models_walk_the_shared_fleets_from_the_joint_plans_choice() -> None:
+    """dlrm (the authors' rm2) and ncf on the emulated types at 1 $/h, 40 and 4 q/s: the one-shot joint plan
+    is a shared fleet; the walk simulates both models on it (max multiple of the observed rates) and
+    chooses a shared fleet that serves at least as much on the same streams."""
+    from kairosd.autoscale.refine import MixEvaluator, _several_models
+    from kairosd.autoscale.target import refine_jobs
+
+    cfg = _emulated_config()
+    cfg = dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=1.0))
+    profiles = load_profiles(cfg)
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    demand = [ModelDemand("dlrm", 40.0, pmf), ModelDemand("ncf", 4.0, pmf)]
+    plan = config_planner(cfg, profiles)(demand, frozenset())
+    assert not plan.partitioned
+    types = [t for t in cfg.types if t in profiles.types]
+    job = refine_jobs(cfg, profiles, types)(demand, frozenset())
+    refined = refine(job)
+    cands, evaluator = _several_models(job)
+    assert isinstance(evaluator, MixEvaluator) and refined.n_configs == len(cands) >= refined.n_evals >= 1
+    chosen = np.array([refined.counts[t] for t in types])
+    assert cands.row_of(chosen) is not None and float(chosen @ cands.prices_usd_per_hour) <= 1.0 + 1e-9
+    one_shot = np.array([plan.counts[t] for t in types])
+    assert evaluator(chosen) == pytest.approx(refined.qps) and evaluator(chosen) >= evaluator(one_shot)
+    merged = refined_plan(plan, refined, job.total_rate_qps, dict(zip(types, job.prices, strict=True)))
+    assert merged.multiple == pytest.approx(refined.qps / 44.0) and merged.reason.startswith("max_throughput: kairos_plus")
