@@ -6,10 +6,10 @@ fleets. With `autoscaler.selector = "kairos_plus"` (the default), a "max_through
 demand is then refined as `kairosd plan` chooses by default: Kairos+ walks the configurations in the
 `kairos` order from the one-shot choice, simulating each one still alive on `PLUS_STREAMS` streams of
 the observed load and pruning by bound (`kairosd.planner.select_kairos_plus`), so that its choice is
-never below the one-shot fleet on its own simulation. For one model the walk is `kairosd plan`'s; for
-several, it walks the shared fleets that serve every model, ranked as `plan_fleet` ranks them, each
-valued at the largest multiple of the observed rates at which every model keeps its QoS
-(`MixEvaluator`). A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan
+never below the one-shot fleet on its own simulation. When one model has demand, the walk is
+`kairosd plan`'s on it, over the fleets that can also serve every other served model; when several
+do, it walks the shared fleets that serve every model, ranked as `plan_fleet` ranks them, each valued
+at the largest multiple of the observed rates at which every model keeps its QoS (`MixEvaluator`). A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan
 for no observed demand stay one-shot.
 
 The simulator draws each query's service time from the tables the estimate weighs (`Tails`
@@ -45,6 +45,7 @@ from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
     from kairosd.planner import Candidates
+    from kairosd.planner.joint import JointModel
     from kairosd.planner.selectors import Evaluator
 
 log = logging.getLogger(__name__)
@@ -115,14 +116,16 @@ class Refined:
 
 
 def refine(job: RefineJob) -> Refined:
-    """Kairos+ over `job`'s configurations, in this process (`refine_isolated` runs it in a child): for one
-    model on `make_candidates` and `SeedsEvaluator`, as `kairosd plan` walks; for several, on the
-    shared configurations that can serve every model, ranked as `plan_fleet` ranks them (the joint
+    """Kairos+ over `job`'s configurations, in this process (`refine_isolated` runs it in a child): with one
+    model with demand, on its `make_candidates` and `SeedsEvaluator`, as `kairosd plan` walks (the
+    configurations that cannot serve another served model left out, when some can); with several, on
+    the shared configurations that can serve every model, ranked as `plan_fleet` ranks them (the joint
     estimate and bound), each valued by the simulator's max multiple of the observed rates (`MixEvaluator`)."""
     from kairosd.planner import select_kairos_plus
 
     t0 = time.perf_counter()
-    cands, evaluator = _one_model(job) if len(job.demand) == 1 else _several_models(job)
+    live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
+    cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job)
     if len(cands) == 0:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
     sel = select_kairos_plus(cands, evaluator, time_limit_s=job.time_limit_s or None)
@@ -138,15 +141,17 @@ def _batches(pmf: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.maximum(np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()), 1)
 
 
-def _one_model(job: RefineJob) -> tuple[Candidates, Evaluator]:
+def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
+    """Model g alone has demand: `kairosd plan`'s walk on it (the compiled single-model simulator), over
+    the configurations that can also serve every other model (when any can), as `plan_fleet` keeps them."""
     from kairosd.planner import batch_pmf, make_candidates, upper_bound
     from kairosd.planner.bounds import BoundModel
     from kairosd.planner.tails import tailed_model
     from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
 
-    d, qos = job.demand[0], job.qos_s[0]
-    planned = job.planned_tails(0)
-    service = ServiceModel("quantiles", quantiles=job.tails[0].quantiles)
+    d, qos = job.demand[g], job.qos_s[g]
+    planned = job.planned_tails(g)
+    service = ServiceModel("quantiles", quantiles=job.tails[g].quantiles)
 
     def stream(i: int) -> SimSetup:
         seed = job.seed + i * STREAM_SEED_STEP
@@ -162,6 +167,10 @@ def _one_model(job: RefineJob) -> tuple[Candidates, Evaluator]:
     cands = make_candidates(model_on(d.batch_pmf), job.prices, job.budget_usd_per_hour,
                             max_counts=None if job.max_counts is None else list(job.max_counts),
                             evaluated_on=on_streams)
+    if len(job.demand) > 1 and len(cands):
+        serve_all = _joint(job).servable(cands.configs).all(axis=1)
+        if serve_all.any():
+            cands = _rows(cands, np.flatnonzero(serve_all))
     bound = partial(_bound_of, on_streams, upper_bound)
     return cands, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
                                  guess=cands.search_start)
@@ -169,13 +178,9 @@ def _one_model(job: RefineJob) -> tuple[Candidates, Evaluator]:
 
 def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
     from kairosd.planner import Candidates, config_cost, enumerate_configs
-    from kairosd.planner.joint import JointModel
-    from kairosd.planner.tails import tailed_model
     from kairosd.sim import ServiceModel, poisson_mix_stream
 
-    models = [tailed_model(job.profiles, d.model, job.types, d.batch_pmf, q, job.planned_tails(g), tail=job.tail)
-              for g, (d, q) in enumerate(zip(job.demand, job.qos_s, strict=True))]
-    joint = JointModel.build(models, list(job.demand))
+    joint = _joint(job)
     prices = np.asarray(job.prices, dtype=float)
     configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=True,
                                 max_counts=None if job.max_counts is None else list(job.max_counts))
@@ -195,6 +200,26 @@ def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
     evaluator = MixEvaluator(job, [job.demand[g].model for g in live], [job.qos_s[g] for g in live], services,
                              streams, bound)
     return cands, evaluator
+
+
+def _joint(job: RefineJob) -> JointModel:
+    """The joint model of every served model's demand, as `plan_fleet` builds it."""
+    from kairosd.planner.joint import JointModel
+    from kairosd.planner.tails import tailed_model
+
+    models = [tailed_model(job.profiles, d.model, job.types, d.batch_pmf, q, job.planned_tails(g), tail=job.tail)
+              for g, (d, q) in enumerate(zip(job.demand, job.qos_s, strict=True))]
+    return JointModel.build(models, list(job.demand))
+
+
+def _rows(cands: Candidates, rows: np.ndarray) -> Candidates:
+    """The candidates `rows` alone (every per-configuration array taken at them)."""
+    def at(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
+    return replace(cands, configs=cands.configs[rows], cost_usd_per_hour=cands.cost_usd_per_hour[rows],
+                   ub_qps=cands.ub_qps[rows], est_qps=at(cands.est_qps), paper_qps=at(cands.paper_qps),
+                   idle_miss=at(cands.idle_miss), prune_ub_qps=at(cands.prune_ub_qps))
 
 
 class MixEvaluator:
@@ -273,8 +298,8 @@ class BackgroundRefiner:
     a thread of its own, so that the reconcile goes on with the one-shot plan meanwhile.
 
     `start(demand, unavailable, plan)` begins the walk for a new one-shot `plan` (a "max_throughput" plan
-    for one model with demand; others are left as they are) and kills a walk still running for an
-    older one; `take()` returns the refined plan once, when the walk for the newest plan has ended
+    of a shared fleet for observed demand, `applies`; others are left as they are) and kills a walk
+    still running for an older one; `take()` returns the refined plan once, when the walk for the newest plan has ended
     with a choice (None before that, after a failure, and after it was taken); `close()` kills a
     running walk. A failed walk is logged and the one-shot plan stands."""
 
@@ -326,7 +351,7 @@ class BackgroundRefiner:
 
         try:
             refined = refined_plan(plan, refine_isolated(job, on_start=started), rate_qps, self.prices)
-        except (RefineError, ConfigError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever ends a walk without a choice leaves the one-shot plan
             with self._lock:
                 current = generation == self._generation
                 if current:

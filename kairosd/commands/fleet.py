@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="median of the log-normal batch mix for --rate (default: [autoscaler] prior_batch_median)")
     pl.add_argument("--budget", type=float, default=None, help="plan for another budget ($/h)")
     pl.add_argument("--objective", choices=["max_throughput", "min_cost"], default=None)
+    pl.add_argument("--selector", choices=["kairos", "kairos_plus"], default=None,
+                    help="kairos_plus: refine a max_throughput plan of a shared fleet by the Kairos+ walk, as the "
+                    "daemon does (default: the config's autoscaler.selector)")
 
 
 def admin_address(cfg: Any) -> str:
@@ -111,19 +114,20 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
     import dataclasses
 
     from kairosd.autoscale.decide import configuration, decide
-    from kairosd.autoscale.target import PRIOR_SIGMA, config_planner, lognormal_pmf
+    from kairosd.autoscale.refine import refine, refined_plan
+    from kairosd.autoscale.target import PRIOR_SIGMA, config_planner, config_refiner, lognormal_pmf
     from kairosd.autoscale.types import DecideState, Member, MemberState
     from kairosd.daemon import load_profiles
-    from kairosd.errors import ConfigError
+    from kairosd.errors import ConfigError, KairosError
     from kairosd.fleet_setup import autoscale_params
     from kairosd.planner.demand import ModelDemand
     from kairosd.pools import pool_offerings
     from kairosd.providers.base import Offering
 
     a = cfg.autoscaler
-    if args.budget is not None or args.objective is not None or not a.enabled:
+    if args.budget is not None or args.objective is not None or args.selector is not None or not a.enabled:
         a = dataclasses.replace(a, enabled=True, budget_usd_per_hour=args.budget or a.budget_usd_per_hour,
-                                objective=args.objective or a.objective)
+                                objective=args.objective or a.objective, selector=args.selector or a.selector)
         if a.budget_usd_per_hour <= 0:
             raise ConfigError("give --budget: the config has no [autoscaler] budget_usd_per_hour")
         cfg = dataclasses.replace(cfg, autoscaler=a)
@@ -138,11 +142,21 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
             rates[model] = float(qps)
     elif status is not None and status.get("observed"):
         rates.update({o["model"]: float(o["rate_qps"]) for o in status["observed"]})
-    plan = config_planner(cfg, profiles)([ModelDemand(m, r, pmf) for m, r in rates.items()], frozenset())
+    demand = [ModelDemand(m, r, pmf) for m, r in rates.items()]
+    plan = config_planner(cfg, profiles)(demand, frozenset())
+    by = "the queue-aware estimate"
+    refiner = config_refiner(cfg, profiles)
     print("load: " + ", ".join(f"{m} {r:g} q/s" for m, r in rates.items()))
+    if refiner is not None and refiner.applies(demand, plan):
+        job = refiner.make_job(demand, frozenset())
+        try:
+            plan = refined_plan(plan, refine(job), job.total_rate_qps, refiner.prices)
+            by = "the Kairos+ walk's simulation"
+        except KairosError as exc:
+            print(f"kairos_plus gave no choice ({exc}): the one-shot plan stands")
     print(f"target: {', '.join(f'{n}×{t}' for t, n in plan.pools.items() if n) or '(empty)'} "
           f"({plan.cost_usd_per_hour:.4f} $/h of {a.budget_usd_per_hour:.4f}; serves {plan.multiple:.2f}× the load by "
-          f"the queue-aware estimate, ≤ {plan.bound_multiple:.2f}× by the bound)")
+          f"{by}, ≤ {plan.bound_multiple:.2f}× by the bound)")
     print(f"why: {plan.reason}")
     members = []
     now = time.monotonic()
