@@ -9,8 +9,9 @@ the observed load and pruning by bound (`kairosd.planner.select_kairos_plus`), s
 never below the one-shot fleet on its own simulation. When one model has demand, the walk is
 `kairosd plan`'s on it, over the fleets that can also serve every other served model; when several
 do, it walks the shared fleets that serve every model, ranked as `plan_fleet` ranks them, each valued
-at the largest multiple of the observed rates at which every model keeps its QoS (`MixEvaluator`). A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan
-for no observed demand stay one-shot.
+at the largest multiple of the observed rates at which every model keeps its QoS (`MixEvaluator`).
+A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan for no observed
+demand stay one-shot.
 
 The simulator draws each query's service time from the tables the estimate weighs (`Tails`
 quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
