@@ -57,6 +57,8 @@ PLUS_TIME_LIMIT_S = 30.0  # seconds of walking: no fleet is simulated past them 
 STREAM_SEED_STEP = 10  # the i-th stream draws from seed + i·STREAM_SEED_STEP (its batches and its arrivals)
 START_GRACE_S = 30.0  # on top of the time limit: the child's start (imports) and its last simulation
 PARENT_POLL_S = 0.5  # how often the child checks that the daemon that started it is alive
+PMF_TOLERANCE = 0.05  # a walk is kept for a new plan while every batch pmf is within this total variation
+SHARE_TOLERANCE = 0.05  # ... and every model's share of the total rate within this of the walk's
 
 
 class RefineError(KairosError):
@@ -298,11 +300,15 @@ class BackgroundRefiner:
     """Kairos+ walks for the autoscaler's target, one at a time, each in a child interpreter waited on by
     a thread of its own, so that the reconcile goes on with the one-shot plan meanwhile.
 
-    `start(demand, unavailable, plan)` begins the walk for a new one-shot `plan` (a "max_throughput" plan
-    of a shared fleet for observed demand, `applies`; others are left as they are) and kills a walk
-    still running for an older one; `take()` returns the refined plan once, when the walk for the newest plan has ended
-    with a choice (None before that, after a failure, and after it was taken); `close()` kills a
-    running walk. A failed walk is logged and the one-shot plan stands."""
+    `start(demand, unavailable, plan)` is given each new one-shot `plan` and returns the plan to act on
+    now. A plan it refines (`applies`: "max_throughput", a shared fleet, observed demand) for the same
+    fleet, available types and mix as the walk under way or done (`same_mix`: every batch pmf within
+    `PMF_TOLERANCE` in total variation, every model's share of the rate within `SHARE_TOLERANCE`; the
+    rate itself does not change a max-throughput choice) keeps that walk: its choice when it has one
+    (its multiple taken at the new rate), else `plan`. Any other plan kills the walk and, when it
+    applies, begins one. `take()` returns the refined plan once, when the walk has ended with a
+    choice (None before that, after a failure, and after it was taken); `close()` kills a running
+    walk. A failed walk is logged, the one-shot plan stands, and the same mix is not walked again."""
 
     def __init__(self, make_job: Callable[[Sequence[ModelDemand], frozenset[str]], RefineJob],
                  prices: Mapping[str, float], objective: str) -> None:
@@ -312,8 +318,11 @@ class BackgroundRefiner:
         self._lock = threading.Lock()
         self._generation = 0
         self._proc: subprocess.Popen[bytes] | None = None
-        self._done: FleetPlan | None = None
-        self._active = False  # a walk for the newest plan is under way (from `start` until its result is in)
+        self._active = False  # a walk is under way (from `start` until its result is in)
+        self._walk_for: tuple[tuple[tuple[str, int], ...], frozenset[str], tuple[ModelDemand, ...]] | None = None
+        self._chosen: tuple[FleetPlan, Refined] | None = None  # the walk's one-shot plan and choice
+        self._ready = False  # the choice is in and not taken yet
+        self._rate_qps = 0.0  # the newest demand's total rate, at which a choice's multiple is taken
         self.walks = 0  # walks started
         self.failures = 0  # walks that gave no choice (killed ones not counted)
 
@@ -323,26 +332,41 @@ class BackgroundRefiner:
         return (self.objective == "max_throughput" and sum(d.rate_qps for d in demand) > 0
                 and plan.cost_usd_per_hour > 0 and not plan.partitioned)
 
-    def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> bool:
-        """Begin the walk for `plan` (whether one was begun); any older walk is killed, its result dropped."""
+    def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> FleetPlan:
+        """The plan to act on now for the new one-shot `plan` (see the class); begins a walk when needed."""
+        applies = self.applies(demand, plan)
+        key = (tuple(sorted(plan.counts.items())), unavailable)
+        total = float(sum(d.rate_qps for d in demand))
         with self._lock:
+            if applies and self._walk_for is not None and self._walk_for[:2] == key \
+                    and same_mix(self._walk_for[2], demand):
+                self._rate_qps = total
+                if self._chosen is not None:
+                    self._ready = False
+                    return self._plan_at(total)
+                return plan  # the walk for this mix goes on (or gave no choice)
             self._generation += 1
             generation = self._generation
-            self._done = None
+            self._walk_for, self._chosen, self._ready = None, None, False
             self._kill_locked()
-        if not self.applies(demand, plan):
-            return False
+        if not applies:
+            return plan
         job = self.make_job(demand, unavailable)
         with self._lock:
             if generation != self._generation:
-                return False
-            self._active = True
+                return plan
+            self._active, self._walk_for, self._rate_qps = True, (*key, tuple(demand)), total
         self.walks += 1
-        threading.Thread(target=self._walk, args=(generation, job, plan, job.total_rate_qps), name="kairosd-plan-refine",
+        threading.Thread(target=self._walk, args=(generation, job, plan), name="kairosd-plan-refine",
                          daemon=True).start()
-        return True
+        return plan
 
-    def _walk(self, generation: int, job: RefineJob, plan: FleetPlan, rate_qps: float) -> None:
+    def _plan_at(self, rate_qps: float) -> FleetPlan:
+        assert self._chosen is not None
+        one_shot, refined = self._chosen
+        return refined_plan(one_shot, refined, rate_qps, self.prices)
+
+    def _walk(self, generation: int, job: RefineJob, plan: FleetPlan) -> None:
         def started(proc: subprocess.Popen[bytes]) -> None:
             with self._lock:
                 if generation == self._generation:
@@ -351,7 +375,8 @@ class BackgroundRefiner:
                     proc.kill()
 
         try:
-            refined = refined_plan(plan, refine_isolated(job, on_start=started), rate_qps, self.prices)
+            refined = refine_isolated(job, on_start=started)
+            refined_plan(plan, refined, job.total_rate_qps, self.prices)  # refuses a choice of unknown types
         except Exception as exc:  # noqa: BLE001 - whatever ends a walk without a choice leaves the one-shot plan
             with self._lock:
                 current = generation == self._generation
@@ -363,17 +388,19 @@ class BackgroundRefiner:
             return
         with self._lock:
             if generation == self._generation:
-                self._proc, self._done, self._active = None, refined, False
+                self._proc, self._active, self._chosen, self._ready = None, False, (plan, refined), True
 
     def take(self) -> FleetPlan | None:
         """The refined plan for the newest one-shot plan, once it is ready (then None again)."""
         with self._lock:
-            done, self._done = self._done, None
-        return done
+            if not self._ready:
+                return None
+            self._ready = False
+            return self._plan_at(self._rate_qps)
 
     @property
     def running(self) -> bool:
-        """Whether a walk for the newest plan is under way (its result not in yet)."""
+        """Whether a walk is under way (its result not in yet)."""
         with self._lock:
             return self._active
 
@@ -381,13 +408,32 @@ class BackgroundRefiner:
         """Kill a running walk; its result is dropped."""
         with self._lock:
             self._generation += 1
-            self._done = None
+            self._walk_for, self._chosen, self._ready = None, None, False
             self._kill_locked()
 
     def _kill_locked(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
         self._proc, self._active = None, False
+
+
+def same_mix(a: Sequence[ModelDemand], b: Sequence[ModelDemand], pmf_tolerance: float = PMF_TOLERANCE,
+             share_tolerance: float = SHARE_TOLERANCE) -> bool:
+    """Whether two demands ask the same of a max-throughput plan: the same models, each batch pmf within
+    `pmf_tolerance` in total variation, each model's share of the total rate within `share_tolerance`
+    (a model with demand in one and none in the other differs). E.g. one model at 40 and at 60 q/s with
+    the same mix: the same."""
+    if [d.model for d in a] != [d.model for d in b]:
+        return False
+    ta, tb = sum(d.rate_qps for d in a), sum(d.rate_qps for d in b)
+    for x, y in zip(a, b, strict=True):
+        if (x.rate_qps > 0) != (y.rate_qps > 0):
+            return False
+        if ta > 0 and tb > 0 and abs(x.rate_qps / ta - y.rate_qps / tb) > share_tolerance:
+            return False
+        if 0.5 * float(np.abs(np.asarray(x.batch_pmf) - np.asarray(y.batch_pmf)).sum()) > pmf_tolerance:
+            return False
+    return True
 
 
 def _watch_parent(parent_pid: int) -> None:

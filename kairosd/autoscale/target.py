@@ -121,7 +121,10 @@ class PlannerTarget:
                      _fmt(plan.counts), plan.cost_usd_per_hour, plan.multiple,
                      ",".join(f"{d.model}:{d.rate_qps:.1f}" for d in demand), (time.perf_counter() - t0) * 1e3, plan.reason)
             if self.refiner is not None:
-                self.refiner.start(demand, unavailable, plan)
+                kept = self.refiner.start(demand, unavailable, plan)
+                if kept is not plan:
+                    log.info("plan target=%s: the Kairos+ choice for the same fleet and mix stands", _fmt(kept.counts))
+                plan = self.last_plan = kept
         elif self.refiner is not None and (refined := self.refiner.take()) is not None:
             plan = self.last_plan = refined
             self.plans_refined += 1

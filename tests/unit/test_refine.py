@@ -16,7 +16,7 @@ import pytest
 from kairosd import config, synth, workload
 from kairosd.autoscale.load import LoadWindow
 from kairosd.autoscale.refine import BackgroundRefiner, RefineError, RefineJob, refine, refine_isolated, refined_plan
-from kairosd.autoscale.target import PlannerTarget, config_planner, config_refiner
+from kairosd.autoscale.target import PlannerTarget, config_planner, config_refiner, lognormal_pmf
 from kairosd.daemon import load_profiles
 from kairosd.errors import ConfigError
 from kairosd.planner import make_candidates, select_kairos
@@ -146,30 +146,54 @@ def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_on
     assert refined == one_shot == {"g4dn.xlarge": 1, "r5n.large": 13}
     assert "exact" in target.last_plan.reason and target.last_plan.multiple > 1.0
     assert target(now[0], frozenset()) == refined and target.plans_refined == 1  # handed over once, then reused
+    # the rate doubles with the same mix: a new one-shot plan, for which the walk's choice stands at once
+    for t in np.arange(20.0, 40.0, 0.01):
+        window.record(0, 180, float(t))
+    now[0] = 40.0
+    assert target(now[0], frozenset()) == refined and target.plans_made == 2 and refiner.walks == 1
+    assert target.last_plan.reason.startswith("max_throughput: kairos_plus") and not refiner.running
 
 
-def test_a_newer_plan_kills_the_walk_made_stale() -> None:
+def test_a_new_mix_kills_the_walk_made_stale_and_a_new_rate_keeps_it() -> None:
     job, _ = synth_job(SEED, time_limit_s=60.0)
     prices = dict(zip(job.types, job.prices, strict=True))
     refiner = BackgroundRefiner(lambda demand, unavailable: job, prices, "max_throughput")
     demand = list(job.demand)
     plan = FleetPlan({t: 1 for t in job.types}, sum(job.prices), 1.0, 2.0, "max_throughput", "one-shot")
-    assert refiner.start(demand, frozenset(), plan)
+    assert refiner.start(demand, frozenset(), plan) is plan and refiner.walks == 1 and refiner.running
     deadline = time.monotonic() + 10.0
     while refiner._proc is None and time.monotonic() < deadline:
         time.sleep(0.01)
     first = refiner._proc
     assert first is not None
-    assert refiner.start(demand, frozenset(), plan)  # a newer plan: the first walk is killed
-    assert first.wait(timeout=5.0) != 0
+    # the rate alone moved: the same max-throughput question, the walk goes on
+    faster = [dataclasses.replace(demand[0], rate_qps=250.0)]
+    assert refiner.start(faster, frozenset(), plan) is plan and refiner.walks == 1 and first.poll() is None
+    # another mix: the walk is stale, killed, and a new one begins
+    pmf = np.roll(demand[0].batch_pmf, 40)
+    assert refiner.start([dataclasses.replace(demand[0], batch_pmf=pmf)], frozenset(), plan) is plan
+    assert refiner.walks == 2 and first.wait(timeout=5.0) != 0
     refiner.close()
     assert refiner.take() is None and not refiner.running
-    # plans it does not refine: min_cost, no demand, a partitioned fleet
-    assert not BackgroundRefiner(lambda *a: job, prices, "min_cost").start(demand, frozenset(), plan)
-    assert not refiner.start([dataclasses.replace(demand[0], rate_qps=0.0)], frozenset(), plan)
+    # plans it does not refine, returned as they are: min_cost, no demand, a partitioned fleet
+    assert BackgroundRefiner(lambda *a: job, prices, "min_cost").start(demand, frozenset(), plan) is plan
+    assert refiner.start([dataclasses.replace(demand[0], rate_qps=0.0)], frozenset(), plan) is plan
     pinned = dataclasses.replace(plan, pools={f"{job.types[0]}@{demand[0].model}": 1}, partitioned=True,
                                  counts={t: int(t == job.types[0]) for t in job.types})
-    assert not refiner.start(demand, frozenset(), pinned)
+    assert refiner.start(demand, frozenset(), pinned) is pinned and refiner.walks == 2 and not refiner.running
+
+
+def test_same_mix_ignores_the_rate_and_not_the_pmf_or_the_shares() -> None:
+    from kairosd.autoscale.refine import same_mix
+
+    pmf = lognormal_pmf(32.0, 0.75, 64)
+    other = lognormal_pmf(48.0, 0.75, 64)
+    a = [ModelDemand("dlrm", 40.0, pmf), ModelDemand("ncf", 10.0, pmf)]
+    assert same_mix(a, [ModelDemand("dlrm", 80.0, pmf), ModelDemand("ncf", 20.0, pmf)])
+    assert not same_mix(a, [ModelDemand("dlrm", 40.0, pmf), ModelDemand("ncf", 20.0, pmf)])  # shares 0.8 / 0.67
+    assert not same_mix(a, [ModelDemand("dlrm", 40.0, other), ModelDemand("ncf", 10.0, pmf)])
+    assert not same_mix(a, [ModelDemand("dlrm", 40.0, pmf), ModelDemand("ncf", 0.0, pmf)])
+    assert not same_mix(a, a[:1])
 
 
 def test_selector_is_checked_and_reloadable() -> None:
