@@ -3,8 +3,9 @@ workloads (the judged values bench/planner_robust.py recorded: no judge run here
 
     python bench/autoscale_plan.py bench/results/planner_robust_8632.json ... [--workers 2] [--out FILE]
 
-Per workload (a seed taken from the last file given that holds it), as the autoscaler plans for it with
-`autoscaler.objective = "max_throughput"` and the workload's mix observed:
+Per workload (a seed taken from the last file given that holds it, built with that file's `max_configs`
+and judged under its dispatch rule), as the autoscaler plans for it with `autoscaler.objective =
+"max_throughput"` and the workload's mix observed:
   * baseline, the one-shot plan: `plan_fleet` (for one model, `select_kairos`), each type's tail from
     the measured samples (what an emulated type's cells give the daemon);
   * the refined plan: `kairosd.autoscale.refine.refine`, the walk `autoscaler.selector = "kairos_plus"`
@@ -33,6 +34,7 @@ from results_file import write_results
 
 from kairosd import synth, workload
 from kairosd.autoscale.refine import PLUS_TIME_LIMIT_S, RefineJob, refine
+from kairosd.dispatch import feasibility_on_p99
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import plan_fleet
 from kairosd.planner.tails import workload_tails
@@ -40,20 +42,24 @@ from kairosd.planner.tails import workload_tails
 RATE_QPS = 100.0  # the observed rate (a single-model max_throughput plan does not depend on it)
 
 
-def plan_both(seed: int, time_limit_s: float) -> dict[str, Any]:
-    """The one-shot and the refined plan of workload `seed`, as the autoscaler makes them."""
-    sw = synth.synth_workload(seed)
+def plan_both(task: tuple[int, int, str], time_limit_s: float) -> dict[str, Any]:
+    """The one-shot and the refined plan of workload `seed` (`task`: seed, its file's `max_configs` and
+    dispatch rule), as the autoscaler makes them."""
+    seed, max_configs, dispatch = task
+    sw = synth.synth_workload(seed, max_configs=max_configs)
     wl = sw.workload
+    params = dict(planner_robust.DISPATCH_RULES[dispatch])
+    tail = feasibility_on_p99("kairos", params)
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=planner_robust.PLANNER_MIX_SEED)
     demand = (ModelDemand(sw.model, RATE_QPS, pmf),)
     tails = workload_tails(wl, sw.model, wl.types, sw.qos_s)
     t0 = time.perf_counter()
     plan = plan_fleet(wl.profiles, wl.types, wl.prices_usd_per_hour, sw.budget_usd_per_hour, list(demand),
-                      {sw.model: sw.qos_s}, tails={sw.model: tails})
+                      {sw.model: sw.qos_s}, tails={sw.model: tails}, tail=tail)
     plan_s = time.perf_counter() - t0
     every = workload_tails(wl, sw.model, wl.profiles.types, sw.qos_s)
     job = RefineJob(wl.profiles, demand, (sw.qos_s,), (every,), tuple(wl.types), tuple(wl.prices_usd_per_hour), None,
-                    sw.budget_usd_per_hour, True, "kairos", {}, time_limit_s=time_limit_s)
+                    sw.budget_usd_per_hour, tail, "kairos", params, time_limit_s=time_limit_s)
     refined = refine(job)
     return {"seed": seed, "model": sw.model, "types": list(wl.types),
             "one_shot": [int(plan.counts[t]) for t in wl.types], "one_shot_s": plan_s,
@@ -106,11 +112,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="the walk's seconds, as autoscaler.plus_time_limit_s (default: %(default)s)")
     ap.add_argument("--out", help="write the rows and the summary as JSON here")
     args = ap.parse_args(argv)
-    rows_by_seed = planner_robust.rows_by_seed(json.loads(Path(p).read_text()) for p in args.files)
+    rows_by_seed: dict[int, dict[str, Any]] = {}
+    tasks: dict[int, tuple[int, int, str]] = {}
+    for p in args.files:  # a seed taken from the last file that holds it, planned as that file's workloads were
+        data = json.loads(Path(p).read_text())
+        planner_robust.use_dispatch(data)
+        for r in data["rows"]:
+            rows_by_seed[int(r["seed"])] = r
+            tasks[int(r["seed"])] = (int(r["seed"]), int(data["settings"]["max_configs"]), planner_robust.DISPATCH)
     seeds = sorted(s for s, r in rows_by_seed.items() if max(c["qps"] for c in r["configs"]) > 0)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
-        planned = list(pool.map(plan_both, seeds, [args.time_limit] * len(seeds)))
+        planned = list(pool.map(plan_both, [tasks[s] for s in seeds], [args.time_limit] * len(seeds)))
     rows = [score(r, rows_by_seed[r["seed"]]) for r in planned]
     wall = time.perf_counter() - t0
     print(f"{'seed':>6} {'model':>6} {'one-shot':>9} {'refined':>8} {'evals':>7} {'walk s':>7}  refined fleet")
