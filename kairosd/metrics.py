@@ -302,7 +302,8 @@ class FleetCollector(Collector):
                                   value=plans_made)
         refiner = getattr(self.fleet.target_fn, "refiner", None)
         if refiner is not None:  # Kairos+ refines the single-model max_throughput plans
-            yield CounterMetricFamily("kairos_planner_plans_refined", "Plans replaced by the Kairos+ walk's choice",
+            yield CounterMetricFamily("kairos_planner_plans_refined", "Plans whose target became the Kairos+ walk's "
+                                      "choice (when the walk ended, or kept for a new plan of the same fleet and mix)",
                                       value=getattr(self.fleet.target_fn, "plans_refined", 0))
             yield CounterMetricFamily("kairos_planner_refine_walks", "Kairos+ walks started", value=refiner.walks)
             yield CounterMetricFamily("kairos_planner_refine_failures",

@@ -92,7 +92,7 @@ class PlannerTarget:
     last_demand: list[ModelDemand] = field(default_factory=list)
     plans_made: int = 0
     refiner: BackgroundRefiner | None = None  # Kairos+ after each new plan (`kairosd.autoscale.refine`)
-    plans_refined: int = 0
+    plans_refined: int = 0  # plans whose target became the walk's choice (when it ended, or kept for the same mix)
     _unavailable: frozenset[str] = frozenset()
 
     def __call__(self, now_s: float, unavailable: frozenset[str]) -> dict[str, int]:
@@ -123,6 +123,7 @@ class PlannerTarget:
             if self.refiner is not None:
                 kept = self.refiner.start(demand, unavailable, plan)
                 if kept is not plan:
+                    self.plans_refined += 1
                     log.info("plan target=%s: the Kairos+ choice for the same fleet and mix stands", _fmt(kept.counts))
                 plan = self.last_plan = kept
         elif self.refiner is not None and (refined := self.refiner.take()) is not None:

@@ -151,6 +151,7 @@ def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_on
         window.record(0, 180, float(t))
     now[0] = 40.0
     assert target(now[0], frozenset()) == refined and target.plans_made == 2 and refiner.walks == 1
+    assert target.plans_refined == 2  # the walk's choice stands for the new plan too
     assert target.last_plan.reason.startswith("max_throughput: kairos_plus") and not refiner.running
 
 
