@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 BACKENDS = ("onnxruntime", "triton", "emulated")
 PROVIDERS = ("local", "ec2")
 OBJECTIVES = ("max_throughput", "min_cost")
-SELECTORS = ("kairos", "kairos_plus")  # the autoscaler's, for one model under max_throughput
+SELECTORS = ("kairos", "kairos_plus")  # autoscaler.selector: max_throughput plans one-shot, or refined by Kairos+
 ADMISSION_MODES = ("qos", "deadline", "off")
 
 
