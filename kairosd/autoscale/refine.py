@@ -128,6 +128,8 @@ def refine(job: RefineJob) -> Refined:
 
     t0 = time.perf_counter()
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
+    if not live:
+        raise RefineError("no model has observed demand: a max-throughput walk needs the mix to simulate")
     cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job)
     if len(cands) == 0:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")

@@ -102,6 +102,8 @@ def test_a_walk_that_fails_or_overruns_raises_and_leaves_no_child() -> None:
     with pytest.raises(RefineError, match="ran past 0.3 s"):
         refine_isolated(job, timeout_s=0.3, on_start=procs.append)
     assert len(procs) == 2 and all(p.poll() is not None for p in procs)
+    with pytest.raises(RefineError, match="no model has observed demand"):
+        refine(dataclasses.replace(job, demand=(dataclasses.replace(job.demand[0], rate_qps=0.0),)))
 
 
 def _emulated_config() -> config.Config:
@@ -232,7 +234,7 @@ def test_several_models_walk_the_shared_fleets_from_the_joint_plans_choice() -> 
     plan = config_planner(cfg, profiles)(demand, frozenset())
     assert not plan.partitioned
     types = [t for t in cfg.types if t in profiles.types]
-    job = refine_jobs(cfg, profiles, types)(demand, frozenset())
+    job = dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), queries=2000)
     refined = refine(job)
     cands, evaluator = _several_models(job)
     assert isinstance(evaluator, MixEvaluator) and refined.n_configs == len(cands) >= refined.n_evals >= 1
