@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,6 +47,7 @@ if TYPE_CHECKING:
     from kairosd.planner import Candidates
     from kairosd.planner.joint import JointModel
     from kairosd.planner.selectors import Evaluator
+    from kairosd.sim import MixStream, ServiceModel
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class RefineJob:
     @property
     def total_rate_qps(self) -> float:
         return float(sum(d.rate_qps for d in self.demand))
+
+    @property
+    def caps(self) -> list[int] | None:
+        """`max_counts` as the enumeration takes it."""
+        return None if self.max_counts is None else list(self.max_counts)
 
     def planned_tails(self, g: int) -> Tails:
         """Model g's tables on the planned types."""
@@ -169,14 +174,13 @@ def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
         return tailed_model(job.profiles, d.model, job.types, p, qos, planned, tail=job.tail)
 
     on_streams = model_on(batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
-    cands = make_candidates(model_on(d.batch_pmf), job.prices, job.budget_usd_per_hour,
-                            max_counts=None if job.max_counts is None else list(job.max_counts),
+    cands = make_candidates(model_on(d.batch_pmf), job.prices, job.budget_usd_per_hour, max_counts=job.caps,
                             evaluated_on=on_streams)
     if len(job.demand) > 1 and len(cands):
         serve_all = _joint(job).servable(cands.configs).all(axis=1)
         if serve_all.any():
             cands = _rows(cands, np.flatnonzero(serve_all))
-    bound = partial(_bound_of, on_streams, upper_bound)
+    bound = lambda config: float(upper_bound(np.asarray(config)[None, :], on_streams)[0])
     return cands, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
                                  guess=cands.search_start)
 
@@ -187,8 +191,7 @@ def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
 
     joint = _joint(job)
     prices = np.asarray(job.prices, dtype=float)
-    configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=True,
-                                max_counts=None if job.max_counts is None else list(job.max_counts))
+    configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=True, max_counts=job.caps)
     if len(configs):
         serve_all = joint.servable(configs).all(axis=1)
         configs = configs[serve_all] if serve_all.any() else configs
@@ -232,8 +235,8 @@ class MixEvaluator:
     them at which every model's p99 is within its QoS (`kairosd.sim.max_multiple`), the mean over the
     streams (each the same for every configuration); `values(config)` per stream, for Kairos+'s noise rule."""
 
-    def __init__(self, job: RefineJob, models: Sequence[str], qos_s: Sequence[float], services: Sequence[Any],
-                 streams: Sequence[Any], bound: Callable[[np.ndarray], float]) -> None:
+    def __init__(self, job: RefineJob, models: Sequence[str], qos_s: Sequence[float], services: Sequence[ServiceModel],
+                 streams: Sequence[MixStream], bound: Callable[[np.ndarray], float]) -> None:
         from kairosd.sim import mix_service_times
 
         self.job, self.models, self.qos_s, self.streams, self.bound = job, list(models), list(qos_s), list(streams), bound
@@ -260,10 +263,6 @@ class MixEvaluator:
 
     def __call__(self, config: np.ndarray) -> float:
         return float(self.values(config).mean())
-
-
-def _bound_of(bm: Any, upper_bound: Any, config: np.ndarray) -> float:
-    return float(upper_bound(np.asarray(config)[None, :], bm)[0])
 
 
 def refine_isolated(job: RefineJob, timeout_s: float | None = None,
