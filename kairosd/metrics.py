@@ -301,7 +301,7 @@ class FleetCollector(Collector):
         yield CounterMetricFamily("kairos_planner_plans", "Plans made (the load moved or the available types changed)",
                                   value=plans_made)
         refiner = getattr(self.fleet.target_fn, "refiner", None)
-        if refiner is not None:  # Kairos+ refines the single-model max_throughput plans
+        if refiner is not None:  # autoscaler.selector = "kairos_plus": Kairos+ refines max_throughput plans
             yield CounterMetricFamily("kairos_planner_plans_refined", "Plans whose target became the Kairos+ walk's "
                                       "choice (when the walk ended, or kept for a new plan of the same fleet and mix)",
                                       value=getattr(self.fleet.target_fn, "plans_refined", 0))

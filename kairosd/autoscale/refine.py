@@ -135,7 +135,7 @@ def refine(job: RefineJob) -> Refined:
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
     if not live:
         raise RefineError("no model has observed demand: a max-throughput walk needs the mix to simulate")
-    cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job)
+    cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job, live)
     if len(cands) == 0:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
     sel = select_kairos_plus(cands, evaluator, time_limit_s=job.time_limit_s or None)
@@ -185,7 +185,9 @@ def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
                                  guess=cands.search_start)
 
 
-def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
+def _several_models(job: RefineJob, live: Sequence[int]) -> tuple[Candidates, Evaluator]:
+    """The models `live` have demand: the shared fleets that serve every model, valued by `MixEvaluator` on
+    streams of those models' queries (a model without demand sends none)."""
     from kairosd.planner import Candidates, config_cost, enumerate_configs
     from kairosd.sim import ServiceModel, poisson_mix_stream
 
@@ -198,7 +200,6 @@ def _several_models(job: RefineJob) -> tuple[Candidates, Evaluator]:
     ub = joint.bound_qps(configs)
     est = joint.estimate_qps(configs, ub)
     cands = Candidates(job.types, prices, job.budget_usd_per_hour, configs, config_cost(configs, prices), ub, est)
-    live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]  # a model without demand sends no query
     services = [ServiceModel("quantiles", quantiles=job.tails[g].quantiles) for g in live]
     streams = [poisson_mix_stream([_batches(job.demand[g].batch_pmf, job.queries, job.seed + i * STREAM_SEED_STEP + g)
                                    for g in live], [job.demand[g].rate_qps for g in live],
@@ -362,6 +363,14 @@ class BackgroundRefiner:
                          daemon=True).start()
         return plan
 
+    def refine_now(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> FleetPlan:
+        """The refined `plan`, walked in this process and waited for (a dry run: `kairosd fleet plan`); `plan`
+        itself when the walk does not apply. Raises KairosError when the walk gives no choice."""
+        if not self.applies(demand, plan):
+            return plan
+        job = self.make_job(demand, unavailable)
+        return refined_plan(plan, refine(job), job.total_rate_qps, self.prices)
+
     def _plan_at(self, rate_qps: float) -> FleetPlan:
         assert self._chosen is not None
         one_shot, refined = self._chosen
@@ -432,7 +441,7 @@ def same_mix(a: Sequence[ModelDemand], b: Sequence[ModelDemand], pmf_tolerance: 
             return False
         if ta > 0 and tb > 0 and abs(x.rate_qps / ta - y.rate_qps / tb) > share_tolerance:
             return False
-        if 0.5 * float(np.abs(np.asarray(x.batch_pmf) - np.asarray(y.batch_pmf)).sum()) > pmf_tolerance:
+        if x.mix_distance(y) > pmf_tolerance:
             return False
     return True
 

@@ -70,7 +70,7 @@ def _close(a: Sequence[ModelDemand], b: Sequence[ModelDemand], rate_tol: float, 
     for x, y in zip(a, b, strict=True):
         if max(x.rate_qps, y.rate_qps) >= min_rate and abs(x.rate_qps - y.rate_qps) > rate_tol * max(x.rate_qps, y.rate_qps):
             return False
-        if 0.5 * float(np.abs(x.batch_pmf - y.batch_pmf).sum()) > pmf_tol:
+        if x.mix_distance(y) > pmf_tol:
             return False
     return True
 

@@ -114,7 +114,6 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
     import dataclasses
 
     from kairosd.autoscale.decide import configuration, decide
-    from kairosd.autoscale.refine import refine, refined_plan
     from kairosd.autoscale.target import PRIOR_SIGMA, config_planner, config_refiner, lognormal_pmf
     from kairosd.autoscale.types import DecideState, Member, MemberState
     from kairosd.daemon import load_profiles
@@ -148,9 +147,8 @@ def _plan(args: argparse.Namespace, cfg: Any, status: dict[str, Any] | None) -> 
     refiner = config_refiner(cfg, profiles)
     print("load: " + ", ".join(f"{m} {r:g} q/s" for m, r in rates.items()))
     if refiner is not None and refiner.applies(demand, plan):
-        job = refiner.make_job(demand, frozenset())
         try:
-            plan = refined_plan(plan, refine(job), job.total_rate_qps, refiner.prices)
+            plan = refiner.refine_now(demand, frozenset(), plan)
             by = "the Kairos+ walk's simulation"
         except KairosError as exc:
             print(f"kairos_plus gave no choice ({exc}): the one-shot plan stands")

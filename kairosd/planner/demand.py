@@ -15,3 +15,7 @@ class ModelDemand:
     model: str
     rate_qps: float
     batch_pmf: np.ndarray
+
+    def mix_distance(self, other: ModelDemand) -> float:
+        """Total variation distance between the two batch pmfs (0: the same mix, 1: disjoint)."""
+        return 0.5 * float(np.abs(np.asarray(self.batch_pmf) - np.asarray(other.batch_pmf)).sum())

@@ -236,7 +236,7 @@ def test_several_models_walk_the_shared_fleets_from_the_joint_plans_choice() -> 
     types = [t for t in cfg.types if t in profiles.types]
     job = dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), queries=2000)
     refined = refine(job)
-    cands, evaluator = _several_models(job)
+    cands, evaluator = _several_models(job, [0, 1])
     assert isinstance(evaluator, MixEvaluator) and refined.n_configs == len(cands) >= refined.n_evals >= 1
     chosen = np.array([refined.counts[t] for t in types])
     assert cands.row_of(chosen) is not None and float(chosen @ cands.prices_usd_per_hour) <= 1.0 + 1e-9
