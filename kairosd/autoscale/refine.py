@@ -8,10 +8,11 @@ demand is then refined as `kairosd plan` chooses by default: Kairos+ walks the c
 the observed load and pruning by bound (`kairosd.planner.select_kairos_plus`), so that its choice is
 never below the one-shot fleet on its own simulation. When one model has demand, the walk is
 `kairosd plan`'s on it, over the fleets that can also serve every other served model; when several
-do, it walks the shared fleets that serve every model, ranked as `plan_fleet` ranks them, each valued
-at the largest multiple of the observed rates at which every model keeps its QoS (`MixEvaluator`).
-A partitioned plan (each instance pinned to one model), a "min_cost" plan and a plan for no observed
-demand stay one-shot.
+do, it first simulates the partitioned fleets (`partition_walk`: each instance pinned to one model,
+each part on its model's queries alone), then walks the shared fleets that serve every model,
+ranked as `plan_fleet` ranks them, each valued at the largest multiple of the observed rates at
+which every model keeps its QoS (`MixEvaluator`), and chooses the kind that serves more in
+simulation. A "min_cost" plan and a plan for no observed demand stay one-shot.
 
 The simulator draws each query's service time from the tables the estimate weighs (`Tails`
 quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
@@ -41,13 +42,15 @@ from kairosd.errors import ConfigError, KairosError
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan
 from kairosd.planner.tails import Tails
+from kairosd.pools import parse_pool, pool_name
 from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
     from kairosd.planner import Candidates
+    from kairosd.planner.bounds import BoundModel
     from kairosd.planner.joint import JointModel
     from kairosd.planner.selectors import Evaluator
-    from kairosd.sim import MixStream, ServiceModel
+    from kairosd.sim import MixStream, SeedsEvaluator, ServiceModel
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ START_GRACE_S = 30.0  # on top of the time limit: the child's start (imports) an
 PARENT_POLL_S = 0.5  # how often the child checks that the daemon that started it is alive
 PMF_TOLERANCE = 0.05  # a walk is kept for a new plan while every batch pmf is within this total variation
 SHARE_TOLERANCE = 0.05  # ... and every model's share of the total rate within this of the walk's
+PART_ROUNDS = 3  # partitions simulated at most with several models: the one-shot one and its re-plans
+SCALE_FLOOR = 0.05  # a part that serves nothing in simulation scales its model's estimates by this
+MIN_WALK_S = 1.0  # the shared walk's time limit when the partitions took the job's: it simulates its first fleet
 
 
 class RefineError(KairosError):
@@ -112,7 +118,9 @@ class Refined:
     """Kairos+'s choice: counts per planned type, its simulated max QPS (mean over the streams; the total
     over the models at the largest multiple of their observed rates it serves), its bound, the
     configurations simulated out of all, whether the walk proved it the optimum (`exact`), and the
-    walk's seconds."""
+    walk's seconds. `parts`: for a partitioned choice, the instances per type pinned to each model
+    (`counts` is their sum); `note`: with several models, what the other kind of fleet (shared or
+    partitioned) was worth in simulation."""
 
     counts: dict[str, int]
     qps: float
@@ -121,6 +129,21 @@ class Refined:
     n_configs: int
     exact: bool
     seconds: float
+    parts: dict[str, dict[str, int]] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PartChoice:
+    """The best partition simulated (`partition_walk`): the instances per type pinned to each model
+    (index into the job's demand), its multiple λ (the least over the models with demand of the part's
+    simulated max QPS over the model's observed rate), its bound's, and the partitions and parts simulated."""
+
+    parts: dict[int, np.ndarray]
+    multiple: float
+    bound_multiple: float
+    n_partitions: int
+    n_parts: int
 
 
 def refine(job: RefineJob) -> Refined:
@@ -135,15 +158,77 @@ def refine(job: RefineJob) -> Refined:
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
     if not live:
         raise RefineError("no model has observed demand: a max-throughput walk needs the mix to simulate")
+    part = None
+    if len(live) > 1:
+        part = partition_walk(job, live, (t0 + job.time_limit_s) if job.time_limit_s else None)
     cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job, live)
-    if len(cands) == 0:
+    if len(cands) == 0 and part is None:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
-    sel = select_kairos_plus(cands, evaluator, time_limit_s=job.time_limit_s or None)
-    if sel.qps is None:
+    sel = None
+    if len(cands):
+        left = job.time_limit_s - (time.perf_counter() - t0) if job.time_limit_s else None
+        sel = select_kairos_plus(cands, evaluator, time_limit_s=None if left is None else max(left, MIN_WALK_S))
+    if (sel is None or sel.qps is None) and part is None:
         raise RefineError("Kairos+ simulated no configuration")
-    counts = {t: int(n) for t, n in zip(job.types, sel.config, strict=True)}
-    return Refined(counts, float(sel.qps), float(sel.ub_qps), sel.n_evals, len(cands), sel.exact,
-                   time.perf_counter() - t0)
+    total = job.total_rate_qps
+    shared = ("no shared fleet" if sel is None or sel.qps is None else
+              f"the best shared fleet {_label(_counts(job, sel.config))} at {sel.qps:.1f} q/s simulated")
+    if part is not None and (sel is None or sel.qps is None or part.multiple * total > sel.qps):
+        n_shared = 0 if sel is None else sel.n_evals
+        total_counts = sum(part.parts.values(), np.zeros(len(job.types), dtype=np.int64))
+        return Refined(_counts(job, total_counts), part.multiple * total, part.bound_multiple * total,
+                       part.n_parts + n_shared, len(cands), False, time.perf_counter() - t0,
+                       parts={job.demand[m].model: _counts(job, c) for m, c in sorted(part.parts.items())},
+                       note=(f"partitioned: partitions simulated {part.n_partitions}; {shared}, "
+                             f"{n_shared} of {len(cands)} shared configurations simulated"))
+    assert sel is not None and sel.qps is not None
+    note = "" if len(live) == 1 else ("; no partition serves every model" if part is None else
+                                      f"; the best partition simulated serves {part.multiple * total:.1f} q/s")
+    return Refined(_counts(job, sel.config), float(sel.qps), float(sel.ub_qps), sel.n_evals, len(cands), sel.exact,
+                   time.perf_counter() - t0, note=note)
+
+
+def _counts(job: RefineJob, config: np.ndarray) -> dict[str, int]:
+    return {t: int(n) for t, n in zip(job.types, config, strict=True)}
+
+
+def partition_walk(job: RefineJob, live: Sequence[int], deadline: float | None = None) -> PartChoice | None:
+    """The partitioned fleets for the models `live` (those with demand, two or more), valued by simulation:
+    `plan_fleet`'s partition first (`best_partition`), each part simulated on its model's streams alone
+    (its max QPS, `_model_evaluator`), the partition worth the least over the models of part QPS /
+    observed rate; then, up to `PART_ROUNDS` partitions in all and until `deadline` (perf_counter), the
+    partition planned again with each model's estimates scaled by how far its part's simulation put it
+    from its estimate, until one repeats. The best simulated; None when no partition serves every model
+    with demand. E.g. a part estimated at 80 q/s that serves 60 in simulation scales its model's
+    estimates by 0.75, and the budget moves to it."""
+    from kairosd.planner import upper_bound
+    from kairosd.planner.joint import best_partition
+
+    joint = _joint(job)
+    rates = [d.rate_qps for d in job.demand]
+    evaluators = {g: _model_evaluator(job, g)[1] for g in live}
+    scale = {g: 1.0 for g in live}
+    seen: set[tuple[tuple[int, ...], ...]] = set()
+    parts_simulated: set[tuple[int, tuple[int, ...]]] = set()
+    best: PartChoice | None = None
+    for _ in range(PART_ROUNDS):
+        part = best_partition(joint, rates, job.prices, job.budget_usd_per_hour, job.caps, scale=scale)
+        if part is None:
+            break
+        key = tuple(tuple(int(x) for x in part.parts[m]) for m in sorted(part.parts))
+        if key in seen:
+            break
+        seen.add(key)
+        qps = {g: float(evaluators[g](part.parts[g])) for g in live}
+        parts_simulated.update((g, tuple(int(x) for x in part.parts[g])) for g in live)
+        lam = min(qps[g] / rates[g] for g in live)
+        if best is None or lam > best.multiple:
+            ub = min(float(upper_bound(part.parts[g][None, :], joint.models[g])[0]) / rates[g] for g in live)
+            best = PartChoice(part.parts, lam, ub, 0, 0)
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
+        scale = {g: scale[g] * max(qps[g], SCALE_FLOOR * part.est_qps[g]) / part.est_qps[g] for g in live}
+    return None if best is None else replace(best, n_partitions=len(seen), n_parts=len(parts_simulated))
 
 
 def _batches(pmf: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -154,13 +239,35 @@ def _batches(pmf: np.ndarray, n: int, seed: int) -> np.ndarray:
 def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
     """Model g alone has demand: `kairosd plan`'s walk on it (the compiled single-model simulator), over
     the configurations that can also serve every other model (when any can), as `plan_fleet` keeps them."""
-    from kairosd.planner import batch_pmf, make_candidates, upper_bound
-    from kairosd.planner.bounds import BoundModel
+    from kairosd.planner import make_candidates
+
+    on_streams, evaluator = _model_evaluator(job, g)
+    d = job.demand[g]
+    cands = make_candidates(_model_on(job, g, d.batch_pmf), job.prices, job.budget_usd_per_hour, max_counts=job.caps,
+                            evaluated_on=on_streams)
+    if len(job.demand) > 1 and len(cands):
+        serve_all = _joint(job).servable(cands.configs).all(axis=1)
+        if serve_all.any():
+            cands = _rows(cands, np.flatnonzero(serve_all))
+    return cands, replace(evaluator, guess=cands.search_start)
+
+
+def _model_on(job: RefineJob, g: int, pmf: np.ndarray) -> BoundModel:
+    """Model g's bound model on the planned types for the batch mix `pmf`."""
     from kairosd.planner.tails import tailed_model
+
+    return tailed_model(job.profiles, job.demand[g].model, job.types, pmf, job.qos_s[g], job.planned_tails(g),
+                        tail=job.tail)
+
+
+def _model_evaluator(job: RefineJob, g: int) -> tuple[BoundModel, SeedsEvaluator]:
+    """Model g's queries alone at its observed mix: the bound model on the batches of its `job.streams`
+    simulated streams, and the evaluator of a fleet's max QPS for them (the compiled single-model
+    simulator, bounded by that model's `upper_bound`)."""
+    from kairosd.planner import batch_pmf, upper_bound
     from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
 
     d, qos = job.demand[g], job.qos_s[g]
-    planned = job.planned_tails(g)
     service = ServiceModel("quantiles", quantiles=job.tails[g].quantiles)
 
     def stream(i: int) -> SimSetup:
@@ -169,20 +276,9 @@ def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
                         poisson_stream(_batches(d.batch_pmf, job.queries, seed), seed + 1), service, job.slots)
 
     setups = tuple(stream(i) for i in range(job.streams))
-
-    def model_on(p: np.ndarray) -> BoundModel:
-        return tailed_model(job.profiles, d.model, job.types, p, qos, planned, tail=job.tail)
-
-    on_streams = model_on(batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
-    cands = make_candidates(model_on(d.batch_pmf), job.prices, job.budget_usd_per_hour, max_counts=job.caps,
-                            evaluated_on=on_streams)
-    if len(job.demand) > 1 and len(cands):
-        serve_all = _joint(job).servable(cands.configs).all(axis=1)
-        if serve_all.any():
-            cands = _rows(cands, np.flatnonzero(serve_all))
+    on_streams = _model_on(job, g, batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
     bound = lambda config: float(upper_bound(np.asarray(config)[None, :], on_streams)[0])
-    return cands, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1,
-                                 guess=cands.search_start)
+    return on_streams, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1)
 
 
 def _several_models(job: RefineJob, live: Sequence[int]) -> tuple[Candidates, Evaluator]:
@@ -329,10 +425,8 @@ class BackgroundRefiner:
         self.failures = 0  # walks that gave no choice (killed ones not counted)
 
     def applies(self, demand: Sequence[ModelDemand], plan: FleetPlan) -> bool:
-        """Whether Kairos+ refines this plan: "max_throughput", some observed demand, a non-empty shared fleet
-        (a partitioned plan, each instance pinned to one model, stays as it is)."""
-        return (self.objective == "max_throughput" and sum(d.rate_qps for d in demand) > 0
-                and plan.cost_usd_per_hour > 0 and not plan.partitioned)
+        """Whether Kairos+ refines this plan: "max_throughput", some observed demand, a non-empty fleet."""
+        return self.objective == "max_throughput" and sum(d.rate_qps for d in demand) > 0 and plan.cost_usd_per_hour > 0
 
     def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> FleetPlan:
         """The plan to act on now for the new one-shot `plan` (see the class); begins a walk when needed."""
@@ -476,15 +570,28 @@ def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Map
     if unknown:
         raise ConfigError(f"Kairos+ chose types the plan does not have: {sorted(unknown)}")
     cost = float(sum(n * prices[t] for t, n in counts.items()))
-    same = counts == plan.counts
-    how = "exact: every other fleet pruned" if refined.exact else "best of those simulated"
-    reason = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations simulated "
-              f"in {refined.seconds:.1f} s): {_label(counts)} at {refined.qps:.1f} q/s simulated; "
-              + ("the same as the one-shot choice" if same else f"the one-shot choice was {_label(plan.counts)}"))
+    pools = ({} if refined.parts is None else
+             {pool_name(t, m): n for m, part in refined.parts.items() for t, n in part.items() if n})
+    same = counts == plan.counts and (pools or {t: n for t, n in counts.items() if n}) == plan.pools
+    if refined.parts is not None:
+        what = " | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items())
+        head = f"max_throughput: kairos_plus ({refined.note}; {refined.seconds:.1f} s): partitioned, {what}"
+    else:
+        how = "exact: every other fleet pruned" if refined.exact else "best of those simulated"
+        head = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations "
+                f"simulated in {refined.seconds:.1f} s{refined.note}): {_label(counts)}")
+    one_shot = " | ".join(f"{m}: {_label(plan.pinned(m))}" for m in _pinned_models(plan)) or _label(plan.counts)
+    reason = (f"{head} at {refined.qps:.1f} q/s simulated; "
+              + ("the same as the one-shot choice" if same else f"the one-shot choice was {one_shot}"))
     multiple = refined.qps / rate_qps if rate_qps > 0 else plan.multiple
     bound = refined.ub_qps / rate_qps if rate_qps > 0 else plan.bound_multiple
     return replace(plan, counts=counts, cost_usd_per_hour=cost, multiple=multiple, bound_multiple=bound,
-                   reason=reason, pools={})
+                   reason=reason, pools=pools, partitioned=refined.parts is not None)
+
+
+def _pinned_models(plan: FleetPlan) -> list[str]:
+    """The models a partitioned plan pins instances to, in pool order (none for a shared plan)."""
+    return list(dict.fromkeys(m for m in (parse_pool(p)[1] for p in plan.pools) if m is not None))
 
 
 def _label(counts: Mapping[str, int]) -> str:

@@ -9,7 +9,7 @@ or both below `min_rate_qps`; every batch pmf within `pmf_tolerance` in total va
 unavailable set is the same: planning runs only when the load moved. The fleet's reconcile reads the
 window on the scheduler's event loop and plans on another thread (`PlannerTarget.prepare`), so that a
 long plan does not hold up dispatch. With `autoscaler.selector = "kairos_plus"`, each new
-"max_throughput" plan of a shared fleet is refined by Kairos+ in the background
+"max_throughput" plan is refined by Kairos+ in the background
 (`kairosd.autoscale.refine`): the target is the one-shot plan until the walk ends, then the refined
 one, which is reused as the plan was.
 """

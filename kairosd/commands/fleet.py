@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pl.add_argument("--budget", type=float, default=None, help="plan for another budget ($/h)")
     pl.add_argument("--objective", choices=["max_throughput", "min_cost"], default=None)
     pl.add_argument("--selector", choices=["kairos", "kairos_plus"], default=None,
-                    help="kairos_plus: refine a max_throughput plan of a shared fleet by the Kairos+ walk, as the "
+                    help="kairos_plus: refine a max_throughput plan by the Kairos+ walk, as the "
                     "daemon does (default: the config's autoscaler.selector)")
 
 

@@ -532,16 +532,18 @@ class _PartSpace:
 
 
 def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget_usd_per_hour: float,
-                caps: np.ndarray, *, prune: bool = True) -> _PartSpace | None:
-    """The partition search's inputs (None when no configuration fits the budget and caps)."""
+                caps: np.ndarray, *, prune: bool = True, scale: Mapping[int, float] | None = None) -> _PartSpace | None:
+    """The partition search's inputs (None when no configuration fits the budget and caps); `scale[m]`
+    multiplies model m's estimates and bounds (default 1)."""
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=False, max_counts=caps.tolist())
     if len(configs) == 0:
         return None
     cost = configs @ _micro(prices)
     act = [m for m in range(len(rates)) if rates[m] > 0]
-    ub = {m: upper_bound(configs, joint.models[m]) for m in act}
-    estimate: dict[int, Callable[[np.ndarray], np.ndarray]] = {m: partial(_estimate_rows, configs, joint.models[m])
-                                                             for m in act}
+    s = {m: 1.0 if scale is None else float(scale.get(m, 1.0)) for m in act}
+    ub = {m: s[m] * upper_bound(configs, joint.models[m]) for m in act}
+    estimate: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+        m: partial(_estimate_rows, configs, joint.models[m], s[m]) for m in act}
     # the estimate where it can raise the frontier (`frontier_estimates`), NaN elsewhere; `_max_partition`
     # asks more where the budget left over needs them
     est = {m: (frontier_estimates(cost, ub[m], estimate[m]) if prune else estimate[m](np.arange(len(configs))))
@@ -566,9 +568,9 @@ def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget
     return _PartSpace(configs, cost, est, frontiers, fixed, tuple(unserved), budget, left, ub, estimate)
 
 
-def _estimate_rows(configs: np.ndarray, bm: BoundModel, rows: np.ndarray) -> np.ndarray:
-    """The single-model estimate (`queue_estimate` at the planning share) of `configs[rows]`."""
-    return queue_estimate(configs[rows], bm, eps=planning_eps())
+def _estimate_rows(configs: np.ndarray, bm: BoundModel, scale: float, rows: np.ndarray) -> np.ndarray:
+    """The single-model estimate (`queue_estimate` at the planning share) of `configs[rows]`, times `scale`."""
+    return scale * queue_estimate(configs[rows], bm, eps=planning_eps())
 
 
 def _fits(space: _PartSpace, rows: np.ndarray) -> np.ndarray:
@@ -610,6 +612,34 @@ def _max_partition(space: _PartSpace, rates: np.ndarray) -> dict[int, int] | Non
             budget_left = room - int(space.cost_micro[best])
             used = others + space.configs[best]
     return chosen
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A partitioned fleet: `parts[m]`, the instances per type pinned to model m (the models with demand
+    and the keep-warm parts of those without); `est_qps[m]`, the (scaled) estimate of each part of a
+    model with demand."""
+
+    parts: dict[int, np.ndarray]
+    est_qps: dict[int, float]
+
+
+def best_partition(joint: JointModel, rates: Sequence[float], prices: Sequence[float], budget_usd_per_hour: float,
+                   caps: Sequence[int] | None = None, *, scale: Mapping[int, float] | None = None) -> Partition | None:
+    """The partition of the highest λ_part (module docstring) that `plan_fleet` plans for `rates` (one per
+    model of `joint`), with model m's single-model estimates (and bounds) multiplied by `scale[m]`
+    (default 1: `plan_fleet`'s own); None when no partition serves every model with demand within the
+    budget and caps (None: uncapped)."""
+    r = np.asarray(rates, dtype=float)
+    p = np.asarray(prices, dtype=float)
+    c = (np.full(len(p), np.iinfo(np.int64).max, dtype=np.int64) if caps is None
+         else np.asarray(caps, dtype=np.int64).copy())
+    space = _part_space(joint, r, p, budget_usd_per_hour, c, scale=scale)
+    chosen = None if space is None else _max_partition(space, r)
+    if space is None or chosen is None:
+        return None
+    return Partition({m: space.configs[row].copy() for m, row in {**space.fixed, **chosen}.items()},
+                     {m: float(space.est_qps[m][row]) for m, row in chosen.items()})
 
 
 def _min_cost_partition(space: _PartSpace, rates: np.ndarray, headroom: float) -> dict[int, int] | None:

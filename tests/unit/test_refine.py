@@ -178,12 +178,16 @@ def test_a_new_mix_kills_the_walk_made_stale_and_a_new_rate_keeps_it() -> None:
     assert refiner.walks == 2 and first.wait(timeout=5.0) != 0
     refiner.close()
     assert refiner.take() is None and not refiner.running
-    # plans it does not refine, returned as they are: min_cost, no demand, a partitioned fleet
+    # plans it does not refine, returned as they are: min_cost, no demand
     assert BackgroundRefiner(lambda *a: job, prices, "min_cost").start(demand, frozenset(), plan) is plan
     assert refiner.start([dataclasses.replace(demand[0], rate_qps=0.0)], frozenset(), plan) is plan
+    assert refiner.walks == 2 and not refiner.running
+    # a partitioned max-throughput plan is walked like a shared one
     pinned = dataclasses.replace(plan, pools={f"{job.types[0]}@{demand[0].model}": 1}, partitioned=True,
                                  counts={t: int(t == job.types[0]) for t in job.types})
-    assert refiner.start(demand, frozenset(), pinned) is pinned and refiner.walks == 2 and not refiner.running
+    assert refiner.start(demand, frozenset(), pinned) is pinned and refiner.walks == 3 and refiner.running
+    refiner.close()
+    assert not refiner.running
 
 
 def test_same_mix_ignores_the_rate_and_not_the_pmf_or_the_shares() -> None:
@@ -269,3 +273,64 @@ def test_one_model_with_demand_among_several_walks_its_fleets_that_serve_every_m
     refined = refine(job)
     assert refined.n_configs == int(serve_all.sum())
     assert tuple(refined.counts[t] for t in types) in set(map(tuple, configs[serve_all]))
+
+
+def test_a_partition_that_serves_more_in_simulation_replaces_a_shared_one_shot_plan() -> None:
+    """dlrm (the authors' rm2, 350 ms) at 100 q/s and ncf (5 ms) at 2 on the emulated types at 2.5 $/h: the
+    joint estimate puts the shared 2 × g4dn + 9 × r5n above every partition, but shared, ncf's queries
+    wait behind dlrm's batches on the g4dn. The walk simulates the partition part by part and the shared
+    fleets, and chooses the partition, worth what its parts serve."""
+    from kairosd.autoscale.refine import _model_evaluator, _several_models
+    from kairosd.autoscale.target import refine_jobs
+
+    cfg = _emulated_config()
+    profiles = load_profiles(cfg)
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    demand = [ModelDemand("dlrm", 100.0, pmf), ModelDemand("ncf", 2.0, pmf)]
+    plan = config_planner(cfg, profiles)(demand, frozenset())
+    assert not plan.partitioned
+    types = [t for t in cfg.types if t in profiles.types]
+    prices = dict(zip(types, (cfg.types[t].price_usd_per_hour for t in types), strict=True))
+    job = dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), queries=2000, time_limit_s=2.0)
+    refined = refine(job)
+    assert refined.parts is not None and sorted(refined.parts) == ["dlrm", "ncf"]
+    assert {t: sum(p[t] for p in refined.parts.values()) for t in types} == refined.counts
+    assert sum(n * prices[t] for t, n in refined.counts.items()) <= 2.5 + 1e-9
+    # the partition is worth the least over the models of what its part serves of that model alone
+    served = [float(_model_evaluator(job, g)[1](np.array([refined.parts[d.model][t] for t in types]))) / d.rate_qps
+              for g, d in enumerate(demand)]
+    assert refined.qps == pytest.approx(min(served) * 102.0)
+    _, mixed = _several_models(job, [0, 1])
+    assert mixed(np.array([plan.counts[t] for t in types])) < refined.qps  # the one-shot shared fleet, both models
+    merged = refined_plan(plan, refined, job.total_rate_qps, prices)
+    assert merged.partitioned and merged.multiple == pytest.approx(refined.qps / 102.0)
+    assert merged.pinned("ncf") == {t: n for t, n in refined.parts["ncf"].items() if n}
+    assert "partitioned" in merged.reason and "the one-shot choice was" in merged.reason
+
+
+def test_the_partition_search_is_the_joint_plans_and_follows_scaled_estimates() -> None:
+    """ncf with a 20 ms QoS at 1,000 q/s beside dlrm at 50 (2.5 $/h): `best_partition` unscaled is the one-shot
+    plan's partition; with dlrm's estimates scaled by 0.7 (its part served less in simulation than
+    estimated), dlrm's part grows and ncf's shrinks, within the budget."""
+    from kairosd.autoscale.refine import _joint
+    from kairosd.autoscale.target import refine_jobs
+    from kairosd.planner.joint import best_partition
+
+    cfg = _emulated_config()
+    cfg = dataclasses.replace(cfg, qos_s={"dlrm": 0.35, "ncf": 0.02})
+    profiles = load_profiles(cfg)
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    demand = [ModelDemand("dlrm", 50.0, pmf), ModelDemand("ncf", 1000.0, pmf)]
+    plan = config_planner(cfg, profiles)(demand, frozenset())
+    types = [t for t in cfg.types if t in profiles.types]
+    job = refine_jobs(cfg, profiles, types)(demand, frozenset())
+    joint = _joint(job)
+    part = best_partition(joint, [50.0, 1000.0], job.prices, 2.5, job.caps)
+    assert plan.partitioned and part is not None
+    for g, d in enumerate(demand):
+        assert plan.pinned(d.model) == {t: int(n) for t, n in zip(types, part.parts[g], strict=True) if n}
+    scaled = best_partition(joint, [50.0, 1000.0], job.prices, 2.5, job.caps, scale={0: 0.7})
+    assert scaled is not None
+    assert (scaled.parts[0] >= part.parts[0]).all() and scaled.parts[0].sum() > part.parts[0].sum()
+    assert scaled.parts[1].sum() < part.parts[1].sum()
+    assert float(sum(scaled.parts.values()) @ np.asarray(job.prices)) <= 2.5 + 1e-9
