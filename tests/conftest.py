@@ -6,7 +6,13 @@ its assertions hold latencies or deadlines under load, which a daemon, a Triton 
 by another process on the same cores would stretch. The other tests run side by side. Each test, with
 the setup and teardown of the fixtures it starts or ends, holds a lock shared between the processes:
 shared, or exclusive for an `alone` test. A test that waits for the exclusive lock holds a gate that
-keeps new holders out, so it waits only for the tests already running."""
+keeps new holders out, so it waits only for the tests already running.
+
+`--dist loadfile` hands the files out in the order of the collection, which `pytest_collection_modifyitems`
+sets: the longest files first (`LONGEST_FILES`), so that the short ones even out the processes' ends; then
+the files with an `alone` test, those with other tests too before those without, so that the suite's
+serial part runs last, after the files that run side by side, and an `alone` test rarely waits for a long
+test of another process to end."""
 
 from __future__ import annotations
 
@@ -20,6 +26,27 @@ import pytest
 
 # each process may run a daemon with its fleet (and a Triton): more processes than cores only contend
 MAX_WORKERS = 4
+
+# the files that take longest (without an `alone` test), longest first, as `--durations` shows them on 2 cores
+LONGEST_FILES = (
+    "integration/test_autoscale_ec2.py",
+    "integration/test_serve.py",
+    "unit/test_joint.py",
+    "unit/test_planner.py",
+    "unit/test_pruning.py",
+    "unit/test_sim.py",
+    "unit/test_simkernel.py",
+    "integration/test_autoscale_refine.py",
+    "unit/test_refine.py",
+    "unit/test_target.py",
+    "integration/test_autoscale_local.py",
+    "integration/test_backend_stream.py",
+    "integration/test_ec2_provider.py",
+    "integration/test_access.py",
+    "unit/test_fluid_lp.py",
+    "integration/test_http_forward.py",
+    "integration/test_metrics.py",
+)
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -55,6 +82,9 @@ _RUN_LOCK = pytest.StashKey[FileLock]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # xdist would reorder the files by their number of tests; the order is the collection's (below)
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # set in the worker processes of pytest-xdist only
     if run is None:
         return
@@ -62,6 +92,24 @@ def pytest_configure(config: pytest.Config) -> None:
     base = config.option.basetemp
     directory = Path(base).parent if base else Path(tempfile.gettempdir()) / f"kairosd-tests-{run}"
     config.stash[_RUN_LOCK] = FileLock(directory / "run-lock")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Orders the files as the module docstring says; the tests of a file keep their order."""
+    tests = Path(__file__).parent
+    alone: dict[Path, set[bool]] = {}
+    for item in items:
+        alone.setdefault(item.path, set()).add(item.get_closest_marker("alone") is not None)
+    longest = {tests / name: rank for rank, name in enumerate(LONGEST_FILES)}
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        kinds = alone[item.path]
+        if True in kinds:
+            return (2 if False in kinds else 3, 0)
+        rank = longest.get(item.path)
+        return (0, rank) if rank is not None else (1, 0)
+
+    items.sort(key=key)  # stable: the files not ranked here, and each file's tests, keep their order
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
