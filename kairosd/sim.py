@@ -9,7 +9,8 @@ for an instance 2 QoS after the last arrival).
 `max_qps` bisects for the highest passing rate, below the planner's upper bound.
 With `KairosPolicy` a run without the head's pipelining goes through `kairosd.simkernel`, a compiled
 copy of `_run` and that policy which makes the same decisions; every other run through `_run` (or
-`_run_pipelined`).
+`_run_pipelined`). Likewise a run of several models (`simulate_mix`) with `KairosPolicy` goes through
+the compiled copy of `_run_mix`, every other through `_run_mix`.
 
 Every random draw is made once per `Stream` (seeded) and reused at every rate and for every
 configuration (common random numbers), so evaluations are deterministic and comparable.
@@ -1284,8 +1285,13 @@ def simulate_mix(
     max_viol = np.floor(allowed).astype(np.int64) + 1 if abort else np.full(n_groups, n + 1)
     model_idx = np.array([profiles.model_index(m) for m in models], dtype=np.intp)
     qos = np.asarray(qos_s, dtype=float)
-    finish, start, aborted, calls, work = _run_mix(arr, svc, expected, stream.stream.batches, cols, policy, group, model_idx, qos,
-                                            measure_from, max_viol)
+    rule = simkernel.mix_rule_for(policy, model_idx)
+    if rule is not None:
+        finish, start, aborted, calls, work = simkernel.run_mix(arr, svc, expected, stream.stream.batches, cols, rule,
+                                                                group, qos, measure_from, max_viol)
+    else:
+        finish, start, aborted, calls, work = _run_mix(arr, svc, expected, stream.stream.batches, cols, policy, group,
+                                                       model_idx, qos, measure_from, max_viol)
     lat = finish[measure_from:] - arr[measure_from:]
     violations = tuple(int(np.count_nonzero(lat[measured == g] > qos[g])) for g in range(n_groups))
     overloaded = work > len(cols) * (arr[-1] - arr[0])

@@ -1,13 +1,18 @@
-"""The simulator's event loop with kairosd's Kairos matching, compiled: `sim._run` driving a
-`KairosPolicy` (the daemon's rule, or the paper's), decision for decision the same.
+"""The simulator's event loops with kairosd's Kairos matching, compiled: `sim._run` (one model) and
+`sim._run_mix` (several models in one stream) driving a `KairosPolicy` (the daemon's rule, or the
+paper's), decision for decision the same.
 
 `sim._run` calls the policy through a `Snapshot` once per round; with the small matrices of a
 round (a few queries over a few dozen slots) numpy's per-call overhead, not arithmetic, is most of
 a simulated run, and the planner's Kairos+ spends most of its time in such runs. This module runs the
-same loop and the same rule in compiled code (numba), with every floating-point operation in the order
-`_run`, `KairosPolicy` and scipy's `linear_sum_assignment` perform it, so that a run gives the same
-finish times, the same number of policy calls and the same verdict (tests/unit/test_simkernel.py
-compares them). Other policies run in `sim._run`.
+same loops and the same rule in compiled code (numba), with every floating-point operation in the order
+`_run`, `_run_mix`, `KairosPolicy` and scipy's `linear_sum_assignment` perform it, so that a run gives
+the same finish times, the same number of policy calls and the same verdict (tests/unit/test_simkernel.py
+and tests/unit/test_simkernel_mix.py compare them). Other policies run in `sim._run` and `sim._run_mix`.
+
+Both loops share the rule (`_decide`): each query belongs to a group (a model with its QoS; a single
+model's run has one group), and a row of the matching is priced on its group's tables and QoS, as
+`KairosPolicy` prices a snapshot row on its `q_model` and `q_qos_s`.
 
 `_lsap` is the shortest augmenting path algorithm for the rectangular assignment problem (Crouse,
 "On implementing 2D rectangular assignment algorithms", IEEE TAES 52(4), 2016) as scipy implements
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -42,12 +47,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class KairosRule:
-    """A `KairosPolicy`'s tables and switches for one model, as the compiled loop takes them."""
+    """A `KairosPolicy`'s tables and switches for the groups of a run, as the compiled loop takes them:
+    group g is a model, its tables the policy's for that model."""
 
-    mean: np.ndarray  # [type, batch] profile mean
-    cmean: np.ndarray  # [type, batch] C_type · mean
-    check: np.ndarray  # [type, batch] the latency feasibility is judged on (p99 or mean)
-    coef: np.ndarray  # [type] heterogeneity coefficient C_type
+    mean: np.ndarray  # [group, type, batch] profile mean
+    cmean: np.ndarray  # [group, type, batch] C_type · mean
+    check: np.ndarray  # [group, type, batch] the latency feasibility is judged on (p99 or mean)
+    coef: np.ndarray  # [group, type] heterogeneity coefficient C_type
     margin_s: float
     lookahead: int
     hold: bool
@@ -57,13 +63,20 @@ class KairosRule:
 
 
 def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
-    """The compiled loop's form of `policy`, or None when `sim._run` must run it (another policy, a
-    subclass, or the kernel switched off or unavailable)."""
+    """The compiled loop's form of `policy` for model `model_idx` alone (one group), or None when `sim._run`
+    must run it (another policy, a subclass, or the kernel switched off or unavailable)."""
+    return mix_rule_for(policy, [model_idx])
+
+
+def mix_rule_for(policy: Policy, model_idx: Sequence[int] | np.ndarray) -> KairosRule | None:
+    """The compiled loop's form of `policy` with group g for model `model_idx[g]` (ProfileTable indices),
+    or None when `sim._run_mix` must run it (as `rule_for`)."""
     if not ENABLED or type(policy) is not KairosPolicy:
         return None
+    idx = np.asarray(model_idx, dtype=np.intp)
     return KairosRule(
-        mean=np.ascontiguousarray(policy.mean[model_idx]), cmean=np.ascontiguousarray(policy.cmean[model_idx]),
-        check=np.ascontiguousarray(policy.check[model_idx]), coef=np.ascontiguousarray(policy.coef[model_idx]),
+        mean=np.ascontiguousarray(policy.mean[idx]), cmean=np.ascontiguousarray(policy.cmean[idx]),
+        check=np.ascontiguousarray(policy.check[idx]), coef=np.ascontiguousarray(policy.coef[idx]),
         margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
         sure_miss_by_finish=bool(policy.sure_miss_by_finish), sure_miss_bound=float(policy.sure_miss_bound))
 
@@ -71,14 +84,33 @@ def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
 def run(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
         rule: KairosRule, qos_s: float, measure_from: int, max_violations: int,
         deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
-    """`sim._run` for `rule`: the same arguments (the policy as its `KairosRule`) and the same result
-    (finish times, hand-out times, aborted, policy calls, instance-seconds handed out)."""
+    """`sim._run` for `rule` (of one group, `rule_for`): the same arguments (the policy as its `KairosRule`)
+    and the same result (finish times, hand-out times, aborted, policy calls, instance-seconds handed out)."""
     finish, start, aborted, calls, work = _run_kairos(
         np.ascontiguousarray(arr, dtype=np.float64), np.ascontiguousarray(svc, dtype=np.float64),
         np.ascontiguousarray(expected, dtype=np.float64), np.ascontiguousarray(batches, dtype=np.int64),
-        np.ascontiguousarray(cols, dtype=np.int64), rule.mean, rule.cmean, rule.check, rule.coef,
-        float(qos_s), rule.margin_s, int(rule.lookahead), rule.hold, rule.tiers, rule.sure_miss_by_finish,
-        rule.sure_miss_bound, int(measure_from), int(max_violations), float(deadline_s))
+        np.ascontiguousarray(cols, dtype=np.int64), np.zeros(len(arr), dtype=np.int64), rule.mean, rule.cmean,
+        rule.check, rule.coef, np.array([qos_s], dtype=np.float64), rule.margin_s, int(rule.lookahead), rule.hold,
+        rule.tiers, rule.sure_miss_by_finish, rule.sure_miss_bound, int(measure_from), int(max_violations),
+        float(deadline_s))
+    return finish, start, bool(aborted), int(calls), float(work)
+
+
+def run_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
+            rule: KairosRule, group: np.ndarray, group_qos_s: np.ndarray, measure_from: int,
+            max_violations: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run_mix` for `rule` (`mix_rule_for` the groups' models): the same arguments (the policy and the
+    groups' models as the rule) and the same result."""
+    if rule.mean.shape[0] != len(group_qos_s) or len(max_violations) != len(group_qos_s):
+        raise ValueError(f"{rule.mean.shape[0]} groups' tables, {len(group_qos_s)} QoS targets and "
+                         f"{len(max_violations)} violation caps")
+    finish, start, aborted, calls, work = _run_kairos_mix(
+        np.ascontiguousarray(arr, dtype=np.float64), np.ascontiguousarray(svc, dtype=np.float64),
+        np.ascontiguousarray(expected, dtype=np.float64), np.ascontiguousarray(batches, dtype=np.int64),
+        np.ascontiguousarray(cols, dtype=np.int64), np.ascontiguousarray(group, dtype=np.int64), rule.mean,
+        rule.cmean, rule.check, rule.coef, np.ascontiguousarray(group_qos_s, dtype=np.float64), rule.margin_s,
+        int(rule.lookahead), rule.hold, rule.tiers, rule.sure_miss_by_finish, rule.sure_miss_bound,
+        int(measure_from), np.ascontiguousarray(max_violations, dtype=np.int64))
     return finish, start, bool(aborted), int(calls), float(work)
 
 
@@ -180,25 +212,27 @@ def _assign(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray, out_rows: n
 
 
 @_jit
-def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray, qos_s: float,
-           margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray, tiers: bool,
-           by_finish: bool, bound: float) -> None:
+def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray,
+           rqos: np.ndarray, margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray,
+           tiers: bool, by_finish: bool, bound: float) -> None:
     """`KairosPolicy._slot_costs` into cost[:rows, :slots·n] (slot-major): the edge of row r and slot k
-    of column j at busy time slot_busy[k, j]; `smean`, `scm`, `sck` [row, column] the row's mean,
-    C·mean and check latency on the column's type, `scoef` [column] its coefficient."""
-    budget = qos_s - margin_s
+    of column j at busy time slot_busy[k, j]; `smean`, `scm`, `sck`, `scoef` [row, column] the row's
+    mean, C·mean, check latency and coefficient on the column's type, `rqos` [row] the row's QoS."""
     any_infeasible = False
     for r in range(rows):
+        budget = rqos[r] - margin_s
         for k in range(slots):
             for j in range(n):
                 b = slot_busy[k, j]
-                cost[r, k * n + j] = scoef[j] * b + scm[r, j]
+                cost[r, k * n + j] = scoef[r, j] * b + scm[r, j]
                 if waited[r] + b + sck[r, j] > budget:
                     any_infeasible = True
     if not any_infeasible:
         return
-    penalty = INFEASIBLE_PENALTY_QOS * qos_s
     for r in range(rows):
+        qos_s = rqos[r]
+        budget = qos_s - margin_s
+        penalty = INFEASIBLE_PENALTY_QOS * qos_s
         for k in range(slots):
             for j in range(n):
                 b = slot_busy[k, j]
@@ -265,31 +299,129 @@ def _late_in_queue(arr: np.ndarray, queue: np.ndarray, qhead: int, qlen: int, no
 
 
 @_jit
-def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, cols: np.ndarray, mean: np.ndarray,
-                cmean: np.ndarray, check: np.ndarray, waited: np.ndarray, smean: np.ndarray, scm: np.ndarray,
-                sck: np.ndarray) -> None:
-    """Row `r` of the matching for query `q`: its wait, and its mean, C·mean and check latency on every
-    column's type (`_service`'s lookups, the batch clamped to the tables)."""
-    b = min(batches[q], mean.shape[1] - 1)
+def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, cols: np.ndarray,
+                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos: np.ndarray,
+                waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray,
+                scoef: np.ndarray) -> None:
+    """Row `r` of the matching for query `q` of group grp[q]: its wait and QoS, and its mean, C·mean,
+    check latency and coefficient on every column's type from its group's tables (`_service`'s lookups,
+    the batch clamped to the tables)."""
+    g = grp[q]
+    b = min(batches[q], mean.shape[2] - 1)
     waited[r] = now - arr[q]
+    rqos[r] = qos[g]
     for j in range(cols.shape[0]):
         t = cols[j]
-        smean[r, j] = mean[t, b]
-        scm[r, j] = cmean[t, b]
-        sck[r, j] = check[t, b]
+        smean[r, j] = mean[g, t, b]
+        scm[r, j] = cmean[g, t, b]
+        sck[r, j] = check[g, t, b]
+        scoef[r, j] = coef[g, t]
+
+
+@_jit
+def _buffers(n_i: int, lookahead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                np.ndarray, np.ndarray]:
+    """`_decide`'s scratch arrays for `n_i` columns, in its order (waited, rqos, smean, scm, sck, scoef,
+    slot_busy, cost, col4row, match_r, match_c, take_r, take_c)."""
+    max_rows = n_i if lookahead else 2 * n_i
+    slots = lookahead + 1
+    return (np.empty(max_rows), np.empty(max_rows), np.empty((max_rows, n_i)), np.empty((max_rows, n_i)),
+            np.empty((max_rows, n_i)), np.empty((max_rows, n_i)), np.empty((slots, n_i)),
+            np.empty((max_rows, slots * n_i)), np.empty(max_rows, dtype=np.int64), np.empty(max_rows, dtype=np.int64),
+            np.empty(max_rows, dtype=np.int64), np.empty(n_i, dtype=np.int64), np.empty(n_i, dtype=np.int64))
+
+
+@_jit
+def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
+            qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray, mean: np.ndarray, cmean: np.ndarray,
+            check: np.ndarray, coef: np.ndarray, qos: np.ndarray, margin_s: float, lookahead: int, hold: bool,
+            tiers: bool, by_finish: bool, bound: float, waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray,
+            scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray, slot_busy: np.ndarray, cost: np.ndarray,
+            col4row: np.ndarray, match_r: np.ndarray, match_c: np.ndarray, take_r: np.ndarray,
+            take_c: np.ndarray) -> int:
+    """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
+    at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
+    its group's tables mean/cmean/check [group, type, batch] and coef [group, type] and its QoS qos[group].
+    The rows to hand out (positions in the queue, increasing) and their columns go into `take_r`,
+    `take_c`; returns how many. The other arrays are scratch space: rows of the matching × columns
+    (`waited`, `rqos`: rows), `slot_busy` slots × columns, `cost` rows × slots·columns."""
+    n_i = cols.shape[0]
+    n_b = mean.shape[2]
+    slots = lookahead + 1
+    max_rows = n_i if lookahead else 2 * n_i  # the matching's rows (`KairosPolicy.__call__`)
+    m = min(2 * n_i, qlen)
+    n_take = 0
+    if m == 1:
+        q = queue[qhead]
+        g = grp[q]
+        b = min(batches[q], n_b - 1)
+        if n_i <= SCALAR_MAX_COLUMNS:
+            j = _one_column(b, now - arr[q], qos[g], margin_s, cols, busy, mean[g], cmean[g], check[g], coef[g],
+                            tiers, by_finish, bound)
+        else:
+            _gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean, scm,
+                        sck, scoef)
+            for jj in range(n_i):
+                slot_busy[0, jj] = busy[jj]
+            _cells(cost, 1, 1, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish,
+                   bound)
+            j = 0
+            for jj in range(1, n_i):
+                if cost[0, jj] < cost[0, j]:
+                    j = jj
+        if free[j]:
+            take_r[0] = 0
+            take_c[0] = j
+            n_take = 1
+        return n_take
+    rows = min(m, max_rows)
+    for r in range(rows):
+        _gather_row(r, queue[qhead + r], now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos,
+                    smean, scm, sck, scoef)
+    for j in range(n_i):
+        slot_busy[0, j] = busy[j]
+        if lookahead:
+            total = 0.0
+            for r in range(rows):
+                total += smean[r, j]
+            step = total / rows
+            for k in range(slots):
+                slot_busy[k, j] = busy[j] + k * step
+    _cells(cost, rows, slots, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish, bound)
+    n_cols = slots * n_i
+    n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
+    for k in range(n_match):
+        r = match_r[k]
+        c = match_c[k]
+        if c >= n_i or not free[c]:
+            continue
+        if hold:
+            penalty = INFEASIBLE_PENALTY_QOS * rqos[r]
+            if cost[r, c] >= penalty:
+                low = math.inf
+                for jj in range(n_cols):
+                    if cost[r, jj] < low:
+                        low = cost[r, jj]
+                if low < penalty:
+                    continue
+        take_r[n_take] = r
+        take_c[n_take] = c
+        n_take += 1
+    return n_take
 
 
 @_jit
 def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
-                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
-                lookahead: int, hold: bool, tiers: bool, by_finish: bool, bound: float, measure_from: int,
-                max_violations: int, deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
-    """`sim._run` with `KairosPolicy.__call__` inlined (see the module docstring); `run` calls it."""
+                grp: np.ndarray, mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray,
+                qos: np.ndarray, margin_s: float, lookahead: int, hold: bool, tiers: bool, by_finish: bool,
+                bound: float, measure_from: int, max_violations: int,
+                deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run` with `KairosPolicy.__call__` inlined (`_decide`; see the module docstring); `run` calls
+    it with every query in group 0."""
     n_q = arr.shape[0]
     n_i = cols.shape[0]
     window = 2 * n_i
-    n_b = mean.shape[1]
-    slots = lookahead + 1
     free_at = np.zeros(n_i)
     expect_at = np.zeros(n_i)
     pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run's heap)
@@ -301,23 +433,9 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     qlen = 0
     finish = np.full(n_q, math.inf)
     start = np.full(n_q, math.inf)
-    max_rows = n_i if lookahead else window  # the matching's rows (`KairosPolicy.__call__`)
-    smean = np.empty((max_rows, n_i))
-    scm = np.empty((max_rows, n_i))
-    sck = np.empty((max_rows, n_i))
-    scoef = np.empty(n_i)
-    for j in range(n_i):
-        scoef[j] = coef[cols[j]]
-    waited = np.empty(max_rows)
-    slot_busy = np.empty((slots, n_i))
-    cost = np.empty((max_rows, slots * n_i))
-    col4row = np.empty(max_rows, dtype=np.int64)
-    match_r = np.empty(max_rows, dtype=np.int64)
-    match_c = np.empty(max_rows, dtype=np.int64)
-    take_r = np.empty(n_i, dtype=np.int64)
-    take_c = np.empty(n_i, dtype=np.int64)
+    waited, rqos, smean, scm, sck, scoef, slot_busy, cost, col4row, match_r, match_c, take_r, take_c = _buffers(
+        n_i, lookahead)
     removed = np.zeros(window, dtype=np.bool_)
-    penalty = INFEASIBLE_PENALTY_QOS * qos_s
     viol = 0
     calls = 0
     work = 0.0
@@ -351,60 +469,9 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
         for c in range(n_i):
             free[c] = free_at[c] <= now
             busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        m = min(window, qlen)
-        n_take = 0
-        if m == 1:
-            q = queue[qhead]
-            b = min(batches[q], n_b - 1)
-            if n_i <= SCALAR_MAX_COLUMNS:
-                j = _one_column(b, now - arr[q], qos_s, margin_s, cols, busy, mean, cmean, check, coef, tiers,
-                                by_finish, bound)
-            else:
-                _gather_row(0, q, now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
-                for jj in range(n_i):
-                    slot_busy[0, jj] = busy[jj]
-                _cells(cost, 1, 1, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
-                       by_finish, bound)
-                j = 0
-                for jj in range(1, n_i):
-                    if cost[0, jj] < cost[0, j]:
-                        j = jj
-            if free[j]:
-                take_r[0] = 0
-                take_c[0] = j
-                n_take = 1
-        else:
-            rows = min(m, max_rows)
-            for r in range(rows):
-                _gather_row(r, queue[qhead + r], now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
-            for j in range(n_i):
-                slot_busy[0, j] = busy[j]
-                if lookahead:
-                    total = 0.0
-                    for r in range(rows):
-                        total += smean[r, j]
-                    step = total / rows
-                    for k in range(slots):
-                        slot_busy[k, j] = busy[j] + k * step
-            _cells(cost, rows, slots, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
-                   by_finish, bound)
-            n_cols = slots * n_i
-            n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
-            for k in range(n_match):
-                r = match_r[k]
-                c = match_c[k]
-                if c >= n_i or not free[c]:
-                    continue
-                if hold and cost[r, c] >= penalty:
-                    low = math.inf
-                    for jj in range(n_cols):
-                        if cost[r, jj] < low:
-                            low = cost[r, jj]
-                    if low < penalty:
-                        continue
-                take_r[n_take] = r
-                take_c[n_take] = c
-                n_take += 1
+        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, mean, cmean, check, coef, qos,
+                         margin_s, lookahead, hold, tiers, by_finish, bound, waited, rqos, smean, scm, sck, scoef,
+                         slot_busy, cost, col4row, match_r, match_c, take_r, take_c)
         if n_take == 0:
             if n_busy == 0 and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
@@ -428,17 +495,146 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 viol += 1
             removed[r] = True
             last = r
-        # drop the taken rows, keeping the queue's order: the kept ones among the first `last` + 1
-        # move up against the rest, and the head advances past the gap
-        w = last
-        for k in range(last, -1, -1):
-            if removed[k]:
-                removed[k] = False
-            else:
-                queue[qhead + w] = queue[qhead + k]
-                w -= 1
-        qhead += n_take
-        qlen -= n_take
+        qhead, qlen = _drop_taken(queue, qhead, qlen, removed, last, n_take)
         if viol > max_violations:
             return finish, start, True, calls, work
+    return finish, start, False, calls, work
+
+
+@_jit
+def _drop_taken(queue: np.ndarray, qhead: int, qlen: int, removed: np.ndarray, last: int,
+                n_take: int) -> tuple[int, int]:
+    """The queue queue[qhead:qhead + qlen] less the `n_take` rows marked in `removed` (the last at row
+    `last`), in order; returns its new head and length and clears the marks. The kept rows among the first
+    `last` + 1 move up against the rest, and the head advances past the gap."""
+    w = last
+    for k in range(last, -1, -1):
+        if removed[k]:
+            removed[k] = False
+        else:
+            queue[qhead + w] = queue[qhead + k]
+            w -= 1
+    return qhead + n_take, qlen - n_take
+
+
+@_jit
+def _fenwick_add(tree: np.ndarray, g: int, q: int, delta: int) -> None:
+    """Count query `q` (`delta` +1) or stop counting it (-1) among group g's waiting queries."""
+    k = q + 1
+    n = tree.shape[1]
+    while k < n:
+        tree[g, k] += delta
+        k += k & -k
+
+
+@_jit
+def _fenwick_below(tree: np.ndarray, g: int, q: int) -> int:
+    """How many of group g's waiting queries have an index below `q`."""
+    total = 0
+    k = q
+    while k > 0:
+        total += tree[g, k]
+        k -= k & -k
+    return total
+
+
+@_jit
+def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
+                    grp: np.ndarray, mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray,
+                    qos: np.ndarray, margin_s: float, lookahead: int, hold: bool, tiers: bool, by_finish: bool,
+                    bound: float, measure_from: int,
+                    max_violations: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run_mix` with `KairosPolicy.__call__` inlined (`_decide`); `run_mix` calls it. Each group's
+    waiting queries are counted by index in a Fenwick tree (`sim._run_mix`'s sorted lists, whose
+    bisections it answers)."""
+    n_q = arr.shape[0]
+    n_i = cols.shape[0]
+    n_groups = qos.shape[0]
+    window = 2 * n_i
+    min_qos = math.inf
+    for g in range(n_groups):
+        min_qos = min(min_qos, qos[g])
+    free_at = np.zeros(n_i)
+    expect_at = np.zeros(n_i)
+    pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run_mix's heap)
+    n_busy = 0  # columns pending (len of sim._run_mix's heap)
+    free = np.zeros(n_i, dtype=np.bool_)
+    busy = np.zeros(n_i)
+    queue = np.empty(n_q, dtype=np.int64)  # the waiting queries are queue[qhead:qhead + qlen]
+    qhead = 0
+    qlen = 0
+    waiting = np.zeros((n_groups, n_q + 1), dtype=np.int64)  # each group's waiting queries (`_fenwick_add`)
+    finish = np.full(n_q, math.inf)
+    start = np.full(n_q, math.inf)
+    waited, rqos, smean, scm, sck, scoef, slot_busy, cost, col4row, match_r, match_c, take_r, take_c = _buffers(
+        n_i, lookahead)
+    removed = np.zeros(window, dtype=np.bool_)
+    viol = np.zeros(n_groups, dtype=np.int64)
+    calls = 0
+    work = 0.0
+    i = 0
+    while True:
+        t_arr = arr[i] if i < n_q else math.inf
+        t_done = math.inf
+        for c in range(n_i):
+            if pending[c] and free_at[c] < t_done:
+                t_done = free_at[c]
+        if n_busy and t_done <= t_arr:
+            now = t_done
+            for c in range(n_i):
+                if pending[c] and free_at[c] <= now:
+                    pending[c] = False
+                    n_busy -= 1
+        elif i < n_q:
+            now = t_arr
+            queue[qhead + qlen] = i
+            qlen += 1
+            _fenwick_add(waiting, grp[i], i, 1)
+            i += 1
+            if now - arr[queue[qhead]] > min_qos and i > measure_from:
+                # measured queries already waiting longer than their QoS are violations whatever happens next
+                for g in range(n_groups):
+                    cutoff = np.searchsorted(arr, now - qos[g])
+                    late = _fenwick_below(waiting, g, cutoff) - _fenwick_below(waiting, g, measure_from)
+                    if viol[g] + max(late, 0) > max_violations[g]:
+                        return finish, start, True, calls, work
+        else:
+            break
+        if qlen == 0 or n_busy == n_i:
+            continue
+        calls += 1
+        for c in range(n_i):
+            free[c] = free_at[c] <= now
+            busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
+        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, mean, cmean, check, coef, qos,
+                         margin_s, lookahead, hold, tiers, by_finish, bound, waited, rqos, smean, scm, sck, scoef,
+                         slot_busy, cost, col4row, match_r, match_c, take_r, take_c)
+        if n_take == 0:
+            if n_busy == 0 and i >= n_q:
+                break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
+            continue
+        last = 0
+        for k in range(n_take):
+            r = take_r[k]
+            c = take_c[k]
+            q = queue[qhead + r]
+            t = cols[c]
+            s_qt = svc[q, t]
+            work += s_qt
+            f = now + s_qt
+            free_at[c] = f
+            expect_at[c] = now + expected[q, t]
+            pending[c] = True
+            n_busy += 1
+            finish[q] = f
+            start[q] = now
+            g = grp[q]
+            _fenwick_add(waiting, g, q, -1)
+            if f - arr[q] > qos[g] and q >= measure_from:
+                viol[g] += 1
+                if viol[g] > max_violations[g]:
+                    return finish, start, True, calls, work
+            removed[r] = True
+            last = r
+        qhead, qlen = _drop_taken(queue, qhead, qlen, removed, last, n_take)
     return finish, start, False, calls, work
