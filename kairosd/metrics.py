@@ -309,6 +309,9 @@ class FleetCollector(Collector):
             yield CounterMetricFamily("kairos_planner_refine_failures",
                                       "Kairos+ walks that gave no choice (failed or past their deadline)",
                                       value=refiner.failures)
+            yield CounterMetricFamily("kairos_planner_refine_superseded",
+                                      "Kairos+ walks killed before they ended: a newer plan for another fleet, mix "
+                                      "or set of available types made them stale", value=refiner.superseded)
         plan = getattr(self.fleet.target_fn, "last_plan", None)
         if plan is None:
             return

@@ -423,6 +423,7 @@ class BackgroundRefiner:
         self._rate_qps = 0.0  # the newest demand's total rate, at which a choice's multiple is taken
         self.walks = 0  # walks started
         self.failures = 0  # walks that gave no choice (killed ones not counted)
+        self.superseded = 0  # walks killed before they ended: a newer plan (fleet, mix or availability) made them stale
 
     def applies(self, demand: Sequence[ModelDemand], plan: FleetPlan) -> bool:
         """Whether Kairos+ refines this plan: "max_throughput", some observed demand, a non-empty fleet."""
@@ -444,6 +445,8 @@ class BackgroundRefiner:
             self._generation += 1
             generation = self._generation
             self._walk_for, self._chosen, self._ready = None, None, False
+            if self._active:
+                self.superseded += 1
             self._kill_locked()
         if not applies:
             return plan

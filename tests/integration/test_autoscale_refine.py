@@ -101,8 +101,10 @@ prior_batch_median = 180.0
         assert fleet["plan"]["cost_usd_per_hour"] <= BUDGET + 1e-9 and served > 0
         s = scrape(d)
         assert one(s, "kairos_planner_plans_refined_total") >= 1
-        assert one(s, "kairos_planner_refine_walks_total") >= 1
-        assert one(s, "kairos_planner_refine_failures_total") == 0
+        walks = one(s, "kairos_planner_refine_walks_total")
+        assert walks >= 1 and one(s, "kairos_planner_refine_failures_total") == 0
+        # the walk whose choice became the plan ended: it is not among the superseded ones
+        assert 0 <= one(s, "kairos_planner_refine_superseded_total") <= walks - 1
         seen |= walks_of(d.child.pid)
     finally:
         rc = d.stop()

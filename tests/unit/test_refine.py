@@ -175,7 +175,7 @@ def test_a_new_mix_kills_the_walk_made_stale_and_a_new_rate_keeps_it() -> None:
     # another mix: the walk is stale, killed, and a new one begins
     pmf = np.roll(demand[0].batch_pmf, 40)
     assert refiner.start([dataclasses.replace(demand[0], batch_pmf=pmf)], frozenset(), plan) is plan
-    assert refiner.walks == 2 and first.wait(timeout=5.0) != 0
+    assert refiner.walks == 2 and first.wait(timeout=5.0) != 0 and refiner.superseded == 1
     refiner.close()
     assert refiner.take() is None and not refiner.running
     # plans it does not refine, returned as they are: min_cost, no demand
