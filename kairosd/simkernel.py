@@ -256,10 +256,11 @@ def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarra
 
 
 @_jit
-def _one_column(b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
+def _one_column(g: int, b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, tiers: bool, by_finish: bool,
                 bound: float) -> int:
-    """`KairosPolicy.one_column`: the first column of least cost for a single query of batch `b`."""
+    """`KairosPolicy.one_column`: the first column of least cost for a single query of group `g` (its
+    tables mean[g], cmean[g], check[g], coef[g]) and batch `b`."""
     budget = qos_s - margin_s - waited
     on_time = budget + margin_s
     beyond = bound * qos_s - waited
@@ -269,10 +270,10 @@ def _one_column(b: int, waited: float, qos_s: float, margin_s: float, cols: np.n
     for j in range(len(cols)):
         t = cols[j]
         t_j = busy[j]
-        c = coef[t] * t_j + cmean[t, b]
-        if t_j + check[t, b] > budget:
+        c = coef[g, t] * t_j + cmean[g, t, b]
+        if t_j + check[g, t, b] > budget:
             c += penalty
-            finish = t_j + mean[t, b]
+            finish = t_j + mean[g, t, b]
             if tiers and finish > budget:
                 if finish <= on_time:
                     c = 1.5 * penalty + finish
@@ -357,8 +358,8 @@ def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, q
         g = grp[q]
         b = min(batches[q], n_b - 1)
         if n_i <= SCALAR_MAX_COLUMNS:
-            j = _one_column(b, now - arr[q], qos[g], margin_s, cols, busy, mean[g], cmean[g], check[g], coef[g],
-                            tiers, by_finish, bound)
+            j = _one_column(g, b, now - arr[q], qos[g], margin_s, cols, busy, mean, cmean, check, coef, tiers,
+                            by_finish, bound)
         else:
             _gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean, scm,
                         sck, scoef)
