@@ -119,6 +119,12 @@ def _jit(fn: _F) -> _F:
     return fn if _njit is None else cast(_F, _njit(cache=True, nogil=True)(fn))
 
 
+def _jit_inlined(fn: _F) -> _F:
+    """`_jit`, with `fn`'s body inlined where it is called (numba's inline="always"): no call with its
+    arrays passed field by field, once per round."""
+    return fn if _njit is None else cast(_F, _njit(cache=True, nogil=True, inline="always")(fn))
+
+
 @_jit
 def _lsap(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray) -> bool:
     """Minimum-cost assignment of rows 0..nr-1 of `cost` (nr <= nc) to distinct columns of 0..nc-1,
@@ -319,34 +325,39 @@ def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray
         scoef[r, j] = coef[g, t]
 
 
+Scratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                np.ndarray, np.ndarray, np.ndarray]
+
+
 @_jit
-def _buffers(n_i: int, lookahead: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                np.ndarray, np.ndarray]:
-    """`_decide`'s scratch arrays for `n_i` columns, in its order (waited, rqos, smean, scm, sck, scoef,
-    slot_busy, cost, col4row, match_r, match_c, take_r, take_c)."""
+def _buffers(n_i: int, lookahead: int) -> Scratch:
+    """`_decide`'s scratch arrays for `n_i` columns: for the rows of the matching, each one's wait and QoS
+    (`waited`, `rqos`) and its mean, C·mean, check latency and coefficient on each column (`smean`, `scm`,
+    `sck`, `scoef`: rows × columns); the slots' busy times (`slot_busy`: slots × columns); the cost matrix
+    (rows × slots·columns); the assignment's `col4row`, matched rows and columns."""
     max_rows = n_i if lookahead else 2 * n_i
     slots = lookahead + 1
     return (np.empty(max_rows), np.empty(max_rows), np.empty((max_rows, n_i)), np.empty((max_rows, n_i)),
             np.empty((max_rows, n_i)), np.empty((max_rows, n_i)), np.empty((slots, n_i)),
             np.empty((max_rows, slots * n_i)), np.empty(max_rows, dtype=np.int64), np.empty(max_rows, dtype=np.int64),
-            np.empty(max_rows, dtype=np.int64), np.empty(n_i, dtype=np.int64), np.empty(n_i, dtype=np.int64))
+            np.empty(max_rows, dtype=np.int64))
 
 
-@_jit
+@_jit_inlined
 def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
-            qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray, mean: np.ndarray, cmean: np.ndarray,
-            check: np.ndarray, coef: np.ndarray, qos: np.ndarray, margin_s: float, lookahead: int, hold: bool,
-            tiers: bool, by_finish: bool, bound: float, waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray,
-            scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray, slot_busy: np.ndarray, cost: np.ndarray,
-            col4row: np.ndarray, match_r: np.ndarray, match_c: np.ndarray, take_r: np.ndarray,
+            qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
+            tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+            switches: tuple[float, int, bool, bool, bool, float], scratch: Scratch, take_r: np.ndarray,
             take_c: np.ndarray) -> int:
     """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
     at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
-    its group's tables mean/cmean/check [group, type, batch] and coef [group, type] and its QoS qos[group].
-    The rows to hand out (positions in the queue, increasing) and their columns go into `take_r`,
-    `take_c`; returns how many. The other arrays are scratch space: rows of the matching × columns
-    (`waited`, `rqos`: rows), `slot_busy` slots × columns, `cost` rows × slots·columns."""
+    its group's `tables` (mean, cmean, check [group, type, batch], coef [group, type], qos [group]) with
+    the rule's `switches` (margin_s, lookahead, hold, tiers, sure_miss_by_finish, sure_miss_bound), in
+    `scratch` (`_buffers`). The rows to hand out (positions in the queue, increasing) and their columns go
+    into `take_r`, `take_c`; returns how many."""
+    mean, cmean, check, coef, qos = tables
+    margin_s, lookahead, hold, tiers, by_finish, bound = switches
+    waited, rqos, smean, scm, sck, scoef, slot_busy, cost, col4row, match_r, match_c = scratch
     n_i = cols.shape[0]
     n_b = mean.shape[2]
     slots = lookahead + 1
@@ -434,8 +445,11 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
     qlen = 0
     finish = np.full(n_q, math.inf)
     start = np.full(n_q, math.inf)
-    waited, rqos, smean, scm, sck, scoef, slot_busy, cost, col4row, match_r, match_c, take_r, take_c = _buffers(
-        n_i, lookahead)
+    tables = (mean, cmean, check, coef, qos)
+    switches = (margin_s, lookahead, hold, tiers, by_finish, bound)
+    scratch = _buffers(n_i, lookahead)
+    take_r = np.empty(n_i, dtype=np.int64)
+    take_c = np.empty(n_i, dtype=np.int64)
     removed = np.zeros(window, dtype=np.bool_)
     viol = 0
     calls = 0
@@ -470,9 +484,8 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
         for c in range(n_i):
             free[c] = free_at[c] <= now
             busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, mean, cmean, check, coef, qos,
-                         margin_s, lookahead, hold, tiers, by_finish, bound, waited, rqos, smean, scm, sck, scoef,
-                         slot_busy, cost, col4row, match_r, match_c, take_r, take_c)
+        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
+                         take_c)
         if n_take == 0:
             if n_busy == 0 and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
@@ -567,8 +580,11 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
     waiting = np.zeros((n_groups, n_q + 1), dtype=np.int64)  # each group's waiting queries (`_fenwick_add`)
     finish = np.full(n_q, math.inf)
     start = np.full(n_q, math.inf)
-    waited, rqos, smean, scm, sck, scoef, slot_busy, cost, col4row, match_r, match_c, take_r, take_c = _buffers(
-        n_i, lookahead)
+    tables = (mean, cmean, check, coef, qos)
+    switches = (margin_s, lookahead, hold, tiers, by_finish, bound)
+    scratch = _buffers(n_i, lookahead)
+    take_r = np.empty(n_i, dtype=np.int64)
+    take_c = np.empty(n_i, dtype=np.int64)
     removed = np.zeros(window, dtype=np.bool_)
     viol = np.zeros(n_groups, dtype=np.int64)
     calls = 0
@@ -607,9 +623,8 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
         for c in range(n_i):
             free[c] = free_at[c] <= now
             busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, mean, cmean, check, coef, qos,
-                         margin_s, lookahead, hold, tiers, by_finish, bound, waited, rqos, smean, scm, sck, scoef,
-                         slot_busy, cost, col4row, match_r, match_c, take_r, take_c)
+        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
+                         take_c)
         if n_take == 0:
             if n_busy == 0 and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
