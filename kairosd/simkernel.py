@@ -36,10 +36,10 @@ from kairosd.dispatch import INFEASIBLE_PENALTY_QOS, SCALAR_MAX_COLUMNS, KairosP
 _njit: Callable[..., Any] | None
 try:
     from numba import njit as _njit
-except ImportError:  # numba is a dependency; without it `sim._run` runs every simulation
+except ImportError:  # numba is a dependency; without it `sim._run` and `sim._run_mix` run every simulation
     _njit = None
 
-# set KAIROSD_SIM_KERNEL=0 to run every simulation in the Python event loop (`sim._run`)
+# set KAIROSD_SIM_KERNEL=0 to run every simulation in the Python event loops (`sim._run`, `sim._run_mix`)
 ENABLED = os.environ.get("KAIROSD_SIM_KERNEL", "1") != "0" and _njit is not None
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -325,12 +325,12 @@ def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray
         scoef[r, j] = coef[g, t]
 
 
-Scratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+_Scratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                 np.ndarray, np.ndarray, np.ndarray]
 
 
 @_jit
-def _buffers(n_i: int, lookahead: int) -> Scratch:
+def _buffers(n_i: int, lookahead: int) -> _Scratch:
     """`_decide`'s scratch arrays for `n_i` columns: for the rows of the matching, each one's wait and QoS
     (`waited`, `rqos`) and its mean, C·mean, check latency and coefficient on each column (`smean`, `scm`,
     `sck`, `scoef`: rows × columns); the slots' busy times (`slot_busy`: slots × columns); the cost matrix
@@ -347,7 +347,7 @@ def _buffers(n_i: int, lookahead: int) -> Scratch:
 def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
             qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
             tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-            switches: tuple[float, int, bool, bool, bool, float], scratch: Scratch, take_r: np.ndarray,
+            switches: tuple[float, int, bool, bool, bool, float], scratch: _Scratch, take_r: np.ndarray,
             take_c: np.ndarray) -> int:
     """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
     at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
