@@ -265,8 +265,9 @@ def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet
     done0, late0, within0 = counts()
     results = asyncio.run(burst())
     ok = [t for s, t in results if s == "ok"]
-    # a front-end process answers its client before its report of the answer reaches the dispatcher's
-    # counters: read them once every answer is counted (or after a second, for the assertion to show)
+    # the counters can trail the last answers by a moment (with several front-end processes, a front end
+    # answers its client before its report reaches the dispatcher): read them once every answer is
+    # counted, or after a second, for the assertion to show what is missing
     settle = time.monotonic() + 1.0
     done1, late1, within1 = counts()
     while done1 - done0 < len(ok) and time.monotonic() < settle:
