@@ -34,10 +34,11 @@ from tests.integration.moto_server import CLEARED_AWS_ENV, DUMMY_AWS_ENV, loopba
 
 FLEET = "kairos-it"
 AMI = "ami-12c6146b"  # one of the images moto ships
-PERIOD_S = 0.5
+PERIOD_S = 0.25
 MAX_LAUNCHES = 2  # instances LAUNCHING at once: a 12-instance target takes ~6 periods
 BUDGET = 2.5
 LOW_BUDGET = 1.2
+MOTO_ANSWER_S = 0.5  # a request moto received is answered within this
 SLACK_S = 1.0  # scheduling noise on 2 busy cores (a reconcile, a DescribeInstances, the test's poll)
 
 _aws = (REPO / "configs" / "aws.toml").read_text()
@@ -325,7 +326,7 @@ def test_kill_9_mid_scale_up_then_restart_adopts_without_duplicates(
         wait_until("the first launches", lambda: len(live(fleet_instances(ec2.client))) >= MAX_LAUNCHES, 10, 0.02)
         d1.child.send_signal(signal.SIGKILL)
         assert d1.child.wait(10) == -signal.SIGKILL
-        time.sleep(PERIOD_S)  # a RunInstances the daemon had sent is answered by now
+        time.sleep(MOTO_ANSWER_S)  # a RunInstances the daemon had sent is answered by now
         before = fleet_instances(ec2.client)
         assert before == live(before) and 0 < len(before) < n, f"not mid scale-up: {per_type(before)} of {target}"
 
