@@ -31,6 +31,10 @@ DEFAULT_GRACE_S = 5.0
 READY_POLL_S = 0.02
 STARTUP_TIMEOUT_S = 120.0
 STOP_DURING_START_WAIT_S = 10.0  # a stop request during startup waits this long for the start to finish
+# the parent-death signal `kairosd triton` arms when a daemon starts it: set apart from SIGTERM (a stop the
+# daemon asks for, which gives in-flight queries the grace) because once the daemon is gone nobody waits
+# for an answer, and tritonserver is killed at once
+PARENT_DIED_SIGNAL = signal.SIGUSR1
 # PyTriton restricts these endpoints to holders of a random token by default; we leave "statistics"
 # open so the profiler can read Triton's per-model queue/compute times.
 RESTRICTED_ENDPOINTS = ["shared-memory", "model-repository", "trace", "logging"]
@@ -182,6 +186,19 @@ class LocalTriton:
         """Stop tritonserver (in-flight queries get the grace period), its stubs, and the handlers."""
         self.triton.stop()
 
+    def kill_server(self) -> None:
+        """SIGKILL tritonserver if it runs (internal: PyTriton keeps its `sh` command in `_triton_server`).
+        Its Python backend stubs and PyTriton's helpers exit with it, and `stop()` then cleans up the rest
+        without waiting on tritonserver's unload (its models' stubs and its own shutdown loop poll once a
+        second: ~5 s)."""
+        server = self.triton._triton_server
+        if server is None or not server.is_alive():
+            return
+        try:
+            os.kill(server._tritonserver_running_cmd.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def _wait_server_ready(self) -> None:
         """Poll Triton's HTTP health endpoint (HTTP starts after gRPC; PyTriton's own check uses HTTP)."""
         url = f"http://{self.ports.host}:{self.ports.http_port}/v2/health/ready"
@@ -205,22 +222,34 @@ def serve(
     threads: int,
     models: Sequence[str] | None = None,
     grace_s: float = DEFAULT_GRACE_S,
+    parent_died_signal: signal.Signals | None = None,
 ) -> int:
-    """Run Triton until SIGTERM/SIGINT, then stop it (and its stubs) cleanly; returns the exit code."""
+    """Run Triton until SIGTERM/SIGINT, then stop it (and its stubs) cleanly; returns the exit code.
+    `parent_died_signal` (the parent-death signal armed, if any) stops it too, killing tritonserver first:
+    the parent that sent every query is gone, so no answer is waited for."""
     started = time.monotonic()
     specs = load_repository(repository, models)
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
 
     stop = threading.Event()
+    triton: LocalTriton | None = None
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("%s: stopping Triton (in-flight queries get up to %.1f s)", signal.Signals(signum).name, grace_s)
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def on_parent_died(signum: int, _frame: object) -> None:
+        log.warning("%s: the parent process died; stopping Triton at once", signal.Signals(signum).name)
+        stop.set()
+        if triton is not None:
+            triton.kill_server()
+
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal}
+    if parent_died_signal is not None:
+        handlers[parent_died_signal] = on_parent_died
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     workspace_root = Path(tempfile.mkdtemp(prefix="kairosd-pytriton-"))
-    triton: LocalTriton | None = None
     try:
         triton = LocalTriton(specs, ports, threads, grace_s, workspace_root / "pytriton")
         if not _start_interruptibly(triton, stop, workspace_root):

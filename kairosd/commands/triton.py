@@ -25,15 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kairosd.backends.process import die_with_parent
-    from kairosd.backends.triton_local import TritonPorts, serve
+    from kairosd.backends.triton_local import PARENT_DIED_SIGNAL, TritonPorts, serve
     from kairosd.errors import KairosError
 
-    die_with_parent()  # started by a daemon: SIGTERM (drain, exit) if the daemon dies without stopping us
+    # started by a daemon: PARENT_DIED_SIGNAL if the daemon dies without stopping us (Triton stops at once)
+    armed = die_with_parent(PARENT_DIED_SIGNAL)
 
     ports = TritonPorts(args.host, args.grpc_port, args.http_port, args.metrics_port)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     try:
-        return serve(args.model_repository, ports, args.threads, models, args.grace_s)
+        return serve(args.model_repository, ports, args.threads, models, args.grace_s,
+                     parent_died_signal=PARENT_DIED_SIGNAL if armed else None)
     except KairosError as exc:
         log.error("%s", exc)
         return 1
