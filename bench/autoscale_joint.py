@@ -122,7 +122,7 @@ def task(args: tuple[tuple[str, str], float, float, float]) -> dict[str, Any]:
     every = tuple(workload_tails(wl, m, wl.profiles.types, wl.qos_s[m]) for m in models)
     job = RefineJob(wl.profiles, tuple(demand), tuple(wl.qos_s[m] for m in models), every, tuple(wl.types),
                     tuple(wl.prices_usd_per_hour), tuple(wl.max_counts), budget, True, POLICY, POLICY_PARAMS,
-                    time_limit_s=time_limit_s)
+                    time_limit_s=time_limit_s, one_shot_partitioned=plan.partitioned)
     refined = refine(job)
     prices = dict(zip(wl.types, wl.prices_usd_per_hour, strict=True))
     ref_plan = refined_plan(plan, refined, job.total_rate_qps, prices)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from kairosd.planner.bounds import BoundModel
     from kairosd.planner.joint import JointModel
     from kairosd.planner.selectors import Evaluator
-    from kairosd.sim import MixStream, SeedsEvaluator, ServiceModel
+    from kairosd.sim import MixStream, SeedsEvaluator, ServiceModel, Stream
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class RefineJob:
     streams: int = PLUS_STREAMS
     seed: int = 0
     time_limit_s: float = PLUS_TIME_LIMIT_S
+    one_shot_partitioned: bool = False  # the one-shot plan pins instances to models (the kind the walk must beat)
 
     @property
     def total_rate_qps(self) -> float:
@@ -137,13 +138,15 @@ class Refined:
 class PartChoice:
     """The best partition simulated (`partition_walk`): the instances per type pinned to each model
     (index into the job's demand), its multiple λ (the least over the models with demand of the part's
-    simulated max QPS over the model's observed rate), its bound's, and the partitions and parts simulated."""
+    simulated max QPS over the model's observed rate; the mean over the streams), its bound's, the partitions
+    and parts simulated, and the multiple per stream."""
 
     parts: dict[int, np.ndarray]
     multiple: float
     bound_multiple: float
     n_partitions: int
     n_parts: int
+    per_stream: tuple[float, ...] = ()  # the multiple on each of the walk's streams
 
 
 def refine(job: RefineJob) -> Refined:
@@ -159,9 +162,15 @@ def refine(job: RefineJob) -> Refined:
     if not live:
         raise RefineError("no model has observed demand: a max-throughput walk needs the mix to simulate")
     part = None
+    mix: MixEvaluator | None = None
+    evaluator: Evaluator
     if len(live) > 1:
-        part = partition_walk(job, live, (t0 + job.time_limit_s) if job.time_limit_s else None)
-    cands, evaluator = _one_model(job, live[0]) if len(live) == 1 else _several_models(job, live)
+        streams = _mix_streams(job, live)
+        part = partition_walk(job, live, streams, (t0 + job.time_limit_s) if job.time_limit_s else None)
+        cands, mix = _several_models(job, live, streams)
+        evaluator = mix
+    else:
+        cands, evaluator = _one_model(job, live[0])
     if len(cands) == 0 and part is None:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
     sel = None
@@ -171,16 +180,18 @@ def refine(job: RefineJob) -> Refined:
     if (sel is None or sel.qps is None) and part is None:
         raise RefineError("Kairos+ simulated no configuration")
     total = job.total_rate_qps
-    shared = ("no shared fleet" if sel is None or sel.qps is None else
-              f"the best shared fleet {_label(_counts(job, sel.config))} at {sel.qps:.1f} q/s simulated")
-    if part is not None and (sel is None or sel.qps is None or part.multiple * total > sel.qps):
+    shared_vals = None if mix is None or sel is None or sel.qps is None else mix.values(sel.config) / total
+    pinned = part is not None and (shared_vals is None or _prefer_partition(job, part, shared_vals))
+    if part is not None and pinned:
         n_shared = 0 if sel is None else sel.n_evals
+        shared = ("no shared fleet" if sel is None or sel.qps is None else
+                  f"the best shared fleet {_label(_counts(job, sel.config))} at {sel.qps:.1f} q/s simulated, "
+                  f"{n_shared} of {len(cands)} shared configurations simulated")
         total_counts = sum(part.parts.values(), np.zeros(len(job.types), dtype=np.int64))
         return Refined(_counts(job, total_counts), part.multiple * total, part.bound_multiple * total,
                        part.n_parts + n_shared, len(cands), False, time.perf_counter() - t0,
                        parts={job.demand[m].model: _counts(job, c) for m, c in sorted(part.parts.items())},
-                       note=(f"partitioned: partitions simulated {part.n_partitions}; {shared}, "
-                             f"{n_shared} of {len(cands)} shared configurations simulated"))
+                       note=f"partitioned: partitions simulated {part.n_partitions}; {shared}")
     assert sel is not None and sel.qps is not None
     note = "" if len(live) == 1 else ("; no partition serves every model" if part is None else
                                       f"; the best partition simulated serves {part.multiple * total:.1f} q/s")
@@ -188,17 +199,30 @@ def refine(job: RefineJob) -> Refined:
                    time.perf_counter() - t0, note=note)
 
 
+def _prefer_partition(job: RefineJob, part: PartChoice, shared: np.ndarray) -> bool:
+    """Whether the partition is the plan rather than the best shared fleet, both valued on the same streams
+    (multiples per stream): the kind the one-shot plan chose stands unless the other serves at least as
+    much on every stream and more on average (Kairos+'s rule against a lucky stream)."""
+    pinned = np.asarray(part.per_stream)
+    if job.one_shot_partitioned:
+        return not (bool((shared >= pinned).all()) and float(shared.mean()) > float(pinned.mean()))
+    return bool((pinned >= shared).all()) and float(pinned.mean()) > float(shared.mean())
+
+
 def _counts(job: RefineJob, config: np.ndarray) -> dict[str, int]:
     return {t: int(n) for t, n in zip(job.types, config, strict=True)}
 
 
-def partition_walk(job: RefineJob, live: Sequence[int], deadline: float | None = None) -> PartChoice | None:
-    """The partitioned fleets for the models `live` (those with demand, two or more), valued by simulation:
-    `plan_fleet`'s partition first (`best_partition`), each part simulated on its model's streams alone
-    (its max QPS, `_model_evaluator`), the partition worth the least over the models of part QPS /
-    observed rate; then, up to `PART_ROUNDS` partitions in all and until `deadline` (perf_counter), the
-    partition planned again with each model's estimates scaled by how far its part's simulation put it
-    from its estimate, until one repeats. The best simulated; None when no partition serves every model
+def partition_walk(job: RefineJob, live: Sequence[int], streams: Sequence[MixStream],
+                   deadline: float | None = None) -> PartChoice | None:
+    """The partitioned fleets for the models `live` (those with demand, two or more), valued by simulation
+    on the walk's mix `streams` (`_mix_streams`, group i for model live[i]): `plan_fleet`'s partition
+    first (`best_partition`), each part simulated on its model's part of each stream (its max QPS,
+    `_model_evaluator`), the partition worth, per stream, the least over the models of part QPS /
+    observed rate (`max_multiple_partitioned`'s rule; the mean over the streams); then, up to
+    `PART_ROUNDS` partitions in all and until `deadline` (perf_counter), the partition planned again with
+    each model's estimates scaled by how far its part's simulation put it from its estimate, until one
+    repeats. The best simulated; None when no partition serves every model
     with demand. E.g. a part estimated at 80 q/s that serves 60 in simulation scales its model's
     estimates by 0.75, and the budget moves to it."""
     from kairosd.planner import upper_bound
@@ -206,7 +230,7 @@ def partition_walk(job: RefineJob, live: Sequence[int], deadline: float | None =
 
     joint = _joint(job)
     rates = [d.rate_qps for d in job.demand]
-    evaluators = {g: _model_evaluator(job, g)[1] for g in live}
+    evaluators = {g: _model_evaluator(job, g, [ms.part(i) for ms in streams])[1] for i, g in enumerate(live)}
     scale = {g: 1.0 for g in live}
     seen: set[tuple[tuple[int, ...], ...]] = set()
     parts_simulated: set[tuple[int, tuple[int, ...]]] = set()
@@ -219,12 +243,13 @@ def partition_walk(job: RefineJob, live: Sequence[int], deadline: float | None =
         if key in seen:
             break
         seen.add(key)
+        per_stream = np.min([evaluators[g].values(part.parts[g]) / rates[g] for g in live], axis=0)
         qps = {g: float(evaluators[g](part.parts[g])) for g in live}
         parts_simulated.update((g, tuple(int(x) for x in part.parts[g])) for g in live)
-        lam = min(qps[g] / rates[g] for g in live)
+        lam = float(per_stream.mean())
         if best is None or lam > best.multiple:
             ub = min(float(upper_bound(part.parts[g][None, :], joint.models[g])[0]) / rates[g] for g in live)
-            best = PartChoice(part.parts, lam, ub, 0, 0)
+            best = PartChoice(part.parts, lam, ub, 0, 0, tuple(float(x) for x in per_stream))
         if deadline is not None and time.perf_counter() >= deadline:
             break
         scale = {g: scale[g] * max(qps[g], SCALE_FLOOR * part.est_qps[g]) / part.est_qps[g] for g in live}
@@ -260,32 +285,50 @@ def _model_on(job: RefineJob, g: int, pmf: np.ndarray) -> BoundModel:
                         tail=job.tail)
 
 
-def _model_evaluator(job: RefineJob, g: int) -> tuple[BoundModel, SeedsEvaluator]:
-    """Model g's queries alone at its observed mix: the bound model on the batches of its `job.streams`
-    simulated streams, and the evaluator of a fleet's max QPS for them (the compiled single-model
-    simulator, bounded by that model's `upper_bound`)."""
+def _model_evaluator(job: RefineJob, g: int, streams: Sequence[Stream] | None = None) -> tuple[BoundModel, SeedsEvaluator]:
+    """Model g's queries alone: the bound model on the batches of the simulated streams, and the evaluator
+    of a fleet's max QPS on them (the compiled single-model simulator, bounded by that model's
+    `upper_bound`). The streams: `streams` when given (e.g. model g's part of the walk's mix streams),
+    else `job.streams` of its own at its observed mix, with more to add for Kairos+'s duels."""
     from kairosd.planner import batch_pmf, upper_bound
     from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
 
     d, qos = job.demand[g], job.qos_s[g]
     service = ServiceModel("quantiles", quantiles=job.tails[g].quantiles)
 
-    def stream(i: int) -> SimSetup:
-        seed = job.seed + i * STREAM_SEED_STEP
-        return SimSetup(job.profiles, d.model, job.types, job.policy, dict(job.policy_params), qos,
-                        poisson_stream(_batches(d.batch_pmf, job.queries, seed), seed + 1), service, job.slots)
+    def setup(stream: Stream) -> SimSetup:
+        return SimSetup(job.profiles, d.model, job.types, job.policy, dict(job.policy_params), qos, stream, service,
+                        job.slots)
 
-    setups = tuple(stream(i) for i in range(job.streams))
+    def own(i: int) -> SimSetup:
+        seed = job.seed + i * STREAM_SEED_STEP
+        return setup(poisson_stream(_batches(d.batch_pmf, job.queries, seed), seed + 1))
+
+    setups = tuple(setup(st) for st in streams) if streams is not None else tuple(own(i) for i in range(job.streams))
     on_streams = _model_on(job, g, batch_pmf(np.concatenate([s.stream.batches for s in setups]), job.profiles.max_batch))
     bound = lambda config: float(upper_bound(np.asarray(config)[None, :], on_streams)[0])
-    return on_streams, SeedsEvaluator(setups, bound=bound, more=stream, max_streams=3 * job.streams, workers=1)
+    if streams is not None:
+        return on_streams, SeedsEvaluator(setups, bound=bound, workers=1)
+    return on_streams, SeedsEvaluator(setups, bound=bound, more=own, max_streams=3 * job.streams, workers=1)
 
 
-def _several_models(job: RefineJob, live: Sequence[int]) -> tuple[Candidates, Evaluator]:
+def _mix_streams(job: RefineJob, live: Sequence[int]) -> list[MixStream]:
+    """The walk's `job.streams` streams of the models `live` (those with demand; group i is model live[i])
+    at their observed rates and mixes."""
+    from kairosd.sim import poisson_mix_stream
+
+    return [poisson_mix_stream([_batches(job.demand[g].batch_pmf, job.queries, job.seed + i * STREAM_SEED_STEP + g)
+                                for g in live], [job.demand[g].rate_qps for g in live],
+                               job.seed + i * STREAM_SEED_STEP + len(job.demand))
+            for i in range(job.streams)]
+
+
+def _several_models(job: RefineJob, live: Sequence[int],
+                    streams: Sequence[MixStream] | None = None) -> tuple[Candidates, MixEvaluator]:
     """The models `live` have demand: the shared fleets that serve every model, valued by `MixEvaluator` on
-    streams of those models' queries (a model without demand sends none)."""
+    `streams` of those models' queries (default `_mix_streams`; a model without demand sends none)."""
     from kairosd.planner import Candidates, config_cost, enumerate_configs
-    from kairosd.sim import ServiceModel, poisson_mix_stream
+    from kairosd.sim import ServiceModel
 
     joint = _joint(job)
     prices = np.asarray(job.prices, dtype=float)
@@ -297,10 +340,7 @@ def _several_models(job: RefineJob, live: Sequence[int]) -> tuple[Candidates, Ev
     est = joint.estimate_qps(configs, ub)
     cands = Candidates(job.types, prices, job.budget_usd_per_hour, configs, config_cost(configs, prices), ub, est)
     services = [ServiceModel("quantiles", quantiles=job.tails[g].quantiles) for g in live]
-    streams = [poisson_mix_stream([_batches(job.demand[g].batch_pmf, job.queries, job.seed + i * STREAM_SEED_STEP + g)
-                                   for g in live], [job.demand[g].rate_qps for g in live],
-                                  job.seed + i * STREAM_SEED_STEP + len(job.demand))
-               for i in range(job.streams)]
+    streams = _mix_streams(job, live) if streams is None else streams
     bound = lambda config: float(joint.bound_qps(np.asarray(config)[None, :])[0])
     evaluator = MixEvaluator(job, [job.demand[g].model for g in live], [job.qos_s[g] for g in live], services,
                              streams, bound)
@@ -450,7 +490,7 @@ class BackgroundRefiner:
             self._kill_locked()
         if not applies:
             return plan
-        job = self.make_job(demand, unavailable)
+        job = replace(self.make_job(demand, unavailable), one_shot_partitioned=plan.partitioned)
         with self._lock:
             if generation != self._generation:
                 return plan
@@ -465,7 +505,7 @@ class BackgroundRefiner:
         itself when the walk does not apply. Raises KairosError when the walk gives no choice."""
         if not self.applies(demand, plan):
             return plan
-        job = self.make_job(demand, unavailable)
+        job = replace(self.make_job(demand, unavailable), one_shot_partitioned=plan.partitioned)
         return refined_plan(plan, refine(job), job.total_rate_qps, self.prices)
 
     def _plan_at(self, rate_qps: float) -> FleetPlan:

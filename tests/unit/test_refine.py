@@ -280,7 +280,7 @@ def test_a_partition_that_serves_more_in_simulation_replaces_a_shared_one_shot_p
     joint estimate puts the shared 2 × g4dn + 9 × r5n above every partition, but shared, ncf's queries
     wait behind dlrm's batches on the g4dn. The walk simulates the partition part by part and the shared
     fleets, and chooses the partition, worth what its parts serve."""
-    from kairosd.autoscale.refine import _model_evaluator, _several_models
+    from kairosd.autoscale.refine import _mix_streams, _model_evaluator, _several_models
     from kairosd.autoscale.target import refine_jobs
 
     cfg = _emulated_config()
@@ -296,12 +296,15 @@ def test_a_partition_that_serves_more_in_simulation_replaces_a_shared_one_shot_p
     assert refined.parts is not None and sorted(refined.parts) == ["dlrm", "ncf"]
     assert {t: sum(p[t] for p in refined.parts.values()) for t in types} == refined.counts
     assert sum(n * prices[t] for t, n in refined.counts.items()) <= 2.5 + 1e-9
-    # the partition is worth the least over the models of what its part serves of that model alone
-    served = [float(_model_evaluator(job, g)[1](np.array([refined.parts[d.model][t] for t in types]))) / d.rate_qps
-              for g, d in enumerate(demand)]
-    assert refined.qps == pytest.approx(min(served) * 102.0)
-    _, mixed = _several_models(job, [0, 1])
-    assert mixed(np.array([plan.counts[t] for t in types])) < refined.qps  # the one-shot shared fleet, both models
+    # the partition is worth, on each of the walk's streams, the least over the models of what its part
+    # serves of that model's queries alone; the one-shot shared fleet serving both, less on every stream
+    streams = _mix_streams(job, [0, 1])
+    served = [_model_evaluator(job, g, [ms.part(g) for ms in streams])[1].values(
+        np.array([refined.parts[d.model][t] for t in types])) / d.rate_qps for g, d in enumerate(demand)]
+    assert refined.qps == pytest.approx(float(np.min(served, axis=0).mean()) * 102.0)
+    _, mixed = _several_models(job, [0, 1], streams)
+    shared = mixed.values(np.array([plan.counts[t] for t in types]))
+    assert (shared < np.min(served, axis=0) * 102.0).all()
     merged = refined_plan(plan, refined, job.total_rate_qps, prices)
     assert merged.partitioned and merged.multiple == pytest.approx(refined.qps / 102.0)
     assert merged.pinned("ncf") == {t: n for t, n in refined.parts["ncf"].items() if n}
@@ -334,3 +337,19 @@ def test_the_partition_search_is_the_joint_plans_and_follows_scaled_estimates() 
     assert (scaled.parts[0] >= part.parts[0]).all() and scaled.parts[0].sum() > part.parts[0].sum()
     assert scaled.parts[1].sum() < part.parts[1].sum()
     assert float(sum(scaled.parts.values()) @ np.asarray(job.prices)) <= 2.5 + 1e-9
+
+
+def test_the_kind_the_one_shot_plan_chose_stands_unless_the_other_serves_more_on_every_stream() -> None:
+    """Shared against partitioned, valued on the same three streams: the other kind replaces the one-shot
+    plan's only when it serves at least as much on every stream and more on average."""
+    from kairosd.autoscale.refine import PartChoice, _prefer_partition
+
+    job, _ = synth_job(SEED)
+    part = PartChoice({0: np.array([1, 0])}, 1.1, 2.0, 1, 1, (1.0, 1.2, 1.1))
+    lucky = np.array([0.9, 1.3, 1.0])  # higher on one stream only
+    dominated = np.array([0.9, 1.2, 1.0])
+    assert not _prefer_partition(job, part, lucky) and _prefer_partition(job, part, dominated)
+    pinned = dataclasses.replace(job, one_shot_partitioned=True)
+    assert _prefer_partition(pinned, part, lucky)  # the partition stands: the shared fleet wins one stream only
+    assert not _prefer_partition(pinned, part, np.array([1.0, 1.25, 1.1]))
+    assert _prefer_partition(pinned, part, np.array([1.0, 1.2, 1.1]))  # equal everywhere: the one-shot kind stands
