@@ -131,9 +131,9 @@ class ChildProcess:
     `stop()` sends SIGTERM to the child, waits `grace_s`, then SIGKILLs the whole group, so helpers the
     child started (tritonserver, Python backend stubs) never outlive it. A kairosd child that calls
     `die_with_parent()` also gets its signal (SIGTERM unless it arms another) if this process dies without
-    stopping it (SIGKILL, crash). Without `log_path` the output goes to a temporary file, which a clean stop (exit code 0, nothing
-    left behind) deletes, keeping its tail for `log_tail()`; after any other ending the file stays for
-    a post-mortem.
+    stopping it (SIGKILL, crash). Without `log_path` the output goes to a temporary file, which a clean
+    stop (exit code 0, nothing left behind) deletes, keeping its tail for `log_tail()`; after any other
+    ending the file stays for a post-mortem.
     """
 
     def __init__(
