@@ -268,8 +268,9 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
     import signal as sig
 
     path = tmp_path / "kairosd.toml"
+    period_s = 0.5
     ports = write_config(path, fleet={"ort-1t": 2}, policy="round_robin", extra_scheduler=DEADLINE_ADMISSION,
-                         extra_toml="[autoscaler]\nperiod_s = 1.0")
+                         extra_toml=f"[autoscaler]\nperiod_s = {period_s}")
     d = start_daemon(path, ports)
     try:
         workers = _children(d.child.pid)
@@ -295,13 +296,13 @@ def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
             np.testing.assert_allclose(r.as_numpy("click_probability"), expected, rtol=1e-5, atol=1e-6)  # type: ignore[union-attr]
         assert d.metric_values("kairos_queries_retried_total")[""] >= 1
         # the dead worker vanished from the provider's list and a new one replaced it, with a new id
-        deadline = time.monotonic() + 2 * 1.0 + 15.0  # two periods, plus a worker's start-up
+        deadline = time.monotonic() + 2 * period_s + 15.0  # two periods, plus a worker's start-up
         while time.monotonic() < deadline:
             states = d.metric_values("kairos_instances")
             vanished = d.metric_values("kairos_fleet_instances_vanished_total")[""]
             if states.get('{state="ready",type="ort-1t"}') == 2.0 and vanished == 1:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert states == {'{state="ready",type="ort-1t"}': 2.0}, states
         assert d.metric_values("kairos_fleet_instances_launched_total")[""] == 3
         assert len(_children(d.child.pid)) == 2
