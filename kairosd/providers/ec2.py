@@ -24,6 +24,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions  # type: ignore[import-untyped]
+import botocore.session  # type: ignore[import-untyped]
 
 from kairosd.config import InstanceTypeConfig
 from kairosd.errors import ConfigError
@@ -77,6 +78,9 @@ _STATES = {
 _LIVE_STATES = ["pending", "running"]  # the states that count towards a launch's `count`
 _TERMINATE_CHUNK = 100  # ids per TerminateInstances call
 _TEMPLATE_SUFFIX = ".sh.tmpl"
+# botocore's data loader (service models, endpoints), shared by the sessions of this process
+_loader: Any = None
+_loader_lock = threading.Lock()
 _DEFAULT_TEMPLATE = {"triton": "triton", "onnxruntime": "worker"}  # backend → user-data template name
 _DEFAULT_HTTP_PORT = {"triton": 8000}  # backend → its KServe v2 HTTP port when the config sets none
 
@@ -112,6 +116,20 @@ def _hint(code: str, ts: Ec2TypeSettings | None) -> str:
     if code == "IdempotentParameterMismatch":
         return "a launch token was reused with other launch parameters: launch with a fresh token"
     return f"check {key} and the AWS message"
+
+
+def _session() -> boto3.session.Session:
+    """A new boto3 session (credentials, region and endpoint resolved afresh) sharing the process's
+    botocore data loader, so the EC2 service model (megabytes of JSON, ~0.2 s) is parsed once per
+    process rather than once per client."""
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+    return boto3.session.Session(botocore_session=core)
 
 
 def _client_error(call: str, exc: Exception, ts: Ec2TypeSettings | None = None) -> ProviderError:
@@ -252,7 +270,7 @@ class Ec2Provider:
                 if self.settings.endpoint_url:
                     kw["endpoint_url"] = self.settings.endpoint_url
                 # a session of our own: boto3's default session is not safe to create from several threads
-                self._client = boto3.session.Session().client("ec2", **kw)
+                self._client = _session().client("ec2", **kw)
             return self._client
 
     async def _call(self, call: str, fn: Callable[[Any], Any], ts: Ec2TypeSettings | None = None) -> Any:
