@@ -10,9 +10,11 @@ same loops and the same rule in compiled code (numba), with every floating-point
 the same finish times, the same number of policy calls and the same verdict (tests/unit/test_simkernel.py
 and tests/unit/test_simkernel_mix.py compare them). Other policies run in `sim._run` and `sim._run_mix`.
 
-Both loops share the rule (`_decide`): each query belongs to a group (a model with its QoS; a single
-model's run has one group), and a row of the matching is priced on its group's tables and QoS, as
-`KairosPolicy` prices a snapshot row on its `q_model` and `q_qos_s`.
+The mix loop's rule (`_mix_decide` and its `_mix_*` helpers) prices a row of the matching on its query's
+group (a model with its QoS), as `KairosPolicy` prices a snapshot row on its `q_model` and `q_qos_s`; the
+single-model loop keeps the rule on one model's tables (`_cells`, `_one_column`, `_gather_row`): its
+rounds are most of a Kairos+ walk, and they are cheaper there than priced by group
+(tests/unit/test_simkernel_mix.py checks that the two loops agree on a stream of one group).
 
 `_lsap` is the shortest augmenting path algorithm for the rectangular assignment problem (Crouse,
 "On implementing 2D rectangular assignment algorithms", IEEE TAES 52(4), 2016) as scipy implements
@@ -47,8 +49,24 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class KairosRule:
-    """A `KairosPolicy`'s tables and switches for the groups of a run, as the compiled loop takes them:
-    group g is a model, its tables the policy's for that model."""
+    """A `KairosPolicy`'s tables and switches for one model, as the compiled loop takes them."""
+
+    mean: np.ndarray  # [type, batch] profile mean
+    cmean: np.ndarray  # [type, batch] C_type · mean
+    check: np.ndarray  # [type, batch] the latency feasibility is judged on (p99 or mean)
+    coef: np.ndarray  # [type] heterogeneity coefficient C_type
+    margin_s: float
+    lookahead: int
+    hold: bool
+    tiers: bool
+    sure_miss_by_finish: bool
+    sure_miss_bound: float
+
+
+@dataclass(frozen=True)
+class MixRule:
+    """A `KairosPolicy`'s tables and switches for the groups of a mix run, as the compiled mix loop takes
+    them: group g is a model, its tables the policy's for that model."""
 
     mean: np.ndarray  # [group, type, batch] profile mean
     cmean: np.ndarray  # [group, type, batch] C_type · mean
@@ -63,18 +81,24 @@ class KairosRule:
 
 
 def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
-    """The compiled loop's form of `policy` for model `model_idx` alone (one group), or None when `sim._run`
-    must run it (another policy, a subclass, or the kernel switched off or unavailable)."""
-    return mix_rule_for(policy, [model_idx])
+    """The compiled loop's form of `policy`, or None when `sim._run` must run it (another policy, a
+    subclass, or the kernel switched off or unavailable)."""
+    if not ENABLED or type(policy) is not KairosPolicy:
+        return None
+    return KairosRule(
+        mean=np.ascontiguousarray(policy.mean[model_idx]), cmean=np.ascontiguousarray(policy.cmean[model_idx]),
+        check=np.ascontiguousarray(policy.check[model_idx]), coef=np.ascontiguousarray(policy.coef[model_idx]),
+        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
+        sure_miss_by_finish=bool(policy.sure_miss_by_finish), sure_miss_bound=float(policy.sure_miss_bound))
 
 
-def mix_rule_for(policy: Policy, model_idx: Sequence[int] | np.ndarray) -> KairosRule | None:
+def mix_rule_for(policy: Policy, model_idx: Sequence[int] | np.ndarray) -> MixRule | None:
     """The compiled loop's form of `policy` with group g for model `model_idx[g]` (ProfileTable indices),
     or None when `sim._run_mix` must run it (as `rule_for`)."""
     if not ENABLED or type(policy) is not KairosPolicy:
         return None
     idx = np.asarray(model_idx, dtype=np.intp)
-    return KairosRule(
+    return MixRule(
         mean=np.ascontiguousarray(policy.mean[idx]), cmean=np.ascontiguousarray(policy.cmean[idx]),
         check=np.ascontiguousarray(policy.check[idx]), coef=np.ascontiguousarray(policy.coef[idx]),
         margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
@@ -84,20 +108,19 @@ def mix_rule_for(policy: Policy, model_idx: Sequence[int] | np.ndarray) -> Kairo
 def run(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
         rule: KairosRule, qos_s: float, measure_from: int, max_violations: int,
         deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
-    """`sim._run` for `rule` (of one group, `rule_for`): the same arguments (the policy as its `KairosRule`)
-    and the same result (finish times, hand-out times, aborted, policy calls, instance-seconds handed out)."""
+    """`sim._run` for `rule`: the same arguments (the policy as its `KairosRule`) and the same result
+    (finish times, hand-out times, aborted, policy calls, instance-seconds handed out)."""
     finish, start, aborted, calls, work = _run_kairos(
         np.ascontiguousarray(arr, dtype=np.float64), np.ascontiguousarray(svc, dtype=np.float64),
         np.ascontiguousarray(expected, dtype=np.float64), np.ascontiguousarray(batches, dtype=np.int64),
-        np.ascontiguousarray(cols, dtype=np.int64), np.zeros(len(arr), dtype=np.int64), rule.mean, rule.cmean,
-        rule.check, rule.coef, np.array([qos_s], dtype=np.float64), rule.margin_s, int(rule.lookahead), rule.hold,
-        rule.tiers, rule.sure_miss_by_finish, rule.sure_miss_bound, int(measure_from), int(max_violations),
-        float(deadline_s))
+        np.ascontiguousarray(cols, dtype=np.int64), rule.mean, rule.cmean, rule.check, rule.coef,
+        float(qos_s), rule.margin_s, int(rule.lookahead), rule.hold, rule.tiers, rule.sure_miss_by_finish,
+        rule.sure_miss_bound, int(measure_from), int(max_violations), float(deadline_s))
     return finish, start, bool(aborted), int(calls), float(work)
 
 
 def run_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
-            rule: KairosRule, group: np.ndarray, group_qos_s: np.ndarray, measure_from: int,
+            rule: MixRule, group: np.ndarray, group_qos_s: np.ndarray, measure_from: int,
             max_violations: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
     """`sim._run_mix` for `rule` (`mix_rule_for` the groups' models): the same arguments (the policy and the
     groups' models as the rule) and the same result."""
@@ -218,7 +241,272 @@ def _assign(cost: np.ndarray, nr: int, nc: int, col4row: np.ndarray, out_rows: n
 
 
 @_jit
-def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray,
+def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray, qos_s: float,
+           margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray, tiers: bool,
+           by_finish: bool, bound: float) -> None:
+    """`KairosPolicy._slot_costs` into cost[:rows, :slots·n] (slot-major): the edge of row r and slot k
+    of column j at busy time slot_busy[k, j]; `smean`, `scm`, `sck` [row, column] the row's mean,
+    C·mean and check latency on the column's type, `scoef` [column] its coefficient."""
+    budget = qos_s - margin_s
+    any_infeasible = False
+    for r in range(rows):
+        for k in range(slots):
+            for j in range(n):
+                b = slot_busy[k, j]
+                cost[r, k * n + j] = scoef[j] * b + scm[r, j]
+                if waited[r] + b + sck[r, j] > budget:
+                    any_infeasible = True
+    if not any_infeasible:
+        return
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
+    for r in range(rows):
+        for k in range(slots):
+            for j in range(n):
+                b = slot_busy[k, j]
+                start = waited[r] + b
+                x = cost[r, k * n + j]
+                if start + sck[r, j] > budget:
+                    x = x + penalty
+                else:
+                    x = x + 0.0
+                if tiers:
+                    finish = start + smean[r, j]
+                    late = finish > budget
+                    if by_finish:
+                        sure = 2.0 * penalty + finish if late else x
+                    else:
+                        sure = x + penalty if late else x + 0.0
+                        if bound < math.inf and finish > bound * qos_s:
+                            sure = 3.0 * penalty + finish
+                    x = 1.5 * penalty + finish if late and finish <= qos_s else sure
+                cost[r, k * n + j] = x
+
+
+@_jit
+def _one_column(b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
+                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, tiers: bool, by_finish: bool,
+                bound: float) -> int:
+    """`KairosPolicy.one_column`: the first column of least cost for a single query of batch `b`."""
+    budget = qos_s - margin_s - waited
+    on_time = budget + margin_s
+    beyond = bound * qos_s - waited
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
+    best = math.inf
+    best_j = 0
+    for j in range(len(cols)):
+        t = cols[j]
+        t_j = busy[j]
+        c = coef[t] * t_j + cmean[t, b]
+        if t_j + check[t, b] > budget:
+            c += penalty
+            finish = t_j + mean[t, b]
+            if tiers and finish > budget:
+                if finish <= on_time:
+                    c = 1.5 * penalty + finish
+                elif by_finish:
+                    c = 2.0 * penalty + finish
+                elif finish > beyond:
+                    c = 3.0 * penalty + finish
+                else:
+                    c += penalty
+        if c < best:
+            best = c
+            best_j = j
+    return best_j
+
+
+@_jit
+def _late_in_queue(arr: np.ndarray, queue: np.ndarray, qhead: int, qlen: int, now: float, deadline_s: float,
+                   measure_from: int) -> int:
+    """`sim._late_in_queue` on queue[qhead:qhead + qlen]."""
+    cutoff = np.searchsorted(arr, now - deadline_s)
+    waiting = queue[qhead:qhead + qlen]
+    late = int(np.searchsorted(waiting, cutoff) - np.searchsorted(waiting, measure_from))
+    return late if late > 0 else 0
+
+
+@_jit
+def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, cols: np.ndarray, mean: np.ndarray,
+                cmean: np.ndarray, check: np.ndarray, waited: np.ndarray, smean: np.ndarray, scm: np.ndarray,
+                sck: np.ndarray) -> None:
+    """Row `r` of the matching for query `q`: its wait, and its mean, C·mean and check latency on every
+    column's type (`_service`'s lookups, the batch clamped to the tables)."""
+    b = min(batches[q], mean.shape[1] - 1)
+    waited[r] = now - arr[q]
+    for j in range(cols.shape[0]):
+        t = cols[j]
+        smean[r, j] = mean[t, b]
+        scm[r, j] = cmean[t, b]
+        sck[r, j] = check[t, b]
+
+
+@_jit
+def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
+                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
+                lookahead: int, hold: bool, tiers: bool, by_finish: bool, bound: float, measure_from: int,
+                max_violations: int, deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
+    """`sim._run` with `KairosPolicy.__call__` inlined (see the module docstring); `run` calls it."""
+    n_q = arr.shape[0]
+    n_i = cols.shape[0]
+    window = 2 * n_i
+    n_b = mean.shape[1]
+    slots = lookahead + 1
+    free_at = np.zeros(n_i)
+    expect_at = np.zeros(n_i)
+    pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run's heap)
+    n_busy = 0  # columns pending (len of sim._run's heap)
+    free = np.zeros(n_i, dtype=np.bool_)
+    busy = np.zeros(n_i)
+    queue = np.empty(n_q, dtype=np.int64)  # the waiting queries are queue[qhead:qhead + qlen]
+    qhead = 0
+    qlen = 0
+    finish = np.full(n_q, math.inf)
+    start = np.full(n_q, math.inf)
+    max_rows = n_i if lookahead else window  # the matching's rows (`KairosPolicy.__call__`)
+    smean = np.empty((max_rows, n_i))
+    scm = np.empty((max_rows, n_i))
+    sck = np.empty((max_rows, n_i))
+    scoef = np.empty(n_i)
+    for j in range(n_i):
+        scoef[j] = coef[cols[j]]
+    waited = np.empty(max_rows)
+    slot_busy = np.empty((slots, n_i))
+    cost = np.empty((max_rows, slots * n_i))
+    col4row = np.empty(max_rows, dtype=np.int64)
+    match_r = np.empty(max_rows, dtype=np.int64)
+    match_c = np.empty(max_rows, dtype=np.int64)
+    take_r = np.empty(n_i, dtype=np.int64)
+    take_c = np.empty(n_i, dtype=np.int64)
+    removed = np.zeros(window, dtype=np.bool_)
+    penalty = INFEASIBLE_PENALTY_QOS * qos_s
+    viol = 0
+    calls = 0
+    work = 0.0
+    i = 0
+    while True:
+        t_arr = arr[i] if i < n_q else math.inf
+        t_done = math.inf
+        for c in range(n_i):
+            if pending[c] and free_at[c] < t_done:
+                t_done = free_at[c]
+        if n_busy and t_done <= t_arr:
+            now = t_done
+            for c in range(n_i):
+                if pending[c] and free_at[c] <= now:
+                    pending[c] = False
+                    n_busy -= 1
+        elif i < n_q:
+            now = t_arr
+            queue[qhead + qlen] = i
+            qlen += 1
+            i += 1
+            if (now - arr[queue[qhead]] > deadline_s and i > measure_from
+                    and viol + _late_in_queue(arr, queue, qhead, qlen, now, deadline_s, measure_from)
+                    > max_violations):
+                return finish, start, True, calls, work
+        else:
+            break
+        if qlen == 0 or n_busy == n_i:
+            continue
+        calls += 1
+        for c in range(n_i):
+            free[c] = free_at[c] <= now
+            busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
+        m = min(window, qlen)
+        n_take = 0
+        if m == 1:
+            q = queue[qhead]
+            b = min(batches[q], n_b - 1)
+            if n_i <= SCALAR_MAX_COLUMNS:
+                j = _one_column(b, now - arr[q], qos_s, margin_s, cols, busy, mean, cmean, check, coef, tiers,
+                                by_finish, bound)
+            else:
+                _gather_row(0, q, now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
+                for jj in range(n_i):
+                    slot_busy[0, jj] = busy[jj]
+                _cells(cost, 1, 1, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
+                       by_finish, bound)
+                j = 0
+                for jj in range(1, n_i):
+                    if cost[0, jj] < cost[0, j]:
+                        j = jj
+            if free[j]:
+                take_r[0] = 0
+                take_c[0] = j
+                n_take = 1
+        else:
+            rows = min(m, max_rows)
+            for r in range(rows):
+                _gather_row(r, queue[qhead + r], now, arr, batches, cols, mean, cmean, check, waited, smean, scm, sck)
+            for j in range(n_i):
+                slot_busy[0, j] = busy[j]
+                if lookahead:
+                    total = 0.0
+                    for r in range(rows):
+                        total += smean[r, j]
+                    step = total / rows
+                    for k in range(slots):
+                        slot_busy[k, j] = busy[j] + k * step
+            _cells(cost, rows, slots, n_i, slot_busy, waited, qos_s, margin_s, smean, scm, sck, scoef, tiers,
+                   by_finish, bound)
+            n_cols = slots * n_i
+            n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
+            for k in range(n_match):
+                r = match_r[k]
+                c = match_c[k]
+                if c >= n_i or not free[c]:
+                    continue
+                if hold and cost[r, c] >= penalty:
+                    low = math.inf
+                    for jj in range(n_cols):
+                        if cost[r, jj] < low:
+                            low = cost[r, jj]
+                    if low < penalty:
+                        continue
+                take_r[n_take] = r
+                take_c[n_take] = c
+                n_take += 1
+        if n_take == 0:
+            if n_busy == 0 and i >= n_q:
+                break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
+            continue
+        last = 0
+        for k in range(n_take):
+            r = take_r[k]
+            c = take_c[k]
+            q = queue[qhead + r]
+            t = cols[c]
+            s_qt = svc[q, t]
+            work += s_qt
+            f = now + s_qt
+            free_at[c] = f
+            expect_at[c] = now + expected[q, t]
+            pending[c] = True
+            n_busy += 1
+            finish[q] = f
+            start[q] = now
+            if f - arr[q] > deadline_s and q >= measure_from:
+                viol += 1
+            removed[r] = True
+            last = r
+        # drop the taken rows, keeping the queue's order: the kept ones among the first `last` + 1
+        # move up against the rest, and the head advances past the gap
+        w = last
+        for k in range(last, -1, -1):
+            if removed[k]:
+                removed[k] = False
+            else:
+                queue[qhead + w] = queue[qhead + k]
+                w -= 1
+        qhead += n_take
+        qlen -= n_take
+        if viol > max_violations:
+            return finish, start, True, calls, work
+    return finish, start, False, calls, work
+
+
+@_jit
+def _mix_cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray,
            rqos: np.ndarray, margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray,
            tiers: bool, by_finish: bool, bound: float) -> None:
     """`KairosPolicy._slot_costs` into cost[:rows, :slots·n] (slot-major): the edge of row r and slot k
@@ -262,7 +550,7 @@ def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarra
 
 
 @_jit
-def _one_column(g: int, b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
+def _mix_one_column(g: int, b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, tiers: bool, by_finish: bool,
                 bound: float) -> int:
     """`KairosPolicy.one_column`: the first column of least cost for a single query of group `g` (its
@@ -296,17 +584,7 @@ def _one_column(g: int, b: int, waited: float, qos_s: float, margin_s: float, co
 
 
 @_jit
-def _late_in_queue(arr: np.ndarray, queue: np.ndarray, qhead: int, qlen: int, now: float, deadline_s: float,
-                   measure_from: int) -> int:
-    """`sim._late_in_queue` on queue[qhead:qhead + qlen]."""
-    cutoff = np.searchsorted(arr, now - deadline_s)
-    waiting = queue[qhead:qhead + qlen]
-    late = int(np.searchsorted(waiting, cutoff) - np.searchsorted(waiting, measure_from))
-    return late if late > 0 else 0
-
-
-@_jit
-def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, cols: np.ndarray,
+def _mix_gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, cols: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos: np.ndarray,
                 waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray,
                 scoef: np.ndarray) -> None:
@@ -325,13 +603,13 @@ def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray
         scoef[r, j] = coef[g, t]
 
 
-_Scratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+_MixScratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                 np.ndarray, np.ndarray, np.ndarray]
 
 
 @_jit
-def _buffers(n_i: int, lookahead: int) -> _Scratch:
-    """`_decide`'s scratch arrays for `n_i` columns: for the rows of the matching, each one's wait and QoS
+def _mix_buffers(n_i: int, lookahead: int) -> _MixScratch:
+    """`_mix_decide`'s scratch arrays for `n_i` columns: for the rows of the matching, each one's wait and QoS
     (`waited`, `rqos`) and its mean, C·mean, check latency and coefficient on each column (`smean`, `scm`,
     `sck`, `scoef`: rows × columns); the slots' busy times (`slot_busy`: slots × columns); the cost matrix
     (rows × slots·columns); the assignment's `col4row`, matched rows and columns."""
@@ -344,16 +622,16 @@ def _buffers(n_i: int, lookahead: int) -> _Scratch:
 
 
 @_jit_inlined
-def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
+def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
             qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
             tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-            switches: tuple[float, int, bool, bool, bool, float], scratch: _Scratch, take_r: np.ndarray,
+            switches: tuple[float, int, bool, bool, bool, float], scratch: _MixScratch, take_r: np.ndarray,
             take_c: np.ndarray) -> int:
     """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
     at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
     its group's `tables` (mean, cmean, check [group, type, batch], coef [group, type], qos [group]) with
     the rule's `switches` (margin_s, lookahead, hold, tiers, sure_miss_by_finish, sure_miss_bound), in
-    `scratch` (`_buffers`). The rows to hand out (positions in the queue, increasing) and their columns go
+    `scratch` (`_mix_buffers`). The rows to hand out (positions in the queue, increasing) and their columns go
     into `take_r`, `take_c`; returns how many."""
     mean, cmean, check, coef, qos = tables
     margin_s, lookahead, hold, tiers, by_finish, bound = switches
@@ -369,14 +647,14 @@ def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, q
         g = grp[q]
         b = min(batches[q], n_b - 1)
         if n_i <= SCALAR_MAX_COLUMNS:
-            j = _one_column(g, b, now - arr[q], qos[g], margin_s, cols, busy, mean, cmean, check, coef, tiers,
+            j = _mix_one_column(g, b, now - arr[q], qos[g], margin_s, cols, busy, mean, cmean, check, coef, tiers,
                             by_finish, bound)
         else:
-            _gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean, scm,
+            _mix_gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean, scm,
                         sck, scoef)
             for jj in range(n_i):
                 slot_busy[0, jj] = busy[jj]
-            _cells(cost, 1, 1, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish,
+            _mix_cells(cost, 1, 1, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish,
                    bound)
             j = 0
             for jj in range(1, n_i):
@@ -389,7 +667,7 @@ def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, q
         return n_take
     rows = min(m, max_rows)
     for r in range(rows):
-        _gather_row(r, queue[qhead + r], now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos,
+        _mix_gather_row(r, queue[qhead + r], now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos,
                     smean, scm, sck, scoef)
     for j in range(n_i):
         slot_busy[0, j] = busy[j]
@@ -400,7 +678,7 @@ def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, q
             step = total / rows
             for k in range(slots):
                 slot_busy[k, j] = busy[j] + k * step
-    _cells(cost, rows, slots, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish, bound)
+    _mix_cells(cost, rows, slots, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish, bound)
     n_cols = slots * n_i
     n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
     for k in range(n_match):
@@ -421,98 +699,6 @@ def _decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, q
         take_c[n_take] = c
         n_take += 1
     return n_take
-
-
-@_jit
-def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
-                grp: np.ndarray, mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray,
-                qos: np.ndarray, margin_s: float, lookahead: int, hold: bool, tiers: bool, by_finish: bool,
-                bound: float, measure_from: int, max_violations: int,
-                deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
-    """`sim._run` with `KairosPolicy.__call__` inlined (`_decide`; see the module docstring); `run` calls
-    it with every query in group 0."""
-    n_q = arr.shape[0]
-    n_i = cols.shape[0]
-    window = 2 * n_i
-    free_at = np.zeros(n_i)
-    expect_at = np.zeros(n_i)
-    pending = np.zeros(n_i, dtype=np.bool_)  # a completion not yet taken (sim._run's heap)
-    n_busy = 0  # columns pending (len of sim._run's heap)
-    free = np.zeros(n_i, dtype=np.bool_)
-    busy = np.zeros(n_i)
-    queue = np.empty(n_q, dtype=np.int64)  # the waiting queries are queue[qhead:qhead + qlen]
-    qhead = 0
-    qlen = 0
-    finish = np.full(n_q, math.inf)
-    start = np.full(n_q, math.inf)
-    tables = (mean, cmean, check, coef, qos)
-    switches = (margin_s, lookahead, hold, tiers, by_finish, bound)
-    scratch = _buffers(n_i, lookahead)
-    take_r = np.empty(n_i, dtype=np.int64)
-    take_c = np.empty(n_i, dtype=np.int64)
-    removed = np.zeros(window, dtype=np.bool_)
-    viol = 0
-    calls = 0
-    work = 0.0
-    i = 0
-    while True:
-        t_arr = arr[i] if i < n_q else math.inf
-        t_done = math.inf
-        for c in range(n_i):
-            if pending[c] and free_at[c] < t_done:
-                t_done = free_at[c]
-        if n_busy and t_done <= t_arr:
-            now = t_done
-            for c in range(n_i):
-                if pending[c] and free_at[c] <= now:
-                    pending[c] = False
-                    n_busy -= 1
-        elif i < n_q:
-            now = t_arr
-            queue[qhead + qlen] = i
-            qlen += 1
-            i += 1
-            if (now - arr[queue[qhead]] > deadline_s and i > measure_from
-                    and viol + _late_in_queue(arr, queue, qhead, qlen, now, deadline_s, measure_from)
-                    > max_violations):
-                return finish, start, True, calls, work
-        else:
-            break
-        if qlen == 0 or n_busy == n_i:
-            continue
-        calls += 1
-        for c in range(n_i):
-            free[c] = free_at[c] <= now
-            busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
-                         take_c)
-        if n_take == 0:
-            if n_busy == 0 and i >= n_q:
-                break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
-            continue
-        last = 0
-        for k in range(n_take):
-            r = take_r[k]
-            c = take_c[k]
-            q = queue[qhead + r]
-            t = cols[c]
-            s_qt = svc[q, t]
-            work += s_qt
-            f = now + s_qt
-            free_at[c] = f
-            expect_at[c] = now + expected[q, t]
-            pending[c] = True
-            n_busy += 1
-            finish[q] = f
-            start[q] = now
-            if f - arr[q] > deadline_s and q >= measure_from:
-                viol += 1
-            removed[r] = True
-            last = r
-        qhead, qlen = _drop_taken(queue, qhead, qlen, removed, last, n_take)
-        if viol > max_violations:
-            return finish, start, True, calls, work
-    return finish, start, False, calls, work
 
 
 @_jit
@@ -558,7 +744,7 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
                     qos: np.ndarray, margin_s: float, lookahead: int, hold: bool, tiers: bool, by_finish: bool,
                     bound: float, measure_from: int,
                     max_violations: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
-    """`sim._run_mix` with `KairosPolicy.__call__` inlined (`_decide`); `run_mix` calls it. Each group's
+    """`sim._run_mix` with `KairosPolicy.__call__` inlined (`_mix_decide`); `run_mix` calls it. Each group's
     waiting queries are counted by index in a Fenwick tree (`sim._run_mix`'s sorted lists, whose
     bisections it answers)."""
     n_q = arr.shape[0]
@@ -582,7 +768,7 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
     start = np.full(n_q, math.inf)
     tables = (mean, cmean, check, coef, qos)
     switches = (margin_s, lookahead, hold, tiers, by_finish, bound)
-    scratch = _buffers(n_i, lookahead)
+    scratch = _mix_buffers(n_i, lookahead)
     take_r = np.empty(n_i, dtype=np.int64)
     take_c = np.empty(n_i, dtype=np.int64)
     removed = np.zeros(window, dtype=np.bool_)
@@ -623,7 +809,7 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
         for c in range(n_i):
             free[c] = free_at[c] <= now
             busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        n_take = _decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
+        n_take = _mix_decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
                          take_c)
         if n_take == 0:
             if n_busy == 0 and i >= n_q:

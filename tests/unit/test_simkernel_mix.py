@@ -149,3 +149,32 @@ def test_max_multiple_is_the_same_either_way(wl: workload.KairosWorkload, mixes:
     assert (compiled.multiple, compiled.probes, compiled.exceeds_bound) == (
         python.multiple, python.probes, python.exceeds_bound)
     assert compiled.multiple > 0 and len(compiled.probes) >= 4
+
+
+@pytest.mark.parametrize("rule", [0, 1, 7], ids=["default", "margin,lookahead", "paper"])
+def test_the_mix_loop_on_one_group_is_the_single_model_loop(wl: workload.KairosWorkload, rule: int) -> None:
+    """The two compiled loops price a row each their own way (by group, or on one model's tables): on a
+    stream of one model they make the same decisions, at every load, with and without the abort."""
+    stream = sim.poisson_stream(workload.kairos_batch_mix(N_QUERIES, np.random.default_rng(5)), 6)
+    service = sim.ServiceModel("samples", wl.samples.relative("wnd", wl.profiles.types), workload.GRID_STEP)
+    svc = service.times(wl.profiles, "wnd", stream)
+    expected = sim.ServiceModel().times(wl.profiles, "wnd", stream)
+    qos = 0.025
+    policy = KairosPolicy(wl.profiles, **RULES[rule])
+    mi = wl.profiles.model_index("wnd")
+    single, mixed = simkernel.rule_for(policy, mi), simkernel.mix_rule_for(policy, [mi])
+    assert single is not None and mixed is not None
+    cols = sim.fleet_columns(wl.profiles, wl.types, FLEETS[1])
+    capacity = float(np.sum(1.0 / svc[:, cols].mean(axis=0)))
+    outcomes = set()
+    for load, abort in LOADS:
+        arr = stream.arrivals(load * capacity)
+        cap = int(np.floor(0.01 * (len(arr) - 50 - 1))) + 1 if abort else len(arr) + 1
+        one = simkernel.run(arr, svc, expected, stream.batches, cols, single, qos, 50, cap, qos)
+        grouped = simkernel.run_mix(arr, svc, expected, stream.batches, cols, mixed, np.zeros(len(arr), dtype=np.int64),
+                                    np.array([qos]), 50, np.array([cap]))
+        np.testing.assert_array_equal(one[0], grouped[0])
+        np.testing.assert_array_equal(one[1], grouped[1])
+        assert one[2:] == grouped[2:], (load, abort)
+        outcomes.add(one[2])
+    assert outcomes == {True, False}
