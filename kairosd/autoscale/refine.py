@@ -9,10 +9,11 @@ the observed load and pruning by bound (`kairosd.planner.select_kairos_plus`), s
 never below the one-shot fleet on its own simulation. When one model has demand, the walk is
 `kairosd plan`'s on it, over the fleets that can also serve every other served model; when several
 do, it first simulates the partitioned fleets (`partition_walk`: each instance pinned to one model,
-each part on its model's queries alone), then walks the shared fleets that serve every model,
-ranked as `plan_fleet` ranks them, each valued at the largest multiple of the observed rates at
-which every model keeps its QoS (`MixEvaluator`), and chooses the kind that serves more in
-simulation. A "min_cost" plan and a plan for no observed demand stay one-shot.
+each part on its model's queries of the walk's streams), then walks the shared fleets that serve
+every model, ranked as `plan_fleet` ranks them, each valued at the largest multiple of the observed
+rates at which every model keeps its QoS (`MixEvaluator`); the kind (shared or partitioned) the
+one-shot plan chose stands unless the other serves at least as much on every stream and more on
+average (`_prefer_partition`). A "min_cost" plan and a plan for no observed demand stay one-shot.
 
 The simulator draws each query's service time from the tables the estimate weighs (`Tails`
 quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
@@ -120,8 +121,9 @@ class Refined:
     over the models at the largest multiple of their observed rates it serves), its bound, the
     configurations simulated out of all, whether the walk proved it the optimum (`exact`), and the
     walk's seconds. `parts`: for a partitioned choice, the instances per type pinned to each model
-    (`counts` is their sum); `note`: with several models, what the other kind of fleet (shared or
-    partitioned) was worth in simulation."""
+    (`counts` is their sum; `n_evals` counts the parts and the shared configurations simulated);
+    `note`: with several models, what the other kind of fleet (shared or partitioned) was worth in
+    simulation."""
 
     counts: dict[str, int]
     qps: float
@@ -222,9 +224,9 @@ def partition_walk(job: RefineJob, live: Sequence[int], streams: Sequence[MixStr
     observed rate (`max_multiple_partitioned`'s rule; the mean over the streams); then, up to
     `PART_ROUNDS` partitions in all and until `deadline` (perf_counter), the partition planned again with
     each model's estimates scaled by how far its part's simulation put it from its estimate, until one
-    repeats. The best simulated; None when no partition serves every model
-    with demand. E.g. a part estimated at 80 q/s that serves 60 in simulation scales its model's
-    estimates by 0.75, and the budget moves to it."""
+    repeats. The best simulated; None when no partition serves every model with demand. E.g. a part
+    estimated at 80 q/s that serves 60 in simulation scales its model's estimates by 0.75, and the
+    budget moves to it."""
     from kairosd.planner import upper_bound
     from kairosd.planner.joint import best_partition
 
