@@ -9,6 +9,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,24 @@ def _emulated_config() -> config.Config:
     a = dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=2.5, objective="max_throughput", selector="kairos_plus",
                             plus_time_limit_s=20.0)
     return dataclasses.replace(cfg, autoscaler=a)
+
+
+def _two_models(budget: float, dlrm_qps: float, ncf_qps: float, ncf_qos_s: float | None = None, **job: Any
+                ) -> tuple[list[str], list[ModelDemand], FleetPlan, RefineJob]:
+    """The emulated types planned for dlrm and ncf (the Kairos batch mix) at `budget`: the planned types, the
+    demand, the one-shot plan and the Kairos+ job the daemon makes for it (`job`: fields replaced)."""
+    from kairosd.autoscale.target import refine_jobs
+
+    cfg = _emulated_config()
+    cfg = dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=budget))
+    if ncf_qos_s is not None:
+        cfg = dataclasses.replace(cfg, qos_s={**cfg.qos_s, "ncf": ncf_qos_s})
+    profiles = load_profiles(cfg)
+    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
+    demand = [ModelDemand("dlrm", dlrm_qps, pmf), ModelDemand("ncf", ncf_qps, pmf)]
+    plan = config_planner(cfg, profiles)(demand, frozenset())
+    types = [t for t in cfg.types if t in profiles.types]
+    return types, demand, plan, dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), **job)
 
 
 def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_one() -> None:
@@ -228,17 +247,9 @@ def test_several_models_walk_the_shared_fleets_from_the_joint_plans_choice() -> 
     is a shared fleet; the walk simulates both models on it (max multiple of the observed rates) and
     chooses a shared fleet that serves at least as much on the same streams."""
     from kairosd.autoscale.refine import MixEvaluator, _several_models
-    from kairosd.autoscale.target import refine_jobs
 
-    cfg = _emulated_config()
-    cfg = dataclasses.replace(cfg, autoscaler=dataclasses.replace(cfg.autoscaler, budget_usd_per_hour=1.0))
-    profiles = load_profiles(cfg)
-    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
-    demand = [ModelDemand("dlrm", 40.0, pmf), ModelDemand("ncf", 4.0, pmf)]
-    plan = config_planner(cfg, profiles)(demand, frozenset())
+    types, _, plan, job = _two_models(1.0, 40.0, 4.0, queries=2000)
     assert not plan.partitioned
-    types = [t for t in cfg.types if t in profiles.types]
-    job = dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), queries=2000)
     refined = refine(job)
     cands, evaluator = _several_models(job, [0, 1])
     assert isinstance(evaluator, MixEvaluator) and refined.n_configs == len(cands) >= refined.n_evals >= 1
@@ -281,17 +292,10 @@ def test_a_partition_that_serves_more_in_simulation_replaces_a_shared_one_shot_p
     wait behind dlrm's batches on the g4dn. The walk simulates the partition part by part and the shared
     fleets, and chooses the partition, worth what its parts serve."""
     from kairosd.autoscale.refine import _mix_streams, _model_evaluator, _several_models
-    from kairosd.autoscale.target import refine_jobs
 
-    cfg = _emulated_config()
-    profiles = load_profiles(cfg)
-    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
-    demand = [ModelDemand("dlrm", 100.0, pmf), ModelDemand("ncf", 2.0, pmf)]
-    plan = config_planner(cfg, profiles)(demand, frozenset())
+    types, demand, plan, job = _two_models(2.5, 100.0, 2.0, queries=2000, time_limit_s=2.0)
     assert not plan.partitioned
-    types = [t for t in cfg.types if t in profiles.types]
-    prices = dict(zip(types, (cfg.types[t].price_usd_per_hour for t in types), strict=True))
-    job = dataclasses.replace(refine_jobs(cfg, profiles, types)(demand, frozenset()), queries=2000, time_limit_s=2.0)
+    prices = dict(zip(types, job.prices, strict=True))
     refined = refine(job)
     assert refined.parts is not None and sorted(refined.parts) == ["dlrm", "ncf"]
     assert {t: sum(p[t] for p in refined.parts.values()) for t in types} == refined.counts
@@ -316,17 +320,9 @@ def test_the_partition_search_is_the_joint_plans_and_follows_scaled_estimates() 
     plan's partition; with dlrm's estimates scaled by 0.7 (its part served less in simulation than
     estimated), dlrm's part grows and ncf's shrinks, within the budget."""
     from kairosd.autoscale.refine import _joint
-    from kairosd.autoscale.target import refine_jobs
     from kairosd.planner.joint import best_partition
 
-    cfg = _emulated_config()
-    cfg = dataclasses.replace(cfg, qos_s={"dlrm": 0.35, "ncf": 0.02})
-    profiles = load_profiles(cfg)
-    pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
-    demand = [ModelDemand("dlrm", 50.0, pmf), ModelDemand("ncf", 1000.0, pmf)]
-    plan = config_planner(cfg, profiles)(demand, frozenset())
-    types = [t for t in cfg.types if t in profiles.types]
-    job = refine_jobs(cfg, profiles, types)(demand, frozenset())
+    types, demand, plan, job = _two_models(2.5, 50.0, 1000.0, ncf_qos_s=0.02)
     joint = _joint(job)
     part = best_partition(joint, [50.0, 1000.0], job.prices, 2.5, job.caps)
     assert plan.partitioned and part is not None
