@@ -34,6 +34,7 @@ DUAL_LEVELS_LARGE: tuple[float, ...] = (1, 8)
 DUAL_LP_MAX_BATCHES = 100
 # batches per block when the waiting-tail weights are taken over service-time quantiles (memory bound)
 WAIT_MISS_CHUNK = 64
+EXP_UNDERFLOW = -746.0  # exp(x) is 0.0 in float64 below this
 # `_wait_miss_weights` results kept, most recently used last (a model's tables and its deadline-order ones)
 WAIT_MISS_CACHE = 4
 _WAIT_MISS_SEEN: OrderedDict[tuple[tuple[int, ...], float, bool, bytes], np.ndarray] = OrderedDict()
@@ -362,9 +363,11 @@ def _wait_miss_table(quantiles_s: np.ndarray, qos_s: float, start_s: np.ndarray 
     start = np.full((n_types, n_batches), qos_s) if start_s is None else np.asarray(start_s, dtype=float)
     slack = np.maximum(start[:, :, None] - quantiles_s, 0.0) / qos_s  # in QoS units
     for lo in range(0, n_batches, WAIT_MISS_CHUNK):
-        d = slack[:, lo:lo + WAIT_MISS_CHUNK, :, None]
-        out[:, lo:lo + WAIT_MISS_CHUNK] = np.where(meets[:, lo:lo + WAIT_MISS_CHUNK, :, None],
-                                                   np.exp(-d * TAIL_GRID), 0.0).sum(axis=2) / n_q
+        x = -slack[:, lo:lo + WAIT_MISS_CHUNK, :, None] * TAIL_GRID
+        # exp only where it counts: a query that meets QoS, at an exponent above the one whose exp is 0.0
+        e = np.zeros(x.shape)
+        np.exp(x, out=e, where=meets[:, lo:lo + WAIT_MISS_CHUNK, :, None] & (x >= EXP_UNDERFLOW))
+        out[:, lo:lo + WAIT_MISS_CHUNK] = e.sum(axis=2) / n_q
     return out
 
 

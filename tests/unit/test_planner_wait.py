@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kairosd.planner import BoundModel, quantiles_from_samples, queue_estimate
-from kairosd.planner.bounds import TAIL_GRID, _wait_miss_weights
+from kairosd.planner.bounds import TAIL_GRID, _wait_miss_table, _wait_miss_weights
 from kairosd.planner.queueing import _decay_x, _priority_x, _tail_weights
 
 
@@ -36,6 +36,22 @@ def test_wait_miss_weights_average_the_slack_over_the_distribution() -> None:
     an exponential wait of rate x/QoS with probability exp(−x·3/5)."""
     w = _wait_miss_weights(np.array([[[0.002, 0.006]]]), 0.005)
     np.testing.assert_allclose(w[0, 0], 0.5 * np.exp(-TAIL_GRID * 0.6))
+
+
+def test_wait_miss_table_is_the_direct_average_bit_for_bit() -> None:
+    """The table skips the exponentials it does not need (queries that miss QoS alone, exponents whose exp
+    is 0.0) and equals, exactly, the average of 1{S ≤ QoS}·exp(−x·(T − S)⁺/QoS) over every quantile: on
+    services from far below QoS (large slacks: exp underflows at the top of the grid) to above it, with
+    T = QoS and with a per-batch start."""
+    rng = np.random.default_rng(3)
+    q = np.sort(rng.uniform(1e-7, 0.012, size=(3, 70, 8)), axis=2)
+    for start in (None, rng.uniform(0.004, 0.01, size=(3, 70))):
+        t = np.full((3, 70), 0.01) if start is None else start
+        slack = np.maximum(t[:, :, None] - q, 0.0) / 0.01
+        direct = np.where((q <= 0.01)[..., None], np.exp(-slack[..., None] * TAIL_GRID), 0.0).sum(axis=2) / 8
+        table = _wait_miss_table(q, 0.01, start)
+        assert np.array_equal(table, direct)
+        assert (table[..., -1] == 0.0).any() and (table[..., 0] > 0).all()
 
 
 def test_quantiles_at_the_feasibility_latency_give_the_default_weights() -> None:
