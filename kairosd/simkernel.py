@@ -11,10 +11,11 @@ the same finish times, the same number of policy calls and the same verdict (tes
 and tests/unit/test_simkernel_mix.py compare them). Other policies run in `sim._run` and `sim._run_mix`.
 
 The mix loop's rule (`_mix_decide` and its `_mix_*` helpers) prices a row of the matching on its query's
-group (a model with its QoS), as `KairosPolicy` prices a snapshot row on its `q_model` and `q_qos_s`; the
-single-model loop keeps the rule on one model's tables (`_cells`, `_one_column`, `_gather_row`): its
-rounds are most of a Kairos+ walk, and they are cheaper there than priced by group
-(tests/unit/test_simkernel_mix.py checks that the two loops agree on a stream of one group).
+group (a model with its QoS), as `KairosPolicy` prices a snapshot row on its `q_model` and `q_qos_s`, and a
+lone query by `_one_column` on its group's tables; the single-model loop keeps the rule on one model's
+tables (`_cells`, `_one_column`, `_gather_row`): its rounds are most of a Kairos+ walk, and they are
+cheaper there than priced by group (tests/unit/test_simkernel_mix.py checks that the two loops agree on a
+stream of one group).
 
 `_lsap` is the shortest augmenting path algorithm for the rectangular assignment problem (Crouse,
 "On implementing 2D rectangular assignment algorithms", IEEE TAES 52(4), 2016) as scipy implements
@@ -507,8 +508,8 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
 
 @_jit
 def _mix_cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarray, waited: np.ndarray,
-           rqos: np.ndarray, margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray,
-           tiers: bool, by_finish: bool, bound: float) -> None:
+               rqos: np.ndarray, margin_s: float, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray, scoef: np.ndarray,
+               tiers: bool, by_finish: bool, bound: float) -> None:
     """`KairosPolicy._slot_costs` into cost[:rows, :slots·n] (slot-major): the edge of row r and slot k
     of column j at busy time slot_busy[k, j]; `smean`, `scm`, `sck`, `scoef` [row, column] the row's
     mean, C·mean, check latency and coefficient on the column's type, `rqos` [row] the row's QoS."""
@@ -550,44 +551,10 @@ def _mix_cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.nd
 
 
 @_jit
-def _mix_one_column(g: int, b: int, waited: float, qos_s: float, margin_s: float, cols: np.ndarray, busy: np.ndarray,
-                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, tiers: bool, by_finish: bool,
-                bound: float) -> int:
-    """`KairosPolicy.one_column`: the first column of least cost for a single query of group `g` (its
-    tables mean[g], cmean[g], check[g], coef[g]) and batch `b`."""
-    budget = qos_s - margin_s - waited
-    on_time = budget + margin_s
-    beyond = bound * qos_s - waited
-    penalty = INFEASIBLE_PENALTY_QOS * qos_s
-    best = math.inf
-    best_j = 0
-    for j in range(len(cols)):
-        t = cols[j]
-        t_j = busy[j]
-        c = coef[g, t] * t_j + cmean[g, t, b]
-        if t_j + check[g, t, b] > budget:
-            c += penalty
-            finish = t_j + mean[g, t, b]
-            if tiers and finish > budget:
-                if finish <= on_time:
-                    c = 1.5 * penalty + finish
-                elif by_finish:
-                    c = 2.0 * penalty + finish
-                elif finish > beyond:
-                    c = 3.0 * penalty + finish
-                else:
-                    c += penalty
-        if c < best:
-            best = c
-            best_j = j
-    return best_j
-
-
-@_jit
 def _mix_gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, cols: np.ndarray,
-                mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos: np.ndarray,
-                waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray,
-                scoef: np.ndarray) -> None:
+                    mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos: np.ndarray,
+                    waited: np.ndarray, rqos: np.ndarray, smean: np.ndarray, scm: np.ndarray, sck: np.ndarray,
+                    scoef: np.ndarray) -> None:
     """Row `r` of the matching for query `q` of group grp[q]: its wait and QoS, and its mean, C·mean,
     check latency and coefficient on every column's type from its group's tables (`_service`'s lookups,
     the batch clamped to the tables)."""
@@ -604,7 +571,7 @@ def _mix_gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.nda
 
 
 _MixScratch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                np.ndarray, np.ndarray, np.ndarray]
+                    np.ndarray, np.ndarray, np.ndarray]
 
 
 @_jit
@@ -623,10 +590,10 @@ def _mix_buffers(n_i: int, lookahead: int) -> _MixScratch:
 
 @_jit_inlined
 def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
-            qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
-            tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-            switches: tuple[float, int, bool, bool, bool, float], scratch: _MixScratch, take_r: np.ndarray,
-            take_c: np.ndarray) -> int:
+                qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
+                tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                switches: tuple[float, int, bool, bool, bool, float], scratch: _MixScratch, take_r: np.ndarray,
+                take_c: np.ndarray) -> int:
     """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
     at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
     its group's `tables` (mean, cmean, check [group, type, batch], coef [group, type], qos [group]) with
@@ -647,15 +614,15 @@ def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarra
         g = grp[q]
         b = min(batches[q], n_b - 1)
         if n_i <= SCALAR_MAX_COLUMNS:
-            j = _mix_one_column(g, b, now - arr[q], qos[g], margin_s, cols, busy, mean, cmean, check, coef, tiers,
+            j = _one_column(b, now - arr[q], qos[g], margin_s, cols, busy, mean[g], cmean[g], check[g], coef[g], tiers,
                             by_finish, bound)
         else:
-            _mix_gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean, scm,
-                        sck, scoef)
+            _mix_gather_row(0, q, now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos, smean,
+                            scm, sck, scoef)
             for jj in range(n_i):
                 slot_busy[0, jj] = busy[jj]
             _mix_cells(cost, 1, 1, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish,
-                   bound)
+                       bound)
             j = 0
             for jj in range(1, n_i):
                 if cost[0, jj] < cost[0, j]:
@@ -667,8 +634,8 @@ def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarra
         return n_take
     rows = min(m, max_rows)
     for r in range(rows):
-        _mix_gather_row(r, queue[qhead + r], now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited, rqos,
-                    smean, scm, sck, scoef)
+        _mix_gather_row(r, queue[qhead + r], now, arr, batches, grp, cols, mean, cmean, check, coef, qos, waited,
+                        rqos, smean, scm, sck, scoef)
     for j in range(n_i):
         slot_busy[0, j] = busy[j]
         if lookahead:
@@ -678,7 +645,8 @@ def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarra
             step = total / rows
             for k in range(slots):
                 slot_busy[k, j] = busy[j] + k * step
-    _mix_cells(cost, rows, slots, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish, bound)
+    _mix_cells(cost, rows, slots, n_i, slot_busy, waited, rqos, margin_s, smean, scm, sck, scoef, tiers, by_finish,
+               bound)
     n_cols = slots * n_i
     n_match = _assign(cost, rows, n_cols, col4row, match_r, match_c)
     for k in range(n_match):
@@ -809,8 +777,8 @@ def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batc
         for c in range(n_i):
             free[c] = free_at[c] <= now
             busy[c] = 0.0 if free[c] else max(expect_at[c] - now, 1e-6)
-        n_take = _mix_decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch, take_r,
-                         take_c)
+        n_take = _mix_decide(now, arr, batches, grp, queue, qhead, qlen, cols, free, busy, tables, switches, scratch,
+                             take_r, take_c)
         if n_take == 0:
             if n_busy == 0 and i >= n_q:
                 break  # nothing running, nothing arriving, and the policy serves no one: stuck for good
