@@ -43,7 +43,7 @@ from kairosd.errors import ConfigError, KairosError
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan
 from kairosd.planner.tails import Tails
-from kairosd.pools import parse_pool, pool_name
+from kairosd.pools import pool_name
 from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
@@ -625,18 +625,13 @@ def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Map
         how = "exact: every other fleet pruned" if refined.exact else "best of those simulated"
         head = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations "
                 f"simulated in {refined.seconds:.1f} s{refined.note}): {_label(counts)}")
-    one_shot = " | ".join(f"{m}: {_label(plan.pinned(m))}" for m in _pinned_models(plan)) or _label(plan.counts)
+    one_shot = " | ".join(f"{m}: {_label(plan.pinned(m))}" for m in plan.pinned_models()) or _label(plan.counts)
     reason = (f"{head} at {refined.qps:.1f} q/s simulated; "
               + ("the same as the one-shot choice" if same else f"the one-shot choice was {one_shot}"))
     multiple = refined.qps / rate_qps if rate_qps > 0 else plan.multiple
     bound = refined.ub_qps / rate_qps if rate_qps > 0 else plan.bound_multiple
     return replace(plan, counts=counts, cost_usd_per_hour=cost, multiple=multiple, bound_multiple=bound,
                    reason=reason, pools=pools, partitioned=refined.parts is not None)
-
-
-def _pinned_models(plan: FleetPlan) -> list[str]:
-    """The models a partitioned plan pins instances to, in pool order (none for a shared plan)."""
-    return list(dict.fromkeys(m for m in (parse_pool(p)[1] for p in plan.pools) if m is not None))
 
 
 def _label(counts: Mapping[str, int]) -> str:

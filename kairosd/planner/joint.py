@@ -472,6 +472,10 @@ class FleetPlan:
         if per_type != {t: n for t, n in self.counts.items() if n}:
             raise ConfigError(f"pools {self.pools} do not add up to counts {self.counts}")
 
+    def pinned_models(self) -> list[str]:
+        """The models instances are pinned to, in pool order (none for a shared fleet)."""
+        return list(dict.fromkeys(m for m in (parse_pool(p)[1] for p in self.pools) if m is not None))
+
     def pinned(self, model: str) -> dict[str, int]:
         """Instances per type pinned to `model` (empty for a shared fleet)."""
         out: dict[str, int] = {}
