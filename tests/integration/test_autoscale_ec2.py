@@ -427,7 +427,10 @@ def test_restart_with_a_lower_budget_scales_in_at_once(ec2: Ec2, tmp_path: Path,
         fits = wait_until(f"committed ≤ {LOW_BUDGET}", lambda: cost(fleet_instances(ec2.client)) <= LOW_BUDGET,
                           4 * PERIOD_S + 4 * SLACK_S, 0.02)
         took_s = time.monotonic() - t_up
-        time.sleep(4 * PERIOD_S)  # it stays within the new budget, and nothing is launched
+        # it stays within the new budget, and nothing is launched: four periods, and enough samples to say so
+        time.sleep(4 * PERIOD_S)
+        wait_until("the sampler's samples after the scale-in",
+                   lambda: sum(s.t >= t_up + took_s for s in sampler.samples) >= 8, 30, 0.05)
         found = fleet_instances(ec2.client)
         status = d2.fleet()
     assert fits
