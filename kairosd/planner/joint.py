@@ -31,9 +31,16 @@ The queue-aware estimate (`JointModel.estimate_qps`; as a multiple `joint_queue_
 auxiliaries, most permissive threshold first, take its small queries up to their fluid capacity, here
 on w_m of each auxiliary's instances; its base type (`base_types`: the largest share within QoS) the rest. The models whose base
 is the same type j share one M/G/c pool of its n_j instances: their rates, loads and second moments
-add up, so a model's queries wait behind the other models' services there. Λ is admissible when every
-pool is stable and, for every model, the queries that wait beyond their slack on the pool's waiting
-tail (θ from the pooled moments) plus those no present type serves within QoS are ≤ 1% of its rate.
+add up, so a model's queries wait behind the other models' services there. An auxiliary's queries wait
+too: one that finds every instance of the fleet busy (Erlang C of all n instances and every model's
+work where it is served) waits for the first to free, at the rate n/E[S] (E[S] the fleet's mean
+service over every query), and misses when that exceeds its slack on the auxiliary. This is what a
+model with a tight QoS meets where another model's long services keep the instances busy: its queries
+need an idle instance at once, and a share of the auxiliaries' time (the split above) does not give
+them one. Λ is admissible when every
+pool is stable and, for every model, the queries that wait beyond their slack (on the pool's waiting
+tail, θ from the pooled moments, or the fleet's for an auxiliary's) plus those no present type serves
+within QoS are ≤ 1% of its rate.
 Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (the
@@ -328,10 +335,13 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
     offered lam·w_m, splits its queries as in `queue_estimate` on its share w_m of each auxiliary's
     capacity; the models whose base is type j share one M/G/c pool of n_j servers (their base loads,
     rates and second moments added); the pool is stable, and each model's violations — waits beyond
-    its own slack on the pool's waiting tail, plus the queries its base and auxiliaries miss QoS on
+    its own slack on the pool's waiting tail, the queries an auxiliary takes that find every instance of
+    the fleet busy (Erlang C of all of them) and wait beyond their slack there for the first to free
+    (decay n/E[S] over every model's queries), plus the queries its base and auxiliaries miss QoS on
     without waiting (the base's band by band, `band_miss`; an auxiliary's at its `small_miss` share of what
     it takes) — stay within eps of its rate."""
     loads: dict[int, list[np.ndarray]] = {}
+    fleet = [np.zeros(len(lam)), np.zeros(len(lam))]  # every model's queries where they are served: queries/s, Erlangs
     per_model = []
     for bm, w_m, j in zip(bms, shares, base, strict=True):
         if (bm.band_p is None or bm.band_small is None or bm.band_m1 is None or bm.band_m2 is None
@@ -342,17 +352,24 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
         r = np.repeat(lam_m[:, None], len(bm.band_p), axis=1)  # the base's rate per band
         used = np.zeros(len(lam))
         missed = np.zeros(len(lam))  # queries/s missing QoS without waiting on auxiliaries
+        taken = []  # (type, rate per band) of the queries each auxiliary takes
         for k in (k for k in np.argsort(-t, kind="stable") if k != j and s[k] > 0):
             y = np.minimum(w_m * n[:, k] * bm.small_rate_qps[k], s[k] * np.maximum(lam_m - used, 0.0))
             used += y / s[k]
             missed += y * bm.small_miss[k]
-            r -= (y / s[k])[:, None] * bm.band_small[k][None, :]
+            r_k = (y / s[k])[:, None] * bm.band_small[k][None, :]
+            r -= r_k
+            taken.append((int(k), r_k))
+            fleet[0] += y
+            fleet[1] += r_k @ bm.band_m1[k]
         r = np.maximum(r, 0.0)
+        fleet[0] += r @ bm.band_p
+        fleet[1] += r @ bm.band_m1[j]
         pool = loads.setdefault(j, [np.zeros(len(lam)), np.zeros(len(lam)), np.zeros(len(lam))])
         pool[0] += r @ bm.band_p  # queries/s
         pool[1] += r @ bm.band_m1[j]  # Erlangs
         pool[2] += r @ bm.band_m2[j]  # Σ rate·E[S²]
-        per_model.append((bm.qos_s, missed + r @ bm.band_miss[j], bm.band_tail[j], lam_m, j, r))
+        per_model.append((bm.qos_s, bm.band_tail, missed + r @ bm.band_miss[j], lam_m, j, r, taken))
     ok = np.ones(len(lam), dtype=bool)
     theta: dict[int, np.ndarray] = {}
     wait: dict[int, np.ndarray] = {}
@@ -364,12 +381,23 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
             theta[j] = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
         wait[j] = erlang_c(n_b, work)
         ok &= work < n_b
-    for qos_s, no_wait, tail, lam_m, j, r in per_model:
-        x = np.clip(theta[j] * qos_s, 0.0, TAIL_GRID[-1])
-        tail_g = np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
-        violating = wait[j] * (r * tail_g).sum(axis=1) + no_wait
+    # every instance of the fleet: what an auxiliary's query waits for when it finds them all busy
+    servers = n.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first_free = np.where(fleet[1] > 0, servers * fleet[0] / fleet[1], np.inf)  # n / E[S], 1/s
+    all_busy = erlang_c(servers, fleet[1])
+    for qos_s, tail, no_wait, lam_m, j, r, taken in per_model:
+        violating = wait[j] * (r * _tail_at(tail[j], theta[j] * qos_s)).sum(axis=1) + no_wait
+        for k, r_k in taken:
+            violating += all_busy * (r_k * _tail_at(tail[k], first_free * qos_s)).sum(axis=1)
         ok &= violating <= eps * lam_m
     return ok
+
+
+def _tail_at(tail: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """[rows, bands]: the waiting-tail weights `tail` [band, grid] at θ·QoS = `x` per row."""
+    x = np.clip(x, 0.0, TAIL_GRID[-1])
+    return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
 
 
 def _check(configs: np.ndarray, n_types: int) -> np.ndarray:

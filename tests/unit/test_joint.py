@@ -428,3 +428,35 @@ def test_partitioned_fleet_is_each_part_on_its_own_stream() -> None:
     idle = poisson_mix_stream(np.full(600, 10), [1.0, 0.0], seed=9)
     res = max_multiple_partitioned(table, ["a", "b"], [one, None], factory, qos_s=[0.02, 0.05], stream=idle)
     assert res.per_model[1] == float("inf") and res.multiple == res.per_model[0] > 0
+
+
+def test_a_tight_model_on_auxiliaries_kept_busy_by_long_services() -> None:
+    """Model a (1 ms on gpu, 1.5 ms on cpu, QoS 3 ms, 2 q/s) beside b (10 ms on gpu, 40 ms on cpu, QoS 400 ms,
+    100 q/s) on gpu (1 $/h) and cpu (0.25 $/h): in a shared fleet a's queries need an idle instance at once,
+    and b's services keep the instances busy. The joint estimate does not count them served by a share of
+    the auxiliaries' time: no shared fleet is estimated above what the simulator serves, and the plan
+    pins a's instances apart, which the simulator puts above the best shared fleet."""
+    lat = {"a": (0.001, 0.0015), "b": (0.010, 0.040)}
+    qos = {"a": 0.003, "b": 0.400}
+    types, prices = ("gpu", "cpu"), (1.0, 0.25)
+    table = ProfileTable.build({m: [ProfilePoint(t, b, s, s) for t, s in zip(types, lat[m], strict=True) for b in (1, 10)]
+                                for m in lat}, max_batch=10)
+    pmf = _batch10()
+    models = []
+    for m in ("a", "b"):
+        cells = np.repeat(np.asarray(lat[m])[:, None], 11, axis=1)
+        models.append(BoundModel.build(cells, cells, pmf, qos[m], types, slack=planning_eps()))
+    demand = [ModelDemand("a", 2.0, pmf), ModelDemand("b", 100.0, pmf)]
+    stream = poisson_mix_stream(np.full(20_000, 10), [2.0, 100.0], seed=3)
+    factory = lambda: make_policy("kairos", table)
+    shared = np.array([[1, 6], [2, 4], [2, 2], [1, 3]])
+    est = joint_queue_estimate(shared, models, demand)
+    served = [max_multiple(table, ["a", "b"], fleet_columns(table, types, tuple(int(x) for x in c)), factory,
+                           qos_s=[qos["a"], qos["b"]], stream=stream).multiple for c in shared]
+    assert np.all(est > 0) and np.all(est <= np.array(served)), (est, served)
+
+    plan = plan_fleet(table, types, prices, 2.5, demand, qos)
+    assert plan.partitioned and plan.pinned("a") and plan.pinned("b")
+    parts = [fleet_columns(table, types, tuple(plan.pinned(m).get(t, 0) for t in types)) for m in ("a", "b")]
+    pinned = max_multiple_partitioned(table, ["a", "b"], parts, factory, qos_s=[qos["a"], qos["b"]], stream=stream)
+    assert pinned.multiple > max(served)

@@ -287,15 +287,17 @@ def test_one_model_with_demand_among_several_walks_its_fleets_that_serve_every_m
 
 
 def test_a_partition_that_serves_more_in_simulation_replaces_a_shared_one_shot_plan() -> None:
-    """dlrm (the authors' rm2, 350 ms) at 100 q/s and ncf (5 ms) at 2 on the emulated types at 2.5 $/h: the
-    joint estimate puts the shared 2 × g4dn + 9 × r5n above every partition, but shared, ncf's queries
-    wait behind dlrm's batches on the g4dn. The walk simulates the partition part by part and the shared
-    fleets, and chooses the partition, worth what its parts serve."""
+    """dlrm (the authors' rm2, 350 ms) at 100 q/s and ncf (5 ms) at 2 on the emulated types at 2.5 $/h: shared,
+    ncf's queries wait behind dlrm's batches, and the one-shot plan is a partition. Given a shared one-shot
+    plan (2 × g4dn + 9 × r5n), the walk simulates the partition part by part and the shared fleets, and
+    chooses the partition, worth what its parts serve."""
     from kairosd.autoscale.refine import _mix_streams, _model_evaluator, _several_models
 
-    types, demand, plan, job = _two_models(2.5, 100.0, 2.0, queries=2000, time_limit_s=2.0)
-    assert not plan.partitioned
+    types, demand, one_shot, job = _two_models(2.5, 100.0, 2.0, queries=2000, time_limit_s=2.0)
+    assert one_shot.partitioned
     prices = dict(zip(types, job.prices, strict=True))
+    counts = {t: {"g4dn.xlarge": 2, "r5n.large": 9}.get(t, 0) for t in types}
+    plan = FleetPlan(counts, sum(n * prices[t] for t, n in counts.items()), 1.0, 1.5, "max_throughput", "shared")
     refined = refine(job)
     assert refined.parts is not None and sorted(refined.parts) == ["dlrm", "ncf"]
     assert {t: sum(p[t] for p in refined.parts.values()) for t in types} == refined.counts
