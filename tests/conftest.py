@@ -27,25 +27,36 @@ import pytest
 # each process may run a daemon with its fleet (and a Triton): more processes than cores only contend
 MAX_WORKERS = 4
 
-# the files that take longest (without an `alone` test), longest first, as `--durations` shows them on 2 cores
+# the files that take longest (without an `alone` test), longest first, as `--durations` shows them on 2 cores;
+# the files of a few seconds at the end of the list, so that the processes finish their side-by-side part together
 LONGEST_FILES = (
     "integration/test_autoscale_ec2.py",
     "integration/test_serve.py",
-    "unit/test_joint.py",
     "unit/test_planner.py",
-    "unit/test_pruning.py",
+    "unit/test_joint.py",
     "unit/test_sim.py",
     "unit/test_simkernel.py",
-    "integration/test_autoscale_refine.py",
     "unit/test_refine.py",
-    "unit/test_target.py",
-    "integration/test_autoscale_local.py",
+    "integration/test_autoscale_refine.py",
     "integration/test_backend_stream.py",
-    "integration/test_ec2_provider.py",
     "integration/test_access.py",
-    "unit/test_fluid_lp.py",
+    "integration/test_autoscale_local.py",
+    "integration/test_ec2_provider.py",
+    "unit/test_pruning.py",
     "integration/test_http_forward.py",
+    "unit/test_target.py",
+    "integration/test_hostile_http.py",
+    "unit/test_simkernel_mix.py",
     "integration/test_metrics.py",
+    "integration/test_limits.py",
+    "integration/test_scheduler.py",
+    "integration/test_fleet.py",
+    "unit/test_decide.py",
+    "integration/test_triton_local.py",
+    "integration/test_hostile_grpc.py",
+    "integration/test_grpc_over_http.py",
+    "integration/test_http_lean.py",
+    "unit/test_synth.py",
 )
 
 
