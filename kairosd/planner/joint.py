@@ -37,10 +37,9 @@ work where it is served) waits for the first to free, at the rate n/E[S] (E[S] t
 service over every query), and misses when that exceeds its slack on the auxiliary. This is what a
 model with a tight QoS meets where another model's long services keep the instances busy: its queries
 need an idle instance at once, and a share of the auxiliaries' time (the split above) does not give
-them one. Λ is admissible when every
-pool is stable and, for every model, the queries that wait beyond their slack (on the pool's waiting
-tail, θ from the pooled moments, or the fleet's for an auxiliary's) plus those no present type serves
-within QoS are ≤ 1% of its rate.
+them one. Λ is admissible when every pool is stable and, for every model, the queries that wait beyond
+their slack (on the pool's waiting tail, θ from the pooled moments, or the fleet's for an auxiliary's)
+plus those no present type serves within QoS are ≤ 1% of its rate.
 Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (the
