@@ -350,6 +350,17 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _described(pid: int) -> str:
+    """pid, state and command line from /proc (what a failure message names a surviving process by)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return f"{pid} (gone)"
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return f"{pid} state {fields[0].decode()} parent {int(fields[1])}: {cmdline}"
+
+
 def test_instances_do_not_outlive_a_sigkilled_daemon(tmp_path: Path) -> None:
     """SIGKILL gives the daemon no chance to stop its fleet: the worker and the Triton (with its
     tritonserver) still exit, through the parent-death signal each armed at start."""
@@ -372,6 +383,6 @@ def test_instances_do_not_outlive_a_sigkilled_daemon(tmp_path: Path) -> None:
             alive = {p for p in below if Path(f"/proc/{p}").exists() and b"Z" not in
                      Path(f"/proc/{p}/stat").read_bytes().rsplit(b")", 1)[1][:3]}
             time.sleep(0.2)
-        assert not alive, f"still running after the daemon was SIGKILLed: {sorted(alive)}"
+        assert not alive, f"still running after the daemon was SIGKILLed: {[_described(p) for p in sorted(alive)]}"
     finally:
         daemon.child.stop(5)
