@@ -23,6 +23,19 @@ def _unfrozen() -> Iterator[None]:
     gc.unfreeze()
 
 
+@pytest.fixture
+def _no_automatic_collection() -> Iterator[None]:
+    """The collector runs only when asked (`settle` asks), not when an allocation crosses a threshold."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@pytest.mark.usefixtures("_no_automatic_collection")
 def test_settle_frees_garbage_and_freezes_what_survives() -> None:
     garbage = weakref.ref(_Node())  # unreachable at once, kept alive by its own cycle
     kept = _Node()
@@ -34,6 +47,7 @@ def test_settle_frees_garbage_and_freezes_what_survives() -> None:
     assert gc.get_count()[2] == 0 and not any(o is kept for o in gc.get_objects(2))  # frozen, not in generation 2
 
 
+@pytest.mark.usefixtures("_no_automatic_collection")
 def test_a_second_settle_reclaims_cycles_frozen_by_the_first() -> None:
     node = _Node()
     ref = weakref.ref(node)

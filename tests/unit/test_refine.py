@@ -145,7 +145,10 @@ def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_on
     pmf = workload.mix_pmf("kairos", profiles.max_batch, n=200_000)
     dlrm = profiles.models.index("dlrm")
     now = [20.0]
-    one_model = dataclasses.replace(cfg, qos_s={"dlrm": cfg.qos_s["dlrm"]})
+    # time enough to prove the choice even when the walk's first simulation compiles the simulator (a clean
+    # install) beside other tests: the walk stops simulating once the next one could overrun the limit
+    slow_first = dataclasses.replace(cfg.autoscaler, plus_time_limit_s=60.0)
+    one_model = dataclasses.replace(cfg, qos_s={"dlrm": cfg.qos_s["dlrm"]}, autoscaler=slow_first)
     profiles_one = dataclasses.replace(profiles, models=("dlrm",), mean_s=profiles.mean_s[[dlrm]],
                                        p99_s=profiles.p99_s[[dlrm]])
     refiner = config_refiner(one_model, profiles_one)
@@ -157,7 +160,7 @@ def test_the_target_is_the_one_shot_plan_until_the_walk_ends_then_the_refined_on
     target = PlannerTarget(window, config_planner(one_model, profiles_one), lambda: now[0], refiner=refiner)
     one_shot = target(now[0], frozenset())
     assert refiner.walks == 1 and target.last_plan is not None and "kairos_plus" not in target.last_plan.reason
-    deadline = time.monotonic() + 60.0
+    deadline = time.monotonic() + 120.0
     while refiner.running and time.monotonic() < deadline:
         time.sleep(0.1)
     refined = target(now[0], frozenset())
