@@ -32,14 +32,15 @@ auxiliaries, most permissive threshold first, take its small queries up to their
 on w_m of each auxiliary's instances; its base type (`base_types`: the largest share within QoS) the rest. The models whose base
 is the same type j share one M/G/c pool of its n_j instances: their rates, loads and second moments
 add up, so a model's queries wait behind the other models' services there. An auxiliary's queries wait
-too: one that finds every instance of the fleet busy (Erlang C of all n instances and every model's
-work where it is served) waits for the first to free, at the rate n/E[S] (E[S] the fleet's mean
-service over every query), and misses when that exceeds its slack on the auxiliary. This is what a
-model with a tight QoS meets where another model's long services keep the instances busy: its queries
-need an idle instance at once, and a share of the auxiliaries' time (the split above) does not give
-them one. Λ is admissible when every pool is stable and, for every model, the queries that wait beyond
-their slack (on the pool's waiting tail, θ from the pooled moments, or the fleet's for an auxiliary's)
-plus those no present type serves within QoS are ≤ 1% of its rate.
+too: one that finds every instance of the fleet busy waits for the first to free, and misses when that
+exceeds its slack on the auxiliary. The matching routes a queue as the fluid bound routes the mix, so at
+Λ the fleet's n instances carry n·Λ/Λ_max Erlangs (Erlang C of that: every instance busy) and free one
+at a time at the rate Λ_max. This is what a model with a tight QoS meets where another model's long
+services keep the instances busy: its queries need an idle instance at once, and a share of the
+auxiliaries' time (the split above) does not give them one. Λ is admissible when every pool is
+stable and, for every model, the queries that wait beyond their slack (on the pool's waiting tail, θ
+from the pooled moments, or the fleet's for an auxiliary's) plus those no present type serves within
+QoS are ≤ 1% of its rate.
 Λ_est is the largest admissible Λ ≤ Λ_max (bisection); with one model it is `queue_estimate`. Not a bound.
 
 `plan_fleet` chooses by objective: "max_throughput" is `select_kairos` on the joint signals (the
@@ -318,7 +319,8 @@ class JointModel:
             if len(rows) == 0:
                 continue
             n = configs[rows].astype(float)
-            test = functools.partial(_pooled_admissible, n=n, bms=bms, shares=w, base=[int(j) for j in combo], eps=eps)
+            test = functools.partial(_pooled_admissible, n=n, bms=bms, shares=w, base=[int(j) for j in combo], eps=eps,
+                                     bound=ub[rows])
             est[rows] = largest_admitted(test, np.zeros(len(rows)), ub[rows].copy(), steps)
         return est
 
@@ -329,18 +331,17 @@ def _base_types(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
 
 
 def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel], shares: np.ndarray,
-                       base: Sequence[int], eps: float) -> np.ndarray:
+                       base: Sequence[int], eps: float, bound: np.ndarray) -> np.ndarray:
     """Whether each total rate `lam` (rows of counts `n`) passes the joint queue test: every model m,
     offered lam·w_m, splits its queries as in `queue_estimate` on its share w_m of each auxiliary's
     capacity; the models whose base is type j share one M/G/c pool of n_j servers (their base loads,
     rates and second moments added); the pool is stable, and each model's violations — waits beyond
     its own slack on the pool's waiting tail, the queries an auxiliary takes that find every instance of
-    the fleet busy (Erlang C of all of them) and wait beyond their slack there for the first to free
-    (decay n/E[S] over every model's queries), plus the queries its base and auxiliaries miss QoS on
-    without waiting (the base's band by band, `band_miss`; an auxiliary's at its `small_miss` share of what
-    it takes) — stay within eps of its rate."""
+    the fleet busy (Erlang C of its n instances at n·lam/`bound` Erlangs, `bound` the joint bound Λ_max of
+    each row) and wait beyond their slack there for the first to free (decay `bound`), plus the queries
+    its base and auxiliaries miss QoS on without waiting (the base's band by band, `band_miss`; an
+    auxiliary's at its `small_miss` share of what it takes) — stay within eps of its rate."""
     loads: dict[int, list[np.ndarray]] = {}
-    fleet = [np.zeros(len(lam)), np.zeros(len(lam))]  # every model's queries where they are served: queries/s, Erlangs
     per_model = []
     for bm, w_m, j in zip(bms, shares, base, strict=True):
         if (bm.band_p is None or bm.band_small is None or bm.band_m1 is None or bm.band_m2 is None
@@ -359,11 +360,7 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
             r_k = (y / s[k])[:, None] * bm.band_small[k][None, :]
             r -= r_k
             taken.append((int(k), r_k))
-            fleet[0] += y
-            fleet[1] += r_k @ bm.band_m1[k]
         r = np.maximum(r, 0.0)
-        fleet[0] += r @ bm.band_p
-        fleet[1] += r @ bm.band_m1[j]
         pool = loads.setdefault(j, [np.zeros(len(lam)), np.zeros(len(lam)), np.zeros(len(lam))])
         pool[0] += r @ bm.band_p  # queries/s
         pool[1] += r @ bm.band_m1[j]  # Erlangs
@@ -380,11 +377,13 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
             theta[j] = np.where(mean_svc > 0, (n_b - work) / mean_svc, np.inf) * 2.0 / (1.0 + np.maximum(cs2, 0.0))
         wait[j] = erlang_c(n_b, work)
         ok &= work < n_b
-    # every instance of the fleet: what an auxiliary's query waits for when it finds them all busy
+    # what an auxiliary's query waits for when it finds every instance busy: the matching routes the
+    # queue as the fluid bound routes the mix, so the fleet's n instances carry n·Λ/Λ_max Erlangs and free
+    # one at a time at the rate Λ_max (each query holds an instance n/Λ_max on average)
     servers = n.sum(axis=1)
+    first_free = np.asarray(bound, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        first_free = np.where(fleet[1] > 0, servers * fleet[0] / fleet[1], np.inf)  # n / E[S], 1/s
-    all_busy = erlang_c(servers, fleet[1])
+        all_busy = erlang_c(servers, np.where(first_free > 0, servers * lam / first_free, np.inf))
     for qos_s, tail, no_wait, lam_m, j, r, taken in per_model:
         violating = wait[j] * (r * _tail_at(tail[j], theta[j] * qos_s)).sum(axis=1) + no_wait
         for k, r_k in taken:
