@@ -263,24 +263,32 @@ def _cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.ndarra
     for r in range(rows):
         for k in range(slots):
             for j in range(n):
-                b = slot_busy[k, j]
-                start = waited[r] + b
-                x = cost[r, k * n + j]
-                if start + sck[r, j] > budget:
-                    x = x + penalty
-                else:
-                    x = x + 0.0
-                if tiers:
-                    finish = start + smean[r, j]
-                    late = finish > budget
-                    if by_finish:
-                        sure = 2.0 * penalty + finish if late else x
-                    else:
-                        sure = x + penalty if late else x + 0.0
-                        if bound < math.inf and finish > bound * qos_s:
-                            sure = 3.0 * penalty + finish
-                    x = 1.5 * penalty + finish if late and finish <= qos_s else sure
-                cost[r, k * n + j] = x
+                start = waited[r] + slot_busy[k, j]
+                cost[r, k * n + j] = _penalised(cost[r, k * n + j], start, sck[r, j], smean[r, j], qos_s, budget,
+                                                penalty, tiers, by_finish, bound)
+
+
+@_jit
+def _penalised(x: float, start: float, check: float, mean: float, qos_s: float, budget: float, penalty: float,
+               tiers: bool, by_finish: bool, bound: float) -> float:
+    """`KairosPolicy._slot_costs`'s penalties on one edge of cost `x` (the row's query starting at `start` on
+    a column whose check latency is `check` and mean `mean`; `budget` QoS less the margin): infeasible on
+    its p99 test, then, with `tiers`, the tier of its finish (late, or past `bound`·QoS)."""
+    if start + check > budget:
+        x = x + penalty
+    else:
+        x = x + 0.0
+    if tiers:
+        finish = start + mean
+        late = finish > budget
+        if by_finish:
+            sure = 2.0 * penalty + finish if late else x
+        else:
+            sure = x + penalty if late else x + 0.0
+            if bound < math.inf and finish > bound * qos_s:
+                sure = 3.0 * penalty + finish
+        x = 1.5 * penalty + finish if late and finish <= qos_s else sure
+    return x
 
 
 @_jit
@@ -530,24 +538,9 @@ def _mix_cells(cost: np.ndarray, rows: int, slots: int, n: int, slot_busy: np.nd
         penalty = INFEASIBLE_PENALTY_QOS * qos_s
         for k in range(slots):
             for j in range(n):
-                b = slot_busy[k, j]
-                start = waited[r] + b
-                x = cost[r, k * n + j]
-                if start + sck[r, j] > budget:
-                    x = x + penalty
-                else:
-                    x = x + 0.0
-                if tiers:
-                    finish = start + smean[r, j]
-                    late = finish > budget
-                    if by_finish:
-                        sure = 2.0 * penalty + finish if late else x
-                    else:
-                        sure = x + penalty if late else x + 0.0
-                        if bound < math.inf and finish > bound * qos_s:
-                            sure = 3.0 * penalty + finish
-                    x = 1.5 * penalty + finish if late and finish <= qos_s else sure
-                cost[r, k * n + j] = x
+                start = waited[r] + slot_busy[k, j]
+                cost[r, k * n + j] = _penalised(cost[r, k * n + j], start, sck[r, j], smean[r, j], qos_s, budget,
+                                                penalty, tiers, by_finish, bound)
 
 
 @_jit

@@ -245,8 +245,9 @@ def partition_walk(job: RefineJob, live: Sequence[int], streams: Sequence[MixStr
         if key in seen:
             break
         seen.add(key)
-        per_stream = np.min([evaluators[g].values(part.parts[g]) / rates[g] for g in live], axis=0)
-        qps = {g: float(evaluators[g](part.parts[g])) for g in live}
+        values = {g: evaluators[g].values(part.parts[g]) for g in live}  # each part's max QPS per stream
+        per_stream = np.min([values[g] / rates[g] for g in live], axis=0)
+        qps = {g: float(values[g].mean()) for g in live}
         parts_simulated.update((g, tuple(int(x) for x in part.parts[g])) for g in live)
         lam = float(per_stream.mean())
         if best is None or lam > best.multiple:

@@ -86,7 +86,6 @@ import scipy.sparse as sp
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import (
     DUAL_LP_MAX_BATCHES,
-    TAIL_GRID,
     BoundModel,
     _merge_batches,
     _subset_directions,
@@ -99,6 +98,7 @@ from kairosd.planner.fluid_lp import _stdout_to_devnull
 from kairosd.planner.pruning import cheapest_cover_estimates, frontier_estimates, kairos_estimates
 from kairosd.planner.queueing import (
     QUEUE_BISECT_STEPS,
+    _tail_weights,
     base_types,
     erlang_c,
     largest_admitted,
@@ -385,17 +385,11 @@ def _pooled_admissible(lam: np.ndarray, n: np.ndarray, bms: Sequence[BoundModel]
     with np.errstate(divide="ignore", invalid="ignore"):
         all_busy = erlang_c(servers, np.where(first_free > 0, servers * lam / first_free, np.inf))
     for qos_s, tail, no_wait, lam_m, j, r, taken in per_model:
-        violating = wait[j] * (r * _tail_at(tail[j], theta[j] * qos_s)).sum(axis=1) + no_wait
+        violating = wait[j] * (r * _tail_weights(theta[j] * qos_s, tail[j])).sum(axis=1) + no_wait
         for k, r_k in taken:
-            violating += all_busy * (r_k * _tail_at(tail[k], first_free * qos_s)).sum(axis=1)
+            violating += all_busy * (r_k * _tail_weights(first_free * qos_s, tail[k])).sum(axis=1)
         ok &= violating <= eps * lam_m
     return ok
-
-
-def _tail_at(tail: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """[rows, bands]: the waiting-tail weights `tail` [band, grid] at θ·QoS = `x` per row."""
-    x = np.clip(x, 0.0, TAIL_GRID[-1])
-    return np.stack([np.interp(x, TAIL_GRID, tail[g]) for g in range(len(tail))], axis=1)
 
 
 def _check(configs: np.ndarray, n_types: int) -> np.ndarray:
