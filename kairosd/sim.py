@@ -936,6 +936,7 @@ class SeedsEvaluator:
     max_streams: int = 0
     progress: Callable[[int, int], None] | None = None  # (done, total) (configuration, stream) runs of a `many`
     guess: Callable[[np.ndarray], float | None] | None = None  # where a configuration's first search starts
+    _svc: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # stream → its service times (`meets`)
 
     def __post_init__(self) -> None:
         if not self.setups:
@@ -990,6 +991,24 @@ class SeedsEvaluator:
                 tasks = [(i, key, float(rates[i])) for i in todo[start : start + n_workers]]
                 if not all(pool.map(_seeds_worker_fails, tasks)):
                     return False
+        return True
+
+    def meets(self, config: np.ndarray, rate_qps: float) -> bool:
+        """Whether `config`'s max QPS is at least `rate_qps` on every stream: one run at that rate per
+        stream and perhaps one at the light load (`below_max_qps`; no search; a cached result is used as it
+        is), in this process, stopping at the first stream on which it falls short. E.g. the cheapest
+        fleet that serves a target rate on every stream, tested in order of cost."""
+        key = tuple(int(x) for x in config)
+        for i, (setup, cache) in enumerate(zip(self.setups, self.caches, strict=True)):
+            hit = cache.get(key)
+            if hit is not None:
+                if hit.qps < rate_qps:
+                    return False
+                continue
+            if i not in self._svc:
+                self._svc[i] = _svc_for(setup)
+            if below_max_qps(setup, key, rate_qps, self._svc[i]):
+                return False
         return True
 
     def _guess(self, key: tuple[int, ...]) -> float | None:

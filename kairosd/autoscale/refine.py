@@ -41,7 +41,7 @@ import numpy as np
 
 from kairosd.errors import ConfigError, KairosError
 from kairosd.planner.demand import ModelDemand
-from kairosd.planner.joint import FleetPlan
+from kairosd.planner.joint import DEFAULT_HEADROOM, FleetPlan
 from kairosd.planner.tails import Tails
 from kairosd.pools import pool_name
 from kairosd.profiles import ProfileTable
@@ -98,6 +98,8 @@ class RefineJob:
     seed: int = 0
     time_limit_s: float = PLUS_TIME_LIMIT_S
     one_shot_partitioned: bool = False  # the one-shot plan pins instances to models (the kind the walk must beat)
+    objective: str = "max_throughput"  # or "min_cost": the cheapest fleet serving headroom × the rates (`cover`)
+    headroom: float = DEFAULT_HEADROOM  # min_cost: the multiple of the observed rates to serve
 
     @property
     def total_rate_qps(self) -> float:
@@ -134,6 +136,8 @@ class Refined:
     seconds: float
     parts: dict[str, dict[str, int]] | None = None
     note: str = ""
+    objective: str = "max_throughput"  # "min_cost": the cheapest simulated cover (`kairosd.autoscale.cover`)
+    why: str = ""  # put before the reason (e.g. a min_cost walk that nothing covers gives the max_throughput choice)
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,10 @@ def refine(job: RefineJob) -> Refined:
     estimate and bound), each valued by the simulator's max multiple of the observed rates (`MixEvaluator`)."""
     from kairosd.planner import select_kairos_plus
 
+    if job.objective == "min_cost":
+        from kairosd.autoscale.cover import cheapest_cover
+
+        return cheapest_cover(job)
     t0 = time.perf_counter()
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
     if not live:
@@ -381,6 +389,7 @@ class MixEvaluator:
 
         self.job, self.models, self.qos_s, self.streams, self.bound = job, list(models), list(qos_s), list(streams), bound
         self.svc = [mix_service_times(job.profiles, self.models, list(services), s) for s in self.streams]
+        self._expected: list[np.ndarray] | None = None  # each stream's services without noise (`meets`)
         self.cache: dict[tuple[int, ...], np.ndarray] = {}
 
     def values(self, config: np.ndarray) -> np.ndarray:
@@ -403,6 +412,27 @@ class MixEvaluator:
 
     def __call__(self, config: np.ndarray) -> float:
         return float(self.values(config).mean())
+
+    def meets(self, config: np.ndarray, multiple: float) -> bool:
+        """Whether `config` keeps every model's QoS at `multiple` × the observed rates on every stream: one
+        run per stream (`simulate_mix`; a cached search's result is used as it is), stopping at the first
+        stream on which it does not."""
+        from kairosd.dispatch import make_policy
+        from kairosd.sim import fleet_columns, mix_service_times, simulate_mix
+
+        key = tuple(int(x) for x in config)
+        if key in self.cache:
+            return bool((self.cache[key] >= multiple * np.array([s.total_rate_qps for s in self.streams])).all())
+        job = self.job
+        if self._expected is None:
+            self._expected = [mix_service_times(job.profiles, self.models, None, s) for s in self.streams]
+        cols = fleet_columns(job.profiles, job.types, key, job.slots)
+        for stream, svc, expected in zip(self.streams, self.svc, self._expected, strict=True):
+            policy = make_policy(job.policy, job.profiles, **dict(job.policy_params))
+            if not simulate_mix(job.profiles, self.models, cols, policy, multiple, qos_s=self.qos_s, stream=stream,
+                                svc=svc, expected=expected).ok:
+                return False
+        return True
 
 
 def refine_isolated(job: RefineJob, timeout_s: float | None = None,
@@ -469,8 +499,9 @@ class BackgroundRefiner:
         self.superseded = 0  # walks killed before they ended: a newer plan (fleet, mix or availability) made them stale
 
     def applies(self, demand: Sequence[ModelDemand], plan: FleetPlan) -> bool:
-        """Whether Kairos+ refines this plan: "max_throughput", some observed demand, a non-empty fleet."""
-        return self.objective == "max_throughput" and sum(d.rate_qps for d in demand) > 0 and plan.cost_usd_per_hour > 0
+        """Whether a walk refines this plan: some observed demand and a non-empty fleet ("max_throughput":
+        Kairos+; "min_cost": the cheapest simulated cover, `kairosd.autoscale.cover`)."""
+        return sum(d.rate_qps for d in demand) > 0 and plan.cost_usd_per_hour > 0
 
     def start(self, demand: Sequence[ModelDemand], unavailable: frozenset[str], plan: FleetPlan) -> FleetPlan:
         """The plan to act on now for the new one-shot `plan` (see the class); begins a walk when needed."""
@@ -478,8 +509,8 @@ class BackgroundRefiner:
         key = (tuple(sorted(plan.counts.items())), unavailable)
         total = float(sum(d.rate_qps for d in demand))
         with self._lock:
-            if applies and self._walk_for is not None and self._walk_for[:2] == key \
-                    and same_mix(self._walk_for[2], demand):
+            if applies and self.objective == "max_throughput" and self._walk_for is not None \
+                    and self._walk_for[:2] == key and same_mix(self._walk_for[2], demand):
                 self._rate_qps = total
                 if self._chosen is not None:
                     self._ready = False
@@ -619,7 +650,13 @@ def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Map
     pools = ({} if refined.parts is None else
              {pool_name(t, m): n for m, part in refined.parts.items() for t, n in part.items() if n})
     same = counts == plan.counts and (pools or {t: n for t, n in counts.items() if n}) == plan.pools
-    if refined.parts is not None:
+    if refined.objective == "min_cost":
+        what = (" | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items()) if refined.parts is not None
+                else _label(counts))
+        head = (f"min_cost: kairos_plus (the cheapest fleet that serves the headroom on every simulated stream, "
+                f"{refined.n_evals} of {refined.n_configs} candidates tested in cost order in {refined.seconds:.1f} s"
+                f"{refined.note}): {what}")
+    elif refined.parts is not None:
         what = " | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items())
         head = f"max_throughput: kairos_plus ({refined.note}; {refined.seconds:.1f} s): partitioned, {what}"
     else:
@@ -627,7 +664,7 @@ def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Map
         head = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations "
                 f"simulated in {refined.seconds:.1f} s{refined.note}): {_label(counts)}")
     one_shot = " | ".join(f"{m}: {_label(plan.pinned(m))}" for m in plan.pinned_models()) or _label(plan.counts)
-    reason = (f"{head} at {refined.qps:.1f} q/s simulated; "
+    reason = (f"{refined.why}{head} at {refined.qps:.1f} q/s simulated; "
               + ("the same as the one-shot choice" if same else f"the one-shot choice was {one_shot}"))
     multiple = refined.qps / rate_qps if rate_qps > 0 else plan.multiple
     bound = refined.ub_qps / rate_qps if rate_qps > 0 else plan.bound_multiple

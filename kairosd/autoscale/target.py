@@ -217,7 +217,7 @@ def refine_jobs(config: Config, profiles: ProfileTable,
         return RefineJob(profiles, tuple(demand), tuple(config.qos_s[d.model] for d in demand),
                          tuple(every[d.model] for d in demand), tuple(types), prices, caps, a.budget_usd_per_hour,
                          tail, config.scheduler.policy, dispatch_params(config), slots,
-                         time_limit_s=a.plus_time_limit_s)
+                         time_limit_s=a.plus_time_limit_s, objective=a.objective, headroom=a.headroom)
 
     return job
 

@@ -24,7 +24,7 @@ def summary(path: str) -> str:
     if c.autoscaler.enabled:
         a = c.autoscaler
         fleet = (f"autoscaler {a.provider} over {len(c.types)} types, budget {a.budget_usd_per_hour:g} $/h, "
-                 f"objective {a.objective}" + (f" ({a.selector})" if a.objective == "max_throughput" else ""))
+                 f"objective {a.objective} ({a.selector})")
     else:
         fleet = f"static fleet of {sum(c.fleet.values())} instances ({', '.join(f'{n}×{t}' for t, n in c.fleet.items() if n)})"
     if c.endpoints:

@@ -572,24 +572,46 @@ def _part_space(joint: JointModel, rates: np.ndarray, prices: np.ndarray, budget
     # asks more where the budget left over needs them
     est = {m: (frontier_estimates(cost, ub[m], estimate[m]) if prune else estimate[m](np.arange(len(configs))))
            for m in act}
-    budget = int(_micro(budget_usd_per_hour))
-    left = caps.copy()
+    warm = keep_warm_parts(joint, configs, cost, rates, int(_micro(budget_usd_per_hour)), caps)
+    frontiers = {m: _Frontier.build(e, cost) for m, e in est.items()}
+    return _PartSpace(configs, cost, est, frontiers, warm.rows, warm.unserved, warm.budget_micro, warm.caps, ub,
+                      estimate)
+
+
+@dataclass(frozen=True)
+class KeepWarm:
+    """The keep-warm parts of a partitioned fleet (`keep_warm_parts`): `rows[m]`, the part (a row of the
+    configurations) pinned to model m without demand; `unserved`, those models no configuration left
+    serves; what budget (micro-$) and caps per type the parts leave."""
+
+    rows: dict[int, int]
+    unserved: tuple[int, ...]
+    budget_micro: int
+    caps: np.ndarray
+
+
+def keep_warm_parts(joint: JointModel, configs: np.ndarray, cost_micro: np.ndarray, rates: np.ndarray,
+                    budget_micro: int, caps: np.ndarray) -> KeepWarm:
+    """For each model without demand (rates[m] ≤ 0), in model order, the cheapest of `configs` that can serve
+    it within what the earlier parts leave of the budget and `caps` (first on ties: enumeration order),
+    so that a partitioned fleet answers its first queries without a launch."""
+    budget = int(budget_micro)
+    left = np.asarray(caps, dtype=np.int64).copy()
     fixed: dict[int, int] = {}
     unserved: list[int] = []
     idle = [m for m in range(len(rates)) if rates[m] <= 0]
     if idle:
         serve = joint.servable(configs)
         for m in idle:
-            ok = np.flatnonzero(serve[:, m] & (cost <= budget) & (configs <= left[None, :]).all(axis=1))
+            ok = np.flatnonzero(serve[:, m] & (cost_micro <= budget) & (configs <= left[None, :]).all(axis=1))
             if len(ok) == 0:
                 unserved.append(m)
                 continue
-            row = int(ok[np.argmin(cost[ok])])  # first on ties: enumeration order
+            row = int(ok[np.argmin(cost_micro[ok])])
             fixed[m] = row
-            budget -= int(cost[row])
+            budget -= int(cost_micro[row])
             left = left - configs[row]
-    frontiers = {m: _Frontier.build(e, cost) for m, e in est.items()}
-    return _PartSpace(configs, cost, est, frontiers, fixed, tuple(unserved), budget, left, ub, estimate)
+    return KeepWarm(fixed, tuple(unserved), budget, left)
 
 
 def _estimate_rows(configs: np.ndarray, bm: BoundModel, scale: float, rows: np.ndarray) -> np.ndarray:
