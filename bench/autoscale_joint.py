@@ -41,7 +41,7 @@ from kairosd.dispatch import make_policy
 from kairosd.planner import upper_bound
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, JointModel, plan_fleet
-from kairosd.planner.tails import tailed_model, workload_tails
+from kairosd.planner.tails import SIM_QUANTILES, tailed_model, workload_tails
 from kairosd.sim import ServiceModel, fleet_columns, max_multiple, max_multiple_partitioned, poisson_mix_stream
 
 POLICY = "kairos"
@@ -122,7 +122,8 @@ def task(args: tuple[tuple[str, str], float, float, float]) -> dict[str, Any]:
     every = tuple(workload_tails(wl, m, wl.profiles.types, wl.qos_s[m]) for m in models)
     job = RefineJob(wl.profiles, tuple(demand), tuple(wl.qos_s[m] for m in models), every, tuple(wl.types),
                     tuple(wl.prices_usd_per_hour), tuple(wl.max_counts), budget, True, POLICY, POLICY_PARAMS,
-                    time_limit_s=time_limit_s, one_shot_partitioned=plan.partitioned)
+                    time_limit_s=time_limit_s, one_shot_partitioned=plan.partitioned,
+                    draws=tuple(workload_tails(wl, m, wl.profiles.types, wl.qos_s[m], SIM_QUANTILES).quantiles for m in models))
     refined = refine(job)
     prices = dict(zip(wl.types, wl.prices_usd_per_hour, strict=True))
     ref_plan = refined_plan(plan, refined, job.total_rate_qps, prices)

@@ -37,7 +37,7 @@ from kairosd.autoscale.refine import PLUS_TIME_LIMIT_S, RefineJob, refine
 from kairosd.dispatch import feasibility_on_p99
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import plan_fleet
-from kairosd.planner.tails import workload_tails
+from kairosd.planner.tails import SIM_QUANTILES, workload_tails
 
 RATE_QPS = 100.0  # the observed rate (a single-model max_throughput plan does not depend on it)
 
@@ -59,7 +59,8 @@ def plan_both(task: tuple[int, int, str], time_limit_s: float) -> dict[str, Any]
     plan_s = time.perf_counter() - t0
     every = workload_tails(wl, sw.model, wl.profiles.types, sw.qos_s)
     job = RefineJob(wl.profiles, demand, (sw.qos_s,), (every,), tuple(wl.types), tuple(wl.prices_usd_per_hour), None,
-                    sw.budget_usd_per_hour, tail, "kairos", params, time_limit_s=time_limit_s)
+                    sw.budget_usd_per_hour, tail, "kairos", params, time_limit_s=time_limit_s,
+                    draws=(workload_tails(wl, sw.model, wl.profiles.types, sw.qos_s, SIM_QUANTILES).quantiles,))
     refined = refine(job)
     return {"seed": seed, "model": sw.model, "types": list(wl.types),
             "one_shot": [int(plan.counts[t]) for t in wl.types], "one_shot_s": plan_s,

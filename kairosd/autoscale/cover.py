@@ -8,7 +8,9 @@ fleet that covers it. With `autoscaler.selector = "kairos_plus"` the walk (`chea
 configurations within the budget and caps (maximal or not) in order of cost, cheapest first, each only
 where its fluid bound reaches the target (no dispatcher serves more than the bound), by one run at the
 target on each of the walk's streams (`SeedsEvaluator.meets`, `MixEvaluator.meets`): the first that
-meets the target on every stream is the cheapest cover the simulation shows. A run at one rate is a
+meets the target on every stream is the cheapest cover the simulation shows. The walk runs on
+`COVER_STREAMS_FACTOR` times the streams Kairos+ compares fleets on (nine by default), since the first
+fleet to pass is the one among those tested most likely to have passed on lucky streams. A run at one rate is a
 fraction of a max-QPS search, so the walk can test every cheaper candidate.
 
 One model with demand: its configurations (those that can also serve every other served model, when
@@ -50,6 +52,10 @@ if TYPE_CHECKING:
     from kairosd.sim import SeedsEvaluator
 from kairosd.planner.enumeration import MICRO_USD, _micro
 
+# a cover is shown on this many times the streams Kairos+ compares fleets on: the first fleet in order of
+# cost to meet the target is, of all those tested, the one most likely to have met it on lucky streams
+COVER_STREAMS_FACTOR = 3
+
 
 @dataclass(frozen=True)
 class Cover:
@@ -90,6 +96,7 @@ def cheapest_cover(job: RefineJob) -> Refined:
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
     if not live:
         raise RefineError("no model has observed demand: a min_cost walk needs the load to cover")
+    job = replace(job, streams=COVER_STREAMS_FACTOR * job.streams)
     deadline = t0 + job.time_limit_s if job.time_limit_s else None
     prices = np.asarray(job.prices, dtype=float)
     configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=False, max_counts=job.caps)
@@ -143,7 +150,6 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
                           deadline: float | None) -> Refined | None:
     from kairosd.planner import upper_bound
     from kairosd.planner.joint import keep_warm_parts
-    from kairosd.sim import ServiceModel
 
     joint = _joint(job)
     streams = _mix_streams(job, live)
@@ -181,7 +187,7 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
     if fits:
         dearer = cost[pool] >= part_cost if job.one_shot_partitioned else cost[pool] > part_cost
         pool = pool[~dearer]
-    services = [ServiceModel("quantiles", quantiles=job.tails[g].quantiles) for g in live]
+    services = [job.service(g) for g in live]
     bound = lambda config: float(joint.bound_qps(np.asarray(config)[None, :])[0])
     mix = MixEvaluator(job, [job.demand[g].model for g in live], [job.qos_s[g] for g in live], services, streams, bound)
     ub = joint.bound_qps(configs[pool])

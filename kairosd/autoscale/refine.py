@@ -100,6 +100,9 @@ class RefineJob:
     one_shot_partitioned: bool = False  # the one-shot plan pins instances to models (the kind the walk must beat)
     objective: str = "max_throughput"  # or "min_cost": the cheapest fleet serving headroom × the rates (`cover`)
     headroom: float = DEFAULT_HEADROOM  # min_cost: the multiple of the observed rates to serve
+    # per model, the service times the simulator draws ([type, batch, q] over `profiles.types`, equally likely
+    # values: `SIM_QUANTILES` of them where `tails` has `QUANTILES`); None: `tails`' quantiles
+    draws: tuple[np.ndarray, ...] | None = None
 
     @property
     def total_rate_qps(self) -> float:
@@ -109,6 +112,12 @@ class RefineJob:
     def caps(self) -> list[int] | None:
         """`max_counts` as the enumeration takes it."""
         return None if self.max_counts is None else list(self.max_counts)
+
+    def service(self, g: int) -> ServiceModel:
+        """What the simulator draws model g's service times from (`draws`, else `tails`' quantiles)."""
+        from kairosd.sim import ServiceModel
+
+        return ServiceModel("quantiles", quantiles=self.tails[g].quantiles if self.draws is None else self.draws[g])
 
     def planned_tails(self, g: int) -> Tails:
         """Model g's tables on the planned types."""
@@ -302,10 +311,10 @@ def _model_evaluator(job: RefineJob, g: int, streams: Sequence[Stream] | None = 
     `upper_bound`). The streams: `streams` when given (e.g. model g's part of the walk's mix streams),
     else `job.streams` of its own at its observed mix, with more to add for Kairos+'s duels."""
     from kairosd.planner import batch_pmf, upper_bound
-    from kairosd.sim import SeedsEvaluator, ServiceModel, SimSetup, poisson_stream
+    from kairosd.sim import SeedsEvaluator, SimSetup, poisson_stream
 
     d, qos = job.demand[g], job.qos_s[g]
-    service = ServiceModel("quantiles", quantiles=job.tails[g].quantiles)
+    service = job.service(g)
 
     def setup(stream: Stream) -> SimSetup:
         return SimSetup(job.profiles, d.model, job.types, job.policy, dict(job.policy_params), qos, stream, service,
@@ -339,7 +348,6 @@ def _several_models(job: RefineJob, live: Sequence[int],
     """The models `live` have demand: the shared fleets that serve every model, valued by `MixEvaluator` on
     `streams` of those models' queries (default `_mix_streams`; a model without demand sends none)."""
     from kairosd.planner import Candidates, config_cost, enumerate_configs
-    from kairosd.sim import ServiceModel
 
     joint = _joint(job)
     prices = np.asarray(job.prices, dtype=float)
@@ -350,7 +358,7 @@ def _several_models(job: RefineJob, live: Sequence[int],
     ub = joint.bound_qps(configs)
     est = joint.estimate_qps(configs, ub)
     cands = Candidates(job.types, prices, job.budget_usd_per_hour, configs, config_cost(configs, prices), ub, est)
-    services = [ServiceModel("quantiles", quantiles=job.tails[g].quantiles) for g in live]
+    services = [job.service(g) for g in live]
     streams = _mix_streams(job, live) if streams is None else streams
     bound = lambda config: float(joint.bound_qps(np.asarray(config)[None, :])[0])
     evaluator = MixEvaluator(job, [job.demand[g].model for g in live], [job.qos_s[g] for g in live], services,

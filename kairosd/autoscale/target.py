@@ -32,7 +32,7 @@ from kairosd.config import Config, planning_tail
 from kairosd.emulation import ServiceCells, load_cells
 from kairosd.planner.demand import ModelDemand
 from kairosd.planner.joint import FleetPlan, plan_fleet
-from kairosd.planner.tails import Tails, profile_tails, tails_from_cells
+from kairosd.planner.tails import QUANTILES, SIM_QUANTILES, Tails, profile_tails, tails_from_cells
 from kairosd.profiles import ProfileTable
 
 if TYPE_CHECKING:
@@ -211,13 +211,16 @@ def refine_jobs(config: Config, profiles: ProfileTable,
     cells = emulated_cells(config, types)
     every = {m: config_tails(profiles, m, profiles.types, q, cells)
              for m, q in config.qos_s.items() if m in profiles.models}
+    draws = {m: config_tails(profiles, m, profiles.types, q, cells, SIM_QUANTILES).quantiles
+             for m, q in config.qos_s.items() if m in profiles.models}
 
     def job(demand: Sequence[ModelDemand], unavailable: frozenset[str]) -> RefineJob:
         caps = tuple(0 if t in unavailable else UNCAPPED for t in types) if unavailable & set(types) else None
         return RefineJob(profiles, tuple(demand), tuple(config.qos_s[d.model] for d in demand),
                          tuple(every[d.model] for d in demand), tuple(types), prices, caps, a.budget_usd_per_hour,
                          tail, config.scheduler.policy, dispatch_params(config), slots,
-                         time_limit_s=a.plus_time_limit_s, objective=a.objective, headroom=a.headroom)
+                         time_limit_s=a.plus_time_limit_s, objective=a.objective, headroom=a.headroom,
+                         draws=tuple(draws[d.model] for d in demand))
 
     return job
 
@@ -230,14 +233,15 @@ def emulated_cells(config: Config, types: Sequence[str]) -> dict[str, dict[str, 
 
 
 def config_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float,
-                 cells: Mapping[str, Mapping[str, ServiceCells]]) -> Tails:
+                 cells: Mapping[str, Mapping[str, ServiceCells]], n: int = QUANTILES) -> Tails:
     """Each type's tail for `model`: from the cells an emulated type's instances draw its service times
-    from (`cells[type][model]`, `tails_from_cells`), else from the profile's mean and p99 (`profile_tails`)."""
-    tails = profile_tails(profiles, model, types, qos_s)
+    from (`cells[type][model]`, `tails_from_cells`), else from the profile's mean and p99 (`profile_tails`);
+    `n` quantiles."""
+    tails = profile_tails(profiles, model, types, qos_s, n)
     rows = [k for k, t in enumerate(types) if model in cells.get(t, {})]
     if not rows:
         return tails
-    drawn = tails_from_cells([cells[types[k]][model] for k in rows], tails.miss.shape[1], qos_s)
+    drawn = tails_from_cells([cells[types[k]][model] for k in rows], tails.miss.shape[1], qos_s, n)
     miss, cv2, quantiles = tails.miss.copy(), tails.cv2.copy(), tails.quantiles.copy()
     miss[rows], cv2[rows], quantiles[rows] = drawn.miss, drawn.cv2, drawn.quantiles
     return Tails(miss, cv2, quantiles)

@@ -31,6 +31,9 @@ from kairosd.workload import GRID_STEP, KairosWorkload
 
 # a service time's equally likely values in `Tails.quantiles` (as `quantiles_from_samples`)
 QUANTILES = 32
+# ... in the tables a simulation draws from (`kairosd.autoscale.refine`): its cost does not grow with them,
+# and a far tail of 1% of the services needs more than `QUANTILES` values to be drawn at its own weight
+SIM_QUANTILES = 256
 Z99 = float(ndtri(0.99))
 # the largest p99/mean a log-normal reaches (its p99/mean peaks at σ = z99): exp(z99²/2) ≈ 15
 MAX_P99_RATIO = math.exp(Z99**2 / 2)
@@ -46,35 +49,37 @@ class Tails:
     quantiles: np.ndarray
 
 
-def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int) -> Tails:
+def tails_from_relative(mean_s: np.ndarray, relative: np.ndarray, qos_s: float, grid_step: int,
+                        n: int = QUANTILES) -> Tails:
     """The tables from relative samples (`relative[type, grid cell, k]`, mean 1; batch b uses cell
     ⌈b/grid_step⌉ − 1, as the simulator's "samples" noise draws them) around the profile means
     `mean_s[type, batch]`."""
     mean_s = np.asarray(mean_s, dtype=float)
     return Tails(miss_from_samples(mean_s, relative, qos_s, grid_step),
                  cv2_from_samples(relative, mean_s.shape[1], grid_step),
-                 quantiles_from_samples(mean_s, relative, grid_step))
+                 quantiles_from_samples(mean_s, relative, grid_step, n))
 
 
-def workload_tails(wl: KairosWorkload, model: str, types: Sequence[str], qos_s: float) -> Tails:
+def workload_tails(wl: KairosWorkload, model: str, types: Sequence[str], qos_s: float, n: int = QUANTILES) -> Tails:
     """`Tails` for `types` (in this order) of `model` from a workload in the authors' layout: its measured
-    samples around its profile means (`tails_from_relative`), as the simulator's "samples" noise draws them."""
+    samples around its profile means (`tails_from_relative`), as the simulator's "samples" noise draws them;
+    `n` quantiles."""
     ti = [wl.profiles.type_index(t) for t in types]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][ti]
-    return tails_from_relative(mean, wl.samples.relative(model, types), qos_s, GRID_STEP)
+    return tails_from_relative(mean, wl.samples.relative(model, types), qos_s, GRID_STEP, n)
 
 
-def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float) -> Tails:
+def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float, n: int = QUANTILES) -> Tails:
     """The tables of the service times emulated instances draw (`emulation.ServiceCells`, one per type in
     this order): a query of batch b (0..n_batches−1) takes one of its cell's samples
     (`ServiceCells.grid_index`), equally likely, times the cell's scale at b (`ServiceCells.scale`); the
-    quantiles are the cell's `QUANTILES` mid-quantiles, scaled. E.g. a cell (2, 4, 6, 8 ms) at scale 1,
+    quantiles are the cell's `n` mid-quantiles, scaled. E.g. a cell (2, 4, 6, 8 ms) at scale 1,
     QoS 5 ms: miss 0.5, cv² 0.2."""
-    mids = (np.arange(QUANTILES) + 0.5) / QUANTILES
+    mids = (np.arange(n) + 0.5) / n
     batches = np.arange(n_batches)
     miss = np.empty((len(cells), n_batches))
     cv2 = np.empty((len(cells), n_batches))
-    quantiles = np.empty((len(cells), n_batches, QUANTILES))
+    quantiles = np.empty((len(cells), n_batches, n))
     for k, c in enumerate(cells):
         samples = np.asarray(c.samples_s, dtype=float)
         cell = c.grid_indices(batches)
@@ -115,12 +120,13 @@ def lognormal_tails(mean_s: np.ndarray, sigma: np.ndarray, qos_s: float, n: int 
     return Tails(miss, np.expm1(sig**2), quantiles)
 
 
-def profile_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float) -> Tails:
-    """`Tails` for `types` (in this order) of `model` from the profile's mean and p99 (`profile_sigma`)."""
+def profile_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float, n: int = QUANTILES) -> Tails:
+    """`Tails` for `types` (in this order) of `model` from the profile's mean and p99 (`profile_sigma`); `n`
+    quantiles."""
     mi = profiles.model_index(model)
     ti = [profiles.type_index(t) for t in types]
     mean, p99 = profiles.mean_s[mi][ti], profiles.p99_s[mi][ti]
-    return lognormal_tails(mean, profile_sigma(mean, p99), qos_s)
+    return lognormal_tails(mean, profile_sigma(mean, p99), qos_s, n)
 
 
 def tailed_model(profiles: ProfileTable, model: str, types: Sequence[str], pmf: np.ndarray, qos_s: float,
