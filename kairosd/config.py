@@ -150,8 +150,8 @@ class AutoscalerConfig:
     budget_usd_per_hour: float = 0.0  # committed cost (every billed instance) never exceeds it; required
     objective: str = "max_throughput"  # or "min_cost": the cheapest fleet covering the load × headroom
     headroom: float = 1.2  # min_cost: plan for this multiple of the observed rate
-    # max_throughput: "kairos_plus" refines the one-shot plan by simulation in a child process
-    # (kairosd.autoscale.refine), "kairos" keeps it
+    # "kairos_plus" refines the one-shot plan by simulation in a child process (kairosd.autoscale.refine;
+    # min_cost: the cheapest fleet serving the headroom in simulation, kairosd.autoscale.cover), "kairos" keeps it
     selector: str = "kairos_plus"
     plus_time_limit_s: float = 30.0  # kairos_plus: seconds of walking; past them the best simulated wins
     period_s: float = 5.0  # one reconcile (list, plan, decide, act) per period

@@ -13,11 +13,14 @@ each part on its model's queries of the walk's streams), then walks the shared f
 every model, ranked as `plan_fleet` ranks them, each valued at the largest multiple of the observed
 rates at which every model keeps its QoS (`MixEvaluator`); the kind (shared or partitioned) the
 one-shot plan chose stands unless the other serves at least as much on every stream and more on
-average (`_prefer_partition`). A "min_cost" plan and a plan for no observed demand stay one-shot.
+average (`_prefer_partition`). A "min_cost" plan is refined by its own walk
+(`kairosd.autoscale.cover`: the cheapest fleet that serves the headroom in simulation); a plan for
+no observed demand stays one-shot.
 
-The simulator draws each query's service time from the tables the estimate weighs (`Tails`
-quantiles: an emulated type's cells, else the profile's log-normal of mean and p99) and dispatches
-with the configured policy. The walk runs in a child interpreter (`refine_isolated`), on one core at
+The simulator draws each query's service time from the distributions the estimate weighs (an
+emulated type's cells, else the profile's log-normal of mean and p99), as `SIM_QUANTILES` equally
+likely values per type and batch (`RefineJob.draws`; the estimate's tables hold `QUANTILES`), and
+dispatches with the configured policy. The walk runs in a child interpreter (`refine_isolated`), on one core at
 most, so that the daemon's event loop keeps its interpreter lock, and in the background
 (`BackgroundRefiner`): the reconcile acts on the one-shot plan at once and on the refined one when the
 walk ends, and a newer plan kills a walk made stale. A walk that fails or runs past its deadline
