@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kairosd.autoscale.refine import (
+    MIN_WALK_S,
     MixEvaluator,
     Refined,
     RefineError,
@@ -96,7 +97,7 @@ def cheapest_cover(job: RefineJob) -> Refined:
     live = [g for g, d in enumerate(job.demand) if d.rate_qps > 0]
     if not live:
         raise RefineError("no model has observed demand: a min_cost walk needs the load to cover")
-    job = replace(job, streams=COVER_STREAMS_FACTOR * job.streams)
+    walk = replace(job, streams=COVER_STREAMS_FACTOR * job.streams)
     deadline = t0 + job.time_limit_s if job.time_limit_s else None
     prices = np.asarray(job.prices, dtype=float)
     configs = enumerate_configs(prices, job.budget_usd_per_hour, maximal_only=False, max_counts=job.caps)
@@ -104,13 +105,14 @@ def cheapest_cover(job: RefineJob) -> Refined:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
     cost = configs @ _micro(prices)
     if len(live) == 1:
-        found = _one_model_cover(job, live[0], configs, cost, deadline)
+        found = _one_model_cover(walk, live[0], configs, cost, deadline)
     else:
-        found = _several_models_cover(job, live, configs, cost, deadline)
+        found = _several_models_cover(walk, live, configs, cost, deadline)
     if found is not None:
         return replace(found, seconds=time.perf_counter() - t0)
-    # nothing within the budget covers the target in simulation: the most the budget buys
-    best = refine(replace(job, objective="max_throughput", time_limit_s=max(1.0, job.time_limit_s - (time.perf_counter() - t0))))
+    # nothing within the budget covers the target in simulation: the most the budget buys, by Kairos+'s walk
+    left = max(MIN_WALK_S, job.time_limit_s - (time.perf_counter() - t0)) if job.time_limit_s else job.time_limit_s
+    best = refine(replace(job, objective="max_throughput", time_limit_s=left))
     return replace(best, seconds=time.perf_counter() - t0,
                    why=f"min_cost: no configuration within {job.budget_usd_per_hour:g} $/h serves {job.headroom:g}× "
                        f"the observed rates in simulation, so the most it buys; ")
