@@ -17,7 +17,8 @@ One model with demand: its configurations (those that can also serve every other
 some can) on its own streams at the observed mix. Several: the shared configurations on the walk's mix
 streams at `headroom` times the observed rates, and the partitions: each model's cheapest part covering
 headroom·r_m on its part of the same streams, plus the keep-warm parts of the served models without
-demand (`keep_warm_parts`). The partition is the plan when it fits the budget and caps and costs less
+demand (`keep_warm_parts`); when the cheapest parts do not fit the budget and caps together, the
+cheapest combination that fits of each model's first `PART_COVERS` covering parts (`cheapest_fitting`). The partition is the plan when it fits the budget and caps and costs less
 than the cheapest shared cover (at the same cost, the kind the one-shot plan chose).
 
 When nothing within the budget covers the target in simulation, the plan is the max_throughput walk's
@@ -27,6 +28,7 @@ walk that reaches its time limit before a cover gives no choice: the one-shot pl
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
     from kairosd.sim import SeedsEvaluator
 from kairosd.planner.enumeration import MICRO_USD, _micro
 
+# with several models, each model's first parts that serve its headroom, of which the cheapest that fit the
+# budget and caps together are the partition, when the cheapest parts alone do not fit
+PART_COVERS = 8
 # a cover is shown on this many times the streams Kairos+ compares fleets on: the first fleet in order of
 # cost to meet the target is, of all those tested, the one most likely to have met it on lucky streams
 COVER_STREAMS_FACTOR = 3
@@ -80,12 +85,49 @@ def cover_order(cost_micro: np.ndarray, ub: np.ndarray, target: float) -> np.nda
 def first_cover(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | None) -> Cover:
     """The first of `rows` for which `meets(row)`, tested in order until `deadline` (perf_counter; the
     first row is always tested)."""
+    found = covers(rows, meets, deadline, 1)
+    return Cover(found.rows[0] if found.rows else -1, found.tested, len(rows), found.timed_out)
+
+
+@dataclass(frozen=True)
+class Covers:
+    """The first rows that meet the target, in the walk's order, the rows tested, and whether the walk stopped
+    at its deadline."""
+
+    rows: tuple[int, ...]
+    tested: int
+    timed_out: bool
+
+
+def covers(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | None, k: int) -> Covers:
+    """The first `k` of `rows` for which `meets(row)`, tested in order until `deadline` (perf_counter; the first
+    row is always tested)."""
+    found: list[int] = []
     for i, r in enumerate(rows):
         if i and deadline is not None and time.perf_counter() >= deadline:
-            return Cover(-1, i, len(rows), True)
+            return Covers(tuple(found), i, True)
         if meets(int(r)):
-            return Cover(int(r), i + 1, len(rows), False)
-    return Cover(-1, len(rows), len(rows), False)
+            found.append(int(r))
+            if len(found) == k:
+                return Covers(tuple(found), i + 1, False)
+    return Covers(tuple(found), len(rows), False)
+
+
+def cheapest_fitting(options: Sequence[Sequence[int]], cost: np.ndarray, configs: np.ndarray, budget_micro: int,
+                     caps: np.ndarray) -> tuple[int, ...] | None:
+    """One row per model from its `options` (rows of `configs`) whose parts together cost at most
+    `budget_micro` and use at most `caps` of each type, the cheapest such (ties: the earliest options);
+    None when none fits. E.g. two models whose cheapest parts need 16 and 2 of a type capped at 17: the
+    next cheapest part of one of them."""
+    best: tuple[int, ...] | None = None
+    best_cost = 0
+    for combo in itertools.product(*options):
+        c = int(cost[list(combo)].sum())
+        if c > budget_micro or (best is not None and c >= best_cost):
+            continue
+        if bool((configs[list(combo)].sum(axis=0) <= caps).all()):
+            best, best_cost = tuple(combo), c
+    return best
 
 
 def cheapest_cover(job: RefineJob) -> Refined:
@@ -161,25 +203,35 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
     caps = np.full(len(job.types), np.iinfo(np.int64).max, dtype=np.int64) if job.caps is None else np.asarray(job.caps)
     warm = keep_warm_parts(joint, configs, cost, rates, int(_micro(job.budget_usd_per_hour)), caps)
     parts: dict[int, int] = {}
-    values: dict[int, np.ndarray] = {}
     tested = candidates = 0
+    walks: dict[int, tuple[np.ndarray, Callable[[int], bool]]] = {}
+    evaluators: dict[int, SeedsEvaluator] = {}
+    options: dict[int, tuple[int, ...]] = {}
     for i, g in enumerate(live):
         if warm.unserved:  # a served model without demand that no part left can keep warm
             break
-        bm, ev = _model_evaluator(job, g, [ms.part(i) for ms in streams])
+        bm, evaluators[g] = _model_evaluator(job, g, [ms.part(i) for ms in streams])
         target = job.headroom * rates[g]
-        ub = upper_bound(configs, bm)
-        meets: Callable[[int], bool] = partial(_meets_at, ev, configs, target)
-        cover = first_cover(cover_order(cost, ub, target), meets, deadline)
-        tested, candidates = tested + cover.tested, candidates + cover.candidates
-        _timed_out(cover, f"parts for {job.demand[g].model}")
-        if cover.row < 0:
+        order = cover_order(cost, upper_bound(configs, bm), target)
+        walks[g] = (order, partial(_meets_at, evaluators[g], configs, target))
+        found = covers(*walks[g], deadline, 1)
+        tested, candidates = tested + found.tested, candidates + len(order)
+        _timed_out(Cover(-1, found.tested, len(order), found.timed_out), f"parts for {job.demand[g].model}")
+        if not found.rows:
             break
-        parts[g] = cover.row
-        values[g] = ev.values(configs[cover.row]) / rates[g]
-    live_counts = configs[list(parts.values())].sum(axis=0)
-    fits = (len(parts) == len(live) and int(cost[list(parts.values())].sum()) <= warm.budget_micro
-            and bool((live_counts <= warm.caps).all()))
+        options[g] = found.rows
+    chosen = (cheapest_fitting([options[g] for g in live], cost, configs, warm.budget_micro, warm.caps)
+              if len(options) == len(live) else None)
+    if chosen is None and len(options) == len(live):  # the cheapest parts do not fit together: the next ones too
+        for g in live:
+            found = covers(*walks[g], deadline, PART_COVERS)
+            tested += found.tested
+            options[g] = found.rows
+        chosen = cheapest_fitting([options[g] for g in live], cost, configs, warm.budget_micro, warm.caps)
+    fits = chosen is not None
+    if chosen is not None:
+        parts = dict(zip(live, chosen, strict=True))
+    values = {g: evaluators[g].values(configs[r]) / rates[g] for g, r in parts.items()}
     pinned = {**parts, **warm.rows}
     part_cost = int(cost[list(pinned.values())].sum())
     part_counts = configs[list(pinned.values())].sum(axis=0)

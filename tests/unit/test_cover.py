@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from kairosd.autoscale.cover import COVER_STREAMS_FACTOR, cover_order, first_cover
+from kairosd.autoscale.cover import COVER_STREAMS_FACTOR, cheapest_fitting, cover_order, first_cover
 from kairosd.autoscale.refine import (
     BackgroundRefiner,
     MixEvaluator,
@@ -45,6 +45,19 @@ def test_cover_order_is_by_cost_then_bound_among_those_the_bound_allows() -> Non
     assert (none.row, none.tested, none.timed_out) == (-1, 2, False)
     late = first_cover(np.array([3, 1, 2]), lambda r: False, time.perf_counter() - 1.0)  # the first is always tested
     assert (late.row, late.tested, late.timed_out) == (-1, 1, True)
+
+
+def test_cheapest_fitting_takes_the_next_part_when_the_cheapest_ones_break_a_cap() -> None:
+    configs = np.array([[1, 16], [2, 13], [1, 2], [2, 1], [0, 9]])
+    cost = np.array([291, 325, 82, 110, 400])
+    caps = np.array([5, 17])
+    # (0, 2) needs 16 + 2 of the type capped at 17; (0, 3) costs 401, (1, 2) 407
+    assert cheapest_fitting([[0, 1], [2, 3]], cost, configs, 10_000, caps) == (0, 3)
+    assert cheapest_fitting([[0, 1], [2]], cost, configs, 10_000, caps) == (1, 2)
+    assert cheapest_fitting([[0], [2]], cost, configs, 10_000, np.array([5, 18])) == (0, 2)
+    assert cheapest_fitting([[0, 1], [2, 3]], cost, configs, 400, caps) is None  # every fitting pair costs more
+    assert cheapest_fitting([[1], [2], [4]], cost, configs, 10_000, np.array([5, 24])) == (1, 2, 4)  # 13 + 2 + 9
+    assert cheapest_fitting([[1], [2], [4]], cost, configs, 10_000, np.array([5, 23])) is None
 
 
 def _min_cost_job(seed: int, rate_qps: float) -> RefineJob:
