@@ -11,7 +11,8 @@ models; the authors' `max_num` caps), with `autoscaler.objective = "max_throughp
     tail from the measured samples;
   * the refined plan: `kairosd.autoscale.refine.refine`, the walk `autoscaler.selector = "kairos_plus"`
     runs in its child process (the partitions simulated part by part, then the shared fleets, on its
-    own three streams of the service tables the estimate weighs; one core; the time limit);
+    own three streams, each service drawn from the samples' `SIM_QUANTILES` quantiles; one core; the time
+    limit);
   * the judge: each plan's largest multiple of the demand vector at which every model's p99 is within
     its QoS, simulated with the measured samples on `JUDGE_STREAMS` fresh streams of `JUDGE_QUERIES`
     queries (seeds the walk does not use), the Kairos dispatcher: a shared fleet by `max_multiple`, a

@@ -9,8 +9,9 @@ and judged under its dispatch rule), as the autoscaler plans for it with `autosc
   * baseline, the one-shot plan: `plan_fleet` (for one model, `select_kairos`), each type's tail from
     the measured samples (what an emulated type's cells give the daemon);
   * the refined plan: `kairosd.autoscale.refine.refine`, the walk `autoscaler.selector = "kairos_plus"`
-    runs in its child process (its own three streams of the service tables the estimate weighs, one
-    core, the default time limit), measured here in-process, `--workers` workloads at a time.
+    runs in its child process (its own three streams, each service drawn from the samples'
+    `SIM_QUANTILES` quantiles, as the daemon draws an emulated type's cells; one core, the default time
+    limit), measured here in-process, `--workers` workloads at a time.
 Both are scored by the recorded judge: a fleet's judged mean over the optimum's, and whether it is
 within the optimum's judged spread (at least the optimum's lowest stream). Printed: the workloads on
 which either plan is below 0.95, and the summary: min / median of each, how many below 0.95 and

@@ -1,5 +1,5 @@
 """Kairos+ for the autoscaler (`kairosd.autoscale.refine`): the walk over the observed mix in a child
-interpreter, the simulator drawing the service tables the estimate weighs, and the target handing the
+interpreter, the simulator drawing from the distributions the estimate weighs, and the target handing the
 refined plan over once the walk ends."""
 
 from __future__ import annotations
