@@ -18,8 +18,9 @@ some can) on its own streams at the observed mix. Several: the shared configurat
 streams at `headroom` times the observed rates, and the partitions: each model's cheapest part covering
 headroom·r_m on its part of the same streams, plus the keep-warm parts of the served models without
 demand (`keep_warm_parts`); when the cheapest parts do not fit the budget and caps together, the
-cheapest combination that fits of each model's first `PART_COVERS` covering parts (`cheapest_fitting`). The partition is the plan when it fits the budget and caps and costs less
-than the cheapest shared cover (at the same cost, the kind the one-shot plan chose).
+cheapest combination that fits of each model's first `PART_COVERS` covering parts
+(`cheapest_fitting`). The partition is the plan when it fits the budget and caps and costs less than
+the cheapest shared cover (at the same cost, the kind the one-shot plan chose).
 
 When nothing within the budget covers the target in simulation, the plan is the max_throughput walk's
 choice, as the one-shot plan falls back to the max_throughput choice when no estimate covers it. A
