@@ -256,8 +256,9 @@ def test_unavailable_when_no_instance_can_serve_before_deadline(tmp_path: Path) 
 
 
 def _children(pid: int) -> list[int]:
-    """The daemon's instance processes (its children, not its own front-end processes)."""
-    return [c for c, argv in children(pid).items() if b"frontend" not in argv]
+    """The daemon's instance processes (its children, not its own front-end processes nor a planner walk,
+    `python -m kairosd.autoscale.refine`)."""
+    return [c for c, argv in children(pid).items() if b"frontend" not in argv and b"kairosd.autoscale.refine" not in argv]
 
 
 def test_instance_killed_under_load_loses_no_query(tmp_path: Path) -> None:
