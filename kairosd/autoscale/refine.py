@@ -483,12 +483,13 @@ class BackgroundRefiner:
     a thread of its own, so that the reconcile goes on with the one-shot plan meanwhile.
 
     `start(demand, unavailable, plan)` is given each new one-shot `plan` and returns the plan to act on
-    now. A plan it refines (`applies`: "max_throughput", a shared fleet, observed demand) for the same
-    fleet, available types and mix as the walk under way or done (`same_mix`: every batch pmf within
-    `PMF_TOLERANCE` in total variation, every model's share of the rate within `SHARE_TOLERANCE`; the
-    rate itself does not change a max-throughput choice) keeps that walk: its choice when it has one
-    (its multiple taken at the new rate), else `plan`. Any other plan kills the walk and, when it
-    applies, begins one. `take()` returns the refined plan once, when the walk has ended with a
+    now. It refines (`applies`) a plan for observed demand with a non-empty fleet. A "max_throughput"
+    plan for the same fleet, available types and mix as the walk under way or done (`same_mix`: every
+    batch pmf within `PMF_TOLERANCE` in total variation, every model's share of the rate within
+    `SHARE_TOLERANCE`; the rate itself does not change a max-throughput choice) keeps that walk: its
+    choice when it has one (its multiple taken at the new rate), else `plan`. Any other plan, a
+    "min_cost" one included (its choice is for its rates), kills the walk and, when it applies, begins
+    one. `take()` returns the refined plan once, when the walk has ended with a
     choice (None before that, after a failure, and after it was taken); `close()` kills a running
     walk. A failed walk is logged, the one-shot plan stands, and the same mix is not walked again."""
 
