@@ -10,8 +10,8 @@ where its fluid bound reaches the target (no dispatcher serves more than the bou
 target on each of the walk's streams (`SeedsEvaluator.meets`, `MixEvaluator.meets`): the first that
 meets the target on every stream is the cheapest cover the simulation shows. The walk runs on
 `COVER_STREAMS_FACTOR` times the streams Kairos+ compares fleets on (nine by default), since the first
-fleet to pass is the one among those tested most likely to have passed on lucky streams. A run at one rate is a
-fraction of a max-QPS search, so the walk can test every cheaper candidate.
+fleet to pass is the one among those tested most likely to have passed on lucky streams. A run at one
+rate is a fraction of a max-QPS search, so the walk can test every cheaper candidate.
 
 One model with demand: its configurations (those that can also serve every other served model, when
 some can) on its own streams at the observed mix. Several: the shared configurations on the walk's mix
@@ -51,10 +51,10 @@ from kairosd.autoscale.refine import (
     _model_evaluator,
     refine,
 )
+from kairosd.planner.enumeration import MICRO_USD, _micro
 
 if TYPE_CHECKING:
     from kairosd.sim import SeedsEvaluator
-from kairosd.planner.enumeration import MICRO_USD, _micro
 
 # with several models, each model's first parts that serve its headroom, of which the cheapest that fit the
 # budget and caps together are the partition, when the cheapest parts alone do not fit
