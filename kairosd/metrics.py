@@ -301,17 +301,18 @@ class FleetCollector(Collector):
         yield CounterMetricFamily("kairos_planner_plans", "Plans made (the load moved or the available types changed)",
                                   value=plans_made)
         refiner = getattr(self.fleet.target_fn, "refiner", None)
-        if refiner is not None:  # autoscaler.selector = "kairos_plus": Kairos+ refines max_throughput plans
-            yield CounterMetricFamily("kairos_planner_plans_refined", "Plans whose target became the Kairos+ walk's "
+        if refiner is not None:  # autoscaler.selector = "kairos_plus": a walk refines each plan by simulation
+            yield CounterMetricFamily("kairos_planner_plans_refined", "Plans whose target became the walk's "
                                       "choice (when the walk ended, or kept for a new plan of the same fleet and mix)",
                                       value=getattr(self.fleet.target_fn, "plans_refined", 0))
-            yield CounterMetricFamily("kairos_planner_refine_walks", "Kairos+ walks started", value=refiner.walks)
+            yield CounterMetricFamily("kairos_planner_refine_walks", "Walks started (Kairos+ for max_throughput, "
+                                      "the cheapest simulated cover for min_cost)", value=refiner.walks)
             yield CounterMetricFamily("kairos_planner_refine_failures",
-                                      "Kairos+ walks that gave no choice (failed or past their deadline)",
+                                      "Walks that gave no choice (failed or past their deadline)",
                                       value=refiner.failures)
             yield CounterMetricFamily("kairos_planner_refine_superseded",
-                                      "Kairos+ walks killed before they ended: a newer plan for another fleet, mix "
-                                      "or set of available types made them stale", value=refiner.superseded)
+                                      "Walks killed before they ended: a newer plan for another fleet, mix, rate "
+                                      "(min_cost) or set of available types made them stale", value=refiner.superseded)
         plan = getattr(self.fleet.target_fn, "last_plan", None)
         if plan is None:
             return
