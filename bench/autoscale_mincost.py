@@ -41,6 +41,7 @@ from kairosd.autoscale.refine import RefineJob, refine
 from kairosd.dispatch import feasibility_on_p99
 from kairosd.planner import enumerate_configs, upper_bound
 from kairosd.planner.demand import ModelDemand
+from kairosd.planner.enumeration import _micro
 from kairosd.planner.joint import DEFAULT_HEADROOM, plan_fleet
 from kairosd.planner.tails import SIM_QUANTILES, workload_tails
 from kairosd.sim import SeedsEvaluator, SimSetup, below_max_qps
@@ -85,7 +86,7 @@ def plan_load(task: tuple[int, int, str, float, float, int]) -> dict[str, Any]:
     ref = np.array([refined.counts[t] for t in wl.types])
     judge = planner_robust.setups(sw, planner_robust.stream_seeds(JUDGE_SEED, judge_streams), JUDGE_QUERIES)
     configs = enumerate_configs(prices, sw.budget_usd_per_hour, maximal_only=False)
-    cost = configs @ np.rint(prices * 1e6).astype(np.int64)
+    cost = configs @ _micro(prices)
     ub = upper_bound(configs, planner_robust.planner_model(sw))
     cheapest = first_cover(cover_order(cost, ub, JUDGE_BOUND_SHARE * h * rate),
                            lambda r: serves(judge, configs[r], h * rate), None)

@@ -65,15 +65,20 @@ COVER_STREAMS_FACTOR = 3
 
 
 @dataclass(frozen=True)
-class Cover:
-    """A cost-ordered walk's outcome: the row that covers the target (−1: none did), the configurations
-    tested and the candidates (those whose bound reaches the target), and whether the walk stopped at
-    its deadline before a cover."""
+class Covers:
+    """A cost-ordered walk's outcome: the first rows that meet the target, in the walk's order, the rows
+    tested, the candidates (those whose bound reaches the target), and whether the walk stopped at its
+    deadline."""
 
-    row: int
+    rows: tuple[int, ...]
     tested: int
     candidates: int
     timed_out: bool
+
+    @property
+    def row(self) -> int:
+        """The first row that meets the target (−1: none did)."""
+        return self.rows[0] if self.rows else -1
 
 
 def cover_order(cost_micro: np.ndarray, ub: np.ndarray, target: float) -> np.ndarray:
@@ -83,21 +88,9 @@ def cover_order(cost_micro: np.ndarray, ub: np.ndarray, target: float) -> np.nda
     return rows[np.lexsort((rows, -ub[rows], cost_micro[rows]))]
 
 
-def first_cover(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | None) -> Cover:
-    """The first of `rows` for which `meets(row)`, tested in order until `deadline` (perf_counter; the
-    first row is always tested)."""
-    found = covers(rows, meets, deadline, 1)
-    return Cover(found.rows[0] if found.rows else -1, found.tested, len(rows), found.timed_out)
-
-
-@dataclass(frozen=True)
-class Covers:
-    """The first rows that meet the target, in the walk's order, the rows tested, and whether the walk stopped
-    at its deadline."""
-
-    rows: tuple[int, ...]
-    tested: int
-    timed_out: bool
+def first_cover(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | None) -> Covers:
+    """The first of `rows` for which `meets(row)` (`covers` with k = 1)."""
+    return covers(rows, meets, deadline, 1)
 
 
 def covers(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | None, k: int) -> Covers:
@@ -106,12 +99,12 @@ def covers(rows: np.ndarray, meets: Callable[[int], bool], deadline: float | Non
     found: list[int] = []
     for i, r in enumerate(rows):
         if i and deadline is not None and time.perf_counter() >= deadline:
-            return Covers(tuple(found), i, True)
+            return Covers(tuple(found), i, len(rows), True)
         if meets(int(r)):
             found.append(int(r))
             if len(found) == k:
-                return Covers(tuple(found), i + 1, False)
-    return Covers(tuple(found), len(rows), False)
+                return Covers(tuple(found), i + 1, len(rows), False)
+    return Covers(tuple(found), len(rows), len(rows), False)
 
 
 def cheapest_fitting(options: Sequence[Sequence[int]], cost: np.ndarray, configs: np.ndarray, budget_micro: int,
@@ -165,7 +158,7 @@ def _meets_at(ev: SeedsEvaluator, configs: np.ndarray, rate_qps: float, row: int
     return ev.meets(configs[row], rate_qps)
 
 
-def _timed_out(cover: Cover, what: str) -> None:
+def _timed_out(cover: Covers, what: str) -> None:
     if cover.timed_out:
         raise RefineError(f"the min_cost walk reached its time limit after {cover.tested} of {cover.candidates} "
                           f"{what} tested, none serving the headroom")
@@ -216,8 +209,8 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
         order = cover_order(cost, upper_bound(configs, bm), target)
         walks[g] = (order, partial(_meets_at, evaluators[g], configs, target))
         found = covers(*walks[g], deadline, 1)
-        tested, candidates = tested + found.tested, candidates + len(order)
-        _timed_out(Cover(-1, found.tested, len(order), found.timed_out), f"parts for {job.demand[g].model}")
+        tested, candidates = tested + found.tested, candidates + found.candidates
+        _timed_out(found, f"parts for {job.demand[g].model}")
         if not found.rows:
             break
         options[g] = found.rows
@@ -249,7 +242,7 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
     order = cover_order(cost[pool], ub, job.headroom * total)
     shared = first_cover(order, lambda r: mix.meets(configs[pool[r]], job.headroom), deadline)
     tested, candidates = tested + shared.tested, candidates + shared.candidates
-    if shared.timed_out and not fits:
+    if not fits:
         _timed_out(shared, "shared configurations")
     if shared.row >= 0:
         config = configs[pool[shared.row]]

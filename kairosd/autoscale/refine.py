@@ -662,15 +662,13 @@ def refined_plan(plan: FleetPlan, refined: Refined, rate_qps: float, prices: Map
     pools = ({} if refined.parts is None else
              {pool_name(t, m): n for m, part in refined.parts.items() for t, n in part.items() if n})
     same = counts == plan.counts and (pools or {t: n for t, n in counts.items() if n}) == plan.pools
+    pinned = None if refined.parts is None else " | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items())
     if refined.objective == "min_cost":
-        what = (" | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items()) if refined.parts is not None
-                else _label(counts))
         head = (f"min_cost: kairos_plus (the cheapest fleet that serves the headroom on every simulated stream, "
                 f"{refined.n_evals} of {refined.n_configs} candidates tested in cost order in {refined.seconds:.1f} s"
-                f"{refined.note}): {what}")
-    elif refined.parts is not None:
-        what = " | ".join(f"{m}: {_label(part)}" for m, part in refined.parts.items())
-        head = f"max_throughput: kairos_plus ({refined.note}; {refined.seconds:.1f} s): partitioned, {what}"
+                f"{refined.note}): {pinned or _label(counts)}")
+    elif pinned is not None:
+        head = f"max_throughput: kairos_plus ({refined.note}; {refined.seconds:.1f} s): partitioned, {pinned}"
     else:
         how = "exact: every other fleet pruned" if refined.exact else "best of those simulated"
         head = (f"max_throughput: kairos_plus ({how}; {refined.n_evals} of {refined.n_configs} configurations "
