@@ -107,6 +107,11 @@ class RefineJob:
     # values: `SIM_QUANTILES` of them where `tails` has `QUANTILES`); None: `tails`' quantiles
     draws: tuple[np.ndarray, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # the draws are kept in float32: half the pickle the walk's child is sent; `service` widens them
+        if self.draws is not None:
+            object.__setattr__(self, "draws", tuple(np.asarray(d, dtype=np.float32) for d in self.draws))
+
     @property
     def total_rate_qps(self) -> float:
         return float(sum(d.rate_qps for d in self.demand))
@@ -120,7 +125,9 @@ class RefineJob:
         """What the simulator draws model g's service times from (`draws`, else `tails`' quantiles)."""
         from kairosd.sim import ServiceModel
 
-        return ServiceModel("quantiles", quantiles=self.tails[g].quantiles if self.draws is None else self.draws[g])
+        if self.draws is None:
+            return ServiceModel("quantiles", quantiles=self.tails[g].quantiles)
+        return ServiceModel("quantiles", quantiles=np.asarray(self.draws[g], dtype=np.float64))
 
     def planned_tails(self, g: int) -> Tails:
         """Model g's tables on the planned types."""
