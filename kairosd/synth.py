@@ -258,9 +258,11 @@ def write_workload(sw: SynthWorkload, directory: str | Path) -> Path:
                             f"{np.percentile(kept, 99):.6f}", f"{kept.min():.6f}", f"{kept.max():.6f}",
                             f"{np.delete(inf[i, g], top).mean():.6f}", f"{np.delete(load[i, g], top).mean():.6f}",
                             f"{tot[top]:.6f}"])
-    (out / INSTANCE_FILE).write_text(json.dumps({
-        "ins_types": list(names), "max_num": list(sw.workload.max_counts),
-        "price": list(sw.workload.prices_usd_per_hour), "cost": sw.budget_usd_per_hour}, indent=1))
+    instance: dict[str, object] = {"ins_types": list(names)}
+    if sw.workload.max_counts is not None:
+        instance["max_num"] = list(sw.workload.max_counts)
+    instance.update(price=list(sw.workload.prices_usd_per_hour), cost=sw.budget_usd_per_hour)
+    (out / INSTANCE_FILE).write_text(json.dumps(instance, indent=1))
     (out / META_FILE).write_text(json.dumps({
         "seed": sw.seed, "model": sw.model, "qos_ms": sw.qos_s * 1e3, "budget_usd_per_hour": sw.budget_usd_per_hour,
         "mix": sw.mix, "types": [dataclasses.asdict(t) for t in sw.types]}, indent=1))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from kairosd.profiles import ProfilePoint, ProfileTable
 
 if TYPE_CHECKING:
     from kairosd.sim import SimSetup
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "KAIROSD_KAIROS_DATA"
 MODELS: tuple[str, ...] = ("ncf", "rm2", "wnd", "mtwnd", "dien")
@@ -58,6 +61,9 @@ def _data_file(data_dir: str | Path | None, name: str) -> Path:
     directory = Path(data_dir) if data_dir is not None else default_data_dir()
     path = directory / name
     if not path.is_file():
+        if data_dir is not None:
+            raise ConfigError(f"{path} not found: a workload in the Kairos authors' layout holds {SUMMARY_FILE}, "
+                              f"{SAMPLES_FILE} and {INSTANCE_FILE}")
         raise ConfigError(
             f"Kairos profile data: {path} not found; set {ENV_VAR} to the directory holding "
             f"{SUMMARY_FILE}, {SAMPLES_FILE} and {INSTANCE_FILE} (default: ../shared/data/kairos_profiles)"
@@ -97,8 +103,8 @@ class KairosWorkload:
     qos_s: dict[str, float]
     types: tuple[str, ...]
     prices_usd_per_hour: tuple[float, ...]
-    max_counts: tuple[int, ...]
-    budget_usd_per_hour: float
+    max_counts: tuple[int, ...] | None  # instance.json's max_num (None: no cap)
+    budget_usd_per_hour: float | None  # instance.json's cost (None: not given)
 
 
 @functools.lru_cache(maxsize=4)
@@ -111,7 +117,13 @@ def _read_summary(path: Path) -> tuple[tuple[str, str, int, float, float], ...]:
         if missing:
             raise ConfigError(f"{path}: missing columns {sorted(missing)}")
         for r in reader:
-            rows.append((r["model"], r["instance"], int(r["batch_size"]), float(r["total_mean_ms"]), float(r["total_p99_ms"])))
+            try:
+                rows.append((r["model"], r["instance"], int(r["batch_size"]), float(r["total_mean_ms"]),
+                             float(r["total_p99_ms"])))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
+    if not rows:
+        raise ConfigError(f"{path}: no latency rows")
     return tuple(rows)
 
 
@@ -136,25 +148,54 @@ def _read_samples(path: Path) -> LatencySamples:
     cells: dict[tuple[str, str, int], list[float]] = {}
     with path.open(newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, [])
         try:
             im, ii, ib, iinf, iload = (header.index(k) for k in ("model", "instance", "batch_size", "inference_ms", "load_ms"))
         except ValueError:
             raise ConfigError(f"{path}: header must contain model,instance,batch_size,inference_ms,load_ms") from None
         for r in reader:
-            cells.setdefault((r[im], r[ii], int(r[ib])), []).append(float(r[iinf]) + float(r[iload]))
+            try:
+                cells.setdefault((r[im], r[ii], int(r[ib])), []).append(float(r[iinf]) + float(r[iload]))
+            except (IndexError, ValueError) as exc:
+                raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
+    if not cells:
+        raise ConfigError(f"{path}: no samples")
+    return regrid_samples(path, cells)
+
+
+def regrid_samples(path: Path, cells: dict[tuple[str, str, int], list[float]]) -> LatencySamples:
+    """`LatencySamples` on the grid GRID_STEP, 2·GRID_STEP, … up to the largest measured batch, from the cells
+    measured per (model, instance, batch), each cell's largest sample dropped (as upstream does).
+
+    Each (model, instance) is read on its own batches: a grid batch takes the cell of the first measured batch
+    at or above it (the last one past them), the rounding up the simulator applies to a query's batch; so
+    the authors' grid (10, 20, …, 1000) is kept as it is, and a coarser or uneven one (e.g. 1, 8, 64, 512)
+    or a missing cell reads as its next measured batch. Cells of different sizes are each reduced to the
+    smallest size by evenly spaced order statistics. `path` names the file in errors."""
     models = tuple(dict.fromkeys(k[0] for k in cells))
     types = tuple(sorted({k[1] for k in cells}))
-    batches = np.array(sorted({k[2] for k in cells}))
-    per_cell = {len(v) for v in cells.values()}
-    if len(per_cell) != 1 or len(cells) != len(models) * len(types) * len(batches):
-        raise ConfigError(f"{path}: every (model, instance, batch) cell must hold the same number of samples")
-    n = per_cell.pop()
-    out = np.empty((len(models), len(types), len(batches), n - 1))
-    bidx = {int(b): i for i, b in enumerate(batches)}
+    small = [k for k, v in cells.items() if len(v) < 2]
+    if small:
+        raise ConfigError(f"{path}: every (model, instance, batch) cell needs at least 2 samples; "
+                          f"{len(small)} do not, e.g. {small[0]}")
+    n = min(len(v) for v in cells.values()) - 1
+    measured: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for (m, t, b), vals in cells.items():
-        v = np.array(vals)
-        out[models.index(m), types.index(t), bidx[b]] = np.delete(v, v.argmax()) / 1e3
+        v = np.array(vals) / 1e3
+        v = np.delete(v, v.argmax())
+        if len(v) > n:
+            v = np.sort(v)[((np.arange(n) + 0.5) * len(v) / n).astype(np.intp)]
+        measured.setdefault((m, t), {})[b] = v
+    missing = [(m, t) for m in models for t in types if (m, t) not in measured]
+    if missing:
+        raise ConfigError(f"{path}: no samples for (model, instance) {missing}; measure every model on every instance")
+    top = max(k[2] for k in cells)
+    batches = np.arange(1, -(-top // GRID_STEP) + 1) * GRID_STEP
+    out = np.empty((len(models), len(types), len(batches), n))
+    for (m, t), by_batch in measured.items():
+        have = np.array(sorted(by_batch))
+        pick = np.minimum(np.searchsorted(have, batches, side="left"), len(have) - 1)
+        out[models.index(m), types.index(t)] = np.stack([by_batch[int(have[i])] for i in pick])
     out.setflags(write=False)
     return LatencySamples(models, types, batches, out)
 
@@ -165,22 +206,33 @@ def load_samples(data_dir: str | Path | None = None) -> LatencySamples:
 
 
 def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True) -> KairosWorkload:
-    """Profiles, samples, QoS targets and the authors' fleet limits (`instance.json`)."""
+    """Profiles, samples, QoS targets and the authors' fleet limits (`instance.json`: `ins_types` and `price`,
+    optionally `max_num` and `cost`). `qos_s` holds the paper's target of every model it knows; a model of
+    the user's own needs one from elsewhere (`--qos-ms`, a `synth.json`). Types that `instance.json` lists
+    without latency rows are left out, with a warning."""
     profiles = load_profiles(data_dir)
     samples = load_samples(data_dir) if with_samples else LatencySamples((), (), np.zeros(0), np.zeros((0, 0, 0, 0)))
+    if with_samples:
+        unsampled = [(m, t) for m in profiles.models for t in profiles.types
+                     if m not in samples.models or t not in samples.types]
+        if unsampled:
+            raise ConfigError(f"{_data_file(data_dir, SAMPLES_FILE)}: no samples for (model, instance) {unsampled}, "
+                              f"which {SUMMARY_FILE} profiles")
     path = _data_file(data_dir, INSTANCE_FILE)
     try:
         inst = json.loads(path.read_text())
         types = tuple(str(t) for t in inst["ins_types"])
         prices = tuple(float(p) for p in inst["price"])
-        max_counts = tuple(int(c) for c in inst["max_num"])
-        budget = float(inst["cost"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path}: expected keys ins_types, price, max_num, cost ({exc})") from None
-    missing_qos = [m for m in profiles.models if m not in QOS_MS]
-    if missing_qos:
-        raise ConfigError(f"no QoS target for models {missing_qos}; known: {sorted(QOS_MS)}")
-    qos = {m: QOS_MS[m] / 1e3 for m in profiles.models}
+        max_counts = tuple(int(c) for c in inst["max_num"]) if "max_num" in inst else None
+        budget = float(inst["cost"]) if "cost" in inst else None
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: expected keys ins_types and price, optionally max_num and cost ({exc})") from None
+    if len(prices) != len(types) or (max_counts is not None and len(max_counts) != len(types)):
+        raise ConfigError(f"{path}: ins_types, price and max_num must be lists of the same length")
+    unprofiled = [t for t in types if t not in profiles.types]
+    if unprofiled:
+        log.warning("%s lists %s with no rows in %s: they are not planned", path, unprofiled, SUMMARY_FILE)
+    qos = {m: QOS_MS[m] / 1e3 for m in profiles.models if m in QOS_MS}
     return KairosWorkload(profiles, samples, qos, types, prices, max_counts, budget)
 
 
@@ -250,12 +302,16 @@ def sim_setup(
     mix: str = "kairos",
     noise: str = "samples",
     rel_tol: float = 0.01,
+    qos_s: float | None = None,
 ) -> SimSetup:
-    """A simulator setup on the authors' data: Poisson arrivals, `mix` batches, measured-sample noise."""
+    """A simulator setup on the authors' data: Poisson arrivals, `mix` batches, measured-sample noise; QoS
+    `qos_s`, else the model's in `wl.qos_s`."""
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
-    if model not in wl.qos_s:
-        raise ConfigError(f"unknown model {model!r}; the Kairos data has {list(wl.qos_s)}")
+    if model not in wl.profiles.models:
+        raise ConfigError(f"unknown model {model!r}; the data has {list(wl.profiles.models)}")
+    if qos_s is None and model not in wl.qos_s:
+        raise ConfigError(f"no QoS target for model {model!r}: give one (e.g. --qos-ms)")
     rng = np.random.default_rng(seed)
     stream = poisson_stream(sample_batches(mix, n_queries, rng), seed + 1)
     if noise == "samples":
@@ -268,7 +324,7 @@ def sim_setup(
         types=tuple(types) if types is not None else wl.types,
         policy=policy,
         policy_params=dict(policy_params or {}),
-        qos_s=wl.qos_s[model],
+        qos_s=wl.qos_s[model] if qos_s is None else qos_s,
         stream=stream,
         service=service,
         rel_tol=rel_tol,

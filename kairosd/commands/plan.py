@@ -215,7 +215,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         if wl is not None:
             return replace(workload.sim_setup(wl, args.model, types=types, policy=args.policy,
                                               policy_params=policy_params, n_queries=args.queries, seed=seed,
-                                              mix=args.mix), qos_s=qos_s, slots=slots)
+                                              mix=args.mix, qos_s=qos_s), slots=slots)
         batches = workload.sample_batches(args.mix, args.queries, np.random.default_rng(seed))
         return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
                         profile_service, slots)

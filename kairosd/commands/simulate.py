@@ -25,15 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="offered QPS; without it, find the max QPS with p99 <= QoS")
     parser.add_argument("--queries", type=int, default=5000, help="queries per run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mix", choices=("kairos", "lognormal"), default="lognormal",
-                        help="batch-size distribution (default: %(default)s)")
+    parser.add_argument("--mix", choices=("kairos", "lognormal"),
+                        help="batch-size distribution (default: the one a --data workload's synth.json names, else "
+                        "lognormal)")
     parser.add_argument("--trace", help="CSV with columns arrival_s,batch to replay instead of Poisson arrivals and --mix")
     parser.add_argument("--noise", choices=("samples", "profile", "none", "lognormal"), default=None,
                         help="service-time noise: the measured samples (the Kairos data's), each batch's log-normal "
                              "of the profile's mean and p99 (profile), none, or one log-normal of --cv for all "
                              "(default: samples with the Kairos data, profile with --profiles)")
     parser.add_argument("--cv", type=float, default=0.1, help="coefficient of variation of --noise lognormal")
-    parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the Kairos target of the model)")
+    parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the target a --data workload's "
+                        "synth.json gives, else the Kairos target of the model)")
     parser.add_argument("--data", help="Kairos profile data directory")
     parser.add_argument("--profiles", help="our own profile CSV directory instead of the Kairos data")
     parser.add_argument("--catalogue", help="instance-type catalogue TOML (slots per type, prices)")
@@ -101,7 +103,7 @@ def read_trace(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kairosd import workload
+    from kairosd import synth, workload
     from kairosd.catalogue import load_catalogue
     from kairosd.dispatch import feasibility_on_p99, make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
@@ -136,12 +138,17 @@ def run(args: argparse.Namespace) -> int:
         slots = [catalogue.get(t).slots if t in known else 1 for t in types]
         prices = [catalogue.get(t).price_usd_per_hour if t in known else float("nan") for t in types]
         cols = fleet_columns(profiles, types, counts, slots)
+        described = synth.describe(args.data) if args.data is not None and not args.profiles else None
         if args.qos_ms is not None:
             qos_s = args.qos_ms / 1e3
+        elif described is not None and described.model == args.model:
+            qos_s = described.qos_s  # a workload that describes itself (`kairosd.synth.write_workload`)
         elif args.model in workload.QOS_MS:
             qos_s = workload.QOS_MS[args.model] / 1e3
         else:
             raise ConfigError(f"--qos-ms is required for model {args.model!r}")
+        if args.mix is None:
+            args.mix = described.mix if described is not None and described.model == args.model else "lognormal"
         rng = np.random.default_rng(args.seed)
         if args.trace:
             times, batches = read_trace(args.trace)

@@ -146,3 +146,94 @@ def test_env_var_points_at_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert wl.profiles.mean_s.shape == (5, 4, 1001)
     with pytest.raises(ConfigError, match="no rows for models"):
         workload.load_profiles(models=["bert"])
+
+
+def _own_workload(root: Path, *, grid: tuple[int, ...] = (1, 8, 64, 512), short_cell: int | None = 64,
+                  instance: dict[str, object] | None = None) -> Path:
+    """A user's own workload in the authors' layout: model "bert" (no paper QoS), types fast and slow, samples
+    on `grid` (10 per cell; the cell at batch `short_cell` of type fast holds 6), and the summary from them."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    rows, summary = [], []
+    for t, ms_per_item in (("fast", 0.05), ("slow", 0.2)):
+        for b in grid:
+            n = 6 if (t == "fast" and b == short_cell) else 10
+            total = (1.0 + ms_per_item * b) * rng.lognormal(0.0, 0.2, n)
+            rows += [["bert", t, b, k, f"{0.6 * v:.6f}", f"{0.4 * v:.6f}"] for k, v in enumerate(total)]
+            kept = np.delete(total, total.argmax())
+            summary.append(["bert", t, b, f"{kept.mean():.6f}", f"{np.percentile(kept, 99):.6f}"])
+    with (root / workload.SAMPLES_FILE).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "instance", "batch_size", "sample_idx", "inference_ms", "load_ms"])
+        w.writerows(rows)
+    with (root / workload.SUMMARY_FILE).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "instance", "batch_size", "total_mean_ms", "total_p99_ms"])
+        w.writerows(summary)
+    inst = instance if instance is not None else {"ins_types": ["fast", "slow"], "price": [0.5, 0.1]}
+    (root / workload.INSTANCE_FILE).write_text(json.dumps(inst))
+    return root
+
+
+def test_a_users_own_workload_loads_on_any_grid_with_cells_of_any_size(tmp_path: Path) -> None:
+    """Samples on an uneven grid, one cell short: read on the grid 10, 20, … up to the largest batch, each
+    grid batch from the first measured batch at or above it, every cell cut to the smallest size; no
+    max_num or cost in instance.json, and a model the paper did not measure (no QoS of its own)."""
+    root = _own_workload(tmp_path / "w")
+    wl = workload.load_kairos(root)
+    s = wl.samples
+    np.testing.assert_array_equal(s.batches, np.arange(10, 530, 10))
+    assert s.samples_s.shape == (1, 2, 52, 5)  # the short cell: 6 samples, the largest dropped
+    raw: dict[tuple[str, int], list[float]] = {}
+    with (root / workload.SAMPLES_FILE).open(newline="") as f:
+        for r in csv.DictReader(f):
+            raw.setdefault((r["instance"], int(r["batch_size"])), []).append(float(r["inference_ms"]) + float(r["load_ms"]))
+    fast, slow = s.types.index("fast"), s.types.index("slow")
+    kept = {k: np.sort(v)[:-1] / 1e3 for k, v in raw.items()}
+    five = [0, 2, 4, 6, 8]  # a 9-sample cell (10, the largest dropped) cut to 5 by evenly spaced order statistics
+    for b in (10, 60):  # grid batches 10-60 read the cells measured at 64, 70-520 those at 512
+        np.testing.assert_allclose(np.sort(s.samples_s[0, fast, s.grid_index(np.array([b]))[0]]), kept[("fast", 64)])
+        np.testing.assert_allclose(np.sort(s.samples_s[0, slow, s.grid_index(np.array([b]))[0]]), kept[("slow", 64)][five])
+    for b in (70, 520, 1000):
+        np.testing.assert_allclose(np.sort(s.samples_s[0, slow, s.grid_index(np.array([b]))[0]]), kept[("slow", 512)][five])
+    assert wl.max_counts is None and wl.budget_usd_per_hour is None
+    assert wl.qos_s == {} and wl.prices_usd_per_hour == (0.5, 0.1)
+    with pytest.raises(ConfigError, match="no QoS target for model 'bert'"):
+        workload.sim_setup(wl, "bert")
+    assert workload.sim_setup(wl, "bert", qos_s=0.05).qos_s == 0.05
+
+
+def test_plan_over_a_users_own_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kairosd.cli import main
+
+    root = _own_workload(tmp_path / "w")
+    args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--selector", "kairos", "--no-eval"]
+    assert main(args) == 2  # no QoS target for a model of the user's own
+    assert main([*args, "--qos-ms", "40"]) == 0
+    text = capsys.readouterr().out
+    assert "model bert, QoS 40 ms" in text and "\nkairos: " in text
+
+
+def test_malformed_workload_files_are_refused_naming_file_and_line(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    root = _own_workload(tmp_path / "bad")
+    lines = (root / workload.SUMMARY_FILE).read_text().splitlines()
+    assert lines[4].startswith("bert,fast,512,")
+    lines[4] = lines[4].replace("bert,fast,512,", "bert,fast,512,abc")
+    (root / workload.SUMMARY_FILE).write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"latency_summary.csv, line 5: could not convert"):
+        workload.load_kairos(root)
+    root = _own_workload(tmp_path / "lengths", instance={"ins_types": ["fast", "slow"], "price": [0.5]})
+    with pytest.raises(ConfigError, match="same length"):
+        workload.load_kairos(root)
+    root = _own_workload(tmp_path / "extra", instance={"ins_types": ["fast", "slow", "gpu"], "price": [0.5, 0.1, 1.0]})
+    with caplog.at_level("WARNING", logger="kairosd.workload"):
+        wl = workload.load_kairos(root)
+    assert wl.types == ("fast", "slow", "gpu") and "['gpu'] with no rows in latency_summary.csv" in caplog.text
+    root = _own_workload(tmp_path / "empty")
+    (root / workload.SAMPLES_FILE).write_text("model,instance,batch_size,sample_idx,inference_ms,load_ms\n")
+    with pytest.raises(ConfigError, match="latency_samples.csv: no samples"):
+        workload.load_kairos(root)
+    (root / workload.SAMPLES_FILE).unlink()
+    with pytest.raises(ConfigError, match="latency_samples.csv not found: a workload in the Kairos authors' layout"):
+        workload.load_kairos(root)
