@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,16 +105,24 @@ def catalogue_from_config(cfg: Config) -> Catalogue:
     return Catalogue(tuple(types))
 
 
-def catalogue_of_prices(names: Sequence[str], prices_usd_per_hour: Sequence[float], source: str) -> Catalogue:
-    """Types known by name and price alone (e.g. the authors' `instance.json`, which a workload in their
-    layout carries): what planning needs. Each serves one query at a time on the onnxruntime backend."""
+def catalogue_of_prices(names: Sequence[str], prices_usd_per_hour: Sequence[float], source: str,
+                        known: Catalogue | None = None) -> Catalogue:
+    """Types known by name and price (e.g. the authors' `instance.json`, which a workload in their layout
+    carries): what planning needs. A type `known` lists keeps its GPU flag, backend and slots there, at the
+    price given here; any other serves one query at a time on the onnxruntime backend."""
     if len(names) != len(prices_usd_per_hour):
         raise ConfigError(f"{source}: {len(prices_usd_per_hour)} prices for {len(names)} instance types")
     bad = [n for n, p in zip(names, prices_usd_per_hour, strict=True) if not p > 0]
     if bad:
         raise ConfigError(f"{source}: instance types {bad} need a price > 0 to plan with them")
-    return Catalogue(tuple(InstanceType(n, float(p), False, "onnxruntime", 1)
-                           for n, p in zip(names, prices_usd_per_hour, strict=True)))
+    listed = set(known.names) if known is not None else set()
+
+    def one(name: str, price: float) -> InstanceType:
+        if known is not None and name in listed:
+            return replace(known.get(name), price_usd_per_hour=float(price))
+        return InstanceType(name, float(price), False, "onnxruntime", 1)
+
+    return Catalogue(tuple(one(n, p) for n, p in zip(names, prices_usd_per_hour, strict=True)))
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:

@@ -75,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=10,
                         help="kairos_paper selector: size of the top cluster (default: %(default)s)")
-    parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: configs/instance_types.toml; with "
-                        "--data whose types it does not list, the data's instance.json names and prices)")
+    parser.add_argument("--catalogue", help="instance-type catalogue TOML (default: with --data, the data's "
+                        "instance.json names and prices, a type configs/instance_types.toml lists keeping its slots "
+                        "there; else configs/instance_types.toml)")
     parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA, else the "
                         "repository's data/kairos_profiles, else ../shared/data/kairos_profiles)")
@@ -164,9 +165,11 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         catalogue = load_catalogue(args.catalogue)
         wl = workload.load_kairos(args.data)
         profiles = wl.profiles
-        if args.catalogue is None and not set(catalogue.names) & set(wl.types):
-            # a workload of types of its own: plan over them at the prices its instance.json gives
-            catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data or 'the data'}/instance.json")
+        if args.catalogue is None and (args.data is not None or not set(catalogue.names) & set(wl.types)):
+            # a workload's own instance.json names its types and their prices (the catalogue's same-named types
+            # lend their slots); with the authors' data, the two agree
+            catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data or 'the data'}/instance.json",
+                                            known=catalogue)
         described = synth.describe(args.data) if args.data is not None else None
         if described is not None:
             # a workload that describes itself (`kairosd.synth.write_workload`): its QoS target and mix

@@ -104,7 +104,7 @@ def read_trace(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def run(args: argparse.Namespace) -> int:
     from kairosd import synth, workload
-    from kairosd.catalogue import load_catalogue
+    from kairosd.catalogue import catalogue_of_prices, load_catalogue
     from kairosd.dispatch import feasibility_on_p99, make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
     from kairosd.planner.tails import profile_sigma
@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         types = list(fleet)
         counts = [fleet[t] for t in types]
         catalogue = load_catalogue(args.catalogue)
+        if args.catalogue is None and args.data is not None and not args.profiles:
+            # a workload's own instance.json prices its types (as `kairosd plan --data` plans them)
+            catalogue = catalogue_of_prices(wl.types, wl.prices_usd_per_hour, f"{args.data}/instance.json",
+                                            known=catalogue)
         known = set(catalogue.names)
         slots = [catalogue.get(t).slots if t in known else 1 for t in types]
         prices = [catalogue.get(t).price_usd_per_hour if t in known else float("nan") for t in types]

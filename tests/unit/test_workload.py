@@ -149,15 +149,16 @@ def test_env_var_points_at_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def _own_workload(root: Path, *, grid: tuple[int, ...] = (1, 8, 64, 512), short_cell: int | None = 64,
-                  instance: dict[str, object] | None = None) -> Path:
-    """A user's own workload in the authors' layout: model "bert" (no paper QoS), types fast and slow, samples
-    on `grid` (10 per cell; the cell at batch `short_cell` of type fast holds 6), and the summary from them."""
+                  instance: dict[str, object] | None = None, names: tuple[str, str] = ("fast", "slow")) -> Path:
+    """A user's own workload in the authors' layout: model "bert" (no paper QoS), types `names` (a fast and a
+    slow one), samples on `grid` (10 per cell; the cell at batch `short_cell` of the fast type holds 6), and
+    the summary from them."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
     rows, summary = [], []
-    for t, ms_per_item in (("fast", 0.05), ("slow", 0.2)):
+    for t, ms_per_item in ((names[0], 0.05), (names[1], 0.2)):
         for b in grid:
-            n = 6 if (t == "fast" and b == short_cell) else 10
+            n = 6 if (t == names[0] and b == short_cell) else 10
             total = (1.0 + ms_per_item * b) * rng.lognormal(0.0, 0.2, n)
             rows += [["bert", t, b, k, f"{0.6 * v:.6f}", f"{0.4 * v:.6f}"] for k, v in enumerate(total)]
             kept = np.delete(total, total.argmax())
@@ -170,7 +171,7 @@ def _own_workload(root: Path, *, grid: tuple[int, ...] = (1, 8, 64, 512), short_
         w = csv.writer(f)
         w.writerow(["model", "instance", "batch_size", "total_mean_ms", "total_p99_ms"])
         w.writerows(summary)
-    inst = instance if instance is not None else {"ins_types": ["fast", "slow"], "price": [0.5, 0.1]}
+    inst = instance if instance is not None else {"ins_types": list(names), "price": [0.5, 0.1]}
     (root / workload.INSTANCE_FILE).write_text(json.dumps(inst))
     return root
 
@@ -204,14 +205,22 @@ def test_a_users_own_workload_loads_on_any_grid_with_cells_of_any_size(tmp_path:
 
 
 def test_plan_over_a_users_own_workload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kairosd plan --data` on a model of the user's own, over their instance.json's types at its prices: one
+    type the catalogue lists (at another price there, 0.34 $/h) and one it does not."""
     from kairosd.cli import main
 
-    root = _own_workload(tmp_path / "w")
-    args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--selector", "kairos", "--no-eval"]
+    root = _own_workload(tmp_path / "w", names=("c5.2xlarge", "slow"))
+    args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--selector", "kairos", "--no-eval",
+            "--all-configs", "--top", "100"]
     assert main(args) == 2  # no QoS target for a model of the user's own
     assert main([*args, "--qos-ms", "40"]) == 0
     text = capsys.readouterr().out
     assert "model bert, QoS 40 ms" in text and "\nkairos: " in text
+    # every configuration within 1 $/h at 0.5 and 0.1 $/h (at 0.34, 2 × c5.2xlarge would leave room for 3 × slow)
+    rows = [ln.split() for ln in text.splitlines() if ln.strip() and ln.split()[0].isdigit()]
+    costs = {(int(r[1]), int(r[2])): float(r[3]) for r in rows}
+    assert costs[(2, 0)] == pytest.approx(1.0) and costs[(0, 10)] == pytest.approx(1.0)
+    assert all(c * 0.5 + s * 0.1 <= 1.0 + 1e-9 for c, s in costs) and (1, 5) in costs and len(costs) == 17
 
 
 def test_malformed_workload_files_are_refused_naming_file_and_line(tmp_path: Path,
