@@ -232,6 +232,9 @@ def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True
     unprofiled = [t for t in types if t not in profiles.types]
     if unprofiled:
         log.warning("%s lists %s with no rows in %s: they are not planned", path, unprofiled, SUMMARY_FILE)
+        keep = [i for i, t in enumerate(types) if t in profiles.types]
+        types, prices = tuple(types[i] for i in keep), tuple(prices[i] for i in keep)
+        max_counts = None if max_counts is None else tuple(max_counts[i] for i in keep)
     qos = {m: QOS_MS[m] / 1e3 for m in profiles.models if m in QOS_MS}
     return KairosWorkload(profiles, samples, qos, types, prices, max_counts, budget)
 

@@ -235,10 +235,11 @@ def test_malformed_workload_files_are_refused_naming_file_and_line(tmp_path: Pat
     root = _own_workload(tmp_path / "lengths", instance={"ins_types": ["fast", "slow"], "price": [0.5]})
     with pytest.raises(ConfigError, match="same length"):
         workload.load_kairos(root)
-    root = _own_workload(tmp_path / "extra", instance={"ins_types": ["fast", "slow", "gpu"], "price": [0.5, 0.1, 1.0]})
+    root = _own_workload(tmp_path / "extra", instance={"ins_types": ["fast", "gpu", "slow"], "price": [0.5, 1.0, 0.1]})
     with caplog.at_level("WARNING", logger="kairosd.workload"):
         wl = workload.load_kairos(root)
-    assert wl.types == ("fast", "slow", "gpu") and "['gpu'] with no rows in latency_summary.csv" in caplog.text
+    assert wl.types == ("fast", "slow") and wl.prices_usd_per_hour == (0.5, 0.1)
+    assert "['gpu'] with no rows in latency_summary.csv" in caplog.text
     root = _own_workload(tmp_path / "empty")
     (root / workload.SAMPLES_FILE).write_text("model,instance,batch_size,sample_idx,inference_ms,load_ms\n")
     with pytest.raises(ConfigError, match="latency_samples.csv: no samples"):
