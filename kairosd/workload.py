@@ -149,13 +149,17 @@ def _read_samples(path: Path) -> LatencySamples:
     with path.open(newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
+        # a sample's latency: inference_ms + load_ms (the authors' columns), else one total_ms column
+        parts = ("inference_ms", "load_ms") if {"inference_ms", "load_ms"} <= set(header) else ("total_ms",)
         try:
-            im, ii, ib, iinf, iload = (header.index(k) for k in ("model", "instance", "batch_size", "inference_ms", "load_ms"))
+            im, ii, ib = (header.index(k) for k in ("model", "instance", "batch_size"))
+            cols = [header.index(k) for k in parts]
         except ValueError:
-            raise ConfigError(f"{path}: header must contain model,instance,batch_size,inference_ms,load_ms") from None
+            raise ConfigError(f"{path}: header must contain model,instance,batch_size and inference_ms,load_ms "
+                              "(or total_ms)") from None
         for r in reader:
             try:
-                cells.setdefault((r[im], r[ii], int(r[ib])), []).append(float(r[iinf]) + float(r[iload]))
+                cells.setdefault((r[im], r[ii], int(r[ib])), []).append(sum(float(r[c]) for c in cols))
             except (IndexError, ValueError) as exc:
                 raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
     if not cells:

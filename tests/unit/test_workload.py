@@ -198,6 +198,17 @@ def test_a_users_own_workload_loads_on_any_grid_with_cells_of_any_size(tmp_path:
     for b in (70, 520, 1000):
         np.testing.assert_allclose(np.sort(s.samples_s[0, slow, s.grid_index(np.array([b]))[0]]), kept[("slow", 512)][five])
     assert wl.max_counts is None and wl.budget_usd_per_hour is None
+    # the same samples with one total_ms column: the same cells
+    with (root / workload.SAMPLES_FILE).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    other = tmp_path / "total" / workload.SAMPLES_FILE
+    other.parent.mkdir()
+    with other.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "instance", "batch_size", "total_ms"])
+        w.writerows([r["model"], r["instance"], r["batch_size"], float(r["inference_ms"]) + float(r["load_ms"])]
+                    for r in rows)
+    np.testing.assert_allclose(workload.load_samples(other.parent).samples_s, s.samples_s)
     assert wl.qos_s == {} and wl.prices_usd_per_hour == (0.5, 0.1)
     with pytest.raises(ConfigError, match="no QoS target for model 'bert'"):
         workload.sim_setup(wl, "bert")
