@@ -346,10 +346,13 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.planner import (
         CLOSE_SCORE,
         P99_WINDOW_QUERIES,
+        QUEUE_EPS,
         QUEUE_SHRINK,
         close_contenders,
         kairos_order,
         make_candidates,
+        planning_eps,
+        queue_estimate,
         select,
     )
     from kairosd.sim import SeedsEvaluator, SimEvaluator
@@ -360,10 +363,11 @@ def run(args: argparse.Namespace) -> int:
         window = P99_WINDOW_QUERIES if args.p99_window is None else args.p99_window
         if window < 0:
             raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
-        # kairos needs the estimate only where the bound reaches the close contenders' scores
+        # kairos needs the estimate only where the bound reaches the close contenders' scores; Kairos+ starts
+        # from there and estimates what its walk comes to (`select_kairos_plus`'s `estimate`)
         cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs,
                                 window_queries=window or None,
-                                prune_within=CLOSE_SCORE if args.selector == "kairos" else None,
+                                prune_within=CLOSE_SCORE if args.selector in ("kairos", "kairos_plus") else None,
                                 evaluated_on=inp.bound)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
@@ -397,6 +401,9 @@ def run(args: argparse.Namespace) -> int:
             if args.time_limit < 0:
                 raise ConfigError(f"--time-limit must be >= 0 seconds (0: no limit), got {args.time_limit}")
             params["time_limit_s"] = args.time_limit or None
+            eps = planning_eps(QUEUE_EPS, window or None)
+            params["estimate"] = lambda rows: queue_estimate(cands.configs[rows], bm, eps=eps, idle=(
+                None if cands.idle_miss is None else cands.idle_miss[rows]))
         sel = select(args.selector, cands, _Logged(evaluator, cands) if use_eval else None, **params)
     except ConfigError as exc:
         log.error("%s", exc)

@@ -28,6 +28,9 @@ QUEUE_SHRINK = 0.25
 # (`close_contenders`); the estimate's error between fleets of one workload is of this order
 # (docs/planner_log.md), so among them the one-shot choice is not reliably the best
 CLOSE_SCORE = 0.05
+# Kairos+ on candidates estimated in part: when its walk needs more estimates, it also estimates the live rows whose
+# bound is within this share below the next score, so that one call serves several steps of the walk
+PLUS_ESTIMATE_AHEAD = 0.05
 # kairos_plus: the share of the configurations it may simulate (searched or tested at one rate)
 PLUS_BUDGET_SHARE = 0.10
 # kairos_plus: past its budget, at most this many more configurations while its estimate proves
@@ -362,7 +365,8 @@ def _configs_in_share(n_configs: int, share: float) -> int:
 def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *, order: str = "kairos",
                        dominates: np.ndarray | None = None, budget_share: float | None = PLUS_BUDGET_SHARE,
                        tolerance: float = QUEUE_TOLERANCE, time_limit_s: float | None = None,
-                       clock: Callable[[], float] = time.monotonic) -> Selection:
+                       clock: Callable[[], float] = time.monotonic,
+                       estimate: Callable[[np.ndarray], np.ndarray] | None = None) -> Selection:
     """Kairos+ (Algorithm 1, with an evaluation budget): walk the configurations in `order`, evaluate
     each one still alive, keep the best; after each evaluation drop every configuration whose bound is
     ≤ the best QPS so far, and every sub-configuration (all counts ≤) of the evaluated one. The walk
@@ -422,7 +426,15 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     `clock`) plus the longest any configuration has taken so far would pass the limit, and returns the
     best so far with `Selection.timed_out` set (and `exact` false); the first configuration is always
     simulated. Large fleets take long to simulate: the walk's order puts the likeliest best first, so
-    what a limit cuts is the least likely to win."""
+    what a limit cuts is the least likely to win.
+
+    Candidates estimated only in part (NaN: `make_candidates(prune_within=…)`) are walked as if every one were
+    estimated, given `estimate` (rows → their queue-aware estimates) with `order="kairos"`: when the walk comes
+    to a configuration whose score is no higher than the bound of some live configuration not yet estimated
+    (a score is at most its bound), those are estimated (and those within `PLUS_ESTIMATE_AHEAD` below it;
+    filled into `cands.est_qps` in place, as the evaluator's search start reads them) and the rest of the
+    walk is ordered again. E.g. a budget that buys tens of thousands of configurations, of which the walk
+    reaches the first few."""
     if evaluator is None:
         raise ConfigError("selector 'kairos_plus' needs an evaluator (the simulator or a live measurement)")
     if len(cands) == 0:
@@ -461,7 +473,23 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
     timed_out = False
     longest = 0.0  # the longest a configuration has taken to simulate (test and search) so far
     previous: float | None = None  # when the last simulated configuration began
-    for row in walk:
+    lazy = order == "kairos" and est is not None and estimate is not None and bool(np.isnan(est).any())
+    passed = np.zeros(len(cands), dtype=bool)  # rows the walk has come to
+    queue = list(walk)
+    i = 0
+    while i < len(queue):
+        row = queue[i]
+        i += 1
+        if lazy and est is not None and estimate is not None:
+            # the live rows not yet estimated that could come before this one (a score is at most its bound)
+            floor = 0.0 if np.isnan(est[row]) else float(kairos_score(est[row:row + 1], cands.ub_qps[row:row + 1])[0])
+            todo = np.flatnonzero(np.isnan(est) & alive & (cands.ub_qps >= (1.0 - PLUS_ESTIMATE_AHEAD) * floor))
+            if len(todo):
+                est[todo] = estimate(todo)
+                queue = [int(r) for r in kairos_rank(np.where(np.isnan(est), 0.0, est), cands.ub_qps,
+                                                     cands.cost_usd_per_hour, tolerance=tolerance) if not passed[r]]
+                row, i = queue[0], 1
+        passed[row] = True
         if not alive[row]:
             continue
         if simulated >= limit and best_qps > 0 and (

@@ -467,6 +467,44 @@ def test_kairos_plus_stops_at_the_first_evaluation_when_the_bound_is_exact() -> 
     assert kp.qps == pytest.approx(c.ub_qps.max())
 
 
+def test_kairos_plus_on_candidates_estimated_in_part_walks_as_on_all() -> None:
+    """With the estimate made only where the bound reaches near the best score (`kairos_estimates`, as
+    `kairosd plan` makes it on large budgets) and `estimate` for the rest, Kairos+ estimates what its walk
+    comes to and evaluates the same configurations in the same order, to the same choice, as with every
+    configuration estimated; rows it never needs stay unestimated."""
+    from kairosd.planner.pruning import kairos_estimates
+
+    rng = np.random.default_rng(31)
+    saved = 0
+    for _ in range(4):
+        bm = _random_model(rng, n_types=4)
+        full = _cands(bm, [0.526, 0.432, 0.149, 0.1664], 5.0)
+        assert full.est_qps is not None
+        asked: list[int] = []
+
+        def estimate(rows: np.ndarray, full: Candidates = full, asked: list[int] = asked) -> np.ndarray:
+            asked.extend(int(r) for r in rows)
+            assert full.est_qps is not None
+            return full.est_qps[rows]
+
+        for share in (None, 0.1):
+            part = dataclasses.replace(full, est_qps=kairos_estimates(full.ub_qps, estimate, kairos_score, within=0.05,
+                                                                      chunk=2))
+            assert part.est_qps is not None and np.isnan(part.est_qps).any()
+            ev_full, ev_part = CountingEvaluator(bm), CountingEvaluator(bm)
+            a = select_kairos_plus(full, ev_full, budget_share=share)
+            b = select_kairos_plus(part, ev_part, budget_share=share, estimate=estimate)
+            assert ev_part.calls == ev_full.calls and b.evaluated == a.evaluated
+            np.testing.assert_array_equal(b.config, a.config)
+            assert (b.exact, b.n_configs) == (a.exact, a.n_configs)
+            known = ~np.isnan(part.est_qps)
+            np.testing.assert_array_equal(part.est_qps[known], full.est_qps[known])
+            saved += int((~known).sum())
+            assert len(asked) == len(set(asked))  # no row estimated twice
+            asked.clear()
+    assert saved > 0
+
+
 def test_kairos_paper_picks_the_top10_member_nearest_their_centre() -> None:
     configs = np.array([[1, 0], [1, 1], [1, 2], [2, 0], [0, 9], [3, 3]])
     ub = np.array([10.0, 9.0, 8.0, 7.0, 6.0, 1.0])
