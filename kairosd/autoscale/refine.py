@@ -193,19 +193,21 @@ def refine(job: RefineJob) -> Refined:
     part = None
     mix: MixEvaluator | None = None
     evaluator: Evaluator
+    estimate: Callable[[np.ndarray], np.ndarray] | None = None
     if len(live) > 1:
         streams = _mix_streams(job, live)
         part = partition_walk(job, live, streams, (t0 + job.time_limit_s) if job.time_limit_s else None)
         cands, mix = _several_models(job, live, streams)
         evaluator = mix
     else:
-        cands, evaluator = _one_model(job, live[0])
+        cands, evaluator, estimate = _one_model(job, live[0])
     if len(cands) == 0 and part is None:
         raise RefineError(f"no configuration of {list(job.types)} fits {job.budget_usd_per_hour} $/h")
     sel = None
     if len(cands):
         left = job.time_limit_s - (time.perf_counter() - t0) if job.time_limit_s else None
-        sel = select_kairos_plus(cands, evaluator, time_limit_s=None if left is None else max(left, MIN_WALK_S))
+        sel = select_kairos_plus(cands, evaluator, time_limit_s=None if left is None else max(left, MIN_WALK_S),
+                                 estimate=estimate)
     if (sel is None or sel.qps is None) and part is None:
         raise RefineError("Kairos+ simulated no configuration")
     total = job.total_rate_qps
@@ -291,20 +293,23 @@ def _batches(pmf: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.maximum(np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()), 1)
 
 
-def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator]:
+def _one_model(job: RefineJob, g: int) -> tuple[Candidates, Evaluator, Callable[[np.ndarray], np.ndarray]]:
     """Model g alone has demand: `kairosd plan`'s walk on it (the compiled single-model simulator), over
-    the configurations that can also serve every other model (when any can), as `plan_fleet` keeps them."""
-    from kairosd.planner import make_candidates
+    the configurations that can also serve every other model (when any can), as `plan_fleet` keeps them;
+    estimated where the bound reaches near the best score, and further as the walk comes to them (the
+    third value, `select_kairos_plus`'s `estimate`)."""
+    from kairosd.planner import CLOSE_SCORE, lazy_estimate, make_candidates
 
     on_streams, evaluator = _model_evaluator(job, g)
     d = job.demand[g]
-    cands = make_candidates(_model_on(job, g, d.batch_pmf), job.prices, job.budget_usd_per_hour, max_counts=job.caps,
-                            evaluated_on=on_streams)
+    bm = _model_on(job, g, d.batch_pmf)
+    cands = make_candidates(bm, job.prices, job.budget_usd_per_hour, max_counts=job.caps, evaluated_on=on_streams,
+                            prune_within=CLOSE_SCORE)
     if len(job.demand) > 1 and len(cands):
         serve_all = _joint(job).servable(cands.configs).all(axis=1)
         if serve_all.any():
             cands = _rows(cands, np.flatnonzero(serve_all))
-    return cands, replace(evaluator, guess=cands.search_start)
+    return cands, replace(evaluator, guess=cands.search_start), lazy_estimate(bm, cands)
 
 
 def _model_on(job: RefineJob, g: int, pmf: np.ndarray) -> BoundModel:

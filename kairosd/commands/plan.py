@@ -346,13 +346,11 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.planner import (
         CLOSE_SCORE,
         P99_WINDOW_QUERIES,
-        QUEUE_EPS,
         QUEUE_SHRINK,
         close_contenders,
         kairos_order,
+        lazy_estimate,
         make_candidates,
-        planning_eps,
-        queue_estimate,
         select,
     )
     from kairosd.sim import SeedsEvaluator, SimEvaluator
@@ -401,9 +399,7 @@ def run(args: argparse.Namespace) -> int:
             if args.time_limit < 0:
                 raise ConfigError(f"--time-limit must be >= 0 seconds (0: no limit), got {args.time_limit}")
             params["time_limit_s"] = args.time_limit or None
-            eps = planning_eps(QUEUE_EPS, window or None)
-            params["estimate"] = lambda rows: queue_estimate(cands.configs[rows], bm, eps=eps, idle=(
-                None if cands.idle_miss is None else cands.idle_miss[rows]))
+            params["estimate"] = lazy_estimate(bm, cands, window or None)
         sel = select(args.selector, cands, _Logged(evaluator, cands) if use_eval else None, **params)
     except ConfigError as exc:
         log.error("%s", exc)

@@ -158,6 +158,19 @@ def make_candidates(
                       ub, est, proportional_bound(configs, bm), idle, prune_ub)
 
 
+def lazy_estimate(bm: BoundModel, cands: Candidates, window_queries: int | None = P99_WINDOW_QUERIES
+                  ) -> Callable[[np.ndarray], np.ndarray]:
+    """The queue-aware estimate of rows of `cands` as `make_candidates(bm, …, window_queries=…)` makes it: what
+    `select_kairos_plus(estimate=…)` estimates the rows that `make_candidates(prune_within=…)` left out with."""
+    eps = planning_eps(QUEUE_EPS, window_queries)
+
+    def estimate(rows: np.ndarray) -> np.ndarray:
+        idle = None if cands.idle_miss is None else cands.idle_miss[rows]
+        return np.asarray(queue_estimate(cands.configs[rows], bm, eps=eps, idle=idle), dtype=float)
+
+    return estimate
+
+
 def rank(cands: Candidates) -> Candidates:
     """The same candidates, reordered by upper bound high to low (see `Candidates.ranked`)."""
     order = cands.ranked()

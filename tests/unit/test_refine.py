@@ -279,7 +279,7 @@ def test_one_model_with_demand_among_several_walks_its_fleets_that_serve_every_m
     demand = [ModelDemand("dlrm", 50.0, pmf), ModelDemand("ncf", 0.0, pmf)]
     types = [t for t in cfg.types if t in profiles.types]
     job = refine_jobs(cfg, profiles, types)(demand, frozenset())
-    cands, evaluator = _one_model(job, 0)
+    cands, evaluator, _ = _one_model(job, 0)
     assert isinstance(evaluator, SeedsEvaluator)
     configs = enumerate_configs(np.asarray(job.prices), 1.0, maximal_only=True)
     serve_all = _joint(job).servable(configs).all(axis=1)
