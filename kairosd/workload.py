@@ -213,7 +213,8 @@ def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True
     """Profiles, samples, QoS targets and the authors' fleet limits (`instance.json`: `ins_types` and `price`,
     optionally `max_num` and `cost`). `qos_s` holds the paper's target of every model it knows; a model of
     the user's own needs one from elsewhere (`--qos-ms`, a `synth.json`). Types that `instance.json` lists
-    without latency rows are left out, with a warning."""
+    without latency rows are left out, with a warning; profiled types it does not list are warned of (they
+    have no price)."""
     profiles = load_profiles(data_dir)
     samples = load_samples(data_dir) if with_samples else LatencySamples((), (), np.zeros(0), np.zeros((0, 0, 0, 0)))
     if with_samples:
@@ -239,6 +240,10 @@ def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True
         keep = [i for i, t in enumerate(types) if t in profiles.types]
         types, prices = tuple(types[i] for i in keep), tuple(prices[i] for i in keep)
         max_counts = None if max_counts is None else tuple(max_counts[i] for i in keep)
+    unpriced = [t for t in profiles.types if t not in types]
+    if unpriced:
+        log.warning("%s has latency rows for %s, which %s does not list: they have no price there", SUMMARY_FILE,
+                    unpriced, path)
     qos = {m: QOS_MS[m] / 1e3 for m in profiles.models if m in QOS_MS}
     return KairosWorkload(profiles, samples, qos, types, prices, max_counts, budget)
 

@@ -251,6 +251,10 @@ def test_malformed_workload_files_are_refused_naming_file_and_line(tmp_path: Pat
         wl = workload.load_kairos(root)
     assert wl.types == ("fast", "slow") and wl.prices_usd_per_hour == (0.5, 0.1)
     assert "['gpu'] with no rows in latency_summary.csv" in caplog.text
+    root = _own_workload(tmp_path / "unpriced", instance={"ins_types": ["slow"], "price": [0.1]})
+    with caplog.at_level("WARNING", logger="kairosd.workload"):
+        assert workload.load_kairos(root).types == ("slow",)
+    assert "latency rows for ['fast']" in caplog.text
     root = _own_workload(tmp_path / "empty")
     (root / workload.SAMPLES_FILE).write_text("model,instance,batch_size,sample_idx,inference_ms,load_ms\n")
     with pytest.raises(ConfigError, match="latency_samples.csv: no samples"):
