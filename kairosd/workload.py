@@ -287,19 +287,61 @@ BATCH_MIXES = ("kairos", "lognormal")
 
 
 def sample_batches(mix: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw `n` batch sizes from a mix chosen by name."""
+    """Draw `n` batch sizes from a mix: one named in `BATCH_MIXES`, or a CSV file of observed batches
+    (`mix_file_batches`), drawn from its rows with replacement."""
     if mix == "kairos":
         return kairos_batch_mix(n, rng)
     if mix == "lognormal":
         return lognormal_batches(n, rng)
-    raise ConfigError(f"unknown batch mix {mix!r}; allowed: {list(BATCH_MIXES)}")
+    return rng.choice(mix_file_batches(mix), size=n)
 
 
 def mix_pmf(mix: str, max_batch: int, *, n: int = 1_000_000, seed: int = 0) -> np.ndarray:
-    """P(batch = b) for b = 0..max_batch, estimated from `n` draws of the mix (the planner's input)."""
+    """P(batch = b) for b = 0..max_batch (the planner's input): estimated from `n` draws of a named mix, or
+    the share of each batch among a mix file's rows."""
     from kairosd.planner import batch_pmf
 
+    if mix not in BATCH_MIXES:
+        return batch_pmf(mix_file_batches(mix), max_batch)
     return batch_pmf(sample_batches(mix, n, np.random.default_rng(seed)), max_batch)
+
+
+@functools.lru_cache(maxsize=4)
+def mix_file_batches(path: str) -> np.ndarray:
+    """The batch sizes of a mix file: a CSV with a `batch` column, one row per query (a request log, or the
+    `arrival_s,batch` trace `kairosd simulate --trace` replays); each at least 1."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if "batch" not in (reader.fieldnames or ()):
+                raise ConfigError(f"{path}: a batch mix file needs a 'batch' column, one row per query")
+            out = []
+            for r in reader:
+                try:
+                    out.append(int(r["batch"]))
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"batch mix {path!r}: allowed are {list(BATCH_MIXES)} or a readable CSV file ({exc.strerror})"
+                          ) from None
+    b = np.array(out, dtype=np.int64)
+    if len(b) == 0:
+        raise ConfigError(f"{path}: no batches")
+    if b.min() < 1:
+        raise ConfigError(f"{path}: batch sizes must be at least 1, found {int(b.min())}")
+    b.setflags(write=False)
+    return b
+
+
+def check_mix(mix: str, max_batch: int) -> None:
+    """Refuse a mix file whose batches exceed the largest profiled batch `max_batch` (a named mix stays
+    within 1,000)."""
+    if mix in BATCH_MIXES:
+        return
+    top = int(mix_file_batches(mix).max())
+    if top > max_batch:
+        raise ConfigError(f"{mix}: batches up to {top}, beyond the largest profiled batch, {max_batch}: profile "
+                          "larger batches, or leave them out of the mix")
 
 
 def sim_setup(

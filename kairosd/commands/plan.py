@@ -82,8 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA, else the "
                         "repository's data/kairos_profiles, else ../shared/data/kairos_profiles)")
     parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
-    parser.add_argument("--mix", choices=("kairos", "lognormal"), default=None,
-                        help="batch-size mix (default: the one a --data workload's synth.json names, else kairos)")
+    parser.add_argument("--mix", default=None,
+                        help="batch-size mix: kairos, lognormal, or a CSV file with a batch column, one row per query "
+                        "(e.g. a request log; its batches drawn as observed) (default: the one a --data workload's "
+                        "synth.json names, else kairos)")
     parser.add_argument(
         "--feasibility", choices=("p99", "mean"), default=None,
         help="judge QoS per batch on the p99 or the mean latency, in the bound and the dispatcher (default: as "
@@ -177,6 +179,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
             args.mix = args.mix or described.mix
     if args.mix is None:
         args.mix = "kairos"
+    workload.check_mix(args.mix, profiles.max_batch)
     if args.feasibility is None:
         args.feasibility = "p99"
     if args.policy is None:
@@ -408,7 +411,8 @@ def run(args: argparse.Namespace) -> int:
     by_score = args.selector in ("kairos", "kairos_plus") and cands.est_qps is not None
     order = kairos_order(cands) if by_score else cands.ranked()
     print(
-        f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), budget {args.budget:g} $/h, "
+        f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), batch mix {args.mix}, "
+        f"budget {args.budget:g} $/h, "
         f"{len(cands)} {'configurations' if args.all_configs else 'maximal configurations'} "
         f"ranked in {rank_s * 1e3:.1f} ms "
         f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'}); "

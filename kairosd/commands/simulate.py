@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, help="offered QPS; without it, find the max QPS with p99 <= QoS")
     parser.add_argument("--queries", type=int, default=5000, help="queries per run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mix", choices=("kairos", "lognormal"),
-                        help="batch-size distribution (default: the one a --data workload's synth.json names, else "
-                        "lognormal)")
+    parser.add_argument("--mix",
+                        help="batch-size distribution: kairos, lognormal, or a CSV file with a batch column, one row "
+                        "per query (default: the one a --data workload's synth.json names, else lognormal)")
     parser.add_argument("--trace", help="CSV with columns arrival_s,batch to replay instead of Poisson arrivals and --mix")
     parser.add_argument("--noise", choices=("samples", "profile", "none", "lognormal"), default=None,
                         help="service-time noise: the measured samples (the Kairos data's), each batch's log-normal "
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--qos-ms is required for model {args.model!r}")
         if args.mix is None:
             args.mix = described.mix if described is not None and described.model == args.model else "lognormal"
+        workload.check_mix(args.mix, profiles.max_batch)
         rng = np.random.default_rng(args.seed)
         if args.trace:
             times, batches = read_trace(args.trace)

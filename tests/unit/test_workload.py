@@ -262,3 +262,38 @@ def test_malformed_workload_files_are_refused_naming_file_and_line(tmp_path: Pat
     (root / workload.SAMPLES_FILE).unlink()
     with pytest.raises(ConfigError, match="latency_samples.csv not found: a workload in the Kairos authors' layout"):
         workload.load_kairos(root)
+
+
+def test_a_batch_mix_from_a_file_of_observed_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mix file (a `batch` column, one row per query): the planner's mix is the share of each batch among
+    its rows, streams draw from them; `kairosd plan --mix FILE` plans on it (small batches: a fleet serves
+    more than on the Kairos mix), and a file with batches past the profiles is refused."""
+    from kairosd.cli import main
+    from kairosd.planner import batch_pmf
+
+    log_file = tmp_path / "requests.csv"
+    log_file.write_text("arrival_s,batch\n" + "".join(f"{0.01 * i:.2f},{b}\n" for i, b in enumerate([20, 20, 40, 100])))
+    pmf = workload.mix_pmf(str(log_file), 1000)
+    assert pmf[20] == 0.5 and pmf[40] == 0.25 and pmf[100] == 0.25 and pmf.sum() == pytest.approx(1.0)
+    drawn = workload.sample_batches(str(log_file), 4000, np.random.default_rng(0))
+    assert set(drawn.tolist()) == {20, 40, 100}
+    np.testing.assert_allclose(batch_pmf(drawn, 1000), pmf, atol=0.03)
+    args = ["plan", "--model", "rm2", "--budget", "2.5", "--selector", "kairos", "--no-eval", "--top", "1"]
+    chosen = {}
+    for mix in ("kairos", str(log_file)):
+        assert main([*args, "--mix", mix]) == 0
+        out = capsys.readouterr().out
+        assert f"batch mix {mix}," in out
+        line = next(ln for ln in out.splitlines() if ln.startswith("kairos: "))
+        chosen[mix] = float(line.split(" UB ")[1].split(" qps")[0])
+    assert chosen[str(log_file)] > 2 * chosen["kairos"]  # batches of 20-100 against a mean of some 240
+    big = tmp_path / "big.csv"
+    big.write_text("batch\n10\n2048\n")
+    assert main([*args, "--mix", str(big)]) == 2
+    with pytest.raises(ConfigError, match="beyond the largest profiled batch, 1000"):
+        workload.check_mix(str(big), 1000)
+    (tmp_path / "nobatch.csv").write_text("size\n10\n")
+    with pytest.raises(ConfigError, match="needs a 'batch' column"):
+        workload.mix_pmf(str(tmp_path / "nobatch.csv"), 1000)
+    with pytest.raises(ConfigError, match="or a readable CSV file"):
+        workload.sample_batches("zipf", 10, np.random.default_rng(0))
