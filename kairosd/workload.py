@@ -171,35 +171,47 @@ def regrid_samples(path: Path, cells: dict[tuple[str, str, int], list[float]]) -
     """`LatencySamples` on the grid GRID_STEP, 2·GRID_STEP, … up to the largest measured batch, from the cells
     measured per (model, instance, batch), each cell's largest sample dropped (as upstream does).
 
-    Each (model, instance) is read on its own batches: a grid batch takes the cell of the first measured batch
-    at or above it (the last one past them), the rounding up the simulator applies to a query's batch; so
-    the authors' grid (10, 20, …, 1000) is kept as it is, and a coarser or uneven one (e.g. 1, 8, 64, 512)
-    or a missing cell reads as its next measured batch. Cells of different sizes are each reduced to the
-    smallest size by evenly spaced order statistics. `path` names the file in errors."""
+    Each (model, instance) is read on its own batches, as the simulator rounds a query's batch up to the grid:
+    grid batch g takes the samples of the measured batches in (g − GRID_STEP, g]; with several there (a finer
+    grid, e.g. every batch), their samples relative to their own mean, pooled, at the level of the largest;
+    with none (a coarser or uneven grid, e.g. 1, 8, 64, 512, or a missing cell), the samples of the first
+    measured batch above g (the last one past them). So the authors' grid (10, 20, …, 1000) is kept as it is.
+    Cells of different sizes are each cut to the smallest size by evenly spaced order statistics. `path`
+    names the file in errors."""
     models = tuple(dict.fromkeys(k[0] for k in cells))
     types = tuple(sorted({k[1] for k in cells}))
     small = [k for k, v in cells.items() if len(v) < 2]
     if small:
         raise ConfigError(f"{path}: every (model, instance, batch) cell needs at least 2 samples; "
                           f"{len(small)} do not, e.g. {small[0]}")
-    n = min(len(v) for v in cells.values()) - 1
     measured: dict[tuple[str, str], dict[int, np.ndarray]] = {}
     for (m, t, b), vals in cells.items():
         v = np.array(vals) / 1e3
-        v = np.delete(v, v.argmax())
-        if len(v) > n:
-            v = np.sort(v)[((np.arange(n) + 0.5) * len(v) / n).astype(np.intp)]
-        measured.setdefault((m, t), {})[b] = v
+        measured.setdefault((m, t), {})[b] = np.delete(v, v.argmax())
     missing = [(m, t) for m in models for t in types if (m, t) not in measured]
     if missing:
         raise ConfigError(f"{path}: no samples for (model, instance) {missing}; measure every model on every instance")
     top = max(k[2] for k in cells)
     batches = np.arange(1, -(-top // GRID_STEP) + 1) * GRID_STEP
-    out = np.empty((len(models), len(types), len(batches), n))
-    for (m, t), by_batch in measured.items():
+    grid: dict[tuple[str, str], list[np.ndarray]] = {}
+    for key, by_batch in measured.items():
         have = np.array(sorted(by_batch))
-        pick = np.minimum(np.searchsorted(have, batches, side="left"), len(have) - 1)
-        out[models.index(m), types.index(t)] = np.stack([by_batch[int(have[i])] for i in pick])
+        cols = []
+        for g in batches:
+            inside = have[(have > g - GRID_STEP) & (have <= g)]
+            if len(inside) == 1:
+                cols.append(by_batch[int(inside[0])])
+            elif len(inside) > 1:
+                level = float(by_batch[int(inside[-1])].mean())
+                cols.append(np.concatenate([by_batch[int(b)] / by_batch[int(b)].mean() for b in inside]) * level)
+            else:
+                cols.append(by_batch[int(have[min(int(np.searchsorted(have, g)), len(have) - 1)])])
+        grid[key] = cols
+    n = min(len(c) for cols in grid.values() for c in cols)
+    out = np.empty((len(models), len(types), len(batches), n))
+    for (m, t), cols in grid.items():
+        out[models.index(m), types.index(t)] = np.stack(
+            [c if len(c) == n else np.sort(c)[((np.arange(n) + 0.5) * len(c) / n).astype(np.intp)] for c in cols])
     out.setflags(write=False)
     return LatencySamples(models, types, batches, out)
 

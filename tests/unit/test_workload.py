@@ -177,9 +177,10 @@ def _own_workload(root: Path, *, grid: tuple[int, ...] = (1, 8, 64, 512), short_
 
 
 def test_a_users_own_workload_loads_on_any_grid_with_cells_of_any_size(tmp_path: Path) -> None:
-    """Samples on an uneven grid, one cell short: read on the grid 10, 20, … up to the largest batch, each
-    grid batch from the first measured batch at or above it, every cell cut to the smallest size; no
-    max_num or cost in instance.json, and a model the paper did not measure (no QoS of its own)."""
+    """Samples on an uneven grid (1, 8, 64, 512), one cell short: read on the grid 10, 20, … up to the largest
+    batch, grid batch g from the measured batches in (g − 10, g] (several: pooled relative to their own
+    means, at the level of the largest), else from the first measured above it; every cell cut to the
+    smallest size. No max_num or cost in instance.json, and a model the paper did not measure (no QoS)."""
     root = _own_workload(tmp_path / "w")
     wl = workload.load_kairos(root)
     s = wl.samples
@@ -192,11 +193,18 @@ def test_a_users_own_workload_loads_on_any_grid_with_cells_of_any_size(tmp_path:
     fast, slow = s.types.index("fast"), s.types.index("slow")
     kept = {k: np.sort(v)[:-1] / 1e3 for k, v in raw.items()}
     five = [0, 2, 4, 6, 8]  # a 9-sample cell (10, the largest dropped) cut to 5 by evenly spaced order statistics
-    for b in (10, 60):  # grid batches 10-60 read the cells measured at 64, 70-520 those at 512
-        np.testing.assert_allclose(np.sort(s.samples_s[0, fast, s.grid_index(np.array([b]))[0]]), kept[("fast", 64)])
-        np.testing.assert_allclose(np.sort(s.samples_s[0, slow, s.grid_index(np.array([b]))[0]]), kept[("slow", 64)][five])
-    for b in (70, 520, 1000):
-        np.testing.assert_allclose(np.sort(s.samples_s[0, slow, s.grid_index(np.array([b]))[0]]), kept[("slow", 512)][five])
+
+    def cell(t: int, b: int) -> np.ndarray:
+        return np.sort(s.samples_s[0, t, s.grid_index(np.array([b]))[0]])
+
+    for b in (20, 60, 70):  # grid batches 20-70 read the cells measured at 64, 80-520 those at 512
+        np.testing.assert_allclose(cell(fast, b), kept[("fast", 64)])
+        np.testing.assert_allclose(cell(slow, b), kept[("slow", 64)][five])
+    for b in (80, 520, 1000):
+        np.testing.assert_allclose(cell(slow, b), kept[("slow", 512)][five])
+    # grid batch 10 pools batches 1 and 8 (18 samples, cut to 5) at batch 8's level
+    pooled = np.sort(np.concatenate([kept[("slow", 1)] / kept[("slow", 1)].mean(), kept[("slow", 8)] / kept[("slow", 8)].mean()]))
+    np.testing.assert_allclose(cell(slow, 10), pooled[[1, 5, 9, 12, 16]] * kept[("slow", 8)].mean())
     assert wl.max_counts is None and wl.budget_usd_per_hour is None
     # the same samples with one total_ms column: the same cells
     with (root / workload.SAMPLES_FILE).open(newline="") as f:
