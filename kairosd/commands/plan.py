@@ -365,11 +365,12 @@ def run(args: argparse.Namespace) -> int:
         if window < 0:
             raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
         # kairos needs the estimate only where the bound reaches the close contenders' scores; Kairos+ starts
-        # from there and estimates what its walk comes to (`select_kairos_plus`'s `estimate`)
+        # from there and estimates what its walk comes to (`select_kairos_plus`'s `estimate`), and alone prunes
+        # by the bound on the simulated streams' batches
         cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs,
                                 window_queries=window or None,
                                 prune_within=CLOSE_SCORE if args.selector in ("kairos", "kairos_plus") else None,
-                                evaluated_on=inp.bound)
+                                evaluated_on=inp.bound if args.selector == "kairos_plus" else None)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))
