@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mix",
                         help="batch-size distribution: kairos, lognormal, or a CSV file with a batch column, one row "
-                        "per query (default: the one a --data workload's synth.json names, else lognormal)")
+                        "per query (default: the one a --data workload's synth.json names, else kairos, as kairosd plan)")
     parser.add_argument("--trace", help="CSV with columns arrival_s,batch to replay instead of Poisson arrivals and --mix")
     parser.add_argument("--noise", choices=("samples", "profile", "none", "lognormal"), default=None,
                         help="service-time noise: the measured samples (the Kairos data's), each batch's log-normal "
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             raise ConfigError(f"--qos-ms is required for model {args.model!r}")
         if args.mix is None:
-            args.mix = described.mix if described is not None and described.model == args.model else "lognormal"
+            args.mix = described.mix if described is not None and described.model == args.model else "kairos"
         workload.check_mix(args.mix, profiles.max_batch)
         rng = np.random.default_rng(args.seed)
         if args.trace:
