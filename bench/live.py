@@ -363,7 +363,7 @@ def plan_fleet(model: str, budget: float) -> tuple[dict[str, int], float]:
     plan.add_arguments(parser)
     inp = plan.resolve(parser.parse_args(["--budget", str(budget), "--model", model, "--selector", "kairos",
                                           "--no-eval"]))
-    cands = make_candidates(inp.model, inp.prices, budget)
+    cands = make_candidates(inp.model, inp.prices, budget, max_counts=inp.caps)
     sel = select("kairos", cands, None)
     return {t: int(c) for t, c in zip(inp.types, sel.config, strict=True)}, float(sel.ub_qps)
 

@@ -31,6 +31,7 @@ from kairosd.autoscale.refine import BackgroundRefiner, RefineJob
 from kairosd.config import Config, planning_tail
 from kairosd.emulation import ServiceCells, load_cells
 from kairosd.planner.demand import ModelDemand
+from kairosd.planner.enumeration import UNCAPPED
 from kairosd.planner.joint import FleetPlan, plan_fleet
 from kairosd.planner.tails import QUANTILES, SIM_QUANTILES, Tails, profile_tails, tails_from_cells
 from kairosd.profiles import ProfileTable
@@ -44,7 +45,6 @@ PRIOR_SIGMA = 0.75  # the prior batch mix: log-normal with the configured median
 RATE_TOLERANCE = 0.1
 PMF_TOLERANCE = 0.05
 MIN_RATE_QPS = 0.5
-UNCAPPED = int(np.iinfo(np.int64).max)  # an available type's count in a Kairos+ job: no cap but the budget
 
 Planner = Callable[[Sequence[ModelDemand], frozenset[str]], FleetPlan]
 

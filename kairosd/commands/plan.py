@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instance.json names and prices, a type configs/instance_types.toml lists keeping its slots "
                         "there; else configs/instance_types.toml)")
     parser.add_argument("--types", help="comma-separated instance types to consider (default: catalogue types with a profile)")
+    parser.add_argument("--no-caps", action="store_true",
+                        help="ignore the workload's instance limits (instance.json's max_num), which a plan keeps by default")
     parser.add_argument("--data", help="Kairos profile data directory (default: $KAIROSD_KAIROS_DATA, else the "
                         "repository's data/kairos_profiles, else ../shared/data/kairos_profiles)")
     parser.add_argument("--profiles", help="use our own profile CSVs (`kairosd profile` output dir) instead of the Kairos data")
@@ -130,6 +132,7 @@ class PlanInputs:
     setups: tuple[SimSetup, ...]  # every stream (`--streams`)
     stream: Callable[[int], SimSetup]  # the i-th stream's setup, for streams added later
     tails: str  # where each type's tail comes from, as the header says it
+    caps: tuple[int, ...] | None = None  # per type, the most instances the workload's instance.json allows (max_num)
 
     @property
     def setup(self) -> SimSetup:
@@ -240,7 +243,14 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     source = ("the measured samples" if wl is not None
               else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
-    return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream, source)
+    from kairosd.planner.enumeration import UNCAPPED
+
+    caps = None
+    if wl is not None and wl.max_counts is not None and not args.no_caps:
+        limit = dict(zip(wl.types, wl.max_counts, strict=True))
+        if any(t in limit for t in types):
+            caps = tuple(limit.get(t, UNCAPPED) for t in types)
+    return PlanInputs(types, cat.prices(), qos_s, model_on(population), model_on(streams), setups, stream, source, caps)
 
 
 def format_table(cands: Candidates, rows: np.ndarray, evaluated: dict[tuple[int, ...], float], chosen: np.ndarray | None) -> str:
@@ -367,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
         # kairos needs the estimate only where the bound reaches the close contenders' scores; Kairos+ starts
         # from there and estimates what its walk comes to (`select_kairos_plus`'s `estimate`), and alone prunes
         # by the bound on the simulated streams' batches
-        cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs,
+        cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs, max_counts=inp.caps,
                                 window_queries=window or None,
                                 prune_within=CLOSE_SCORE if args.selector in ("kairos", "kairos_plus") else None,
                                 evaluated_on=inp.bound if args.selector == "kairos_plus" else None)
@@ -413,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     order = kairos_order(cands) if by_score else cands.ranked()
     print(
         f"model {args.model}, QoS {inp.qos_s * 1e3:g} ms (judged on {args.feasibility}), batch mix {args.mix}, "
-        f"budget {args.budget:g} $/h, "
+        f"budget {args.budget:g} $/h{', instances capped by instance.json (max_num)' if inp.caps else ''}, "
         f"{len(cands)} {'configurations' if args.all_configs else 'maximal configurations'} "
         f"ranked in {rank_s * 1e3:.1f} ms "
         f"({f'by the kairos score, est^{1 - QUEUE_SHRINK:g} x UB^{QUEUE_SHRINK:g}' if by_score else 'by upper bound'}); "

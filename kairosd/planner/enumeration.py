@@ -9,6 +9,7 @@ import numpy as np
 from kairosd.errors import ConfigError
 
 MICRO_USD = 1_000_000  # prices are compared in integer micro-dollars so that cost <= budget is exact
+UNCAPPED = int(np.iinfo(np.int64).max)  # a count cap that caps nothing: the budget alone bounds the type
 
 
 def _micro(x: Sequence[float] | np.ndarray | float) -> np.ndarray:
@@ -36,7 +37,7 @@ def enumerate_configs(
     budget = int(_micro(budget_usd_per_hour))
     if budget <= 0:
         raise ConfigError(f"budget_usd_per_hour must be > 0, got {budget_usd_per_hour}")
-    caps = np.full(len(price), np.iinfo(np.int64).max) if max_counts is None else np.asarray(max_counts, dtype=np.int64)
+    caps = np.full(len(price), UNCAPPED) if max_counts is None else np.asarray(max_counts, dtype=np.int64)
     if caps.shape != price.shape or (caps < 0).any():
         raise ConfigError("max_counts must give one count >= 0 per type")
     configs = np.zeros((1, 0), dtype=np.int64)

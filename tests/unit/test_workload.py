@@ -236,7 +236,7 @@ def test_plan_over_a_users_own_workload(tmp_path: Path, capsys: pytest.CaptureFi
     text = capsys.readouterr().out
     assert "model bert, QoS 40 ms" in text and "\nkairos: " in text
     # every configuration within 1 $/h at 0.5 and 0.1 $/h (at 0.34, 2 × c5.2xlarge would leave room for 3 × slow)
-    rows = [ln.split() for ln in text.splitlines() if ln.strip() and ln.split()[0].isdigit()]
+    rows = [r for r in (ln.split() for ln in text.splitlines()) if len(r) > 3 and r[0].isdigit() and r[1].isdigit()]
     costs = {(int(r[1]), int(r[2])): float(r[3]) for r in rows}
     assert costs[(2, 0)] == pytest.approx(1.0) and costs[(0, 10)] == pytest.approx(1.0)
     assert all(c * 0.5 + s * 0.1 <= 1.0 + 1e-9 for c, s in costs) and (1, 5) in costs and len(costs) == 17
@@ -305,3 +305,24 @@ def test_a_batch_mix_from_a_file_of_observed_batches(tmp_path: Path, capsys: pyt
         workload.mix_pmf(str(tmp_path / "nobatch.csv"), 1000)
     with pytest.raises(ConfigError, match="or a readable CSV file"):
         workload.sample_batches("zipf", 10, np.random.default_rng(0))
+
+
+def test_plan_keeps_the_instance_limits_of_instance_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """instance.json's max_num caps each type's count in `kairosd plan --data` (a user's quota: at most 1 fast
+    and 3 slow instances), unless `--no-caps`."""
+    from kairosd.cli import main
+
+    root = _own_workload(tmp_path / "w", instance={"ins_types": ["fast", "slow"], "price": [0.5, 0.1], "max_num": [1, 3]})
+    args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--qos-ms", "40", "--selector", "kairos",
+            "--no-eval", "--all-configs", "--top", "100"]
+
+    def configs(extra: list[str]) -> set[tuple[int, int]]:
+        assert main([*args, *extra]) == 0
+        out = capsys.readouterr().out
+        assert ("capped by instance.json (max_num)" in out) == (not extra)
+        rows = [r for r in (ln.split() for ln in out.splitlines()) if len(r) > 3 and r[0].isdigit() and r[1].isdigit()]
+        return {(int(r[1]), int(r[2])) for r in rows}
+
+    capped = configs([])
+    assert capped == {(f, s) for f in (0, 1) for s in range(4)} - {(0, 0)}
+    assert len(configs(["--no-caps"])) == 17
