@@ -143,8 +143,8 @@ def load_profiles(data_dir: str | Path | None = None, models: Sequence[str] | No
     return ProfileTable.build(points)
 
 
-@functools.lru_cache(maxsize=2)
-def _read_samples(path: Path) -> LatencySamples:
+@functools.lru_cache(maxsize=4)
+def _read_samples(path: Path, models: tuple[str, ...] | None = None) -> LatencySamples:
     cells: dict[tuple[str, str, int], list[float]] = {}
     with path.open(newline="") as f:
         reader = csv.reader(f)
@@ -159,11 +159,12 @@ def _read_samples(path: Path) -> LatencySamples:
                               "(or total_ms)") from None
         for r in reader:
             try:
-                cells.setdefault((r[im], r[ii], int(r[ib])), []).append(sum(float(r[c]) for c in cols))
+                if models is None or r[im] in models:
+                    cells.setdefault((r[im], r[ii], int(r[ib])), []).append(sum(float(r[c]) for c in cols))
             except (IndexError, ValueError) as exc:
                 raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
     if not cells:
-        raise ConfigError(f"{path}: no samples")
+        raise ConfigError(f"{path}: no samples" + ("" if models is None else f" of models {list(models)}"))
     return regrid_samples(path, cells)
 
 
@@ -216,19 +217,23 @@ def regrid_samples(path: Path, cells: dict[tuple[str, str, int], list[float]]) -
     return LatencySamples(models, types, batches, out)
 
 
-def load_samples(data_dir: str | Path | None = None) -> LatencySamples:
-    """The raw per-query samples (seconds) from `latency_samples.csv`, largest of each cell dropped."""
-    return _read_samples(_data_file(data_dir, SAMPLES_FILE))
+def load_samples(data_dir: str | Path | None = None, models: Sequence[str] | None = None) -> LatencySamples:
+    """The raw per-query samples (seconds) from `latency_samples.csv`, largest of each cell dropped (of
+    `models` alone when given)."""
+    return _read_samples(_data_file(data_dir, SAMPLES_FILE), None if models is None else tuple(models))
 
 
-def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True) -> KairosWorkload:
+def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True,
+                models: Sequence[str] | None = None) -> KairosWorkload:
     """Profiles, samples, QoS targets and the authors' fleet limits (`instance.json`: `ins_types` and `price`,
     optionally `max_num` and `cost`). `qos_s` holds the paper's target of every model it knows; a model of
     the user's own needs one from elsewhere (`--qos-ms`, a `synth.json`). Types that `instance.json` lists
     without latency rows are left out, with a warning; profiled types it does not list are warned of (they
-    have no price)."""
-    profiles = load_profiles(data_dir)
-    samples = load_samples(data_dir) if with_samples else LatencySamples((), (), np.zeros(0), np.zeros((0, 0, 0, 0)))
+    have no price). `models`: those models alone (e.g. the one a plan is for), so that others measured on
+    other types do not get in the way."""
+    profiles = load_profiles(data_dir, models)
+    samples = (load_samples(data_dir, models) if with_samples
+               else LatencySamples((), (), np.zeros(0), np.zeros((0, 0, 0, 0))))
     if with_samples:
         unsampled = [(m, t) for m in profiles.models for t in profiles.types
                      if m not in samples.models or t not in samples.types]
@@ -248,7 +253,8 @@ def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True
         raise ConfigError(f"{path}: ins_types, price and max_num must be lists of the same length")
     unprofiled = [t for t in types if t not in profiles.types]
     if unprofiled:
-        log.warning("%s lists %s with no rows in %s: they are not planned", path, unprofiled, SUMMARY_FILE)
+        log.warning("%s lists %s with no rows in %s%s: they are not planned", path, unprofiled, SUMMARY_FILE,
+                    "" if models is None else f" for {list(models)}")
         keep = [i for i, t in enumerate(types) if t in profiles.types]
         types, prices = tuple(types[i] for i in keep), tuple(prices[i] for i in keep)
         max_counts = None if max_counts is None else tuple(max_counts[i] for i in keep)

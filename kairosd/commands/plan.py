@@ -168,7 +168,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         profiles = ProfileTable.load_dir(args.profiles)
     else:
         catalogue = load_catalogue(args.catalogue)
-        wl = workload.load_kairos(args.data)
+        wl = workload.load_kairos(args.data, models=[args.model])
         profiles = wl.profiles
         if args.catalogue is None and (args.data is not None or not set(catalogue.names) & set(wl.types)):
             # a workload's own instance.json names its types and their prices (the catalogue's same-named types

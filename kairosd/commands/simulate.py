@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             profiles = ProfileTable.load_dir(args.profiles)
             samples = None
         else:
-            wl = workload.load_kairos(args.data)
+            wl = workload.load_kairos(args.data, models=[args.model])
             profiles, samples = wl.profiles, wl.samples
         profiles.model_index(args.model)
         types = list(fleet)

@@ -326,3 +326,19 @@ def test_plan_keeps_the_instance_limits_of_instance_json(tmp_path: Path, capsys:
     capped = configs([])
     assert capped == {(f, s) for f in (0, 1) for s in range(4)} - {(0, 0)}
     assert len(configs(["--no-caps"])) == 17
+
+
+def test_a_model_is_loaded_alone_beside_others_measured_on_other_types(tmp_path: Path) -> None:
+    """A workload with a second model measured on the fast type only: loading every model is refused (each
+    must be measured on the same types), loading the one a plan is for is not."""
+    root = _own_workload(tmp_path / "w")
+    for name in (workload.SAMPLES_FILE, workload.SUMMARY_FILE):
+        lines = (root / name).read_text().splitlines()
+        extra = [ln.replace("bert,", "gpt,", 1) for ln in lines[1:] if ln.startswith("bert,fast,")]
+        (root / name).write_text("\n".join([*lines, *extra]) + "\n")
+    with pytest.raises(ConfigError, match="profile every model on the same instance types"):
+        workload.load_kairos(root)
+    wl = workload.load_kairos(root, models=["bert"])
+    assert wl.profiles.models == ("bert",) and wl.samples.models == ("bert",) and wl.types == ("fast", "slow")
+    gpt = workload.load_kairos(root, models=["gpt"])
+    assert gpt.types == ("fast",) and gpt.samples.samples_s.shape[:2] == (1, 1)
