@@ -143,8 +143,20 @@ def load_profiles(data_dir: str | Path | None = None, models: Sequence[str] | No
     return ProfileTable.build(points)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _read_samples(path: Path, models: tuple[str, ...] | None = None) -> LatencySamples:
+    cells = _read_cells(path)
+    if models is not None:
+        cells = {k: v for k, v in cells.items() if k[0] in models}
+    if not cells:
+        raise ConfigError(f"{path}: no samples" + ("" if models is None else f" of models {list(models)}"))
+    return regrid_samples(path, cells)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_cells(path: Path) -> dict[tuple[str, str, int], list[float]]:
+    """Every sample's latency (ms) of `path`, per (model, instance, batch); read once per file (cached: do not
+    modify)."""
     cells: dict[tuple[str, str, int], list[float]] = {}
     with path.open(newline="") as f:
         reader = csv.reader(f)
@@ -159,13 +171,10 @@ def _read_samples(path: Path, models: tuple[str, ...] | None = None) -> LatencyS
                               "(or total_ms)") from None
         for r in reader:
             try:
-                if models is None or r[im] in models:
-                    cells.setdefault((r[im], r[ii], int(r[ib])), []).append(sum(float(r[c]) for c in cols))
+                cells.setdefault((r[im], r[ii], int(r[ib])), []).append(sum(float(r[c]) for c in cols))
             except (IndexError, ValueError) as exc:
                 raise ConfigError(f"{path}, line {reader.line_num}: {exc}") from None
-    if not cells:
-        raise ConfigError(f"{path}: no samples" + ("" if models is None else f" of models {list(models)}"))
-    return regrid_samples(path, cells)
+    return cells
 
 
 def regrid_samples(path: Path, cells: dict[tuple[str, str, int], list[float]]) -> LatencySamples:
