@@ -115,11 +115,11 @@ def catalogue_of_prices(names: Sequence[str], prices_usd_per_hour: Sequence[floa
     bad = [n for n, p in zip(names, prices_usd_per_hour, strict=True) if not p > 0]
     if bad:
         raise ConfigError(f"{source}: instance types {bad} need a price > 0 to plan with them")
-    listed = set(known.names) if known is not None else set()
+    listed = {} if known is None else {t.name: t for t in known.types}
 
     def one(name: str, price: float) -> InstanceType:
-        if known is not None and name in listed:
-            return replace(known.get(name), price_usd_per_hour=float(price))
+        if name in listed:
+            return replace(listed[name], price_usd_per_hour=float(price))
         return InstanceType(name, float(price), False, "onnxruntime", 1)
 
     return Catalogue(tuple(one(n, p) for n, p in zip(names, prices_usd_per_hour, strict=True)))

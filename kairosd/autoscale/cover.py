@@ -51,7 +51,7 @@ from kairosd.autoscale.refine import (
     _model_evaluator,
     refine,
 )
-from kairosd.planner.enumeration import MICRO_USD, _micro
+from kairosd.planner.enumeration import MICRO_USD, UNCAPPED, _micro
 
 if TYPE_CHECKING:
     from kairosd.sim import SeedsEvaluator
@@ -194,7 +194,7 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
     rates = np.array([d.rate_qps for d in job.demand], dtype=float)
     total = job.total_rate_qps
     # the partition: each model's cheapest part on its part of the streams, beside the keep-warm parts
-    caps = np.full(len(job.types), np.iinfo(np.int64).max, dtype=np.int64) if job.caps is None else np.asarray(job.caps)
+    caps = np.full(len(job.types), UNCAPPED, dtype=np.int64) if job.caps is None else np.asarray(job.caps)
     warm = keep_warm_parts(joint, configs, cost, rates, int(_micro(job.budget_usd_per_hour)), caps)
     parts: dict[int, int] = {}
     tested = candidates = 0
@@ -218,9 +218,11 @@ def _several_models_cover(job: RefineJob, live: Sequence[int], configs: np.ndarr
               if len(options) == len(live) else None)
     if chosen is None and len(options) == len(live):  # the cheapest parts do not fit together: the next ones too
         for g in live:
-            found = covers(*walks[g], deadline, PART_COVERS)
+            order, meets = walks[g]  # the walk goes on past its first cover, already tested
+            after = int(np.flatnonzero(order == options[g][0])[0]) + 1
+            found = covers(order[after:], meets, deadline, PART_COVERS - 1)
             tested += found.tested
-            options[g] = found.rows
+            options[g] += found.rows
         chosen = cheapest_fitting([options[g] for g in live], cost, configs, warm.budget_micro, warm.caps)
     fits = chosen is not None
     if chosen is not None:

@@ -146,6 +146,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd import synth, workload
     from kairosd.catalogue import catalogue_from_config, catalogue_of_prices, load_catalogue
     from kairosd.planner import batch_pmf
+    from kairosd.planner.enumeration import UNCAPPED
     from kairosd.planner.tails import profile_sigma, profile_tails, tailed_model, workload_tails
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
@@ -243,8 +244,6 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     source = ("the measured samples" if wl is not None
               else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
-    from kairosd.planner.enumeration import UNCAPPED
-
     caps = None
     if wl is not None and wl.max_counts is not None and not args.no_caps:
         limit = dict(zip(wl.types, wl.max_counts, strict=True))

@@ -142,17 +142,19 @@ def run(args: argparse.Namespace) -> int:
         slots = [catalogue.get(t).slots if t in known else 1 for t in types]
         prices = [catalogue.get(t).price_usd_per_hour if t in known else float("nan") for t in types]
         cols = fleet_columns(profiles, types, counts, slots)
+        # a workload that describes itself (`kairosd.synth.write_workload`): its QoS target and mix for its model
         described = synth.describe(args.data) if args.data is not None and not args.profiles else None
+        own = described if described is not None and described.model == args.model else None
         if args.qos_ms is not None:
             qos_s = args.qos_ms / 1e3
-        elif described is not None and described.model == args.model:
-            qos_s = described.qos_s  # a workload that describes itself (`kairosd.synth.write_workload`)
+        elif own is not None:
+            qos_s = own.qos_s
         elif args.model in workload.QOS_MS:
             qos_s = workload.QOS_MS[args.model] / 1e3
         else:
             raise ConfigError(f"--qos-ms is required for model {args.model!r}")
         if args.mix is None:
-            args.mix = described.mix if described is not None and described.model == args.model else "kairos"
+            args.mix = own.mix if own is not None else "kairos"
         workload.check_mix(args.mix, profiles.max_batch)
         rng = np.random.default_rng(args.seed)
         if args.trace:

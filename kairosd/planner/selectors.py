@@ -145,14 +145,11 @@ def make_candidates(
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
     ub = upper_bound(configs, bm)
     idle = idle_miss(configs, bm) if estimate and len(configs) else None
-    eps = planning_eps(QUEUE_EPS, window_queries)
     est = None
     if idle is not None:
-        if prune_within is None:
-            est = queue_estimate(configs, bm, eps=eps, idle=idle)
-        else:
-            est = kairos_estimates(ub, lambda rows: queue_estimate(configs[rows], bm, eps=eps, idle=idle[rows]),
-                                   kairos_score, within=prune_within)
+        estimator = _estimator(bm, configs, idle, window_queries)
+        est = estimator(np.arange(len(configs))) if prune_within is None else kairos_estimates(
+            ub, estimator, kairos_score, within=prune_within)
     prune_ub = upper_bound(configs, evaluated_on) if evaluated_on is not None else None
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
                       ub, est, proportional_bound(configs, bm), idle, prune_ub)
@@ -162,11 +159,17 @@ def lazy_estimate(bm: BoundModel, cands: Candidates, window_queries: int | None 
                   ) -> Callable[[np.ndarray], np.ndarray]:
     """The queue-aware estimate of rows of `cands` as `make_candidates(bm, …, window_queries=…)` makes it: what
     `select_kairos_plus(estimate=…)` estimates the rows that `make_candidates(prune_within=…)` left out with."""
+    return _estimator(bm, cands.configs, cands.idle_miss, window_queries)
+
+
+def _estimator(bm: BoundModel, configs: np.ndarray, idle: np.ndarray | None,
+               window_queries: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """rows → `queue_estimate` of those rows of `configs` at the planning share of misses (`planning_eps`)."""
     eps = planning_eps(QUEUE_EPS, window_queries)
 
     def estimate(rows: np.ndarray) -> np.ndarray:
-        idle = None if cands.idle_miss is None else cands.idle_miss[rows]
-        return np.asarray(queue_estimate(cands.configs[rows], bm, eps=eps, idle=idle), dtype=float)
+        return np.asarray(queue_estimate(configs[rows], bm, eps=eps, idle=None if idle is None else idle[rows]),
+                          dtype=float)
 
     return estimate
 
@@ -499,8 +502,7 @@ def select_kairos_plus(cands: Candidates, evaluator: Evaluator | None = None, *,
             todo = np.flatnonzero(np.isnan(est) & alive & (cands.ub_qps >= (1.0 - PLUS_ESTIMATE_AHEAD) * floor))
             if len(todo):
                 est[todo] = estimate(todo)
-                queue = [int(r) for r in kairos_rank(np.where(np.isnan(est), 0.0, est), cands.ub_qps,
-                                                     cands.cost_usd_per_hour, tolerance=tolerance) if not passed[r]]
+                queue = [int(r) for r in kairos_order(cands, tolerance=tolerance) if not passed[r]]
                 row, i = queue[0], 1
         passed[row] = True
         if not alive[row]:
