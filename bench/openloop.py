@@ -392,7 +392,7 @@ async def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.monotonic() - start
     extra: dict[str, Any] = {}
     if outcomes:
-        extra["outcomes"] = outcome_summary(outcome, latency, float(spec["qos_s"]), n / float(spec["rate_qps"]))
+        extra["outcomes"] = outcome_summary(outcome, latency, float(spec["qos_s"]), n / float(spec["rate_qps"]), late)
     return {
         **extra,
         **where_spent(latency, service, served_by, sent, arrived, ended, received, first),
@@ -431,10 +431,13 @@ class ResponseCheck:
         return True
 
 
-def outcome_summary(outcome: list[str], latency: np.ndarray, qos_s: float, span_s: float) -> dict[str, Any]:
+def outcome_summary(outcome: list[str], latency: np.ndarray, qos_s: float, span_s: float,
+                    late: np.ndarray | None = None) -> dict[str, Any]:
     """Counts by outcome over every query (no warm-up left out), answers within QoS and late, the
     latency of the answered (admitted) queries and of the explicit errors, and goodput: answers within
-    QoS per second of the arrival schedule's span."""
+    QoS per second of the arrival schedule's span. The latencies run from each query's scheduled
+    arrival; with `late` (how late each was sent) also from its send (`*_sent_*`): what a client that
+    sent it then saw, without the generator's own lateness."""
     counts: dict[str, int] = {}
     for o in outcome:
         counts[o] = counts.get(o, 0) + 1
@@ -448,7 +451,13 @@ def outcome_summary(outcome: list[str], latency: np.ndarray, qos_s: float, span_
         return float(np.percentile(v, q, method="higher")) if len(v) else None
 
     refused = counts.get("RESOURCE_EXHAUSTED", 0)
+    sent: dict[str, float | None] = {}
+    if late is not None:
+        from_send = (latency - late) * 1e3
+        sent = {"admitted_sent_p99_ms": pct(from_send[ok], 99),
+                "refused_sent_p50_ms": pct(from_send[np.array([o == "RESOURCE_EXHAUSTED" for o in outcome])], 50)}
     return {
+        **sent,
         "sent": len(outcome), "by_outcome": counts, "ok": int(ok.sum()), "ok_within_qos": within,
         "ok_late": int(ok.sum()) - within, "refused": refused, "wrong": counts.get("WRONG", 0),
         "lost": counts.get("LOST", 0), "other_errors": int(err.sum()) - refused,

@@ -236,8 +236,11 @@ def test_client_deadline_honoured_as_sent_and_capped_by_max_timeout(tmp_path: Pa
 
 
 def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet3: RunningDaemon) -> None:
-    """600 queries at once at batch 960 (6.5 ms each: three instances serve about 45 within 100 ms):
-    most are refused RESOURCE_EXHAUSTED at once, none waits to fail, the admitted meet the QoS."""
+    """600 queries at once at batch 960 (6.5 ms each: three instances serve about 45 within 100 ms): those
+    the fleet cannot serve in time are refused RESOURCE_EXHAUSTED at once, none waits to fail, the admitted
+    meet the QoS. How many are admitted is the host's: the client issues the 600 calls over a span that its
+    speed sets (tens of ms here, a second on a slowed CI host, when the fleet serves some 450 of them in
+    time); the QoS checks below are what catches an admission that lets too many in."""
     d = fleet3
 
     async def burst() -> list[tuple[str, float]]:
@@ -275,14 +278,14 @@ def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet
         done1, late1, within1 = counts()
     refused = [t for s, t in results if s == "StatusCode.RESOURCE_EXHAUSTED"]
     assert len(ok) + len(refused) == 600, {s for s, _ in results}
-    assert ok and len(refused) > 200, (len(ok), len(refused))
+    assert ok and refused, (len(ok), len(refused))
     assert max(refused) < 2.0  # refused at once, not at the 10 s deadline
     # admitted: answered within the QoS target as kairosd measures it (arrival to answer; the client's
     # own time to issue 600 calls on these 2 cores is not the daemon's). 600 requests parsed at once
     # delay the head's own hops, which admission learns within the burst: a few percent end late, by
-    # little (bench/overload.py measures the sustained case). Some 30–70 are admitted: up to 3 of them may
-    # be late while admission learns, or a share consistent with 6% of them (the count's binomial spread,
-    # two standard deviations: 66 admitted allow 7)
+    # little (bench/overload.py measures the sustained case). Some 30–70 are admitted on this machine, a
+    # few hundred on a slowed host: up to 3 of them may be late while admission learns, or a share
+    # consistent with 6% of them (the count's binomial spread, two standard deviations: 66 admitted allow 7)
     assert done1 - done0 == len(ok)
     n_ok = len(ok)
     assert late1 - late0 <= max(3.0, 0.06 * n_ok + 2.0 * math.sqrt(0.06 * 0.94 * n_ok)), (late1 - late0, n_ok)
