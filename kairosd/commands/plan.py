@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -116,7 +117,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "past this many seconds of walking, and choose the best simulated so far; the first fleet is "
                         "always simulated (0: no limit) (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=0, help="simulation processes (default: all usable cores)")
+    parser.add_argument("--workers", type=int, default=0, help="processes for the ranking and the simulations "
+                        "(default: all usable cores)")
     parser.add_argument("--plot", help="write a cost-vs-throughput figure to this file (needs matplotlib)")
 
 
@@ -379,7 +381,8 @@ def run(args: argparse.Namespace) -> int:
         cands = make_candidates(inp.model, inp.prices, args.budget, maximal_only=not args.all_configs, max_counts=inp.caps,
                                 window_queries=window or None,
                                 prune_within=CLOSE_SCORE if args.selector in ("kairos", "kairos_plus") else None,
-                                evaluated_on=inp.bound if args.selector == "kairos_plus" else None)
+                                evaluated_on=inp.bound if args.selector == "kairos_plus" else None,
+                                workers=args.workers if args.workers > 0 else len(os.sched_getaffinity(0)))
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))

@@ -597,6 +597,11 @@ def dual_vectors(bm: BoundModel, mask: int) -> np.ndarray:
     return out
 
 
+def config_masks(configs: np.ndarray, n_types: int) -> np.ndarray:
+    """The subset of types present in each configuration (int[N, K] counts) as a bit mask (bit k: type k)."""
+    return (np.asarray(configs) > 0).astype(np.int64) @ (np.int64(1) << np.arange(n_types, dtype=np.int64))
+
+
 def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     """QPS_max of each configuration (int[N, K] counts aligned with `bm.types`): an upper bound of the
     rate any dispatcher can serve with p99 ≤ QoS, by LP duality; vectorised (one product and a min).
@@ -648,7 +653,7 @@ def upper_bound(configs: np.ndarray, bm: BoundModel) -> np.ndarray:
     n_types = len(bm.types)
     if configs.shape[1] != n_types:
         raise ConfigError(f"configurations have {configs.shape[1]} counts but the bound model has {n_types} types")
-    masks = (configs > 0).astype(np.int64) @ (np.int64(1) << np.arange(n_types, dtype=np.int64))
+    masks = config_masks(configs, n_types)
     ub = np.zeros(len(configs))
     counts = configs.astype(float)
     for mask in np.unique(masks):

@@ -12,6 +12,7 @@ import numpy as np
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, proportional_bound, upper_bound
 from kairosd.planner.enumeration import _micro, config_cost, enumerate_configs
+from kairosd.planner.parallel import prefill_duals
 from kairosd.planner.pruning import kairos_estimates
 from kairosd.planner.queueing import P99_WINDOW_QUERIES, QUEUE_EPS, idle_miss, planning_eps, queue_estimate
 
@@ -130,6 +131,7 @@ def make_candidates(
     window_queries: int | None = P99_WINDOW_QUERIES,
     prune_within: float | None = None,
     evaluated_on: BoundModel | None = None,
+    workers: int = 1,
 ) -> Candidates:
     """Enumerate within the budget and bound every configuration (types = `bm.types`); with `estimate`,
     also the queue-aware estimate (`queue_estimate`) that the `kairos` selector ranks by, at the share of
@@ -138,11 +140,14 @@ def make_candidates(
     `kairos_score` are estimated (`kairos_estimates`), the others NaN: enough for `select_kairos` at a
     tolerance ≤ prune_within and for `close_contenders` within it, not for Kairos+'s walk, which orders
     every configuration by its estimate. `evaluated_on`: the same model on the batches an evaluator
-    runs (e.g. the simulated streams' own mix), whose bound Kairos+ prunes by (`prune_ub_qps`)."""
+    runs (e.g. the simulated streams' own mix), whose bound Kairos+ prunes by (`prune_ub_qps`). `workers`:
+    forked processes for the bound's dual vectors (`planner.parallel`: the same results as serial; for a
+    command-line plan, not beside a daemon's event loop)."""
     prices = np.asarray(prices_usd_per_hour, dtype=float)
     if len(prices) != len(bm.types):
         raise ConfigError(f"{len(prices)} prices for {len(bm.types)} types")
     configs = enumerate_configs(prices, budget_usd_per_hour, maximal_only=maximal_only, max_counts=max_counts)
+    prefill_duals(bm, configs, workers)
     ub = upper_bound(configs, bm)
     idle = idle_miss(configs, bm) if estimate and len(configs) else None
     est = None
@@ -150,7 +155,10 @@ def make_candidates(
         estimator = _estimator(bm, configs, idle, window_queries)
         est = estimator(np.arange(len(configs))) if prune_within is None else kairos_estimates(
             ub, estimator, kairos_score, within=prune_within)
-    prune_ub = upper_bound(configs, evaluated_on) if evaluated_on is not None else None
+    prune_ub = None
+    if evaluated_on is not None:
+        prefill_duals(evaluated_on, configs, workers)
+        prune_ub = upper_bound(configs, evaluated_on)
     return Candidates(bm.types, prices, float(budget_usd_per_hour), configs, config_cost(configs, prices),
                       ub, est, proportional_bound(configs, bm), idle, prune_ub)
 

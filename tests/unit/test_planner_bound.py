@@ -207,3 +207,29 @@ def test_dual_vectors_are_cached_and_the_slack_is_checked() -> None:
     assert len(dual_vectors(bm, 0b10)) == 0  # the auxiliary alone cannot meet p99
     with pytest.raises(ConfigError):
         BoundModel.build(np.ones((1, 3)), np.ones((1, 3)), np.ones(3), 1.0, ("a",), slack=1.5)
+
+
+def test_dual_vectors_on_worker_processes_are_the_serial_ones() -> None:
+    """`prefill_duals` on 2 forked workers caches, for every subset of types present, exactly the vectors
+    `dual_vectors` computes here, so the bounds are equal; a subset already cached is not computed again,
+    and below MIN_PARALLEL_MASKS subsets nothing is prefilled (`upper_bound` computes them serially)."""
+    from kairosd.planner.bounds import config_masks
+    from kairosd.planner.parallel import MIN_PARALLEL_MASKS, prefill_duals
+
+    rng = np.random.default_rng(11)
+    serial, lat, miss, pmf = _random_case(rng, n_types=6, n_batches=30)
+    parallel = BoundModel.build(lat, lat, pmf, QOS, serial.types, miss=miss)
+    configs = rng.integers(0, 3, (200, 6))
+    configs = configs[configs.any(axis=1)]
+    masks = {int(m) for m in config_masks(configs, 6)}
+    assert len(masks) >= MIN_PARALLEL_MASKS
+    kept = dual_vectors(parallel, max(masks))
+    prefill_duals(parallel, configs, workers=2)
+    assert set(parallel._duals) == masks and parallel._duals[max(masks)] is kept
+    ub = upper_bound(configs, serial)
+    for m in masks:
+        assert np.array_equal(parallel._duals[m], serial._duals[m]), m
+    assert np.array_equal(upper_bound(configs, parallel), ub) and (ub > 0).any()
+    few = BoundModel.build(lat, lat, pmf, QOS, serial.types, miss=miss)
+    prefill_duals(few, configs[:3], workers=2)
+    assert few._duals == {}
