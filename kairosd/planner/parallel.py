@@ -53,4 +53,3 @@ def prefill_duals(bm: BoundModel, configs: np.ndarray, workers: int) -> None:
                              initargs=(bm,)) as pool:
         for piece, vectors in zip(pieces, pool.map(_duals_of, pieces), strict=True):
             bm._duals.update(zip(piece, vectors, strict=True))
-
