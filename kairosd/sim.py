@@ -69,6 +69,11 @@ class Stream:
         return np.cumsum(self.gaps) / rate_qps
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: the default number of worker processes for evaluations."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def poisson_stream(batches: np.ndarray, seed: int) -> Stream:
     """Poisson arrivals for the given batch sizes (draws seeded by `seed`)."""
     rng = np.random.default_rng(seed)
@@ -821,7 +826,7 @@ class SimEvaluator:
 
     setup: SimSetup
     bound: Callable[[np.ndarray], float] | None = None
-    workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    workers: int = field(default_factory=usable_cores)
     progress: Callable[[int, int], None] | None = None
     cache: dict[tuple[int, ...], MaxQps] = field(default_factory=dict)
     guess: Callable[[np.ndarray], float | None] | None = None  # where each search starts (`evaluate_config`)
@@ -930,7 +935,7 @@ class SeedsEvaluator:
 
     setups: tuple[SimSetup, ...]
     bound: Callable[[np.ndarray], float] | None = None
-    workers: int = field(default_factory=lambda: max(1, len(os.sched_getaffinity(0))))
+    workers: int = field(default_factory=usable_cores)
     caches: list[dict[tuple[int, ...], MaxQps]] = field(default_factory=list)
     more: Callable[[int], SimSetup] | None = None
     max_streams: int = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -367,11 +366,12 @@ def run(args: argparse.Namespace) -> int:
         make_candidates,
         select,
     )
-    from kairosd.sim import SeedsEvaluator, SimEvaluator
+    from kairosd.sim import SeedsEvaluator, SimEvaluator, usable_cores
 
     try:
         inp = resolve(args)
         t0 = time.perf_counter()
+        workers = args.workers if args.workers > 0 else usable_cores()
         window = P99_WINDOW_QUERIES if args.p99_window is None else args.p99_window
         if window < 0:
             raise ConfigError(f"--p99-window must be >= 0 (0: an endless stream), got {window}")
@@ -382,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
                                 window_queries=window or None,
                                 prune_within=CLOSE_SCORE if args.selector in ("kairos", "kairos_plus") else None,
                                 evaluated_on=inp.bound if args.selector == "kairos_plus" else None,
-                                workers=args.workers if args.workers > 0 else len(os.sched_getaffinity(0)))
+                                workers=workers)
         rank_s = time.perf_counter() - t0
         if len(cands) == 0:
             cheapest = int(np.argmin(inp.prices))
@@ -405,8 +405,7 @@ def run(args: argparse.Namespace) -> int:
                                        progress=progress, guess=cands.search_start)
         else:
             evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress, guess=cands.search_start)
-        if args.workers > 0:
-            evaluator.workers = args.workers
+        evaluator.workers = workers
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)
         params: dict[str, object] = {"bm": bm} if args.selector == "homogeneous" else {}
         if args.selector == "kairos_paper":

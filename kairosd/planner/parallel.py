@@ -42,8 +42,10 @@ def prefill_duals(bm: BoundModel, configs: np.ndarray, workers: int) -> None:
     on `workers` forked processes, and cache them on `bm` (`upper_bound` then only reads them). Serial
     (nothing done here: `upper_bound` computes them as it needs them) with fewer than MIN_PARALLEL_MASKS
     subsets or one worker."""
+    if workers <= 1:
+        return
     masks = [int(m) for m in np.unique(config_masks(configs, len(bm.types))) if m and int(m) not in bm._duals]
-    if workers <= 1 or len(masks) < MIN_PARALLEL_MASKS:
+    if len(masks) < MIN_PARALLEL_MASKS:
         return
     # the subsets of most types first (their LPs take longest), dealt round robin so each piece has some
     masks.sort(key=lambda m: -bin(m).count("1"))
