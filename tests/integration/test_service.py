@@ -186,22 +186,25 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
 
 
 async def load(grpc_url: str, n: int, concurrency: int, batch: int = 32,
-               during: Callable[[int], None] | None = None) -> list[object]:
-    """`n` dlrm queries, at most `concurrency` at once; `during(k)` is called after each answer."""
+               during: Callable[[int, int], None] | None = None) -> list[object]:
+    """`n` dlrm queries, at most `concurrency` at once; `during(k, out)` is called after each answer, with k
+    the answers so far and `out` the queries sent and not answered yet."""
     inputs = example_inputs("dlrm", batch, seed=11)
     client = grpcaio.InferenceServerClient(grpc_url)
     sem = asyncio.Semaphore(concurrency)
-    answered = 0
+    answered = sent = 0
 
     async def one() -> object:
-        nonlocal answered
+        nonlocal answered, sent
         async with sem:
+            request = grpc_inputs(inputs, grpcaio)
+            sent += 1
             try:
-                return await client.infer("dlrm", grpc_inputs(inputs, grpcaio), client_timeout=30)
+                return await client.infer("dlrm", request, client_timeout=30)
             finally:
                 answered += 1
                 if during is not None:
-                    during(answered)
+                    during(answered, sent - answered)
 
     try:
         return list(await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True))
@@ -254,7 +257,7 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
                                                                                 "budget_usd_per_hour = 0.10"))
         marks: dict[str, Any] = {}
 
-        def hup_when(k: int) -> None:
+        def hup_when(k: int, _out: int) -> None:
             if k == 60:  # queries are queued and in flight
                 marks["before"] = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                 marks["index"] = len(notify.messages)
@@ -304,11 +307,16 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         assert instances
         index = len(notify.messages)
 
-        def term_when(k: int) -> None:
-            if k == 10:
+        # SIGTERM once 10 are answered and 20 more are out: a slowed client issues its calls no faster than
+        # the daemon answers them, so a count of answers alone can find nothing held
+        def term_when(k: int, out: int) -> None:
+            if k >= 10 and out >= 20 and not terms:
+                terms.append(k)
                 os.kill(child.pid or 0, signal.SIGTERM)
 
+        terms: list[int] = []
         results = asyncio.run(load(grpc_url, 300, 300, during=term_when))
+        assert terms, "the client never had 20 queries out after 10 answers"
         assert child.wait(60) == 0, child.log_tail()
         notify.wait(lambda m: m.get("STOPPING") == "1", after=index, timeout_s=5)
         draining = wait_log(log, "draining")
@@ -320,7 +328,7 @@ def test_notify_reload_and_stop_under_load(tmp_path: Path, notify: NotifySocket)
         refused_late = [r for r in results if isinstance(r, InferenceServerException)
                         and ("shutting down" in str(r) or r.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"))]
         assert held > 0, draining  # the stop really happened under load
-        # every query the daemon held at SIGTERM was answered (plus the 10 answered before it)
+        # every query the daemon held at SIGTERM was answered (plus the 10 or more answered before it)
         assert len(ok) >= held + 10 and "drain timed out" not in log.read_text()
         assert len(ok) + len(refused_late) == len(results), \
             [str(r) for r in results if isinstance(r, BaseException) and r not in refused_late][:3]
@@ -374,7 +382,7 @@ def test_drain_timeout_answers_the_rest_unavailable_and_exits_0(tmp_path: Path) 
 
         # SIGTERM after 20 answers (~0.2 s of service): the client, which serializes 120 batch-1024 requests,
         # has sent tens more by then; after 3 it had sent as few as 8, whose 88 ms of service fit the drain
-        def term_when(k: int) -> None:
+        def term_when(k: int, _out: int) -> None:
             if k == 20:
                 t_term.append(time.monotonic())
                 os.kill(child.pid or 0, signal.SIGTERM)
