@@ -265,7 +265,13 @@ def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet
         within = d.metric_values("kairos_query_latency_seconds_bucket").get('{le="0.15",model="ncf"}', 0.0)
         return done, d.metric_values("kairos_qos_violations_total").get('{model="ncf"}', 0.0), within
 
+    def turned_away() -> float:
+        # refused at arrival, or shed from the queue once it could no longer meet the QoS
+        return d.metric_values("kairos_queries_refused_total").get("", 0.0) + \
+            d.metric_values("kairos_queries_shed_total").get("", 0.0)
+
     done0, late0, within0 = counts()
+    away0, expired0 = turned_away(), d.metric_values("kairos_queries_expired_total").get("", 0.0)
     results = asyncio.run(burst())
     ok = [t for s, t in results if s == "ok"]
     # the counters can trail the last answers by a moment (with several front-end processes, a front end
@@ -279,7 +285,12 @@ def test_burst_past_capacity_is_refused_at_once_and_admitted_ones_meet_qos(fleet
     refused = [t for s, t in results if s == "StatusCode.RESOURCE_EXHAUSTED"]
     assert len(ok) + len(refused) == 600, {s for s, _ in results}
     assert ok and refused, (len(ok), len(refused))
-    assert max(refused) < 2.0  # refused at once, not at the 10 s deadline
+    # refused by kairosd's admission (or shed within the QoS), none at the 10 s deadline: the daemon's
+    # counts say which; the client's own times include its issuing of the 600 calls (over 2 s on a
+    # slowed host), so they are held only to well inside the deadline
+    assert turned_away() - away0 == len(refused), (turned_away() - away0, len(refused))
+    assert d.metric_values("kairos_queries_expired_total").get("", 0.0) == expired0
+    assert max(refused) < 5.0, max(refused)
     # admitted: answered within the QoS target as kairosd measures it (arrival to answer; the client's
     # own time to issue 600 calls on these 2 cores is not the daemon's). 600 requests parsed at once
     # delay the head's own hops, which admission learns within the burst: a few percent end late, by
