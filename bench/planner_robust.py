@@ -57,6 +57,8 @@ then also prints Kairos+'s wall time per plan (candidates and walk) over the wor
 It ends with a summary per distinct seed over all the files (a seed scored by the last file given that
 holds it: `kairos`'s min / median / mean, how many below 0.98 and which below 0.95) and of the queue-aware
 estimate's error, log(estimate/judged) over the fleets judged within 20% of their optimum.
+Every FILE is read first, and a file that is not one of this benchmark's results (e.g. a --rescore
+output, which `bench/results/planner_robust*.json` also matches) is refused before any is rescored.
 With `--out`, the rescore writes that summary (`per_seed`) and every file's summary and per-workload rows
 there (choices, ratios, the estimate's errors, Kairos+'s share and wall time per plan, `plus_wall_s` null
 where it read the cache).
@@ -390,6 +392,13 @@ class RecordedEvaluator:
 
     def values(self, config: np.ndarray) -> np.ndarray:
         return self.vals[_key(config)]
+
+
+def results_file(path: Path) -> bool:
+    """Whether `path` holds a results file of this benchmark (its settings and per-workload rows), not,
+    e.g., a --rescore output."""
+    data = json.loads(path.read_text())
+    return isinstance(data, dict) and "settings" in data and "rows" in data
 
 
 def use_dispatch(data: dict[str, Any]) -> None:
@@ -760,6 +769,11 @@ def main() -> int:
             refine_file(Path(f), args, refine_cache)
         return 0
     if args.rescore:
+        not_results = [f for f in args.rescore if not results_file(Path(f))]
+        if not_results:  # refused before any is rescored: a rescore of many files takes half an hour
+            raise SystemExit(f"not results files of bench/planner_robust.py (no settings or rows; e.g. a --rescore "
+                             f"output): {', '.join(not_results)}; pass the workloads' results, e.g. "
+                             f"$(ls bench/results/planner_robust*.json | grep -v rescore)")
         rescore_cache = Cache(Path(args.cache) if args.cache else None)
         files = [rescore_file(Path(f), args, rescore_cache) for f in args.rescore]
         summary = per_seed_summary(files)
