@@ -34,8 +34,9 @@ from kairosd import synth
 from kairosd.commands import plan as plan_cmd
 from kairosd.planner import CLOSE_SCORE, Candidates, make_candidates, select_kairos
 from kairosd.planner.bounds import config_masks
+from kairosd.workload import INSTANCE_FILE, SAMPLES_FILE, SUMMARY_FILE
 
-FILES = ("latency_samples.csv", "latency_summary.csv")
+FILES = (SAMPLES_FILE, SUMMARY_FILE)
 
 
 def many_types(model: str, n_types: int, first_seed: int, directory: Path) -> Path:
@@ -54,7 +55,7 @@ def many_types(model: str, n_types: int, first_seed: int, directory: Path) -> Pa
         part = synth.write_workload(sw, directory / f"s{sw.seed}")
         if not types:
             (directory / synth.META_FILE).write_text((part / synth.META_FILE).read_text())
-        inst = json.loads((part / "instance.json").read_text())
+        inst = json.loads((part / INSTANCE_FILE).read_text())
         take = inst["ins_types"][: n_types - len(types)]
         types += take
         prices += inst["price"][: len(take)]
@@ -66,7 +67,7 @@ def many_types(model: str, n_types: int, first_seed: int, directory: Path) -> Pa
     for f in FILES:
         with (directory / f).open("w", newline="") as fh:
             csv.writer(fh).writerows([header[f], *rows[f]])
-    (directory / "instance.json").write_text(json.dumps({"ins_types": types, "price": prices}))
+    (directory / INSTANCE_FILE).write_text(json.dumps({"ins_types": types, "price": prices}))
     return directory
 
 
@@ -104,7 +105,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = many_types(args.model, args.types, args.first_seed, Path(tmp))
-        prices = json.loads((data / "instance.json").read_text())["price"]
+        prices = json.loads((data / INSTANCE_FILE).read_text())["price"]
         print(f"{args.types} types of {args.model} (synthetic seeds from {args.first_seed}), prices {min(prices):.3f}–"
               f"{max(prices):.3f} $/h; {args.workers} workers; median of {args.repeats}")
         print(f"{'budget $/h':>10} {'configs':>8} {'subsets':>8} {'serial s':>9} {'workers s':>10} {'ratio':>6} same")

@@ -401,11 +401,11 @@ def run(args: argparse.Namespace) -> int:
         evaluator: SimEvaluator | SeedsEvaluator
         if len(inp.setups) > 1:
             # Kairos+ adds streams, up to three times as many, where the first ones do not order two fleets
-            evaluator = SeedsEvaluator(inp.setups, bound=bound, more=inp.stream, max_streams=3 * len(inp.setups),
-                                       progress=progress, guess=cands.search_start)
+            evaluator = SeedsEvaluator(inp.setups, bound=bound, workers=workers, more=inp.stream,
+                                       max_streams=3 * len(inp.setups), progress=progress, guess=cands.search_start)
         else:
-            evaluator = SimEvaluator(inp.setup, bound=bound, progress=progress, guess=cands.search_start)
-        evaluator.workers = workers
+            evaluator = SimEvaluator(inp.setup, bound=bound, workers=workers, progress=progress,
+                                     guess=cands.search_start)
         use_eval = not (args.selector in ("kairos", "kairos_paper") and args.no_eval)
         params: dict[str, object] = {"bm": bm} if args.selector == "homogeneous" else {}
         if args.selector == "kairos_paper":
