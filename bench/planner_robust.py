@@ -56,7 +56,10 @@ With `--plus-simulate`, Kairos+ runs for real instead of the proxy: it simulates
 then also prints Kairos+'s wall time per plan (candidates and walk) over the workloads it simulated afresh.
 It ends with a summary per distinct seed over all the files (a seed scored by the last file given that
 holds it: `kairos`'s min / median / mean, how many below 0.98 and which below 0.95) and of the queue-aware
-estimate's error, log(estimate/judged) over the fleets judged within 20% of their optimum.
+estimate's error, log(estimate/judged) over the fleets judged within 20% of their optimum, and of its
+order: the pairs of fleets judged within 15% of their optimum and more than 5% apart that `kairos`'s
+score puts the wrong way round (`misordered_pairs`), a measure of the ranking over many more
+comparisons than the workloads' choices.
 Every FILE is read first, and a file that is not one of this benchmark's results (e.g. a --rescore
 output, which `bench/results/planner_robust*.json` also matches) is refused before any is rescored.
 With `--out`, the rescore writes that summary (`per_seed`) and every file's summary and per-workload rows
@@ -100,6 +103,7 @@ from kairosd.planner import (
     BoundModel,
     Candidates,
     homogeneous_configs,
+    kairos_score,
     make_candidates,
     select_homogeneous,
     select_kairos,
@@ -422,6 +426,22 @@ def estimate_errors(cands: Candidates, ev: RecordedEvaluator, opt: float, within
     return out
 
 
+def misordered_pairs(cands: Candidates, ev: RecordedEvaluator, opt: float, within: float = 0.15,
+                     apart: float = 0.05) -> tuple[int, int]:
+    """(misordered, pairs): among the fleets judged within `within` of the optimum `opt` (score above 0),
+    the ordered pairs (a, b) with a judged more than `apart` above b, and how many of them `kairos_score`
+    ranks b above a. E.g. judged 100, 97 and 90 with scores 95, 99 and 80: one pair 100/90 ordered
+    right, one 97/90 ordered right, 100/97 not counted (3% apart): (0, 2)."""
+    if cands.est_qps is None:
+        return 0, 0
+    score = kairos_score(cands.est_qps, cands.ub_qps)
+    judged = np.array([float(ev(c)) for c in cands.configs])
+    keep = (judged >= (1.0 - within) * opt) & (score > 0)
+    j, s = judged[keep], score[keep]
+    apart_pairs = j[:, None] > (1.0 + apart) * j[None, :]
+    return int((apart_pairs & (s[:, None] < s[None, :])).sum()), int(apart_pairs.sum())
+
+
 def rows_by_seed(files: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """The rows of results files (or of `rescore_file`'s results) by seed, a seed taken from the last file
     that holds it."""
@@ -431,8 +451,9 @@ def rows_by_seed(files: Iterable[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 def per_seed_summary(files: list[dict[str, Any]]) -> dict[str, Any]:
     """`kairos`'s ratio per distinct workload over rescored files (`rescore_file`'s results), a seed scored by
     the last file given that holds it: how many, min, median, mean, how many below 0.98, which below 0.95
-    ([seed, ratio], lowest first), and the estimate's errors over those workloads' fleets within 20% of
-    their optimum (`estimate_errors`: how many, median, 5th and 95th percentiles)."""
+    ([seed, ratio], lowest first), the estimate's errors over those workloads' fleets within 20% of
+    their optimum (`estimate_errors`: how many, median, 5th and 95th percentiles), and the pairs of fleets
+    the score puts the wrong way round (`misordered_pairs`: misordered, pairs)."""
     by_seed = rows_by_seed(files)
     if not by_seed:
         raise SystemExit("no workload to summarise")
@@ -443,7 +464,8 @@ def per_seed_summary(files: list[dict[str, Any]]) -> dict[str, Any]:
             "below_0.98": sum(x < 0.98 for x in v),
             "below_0.95": [[s, x] for x, s in sorted((x, s) for s, x in ratios.items() if x < 0.95)],
             "est_log_err": ([len(errs), float(np.median(errs)), float(np.percentile(errs, 5)), float(np.percentile(errs, 95))]
-                            if len(errs) else [0, None, None, None])}
+                            if len(errs) else [0, None, None, None]),
+            "misordered_pairs": [sum(int(r.get("misordered", (0, 0))[i]) for r in by_seed.values()) for i in (0, 1)]}
 
 
 def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str, Any]:
@@ -489,6 +511,7 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
                                          np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"])
         row["plus_wall_s"] = plus_wall
         row["est_log_err"] = estimate_errors(cands, ev, opt)
+        row["misordered"] = list(misordered_pairs(cands, ev, opt))
         rows.append(row)
         if abs(new - old) > 1e-9:
             print(f"  {r['seed']:5d} {r['model']:6} kairos {old:.3f} -> {new:.3f}  now {row['config']}"
@@ -785,6 +808,10 @@ def main() -> int:
         if err[0]:
             print(f"log(estimate/judged) over the {err[0]} fleets judged within 20% of their optimum: median "
                   f"{err[1]:+.3f}, 5th-95th percentiles {err[2]:+.3f} to {err[3]:+.3f}")
+        bad, pairs = summary["misordered_pairs"]
+        if pairs:
+            print(f"pairs of fleets judged within 15% of their optimum and over 5% apart that kairos's score puts the "
+                  f"wrong way round: {bad} of {pairs} ({100 * bad / pairs:.2f}%)")
         if args.out:
             Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
                                                   "per_seed": summary, "files": files}, indent=1) + "\n")
