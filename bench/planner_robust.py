@@ -414,28 +414,25 @@ def use_dispatch(data: dict[str, Any]) -> None:
         raise SystemExit(f"unknown dispatch rule {rule!r} in the results file; known: {sorted(DISPATCH_RULES)}")
 
 
-def estimate_errors(cands: Candidates, ev: RecordedEvaluator, opt: float, within: float = 0.2) -> list[float]:
-    """log(estimate/judged) of the fleets judged within `within` of the optimum `opt` (the estimate and the
-    judged value both above 0): how far the queue-aware estimate is off where the choice is made."""
+def estimate_errors(cands: Candidates, judged: np.ndarray, opt: float, within: float = 0.2) -> list[float]:
+    """log(estimate/judged) of the fleets judged within `within` of the optimum `opt` (`judged[i]`: row i's
+    judged value; the estimate and the judged value both above 0): how far the queue-aware estimate is off
+    where the choice is made."""
     est = _est(cands)
-    out = []
-    for i, c in enumerate(cands.configs):
-        v = float(ev(c))
-        if v > 0 and est[i] > 0 and v >= (1.0 - within) * opt:
-            out.append(float(np.log(est[i] / v)))
-    return out
+    keep = (judged > 0) & (est > 0) & (judged >= (1.0 - within) * opt)
+    return [float(x) for x in np.log(est[keep] / judged[keep])]
 
 
-def misordered_pairs(cands: Candidates, ev: RecordedEvaluator, opt: float, within: float = 0.15,
+def misordered_pairs(cands: Candidates, judged: np.ndarray, opt: float, within: float = 0.15,
                      apart: float = 0.05) -> tuple[int, int]:
-    """(misordered, pairs): among the fleets judged within `within` of the optimum `opt` (score above 0),
+    """(misordered, pairs): among the fleets judged within `within` of the optimum `opt` (`judged[i]`: row
+    i's judged value; score above 0),
     the ordered pairs (a, b) with a judged more than `apart` above b, and how many of them `kairos_score`
     ranks b above a. E.g. judged 100, 97 and 90 with scores 95, 99 and 80: one pair 100/90 ordered
     right, one 97/90 ordered right, 100/97 not counted (3% apart): (0, 2)."""
     if cands.est_qps is None:
         return 0, 0
     score = kairos_score(cands.est_qps, cands.ub_qps)
-    judged = np.array([float(ev(c)) for c in cands.configs])
     keep = (judged >= (1.0 - within) * opt) & (score > 0)
     j, s = judged[keep], score[keep]
     apart_pairs = j[:, None] > (1.0 + apart) * j[None, :]
@@ -510,8 +507,9 @@ def rescore_file(path: Path, args: argparse.Namespace, cache: Cache) -> dict[str
         row["plus_within"] = bool(judged(kp.config.tolist(), ev.values(kp.config),
                                          np.asarray(r["optimum"]["per_stream"], dtype=float))["within_spread"])
         row["plus_wall_s"] = plus_wall
-        row["est_log_err"] = estimate_errors(cands, ev, opt)
-        row["misordered"] = list(misordered_pairs(cands, ev, opt))
+        judged_rows = np.array([float(ev(c)) for c in cands.configs])
+        row["est_log_err"] = estimate_errors(cands, judged_rows, opt)
+        row["misordered"] = list(misordered_pairs(cands, judged_rows, opt))
         rows.append(row)
         if abs(new - old) > 1e-9:
             print(f"  {r['seed']:5d} {r['model']:6} kairos {old:.3f} -> {new:.3f}  now {row['config']}"

@@ -19,7 +19,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 
 from kairosd.backends.process import ChildProcess, free_port, wait_ready_sync
 from kairosd.providers import FLEET_TAG, TOKEN_TAG, TYPE_TAG
-from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, write_config
+from tests.integration.daemon_harness import REPO, RunningDaemon, start_daemon, wait_until, write_config
 from tests.integration.moto_server import CLEARED_AWS_ENV, DUMMY_AWS_ENV, loopback_subnet, moto_server, reset
 
 FLEET = "kairos-it"
@@ -207,17 +207,6 @@ subnet_id = "{ec2.subnet_id}"
 def start(path: Path, ports: Mapping[str, int], ec2: Ec2) -> RunningDaemon:
     log = path.with_suffix(f".{time.monotonic_ns()}.log")  # kept after a clean stop, for the assertions on it
     return start_daemon(path, ports, 60, env=ec2.env, wait_ready=False, log_path=log)
-
-
-def wait_until(what: str, pred: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(interval_s)
 
 
 def target_of(d: RunningDaemon) -> dict[str, int]:

@@ -18,7 +18,7 @@ from tritonclient.utils import InferenceServerException
 
 from kairosd.modelgen import example_inputs
 from kairosd.providers.local import STOP_GRACE_S
-from tests.integration.daemon_harness import start_daemon, write_config
+from tests.integration.daemon_harness import start_daemon, wait_until, write_config
 from tests.integration.test_serve import _children, grpc_inputs, reference
 
 # bursts far past capacity on purpose (these tests are about losing nothing): admission against the
@@ -136,10 +136,7 @@ def test_fleet_follows_a_burst_out_and_back_in_losing_no_query(tmp_path: Path) -
         assert st["actions_total"].get("drain", 0) >= 1 and st["actions_total"].get("terminate", 0) >= 1, st
         # the terminated workers' processes are gone: the fleet forgets an instance when it terminates it,
         # and its process then gets the local provider's grace (SIGTERM, SIGKILL after STOP_GRACE_S) to exit
-        deadline = time.monotonic() + STOP_GRACE_S + 5.0
-        while len(_children(d.child.pid)) > 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(_children(d.child.pid)) == 1
+        wait_until("one instance process left", lambda: len(_children(d.child.pid)) == 1, STOP_GRACE_S + 5.0, 0.1)
         submitted = d.metric_values("kairos_queries_submitted_total")[""]
         completed = d.metric_values("kairos_queries_completed_total")[""]
         assert submitted == completed == len(results)
