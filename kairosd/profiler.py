@@ -1,10 +1,11 @@
 """Measure latency profiles against live instances: for each model × instance type × batch, send
-queries one at a time through the same gRPC client the scheduler uses and record mean and p99."""
+queries one at a time through the same gRPC client the scheduler uses and record their service times,
+with their mean and p99."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from tritonclient.grpc import service_pb2
@@ -28,18 +29,18 @@ def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "
     return req
 
 
-async def measure(
+async def time_batches(
     client: BackendClient,
-    instance_type: str,
     model: str,
     batches: Sequence[int],
     reps: int,
     warmup: int = 3,
-) -> list[ProfilePoint]:
-    """Sequential queries (one in flight, as the scheduler sends them to a 1-slot instance)."""
+) -> dict[int, np.ndarray]:
+    """Each batch's `reps` service times (seconds), timed one query at a time (one in flight, as the
+    scheduler sends them to a 1-slot instance) after `warmup` untimed ones."""
     from kairosd.modelgen import example_inputs
 
-    points = []
+    out: dict[int, np.ndarray] = {}
     for b in batches:
         req = build_request(model, example_inputs(model, b, seed=b))
         samples = []
@@ -48,9 +49,25 @@ async def measure(
             await client.infer(req, timeout_s=60.0)
             if k >= warmup:
                 samples.append(time.perf_counter() - t0)
-        arr = np.array(samples)
-        points.append(ProfilePoint(instance_type, b, float(arr.mean()), float(np.percentile(arr, 99))))
-    return points
+        out[b] = np.array(samples)
+    return out
+
+
+def points_of(instance_type: str, samples: Mapping[int, np.ndarray]) -> list[ProfilePoint]:
+    """A profile row per timed batch: the mean and the 99th percentile of its service times."""
+    return [ProfilePoint(instance_type, b, float(np.mean(v)), float(np.percentile(v, 99))) for b, v in samples.items()]
+
+
+async def measure(
+    client: BackendClient,
+    instance_type: str,
+    model: str,
+    batches: Sequence[int],
+    reps: int,
+    warmup: int = 3,
+) -> list[ProfilePoint]:
+    """The profile rows of `time_batches`' service times (`points_of`)."""
+    return points_of(instance_type, await time_batches(client, model, batches, reps, warmup))
 
 
 def monotone(points: Iterable[ProfilePoint]) -> list[ProfilePoint]:

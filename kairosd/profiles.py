@@ -5,13 +5,18 @@ instance of `instance_type` takes to serve a query of `batch` samples. Between m
 latency is linear; below the smallest measured batch it is clamped to that batch's latency (a query
 never gets cheaper than the smallest measured one); above the largest it is extended with the slope
 of the last two measured points.
+
+Beside `<model>.csv`, `kairosd profile` writes `<model>.samples.csv`: every timed query's seconds, a row
+per (instance_type, batch) with the times space-separated (`SAMPLES_FIELDS`). The planner reads each
+type's tail from them (`kairosd.planner.tails.profile_tails`): the shape of the distribution at the
+measured batches, where the mean and p99 alone leave it to a log-normal.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,10 @@ import numpy as np
 from kairosd.errors import ConfigError
 
 CSV_FIELDS = ("instance_type", "batch", "mean_s", "p99_s")
+SAMPLES_FIELDS = ("instance_type", "batch", "samples_s")
+SAMPLES_SUFFIX = ".samples.csv"
+# per model: per type: batch → the timed queries' seconds
+Samples = Mapping[str, Mapping[int, np.ndarray]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,41 @@ def write_csv(path: str | Path, points: Iterable[ProfilePoint]) -> None:
             w.writerow([p.instance_type, p.batch, f"{p.mean_s:.9g}", f"{p.p99_s:.9g}"])
 
 
+def read_samples_csv(path: str | Path) -> dict[str, dict[int, np.ndarray]]:
+    """Read one model's timed queries (header: instance_type,batch,samples_s; samples_s space-separated
+    seconds, each above 0): type → batch → seconds."""
+    path = Path(path)
+    out: dict[str, dict[int, np.ndarray]] = {}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(SAMPLES_FIELDS) - set(reader.fieldnames or ())
+            if missing:
+                raise ConfigError(f"{path}: missing columns {sorted(missing)}; the header must be {','.join(SAMPLES_FIELDS)}")
+            for r in reader:
+                times = np.array([float(x) for x in r["samples_s"].split()], dtype=float)
+                if len(times) == 0 or not np.all(np.isfinite(times)) or np.any(times <= 0):
+                    raise ValueError(f"the samples of {r['instance_type']} at batch {r['batch']} must be seconds above 0")
+                out.setdefault(r["instance_type"], {})[int(r["batch"])] = times
+    except FileNotFoundError:
+        raise ConfigError(f"latency samples {path} do not exist; measure them with `kairosd profile`") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}; batch must be an integer and samples_s space-separated seconds") from None
+    return out
+
+
+def write_samples_csv(path: str | Path, samples: Samples) -> None:
+    """Write one model's timed queries (type → batch → seconds), as `read_samples_csv` reads them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SAMPLES_FIELDS)
+        for t in sorted(samples):
+            for b in sorted(samples[t]):
+                w.writerow([t, b, " ".join(f"{x:.9g}" for x in np.asarray(samples[t][b], dtype=float))])
+
+
 def _interpolate(batches: np.ndarray, values: np.ndarray, upto: int) -> np.ndarray:
     """Values at every batch 0..upto (index = batch) from measured (batches, values)."""
     order = np.argsort(batches)
@@ -88,6 +132,8 @@ class ProfileTable:
     mean_s: np.ndarray
     p99_s: np.ndarray
     measured_batches: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # per model, the timed queries of `kairosd profile` (`read_samples_csv`), where measured
+    samples: Mapping[str, Samples] = field(default_factory=dict, compare=False)
 
     @property
     def max_batch(self) -> int:
@@ -140,12 +186,22 @@ class ProfileTable:
 
     @staticmethod
     def load_dir(directory: str | Path, models: Sequence[str] | None = None, max_batch: int | None = None) -> ProfileTable:
-        """Load `<directory>/<model>.csv` for each model (all CSVs in the directory when `models` is None)."""
+        """Load `<directory>/<model>.csv` for each model (all profile CSVs in the directory when `models` is
+        None), with `<model>.samples.csv` where it exists (`samples`; types the profile lacks refused)."""
         directory = Path(directory)
-        names = list(models) if models is not None else sorted(p.stem for p in directory.glob("*.csv"))
+        names = list(models) if models is not None else sorted(
+            p.stem for p in directory.glob("*.csv") if not p.name.endswith(SAMPLES_SUFFIX))
         if not names:
             raise ConfigError(f"no profile CSVs in {directory}; measure them with `kairosd profile`")
-        return ProfileTable.build({m: read_csv(directory / f"{m}.csv") for m in names}, max_batch=max_batch)
+        table = ProfileTable.build({m: read_csv(directory / f"{m}.csv") for m in names}, max_batch=max_batch)
+        samples = {m: read_samples_csv(directory / f"{m}{SAMPLES_SUFFIX}") for m in names
+                   if (directory / f"{m}{SAMPLES_SUFFIX}").exists()}
+        for m, by_type in samples.items():
+            unknown = sorted(set(by_type) - set(table.types))
+            if unknown:
+                raise ConfigError(f"{directory / f'{m}{SAMPLES_SUFFIX}'}: types {unknown} have no profile in "
+                                  f"{m}.csv; profiled types: {list(table.types)}")
+        return replace(table, samples=samples) if samples else table
 
 
 def sample_cells(batches: np.ndarray, grid_step: int, n_cells: int) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""`kairosd profile`: measure latency profiles of every instance type in a config, one CSV per model."""
+"""`kairosd profile`: measure latency profiles of every instance type in a config: per model, a CSV of each
+(type, batch)'s mean and p99 and one of its timed queries (`<model>.samples.csv`, each type's tail for
+the planner)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,10 @@ import argparse
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 HELP = "measure latency profiles (model × instance type × batch) against live local instances"
 log = logging.getLogger(__name__)
@@ -16,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default: the config's models.profiles)")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32,...,1024)")
     p.add_argument("--reps", type=int, default=100,
-                   help="queries per (model, type, batch) (default: %(default)s; the planner reads each batch's tail "
-                        "from its mean and p99, and the p99 of a few dozen queries is about their slowest)")
+                   help="queries per (model, type, batch) (default: %(default)s; the planner reads each type's tail "
+                        "from them, and the p99 of a few dozen queries is about their slowest)")
     p.add_argument("--types", default=None, help="comma-separated instance types (default: all in [types])")
 
 
@@ -25,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from kairosd import config as config_mod
     from kairosd.autoscale.types import AutoscaleParams
     from kairosd.fleet import Fleet, static_target
-    from kairosd.profiler import DEFAULT_BATCHES, measure, monotone
-    from kairosd.profiles import ProfilePoint, ProfileTable, write_csv
+    from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, time_batches
+    from kairosd.profiles import SAMPLES_SUFFIX, ProfilePoint, ProfileTable, write_csv, write_samples_csv
     from kairosd.providers.local import LocalProvider
     from kairosd.registry import Registry
 
@@ -37,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     models = sorted(cfg.qos_s)
     # a placeholder table so the fleet can index types; measured values replace it
     placeholder = ProfileTable.build({m: [ProfilePoint(t, 1, 1.0, 1.0) for t in types] for m in models})
+
+    timed: dict[str, dict[str, dict[int, np.ndarray]]] = {m: {} for m in models}
 
     async def main() -> dict[str, list[ProfilePoint]]:
         results: dict[str, list[ProfilePoint]] = {m: [] for m in models}
@@ -49,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 inst = next(iter(fleet.registry))
                 for m in models:
-                    pts = await measure(inst.client, t, m, batches, args.reps)
+                    timed[m][t] = await time_batches(inst.client, m, batches, args.reps)
+                    pts = points_of(t, timed[m][t])
                     for p in pts:
                         print(f"{m:8s} {t:12s} batch {p.batch:5d}  mean {p.mean_s * 1e3:8.2f} ms  p99 {p.p99_s * 1e3:8.2f} ms")
                     results[m] += pts
@@ -60,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
     results = asyncio.run(main())
     for m, pts in results.items():
         write_csv(out / f"{m}.csv", monotone(pts))
-        print(f"wrote {out / f'{m}.csv'}")
+        write_samples_csv(out / f"{m}{SAMPLES_SUFFIX}", timed[m])
+        print(f"wrote {out / f'{m}.csv'} and {out / f'{m}{SAMPLES_SUFFIX}'}")
     return 0
