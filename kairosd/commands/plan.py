@@ -148,7 +148,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd.catalogue import catalogue_from_config, catalogue_of_prices, load_catalogue
     from kairosd.planner import batch_pmf
     from kairosd.planner.enumeration import UNCAPPED
-    from kairosd.planner.tails import profile_sigma, profile_tails, tailed_model, workload_tails
+    from kairosd.planner.tails import profile_service, profile_tails, tailed_model, workload_tails
     from kairosd.profiles import ProfileTable
     from kairosd.sim import ServiceModel, SimSetup, poisson_stream
 
@@ -214,11 +214,10 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
         raise ConfigError(f"--streams must be at least 1, got {args.streams}")
     slots = tuple(t.slots for t in cat.types)
 
-    # without measured samples, every query's service time is drawn from its batch's log-normal of the
-    # profile's mean and p99 (`profile_sigma`), in the simulator as in the estimate
-    mi = profiles.model_index(args.model)
-    sigma = profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]) if wl is None else None
-    profile_service = ServiceModel("lognormal", sigma=sigma)
+    # over a profile, every query's service time is drawn as the estimate reads the profile's tails: the
+    # timed queries `kairosd profile` recorded, else its batch's log-normal of the mean and p99 (a workload's
+    # streams draw its own samples: `workload.sim_setup`)
+    service = profile_service(profiles, args.model, qos_s) if wl is None else ServiceModel()
 
     def stream(i: int) -> SimSetup:
         """The i-th simulated stream's setup (seed --seed + i·STREAM_SEED_STEP)."""
@@ -229,7 +228,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
                                               mix=args.mix, qos_s=qos_s), slots=slots)
         batches = workload.sample_batches(args.mix, args.queries, np.random.default_rng(seed))
         return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
-                        profile_service, slots)
+                        service, slots)
 
     setups = tuple(stream(i) for i in range(args.streams))
     # each type's tail as the simulator draws it (the measured samples, or the profile's log-normals):
@@ -244,6 +243,8 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     population = workload.mix_pmf(args.mix, profiles.max_batch, n=MIX_DRAWS, seed=args.seed)
     streams = batch_pmf(np.concatenate([s.stream.batches for s in setups]), profiles.max_batch)
     source = ("the measured samples" if wl is not None
+              else "the profile's timed queries (kairosd profile; each batch's log-normal of the mean and p99 for a "
+                   "type without them)" if profiles.samples.get(args.model)
               else "each batch's log-normal of the profile's mean and p99 (kairosd.planner.tails)")
     caps = None
     if wl is not None and wl.max_counts is not None and not args.no_caps:

@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "per query (default: the one a --data workload's synth.json names, else kairos, as kairosd plan)")
     parser.add_argument("--trace", help="CSV with columns arrival_s,batch to replay instead of Poisson arrivals and --mix")
     parser.add_argument("--noise", choices=("samples", "profile", "none", "lognormal"), default=None,
-                        help="service-time noise: the measured samples (the Kairos data's), each batch's log-normal "
-                             "of the profile's mean and p99 (profile), none, or one log-normal of --cv for all "
+                        help="service-time noise: the measured samples (the Kairos data's), the profile's (the timed "
+                             "queries of `kairosd profile` where recorded, else each batch's log-normal of the "
+                             "profile's mean and p99), none, or one log-normal of --cv for all "
                              "(default: samples with the Kairos data, profile with --profiles)")
     parser.add_argument("--cv", type=float, default=0.1, help="coefficient of variation of --noise lognormal")
     parser.add_argument("--qos-ms", type=float, help="QoS target in ms (default: the target a --data workload's "
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.catalogue import catalogue_of_prices, load_catalogue
     from kairosd.dispatch import feasibility_on_p99, make_policy
     from kairosd.planner import BoundModel, batch_pmf, config_cost, upper_bound
-    from kairosd.planner.tails import profile_sigma
+    from kairosd.planner.tails import profile_service
     from kairosd.profiles import ProfileTable
     from kairosd.sim import (
         PathModel,
@@ -171,8 +172,7 @@ def run(args: argparse.Namespace) -> int:
                                   "or lognormal")
             service = ServiceModel("samples", samples.relative(args.model, profiles.types), workload.GRID_STEP)
         elif noise == "profile":
-            mi = profiles.model_index(args.model)
-            service = ServiceModel("lognormal", sigma=profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]))
+            service = profile_service(profiles, args.model, qos_s)
         else:
             service = ServiceModel(noise, cv=args.cv)
         factory = lambda: make_policy(args.policy, profiles, **params)

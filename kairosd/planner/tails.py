@@ -6,7 +6,10 @@ missing QoS without waiting (`miss`), the squared coefficient of variation of on
 time (`cv2`), and the service time as equally likely values (`quantiles`), against which it weighs a
 wait. The Kairos authors' data carries 99 samples per (type, model, cell of 10 batches), and an
 emulated instance draws its service times from such cells (`tails_from_cells`); a profile
-measured with `kairosd profile` carries a mean and a p99 per batch. For the latter, `profile_sigma`
+measured with `kairosd profile` carries a mean and a p99 per batch, and the timed queries at each
+measured batch (`ProfileTable.samples`, `tails_from_batch_samples`: the shape of the distribution there,
+scaled to the profile mean at every batch). A profile without them, e.g. one written by hand, has its
+mean and p99 alone: `profile_sigma`
 gives each batch the log-normal whose mean and p99 are the profile's (the simulator draws the same,
 `ServiceModel("lognormal", sigma=...)`), and `lognormal_tails` its tables: it keeps what the p99 says of a
 heavy tail (a type whose p99 is three times its mean misses a tight QoS target far more often than
@@ -17,7 +20,7 @@ always missed and weigh every wait against the p99, as though every query took t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +30,7 @@ from kairosd.emulation import ServiceCells
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, cv2_from_samples, miss_from_samples, quantiles_from_samples
 from kairosd.profiles import ProfileTable
+from kairosd.sim import ServiceModel
 from kairosd.workload import GRID_STEP, KairosWorkload
 
 # a service time's equally likely values in `Tails.quantiles` (as `quantiles_from_samples`)
@@ -90,6 +94,41 @@ def tails_from_cells(cells: Sequence[ServiceCells], n_batches: int, qos_s: float
     return Tails(miss, cv2, quantiles)
 
 
+def tails_from_batch_samples(mean_s: np.ndarray, samples_s: Sequence[Mapping[int, np.ndarray]], qos_s: float,
+                             n: int = QUANTILES, fallback: Tails | None = None) -> Tails:
+    """The tables from service times measured at a few batches (`samples_s[type]`: batch → seconds, as
+    `kairosd profile` records them) around the profile means `mean_s[type, batch 0..B]`: batch b takes
+    the measured batch nearest it on a log scale (batch 0 as batch 1), its samples divided by their own
+    mean (the shape of that batch's distribution) and times the profile mean at b. A type with no samples
+    takes its rows of `fallback` (refused without one). E.g. samples (2, 4, 6, 8 ms) at batch 8, profile
+    mean 10 ms at batch 10, QoS 12 ms: the service times 4, 8, 12 and 16 ms, miss 0.25, cv² 0.2."""
+    mean = np.asarray(mean_s, dtype=float)
+    n_types, n_batches = mean.shape
+    if len(samples_s) != n_types:
+        raise ConfigError(f"samples for {len(samples_s)} types, profile means for {n_types}")
+    mids = (np.arange(n) + 0.5) / n
+    miss = np.empty((n_types, n_batches))
+    cv2 = np.empty((n_types, n_batches))
+    quantiles = np.empty((n_types, n_batches, n))
+    log_b = np.log(np.maximum(np.arange(n_batches), 1))
+    for k, by_batch in enumerate(samples_s):
+        measured = sorted(b for b, v in by_batch.items() if len(v) and float(np.mean(v)) > 0)
+        if not measured:
+            if fallback is None:
+                raise ConfigError(f"type #{k} has no measured samples and no fallback tail")
+            miss[k], cv2[k], quantiles[k] = fallback.miss[k], fallback.cv2[k], fallback.quantiles[k]
+            continue
+        rel = [np.asarray(by_batch[b], dtype=float) / float(np.mean(by_batch[b])) for b in measured]
+        nearest = np.abs(log_b[:, None] - np.log(np.maximum(measured, 1))[None, :]).argmin(axis=1)
+        for i, r in enumerate(rel):
+            at = nearest == i
+            svc = mean[k, at][:, None] * r[None, :]
+            miss[k, at] = (svc > qos_s).mean(axis=1)
+            cv2[k, at] = r.var()
+            quantiles[k, at] = mean[k, at][:, None] * np.quantile(r, mids, method="inverted_cdf")[None, :]
+    return Tails(miss, cv2, quantiles)
+
+
 def profile_sigma(mean_s: np.ndarray, p99_s: np.ndarray) -> np.ndarray:
     """σ[type, batch] of the log-normal whose p99/mean is the profile's at each batch (`mean_s`, `p99_s`:
     [type, batch]): exp(σ·z99 − σ²/2) = p99/mean gives σ = z99 − √(z99² − 2·ln(p99/mean)). A p99 at or
@@ -121,12 +160,29 @@ def lognormal_tails(mean_s: np.ndarray, sigma: np.ndarray, qos_s: float, n: int 
 
 
 def profile_tails(profiles: ProfileTable, model: str, types: Sequence[str], qos_s: float, n: int = QUANTILES) -> Tails:
-    """`Tails` for `types` (in this order) of `model` from the profile's mean and p99 (`profile_sigma`); `n`
-    quantiles."""
+    """`Tails` for `types` (in this order) of `model` from the profile: the timed queries `kairosd profile`
+    recorded (`profiles.samples`, `tails_from_batch_samples`) for the types that have them, else the
+    log-normal of the profile's mean and p99 (`profile_sigma`); `n` quantiles."""
     mi = profiles.model_index(model)
     ti = [profiles.type_index(t) for t in types]
     mean, p99 = profiles.mean_s[mi][ti], profiles.p99_s[mi][ti]
-    return lognormal_tails(mean, profile_sigma(mean, p99), qos_s, n)
+    tails = lognormal_tails(mean, profile_sigma(mean, p99), qos_s, n)
+    measured = profiles.samples.get(model, {})
+    if not any(measured.get(t) for t in types):
+        return tails
+    return tails_from_batch_samples(mean, [measured.get(t, {}) for t in types], qos_s, n, fallback=tails)
+
+
+def profile_service(profiles: ProfileTable, model: str, qos_s: float) -> ServiceModel:
+    """The service times a simulation of `model` over `profiles` draws, as `profile_tails` reads them: the
+    timed queries where `kairosd profile` recorded them (`ServiceModel("quantiles")`, `SIM_QUANTILES`
+    values per batch, log-normal rows for the types without them), else each batch's log-normal of the
+    profile's mean and p99 (`profile_sigma`)."""
+    mi = profiles.model_index(model)
+    if profiles.samples.get(model):
+        return ServiceModel("quantiles",
+                            quantiles=profile_tails(profiles, model, profiles.types, qos_s, SIM_QUANTILES).quantiles)
+    return ServiceModel("lognormal", sigma=profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]))
 
 
 def tailed_model(profiles: ProfileTable, model: str, types: Sequence[str], pmf: np.ndarray, qos_s: float,

@@ -162,3 +162,44 @@ def test_tails_from_cells_are_the_cells_an_emulated_instance_draws() -> None:
     np.testing.assert_allclose(t.quantiles[0, [15, 20]], [[0.0075] * QUANTILES, [0.010] * QUANTILES])
     assert cell.scale_at(15) == pytest.approx(0.75) and cell.quantile_s(15, 0.5) == pytest.approx(0.0075)
     assert cell.scale_at(5) == cell.scale_at(10) == cell.scale_at(20) == cell.scale_at(500) == 1.0
+
+
+def test_tails_from_batch_samples_take_the_nearest_measured_batchs_shape() -> None:
+    """Batch b takes the shape (samples over their mean) of the measured batch nearest it on a log scale,
+    times the profile mean at b; a type without samples takes the fallback's rows."""
+    from kairosd.planner.tails import QUANTILES, tails_from_batch_samples
+
+    mean = np.tile(np.arange(65) * 1e-3, (2, 1))  # 1 ms per unit of batch
+    timed = {1: np.array([0.5, 1.5]) * 1e-3, 64: np.array([45e-3, 45e-3, 45e-3, 105e-3])}
+    fallback = lognormal_tails(mean, np.full_like(mean, 0.3), 0.050)
+    t = tails_from_batch_samples(mean, [timed, {}], 0.050, fallback=fallback)
+    # batch 4 (nearer 1 than 64 on a log scale): 2 and 6 ms; batch 40 (nearer 64): 30, 30, 30, 70 ms
+    np.testing.assert_allclose(t.quantiles[0, 4, [0, QUANTILES - 1]], [2e-3, 6e-3])
+    np.testing.assert_allclose(t.quantiles[0, 40, [0, QUANTILES - 1]], [30e-3, 70e-3])
+    assert t.miss[0, 4] == 0.0 and t.miss[0, 40] == 0.25 and t.cv2[0, 40] == pytest.approx(0.1875)
+    np.testing.assert_allclose(t.miss[1], fallback.miss[1])
+    np.testing.assert_allclose(t.quantiles[1], fallback.quantiles[1])
+    with pytest.raises(ConfigError, match="no measured samples and no fallback"):
+        tails_from_batch_samples(mean, [timed, {}], 0.050)
+
+
+def test_profile_tails_read_the_timed_queries_where_a_lognormal_would_not(tmp_path: Path) -> None:
+    """A type whose rare far mode the p99 lands in: its timed queries miss a 10 ms target on 2% of them
+    (two of 100 at 30 ms), which the profile's tails then say, while the log-normal through the same
+    mean and p99 puts a wide body over the target far more often; a type without samples keeps its
+    log-normal."""
+    from kairosd.profiles import SAMPLES_SUFFIX, write_samples_csv
+
+    timed = np.array([2e-3] * 98 + [30e-3] * 2)
+    write_csv(tmp_path / "m.csv", [ProfilePoint(t, b, float(timed.mean()), float(np.percentile(timed, 99)))
+                                   for t in ("rare", "plain") for b in (1, 64)])
+    write_samples_csv(tmp_path / f"m{SAMPLES_SUFFIX}", {"rare": {1: timed, 64: timed}})
+    with_samples = ProfileTable.load_dir(tmp_path)
+    write_samples_csv(tmp_path / f"m{SAMPLES_SUFFIX}", {})
+    without = ProfileTable.load_dir(tmp_path)
+    t = profile_tails(with_samples, "m", ("rare", "plain"), 0.010)
+    log = profile_tails(without, "m", ("rare", "plain"), 0.010)
+    np.testing.assert_allclose(t.miss[0, 1:], 0.02)
+    assert log.miss[0, 1] > 0.04
+    np.testing.assert_allclose(t.miss[1], log.miss[1])
+    np.testing.assert_allclose(t.quantiles[1], log.quantiles[1])
