@@ -7,8 +7,12 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
   * the planner's inputs: the batch mix's population pmf (drawn apart from every simulated stream)
     and each type's tail from the samples (`kairosd.planner.tails.tails_from_relative`: its probability
     of missing QoS, service variability and distribution); `--planner-tails profile` gives the planner
-    only the profile's mean and p99 (each batch's log-normal of them, `profile_tails`, as `kairosd
-    plan --profiles` and the autoscaler plan), `none` neither (the tables alone);
+    only the profile's mean and p99 (each batch's log-normal of them, `lognormal_tails`), `none` neither
+    (the tables alone); `measured-samples` and `measured-profile` give it what `kairosd profile` measures
+    (`profiled_samples`: its default batches, or every `--profiled-step`-th, timed 100 times each): the
+    tables from those queries alone, and the tails from the timed queries or from those tables' mean and
+    p99 (`profile_tails`, as `kairosd plan --profiles` and the autoscaler plan with and without a samples
+    file);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise, Kairos
     dispatch), max QPS at p99 ≤ QoS by `max_qps` (below a light load it misses, typically 0); a
@@ -91,6 +95,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +118,8 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
+from kairosd.profiler import DEFAULT_BATCHES, monotone
+from kairosd.profiles import ProfilePoint, ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
     MaxQps,
@@ -142,7 +149,14 @@ DISPATCH = "kairos"  # set once from `--dispatch` (`main`), read by `setups`
 # what the planner knows of each type's service-time tail (`--planner-tails`): the measured samples (the
 # authors' layout), the log-normals of the profile's mean and p99 alone (what `kairosd profile` measures,
 # `kairosd.planner.tails.profile_tails`), or nothing (the mean and p99 tables alone)
-PLANNER_TAILS = ("samples", "profile", "none")
+PLANNER_TAILS = ("samples", "profile", "none", "measured-samples", "measured-profile")
+# `--planner-tails measured-*`: what `kairosd profile` measures of each type, its default batches (or every
+# `--profiled-step`-th) timed `PROFILED_REPS` times each (drawn from the workload's samples as the simulator
+# draws service times): the tables from those alone, and the tails from the timed queries or from the
+# tables' mean and p99
+PROFILED_REPS = 100
+PROFILED_SEED = 11
+PROFILED_STEP = 0  # set once from `--profiled-step` (`main`): 0, `kairosd profile`'s default batches
 TAILS = "samples"  # set once from `--planner-tails` (`main`), read by `planner_model`
 
 
@@ -154,11 +168,39 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     pmf = workload.mix_pmf(sw.mix, wl.profiles.max_batch, n=200_000, seed=PLANNER_MIX_SEED)
     tail = feasibility_on_p99("kairos", DISPATCH_RULES[DISPATCH])
     t: Tails | None = None
+    if TAILS.startswith("measured-"):
+        # what `kairosd profile` gives a user: the tables from the timed queries at its batches alone
+        timed = profiled_samples(wl, sw.model, wl.types)
+        points = [ProfilePoint(ty, b, float(v.mean()), float(np.percentile(v, 99)))
+                  for ty, by_batch in zip(wl.types, timed, strict=True) for b, v in by_batch.items()]
+        prof = ProfileTable.build({sw.model: monotone(points)}, max_batch=wl.profiles.max_batch)
+        if TAILS == "measured-samples":
+            prof = replace(prof, samples={sw.model: dict(zip(wl.types, timed, strict=True))})
+        return tailed_model(prof, sw.model, wl.types, pmf, sw.qos_s, profile_tails(prof, sw.model, wl.types, sw.qos_s),
+                            tail=tail)
     if TAILS == "profile":
         t = profile_tails(wl.profiles, sw.model, wl.types, sw.qos_s)
     elif TAILS == "samples":
         t = workload_tails(wl, sw.model, wl.types, sw.qos_s)
     return tailed_model(wl.profiles, sw.model, wl.types, pmf, sw.qos_s, t, tail=tail)
+
+
+def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, ...],
+                     reps: int = PROFILED_REPS, seed: int = PROFILED_SEED,
+                     step: int | None = None) -> list[dict[int, np.ndarray]]:
+    """Per type, the service times `kairosd profile` would record: each of its default batches (with `step`
+    > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) within the profiles timed `reps` times, each a
+    draw of the workload's samples for that batch (the profile mean times a relative sample of the batch's
+    cell, as the simulator's "samples" noise draws them)."""
+    rng = np.random.default_rng(seed)
+    rel = wl.samples.relative(model, types)  # [type, cell, k]
+    mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
+    step = PROFILED_STEP if step is None else step
+    grid = sorted({1, *range(step, wl.profiles.max_batch + 1, step)}) if step else DEFAULT_BATCHES
+    batches = [b for b in grid if b <= wl.profiles.max_batch]
+    cells = sample_cells(np.array(batches), workload.GRID_STEP, rel.shape[1])
+    return [{b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(batches, cells, strict=True)}
+            for k in range(len(types))]
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
@@ -771,15 +813,20 @@ def main() -> int:
                          "and --refine use the file's")
     ap.add_argument("--planner-tails", choices=PLANNER_TAILS, default="samples",
                     help="what the planner knows of each type's tail: the measured samples (default), the log-normals "
-                         "of the profile's mean and p99 alone (what `kairosd profile` measures), or nothing")
+                         "of the profile's mean and p99 alone, nothing, or what `kairosd profile` measures (its "
+                         "default batches timed 100 times each: the tables from those, and the tails from the timed "
+                         "queries, measured-samples, or from the tables' mean and p99, measured-profile)")
+    ap.add_argument("--profiled-step", type=int, default=0,
+                    help="with --planner-tails measured-*: time batch 1 and every N-th batch instead of "
+                         "`kairosd profile`'s default batches")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     ap.add_argument("--light-check", nargs="+", default=None, metavar="FILE",
                     help="value 0 every recorded (fleet, stream) that misses the p99 target at max_qps's light load "
                          "(FILE judged by a search without that run); rewrites FILE")
     args = ap.parse_args()
-    global DISPATCH, TAILS
-    DISPATCH, TAILS = args.dispatch, args.planner_tails
+    global DISPATCH, TAILS, PROFILED_STEP
+    DISPATCH, TAILS, PROFILED_STEP = args.dispatch, args.planner_tails, args.profiled_step
     if args.light_check:
         for f in args.light_check:
             light_check_file(Path(f), args)
