@@ -38,21 +38,25 @@ class ProfilePoint:
     p99_s: float
 
 
-def read_csv(path: str | Path) -> list[ProfilePoint]:
-    """Read one model's profile CSV (header: instance_type,batch,mean_s,p99_s)."""
-    path = Path(path)
+def _rows(path: Path, fields: Sequence[str], what: str) -> list[dict[str, str]]:
+    """The rows of a CSV whose header holds `fields` (`what` names the file in the error when it is absent)."""
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = set(CSV_FIELDS) - set(reader.fieldnames or ())
+            missing = set(fields) - set(reader.fieldnames or ())
             if missing:
-                raise ConfigError(f"{path}: missing columns {sorted(missing)}; the header must be {','.join(CSV_FIELDS)}")
-            points = [
-                ProfilePoint(r["instance_type"], int(r["batch"]), float(r["mean_s"]), float(r["p99_s"]))
-                for r in reader
-            ]
+                raise ConfigError(f"{path}: missing columns {sorted(missing)}; the header must be {','.join(fields)}")
+            return list(reader)
     except FileNotFoundError:
-        raise ConfigError(f"latency profile {path} does not exist; measure it with `kairosd profile`") from None
+        raise ConfigError(f"{what} {path} does not exist; measure it with `kairosd profile`") from None
+
+
+def read_csv(path: str | Path) -> list[ProfilePoint]:
+    """Read one model's profile CSV (header: instance_type,batch,mean_s,p99_s)."""
+    path = Path(path)
+    rows = _rows(path, CSV_FIELDS, "latency profile")
+    try:
+        points = [ProfilePoint(r["instance_type"], int(r["batch"]), float(r["mean_s"]), float(r["p99_s"])) for r in rows]
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}; batch must be an integer and mean_s/p99_s numbers") from None
     if not points:
@@ -76,18 +80,11 @@ def read_samples_csv(path: str | Path) -> dict[str, dict[int, np.ndarray]]:
     path = Path(path)
     out: dict[str, dict[int, np.ndarray]] = {}
     try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(SAMPLES_FIELDS) - set(reader.fieldnames or ())
-            if missing:
-                raise ConfigError(f"{path}: missing columns {sorted(missing)}; the header must be {','.join(SAMPLES_FIELDS)}")
-            for r in reader:
-                times = np.array([float(x) for x in r["samples_s"].split()], dtype=float)
-                if len(times) == 0 or not np.all(np.isfinite(times)) or np.any(times <= 0):
-                    raise ValueError(f"the samples of {r['instance_type']} at batch {r['batch']} must be seconds above 0")
-                out.setdefault(r["instance_type"], {})[int(r["batch"])] = times
-    except FileNotFoundError:
-        raise ConfigError(f"latency samples {path} do not exist; measure them with `kairosd profile`") from None
+        for r in _rows(path, SAMPLES_FIELDS, "latency samples file"):
+            times = np.array([float(x) for x in r["samples_s"].split()], dtype=float)
+            if len(times) == 0 or not np.all(np.isfinite(times)) or np.any(times <= 0):
+                raise ValueError(f"the samples of {r['instance_type']} at batch {r['batch']} must be seconds above 0")
+            out.setdefault(r["instance_type"], {})[int(r["batch"])] = times
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}; batch must be an integer and samples_s space-separated seconds") from None
     return out
