@@ -11,7 +11,8 @@ Two sources of samples (`emulate_data`):
   load, the largest of each cell dropped), exactly the samples the simulator draws its noise from;
   grid 10, 20, ..., 1000.
 - a directory of `kairosd profile` CSVs (`<profile model>.csv`: instance_type, batch, mean_s, p99_s):
-  each measured batch becomes a cell of `LOGNORMAL_POINTS` quantiles of the log-normal with that mean
+  each measured batch becomes a cell of `LOGNORMAL_POINTS` quantiles of its timed queries where
+  `<profile model>.samples.csv` records them (`sample_cell`), else of the log-normal with that mean
   and p99. With z = Φ⁻¹(0.99) ≈ 2.326 and r = ln(p99 / mean), σ solves zσ − σ²/2 = r, i.e.
   σ = z − √(z² − 2r) (σ = z when r > z²/2, the most skewed the fit allows; σ = 0 when p99 ≤ mean), and
   μ = ln(mean) − σ²/2. Example: mean 10 ms, p99 12 ms → r = 0.182, σ = 0.080, samples ~ 10 ms ± 0.8 ms.
@@ -134,8 +135,21 @@ def _kairos_cells(emulate: str, profile_models: set[str]) -> dict[str, ServiceCe
     return out
 
 
+def sample_cell(samples_s: np.ndarray, mean_s: float, points: int = LOGNORMAL_POINTS) -> np.ndarray:
+    """`points` evenly spaced quantiles ((k + ½) / points) of timed queries' seconds, scaled to the mean
+    `mean_s` (a profile row's, which `kairosd profile` may raise above its queries' own to keep the means
+    monotone in the batch), ascending."""
+    times = np.asarray(samples_s, dtype=float)
+    if mean_s <= 0 or len(times) == 0 or times.mean() <= 0:
+        raise ConfigError(f"timed queries and a profile mean above 0 are needed for a service distribution, got {mean_s}")
+    mids = (np.arange(points) + 0.5) / points
+    return np.quantile(times, mids, method="inverted_cdf") * (mean_s / times.mean())
+
+
 def _csv_cells(emulate: str, directory: Path, profile_models: set[str]) -> dict[str, ServiceCells]:
-    from kairosd.profiles import read_csv
+    """Cells from a `kairosd profile` directory: at each of the type's profiled batches, its timed queries
+    (`<model>.samples.csv`, `sample_cell`) where recorded, else the log-normal of the row's mean and p99."""
+    from kairosd.profiles import SAMPLES_SUFFIX, read_csv, read_samples_csv
 
     out = {}
     for pm in sorted(profile_models):
@@ -144,7 +158,10 @@ def _csv_cells(emulate: str, directory: Path, profile_models: set[str]) -> dict[
         if not rows:
             have = sorted({p.instance_type for p in read_csv(path)})
             raise ConfigError(f"{path}: no rows for instance type {emulate!r} (emulate); it has {have}")
-        cells = np.stack([lognormal_cell(p.mean_s, p.p99_s) for p in rows])
+        samples_path = directory / f"{pm}{SAMPLES_SUFFIX}"
+        timed = read_samples_csv(samples_path).get(emulate, {}) if samples_path.exists() else {}
+        cells = np.stack([sample_cell(timed[p.batch], p.mean_s) if p.batch in timed else lognormal_cell(p.mean_s, p.p99_s)
+                          for p in rows])
         out[pm] = ServiceCells(pm, np.array([p.batch for p in rows], dtype=np.int64), cells)
     return out
 

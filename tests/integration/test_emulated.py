@@ -276,6 +276,13 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cells = load_cells("t3.xlarge", cfg.types["e"].emulate_data, {"dlrm": "rm2"})["dlrm"]
     assert abs(cells.samples_s[0].mean() - 0.010) < 1e-4 and abs(cells.quantile_s(1, 0.99) - 0.012) < 3e-4
     assert cells.grid_index(50) == 1 and cells.grid_index(5000) == 1
+    # with the timed queries beside it: batch 1's cell is their quantiles (at the row's mean), batch 100's,
+    # which has none, stays the log-normal
+    (tmp_path / "p" / "rm2.samples.csv").write_text("instance_type,batch,samples_s\nt3.xlarge,1,0.008 0.008 0.008 0.016\n")
+    timed = load_cells("t3.xlarge", cfg.types["e"].emulate_data, {"dlrm": "rm2"})["dlrm"]
+    assert set(np.round(timed.samples_s[0], 6)) == {0.008, 0.016}
+    assert (timed.samples_s[0] == 0.008).mean() == 0.75
+    np.testing.assert_allclose(timed.samples_s[1], cells.samples_s[1])
 
 
 def test_emulated_host_serves_several_instances_from_one_process() -> None:
