@@ -147,8 +147,8 @@ DISPATCH_RULES: dict[str, dict[str, object]] = {
 }
 DISPATCH = "kairos"  # set once from `--dispatch` (`main`), read by `setups`
 # what the planner knows of each type's service-time tail (`--planner-tails`): the measured samples (the
-# authors' layout), the log-normals of the profile's mean and p99 alone (what `kairosd profile` measures,
-# `kairosd.planner.tails.profile_tails`), or nothing (the mean and p99 tables alone)
+# authors' layout), the log-normals of the profile's mean and p99 alone (`kairosd.planner.tails.lognormal_tails`),
+# nothing (the mean and p99 tables alone), or what `kairosd profile` measures (`measured-*`, below)
 PLANNER_TAILS = ("samples", "profile", "none", "measured-samples", "measured-profile")
 # `--planner-tails measured-*`: what `kairosd profile` measures of each type, its default batches (or every
 # `--profiled-step`-th) timed `PROFILED_REPS` times each (drawn from the workload's samples as the simulator
@@ -859,6 +859,7 @@ def main() -> int:
                   f"wrong way round: {bad} of {pairs} ({100 * bad / pairs:.2f}%)")
         if args.out:
             Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
+                                                  "planner_tails": TAILS, "profiled_step": PROFILED_STEP,
                                                   "per_seed": summary, "files": files}, indent=1) + "\n")
             print(f"wrote {args.out}")
         return 0
@@ -903,6 +904,7 @@ def main() -> int:
                      "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "criterion": "p99 <= QoS",
+                     "planner_tails": TAILS, "profiled_step": PROFILED_STEP,
                      "dispatch": "kairos (tail=True)" if args.dispatch == "kairos" else args.dispatch,
                      "dispatch_params": DISPATCH_RULES[args.dispatch],
                      "quick": args.quick,

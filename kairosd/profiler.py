@@ -58,18 +58,6 @@ def points_of(instance_type: str, samples: Mapping[int, np.ndarray]) -> list[Pro
     return [ProfilePoint(instance_type, b, float(np.mean(v)), float(np.percentile(v, 99))) for b, v in samples.items()]
 
 
-async def measure(
-    client: BackendClient,
-    instance_type: str,
-    model: str,
-    batches: Sequence[int],
-    reps: int,
-    warmup: int = 3,
-) -> list[ProfilePoint]:
-    """The profile rows of `time_batches`' service times (`points_of`)."""
-    return points_of(instance_type, await time_batches(client, model, batches, reps, warmup))
-
-
 def monotone(points: Iterable[ProfilePoint]) -> list[ProfilePoint]:
     """Make latency non-decreasing in batch per type (measurement noise on a shared 2-core machine
     can make a larger batch look faster, which would make the matching prefer odd splits)."""

@@ -26,7 +26,7 @@ from kairosd.errors import ConfigError
 CSV_FIELDS = ("instance_type", "batch", "mean_s", "p99_s")
 SAMPLES_FIELDS = ("instance_type", "batch", "samples_s")
 SAMPLES_SUFFIX = ".samples.csv"
-# per model: per type: batch → the timed queries' seconds
+# one model's timed queries: per type, batch → seconds
 Samples = Mapping[str, Mapping[int, np.ndarray]]
 
 
