@@ -186,16 +186,17 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
 
 
 def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, ...],
-                     reps: int = PROFILED_REPS, seed: int = PROFILED_SEED,
+                     reps: int | None = None, seed: int = PROFILED_SEED,
                      step: int | None = None) -> list[dict[int, np.ndarray]]:
     """Per type, the service times `kairosd profile` would record: each of its default batches (with `step`
-    > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) within the profiles timed `reps` times, each a
-    draw of the workload's samples for that batch (the profile mean times a relative sample of the batch's
-    cell, as the simulator's "samples" noise draws them)."""
+    > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) within the profiles timed `reps` times
+    (default `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times
+    a relative sample of the batch's cell, as the simulator's "samples" noise draws them)."""
     rng = np.random.default_rng(seed)
     rel = wl.samples.relative(model, types)  # [type, cell, k]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
     step = PROFILED_STEP if step is None else step
+    reps = PROFILED_REPS if reps is None else reps
     grid = sorted({1, *range(step, wl.profiles.max_batch + 1, step)}) if step else DEFAULT_BATCHES
     batches = [b for b in grid if b <= wl.profiles.max_batch]
     cells = sample_cells(np.array(batches), workload.GRID_STEP, rel.shape[1])
@@ -819,14 +820,17 @@ def main() -> int:
     ap.add_argument("--profiled-step", type=int, default=0,
                     help="with --planner-tails measured-*: time batch 1 and every N-th batch instead of "
                          "`kairosd profile`'s default batches")
+    ap.add_argument("--profiled-reps", type=int, default=100,
+                    help="with --planner-tails measured-*: queries timed per batch (default: %(default)s, as "
+                         "`kairosd profile --reps`)")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     ap.add_argument("--light-check", nargs="+", default=None, metavar="FILE",
                     help="value 0 every recorded (fleet, stream) that misses the p99 target at max_qps's light load "
                          "(FILE judged by a search without that run); rewrites FILE")
     args = ap.parse_args()
-    global DISPATCH, TAILS, PROFILED_STEP
-    DISPATCH, TAILS, PROFILED_STEP = args.dispatch, args.planner_tails, args.profiled_step
+    global DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS
+    DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS = args.dispatch, args.planner_tails, args.profiled_step, args.profiled_reps
     if args.light_check:
         for f in args.light_check:
             light_check_file(Path(f), args)
@@ -860,6 +864,7 @@ def main() -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
                                                   "planner_tails": TAILS, "profiled_step": PROFILED_STEP,
+                                                  "profiled_reps": PROFILED_REPS,
                                                   "per_seed": summary, "files": files}, indent=1) + "\n")
             print(f"wrote {args.out}")
         return 0
@@ -904,7 +909,7 @@ def main() -> int:
                      "plus_queries_per_run": args.plus_queries or args.queries,
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "criterion": "p99 <= QoS",
-                     "planner_tails": TAILS, "profiled_step": PROFILED_STEP,
+                     "planner_tails": TAILS, "profiled_step": PROFILED_STEP, "profiled_reps": PROFILED_REPS,
                      "dispatch": "kairos (tail=True)" if args.dispatch == "kairos" else args.dispatch,
                      "dispatch_params": DISPATCH_RULES[args.dispatch],
                      "quick": args.quick,
