@@ -118,8 +118,8 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
-from kairosd.profiler import DEFAULT_BATCHES, monotone
-from kairosd.profiles import ProfilePoint, ProfileTable, sample_cells
+from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of
+from kairosd.profiles import ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
     MaxQps,
@@ -171,8 +171,7 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     if TAILS.startswith("measured-"):
         # what `kairosd profile` gives a user: the tables from the timed queries at its batches alone
         timed = profiled_samples(wl, sw.model, wl.types)
-        points = [ProfilePoint(ty, b, float(v.mean()), float(np.percentile(v, 99)))
-                  for ty, by_batch in zip(wl.types, timed, strict=True) for b, v in by_batch.items()]
+        points = [p for ty, by_batch in zip(wl.types, timed, strict=True) for p in points_of(ty, by_batch)]
         prof = ProfileTable.build({sw.model: monotone(points)}, max_batch=wl.profiles.max_batch)
         if TAILS == "measured-samples":
             prof = replace(prof, samples={sw.model: dict(zip(wl.types, timed, strict=True))})

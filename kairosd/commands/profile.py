@@ -44,10 +44,9 @@ def run(args: argparse.Namespace) -> int:
     # a placeholder table so the fleet can index types; measured values replace it
     placeholder = ProfileTable.build({m: [ProfilePoint(t, 1, 1.0, 1.0) for t in types] for m in models})
 
-    timed: dict[str, dict[str, dict[int, np.ndarray]]] = {m: {} for m in models}
-
-    async def main() -> dict[str, list[ProfilePoint]]:
-        results: dict[str, list[ProfilePoint]] = {m: [] for m in models}
+    async def main() -> dict[str, dict[str, dict[int, np.ndarray]]]:
+        """Per model, per type: each batch's timed queries."""
+        timed: dict[str, dict[str, dict[int, np.ndarray]]] = {m: {} for m in models}
         for t in types:  # one type at a time: instances don't compete for the cores while measured
             provider = LocalProvider({t: cfg.types[t]}, str(cfg.model_repository))
             fleet = Fleet(Registry(), placeholder, [provider], static_target({t: 1}), cfg.types[t].price_usd_per_hour,
@@ -58,17 +57,14 @@ def run(args: argparse.Namespace) -> int:
                 inst = next(iter(fleet.registry))
                 for m in models:
                     timed[m][t] = await time_batches(inst.client, m, batches, args.reps)
-                    pts = points_of(t, timed[m][t])
-                    for p in pts:
+                    for p in points_of(t, timed[m][t]):
                         print(f"{m:8s} {t:12s} batch {p.batch:5d}  mean {p.mean_s * 1e3:8.2f} ms  p99 {p.p99_s * 1e3:8.2f} ms")
-                    results[m] += pts
             finally:
                 await fleet.stop()
-        return results
+        return timed
 
-    results = asyncio.run(main())
-    for m, pts in results.items():
-        write_csv(out / f"{m}.csv", monotone(pts))
-        write_samples_csv(out / f"{m}{SAMPLES_SUFFIX}", timed[m])
+    for m, by_type in asyncio.run(main()).items():
+        write_csv(out / f"{m}.csv", monotone([p for t, by_batch in by_type.items() for p in points_of(t, by_batch)]))
+        write_samples_csv(out / f"{m}{SAMPLES_SUFFIX}", by_type)
         print(f"wrote {out / f'{m}.csv'} and {out / f'{m}{SAMPLES_SUFFIX}'}")
     return 0
