@@ -150,7 +150,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     from kairosd.planner.enumeration import UNCAPPED
     from kairosd.planner.tails import profile_service, profile_tails, tailed_model, workload_tails
     from kairosd.profiles import ProfileTable
-    from kairosd.sim import ServiceModel, SimSetup, poisson_stream
+    from kairosd.sim import SimSetup, poisson_stream
 
     config_qos_s: dict[str, float] = {}
     config_params: dict[str, object] = {}
@@ -217,7 +217,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
     # over a profile, every query's service time is drawn as the estimate reads the profile's tails: the
     # timed queries `kairosd profile` recorded, else its batch's log-normal of the mean and p99 (a workload's
     # streams draw its own samples: `workload.sim_setup`)
-    service = profile_service(profiles, args.model, qos_s) if wl is None else ServiceModel()
+    service = profile_service(profiles, args.model, qos_s) if wl is None else None
 
     def stream(i: int) -> SimSetup:
         """The i-th simulated stream's setup (seed --seed + i·STREAM_SEED_STEP)."""
@@ -226,6 +226,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
             return replace(workload.sim_setup(wl, args.model, types=types, policy=args.policy,
                                               policy_params=policy_params, n_queries=args.queries, seed=seed,
                                               mix=args.mix, qos_s=qos_s), slots=slots)
+        assert service is not None
         batches = workload.sample_batches(args.mix, args.queries, np.random.default_rng(seed))
         return SimSetup(profiles, args.model, types, args.policy, policy_params, qos_s, poisson_stream(batches, seed + 1),
                         service, slots)
