@@ -118,7 +118,7 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
-from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of
+from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, profile_batches
 from kairosd.profiles import ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
@@ -188,16 +188,17 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
                      reps: int | None = None, seed: int = PROFILED_SEED,
                      step: int | None = None) -> list[dict[int, np.ndarray]]:
     """Per type, the service times `kairosd profile` would record: each of its default batches (with `step`
-    > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) within the profiles timed `reps` times
-    (default `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times
-    a relative sample of the batch's cell, as the simulator's "samples" noise draws them)."""
+    > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) up to the workload's largest batch and that
+    batch itself (`profile_batches`, as for a model whose max_batch_size it is) timed `reps` times (default
+    `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times a
+    relative sample of the batch's cell, as the simulator's "samples" noise draws them)."""
     rng = np.random.default_rng(seed)
     rel = wl.samples.relative(model, types)  # [type, cell, k]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
     step = PROFILED_STEP if step is None else step
     reps = PROFILED_REPS if reps is None else reps
     grid = sorted({1, *range(step, wl.profiles.max_batch + 1, step)}) if step else DEFAULT_BATCHES
-    batches = [b for b in grid if b <= wl.profiles.max_batch]
+    batches = profile_batches(wl.profiles.max_batch, grid)
     cells = sample_cells(np.array(batches), workload.GRID_STEP, rel.shape[1])
     return [{b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(batches, cells, strict=True)}
             for k in range(len(types))]

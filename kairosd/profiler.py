@@ -11,10 +11,24 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from kairosd.backends.client import BackendClient
+from kairosd.errors import ConfigError
 from kairosd.profiles import ProfilePoint
 from kairosd.repository import NP_TO_DTYPE
 
 DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024)
+
+
+def profile_batches(max_batch: int, batches: Sequence[int] = DEFAULT_BATCHES) -> list[int]:
+    """The batches a model whose largest batch is `max_batch` is timed at: those of `batches` up to
+    `max_batch`, and `max_batch` itself. E.g. max_batch 1000: 1, 8, 32, …, 512, 1000.
+
+    Why: the profile's mean past its largest timed batch is extrapolated on the last two points' slope,
+    which understates a latency that grows faster than linearly in the batch. A type whose extrapolated
+    p99 at the model's largest batches falls just under QoS is then planned as serving the whole mix,
+    and a fleet of it misses QoS at every rate."""
+    if max_batch < 1:
+        raise ConfigError(f"a model's largest batch must be at least 1, got {max_batch}")
+    return sorted({b for b in batches if 1 <= b <= max_batch} | {max_batch})
 
 
 def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> service_pb2.ModelInferRequest:

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/local.toml")
     p.add_argument("--out", default=None, help="output directory (default: the config's models.profiles)")
-    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,8,32,...,1024)")
+    p.add_argument("--batches", default=None,
+                   help="comma-separated batch sizes (default: 1,8,32,...,1024); each model is also timed at its "
+                        "max_batch_size and at none above it")
     p.add_argument("--reps", type=int, default=100,
                    help="queries per (model, type, batch) (default: %(default)s; the planner reads each type's tail "
                         "from them, and the p99 of a few dozen queries is about their slowest)")
@@ -31,16 +33,20 @@ def run(args: argparse.Namespace) -> int:
     from kairosd import config as config_mod
     from kairosd.autoscale.types import AutoscaleParams
     from kairosd.fleet import Fleet, static_target
-    from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, time_batches
+    from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, profile_batches, time_batches
     from kairosd.profiles import SAMPLES_SUFFIX, ProfilePoint, ProfileTable, write_csv, write_samples_csv
     from kairosd.providers.local import LocalProvider
     from kairosd.registry import Registry
+    from kairosd.repository import load_repository
 
     cfg = config_mod.load(args.config)
     types = args.types.split(",") if args.types else list(cfg.types)
-    batches = [int(b) for b in args.batches.split(",")] if args.batches else list(DEFAULT_BATCHES)
+    asked = [int(b) for b in args.batches.split(",")] if args.batches else list(DEFAULT_BATCHES)
     out = Path(args.out) if args.out else cfg.profiles_dir
     models = sorted(cfg.qos_s)
+    specs = load_repository(cfg.model_repository, only=models)
+    # a model without a batch dimension (max_batch_size 0) takes one query at a time
+    batches = {m: profile_batches(max(specs[m].max_batch_size, 1), asked) for m in models}
     # a placeholder table so the fleet can index types; measured values replace it
     placeholder = ProfileTable.build({m: [ProfilePoint(t, 1, 1.0, 1.0) for t in types] for m in models})
 
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 inst = next(iter(fleet.registry))
                 for m in models:
-                    timed[m][t] = await time_batches(inst.client, m, batches, args.reps)
+                    timed[m][t] = await time_batches(inst.client, m, batches[m], args.reps)
                     for p in points_of(t, timed[m][t]):
                         print(f"{m:8s} {t:12s} batch {p.batch:5d}  mean {p.mean_s * 1e3:8.2f} ms  p99 {p.p99_s * 1e3:8.2f} ms")
             finally:

@@ -23,7 +23,8 @@ def test_profile_writes_the_timed_queries_and_plan_reads_them(tmp_path: Path, ca
     for model in ("dlrm", "ncf"):
         rows = {p.batch: p for p in read_csv(out / f"{model}.csv")}
         timed = read_samples_csv(out / f"{model}{SAMPLES_SUFFIX}")["ort-1t"]
-        assert set(rows) == set(timed) == {1, 4} and all(len(v) == REPS for v in timed.values())
+        # the batches asked for, and the model's max_batch_size (its config.pbtxt), past which nothing is extrapolated
+        assert set(rows) == set(timed) == {1, 4, 1024} and all(len(v) == REPS for v in timed.values())
         # batch 1's row is its queries' mean and p99; a larger batch is at least as slow (`monotone`)
         assert rows[1].mean_s == pytest.approx(float(np.mean(timed[1])), rel=1e-6)
         assert rows[1].p99_s == pytest.approx(float(np.percentile(timed[1], 99)), rel=1e-6)

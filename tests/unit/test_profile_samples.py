@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kairosd.errors import ConfigError
+from kairosd.profiler import DEFAULT_BATCHES, profile_batches
 from kairosd.profiles import (
     SAMPLES_SUFFIX,
     ProfilePoint,
@@ -59,3 +60,24 @@ def test_a_samples_file_without_its_header_is_refused(tmp_path: Path) -> None:
     (tmp_path / f"m{SAMPLES_SUFFIX}").write_text("type,batch,times\na,1,0.002\n")
     with pytest.raises(ConfigError, match="the header must be instance_type,batch,samples_s"):
         ProfileTable.load_dir(tmp_path)
+
+
+def test_a_profile_times_the_models_largest_batch_and_none_above_it() -> None:
+    assert profile_batches(1000) == [1, 8, 32, 64, 128, 256, 512, 1000]
+    assert profile_batches(1024) == list(DEFAULT_BATCHES)
+    assert profile_batches(1) == [1]
+    assert profile_batches(100, [4, 1, 200]) == [1, 4, 100]
+    with pytest.raises(ConfigError, match="at least 1"):
+        profile_batches(0)
+
+
+def test_the_largest_batch_timed_keeps_a_superlinear_latency_from_being_extrapolated_under() -> None:
+    """Latency 0.02 ms · b^1.3: timed up to 512 only, batch 1000 is extrapolated on the 256–512 slope to
+    141.9 ms against 158.9 ms; timed at 1000 as well, it is the measured value."""
+    def points(batches: list[int]) -> list[ProfilePoint]:
+        return [ProfilePoint("a", b, 2e-5 * b**1.3, 2e-5 * b**1.3) for b in batches]
+
+    short = ProfileTable.build({"m": points([1, 8, 32, 64, 128, 256, 512])}, max_batch=1000)
+    full = ProfileTable.build({"m": points(profile_batches(1000))}, max_batch=1000)
+    assert short.mean_s[0, 0, 1000] == pytest.approx(0.1419, rel=0.01)
+    assert full.mean_s[0, 0, 1000] == pytest.approx(2e-5 * 1000**1.3, rel=1e-9)
