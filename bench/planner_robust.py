@@ -9,10 +9,10 @@ with and without a GPU-like type; drawn QoS targets and budgets). Per workload:
     of missing QoS, service variability and distribution); `--planner-tails profile` gives the planner
     only the profile's mean and p99 (each batch's log-normal of them, `lognormal_tails`), `none` neither
     (the tables alone); `measured-samples` and `measured-profile` give it what `kairosd profile` measures
-    (`profiled_samples`: its default batches, or every `--profiled-step`-th, timed 100 times each): the
-    tables from those queries alone, and the tails from the timed queries or from those tables' mean and
-    p99 (`profile_tails`, as `kairosd plan --profiles` and the autoscaler plan with and without a samples
-    file);
+    (`profiled_samples`: its default batches, or every `--profiled-step`-th, timed 100 times each, then the
+    midpoints where the p99 crosses QoS, `--profiled-refine-rounds`): the tables from those queries alone,
+    and the tails from the timed queries or from those tables' mean and p99 (`profile_tails`, as `kairosd
+    plan --profiles` and the autoscaler plan with and without a samples file);
   * the judge: every maximal configuration (and every homogeneous fleet) simulated on `--judge-seeds`
     streams of `--queries` queries (Poisson arrivals, the workload's mix, measured-sample noise, Kairos
     dispatch), max QPS at p99 ≤ QoS by `max_qps` (below a light load it misses, typically 0); a
@@ -118,7 +118,7 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
-from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, profile_batches
+from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, crossing_midpoints, monotone, points_of, profile_batches
 from kairosd.profiles import ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
@@ -157,6 +157,7 @@ PLANNER_TAILS = ("samples", "profile", "none", "measured-samples", "measured-pro
 PROFILED_REPS = 100
 PROFILED_SEED = 11
 PROFILED_STEP = 0  # set once from `--profiled-step` (`main`): 0, `kairosd profile`'s default batches
+PROFILED_REFINE = REFINE_ROUNDS  # set once from `--profiled-refine-rounds` (`main`), as `kairosd profile --refine-rounds`
 TAILS = "samples"  # set once from `--planner-tails` (`main`), read by `planner_model`
 
 
@@ -170,7 +171,7 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
     t: Tails | None = None
     if TAILS.startswith("measured-"):
         # what `kairosd profile` gives a user: the tables from the timed queries at its batches alone
-        timed = profiled_samples(wl, sw.model, wl.types)
+        timed = profiled_samples(wl, sw.model, wl.types, qos_s=sw.qos_s)
         points = [p for ty, by_batch in zip(wl.types, timed, strict=True) for p in points_of(ty, by_batch)]
         prof = ProfileTable.build({sw.model: monotone(points)}, max_batch=wl.profiles.max_batch)
         if TAILS == "measured-samples":
@@ -186,12 +187,15 @@ def planner_model(sw: synth.SynthWorkload) -> BoundModel:
 
 def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, ...],
                      reps: int | None = None, seed: int = PROFILED_SEED,
-                     step: int | None = None) -> list[dict[int, np.ndarray]]:
+                     step: int | None = None, qos_s: float | None = None,
+                     refine: int | None = None) -> list[dict[int, np.ndarray]]:
     """Per type, the service times `kairosd profile` would record: each of its default batches (with `step`
     > 0, batch 1 and every `step`-th; default `PROFILED_STEP`) up to the workload's largest batch and that
     batch itself (`profile_batches`, as for a model whose max_batch_size it is) timed `reps` times (default
     `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times a
-    relative sample of the batch's cell, as the simulator's "samples" noise draws them)."""
+    relative sample of the batch's cell, as the simulator's "samples" noise draws them); then, given `qos_s`,
+    up to `refine` rounds (default `PROFILED_REFINE`) of the midpoints where a type's p99 crosses it
+    (`crossing_midpoints`, as `kairosd profile`'s `time_profile`), drawn after every type's batches."""
     rng = np.random.default_rng(seed)
     rel = wl.samples.relative(model, types)  # [type, cell, k]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
@@ -199,9 +203,21 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
     reps = PROFILED_REPS if reps is None else reps
     grid = sorted({1, *range(step, wl.profiles.max_batch + 1, step)}) if step else DEFAULT_BATCHES
     batches = profile_batches(wl.profiles.max_batch, grid)
-    cells = sample_cells(np.array(batches), workload.GRID_STEP, rel.shape[1])
-    return [{b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(batches, cells, strict=True)}
-            for k in range(len(types))]
+    refine = PROFILED_REFINE if refine is None else refine
+
+    def draw(k: int, at: list[int]) -> dict[int, np.ndarray]:
+        cells = sample_cells(np.array(at), workload.GRID_STEP, rel.shape[1])
+        return {b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(at, cells, strict=True)}
+
+    timed = [draw(k, batches) for k in range(len(types))]
+    for k in range(len(types) if qos_s is not None else 0):
+        assert qos_s is not None
+        for _ in range(refine):
+            more = crossing_midpoints({b: float(np.percentile(v, 99)) for b, v in timed[k].items()}, qos_s)
+            if not more:
+                break
+            timed[k].update(draw(k, more))
+    return [dict(sorted(t.items())) for t in timed]
 
 
 def stream_seeds(base: int, n: int, start: int = 0) -> list[int]:
@@ -823,14 +839,18 @@ def main() -> int:
     ap.add_argument("--profiled-reps", type=int, default=100,
                     help="with --planner-tails measured-*: queries timed per batch (default: %(default)s, as "
                          "`kairosd profile --reps`)")
+    ap.add_argument("--profiled-refine-rounds", type=int, default=REFINE_ROUNDS,
+                    help="with --planner-tails measured-*: rounds of timing the midpoints where a type's p99 crosses "
+                         "QoS (default: %(default)s, as `kairosd profile --refine-rounds`)")
     ap.add_argument("--plus-simulate", action="store_true",
                     help="with --rescore: Kairos+ simulates on its own streams instead of reading the judge's values")
     ap.add_argument("--light-check", nargs="+", default=None, metavar="FILE",
                     help="value 0 every recorded (fleet, stream) that misses the p99 target at max_qps's light load "
                          "(FILE judged by a search without that run); rewrites FILE")
     args = ap.parse_args()
-    global DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS
+    global DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS, PROFILED_REFINE
     DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS = args.dispatch, args.planner_tails, args.profiled_step, args.profiled_reps
+    PROFILED_REFINE = args.profiled_refine_rounds
     if args.light_check:
         for f in args.light_check:
             light_check_file(Path(f), args)
@@ -864,7 +884,7 @@ def main() -> int:
         if args.out:
             Path(args.out).write_text(json.dumps({"plus_simulate": bool(args.plus_simulate), "workers": args.workers,
                                                   "planner_tails": TAILS, "profiled_step": PROFILED_STEP,
-                                                  "profiled_reps": PROFILED_REPS,
+                                                  "profiled_reps": PROFILED_REPS, "profiled_refine_rounds": PROFILED_REFINE,
                                                   "per_seed": summary, "files": files}, indent=1) + "\n")
             print(f"wrote {args.out}")
         return 0
@@ -910,6 +930,7 @@ def main() -> int:
                      "max_configs": args.max_configs, "planner_mix": f"population pmf (200,000 draws, seed {PLANNER_MIX_SEED})",
                      "noise": "measured (synthetic) samples", "criterion": "p99 <= QoS",
                      "planner_tails": TAILS, "profiled_step": PROFILED_STEP, "profiled_reps": PROFILED_REPS,
+                     "profiled_refine_rounds": PROFILED_REFINE,
                      "dispatch": "kairos (tail=True)" if args.dispatch == "kairos" else args.dispatch,
                      "dispatch_params": DISPATCH_RULES[args.dispatch],
                      "quick": args.quick,

@@ -16,6 +16,10 @@ from kairosd.profiles import ProfilePoint
 from kairosd.repository import NP_TO_DTYPE
 
 DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024)
+# rounds of timing the midpoints where a model's p99 crosses its QoS target (`crossing_midpoints`), and the
+# gap between two timed batches below which they stop
+REFINE_ROUNDS = 5
+REFINE_RESOLUTION = 8
 
 
 def profile_batches(max_batch: int, batches: Sequence[int] = DEFAULT_BATCHES) -> list[int]:
@@ -29,6 +33,22 @@ def profile_batches(max_batch: int, batches: Sequence[int] = DEFAULT_BATCHES) ->
     if max_batch < 1:
         raise ConfigError(f"a model's largest batch must be at least 1, got {max_batch}")
     return sorted({b for b in batches if 1 <= b <= max_batch} | {max_batch})
+
+
+def crossing_midpoints(p99_s: Mapping[int, float], qos_s: float, resolution: int = REFINE_RESOLUTION) -> list[int]:
+    """The batches to time next: the midpoint of each two neighbouring timed batches more than `resolution`
+    apart whose p99s (`p99_s`: batch → seconds) lie on either side of the QoS target. E.g. p99 4 ms at 256
+    and 9 ms at 512, QoS 6 ms → [384].
+
+    Why: which batches a type serves within QoS is what the planner's bound and dispatcher read first
+    (a batch whose p99 misses QoS goes to another type), and between two timed batches the profile
+    interpolates: the boundary can be off by half the gap, and a type then planned as serving the whole
+    mix alone serves a few percent of it late at every rate. Timing where the p99 crosses QoS finds the
+    boundary for a few batches more per type, where denser grids time every batch whether it decides
+    anything or not."""
+    timed = sorted(p99_s)
+    pairs = zip(timed[:-1], timed[1:], strict=True)
+    return [(a + b) // 2 for a, b in pairs if b - a > resolution and (p99_s[a] <= qos_s) != (p99_s[b] <= qos_s)]
 
 
 def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> service_pb2.ModelInferRequest:
@@ -65,6 +85,19 @@ async def time_batches(
                 samples.append(time.perf_counter() - t0)
         out[b] = np.array(samples)
     return out
+
+
+async def time_profile(client: BackendClient, model: str, batches: Sequence[int], reps: int, qos_s: float,
+                       rounds: int = REFINE_ROUNDS) -> dict[int, np.ndarray]:
+    """`time_batches` at `batches`, then up to `rounds` times at the midpoints where the p99 crosses
+    `qos_s` (`crossing_midpoints`); every batch's service times, by batch."""
+    timed = await time_batches(client, model, batches, reps)
+    for _ in range(rounds):
+        more = crossing_midpoints({b: float(np.percentile(v, 99)) for b, v in timed.items()}, qos_s)
+        if not more:
+            break
+        timed.update(await time_batches(client, model, more, reps))
+    return dict(sorted(timed.items()))
 
 
 def points_of(instance_type: str, samples: Mapping[int, np.ndarray]) -> list[ProfilePoint]:

@@ -26,14 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=100,
                    help="queries per (model, type, batch) (default: %(default)s; the planner reads each type's tail "
                         "from them, and the p99 of a few dozen queries is about their slowest)")
+    p.add_argument("--refine-rounds", type=int, default=None,
+                   help="rounds of timing the batch midway between two timed batches whose p99s lie on either side of "
+                        "the model's QoS target, where the planner reads which batches a type serves in time "
+                        "(default: 5; 0: the batches alone)")
     p.add_argument("--types", default=None, help="comma-separated instance types (default: all in [types])")
 
 
 def run(args: argparse.Namespace) -> int:
     from kairosd import config as config_mod
     from kairosd.autoscale.types import AutoscaleParams
+    from kairosd.errors import ConfigError
     from kairosd.fleet import Fleet, static_target
-    from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, profile_batches, time_batches
+    from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, monotone, points_of, profile_batches, time_profile
     from kairosd.profiles import SAMPLES_SUFFIX, ProfilePoint, ProfileTable, write_csv, write_samples_csv
     from kairosd.providers.local import LocalProvider
     from kairosd.registry import Registry
@@ -42,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
     types = args.types.split(",") if args.types else list(cfg.types)
     asked = [int(b) for b in args.batches.split(",")] if args.batches else list(DEFAULT_BATCHES)
+    rounds = REFINE_ROUNDS if args.refine_rounds is None else args.refine_rounds
+    if rounds < 0:
+        raise ConfigError(f"--refine-rounds must be at least 0, got {rounds}")
     out = Path(args.out) if args.out else cfg.profiles_dir
     models = sorted(cfg.qos_s)
     specs = load_repository(cfg.model_repository, only=models)
@@ -62,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 inst = next(iter(fleet.registry))
                 for m in models:
-                    timed[m][t] = await time_batches(inst.client, m, batches[m], args.reps)
+                    timed[m][t] = await time_profile(inst.client, m, batches[m], args.reps, cfg.qos_s[m], rounds)
                     for p in points_of(t, timed[m][t]):
                         print(f"{m:8s} {t:12s} batch {p.batch:5d}  mean {p.mean_s * 1e3:8.2f} ms  p99 {p.p99_s * 1e3:8.2f} ms")
             finally:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_profile_writes_the_timed_queries_and_plan_reads_them(tmp_path: Path, ca
 
     out = tmp_path / "profiles"
     assert main(["profile", "--config", str(REPO / "configs/local.toml"), "--types", "ort-1t", "--batches", "1,4",
-                 "--reps", str(REPS), "--out", str(out)]) == 0
+                 "--reps", str(REPS), "--refine-rounds", "0", "--out", str(out)]) == 0
     for model in ("dlrm", "ncf"):
         rows = {p.batch: p for p in read_csv(out / f"{model}.csv")}
         timed = read_samples_csv(out / f"{model}{SAMPLES_SUFFIX}")["ort-1t"]
@@ -40,3 +41,36 @@ def test_profile_writes_the_timed_queries_and_plan_reads_them(tmp_path: Path, ca
     text = capsys.readouterr().out
     assert "service-time tails: the profile's timed queries" in text.splitlines()[0], text
     assert "kairos_plus: 2×ort-1t" in text, text
+
+
+def test_profile_times_more_batches_where_the_p99_crosses_the_models_qos(tmp_path: Path) -> None:
+    """A QoS target for ncf between its latency at batch 64 and at its max_batch_size (1024), from a first profile:
+    `--refine-rounds 2` then times, in each of up to two rounds, the midpoint of every two neighbouring timed
+    batches whose p99s lie on either side of the target, and no other batch (checked against the run's own
+    timed queries)."""
+    from kairosd.cli import main
+    from kairosd.profiler import crossing_midpoints
+
+    first = tmp_path / "first"
+    assert main(["profile", "--config", str(REPO / "configs/local.toml"), "--types", "ort-1t", "--batches", "1,64",
+                 "--reps", str(REPS), "--refine-rounds", "0", "--out", str(first)]) == 0
+    # between the medians: a slow query or two in the first profile does not move it
+    median = {b: float(np.median(v)) for b, v in read_samples_csv(first / f"ncf{SAMPLES_SUFFIX}")["ort-1t"].items()}
+    qos_s = float(np.sqrt(median[64] * median[1024]))
+    (tmp_path / "configs").mkdir()
+    text = (REPO / "configs/local.toml").read_text()
+    text = text.replace('repository = "model_repository"', f'repository = "{REPO / "model_repository"}"')
+    text = re.sub(r"(?m)^ncf = [0-9.]+", f"ncf = {qos_s * 1e3:.6f}", text)
+    (tmp_path / "configs/local.toml").write_text(text)
+
+    out = tmp_path / "refined"
+    assert main(["profile", "--config", str(tmp_path / "configs/local.toml"), "--types", "ort-1t", "--batches", "1,64",
+                 "--reps", str(REPS), "--refine-rounds", "2", "--out", str(out)]) == 0
+    timed = read_samples_csv(out / f"ncf{SAMPLES_SUFFIX}")["ort-1t"]
+    p99 = {b: float(np.percentile(v, 99)) for b, v in timed.items()}
+    first_round = crossing_midpoints({b: p99[b] for b in (1, 64, 1024)}, qos_s)
+    second_round = crossing_midpoints({b: p99[b] for b in (1, 64, 1024, *first_round)}, qos_s)
+    # (a slow query at a small batch on a busy host can put every p99 over the target: then none is added)
+    assert set(timed) == {1, 64, 1024, *first_round, *second_round}, (qos_s, p99)
+    assert all(1 < b < 1024 for b in (*first_round, *second_round))
+    assert ProfileTable.load_dir(out).samples["ncf"]["ort-1t"].keys() == timed.keys()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kairosd.errors import ConfigError
-from kairosd.profiler import DEFAULT_BATCHES, profile_batches
+from kairosd.profiler import DEFAULT_BATCHES, crossing_midpoints, profile_batches
 from kairosd.profiles import (
     SAMPLES_SUFFIX,
     ProfilePoint,
@@ -81,3 +81,15 @@ def test_the_largest_batch_timed_keeps_a_superlinear_latency_from_being_extrapol
     full = ProfileTable.build({"m": points(profile_batches(1000))}, max_batch=1000)
     assert short.mean_s[0, 0, 1000] == pytest.approx(0.1419, rel=0.01)
     assert full.mean_s[0, 0, 1000] == pytest.approx(2e-5 * 1000**1.3, rel=1e-9)
+
+
+def test_the_profile_is_refined_where_the_p99_crosses_qos() -> None:
+    """p99 (ms) 2, 3, 4, 9, 12 at 1, 8, 256, 512, 1024 against QoS 6 ms: the one crossing is 256–512, so 384
+    is timed next; with 384 at 5 ms, 448; a gap of `resolution` or less is left alone, as are pairs on one side."""
+    p99 = {1: 0.002, 8: 0.003, 256: 0.004, 512: 0.009, 1024: 0.012}
+    assert crossing_midpoints(p99, 0.006) == [384]
+    assert crossing_midpoints({**p99, 384: 0.005}, 0.006) == [448]
+    assert crossing_midpoints({256: 0.004, 260: 0.009}, 0.006, resolution=8) == []
+    assert crossing_midpoints(p99, 0.020) == [] and crossing_midpoints(p99, 0.001) == []
+    # a p99 that is not monotone in the batch (a slow query at 32): every crossing is refined
+    assert crossing_midpoints({1: 0.002, 32: 0.007, 256: 0.004, 512: 0.009}, 0.006) == [16, 144, 384]
