@@ -275,6 +275,10 @@ def load_kairos(data_dir: str | Path | None = None, *, with_samples: bool = True
     return KairosWorkload(profiles, samples, qos, types, prices, max_counts, budget)
 
 
+# the largest batch either named mix draws (`kairos_batch_mix`: 999 rounded up to 10; `lognormal_batches`' default)
+NAMED_MIX_MAX_BATCH = 1000
+
+
 def kairos_batch_mix(n: int, rng: np.random.Generator, round_to: int = GRID_STEP) -> np.ndarray:
     """The authors' query batch sizes (their `random_samp`, vectorised), rounded up to `round_to`.
 
@@ -296,7 +300,7 @@ def lognormal_batches(
     *,
     median: float = 180.0,
     sigma: float = 0.75,
-    max_batch: int = 1000,
+    max_batch: int = NAMED_MIX_MAX_BATCH,
     round_to: int = 1,
 ) -> np.ndarray:
     """Log-normal batch sizes (production recommendation traffic is log-normal), clipped to [1, max_batch].
@@ -361,14 +365,14 @@ def mix_file_batches(path: str) -> np.ndarray:
 
 
 def check_mix(mix: str, max_batch: int) -> None:
-    """Refuse a mix file whose batches exceed the largest profiled batch `max_batch` (a named mix stays
-    within 1,000)."""
-    if mix in BATCH_MIXES:
-        return
-    top = int(mix_file_batches(mix).max())
+    """Refuse a mix whose batches exceed the largest profiled batch `max_batch`: a mix file's largest row, a
+    named mix's `NAMED_MIX_MAX_BATCH`. The planner would otherwise count those queries as the largest
+    profiled batch (`batch_pmf` clamps them), and plan a lighter mix than the one served."""
+    top = NAMED_MIX_MAX_BATCH if mix in BATCH_MIXES else int(mix_file_batches(mix).max())
     if top > max_batch:
         raise ConfigError(f"{mix}: batches up to {top}, beyond the largest profiled batch, {max_batch}: profile "
-                          "larger batches, or leave them out of the mix")
+                          "larger batches (kairosd profile times each model's max_batch_size), or plan a mix file "
+                          "within them (--mix FILE.csv)")
 
 
 def sim_setup(

@@ -99,7 +99,7 @@ def test_with_the_tails_the_estimate_follows_the_simulator_on_a_heavy_tail() -> 
 
 def _write_profiles(directory: Path) -> None:
     write_csv(directory / "m.csv",
-              [ProfilePoint(t, b, 0.002, r * 0.002) for t, r in (("steady", 1.2), ("heavy", 3.0)) for b in (1, 64)])
+              [ProfilePoint(t, b, 0.002, r * 0.002) for t, r in (("steady", 1.2), ("heavy", 3.0)) for b in (1, 1000)])
 
 
 def test_simulate_over_profiles_draws_each_batch_from_its_profile(tmp_path: Path,

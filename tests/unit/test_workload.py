@@ -148,6 +148,13 @@ def test_env_var_points_at_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         workload.load_profiles(models=["bert"])
 
 
+def _small_mix(directory: Path) -> str:
+    """A mix file within `_own_workload`'s batches (up to 512)."""
+    path = directory / "mix.csv"
+    path.write_text("batch\n1\n8\n64\n256\n512\n")
+    return str(path)
+
+
 def _own_workload(root: Path, *, grid: tuple[int, ...] = (1, 8, 64, 512), short_cell: int | None = 64,
                   instance: dict[str, object] | None = None, names: tuple[str, str] = ("fast", "slow")) -> Path:
     """A user's own workload in the authors' layout: model "bert" (no paper QoS), types `names` (a fast and a
@@ -230,7 +237,10 @@ def test_plan_over_a_users_own_workload(tmp_path: Path, capsys: pytest.CaptureFi
 
     root = _own_workload(tmp_path / "w", names=("c5.2xlarge", "slow"))
     args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--selector", "kairos", "--no-eval",
-            "--all-configs", "--top", "100"]
+            "--all-configs", "--top", "100", "--mix", _small_mix(tmp_path)]
+    # the named mixes draw batches up to 1,000, past the workload's largest, 512
+    assert main([*args[:-2], "--qos-ms", "40"]) == 2
+    assert "beyond the largest profiled batch, 512" in capsys.readouterr().err
     assert main(args) == 2  # no QoS target for a model of the user's own
     assert main([*args, "--qos-ms", "40"]) == 0
     text = capsys.readouterr().out
@@ -300,6 +310,11 @@ def test_a_batch_mix_from_a_file_of_observed_batches(tmp_path: Path, capsys: pyt
     assert main([*args, "--mix", str(big)]) == 2
     with pytest.raises(ConfigError, match="beyond the largest profiled batch, 1000"):
         workload.check_mix(str(big), 1000)
+    # a named mix draws batches up to 1,000: a profile timed to 512 cannot plan it (the rest would count as 512)
+    workload.check_mix("kairos", 1000)
+    for named in workload.BATCH_MIXES:
+        with pytest.raises(ConfigError, match=f"{named}: batches up to 1000, beyond the largest profiled batch, 512"):
+            workload.check_mix(named, 512)
     (tmp_path / "nobatch.csv").write_text("size\n10\n")
     with pytest.raises(ConfigError, match="needs a 'batch' column"):
         workload.mix_pmf(str(tmp_path / "nobatch.csv"), 1000)
@@ -314,7 +329,7 @@ def test_plan_keeps_the_instance_limits_of_instance_json(tmp_path: Path, capsys:
 
     root = _own_workload(tmp_path / "w", instance={"ins_types": ["fast", "slow"], "price": [0.5, 0.1], "max_num": [1, 3]})
     args = ["plan", "--data", str(root), "--model", "bert", "--budget", "1.0", "--qos-ms", "40", "--selector", "kairos",
-            "--no-eval", "--all-configs", "--top", "100"]
+            "--no-eval", "--all-configs", "--top", "100", "--mix", _small_mix(tmp_path)]
 
     def configs(extra: list[str]) -> set[tuple[int, int]]:
         assert main([*args, *extra]) == 0
