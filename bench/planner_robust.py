@@ -210,9 +210,9 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
         return {b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(at, cells, strict=True)}
 
     timed = [draw(k, batches) for k in range(len(types))]
-    for k in range(len(types) if qos_s is not None else 0):
-        assert qos_s is not None
-        for _ in range(refine):
+    for k in range(len(types)):
+        for _ in range(refine if qos_s is not None else 0):
+            assert qos_s is not None
             more = crossing_midpoints({b: float(np.percentile(v, 99)) for b, v in timed[k].items()}, qos_s)
             if not more:
                 break
@@ -851,6 +851,8 @@ def main() -> int:
     global DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS, PROFILED_REFINE
     DISPATCH, TAILS, PROFILED_STEP, PROFILED_REPS = args.dispatch, args.planner_tails, args.profiled_step, args.profiled_reps
     PROFILED_REFINE = args.profiled_refine_rounds
+    if PROFILED_REFINE < 0:
+        ap.error(f"--profiled-refine-rounds must be at least 0, got {PROFILED_REFINE}")
     if args.light_check:
         for f in args.light_check:
             light_check_file(Path(f), args)

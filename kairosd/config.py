@@ -558,10 +558,9 @@ def build_policy(config: Config, profiles: ProfileTable) -> Policy:
                           f"policy {config.scheduler.policy!r}: {exc}") from None
 
 
-def resolve(config: Config) -> Resolved:
-    """Check what the config refers to outside the file (reads the repository and the profiles): every
-    served model is in models.repository, every instance type the fleet may run has a latency profile,
-    the policy accepts its parameters. Raises ConfigError naming the key."""
+def served_models(config: Config) -> dict[str, ModelSpec]:
+    """The repository's specs of the served models: exactly those with a QoS target. Raises ConfigError
+    naming the key when the repository does not load or lacks one of them."""
     from kairosd.repository import load_repository
 
     try:
@@ -572,7 +571,14 @@ def resolve(config: Config) -> Resolved:
     if unknown:
         raise ConfigError(f"models.qos_ms names {unknown}, which models.repository = {str(config.model_repository)!r} "
                           f"does not hold (it has {sorted(repo)}); add the model there or remove its QoS target")
-    served = {name: repo[name] for name in sorted(config.qos_s)}  # serve exactly the models with a QoS target
+    return {name: repo[name] for name in sorted(config.qos_s)}
+
+
+def resolve(config: Config) -> Resolved:
+    """Check what the config refers to outside the file (reads the repository and the profiles): every
+    served model is in models.repository, every instance type the fleet may run has a latency profile,
+    the policy accepts its parameters. Raises ConfigError naming the key."""
+    served = served_models(config)
     profiles = load_profiles(config)
     return Resolved(config, served, profiles, build_policy(config, profiles))
 

@@ -17,7 +17,7 @@ from kairosd.repository import NP_TO_DTYPE
 
 DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024)
 # rounds of timing the midpoints where a model's p99 crosses its QoS target (`crossing_midpoints`), and the
-# gap between two timed batches below which they stop
+# gap between two timed batches at or below which none is timed between them
 REFINE_ROUNDS = 5
 REFINE_RESOLUTION = 8
 
@@ -32,7 +32,9 @@ def profile_batches(max_batch: int, batches: Sequence[int] = DEFAULT_BATCHES) ->
     and a fleet of it misses QoS at every rate."""
     if max_batch < 1:
         raise ConfigError(f"a model's largest batch must be at least 1, got {max_batch}")
-    return sorted({b for b in batches if 1 <= b <= max_batch} | {max_batch})
+    if min(batches, default=1) < 1:
+        raise ConfigError(f"batch sizes must be at least 1, got {sorted(batches)}")
+    return sorted({b for b in batches if b <= max_batch} | {max_batch})
 
 
 def crossing_midpoints(p99_s: Mapping[int, float], qos_s: float, resolution: int = REFINE_RESOLUTION) -> list[int]:

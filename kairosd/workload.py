@@ -365,9 +365,10 @@ def mix_file_batches(path: str) -> np.ndarray:
 
 
 def check_mix(mix: str, max_batch: int) -> None:
-    """Refuse a mix whose batches exceed the largest profiled batch `max_batch`: a mix file's largest row, a
-    named mix's `NAMED_MIX_MAX_BATCH`. The planner would otherwise count those queries as the largest
-    profiled batch (`batch_pmf` clamps them), and plan a lighter mix than the one served."""
+    """Refuse a mix whose batches exceed the model's largest profiled batch `max_batch`
+    (`ProfileTable.largest_measured_batch`): a mix file's largest row, a named mix's `NAMED_MIX_MAX_BATCH`.
+    The planner would otherwise count those queries as the largest profiled batch (`batch_pmf` clamps
+    them), and plan a lighter mix than the one served."""
     top = NAMED_MIX_MAX_BATCH if mix in BATCH_MIXES else int(mix_file_batches(mix).max())
     if top > max_batch:
         raise ConfigError(f"{mix}: batches up to {top}, beyond the largest profiled batch, {max_batch}: profile "

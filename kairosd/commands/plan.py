@@ -184,7 +184,7 @@ def resolve(args: argparse.Namespace) -> PlanInputs:
             args.mix = args.mix or described.mix
     if args.mix is None:
         args.mix = "kairos"
-    workload.check_mix(args.mix, profiles.max_batch)
+    workload.check_mix(args.mix, profiles.largest_measured_batch(args.model))
     if args.feasibility is None:
         args.feasibility = "p99"
     if args.policy is None:

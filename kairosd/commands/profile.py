@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 HELP = "measure latency profiles (model × instance type × batch) against live local instances"
+# `kairosd.profiler.REFINE_ROUNDS`, named here so that the parser does not import the profiler's gRPC stack
+# (tests/unit/test_profile_samples.py checks that the two agree)
+DEFAULT_REFINE_ROUNDS = 5
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=100,
                    help="queries per (model, type, batch) (default: %(default)s; the planner reads each type's tail "
                         "from them, and the p99 of a few dozen queries is about their slowest)")
-    p.add_argument("--refine-rounds", type=int, default=None,
+    p.add_argument("--refine-rounds", type=int, default=DEFAULT_REFINE_ROUNDS,
                    help="rounds of timing the batch midway between two timed batches whose p99s lie on either side of "
                         "the model's QoS target, where the planner reads which batches a type serves in time "
-                        "(default: 5; 0: the batches alone)")
+                        f"(default: {DEFAULT_REFINE_ROUNDS}; 0: the batches alone)")
     p.add_argument("--types", default=None, help="comma-separated instance types (default: all in [types])")
 
 
@@ -38,23 +41,32 @@ def run(args: argparse.Namespace) -> int:
     from kairosd.autoscale.types import AutoscaleParams
     from kairosd.errors import ConfigError
     from kairosd.fleet import Fleet, static_target
-    from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, monotone, points_of, profile_batches, time_profile
+    from kairosd.profiler import DEFAULT_BATCHES, monotone, points_of, profile_batches, time_profile
     from kairosd.profiles import SAMPLES_SUFFIX, ProfilePoint, ProfileTable, write_csv, write_samples_csv
     from kairosd.providers.local import LocalProvider
     from kairosd.registry import Registry
-    from kairosd.repository import load_repository
 
     cfg = config_mod.load(args.config)
     types = args.types.split(",") if args.types else list(cfg.types)
     asked = [int(b) for b in args.batches.split(",")] if args.batches else list(DEFAULT_BATCHES)
-    rounds = REFINE_ROUNDS if args.refine_rounds is None else args.refine_rounds
+    rounds = args.refine_rounds
     if rounds < 0:
         raise ConfigError(f"--refine-rounds must be at least 0, got {rounds}")
+    if args.reps < 1:
+        raise ConfigError(f"--reps must be at least 1, got {args.reps}")
     out = Path(args.out) if args.out else cfg.profiles_dir
     models = sorted(cfg.qos_s)
-    specs = load_repository(cfg.model_repository, only=models)
-    # a model without a batch dimension (max_batch_size 0) takes one query at a time
-    batches = {m: profile_batches(max(specs[m].max_batch_size, 1), asked) for m in models}
+    specs = config_mod.served_models(cfg)
+    unbatched = sorted(m for m in models if specs[m].max_batch_size < 1)
+    if unbatched:
+        raise ConfigError(f"models {unbatched} have max_batch_size 0 (no batch dimension): kairosd profile times "
+                          "batched models; give them a max_batch_size in their config.pbtxt")
+    batches = {m: profile_batches(specs[m].max_batch_size, asked) for m in models}
+    for m in models:
+        above = sorted(b for b in asked if b > specs[m].max_batch_size)
+        if above:
+            log.warning("%s: batches %s are past its max_batch_size, %d, and are not timed", m, above,
+                        specs[m].max_batch_size)
     # a placeholder table so the fleet can index types; measured values replace it
     placeholder = ProfileTable.build({m: [ProfilePoint(t, 1, 1.0, 1.0) for t in types] for m in models})
 

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--qos-ms is required for model {args.model!r}")
         if args.mix is None:
             args.mix = own.mix if own is not None else "kairos"
-        workload.check_mix(args.mix, profiles.max_batch)
+        workload.check_mix(args.mix, profiles.largest_measured_batch(args.model))
         rng = np.random.default_rng(args.seed)
         if args.trace:
             times, batches = read_trace(args.trace)

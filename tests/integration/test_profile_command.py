@@ -59,8 +59,9 @@ def test_profile_times_more_batches_where_the_p99_crosses_the_models_qos(tmp_pat
     qos_s = float(np.sqrt(median[64] * median[1024]))
     (tmp_path / "configs").mkdir()
     text = (REPO / "configs/local.toml").read_text()
-    text = text.replace('repository = "model_repository"', f'repository = "{REPO / "model_repository"}"')
-    text = re.sub(r"(?m)^ncf = [0-9.]+", f"ncf = {qos_s * 1e3:.6f}", text)
+    text, n_repo = re.subn(r'(?m)^repository = "model_repository"', f'repository = "{REPO / "model_repository"}"', text)
+    text, n_qos = re.subn(r"(?m)^ncf = [0-9.]+", f"ncf = {qos_s * 1e3:.6f}", text)
+    assert (n_repo, n_qos) == (1, 1)
     (tmp_path / "configs/local.toml").write_text(text)
 
     out = tmp_path / "refined"
@@ -72,5 +73,4 @@ def test_profile_times_more_batches_where_the_p99_crosses_the_models_qos(tmp_pat
     second_round = crossing_midpoints({b: p99[b] for b in (1, 64, 1024, *first_round)}, qos_s)
     # (a slow query at a small batch on a busy host can put every p99 over the target: then none is added)
     assert set(timed) == {1, 64, 1024, *first_round, *second_round}, (qos_s, p99)
-    assert all(1 < b < 1024 for b in (*first_round, *second_round))
     assert ProfileTable.load_dir(out).samples["ncf"]["ort-1t"].keys() == timed.keys()

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kairosd.commands import profile as profile_command
 from kairosd.errors import ConfigError
-from kairosd.profiler import DEFAULT_BATCHES, crossing_midpoints, profile_batches
+from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, crossing_midpoints, profile_batches
 from kairosd.profiles import (
     SAMPLES_SUFFIX,
     ProfilePoint,
@@ -69,6 +70,10 @@ def test_a_profile_times_the_models_largest_batch_and_none_above_it() -> None:
     assert profile_batches(100, [4, 1, 200]) == [1, 4, 100]
     with pytest.raises(ConfigError, match="at least 1"):
         profile_batches(0)
+    with pytest.raises(ConfigError, match="batch sizes must be at least 1"):
+        profile_batches(1024, [0, 8])
+    # the CLI's default rounds, named apart so that its parser does not import the profiler
+    assert profile_command.DEFAULT_REFINE_ROUNDS == REFINE_ROUNDS
 
 
 def test_the_largest_batch_timed_keeps_a_superlinear_latency_from_being_extrapolated_under() -> None:

@@ -203,3 +203,20 @@ def test_profile_tails_read_the_timed_queries_where_a_lognormal_would_not(tmp_pa
     assert log.miss[0, 1] > 0.04
     np.testing.assert_allclose(t.miss[1], log.miss[1])
     np.testing.assert_allclose(t.quantiles[1], log.quantiles[1])
+
+
+def test_a_named_mix_past_a_models_own_profile_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two models in one profile directory, one timed to 1,000 and one to 512: the table runs to 1,000 for
+    both, but the named mix (batches up to 1,000) is refused for the second, whose latencies past 512 would be
+    extrapolated."""
+    from kairosd.cli import main
+
+    _write_profiles(tmp_path)
+    write_csv(tmp_path / "short.csv",
+              [ProfilePoint(t, b, 0.002, 0.0024) for t in ("steady", "heavy") for b in (1, 512)])
+    args = ["simulate", "--profiles", str(tmp_path), "--config", "steady=1", "--qos-ms", "20", "--rate", "50",
+            "--queries", "200", "--mix", "kairos"]
+    assert main([*args, "--model", "m"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--model", "short"]) == 2
+    assert "kairos: batches up to 1000, beyond the largest profiled batch, 512" in capsys.readouterr().err
