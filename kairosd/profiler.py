@@ -47,7 +47,9 @@ def crossing_midpoints(p99_s: Mapping[int, float], qos_s: float, resolution: int
     interpolates: the boundary can be off by half the gap, and a type then planned as serving the whole
     mix alone serves a few percent of it late at every rate. Timing where the p99 crosses QoS finds the
     boundary for a few batches more per type, where denser grids time every batch whether it decides
-    anything or not."""
+    anything or not. The p99s are the timed ones, not the profile's running maximum (`monotone`): a p99 that
+    falls back under QoS is refined too, since the planner reads each type's tail from the timed queries of
+    the batch nearest (bench/planner_robust.py's measured profiles choose better so)."""
     timed = sorted(p99_s)
     pairs = zip(timed[:-1], timed[1:], strict=True)
     return [(a + b) // 2 for a, b in pairs if b - a > resolution and (p99_s[a] <= qos_s) != (p99_s[b] <= qos_s)]
