@@ -118,7 +118,7 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
-from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, crossing_midpoints, monotone, points_of, profile_batches
+from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, monotone, points_of, profile_batches, refine_batches
 from kairosd.profiles import ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
@@ -195,7 +195,7 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
     `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times a
     relative sample of the batch's cell, as the simulator's "samples" noise draws them); then, given `qos_s`,
     up to `refine` rounds (default `PROFILED_REFINE`) of the midpoints where a type's p99 crosses it
-    (`crossing_midpoints`, as `kairosd profile`'s `time_profile`), drawn after every type's batches."""
+    (`refine_batches`, as `kairosd profile`'s `time_profile`), drawn after every type's batches."""
     rng = np.random.default_rng(seed)
     rel = wl.samples.relative(model, types)  # [type, cell, k]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
@@ -213,7 +213,8 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
     for k in range(len(types)):
         for _ in range(refine if qos_s is not None else 0):
             assert qos_s is not None
-            more = crossing_midpoints({b: float(np.percentile(v, 99)) for b, v in timed[k].items()}, qos_s)
+            more = refine_batches({b: float(np.percentile(v, 99)) for b, v in timed[k].items()}, qos_s,
+                                  len(timed[k]) - len(batches))
             if not more:
                 break
             timed[k].update(draw(k, more))

@@ -20,6 +20,9 @@ DEFAULT_BATCHES: tuple[int, ...] = (1, 8, 32, 64, 128, 256, 512, 1024)
 # gap between two timed batches at or below which none is timed between them
 REFINE_ROUNDS = 5
 REFINE_RESOLUTION = 8
+# the most batches the rounds add per model and type: a p99 that crosses QoS at several batches (slow queries
+# at scattered batches) would otherwise have each crossing bisected
+REFINE_MAX_BATCHES = 4
 
 
 def profile_batches(max_batch: int, batches: Sequence[int] = DEFAULT_BATCHES) -> list[int]:
@@ -53,6 +56,13 @@ def crossing_midpoints(p99_s: Mapping[int, float], qos_s: float, resolution: int
     timed = sorted(p99_s)
     pairs = zip(timed[:-1], timed[1:], strict=True)
     return [(a + b) // 2 for a, b in pairs if b - a > resolution and (p99_s[a] <= qos_s) != (p99_s[b] <= qos_s)]
+
+
+def refine_batches(p99_s: Mapping[int, float], qos_s: float, added: int, max_added: int = REFINE_MAX_BATCHES) -> list[int]:
+    """The next round's batches: `crossing_midpoints`, the lowest first, as many as `max_added` less the
+    `added` ones the earlier rounds timed allow. The lowest crossing is where the type first stops serving
+    the mix within QoS. E.g. crossings at 16, 144 and 384 with 2 added already: 16 and 144."""
+    return crossing_midpoints(p99_s, qos_s)[:max(max_added - added, 0)]
 
 
 def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> service_pb2.ModelInferRequest:
@@ -94,10 +104,10 @@ async def time_batches(
 async def time_profile(client: BackendClient, model: str, batches: Sequence[int], reps: int, qos_s: float,
                        rounds: int = REFINE_ROUNDS) -> dict[int, np.ndarray]:
     """`time_batches` at `batches`, then up to `rounds` times at the midpoints where the p99 crosses
-    `qos_s` (`crossing_midpoints`); every batch's service times, by batch."""
+    `qos_s` (`refine_batches`: at most `REFINE_MAX_BATCHES` in all); every batch's service times, by batch."""
     timed = await time_batches(client, model, batches, reps)
     for _ in range(rounds):
-        more = crossing_midpoints({b: float(np.percentile(v, 99)) for b, v in timed.items()}, qos_s)
+        more = refine_batches({b: float(np.percentile(v, 99)) for b, v in timed.items()}, qos_s, len(timed) - len(set(batches)))
         if not more:
             break
         timed.update(await time_batches(client, model, more, reps))

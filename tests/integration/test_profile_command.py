@@ -46,10 +46,10 @@ def test_profile_writes_the_timed_queries_and_plan_reads_them(tmp_path: Path, ca
 def test_profile_times_more_batches_where_the_p99_crosses_the_models_qos(tmp_path: Path) -> None:
     """A QoS target for ncf between its latency at batch 64 and at its max_batch_size (1024), from a first profile:
     `--refine-rounds 2` then times, in each of up to two rounds, the midpoint of every two neighbouring timed
-    batches whose p99s lie on either side of the target, and no other batch (checked against the run's own
-    timed queries)."""
+    batches whose p99s lie on either side of the target (`refine_batches`), and no other batch (checked against
+    the run's own timed queries)."""
     from kairosd.cli import main
-    from kairosd.profiler import crossing_midpoints
+    from kairosd.profiler import refine_batches
 
     first = tmp_path / "first"
     assert main(["profile", "--config", str(REPO / "configs/local.toml"), "--types", "ort-1t", "--batches", "1,64",
@@ -69,8 +69,8 @@ def test_profile_times_more_batches_where_the_p99_crosses_the_models_qos(tmp_pat
                  "--reps", str(REPS), "--refine-rounds", "2", "--out", str(out)]) == 0
     timed = read_samples_csv(out / f"ncf{SAMPLES_SUFFIX}")["ort-1t"]
     p99 = {b: float(np.percentile(v, 99)) for b, v in timed.items()}
-    first_round = crossing_midpoints({b: p99[b] for b in (1, 64, 1024)}, qos_s)
-    second_round = crossing_midpoints({b: p99[b] for b in (1, 64, 1024, *first_round)}, qos_s)
+    first_round = refine_batches({b: p99[b] for b in (1, 64, 1024)}, qos_s, added=0)
+    second_round = refine_batches({b: p99[b] for b in (1, 64, 1024, *first_round)}, qos_s, added=len(first_round))
     # (a slow query at a small batch on a busy host can put every p99 over the target: then none is added)
     assert set(timed) == {1, 64, 1024, *first_round, *second_round}, (qos_s, p99)
     assert ProfileTable.load_dir(out).samples["ncf"]["ort-1t"].keys() == timed.keys()

@@ -10,7 +10,7 @@ import pytest
 
 from kairosd.commands import profile as profile_command
 from kairosd.errors import ConfigError
-from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, crossing_midpoints, profile_batches
+from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, crossing_midpoints, profile_batches, refine_batches
 from kairosd.profiles import (
     SAMPLES_SUFFIX,
     ProfilePoint,
@@ -98,3 +98,7 @@ def test_the_profile_is_refined_where_the_p99_crosses_qos() -> None:
     assert crossing_midpoints(p99, 0.020) == [] and crossing_midpoints(p99, 0.001) == []
     # a p99 that is not monotone in the batch (a slow query at 32): every crossing is refined
     assert crossing_midpoints({1: 0.002, 32: 0.007, 256: 0.004, 512: 0.009}, 0.006) == [16, 144, 384]
+    # at most `max_added` in all, the lowest first: where the type first stops serving the mix in time
+    scattered = {1: 0.002, 32: 0.007, 256: 0.004, 512: 0.009}
+    assert refine_batches(scattered, 0.006, added=2, max_added=4) == [16, 144]
+    assert refine_batches(scattered, 0.006, added=4, max_added=4) == []
