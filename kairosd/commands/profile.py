@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                           "batched models; give them a max_batch_size in their config.pbtxt")
     batches = {m: profile_batches(specs[m].max_batch_size, asked) for m in models}
     for m in models if args.batches else ():  # the default batches stop at each model's own largest silently
-        above = sorted(b for b in asked if b > specs[m].max_batch_size)
+        above = sorted(set(asked) - set(batches[m]))
         if above:
             log.warning("%s: batches %s are past its max_batch_size, %d, and are not timed", m, above,
                         specs[m].max_batch_size)

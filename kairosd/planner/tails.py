@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from kairosd.emulation import ServiceCells
+from kairosd.emulation import ServiceCells, sample_cell
 from kairosd.errors import ConfigError
 from kairosd.planner.bounds import BoundModel, cv2_from_samples, miss_from_samples, quantiles_from_samples
 from kairosd.profiles import ProfileTable
@@ -106,7 +106,6 @@ def tails_from_batch_samples(mean_s: np.ndarray, samples_s: Sequence[Mapping[int
     n_types, n_batches = mean.shape
     if len(samples_s) != n_types:
         raise ConfigError(f"samples for {len(samples_s)} types, profile means for {n_types}")
-    mids = (np.arange(n) + 0.5) / n
     miss = np.empty((n_types, n_batches))
     cv2 = np.empty((n_types, n_batches))
     quantiles = np.empty((n_types, n_batches, n))
@@ -125,7 +124,7 @@ def tails_from_batch_samples(mean_s: np.ndarray, samples_s: Sequence[Mapping[int
             svc = mean[k, at][:, None] * r[None, :]
             miss[k, at] = (svc > qos_s).mean(axis=1)
             cv2[k, at] = r.var()
-            quantiles[k, at] = mean[k, at][:, None] * np.quantile(r, mids, method="inverted_cdf")[None, :]
+            quantiles[k, at] = mean[k, at][:, None] * sample_cell(r, 1.0, n)[None, :]
     return Tails(miss, cv2, quantiles)
 
 
@@ -178,10 +177,10 @@ def profile_service(profiles: ProfileTable, model: str, qos_s: float) -> Service
     timed queries where `kairosd profile` recorded them (`ServiceModel("quantiles")`, `SIM_QUANTILES`
     values per batch, log-normal rows for the types without them), else each batch's log-normal of the
     profile's mean and p99 (`profile_sigma`)."""
-    mi = profiles.model_index(model)
     if profiles.samples.get(model):
         return ServiceModel("quantiles",
                             quantiles=profile_tails(profiles, model, profiles.types, qos_s, SIM_QUANTILES).quantiles)
+    mi = profiles.model_index(model)
     return ServiceModel("lognormal", sigma=profile_sigma(profiles.mean_s[mi], profiles.p99_s[mi]))
 
 
