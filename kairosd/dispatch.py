@@ -14,9 +14,15 @@ Three rules beyond the paper (all on by default, measured together in bench/disp
   each would really start, instead of all but one being forced elsewhere.
 - hold: the matching is one-to-one, so when more queries can only make QoS on a busy instance than
   it has slots in the matching, the rest are forced onto other columns, infeasible ones included.
-  Such a forced match to a free instance is not carried out while the query still has a feasible
-  edge anywhere (even one the matching gave another query): it waits a round, rather than take a
-  slow instance on which it will certainly miss QoS and which it would keep busy for a long time.
+  Such a forced match to a free instance on which the query misses QoS even on the mean is not
+  carried out while the query still has a feasible edge anywhere (even one the matching gave another
+  query): it waits a round, rather than take a slow instance on which it will certainly miss QoS and
+  which it would keep busy for a long time. A forced match that misses only on p99 (with tiers: a
+  type whose mean meets QoS and whose tail does not) is carried out: there the query misses with the
+  type's tail probability, while waiting for a busy instance's slot that another query may take makes
+  it late for every column (a cheap type with a heavy tail then serves its share of the mix rather
+  than push it into the fast instance's queue). Without tiers no edge is known to meet QoS on the
+  mean, and every forced infeasible match waits.
 - tiers: an edge infeasible on p99 but within QoS on the mean pays the penalty once, one that misses
   QoS even on the mean pays it twice; so a query that cannot make QoS with p99 certainty goes where
   it still makes it on average, rather than to the cheapest column. Between the two, an edge that
@@ -208,6 +214,9 @@ class KairosPolicy:
         self.margin_s = margin_s
         self.hold = hold
         self.tiers = tiers and tail  # with mean-based feasibility the two tiers coincide
+        # a forced match costing this many penalties or more waits (`hold`): with tiers, an edge that
+        # misses on the mean (1.5 penalties and more); without, any infeasible edge; inf: none waits
+        self.hold_level = (1.5 if self.tiers else 1.0) if hold else math.inf
         self.cmean = self.coef[:, :, None] * profiles.mean_s  # C_j·L_ij, looked up per edge
         # the three per-edge tables side by side, gathered at once: [..., 0] mean, 1 C_j·L_ij, 2 check
         self._tables = np.stack([self.mean, self.cmean, self.check], axis=-1)
@@ -344,9 +353,9 @@ class KairosPolicy:
         keep = c < snap.n  # a match to a later slot means: wait
         keep[keep] = snap.i_free[c[keep]]
         if self.hold:
-            # a forced infeasible match is not carried out while the query has a feasible edge
+            # a forced match that misses on the mean is not carried out while the query has a feasible edge
             penalty = INFEASIBLE_PENALTY_QOS * snap.q_qos_s[r]
-            forced = (cost[r, c] >= penalty) & (cost[r].min(axis=1) < penalty)
+            forced = (cost[r, c] >= self.hold_level * penalty) & (cost[r].min(axis=1) < penalty)
             keep &= ~forced
         return Assignment(r[keep], c[keep])
 

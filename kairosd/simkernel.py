@@ -58,7 +58,7 @@ class KairosRule:
     coef: np.ndarray  # [type] heterogeneity coefficient C_type
     margin_s: float
     lookahead: int
-    hold: bool
+    hold: float  # `KairosPolicy.hold_level`: a forced match costing this many penalties or more waits
     tiers: bool
     sure_miss_by_finish: bool
     sure_miss_bound: float
@@ -75,7 +75,7 @@ class MixRule:
     coef: np.ndarray  # [group, type] heterogeneity coefficient C_type
     margin_s: float
     lookahead: int
-    hold: bool
+    hold: float  # `KairosPolicy.hold_level`: a forced match costing this many penalties or more waits
     tiers: bool
     sure_miss_by_finish: bool
     sure_miss_bound: float
@@ -89,7 +89,7 @@ def rule_for(policy: Policy, model_idx: int) -> KairosRule | None:
     return KairosRule(
         mean=np.ascontiguousarray(policy.mean[model_idx]), cmean=np.ascontiguousarray(policy.cmean[model_idx]),
         check=np.ascontiguousarray(policy.check[model_idx]), coef=np.ascontiguousarray(policy.coef[model_idx]),
-        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
+        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=policy.hold_level, tiers=bool(policy.tiers),
         sure_miss_by_finish=bool(policy.sure_miss_by_finish), sure_miss_bound=float(policy.sure_miss_bound))
 
 
@@ -102,7 +102,7 @@ def mix_rule_for(policy: Policy, model_idx: Sequence[int] | np.ndarray) -> MixRu
     return MixRule(
         mean=np.ascontiguousarray(policy.mean[idx]), cmean=np.ascontiguousarray(policy.cmean[idx]),
         check=np.ascontiguousarray(policy.check[idx]), coef=np.ascontiguousarray(policy.coef[idx]),
-        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=bool(policy.hold), tiers=bool(policy.tiers),
+        margin_s=float(policy.margin_s), lookahead=policy.lookahead, hold=policy.hold_level, tiers=bool(policy.tiers),
         sure_miss_by_finish=bool(policy.sure_miss_by_finish), sure_miss_bound=float(policy.sure_miss_bound))
 
 
@@ -352,7 +352,7 @@ def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray
 @_jit
 def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
-                lookahead: int, hold: bool, tiers: bool, by_finish: bool, bound: float, measure_from: int,
+                lookahead: int, hold: float, tiers: bool, by_finish: bool, bound: float, measure_from: int,
                 max_violations: int, deadline_s: float) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
     """`sim._run` with `KairosPolicy.__call__` inlined (see the module docstring); `run` calls it."""
     n_q = arr.shape[0]
@@ -465,7 +465,7 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 c = match_c[k]
                 if c >= n_i or not free[c]:
                     continue
-                if hold and cost[r, c] >= penalty:
+                if cost[r, c] >= hold * penalty:
                     low = math.inf
                     for jj in range(n_cols):
                         if cost[r, jj] < low:
@@ -585,7 +585,7 @@ def _mix_buffers(n_i: int, lookahead: int) -> _MixScratch:
 def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarray, queue: np.ndarray, qhead: int,
                 qlen: int, cols: np.ndarray, free: np.ndarray, busy: np.ndarray,
                 tables: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-                switches: tuple[float, int, bool, bool, bool, float], scratch: _MixScratch, take_r: np.ndarray,
+                switches: tuple[float, int, float, bool, bool, float], scratch: _MixScratch, take_r: np.ndarray,
                 take_c: np.ndarray) -> int:
     """`KairosPolicy.__call__` on the snapshot of the waiting queries queue[qhead:qhead + qlen] (qlen >= 1)
     at `now` over the columns `cols` (`free`, busy times `busy`): query q of group grp[q] is priced on
@@ -647,15 +647,14 @@ def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarra
         c = match_c[k]
         if c >= n_i or not free[c]:
             continue
-        if hold:
-            penalty = INFEASIBLE_PENALTY_QOS * rqos[r]
-            if cost[r, c] >= penalty:
-                low = math.inf
-                for jj in range(n_cols):
-                    if cost[r, jj] < low:
-                        low = cost[r, jj]
-                if low < penalty:
-                    continue
+        penalty = INFEASIBLE_PENALTY_QOS * rqos[r]
+        if cost[r, c] >= hold * penalty:
+            low = math.inf
+            for jj in range(n_cols):
+                if cost[r, jj] < low:
+                    low = cost[r, jj]
+            if low < penalty:
+                continue
         take_r[n_take] = r
         take_c[n_take] = c
         n_take += 1
@@ -702,7 +701,7 @@ def _fenwick_below(tree: np.ndarray, g: int, q: int) -> int:
 @_jit
 def _run_kairos_mix(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
                     grp: np.ndarray, mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray,
-                    qos: np.ndarray, margin_s: float, lookahead: int, hold: bool, tiers: bool, by_finish: bool,
+                    qos: np.ndarray, margin_s: float, lookahead: int, hold: float, tiers: bool, by_finish: bool,
                     bound: float, measure_from: int,
                     max_violations: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, int, float]:
     """`sim._run_mix` with `KairosPolicy.__call__` inlined (`_mix_decide`); `run_mix` calls it. Each group's

@@ -151,6 +151,27 @@ def test_kairos_hold_keeps_a_forced_infeasible_match_waiting() -> None:
     assert len(KairosPolicy(p)(late)) == 0
 
 
+def test_kairos_hold_sends_a_forced_match_that_misses_only_in_the_tail() -> None:
+    # the cpu's mean meets QoS (batch 100: ~21.8 ms of 30) and its p99 (3x: ~65 ms) does not; the gpu
+    # (~3.6 ms) is busy 1 ms more. Two queries, one gpu slot in the matching (lookahead 0): the second is
+    # forced onto the free cpu, where it misses only in the cpu's tail, and is sent rather than wait for
+    # the gpu slot the first one holds
+    p = make_profiles(tail_factor={"cpu": 3.0})
+    snap = make_snapshot(p, batches=[100, 100], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.03)
+    sent = KairosPolicy(p, lookahead=0)(snap)
+    assert sent.instances.tolist() == [0]
+    cost = KairosPolicy(p, lookahead=0).cost_matrix(snap, 2)
+    penalty = INFEASIBLE_PENALTY_QOS * 0.03
+    assert penalty <= cost[sent.queries[0], 0] < 1.5 * penalty  # infeasible on p99 alone
+    # without tiers no edge is known to meet QoS on the mean: the forced match waits, as one missing on
+    # the mean does
+    assert len(KairosPolicy(p, lookahead=0, tiers=False)(snap)) == 0
+    # a cpu whose mean misses QoS too (batch 200: ~41.6 ms) is a sure miss: the forced match waits
+    late = make_snapshot(p, batches=[200, 200], types=["cpu", "gpu"], busy_s=[0.0, 0.001], qos_s=0.03)
+    assert len(KairosPolicy(p, lookahead=0)(late)) == 0
+    assert len(KairosPolicy(p, lookahead=0, hold=False)(late)) == 1
+
+
 def test_kairos_lookahead_queues_queries_behind_each_other_on_the_fast_instance() -> None:
     p = make_profiles()
     # two batch-800 queries (gpu ~16.4 ms, cpu ~160 ms); the gpu is busy 1 ms more. QoS 50 ms: the
