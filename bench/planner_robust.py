@@ -137,7 +137,9 @@ REFINE_WITHIN = 0.10  # fleets judged within this share of the best get the extr
 REFINE_SEEDS = 7
 FRAGILE_SEEDS = 50  # more streams for every contender when one of them fails QoS at every rate on some stream
 SELECTORS = ("kairos", "kairos_plus", "kairos_paper", "homogeneous")
-CACHE_VERSION = 3  # `max_qps`'s search: 2 with its light-load run first, 3 with the backlog read on dispatch times
+# what the cached max QPS were found with: 2, `max_qps`'s search with its light-load run first; 3, with the
+# backlog read on dispatch times; 4, the dispatcher's hold on forced matches that miss QoS on the mean only
+CACHE_VERSION = 4
 # the simulator's dispatch rule, by `--dispatch` name: kairosd's Kairos matching as the daemon runs it,
 # or the paper's rule alone (the oldest 2n queries, no later slots, no holds, no tiers, feasibility on
 # the mean latency), a dispatcher the queue-aware estimate does not model
@@ -301,8 +303,9 @@ class Cache:
     """Judge results on disk, one JSON line per (dispatch rule, workload seed, stream seed, queries,
     configuration); `fill` and `save` use the rule the run simulates (`DISPATCH`; a line without "d" is
     the default rule's). A line carries the search's version "v" (`CACHE_VERSION`); lines of another
-    version are not read (a search without the light-load run can value a fleet that misses QoS at a
-    light load at a rate it keeps only under heavy load)."""
+    version are not read (a search or a dispatcher of another version values fleets differently: e.g. a search
+    without the light-load run can value a fleet that misses QoS at a light load at a rate it keeps only
+    under heavy load)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
