@@ -349,6 +349,19 @@ def _gather_row(r: int, q: int, now: float, arr: np.ndarray, batches: np.ndarray
         sck[r, j] = check[t, b]
 
 
+@_jit_inlined
+def _held(cost: np.ndarray, r: int, c: int, n_cols: int, hold: float, penalty: float) -> bool:
+    """`KairosPolicy.__call__`'s hold: whether the match of row r to column c waits rather than being carried
+    out, i.e. it costs `hold` penalties or more while the row has a feasible edge (below one penalty)."""
+    if cost[r, c] < hold * penalty:
+        return False
+    low = math.inf
+    for jj in range(n_cols):
+        if cost[r, jj] < low:
+            low = cost[r, jj]
+    return low < penalty
+
+
 @_jit
 def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches: np.ndarray, cols: np.ndarray,
                 mean: np.ndarray, cmean: np.ndarray, check: np.ndarray, coef: np.ndarray, qos_s: float, margin_s: float,
@@ -465,13 +478,8 @@ def _run_kairos(arr: np.ndarray, svc: np.ndarray, expected: np.ndarray, batches:
                 c = match_c[k]
                 if c >= n_i or not free[c]:
                     continue
-                if cost[r, c] >= hold * penalty:
-                    low = math.inf
-                    for jj in range(n_cols):
-                        if cost[r, jj] < low:
-                            low = cost[r, jj]
-                    if low < penalty:
-                        continue
+                if _held(cost, r, c, n_cols, hold, penalty):
+                    continue
                 take_r[n_take] = r
                 take_c[n_take] = c
                 n_take += 1
@@ -647,14 +655,8 @@ def _mix_decide(now: float, arr: np.ndarray, batches: np.ndarray, grp: np.ndarra
         c = match_c[k]
         if c >= n_i or not free[c]:
             continue
-        penalty = INFEASIBLE_PENALTY_QOS * rqos[r]
-        if cost[r, c] >= hold * penalty:
-            low = math.inf
-            for jj in range(n_cols):
-                if cost[r, jj] < low:
-                    low = cost[r, jj]
-            if low < penalty:
-                continue
+        if _held(cost, r, c, n_cols, hold, INFEASIBLE_PENALTY_QOS * rqos[r]):
+            continue
         take_r[n_take] = r
         take_c[n_take] = c
         n_take += 1
