@@ -69,8 +69,10 @@ HELDOUT_SEED = 1000
 HELDOUT_STREAMS = 8
 
 
-def _setup(wl: workload.KairosWorkload, model: str, tail: bool, args: argparse.Namespace) -> SimSetup:
-    return workload.sim_setup(wl, model, policy="kairos", policy_params={"tail": tail}, n_queries=args.queries, seed=args.seed)
+def _setup(wl: workload.KairosWorkload, model: str, tail: bool, args: argparse.Namespace,
+           seed: int | None = None) -> SimSetup:
+    return workload.sim_setup(wl, model, policy="kairos", policy_params={"tail": tail}, n_queries=args.queries,
+                              seed=args.seed if seed is None else seed)
 
 
 def _evaluator(setup: SimSetup, bm: BoundModel, args: argparse.Namespace) -> SimEvaluator:
@@ -266,8 +268,7 @@ def heldout_check(wl: workload.KairosWorkload, row: dict[str, Any], args: argpar
     if row["kairos"]["config"] == row["optimum"]["config"]:
         return None
     seeds = list(range(HELDOUT_SEED, HELDOUT_SEED + HELDOUT_STREAMS))
-    setups = [workload.sim_setup(wl, row["model"], policy="kairos", policy_params={"tail": True}, n_queries=args.queries,
-                                 seed=s) for s in seeds]
+    setups = [_setup(wl, row["model"], True, args, seed=s) for s in seeds]
     ub = {tuple(c["counts"]): c["ub_qps"] for c in row["configs"]}
     out: dict[str, Any] = {"seeds": seeds}
     for name in ("kairos", "optimum"):

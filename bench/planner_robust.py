@@ -118,7 +118,7 @@ from kairosd.planner import (
     upper_bound,
 )
 from kairosd.planner.tails import Tails, profile_tails, tailed_model, workload_tails
-from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, monotone, points_of, profile_batches, refine_batches
+from kairosd.profiler import DEFAULT_BATCHES, REFINE_ROUNDS, monotone, next_round, points_of, profile_batches
 from kairosd.profiles import ProfileTable, sample_cells
 from kairosd.sim import (
     LIGHT_LOAD_SHARE,
@@ -197,7 +197,7 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
     `PROFILED_REPS`), each a draw of the workload's samples for that batch (the profile mean times a
     relative sample of the batch's cell, as the simulator's "samples" noise draws them); then, given `qos_s`,
     up to `refine` rounds (default `PROFILED_REFINE`) of the midpoints where a type's p99 crosses it
-    (`refine_batches`, as `kairosd profile`'s `time_profile`), drawn after every type's batches."""
+    (`next_round`, as `kairosd profile`'s `time_profile`), drawn after every type's batches."""
     rng = np.random.default_rng(seed)
     rel = wl.samples.relative(model, types)  # [type, cell, k]
     mean = wl.profiles.mean_s[wl.profiles.model_index(model)][[wl.profiles.type_index(t) for t in types]]
@@ -212,11 +212,9 @@ def profiled_samples(wl: workload.KairosWorkload, model: str, types: tuple[str, 
         return {b: mean[k, b] * rel[k, c, rng.integers(0, rel.shape[2], reps)] for b, c in zip(at, cells, strict=True)}
 
     timed = [draw(k, batches) for k in range(len(types))]
-    for k in range(len(types)):
-        for _ in range(refine if qos_s is not None else 0):
-            assert qos_s is not None
-            more = refine_batches({b: float(np.percentile(v, 99)) for b, v in timed[k].items()}, qos_s,
-                                  len(timed[k]) - len(batches))
+    for k in range(len(types) if qos_s is not None else 0):
+        for _ in range(refine):
+            more = next_round(timed[k], qos_s, len(batches))
             if not more:
                 break
             timed[k].update(draw(k, more))

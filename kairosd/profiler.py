@@ -65,6 +65,12 @@ def refine_batches(p99_s: Mapping[int, float], qos_s: float, added: int, max_add
     return crossing_midpoints(p99_s, qos_s)[:max(max_added - added, 0)]
 
 
+def next_round(timed: Mapping[int, np.ndarray], qos_s: float, first: int) -> list[int]:
+    """`refine_batches` on timed service times (batch → seconds): their p99s, with the batches past the
+    `first` ones counted as added by earlier rounds."""
+    return refine_batches({b: float(np.percentile(v, 99)) for b, v in timed.items()}, qos_s, len(timed) - first)
+
+
 def build_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> service_pb2.ModelInferRequest:
     """A ModelInferRequest carrying `inputs` as raw little-endian tensor bytes (what tritonclient sends)."""
     req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
@@ -107,7 +113,7 @@ async def time_profile(client: BackendClient, model: str, batches: Sequence[int]
     `qos_s` (`refine_batches`: at most `REFINE_MAX_BATCHES` in all); every batch's service times, by batch."""
     timed = await time_batches(client, model, batches, reps)
     for _ in range(rounds):
-        more = refine_batches({b: float(np.percentile(v, 99)) for b, v in timed.items()}, qos_s, len(timed) - len(set(batches)))
+        more = next_round(timed, qos_s, len(set(batches)))
         if not more:
             break
         timed.update(await time_batches(client, model, more, reps))

@@ -58,14 +58,21 @@ RULES: tuple[dict[str, Any], ...] = (
 )
 
 
-def _both(setup: sim.SimSetup, fleet: list[int], params: dict[str, Any], load: float,
-          abort: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+def _inputs(setup: sim.SimSetup, fleet: list[int], load: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """One run's columns, service times, believed means and arrivals at `load` × the fleet's raw capacity,
+    and the model's index."""
     profiles = setup.profiles
     cols = sim.fleet_columns(profiles, setup.types, fleet, setup.slots)
     svc = sim._svc_for(setup)
     expected = sim.ServiceModel().times(profiles, setup.model, setup.stream)
     arr = setup.stream.arrivals(load * sim.raw_capacity(svc, cols))
-    mi = profiles.model_index(setup.model)
+    return cols, svc, expected, arr, profiles.model_index(setup.model)
+
+
+def _both(setup: sim.SimSetup, fleet: list[int], params: dict[str, Any], load: float,
+          abort: bool) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    profiles = setup.profiles
+    cols, svc, expected, arr, mi = _inputs(setup, fleet, load)
     n = len(arr)
     measure_from = n // 10
     max_viol = 14 if abort else n + 1
@@ -108,11 +115,7 @@ def test_a_forced_match_into_a_heavy_tail_is_sent_alike_in_both_loops() -> None:
         assert (a1, c1, w1) == (a2, c2, w2)
         held = KairosPolicy(heavy.profiles)
         held.hold_level = 1.0  # every forced infeasible match waits
-        mi = heavy.profiles.model_index(heavy.model)
-        cols = sim.fleet_columns(heavy.profiles, heavy.types, [1, 6, 1], heavy.slots)
-        svc = sim._svc_for(heavy)
-        expected = sim.ServiceModel().times(heavy.profiles, heavy.model, heavy.stream)
-        arr = heavy.stream.arrivals(load * sim.raw_capacity(svc, cols))
+        cols, svc, expected, arr, mi = _inputs(heavy, [1, 6, 1], load)
         rule = simkernel.rule_for(held, mi)
         assert rule is not None and rule.hold == 1.0
         f3, *_ = simkernel.run(arr, svc, expected, heavy.stream.batches, cols, rule, heavy.qos_s, len(arr) // 10,
